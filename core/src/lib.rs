@@ -1,0 +1,11 @@
+//! Cognomega's core: domain types, the queue contract, ports (traits) and policies.
+//!
+//! This crate depends on no async runtime, no database driver and no Workers SDK, so the same
+//! types and rules run in the native server, the workers, and the Cloudflare edge host
+//! (`wasm32-unknown-unknown`). Adapters live in `stores/` (native) and `wrangler/` (edge).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod queue;
+pub mod time;
