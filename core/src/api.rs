@@ -25,7 +25,11 @@ pub struct ErrorBody {
 
 impl ErrorEnvelope {
     /// Builds an envelope.
-    pub fn new(code: impl Into<String>, message: impl Into<String>, request_id: impl Into<String>) -> Self {
+    pub fn new(
+        code: impl Into<String>,
+        message: impl Into<String>,
+        request_id: impl Into<String>,
+    ) -> Self {
         Self {
             error: ErrorBody {
                 code: code.into(),

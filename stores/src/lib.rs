@@ -1,1 +1,13 @@
-//! placeholder
+//! Native adapters for the ports in `cognomega-core`: sqlx SQLite and PostgreSQL (queues and,
+//! later, the rest of the data), object storage and the KV role.
+//!
+//! The backend is chosen by URL scheme: `sqlite://…` for the embedded default, `postgres://…`
+//! for the scale-out shape. SQL lives next to the adapter that runs it; where the two dialects
+//! differ, the SQLite query says why.
+#![forbid(unsafe_code)]
+
+pub mod database;
+pub mod queue;
+
+pub use database::{Database, DatabaseUrl, StoreError};
+pub use queue::{PgQueue, SqliteQueue, Tx};

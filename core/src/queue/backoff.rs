@@ -11,7 +11,11 @@ use std::time::Duration;
 pub fn backoff_delay(base: Duration, cap: Duration, attempt: u32, unit: f64) -> Duration {
     let exp = attempt.saturating_sub(1).min(30);
     let raw = base.saturating_mul(1u32 << exp).min(cap);
-    let unit = if unit.is_finite() { unit.clamp(0.0, 1.0) } else { 0.0 };
+    let unit = if unit.is_finite() {
+        unit.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
     let half = raw / 2;
     half + half.mul_f64(unit)
 }
@@ -37,6 +41,9 @@ mod tests {
         let cap = Duration::from_secs(60);
         assert_eq!(backoff_delay(base, cap, 1, 0.0), Duration::from_secs(4));
         assert_eq!(backoff_delay(base, cap, 1, 0.5), Duration::from_secs(6));
-        assert_eq!(backoff_delay(base, cap, 1, f64::NAN), Duration::from_secs(4));
+        assert_eq!(
+            backoff_delay(base, cap, 1, f64::NAN),
+            Duration::from_secs(4)
+        );
     }
 }

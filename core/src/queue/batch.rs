@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use super::{backoff_delay, LeaseToken, MessageId, QueueName, QueueSettings, ReceivedMessage, Settlement};
+use super::{
+    backoff_delay, LeaseToken, MessageId, QueueName, QueueSettings, ReceivedMessage, Settlement,
+};
 
 /// What the handler decided for one message. The first decision for a message wins.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +59,11 @@ impl MessageBatch {
     #[must_use]
     pub fn new(queue: QueueName, messages: Vec<ReceivedMessage>) -> Self {
         let decisions = vec![None; messages.len()];
-        Self { queue, messages, decisions }
+        Self {
+            queue,
+            messages,
+            decisions,
+        }
     }
 
     /// The queue the batch came from.
@@ -85,7 +91,12 @@ impl MessageBatch {
 
     /// Dead-letters one message now.
     pub fn fail(&mut self, id: MessageId, reason: impl Into<String>) -> bool {
-        self.decide(id, Decision::Fatal { reason: reason.into() })
+        self.decide(
+            id,
+            Decision::Fatal {
+                reason: reason.into(),
+            },
+        )
     }
 
     /// Acks every message without a decision yet.
@@ -157,7 +168,9 @@ pub fn settle_batch(
     let fallback = match outcome {
         Ok(()) => Decision::Ack,
         Err(HandlerError::Retryable(_)) => Decision::Retry { delay: None },
-        Err(HandlerError::Fatal(reason)) => Decision::Fatal { reason: reason.clone() },
+        Err(HandlerError::Fatal(reason)) => Decision::Fatal {
+            reason: reason.clone(),
+        },
     };
     let error_text = outcome.as_ref().err().map(ToString::to_string);
     batch
@@ -168,7 +181,11 @@ pub fn settle_batch(
             let id = msg.id;
             match decision.unwrap_or_else(|| fallback.clone()) {
                 Decision::Ack => Settlement::Ack { id, token },
-                Decision::Fatal { reason } => Settlement::DeadLetter { id, token, error: reason },
+                Decision::Fatal { reason } => Settlement::DeadLetter {
+                    id,
+                    token,
+                    error: reason,
+                },
                 Decision::Retry { delay } => {
                     let error = error_text.clone();
                     if msg.attempts >= settings.max_deliveries() {
@@ -188,7 +205,12 @@ pub fn settle_batch(
                                 jitter(),
                             )
                         });
-                        Settlement::Retry { id, token, delay, error }
+                        Settlement::Retry {
+                            id,
+                            token,
+                            delay,
+                            error,
+                        }
                     }
                 }
             }
@@ -230,7 +252,10 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                Settlement::Ack { id: MessageId(1), token: T },
+                Settlement::Ack {
+                    id: MessageId(1),
+                    token: T
+                },
                 Settlement::Retry {
                     id: MessageId(2),
                     token: T,
@@ -243,7 +268,10 @@ mod tests {
 
     #[test]
     fn handler_error_retries_undecided_and_dead_letters_exhausted() {
-        let settings = QueueSettings { max_retries: 2, ..Default::default() };
+        let settings = QueueSettings {
+            max_retries: 2,
+            ..Default::default()
+        };
         let mut b = batch(vec![msg(1, 1), msg(2, 3), msg(3, 1)]);
         b.ack(MessageId(3));
         let err = Err(HandlerError::retryable("db down"));
@@ -254,17 +282,35 @@ mod tests {
             Settlement::Retry { id: MessageId(1), delay, error: Some(e), .. }
                 if *delay == Duration::from_secs(1) && e.contains("db down")
         ));
-        assert!(matches!(&out[1], Settlement::DeadLetter { id: MessageId(2), error, .. } if error.contains("db down")));
-        assert_eq!(out[2], Settlement::Ack { id: MessageId(3), token: T });
+        assert!(
+            matches!(&out[1], Settlement::DeadLetter { id: MessageId(2), error, .. } if error.contains("db down"))
+        );
+        assert_eq!(
+            out[2],
+            Settlement::Ack {
+                id: MessageId(3),
+                token: T
+            }
+        );
     }
 
     #[test]
     fn fatal_dead_letters_at_once() {
         let b = batch(vec![msg(1, 1)]);
-        let out = settle_batch(b, &Err(HandlerError::fatal("bad input")), &QueueSettings::default(), T, || 0.0);
+        let out = settle_batch(
+            b,
+            &Err(HandlerError::fatal("bad input")),
+            &QueueSettings::default(),
+            T,
+            || 0.0,
+        );
         assert_eq!(
             out,
-            vec![Settlement::DeadLetter { id: MessageId(1), token: T, error: "bad input".into() }]
+            vec![Settlement::DeadLetter {
+                id: MessageId(1),
+                token: T,
+                error: "bad input".into()
+            }]
         );
     }
 }

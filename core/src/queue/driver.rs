@@ -165,9 +165,15 @@ pub trait QueueDriver: super::batch::MaybeSendSync {
     ) -> Result<Vec<SendReceipt>, QueueError>;
 
     /// Sends one message.
-    async fn send(&self, queue: &QueueName, message: OutgoingMessage) -> Result<SendReceipt, QueueError> {
+    async fn send(
+        &self,
+        queue: &QueueName,
+        message: OutgoingMessage,
+    ) -> Result<SendReceipt, QueueError> {
         let mut receipts = self.send_batch(queue, vec![message]).await?;
-        receipts.pop().ok_or_else(|| QueueError::Backend("send returned no receipt".into()))
+        receipts
+            .pop()
+            .ok_or_else(|| QueueError::Backend("send returned no receipt".into()))
     }
 
     /// Leases up to `max` visible messages (ready, or with an expired lease) in one statement.
@@ -205,7 +211,11 @@ pub trait QueueDriver: super::batch::MaybeSendSync {
     async fn stats(&self, queue: &QueueName) -> Result<QueueStats, QueueError>;
 
     /// Up to `limit` messages of a dead-letter queue, oldest first.
-    async fn dead_letters(&self, dlq: &QueueName, limit: usize) -> Result<Vec<DeadMessage>, QueueError>;
+    async fn dead_letters(
+        &self,
+        dlq: &QueueName,
+        limit: usize,
+    ) -> Result<Vec<DeadMessage>, QueueError>;
 
     /// Moves dead messages back to the queue they failed in, with fresh attempts: all of them,
     /// or only `ids`. Returns how many moved.

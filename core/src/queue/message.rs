@@ -33,7 +33,10 @@ pub struct OutgoingMessage {
 impl OutgoingMessage {
     /// A message with default options.
     pub fn new(body: impl Into<Vec<u8>>) -> Self {
-        Self { body: body.into(), options: SendOptions::default() }
+        Self {
+            body: body.into(),
+            options: SendOptions::default(),
+        }
     }
 
     /// A JSON message.

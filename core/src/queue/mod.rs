@@ -21,7 +21,9 @@ mod stats;
 
 pub use backoff::backoff_delay;
 pub use batch::{settle_batch, BatchHandler, Decision, HandlerError, MessageBatch};
-pub use driver::{Claim, DeadMessage, PruneReport, QueueDriver, QueueError, SettleReport, Settlement};
+pub use driver::{
+    Claim, DeadMessage, PruneReport, QueueDriver, QueueError, SettleReport, Settlement,
+};
 pub use message::{OutgoingMessage, ReceivedMessage, SendOptions, SendReceipt};
 pub use names::{IdempotencyKey, LeaseToken, MessageId, ParseError, QueueName};
 pub use settings::{QueueSettings, SettingsError};

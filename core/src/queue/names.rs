@@ -43,14 +43,23 @@ impl QueueName {
         const WHAT: &str = "queue name";
         const ALLOWED: &str = "lowercase letters, digits, '.', '_' and '-'";
         if raw.is_empty() || raw.len() > 64 {
-            return Err(ParseError::Length { what: WHAT, min: 1, max: 64, len: raw.len() });
+            return Err(ParseError::Length {
+                what: WHAT,
+                min: 1,
+                max: 64,
+                len: raw.len(),
+            });
         }
         for (i, c) in raw.chars().enumerate() {
             let ok = c.is_ascii_lowercase()
                 || c.is_ascii_digit()
                 || (i > 0 && matches!(c, '.' | '_' | '-'));
             if !ok {
-                return Err(ParseError::Character { what: WHAT, allowed: ALLOWED, found: c });
+                return Err(ParseError::Character {
+                    what: WHAT,
+                    allowed: ALLOWED,
+                    found: c,
+                });
             }
         }
         Ok(Self(raw.to_owned()))
@@ -93,7 +102,12 @@ impl IdempotencyKey {
     pub fn parse(raw: &str) -> Result<Self, ParseError> {
         const WHAT: &str = "idempotency key";
         if raw.is_empty() || raw.len() > 128 {
-            return Err(ParseError::Length { what: WHAT, min: 1, max: 128, len: raw.len() });
+            return Err(ParseError::Length {
+                what: WHAT,
+                min: 1,
+                max: 128,
+                len: raw.len(),
+            });
         }
         if let Some(found) = raw.chars().find(|c| !c.is_ascii_graphic()) {
             return Err(ParseError::Character {

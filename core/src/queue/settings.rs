@@ -166,20 +166,38 @@ mod tests {
 
     #[test]
     fn ranges_are_enforced() {
-        let s = QueueSettings { max_batch_size: 101, ..Default::default() };
+        let s = QueueSettings {
+            max_batch_size: 101,
+            ..Default::default()
+        };
         assert!(matches!(
             s.validate(&q("usage")),
-            Err(SettingsError::OutOfRange { field: "max_batch_size", .. })
+            Err(SettingsError::OutOfRange {
+                field: "max_batch_size",
+                ..
+            })
         ));
-        let s = QueueSettings { max_batch_size: 0, ..Default::default() };
+        let s = QueueSettings {
+            max_batch_size: 0,
+            ..Default::default()
+        };
         assert!(s.validate(&q("usage")).is_err());
-        let s = QueueSettings { dead_letter_queue: Some(q("usage")), ..Default::default() };
-        assert_eq!(s.validate(&q("usage")), Err(SettingsError::SelfDeadLetter("usage".into())));
+        let s = QueueSettings {
+            dead_letter_queue: Some(q("usage")),
+            ..Default::default()
+        };
+        assert_eq!(
+            s.validate(&q("usage")),
+            Err(SettingsError::SelfDeadLetter("usage".into()))
+        );
     }
 
     #[test]
     fn round_trips_as_milliseconds() {
-        let s = QueueSettings { lease: Duration::from_millis(1500), ..Default::default() };
+        let s = QueueSettings {
+            lease: Duration::from_millis(1500),
+            ..Default::default()
+        };
         let json = serde_json::to_value(&s).expect("serializes");
         assert_eq!(json["lease"], 1500);
         let back: QueueSettings = serde_json::from_value(json).expect("deserializes");

@@ -25,7 +25,10 @@ impl DrainHistogram {
     /// An empty histogram.
     #[must_use]
     pub fn empty() -> Self {
-        Self { counts: vec![0; DRAIN_BUCKETS_MS.len() + 1], sum_ms: 0 }
+        Self {
+            counts: vec![0; DRAIN_BUCKETS_MS.len() + 1],
+            sum_ms: 0,
+        }
     }
 
     /// The bucket index a sample falls into.
@@ -59,7 +62,11 @@ impl DrainHistogram {
             return None;
         }
         // Rank of the sample (1-based) that the quantile names.
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
         let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
         let mut seen = 0;
         for (i, c) in self.counts.iter().enumerate() {

@@ -1,0 +1,250 @@
+//! Connecting to the configured relational store and migrating it.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use crate::queue::{PgQueue, SqliteQueue, Tx, Wakers};
+
+/// Errors opening or migrating a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The URL is not one we understand.
+    #[error("unsupported database URL {0}: use sqlite://PATH or postgres://USER@HOST/DB")]
+    UnsupportedUrl(String),
+    /// Could not connect.
+    #[error("cannot connect to {url}: {source}. Check that the database is running and the URL is right")]
+    Connect {
+        /// Redacted URL.
+        url: String,
+        /// Driver error.
+        source: sqlx::Error,
+    },
+    /// A migration failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Any other driver error.
+    #[error(transparent)]
+    Sqlx(#[from] sqlx::Error),
+}
+
+/// A database URL whose `Debug`/`Display` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// Wraps a URL after checking its scheme.
+    pub fn parse(raw: &str) -> Result<Self, StoreError> {
+        if raw.starts_with("sqlite:")
+            || raw.starts_with("postgres://")
+            || raw.starts_with("postgresql://")
+        {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(StoreError::UnsupportedUrl(redact(raw)))
+        }
+    }
+
+    /// A SQLite file URL.
+    #[must_use]
+    pub fn sqlite_file(path: &std::path::Path) -> Self {
+        Self(format!("sqlite://{}", path.display()))
+    }
+
+    /// The raw URL, secrets included: only for handing to the driver.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// True for PostgreSQL.
+    #[must_use]
+    pub fn is_postgres(&self) -> bool {
+        self.0.starts_with("postgres")
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact(&self.0))
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact(&self.0))
+    }
+}
+
+/// Replaces the password of `scheme://user:password@host` with `***`.
+#[must_use]
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// The relational store: an embedded SQLite file or a PostgreSQL server.
+#[derive(Debug, Clone)]
+pub enum Database {
+    /// Embedded default.
+    Sqlite(SqliteDb),
+    /// Scale-out shape.
+    Postgres(PgPool),
+}
+
+/// SQLite with one writer connection (SQLite serializes writers anyway; queueing them in the
+/// pool is fairer and faster than its busy-retry loop) and a pool of readers (WAL lets readers
+/// run beside the writer).
+#[derive(Debug, Clone)]
+pub struct SqliteDb {
+    /// The single write connection.
+    pub write: SqlitePool,
+    /// Read-only connections.
+    pub read: SqlitePool,
+    pub(crate) wakers: Arc<Wakers>,
+}
+
+impl Database {
+    /// Connects (creating a SQLite file if missing). Does not migrate.
+    pub async fn connect(url: &DatabaseUrl) -> Result<Self, StoreError> {
+        let connect_err = |source| StoreError::Connect {
+            url: url.to_string(),
+            source,
+        };
+        if url.is_postgres() {
+            let opts = PgConnectOptions::from_str(url.expose()).map_err(connect_err)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(opts)
+                .await
+                .map_err(connect_err)?;
+            return Ok(Self::Postgres(pool));
+        }
+        let opts = SqliteConnectOptions::from_str(url.expose())
+            .map_err(connect_err)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // Durable: a message is acked only after its commit is on disk.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(30))
+            .foreign_keys(true)
+            .pragma("temp_store", "memory")
+            .pragma("cache_size", "-32768");
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(60))
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(opts.clone())
+            .await
+            .map_err(connect_err)?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_with(opts.read_only(true))
+            .await
+            .map_err(connect_err)?;
+        Ok(Self::Sqlite(SqliteDb {
+            write,
+            read,
+            wakers: Arc::new(Wakers::default()),
+        }))
+    }
+
+    /// Connects and applies pending migrations.
+    pub async fn open(url: &DatabaseUrl) -> Result<Self, StoreError> {
+        let db = Self::connect(url).await?;
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    /// Applies the migrations for this backend (`migrations/sqlite` or `migrations/postgres`).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite(db) => {
+                sqlx::migrate!("../migrations/sqlite")
+                    .run(&db.write)
+                    .await?
+            }
+            Self::Postgres(pool) => sqlx::migrate!("../migrations/postgres").run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// The queue driver over this store.
+    #[must_use]
+    pub fn queue(&self) -> Arc<dyn cognomega_core::queue::QueueDriver> {
+        match self {
+            Self::Sqlite(db) => Arc::new(SqliteQueue::new(db.clone())),
+            Self::Postgres(pool) => {
+                let _ = PgQueue::new(pool.clone());
+                todo!("PgQueue driver")
+            }
+        }
+    }
+
+    /// Begins a transaction in which business writes and queue sends commit together.
+    pub async fn begin(&self) -> Result<Tx, StoreError> {
+        Ok(match self {
+            Self::Sqlite(db) => Tx::Sqlite {
+                tx: db.write.begin().await?,
+                wake: Vec::new(),
+                wakers: db.wakers.clone(),
+            },
+            Self::Postgres(pool) => Tx::Postgres {
+                tx: pool.begin().await?,
+            },
+        })
+    }
+
+    /// Backend name for display.
+    #[must_use]
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "sqlite",
+            Self::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        match self {
+            Self::Sqlite(db) => {
+                db.read.close().await;
+                db.write.close().await;
+            }
+            Self::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        let url = DatabaseUrl::parse("postgres://app:s3cret@db:5432/x").expect("valid");
+        assert_eq!(format!("{url:?}"), "postgres://app:***@db:5432/x");
+        assert_eq!(url.to_string(), "postgres://app:***@db:5432/x");
+        assert!(!format!("{url:?}").contains("s3cret"));
+        assert_eq!(redact("postgres://app@db/x"), "postgres://app@db/x");
+        assert!(DatabaseUrl::parse("mysql://x").is_err());
+    }
+}

@@ -1,0 +1,160 @@
+//! The queue engine on SQLite and PostgreSQL, plus transactional enqueue ([`Tx`]).
+
+mod postgres;
+mod sqlite;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cognomega_core::queue::{OutgoingMessage, QueueError, QueueName, SendReceipt};
+use cognomega_core::time::UnixMillis;
+use tokio::sync::Notify;
+
+pub use postgres::PgQueue;
+pub use sqlite::SqliteQueue;
+
+/// Default dedup window when a queue was never declared (24 h, as in `QueueSettings`).
+pub(crate) const DEFAULT_DEDUP_WINDOW_MS: i64 = 24 * 3600 * 1000;
+
+/// How long an idle consumer sleeps between polls when no wake-up hint arrives.
+pub(crate) const IDLE_POLL_CAP: Duration = Duration::from_secs(1);
+
+/// Wall-clock now, in epoch milliseconds.
+pub(crate) fn now_ms() -> UnixMillis {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    UnixMillis(i64::try_from(ms).unwrap_or(i64::MAX))
+}
+
+/// Translates a driver error: connection-level problems are `Unavailable` (retry later),
+/// everything else is a backend error.
+pub(crate) fn map_err(err: sqlx::Error) -> QueueError {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_) => QueueError::Unavailable(err.to_string()),
+        sqlx::Error::Database(db) if is_transient(db.code().as_deref()) => {
+            QueueError::Unavailable(db.to_string())
+        }
+        other => QueueError::Backend(other.to_string()),
+    }
+}
+
+/// SQLSTATE / SQLite codes worth retrying: serialization failures, deadlocks, busy/locked,
+/// admin shutdown, too many connections.
+fn is_transient(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some("40001" | "40P01" | "57P01" | "53300" | "5" | "6" | "517" | "261")
+    )
+}
+
+/// In-process wake-up hints per queue (the SQLite shape's substitute for LISTEN/NOTIFY, and
+/// the fan-out point for PostgreSQL notifications inside one process).
+#[derive(Debug, Default)]
+pub struct Wakers {
+    map: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+impl Wakers {
+    pub(crate) fn get(&self, queue: &str) -> Arc<Notify> {
+        let mut map = self
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(queue.to_owned()).or_default().clone()
+    }
+
+    /// Wakes every waiter of `queue`, and leaves one permit so a consumer that was between an
+    /// empty claim and its wait does not sleep through the message.
+    pub(crate) fn wake(&self, queue: &str) {
+        let notify = self.get(queue);
+        notify.notify_waiters();
+        notify.notify_one();
+    }
+}
+
+/// Sleeps until `queue` is woken, `until` passes, or `max_wait` elapses.
+pub(crate) async fn wait_woken(wakers: &Wakers, queue: &QueueName, max_wait: Duration) {
+    let notify = wakers.get(queue.as_str());
+    let _ = tokio::time::timeout(max_wait, notify.notified()).await;
+}
+
+/// A transaction in which a producer's own writes and its queue sends commit together, or not
+/// at all (transactional outbox).
+#[derive(Debug)]
+pub enum Tx {
+    /// SQLite: the single writer connection, plus the queues to wake on commit.
+    Sqlite {
+        /// The open transaction; run business SQL on `&mut *tx`.
+        tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+        /// Queues sent to, woken after commit.
+        wake: Vec<QueueName>,
+        /// Where to wake them.
+        wakers: Arc<Wakers>,
+    },
+    /// PostgreSQL: NOTIFY is transactional, so nothing to do after commit.
+    Postgres {
+        /// The open transaction; run business SQL on `&mut *tx`.
+        tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    },
+}
+
+impl Tx {
+    /// Sends messages inside this transaction.
+    pub async fn send_batch(
+        &mut self,
+        queue: &QueueName,
+        messages: Vec<OutgoingMessage>,
+    ) -> Result<Vec<SendReceipt>, QueueError> {
+        match self {
+            Self::Sqlite { tx, wake, .. } => {
+                let receipts = sqlite::send_batch(tx, queue, messages, now_ms()).await?;
+                if !wake.contains(queue) {
+                    wake.push(queue.clone());
+                }
+                Ok(receipts)
+            }
+            Self::Postgres { tx } => postgres::send_batch(tx, queue, messages).await,
+        }
+    }
+
+    /// Sends one message inside this transaction.
+    pub async fn send(
+        &mut self,
+        queue: &QueueName,
+        message: OutgoingMessage,
+    ) -> Result<SendReceipt, QueueError> {
+        let mut receipts = self.send_batch(queue, vec![message]).await?;
+        receipts
+            .pop()
+            .ok_or_else(|| QueueError::Backend("send returned no receipt".into()))
+    }
+
+    /// Commits business writes and messages together, then wakes consumers.
+    pub async fn commit(self) -> Result<(), QueueError> {
+        match self {
+            Self::Sqlite { tx, wake, wakers } => {
+                tx.commit().await.map_err(map_err)?;
+                for queue in &wake {
+                    wakers.wake(queue.as_str());
+                }
+            }
+            Self::Postgres { tx } => tx.commit().await.map_err(map_err)?,
+        }
+        Ok(())
+    }
+
+    /// Rolls back: neither the business writes nor the messages exist afterwards.
+    pub async fn rollback(self) -> Result<(), QueueError> {
+        match self {
+            Self::Sqlite { tx, .. } => tx.rollback().await.map_err(map_err),
+            Self::Postgres { tx } => tx.rollback().await.map_err(map_err),
+        }
+    }
+}
