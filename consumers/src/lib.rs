@@ -1,1 +1,17 @@
-//! placeholder
+//! The consumer runtime and one module per queue.
+//!
+//! [`Runtime`] runs a batch loop per registered queue: it claims as many messages as it has free
+//! handler slots (`max_concurrency × max_batch_size`, one statement), hands batches to the
+//! queue's [`BatchHandler`](cognomega_core::queue::BatchHandler), heartbeats their leases, and
+//! settles the outcomes through a per-queue acker that batches acks into few statements.
+//! Shutdown stops claiming, lets in-flight batches finish within a grace period, and releases
+//! whatever is still running after it.
+#![forbid(unsafe_code)]
+
+mod acker;
+mod metrics;
+pub mod probe;
+mod runtime;
+
+pub use metrics::{ConsumerMetrics, QueueCounters, BATCH_BUCKETS_MS};
+pub use runtime::{RunReport, Runtime, RuntimeOptions, RunningRuntime};

@@ -163,6 +163,18 @@ pub fn settle_batch(
     outcome: &Result<(), HandlerError>,
     settings: &QueueSettings,
     token: LeaseToken,
+    jitter: impl FnMut() -> f64,
+) -> Vec<Settlement> {
+    settle_batch_with(batch, outcome, settings, |_| token, jitter)
+}
+
+/// [`settle_batch`] for a batch gathered from several claims: `token_of` names each message's
+/// lease token.
+pub fn settle_batch_with(
+    batch: MessageBatch,
+    outcome: &Result<(), HandlerError>,
+    settings: &QueueSettings,
+    token_of: impl Fn(MessageId) -> LeaseToken,
     mut jitter: impl FnMut() -> f64,
 ) -> Vec<Settlement> {
     let fallback = match outcome {
@@ -179,6 +191,7 @@ pub fn settle_batch(
         .zip(batch.decisions)
         .map(|(msg, decision)| {
             let id = msg.id;
+            let token = token_of(id);
             match decision.unwrap_or_else(|| fallback.clone()) {
                 Decision::Ack => Settlement::Ack { id, token },
                 Decision::Fatal { reason } => Settlement::DeadLetter {

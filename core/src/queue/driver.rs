@@ -153,7 +153,7 @@ pub struct PruneReport {
 /// A queue backend. All methods are safe to call from many processes at once.
 #[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
-pub trait QueueDriver: super::batch::MaybeSendSync {
+pub trait QueueDriver: super::batch::MaybeSendSync + std::fmt::Debug {
     /// Records a queue's settings so other processes (stats, pruning, admin) see them.
     async fn declare(&self, queue: &QueueName, settings: &QueueSettings) -> Result<(), QueueError>;
 

@@ -20,7 +20,9 @@ mod settings;
 mod stats;
 
 pub use backoff::backoff_delay;
-pub use batch::{settle_batch, BatchHandler, Decision, HandlerError, MessageBatch};
+pub use batch::{
+    settle_batch, settle_batch_with, BatchHandler, Decision, HandlerError, MaybeSendSync, MessageBatch,
+};
 pub use driver::{
     Claim, DeadMessage, PruneReport, QueueDriver, QueueError, SettleReport, Settlement,
 };
