@@ -1,1 +1,118 @@
-fn main() {}
+//! The `cognomega` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+mod commands;
+
+/// Cognomega: a queue-first batch and job platform.
+///
+/// Zero config: `cognomega serve` keeps everything in ./cognomega-data (SQLite + objects folder)
+/// and listens on 127.0.0.1:8787. Point --database-url at PostgreSQL to scale out with many
+/// `cognomega worker` processes.
+#[derive(Debug, Parser)]
+#[command(name = "cognomega", version, propagate_version = true)]
+struct Cli {
+    /// Data directory (SQLite file and objects folder of the embedded default).
+    #[arg(long, global = true, env = "COGNOMEGA_DATA_DIR", default_value = cognomega::config::DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+
+    /// Database URL: postgres://USER@HOST/DB for the scale-out shape, or sqlite://PATH.
+    /// Default: the SQLite file inside --data-dir.
+    #[arg(
+        long,
+        global = true,
+        env = "COGNOMEGA_DATABASE_URL",
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
+
+    /// Log format.
+    #[arg(long, global = true, env = "COGNOMEGA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    /// Log filter (tracing env-filter syntax), e.g. `info` or `cognomega=debug`.
+    #[arg(long, global = true, env = "COGNOMEGA_LOG", default_value = "info")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP API and all consumers in one process (the embedded default).
+    Serve(commands::serve::Args),
+    /// Run consumers only, against a shared --database-url (run as many as you like).
+    Worker(commands::worker::Args),
+    /// Apply database migrations for the configured backend.
+    Migrate,
+    /// Print statistics of every queue.
+    Queues(commands::queues::Args),
+    /// Inspect and replay dead-letter queues.
+    Dlq(commands::dlq::Args),
+    /// Delete what retention allows: acked and dead messages, expired idempotency keys.
+    Prune,
+    /// Send probe messages and wait until the workers have applied them all.
+    Probe(commands::probe::Args),
+    /// Benchmarks that print their figures.
+    Bench(commands::bench::Args),
+}
+
+fn init_tracing(format: LogFormat, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format, &cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let ctx = commands::Ctx {
+            data_dir: cli.data_dir,
+            database_url: cli.database_url,
+        };
+        match cli.command {
+            Command::Serve(args) => commands::serve::run(ctx, args).await,
+            Command::Worker(args) => commands::worker::run(ctx, args).await,
+            Command::Migrate => commands::migrate(ctx).await,
+            Command::Queues(args) => commands::queues::run(ctx, args).await,
+            Command::Dlq(args) => commands::dlq::run(ctx, args).await,
+            Command::Prune => commands::prune(ctx).await,
+            Command::Probe(args) => commands::probe::run(ctx, args).await,
+            Command::Bench(args) => commands::bench::run(ctx, args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cognomega_core::queue::{QueueDriver, QueueError, QueueName, QueueSettings, SettleReport, Settlement};
+use cognomega_core::queue::{
+    QueueDriver, QueueError, QueueName, QueueSettings, SettleReport, Settlement,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::ConsumerMetrics;
@@ -11,7 +13,10 @@ use crate::metrics::ConsumerMetrics;
 /// Most settlements applied in one driver call.
 const MAX_COALESCED: usize = 5_000;
 
-type Request = (Vec<Settlement>, oneshot::Sender<Result<SettleReport, QueueError>>);
+type Request = (
+    Vec<Settlement>,
+    oneshot::Sender<Result<SettleReport, QueueError>>,
+);
 
 /// A handle to submit settlements; cheap to clone.
 #[derive(Debug, Clone)]
@@ -39,7 +44,8 @@ impl Acker {
             .send((items, done))
             .await
             .map_err(|_| QueueError::Unavailable("acker stopped".into()))?;
-        wait.await.map_err(|_| QueueError::Unavailable("acker stopped".into()))?
+        wait.await
+            .map_err(|_| QueueError::Unavailable("acker stopped".into()))?
     }
 }
 

@@ -14,4 +14,4 @@ pub mod probe;
 mod runtime;
 
 pub use metrics::{ConsumerMetrics, QueueCounters, BATCH_BUCKETS_MS};
-pub use runtime::{RunReport, Runtime, RuntimeOptions, RunningRuntime};
+pub use runtime::{RunReport, RunningRuntime, Runtime, RuntimeOptions};

@@ -7,7 +7,8 @@ use std::time::Duration;
 use cognomega_core::queue::{QueueName, SettleReport};
 
 /// Upper bounds (ms) of the batch-duration histogram buckets.
-pub const BATCH_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 1_000, 5_000, 30_000, 120_000];
+pub const BATCH_BUCKETS_MS: [u64; 12] =
+    [1, 2, 5, 10, 25, 50, 100, 250, 1_000, 5_000, 30_000, 120_000];
 
 /// Counters of one queue.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -42,7 +43,10 @@ pub struct ConsumerMetrics {
 
 impl ConsumerMetrics {
     fn with(&self, queue: &QueueName, f: impl FnOnce(&mut QueueCounters)) {
-        let mut map = self.queues.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self
+            .queues
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(map.entry(queue.clone()).or_default());
     }
 
@@ -73,6 +77,9 @@ impl ConsumerMetrics {
     /// A snapshot of every queue's counters.
     #[must_use]
     pub fn snapshot(&self) -> BTreeMap<QueueName, QueueCounters> {
-        self.queues.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.queues
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }

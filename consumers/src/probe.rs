@@ -72,7 +72,12 @@ impl BatchHandler for ProbeHandler {
         for (id, reason) in garbage {
             batch.fail(id, reason);
         }
-        let work = probes.iter().map(|p| p.work_ms).max().unwrap_or(0).min(10_000);
+        let work = probes
+            .iter()
+            .map(|p| p.work_ms)
+            .max()
+            .unwrap_or(0)
+            .min(10_000);
         if work > 0 {
             tokio::time::sleep(Duration::from_millis(work)).await;
         }
@@ -105,6 +110,8 @@ impl BatchHandler for ProbeHandler {
 }
 
 fn now_ms() -> i64 {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }

@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cognomega_core::queue::{
-    settle_batch_with, BatchHandler, HandlerError, LeaseToken, MessageBatch, MessageId, QueueDriver,
-    QueueError, QueueName, QueueSettings, ReceivedMessage, Settlement, SettingsError,
+    settle_batch_with, BatchHandler, HandlerError, LeaseToken, MessageBatch, MessageId,
+    QueueDriver, QueueError, QueueName, QueueSettings, ReceivedMessage, SettingsError, Settlement,
 };
 use futures::FutureExt;
-use tracing::Instrument;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::acker::Acker;
 use crate::metrics::ConsumerMetrics;
@@ -29,7 +29,10 @@ pub struct RuntimeOptions {
 
 impl Default for RuntimeOptions {
     fn default() -> Self {
-        Self { poll_interval: Duration::from_millis(500), shutdown_grace: Duration::from_secs(30) }
+        Self {
+            poll_interval: Duration::from_millis(500),
+            shutdown_grace: Duration::from_secs(30),
+        }
     }
 }
 
@@ -50,7 +53,14 @@ pub struct Runtime {
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runtime")
-            .field("queues", &self.registrations.iter().map(|r| r.queue.as_str()).collect::<Vec<_>>())
+            .field(
+                "queues",
+                &self
+                    .registrations
+                    .iter()
+                    .map(|r| r.queue.as_str())
+                    .collect::<Vec<_>>(),
+            )
             .field("options", &self.options)
             .finish_non_exhaustive()
     }
@@ -67,7 +77,12 @@ impl Runtime {
     /// A runtime with no consumers yet.
     #[must_use]
     pub fn new(driver: Arc<dyn QueueDriver>, options: RuntimeOptions) -> Self {
-        Self { driver, registrations: Vec::new(), options, metrics: Arc::default() }
+        Self {
+            driver,
+            registrations: Vec::new(),
+            options,
+            metrics: Arc::default(),
+        }
     }
 
     /// Registers the handler of one queue.
@@ -78,7 +93,11 @@ impl Runtime {
         handler: Arc<dyn BatchHandler>,
     ) -> Result<&mut Self, SettingsError> {
         settings.validate(&queue)?;
-        self.registrations.push(Registration { queue, settings, handler });
+        self.registrations.push(Registration {
+            queue,
+            settings,
+            handler,
+        });
         Ok(self)
     }
 
@@ -229,8 +248,12 @@ impl Leased {
 /// One queue's loop; returns how many batches had to be released at shutdown.
 async fn queue_loop(ctx: LoopCtx) -> u64 {
     let ctx = Arc::new(ctx);
-    let (acker, acker_task) =
-        Acker::spawn(ctx.driver.clone(), ctx.queue.clone(), ctx.settings.clone(), ctx.metrics.clone());
+    let (acker, acker_task) = Acker::spawn(
+        ctx.driver.clone(),
+        ctx.queue.clone(),
+        ctx.settings.clone(),
+        ctx.metrics.clone(),
+    );
     let slots = Arc::new(Semaphore::new(usize::from(ctx.settings.max_concurrency)));
     let batch_size = usize::from(ctx.settings.max_batch_size);
     let mut batches: JoinSet<bool> = JoinSet::new();
@@ -245,7 +268,11 @@ async fn queue_loop(ctx: LoopCtx) -> u64 {
         while let Ok(p) = slots.clone().try_acquire_owned() {
             permits.push(p);
         }
-        let claim = match ctx.driver.claim(&ctx.queue, &ctx.settings, permits.len() * batch_size).await {
+        let claim = match ctx
+            .driver
+            .claim(&ctx.queue, &ctx.settings, permits.len() * batch_size)
+            .await
+        {
             Ok(claim) => {
                 error_backoff = Duration::from_millis(100);
                 claim
@@ -262,7 +289,8 @@ async fn queue_loop(ctx: LoopCtx) -> u64 {
             }
         };
         if claim.dead_lettered > 0 {
-            ctx.metrics.settled(&ctx.queue, &Default::default(), claim.dead_lettered);
+            ctx.metrics
+                .settled(&ctx.queue, &Default::default(), claim.dead_lettered);
         }
         if claim.messages.is_empty() {
             drop(permits);
@@ -272,7 +300,10 @@ async fn queue_loop(ctx: LoopCtx) -> u64 {
             }
             continue;
         }
-        let mut leased = Leased { messages: Vec::new(), tokens: HashMap::new() };
+        let mut leased = Leased {
+            messages: Vec::new(),
+            tokens: HashMap::new(),
+        };
         leased.push_claim(claim.token, claim.messages);
         if leased.messages.len() < batch_size && !ctx.settings.max_batch_timeout.is_zero() {
             fill_batch(&ctx, &mut leased, batch_size).await;
@@ -281,7 +312,10 @@ async fn queue_loop(ctx: LoopCtx) -> u64 {
         while !rest.is_empty() {
             let tail = rest.split_off(rest.len().min(batch_size));
             let chunk = std::mem::replace(&mut rest, tail);
-            let tokens = chunk.iter().filter_map(|m| leased.tokens.get(&m.id).map(|t| (m.id, *t))).collect();
+            let tokens = chunk
+                .iter()
+                .filter_map(|m| leased.tokens.get(&m.id).map(|t| (m.id, *t)))
+                .collect();
             let Some(permit) = permits.pop() else {
                 // More messages than slots cannot happen (claims are sized to free slots);
                 // should it ever, the lease simply expires and they are delivered again.
@@ -314,7 +348,15 @@ async fn fill_batch(ctx: &LoopCtx, leased: &mut Leased, batch_size: usize) {
             () = ctx.driver.wait_for_work(&ctx.queue, deadline - now) => {},
             () = ctx.shutdown.cancelled() => break,
         }
-        match ctx.driver.claim(&ctx.queue, &ctx.settings, batch_size - leased.messages.len()).await {
+        match ctx
+            .driver
+            .claim(
+                &ctx.queue,
+                &ctx.settings,
+                batch_size - leased.messages.len(),
+            )
+            .await
+        {
             Ok(more) if !more.messages.is_empty() => leased.push_claim(more.token, more.messages),
             Ok(_) => {}
             Err(e) => {
@@ -340,7 +382,8 @@ async fn run_batch(
         request_id = messages.first().and_then(|m| m.request_id.as_deref()).unwrap_or(""));
     let mut batch = MessageBatch::new(ctx.queue.clone(), messages);
     let outcome = {
-        let handled = AssertUnwindSafe(ctx.handler.handle(&mut batch).instrument(span)).catch_unwind();
+        let handled =
+            AssertUnwindSafe(ctx.handler.handle(&mut batch).instrument(span)).catch_unwind();
         tokio::select! {
             res = handled => Some(res.unwrap_or_else(|panic| Err(HandlerError::Retryable(panic_text(&panic))))),
             () = heartbeat(&ctx, &tokens) => None,
@@ -353,11 +396,21 @@ async fn run_batch(
             if let Err(e) = result {
                 tracing::warn!(queue = %ctx.queue, error = %e, "batch handler failed");
             }
-            ctx.metrics.batch_done(&ctx.queue, started.elapsed(), result.is_err());
-            (settle_batch_with(batch, result, &ctx.settings, token_of, fastrand::f64), true)
+            ctx.metrics
+                .batch_done(&ctx.queue, started.elapsed(), result.is_err());
+            (
+                settle_batch_with(batch, result, &ctx.settings, token_of, fastrand::f64),
+                true,
+            )
         }
         None => {
-            let release = ids.iter().map(|&id| Settlement::Release { id, token: token_of(id) }).collect();
+            let release = ids
+                .iter()
+                .map(|&id| Settlement::Release {
+                    id,
+                    token: token_of(id),
+                })
+                .collect();
             (release, false)
         }
     };
@@ -379,9 +432,15 @@ async fn heartbeat(ctx: &LoopCtx, tokens: &HashMap<MessageId, LeaseToken>) {
     loop {
         tokio::time::sleep(every).await;
         for (token, ids) in &by_token {
-            match ctx.driver.extend_lease(*token, ids, ctx.settings.lease).await {
-                Ok(n) if n < ids.len() as u64 => tracing::warn!(queue = %ctx.queue, lost = ids.len() as u64 - n,
-                    "lease lost for part of a batch: those messages will be delivered again"),
+            match ctx
+                .driver
+                .extend_lease(*token, ids, ctx.settings.lease)
+                .await
+            {
+                Ok(n) if n < ids.len() as u64 => {
+                    tracing::warn!(queue = %ctx.queue, lost = ids.len() as u64 - n,
+                    "lease lost for part of a batch: those messages will be delivered again")
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(queue = %ctx.queue, error = %e, "lease heartbeat failed"),
             }

@@ -10,7 +10,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use crate::queue::{PgQueue, SqliteQueue, Tx, Wakers};
+use crate::queue::{PgQueue, PgShared, SqliteQueue, Tx, Wakers};
 
 /// Errors opening or migrating a store.
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +103,16 @@ pub enum Database {
     /// Embedded default.
     Sqlite(SqliteDb),
     /// Scale-out shape.
-    Postgres(PgPool),
+    Postgres(PgDb),
+}
+
+/// PostgreSQL: a connection pool, plus the queue wake-up state shared by every driver handed out
+/// by [`Database::queue`] (so they share one LISTEN connection).
+#[derive(Debug, Clone)]
+pub struct PgDb {
+    /// The connection pool.
+    pub pool: PgPool,
+    pub(crate) queue: Arc<PgShared>,
 }
 
 /// SQLite with one writer connection (SQLite serializes writers anyway; queueing them in the
@@ -133,7 +142,10 @@ impl Database {
                 .connect_with(opts)
                 .await
                 .map_err(connect_err)?;
-            return Ok(Self::Postgres(pool));
+            return Ok(Self::Postgres(PgDb {
+                pool,
+                queue: Arc::new(PgShared::default()),
+            }));
         }
         let opts = SqliteConnectOptions::from_str(url.expose())
             .map_err(connect_err)?
@@ -182,7 +194,11 @@ impl Database {
                     .run(&db.write)
                     .await?
             }
-            Self::Postgres(pool) => sqlx::migrate!("../migrations/postgres").run(pool).await?,
+            Self::Postgres(db) => {
+                sqlx::migrate!("../migrations/postgres")
+                    .run(&db.pool)
+                    .await?
+            }
         }
         Ok(())
     }
@@ -192,10 +208,7 @@ impl Database {
     pub fn queue(&self) -> Arc<dyn cognomega_core::queue::QueueDriver> {
         match self {
             Self::Sqlite(db) => Arc::new(SqliteQueue::new(db.clone())),
-            Self::Postgres(pool) => {
-                let _ = PgQueue::new(pool.clone());
-                todo!("PgQueue driver")
-            }
+            Self::Postgres(db) => Arc::new(PgQueue::with_shared(db.pool.clone(), db.queue.clone())),
         }
     }
 
@@ -207,8 +220,8 @@ impl Database {
                 wake: Vec::new(),
                 wakers: db.wakers.clone(),
             },
-            Self::Postgres(pool) => Tx::Postgres {
-                tx: pool.begin().await?,
+            Self::Postgres(db) => Tx::Postgres {
+                tx: db.pool.begin().await?,
             },
         })
     }
@@ -229,7 +242,7 @@ impl Database {
                 db.read.close().await;
                 db.write.close().await;
             }
-            Self::Postgres(pool) => pool.close().await,
+            Self::Postgres(db) => db.pool.close().await,
         }
     }
 }

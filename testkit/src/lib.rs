@@ -1,1 +1,31 @@
-//! placeholder
+//! The shared test harness: throwaway databases on every backend, tracing for tests, and small
+//! helpers for the waits that queue tests need.
+//!
+//! Every test builds its own [`TestDb`] (its own SQLite directory or its own PostgreSQL
+//! database), so tests run in parallel and leave nothing behind.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod db;
+mod logging;
+mod wait;
+
+use cognomega_core::queue::{QueueName, QueueSettings};
+
+pub use db::{Backend, TestDb, PG_URL_ENV};
+pub use logging::init_tracing;
+pub use wait::{wait_for, wait_until};
+
+/// A queue name, for tests: panics on an invalid literal, which is a bug in the test.
+#[must_use]
+pub fn q(name: &str) -> QueueName {
+    QueueName::parse(name).unwrap_or_else(|e| panic!("invalid queue name {name:?} in a test: {e}"))
+}
+
+/// Default queue settings with a few fields changed: `settings(|s| s.max_retries = 1)`.
+#[must_use]
+pub fn settings(edit: impl FnOnce(&mut QueueSettings)) -> QueueSettings {
+    let mut s = QueueSettings::default();
+    edit(&mut s);
+    s
+}

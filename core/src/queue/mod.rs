@@ -21,7 +21,8 @@ mod stats;
 
 pub use backoff::backoff_delay;
 pub use batch::{
-    settle_batch, settle_batch_with, BatchHandler, Decision, HandlerError, MaybeSendSync, MessageBatch,
+    settle_batch, settle_batch_with, BatchHandler, Decision, HandlerError, MaybeSendSync,
+    MessageBatch,
 };
 pub use driver::{
     Claim, DeadMessage, PruneReport, QueueDriver, QueueError, SettleReport, Settlement,

@@ -12,6 +12,7 @@ use cognomega_core::time::UnixMillis;
 use tokio::sync::Notify;
 
 pub use postgres::PgQueue;
+pub(crate) use postgres::PgShared;
 pub use sqlite::SqliteQueue;
 
 /// Default dedup window when a queue was never declared (24 h, as in `QueueSettings`).
@@ -76,6 +77,21 @@ impl Wakers {
         let notify = self.get(queue);
         notify.notify_waiters();
         notify.notify_one();
+    }
+
+    /// Wakes every queue seen so far: after a lost wake-up channel nobody knows what was missed.
+    pub(crate) fn wake_all(&self) {
+        let all: Vec<Arc<Notify>> = self
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        for notify in all {
+            notify.notify_waiters();
+            notify.notify_one();
+        }
     }
 }
 

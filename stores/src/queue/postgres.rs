@@ -1,27 +1,984 @@
-//! The queue engine on PostgreSQL (scale-out shape). PLACEHOLDER: being written.
+//! The queue engine on PostgreSQL (scale-out shape).
+//!
+//! Semantics mirror the SQLite driver exactly; the differences are in how the work is done:
+//!
+//! - Timestamps use the database clock (`now()`), so every process agrees on visibility; they
+//!   are converted to epoch milliseconds in SQL wherever the core wants `UnixMillis`.
+//! - Many processes claim concurrently, so claims lock their rows with `FOR UPDATE SKIP LOCKED`
+//!   instead of relying on a single writer.
+//! - Batches travel as arrays (`unnest`), so a send, claim or ack of a thousand messages is one
+//!   statement and one round trip; SQLite needs no such care because it is in-process.
+//! - Wake-ups are `NOTIFY`s issued inside the writing statement (delivered on commit), fanned
+//!   out in-process by one `LISTEN`ing task per driver.
 
-use cognomega_core::queue::{OutgoingMessage, QueueError, QueueName, SendReceipt};
-use sqlx::postgres::PgPool;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cognomega_core::queue::{
+    Claim, DeadMessage, LeaseToken, MessageId, OutgoingMessage, PruneReport, QueueDriver,
+    QueueError, QueueName, QueueSettings, QueueStats, ReceivedMessage, SendReceipt, SettleReport,
+    Settlement, DRAIN_BUCKETS_MS,
+};
+use cognomega_core::time::{duration_ms, UnixMillis};
+use sqlx::postgres::{PgListener, PgPool};
+use sqlx::{PgConnection, Row};
+use tokio::sync::{oneshot, OnceCell};
+
+use super::sqlite::{preview, read_histogram, split_exhausted};
+use super::{map_err, now_ms, wait_woken, Wakers, DEFAULT_DEDUP_WINDOW_MS, IDLE_POLL_CAP};
+
+/// The NOTIFY channel; the payload is the queue name.
+const CHANNEL: &str = "cognomega_queue";
+
+/// Messages per bulk INSERT. Arrays have no parameter limit, but a bounded chunk keeps a single
+/// statement's memory and lock footprint predictable.
+const INSERT_CHUNK: usize = 1000;
+
+/// Upper bound for any duration bound into SQL (100 years). PostgreSQL intervals and timestamps
+/// are bounded where SQLite's integers are not, and `Duration::MAX` from configuration must mean
+/// "practically forever", not an out-of-range error.
+const MAX_INTERVAL_MS: i64 = 100 * 365 * 24 * 3600 * 1000;
+
+/// Pause before the listener retries after an error it could not recover from by itself.
+const LISTEN_RETRY: Duration = Duration::from_secs(1);
+
+fn interval_ms(d: Duration) -> i64 {
+    duration_ms(d).min(MAX_INTERVAL_MS)
+}
+
+/// State shared by every [`PgQueue`] handed out for one database: the in-process wakers and the
+/// single LISTEN task feeding them.
+#[derive(Debug, Default)]
+pub(crate) struct PgShared {
+    wakers: Arc<Wakers>,
+    /// Set once the listener task runs; dropping the sender (with the last owner of this
+    /// struct) stops the task, so no task outlives the drivers that need it.
+    listener: OnceCell<oneshot::Sender<()>>,
+}
 
 /// The PostgreSQL queue driver.
 #[derive(Debug, Clone)]
 pub struct PgQueue {
-    #[allow(dead_code)]
     pool: PgPool,
+    shared: Arc<PgShared>,
 }
 
 impl PgQueue {
-    /// A driver over a pool.
+    /// A driver over a pool, with its own wake-up listener.
     #[must_use]
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self::with_shared(pool, Arc::new(PgShared::default()))
+    }
+
+    /// A driver sharing its listener with other drivers of the same database.
+    pub(crate) fn with_shared(pool: PgPool, shared: Arc<PgShared>) -> Self {
+        Self { pool, shared }
+    }
+
+    /// Starts the LISTEN task unless it runs already. Returns once the connection is
+    /// LISTENing, so a send committed after this returns is always noticed.
+    async fn ensure_listener(&self) -> Result<(), sqlx::Error> {
+        self.shared
+            .listener
+            .get_or_try_init(|| async {
+                let mut listener = PgListener::connect_with(&self.pool).await?;
+                listener.listen(CHANNEL).await?;
+                let (stop, stopped) = oneshot::channel();
+                tokio::spawn(listen_loop(
+                    listener,
+                    self.pool.clone(),
+                    self.shared.wakers.clone(),
+                    stopped,
+                ));
+                Ok(stop)
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// A connection for work that is a single statement (atomic without BEGIN/COMMIT, saving
+    /// two round trips), or a transaction for anything longer.
+    async fn run<T>(
+        &self,
+        statements: usize,
+        work: impl for<'c> AsyncFnOnce(&'c mut PgConnection) -> Result<T, QueueError>,
+    ) -> Result<T, QueueError> {
+        if statements <= 1 {
+            let mut conn = self.pool.acquire().await.map_err(map_err)?;
+            work(&mut conn).await
+        } else {
+            let mut tx = self.pool.begin().await.map_err(map_err)?;
+            let out = work(&mut tx).await?;
+            tx.commit().await.map_err(map_err)?;
+            Ok(out)
+        }
     }
 }
 
+async fn listen_loop(
+    mut listener: PgListener,
+    pool: PgPool,
+    wakers: Arc<Wakers>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = &mut stop => return,
+            next = listener.try_recv() => next,
+        };
+        match next {
+            Ok(Some(notification)) => wakers.wake(notification.payload()),
+            // The connection dropped and was re-established: whatever was notified in between
+            // is lost, so wake everyone to look for themselves.
+            Ok(None) => wakers.wake_all(),
+            Err(sqlx::Error::PoolClosed) => return,
+            Err(err) => {
+                tracing::warn!(error = %err, "queue listener failed; consumers poll until it recovers");
+                wakers.wake_all();
+                tokio::select! {
+                    _ = &mut stop => return,
+                    () = pool.close_event() => return,
+                    () = tokio::time::sleep(LISTEN_RETRY) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Sends inside the caller's connection or transaction (used by the driver and by
+/// [`super::Tx`]). Unkeyed messages go in bulk; keyed ones one by one, in order, so a key
+/// repeated inside one batch dedups against its first occurrence.
 pub(crate) async fn send_batch(
-    _conn: &mut sqlx::PgConnection,
-    _queue: &QueueName,
-    _messages: Vec<OutgoingMessage>,
+    conn: &mut PgConnection,
+    queue: &QueueName,
+    messages: Vec<OutgoingMessage>,
 ) -> Result<Vec<SendReceipt>, QueueError> {
-    Err(QueueError::Backend("not yet".into()))
+    let mut receipts: Vec<Option<SendReceipt>> = vec![None; messages.len()];
+    let mut plain: Vec<(usize, OutgoingMessage)> = Vec::with_capacity(messages.len());
+    for (i, msg) in messages.into_iter().enumerate() {
+        if msg.options.idempotency_key.is_some() {
+            flush_plain(conn, queue, &mut plain, &mut receipts).await?;
+            receipts[i] = Some(send_keyed(conn, queue, msg).await?);
+        } else {
+            plain.push((i, msg));
+        }
+    }
+    flush_plain(conn, queue, &mut plain, &mut receipts).await?;
+    receipts
+        .into_iter()
+        .map(|r| r.ok_or_else(|| QueueError::Backend("a message got no id".into())))
+        .collect()
+}
+
+/// How many statements `send_batch` will issue at least, to decide whether the driver must wrap
+/// them in a transaction.
+fn send_statements(messages: &[OutgoingMessage]) -> usize {
+    let keyed = messages
+        .iter()
+        .filter(|m| m.options.idempotency_key.is_some())
+        .count();
+    keyed + (messages.len() - keyed).div_ceil(INSERT_CHUNK)
+}
+
+async fn flush_plain(
+    conn: &mut PgConnection,
+    queue: &QueueName,
+    plain: &mut Vec<(usize, OutgoingMessage)>,
+    receipts: &mut [Option<SendReceipt>],
+) -> Result<(), QueueError> {
+    for chunk in plain.chunks(INSERT_CHUNK) {
+        let bodies: Vec<&[u8]> = chunk.iter().map(|(_, m)| m.body.as_slice()).collect();
+        let types: Vec<Option<&str>> = chunk
+            .iter()
+            .map(|(_, m)| m.options.content_type.as_deref())
+            .collect();
+        let requests: Vec<Option<&str>> = chunk
+            .iter()
+            .map(|(_, m)| m.options.request_id.as_deref())
+            .collect();
+        let delays: Vec<i64> = chunk
+            .iter()
+            .map(|(_, m)| interval_ms(m.options.delay))
+            .collect();
+        let wake = delays.contains(&0);
+        // The NOTIFY rides in the same statement (a CTE the final SELECT depends on, so it is
+        // evaluated) to keep a send at one round trip; it is delivered only on commit.
+        let mut ids: Vec<i64> = sqlx::query_scalar(
+            "WITH ins AS (
+                 INSERT INTO queue_messages (queue, body, content_type, request_id, visible_at)
+                 SELECT $1, b, ct, rid, now() + d * interval '1 millisecond'
+                 FROM unnest($2::bytea[], $3::text[], $4::text[], $5::bigint[]) AS u(b, ct, rid, d)
+                 RETURNING id
+             ), wake AS MATERIALIZED (
+                 SELECT pg_notify('cognomega_queue', $1) WHERE $6
+             )
+             SELECT ins.id FROM ins, (SELECT count(*) FROM wake) AS w",
+        )
+        .bind(queue.as_str())
+        .bind(&bodies)
+        .bind(&types)
+        .bind(&requests)
+        .bind(&delays)
+        .bind(wake)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(map_err)?;
+        // RETURNING order is unspecified; the BIGSERIAL hands out ids in row order.
+        ids.sort_unstable();
+        if ids.len() != chunk.len() {
+            return Err(QueueError::Backend(format!(
+                "inserted {} of {} messages",
+                ids.len(),
+                chunk.len()
+            )));
+        }
+        for ((i, _), id) in chunk.iter().zip(ids) {
+            receipts[*i] = Some(SendReceipt {
+                id: MessageId(id),
+                duplicate: false,
+            });
+        }
+    }
+    plain.clear();
+    Ok(())
+}
+
+async fn send_keyed(
+    conn: &mut PgConnection,
+    queue: &QueueName,
+    msg: OutgoingMessage,
+) -> Result<SendReceipt, QueueError> {
+    let key = msg
+        .options
+        .idempotency_key
+        .as_ref()
+        .map(|k| k.as_str().to_owned())
+        .unwrap_or_default();
+    let delay = interval_ms(msg.options.delay);
+    // Unlike SQLite (one writer, so check-then-insert is safe) concurrent senders race here: the
+    // claim on the key comes first, as an upsert that only takes over an expired key, and the
+    // message is inserted with the id reserved in it. The second sender of a live key waits on
+    // the first's row lock and then sees the conflict.
+    //
+    // A conflicting key's row may have committed after this statement's snapshot, so the
+    // existing id is read in a second statement (only for duplicates); a prune can delete an
+    // expired key in between, hence the loop.
+    for _ in 0..3 {
+        let inserted: Option<i64> = sqlx::query_scalar(
+            "WITH dedup AS (
+                 INSERT INTO queue_dedup (queue, key, message_id, expires_at)
+                 VALUES ($1, $2, nextval(pg_get_serial_sequence('queue_messages', 'id')),
+                         now() + least(coalesce(
+                             (SELECT (settings::jsonb ->> 'dedup_window')::bigint
+                              FROM queue_settings WHERE queue = $1), $7), $8)
+                             * interval '1 millisecond')
+                 ON CONFLICT (queue, key) DO UPDATE
+                     SET message_id = EXCLUDED.message_id, expires_at = EXCLUDED.expires_at
+                     WHERE queue_dedup.expires_at <= now()
+                 RETURNING message_id
+             ), ins AS (
+                 INSERT INTO queue_messages
+                     (id, queue, body, content_type, request_id, idempotency_key, visible_at)
+                 SELECT message_id, $1, $3, $4, $5, $2, now() + $6 * interval '1 millisecond'
+                 FROM dedup
+                 RETURNING id
+             ), wake AS MATERIALIZED (
+                 SELECT pg_notify('cognomega_queue', $1) FROM ins WHERE $6 = 0
+             )
+             SELECT ins.id FROM ins, (SELECT count(*) FROM wake) AS w",
+        )
+        .bind(queue.as_str())
+        .bind(&key)
+        .bind(msg.body.as_slice())
+        .bind(msg.options.content_type.as_deref())
+        .bind(msg.options.request_id.as_deref())
+        .bind(delay)
+        .bind(DEFAULT_DEDUP_WINDOW_MS)
+        .bind(MAX_INTERVAL_MS)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(map_err)?;
+        if let Some(id) = inserted {
+            return Ok(SendReceipt {
+                id: MessageId(id),
+                duplicate: false,
+            });
+        }
+        let existing: Option<i64> = sqlx::query_scalar(
+            "SELECT message_id FROM queue_dedup WHERE queue = $1 AND key = $2 AND expires_at > now()",
+        )
+        .bind(queue.as_str())
+        .bind(&key)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(map_err)?;
+        if let Some(id) = existing {
+            return Ok(SendReceipt {
+                id: MessageId(id),
+                duplicate: true,
+            });
+        }
+    }
+    Err(QueueError::Unavailable(format!(
+        "idempotency key {key} kept changing hands; try again"
+    )))
+}
+
+/// Settlements grouped into one array-bound statement per kind.
+#[derive(Default)]
+struct SettlePlan {
+    retry: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<Option<String>>),
+    dead: (Vec<i64>, Vec<i64>, Vec<String>),
+    release: (Vec<i64>, Vec<i64>),
+    ack: (Vec<i64>, Vec<i64>),
+    /// Item indexes refused without asking the database (see `plan_settle`).
+    repeated: HashSet<usize>,
+    /// (id, token) of every non-ack settlement sent.
+    non_ack: HashSet<(i64, i64)>,
+}
+
+impl SettlePlan {
+    fn statements(&self) -> usize {
+        [
+            self.retry.0.len(),
+            self.dead.0.len(),
+            self.release.0.len(),
+            self.ack.0.len(),
+        ]
+        .iter()
+        .filter(|n| **n > 0)
+        .count()
+    }
+}
+
+/// Groups settlements so the batched statements give exactly SQLite's one-by-one results.
+///
+/// SQLite applies non-acks one at a time in item order, then acks. For one message at most one
+/// (id, token) can match its lease, and whichever settlement applies first clears the lease; so
+/// only a repeated (id, token) can behave differently in a batch. A repeated non-ack is refused
+/// (SQLite finds the lease already gone), and an ack repeating a non-ack's (id, token) is refused
+/// too (it either lost to that non-ack or shares its stale token). Repeated acks are sent once.
+fn plan_settle(items: &[Settlement]) -> SettlePlan {
+    let mut plan = SettlePlan::default();
+    for (i, item) in items.iter().enumerate() {
+        let key = (item.id().0, token_of(item).0);
+        if matches!(item, Settlement::Ack { .. }) {
+            continue;
+        }
+        if !plan.non_ack.insert(key) {
+            plan.repeated.insert(i);
+            continue;
+        }
+        let (id, token) = key;
+        match item {
+            Settlement::Retry { delay, error, .. } => {
+                plan.retry.0.push(id);
+                plan.retry.1.push(token);
+                plan.retry.2.push(interval_ms(*delay));
+                plan.retry.3.push(error.clone());
+            }
+            Settlement::DeadLetter { error, .. } => {
+                plan.dead.0.push(id);
+                plan.dead.1.push(token);
+                plan.dead.2.push(error.clone());
+            }
+            Settlement::Release { .. } => {
+                plan.release.0.push(id);
+                plan.release.1.push(token);
+            }
+            Settlement::Ack { .. } => {}
+        }
+    }
+    let mut acks = HashSet::new();
+    for (i, item) in items.iter().enumerate() {
+        if let Settlement::Ack { id, token } = item {
+            let key = (id.0, token.0);
+            if plan.non_ack.contains(&key) {
+                plan.repeated.insert(i);
+            } else if acks.insert(key) {
+                plan.ack.0.push(key.0);
+                plan.ack.1.push(key.1);
+            }
+        }
+    }
+    plan
+}
+
+fn token_of(item: &Settlement) -> LeaseToken {
+    match item {
+        Settlement::Ack { token, .. }
+        | Settlement::Retry { token, .. }
+        | Settlement::DeadLetter { token, .. }
+        | Settlement::Release { token, .. } => *token,
+    }
+}
+
+/// Runs one settlement statement; every statement returns the (id, token) pairs it applied.
+async fn applied(
+    conn: &mut PgConnection,
+    query: sqlx::query::QueryAs<'_, sqlx::Postgres, (i64, i64), sqlx::postgres::PgArguments>,
+) -> Result<HashSet<(i64, i64)>, QueueError> {
+    let rows = query.fetch_all(&mut *conn).await.map_err(map_err)?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Applies planned settlements on `conn` (a transaction when more than one statement runs).
+async fn settle_on(
+    conn: &mut PgConnection,
+    queue: &QueueName,
+    settings: &QueueSettings,
+    items: &[Settlement],
+    plan: &SettlePlan,
+) -> Result<SettleReport, QueueError> {
+    let mut report = SettleReport::default();
+    let mut done: HashSet<(i64, i64)> = HashSet::new();
+    if !plan.retry.0.is_empty() {
+        let q = sqlx::query_as(
+            "WITH done AS (
+                 UPDATE queue_messages m
+                 SET state = 0, visible_at = now() + a.delay * interval '1 millisecond',
+                     lease_token = NULL, last_error = a.error
+                 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[])
+                     AS a(id, token, delay, error)
+                 WHERE m.id = a.id AND m.lease_token = a.token AND m.state = 1
+                 RETURNING m.id, a.token, a.delay
+             ), wake AS MATERIALIZED (
+                 SELECT pg_notify('cognomega_queue', $5)
+                 WHERE EXISTS (SELECT 1 FROM done WHERE delay = 0)
+             )
+             SELECT done.id, done.token FROM done, (SELECT count(*) FROM wake) AS w",
+        )
+        .bind(&plan.retry.0)
+        .bind(&plan.retry.1)
+        .bind(&plan.retry.2)
+        .bind(&plan.retry.3)
+        .bind(queue.as_str());
+        let set = applied(conn, q).await?;
+        report.retried = set.len() as u64;
+        done.extend(set);
+    }
+    if !plan.dead.0.is_empty() {
+        match &settings.dead_letter_queue {
+            Some(dlq) => {
+                let q = sqlx::query_as(
+                    "WITH done AS (
+                         UPDATE queue_messages m
+                         SET queue = $3, original_queue = m.queue, failed_attempts = m.attempts,
+                             attempts = 0, state = 0, visible_at = now(), lease_token = NULL,
+                             dead_at = now(), last_error = a.error
+                         FROM unnest($1::bigint[], $2::bigint[], $4::text[]) AS a(id, token, error)
+                         WHERE m.id = a.id AND m.lease_token = a.token AND m.state = 1
+                         RETURNING m.id, a.token
+                     ), wake AS MATERIALIZED (
+                         SELECT pg_notify('cognomega_queue', $3) WHERE EXISTS (SELECT 1 FROM done)
+                     )
+                     SELECT done.id, done.token FROM done, (SELECT count(*) FROM wake) AS w",
+                )
+                .bind(&plan.dead.0)
+                .bind(&plan.dead.1)
+                .bind(dlq.as_str())
+                .bind(&plan.dead.2);
+                let set = applied(conn, q).await?;
+                report.dead_lettered = set.len() as u64;
+                done.extend(set);
+            }
+            None => {
+                let q = sqlx::query_as(
+                    "DELETE FROM queue_messages m
+                     USING unnest($1::bigint[], $2::bigint[]) AS a(id, token)
+                     WHERE m.id = a.id AND m.lease_token = a.token AND m.state = 1
+                     RETURNING m.id, a.token",
+                )
+                .bind(&plan.dead.0)
+                .bind(&plan.dead.1);
+                let set = applied(conn, q).await?;
+                report.dropped = set.len() as u64;
+                for (i, item) in items.iter().enumerate() {
+                    if let Settlement::DeadLetter { id, token, error } = item {
+                        if !plan.repeated.contains(&i) && set.contains(&(id.0, token.0)) {
+                            tracing::warn!(queue = %queue, message_id = %id, error = %error,
+                                "message dropped after its last retry: the queue has no dead_letter_queue");
+                        }
+                    }
+                }
+                done.extend(set);
+            }
+        }
+    }
+    if !plan.release.0.is_empty() {
+        let q = sqlx::query_as(
+            "WITH done AS (
+                 UPDATE queue_messages m
+                 SET state = 0, visible_at = now(), lease_token = NULL,
+                     attempts = greatest(m.attempts - 1, 0)
+                 FROM unnest($1::bigint[], $2::bigint[]) AS a(id, token)
+                 WHERE m.id = a.id AND m.lease_token = a.token AND m.state = 1
+                 RETURNING m.id, a.token
+             ), wake AS MATERIALIZED (
+                 SELECT pg_notify('cognomega_queue', $3) WHERE EXISTS (SELECT 1 FROM done)
+             )
+             SELECT done.id, done.token FROM done, (SELECT count(*) FROM wake) AS w",
+        )
+        .bind(&plan.release.0)
+        .bind(&plan.release.1)
+        .bind(queue.as_str());
+        let set = applied(conn, q).await?;
+        report.released = set.len() as u64;
+        done.extend(set);
+    }
+    let mut acked: HashSet<(i64, i64)> = HashSet::new();
+    if !plan.ack.0.is_empty() {
+        // The drain histogram is updated by the same statement. The bucket is
+        // `DrainHistogram::bucket_of(ms)`, the number of bounds below `ms`, which for integer
+        // milliseconds is `width_bucket(ms - 1, bounds)`. Buckets are upserted in ascending order
+        // so concurrent ackers of one queue lock the shared rows in the same order.
+        let sql = if settings.retain_acked.is_zero() {
+            "WITH done AS (
+                 DELETE FROM queue_messages m
+                 USING unnest($1::bigint[], $2::bigint[]) AS a(id, token)
+                 WHERE m.id = a.id AND m.lease_token = a.token AND m.state = 1
+                 RETURNING m.id, a.token,
+                     greatest((extract(epoch FROM now() - m.enqueued_at) * 1000)::bigint, 0) AS ms
+             ), hist AS (
+                 INSERT INTO queue_drain_histogram AS h (queue, bucket, count, sum_ms)
+                 SELECT $3, width_bucket(ms - 1, $4::bigint[]), count(*), sum(ms)
+                 FROM done GROUP BY 2 ORDER BY 2
+                 ON CONFLICT (queue, bucket) DO UPDATE
+                     SET count = h.count + EXCLUDED.count, sum_ms = h.sum_ms + EXCLUDED.sum_ms
+             )
+             SELECT id, token FROM done"
+        } else {
+            "WITH done AS (
+                 UPDATE queue_messages m SET state = 2, acked_at = now(), lease_token = NULL
+                 FROM unnest($1::bigint[], $2::bigint[]) AS a(id, token)
+                 WHERE m.id = a.id AND m.lease_token = a.token AND m.state = 1
+                 RETURNING m.id, a.token,
+                     greatest((extract(epoch FROM now() - m.enqueued_at) * 1000)::bigint, 0) AS ms
+             ), hist AS (
+                 INSERT INTO queue_drain_histogram AS h (queue, bucket, count, sum_ms)
+                 SELECT $3, width_bucket(ms - 1, $4::bigint[]), count(*), sum(ms)
+                 FROM done GROUP BY 2 ORDER BY 2
+                 ON CONFLICT (queue, bucket) DO UPDATE
+                     SET count = h.count + EXCLUDED.count, sum_ms = h.sum_ms + EXCLUDED.sum_ms
+             )
+             SELECT id, token FROM done"
+        };
+        let q = sqlx::query_as(sql)
+            .bind(&plan.ack.0)
+            .bind(&plan.ack.1)
+            .bind(queue.as_str())
+            .bind(DRAIN_BUCKETS_MS.as_slice());
+        acked = applied(conn, q).await?;
+        report.acked = acked.len() as u64;
+    }
+    // Refusals in SQLite's order: non-acks in item order, then acks by token.
+    for (i, item) in items.iter().enumerate() {
+        if matches!(item, Settlement::Ack { .. }) {
+            continue;
+        }
+        if plan.repeated.contains(&i) || !done.contains(&(item.id().0, token_of(item).0)) {
+            report.refused.push(item.id());
+        }
+    }
+    let mut acks: BTreeMap<LeaseToken, Vec<MessageId>> = BTreeMap::new();
+    for item in items {
+        if let Settlement::Ack { id, token } = item {
+            acks.entry(*token).or_default().push(*id);
+        }
+    }
+    for (token, ids) in acks {
+        report.refused.extend(
+            ids.into_iter()
+                .filter(|id| !acked.contains(&(id.0, token.0))),
+        );
+    }
+    Ok(report)
+}
+
+type ClaimRow = (
+    i64,
+    Vec<u8>,
+    Option<String>,
+    Option<String>,
+    i32,
+    i64,
+    i64,
+    i64,
+);
+
+#[async_trait::async_trait]
+impl QueueDriver for PgQueue {
+    async fn declare(&self, queue: &QueueName, settings: &QueueSettings) -> Result<(), QueueError> {
+        settings
+            .validate(queue)
+            .map_err(|e| QueueError::Invalid(e.to_string()))?;
+        let json =
+            serde_json::to_string(settings).map_err(|e| QueueError::Invalid(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO queue_settings (queue, settings, updated_at) VALUES ($1, $2, now())
+             ON CONFLICT (queue) DO UPDATE
+                 SET settings = EXCLUDED.settings, updated_at = EXCLUDED.updated_at",
+        )
+        .bind(queue.as_str())
+        .bind(json)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn send_batch(
+        &self,
+        queue: &QueueName,
+        messages: Vec<OutgoingMessage>,
+    ) -> Result<Vec<SendReceipt>, QueueError> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Consumers are woken by the NOTIFY inside the insert, in this process as in others.
+        self.run(send_statements(&messages), async |conn| {
+            send_batch(conn, queue, messages).await
+        })
+        .await
+    }
+
+    async fn claim(
+        &self,
+        queue: &QueueName,
+        settings: &QueueSettings,
+        max: usize,
+    ) -> Result<Claim, QueueError> {
+        let lease = interval_ms(settings.lease);
+        // One statement, one round trip: the token is drawn once (a MATERIALIZED CTE), rows are
+        // picked in visibility order and locked with SKIP LOCKED so concurrent claimers take
+        // disjoint rows instead of queueing behind each other, and the lease end is computed
+        // once so every message of the claim shares it exactly.
+        let rows: Vec<ClaimRow> = sqlx::query_as(
+            "WITH t AS MATERIALIZED (
+                 SELECT nextval('queue_lease_token_seq') AS token,
+                        now() + $3 * interval '1 millisecond' AS until
+             ), picked AS (
+                 SELECT id FROM queue_messages
+                 WHERE queue = $1 AND state < 2 AND visible_at <= now()
+                 ORDER BY visible_at, id
+                 LIMIT $2
+                 FOR UPDATE SKIP LOCKED
+             )
+             UPDATE queue_messages m
+             SET state = 1, attempts = m.attempts + 1, lease_token = t.token, visible_at = t.until
+             FROM picked, t
+             WHERE m.id = picked.id
+             RETURNING m.id, m.body, m.content_type, m.request_id, m.attempts,
+                 (extract(epoch FROM m.enqueued_at) * 1000)::bigint, t.token,
+                 (extract(epoch FROM t.until) * 1000)::bigint",
+        )
+        .bind(queue.as_str())
+        .bind(i64::try_from(max).unwrap_or(i64::MAX))
+        .bind(lease)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        let Some(first) = rows.first() else {
+            return Ok(Claim {
+                token: LeaseToken(0),
+                lease_until: now_ms().plus(settings.lease),
+                messages: Vec::new(),
+                dead_lettered: 0,
+            });
+        };
+        let token = LeaseToken(first.6);
+        let lease_until = UnixMillis(first.7);
+        let mut messages: Vec<ReceivedMessage> = rows
+            .into_iter()
+            .map(
+                |(id, body, content_type, request_id, attempts, enqueued, _, _)| ReceivedMessage {
+                    id: MessageId(id),
+                    body,
+                    content_type,
+                    request_id,
+                    attempts: u32::try_from(attempts).unwrap_or(0),
+                    enqueued_at: UnixMillis(enqueued),
+                },
+            )
+            .collect();
+        messages.sort_unstable_by_key(|m| m.id);
+        let (messages, exhausted) = split_exhausted(messages, settings, token);
+        let mut dead_lettered = 0;
+        if !exhausted.is_empty() {
+            // A follow-up settle rather than the claim's own transaction keeps the common claim
+            // at one round trip; until it runs, the exhausted messages are held by this lease,
+            // and should it fail they come back after the lease and are dead-lettered then.
+            let report = self.settle(queue, settings, &exhausted).await?;
+            dead_lettered = report.dead_lettered + report.dropped;
+        }
+        Ok(Claim {
+            token,
+            lease_until,
+            messages,
+            dead_lettered,
+        })
+    }
+
+    async fn extend_lease(
+        &self,
+        token: LeaseToken,
+        ids: &[MessageId],
+        lease: Duration,
+    ) -> Result<u64, QueueError> {
+        let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
+        let res = sqlx::query(
+            "UPDATE queue_messages SET visible_at = now() + $1 * interval '1 millisecond'
+             WHERE id = ANY($3::bigint[]) AND lease_token = $2 AND state = 1",
+        )
+        .bind(interval_ms(lease))
+        .bind(token.0)
+        .bind(&ids)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(res.rows_affected())
+    }
+
+    async fn settle(
+        &self,
+        queue: &QueueName,
+        settings: &QueueSettings,
+        items: &[Settlement],
+    ) -> Result<SettleReport, QueueError> {
+        if items.is_empty() {
+            return Ok(SettleReport::default());
+        }
+        let plan = plan_settle(items);
+        self.run(plan.statements(), async |conn| {
+            settle_on(conn, queue, settings, items, &plan).await
+        })
+        .await
+    }
+
+    async fn wait_for_work(&self, queue: &QueueName, max_wait: Duration) {
+        // Bounded: with the database down, connecting must not hold the caller past max_wait.
+        match tokio::time::timeout(max_wait, self.ensure_listener()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "cannot LISTEN for queue wake-ups; polling instead");
+            }
+            Err(_) => {}
+        }
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT (extract(epoch FROM min(visible_at) - now()) * 1000)::bigint
+             FROM queue_messages WHERE queue = $1 AND state < 2",
+        )
+        .bind(queue.as_str())
+        .fetch_one(&self.pool)
+        .await
+        .unwrap_or(None);
+        let wait = match next {
+            Some(ms) if ms <= 0 => return,
+            Some(ms) => Duration::from_millis(u64::try_from(ms).unwrap_or(0)).min(max_wait),
+            None => max_wait,
+        };
+        wait_woken(
+            &self.shared.wakers,
+            queue,
+            wait.min(IDLE_POLL_CAP.max(max_wait)),
+        )
+        .await;
+    }
+
+    async fn queues(&self) -> Result<Vec<QueueName>, QueueError> {
+        // SELECT DISTINCT would read every message; instead skip through the two partial
+        // indexes that together cover every row (state < 2 and state = 2), one probe per
+        // queue. COLLATE "C" orders names bytewise, as SQLite does.
+        let names: Vec<String> = sqlx::query_scalar(
+            r#"WITH RECURSIVE live(queue) AS (
+                   (SELECT queue FROM queue_messages WHERE state < 2 ORDER BY queue LIMIT 1)
+                   UNION ALL
+                   SELECT (SELECT m.queue FROM queue_messages m
+                           WHERE m.state < 2 AND m.queue > live.queue ORDER BY m.queue LIMIT 1)
+                   FROM live WHERE live.queue IS NOT NULL
+               ), acked(queue) AS (
+                   (SELECT queue FROM queue_messages WHERE state = 2 ORDER BY queue LIMIT 1)
+                   UNION ALL
+                   SELECT (SELECT m.queue FROM queue_messages m
+                           WHERE m.state = 2 AND m.queue > acked.queue ORDER BY m.queue LIMIT 1)
+                   FROM acked WHERE acked.queue IS NOT NULL
+               )
+               SELECT queue FROM queue_settings
+               UNION SELECT queue FROM live WHERE queue IS NOT NULL
+               UNION SELECT queue FROM acked WHERE queue IS NOT NULL
+               ORDER BY 1 COLLATE "C""#,
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(names
+            .iter()
+            .filter_map(|n| QueueName::parse(n).ok())
+            .collect())
+    }
+
+    async fn stats(&self, queue: &QueueName) -> Result<QueueStats, QueueError> {
+        let row = sqlx::query(
+            "SELECT
+                 count(*) FILTER (WHERE state < 2 AND visible_at <= now()) AS depth,
+                 count(*) FILTER (WHERE state = 1 AND visible_at > now()) AS in_flight,
+                 count(*) FILTER (WHERE state = 0 AND visible_at > now()) AS delayed,
+                 count(*) FILTER (WHERE state = 2) AS acked,
+                 coalesce(greatest((extract(epoch FROM
+                     now() - min(enqueued_at) FILTER (WHERE state < 2)) * 1000)::bigint, 0), 0)
+                     AS oldest_age,
+                 (SELECT count(*) FROM queue_messages d
+                   WHERE d.state < 2 AND d.queue = (
+                     SELECT settings::jsonb ->> 'dead_letter_queue'
+                     FROM queue_settings WHERE queue = $1)
+                 ) AS dlq_depth
+             FROM queue_messages WHERE queue = $1",
+        )
+        .bind(queue.as_str())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?;
+        let count = |name: &str| -> Result<u64, QueueError> {
+            Ok(u64::try_from(row.try_get::<i64, _>(name).map_err(map_err)?).unwrap_or(0))
+        };
+        let drain = read_histogram(
+            sqlx::query_as::<_, (i64, i64, i64)>(
+                "SELECT bucket::bigint, count, sum_ms FROM queue_drain_histogram WHERE queue = $1",
+            )
+            .bind(queue.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?,
+        );
+        Ok(QueueStats {
+            queue: queue.clone(),
+            depth: count("depth")?,
+            in_flight: count("in_flight")?,
+            delayed: count("delayed")?,
+            dlq_depth: count("dlq_depth")?,
+            oldest_age_ms: row.try_get("oldest_age").map_err(map_err)?,
+            acked_retained: count("acked")?,
+            drain,
+        })
+    }
+
+    async fn dead_letters(
+        &self,
+        dlq: &QueueName,
+        limit: usize,
+    ) -> Result<Vec<DeadMessage>, QueueError> {
+        // Only the preview's bytes travel.
+        let rows = sqlx::query(
+            "SELECT id, original_queue, COALESCE(failed_attempts, attempts) AS attempts, last_error,
+                    (extract(epoch FROM enqueued_at) * 1000)::bigint AS enqueued_at,
+                    (extract(epoch FROM dead_at) * 1000)::bigint AS dead_at,
+                    substring(body FROM 1 FOR 512) AS body
+             FROM queue_messages WHERE queue = $1 AND state < 2 ORDER BY id LIMIT $2",
+        )
+        .bind(dlq.as_str())
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.into_iter()
+            .map(|row| {
+                let body: Vec<u8> = row.try_get("body").map_err(map_err)?;
+                let original: Option<String> = row.try_get("original_queue").map_err(map_err)?;
+                Ok(DeadMessage {
+                    id: MessageId(row.try_get("id").map_err(map_err)?),
+                    original_queue: original.and_then(|q| QueueName::parse(&q).ok()),
+                    attempts: u32::try_from(row.try_get::<i32, _>("attempts").map_err(map_err)?)
+                        .unwrap_or(0),
+                    error: row.try_get("last_error").map_err(map_err)?,
+                    enqueued_at: UnixMillis(row.try_get("enqueued_at").map_err(map_err)?),
+                    dead_at: row
+                        .try_get::<Option<i64>, _>("dead_at")
+                        .map_err(map_err)?
+                        .map(UnixMillis),
+                    body_preview: preview(&body),
+                })
+            })
+            .collect()
+    }
+
+    async fn replay(&self, dlq: &QueueName, ids: Option<&[MessageId]>) -> Result<u64, QueueError> {
+        let filter: Option<Vec<i64>> = ids.map(|ids| ids.iter().map(|id| id.0).collect());
+        let (moved, _notified): (i64, i64) = sqlx::query_as(
+            "WITH moved AS (
+                 UPDATE queue_messages
+                 SET queue = original_queue, original_queue = NULL, failed_attempts = NULL,
+                     dead_at = NULL, attempts = 0, state = 0, visible_at = now(),
+                     lease_token = NULL
+                 WHERE queue = $1 AND original_queue IS NOT NULL
+                   AND (state = 0 OR visible_at <= now())
+                   AND ($2::bigint[] IS NULL OR id = ANY($2::bigint[]))
+                 RETURNING queue
+             ), wake AS MATERIALIZED (
+                 SELECT pg_notify('cognomega_queue', q) FROM (SELECT DISTINCT queue AS q FROM moved) s
+             )
+             SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM wake)",
+        )
+        .bind(dlq.as_str())
+        .bind(filter)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(u64::try_from(moved).unwrap_or(0))
+    }
+
+    async fn prune(&self) -> Result<PruneReport, QueueError> {
+        let declared: Vec<(String, String)> =
+            sqlx::query_as("SELECT queue, settings FROM queue_settings")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map_err)?;
+        // Settings are parsed here, as SQLite does, so a queue whose settings do not parse is
+        // skipped the same way; the deletes then run for all queues at once.
+        let mut queues = Vec::new();
+        let mut retain_acked = Vec::new();
+        let mut dead_retention = Vec::new();
+        for (queue, json) in declared {
+            let Ok(settings) = serde_json::from_str::<QueueSettings>(&json) else {
+                continue;
+            };
+            queues.push(queue);
+            retain_acked.push(interval_ms(settings.retain_acked));
+            dead_retention.push(interval_ms(settings.dead_retention));
+        }
+        let mut report = PruneReport::default();
+        if !queues.is_empty() {
+            report.acked = sqlx::query(
+                "DELETE FROM queue_messages m
+                 USING unnest($1::text[], $2::bigint[]) AS p(queue, keep)
+                 WHERE m.queue = p.queue AND m.state = 2
+                   AND m.acked_at < now() - p.keep * interval '1 millisecond'",
+            )
+            .bind(&queues)
+            .bind(&retain_acked)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+            report.dead = sqlx::query(
+                "DELETE FROM queue_messages m
+                 USING unnest($1::text[], $2::bigint[]) AS p(queue, keep)
+                 WHERE m.original_queue = p.queue AND m.dead_at IS NOT NULL
+                   AND m.dead_at < now() - p.keep * interval '1 millisecond'",
+            )
+            .bind(&queues)
+            .bind(&dead_retention)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        }
+        report.dedup_keys = sqlx::query("DELETE FROM queue_dedup WHERE expires_at <= now()")
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        Ok(report)
+    }
 }

@@ -1,0 +1,25 @@
+//! `GET /metrics`: Prometheus text exposition of queue statistics and consumer counters.
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::header::CONTENT_TYPE;
+
+use crate::metrics_text::{render_consumers, render_queues};
+use crate::{ApiError, AppState};
+
+pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let names = state.queues.queues().await.map_err(ApiError::internal)?;
+    let mut stats = Vec::with_capacity(names.len());
+    for q in &names {
+        stats.push(state.queues.stats(q).await.map_err(ApiError::internal)?);
+    }
+    let mut text = render_queues(&stats);
+    if let Some(m) = &state.consumer_metrics {
+        text.push_str(&render_consumers(&m.snapshot()));
+    }
+    Ok((
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        text,
+    )
+        .into_response())
+}

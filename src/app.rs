@@ -1,0 +1,101 @@
+//! Starting and stopping the platform: HTTP API plus (optionally) all consumers, in one process.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use cognomega_consumers::{RunningRuntime, RuntimeOptions};
+use cognomega_producers::AppState;
+use cognomega_stores::Database;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServeConfig;
+use crate::wiring;
+
+/// A running platform.
+#[derive(Debug)]
+pub struct Platform {
+    /// The address the API listens on.
+    pub addr: SocketAddr,
+    /// The database it uses.
+    pub db: Database,
+    shutdown: CancellationToken,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    consumers: Option<RunningRuntime>,
+}
+
+impl Platform {
+    /// Opens (and migrates) the store, starts the consumers and the HTTP server.
+    pub async fn start(config: &ServeConfig, options: RuntimeOptions) -> anyhow::Result<Self> {
+        let db = Database::open(&config.storage.database_url)
+            .await
+            .with_context(|| format!("cannot open the database {}", config.storage.database_url))?;
+        let mut state = AppState::new(db.clone());
+        let consumers = if config.consumers {
+            let rt = wiring::runtime(&db, options)?;
+            state.consumer_metrics = Some(rt.metrics());
+            Some(rt.start().await?)
+        } else {
+            None
+        };
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {}; is another server using it? Pass --listen HOST:PORT",
+                    config.listen
+                )
+            })?;
+        let addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let app = cognomega_producers::router(state);
+        let stop = shutdown.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        });
+        Ok(Self {
+            addr,
+            db,
+            shutdown,
+            server,
+            consumers,
+        })
+    }
+
+    /// The base URL of the API.
+    #[must_use]
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The running consumers, if this process runs them.
+    #[must_use]
+    pub fn consumers(&self) -> Option<&RunningRuntime> {
+        self.consumers.as_ref()
+    }
+
+    /// Stops accepting requests, lets in-flight ones finish (up to `grace`), then stops the
+    /// consumers gracefully and closes the database.
+    pub async fn stop(self, grace: Duration) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        match tokio::time::timeout(grace, self.server).await {
+            Ok(joined) => joined??,
+            Err(_) => {
+                tracing::warn!("HTTP requests still running after the grace period; closing anyway")
+            }
+        }
+        if let Some(rt) = self.consumers {
+            let report = rt.stop().await;
+            if report.released_batches > 0 {
+                tracing::warn!(
+                    batches = report.released_batches,
+                    "released unfinished batches back to their queues"
+                );
+            }
+        }
+        self.db.close().await;
+        Ok(())
+    }
+}

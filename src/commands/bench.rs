@@ -1,0 +1,409 @@
+//! `cognomega bench queue`: the burn-down benchmark of the queue engine.
+//!
+//! 1. bulk-enqueue N no-op messages (enqueue/s);
+//! 2. drain them with the real consumer runtime, acks durable (work/s);
+//! 3. on an idle queue, send one message at a time and time enqueue → handler start
+//!    (latency p50/p99);
+//! 4. report the process's peak RSS.
+//!
+//! It runs against a throwaway store: a temporary SQLite file, or a PostgreSQL database it
+//! creates and drops.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use cognomega_consumers::{Runtime, RuntimeOptions};
+use cognomega_core::queue::{
+    BatchHandler, HandlerError, MessageBatch, OutgoingMessage, QueueName, QueueSettings,
+};
+use cognomega_stores::{Database, DatabaseUrl};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use super::Ctx;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum What {
+    /// Burn-down of N no-op jobs: enqueue/s, work/s, enqueue→start latency, peak RSS.
+    Queue(QueueArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, clap::Args)]
+struct QueueArgs {
+    /// Which queue backend to measure.
+    #[arg(long, value_enum, default_value_t = Backend::Sqlite)]
+    backend: Backend,
+    /// Jobs to enqueue and drain.
+    #[arg(long, default_value_t = 100_000)]
+    jobs: u64,
+    /// Batches handled at once (max_concurrency).
+    #[arg(long, default_value_t = 10)]
+    concurrency: u16,
+    /// Messages per batch (max_batch_size, 1..=100).
+    #[arg(long, default_value_t = 100)]
+    batch_size: u16,
+    /// Samples of the idle-queue latency measurement.
+    #[arg(long, default_value_t = 1_000)]
+    latency_samples: u32,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    backend: Backend,
+    jobs: u64,
+    concurrency: u16,
+    batch_size: u16,
+    enqueue_per_s: f64,
+    work_per_s: f64,
+    latency_p50_ms: f64,
+    latency_p99_ms: f64,
+    latency_samples: u32,
+    peak_rss_mib: f64,
+}
+
+pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<()> {
+    let What::Queue(args) = args.what;
+    if args.jobs == 0 {
+        bail!("--jobs must be at least 1");
+    }
+    let settings = QueueSettings {
+        max_batch_size: args.batch_size,
+        max_concurrency: args.concurrency,
+        lease: Duration::from_secs(120),
+        ..QueueSettings::default()
+    };
+    settings
+        .validate(&bench_queue())
+        .map_err(|e| anyhow::anyhow!("{e}: adjust --batch-size/--concurrency"))?;
+    let store = ThrowawayStore::create(args.backend, ctx.database_url.as_deref()).await?;
+    let result = measure(&store.db, &args, &settings).await;
+    store.destroy().await?;
+    let report = result?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "cognomega bench queue: backend={:?} jobs={} concurrency={} batch_size={}",
+            report.backend, report.jobs, report.concurrency, report.batch_size
+        );
+        println!("  enqueue   {:>12.0} msg/s", report.enqueue_per_s);
+        println!(
+            "  work      {:>12.0} jobs/s (durable acks)",
+            report.work_per_s
+        );
+        println!(
+            "  latency   p50 {:.3} ms, p99 {:.3} ms (enqueue → handler start, idle queue, {} samples)",
+            report.latency_p50_ms, report.latency_p99_ms, report.latency_samples
+        );
+        println!("  peak RSS  {:.1} MiB", report.peak_rss_mib);
+    }
+    Ok(())
+}
+
+fn bench_queue() -> QueueName {
+    QueueName::parse("bench.burn-down").unwrap_or_else(|_| unreachable!("valid queue name"))
+}
+
+async fn measure(
+    db: &Database,
+    args: &QueueArgs,
+    settings: &QueueSettings,
+) -> anyhow::Result<Report> {
+    let driver = db.queue();
+    let queue = bench_queue();
+    let show = !args.json;
+
+    // 1. Enqueue.
+    let bar = progress(show, args.jobs, "enqueue");
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while sent < args.jobs {
+        let n = (args.jobs - sent).min(10_000);
+        let batch = (0..n).map(|_| OutgoingMessage::new(&b"{}"[..])).collect();
+        driver.send_batch(&queue, batch).await?;
+        sent += n;
+        bar.set_position(sent);
+    }
+    let enqueue_s = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+
+    // 2. Drain with the real runtime; done when the last ack has committed.
+    let bar = progress(show, args.jobs, "drain");
+    let handled = Arc::new(AtomicU64::new(0));
+    let mut rt = Runtime::new(driver.clone(), RuntimeOptions::default());
+    rt.register(
+        queue.clone(),
+        settings.clone(),
+        Arc::new(NoOp(handled.clone())),
+    )?;
+    let metrics = rt.metrics();
+    let started = Instant::now();
+    let running = rt.start().await?;
+    loop {
+        let acked = metrics.snapshot().get(&queue).map_or(0, |c| c.acked);
+        bar.set_position(acked);
+        if acked >= args.jobs {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(3600) {
+            bail!(
+                "the drain did not finish within an hour ({acked} of {} acked)",
+                args.jobs
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let work_s = started.elapsed().as_secs_f64();
+    running.stop().await;
+    bar.finish_and_clear();
+
+    // 3. Latency on an idle queue.
+    let (p50, p99) = latency(driver, args.latency_samples, show).await?;
+
+    #[allow(clippy::cast_precision_loss)]
+    let jobs = args.jobs as f64;
+    Ok(Report {
+        backend: args.backend,
+        jobs: args.jobs,
+        concurrency: args.concurrency,
+        batch_size: args.batch_size,
+        enqueue_per_s: jobs / enqueue_s,
+        work_per_s: jobs / work_s,
+        latency_p50_ms: p50,
+        latency_p99_ms: p99,
+        latency_samples: args.latency_samples,
+        peak_rss_mib: peak_rss_mib(),
+    })
+}
+
+async fn latency(
+    driver: Arc<dyn cognomega_core::queue::QueueDriver>,
+    samples: u32,
+    show: bool,
+) -> anyhow::Result<(f64, f64)> {
+    let queue =
+        QueueName::parse("bench.latency").unwrap_or_else(|_| unreachable!("valid queue name"));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let settings = QueueSettings {
+        max_batch_size: 1,
+        max_concurrency: 1,
+        ..QueueSettings::default()
+    };
+    let mut rt = Runtime::new(
+        driver.clone(),
+        RuntimeOptions {
+            poll_interval: Duration::from_secs(1),
+            ..Default::default()
+        },
+    );
+    rt.register(queue.clone(), settings, Arc::new(Stamp(tx)))?;
+    let running = rt.start().await?;
+    // Let the consumer reach its idle wait before the first sample.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let bar = progress(show, u64::from(samples), "latency");
+    let mut lat = Vec::with_capacity(samples as usize);
+    for i in 0..samples {
+        let sent = Instant::now();
+        driver
+            .send(&queue, OutgoingMessage::new(&b"{}"[..]))
+            .await?;
+        let start = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .context("a latency probe was not delivered within 10 s")?
+            .context("the latency consumer stopped")?;
+        lat.push(start.saturating_duration_since(sent).as_secs_f64() * 1e3);
+        bar.set_position(u64::from(i + 1));
+        // Let the ack commit and the consumer go back to waiting: each sample hits an idle queue.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    bar.finish_and_clear();
+    running.stop().await;
+    lat.sort_by(f64::total_cmp);
+    Ok((percentile(&lat, 0.50), percentile(&lat, 0.99)))
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn progress(show: bool, len: u64, what: &'static str) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>8} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(what);
+    bar
+}
+
+/// Peak resident set size of this process (VmHWM), in MiB.
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+#[derive(Debug)]
+struct NoOp(Arc<AtomicU64>);
+
+#[async_trait::async_trait]
+impl BatchHandler for NoOp {
+    async fn handle(&self, batch: &mut MessageBatch) -> Result<(), HandlerError> {
+        self.0
+            .fetch_add(batch.messages().len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct Stamp(mpsc::UnboundedSender<Instant>);
+
+#[async_trait::async_trait]
+impl BatchHandler for Stamp {
+    async fn handle(&self, _batch: &mut MessageBatch) -> Result<(), HandlerError> {
+        let _ = self.0.send(Instant::now());
+        Ok(())
+    }
+}
+
+/// A store created for one run and destroyed afterwards.
+struct ThrowawayStore {
+    db: Database,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    Dir(std::path::PathBuf),
+    PgDatabase { admin: DatabaseUrl, name: String },
+}
+
+const DEFAULT_PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+impl ThrowawayStore {
+    async fn create(backend: Backend, database_url: Option<&str>) -> anyhow::Result<Self> {
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        match backend {
+            Backend::Sqlite => {
+                let dir = std::env::temp_dir().join(format!("cognomega-bench-{tag}"));
+                std::fs::create_dir_all(&dir)?;
+                let db = Database::open(&DatabaseUrl::sqlite_file(&dir.join("bench.db"))).await?;
+                Ok(Self {
+                    db,
+                    cleanup: Cleanup::Dir(dir),
+                })
+            }
+            Backend::Postgres => {
+                let admin = DatabaseUrl::parse(database_url.unwrap_or(DEFAULT_PG_ADMIN_URL))?;
+                if !admin.is_postgres() {
+                    bail!("--backend postgres needs a postgres:// --database-url (or COGNOMEGA_DATABASE_URL)");
+                }
+                let name = format!("cognomega_bench_{tag}");
+                let admin_db = Database::connect(&admin).await?;
+                if let Database::Postgres(pg) = &admin_db {
+                    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&pg.pool).await.with_context(|| {
+                        format!("cannot create the benchmark database on {admin}: the user needs CREATEDB")
+                    })?;
+                }
+                admin_db.close().await;
+                let url = DatabaseUrl::parse(&with_database(admin.expose(), &name))?;
+                let db = Database::open(&url).await?;
+                Ok(Self {
+                    db,
+                    cleanup: Cleanup::PgDatabase { admin, name },
+                })
+            }
+        }
+    }
+
+    async fn destroy(self) -> anyhow::Result<()> {
+        self.db.close().await;
+        match self.cleanup {
+            Cleanup::Dir(dir) => std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("cannot remove {}", dir.display()))?,
+            Cleanup::PgDatabase { admin, name } => {
+                let admin_db = Database::connect(&admin).await?;
+                if let Database::Postgres(pg) = &admin_db {
+                    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&pg.pool)
+                        .await?;
+                }
+                admin_db.close().await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The same URL pointing at another database.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let (scheme, rest) = base.split_once("://").unwrap_or(("postgres", base));
+    let authority = rest.split_once('/').map_or(rest, |(a, _)| a);
+    match query {
+        Some(q) => format!("{scheme}://{authority}/{name}?{q}"),
+        None => format!("{scheme}://{authority}/{name}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_is_swapped() {
+        assert_eq!(
+            with_database("postgres://u@h:5432/test", "x"),
+            "postgres://u@h:5432/x"
+        );
+        assert_eq!(with_database("postgres://u@h", "x"), "postgres://u@h/x");
+        assert_eq!(
+            with_database("postgres://u:p@h/db?sslmode=disable", "x"),
+            "postgres://u:p@h/x?sslmode=disable"
+        );
+    }
+
+    #[test]
+    fn percentiles() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert!((percentile(&v, 0.5) - 50.0).abs() < f64::EPSILON);
+        assert!((percentile(&v, 0.99) - 99.0).abs() < f64::EPSILON);
+        assert!((percentile(&[], 0.5)).abs() < f64::EPSILON);
+    }
+}

@@ -1,0 +1,94 @@
+//! One module per subcommand.
+
+pub mod bench;
+pub mod dlq;
+pub mod probe;
+pub mod queues;
+pub mod serve;
+pub mod worker;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use cognomega::config::StorageConfig;
+use cognomega_stores::Database;
+use tokio_util::sync::CancellationToken;
+
+/// Global options every command sees.
+#[derive(Debug)]
+pub struct Ctx {
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+}
+
+impl Ctx {
+    pub fn storage(&self) -> anyhow::Result<StorageConfig> {
+        StorageConfig::resolve(&self.data_dir, self.database_url.as_deref())
+    }
+
+    /// Opens and migrates the configured database.
+    pub async fn open(&self) -> anyhow::Result<Database> {
+        let storage = self.storage()?;
+        Database::open(&storage.database_url)
+            .await
+            .with_context(|| format!("cannot open the database {}", storage.database_url))
+    }
+}
+
+pub async fn migrate(ctx: Ctx) -> anyhow::Result<()> {
+    let storage = ctx.storage()?;
+    let db = Database::connect(&storage.database_url).await?;
+    db.migrate().await?;
+    println!(
+        "migrations applied ({} at {})",
+        db.backend(),
+        storage.database_url
+    );
+    db.close().await;
+    Ok(())
+}
+
+pub async fn prune(ctx: Ctx) -> anyhow::Result<()> {
+    let db = ctx.open().await?;
+    let report = db.queue().prune().await?;
+    println!(
+        "pruned {} acked messages, {} dead messages, {} expired idempotency keys",
+        report.acked, report.dead, report.dedup_keys
+    );
+    db.close().await;
+    Ok(())
+}
+
+/// A token cancelled on SIGINT or SIGTERM.
+pub fn shutdown_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(
+                tokio::signal::unix::SignalKind::terminate(),
+            ) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the process");
+                    let _ = ctrl_c.await;
+                    cancel.cancel();
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = term.recv() => {},
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!(
+            "shutting down: no new work is claimed; in-flight batches finish or are released"
+        );
+        cancel.cancel();
+    });
+    token
+}
