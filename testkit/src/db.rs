@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use cognomega_stores::{Database, DatabaseUrl};
+use sqlx::postgres::PgPool;
 use sqlx::{Connection, PgConnection};
 use tempfile::TempDir;
 
@@ -84,7 +85,9 @@ impl TestDb {
                 let mut scratch = PgScratch::create().await?;
                 let url = scratch.url()?;
                 let db = Database::open(&url).await?;
-                scratch.pool = Some(db.clone());
+                if let Database::Postgres(pg) = &db {
+                    scratch.pool = Some(pg.pool.clone());
+                }
                 Ok(TestDb {
                     backend,
                     db,
@@ -127,8 +130,10 @@ impl TestDb {
 struct PgScratch {
     admin: DatabaseUrl,
     name: String,
-    /// The test's pool, closed before the database is dropped.
-    pool: Option<Database>,
+    /// The test's pool, closed before the database is dropped. Only the pool: holding the
+    /// whole `Database` would keep the queue's LISTEN task (and its connection) alive, so the
+    /// close would wait for a connection that never comes back.
+    pool: Option<PgPool>,
 }
 
 impl PgScratch {

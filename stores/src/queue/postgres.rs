@@ -326,30 +326,87 @@ async fn send_keyed(
     )))
 }
 
-/// Settlements grouped into one array-bound statement per kind.
+/// Settlements of one kind, as statements ("rounds") whose ids are unique and sorted.
+///
+/// Every settle statement finds its rows with `m.id = ANY($ids)` (a primary-key lookup whatever
+/// the statistics say) and a row's own token and data at `width_bucket(m.id, $ids)` (a binary
+/// search, as the ids are sorted and unique). Joining `unnest(...)` instead lets the planner put
+/// the table first whenever its statistics saw no leased rows (`state = 1` estimated at one
+/// row), and then rescan the array once per row: measured at 264 ms instead of 3 ms for a
+/// thousand acks. An id settled under two different tokens (at most one can be current) needs a
+/// second round; that only happens when a stale and a fresh claim are settled together.
+struct Rounds<T> {
+    rounds: Vec<BTreeMap<i64, (i64, T)>>,
+}
+
+impl<T> Default for Rounds<T> {
+    fn default() -> Self {
+        Self { rounds: Vec::new() }
+    }
+}
+
+impl<T> Rounds<T> {
+    fn push(&mut self, id: i64, token: i64, data: T) {
+        for round in &mut self.rounds {
+            if let std::collections::btree_map::Entry::Vacant(slot) = round.entry(id) {
+                slot.insert((token, data));
+                return;
+            }
+        }
+        self.rounds.push(BTreeMap::from([(id, (token, data))]));
+    }
+}
+
+/// One round as parallel arrays, plus the token each id was settled under.
+struct Arrays<T> {
+    ids: Vec<i64>,
+    tokens: Vec<i64>,
+    data: Vec<T>,
+}
+
+impl<T> Arrays<T> {
+    fn of(round: BTreeMap<i64, (i64, T)>) -> Self {
+        let mut out = Self {
+            ids: Vec::with_capacity(round.len()),
+            tokens: Vec::with_capacity(round.len()),
+            data: Vec::with_capacity(round.len()),
+        };
+        for (id, (token, data)) in round {
+            out.ids.push(id);
+            out.tokens.push(token);
+            out.data.push(data);
+        }
+        out
+    }
+
+    /// The (id, token) pairs of the ids a statement reported as applied.
+    fn applied(&self, ids: &[i64]) -> impl Iterator<Item = (i64, i64)> + '_ {
+        let ids: HashSet<i64> = ids.iter().copied().collect();
+        self.ids
+            .iter()
+            .zip(&self.tokens)
+            .filter(move |(id, _)| ids.contains(id))
+            .map(|(id, token)| (*id, *token))
+    }
+}
+
+/// Settlements grouped by kind.
 #[derive(Default)]
 struct SettlePlan {
-    retry: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<Option<String>>),
-    dead: (Vec<i64>, Vec<i64>, Vec<String>),
-    release: (Vec<i64>, Vec<i64>),
-    ack: (Vec<i64>, Vec<i64>),
+    retry: Rounds<(i64, Option<String>)>,
+    dead: Rounds<String>,
+    release: Rounds<()>,
+    ack: Rounds<()>,
     /// Item indexes refused without asking the database (see `plan_settle`).
     repeated: HashSet<usize>,
-    /// (id, token) of every non-ack settlement sent.
-    non_ack: HashSet<(i64, i64)>,
 }
 
 impl SettlePlan {
     fn statements(&self) -> usize {
-        [
-            self.retry.0.len(),
-            self.dead.0.len(),
-            self.release.0.len(),
-            self.ack.0.len(),
-        ]
-        .iter()
-        .filter(|n| **n > 0)
-        .count()
+        self.retry.rounds.len()
+            + self.dead.rounds.len()
+            + self.release.rounds.len()
+            + self.ack.rounds.len()
     }
 }
 
@@ -362,32 +419,23 @@ impl SettlePlan {
 /// too (it either lost to that non-ack or shares its stale token). Repeated acks are sent once.
 fn plan_settle(items: &[Settlement]) -> SettlePlan {
     let mut plan = SettlePlan::default();
+    let mut non_ack = HashSet::new();
     for (i, item) in items.iter().enumerate() {
-        let key = (item.id().0, token_of(item).0);
+        let (id, token) = (item.id().0, token_of(item).0);
         if matches!(item, Settlement::Ack { .. }) {
             continue;
         }
-        if !plan.non_ack.insert(key) {
+        if !non_ack.insert((id, token)) {
             plan.repeated.insert(i);
             continue;
         }
-        let (id, token) = key;
         match item {
             Settlement::Retry { delay, error, .. } => {
-                plan.retry.0.push(id);
-                plan.retry.1.push(token);
-                plan.retry.2.push(interval_ms(*delay));
-                plan.retry.3.push(error.clone());
+                plan.retry
+                    .push(id, token, (interval_ms(*delay), error.clone()));
             }
-            Settlement::DeadLetter { error, .. } => {
-                plan.dead.0.push(id);
-                plan.dead.1.push(token);
-                plan.dead.2.push(error.clone());
-            }
-            Settlement::Release { .. } => {
-                plan.release.0.push(id);
-                plan.release.1.push(token);
-            }
+            Settlement::DeadLetter { error, .. } => plan.dead.push(id, token, error.clone()),
+            Settlement::Release { .. } => plan.release.push(id, token, ()),
             Settlement::Ack { .. } => {}
         }
     }
@@ -395,11 +443,10 @@ fn plan_settle(items: &[Settlement]) -> SettlePlan {
     for (i, item) in items.iter().enumerate() {
         if let Settlement::Ack { id, token } = item {
             let key = (id.0, token.0);
-            if plan.non_ack.contains(&key) {
+            if non_ack.contains(&key) {
                 plan.repeated.insert(i);
             } else if acks.insert(key) {
-                plan.ack.0.push(key.0);
-                plan.ack.1.push(key.1);
+                plan.ack.push(key.0, key.1, ());
             }
         }
     }
@@ -415,121 +462,130 @@ fn token_of(item: &Settlement) -> LeaseToken {
     }
 }
 
-/// Runs one settlement statement; every statement returns the (id, token) pairs it applied.
-async fn applied(
-    conn: &mut PgConnection,
-    query: sqlx::query::QueryAs<'_, sqlx::Postgres, (i64, i64), sqlx::postgres::PgArguments>,
-) -> Result<HashSet<(i64, i64)>, QueueError> {
-    let rows = query.fetch_all(&mut *conn).await.map_err(map_err)?;
-    Ok(rows.into_iter().collect())
-}
-
 /// Applies planned settlements on `conn` (a transaction when more than one statement runs).
 async fn settle_on(
     conn: &mut PgConnection,
     queue: &QueueName,
     settings: &QueueSettings,
     items: &[Settlement],
-    plan: &SettlePlan,
+    plan: SettlePlan,
 ) -> Result<SettleReport, QueueError> {
     let mut report = SettleReport::default();
+    // (id, token) of every settlement applied, acks apart.
     let mut done: HashSet<(i64, i64)> = HashSet::new();
-    if !plan.retry.0.is_empty() {
-        let q = sqlx::query_as(
+    for round in plan.retry.rounds {
+        let a = Arrays::of(round);
+        let (delays, errors): (Vec<i64>, Vec<Option<String>>) = a.data.iter().cloned().unzip();
+        // Waking is decided on the rows actually retried (new visible_at <= now()), so a
+        // refused zero-delay retry wakes no one.
+        let ids: Vec<i64> = sqlx::query_scalar(
             "WITH done AS (
                  UPDATE queue_messages m
-                 SET state = 0, visible_at = now() + a.delay * interval '1 millisecond',
-                     lease_token = NULL, last_error = a.error
-                 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[])
-                     AS a(id, token, delay, error)
-                 WHERE m.id = a.id AND m.lease_token = a.token AND m.state = 1
-                 RETURNING m.id, a.token, a.delay
+                 SET state = 0, lease_token = NULL,
+                     visible_at = now() + ($3::bigint[])[width_bucket(m.id, $1::bigint[])]
+                         * interval '1 millisecond',
+                     last_error = ($4::text[])[width_bucket(m.id, $1::bigint[])]
+                 WHERE m.id = ANY($1::bigint[]) AND m.state = 1
+                   AND m.lease_token = ($2::bigint[])[width_bucket(m.id, $1::bigint[])]
+                 RETURNING m.id, m.visible_at <= now() AS visible
              ), wake AS MATERIALIZED (
                  SELECT pg_notify('cognomega_queue', $5)
-                 WHERE EXISTS (SELECT 1 FROM done WHERE delay = 0)
+                 WHERE EXISTS (SELECT 1 FROM done WHERE visible)
              )
-             SELECT done.id, done.token FROM done, (SELECT count(*) FROM wake) AS w",
+             SELECT done.id FROM done, (SELECT count(*) FROM wake) AS w",
         )
-        .bind(&plan.retry.0)
-        .bind(&plan.retry.1)
-        .bind(&plan.retry.2)
-        .bind(&plan.retry.3)
-        .bind(queue.as_str());
-        let set = applied(conn, q).await?;
-        report.retried = set.len() as u64;
-        done.extend(set);
+        .bind(&a.ids)
+        .bind(&a.tokens)
+        .bind(&delays)
+        .bind(&errors)
+        .bind(queue.as_str())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(map_err)?;
+        report.retried += ids.len() as u64;
+        done.extend(a.applied(&ids));
     }
-    if !plan.dead.0.is_empty() {
-        match &settings.dead_letter_queue {
+    for round in plan.dead.rounds {
+        let a = Arrays::of(round);
+        let ids: Vec<i64> = match &settings.dead_letter_queue {
             Some(dlq) => {
-                let q = sqlx::query_as(
+                let ids: Vec<i64> = sqlx::query_scalar(
                     "WITH done AS (
                          UPDATE queue_messages m
                          SET queue = $3, original_queue = m.queue, failed_attempts = m.attempts,
                              attempts = 0, state = 0, visible_at = now(), lease_token = NULL,
-                             dead_at = now(), last_error = a.error
-                         FROM unnest($1::bigint[], $2::bigint[], $4::text[]) AS a(id, token, error)
-                         WHERE m.id = a.id AND m.lease_token = a.token AND m.state = 1
-                         RETURNING m.id, a.token
+                             dead_at = now(),
+                             last_error = ($4::text[])[width_bucket(m.id, $1::bigint[])]
+                         WHERE m.id = ANY($1::bigint[]) AND m.state = 1
+                           AND m.lease_token = ($2::bigint[])[width_bucket(m.id, $1::bigint[])]
+                         RETURNING m.id
                      ), wake AS MATERIALIZED (
                          SELECT pg_notify('cognomega_queue', $3) WHERE EXISTS (SELECT 1 FROM done)
                      )
-                     SELECT done.id, done.token FROM done, (SELECT count(*) FROM wake) AS w",
+                     SELECT done.id FROM done, (SELECT count(*) FROM wake) AS w",
                 )
-                .bind(&plan.dead.0)
-                .bind(&plan.dead.1)
+                .bind(&a.ids)
+                .bind(&a.tokens)
                 .bind(dlq.as_str())
-                .bind(&plan.dead.2);
-                let set = applied(conn, q).await?;
-                report.dead_lettered = set.len() as u64;
-                done.extend(set);
+                .bind(&a.data)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(map_err)?;
+                report.dead_lettered += ids.len() as u64;
+                ids
             }
             None => {
-                let q = sqlx::query_as(
+                let ids: Vec<i64> = sqlx::query_scalar(
                     "DELETE FROM queue_messages m
-                     USING unnest($1::bigint[], $2::bigint[]) AS a(id, token)
-                     WHERE m.id = a.id AND m.lease_token = a.token AND m.state = 1
-                     RETURNING m.id, a.token",
+                     WHERE m.id = ANY($1::bigint[]) AND m.state = 1
+                       AND m.lease_token = ($2::bigint[])[width_bucket(m.id, $1::bigint[])]
+                     RETURNING m.id",
                 )
-                .bind(&plan.dead.0)
-                .bind(&plan.dead.1);
-                let set = applied(conn, q).await?;
-                report.dropped = set.len() as u64;
-                for (i, item) in items.iter().enumerate() {
-                    if let Settlement::DeadLetter { id, token, error } = item {
-                        if !plan.repeated.contains(&i) && set.contains(&(id.0, token.0)) {
-                            tracing::warn!(queue = %queue, message_id = %id, error = %error,
-                                "message dropped after its last retry: the queue has no dead_letter_queue");
-                        }
+                .bind(&a.ids)
+                .bind(&a.tokens)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(map_err)?;
+                report.dropped += ids.len() as u64;
+                let dropped: HashSet<i64> = ids.iter().copied().collect();
+                for (id, error) in a.ids.iter().zip(&a.data) {
+                    if dropped.contains(id) {
+                        tracing::warn!(queue = %queue, message_id = %id, error = %error,
+                            "message dropped after its last retry: the queue has no dead_letter_queue");
                     }
                 }
-                done.extend(set);
+                ids
             }
-        }
+        };
+        done.extend(a.applied(&ids));
     }
-    if !plan.release.0.is_empty() {
-        let q = sqlx::query_as(
+    for round in plan.release.rounds {
+        let a = Arrays::of(round);
+        let ids: Vec<i64> = sqlx::query_scalar(
             "WITH done AS (
                  UPDATE queue_messages m
                  SET state = 0, visible_at = now(), lease_token = NULL,
                      attempts = greatest(m.attempts - 1, 0)
-                 FROM unnest($1::bigint[], $2::bigint[]) AS a(id, token)
-                 WHERE m.id = a.id AND m.lease_token = a.token AND m.state = 1
-                 RETURNING m.id, a.token
+                 WHERE m.id = ANY($1::bigint[]) AND m.state = 1
+                   AND m.lease_token = ($2::bigint[])[width_bucket(m.id, $1::bigint[])]
+                 RETURNING m.id
              ), wake AS MATERIALIZED (
                  SELECT pg_notify('cognomega_queue', $3) WHERE EXISTS (SELECT 1 FROM done)
              )
-             SELECT done.id, done.token FROM done, (SELECT count(*) FROM wake) AS w",
+             SELECT done.id FROM done, (SELECT count(*) FROM wake) AS w",
         )
-        .bind(&plan.release.0)
-        .bind(&plan.release.1)
-        .bind(queue.as_str());
-        let set = applied(conn, q).await?;
-        report.released = set.len() as u64;
-        done.extend(set);
+        .bind(&a.ids)
+        .bind(&a.tokens)
+        .bind(queue.as_str())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(map_err)?;
+        report.released += ids.len() as u64;
+        done.extend(a.applied(&ids));
     }
     let mut acked: HashSet<(i64, i64)> = HashSet::new();
-    if !plan.ack.0.is_empty() {
+    for round in plan.ack.rounds {
+        let a = Arrays::of(round);
         // The drain histogram is updated by the same statement. The bucket is
         // `DrainHistogram::bucket_of(ms)`, the number of bounds below `ms`, which for integer
         // milliseconds is `width_bucket(ms - 1, bounds)`. Buckets are upserted in ascending order
@@ -537,9 +593,9 @@ async fn settle_on(
         let sql = if settings.retain_acked.is_zero() {
             "WITH done AS (
                  DELETE FROM queue_messages m
-                 USING unnest($1::bigint[], $2::bigint[]) AS a(id, token)
-                 WHERE m.id = a.id AND m.lease_token = a.token AND m.state = 1
-                 RETURNING m.id, a.token,
+                 WHERE m.id = ANY($1::bigint[]) AND m.state = 1
+                   AND m.lease_token = ($2::bigint[])[width_bucket(m.id, $1::bigint[])]
+                 RETURNING m.id,
                      greatest((extract(epoch FROM now() - m.enqueued_at) * 1000)::bigint, 0) AS ms
              ), hist AS (
                  INSERT INTO queue_drain_histogram AS h (queue, bucket, count, sum_ms)
@@ -548,13 +604,13 @@ async fn settle_on(
                  ON CONFLICT (queue, bucket) DO UPDATE
                      SET count = h.count + EXCLUDED.count, sum_ms = h.sum_ms + EXCLUDED.sum_ms
              )
-             SELECT id, token FROM done"
+             SELECT id FROM done"
         } else {
             "WITH done AS (
                  UPDATE queue_messages m SET state = 2, acked_at = now(), lease_token = NULL
-                 FROM unnest($1::bigint[], $2::bigint[]) AS a(id, token)
-                 WHERE m.id = a.id AND m.lease_token = a.token AND m.state = 1
-                 RETURNING m.id, a.token,
+                 WHERE m.id = ANY($1::bigint[]) AND m.state = 1
+                   AND m.lease_token = ($2::bigint[])[width_bucket(m.id, $1::bigint[])]
+                 RETURNING m.id,
                      greatest((extract(epoch FROM now() - m.enqueued_at) * 1000)::bigint, 0) AS ms
              ), hist AS (
                  INSERT INTO queue_drain_histogram AS h (queue, bucket, count, sum_ms)
@@ -563,15 +619,18 @@ async fn settle_on(
                  ON CONFLICT (queue, bucket) DO UPDATE
                      SET count = h.count + EXCLUDED.count, sum_ms = h.sum_ms + EXCLUDED.sum_ms
              )
-             SELECT id, token FROM done"
+             SELECT id FROM done"
         };
-        let q = sqlx::query_as(sql)
-            .bind(&plan.ack.0)
-            .bind(&plan.ack.1)
+        let ids: Vec<i64> = sqlx::query_scalar(sql)
+            .bind(&a.ids)
+            .bind(&a.tokens)
             .bind(queue.as_str())
-            .bind(DRAIN_BUCKETS_MS.as_slice());
-        acked = applied(conn, q).await?;
-        report.acked = acked.len() as u64;
+            .bind(DRAIN_BUCKETS_MS.as_slice())
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(map_err)?;
+        report.acked += ids.len() as u64;
+        acked.extend(a.applied(&ids));
     }
     // Refusals in SQLite's order: non-acks in item order, then acks by token.
     for (i, item) in items.iter().enumerate() {
@@ -654,22 +713,25 @@ impl QueueDriver for PgQueue {
         // One statement, one round trip: the token is drawn once (a MATERIALIZED CTE), rows are
         // picked in visibility order and locked with SKIP LOCKED so concurrent claimers take
         // disjoint rows instead of queueing behind each other, and the lease end is computed
-        // once so every message of the claim shares it exactly.
+        // once so every message of the claim shares it exactly. The picked ids are handed over
+        // as an array (`= ANY(ARRAY(...))`) rather than joined: a generic plan estimates
+        // `LIMIT $2` at a tenth of the table and hash-joins a full scan of it (measured 31 ms
+        // instead of 6 ms per thousand at 100k backlog, growing with the backlog), while the
+        // array always probes the primary key.
         let rows: Vec<ClaimRow> = sqlx::query_as(
             "WITH t AS MATERIALIZED (
                  SELECT nextval('queue_lease_token_seq') AS token,
                         now() + $3 * interval '1 millisecond' AS until
-             ), picked AS (
+             )
+             UPDATE queue_messages m
+             SET state = 1, attempts = m.attempts + 1, lease_token = t.token, visible_at = t.until
+             FROM t
+             WHERE m.id = ANY(ARRAY(
                  SELECT id FROM queue_messages
                  WHERE queue = $1 AND state < 2 AND visible_at <= now()
                  ORDER BY visible_at, id
                  LIMIT $2
-                 FOR UPDATE SKIP LOCKED
-             )
-             UPDATE queue_messages m
-             SET state = 1, attempts = m.attempts + 1, lease_token = t.token, visible_at = t.until
-             FROM picked, t
-             WHERE m.id = picked.id
+                 FOR UPDATE SKIP LOCKED))
              RETURNING m.id, m.body, m.content_type, m.request_id, m.attempts,
                  (extract(epoch FROM m.enqueued_at) * 1000)::bigint, t.token,
                  (extract(epoch FROM t.until) * 1000)::bigint",
@@ -752,7 +814,7 @@ impl QueueDriver for PgQueue {
         }
         let plan = plan_settle(items);
         self.run(plan.statements(), async |conn| {
-            settle_on(conn, queue, settings, items, &plan).await
+            settle_on(conn, queue, settings, items, plan).await
         })
         .await
     }
@@ -805,10 +867,12 @@ impl QueueDriver for PgQueue {
                            WHERE m.state = 2 AND m.queue > acked.queue ORDER BY m.queue LIMIT 1)
                    FROM acked WHERE acked.queue IS NOT NULL
                )
-               SELECT queue FROM queue_settings
-               UNION SELECT queue FROM live WHERE queue IS NOT NULL
-               UNION SELECT queue FROM acked WHERE queue IS NOT NULL
-               ORDER BY 1 COLLATE "C""#,
+               SELECT queue FROM (
+                   SELECT queue FROM queue_settings
+                   UNION SELECT queue FROM live WHERE queue IS NOT NULL
+                   UNION SELECT queue FROM acked WHERE queue IS NOT NULL
+               ) AS q
+               ORDER BY queue COLLATE "C""#,
         )
         .fetch_all(&self.pool)
         .await

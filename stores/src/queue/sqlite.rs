@@ -444,6 +444,16 @@ impl QueueDriver for SqliteQueue {
         let mut wake = Vec::new();
         let mut dead_lettered = 0;
         if !exhausted.is_empty() {
+            // The UPDATE above counted a delivery that is not being made: take it back, so the
+            // dead message shows the deliveries it really got.
+            sqlx::query(
+                "UPDATE queue_messages SET attempts = attempts - 1
+                 WHERE id IN (SELECT value FROM json_each(?1))",
+            )
+            .bind(ids_json(exhausted.iter().map(Settlement::id)))
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
             let (report, w) = settle_in(&mut tx, queue, settings, &exhausted, now).await?;
             dead_lettered = report.dead_lettered + report.dropped;
             wake = w;
