@@ -6,8 +6,8 @@
 //! A behaviour change in one driver belongs here first, so the other driver has to follow.
 //!
 //! Timing: anything that must happen "eventually" is polled with a generous deadline
-//! ([`PATIENCE`]), because CI runs on a loaded two-core machine. The only upper bound on a
-//! duration is the wake-up hint check, which is about a hint arriving at all, not about speed.
+//! ([`PATIENCE`]), because CI runs on a loaded two-core machine. The one tight bound is the
+//! wake-up check ([`WAKE_PROMPTLY`]), which is about a hint arriving at all, not about speed.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -32,8 +32,9 @@ const PATIENCE: Duration = Duration::from_secs(20);
 /// does not let it expire between two statements that expect it held (the minimum is 1 s).
 const SHORT_LEASE: Duration = Duration::from_secs(2);
 
-/// How soon a waiting consumer must notice a send. The fallback poll interval is a second, so
-/// anything well below that shows the wake-up hint arrived.
+/// How soon a waiting consumer must notice a send. Without the wake-up hint it would sleep until
+/// its `max_wait` (a minute here) or at best a one-second poll, so anything this short shows the
+/// hint arrived.
 const WAKE_PROMPTLY: Duration = Duration::from_millis(200);
 
 /// Slack for comparing the test's clock with timestamps the store took (PostgreSQL uses the

@@ -6,12 +6,14 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod app;
 mod db;
 mod logging;
 mod wait;
 
 use cognomega_core::queue::{QueueName, QueueSettings};
 
+pub use app::TestApp;
 pub use db::{Backend, TestDb, PG_URL_ENV};
 pub use logging::init_tracing;
 pub use wait::{wait_for, wait_until};

@@ -521,12 +521,7 @@ impl QueueDriver for SqliteQueue {
             Some(at) => UnixMillis(at).since(now).min(max_wait),
             None => max_wait,
         };
-        wait_woken(
-            &self.db.wakers,
-            queue,
-            wait.min(IDLE_POLL_CAP.max(max_wait)),
-        )
-        .await;
+        wait_woken(&self.db.wakers, queue, wait.min(IDLE_POLL_CAP)).await;
     }
 
     async fn queues(&self) -> Result<Vec<QueueName>, QueueError> {

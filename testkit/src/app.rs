@@ -1,0 +1,88 @@
+//! The whole platform (HTTP API + consumers) on a loopback port 0, over a throwaway database.
+
+use std::time::Duration;
+
+use cognomega::app::Platform;
+use cognomega::config::{ServeConfig, StorageConfig};
+use cognomega_consumers::RuntimeOptions;
+
+use crate::db::{Backend, TestDb};
+
+/// A running test app: its database, its base URL and an HTTP client.
+#[derive(Debug)]
+pub struct TestApp {
+    /// The database the app uses (dropped after the app stops).
+    pub tdb: TestDb,
+    /// `http://127.0.0.1:PORT`.
+    pub base_url: String,
+    /// A client with a short timeout.
+    pub client: reqwest::Client,
+    platform: Option<Platform>,
+}
+
+impl TestApp {
+    /// Starts the platform with consumers in-process (the embedded shape) on `backend`.
+    pub async fn spawn(backend: Backend) -> anyhow::Result<Self> {
+        Self::spawn_with(backend, true).await
+    }
+
+    /// Starts the platform, with or without in-process consumers.
+    pub async fn spawn_with(backend: Backend, consumers: bool) -> anyhow::Result<Self> {
+        let tdb = TestDb::new(backend).await?;
+        let storage = StorageConfig::resolve(tdb.data_dir(), Some(tdb.url().expose()))?;
+        let config = ServeConfig {
+            storage,
+            listen: ([127, 0, 0, 1], 0).into(),
+            consumers,
+        };
+        let options = RuntimeOptions {
+            poll_interval: Duration::from_millis(50),
+            shutdown_grace: Duration::from_secs(5),
+        };
+        let platform = Platform::start(&config, options).await?;
+        let base_url = platform.base_url();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(Self {
+            tdb,
+            base_url,
+            client,
+            platform: Some(platform),
+        })
+    }
+
+    /// The absolute URL of `path`.
+    #[must_use]
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// The running platform.
+    #[must_use]
+    pub fn platform(&self) -> &Platform {
+        self.platform
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("platform is present until stop"))
+    }
+
+    /// Waits until every consumed queue is idle (nothing ready, in flight or delayed).
+    pub async fn wait_idle(&self, timeout: Duration) -> anyhow::Result<()> {
+        let Some(rt) = self.platform().consumers() else {
+            anyhow::bail!("this app runs no consumers");
+        };
+        anyhow::ensure!(
+            rt.wait_idle(timeout).await,
+            "queues still busy after {timeout:?}"
+        );
+        Ok(())
+    }
+
+    /// Stops the platform gracefully.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(p) = self.platform.take() {
+            p.stop(Duration::from_secs(5)).await?;
+        }
+        Ok(())
+    }
+}
