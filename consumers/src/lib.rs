@@ -12,6 +12,8 @@ mod acker;
 mod metrics;
 pub mod probe;
 mod runtime;
+pub mod settlement;
+pub mod usage_writer;
 
 pub use metrics::{ConsumerMetrics, QueueCounters, BATCH_BUCKETS_MS};
 pub use runtime::{RunReport, RunningRuntime, Runtime, RuntimeOptions};

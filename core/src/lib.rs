@@ -7,5 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod auth;
+pub mod billing;
 pub mod queue;
 pub mod time;

@@ -32,6 +32,9 @@ pub enum StoreError {
     /// Any other driver error.
     #[error(transparent)]
     Sqlx(#[from] sqlx::Error),
+    /// A queue operation inside a store transaction failed.
+    #[error(transparent)]
+    Queue(#[from] cognomega_core::queue::QueueError),
 }
 
 /// A database URL whose `Debug`/`Display` never shows the password.

@@ -6,7 +6,9 @@
 //! differ, the SQLite query says why.
 #![forbid(unsafe_code)]
 
+pub mod billing;
 pub mod database;
+pub mod kv;
 pub mod queue;
 
 pub use database::{Database, DatabaseUrl, StoreError};

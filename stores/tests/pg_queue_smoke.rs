@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cognomega_core::queue::{
-    IdempotencyKey, LeaseToken, MessageId, OutgoingMessage, QueueName, QueueSettings, Settlement,
+    IdempotencyKey, LeaseToken, MessageId, OutgoingMessage, QueueDriver, QueueName, QueueSettings,
+    Settlement,
 };
-use cognomega_stores::{Database, DatabaseUrl, Tx};
+use cognomega_stores::{Database, DatabaseUrl, PgQueue, Tx};
 use sqlx::Connection;
 
 const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -630,6 +631,49 @@ async fn notify_wakes_a_waiting_consumer() {
     }
     producer_db.close().await;
     t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_task_ends_with_its_driver() {
+    let t = TestDb::new().await;
+    let pool = pg_pool(&t.db);
+    let listening = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("pg_stat_activity")
+    };
+    let queue = PgQueue::new(pool.clone());
+    let q = qn("idle");
+    queue.wait_for_work(&q, Duration::from_millis(50)).await;
+    queue.wait_for_work(&q, Duration::from_millis(10)).await;
+    assert_eq!(
+        listening().await,
+        1,
+        "one listener per driver, started once"
+    );
+
+    drop(queue);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while listening().await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the listener outlived its driver"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Closing the database is not held up by a running listener.
+    t.db.queue()
+        .wait_for_work(&q, Duration::from_millis(50))
+        .await;
+    assert_eq!(listening().await, 1);
+    tokio::time::timeout(Duration::from_secs(5), t.finish())
+        .await
+        .expect("close returns with a listener running");
 }
 
 /// Drain throughput: N no-op messages, claimed and acked up to 1000 at a time.

@@ -12,6 +12,7 @@
 //!   out in-process by one `LISTEN`ing task per driver.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +24,7 @@ use cognomega_core::queue::{
 use cognomega_core::time::{duration_ms, UnixMillis};
 use sqlx::postgres::{PgListener, PgPool};
 use sqlx::{PgConnection, Row};
-use tokio::sync::{oneshot, OnceCell};
+use tokio::sync::{oneshot, Notify, OnceCell};
 
 use super::sqlite::{preview, read_histogram, split_exhausted};
 use super::{map_err, now_ms, wait_woken, Wakers, DEFAULT_DEDUP_WINDOW_MS, IDLE_POLL_CAP};
@@ -55,6 +56,10 @@ pub(crate) struct PgShared {
     /// Set once the listener task runs; dropping the sender (with the last owner of this
     /// struct) stops the task, so no task outlives the drivers that need it.
     listener: OnceCell<oneshot::Sender<()>>,
+    /// True while a task is connecting the listener.
+    starting: AtomicBool,
+    /// Signalled whenever a connection attempt ends, successful or not.
+    attempted: Notify,
 }
 
 /// The PostgreSQL queue driver.
@@ -76,25 +81,34 @@ impl PgQueue {
         Self { pool, shared }
     }
 
-    /// Starts the LISTEN task unless it runs already. Returns once the connection is
-    /// LISTENing, so a send committed after this returns is always noticed.
-    async fn ensure_listener(&self) -> Result<(), sqlx::Error> {
-        self.shared
-            .listener
-            .get_or_try_init(|| async {
-                let mut listener = PgListener::connect_with(&self.pool).await?;
-                listener.listen(CHANNEL).await?;
-                let (stop, stopped) = oneshot::channel();
-                tokio::spawn(listen_loop(
-                    listener,
-                    self.pool.clone(),
-                    self.shared.wakers.clone(),
-                    stopped,
-                ));
-                Ok(stop)
-            })
-            .await
-            .map(|_| ())
+    /// Starts the LISTEN task unless it runs already, and waits (at most `max_wait`) until the
+    /// connection is LISTENing, so a send committed after this returns is noticed.
+    ///
+    /// Connecting runs in a task of its own: a waiter giving up (a short `max_wait`, a cancelled
+    /// select) must not abort the attempt half-way, or short waits would never get a listener.
+    /// One attempt runs at a time, so a database that is down does not pile attempts up.
+    async fn ensure_listener(&self, max_wait: Duration) {
+        let shared = &self.shared;
+        // Registered before the checks below, so an attempt ending in between still wakes us.
+        let attempted = shared.attempted.notified();
+        if shared.listener.initialized() {
+            return;
+        }
+        if !shared.starting.swap(true, Ordering::AcqRel) {
+            let (shared, pool) = (Arc::clone(shared), self.pool.clone());
+            tokio::spawn(async move {
+                let started = shared
+                    .listener
+                    .get_or_try_init(|| start_listener(&pool, &shared.wakers))
+                    .await;
+                if let Err(err) = started {
+                    tracing::warn!(error = %err, "cannot LISTEN for queue wake-ups; polling instead");
+                }
+                shared.starting.store(false, Ordering::Release);
+                shared.attempted.notify_waiters();
+            });
+        }
+        let _ = tokio::time::timeout(max_wait, attempted).await;
     }
 
     /// A connection for work that is a single statement (atomic without BEGIN/COMMIT, saving
@@ -114,6 +128,22 @@ impl PgQueue {
             Ok(out)
         }
     }
+}
+
+async fn start_listener(
+    pool: &PgPool,
+    wakers: &Arc<Wakers>,
+) -> Result<oneshot::Sender<()>, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(CHANNEL).await?;
+    let (stop, stopped) = oneshot::channel();
+    tokio::spawn(listen_loop(
+        listener,
+        pool.clone(),
+        Arc::clone(wakers),
+        stopped,
+    ));
+    Ok(stop)
 }
 
 async fn listen_loop(
@@ -820,14 +850,10 @@ impl QueueDriver for PgQueue {
     }
 
     async fn wait_for_work(&self, queue: &QueueName, max_wait: Duration) {
-        // Bounded: with the database down, connecting must not hold the caller past max_wait.
-        match tokio::time::timeout(max_wait, self.ensure_listener()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => {
-                tracing::warn!(error = %err, "cannot LISTEN for queue wake-ups; polling instead");
-            }
-            Err(_) => {}
-        }
+        let started = tokio::time::Instant::now();
+        self.ensure_listener(max_wait).await;
+        // Time spent connecting the listener counts against the caller's budget.
+        let max_wait = max_wait.saturating_sub(started.elapsed());
         let next: Option<i64> = sqlx::query_scalar(
             "SELECT (extract(epoch FROM min(visible_at) - now()) * 1000)::bigint
              FROM queue_messages WHERE queue = $1 AND state < 2",

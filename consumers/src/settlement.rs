@@ -1,0 +1,100 @@
+//! `settlement` → one append-only ledger entry per message (unique on the settlement id), the
+//! derived balance updated in the same transaction, then the in-process cache invalidated.
+
+use std::collections::BTreeMap;
+
+use cognomega_core::billing::{SettlementKind, SettlementMessage};
+use cognomega_core::queue::{
+    BatchHandler, HandlerError, MessageBatch, MessageId, QueueName, QueueSettings,
+};
+use cognomega_stores::kv::BalanceCache;
+use cognomega_stores::{billing, Database};
+
+/// The queue name.
+pub const QUEUE: &str = "settlement";
+
+/// The queue.
+#[must_use]
+pub fn queue() -> QueueName {
+    QueueName::parse(QUEUE).unwrap_or_else(|_| unreachable!("valid queue name"))
+}
+
+/// Settings: large batches (one transaction each), patient retries.
+#[must_use]
+pub fn settings() -> QueueSettings {
+    QueueSettings {
+        max_batch_size: 100,
+        max_concurrency: 4,
+        max_retries: 10,
+        dead_letter_queue: Some(
+            QueueName::parse("settlement.dlq").unwrap_or_else(|_| unreachable!("valid")),
+        ),
+        ..QueueSettings::default()
+    }
+}
+
+/// The settlement consumer.
+#[derive(Debug, Clone)]
+pub struct SettlementWriter {
+    db: Database,
+    guest_floor: i64,
+    cache: Option<BalanceCache>,
+}
+
+impl SettlementWriter {
+    /// A writer; `cache` is invalidated for every changed tenant after each commit.
+    #[must_use]
+    pub fn new(db: Database, guest_floor: i64, cache: Option<BalanceCache>) -> Self {
+        Self {
+            db,
+            guest_floor,
+            cache,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl BatchHandler for SettlementWriter {
+    async fn handle(&self, batch: &mut MessageBatch) -> Result<(), HandlerError> {
+        let mut entries = Vec::with_capacity(batch.messages().len());
+        let mut garbage: Vec<(MessageId, String)> = Vec::new();
+        for msg in batch.messages() {
+            match msg.json::<SettlementMessage>() {
+                Ok(e) => entries.push(e),
+                Err(e) => garbage.push((msg.id, format!("not a settlement message: {e}"))),
+            }
+        }
+        for (id, why) in garbage {
+            batch.fail(id, why);
+        }
+        let mut tx = self.db.begin().await.map_err(HandlerError::retryable)?;
+        let applied = billing::append_ledger(&mut tx, &entries)
+            .await
+            .map_err(HandlerError::retryable)?;
+        let mut deltas: BTreeMap<String, i64> = BTreeMap::new();
+        let mut adjustments = Vec::new();
+        for e in &applied {
+            *deltas.entry(e.tenant_id.clone()).or_default() += e.delta;
+            if e.kind == SettlementKind::Adjustment {
+                if let Some(id) = e.reference.as_deref() {
+                    adjustments.push(id);
+                }
+            }
+        }
+        let balances = billing::apply_balance_deltas(&mut tx, &deltas, self.guest_floor)
+            .await
+            .map_err(HandlerError::retryable)?;
+        billing::mark_adjustments_applied(&mut tx, &adjustments)
+            .await
+            .map_err(HandlerError::retryable)?;
+        tx.commit().await.map_err(HandlerError::retryable)?;
+        if let Some(cache) = &self.cache {
+            // Invalidate rather than write: concurrent batches commit in one order and could
+            // reach this line in another.
+            for tenant in balances.keys() {
+                cache.invalidate(tenant);
+            }
+        }
+        Ok(())
+    }
+}

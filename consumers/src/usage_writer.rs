@@ -1,0 +1,102 @@
+//! `usage` → `usage_events` rows, then one `settlement` message per newly inserted event, all in
+//! one transaction. A redelivered message finds its events' keys and changes nothing.
+
+use cognomega_core::billing::{
+    PriceTable, SettlementKind, SettlementMessage, UsageBatchMessage, UsageEvent,
+};
+use cognomega_core::queue::{
+    BatchHandler, HandlerError, MessageBatch, MessageId, OutgoingMessage, QueueName, QueueSettings,
+};
+use cognomega_stores::{billing, Database};
+
+/// The queue name.
+pub const QUEUE: &str = "usage";
+
+/// The queue.
+#[must_use]
+pub fn queue() -> QueueName {
+    QueueName::parse(QUEUE).unwrap_or_else(|_| unreachable!("valid queue name"))
+}
+
+/// Settings: batches of accepted requests (each up to 1,000 events), patient retries.
+#[must_use]
+pub fn settings() -> QueueSettings {
+    QueueSettings {
+        max_batch_size: 20,
+        max_concurrency: 4,
+        max_retries: 10,
+        dead_letter_queue: Some(
+            QueueName::parse("usage.dlq").unwrap_or_else(|_| unreachable!("valid")),
+        ),
+        ..QueueSettings::default()
+    }
+}
+
+/// The usage-writer.
+#[derive(Debug, Clone)]
+pub struct UsageWriter {
+    db: Database,
+    prices: PriceTable,
+}
+
+impl UsageWriter {
+    /// A writer pricing with `prices`.
+    #[must_use]
+    pub fn new(db: Database, prices: PriceTable) -> Self {
+        Self { db, prices }
+    }
+}
+
+#[async_trait::async_trait]
+impl BatchHandler for UsageWriter {
+    async fn handle(&self, batch: &mut MessageBatch) -> Result<(), HandlerError> {
+        let mut parsed: Vec<(UsageBatchMessage, Option<String>)> = Vec::new();
+        let mut garbage: Vec<(MessageId, String)> = Vec::new();
+        for msg in batch.messages() {
+            match msg.json::<UsageBatchMessage>() {
+                Ok(body) => parsed.push((body, msg.request_id.clone())),
+                Err(e) => garbage.push((msg.id, format!("not a usage message: {e}"))),
+            }
+        }
+        for (id, why) in garbage {
+            batch.fail(id, why);
+        }
+        let mut tx = self.db.begin().await.map_err(HandlerError::retryable)?;
+        let mut settlements = Vec::new();
+        for (body, request_id) in &parsed {
+            let priced: Vec<(UsageEvent, i64)> = body
+                .events
+                .iter()
+                .map(|e| (e.clone(), self.prices.charge(e.kind, e.quantity)))
+                .collect();
+            let new = billing::insert_usage(
+                &mut tx,
+                &body.tenant_id,
+                &priced,
+                body.received_at_ms,
+                request_id.as_deref(),
+            )
+            .await
+            .map_err(HandlerError::retryable)?;
+            for usage in new.into_iter().filter(|u| u.credits != 0) {
+                let msg = SettlementMessage {
+                    id: format!("usage-{}", usage.seq),
+                    tenant_id: body.tenant_id.clone(),
+                    delta: -usage.credits,
+                    kind: SettlementKind::Usage,
+                    reference: Some(usage.idempotency_key),
+                };
+                let mut out = OutgoingMessage::json(&msg).map_err(HandlerError::fatal)?;
+                out.options.request_id.clone_from(request_id);
+                settlements.push(out);
+            }
+        }
+        if !settlements.is_empty() {
+            tx.send_batch(&crate::settlement::queue(), settlements)
+                .await
+                .map_err(HandlerError::retryable)?;
+        }
+        tx.commit().await.map_err(HandlerError::retryable)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,34 @@
+//! Authentication: RS256 JWTs with rotating keys published as a JWKS, and the constant-time
+//! comparison behind the admin key.
+//!
+//! - The issuer holds a [`KeyRing`]: [`KeyRing::issue`] signs [`Claims`] (minted by a
+//!   [`ClaimsBuilder`]) with the current [`SigningKey`] and names it in the header `kid`.
+//! - [`KeyRing::jwks`] publishes the current and recently retired public keys as a [`Jwks`],
+//!   so a rotation never breaks tokens that are still live.
+//! - Anyone holding the [`Jwks`] alone (the edge host reads it from KV) can [`verify`]. Only
+//!   RS256 with a known `kid` is accepted; each refusal is a distinct [`AuthError`] with a
+//!   stable [`AuthError::code`], all of them `401`.
+//!
+//! Pure Rust (`rsa` 0.10, constant-time) and runtime-free, so it builds for wasm32; "now" is
+//! passed in, as everywhere in the core.
+
+mod claims;
+mod compare;
+mod error;
+mod jwt;
+mod keys;
+mod ring;
+
+#[cfg(test)]
+mod tests;
+
+pub use claims::{Claims, ClaimsBuilder, Tier, Validation};
+pub use compare::constant_time_eq;
+pub use error::{AuthError, KeyError};
+pub use jwt::{verify, MAX_TOKEN_BYTES};
+pub use keys::{
+    Jwk, Jwks, KeyId, SigningKey, GENERATED_KEY_BITS, MAX_KEY_BITS, MIN_KEY_BITS,
+};
+pub use ring::KeyRing;
+/// A buffer that is wiped on drop; [`SigningKey::to_pkcs8_pem`] returns the PEM in one.
+pub use zeroize::Zeroizing;

@@ -1,0 +1,569 @@
+//! SQL of the money path: tenants, usage events, the append-only ledger, derived balances,
+//! adjustments. Functions that write take a [`Tx`] so callers commit effects together with the
+//! messages they produce (and, in consumers, with the idempotency record of what they consumed).
+//!
+//! SQLite stores times as epoch milliseconds; PostgreSQL as `timestamptz`, converted at the
+//! boundary (`to_timestamp(ms / 1000.0)`, `extract(epoch …) * 1000`).
+
+use std::collections::BTreeMap;
+
+use cognomega_core::billing::{SettlementMessage, UsageEvent, UsageKind};
+use serde::Serialize;
+use sqlx::{QueryBuilder, Row};
+
+use crate::queue::now_ms;
+use crate::{Database, StoreError, Tx};
+
+/// A usage event inserted for the first time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewUsage {
+    /// Insertion order; also names its settlement (`usage-{seq}`).
+    pub seq: i64,
+    /// Its key.
+    pub idempotency_key: String,
+    /// Credits charged.
+    pub credits: i64,
+}
+
+/// Totals of one usage kind in a window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KindTotal {
+    /// Units.
+    pub quantity: i64,
+    /// Credits charged.
+    pub credits: i64,
+    /// Events.
+    pub events: i64,
+}
+
+/// An admin credit adjustment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Adjustment {
+    /// Id.
+    pub adjustment_id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// Signed credits.
+    pub delta: i64,
+    /// Why.
+    pub reason: String,
+    /// `queued` or `applied`.
+    pub status: String,
+    /// Epoch ms.
+    pub created_at_ms: i64,
+    /// Epoch ms, once applied.
+    pub applied_at_ms: Option<i64>,
+}
+
+/// Creates a tenant and its first user.
+pub async fn create_tenant(
+    tx: &mut Tx,
+    tenant_id: &str,
+    user_id: &str,
+    tier: &str,
+    email: Option<&str>,
+) -> Result<(), StoreError> {
+    let now = now_ms().0;
+    match tx {
+        Tx::Sqlite { tx, .. } => {
+            sqlx::query(
+                "INSERT INTO tenants (id, tier, email, created_at) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .bind(tenant_id)
+            .bind(tier)
+            .bind(email)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO users (id, tenant_id, email, created_at) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .bind(user_id)
+            .bind(tenant_id)
+            .bind(email)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Tx::Postgres { tx } => {
+            sqlx::query("INSERT INTO tenants (id, tier, email) VALUES ($1, $2, $3)")
+                .bind(tenant_id)
+                .bind(tier)
+                .bind(email)
+                .execute(&mut **tx)
+                .await?;
+            sqlx::query("INSERT INTO users (id, tenant_id, email) VALUES ($1, $2, $3)")
+                .bind(user_id)
+                .bind(tenant_id)
+                .bind(email)
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether a tenant exists, and if so whether it is flagged (out of credits).
+pub async fn tenant_status(db: &Database, tenant_id: &str) -> Result<Option<bool>, StoreError> {
+    let row: Option<(bool,)> = match db {
+        Database::Sqlite(s) => {
+            sqlx::query_as("SELECT flagged_at IS NOT NULL FROM tenants WHERE id = ?1")
+                .bind(tenant_id)
+                .fetch_optional(&s.read)
+                .await?
+        }
+        Database::Postgres(pg) => {
+            sqlx::query_as("SELECT flagged_at IS NOT NULL FROM tenants WHERE id = $1")
+                .bind(tenant_id)
+                .fetch_optional(&pg.pool)
+                .await?
+        }
+    };
+    Ok(row.map(|(flagged,)| flagged))
+}
+
+/// Inserts usage events, ignoring keys the tenant already used; returns the new ones.
+pub async fn insert_usage(
+    tx: &mut Tx,
+    tenant_id: &str,
+    events: &[(UsageEvent, i64)],
+    received_at_ms: i64,
+    request_id: Option<&str>,
+) -> Result<Vec<NewUsage>, StoreError> {
+    let mut inserted = Vec::new();
+    for chunk in events.chunks(500) {
+        let meta: Vec<Option<String>> = chunk
+            .iter()
+            .map(|(e, _)| {
+                e.meta
+                    .as_ref()
+                    .map(|m| serde_json::Value::Object(m.clone()).to_string())
+            })
+            .collect();
+        let occurred = |e: &UsageEvent| {
+            e.occurred_at
+                .map_or(received_at_ms, |t| t.timestamp_millis())
+        };
+        let new_rows = match tx {
+            Tx::Sqlite { tx, .. } => {
+                let mut qb: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(
+                    "INSERT INTO usage_events (tenant_id, idempotency_key, kind, quantity, credits, occurred_at, received_at, meta, request_id) ",
+                );
+                qb.push_values(chunk.iter().zip(&meta), |mut b, ((e, credits), meta)| {
+                    b.push_bind(tenant_id)
+                        .push_bind(e.idempotency_key.as_str())
+                        .push_bind(e.kind.as_str())
+                        .push_bind(i64::try_from(e.quantity).unwrap_or(i64::MAX))
+                        .push_bind(*credits)
+                        .push_bind(occurred(e))
+                        .push_bind(received_at_ms)
+                        .push_bind(meta.as_deref())
+                        .push_bind(request_id);
+                });
+                qb.push(" ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING seq, idempotency_key, credits");
+                let rows = qb.build().fetch_all(&mut **tx).await?;
+                rows.iter()
+                    .map(new_usage)
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?
+            }
+            Tx::Postgres { tx } => {
+                let mut qb: QueryBuilder<sqlx::Postgres> = QueryBuilder::new(
+                    "INSERT INTO usage_events (tenant_id, idempotency_key, kind, quantity, credits, occurred_at, received_at, meta, request_id) ",
+                );
+                qb.push_values(chunk.iter().zip(&meta), |mut b, ((e, credits), meta)| {
+                    b.push_bind(tenant_id)
+                        .push_bind(e.idempotency_key.as_str())
+                        .push_bind(e.kind.as_str())
+                        .push_bind(i64::try_from(e.quantity).unwrap_or(i64::MAX))
+                        .push_bind(*credits)
+                        .push("to_timestamp(")
+                        .push_bind_unseparated(occurred(e))
+                        .push_unseparated("::float8 / 1000.0)")
+                        .push("to_timestamp(")
+                        .push_bind_unseparated(received_at_ms)
+                        .push_unseparated("::float8 / 1000.0)")
+                        .push_bind(meta.as_deref())
+                        .push_bind(request_id);
+                });
+                qb.push(" ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING seq, idempotency_key, credits");
+                let rows = qb.build().fetch_all(&mut **tx).await?;
+                rows.iter()
+                    .map(new_usage)
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?
+            }
+        };
+        inserted.extend(new_rows);
+    }
+    inserted.sort_by_key(|u| u.seq);
+    Ok(inserted)
+}
+
+fn new_usage<R: Row>(row: &R) -> Result<NewUsage, sqlx::Error>
+where
+    usize: sqlx::ColumnIndex<R>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(NewUsage {
+        seq: row.try_get(0)?,
+        idempotency_key: row.try_get(1)?,
+        credits: row.try_get(2)?,
+    })
+}
+
+/// Appends ledger entries, skipping ids already present; returns the entries applied now.
+pub async fn append_ledger<'a>(
+    tx: &mut Tx,
+    entries: &'a [SettlementMessage],
+) -> Result<Vec<&'a SettlementMessage>, StoreError> {
+    let mut applied_ids = std::collections::HashSet::new();
+    for chunk in entries.chunks(500) {
+        let ids: Vec<String> = match tx {
+            Tx::Sqlite { tx, .. } => {
+                let now = now_ms().0;
+                let mut qb: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(
+                    "INSERT INTO ledger_entries (id, tenant_id, delta, kind, ref, created_at) ",
+                );
+                qb.push_values(chunk, |mut b, e| {
+                    b.push_bind(&e.id)
+                        .push_bind(&e.tenant_id)
+                        .push_bind(e.delta)
+                        .push_bind(e.kind.as_str())
+                        .push_bind(e.reference.as_deref())
+                        .push_bind(now);
+                });
+                qb.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
+                qb.build_query_scalar().fetch_all(&mut **tx).await?
+            }
+            Tx::Postgres { tx } => {
+                let mut qb: QueryBuilder<sqlx::Postgres> = QueryBuilder::new(
+                    "INSERT INTO ledger_entries (id, tenant_id, delta, kind, ref) ",
+                );
+                qb.push_values(chunk, |mut b, e| {
+                    b.push_bind(&e.id)
+                        .push_bind(&e.tenant_id)
+                        .push_bind(e.delta)
+                        .push_bind(e.kind.as_str())
+                        .push_bind(e.reference.as_deref());
+                });
+                qb.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
+                qb.build_query_scalar().fetch_all(&mut **tx).await?
+            }
+        };
+        applied_ids.extend(ids);
+    }
+    Ok(entries
+        .iter()
+        .filter(|e| applied_ids.remove(&e.id))
+        .collect())
+}
+
+/// Adds per-tenant deltas to the derived balances and (un)flags guests whose balance is below
+/// `guest_floor`. Returns each tenant's new balance.
+pub async fn apply_balance_deltas(
+    tx: &mut Tx,
+    deltas: &BTreeMap<String, i64>,
+    guest_floor: i64,
+) -> Result<BTreeMap<String, i64>, StoreError> {
+    let mut balances = BTreeMap::new();
+    let now = now_ms().0;
+    for (tenant, delta) in deltas {
+        let balance: i64 = match tx {
+            Tx::Sqlite { tx, .. } => {
+                let b = sqlx::query_scalar(
+                    "INSERT INTO balances (tenant_id, balance, updated_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (tenant_id) DO UPDATE SET balance = balance + excluded.balance, updated_at = excluded.updated_at
+                     RETURNING balance",
+                )
+                .bind(tenant)
+                .bind(delta)
+                .bind(now)
+                .fetch_one(&mut **tx)
+                .await?;
+                sqlx::query(
+                    "UPDATE tenants SET flagged_at = CASE WHEN tier = 'guest' AND ?2 < ?3 THEN COALESCE(flagged_at, ?4) END
+                     WHERE id = ?1",
+                )
+                .bind(tenant)
+                .bind(b)
+                .bind(guest_floor)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+                b
+            }
+            Tx::Postgres { tx } => {
+                let b = sqlx::query_scalar(
+                    "INSERT INTO balances (tenant_id, balance) VALUES ($1, $2)
+                     ON CONFLICT (tenant_id) DO UPDATE SET balance = balances.balance + EXCLUDED.balance, updated_at = now()
+                     RETURNING balance",
+                )
+                .bind(tenant)
+                .bind(delta)
+                .fetch_one(&mut **tx)
+                .await?;
+                sqlx::query(
+                    "UPDATE tenants SET flagged_at = CASE WHEN tier = 'guest' AND $2 < $3 THEN COALESCE(flagged_at, now()) END
+                     WHERE id = $1",
+                )
+                .bind(tenant)
+                .bind(b)
+                .bind(guest_floor)
+                .execute(&mut **tx)
+                .await?;
+                b
+            }
+        };
+        balances.insert(tenant.clone(), balance);
+    }
+    Ok(balances)
+}
+
+/// Marks adjustments applied.
+pub async fn mark_adjustments_applied(tx: &mut Tx, ids: &[&str]) -> Result<(), StoreError> {
+    for id in ids {
+        match tx {
+            Tx::Sqlite { tx, .. } => {
+                sqlx::query("UPDATE credit_adjustments SET status = 'applied', applied_at = ?2 WHERE id = ?1")
+                    .bind(id)
+                    .bind(now_ms().0)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            Tx::Postgres { tx } => {
+                sqlx::query("UPDATE credit_adjustments SET status = 'applied', applied_at = now() WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The derived balance, if the tenant has one.
+pub async fn stored_balance(db: &Database, tenant_id: &str) -> Result<Option<i64>, StoreError> {
+    Ok(match db {
+        Database::Sqlite(s) => {
+            sqlx::query_scalar("SELECT balance FROM balances WHERE tenant_id = ?1")
+                .bind(tenant_id)
+                .fetch_optional(&s.read)
+                .await?
+        }
+        Database::Postgres(pg) => {
+            sqlx::query_scalar("SELECT balance FROM balances WHERE tenant_id = $1")
+                .bind(tenant_id)
+                .fetch_optional(&pg.pool)
+                .await?
+        }
+    })
+}
+
+/// The balance summed from the ledger itself (the source of truth).
+pub async fn ledger_balance(db: &Database, tenant_id: &str) -> Result<i64, StoreError> {
+    Ok(match db {
+        Database::Sqlite(s) => {
+            sqlx::query_scalar(
+                "SELECT COALESCE(SUM(delta), 0) FROM ledger_entries WHERE tenant_id = ?1",
+            )
+            .bind(tenant_id)
+            .fetch_one(&s.read)
+            .await?
+        }
+        Database::Postgres(pg) => {
+            sqlx::query_scalar(
+                "SELECT COALESCE(SUM(delta), 0)::bigint FROM ledger_entries WHERE tenant_id = $1",
+            )
+            .bind(tenant_id)
+            .fetch_one(&pg.pool)
+            .await?
+        }
+    })
+}
+
+/// Usage per kind with `from_ms <= occurred_at < to_ms`.
+pub async fn usage_totals(
+    db: &Database,
+    tenant_id: &str,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<BTreeMap<UsageKind, KindTotal>, StoreError> {
+    let rows: Vec<(String, i64, i64, i64)> = match db {
+        Database::Sqlite(s) => {
+            sqlx::query_as(
+                "SELECT kind, SUM(quantity), SUM(credits), COUNT(*) FROM usage_events
+                 WHERE tenant_id = ?1 AND occurred_at >= ?2 AND occurred_at < ?3 GROUP BY kind",
+            )
+            .bind(tenant_id)
+            .bind(from_ms)
+            .bind(to_ms)
+            .fetch_all(&s.read)
+            .await?
+        }
+        Database::Postgres(pg) => sqlx::query_as(
+            "SELECT kind, SUM(quantity)::bigint, SUM(credits)::bigint, COUNT(*) FROM usage_events
+                 WHERE tenant_id = $1 AND occurred_at >= to_timestamp($2::float8 / 1000.0)
+                   AND occurred_at < to_timestamp($3::float8 / 1000.0) GROUP BY kind",
+        )
+        .bind(tenant_id)
+        .bind(from_ms)
+        .bind(to_ms)
+        .fetch_all(&pg.pool)
+        .await?,
+    };
+    Ok(rows
+        .into_iter()
+        .filter_map(|(kind, quantity, credits, events)| {
+            UsageKind::parse(&kind).map(|k| {
+                (
+                    k,
+                    KindTotal {
+                        quantity,
+                        credits,
+                        events,
+                    },
+                )
+            })
+        })
+        .collect())
+}
+
+/// Recomputes every derived balance from the ledger. Returns (tenants, balances changed).
+pub async fn rebuild_balances(db: &Database) -> Result<(u64, u64), StoreError> {
+    let mut tx = db.begin().await?;
+    let (tenants, changed) = match &mut tx {
+        Tx::Sqlite { tx, .. } => {
+            let changed = sqlx::query(
+                "INSERT INTO balances (tenant_id, balance, updated_at)
+                 SELECT tenant_id, SUM(delta), ?1 FROM ledger_entries GROUP BY tenant_id
+                 ON CONFLICT (tenant_id) DO UPDATE SET balance = excluded.balance, updated_at = excluded.updated_at
+                 WHERE balances.balance <> excluded.balance",
+            )
+            .bind(now_ms().0)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+            let tenants: i64 =
+                sqlx::query_scalar("SELECT COUNT(DISTINCT tenant_id) FROM ledger_entries")
+                    .fetch_one(&mut **tx)
+                    .await?;
+            (tenants, changed)
+        }
+        Tx::Postgres { tx } => {
+            let changed = sqlx::query(
+                "INSERT INTO balances (tenant_id, balance)
+                 SELECT tenant_id, SUM(delta)::bigint FROM ledger_entries GROUP BY tenant_id
+                 ON CONFLICT (tenant_id) DO UPDATE SET balance = EXCLUDED.balance, updated_at = now()
+                 WHERE balances.balance <> EXCLUDED.balance",
+            )
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+            let tenants: i64 =
+                sqlx::query_scalar("SELECT COUNT(DISTINCT tenant_id) FROM ledger_entries")
+                    .fetch_one(&mut **tx)
+                    .await?;
+            (tenants, changed)
+        }
+    };
+    tx.commit().await?;
+    Ok((u64::try_from(tenants).unwrap_or(0), changed))
+}
+
+/// Records an adjustment under an idempotency key; a repeated key returns the first one
+/// (`created == false`).
+pub async fn create_adjustment(
+    tx: &mut Tx,
+    idempotency_key: &str,
+    tenant_id: &str,
+    delta: i64,
+    reason: &str,
+) -> Result<(String, bool), StoreError> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let inserted: Option<String> = match tx {
+        Tx::Sqlite { tx, .. } => {
+            sqlx::query_scalar(
+                "INSERT INTO credit_adjustments (id, idempotency_key, tenant_id, delta, reason, status, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+            )
+            .bind(&id)
+            .bind(idempotency_key)
+            .bind(tenant_id)
+            .bind(delta)
+            .bind(reason)
+            .bind(now_ms().0)
+            .fetch_optional(&mut **tx)
+            .await?
+        }
+        Tx::Postgres { tx } => {
+            sqlx::query_scalar(
+                "INSERT INTO credit_adjustments (id, idempotency_key, tenant_id, delta, reason, status)
+                 VALUES ($1, $2, $3, $4, $5, 'queued') ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+            )
+            .bind(&id)
+            .bind(idempotency_key)
+            .bind(tenant_id)
+            .bind(delta)
+            .bind(reason)
+            .fetch_optional(&mut **tx)
+            .await?
+        }
+    };
+    if let Some(id) = inserted {
+        return Ok((id, true));
+    }
+    let existing: String = match tx {
+        Tx::Sqlite { tx, .. } => {
+            sqlx::query_scalar("SELECT id FROM credit_adjustments WHERE idempotency_key = ?1")
+                .bind(idempotency_key)
+                .fetch_one(&mut **tx)
+                .await?
+        }
+        Tx::Postgres { tx } => {
+            sqlx::query_scalar("SELECT id FROM credit_adjustments WHERE idempotency_key = $1")
+                .bind(idempotency_key)
+                .fetch_one(&mut **tx)
+                .await?
+        }
+    };
+    Ok((existing, false))
+}
+
+/// One adjustment by id.
+pub async fn get_adjustment(db: &Database, id: &str) -> Result<Option<Adjustment>, StoreError> {
+    type R = (String, String, i64, String, String, i64, Option<i64>);
+    let row: Option<R> = match db {
+        Database::Sqlite(s) => {
+            sqlx::query_as(
+                "SELECT id, tenant_id, delta, reason, status, created_at, applied_at FROM credit_adjustments WHERE id = ?1",
+            )
+            .bind(id)
+            .fetch_optional(&s.read)
+            .await?
+        }
+        Database::Postgres(pg) => {
+            sqlx::query_as(
+                "SELECT id, tenant_id, delta, reason, status,
+                        (extract(epoch from created_at) * 1000)::bigint,
+                        (extract(epoch from applied_at) * 1000)::bigint
+                 FROM credit_adjustments WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(&pg.pool)
+            .await?
+        }
+    };
+    Ok(row.map(
+        |(adjustment_id, tenant_id, delta, reason, status, created_at_ms, applied_at_ms)| {
+            Adjustment {
+                adjustment_id,
+                tenant_id,
+                delta,
+                reason,
+                status,
+                created_at_ms,
+                applied_at_ms,
+            }
+        },
+    ))
+}
