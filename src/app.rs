@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use cognomega_consumers::{RunningRuntime, RuntimeOptions};
 use cognomega_producers::AppState;
+use cognomega_stores::kv::BalanceCache;
 use cognomega_stores::Database;
 use tokio_util::sync::CancellationToken;
 
@@ -30,9 +31,15 @@ impl Platform {
         let db = Database::open(&config.storage.database_url)
             .await
             .with_context(|| format!("cannot open the database {}", config.storage.database_url))?;
-        let mut state = AppState::new(db.clone());
+        // Fresh for a second, then served stale for up to 30 s while one refresh runs: in-process
+        // settlements invalidate it at once; other processes' settlements show within a second.
+        let balances =
+            BalanceCache::new(db.clone(), Duration::from_secs(1), Duration::from_secs(30));
+        let mut state = AppState::new(db.clone(), config.api.clone(), balances.clone())
+            .await
+            .context("cannot load the JWT signing keys")?;
         let consumers = if config.consumers {
-            let rt = wiring::runtime(&db, options)?;
+            let rt = wiring::runtime(&db, options, &config.api.billing, Some(balances))?;
             state.consumer_metrics = Some(rt.metrics());
             Some(rt.start().await?)
         } else {
@@ -48,6 +55,17 @@ impl Platform {
             })?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
+        // Pick up key rotations done by other processes (`cognomega keys rotate`).
+        let auth = state.auth.clone();
+        let reload_stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(30)) => auth.reload().await,
+                    () = reload_stop.cancelled() => break,
+                }
+            }
+        });
         let app = cognomega_producers::router(state);
         let stop = shutdown.clone();
         let server = tokio::spawn(async move {

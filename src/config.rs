@@ -51,4 +51,51 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// Run the consumers in this process too (the embedded default).
     pub consumers: bool,
+    /// Tokens, admin key, billing, CORS.
+    pub api: cognomega_producers::ApiConfig,
+}
+
+/// The admin key: the configured one, else the one stored in `data_dir/admin-key`, else a new
+/// random key written there (readable by the owner only) and logged once with where to find it.
+pub fn resolve_admin_key(
+    data_dir: &Path,
+    configured: Option<&str>,
+) -> anyhow::Result<cognomega_producers::Secret> {
+    if let Some(key) = configured.map(str::trim).filter(|k| !k.is_empty()) {
+        return Ok(cognomega_producers::Secret::new(key));
+    }
+    let path = data_dir.join("admin-key");
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let existing = existing.trim();
+        if !existing.is_empty() {
+            return Ok(cognomega_producers::Secret::new(existing));
+        }
+    }
+    let key = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    write_private(&path, &key)
+        .with_context(|| format!("cannot write the admin key to {}", path.display()))?;
+    tracing::info!(path = %path.display(), "generated an admin key (X-Admin-Key); set COGNOMEGA_ADMIN_KEY to choose your own");
+    Ok(cognomega_producers::Secret::new(key))
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents.as_bytes())
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    std::fs::write(path, contents)
 }

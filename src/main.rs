@@ -63,6 +63,8 @@ enum Command {
     Prune,
     /// Send probe messages and wait until the workers have applied them all.
     Probe(commands::probe::Args),
+    /// Manage the JWT signing keys.
+    Keys(commands::keys::Args),
     /// Benchmarks that print their figures.
     Bench(commands::bench::Args),
 }
@@ -105,6 +107,7 @@ fn main() -> ExitCode {
             Command::Dlq(args) => commands::dlq::run(ctx, args).await,
             Command::Prune => commands::prune(ctx).await,
             Command::Probe(args) => commands::probe::run(ctx, args).await,
+            Command::Keys(args) => commands::keys::run(ctx, args).await,
             Command::Bench(args) => commands::bench::run(ctx, args).await,
         }
     });

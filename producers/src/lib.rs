@@ -3,6 +3,8 @@
 //! server and (through workers-rs) the edge host; only the state's ports differ.
 #![forbid(unsafe_code)]
 
+pub mod auth;
+mod body;
 pub mod error;
 pub mod metrics_text;
 mod request_id;
@@ -11,11 +13,12 @@ mod state;
 
 pub use error::ApiError;
 pub use request_id::current_request_id;
-pub use state::AppState;
+pub use state::{ApiConfig, AppState, CorsOrigins, Secret};
 
 /// Builds the whole router with the cross-cutting layers (request id, `Cache-Control`, error
 /// envelope for panics, unknown routes and wrong methods).
 pub fn router(state: AppState) -> axum::Router {
+    let state_cors = state.config.cors.clone();
     routes::router()
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
@@ -23,5 +26,40 @@ pub fn router(state: AppState) -> axum::Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             error::panic_response,
         ))
+        .layer(cors(&state_cors))
         .layer(axum::middleware::from_fn(request_id::layer))
+}
+
+/// Headers a browser client may read: billing figures and the request id.
+pub const EXPOSED_HEADERS: [&str; 7] = [
+    "x-request-id",
+    "x-credits-used",
+    "x-credits-balance",
+    "x-provider",
+    "x-model",
+    "x-tokens-in",
+    "x-tokens-out",
+];
+
+fn cors(origins: &CorsOrigins) -> tower_http::cors::CorsLayer {
+    use http::{header, HeaderName, HeaderValue, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let allow = match origins {
+        CorsOrigins::Any => AllowOrigin::any(),
+        CorsOrigins::List(list) => {
+            AllowOrigin::list(list.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+        }
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("idempotency-key"),
+            HeaderName::from_static("x-request-id"),
+            HeaderName::from_static("x-admin-key"),
+        ])
+        .expose_headers(EXPOSED_HEADERS.map(HeaderName::from_static))
+        .max_age(std::time::Duration::from_secs(600))
 }

@@ -1,11 +1,81 @@
 //! What every handler can reach.
 
+use std::fmt;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cognomega_consumers::ConsumerMetrics;
+use cognomega_core::billing::BillingConfig;
 use cognomega_core::queue::QueueDriver;
+use cognomega_stores::kv::BalanceCache;
 use cognomega_stores::Database;
+
+use crate::auth::AuthService;
+
+/// A secret string whose `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    #[must_use]
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; only for comparing or handing to a client library.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Which browser origins may call the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    /// Any origin (the embedded default: tokens travel in headers, never cookies).
+    Any,
+    /// Exactly these origins.
+    List(Vec<String>),
+}
+
+/// The API's configuration.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// JWT `iss`.
+    pub issuer: String,
+    /// JWT `aud`.
+    pub audience: String,
+    /// Guest token lifetime.
+    pub token_ttl: Duration,
+    /// The `X-Admin-Key` value.
+    pub admin_key: Secret,
+    /// Prices, grant and floor.
+    pub billing: BillingConfig,
+    /// CORS allow-list.
+    pub cors: CorsOrigins,
+}
+
+impl ApiConfig {
+    /// Defaults with the given admin key.
+    #[must_use]
+    pub fn with_admin_key(admin_key: Secret) -> Self {
+        Self {
+            issuer: "cognomega".into(),
+            audience: "cognomega-api".into(),
+            token_ttl: Duration::from_secs(24 * 3600),
+            admin_key,
+            billing: BillingConfig::default(),
+            cors: CorsOrigins::Any,
+        }
+    }
+}
 
 /// Shared application state.
 #[derive(Debug, Clone)]
@@ -18,18 +88,37 @@ pub struct AppState {
     pub consumer_metrics: Option<Arc<ConsumerMetrics>>,
     /// When the process started.
     pub started: Instant,
+    /// Tokens.
+    pub auth: Arc<AuthService>,
+    /// Configuration.
+    pub config: Arc<ApiConfig>,
+    /// Cached balances.
+    pub balances: BalanceCache,
 }
 
 impl AppState {
-    /// State over a database, with no consumers in-process.
-    #[must_use]
-    pub fn new(db: Database) -> Self {
+    /// State over a database: loads (or creates) the signing keys.
+    pub async fn new(
+        db: Database,
+        config: ApiConfig,
+        balances: BalanceCache,
+    ) -> Result<Self, cognomega_stores::keys::KeysError> {
+        let auth = AuthService::load(
+            db.clone(),
+            &config.issuer,
+            &config.audience,
+            config.token_ttl,
+        )
+        .await?;
         let queues = db.queue();
-        Self {
+        Ok(Self {
             db,
             queues,
             consumer_metrics: None,
             started: Instant::now(),
-        }
+            auth: Arc::new(auth),
+            config: Arc::new(config),
+            balances,
+        })
     }
 }

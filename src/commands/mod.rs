@@ -2,9 +2,11 @@
 
 pub mod bench;
 pub mod dlq;
+pub mod keys;
 pub mod probe;
 pub mod queues;
 pub mod serve;
+pub mod settings;
 pub mod worker;
 
 use std::path::PathBuf;

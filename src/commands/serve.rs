@@ -19,6 +19,9 @@ pub struct Args {
     #[arg(long, env = "COGNOMEGA_NO_CONSUMERS")]
     no_consumers: bool,
 
+    #[command(flatten)]
+    api: super::settings::ApiArgs,
+
     /// Seconds in-flight requests and batches get to finish on shutdown.
     #[arg(long, env = "COGNOMEGA_SHUTDOWN_GRACE", default_value_t = 30)]
     shutdown_grace: u64,
@@ -26,10 +29,13 @@ pub struct Args {
 
 pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<()> {
     let grace = Duration::from_secs(args.shutdown_grace);
+    let storage = ctx.storage()?;
+    let api = args.api.api_config(&ctx)?;
     let config = ServeConfig {
-        storage: ctx.storage()?,
+        storage,
         listen: args.listen,
         consumers: !args.no_consumers,
+        api,
     };
     let options = RuntimeOptions {
         shutdown_grace: grace,

@@ -12,6 +12,9 @@ pub struct Args {
     #[arg(long, env = "COGNOMEGA_SHUTDOWN_GRACE", default_value_t = 30)]
     shutdown_grace: u64,
 
+    #[command(flatten)]
+    api: super::settings::ApiArgs,
+
     /// Longest idle wait between polls, in milliseconds (wake-up hints cut it short).
     #[arg(long, env = "COGNOMEGA_POLL_INTERVAL_MS", default_value_t = 500)]
     poll_interval_ms: u64,
@@ -23,7 +26,7 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<()> {
         poll_interval: Duration::from_millis(args.poll_interval_ms.max(1)),
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
     };
-    let rt = cognomega::wiring::runtime(&db, options)?;
+    let rt = cognomega::wiring::runtime(&db, options, &args.api.billing()?, None)?;
     let running = rt.start().await?;
     tracing::info!(backend = db.backend(), queues = ?running.queues(), "worker consuming");
     shutdown_signal().cancelled().await;

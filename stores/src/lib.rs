@@ -8,6 +8,7 @@
 
 pub mod billing;
 pub mod database;
+pub mod keys;
 pub mod kv;
 pub mod queue;
 

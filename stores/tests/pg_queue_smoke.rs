@@ -776,11 +776,11 @@ async fn bench_notify_latency() {
         let mut seen = Vec::with_capacity(rounds);
         while seen.len() < rounds {
             let c = consumer.claim(&cq, &settings, 100).await.expect("claim");
+            let at = Instant::now();
             if c.messages.is_empty() {
                 consumer.wait_for_work(&cq, Duration::from_secs(1)).await;
                 continue;
             }
-            let at = Instant::now();
             consumer
                 .settle(
                     &cq,

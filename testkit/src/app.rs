@@ -6,7 +6,24 @@ use cognomega::app::Platform;
 use cognomega::config::{ServeConfig, StorageConfig};
 use cognomega_consumers::RuntimeOptions;
 
+use cognomega_producers::{ApiConfig, Secret};
+use serde_json::Value;
+
 use crate::db::{Backend, TestDb};
+
+/// The admin key of every test app.
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
+
+/// A guest created through `POST /auth/guest`.
+#[derive(Debug, Clone)]
+pub struct Guest {
+    /// Bearer token.
+    pub token: String,
+    /// Its tenant.
+    pub tenant_id: String,
+    /// Its user.
+    pub user_id: String,
+}
 
 /// A running test app: its database, its base URL and an HTTP client.
 #[derive(Debug)]
@@ -30,10 +47,12 @@ impl TestApp {
     pub async fn spawn_with(backend: Backend, consumers: bool) -> anyhow::Result<Self> {
         let tdb = TestDb::new(backend).await?;
         let storage = StorageConfig::resolve(tdb.data_dir(), Some(tdb.url().expose()))?;
+        let api = ApiConfig::with_admin_key(Secret::new(ADMIN_KEY));
         let config = ServeConfig {
             storage,
             listen: ([127, 0, 0, 1], 0).into(),
             consumers,
+            api,
         };
         let options = RuntimeOptions {
             poll_interval: Duration::from_millis(50),
@@ -56,6 +75,39 @@ impl TestApp {
     #[must_use]
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base_url)
+    }
+
+    /// Creates a guest (and waits for nothing: the grant settles asynchronously).
+    pub async fn guest(&self) -> anyhow::Result<Guest> {
+        let resp = self.client.post(self.url("/auth/guest")).send().await?;
+        anyhow::ensure!(resp.status() == 200, "POST /auth/guest: {}", resp.status());
+        let body: Value = resp.json().await?;
+        let field = |name: &str| {
+            body[name]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| anyhow::anyhow!("{name} missing in {body}"))
+        };
+        Ok(Guest {
+            token: field("token")?,
+            tenant_id: field("tenant_id")?,
+            user_id: field("user_id")?,
+        })
+    }
+
+    /// `GET /credits` for a guest: its balance.
+    pub async fn balance(&self, guest: &Guest) -> anyhow::Result<i64> {
+        let resp = self
+            .client
+            .get(self.url("/credits"))
+            .bearer_auth(&guest.token)
+            .send()
+            .await?;
+        anyhow::ensure!(resp.status() == 200, "GET /credits: {}", resp.status());
+        let body: Value = resp.json().await?;
+        body["balance"]
+            .as_i64()
+            .ok_or_else(|| anyhow::anyhow!("no balance in {body}"))
     }
 
     /// The running platform.

@@ -13,7 +13,7 @@ mod wait;
 
 use cognomega_core::queue::{QueueName, QueueSettings};
 
-pub use app::TestApp;
+pub use app::{Guest, TestApp, ADMIN_KEY};
 pub use db::{Backend, TestDb, PG_URL_ENV};
 pub use logging::init_tracing;
 pub use wait::{wait_for, wait_until};

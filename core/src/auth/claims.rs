@@ -154,16 +154,26 @@ mod tests {
         assert_eq!(claims.iat, 1_700_000_000);
         assert_eq!(claims.exp, 1_700_003_600);
         assert_eq!(claims.nbf, None);
-        let with_nbf = builder
-            .with_not_before()
-            .build("u1", "t1", Tier::Guest, "j1", UnixMillis(1_700_000_000_000));
+        let with_nbf = builder.with_not_before().build(
+            "u1",
+            "t1",
+            Tier::Guest,
+            "j1",
+            UnixMillis(1_700_000_000_000),
+        );
         assert_eq!(with_nbf.nbf, Some(1_700_000_000));
     }
 
     #[test]
     fn claims_json_shape() {
-        let claims = ClaimsBuilder::new("https://api.example", "cognomega", Duration::from_secs(60))
-            .build("user-1", "tenant-1", Tier::Guest, "jti-1", UnixMillis(1_000_000));
+        let claims =
+            ClaimsBuilder::new("https://api.example", "cognomega", Duration::from_secs(60)).build(
+                "user-1",
+                "tenant-1",
+                Tier::Guest,
+                "jti-1",
+                UnixMillis(1_000_000),
+            );
         let json = serde_json::to_value(&claims).expect("serializes");
         assert_eq!(
             json,

@@ -85,7 +85,7 @@ pub fn verify(
         return Err(AuthError::BadSignature);
     }
     let payload = decode_b64(parts.payload, "payload is not unpadded base64url")?;
-    let claims: Claims = serde_json::from_slice(&payload).map_err(|_| AuthError::Malformed {
+    let claims: Claims = json_object(&payload).ok_or(AuthError::Malformed {
         reason: "claims are not a JSON object with the required fields",
     })?;
     check_claims(&claims, validation, now)?;
@@ -126,7 +126,7 @@ fn split(token: &str) -> Result<Parts<'_>, AuthError> {
 
 fn select_key<'k>(header_b64: &str, keys: &'k Jwks) -> Result<&'k Jwk, AuthError> {
     let header = decode_b64(header_b64, "header is not unpadded base64url")?;
-    let header: HeaderIn = serde_json::from_slice(&header).map_err(|_| AuthError::Malformed {
+    let header: HeaderIn = json_object(&header).ok_or(AuthError::Malformed {
         reason: "header is not a JSON object with a string alg",
     })?;
     check_alg(&header.alg)?;
@@ -157,13 +157,28 @@ fn check_alg(alg: &str) -> Result<(), AuthError> {
     Err(AuthError::UnsupportedAlg { alg: echoed })
 }
 
+/// Parses a JSON *object* into `T`. serde's derived structs also accept arrays (fields by
+/// position), which is not JWT; parsing straight into `T` (not via a map) keeps serde's
+/// refusal of duplicate keys such as a second `alg`.
+fn json_object<T: serde::de::DeserializeOwned>(json: &[u8]) -> Option<T> {
+    let first = json.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return None;
+    }
+    serde_json::from_slice(json).ok()
+}
+
 fn decode_b64(part: &str, reason: &'static str) -> Result<Vec<u8>, AuthError> {
     URL_SAFE_NO_PAD
         .decode(part)
         .map_err(|_| AuthError::Malformed { reason })
 }
 
-fn check_claims(claims: &Claims, validation: &Validation, now: UnixMillis) -> Result<(), AuthError> {
+fn check_claims(
+    claims: &Claims,
+    validation: &Validation,
+    now: UnixMillis,
+) -> Result<(), AuthError> {
     let now = unix_seconds(now);
     let leeway = seconds(validation.leeway);
     // RFC 7519 §4.1.4: valid only while now < exp.

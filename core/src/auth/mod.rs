@@ -26,9 +26,7 @@ pub use claims::{Claims, ClaimsBuilder, Tier, Validation};
 pub use compare::constant_time_eq;
 pub use error::{AuthError, KeyError};
 pub use jwt::{verify, MAX_TOKEN_BYTES};
-pub use keys::{
-    Jwk, Jwks, KeyId, SigningKey, GENERATED_KEY_BITS, MAX_KEY_BITS, MIN_KEY_BITS,
-};
+pub use keys::{Jwk, Jwks, KeyId, SigningKey, GENERATED_KEY_BITS, MAX_KEY_BITS, MIN_KEY_BITS};
 pub use ring::KeyRing;
 /// A buffer that is wiped on drop; [`SigningKey::to_pkcs8_pem`] returns the PEM in one.
 pub use zeroize::Zeroizing;

@@ -81,6 +81,7 @@ impl KeyRing {
     }
 
     /// Verifies `token` against this ring's public keys; see [`verify`](super::verify).
+    /// Builds the JWKS on every call: hot paths should keep a [`Jwks`] and call `verify`.
     pub fn verify(
         &self,
         token: &str,

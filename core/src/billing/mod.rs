@@ -10,4 +10,6 @@ mod usage;
 
 pub use pricing::{BillingConfig, Price, PriceTable};
 pub use settlement::{SettlementKind, SettlementMessage, UsageBatchMessage};
-pub use usage::{parse_usage_request, UsageError, UsageEvent, UsageKey, UsageKind, MAX_EVENTS, MAX_META_BYTES};
+pub use usage::{
+    parse_usage_request, UsageError, UsageEvent, UsageKey, UsageKind, MAX_EVENTS, MAX_META_BYTES,
+};

@@ -18,8 +18,14 @@ impl Price {
     /// Parses `"CREDITS/PER"` or `"CREDITS"` (per 1 unit).
     pub fn parse(raw: &str) -> Result<Self, String> {
         let (c, p) = raw.split_once('/').unwrap_or((raw, "1"));
-        let credits = c.trim().parse().map_err(|_| format!("bad price {raw:?}: use CREDITS/UNITS, e.g. 1/1000"))?;
-        let per: u64 = p.trim().parse().map_err(|_| format!("bad price {raw:?}: use CREDITS/UNITS, e.g. 1/1000"))?;
+        let credits = c
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad price {raw:?}: use CREDITS/UNITS, e.g. 1/1000"))?;
+        let per: u64 = p
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad price {raw:?}: use CREDITS/UNITS, e.g. 1/1000"))?;
         if per == 0 {
             return Err(format!("bad price {raw:?}: units must be ≥ 1"));
         }
@@ -53,11 +59,26 @@ pub struct PriceTable {
 impl Default for PriceTable {
     fn default() -> Self {
         Self {
-            tokens_in: Price { credits: 1, per: 1000 },
-            tokens_out: Price { credits: 3, per: 1000 },
-            job: Price { credits: 10, per: 1 },
-            storage_bytes: Price { credits: 1, per: 1 << 20 },
-            audio_seconds: Price { credits: 1, per: 10 },
+            tokens_in: Price {
+                credits: 1,
+                per: 1000,
+            },
+            tokens_out: Price {
+                credits: 3,
+                per: 1000,
+            },
+            job: Price {
+                credits: 10,
+                per: 1,
+            },
+            storage_bytes: Price {
+                credits: 1,
+                per: 1 << 20,
+            },
+            audio_seconds: Price {
+                credits: 1,
+                per: 10,
+            },
         }
     }
 }
@@ -106,12 +127,25 @@ mod tests {
         assert_eq!(t.charge(UsageKind::TokensIn, 1001), 2);
         assert_eq!(t.charge(UsageKind::TokensOut, 1000), 3);
         assert_eq!(t.charge(UsageKind::Job, 2), 20);
-        assert_eq!(Price { credits: u64::MAX, per: 1 }.charge(u64::MAX), i64::MAX);
+        assert_eq!(
+            Price {
+                credits: u64::MAX,
+                per: 1
+            }
+            .charge(u64::MAX),
+            i64::MAX
+        );
     }
 
     #[test]
     fn parses_prices() {
-        assert_eq!(Price::parse("1/1000"), Ok(Price { credits: 1, per: 1000 }));
+        assert_eq!(
+            Price::parse("1/1000"),
+            Ok(Price {
+                credits: 1,
+                per: 1000
+            })
+        );
         assert_eq!(Price::parse("7"), Ok(Price { credits: 7, per: 1 }));
         assert!(Price::parse("1/0").is_err());
         assert!(Price::parse("x").is_err());
@@ -131,6 +165,10 @@ pub struct BillingConfig {
 
 impl Default for BillingConfig {
     fn default() -> Self {
-        Self { prices: PriceTable::default(), guest_grant: 1000, guest_floor: 0 }
+        Self {
+            prices: PriceTable::default(),
+            guest_grant: 1000,
+            guest_floor: 0,
+        }
     }
 }

@@ -29,8 +29,13 @@ pub enum UsageKind {
 
 impl UsageKind {
     /// Every kind.
-    pub const ALL: [UsageKind; 5] =
-        [Self::TokensIn, Self::TokensOut, Self::Job, Self::StorageBytes, Self::AudioSeconds];
+    pub const ALL: [UsageKind; 5] = [
+        Self::TokensIn,
+        Self::TokensOut,
+        Self::Job,
+        Self::StorageBytes,
+        Self::AudioSeconds,
+    ];
 
     /// The wire name.
     #[must_use]
@@ -111,11 +116,19 @@ pub struct UsageError {
 
 impl UsageError {
     fn whole(problem: impl Into<String>) -> Self {
-        Self { index: None, field: None, problem: problem.into() }
+        Self {
+            index: None,
+            field: None,
+            problem: problem.into(),
+        }
     }
 
     fn at(index: usize, field: Option<&'static str>, problem: impl Into<String>) -> Self {
-        Self { index: Some(index), field, problem: problem.into() }
+        Self {
+            index: Some(index),
+            field,
+            problem: problem.into(),
+        }
     }
 
     fn describe(&self) -> String {
@@ -134,11 +147,15 @@ pub fn parse_usage_request(body: &[u8]) -> Result<Vec<UsageEvent>, UsageError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| UsageError::whole(format!("body is not valid JSON: {e}")))?;
     let Value::Object(obj) = value else {
-        return Err(UsageError::whole("body must be a JSON object: one event, or {\"events\":[…]}"));
+        return Err(UsageError::whole(
+            "body must be a JSON object: one event, or {\"events\":[…]}",
+        ));
     };
     let raw_events: Vec<Value> = if obj.contains_key("events") {
         if obj.len() != 1 {
-            return Err(UsageError::whole("a batch body has only the \"events\" field"));
+            return Err(UsageError::whole(
+                "a batch body has only the \"events\" field",
+            ));
         }
         match obj.into_iter().next().map(|(_, v)| v) {
             Some(Value::Array(events)) => events,
@@ -153,7 +170,11 @@ pub fn parse_usage_request(body: &[u8]) -> Result<Vec<UsageEvent>, UsageError> {
             raw_events.len()
         )));
     }
-    raw_events.into_iter().enumerate().map(|(i, v)| parse_event(i, v)).collect()
+    raw_events
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| parse_event(i, v))
+        .collect()
 }
 
 fn parse_event(i: usize, value: Value) -> Result<UsageEvent, UsageError> {
@@ -161,11 +182,23 @@ fn parse_event(i: usize, value: Value) -> Result<UsageEvent, UsageError> {
         return Err(UsageError::at(i, None, "must be a JSON object"));
     };
     if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(UsageError::at(i, None, format!("unknown field {unknown:?}")));
+        return Err(UsageError::at(
+            i,
+            None,
+            format!("unknown field {unknown:?}"),
+        ));
     }
     let key = match obj.remove("idempotency_key") {
-        Some(Value::String(s)) => UsageKey::parse(&s).map_err(|p| UsageError::at(i, Some("idempotency_key"), p))?,
-        Some(_) => return Err(UsageError::at(i, Some("idempotency_key"), "must be a string")),
+        Some(Value::String(s)) => {
+            UsageKey::parse(&s).map_err(|p| UsageError::at(i, Some("idempotency_key"), p))?
+        }
+        Some(_) => {
+            return Err(UsageError::at(
+                i,
+                Some("idempotency_key"),
+                "must be a string",
+            ))
+        }
         None => return Err(UsageError::at(i, Some("idempotency_key"), "is required")),
     };
     let kind = match obj.remove("kind") {
@@ -184,30 +217,56 @@ fn parse_event(i: usize, value: Value) -> Result<UsageEvent, UsageError> {
             .as_u64()
             .filter(|q| i64::try_from(*q).is_ok())
             .ok_or_else(|| UsageError::at(i, Some("quantity"), "must be an integer ≥ 0"))?,
-        Some(_) => return Err(UsageError::at(i, Some("quantity"), "must be an integer ≥ 0")),
+        Some(_) => {
+            return Err(UsageError::at(
+                i,
+                Some("quantity"),
+                "must be an integer ≥ 0",
+            ))
+        }
         None => return Err(UsageError::at(i, Some("quantity"), "is required")),
     };
     let occurred_at = match obj.remove("occurred_at") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(
             DateTime::parse_from_rfc3339(&s)
-                .map_err(|e| UsageError::at(i, Some("occurred_at"), format!("must be RFC 3339: {e}")))?
+                .map_err(|e| {
+                    UsageError::at(i, Some("occurred_at"), format!("must be RFC 3339: {e}"))
+                })?
                 .with_timezone(&Utc),
         ),
-        Some(_) => return Err(UsageError::at(i, Some("occurred_at"), "must be an RFC 3339 string")),
+        Some(_) => {
+            return Err(UsageError::at(
+                i,
+                Some("occurred_at"),
+                "must be an RFC 3339 string",
+            ))
+        }
     };
     let meta = match obj.remove("meta") {
         None | Some(Value::Null) => None,
         Some(Value::Object(m)) => {
-            let size = serde_json::to_vec(&m).map(|v| v.len()).unwrap_or(usize::MAX);
+            let size = serde_json::to_vec(&m)
+                .map(|v| v.len())
+                .unwrap_or(usize::MAX);
             if size > MAX_META_BYTES {
-                return Err(UsageError::at(i, Some("meta"), format!("is {size} bytes; at most {MAX_META_BYTES}")));
+                return Err(UsageError::at(
+                    i,
+                    Some("meta"),
+                    format!("is {size} bytes; at most {MAX_META_BYTES}"),
+                ));
             }
             Some(m)
         }
         Some(_) => return Err(UsageError::at(i, Some("meta"), "must be a JSON object")),
     };
-    Ok(UsageEvent { idempotency_key: key, kind, quantity, occurred_at, meta })
+    Ok(UsageEvent {
+        idempotency_key: key,
+        kind,
+        quantity,
+        occurred_at,
+        meta,
+    })
 }
 
 #[cfg(test)]
@@ -215,12 +274,15 @@ mod tests {
     use super::*;
 
     fn err(body: &str) -> String {
-        parse_usage_request(body.as_bytes()).expect_err("should fail").to_string()
+        parse_usage_request(body.as_bytes())
+            .expect_err("should fail")
+            .to_string()
     }
 
     #[test]
     fn single_and_batch() {
-        let one = parse_usage_request(br#"{"idempotency_key":"a","kind":"job","quantity":2}"#).expect("valid");
+        let one = parse_usage_request(br#"{"idempotency_key":"a","kind":"job","quantity":2}"#)
+            .expect("valid");
         assert_eq!(one.len(), 1);
         assert_eq!(one[0].kind, UsageKind::Job);
         let many = parse_usage_request(
@@ -229,27 +291,55 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(many.len(), 2);
-        assert_eq!(many[0].occurred_at.map(|t| t.to_rfc3339()), Some("2026-01-02T01:04:05+00:00".into()));
+        assert_eq!(
+            many[0].occurred_at.map(|t| t.to_rfc3339()),
+            Some("2026-01-02T01:04:05+00:00".into())
+        );
     }
 
     #[test]
     fn errors_name_the_event_and_field() {
         assert_eq!(
-            err(r#"{"events":[{"idempotency_key":"a","kind":"job","quantity":1},{"idempotency_key":"b","kind":"job","quantity":-1}]}"#),
+            err(
+                r#"{"events":[{"idempotency_key":"a","kind":"job","quantity":1},{"idempotency_key":"b","kind":"job","quantity":-1}]}"#
+            ),
             "events[1].quantity: must be an integer ≥ 0"
         );
-        assert!(err(r#"{"idempotency_key":"a","kind":"job","quantity":1.5}"#).starts_with("events[0].quantity"));
-        assert!(err(r#"{"idempotency_key":"a","kind":"gold","quantity":1}"#).starts_with("events[0].kind: unknown kind"));
-        assert!(err(r#"{"kind":"job","quantity":1}"#).starts_with("events[0].idempotency_key: is required"));
-        assert!(err(r#"{"idempotency_key":"","kind":"job","quantity":1}"#).starts_with("events[0].idempotency_key"));
-        assert!(err(&format!(r#"{{"idempotency_key":"{}","kind":"job","quantity":1}}"#, "k".repeat(129))).contains("1..=128"));
-        assert!(err(r#"{"idempotency_key":"a","kind":"job","quantity":1,"occurred_at":"yesterday"}"#).contains("RFC 3339"));
-        assert!(err(&format!(r#"{{"idempotency_key":"a","kind":"job","quantity":1,"meta":{{"x":"{}"}}}}"#, "y".repeat(5000))).contains("meta"));
-        assert!(err(r#"{"idempotency_key":"a","kind":"job","quantity":1,"extra":true}"#).contains("unknown field"));
+        assert!(
+            err(r#"{"idempotency_key":"a","kind":"job","quantity":1.5}"#)
+                .starts_with("events[0].quantity")
+        );
+        assert!(err(r#"{"idempotency_key":"a","kind":"gold","quantity":1}"#)
+            .starts_with("events[0].kind: unknown kind"));
+        assert!(err(r#"{"kind":"job","quantity":1}"#)
+            .starts_with("events[0].idempotency_key: is required"));
+        assert!(err(r#"{"idempotency_key":"","kind":"job","quantity":1}"#)
+            .starts_with("events[0].idempotency_key"));
+        assert!(err(&format!(
+            r#"{{"idempotency_key":"{}","kind":"job","quantity":1}}"#,
+            "k".repeat(129)
+        ))
+        .contains("1..=128"));
+        assert!(err(
+            r#"{"idempotency_key":"a","kind":"job","quantity":1,"occurred_at":"yesterday"}"#
+        )
+        .contains("RFC 3339"));
+        assert!(err(&format!(
+            r#"{{"idempotency_key":"a","kind":"job","quantity":1,"meta":{{"x":"{}"}}}}"#,
+            "y".repeat(5000)
+        ))
+        .contains("meta"));
+        assert!(
+            err(r#"{"idempotency_key":"a","kind":"job","quantity":1,"extra":true}"#)
+                .contains("unknown field")
+        );
         assert!(err(r#"{"events":[]}"#).contains("1..=1000"));
         assert!(err("[1]").contains("JSON object"));
         assert!(err("{").contains("not valid JSON"));
-        assert!(err(r#"{"idempotency_key":"a","kind":"job","quantity":18446744073709551615}"#).contains("quantity"));
+        assert!(
+            err(r#"{"idempotency_key":"a","kind":"job","quantity":18446744073709551615}"#)
+                .contains("quantity")
+        );
     }
 
     #[test]

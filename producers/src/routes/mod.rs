@@ -1,16 +1,40 @@
 //! Routes, one module per area.
 
+mod admin;
+mod auth;
+mod credits;
 mod health;
 mod metrics;
+mod usage;
 
-use axum::routing::get;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
 use axum::Router;
 
 use crate::AppState;
 
+/// Largest `POST /usage` body: 1,000 events with 4 KiB of meta each, and headroom.
+const USAGE_BODY_LIMIT: usize = 8 * 1024 * 1024;
+/// Largest body of the small JSON routes.
+const SMALL_BODY_LIMIT: usize = 64 * 1024;
+
 /// Every route of the API.
 pub fn router() -> Router<AppState> {
-    Router::new()
+    let small = Router::new()
+        .route("/auth/guest", post(auth::guest))
+        .route("/.well-known/jwks.json", get(auth::jwks))
+        .route("/credits", get(credits::get))
+        .route("/credits/adjust", post(credits::adjust))
+        .route("/credits/adjustments/{id}", get(credits::adjustment))
+        .route(
+            "/admin/rebuild-balance-cache",
+            post(admin::rebuild_balance_cache),
+        )
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(metrics::metrics))
+        .layer(DefaultBodyLimit::max(SMALL_BODY_LIMIT));
+    let usage = Router::new()
+        .route("/usage", post(usage::post).get(usage::get))
+        .layer(DefaultBodyLimit::max(USAGE_BODY_LIMIT));
+    small.merge(usage)
 }

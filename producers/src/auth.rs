@@ -1,0 +1,216 @@
+//! Bearer-token and admin-key authentication.
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::FromRequestParts;
+use axum::response::{IntoResponse, Response};
+use cognomega_core::auth::{
+    constant_time_eq, AuthError, Claims, ClaimsBuilder, Jwks, KeyRing, Tier, Validation,
+};
+use cognomega_core::time::UnixMillis;
+use cognomega_stores::{keys, Database};
+use http::request::Parts;
+use http::{header, HeaderValue, StatusCode};
+
+use crate::{ApiError, AppState};
+
+/// How often an unknown `kid` may trigger a reload of the key ring from the store.
+const RELOAD_EVERY: Duration = Duration::from_secs(2);
+
+/// Issues and verifies this deployment's tokens.
+#[derive(Debug)]
+pub struct AuthService {
+    db: Database,
+    ring: RwLock<Arc<KeyRing>>,
+    jwks: RwLock<Arc<Jwks>>,
+    validation: Validation,
+    builder: ClaimsBuilder,
+    last_reload: Mutex<Instant>,
+}
+
+impl AuthService {
+    /// Loads the key ring (creating it on first start).
+    pub async fn load(
+        db: Database,
+        issuer: &str,
+        audience: &str,
+        ttl: Duration,
+    ) -> Result<Self, keys::KeysError> {
+        let ring = keys::load_or_create(&db).await?;
+        let jwks = ring.jwks();
+        Ok(Self {
+            db,
+            ring: RwLock::new(Arc::new(ring)),
+            jwks: RwLock::new(Arc::new(jwks)),
+            validation: Validation::new(issuer, audience),
+            builder: ClaimsBuilder::new(issuer, audience, ttl),
+            last_reload: Mutex::new(Instant::now()),
+        })
+    }
+
+    /// The public keys, current and previous.
+    #[must_use]
+    pub fn jwks(&self) -> Arc<Jwks> {
+        self.jwks
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Token lifetime in seconds.
+    #[must_use]
+    pub fn ttl_secs(&self, claims: &Claims) -> i64 {
+        claims.exp - claims.iat
+    }
+
+    /// Signs a token for a user of a tenant.
+    pub fn issue(
+        &self,
+        user_id: &str,
+        tenant_id: &str,
+        tier: Tier,
+    ) -> Result<(String, Claims), ApiError> {
+        let jti = uuid::Uuid::new_v4().to_string();
+        let claims = self.builder.build(user_id, tenant_id, tier, jti, now());
+        let ring = self
+            .ring
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let token = ring.issue(&claims).map_err(ApiError::internal)?;
+        Ok((token, claims))
+    }
+
+    /// Verifies a token. An unknown `kid` reloads the ring once (another process may have
+    /// rotated it) before giving up.
+    pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        match cognomega_core::auth::verify(token, &self.jwks(), &self.validation, now()) {
+            Err(AuthError::UnknownKid { .. }) if self.may_reload() => {
+                self.reload().await;
+                cognomega_core::auth::verify(token, &self.jwks(), &self.validation, now())
+            }
+            other => other,
+        }
+    }
+
+    fn may_reload(&self) -> bool {
+        let mut last = self
+            .last_reload
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.elapsed() < RELOAD_EVERY {
+            return false;
+        }
+        *last = Instant::now();
+        true
+    }
+
+    /// Re-reads the key ring from the store.
+    pub async fn reload(&self) {
+        match keys::load(&self.db).await {
+            Ok(Some(ring)) => {
+                *self
+                    .jwks
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(ring.jwks());
+                *self
+                    .ring
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(ring);
+            }
+            Ok(None) => tracing::warn!("the signing key ring disappeared from the store"),
+            Err(e) => tracing::warn!(error = %e, "cannot reload the signing key ring"),
+        }
+    }
+}
+
+fn now() -> UnixMillis {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    UnixMillis(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A request authenticated with a valid bearer token.
+#[derive(Debug, Clone)]
+pub struct Authenticated(pub Claims);
+
+/// A 401 that also tells the client how to authenticate.
+fn unauthorized(code: &'static str, message: impl Into<String>) -> Response {
+    let mut resp = ApiError::new(StatusCode::UNAUTHORIZED, code, message).into_response();
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    resp
+}
+
+impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+            return Err(unauthorized(
+                "missing_token",
+                "send Authorization: Bearer <token>; get one from POST /auth/guest",
+            ));
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                unauthorized(
+                    "missing_token",
+                    "the Authorization header must be: Bearer <token>",
+                )
+            })?;
+        match state.auth.verify(token).await {
+            Ok(claims) => {
+                tracing::Span::current().record("tenant", claims.tenant.as_str());
+                Ok(Self(claims))
+            }
+            Err(e) => Err(unauthorized(
+                e.code(),
+                format!("{e}; get a new token from POST /auth/guest"),
+            )),
+        }
+    }
+}
+
+/// A request carrying the right `X-Admin-Key`.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let given = parts
+            .headers
+            .get("x-admin-key")
+            .map(HeaderValue::as_bytes)
+            .unwrap_or_default();
+        // Compared in constant time whatever was sent, so timing reveals nothing of the key.
+        if !given.is_empty() && constant_time_eq(given, state.config.admin_key.expose().as_bytes())
+        {
+            Ok(Self)
+        } else {
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_admin_key",
+                "this route needs the X-Admin-Key header with the deployment's admin key",
+            ))
+        }
+    }
+}

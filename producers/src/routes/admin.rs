@@ -1,0 +1,26 @@
+//! `/admin/*` routes.
+
+use axum::extract::State;
+use axum::Json;
+use cognomega_stores::billing;
+use serde_json::{json, Value};
+
+use crate::auth::Admin;
+use crate::{ApiError, AppState};
+
+pub(crate) async fn rebuild_balance_cache(
+    State(state): State<AppState>,
+    _admin: Admin,
+) -> Result<Json<Value>, ApiError> {
+    let (tenants, changed) = billing::rebuild_balances(&state.db)
+        .await
+        .map_err(ApiError::internal)?;
+    state.balances.clear();
+    if changed > 0 {
+        tracing::warn!(
+            changed,
+            "rebuild corrected cached balances that had drifted from the ledger"
+        );
+    }
+    Ok(Json(json!({ "tenants": tenants, "changed": changed })))
+}

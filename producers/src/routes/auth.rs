@@ -1,0 +1,108 @@
+//! `POST /auth/guest` and `GET /.well-known/jwks.json`.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::Json;
+use cognomega_core::auth::Tier;
+use cognomega_core::billing::{SettlementKind, SettlementMessage};
+use cognomega_core::queue::OutgoingMessage;
+use cognomega_stores::billing;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::{current_request_id, ApiError, AppState};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GuestRequest {
+    email: Option<String>,
+}
+
+fn valid_email(email: &str) -> bool {
+    let Some((local, domain)) = email.split_once('@') else {
+        return false;
+    };
+    email.len() <= 254
+        && !local.is_empty()
+        && local.len() <= 64
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+pub(crate) async fn guest(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let request: GuestRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        GuestRequest { email: None }
+    } else {
+        crate::body::json(&body)?
+    };
+    if let Some(email) = request.email.as_deref() {
+        if !valid_email(email) {
+            return Err(ApiError::bad_request(
+                "invalid_email",
+                "email must look like name@example.com (≤ 254 characters)",
+            ));
+        }
+    }
+    let tenant_id = uuid::Uuid::now_v7().to_string();
+    let user_id = uuid::Uuid::now_v7().to_string();
+    let grant = state.config.billing.guest_grant;
+    // The tenant and its starting grant's settlement commit together.
+    let mut tx = state.db.begin().await.map_err(ApiError::internal)?;
+    billing::create_tenant(
+        &mut tx,
+        &tenant_id,
+        &user_id,
+        "guest",
+        request.email.as_deref(),
+    )
+    .await
+    .map_err(ApiError::internal)?;
+    if grant != 0 {
+        let msg = SettlementMessage {
+            id: format!("grant-{tenant_id}"),
+            tenant_id: tenant_id.clone(),
+            delta: grant,
+            kind: SettlementKind::Grant,
+            reference: None,
+        };
+        let out = OutgoingMessage::json(&msg)
+            .map_err(ApiError::internal)?
+            .request_id(current_request_id());
+        tx.send(&cognomega_consumers::settlement::queue(), out)
+            .await
+            .map_err(ApiError::internal)?;
+    }
+    tx.commit().await.map_err(ApiError::internal)?;
+    let (token, claims) = state.auth.issue(&user_id, &tenant_id, Tier::Guest)?;
+    Ok(Json(json!({
+        "token": token,
+        "token_type": "Bearer",
+        "expires_in": state.auth.ttl_secs(&claims),
+        "tenant_id": tenant_id,
+        "user_id": user_id,
+    })))
+}
+
+pub(crate) async fn jwks(State(state): State<AppState>) -> Json<Value> {
+    Json(serde_json::to_value(&*state.auth.jwks()).unwrap_or_else(|_| json!({"keys": []})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_email;
+
+    #[test]
+    fn emails() {
+        assert!(valid_email("a@b.co"));
+        assert!(!valid_email("nope"));
+        assert!(!valid_email("@b.co"));
+        assert!(!valid_email("a@b"));
+        assert!(!valid_email("a b@c.co"));
+        assert!(!valid_email(&format!("{}@b.co", "a".repeat(65))));
+    }
+}

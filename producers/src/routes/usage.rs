@@ -1,0 +1,106 @@
+//! `POST /usage` (validate everything, then produce to `usage`) and `GET /usage` (totals).
+
+use std::collections::BTreeMap;
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Duration as ChronoDuration, SecondsFormat, Utc};
+use cognomega_core::billing::{parse_usage_request, UsageBatchMessage};
+use cognomega_core::queue::OutgoingMessage;
+use cognomega_stores::billing;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::auth::Authenticated;
+use crate::{current_request_id, ApiError, AppState};
+
+pub(crate) async fn post(
+    State(state): State<AppState>,
+    Authenticated(claims): Authenticated,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let events = parse_usage_request(&body)
+        .map_err(|e| ApiError::bad_request("invalid_usage", e.to_string()))?;
+    let accepted = events.len();
+    let msg = UsageBatchMessage {
+        tenant_id: claims.tenant,
+        events,
+        received_at_ms: Utc::now().timestamp_millis(),
+    };
+    let out = OutgoingMessage::json(&msg)
+        .map_err(ApiError::internal)?
+        .request_id(current_request_id());
+    state
+        .queues
+        .send(&cognomega_consumers::usage_writer::queue(), out)
+        .await
+        .map_err(|e| {
+            ApiError::unavailable(format!(
+                "cannot enqueue usage right now ({e}); retry with the same idempotency keys"
+            ))
+        })?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": accepted }))))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct Window {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+fn parse_time(
+    name: &str,
+    raw: Option<&str>,
+    default: DateTime<Utc>,
+) -> Result<DateTime<Utc>, ApiError> {
+    match raw {
+        None => Ok(default),
+        Some(s) => DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| {
+                ApiError::bad_request(
+                    "invalid_window",
+                    format!("{name} must be RFC 3339, e.g. 2026-01-31T00:00:00Z: {e}"),
+                )
+            }),
+    }
+}
+
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    Authenticated(claims): Authenticated,
+    Query(window): Query<Window>,
+) -> Result<Json<Value>, ApiError> {
+    let now = Utc::now();
+    let to = parse_time("to", window.to.as_deref(), now)?;
+    let from = parse_time(
+        "from",
+        window.from.as_deref(),
+        to - ChronoDuration::days(30),
+    )?;
+    if from > to {
+        return Err(ApiError::bad_request(
+            "invalid_window",
+            "from must not be after to",
+        ));
+    }
+    let totals = billing::usage_totals(
+        &state.db,
+        &claims.tenant,
+        from.timestamp_millis(),
+        to.timestamp_millis(),
+    )
+    .await
+    .map_err(ApiError::internal)?;
+    let charged: i64 = totals.values().map(|t| t.credits).sum();
+    let totals: BTreeMap<&str, _> = totals.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    Ok(Json(json!({
+        "tenant_id": claims.tenant,
+        "from": from.to_rfc3339_opts(SecondsFormat::Millis, true),
+        "to": to.to_rfc3339_opts(SecondsFormat::Millis, true),
+        "totals": totals,
+        "credits_charged": charged,
+    })))
+}

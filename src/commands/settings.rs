@@ -1,0 +1,107 @@
+//! Flags shared by `serve` and `worker`: tokens, admin key, billing, CORS.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use cognomega_core::billing::{BillingConfig, Price, UsageKind};
+use cognomega_producers::{ApiConfig, CorsOrigins};
+
+use super::Ctx;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiArgs {
+    /// The X-Admin-Key for admin routes. Default: read from (or generated into) DATA_DIR/admin-key.
+    #[arg(long, env = "COGNOMEGA_ADMIN_KEY", hide_env_values = true)]
+    admin_key: Option<String>,
+
+    /// Guest token lifetime in seconds.
+    #[arg(long, env = "COGNOMEGA_TOKEN_TTL", default_value_t = 86_400)]
+    token_ttl: u64,
+
+    /// JWT issuer (`iss`).
+    #[arg(long, env = "COGNOMEGA_JWT_ISSUER", default_value = "cognomega")]
+    jwt_issuer: String,
+
+    /// JWT audience (`aud`).
+    #[arg(long, env = "COGNOMEGA_JWT_AUDIENCE", default_value = "cognomega-api")]
+    jwt_audience: String,
+
+    /// Credits a new guest starts with.
+    #[arg(long, env = "COGNOMEGA_GUEST_GRANT", default_value_t = 1000)]
+    guest_grant: i64,
+
+    /// A guest below this balance is flagged and gets 402 for new billable work.
+    #[arg(
+        long,
+        env = "COGNOMEGA_GUEST_FLOOR",
+        default_value_t = 0,
+        allow_hyphen_values = true
+    )]
+    guest_floor: i64,
+
+    /// A price, as KIND=CREDITS/UNITS (e.g. tokens_in=1/1000); repeatable. Kinds: tokens_in,
+    /// tokens_out, job, storage_bytes, audio_seconds.
+    #[arg(long = "price", env = "COGNOMEGA_PRICES", value_delimiter = ',')]
+    prices: Vec<String>,
+
+    /// Browser origins allowed by CORS, comma-separated; `*` allows any.
+    #[arg(
+        long,
+        env = "COGNOMEGA_CORS_ORIGINS",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    cors_origins: Vec<String>,
+}
+
+impl ApiArgs {
+    pub fn billing(&self) -> anyhow::Result<BillingConfig> {
+        let mut billing = BillingConfig {
+            guest_grant: self.guest_grant,
+            guest_floor: self.guest_floor,
+            ..BillingConfig::default()
+        };
+        for spec in self.prices.iter().filter(|s| !s.trim().is_empty()) {
+            let Some((kind, price)) = spec.split_once('=') else {
+                bail!("--price {spec:?}: use KIND=CREDITS/UNITS, e.g. tokens_in=1/1000");
+            };
+            let kind = UsageKind::parse(kind.trim())
+                .with_context(|| format!("--price {spec:?}: unknown kind; one of tokens_in, tokens_out, job, storage_bytes, audio_seconds"))?;
+            billing.prices.set(
+                kind,
+                Price::parse(price).map_err(|e| anyhow::anyhow!("--price: {e}"))?,
+            );
+        }
+        if self.guest_grant < 0 {
+            bail!("--guest-grant must be ≥ 0");
+        }
+        Ok(billing)
+    }
+
+    pub fn api_config(&self, ctx: &Ctx) -> anyhow::Result<ApiConfig> {
+        if self.token_ttl == 0 {
+            bail!("--token-ttl must be at least 1 second");
+        }
+        let admin_key =
+            cognomega::config::resolve_admin_key(&ctx.data_dir, self.admin_key.as_deref())?;
+        let cors = if self.cors_origins.iter().any(|o| o.trim() == "*") {
+            CorsOrigins::Any
+        } else {
+            CorsOrigins::List(
+                self.cors_origins
+                    .iter()
+                    .map(|o| o.trim().to_owned())
+                    .filter(|o| !o.is_empty())
+                    .collect(),
+            )
+        };
+        Ok(ApiConfig {
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+            token_ttl: Duration::from_secs(self.token_ttl),
+            admin_key,
+            billing: self.billing()?,
+            cors,
+        })
+    }
+}

@@ -1,0 +1,110 @@
+//! The JWT signing keys, kept in the KV role under `KEYS/ring` (PKCS#8 PEM), so every process
+//! of a deployment signs and verifies with the same keys.
+
+use cognomega_core::auth::{KeyId, KeyRing, SigningKey};
+use serde::{Deserialize, Serialize};
+
+use crate::{kv, Database, StoreError};
+
+const NAMESPACE: &str = "KEYS";
+const RING: &str = "ring";
+
+#[derive(Serialize, Deserialize)]
+struct StoredKey {
+    kid: String,
+    pem: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredRing {
+    current: StoredKey,
+    previous: Vec<StoredKey>,
+}
+
+/// Key-ring storage failures.
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored key could not be parsed or a new one generated.
+    #[error("signing keys: {0}")]
+    Key(String),
+}
+
+fn encode(ring: &KeyRing) -> Result<Vec<u8>, KeysError> {
+    let stored = |k: &SigningKey| -> Result<StoredKey, KeysError> {
+        Ok(StoredKey {
+            kid: k.kid().to_string(),
+            pem: k
+                .to_pkcs8_pem()
+                .map_err(|e| KeysError::Key(e.to_string()))?
+                .to_string(),
+        })
+    };
+    let ring = StoredRing {
+        current: stored(ring.current())?,
+        previous: ring
+            .previous()
+            .iter()
+            .map(stored)
+            .collect::<Result<_, _>>()?,
+    };
+    serde_json::to_vec(&ring).map_err(|e| KeysError::Key(e.to_string()))
+}
+
+fn decode(bytes: &[u8]) -> Result<KeyRing, KeysError> {
+    let stored: StoredRing =
+        serde_json::from_slice(bytes).map_err(|e| KeysError::Key(e.to_string()))?;
+    let key = |k: StoredKey| -> Result<SigningKey, KeysError> {
+        let kid = KeyId::parse(&k.kid).map_err(|e| KeysError::Key(e.to_string()))?;
+        SigningKey::from_pkcs8_pem(kid, &k.pem).map_err(|e| KeysError::Key(e.to_string()))
+    };
+    let current = key(stored.current)?;
+    let previous = stored
+        .previous
+        .into_iter()
+        .map(key)
+        .collect::<Result<_, _>>()?;
+    KeyRing::from_parts(current, previous).map_err(|e| KeysError::Key(e.to_string()))
+}
+
+fn new_key() -> Result<SigningKey, KeysError> {
+    let kid = format!("k-{}", uuid::Uuid::now_v7().simple());
+    let kid = KeyId::parse(&kid).map_err(|e| KeysError::Key(e.to_string()))?;
+    SigningKey::generate(kid).map_err(|e| KeysError::Key(e.to_string()))
+}
+
+/// The stored ring, if any.
+pub async fn load(db: &Database) -> Result<Option<KeyRing>, KeysError> {
+    kv::get(db, NAMESPACE, RING)
+        .await?
+        .map(|b| decode(&b))
+        .transpose()
+}
+
+/// The stored ring, generating and storing one on first start. When several processes start
+/// at once, the first to store wins and the others use its keys.
+pub async fn load_or_create(db: &Database) -> Result<KeyRing, KeysError> {
+    if let Some(ring) = load(db).await? {
+        return Ok(ring);
+    }
+    let ring = KeyRing::new(new_key()?);
+    if kv::insert_if_absent(db, NAMESPACE, RING, &encode(&ring)?).await? {
+        tracing::info!(kid = %ring.current().kid(), "generated the first JWT signing key");
+        return Ok(ring);
+    }
+    load(db)
+        .await?
+        .ok_or_else(|| KeysError::Key("key ring vanished while starting".into()))
+}
+
+/// Adds a new current key; the old one stays in the JWKS as previous so live tokens keep
+/// verifying.
+pub async fn rotate(db: &Database) -> Result<KeyRing, KeysError> {
+    let mut ring = load_or_create(db).await?;
+    ring.rotate(new_key()?)
+        .map_err(|e| KeysError::Key(e.to_string()))?;
+    kv::put(db, NAMESPACE, RING, &encode(&ring)?).await?;
+    Ok(ring)
+}
