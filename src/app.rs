@@ -20,6 +20,7 @@ pub struct Platform {
     pub addr: SocketAddr,
     /// The database it uses.
     pub db: Database,
+    state: AppState,
     shutdown: CancellationToken,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     consumers: Option<RunningRuntime>,
@@ -66,7 +67,7 @@ impl Platform {
                 }
             }
         });
-        let app = cognomega_producers::router(state);
+        let app = cognomega_producers::router(state.clone());
         let stop = shutdown.clone();
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
@@ -76,10 +77,17 @@ impl Platform {
         Ok(Self {
             addr,
             db,
+            state,
             shutdown,
             server,
             consumers,
         })
+    }
+
+    /// The API's state (for tests and embedding).
+    #[must_use]
+    pub fn state(&self) -> &AppState {
+        &self.state
     }
 
     /// The base URL of the API.
