@@ -799,10 +799,25 @@ impl QueueDriver for PgQueue {
         let (messages, exhausted) = split_exhausted(messages, settings, token);
         let mut dead_lettered = 0;
         if !exhausted.is_empty() {
-            // A follow-up settle rather than the claim's own transaction keeps the common claim
-            // at one round trip; until it runs, the exhausted messages are held by this lease,
-            // and should it fail they come back after the lease and are dead-lettered then.
-            let report = self.settle(queue, settings, &exhausted).await?;
+            // A follow-up transaction rather than the claim's own keeps the common claim at one
+            // round trip; until it runs, the exhausted messages are held by this lease, and
+            // should it fail they come back after the lease and are dead-lettered then.
+            let ids: Vec<i64> = exhausted.iter().map(|s| s.id().0).collect();
+            let plan = plan_settle(&exhausted);
+            let mut tx = self.pool.begin().await.map_err(map_err)?;
+            // The claim counted a delivery that is not being made: take it back, so the dead
+            // message shows the deliveries it really got (as SQLite does).
+            sqlx::query(
+                "UPDATE queue_messages SET attempts = attempts - 1
+                 WHERE id = ANY($1::bigint[]) AND lease_token = $2 AND state = 1",
+            )
+            .bind(&ids)
+            .bind(token.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            let report = settle_on(&mut tx, queue, settings, &exhausted, plan).await?;
+            tx.commit().await.map_err(map_err)?;
             dead_lettered = report.dead_lettered + report.dropped;
         }
         Ok(Claim {
@@ -867,12 +882,7 @@ impl QueueDriver for PgQueue {
             Some(ms) => Duration::from_millis(u64::try_from(ms).unwrap_or(0)).min(max_wait),
             None => max_wait,
         };
-        wait_woken(
-            &self.shared.wakers,
-            queue,
-            wait.min(IDLE_POLL_CAP.max(max_wait)),
-        )
-        .await;
+        wait_woken(&self.shared.wakers, queue, wait.min(IDLE_POLL_CAP)).await;
     }
 
     async fn queues(&self) -> Result<Vec<QueueName>, QueueError> {
