@@ -1,13 +1,22 @@
-//! `cognomega bench queue`: the burn-down benchmark of the queue engine.
+//! `cognomega bench …`: benchmarks that print their figures.
 //!
+//! `bench queue`, the burn-down benchmark of the queue engine:
 //! 1. bulk-enqueue N no-op messages (enqueue/s);
 //! 2. drain them with the real consumer runtime, acks durable (work/s);
 //! 3. on an idle queue, send one message at a time and time enqueue → handler start
 //!    (latency p50/p99);
 //! 4. report the process's peak RSS.
 //!
-//! It runs against a throwaway store: a temporary SQLite file, or a PostgreSQL database it
+//! `bench usage` and `bench credits` measure the money path over HTTP (see [`usage`] and
+//! [`credits`]): a `cognomega serve` child process on loopback, driven by a separate client.
+//!
+//! Each runs against a throwaway store: a temporary SQLite file, or a PostgreSQL database it
 //! creates and drops.
+
+mod client;
+mod credits;
+mod server;
+mod usage;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,6 +44,12 @@ pub struct Args {
 enum What {
     /// Burn-down of N no-op jobs: enqueue/s, work/s, enqueue→start latency, peak RSS.
     Queue(QueueArgs),
+    /// POST /usage ingest over HTTP: accepted events/s, request latency, events/s settled into
+    /// the ledger, the server's peak RSS.
+    Usage(usage::UsageArgs),
+    /// GET /credits under an open-loop constant request rate: achieved rate, latency
+    /// percentiles measured from each request's scheduled time, errors.
+    Credits(credits::CreditsArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -81,7 +96,14 @@ struct Report {
 }
 
 pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<()> {
-    let What::Queue(args) = args.what;
+    match args.what {
+        What::Queue(args) => queue(&ctx, args).await,
+        What::Usage(args) => usage::run(&ctx, args).await,
+        What::Credits(args) => credits::run(&ctx, args).await,
+    }
+}
+
+async fn queue(ctx: &Ctx, args: QueueArgs) -> anyhow::Result<()> {
     if args.jobs == 0 {
         bail!("--jobs must be at least 1");
     }
@@ -304,12 +326,12 @@ impl BatchHandler for Stamp {
 /// A store created for one run and destroyed afterwards.
 struct ThrowawayStore {
     db: Database,
-    cleanup: Cleanup,
-}
-
-enum Cleanup {
-    Dir(std::path::PathBuf),
-    PgDatabase { admin: DatabaseUrl, name: String },
+    /// Where the store is (handed to a `serve` child by the HTTP benchmarks).
+    url: DatabaseUrl,
+    /// A temporary directory: the SQLite file, and a data directory for a `serve` child.
+    dir: std::path::PathBuf,
+    /// The PostgreSQL database to drop afterwards, and the admin URL to drop it through.
+    pg: Option<(DatabaseUrl, String)>,
 }
 
 const DEFAULT_PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -317,56 +339,78 @@ const DEFAULT_PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres"
 impl ThrowawayStore {
     async fn create(backend: Backend, database_url: Option<&str>) -> anyhow::Result<Self> {
         let tag = uuid::Uuid::new_v4().simple().to_string();
-        match backend {
+        let dir = std::env::temp_dir().join(format!("cognomega-bench-{tag}"));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create the temporary directory {}", dir.display()))?;
+        let created = match backend {
             Backend::Sqlite => {
-                let dir = std::env::temp_dir().join(format!("cognomega-bench-{tag}"));
-                std::fs::create_dir_all(&dir)?;
-                let db = Database::open(&DatabaseUrl::sqlite_file(&dir.join("bench.db"))).await?;
-                Ok(Self {
-                    db,
-                    cleanup: Cleanup::Dir(dir),
-                })
+                let url = DatabaseUrl::sqlite_file(&dir.join("bench.db"));
+                Database::open(&url).await.map(|db| (db, url, None))
             }
-            Backend::Postgres => {
-                let admin = DatabaseUrl::parse(database_url.unwrap_or(DEFAULT_PG_ADMIN_URL))?;
-                if !admin.is_postgres() {
-                    bail!("--backend postgres needs a postgres:// --database-url (or COGNOMEGA_DATABASE_URL)");
-                }
-                let name = format!("cognomega_bench_{tag}");
-                let admin_db = Database::connect(&admin).await?;
-                if let Database::Postgres(pg) = &admin_db {
-                    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&pg.pool).await.with_context(|| {
-                        format!("cannot create the benchmark database on {admin}: the user needs CREATEDB")
-                    })?;
-                }
-                admin_db.close().await;
-                let url = DatabaseUrl::parse(&with_database(admin.expose(), &name))?;
-                let db = Database::open(&url).await?;
-                Ok(Self {
-                    db,
-                    cleanup: Cleanup::PgDatabase { admin, name },
-                })
+            Backend::Postgres => Self::create_pg(database_url, &tag).await,
+        };
+        match created {
+            Ok((db, url, pg)) => Ok(Self { db, url, dir, pg }),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn create_pg(
+        database_url: Option<&str>,
+        tag: &str,
+    ) -> anyhow::Result<(Database, DatabaseUrl, Option<(DatabaseUrl, String)>)> {
+        let admin = DatabaseUrl::parse(database_url.unwrap_or(DEFAULT_PG_ADMIN_URL))?;
+        if !admin.is_postgres() {
+            bail!("--backend postgres needs a postgres:// --database-url (or COGNOMEGA_DATABASE_URL)");
+        }
+        let name = format!("cognomega_bench_{tag}");
+        let admin_db = Database::connect(&admin).await?;
+        if let Database::Postgres(pg) = &admin_db {
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&pg.pool)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot create the benchmark database on {admin}: the user needs CREATEDB"
+                    )
+                })?;
+        }
+        admin_db.close().await;
+        let url = DatabaseUrl::parse(&with_database(admin.expose(), &name))?;
+        match Database::open(&url).await {
+            Ok(db) => Ok((db, url, Some((admin, name)))),
+            Err(e) => {
+                let _ = drop_pg(&admin, &name).await;
+                Err(e.into())
             }
         }
     }
 
     async fn destroy(self) -> anyhow::Result<()> {
         self.db.close().await;
-        match self.cleanup {
-            Cleanup::Dir(dir) => std::fs::remove_dir_all(&dir)
-                .with_context(|| format!("cannot remove {}", dir.display()))?,
-            Cleanup::PgDatabase { admin, name } => {
-                let admin_db = Database::connect(&admin).await?;
-                if let Database::Postgres(pg) = &admin_db {
-                    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&pg.pool)
-                        .await?;
-                }
-                admin_db.close().await;
-            }
-        }
-        Ok(())
+        let dropped = match &self.pg {
+            Some((admin, name)) => drop_pg(admin, name).await,
+            None => Ok(()),
+        };
+        std::fs::remove_dir_all(&self.dir)
+            .with_context(|| format!("cannot remove {}", self.dir.display()))?;
+        dropped
     }
+}
+
+async fn drop_pg(admin: &DatabaseUrl, name: &str) -> anyhow::Result<()> {
+    let admin_db = Database::connect(admin).await?;
+    if let Database::Postgres(pg) = &admin_db {
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&pg.pool)
+            .await
+            .with_context(|| format!("cannot drop the benchmark database {name}; drop it by hand"))?;
+    }
+    admin_db.close().await;
+    Ok(())
 }
 
 /// The same URL pointing at another database.

@@ -6,8 +6,10 @@
 //!   are converted to epoch milliseconds in SQL wherever the core wants `UnixMillis`.
 //! - Many processes claim concurrently, so claims lock their rows with `FOR UPDATE SKIP LOCKED`
 //!   instead of relying on a single writer.
-//! - Batches travel as arrays (`unnest`), so a send, claim or ack of a thousand messages is one
-//!   statement and one round trip; SQLite needs no such care because it is in-process.
+//! - Batches travel as bound arrays, so a send, claim or ack of a thousand messages is one
+//!   statement and one round trip; SQLite needs no such care because it is in-process. Settle
+//!   statements look rows up by primary key from those arrays (see [`Rounds`]) so their plans do
+//!   not depend on table statistics.
 //! - Wake-ups are `NOTIFY`s issued inside the writing statement (delivered on commit), fanned
 //!   out in-process by one `LISTEN`ing task per driver.
 
