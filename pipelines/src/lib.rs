@@ -1,1 +1,65 @@
-//! placeholder
+//! Job types and ETL export writers.
+//!
+//! A job type is a Rust type implementing [`JobType`]: a name (its queue is `jobs.<name>`),
+//! input validation at submit time, a price, and an idempotent `run` that reports progress per
+//! stage and returns artifacts. `run` is CPU-bound and synchronous: the consumer calls it on a
+//! blocking thread. Same input ⇒ byte-identical artifacts, so a redelivered job rewrites the same
+//! objects.
+//!
+//! Adding a type: one module here, plus a line in [`registry`].
+#![forbid(unsafe_code)]
+
+use serde_json::Value;
+
+/// One output file of a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Artifact {
+    /// File name, e.g. `index.html` (a plain name: no path separators).
+    pub name: String,
+    /// MIME type, e.g. `text/html; charset=utf-8`.
+    pub content_type: String,
+    /// The bytes, uncompressed.
+    pub bytes: Vec<u8>,
+}
+
+/// Why a job run stopped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    /// The input can never succeed (undecodable image, decompression bomb, …): fail the job
+    /// without retrying, with this message shown to the client.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// Cancelled at a stage boundary.
+    #[error("cancelled")]
+    Cancelled,
+    /// Something transient went wrong: retry.
+    #[error("{0}")]
+    Transient(String),
+}
+
+/// Receives progress; returns `Err(JobError::Cancelled)` when the job should stop at this
+/// stage boundary.
+pub trait Progress {
+    /// Entering `stage`; `fraction` of the whole job is done (0..=1).
+    fn stage(&self, stage: &str, fraction: f32) -> Result<(), JobError>;
+}
+
+/// A job type.
+pub trait JobType: Send + Sync + std::fmt::Debug {
+    /// The type's name, e.g. `sketch_to_app`; its queue is `jobs.<name>`.
+    fn name(&self) -> &'static str;
+
+    /// Checks `params` at submit time (400 when wrong); returns them normalized (defaults
+    /// filled in), which is what `run` receives.
+    fn validate_params(&self, params: &Value) -> Result<Value, String>;
+
+    /// Checks the input bytes at submit time, cheaply (e.g. the image header and dimensions):
+    /// undecodable input is refused with 400 before anything is enqueued.
+    fn validate_input(&self, input: &[u8]) -> Result<(), String>;
+
+    /// Credits charged when the job succeeds.
+    fn price(&self, params: &Value) -> i64;
+
+    /// Runs the job. Deterministic: same input and params ⇒ byte-identical artifacts.
+    fn run(&self, input: &[u8], params: &Value, progress: &dyn Progress) -> Result<Vec<Artifact>, JobError>;
+}

@@ -293,11 +293,16 @@ fn progress(show: bool, len: u64, what: &'static str) -> ProgressBar {
 /// Peak resident set size of this process (VmHWM), in MiB.
 fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    vm_hwm_mib(&status).unwrap_or(0.0)
+}
+
+/// The VmHWM line of a `/proc/PID/status` text, in MiB.
+fn vm_hwm_mib(status: &str) -> Option<f64> {
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
+        .map(|kb| kb / 1024.0)
 }
 
 #[derive(Debug)]
