@@ -6,7 +6,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use cognomega_consumers::{RunningRuntime, RuntimeOptions};
 use cognomega_producers::AppState;
+use std::sync::Arc;
+
 use cognomega_stores::kv::BalanceCache;
+use cognomega_stores::objects::Objects;
 use cognomega_stores::Database;
 use tokio_util::sync::CancellationToken;
 
@@ -36,11 +39,20 @@ impl Platform {
         // settlements invalidate it at once; other processes' settlements show within a second.
         let balances =
             BalanceCache::new(db.clone(), Duration::from_secs(1), Duration::from_secs(30));
-        let mut state = AppState::new(db.clone(), config.api.clone(), balances.clone())
-            .await
-            .context("cannot load the JWT signing keys")?;
+        let objects =
+            Objects::open(&config.storage.objects_url).context("cannot open the object store")?;
+        let job_types = Arc::new(cognomega_pipelines::registry::registry());
+        let mut state = AppState::new(
+            db.clone(),
+            config.api.clone(),
+            balances.clone(),
+            objects.clone(),
+            job_types,
+        )
+        .await
+        .context("cannot load the JWT signing keys")?;
         let consumers = if config.consumers {
-            let rt = wiring::runtime(&db, options, &config.api.billing, Some(balances))?;
+            let rt = wiring::runtime(&db, options, &config.api.billing, Some(balances), &objects)?;
             state.consumer_metrics = Some(rt.metrics());
             Some(rt.start().await?)
         } else {

@@ -19,12 +19,24 @@ pub struct StorageConfig {
     pub data_dir: PathBuf,
     /// The relational store.
     pub database_url: DatabaseUrl,
+    /// Object storage: `DATA_DIR/objects` unless configured.
+    pub objects_url: cognomega_stores::objects::ObjectStoreUrl,
 }
 
 impl StorageConfig {
     /// Uses `database_url` when given, else the SQLite file inside `data_dir`, creating the
     /// directory and its `objects/` folder.
     pub fn resolve(data_dir: &Path, database_url: Option<&str>) -> anyhow::Result<Self> {
+        Self::resolve_with_objects(data_dir, database_url, None)
+    }
+
+    /// Like [`StorageConfig::resolve`], with an object store URL (`file:///…`, a folder, or
+    /// `s3://bucket?endpoint=…&region=auto`).
+    pub fn resolve_with_objects(
+        data_dir: &Path,
+        database_url: Option<&str>,
+        objects_url: Option<&str>,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(data_dir.join("objects")).with_context(|| {
             format!(
                 "cannot create the data directory {}; pass --data-dir to put it elsewhere",
@@ -35,9 +47,22 @@ impl StorageConfig {
             Some(url) => DatabaseUrl::parse(url)?,
             None => DatabaseUrl::sqlite_file(&data_dir.join("cognomega.db")),
         };
+        let objects_url = match objects_url {
+            Some(url) => cognomega_stores::objects::ObjectStoreUrl::parse(url)?,
+            None => {
+                let dir = data_dir.join("objects");
+                let dir = if dir.is_absolute() {
+                    dir
+                } else {
+                    std::env::current_dir()?.join(dir)
+                };
+                cognomega_stores::objects::ObjectStoreUrl::Local(dir)
+            }
+        };
         Ok(Self {
             data_dir: data_dir.to_path_buf(),
             database_url,
+            objects_url,
         })
     }
 }

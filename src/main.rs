@@ -29,6 +29,12 @@ struct Cli {
     )]
     database_url: Option<String>,
 
+    /// Object storage: a folder, file:///abs/path, or s3://bucket?endpoint=URL&region=auto
+    /// (credentials from COGNOMEGA_S3_ACCESS_KEY_ID / COGNOMEGA_S3_SECRET_ACCESS_KEY).
+    /// Default: DATA_DIR/objects.
+    #[arg(long, global = true, env = "COGNOMEGA_OBJECTS_URL")]
+    objects_url: Option<String>,
+
     /// Log format.
     #[arg(long, global = true, env = "COGNOMEGA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -98,6 +104,7 @@ fn main() -> ExitCode {
         let ctx = commands::Ctx {
             data_dir: cli.data_dir,
             database_url: cli.database_url,
+            objects_url: cli.objects_url,
         };
         match cli.command {
             Command::Serve(args) => commands::serve::run(ctx, args).await,

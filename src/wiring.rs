@@ -3,11 +3,15 @@
 
 use std::sync::Arc;
 
+use cognomega_consumers::jobs::{self, JobRunner};
 use cognomega_consumers::settlement::SettlementWriter;
 use cognomega_consumers::usage_writer::UsageWriter;
 use cognomega_consumers::{probe, settlement, usage_writer, Runtime, RuntimeOptions};
 use cognomega_core::billing::BillingConfig;
+use cognomega_core::billing::UsageKind;
+use cognomega_r2_lifecycle::codec::CodecPolicy;
 use cognomega_stores::kv::BalanceCache;
+use cognomega_stores::objects::Objects;
 use cognomega_stores::Database;
 
 /// A runtime with every queue's consumer registered. `cache` is the balance cache of an
@@ -17,6 +21,7 @@ pub fn runtime(
     options: RuntimeOptions,
     billing: &BillingConfig,
     cache: Option<BalanceCache>,
+    objects: &Objects,
 ) -> anyhow::Result<Runtime> {
     let mut rt = Runtime::new(db.queue(), options);
     rt.register(
@@ -38,5 +43,20 @@ pub fn runtime(
             cache,
         )),
     )?;
+    let credits_per_job = billing.prices.charge(UsageKind::Job, 1);
+    for job_type in cognomega_pipelines::registry::registry().iter() {
+        let runner = JobRunner::new(
+            db.clone(),
+            objects.clone(),
+            job_type.clone(),
+            CodecPolicy::default(),
+            credits_per_job,
+        );
+        rt.register(
+            jobs::queue(job_type.name()),
+            jobs::settings(job_type.name()),
+            Arc::new(runner),
+        )?;
+    }
     Ok(rt)
 }

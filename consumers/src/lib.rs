@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod acker;
+pub mod jobs;
 mod metrics;
 pub mod probe;
 mod runtime;

@@ -107,6 +107,12 @@ impl Runtime {
         self.metrics.clone()
     }
 
+    /// Keeps only the consumers of `queues` (a worker dedicated to some queues, or a test
+    /// draining one stage of a pipeline).
+    pub fn retain_queues(&mut self, queues: &[QueueName]) {
+        self.registrations.retain(|r| queues.contains(&r.queue));
+    }
+
     /// Declares every queue, then starts one batch loop per queue in the background.
     pub async fn start(self) -> Result<RunningRuntime, QueueError> {
         for r in &self.registrations {

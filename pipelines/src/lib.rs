@@ -7,9 +7,22 @@
 //! objects.
 //!
 //! Adding a type: one module here, plus a line in [`registry`].
+//!
+//! Job types: [`sketch::SketchToApp`] (`sketch_to_app`: a wireframe sketch becomes an HTML/CSS
+//! scaffold) and [`thumbnail::ImageThumbnail`] (`image_thumbnail`). With the `synth` feature,
+//! [`synth`] generates hand-drawn-looking sketches with their ground truth, for tests.
 #![forbid(unsafe_code)]
 
 use serde_json::Value;
+
+pub mod decode;
+pub mod registry;
+pub mod sketch;
+#[cfg(feature = "synth")]
+pub mod synth;
+pub mod thumbnail;
+
+pub use registry::{registry, Registry};
 
 /// One output file of a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,5 +74,10 @@ pub trait JobType: Send + Sync + std::fmt::Debug {
     fn price(&self, params: &Value) -> i64;
 
     /// Runs the job. Deterministic: same input and params ⇒ byte-identical artifacts.
-    fn run(&self, input: &[u8], params: &Value, progress: &dyn Progress) -> Result<Vec<Artifact>, JobError>;
+    fn run(
+        &self,
+        input: &[u8],
+        params: &Value,
+        progress: &dyn Progress,
+    ) -> Result<Vec<Artifact>, JobError>;
 }

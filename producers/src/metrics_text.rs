@@ -43,11 +43,14 @@ fn histogram(
     let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
 }
 
+/// A gauge: name, help text, and how to read its value from a queue's statistics.
+type Gauge = (&'static str, &'static str, fn(&QueueStats) -> String);
+
 /// Gauges and the drain-latency histogram of every queue.
 #[must_use]
 pub fn render_queues(stats: &[QueueStats]) -> String {
     let mut out = String::new();
-    let gauges: [(&str, &str, fn(&QueueStats) -> String); 6] = [
+    let gauges: [Gauge; 6] = [
         (
             "cognomega_queue_depth",
             "Messages ready for delivery now.",

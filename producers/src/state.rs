@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use cognomega_consumers::ConsumerMetrics;
 use cognomega_core::billing::BillingConfig;
 use cognomega_core::queue::QueueDriver;
+use cognomega_pipelines::registry::Registry;
 use cognomega_stores::kv::BalanceCache;
+use cognomega_stores::objects::Objects;
 use cognomega_stores::Database;
 
 use crate::auth::AuthService;
@@ -94,6 +96,10 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
     /// Cached balances.
     pub balances: BalanceCache,
+    /// Object storage (inputs, artifacts, uploads).
+    pub objects: Objects,
+    /// Job types.
+    pub job_types: Arc<Registry>,
 }
 
 impl AppState {
@@ -102,6 +108,8 @@ impl AppState {
         db: Database,
         config: ApiConfig,
         balances: BalanceCache,
+        objects: Objects,
+        job_types: Arc<Registry>,
     ) -> Result<Self, cognomega_stores::keys::KeysError> {
         let auth = AuthService::load(
             db.clone(),
@@ -119,6 +127,8 @@ impl AppState {
             auth: Arc::new(auth),
             config: Arc::new(config),
             balances,
+            objects,
+            job_types,
         })
     }
 }

@@ -350,7 +350,10 @@ impl ThrowawayStore {
         let created = match backend {
             Backend::Sqlite => {
                 let url = DatabaseUrl::sqlite_file(&dir.join("bench.db"));
-                Database::open(&url).await.map(|db| (db, url, None))
+                Database::open(&url)
+                    .await
+                    .map(|db| (db, url, None))
+                    .map_err(anyhow::Error::from)
             }
             Backend::Postgres => Self::create_pg(database_url, &tag).await,
         };
@@ -358,7 +361,7 @@ impl ThrowawayStore {
             Ok((db, url, pg)) => Ok(Self { db, url, dir, pg }),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
-                Err(e.into())
+                Err(e)
             }
         }
     }
@@ -369,7 +372,9 @@ impl ThrowawayStore {
     ) -> anyhow::Result<(Database, DatabaseUrl, Option<(DatabaseUrl, String)>)> {
         let admin = DatabaseUrl::parse(database_url.unwrap_or(DEFAULT_PG_ADMIN_URL))?;
         if !admin.is_postgres() {
-            bail!("--backend postgres needs a postgres:// --database-url (or COGNOMEGA_DATABASE_URL)");
+            bail!(
+                "--backend postgres needs a postgres:// --database-url (or COGNOMEGA_DATABASE_URL)"
+            );
         }
         let name = format!("cognomega_bench_{tag}");
         let admin_db = Database::connect(&admin).await?;
@@ -412,7 +417,9 @@ async fn drop_pg(admin: &DatabaseUrl, name: &str) -> anyhow::Result<()> {
         sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
             .execute(&pg.pool)
             .await
-            .with_context(|| format!("cannot drop the benchmark database {name}; drop it by hand"))?;
+            .with_context(|| {
+                format!("cannot drop the benchmark database {name}; drop it by hand")
+            })?;
     }
     admin_db.close().await;
     Ok(())

@@ -21,11 +21,16 @@ use tokio_util::sync::CancellationToken;
 pub struct Ctx {
     pub data_dir: PathBuf,
     pub database_url: Option<String>,
+    pub objects_url: Option<String>,
 }
 
 impl Ctx {
     pub fn storage(&self) -> anyhow::Result<StorageConfig> {
-        StorageConfig::resolve(&self.data_dir, self.database_url.as_deref())
+        StorageConfig::resolve_with_objects(
+            &self.data_dir,
+            self.database_url.as_deref(),
+            self.objects_url.as_deref(),
+        )
     }
 
     /// Opens and migrates the configured database.

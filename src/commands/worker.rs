@@ -26,7 +26,8 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<()> {
         poll_interval: Duration::from_millis(args.poll_interval_ms.max(1)),
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
     };
-    let rt = cognomega::wiring::runtime(&db, options, &args.api.billing()?, None)?;
+    let objects = cognomega_stores::objects::Objects::open(&ctx.storage()?.objects_url)?;
+    let rt = cognomega::wiring::runtime(&db, options, &args.api.billing()?, None, &objects)?;
     let running = rt.start().await?;
     tracing::info!(backend = db.backend(), queues = ?running.queues(), "worker consuming");
     shutdown_signal().cancelled().await;

@@ -8,8 +8,10 @@
 
 pub mod billing;
 pub mod database;
+pub mod jobs;
 pub mod keys;
 pub mod kv;
+pub mod objects;
 pub mod queue;
 
 pub use database::{Database, DatabaseUrl, StoreError};

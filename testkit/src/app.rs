@@ -6,7 +6,9 @@ use cognomega::app::Platform;
 use cognomega::config::{ServeConfig, StorageConfig};
 use cognomega_consumers::RuntimeOptions;
 
+use cognomega_core::queue::QueueName;
 use cognomega_producers::{ApiConfig, Secret};
+use cognomega_stores::objects::ObjectStoreUrl;
 use serde_json::Value;
 
 use crate::db::{Backend, TestDb};
@@ -127,6 +129,36 @@ impl TestApp {
             rt.wait_idle(timeout).await,
             "queues still busy after {timeout:?}"
         );
+        Ok(())
+    }
+
+    /// Runs the consumers of `queues` (all of them when empty) in a runtime of their own until
+    /// every one of those queues is idle, then stops it: for apps spawned without consumers,
+    /// to move a pipeline forward one stage at a time.
+    pub async fn drain(&self, queues: &[&str]) -> anyhow::Result<()> {
+        let objects = cognomega_stores::objects::Objects::open(&ObjectStoreUrl::Local(
+            self.tdb.data_dir().join("objects"),
+        ))?;
+        let options = RuntimeOptions {
+            poll_interval: Duration::from_millis(20),
+            shutdown_grace: Duration::from_secs(5),
+        };
+        let billing = cognomega_core::billing::BillingConfig::default();
+        let mut rt = cognomega::wiring::runtime(
+            self.tdb.db(),
+            options,
+            &billing,
+            Some(self.platform().state().balances.clone()),
+            &objects,
+        )?;
+        if !queues.is_empty() {
+            let names: Vec<QueueName> = queues.iter().map(|q| crate::q(q)).collect();
+            rt.retain_queues(&names);
+        }
+        let running = rt.start().await?;
+        let idle = running.wait_idle(Duration::from_secs(120)).await;
+        running.stop().await;
+        anyhow::ensure!(idle, "queues {queues:?} still busy after 120 s");
         Ok(())
     }
 

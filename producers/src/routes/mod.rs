@@ -4,6 +4,7 @@ mod admin;
 mod auth;
 mod credits;
 mod health;
+mod jobs;
 mod metrics;
 mod usage;
 
@@ -15,6 +16,8 @@ use crate::AppState;
 
 /// Largest `POST /usage` body: 1,000 events with 4 KiB of meta each, and headroom.
 const USAGE_BODY_LIMIT: usize = 8 * 1024 * 1024;
+/// Largest `POST /jobs` body: a 20 MiB image in base64, and headroom.
+const JOBS_BODY_LIMIT: usize = 28 * 1024 * 1024;
 /// Largest body of the small JSON routes.
 const SMALL_BODY_LIMIT: usize = 64 * 1024;
 
@@ -36,5 +39,11 @@ pub fn router() -> Router<AppState> {
     let usage = Router::new()
         .route("/usage", post(usage::post).get(usage::get))
         .layer(DefaultBodyLimit::max(USAGE_BODY_LIMIT));
-    small.merge(usage)
+    let jobs = Router::new()
+        .route("/jobs", post(jobs::submit).get(jobs::list))
+        .route("/jobs/{id}", get(jobs::get))
+        .route("/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/jobs/{id}/artifacts/{name}", get(jobs::artifact))
+        .layer(DefaultBodyLimit::max(JOBS_BODY_LIMIT));
+    small.merge(usage).merge(jobs)
 }

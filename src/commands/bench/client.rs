@@ -35,9 +35,10 @@ impl Target {
         if authority.is_empty() || authority.contains('/') {
             bail!("--url {url:?}: use http://HOST:PORT without a path");
         }
-        let with_port = if authority.rsplit_once(':').is_some_and(|(_, p)| {
-            !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())
-        }) {
+        let with_port = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        {
             authority.to_owned()
         } else {
             format!("{authority}:80")
@@ -274,7 +275,11 @@ pub(super) async fn loopback_floor(conn: &mut Conn, samples: usize) -> anyhow::R
         let reply = conn.get("/healthz", None).await?;
         lat.push(started.elapsed().as_secs_f64() * 1e3);
         if reply.status != StatusCode::OK {
-            bail!("GET /healthz answered {}: {}", reply.status, reply.snippet());
+            bail!(
+                "GET /healthz answered {}: {}",
+                reply.status,
+                reply.snippet()
+            );
         }
     }
     lat.sort_by(f64::total_cmp);

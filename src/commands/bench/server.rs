@@ -98,7 +98,11 @@ impl Server {
                 .stderr
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            lines.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
+            lines
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join("\n")
         })
     }
 
@@ -167,7 +171,13 @@ async fn spawn(store: &ThrowawayStore) -> anyhow::Result<Spawned> {
     cmd.arg("--data-dir")
         .arg(&data_dir)
         .args(["--log", "warn", "--log-format", "text"])
-        .args(["serve", "--listen", "127.0.0.1:0", "--admin-key", &admin_key])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-key",
+            &admin_key,
+        ])
         .args(["--shutdown-grace", "10"])
         // Through the environment, not argv: a PostgreSQL URL may carry a password.
         .env("COGNOMEGA_DATABASE_URL", store.url.expose())
@@ -178,9 +188,7 @@ async fn spawn(store: &ThrowawayStore) -> anyhow::Result<Spawned> {
     let mut child = cmd
         .spawn()
         .context("cannot start the benchmark server (cognomega serve)")?;
-    let pid = child
-        .id()
-        .context("the benchmark server exited at once")?;
+    let pid = child.id().context("the benchmark server exited at once")?;
     let stderr = child
         .stderr
         .take()
@@ -195,10 +203,17 @@ async fn spawn(store: &ThrowawayStore) -> anyhow::Result<Spawned> {
         while let Ok(Some(line)) = lines.next_line().await {
             if let Some(rest) = line.strip_prefix("cognomega listening on ") {
                 if let Some(tx) = url_tx.take() {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
+                    let _ = tx.send(
+                        rest.split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    );
                 }
             }
-            let mut keep = keep.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut keep = keep
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if keep.len() == TAIL_LINES {
                 keep.pop_front();
             }

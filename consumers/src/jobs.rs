@@ -1,0 +1,268 @@
+//! `jobs.<type>` → run the job type's pipeline on a blocking thread, store its artifacts
+//! (compressed by the r2-lifecycle codec) under `artifacts/{tenant}/{job_id}/{name}`, then in
+//! one transaction record the artifacts, mark the job succeeded and produce its `job` usage event
+//! (idempotency key `job-{id}`, so a redelivered success is billed once).
+
+use std::sync::Arc;
+
+use cognomega_core::billing::{UsageBatchMessage, UsageEvent, UsageKey, UsageKind};
+use cognomega_core::queue::{
+    BatchHandler, HandlerError, MessageBatch, OutgoingMessage, QueueName, QueueSettings,
+};
+use cognomega_pipelines::{JobError, JobType, Progress};
+use cognomega_r2_lifecycle::codec::{encode, CodecPolicy};
+use cognomega_stores::jobs::{self, ArtifactRow, Job};
+use cognomega_stores::objects::{ObjectKey, Objects, PutMeta};
+use cognomega_stores::Database;
+use serde::{Deserialize, Serialize};
+
+/// The message on `jobs.<type>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobMessage {
+    /// The job row's id.
+    pub job_id: String,
+}
+
+/// The queue of a job type: `jobs.<name>`.
+#[must_use]
+pub fn queue(job_type: &str) -> QueueName {
+    QueueName::parse(&format!("jobs.{job_type}"))
+        .unwrap_or_else(|_| unreachable!("job type names are valid queue names"))
+}
+
+/// The dead-letter queue of a job type.
+#[must_use]
+pub fn dead_letter_queue(job_type: &str) -> QueueName {
+    QueueName::parse(&format!("jobs.{job_type}.dlq"))
+        .unwrap_or_else(|_| unreachable!("valid queue name"))
+}
+
+/// Settings: one job per batch (CPU-bound), two at once (one per core of a small machine),
+/// leases long enough for a big image, three retries then the DLQ.
+#[must_use]
+pub fn settings(job_type: &str) -> QueueSettings {
+    QueueSettings {
+        max_batch_size: 1,
+        max_concurrency: 2,
+        lease: std::time::Duration::from_secs(120),
+        max_retries: 3,
+        retry_delay: std::time::Duration::from_secs(1),
+        dead_letter_queue: Some(dead_letter_queue(job_type)),
+        ..QueueSettings::default()
+    }
+}
+
+/// Runs one job type.
+#[derive(Debug, Clone)]
+pub struct JobRunner {
+    db: Database,
+    objects: Objects,
+    job_type: Arc<dyn JobType>,
+    codec: CodecPolicy,
+    credits_per_job: i64,
+    max_deliveries: u32,
+}
+
+impl JobRunner {
+    /// A runner; `credits_per_job` is what the `job` usage event will cost (shown on the job).
+    #[must_use]
+    pub fn new(
+        db: Database,
+        objects: Objects,
+        job_type: Arc<dyn JobType>,
+        codec: CodecPolicy,
+        credits_per_job: i64,
+    ) -> Self {
+        let max_deliveries = settings(job_type.name()).max_deliveries();
+        Self {
+            db,
+            objects,
+            job_type,
+            codec,
+            credits_per_job,
+            max_deliveries,
+        }
+    }
+
+    async fn run_one(&self, job: Job, attempts: u32) -> Result<(), HandlerError> {
+        let input_key = ObjectKey::parse(&job.input_key).map_err(HandlerError::fatal)?;
+        let input = match self.objects.get_bytes(&input_key).await {
+            Ok((_, bytes)) => bytes,
+            Err(e) if e.is_not_found() => {
+                self.finish(
+                    &job,
+                    "failed",
+                    "the job's input is gone from object storage",
+                )
+                .await?;
+                return Ok(());
+            }
+            Err(e) => return Err(self.transient(&job, attempts, e.to_string()).await),
+        };
+        let params: serde_json::Value =
+            serde_json::from_str(&job.params).map_err(HandlerError::fatal)?;
+        let progress = DbProgress {
+            db: self.db.clone(),
+            job_id: job.id.clone(),
+            handle: tokio::runtime::Handle::current(),
+        };
+        let job_type = self.job_type.clone();
+        let ran =
+            tokio::task::spawn_blocking(move || job_type.run(&input, &params, &progress)).await;
+        let artifacts = match ran {
+            Ok(Ok(artifacts)) => artifacts,
+            Ok(Err(JobError::InvalidInput(why))) => return self.finish(&job, "failed", &why).await,
+            Ok(Err(JobError::Cancelled)) => {
+                return self
+                    .finish(&job, "cancelled", "cancelled while running")
+                    .await
+            }
+            Ok(Err(JobError::Transient(why))) => {
+                return Err(self.transient(&job, attempts, why).await)
+            }
+            Err(join) => {
+                return Err(self
+                    .transient(&job, attempts, format!("the job panicked: {join}"))
+                    .await)
+            }
+        };
+        let mut rows = Vec::with_capacity(artifacts.len());
+        for artifact in artifacts {
+            let encoded = encode(&artifact.bytes, &artifact.content_type, &self.codec);
+            let key = ObjectKey::parse(&format!(
+                "artifacts/{}/{}/{}",
+                job.tenant_id, job.id, artifact.name
+            ))
+            .map_err(HandlerError::fatal)?;
+            let meta = PutMeta::content_type(artifact.content_type.clone())
+                .with("sha256", encoded.sha256.clone())
+                .with("compression", encoded.compression.as_str())
+                .with("original-size", encoded.original_size.to_string())
+                .with("tier", "hot");
+            if let Err(e) = self.objects.put(&key, encoded.bytes.into(), &meta).await {
+                return Err(self.transient(&job, attempts, e.to_string()).await);
+            }
+            rows.push(ArtifactRow {
+                name: artifact.name,
+                content_type: artifact.content_type,
+                size: i64::try_from(encoded.original_size).unwrap_or(i64::MAX),
+                stored_size: i64::try_from(encoded.stored_size).unwrap_or(i64::MAX),
+                compression: encoded.compression.as_str().to_owned(),
+                sha256: encoded.sha256,
+                tier: "hot".to_owned(),
+                object_key: key.as_str().to_owned(),
+            });
+        }
+        let usage = UsageBatchMessage {
+            tenant_id: job.tenant_id.clone(),
+            events: vec![UsageEvent {
+                idempotency_key: UsageKey::parse(&format!("job-{}", job.id))
+                    .map_err(HandlerError::fatal)?,
+                kind: UsageKind::Job,
+                quantity: 1,
+                occurred_at: None,
+                meta: Some(serde_json::Map::from_iter([(
+                    "job_type".to_owned(),
+                    self.job_type.name().into(),
+                )])),
+            }],
+            received_at_ms: now_ms(),
+        };
+        let mut out = OutgoingMessage::json(&usage).map_err(HandlerError::fatal)?;
+        out.options.request_id.clone_from(&job.request_id);
+        let mut tx = self.db.begin().await.map_err(HandlerError::retryable)?;
+        jobs::succeed(&mut tx, &job.id, &rows, self.credits_per_job)
+            .await
+            .map_err(HandlerError::retryable)?;
+        tx.send(&crate::usage_writer::queue(), out)
+            .await
+            .map_err(HandlerError::retryable)?;
+        tx.commit().await.map_err(HandlerError::retryable)?;
+        tracing::info!(job_id = %job.id, tenant = %job.tenant_id, artifacts = rows.len(), "job succeeded");
+        Ok(())
+    }
+
+    async fn finish(&self, job: &Job, status: &str, why: &str) -> Result<(), HandlerError> {
+        tracing::info!(job_id = %job.id, status, reason = why, "job finished without artifacts");
+        jobs::finish(&self.db, &job.id, status, Some(why))
+            .await
+            .map_err(HandlerError::retryable)
+    }
+
+    /// A transient failure: retried, unless this was the last delivery, in which case the job is
+    /// marked `dead` (its message goes to the dead-letter queue).
+    async fn transient(&self, job: &Job, attempts: u32, why: String) -> HandlerError {
+        if attempts >= self.max_deliveries {
+            if let Err(e) = jobs::finish(&self.db, &job.id, "dead", Some(&why)).await {
+                tracing::warn!(job_id = %job.id, error = %e, "could not mark the job dead");
+            }
+        }
+        HandlerError::Retryable(why)
+    }
+}
+
+#[async_trait::async_trait]
+impl BatchHandler for JobRunner {
+    async fn handle(&self, batch: &mut MessageBatch) -> Result<(), HandlerError> {
+        // Batches hold one message (max_batch_size 1); a larger one is handled in order.
+        let messages: Vec<_> = batch
+            .messages()
+            .iter()
+            .map(|m| (m.id, m.attempts, m.json::<JobMessage>()))
+            .collect();
+        for (id, attempts, body) in messages {
+            let body = match body {
+                Ok(b) => b,
+                Err(e) => {
+                    batch.fail(id, format!("not a job message: {e}"));
+                    continue;
+                }
+            };
+            // None: cancelled while queued, or already finished (a redelivered success).
+            let Some(job) = jobs::start_run(&self.db, &body.job_id)
+                .await
+                .map_err(HandlerError::retryable)?
+            else {
+                batch.ack(id);
+                continue;
+            };
+            self.run_one(job, attempts).await?;
+            batch.ack(id);
+        }
+        Ok(())
+    }
+}
+
+/// Progress written to the job row; reads back whether the job was cancelled.
+struct DbProgress {
+    db: Database,
+    job_id: String,
+    handle: tokio::runtime::Handle,
+}
+
+impl Progress for DbProgress {
+    fn stage(&self, stage: &str, fraction: f32) -> Result<(), JobError> {
+        // Called from the blocking thread the job runs on, so blocking on the write is fine.
+        let cancel = self
+            .handle
+            .block_on(jobs::progress(
+                &self.db,
+                &self.job_id,
+                stage,
+                f64::from(fraction.clamp(0.0, 1.0)),
+            ))
+            .map_err(|e| JobError::Transient(e.to_string()))?;
+        if cancel {
+            Err(JobError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}

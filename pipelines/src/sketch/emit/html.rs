@@ -1,0 +1,293 @@
+//! `index.html`: the layout as a responsive HTML5 scaffold.
+
+use crate::sketch::geometry::Rect;
+use crate::sketch::layout::{LayoutDocument, Node, NodeKind};
+use crate::sketch::params::SketchParams;
+
+/// Placeholder words for text lines: the sketch's scribbles carry no readable text.
+const LOREM: [&str; 12] = [
+    "Lorem",
+    "ipsum",
+    "dolor",
+    "sit",
+    "amet,",
+    "consectetur",
+    "adipiscing",
+    "elit,",
+    "sed",
+    "do",
+    "eiusmod",
+    "tempor",
+];
+
+/// The whole page.
+pub(super) fn page(doc: &LayoutDocument, params: &SketchParams) -> String {
+    let mut html = Html {
+        out: String::new(),
+        numbers: Numbers::default(),
+    };
+    let title = escape(&params.title);
+    for line in [
+        "<!DOCTYPE html>",
+        "<html lang=\"en\">",
+        "<head>",
+        "  <meta charset=\"utf-8\">",
+        "  <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
+        &format!("  <title>{title}</title>"),
+        "  <link rel=\"stylesheet\" href=\"styles.css\">",
+        "</head>",
+        &format!("<body class=\"theme-{}\">", params.theme.as_str()),
+        "  <main class=\"page\">",
+        &format!("    <h1 class=\"visually-hidden\">{title}</h1>"),
+    ] {
+        html.line(0, line);
+    }
+    for child in &doc.root.children {
+        html.node(child, &doc.root.rect, Flow::Stacked, 2);
+    }
+    for line in ["  </main>", "</body>", "</html>"] {
+        html.line(0, line);
+    }
+    html.out
+}
+
+/// How the parent places a child: stacked children may be aligned left, centre or right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Stacked,
+    SideBySide,
+}
+
+/// Running numbers per kind, for ids and labels.
+#[derive(Debug, Default)]
+struct Numbers {
+    container: u32,
+    button: u32,
+    input: u32,
+    image: u32,
+    text: u32,
+}
+
+#[derive(Debug)]
+struct Html {
+    out: String,
+    numbers: Numbers,
+}
+
+impl Html {
+    fn line(&mut self, depth: usize, text: &str) {
+        for _ in 0..depth {
+            self.out.push_str("  ");
+        }
+        self.out.push_str(text);
+        self.out.push('\n');
+    }
+
+    /// Writes `node`; `reference` is the box its width is a share of.
+    fn node(&mut self, node: &Node, reference: &Rect, flow: Flow, depth: usize) {
+        let attrs = placement(node, reference, flow);
+        match node.kind {
+            NodeKind::Page => {}
+            NodeKind::Row => {
+                // A row spans its parent: its children's widths are shares of the same box.
+                self.line(depth, "<div class=\"row\">");
+                for child in &node.children {
+                    self.node(child, reference, Flow::SideBySide, depth + 1);
+                }
+                self.line(depth, "</div>");
+            }
+            NodeKind::Column => {
+                self.line(depth, &format!("<div class=\"column{attrs}>"));
+                self.children(node, depth);
+                self.line(depth, "</div>");
+            }
+            NodeKind::Container => {
+                self.numbers.container += 1;
+                let n = self.numbers.container;
+                self.line(
+                    depth,
+                    &format!("<section id=\"container-{n}\" class=\"container{attrs}>"),
+                );
+                self.children(node, depth);
+                self.line(depth, "</section>");
+            }
+            NodeKind::Button => {
+                self.numbers.button += 1;
+                let n = self.numbers.button;
+                self.line(
+                    depth,
+                    &format!("<button type=\"button\" id=\"button-{n}\" class=\"button{attrs}>Button {n}</button>"),
+                );
+            }
+            NodeKind::Input => {
+                self.numbers.input += 1;
+                let n = self.numbers.input;
+                self.line(
+                    depth,
+                    &format!(
+                        "<input type=\"text\" id=\"input-{n}\" class=\"input{attrs} \
+                         placeholder=\"Input {n}\" aria-label=\"Input {n}\">"
+                    ),
+                );
+            }
+            NodeKind::Image => {
+                self.numbers.image += 1;
+                let n = self.numbers.image;
+                let ratio = format!("--ratio: {} / {}", node.rect.w.max(1), node.rect.h.max(1));
+                let attrs = attrs.replace("style=\"", &format!("style=\"{ratio}; "));
+                self.line(
+                    depth,
+                    &format!(
+                        "<div id=\"image-{n}\" class=\"image{attrs} role=\"img\" \
+                         aria-label=\"Image placeholder {n}\"></div>"
+                    ),
+                );
+            }
+            NodeKind::Text => {
+                self.numbers.text += 1;
+                let n = self.numbers.text;
+                let words = lorem(node.rect);
+                self.line(
+                    depth,
+                    &format!("<p id=\"text-{n}\" class=\"text{attrs}>{words}</p>"),
+                );
+            }
+        }
+    }
+
+    fn children(&mut self, node: &Node, depth: usize) {
+        for child in &node.children {
+            self.node(child, &node.rect, Flow::Stacked, depth + 1);
+        }
+    }
+}
+
+/// The rest of the class attribute (alignment) and the style attribute with the width share:
+/// `" align-center" style="--w: 40.0%"`. Starts inside the class attribute's quotes.
+fn placement(node: &Node, reference: &Rect, flow: Flow) -> String {
+    let share = 100.0 * f64::from(node.rect.w) / f64::from(reference.w.max(1));
+    let align = if flow == Flow::Stacked {
+        alignment(&node.rect, reference)
+    } else {
+        ""
+    };
+    format!("{align}\" style=\"--w: {:.1}%\"", share.min(100.0))
+}
+
+/// Stacked items keep their side: centred when the margins left and right are about equal.
+fn alignment(r: &Rect, parent: &Rect) -> &'static str {
+    let left = i64::from(r.x) - i64::from(parent.x);
+    let right = i64::from(parent.right()) - i64::from(r.right());
+    if (left - right).abs() * 12 <= i64::from(parent.w) {
+        " align-center"
+    } else if right < left {
+        " align-end"
+    } else {
+        ""
+    }
+}
+
+/// About as many placeholder words as fit the scribble (a word ≈ 2.5 line heights wide).
+fn lorem(r: Rect) -> String {
+    let words = (f64::from(r.w) / (2.5 * f64::from(r.h.max(1)))).round() as usize;
+    let words = words.clamp(1, LOREM.len());
+    let text = LOREM[..words].join(" ");
+    text.trim_end_matches(',').to_owned()
+}
+
+/// Escapes text for HTML element content and attribute values.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_covers_markup_characters() {
+        assert_eq!(
+            escape("<a href=\"x\">Tom & Jerry's</a>"),
+            "&lt;a href=&quot;x&quot;&gt;Tom &amp; Jerry&#39;s&lt;/a&gt;"
+        );
+    }
+
+    #[test]
+    fn centred_items_are_recognised() {
+        let parent = Rect {
+            x: 0,
+            y: 0,
+            w: 1200,
+            h: 800,
+        };
+        assert_eq!(
+            alignment(
+                &Rect {
+                    x: 400,
+                    y: 0,
+                    w: 400,
+                    h: 50
+                },
+                &parent
+            ),
+            " align-center"
+        );
+        assert_eq!(
+            alignment(
+                &Rect {
+                    x: 700,
+                    y: 0,
+                    w: 400,
+                    h: 50
+                },
+                &parent
+            ),
+            " align-end"
+        );
+        assert_eq!(
+            alignment(
+                &Rect {
+                    x: 50,
+                    y: 0,
+                    w: 400,
+                    h: 50
+                },
+                &parent
+            ),
+            ""
+        );
+    }
+
+    #[test]
+    fn placeholder_text_grows_with_the_line() {
+        assert_eq!(
+            lorem(Rect {
+                x: 0,
+                y: 0,
+                w: 20,
+                h: 20
+            }),
+            "Lorem"
+        );
+        assert_eq!(
+            lorem(Rect {
+                x: 0,
+                y: 0,
+                w: 250,
+                h: 20
+            }),
+            "Lorem ipsum dolor sit amet"
+        );
+    }
+}

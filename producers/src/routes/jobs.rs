@@ -1,0 +1,475 @@
+//! Jobs: submit, list, poll, cancel, download artifacts.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine as _;
+use chrono::{SecondsFormat, TimeZone, Utc};
+use cognomega_consumers::jobs::JobMessage;
+use cognomega_core::queue::OutgoingMessage;
+use cognomega_r2_lifecycle::codec::{decode, Compression};
+use cognomega_stores::billing;
+use cognomega_stores::jobs::{self, ArtifactRow, CancelOutcome, Job, NewJob};
+use cognomega_stores::objects::{ObjectKey, PutMeta};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::auth::Authenticated;
+use crate::{current_request_id, ApiError, AppState};
+
+/// Largest decoded input image.
+const MAX_INPUT_BYTES: usize = 20 * 1024 * 1024;
+
+fn rfc3339(ms: Option<i64>) -> Value {
+    ms.and_then(|ms| Utc.timestamp_millis_opt(ms).single())
+        .map_or(Value::Null, |t| {
+            Value::String(t.to_rfc3339_opts(SecondsFormat::Millis, true))
+        })
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "job_not_found",
+        format!("no job {id}"),
+    )
+}
+
+fn job_json(job: &Job, artifacts: &[ArtifactRow]) -> Value {
+    let artifacts: Vec<Value> = artifacts
+        .iter()
+        .map(|a| {
+            json!({
+                "name": a.name,
+                "content_type": a.content_type,
+                "size": a.size,
+                "stored_size": a.stored_size,
+                "compression": a.compression,
+                "sha256": a.sha256,
+                "tier": a.tier,
+                "url": format!("/jobs/{}/artifacts/{}", job.id, a.name),
+            })
+        })
+        .collect();
+    let mut v = json!({
+        "id": job.id,
+        "type": job.job_type,
+        "status": job.status,
+        "progress": job.progress,
+        "stage": job.stage,
+        "attempts": job.attempts,
+        "created_at": rfc3339(Some(job.created_at_ms)),
+        "started_at": rfc3339(job.started_at_ms),
+        "finished_at": rfc3339(job.finished_at_ms),
+        "credits_charged": job.credits_charged,
+        "artifacts": artifacts,
+    });
+    if let Some(error) = &job.error {
+        v["error"] = Value::String(error.clone());
+    }
+    if job.cancel_requested && job.status == "running" {
+        v["cancel_requested"] = Value::Bool(true);
+    }
+    v
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitRequest {
+    #[serde(rename = "type")]
+    job_type: String,
+    input: Input,
+    #[serde(default)]
+    params: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Input {
+    upload_key: Option<String>,
+    image_base64: Option<String>,
+}
+
+fn submitted(status: StatusCode, id: &str) -> Response {
+    let location = format!("/jobs/{id}");
+    let mut resp = (
+        status,
+        Json(json!({"id": id, "status": "queued", "status_url": location})),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+fn decode_base64(raw: &str) -> Result<Vec<u8>, ApiError> {
+    // Accept a data: URL too, as browsers produce them.
+    let raw = raw.split_once(";base64,").map_or(raw, |(_, data)| data);
+    let cleaned: String = raw.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    if cleaned.len() > MAX_INPUT_BYTES / 3 * 4 + 4 {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "input_too_large",
+            format!("input images are at most {} MiB", MAX_INPUT_BYTES >> 20),
+        ));
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(cleaned.as_bytes())
+        .map_err(|e| {
+            ApiError::bad_request(
+                "invalid_input",
+                format!("input.image_base64 is not base64: {e}"),
+            )
+        })
+}
+
+pub(crate) async fn submit(
+    State(state): State<AppState>,
+    Authenticated(claims): Authenticated,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .map(str::trim)
+                .filter(|k| (1..=128).contains(&k.len()))
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_idempotency_key",
+                        "Idempotency-Key must be 1..=128 visible characters",
+                    )
+                })?
+                .to_owned(),
+        ),
+    };
+    let req: SubmitRequest = crate::body::json(&body)?;
+    let Some(job_type) = state.job_types.get(&req.job_type) else {
+        return Err(ApiError::bad_request(
+            "unknown_job_type",
+            format!(
+                "unknown job type {:?}; known: {}",
+                req.job_type,
+                state.job_types.names().join(", ")
+            ),
+        ));
+    };
+    let params = job_type
+        .validate_params(req.params.as_ref().unwrap_or(&json!({})))
+        .map_err(|e| ApiError::bad_request("invalid_params", e))?;
+    // A repeated Idempotency-Key returns the job it created, without re-reading the input.
+    if let Some(k) = &key {
+        if let Some(id) = jobs::find_by_key(&state.db, &claims.tenant, k)
+            .await
+            .map_err(ApiError::internal)?
+        {
+            return Ok(submitted(StatusCode::OK, &id));
+        }
+    }
+    let input =
+        match (req.input.image_base64, req.input.upload_key) {
+            (Some(b64), None) => decode_base64(&b64)?,
+            (None, Some(upload)) => return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "upload_not_found",
+                format!(
+                    "no upload {upload} for this tenant; upload it with POST /upload/direct first"
+                ),
+            )),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_input",
+                    "input must have exactly one of upload_key or image_base64",
+                ))
+            }
+        };
+    if input.is_empty() || input.len() > MAX_INPUT_BYTES {
+        return Err(ApiError::bad_request(
+            "invalid_input",
+            format!("the input must be 1 byte to {} MiB", MAX_INPUT_BYTES >> 20),
+        ));
+    }
+    job_type
+        .validate_input(&input)
+        .map_err(|e| ApiError::bad_request("invalid_input", e))?;
+    require_credits(&state, &claims.tenant).await?;
+
+    let id = uuid::Uuid::now_v7().to_string();
+    let input_key =
+        ObjectKey::parse(&format!("inputs/{}/{id}", claims.tenant)).map_err(ApiError::internal)?;
+    state
+        .objects
+        .put(
+            &input_key,
+            input.into(),
+            &PutMeta::content_type("application/octet-stream"),
+        )
+        .await
+        .map_err(|e| {
+            ApiError::unavailable(format!("cannot store the input right now ({e}); retry"))
+        })?;
+    let params_text = params.to_string();
+    let request_id = current_request_id();
+    let new = NewJob {
+        id: &id,
+        tenant_id: &claims.tenant,
+        job_type: job_type.name(),
+        idempotency_key: key.as_deref(),
+        params: &params_text,
+        input_key: input_key.as_str(),
+        request_id: Some(&request_id),
+    };
+    // The job row and its queue message commit together.
+    let mut tx = state.db.begin().await.map_err(ApiError::internal)?;
+    let (job_id, created) = jobs::insert(&mut tx, &new)
+        .await
+        .map_err(ApiError::internal)?;
+    if created {
+        let msg = OutgoingMessage::json(&JobMessage {
+            job_id: job_id.clone(),
+        })
+        .map_err(ApiError::internal)?
+        .request_id(request_id);
+        tx.send(&cognomega_consumers::jobs::queue(job_type.name()), msg)
+            .await
+            .map_err(ApiError::internal)?;
+    }
+    tx.commit().await.map_err(ApiError::internal)?;
+    if !created {
+        // A concurrent submit with the same key won: our input copy is not needed.
+        let _ = state.objects.delete(&input_key).await;
+        return Ok(submitted(StatusCode::OK, &job_id));
+    }
+    Ok(submitted(StatusCode::ACCEPTED, &job_id))
+}
+
+/// 402 when the tenant cannot pay for new billable work.
+pub(crate) async fn require_credits(state: &AppState, tenant: &str) -> Result<(), ApiError> {
+    let flagged = billing::tenant_status(&state.db, tenant)
+        .await
+        .map_err(ApiError::internal)?
+        .unwrap_or(false);
+    let balance = state
+        .balances
+        .get(tenant)
+        .await
+        .map_err(ApiError::internal)?
+        .balance;
+    if flagged || balance <= state.config.billing.guest_floor {
+        return Err(ApiError::new(
+            StatusCode::PAYMENT_REQUIRED,
+            "insufficient_credits",
+            format!("the balance is {balance} credits; add credits (POST /credits/adjust) before submitting billable work"),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    Authenticated(claims): Authenticated,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let job = jobs::get(&state.db, &id, Some(&claims.tenant))
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| not_found(&id))?;
+    let artifacts = jobs::artifacts(&state.db, &job.id)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(job_json(&job, &artifacts)))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ListQuery {
+    status: Option<String>,
+    #[serde(rename = "type")]
+    job_type: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+const STATUSES: [&str; 6] = [
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "dead",
+];
+
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    Authenticated(claims): Authenticated,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    if let Some(s) = q.status.as_deref() {
+        if !STATUSES.contains(&s) {
+            return Err(ApiError::bad_request(
+                "invalid_status",
+                format!("status must be one of {}", STATUSES.join(", ")),
+            ));
+        }
+    }
+    let limit = match q.limit.as_deref() {
+        None => 20,
+        Some(raw) => raw
+            .parse::<u32>()
+            .ok()
+            .filter(|l| (1..=100).contains(l))
+            .ok_or_else(|| {
+                ApiError::bad_request("invalid_limit", "limit must be an integer 1..=100")
+            })?,
+    };
+    let page = jobs::list(
+        &state.db,
+        &claims.tenant,
+        q.status.as_deref(),
+        q.job_type.as_deref(),
+        limit + 1,
+        q.cursor.as_deref(),
+    )
+    .await
+    .map_err(ApiError::internal)?;
+    let more = page.len() > limit as usize;
+    let page = &page[..page.len().min(limit as usize)];
+    let mut items = Vec::with_capacity(page.len());
+    for job in page {
+        let artifacts = jobs::artifacts(&state.db, &job.id)
+            .await
+            .map_err(ApiError::internal)?;
+        items.push(job_json(job, &artifacts));
+    }
+    let next = if more {
+        page.last().map(|j| Value::String(j.id.clone()))
+    } else {
+        None
+    };
+    Ok(Json(
+        json!({ "jobs": items, "next_cursor": next.unwrap_or(Value::Null) }),
+    ))
+}
+
+pub(crate) async fn cancel(
+    State(state): State<AppState>,
+    Authenticated(claims): Authenticated,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    match jobs::cancel(&state.db, &claims.tenant, &id)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        CancelOutcome::Cancelled => Ok((
+            StatusCode::OK,
+            Json(json!({"id": id, "status": "cancelled"})),
+        )
+            .into_response()),
+        CancelOutcome::Requested => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"id": id, "status": "running", "cancel_requested": true})),
+        )
+            .into_response()),
+        CancelOutcome::Finished(status) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "job_finished",
+            format!("the job already finished ({status}); nothing to cancel"),
+        )),
+        CancelOutcome::NotFound => Err(not_found(&id)),
+    }
+}
+
+pub(crate) async fn artifact(
+    State(state): State<AppState>,
+    Authenticated(claims): Authenticated,
+    Path((id, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let job = jobs::get(&state.db, &id, Some(&claims.tenant))
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| not_found(&id))?;
+    let artifacts = jobs::artifacts(&state.db, &job.id)
+        .await
+        .map_err(ApiError::internal)?;
+    let Some(a) = artifacts.into_iter().find(|a| a.name == name) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "artifact_not_found",
+            format!("job {id} has no artifact {name}"),
+        ));
+    };
+    let etag = format!("\"{}\"", a.sha256);
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+    {
+        let mut resp = StatusCode::NOT_MODIFIED.into_response();
+        resp.headers_mut().insert(
+            header::ETAG,
+            HeaderValue::from_str(&etag).map_err(ApiError::internal)?,
+        );
+        return Ok(resp);
+    }
+    let key = ObjectKey::parse(&a.object_key).map_err(ApiError::internal)?;
+    let object = match state.objects.get(&key).await {
+        Ok(o) => o,
+        Err(e) if e.is_not_found() => {
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                "artifact_expired",
+                "the artifact's storage has expired",
+            ));
+        }
+        Err(e) => return Err(ApiError::internal(e)),
+    };
+    let compression = match a.compression.as_str() {
+        "zstd" => Compression::Zstd,
+        "gzip" => Compression::Gzip,
+        _ => Compression::None,
+    };
+    let accepts = |enc: &str| {
+        headers
+            .get(header::ACCEPT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(',').any(|e| {
+                    e.split(';')
+                        .next()
+                        .is_some_and(|e| e.trim().eq_ignore_ascii_case(enc))
+                })
+            })
+    };
+    let mut resp = if compression == Compression::None {
+        Response::new(Body::from_stream(object.stream))
+    } else if accepts(compression.as_str()) {
+        // The stored bytes are already what the client asked for.
+        let mut r = Response::new(Body::from_stream(object.stream));
+        r.headers_mut().insert(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_static(compression.as_str()),
+        );
+        r
+    } else {
+        let stored = object.bytes().await.map_err(ApiError::internal)?;
+        let max = u64::try_from(a.size).unwrap_or(0);
+        let plain = decode(&stored, compression, max).map_err(ApiError::internal)?;
+        Response::new(Body::from(plain))
+    };
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(&a.content_type).map_err(ApiError::internal)?,
+    );
+    h.insert(
+        header::ETAG,
+        HeaderValue::from_str(&etag).map_err(ApiError::internal)?,
+    );
+    h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    Ok(resp)
+}

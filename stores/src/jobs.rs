@@ -1,0 +1,569 @@
+//! SQL of jobs and their artifacts.
+
+use serde::Serialize;
+use sqlx::Row;
+
+use crate::queue::now_ms;
+use crate::{Database, StoreError, Tx};
+
+/// A job row. Times are epoch milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Job {
+    /// UUIDv7.
+    pub id: String,
+    /// Owner.
+    pub tenant_id: String,
+    /// Job type name.
+    pub job_type: String,
+    /// queued | running | succeeded | failed | cancelled | dead
+    pub status: String,
+    /// Normalized params (JSON text).
+    pub params: String,
+    /// Object key of the input.
+    pub input_key: String,
+    /// 0..=1.
+    pub progress: f64,
+    /// Current or last stage.
+    pub stage: Option<String>,
+    /// Runs started.
+    pub attempts: i64,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Credits charged on success.
+    pub credits_charged: i64,
+    /// A running job should stop at its next stage boundary.
+    pub cancel_requested: bool,
+    /// The submitting request.
+    pub request_id: Option<String>,
+    /// Submitted.
+    pub created_at_ms: i64,
+    /// First run started.
+    pub started_at_ms: Option<i64>,
+    /// Reached a final status.
+    pub finished_at_ms: Option<i64>,
+}
+
+/// An artifact row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ArtifactRow {
+    /// File name.
+    pub name: String,
+    /// MIME type.
+    pub content_type: String,
+    /// Original size in bytes.
+    pub size: i64,
+    /// Stored (compressed) size.
+    pub stored_size: i64,
+    /// `none` | `zstd` | `gzip`.
+    pub compression: String,
+    /// Hex sha256 of the original bytes.
+    pub sha256: String,
+    /// Lifecycle tier (`hot` when written).
+    pub tier: String,
+    /// Where the bytes are.
+    pub object_key: String,
+}
+
+/// A job to insert.
+#[derive(Debug, Clone)]
+pub struct NewJob<'a> {
+    /// UUIDv7.
+    pub id: &'a str,
+    /// Owner.
+    pub tenant_id: &'a str,
+    /// Type name.
+    pub job_type: &'a str,
+    /// Client idempotency key.
+    pub idempotency_key: Option<&'a str>,
+    /// Normalized params.
+    pub params: &'a str,
+    /// Input object key.
+    pub input_key: &'a str,
+    /// Submitting request.
+    pub request_id: Option<&'a str>,
+}
+
+const COLUMNS_SQLITE: &str = "id, tenant_id, type, status, params, input_key, progress, stage, attempts, error, \
+    credits_charged, cancel_requested <> 0 AS cancel_requested, request_id, created_at, started_at, finished_at";
+const COLUMNS_PG: &str = "id, tenant_id, type, status, params, input_key, progress::float8 AS progress, stage, attempts::bigint AS attempts, error, \
+    credits_charged, cancel_requested, request_id, (extract(epoch from created_at) * 1000)::bigint AS created_at, \
+    (extract(epoch from started_at) * 1000)::bigint AS started_at, (extract(epoch from finished_at) * 1000)::bigint AS finished_at";
+
+fn job_from<R: Row>(row: &R) -> Result<Job, sqlx::Error>
+where
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<i64>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    f64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    bool: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(Job {
+        id: row.try_get("id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        job_type: row.try_get("type")?,
+        status: row.try_get("status")?,
+        params: row.try_get("params")?,
+        input_key: row.try_get("input_key")?,
+        progress: row.try_get("progress")?,
+        stage: row.try_get("stage")?,
+        attempts: row.try_get("attempts")?,
+        error: row.try_get("error")?,
+        credits_charged: row.try_get("credits_charged")?,
+        cancel_requested: row.try_get("cancel_requested")?,
+        request_id: row.try_get("request_id")?,
+        created_at_ms: row.try_get("created_at")?,
+        started_at_ms: row.try_get("started_at")?,
+        finished_at_ms: row.try_get("finished_at")?,
+    })
+}
+
+/// Inserts a job; with an idempotency key already used by the tenant, returns the existing
+/// job's id and `false`.
+pub async fn insert(tx: &mut Tx, job: &NewJob<'_>) -> Result<(String, bool), StoreError> {
+    let created: Option<String> = match tx {
+        Tx::Sqlite { tx, .. } => {
+            // No sequences in SQLite; the single writer makes MAX+1 safe.
+            sqlx::query_scalar(
+                "INSERT INTO jobs (id, seq, tenant_id, type, status, idempotency_key, params, input_key, request_id, created_at)
+                 VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING id",
+            )
+            .bind(job.id)
+            .bind(job.tenant_id)
+            .bind(job.job_type)
+            .bind(job.idempotency_key)
+            .bind(job.params)
+            .bind(job.input_key)
+            .bind(job.request_id)
+            .bind(now_ms().0)
+            .fetch_optional(&mut **tx)
+            .await?
+        }
+        Tx::Postgres { tx } => {
+            sqlx::query_scalar(
+                "INSERT INTO jobs (id, tenant_id, type, status, idempotency_key, params, input_key, request_id)
+                 VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7)
+                 ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING id",
+            )
+            .bind(job.id)
+            .bind(job.tenant_id)
+            .bind(job.job_type)
+            .bind(job.idempotency_key)
+            .bind(job.params)
+            .bind(job.input_key)
+            .bind(job.request_id)
+            .fetch_optional(&mut **tx)
+            .await?
+        }
+    };
+    if let Some(id) = created {
+        return Ok((id, true));
+    }
+    let existing: String = match tx {
+        Tx::Sqlite { tx, .. } => {
+            sqlx::query_scalar("SELECT id FROM jobs WHERE tenant_id = ?1 AND idempotency_key = ?2")
+                .bind(job.tenant_id)
+                .bind(job.idempotency_key)
+                .fetch_one(&mut **tx)
+                .await?
+        }
+        Tx::Postgres { tx } => {
+            sqlx::query_scalar("SELECT id FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2")
+                .bind(job.tenant_id)
+                .bind(job.idempotency_key)
+                .fetch_one(&mut **tx)
+                .await?
+        }
+    };
+    Ok((existing, false))
+}
+
+/// A job by id; with `tenant`, only if it belongs to that tenant.
+pub async fn get(db: &Database, id: &str, tenant: Option<&str>) -> Result<Option<Job>, StoreError> {
+    let job = match db {
+        Database::Sqlite(s) => {
+            let sql = format!("SELECT {COLUMNS_SQLITE} FROM jobs WHERE id = ?1 AND (?2 IS NULL OR tenant_id = ?2)");
+            let row = sqlx::query(&sql)
+                .bind(id)
+                .bind(tenant)
+                .fetch_optional(&s.read)
+                .await?;
+            row.as_ref().map(job_from).transpose()?
+        }
+        Database::Postgres(pg) => {
+            let sql = format!("SELECT {COLUMNS_PG} FROM jobs WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)");
+            let row = sqlx::query(&sql)
+                .bind(id)
+                .bind(tenant)
+                .fetch_optional(&pg.pool)
+                .await?;
+            row.as_ref().map(job_from).transpose()?
+        }
+    };
+    Ok(job)
+}
+
+/// A tenant's jobs, newest first, after `cursor` (an id from the previous page).
+pub async fn list(
+    db: &Database,
+    tenant: &str,
+    status: Option<&str>,
+    job_type: Option<&str>,
+    limit: u32,
+    cursor: Option<&str>,
+) -> Result<Vec<Job>, StoreError> {
+    let limit = i64::from(limit);
+    Ok(match db {
+        Database::Sqlite(s) => {
+            let sql = format!(
+                "SELECT {COLUMNS_SQLITE} FROM jobs WHERE tenant_id = ?1 AND (?2 IS NULL OR status = ?2)
+                 AND (?3 IS NULL OR type = ?3) AND (?4 IS NULL OR id < ?4) ORDER BY id DESC LIMIT ?5"
+            );
+            let rows = sqlx::query(&sql)
+                .bind(tenant)
+                .bind(status)
+                .bind(job_type)
+                .bind(cursor)
+                .bind(limit)
+                .fetch_all(&s.read)
+                .await?;
+            rows.iter().map(job_from).collect::<Result<_, _>>()?
+        }
+        Database::Postgres(pg) => {
+            let sql = format!(
+                "SELECT {COLUMNS_PG} FROM jobs WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2)
+                 AND ($3::text IS NULL OR type = $3) AND ($4::text IS NULL OR id < $4) ORDER BY id DESC LIMIT $5"
+            );
+            let rows = sqlx::query(&sql)
+                .bind(tenant)
+                .bind(status)
+                .bind(job_type)
+                .bind(cursor)
+                .bind(limit)
+                .fetch_all(&pg.pool)
+                .await?;
+            rows.iter().map(job_from).collect::<Result<_, _>>()?
+        }
+    })
+}
+
+/// Artifacts of a job, by name.
+pub async fn artifacts(db: &Database, job_id: &str) -> Result<Vec<ArtifactRow>, StoreError> {
+    type R = (String, String, i64, i64, String, String, String, String);
+    let rows: Vec<R> = match db {
+        Database::Sqlite(s) => sqlx::query_as(
+            "SELECT name, content_type, size, stored_size, compression, sha256, tier, object_key
+                 FROM job_artifacts WHERE job_id = ?1 ORDER BY name",
+        )
+        .bind(job_id)
+        .fetch_all(&s.read)
+        .await?,
+        Database::Postgres(pg) => sqlx::query_as(
+            "SELECT name, content_type, size, stored_size, compression, sha256, tier, object_key
+                 FROM job_artifacts WHERE job_id = $1 ORDER BY name",
+        )
+        .bind(job_id)
+        .fetch_all(&pg.pool)
+        .await?,
+    };
+    Ok(rows
+        .into_iter()
+        .map(
+            |(name, content_type, size, stored_size, compression, sha256, tier, object_key)| {
+                ArtifactRow {
+                    name,
+                    content_type,
+                    size,
+                    stored_size,
+                    compression,
+                    sha256,
+                    tier,
+                    object_key,
+                }
+            },
+        )
+        .collect())
+}
+
+/// What a cancel request did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// It was queued: cancelled now.
+    Cancelled,
+    /// It is running: it stops at its next stage boundary.
+    Requested,
+    /// It already finished with this status.
+    Finished(String),
+    /// No such job for this tenant.
+    NotFound,
+}
+
+/// Cancels a tenant's job.
+pub async fn cancel(db: &Database, tenant: &str, id: &str) -> Result<CancelOutcome, StoreError> {
+    let mut tx = db.begin().await?;
+    let status: Option<String> = match &mut tx {
+        Tx::Sqlite { tx, .. } => {
+            sqlx::query_scalar("SELECT status FROM jobs WHERE id = ?1 AND tenant_id = ?2")
+                .bind(id)
+                .bind(tenant)
+                .fetch_optional(&mut **tx)
+                .await?
+        }
+        Tx::Postgres { tx } => {
+            sqlx::query_scalar(
+                "SELECT status FROM jobs WHERE id = $1 AND tenant_id = $2 FOR UPDATE",
+            )
+            .bind(id)
+            .bind(tenant)
+            .fetch_optional(&mut **tx)
+            .await?
+        }
+    };
+    let outcome = match status.as_deref() {
+        None => CancelOutcome::NotFound,
+        Some("queued") => {
+            finish_in(
+                &mut tx,
+                id,
+                "cancelled",
+                Some("cancelled before it started"),
+            )
+            .await?;
+            CancelOutcome::Cancelled
+        }
+        Some("running") => {
+            match &mut tx {
+                Tx::Sqlite { tx, .. } => {
+                    sqlx::query("UPDATE jobs SET cancel_requested = 1 WHERE id = ?1")
+                        .bind(id)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                Tx::Postgres { tx } => {
+                    sqlx::query("UPDATE jobs SET cancel_requested = true WHERE id = $1")
+                        .bind(id)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+            }
+            CancelOutcome::Requested
+        }
+        Some(other) => CancelOutcome::Finished(other.to_owned()),
+    };
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// Marks a job running for one more attempt; `None` when it must not run (cancelled or
+/// already finished).
+pub async fn start_run(db: &Database, id: &str) -> Result<Option<Job>, StoreError> {
+    let (sqlite, pg) = (
+        format!(
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = COALESCE(started_at, ?2),
+                 progress = 0, stage = NULL
+             WHERE id = ?1 AND status IN ('queued', 'running') RETURNING {COLUMNS_SQLITE}"
+        ),
+        format!(
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = COALESCE(started_at, now()),
+                 progress = 0, stage = NULL
+             WHERE id = $1 AND status IN ('queued', 'running') RETURNING {COLUMNS_PG}"
+        ),
+    );
+    Ok(match db {
+        Database::Sqlite(s) => {
+            let row = sqlx::query(&sqlite)
+                .bind(id)
+                .bind(now_ms().0)
+                .fetch_optional(&s.write)
+                .await?;
+            row.as_ref().map(job_from).transpose()?
+        }
+        Database::Postgres(p) => {
+            let row = sqlx::query(&pg).bind(id).fetch_optional(&p.pool).await?;
+            row.as_ref().map(job_from).transpose()?
+        }
+    })
+}
+
+/// Records progress; returns whether cancellation was requested.
+pub async fn progress(
+    db: &Database,
+    id: &str,
+    stage: &str,
+    fraction: f64,
+) -> Result<bool, StoreError> {
+    let cancel: Option<bool> = match db {
+        Database::Sqlite(s) => {
+            sqlx::query_scalar(
+                "UPDATE jobs SET stage = ?2, progress = ?3 WHERE id = ?1 AND status = 'running'
+                 RETURNING cancel_requested <> 0",
+            )
+            .bind(id)
+            .bind(stage)
+            .bind(fraction)
+            .fetch_optional(&s.write)
+            .await?
+        }
+        Database::Postgres(p) => {
+            sqlx::query_scalar(
+                "UPDATE jobs SET stage = $2, progress = $3 WHERE id = $1 AND status = 'running' RETURNING cancel_requested",
+            )
+            .bind(id)
+            .bind(stage)
+            .bind(fraction as f32)
+            .fetch_optional(&p.pool)
+            .await?
+        }
+    };
+    // Not running any more (cancelled while queued-and-redelivered, say): stop.
+    Ok(cancel.unwrap_or(true))
+}
+
+async fn finish_in(
+    tx: &mut Tx,
+    id: &str,
+    status: &str,
+    error: Option<&str>,
+) -> Result<(), StoreError> {
+    match tx {
+        Tx::Sqlite { tx, .. } => {
+            sqlx::query("UPDATE jobs SET status = ?2, error = ?3, finished_at = ?4 WHERE id = ?1")
+                .bind(id)
+                .bind(status)
+                .bind(error)
+                .bind(now_ms().0)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Tx::Postgres { tx } => {
+            sqlx::query(
+                "UPDATE jobs SET status = $2, error = $3, finished_at = now() WHERE id = $1",
+            )
+            .bind(id)
+            .bind(status)
+            .bind(error)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Moves a job to a final status (`failed`, `cancelled`, `dead`) with an error.
+pub async fn finish(
+    db: &Database,
+    id: &str,
+    status: &str,
+    error: Option<&str>,
+) -> Result<(), StoreError> {
+    let mut tx = db.begin().await?;
+    finish_in(&mut tx, id, status, error).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Records a successful run: artifact rows (replacing any from an earlier attempt), status,
+/// credits. Runs inside the caller's transaction, which also produces the usage event.
+pub async fn succeed(
+    tx: &mut Tx,
+    id: &str,
+    artifacts: &[ArtifactRow],
+    credits: i64,
+) -> Result<(), StoreError> {
+    let now = now_ms().0;
+    for a in artifacts {
+        match tx {
+            Tx::Sqlite { tx, .. } => {
+                sqlx::query(
+                    "INSERT INTO job_artifacts (job_id, name, content_type, size, stored_size, compression, sha256, tier, object_key, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                     ON CONFLICT (job_id, name) DO UPDATE SET content_type = excluded.content_type, size = excluded.size,
+                         stored_size = excluded.stored_size, compression = excluded.compression, sha256 = excluded.sha256,
+                         tier = excluded.tier, object_key = excluded.object_key",
+                )
+                .bind(id)
+                .bind(&a.name)
+                .bind(&a.content_type)
+                .bind(a.size)
+                .bind(a.stored_size)
+                .bind(&a.compression)
+                .bind(&a.sha256)
+                .bind(&a.tier)
+                .bind(&a.object_key)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+            }
+            Tx::Postgres { tx } => {
+                sqlx::query(
+                    "INSERT INTO job_artifacts (job_id, name, content_type, size, stored_size, compression, sha256, tier, object_key)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                     ON CONFLICT (job_id, name) DO UPDATE SET content_type = EXCLUDED.content_type, size = EXCLUDED.size,
+                         stored_size = EXCLUDED.stored_size, compression = EXCLUDED.compression, sha256 = EXCLUDED.sha256,
+                         tier = EXCLUDED.tier, object_key = EXCLUDED.object_key",
+                )
+                .bind(id)
+                .bind(&a.name)
+                .bind(&a.content_type)
+                .bind(a.size)
+                .bind(a.stored_size)
+                .bind(&a.compression)
+                .bind(&a.sha256)
+                .bind(&a.tier)
+                .bind(&a.object_key)
+                .execute(&mut **tx)
+                .await?;
+            }
+        }
+    }
+    match tx {
+        Tx::Sqlite { tx, .. } => {
+            sqlx::query(
+                "UPDATE jobs SET status = 'succeeded', progress = 1, stage = 'done', error = NULL, credits_charged = ?2, finished_at = ?3
+                 WHERE id = ?1",
+            )
+            .bind(id)
+            .bind(credits)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Tx::Postgres { tx } => {
+            sqlx::query(
+                "UPDATE jobs SET status = 'succeeded', progress = 1, stage = 'done', error = NULL, credits_charged = $2, finished_at = now()
+                 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(credits)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The job a tenant created with an idempotency key, if any.
+pub async fn find_by_key(
+    db: &Database,
+    tenant: &str,
+    key: &str,
+) -> Result<Option<String>, StoreError> {
+    Ok(match db {
+        Database::Sqlite(s) => {
+            sqlx::query_scalar("SELECT id FROM jobs WHERE tenant_id = ?1 AND idempotency_key = ?2")
+                .bind(tenant)
+                .bind(key)
+                .fetch_optional(&s.read)
+                .await?
+        }
+        Database::Postgres(pg) => {
+            sqlx::query_scalar("SELECT id FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2")
+                .bind(tenant)
+                .bind(key)
+                .fetch_optional(&pg.pool)
+                .await?
+        }
+    })
+}
