@@ -171,23 +171,24 @@ pub(crate) async fn submit(
             return Ok(submitted(StatusCode::OK, &id));
         }
     }
-    let input =
-        match (req.input.image_base64, req.input.upload_key) {
-            (Some(b64), None) => decode_base64(&b64)?,
-            (None, Some(upload)) => return Err(ApiError::new(
+    let input = match (req.input.image_base64, req.input.upload_key) {
+        (Some(b64), None) => decode_base64(&b64)?,
+        (None, Some(upload)) => {
+            return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 "upload_not_found",
                 format!(
                     "no upload {upload} for this tenant; upload it with POST /upload/direct first"
                 ),
-            )),
-            _ => {
-                return Err(ApiError::bad_request(
-                    "invalid_input",
-                    "input must have exactly one of upload_key or image_base64",
-                ))
-            }
-        };
+            ))
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_input",
+                "input must have exactly one of upload_key or image_base64",
+            ))
+        }
+    };
     if input.is_empty() || input.len() > MAX_INPUT_BYTES {
         return Err(ApiError::bad_request(
             "invalid_input",

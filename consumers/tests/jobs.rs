@@ -1,0 +1,268 @@
+//! The job runner with job types made for the test: a job cancelled while running stops at its
+//! next stage boundary; a job that keeps failing transiently ends `dead` with its message in the
+//! dead-letter queue; a panicking job is retried, not lost. Both backends.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cognomega_consumers::jobs::{self, JobMessage, JobRunner};
+use cognomega_consumers::{Runtime, RuntimeOptions};
+use cognomega_core::queue::OutgoingMessage;
+use cognomega_pipelines::{Artifact, JobError, JobType, Progress};
+use cognomega_r2_lifecycle::codec::CodecPolicy;
+use cognomega_stores::jobs::NewJob;
+use cognomega_stores::objects::{ObjectKey, ObjectStoreUrl, Objects, PutMeta};
+use cognomega_testkit::{wait_for, Backend, TestDb};
+use serde_json::Value;
+
+#[derive(Debug)]
+enum Behaviour {
+    /// Reports stages forever until cancelled.
+    Endless,
+    /// Always fails transiently.
+    Flaky,
+    /// Panics on the first run, succeeds after.
+    PanicsOnce(AtomicU32),
+}
+
+#[derive(Debug)]
+struct TestJob(Behaviour);
+
+impl JobType for TestJob {
+    fn name(&self) -> &'static str {
+        match self.0 {
+            Behaviour::Endless => "endless",
+            Behaviour::Flaky => "flaky",
+            Behaviour::PanicsOnce(_) => "panicky",
+        }
+    }
+    fn validate_params(&self, params: &Value) -> Result<Value, String> {
+        Ok(params.clone())
+    }
+    fn validate_input(&self, _input: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
+    fn price(&self, _params: &Value) -> i64 {
+        10
+    }
+    fn run(
+        &self,
+        input: &[u8],
+        _params: &Value,
+        progress: &dyn Progress,
+    ) -> Result<Vec<Artifact>, JobError> {
+        match &self.0 {
+            Behaviour::Endless => {
+                for i in 0.. {
+                    progress.stage(&format!("step-{i}"), 0.5)?;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                unreachable!()
+            }
+            Behaviour::Flaky => Err(JobError::Transient("the backend is down".into())),
+            Behaviour::PanicsOnce(runs) => {
+                if runs.fetch_add(1, Ordering::SeqCst) == 0 {
+                    panic!("first run explodes");
+                }
+                progress.stage("copy", 0.5)?;
+                Ok(vec![Artifact {
+                    name: "copy.txt".into(),
+                    content_type: "text/plain".into(),
+                    bytes: input.to_vec(),
+                }])
+            }
+        }
+    }
+}
+
+/// 2,000 bytes of text once repeated: big enough for zstd to pay off.
+const INPUT: &str = "hello job ";
+
+struct Fixture {
+    tdb: TestDb,
+    objects: Objects,
+}
+
+async fn fixture(backend: Backend) -> anyhow::Result<Fixture> {
+    let tdb = TestDb::new(backend).await?;
+    let objects = Objects::open(&ObjectStoreUrl::Local(tdb.data_dir().join("objects")))?;
+    Ok(Fixture { tdb, objects })
+}
+
+async fn submit(f: &Fixture, job_type: &str, id: &str) -> anyhow::Result<()> {
+    let key = ObjectKey::parse(&format!("inputs/t1/{id}"))?;
+    f.objects
+        .put(
+            &key,
+            bytes::Bytes::from(INPUT.repeat(200)),
+            &PutMeta::content_type("text/plain"),
+        )
+        .await?;
+    let mut tx = f.tdb.db().begin().await?;
+    let new = NewJob {
+        id,
+        tenant_id: "t1",
+        job_type,
+        idempotency_key: None,
+        params: "{}",
+        input_key: key.as_str(),
+        request_id: None,
+    };
+    cognomega_stores::jobs::insert(&mut tx, &new).await?;
+    tx.send(
+        &jobs::queue(job_type),
+        OutgoingMessage::json(&JobMessage { job_id: id.into() })?,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn start(
+    f: &Fixture,
+    job: Arc<TestJob>,
+) -> anyhow::Result<cognomega_consumers::RunningRuntime> {
+    let name = job.name();
+    let mut rt = Runtime::new(
+        f.tdb.db().queue(),
+        RuntimeOptions {
+            poll_interval: Duration::from_millis(20),
+            shutdown_grace: Duration::from_secs(5),
+        },
+    );
+    let runner = JobRunner::new(
+        f.tdb.db().clone(),
+        f.objects.clone(),
+        job,
+        CodecPolicy::default(),
+        10,
+    );
+    let mut settings = jobs::settings(name);
+    settings.retry_delay = Duration::from_millis(50);
+    rt.register(jobs::queue(name), settings, Arc::new(runner))?;
+    Ok(rt.start().await?)
+}
+
+async fn status(f: &Fixture, id: &str) -> anyhow::Result<cognomega_stores::jobs::Job> {
+    cognomega_stores::jobs::get(f.tdb.db(), id, None)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no job {id}"))
+}
+
+async fn cancel_while_running_stops_at_a_stage_boundary(backend: Backend) -> anyhow::Result<()> {
+    let f = fixture(backend).await?;
+    submit(&f, "endless", "job-endless").await?;
+    let running = start(&f, Arc::new(TestJob(Behaviour::Endless))).await?;
+    wait_for(Duration::from_secs(30), || async {
+        let j = status(&f, "job-endless").await?;
+        Ok((j.status == "running" && j.stage.is_some()).then_some(()))
+    })
+    .await?;
+    let outcome = cognomega_stores::jobs::cancel(f.tdb.db(), "t1", "job-endless").await?;
+    assert_eq!(outcome, cognomega_stores::jobs::CancelOutcome::Requested);
+    let j = wait_for(Duration::from_secs(30), || async {
+        let j = status(&f, "job-endless").await?;
+        Ok((j.status == "cancelled").then_some(j))
+    })
+    .await?;
+    assert!(j.finished_at_ms.is_some());
+    assert!(
+        running.wait_idle(Duration::from_secs(30)).await,
+        "the message was acked, not retried"
+    );
+    running.stop().await;
+    Ok(())
+}
+
+async fn transient_failures_end_dead_in_the_dlq(backend: Backend) -> anyhow::Result<()> {
+    let f = fixture(backend).await?;
+    submit(&f, "flaky", "job-flaky").await?;
+    let running = start(&f, Arc::new(TestJob(Behaviour::Flaky))).await?;
+    let j = wait_for(Duration::from_secs(60), || async {
+        let j = status(&f, "job-flaky").await?;
+        Ok((j.status == "dead").then_some(j))
+    })
+    .await?;
+    assert!(running.wait_idle(Duration::from_secs(30)).await);
+    running.stop().await;
+    assert_eq!(j.error.as_deref(), Some("the backend is down"));
+    assert_eq!(j.attempts, 4, "one delivery and max_retries (3) retries");
+    let dead = f
+        .tdb
+        .db()
+        .queue()
+        .dead_letters(&jobs::dead_letter_queue("flaky"), 10)
+        .await?;
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].body_preview.contains("job-flaky"));
+    Ok(())
+}
+
+async fn a_panicking_job_is_retried(backend: Backend) -> anyhow::Result<()> {
+    let f = fixture(backend).await?;
+    submit(&f, "panicky", "job-panicky").await?;
+    let running = start(
+        &f,
+        Arc::new(TestJob(Behaviour::PanicsOnce(AtomicU32::new(0)))),
+    )
+    .await?;
+    let j = wait_for(Duration::from_secs(60), || async {
+        let j = status(&f, "job-panicky").await?;
+        Ok((j.status == "succeeded").then_some(j))
+    })
+    .await?;
+    running.stop().await;
+    assert_eq!(j.attempts, 2);
+    let artifacts = cognomega_stores::jobs::artifacts(f.tdb.db(), "job-panicky").await?;
+    assert_eq!(artifacts.len(), 1);
+    assert_eq!(artifacts[0].size, 2000);
+    assert_eq!(
+        artifacts[0].compression, "zstd",
+        "text artifacts are compressed"
+    );
+    let stored = f
+        .objects
+        .get_bytes(&ObjectKey::parse(&artifacts[0].object_key)?)
+        .await?
+        .1;
+    assert_eq!(zstd_decode(&stored)?, INPUT.repeat(200).into_bytes());
+    Ok(())
+}
+
+fn zstd_decode(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
+    Ok(cognomega_r2_lifecycle::codec::decode(
+        bytes,
+        cognomega_r2_lifecycle::codec::Compression::Zstd,
+        1 << 20,
+    )?)
+}
+
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    cognomega_testkit::init_tracing();
+                    super::$name(super::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    cognomega_testkit::init_tracing();
+                    super::$name(super::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+both_backends!(
+    cancel_while_running_stops_at_a_stage_boundary,
+    transient_failures_end_dead_in_the_dlq,
+    a_panicking_job_is_retried,
+);
