@@ -6,11 +6,11 @@
 //! blocking thread. Same input ⇒ byte-identical artifacts, so a redelivered job rewrites the same
 //! objects.
 //!
-//! Adding a type: one module here, plus a line in [`registry`].
+//! Adding a type: one module here, plus a line in [`registry`](mod@registry).
 //!
 //! Job types: [`sketch::SketchToApp`] (`sketch_to_app`: a wireframe sketch becomes an HTML/CSS
 //! scaffold) and [`thumbnail::ImageThumbnail`] (`image_thumbnail`). With the `synth` feature,
-//! [`synth`] generates hand-drawn-looking sketches with their ground truth, for tests.
+//! `synth` generates hand-drawn-looking sketches with their ground truth, for tests.
 #![forbid(unsafe_code)]
 
 use serde_json::Value;

@@ -72,3 +72,43 @@ fn generated_sketches_as_jpeg_photos() {
     let cases: Vec<(u64, u32, u32)> = (501..=506).map(|seed| (seed, 1600, 1200)).collect();
     assert_meets_targets(&evaluate(&cases, true));
 }
+
+#[test]
+fn a_sheet_photographed_on_a_dark_table() {
+    let mut total = Score::default();
+    for seed in 601..=603 {
+        let (sheet, truth) = Sketch::render(seed, 1200, 900);
+        // The sheet in the middle of a dark, slightly uneven table.
+        let (w, h, at) = (1400, 1100, 100);
+        let photo = image::RgbImage::from_fn(w, h, |x, y| {
+            if (at..at + 1200).contains(&x) && (at..at + 900).contains(&y) {
+                *sheet.get_pixel(x - at, y - at)
+            } else {
+                let v = 40 + ((x / 7 + y / 5) % 9) as u8;
+                image::Rgb([v + 6, v + 3, v])
+            }
+        });
+        let truth: Vec<_> = truth
+            .into_iter()
+            .map(|mut t| {
+                t.rect.x += at;
+                t.rect.y += at;
+                t
+            })
+            .collect();
+        let png = common::encode(
+            &image::DynamicImage::ImageRgb8(photo),
+            image::ImageFormat::Png,
+        );
+        let doc = layout(&run_sketch(&png).expect("runs"));
+        let (s, problems) = score(&truth, &doc.elements(), edge_tolerance(w, h));
+        eprintln!("seed {seed} on a table: {}", s.summary());
+        for p in problems {
+            eprintln!("    {p}");
+        }
+        total.add(&s);
+    }
+    assert!(total.recall() >= 0.95, "{}", total.summary());
+    assert!(total.precision() >= 0.95, "{}", total.summary());
+    assert!(total.nesting_accuracy() >= 0.95, "{}", total.summary());
+}

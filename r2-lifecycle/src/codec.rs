@@ -254,7 +254,7 @@ pub fn encode(bytes: &[u8], content_type: &str, policy: &CodecPolicy) -> Encoded
     let keep_if_at_most = match classify(content_type) {
         Kind::AlreadyCompressed => return stored_as(bytes.to_vec(), Compression::None, bytes),
         Kind::Text => original.saturating_sub(1),
-        Kind::Unknown => original - original.div_ceil(100 / UNKNOWN_MIN_SAVING_PERCENT),
+        Kind::Unknown => original.saturating_mul(100 - UNKNOWN_MIN_SAVING_PERCENT) / 100,
     };
     match zstd_compress(bytes, policy.zstd_level) {
         Ok(frame) if frame.len() as u64 <= keep_if_at_most => {

@@ -516,6 +516,10 @@ impl Objects {
     /// Copies the object under `from` to `to`, replacing any object there. On S3 the copy keeps
     /// the source's content type and metadata.
     pub async fn copy(&self, from: &ObjectKey, to: &ObjectKey) -> Result<(), ObjectError> {
+        if from == to {
+            // S3 refuses a copy onto itself; the result would be the object as it is.
+            return self.must_exist(from).await;
+        }
         self.store
             .copy(&from.to_path(), &to.to_path())
             .await
@@ -525,10 +529,28 @@ impl Objects {
     /// Moves the object under `from` to `to` (e.g. into quarantine), replacing any object there.
     /// Atomic on the local folder; on S3 a copy then a delete, so a crash in between leaves both.
     pub async fn rename(&self, from: &ObjectKey, to: &ObjectKey) -> Result<(), ObjectError> {
+        if from == to {
+            // A copy-then-delete onto itself would delete the object.
+            return self.must_exist(from).await;
+        }
         self.store
             .rename(&from.to_path(), &to.to_path())
             .await
-            .map_err(|e| ObjectError::from_backend(from, e))
+            .map_err(|e| ObjectError::from_backend(from, e))?;
+        if let Backend::Local { .. } = *self.backend {
+            // The local folder copies by hard link, and rename(2) between two links to one
+            // file succeeds without removing the source, so after a copy a rename would leave
+            // `from` behind. Removing it (a no-op after an ordinary rename) completes the move.
+            self.delete(from).await?;
+        }
+        Ok(())
+    }
+
+    async fn must_exist(&self, key: &ObjectKey) -> Result<(), ObjectError> {
+        match self.head(key).await? {
+            Some(_) => Ok(()),
+            None => Err(ObjectError::NotFound { key: key.clone() }),
+        }
     }
 
     /// A URL that lets anyone holding it GET the object under `key` until `expires_in` passes

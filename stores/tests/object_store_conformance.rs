@@ -23,7 +23,8 @@ use futures::{stream, StreamExt, TryStreamExt};
 #[global_allocator]
 static ALLOCATOR: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
 
-/// Only one memory-measuring check runs at a time (they share the allocator's count).
+/// Held by every check that allocates megabytes (streamed uploads), so the one that measures
+/// the allocator's count sees only its own.
 static MEASURING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const MIB: usize = 1024 * 1024;
@@ -121,8 +122,11 @@ async fn head_reports_size_or_none(backend: Backend) -> anyhow::Result<()> {
         .context("head of an existing object")?;
     ensure!(meta.size == 5 && meta.key == key, "{meta:?}");
     ensure!(f.objects.head(&k("a/missing.txt")).await?.is_none());
-    // A "directory" is not an object.
-    ensure!(f.objects.head(&k("a")).await?.is_none());
+    if let Backend::Local = backend {
+        // A folder on the way to an object is not an object. (S3 has no folders; s3s-fs,
+        // which keeps objects as files, answers 500 for a key naming one of its folders.)
+        ensure!(f.objects.head(&k("a")).await?.is_none());
+    }
     Ok(())
 }
 
@@ -264,17 +268,18 @@ async fn invalid_keys_never_reach_the_store(backend: Backend) -> anyhow::Result<
     }
     ensure!(ObjectKey::parse(&"k".repeat(1025)).is_err());
     ensure!(k("base").join("../../etc").is_err());
-    // The longest valid key works end to end (segments kept under the 255-byte file-name limit
-    // of the filesystems behind both backends here).
-    let segments: Vec<String> = (0..6)
-        .map(|i| "s".repeat(if i < 5 { 170 } else { 169 }))
-        .collect();
-    let longest = k(&segments.join("/"));
-    ensure!(longest.as_str().len() == ObjectKey::MAX_LEN);
-    f.objects
-        .put(&longest, Bytes::from_static(b"x"), &PutMeta::default())
-        .await?;
-    ensure!(f.objects.head(&longest).await?.is_some());
+    // The longest valid key works end to end on the local folder (segments under the 255-byte
+    // file-name limit). Not against s3s-fs: it names a metadata file after the whole key, which
+    // no filesystem accepts at this length; real S3 and R2 take 1024-byte keys.
+    if let Backend::Local = backend {
+        let segments: Vec<String> = (0..6).map(|i| "s".repeat(170 - i / 5)).collect();
+        let longest = k(&segments.join("/"));
+        ensure!(longest.as_str().len() == ObjectKey::MAX_LEN);
+        f.objects
+            .put(&longest, Bytes::from_static(b"x"), &PutMeta::default())
+            .await?;
+        ensure!(f.objects.head(&longest).await?.is_some());
+    }
     Ok(())
 }
 
@@ -297,10 +302,21 @@ async fn copy_and_rename_move_objects(backend: Backend) -> anyhow::Result<()> {
     f.objects.rename(&original, &quarantined).await?;
     ensure!(f.objects.head(&original).await?.is_none());
     ensure!(f.objects.get_bytes(&quarantined).await?.1.as_ref() == b"%PDF-1.7");
-    // Renaming onto an existing object replaces it.
+    // Renaming onto an existing object replaces it, even one that shares the source's file
+    // (the local folder copies by hard link).
     f.objects.rename(&copy, &quarantined).await?;
     let keys = f.keys(None).await?;
     ensure!(keys == ["_quarantine/uploads/u1/report.pdf"], "{keys:?}");
+    // Onto itself, both are no-ops (not a delete, not an error), and still NotFound if missing.
+    f.objects.copy(&quarantined, &quarantined).await?;
+    f.objects.rename(&quarantined, &quarantined).await?;
+    ensure!(f.objects.get_bytes(&quarantined).await?.1.as_ref() == b"%PDF-1.7");
+    ensure!(f
+        .objects
+        .rename(&copy, &copy)
+        .await
+        .err()
+        .is_some_and(|e| e.is_not_found()));
     Ok(())
 }
 
@@ -393,6 +409,11 @@ async fn put_stream_uploads_large_objects_in_bounded_memory(
         .await?;
     let peak = peak.load(Ordering::Relaxed);
     ensure!(written == TOTAL as u64);
+    println!(
+        "{backend:?}: streamed {} MiB with a heap peak of {:.1} MiB",
+        TOTAL / MIB,
+        peak as f64 / MIB as f64
+    );
     // One part filling, PARTS_IN_FLIGHT uploading, one chunk of slack; far below the object.
     let bound = PART_SIZE * (PARTS_IN_FLIGHT + 2);
     ensure!(
@@ -427,6 +448,7 @@ async fn put_stream_uploads_large_objects_in_bounded_memory(
 
 async fn put_stream_failure_leaves_nothing_behind(backend: Backend) -> anyhow::Result<()> {
     let f = Fixture::new(backend)?;
+    let _alone = MEASURING.lock().await;
     let key = k("uploads/partial.bin");
     // Past the first part (so a multipart upload is under way), then the source fails.
     let source = stream::iter(0..30).map(|i| {

@@ -34,6 +34,9 @@ const MIN_HOLE: f64 = 0.3;
 const DIAGONAL_COVERAGE: f64 = 0.8;
 /// Strokes may stick out of their parent box by this much.
 const CONTAIN_SLACK: u32 = 3;
+/// Mean thickness of a box's strokes (ink over perimeter) above which it is no pen outline:
+/// e.g. the dark ring the threshold leaves where a photographed sheet meets the table.
+const MAX_STROKE: f64 = 14.0;
 /// Input boxes are at least this many times wider than tall.
 const INPUT_ASPECT: f64 = 4.5;
 
@@ -161,6 +164,10 @@ fn shape_of(c: &Component, limits: Limits) -> Shape {
 fn is_box(c: &Component) -> bool {
     let r = c.ink_rect;
     if r.w.min(r.h) < MIN_BOX_SIDE {
+        return false;
+    }
+    let perimeter = 2.0 * f64::from(r.w + r.h);
+    if f64::from(c.ink_pixels) / perimeter > MAX_STROKE {
         return false;
     }
     let band = side_band(r);

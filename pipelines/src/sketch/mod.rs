@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use geometry::Rect;
-pub use layout::{LayoutDocument, Node, NodeKind};
+pub use layout::{Counts, ImageSize, LayoutDocument, Node, NodeKind};
 pub use params::{SketchParams, Theme};
 
 use crate::{decode, Artifact, JobError, JobType, Progress};

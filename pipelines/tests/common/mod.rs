@@ -193,3 +193,75 @@ pub fn edge_error(a: &Rect, b: &Rect) -> u32 {
     .max()
     .unwrap_or(0)
 }
+
+/// A small valid PNG (RGB, `w` × `h`, light grey).
+pub fn small_png(w: u32, h: u32) -> Vec<u8> {
+    let image = image::RgbImage::from_pixel(w, h, image::Rgb([230, 230, 230]));
+    encode(
+        &image::DynamicImage::ImageRgb8(image),
+        image::ImageFormat::Png,
+    )
+}
+
+/// `image` encoded in `format`.
+pub fn encode(image: &image::DynamicImage, format: image::ImageFormat) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut out, format).expect("encodes");
+    out.into_inner()
+}
+
+/// A real PNG whose header claims `width` × `height`: a decompression bomb as far as any
+/// decoder that trusts the header is concerned.
+pub fn png_claiming(width: u32, height: u32) -> Vec<u8> {
+    let mut png = small_png(8, 8);
+    // Signature (8), IHDR length (4) and type (4); then width and height, big-endian.
+    assert_eq!(&png[12..16], b"IHDR");
+    png[16..20].copy_from_slice(&width.to_be_bytes());
+    png[20..24].copy_from_slice(&height.to_be_bytes());
+    let crc = crc32(&png[12..29]);
+    png[29..33].copy_from_slice(&crc.to_be_bytes());
+    png
+}
+
+/// A real JPEG whose frame header claims `width` × `height`.
+pub fn jpeg_claiming(width: u16, height: u16) -> Vec<u8> {
+    let image = image::DynamicImage::ImageRgb8(image::RgbImage::new(16, 16));
+    let mut jpeg = encode(&image, image::ImageFormat::Jpeg);
+    let sof = jpeg
+        .windows(2)
+        .position(|w| w == [0xFF, 0xC0])
+        .expect("a baseline frame header");
+    // Marker (2), length (2), precision (1), then height and width, big-endian.
+    jpeg[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
+    jpeg[sof + 7..sof + 9].copy_from_slice(&width.to_be_bytes());
+    jpeg
+}
+
+/// CRC-32 (IEEE), as PNG chunks use.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// Pseudo-random bytes (xorshift), for garbage input.
+pub fn garbage(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

@@ -51,11 +51,13 @@ pub(super) fn page(doc: &LayoutDocument, params: &SketchParams) -> String {
     html.out
 }
 
-/// How the parent places a child: stacked children may be aligned left, centre or right.
+/// How the parent places a child: stacked children may be aligned left, centre or right;
+/// children side by side keep the space before them (from `after`, the previous item's right
+/// edge or the row's start).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flow {
     Stacked,
-    SideBySide,
+    SideBySide { after: u32 },
 }
 
 /// Running numbers per kind, for ids and labels.
@@ -91,8 +93,10 @@ impl Html {
             NodeKind::Row => {
                 // A row spans its parent: its children's widths are shares of the same box.
                 self.line(depth, "<div class=\"row\">");
+                let mut after = reference.x;
                 for child in &node.children {
-                    self.node(child, reference, Flow::SideBySide, depth + 1);
+                    self.node(child, reference, Flow::SideBySide { after }, depth + 1);
+                    after = child.rect.right();
                 }
                 self.line(depth, "</div>");
             }
@@ -162,16 +166,22 @@ impl Html {
     }
 }
 
-/// The rest of the class attribute (alignment) and the style attribute with the width share:
-/// `" align-center" style="--w: 40.0%"`. Starts inside the class attribute's quotes.
+/// The rest of the class attribute (alignment) and the style attribute with the width share
+/// and, side by side, the space before: `" align-center" style="--w: 40.0%"`. Starts inside
+/// the class attribute's quotes.
 fn placement(node: &Node, reference: &Rect, flow: Flow) -> String {
-    let share = 100.0 * f64::from(node.rect.w) / f64::from(reference.w.max(1));
-    let align = if flow == Flow::Stacked {
-        alignment(&node.rect, reference)
-    } else {
-        ""
-    };
-    format!("{align}\" style=\"--w: {:.1}%\"", share.min(100.0))
+    let percent = |px: u32| (100.0 * f64::from(px) / f64::from(reference.w.max(1))).min(100.0);
+    let width = percent(node.rect.w);
+    match flow {
+        Flow::Stacked => {
+            let align = alignment(&node.rect, reference);
+            format!("{align}\" style=\"--w: {width:.1}%\"")
+        }
+        Flow::SideBySide { after } => {
+            let offset = percent(node.rect.x.saturating_sub(after));
+            format!("\" style=\"--w: {width:.1}%; --offset: {offset:.1}%\"")
+        }
+    }
 }
 
 /// Stacked items keep their side: centred when the margins left and right are about equal.
