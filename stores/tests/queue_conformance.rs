@@ -35,7 +35,7 @@ const SHORT_LEASE: Duration = Duration::from_secs(2);
 /// How soon a waiting consumer must notice a send. Without the wake-up hint it would sleep until
 /// its `max_wait` (a minute here) or at best a one-second poll, so anything this short shows the
 /// hint arrived.
-const WAKE_PROMPTLY: Duration = Duration::from_millis(200);
+const WAKE_PROMPTLY: Duration = Duration::from_millis(500);
 
 /// Slack for comparing the test's clock with timestamps the store took (PostgreSQL uses the
 /// server's clock; both run on this machine, so only rounding and statement latency differ).
