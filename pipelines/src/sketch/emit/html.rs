@@ -92,7 +92,12 @@ impl Html {
             NodeKind::Page => {}
             NodeKind::Row => {
                 // A row spans its parent: its children's widths are shares of the same box.
-                self.line(depth, "<div class=\"row\">");
+                let class = if top_aligned(&node.children) {
+                    "row top"
+                } else {
+                    "row"
+                };
+                self.line(depth, &format!("<div class=\"{class}\">"));
                 let mut after = reference.x;
                 for child in &node.children {
                     self.node(child, reference, Flow::SideBySide { after }, depth + 1);
@@ -184,11 +189,22 @@ fn placement(node: &Node, reference: &Rect, flow: Flow) -> String {
     }
 }
 
+/// Whether the items of a row line up better by their tops than by their middles.
+fn top_aligned(items: &[Node]) -> bool {
+    let spread = |values: Vec<u32>| {
+        let (lo, hi) = (values.iter().min(), values.iter().max());
+        hi.zip(lo).map_or(0, |(hi, lo)| hi - lo)
+    };
+    let tops = spread(items.iter().map(|n| 2 * n.rect.y).collect());
+    let middles = spread(items.iter().map(|n| 2 * n.rect.y + n.rect.h).collect());
+    tops < middles
+}
+
 /// Stacked items keep their side: centred when the margins left and right are about equal.
 fn alignment(r: &Rect, parent: &Rect) -> &'static str {
     let left = i64::from(r.x) - i64::from(parent.x);
     let right = i64::from(parent.right()) - i64::from(r.right());
-    if (left - right).abs() * 12 <= i64::from(parent.w) {
+    if (left - right).abs() * 25 <= i64::from(parent.w) {
         " align-center"
     } else if right < left {
         " align-end"
@@ -277,6 +293,38 @@ mod tests {
             ),
             ""
         );
+    }
+
+    fn node(kind: NodeKind, x: u32, y: u32, w: u32, h: u32) -> Node {
+        Node {
+            kind,
+            rect: Rect { x, y, w, h },
+            children: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn row_items_carry_their_width_and_the_space_before_them() {
+        let parent = Rect {
+            x: 0,
+            y: 0,
+            w: 1000,
+            h: 500,
+        };
+        let item = node(NodeKind::Button, 700, 10, 100, 40);
+        assert_eq!(
+            placement(&item, &parent, Flow::SideBySide { after: 500 }),
+            "\" style=\"--w: 10.0%; --offset: 20.0%\""
+        );
+    }
+
+    #[test]
+    fn rows_align_by_tops_when_the_tops_line_up() {
+        let tall = node(NodeKind::Container, 0, 100, 200, 400);
+        let short = node(NodeKind::Container, 300, 102, 200, 150);
+        assert!(top_aligned(&[tall.clone(), short]));
+        let centred = node(NodeKind::Button, 300, 280, 100, 40);
+        assert!(!top_aligned(&[tall, centred]));
     }
 
     #[test]
