@@ -129,30 +129,7 @@ async fn metrics_expose_queue_statistics(backend: Backend) -> anyhow::Result<()>
     app.stop().await
 }
 
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() -> anyhow::Result<()> {
-                    cognomega_testkit::init_tracing();
-                    super::$name(super::Backend::Sqlite).await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() -> anyhow::Result<()> {
-                    cognomega_testkit::init_tracing();
-                    super::$name(super::Backend::Postgres).await
-                }
-            )*
-        }
-    };
-}
-
-both_backends!(
+cognomega_testkit::both_backends!(
     healthz_reports_backend,
     request_ids_are_echoed_only_when_well_formed,
     errors_use_the_envelope,

@@ -541,30 +541,7 @@ async fn thumbnails_and_payment_required(backend: Backend) -> anyhow::Result<()>
     app.stop().await
 }
 
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() -> anyhow::Result<()> {
-                    cognomega_testkit::init_tracing();
-                    super::$name(super::Backend::Sqlite).await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() -> anyhow::Result<()> {
-                    cognomega_testkit::init_tracing();
-                    super::$name(super::Backend::Postgres).await
-                }
-            )*
-        }
-    };
-}
-
-both_backends!(
+cognomega_testkit::both_backends!(
     sketch_to_app_end_to_end,
     idempotent_submit_isolation_and_cancel,
     bad_input_is_refused_before_queueing,

@@ -563,30 +563,7 @@ async fn rotation_keeps_live_tokens(backend: Backend) -> anyhow::Result<()> {
     app.stop().await
 }
 
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() -> anyhow::Result<()> {
-                    cognomega_testkit::init_tracing();
-                    super::$name(super::Backend::Sqlite).await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() -> anyhow::Result<()> {
-                    cognomega_testkit::init_tracing();
-                    super::$name(super::Backend::Postgres).await
-                }
-            )*
-        }
-    };
-}
-
-both_backends!(
+cognomega_testkit::both_backends!(
     guest_gets_a_token_and_its_grant,
     jwt_attacks_get_401,
     bad_usage_is_refused_whole,

@@ -238,30 +238,7 @@ fn zstd_decode(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
     )?)
 }
 
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() -> anyhow::Result<()> {
-                    cognomega_testkit::init_tracing();
-                    super::$name(super::Backend::Sqlite).await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() -> anyhow::Result<()> {
-                    cognomega_testkit::init_tracing();
-                    super::$name(super::Backend::Postgres).await
-                }
-            )*
-        }
-    };
-}
-
-both_backends!(
+cognomega_testkit::both_backends!(
     cancel_while_running_stops_at_a_stage_boundary,
     transient_failures_end_dead_in_the_dlq,
     a_panicking_job_is_retried,

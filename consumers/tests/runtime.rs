@@ -326,30 +326,7 @@ async fn shutdown_releases_batches_after_the_grace_period(backend: Backend) -> a
     Ok(())
 }
 
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() -> anyhow::Result<()> {
-                    cognomega_testkit::init_tracing();
-                    super::$name(super::Backend::Sqlite).await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() -> anyhow::Result<()> {
-                    cognomega_testkit::init_tracing();
-                    super::$name(super::Backend::Postgres).await
-                }
-            )*
-        }
-    };
-}
-
-both_backends!(
+cognomega_testkit::both_backends!(
     batches_respect_max_batch_size,
     batch_timeout_gathers_a_partial_batch,
     concurrency_limit_is_honoured,

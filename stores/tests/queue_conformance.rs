@@ -1454,25 +1454,8 @@ async fn declare_rejects_invalid_settings(backend: Backend) -> anyhow::Result<()
 
 // ---------------------------------------------------------------------------------------------
 
-/// Generates one test per backend for each check: `sqlite::name` and `postgres::name`.
-macro_rules! conformance {
-    ($($check:ident),+ $(,)?) => {
-        conformance!(@backend sqlite, Sqlite, $($check),+);
-        conformance!(@backend postgres, Postgres, $($check),+);
-    };
-    (@backend $module:ident, $backend:ident, $($check:ident),+) => {
-        mod $module {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $check() -> anyhow::Result<()> {
-                    super::$check(cognomega_testkit::Backend::$backend).await
-                }
-            )+
-        }
-    };
-}
-
-conformance!(
+// One test per backend for each check: `sqlite::name` and `postgres::name`.
+cognomega_testkit::both_backends!(
     send_and_claim_round_trip,
     claims_oldest_visible_first,
     claim_respects_max,

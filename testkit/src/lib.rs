@@ -31,3 +31,29 @@ pub fn settings(edit: impl FnOnce(&mut QueueSettings)) -> QueueSettings {
     edit(&mut s);
     s
 }
+
+/// Runs each named `async fn name(backend: Backend) -> anyhow::Result<()>` as two tests,
+/// `sqlite::name` and `postgres::name`: one suite, every backend.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    $crate::init_tracing();
+                    super::$name($crate::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    $crate::init_tracing();
+                    super::$name($crate::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}

@@ -189,7 +189,8 @@ fn placement(node: &Node, reference: &Rect, flow: Flow) -> String {
     }
 }
 
-/// Whether the items of a row line up better by their tops than by their middles.
+/// Whether the items of a row line up by their tops (within a few pixels, or better than by
+/// their middles). Ties go to the top: rendered content rarely keeps the sketch's heights.
 fn top_aligned(items: &[Node]) -> bool {
     let spread = |values: Vec<u32>| {
         let (lo, hi) = (values.iter().min(), values.iter().max());
@@ -197,7 +198,8 @@ fn top_aligned(items: &[Node]) -> bool {
     };
     let tops = spread(items.iter().map(|n| 2 * n.rect.y).collect());
     let middles = spread(items.iter().map(|n| 2 * n.rect.y + n.rect.h).collect());
-    tops < middles
+    // Both spreads are doubled (no halving of odd heights): 16 is 8 px.
+    tops <= middles.max(16)
 }
 
 /// Stacked items keep their side: centred when the margins left and right are about equal.
@@ -213,9 +215,9 @@ fn alignment(r: &Rect, parent: &Rect) -> &'static str {
     }
 }
 
-/// About as many placeholder words as fit the scribble (a word ≈ 2.5 line heights wide).
+/// About as many placeholder words as fit the scribble (a word ≈ 3 line heights wide).
 fn lorem(r: Rect) -> String {
-    let words = (f64::from(r.w) / (2.5 * f64::from(r.h.max(1)))).round() as usize;
+    let words = (f64::from(r.w) / (3.0 * f64::from(r.h.max(1)))).round() as usize;
     let words = words.clamp(1, LOREM.len());
     let text = LOREM[..words].join(" ");
     text.trim_end_matches(',').to_owned()
@@ -342,7 +344,7 @@ mod tests {
             lorem(Rect {
                 x: 0,
                 y: 0,
-                w: 250,
+                w: 300,
                 h: 20
             }),
             "Lorem ipsum dolor sit amet"
