@@ -8,7 +8,6 @@ use std::time::Duration;
 use cognomega_core::queue::{OutgoingMessage, QueueSettings, Settlement};
 use cognomega_testkit::{q, wait_for, Backend, TestDb};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cognomega");
@@ -69,34 +68,12 @@ async fn every_command_has_help() -> anyhow::Result<()> {
 #[tokio::test]
 async fn serve_runs_with_zero_config() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut child = Command::new(BIN)
-        .current_dir(dir.path())
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir.path())
         .args(["--log", "warn", "serve", "--listen", "127.0.0.1:0"])
         .env_remove("COGNOMEGA_DATABASE_URL")
-        .env_remove("COGNOMEGA_DATA_DIR")
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let stderr = child
-        .stderr
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stderr"))?;
-    let mut lines = BufReader::new(stderr).lines();
-    let url = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await? {
-            if let Some(rest) = line.strip_prefix("cognomega listening on ") {
-                return Ok::<_, anyhow::Error>(
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned(),
-                );
-            }
-        }
-        anyhow::bail!("serve exited before listening")
-    })
-    .await??;
+        .env_remove("COGNOMEGA_DATA_DIR");
+    let (mut child, url) = cognomega_testkit::spawn_serve(cmd).await?;
     let health: Value = reqwest::get(format!("{url}/healthz")).await?.json().await?;
     assert_eq!(health["backend"], "sqlite");
     let data = dir.path().join("cognomega-data");

@@ -13,7 +13,6 @@ use cognomega_consumers::{settlement, usage_writer};
 use cognomega_stores::Database;
 use cognomega_testkit::{wait_for, Backend, TestDb};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cognomega");
@@ -34,39 +33,16 @@ fn command(tdb: &TestDb) -> Command {
 }
 
 async fn start_server(tdb: &TestDb) -> anyhow::Result<(Child, String)> {
-    let mut child = command(tdb)
-        .args([
-            "serve",
-            "--no-consumers",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-key",
-            ADMIN,
-        ])
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stderr = child
-        .stderr
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stderr"))?;
-    let mut lines = BufReader::new(stderr).lines();
-    let url = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await? {
-            if let Some(rest) = line.strip_prefix("cognomega listening on ") {
-                return Ok::<_, anyhow::Error>(
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned(),
-                );
-            }
-        }
-        anyhow::bail!("serve exited before listening")
-    })
-    .await??;
-    // Keep draining stderr so the server never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((child, url))
+    let mut cmd = command(tdb);
+    cmd.args([
+        "serve",
+        "--no-consumers",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-key",
+        ADMIN,
+    ]);
+    cognomega_testkit::spawn_serve(cmd).await
 }
 
 fn spawn_worker(tdb: &TestDb) -> anyhow::Result<Child> {

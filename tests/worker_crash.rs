@@ -108,23 +108,12 @@ async fn sigkill_mid_batch_loses_nothing(backend: Backend) -> anyhow::Result<()>
     assert_eq!(kills, 5);
 
     // SIGTERM: a clean exit.
-    terminate(&worker)?;
+    cognomega_testkit::terminate(&worker)?;
     let status = tokio::time::timeout(Duration::from_secs(30), worker.wait()).await??;
     assert!(
         status.success(),
         "worker exit status after SIGTERM: {status}"
     );
-    Ok(())
-}
-
-fn terminate(child: &Child) -> anyhow::Result<()> {
-    let pid = child
-        .id()
-        .ok_or_else(|| anyhow::anyhow!("worker already exited"))?;
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()?;
-    anyhow::ensure!(status.success(), "kill -TERM failed");
     Ok(())
 }
 
@@ -140,7 +129,7 @@ async fn sigterm_finishes_in_flight_batches(backend: Backend) -> anyhow::Result<
         Ok((s.in_flight > 0).then_some(s.in_flight))
     })
     .await?;
-    terminate(&worker)?;
+    cognomega_testkit::terminate(&worker)?;
     let status = tokio::time::timeout(Duration::from_secs(30), worker.wait()).await??;
     assert!(status.success(), "graceful exit: {status}");
     let s = stats(db).await?;

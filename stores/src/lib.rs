@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod billing;
+pub mod clamd;
 pub mod database;
 pub mod jobs;
 pub mod keys;

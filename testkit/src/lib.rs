@@ -9,6 +9,7 @@
 mod app;
 mod db;
 mod logging;
+mod process;
 mod wait;
 
 use cognomega_core::queue::{QueueName, QueueSettings};
@@ -16,6 +17,7 @@ use cognomega_core::queue::{QueueName, QueueSettings};
 pub use app::{Guest, TestApp, ADMIN_KEY};
 pub use db::{Backend, TestDb, PG_URL_ENV};
 pub use logging::init_tracing;
+pub use process::{spawn_serve, terminate};
 pub use wait::{wait_for, wait_until};
 
 /// A queue name, for tests: panics on an invalid literal, which is a bug in the test.

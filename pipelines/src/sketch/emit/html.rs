@@ -43,7 +43,8 @@ pub(super) fn page(doc: &LayoutDocument, params: &SketchParams) -> String {
         html.line(0, line);
     }
     for child in &doc.root.children {
-        html.node(child, &doc.root.rect, Flow::Stacked, 2);
+        let siblings = &doc.root.children;
+        html.node(child, &doc.root.rect, Flow::Stacked { siblings }, 2);
     }
     for line in ["  </main>", "</body>", "</html>"] {
         html.line(0, line);
@@ -51,12 +52,12 @@ pub(super) fn page(doc: &LayoutDocument, params: &SketchParams) -> String {
     html.out
 }
 
-/// How the parent places a child: stacked children may be aligned left, centre or right;
-/// children side by side keep the space before them (from `after`, the previous item's right
-/// edge or the row's start).
+/// How the parent places a child: stacked children keep their side (left, centre, right),
+/// judged against their `siblings`; children side by side keep the space before them (from
+/// `after`, the previous item's right edge or the row's start).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Flow {
-    Stacked,
+enum Flow<'a> {
+    Stacked { siblings: &'a [Node] },
     SideBySide { after: u32 },
 }
 
@@ -86,7 +87,7 @@ impl Html {
     }
 
     /// Writes `node`; `reference` is the box its width is a share of.
-    fn node(&mut self, node: &Node, reference: &Rect, flow: Flow, depth: usize) {
+    fn node(&mut self, node: &Node, reference: &Rect, flow: Flow<'_>, depth: usize) {
         let attrs = placement(node, reference, flow);
         match node.kind {
             NodeKind::Page => {}
@@ -166,7 +167,8 @@ impl Html {
 
     fn children(&mut self, node: &Node, depth: usize) {
         for child in &node.children {
-            self.node(child, &node.rect, Flow::Stacked, depth + 1);
+            let siblings = &node.children;
+            self.node(child, &node.rect, Flow::Stacked { siblings }, depth + 1);
         }
     }
 }
@@ -174,12 +176,12 @@ impl Html {
 /// The rest of the class attribute (alignment) and the style attribute with the width share
 /// and, side by side, the space before: `" align-center" style="--w: 40.0%"`. Starts inside
 /// the class attribute's quotes.
-fn placement(node: &Node, reference: &Rect, flow: Flow) -> String {
+fn placement(node: &Node, reference: &Rect, flow: Flow<'_>) -> String {
     let percent = |px: u32| (100.0 * f64::from(px) / f64::from(reference.w.max(1))).min(100.0);
     let width = percent(node.rect.w);
     match flow {
-        Flow::Stacked => {
-            let align = alignment(&node.rect, reference);
+        Flow::Stacked { siblings } => {
+            let align = alignment(&node.rect, reference, siblings);
             format!("{align}\" style=\"--w: {width:.1}%\"")
         }
         Flow::SideBySide { after } => {
@@ -202,8 +204,27 @@ fn top_aligned(items: &[Node]) -> bool {
     tops <= middles.max(16)
 }
 
-/// Stacked items keep their side: centred when the margins left and right are about equal.
-fn alignment(r: &Rect, parent: &Rect) -> &'static str {
+/// Stacked items keep their side. An item that starts where a sibling of another width starts
+/// is left-aligned with it (a label above an input); one that ends with such a sibling is
+/// right-aligned; otherwise it is centred when the margins left and right are about equal.
+fn alignment(r: &Rect, parent: &Rect, siblings: &[Node]) -> &'static str {
+    const SAME_EDGE: u32 = 8;
+    let others = siblings.iter().map(|n| n.rect).filter(|s| s != r);
+    let (mut shares_left, mut shares_right) = (false, false);
+    for s in others {
+        let (left, right) = (
+            s.x.abs_diff(r.x) <= SAME_EDGE,
+            s.right().abs_diff(r.right()) <= SAME_EDGE,
+        );
+        shares_left |= left && !right;
+        shares_right |= right && !left;
+    }
+    if shares_left {
+        return "";
+    }
+    if shares_right {
+        return " align-end";
+    }
     let left = i64::from(r.x) - i64::from(parent.x);
     let right = i64::from(parent.right()) - i64::from(r.right());
     if (left - right).abs() * 25 <= i64::from(parent.w) {
@@ -267,7 +288,8 @@ mod tests {
                     w: 400,
                     h: 50
                 },
-                &parent
+                &parent,
+                &[]
             ),
             " align-center"
         );
@@ -279,7 +301,8 @@ mod tests {
                     w: 400,
                     h: 50
                 },
-                &parent
+                &parent,
+                &[]
             ),
             " align-end"
         );
@@ -291,7 +314,8 @@ mod tests {
                     w: 400,
                     h: 50
                 },
-                &parent
+                &parent,
+                &[]
             ),
             ""
         );
@@ -317,6 +341,27 @@ mod tests {
         assert_eq!(
             placement(&item, &parent, Flow::SideBySide { after: 500 }),
             "\" style=\"--w: 10.0%; --offset: 20.0%\""
+        );
+    }
+
+    #[test]
+    fn an_item_starting_with_a_narrower_sibling_is_left_aligned() {
+        let card = Rect {
+            x: 200,
+            y: 0,
+            w: 400,
+            h: 400,
+        };
+        let label = node(NodeKind::Text, 240, 10, 80, 12);
+        let input = node(NodeKind::Input, 241, 40, 320, 44);
+        let siblings = [label, input.clone()];
+        // Centred by its margins (40 and 39), but it starts where the label starts.
+        assert_eq!(alignment(&input.rect, &card, &[]), " align-center");
+        assert_eq!(alignment(&input.rect, &card, &siblings), "");
+        let right = node(NodeKind::Button, 480, 100, 80, 40);
+        assert_eq!(
+            alignment(&right.rect, &card, &[input, right.clone()]),
+            " align-end"
         );
     }
 
