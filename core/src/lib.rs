@@ -9,5 +9,6 @@
 pub mod api;
 pub mod auth;
 pub mod billing;
+pub mod files;
 pub mod queue;
 pub mod time;

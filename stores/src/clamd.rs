@@ -297,7 +297,7 @@ impl Clamd {
                     // The last chunk and the terminator are small; Nagle would hold them back
                     // waiting for an ACK of the previous chunk.
                     conn.set_nodelay(true)?;
-                    Ok(Connection::Tcp(conn))
+                    Ok::<_, std::io::Error>(Connection::Tcp(conn))
                 }
                 #[cfg(unix)]
                 ClamdAddr::Unix(path) => Ok(Connection::Unix(
@@ -411,13 +411,13 @@ impl Clamd {
         &self,
         writer: &mut W,
         chunk: Bytes,
-    ) -> Result<(), SendError> {
+    ) -> std::io::Result<()> {
         // Chunks are at most 16 MiB (see `with_chunk_size`), so the length always fits.
         let len = u32::try_from(chunk.len()).map_err(|_| {
-            SendError::Io(std::io::Error::new(
+            std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 "chunk longer than u32::MAX",
-            ))
+            )
         })?;
         let header = Bytes::copy_from_slice(&len.to_be_bytes());
         // One buffer chain, so header and data leave in one vectored write.
@@ -432,18 +432,18 @@ impl Clamd {
         &self,
         writer: &mut W,
         mut bytes: Bytes,
-    ) -> Result<(), SendError> {
+    ) -> std::io::Result<()> {
         timeout(self.timeouts.write, writer.write_all_buf(&mut bytes))
             .await
             .map_err(|_| self.write_timed_out())??;
         Ok(())
     }
 
-    fn write_timed_out(&self) -> SendError {
-        SendError::Io(std::io::Error::new(
+    fn write_timed_out(&self) -> std::io::Error {
+        std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             format!("clamd read nothing for {:?}", self.timeouts.write),
-        ))
+        )
     }
 
     async fn reply_within(
