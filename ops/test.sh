@@ -10,6 +10,7 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 step "services"
 ops/services.sh
 ops/s3.sh --install
+ops/clamd.sh --install
 
 step "toolchain"
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then

@@ -52,7 +52,14 @@ impl Platform {
         .await
         .context("cannot load the JWT signing keys")?;
         let consumers = if config.consumers {
-            let rt = wiring::runtime(&db, options, &config.api.billing, Some(balances), &objects)?;
+            let rt = wiring::runtime(
+                &db,
+                options,
+                &config.api.billing,
+                Some(balances),
+                &objects,
+                config.clamd.as_ref(),
+            )?;
             state.consumer_metrics = Some(rt.metrics());
             Some(rt.start().await?)
         } else {

@@ -76,8 +76,10 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// Run the consumers in this process too (the embedded default).
     pub consumers: bool,
-    /// Tokens, admin key, billing, CORS.
+    /// Tokens, admin key, billing, CORS, uploads.
     pub api: cognomega_producers::ApiConfig,
+    /// The virus scanner, if configured.
+    pub clamd: Option<cognomega_stores::clamd::Clamd>,
 }
 
 /// The admin key: the configured one, else the one stored in `data_dir/admin-key`, else a new

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use cognomega_consumers::av_scan::{self, Scanner};
 use cognomega_consumers::jobs::{self, JobRunner};
 use cognomega_consumers::settlement::SettlementWriter;
 use cognomega_consumers::usage_writer::UsageWriter;
@@ -10,6 +11,7 @@ use cognomega_consumers::{probe, settlement, usage_writer, Runtime, RuntimeOptio
 use cognomega_core::billing::BillingConfig;
 use cognomega_core::billing::UsageKind;
 use cognomega_r2_lifecycle::codec::CodecPolicy;
+use cognomega_stores::clamd::Clamd;
 use cognomega_stores::kv::BalanceCache;
 use cognomega_stores::objects::Objects;
 use cognomega_stores::Database;
@@ -22,6 +24,7 @@ pub fn runtime(
     billing: &BillingConfig,
     cache: Option<BalanceCache>,
     objects: &Objects,
+    clamd: Option<&Clamd>,
 ) -> anyhow::Result<Runtime> {
     let mut rt = Runtime::new(db.queue(), options);
     rt.register(
@@ -56,6 +59,13 @@ pub fn runtime(
             jobs::queue(job_type.name()),
             jobs::settings(job_type.name()),
             Arc::new(runner),
+        )?;
+    }
+    if let Some(clamd) = clamd {
+        rt.register(
+            av_scan::queue(),
+            av_scan::settings(),
+            Arc::new(Scanner::new(db.clone(), objects.clone(), clamd.clone())),
         )?;
     }
     Ok(rt)

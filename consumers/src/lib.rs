@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod acker;
+pub mod av_scan;
 pub mod jobs;
 mod metrics;
 pub mod probe;

@@ -441,3 +441,29 @@ fn strokes_on_a_transparent_background_are_found() {
     assert_eq!(s.matched, 3, "{problems:?}");
     assert_eq!(s.kind_ok, 3, "{problems:?}");
 }
+
+#[test]
+fn heavy_paper_grain_finds_no_boxes() {
+    // Coarse grain and blotches of ±40 grey levels: thousands of specks, nothing drawn.
+    let noise = garbage(1600 * 1200, 99);
+    let image = image::GrayImage::from_fn(1600, 1200, |x, y| {
+        let blotch = ((x / 3 + y / 2) % 7) as u8 * 4;
+        image::Luma([190 + noise[(y * 1600 + x) as usize] % 40 - blotch])
+    });
+    let png = encode(
+        &image::DynamicImage::ImageLuma8(image),
+        image::ImageFormat::Png,
+    );
+    let doc = layout(&run_sketch(&png).expect("runs"));
+    assert_eq!(
+        (
+            doc.counts.container,
+            doc.counts.button,
+            doc.counts.input,
+            doc.counts.image
+        ),
+        (0, 0, 0, 0),
+        "{:?}",
+        doc.counts
+    );
+}

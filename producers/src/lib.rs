@@ -13,7 +13,7 @@ mod state;
 
 pub use error::ApiError;
 pub use request_id::current_request_id;
-pub use state::{ApiConfig, AppState, CorsOrigins, Secret};
+pub use state::{ApiConfig, AppState, CorsOrigins, Secret, UploadConfig};
 
 /// Builds the whole router with the cross-cutting layers (request id, `Cache-Control`, error
 /// envelope for panics, unknown routes and wrong methods).

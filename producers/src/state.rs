@@ -62,6 +62,49 @@ pub struct ApiConfig {
     pub billing: BillingConfig,
     /// CORS allow-list.
     pub cors: CorsOrigins,
+    /// Direct uploads.
+    pub uploads: UploadConfig,
+}
+
+/// Limits and policy of `POST /upload/direct`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadConfig {
+    /// Largest upload in bytes (default 100 MiB).
+    pub max_bytes: u64,
+    /// Bytes a tenant may keep in uploads (default 1 GiB).
+    pub quota_bytes: u64,
+    /// Content types accepted (checked against the bytes' magic).
+    pub allowed_types: Vec<String>,
+    /// Lifetime of signed download links.
+    pub link_ttl: Duration,
+    /// A scanner (clamd) is configured: uploads start `pending`; otherwise `skipped`.
+    pub scanning: bool,
+    /// Refuse uploads when no scanner is configured.
+    pub require_scan: bool,
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 100 << 20,
+            quota_bytes: 1 << 30,
+            allowed_types: [
+                "image/png",
+                "image/jpeg",
+                "image/webp",
+                "image/gif",
+                "application/pdf",
+                "text/plain",
+                "text/csv",
+                "application/json",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            link_ttl: Duration::from_secs(15 * 60),
+            scanning: false,
+            require_scan: false,
+        }
+    }
 }
 
 impl ApiConfig {
@@ -75,6 +118,7 @@ impl ApiConfig {
             admin_key,
             billing: BillingConfig::default(),
             cors: CorsOrigins::Any,
+            uploads: UploadConfig::default(),
         }
     }
 }
@@ -100,6 +144,8 @@ pub struct AppState {
     pub objects: Objects,
     /// Job types.
     pub job_types: Arc<Registry>,
+    /// HMAC secret of signed download links.
+    pub url_secret: Arc<Vec<u8>>,
 }
 
 impl AppState {
@@ -119,6 +165,7 @@ impl AppState {
         )
         .await?;
         let queues = db.queue();
+        let url_secret = Arc::new(cognomega_stores::keys::url_signing_secret(&db).await?);
         Ok(Self {
             db,
             queues,
@@ -129,6 +176,7 @@ impl AppState {
             balances,
             objects,
             job_types,
+            url_secret,
         })
     }
 }

@@ -296,6 +296,20 @@ fn peak_rss_mib() -> f64 {
     vm_hwm_mib(&status).unwrap_or(0.0)
 }
 
+/// CPU time (user + system, every thread) process `pid` (or `self`) has used so far, in seconds,
+/// from `/proc/PID/stat`.
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After "PID (comm) ", utime and stime are the 12th and 13th fields.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // USER_HZ, the unit of those fields, is 100 on every Linux architecture's user ABI.
+    #[allow(clippy::cast_precision_loss)]
+    Some((utime + stime) as f64 / 100.0)
+}
+
 /// The VmHWM line of a `/proc/PID/status` text, in MiB.
 fn vm_hwm_mib(status: &str) -> Option<f64> {
     status
@@ -453,6 +467,12 @@ mod tests {
             with_database("postgres://u:p@h/db?sslmode=disable", "x"),
             "postgres://u:p@h/x?sslmode=disable"
         );
+    }
+
+    #[test]
+    fn own_cpu_time_is_readable() {
+        assert!(cpu_seconds("self").is_some_and(|s| s >= 0.0));
+        assert!(cpu_seconds("0").is_none());
     }
 
     #[test]

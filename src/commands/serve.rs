@@ -36,6 +36,7 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<()> {
         listen: args.listen,
         consumers: !args.no_consumers,
         api,
+        clamd: args.api.clamd()?,
     };
     let options = RuntimeOptions {
         shutdown_grace: grace,

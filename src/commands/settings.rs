@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use cognomega_core::billing::{BillingConfig, Price, UsageKind};
-use cognomega_producers::{ApiConfig, CorsOrigins};
+use cognomega_producers::{ApiConfig, CorsOrigins, UploadConfig};
 
 use super::Ctx;
 
@@ -44,6 +44,36 @@ pub struct ApiArgs {
     #[arg(long = "price", env = "COGNOMEGA_PRICES", value_delimiter = ',')]
     prices: Vec<String>,
 
+    /// ClamAV daemon for upload scanning: tcp://HOST:PORT or unix:/path. Without it uploads are
+    /// recorded as `skipped` (unless --require-scan).
+    #[arg(long, env = "COGNOMEGA_CLAMD")]
+    clamd: Option<String>,
+
+    /// Refuse uploads (503) when no --clamd is configured.
+    #[arg(long, env = "COGNOMEGA_REQUIRE_SCAN")]
+    require_scan: bool,
+
+    /// Largest upload in bytes.
+    #[arg(long, env = "COGNOMEGA_MAX_UPLOAD_BYTES", default_value_t = 100 << 20)]
+    max_upload_bytes: u64,
+
+    /// Bytes each tenant may keep in uploads.
+    #[arg(long, env = "COGNOMEGA_UPLOAD_QUOTA_BYTES", default_value_t = 1 << 30)]
+    upload_quota_bytes: u64,
+
+    /// Accepted upload content types, comma-separated (checked against the bytes' magic).
+    #[arg(
+        long,
+        env = "COGNOMEGA_UPLOAD_TYPES",
+        value_delimiter = ',',
+        default_value = "image/png,image/jpeg,image/webp,image/gif,application/pdf,text/plain,text/csv,application/json"
+    )]
+    upload_types: Vec<String>,
+
+    /// Lifetime of signed download links, in seconds.
+    #[arg(long, env = "COGNOMEGA_LINK_TTL", default_value_t = 900)]
+    link_ttl: u64,
+
     /// Browser origins allowed by CORS, comma-separated; `*` allows any.
     #[arg(
         long,
@@ -55,6 +85,18 @@ pub struct ApiArgs {
 }
 
 impl ApiArgs {
+    /// The clamd client, when configured.
+    pub fn clamd(&self) -> anyhow::Result<Option<cognomega_stores::clamd::Clamd>> {
+        self.clamd
+            .as_deref()
+            .map(|raw| {
+                cognomega_stores::clamd::ClamdAddr::parse(raw)
+                    .map(cognomega_stores::clamd::Clamd::new)
+                    .map_err(|e| anyhow::anyhow!("--clamd {raw:?}: {e}; use tcp://127.0.0.1:3310 or unix:/path/clamd.sock"))
+            })
+            .transpose()
+    }
+
     pub fn billing(&self) -> anyhow::Result<BillingConfig> {
         let mut billing = BillingConfig {
             guest_grant: self.guest_grant,
@@ -102,6 +144,19 @@ impl ApiArgs {
             admin_key,
             billing: self.billing()?,
             cors,
+            uploads: UploadConfig {
+                max_bytes: self.max_upload_bytes,
+                quota_bytes: self.upload_quota_bytes,
+                allowed_types: self
+                    .upload_types
+                    .iter()
+                    .map(|t| t.trim().to_ascii_lowercase())
+                    .filter(|t| !t.is_empty())
+                    .collect(),
+                link_ttl: Duration::from_secs(self.link_ttl.max(1)),
+                scanning: self.clamd.is_some(),
+                require_scan: self.require_scan,
+            },
         })
     }
 }

@@ -27,7 +27,15 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<()> {
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
     };
     let objects = cognomega_stores::objects::Objects::open(&ctx.storage()?.objects_url)?;
-    let rt = cognomega::wiring::runtime(&db, options, &args.api.billing()?, None, &objects)?;
+    let clamd = args.api.clamd()?;
+    let rt = cognomega::wiring::runtime(
+        &db,
+        options,
+        &args.api.billing()?,
+        None,
+        &objects,
+        clamd.as_ref(),
+    )?;
     let running = rt.start().await?;
     tracing::info!(backend = db.backend(), queues = ?running.queues(), "worker consuming");
     shutdown_signal().cancelled().await;

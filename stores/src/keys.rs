@@ -108,3 +108,20 @@ pub async fn rotate(db: &Database) -> Result<KeyRing, KeysError> {
     kv::put(db, NAMESPACE, RING, &encode(&ring)?).await?;
     Ok(ring)
 }
+
+/// The HMAC secret of signed download links (`KEYS/url-signing`), generated on first use and
+/// shared by every process of the deployment.
+pub async fn url_signing_secret(db: &Database) -> Result<Vec<u8>, KeysError> {
+    const KEY: &str = "url-signing";
+    if let Some(secret) = kv::get(db, NAMESPACE, KEY).await? {
+        return Ok(secret);
+    }
+    let mut secret = [0u8; 32];
+    for chunk in secret.chunks_mut(16) {
+        chunk.copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    }
+    kv::insert_if_absent(db, NAMESPACE, KEY, &secret).await?;
+    kv::get(db, NAMESPACE, KEY)
+        .await?
+        .ok_or_else(|| KeysError::Key("the link-signing secret vanished".into()))
+}

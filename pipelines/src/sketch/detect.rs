@@ -117,7 +117,7 @@ pub(crate) fn detect(ink: &Mask) -> Vec<Element> {
         .map(|r| (r, parent_of(&r, None)))
         .filter(|(_, p)| p.is_none_or(|b| !crossed[b]))
         .collect();
-    let lines = merge_text_lines(&strokes);
+    let lines = merge_text_lines(&strokes, limits.text_height);
 
     let box_parents: Vec<Option<usize>> = (0..boxes.len())
         .map(|b| parent_of(&box_rects[b], Some(b)))
@@ -313,14 +313,18 @@ fn smallest_container(boxes: &[Rect], rect: &Rect, own: Option<usize>) -> Option
 
 /// Joins strokes under the same parent that sit on one line and are at most a word gap apart;
 /// keeps the joined lines that are wider than tall.
-fn merge_text_lines(strokes: &[(Rect, Option<usize>)]) -> Vec<(Rect, Option<usize>)> {
+///
+/// `tallest` bounds the height of any stroke, and so the widest word gap: scanning left to
+/// right, nothing further than that from a stroke can join it, which keeps a noisy photo with
+/// thousands of strokes from costing a comparison of every pair.
+fn merge_text_lines(strokes: &[(Rect, Option<usize>)], tallest: u32) -> Vec<(Rect, Option<usize>)> {
     let mut order: Vec<usize> = (0..strokes.len()).collect();
     order.sort_by_key(|&i| (strokes[i].1, strokes[i].0.x, strokes[i].0.y));
     let mut group: Vec<usize> = (0..strokes.len()).collect();
     for (k, &i) in order.iter().enumerate() {
         for &j in &order[k + 1..] {
             let ((a, pa), (b, pb)) = (strokes[i], strokes[j]);
-            if pa != pb {
+            if pa != pb || b.x > a.right() + tallest.max(10) {
                 break;
             }
             if same_line(&a, &b) {

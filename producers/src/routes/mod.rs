@@ -6,6 +6,7 @@ mod credits;
 mod health;
 mod jobs;
 mod metrics;
+pub mod uploads;
 mod usage;
 
 use axum::extract::DefaultBodyLimit;
@@ -45,5 +46,11 @@ pub fn router() -> Router<AppState> {
         .route("/jobs/{id}/cancel", post(jobs::cancel))
         .route("/jobs/{id}/artifacts/{name}", get(jobs::artifact))
         .layer(DefaultBodyLimit::max(JOBS_BODY_LIMIT));
-    small.merge(usage).merge(jobs)
+    // The upload body is streamed and limited by the handler itself, per tier and quota.
+    let uploads = Router::new()
+        .route("/upload/direct", post(uploads::direct))
+        .layer(DefaultBodyLimit::disable())
+        .route("/uploads/{*key}", get(uploads::get))
+        .route("/files/{*key}", get(uploads::file));
+    small.merge(usage).merge(jobs).merge(uploads)
 }

@@ -79,6 +79,10 @@ struct Report {
     /// How late the scheduler released requests: the client's share of the latencies.
     scheduler_lag_p99_ms: f64,
     scheduler_lag_max_ms: f64,
+    /// CPU seconds the load generator (this process) used during the load.
+    client_cpu_s: f64,
+    /// CPU seconds the server child used during the load; `None` for a `--url` server.
+    server_cpu_s: Option<f64>,
     server_peak_rss_mib: Option<f64>,
 }
 
@@ -132,6 +136,16 @@ fn print_text(r: &Report) {
         "  scheduler lag   p99 {:.3} ms, max {:.3} ms (the client's share)",
         r.scheduler_lag_p99_ms, r.scheduler_lag_max_ms
     );
+    match r.server_cpu_s {
+        Some(server) => println!(
+            "  CPU             server {server:.2} s, client {:.2} s during the load",
+            r.client_cpu_s
+        ),
+        None => println!(
+            "  CPU             client {:.2} s during the load",
+            r.client_cpu_s
+        ),
+    }
     match r.server_peak_rss_mib {
         Some(mib) => println!("  server peak RSS {mib:.1} MiB"),
         None => println!("  server peak RSS n/a (a --url server)"),
@@ -196,6 +210,7 @@ async fn measure(server: &Server, args: &CreditsArgs) -> anyhow::Result<Report> 
         .collect();
     // Give the workers a moment to reach their receive before the first request is due.
     let t0 = Instant::now() + Duration::from_millis(50);
+    let cpu_before = (super::cpu_seconds("self"), server.cpu_seconds());
     let rps = u64::from(args.rps);
     let scheduler = std::thread::Builder::new()
         .name("bench-scheduler".into())
@@ -214,6 +229,7 @@ async fn measure(server: &Server, args: &CreditsArgs) -> anyhow::Result<Report> 
     let mut lag = scheduler
         .join()
         .map_err(|_| anyhow::anyhow!("the scheduler thread panicked"))?;
+    let cpu_after = (super::cpu_seconds("self"), server.cpu_seconds());
     bar.finish_and_clear();
 
     tally.latencies.sort_by(f64::total_cmp);
@@ -253,6 +269,8 @@ async fn measure(server: &Server, args: &CreditsArgs) -> anyhow::Result<Report> 
         loopback_floor_p99_ms: floor.1,
         scheduler_lag_p99_ms: percentile(&lag, 0.99),
         scheduler_lag_max_ms: lag.last().copied().unwrap_or_default(),
+        client_cpu_s: cpu_after.0.zip(cpu_before.0).map_or(0.0, |(a, b)| a - b),
+        server_cpu_s: cpu_after.1.zip(cpu_before.1).map(|(a, b)| a - b),
         server_peak_rss_mib: None,
     })
 }

@@ -91,6 +91,11 @@ impl Server {
         super::vm_hwm_mib(&status)
     }
 
+    /// CPU seconds the child server has used so far; `None` for a `--url` server.
+    pub(super) fn cpu_seconds(&self) -> Option<f64> {
+        super::cpu_seconds(&self.child.as_ref()?.pid.to_string())
+    }
+
     /// The last lines the child wrote to stderr (for error messages); empty for `--url`.
     pub(super) fn stderr_tail(&self) -> String {
         self.child.as_ref().map_or_else(String::new, |c| {

@@ -83,6 +83,11 @@ struct Report {
     e2e_events_per_s: f64,
     /// From the last 202 to the last balance being final.
     settle_lag_s: f64,
+    /// CPU seconds this process (the load generator and the balance polling) used from the
+    /// first request to the last settlement.
+    client_cpu_s: f64,
+    /// CPU seconds the server child used in that window; `None` for a `--url` server.
+    server_cpu_s: Option<f64>,
     server_peak_rss_mib: Option<f64>,
 }
 
@@ -141,6 +146,16 @@ fn print_text(r: &Report) {
         "  end to end      {:>10.0} events/s into the ledger (all settled {:.2} s after the first request, {:.2} s after the last 202)",
         r.e2e_events_per_s, r.e2e_s, r.settle_lag_s
     );
+    match r.server_cpu_s {
+        Some(server) => println!(
+            "  CPU             server {server:.2} s, client {:.2} s (first request → settled)",
+            r.client_cpu_s
+        ),
+        None => println!(
+            "  CPU             client {:.2} s (first request → settled)",
+            r.client_cpu_s
+        ),
+    }
     match r.server_peak_rss_mib {
         Some(mib) => println!("  server peak RSS {mib:.1} MiB"),
         None => println!("  server peak RSS n/a (a --url server)"),
@@ -186,6 +201,7 @@ async fn measure(server: &Server, args: &UsageArgs) -> anyhow::Result<Report> {
         failed: AtomicBool::new(false),
         bar: bar.clone(),
     });
+    let cpu_before = (super::cpu_seconds("self"), server.cpu_seconds());
     let started = Instant::now();
     let tasks: Vec<_> = conns
         .into_iter()
@@ -236,6 +252,7 @@ async fn measure(server: &Server, args: &UsageArgs) -> anyhow::Result<Report> {
     )
     .await?;
     let e2e_s = started.elapsed().as_secs_f64();
+    let cpu_after = (super::cpu_seconds("self"), server.cpu_seconds());
     bar.finish_and_clear();
 
     latencies.sort_by(f64::total_cmp);
@@ -264,6 +281,8 @@ async fn measure(server: &Server, args: &UsageArgs) -> anyhow::Result<Report> {
         e2e_s,
         e2e_events_per_s: events / e2e_s,
         settle_lag_s: e2e_s - ingest_s,
+        client_cpu_s: cpu_after.0.zip(cpu_before.0).map_or(0.0, |(a, b)| a - b),
+        server_cpu_s: cpu_after.1.zip(cpu_before.1).map(|(a, b)| a - b),
         server_peak_rss_mib: None,
     })
 }

@@ -1,0 +1,550 @@
+//! `POST /upload/direct`, `GET /uploads/{key}`, `GET /files/{key}` (signed).
+//!
+//! The body is streamed to object storage while it is counted and hashed: memory stays bounded
+//! whatever the size, the size limit is enforced on the stream itself (so a chunked body with no
+//! Content-Length is caught), and a refused upload leaves nothing in storage.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{SecondsFormat, TimeZone, Utc};
+use cognomega_core::billing::{UsageBatchMessage, UsageEvent, UsageKey, UsageKind};
+use cognomega_core::files::{sanitize_filename, sign_download, verify_download, SignedUrlError};
+use cognomega_core::queue::OutgoingMessage;
+use cognomega_stores::objects::{ObjectKey, PutMeta};
+use cognomega_stores::uploads::{self, NewUpload, Upload};
+use futures::stream::{self, BoxStream, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::auth::Authenticated;
+use crate::{current_request_id, ApiError, AppState};
+
+/// Bytes read before storing anything, to sniff the content type.
+const SNIFF_BYTES: usize = 8192;
+
+const NOT_TRIPPED: u8 = 0;
+const TRIPPED_SIZE: u8 = 1;
+const TRIPPED_QUOTA: u8 = 2;
+
+fn too_large(max: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "upload_too_large",
+        format!("uploads are at most {max} bytes"),
+    )
+}
+
+fn quota_exceeded(remaining: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "quota_exceeded",
+        format!("the tenant's upload quota has {remaining} bytes left; delete files or ask for a larger quota"),
+    )
+}
+
+fn essence(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// Checks the declared type against the first bytes: binary formats must carry their magic;
+/// text types must not look like a binary format and must be UTF-8 so far.
+fn matches_magic(declared: &str, head: &[u8]) -> bool {
+    let sniffed = infer::get(head).map(|t| t.mime_type());
+    match declared {
+        "text/plain" | "text/csv" | "application/json" => {
+            sniffed.is_none() && (std::str::from_utf8(head).is_ok() || utf8_cut_at_end(head))
+        }
+        other => sniffed == Some(other),
+    }
+}
+
+/// A UTF-8 prefix that only fails because the sniff window cut a character in half.
+fn utf8_cut_at_end(head: &[u8]) -> bool {
+    matches!(std::str::from_utf8(head), Err(e) if e.error_len().is_none())
+}
+
+fn rfc3339(ms: i64) -> String {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn signed_url(state: &AppState, key: &str) -> String {
+    let exp = Utc::now().timestamp()
+        + i64::try_from(state.config.uploads.link_ttl.as_secs()).unwrap_or(900);
+    format!(
+        "/files/{key}?exp={exp}&sig={}",
+        sign_download(&state.url_secret, key, exp)
+    )
+}
+
+fn upload_json(state: &AppState, u: &Upload) -> Value {
+    let mut v = json!({
+        "key": u.key,
+        "filename": u.filename,
+        "size": u.size,
+        "sha256": u.sha256,
+        "content_type": u.content_type,
+        "scan": u.scan,
+        "created_at": rfc3339(u.created_at_ms),
+        "url": signed_url(state, &u.key),
+    });
+    if let Some(sig) = &u.signature {
+        v["signature"] = Value::String(sig.clone());
+    }
+    v
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct FilenameQuery {
+    filename: Option<String>,
+}
+
+type ByteStream = BoxStream<'static, Result<Bytes, std::io::Error>>;
+
+pub(crate) async fn direct(
+    State(state): State<AppState>,
+    Authenticated(claims): Authenticated,
+    Query(q): Query<FilenameQuery>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let cfg = &state.config.uploads;
+    if cfg.require_scan && !cfg.scanning {
+        return Err(ApiError::unavailable(
+            "uploads need virus scanning, and no scanner is configured (--clamd)",
+        ));
+    }
+    crate::routes::jobs::require_credits(&state, &claims.tenant).await?;
+    let headers = request.headers().clone();
+    let declared_len = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let used = u64::try_from(
+        uploads::used_bytes(&state.db, &claims.tenant)
+            .await
+            .map_err(ApiError::internal)?,
+    )
+    .unwrap_or(0);
+    let remaining = cfg.quota_bytes.saturating_sub(used);
+    // A declared length over a limit is refused before reading a byte. (For multipart the
+    // length includes the form's framing, so only the size limit is checked this early.)
+    let content_type_header = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let is_multipart = essence(&content_type_header) == "multipart/form-data";
+    if let Some(len) = declared_len {
+        if len > cfg.max_bytes + if is_multipart { 64 * 1024 } else { 0 } {
+            return Err(too_large(cfg.max_bytes));
+        }
+        if !is_multipart && len > remaining {
+            return Err(quota_exceeded(remaining));
+        }
+    }
+
+    if is_multipart {
+        let mut form = Multipart::from_request(request, &state)
+            .await
+            .map_err(|e| {
+                ApiError::bad_request("invalid_multipart", format!("multipart body: {e}"))
+            })?;
+        let mut field = loop {
+            match form.next_field().await {
+                Ok(Some(f)) if f.file_name().is_some() => break f,
+                Ok(Some(_)) => continue,
+                Ok(None) => {
+                    return Err(ApiError::bad_request(
+                        "missing_file",
+                        "the form has no file part",
+                    ))
+                }
+                Err(e) => {
+                    return Err(ApiError::bad_request(
+                        "invalid_multipart",
+                        format!("multipart body: {e}"),
+                    ))
+                }
+            }
+        };
+        let ct = field
+            .content_type()
+            .unwrap_or("application/octet-stream")
+            .to_owned();
+        let name = field.file_name().map(str::to_owned);
+        // The field borrows the form, so its chunks are pumped through a channel while the
+        // upload consumes them; returning early drops the receiver and stops the pump.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+        let pump = async move {
+            loop {
+                let next = match field.chunk().await {
+                    Ok(Some(chunk)) => Ok(chunk),
+                    Ok(None) => break,
+                    Err(e) => Err(std::io::Error::other(e.to_string())),
+                };
+                let failed = next.is_err();
+                if tx.send(next).await.is_err() || failed {
+                    break;
+                }
+            }
+        };
+        let body = stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        })
+        .boxed();
+        let (stored, ()) = tokio::join!(
+            store(&state, &claims.tenant, &ct, name, body, remaining),
+            pump
+        );
+        return stored;
+    }
+    let name = q.filename.or_else(|| {
+        headers
+            .get("x-filename")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    });
+    let body = request
+        .into_body()
+        .into_data_stream()
+        .map(|r| r.map_err(|e| std::io::Error::other(e.to_string())))
+        .boxed();
+    store(
+        &state,
+        &claims.tenant,
+        &content_type_header,
+        name,
+        body,
+        remaining,
+    )
+    .await
+}
+
+/// Validates, streams and records one upload.
+async fn store(
+    state: &AppState,
+    tenant: &str,
+    declared_type: &str,
+    raw_name: Option<String>,
+    mut body: ByteStream,
+    remaining: u64,
+) -> Result<Response, ApiError> {
+    let cfg = &state.config.uploads;
+    let declared = essence(declared_type);
+    if declared.is_empty() || !cfg.allowed_types.iter().any(|t| *t == declared) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "content type {declared:?} is not accepted; allowed: {}",
+                cfg.allowed_types.join(", ")
+            ),
+        ));
+    }
+    let filename = sanitize_filename(raw_name.as_deref().unwrap_or("file"));
+
+    // Sniff the first bytes before storing anything.
+    let mut head: Vec<u8> = Vec::with_capacity(SNIFF_BYTES);
+    while head.len() < SNIFF_BYTES {
+        match body.next().await {
+            Some(Ok(chunk)) => head.extend_from_slice(&chunk),
+            Some(Err(e)) => {
+                return Err(ApiError::bad_request(
+                    "body_read_failed",
+                    format!("reading the body failed: {e}"),
+                ))
+            }
+            None => break,
+        }
+    }
+    if head.is_empty() {
+        return Err(ApiError::bad_request("empty_body", "the upload is empty"));
+    }
+    if !matches_magic(&declared, &head[..head.len().min(SNIFF_BYTES)]) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "content_type_mismatch",
+            format!("the bytes are not {declared}; declare the file's real type"),
+        ));
+    }
+
+    let limit_size = cfg.max_bytes;
+    let tripped = Arc::new(AtomicU8::new(NOT_TRIPPED));
+    let progress = Arc::new(Mutex::new((0u64, Sha256::new())));
+    let counted = {
+        let (tripped, progress) = (tripped.clone(), progress.clone());
+        stream::once(async move { Ok(Bytes::from(head)) })
+            .chain(body)
+            .map(move |chunk| {
+                let chunk = chunk?;
+                let mut p = progress
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                p.0 += chunk.len() as u64;
+                let why = if p.0 > limit_size {
+                    TRIPPED_SIZE
+                } else if p.0 > remaining {
+                    TRIPPED_QUOTA
+                } else {
+                    p.1.update(&chunk);
+                    return Ok(chunk);
+                };
+                tripped.store(why, Ordering::SeqCst);
+                Err(std::io::Error::other("upload limit exceeded"))
+            })
+    };
+    let key_text = format!("uploads/{tenant}/{}", uuid::Uuid::new_v4());
+    let key = ObjectKey::parse(&key_text).map_err(ApiError::internal)?;
+    let stored = state
+        .objects
+        .put_stream(&key, counted, &PutMeta::content_type(declared.clone()))
+        .await;
+    if let Err(e) = stored {
+        // Nothing half-written: put_stream aborts its upload; make sure no object remains.
+        let _ = state.objects.delete(&key).await;
+        return Err(match tripped.load(Ordering::SeqCst) {
+            TRIPPED_SIZE => too_large(cfg.max_bytes),
+            TRIPPED_QUOTA => quota_exceeded(remaining),
+            _ => ApiError::bad_request(
+                "body_read_failed",
+                format!("the upload did not complete: {e}"),
+            ),
+        });
+    }
+    let (size, sha256) = {
+        let p = progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (
+            p.0,
+            p.1.clone()
+                .finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>(),
+        )
+    };
+    let scan = if cfg.scanning { "pending" } else { "skipped" };
+    let request_id = current_request_id();
+    let committed = async {
+        let mut tx = state.db.begin().await.map_err(ApiError::internal)?;
+        let new = NewUpload {
+            key: &key_text,
+            tenant_id: tenant,
+            filename: &filename,
+            content_type: &declared,
+            size: i64::try_from(size).unwrap_or(i64::MAX),
+            sha256: &sha256,
+            scan,
+            request_id: Some(&request_id),
+        };
+        uploads::insert(&mut tx, &new)
+            .await
+            .map_err(ApiError::internal)?;
+        if cfg.scanning {
+            let msg = OutgoingMessage::json(&cognomega_consumers::av_scan::ScanMessage {
+                key: key_text.clone(),
+            })
+            .map_err(ApiError::internal)?
+            .request_id(request_id.clone());
+            tx.send(&cognomega_consumers::av_scan::queue(), msg)
+                .await
+                .map_err(ApiError::internal)?;
+        }
+        let usage = UsageBatchMessage {
+            tenant_id: tenant.to_owned(),
+            events: vec![UsageEvent {
+                idempotency_key: UsageKey::parse(&format!("upload-{key_text}"))
+                    .map_err(|e| ApiError::internal(e))?,
+                kind: UsageKind::StorageBytes,
+                quantity: size,
+                occurred_at: None,
+                meta: None,
+            }],
+            received_at_ms: Utc::now().timestamp_millis(),
+        };
+        let msg = OutgoingMessage::json(&usage)
+            .map_err(ApiError::internal)?
+            .request_id(request_id.clone());
+        tx.send(&cognomega_consumers::usage_writer::queue(), msg)
+            .await
+            .map_err(ApiError::internal)?;
+        tx.commit().await.map_err(ApiError::internal)
+    }
+    .await;
+    if let Err(e) = committed {
+        let _ = state.objects.delete(&key).await;
+        return Err(e);
+    }
+    let body = json!({
+        "key": key_text,
+        "filename": filename,
+        "size": size,
+        "sha256": sha256,
+        "content_type": declared,
+        "scan": scan,
+        "url": signed_url(state, &key_text),
+    });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+fn upload_not_found(key: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "upload_not_found",
+        format!("no upload {key}"),
+    )
+}
+
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    Authenticated(claims): Authenticated,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let upload = uploads::get(&state.db, &key, Some(&claims.tenant))
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| upload_not_found(&key))?;
+    Ok(Json(upload_json(&state, &upload)))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct LinkQuery {
+    exp: Option<String>,
+    sig: Option<String>,
+}
+
+pub(crate) async fn file(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    Query(q): Query<LinkQuery>,
+    _headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let forbidden =
+        |code: &'static str, msg: String| ApiError::new(StatusCode::FORBIDDEN, code, msg);
+    let exp = q.exp.as_deref().and_then(|e| e.parse::<i64>().ok());
+    let (Some(exp), Some(sig)) = (exp, q.sig.as_deref()) else {
+        return Err(forbidden(
+            "link_invalid",
+            "a download link needs exp and sig; get one from GET /uploads/{key}".into(),
+        ));
+    };
+    match verify_download(&state.url_secret, &key, exp, sig, Utc::now().timestamp()) {
+        Ok(()) => {}
+        Err(SignedUrlError::Expired) => {
+            return Err(forbidden(
+                "link_expired",
+                SignedUrlError::Expired.to_string(),
+            ))
+        }
+        Err(SignedUrlError::BadSignature) => {
+            return Err(forbidden(
+                "link_invalid",
+                SignedUrlError::BadSignature.to_string(),
+            ))
+        }
+    }
+    let upload = uploads::get(&state.db, &key, None)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| upload_not_found(&key))?;
+    match upload.scan.as_str() {
+        "clean" | "skipped" => {}
+        "infected" => {
+            return Err(forbidden(
+                "file_infected",
+                format!(
+                    "the file is quarantined: {}",
+                    upload.signature.as_deref().unwrap_or("malware")
+                ),
+            ))
+        }
+        "pending" => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "scan_pending",
+                "the file is still being scanned; retry shortly",
+            ))
+        }
+        other => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "scan_failed",
+                format!("the file could not be scanned ({other}); it is not served"),
+            ))
+        }
+    }
+    let object_key = ObjectKey::parse(&upload.object_key).map_err(ApiError::internal)?;
+    let object = state.objects.get(&object_key).await.map_err(|e| {
+        if e.is_not_found() {
+            ApiError::new(
+                StatusCode::GONE,
+                "file_expired",
+                "the file's storage has expired",
+            )
+        } else {
+            ApiError::internal(e)
+        }
+    })?;
+    let mut resp = Response::new(Body::from_stream(object.stream));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(&upload.content_type).map_err(ApiError::internal)?,
+    );
+    h.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(u64::try_from(upload.size).unwrap_or(0)),
+    );
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        content_disposition(&upload.filename),
+    );
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    Ok(resp)
+}
+
+/// `attachment; filename="ascii"; filename*=UTF-8''percent-encoded` (RFC 6266).
+fn content_disposition(filename: &str) -> HeaderValue {
+    let ascii: String = filename
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let encoded: String = filename
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    HeaderValue::from_str(&format!(
+        "attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}"
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("attachment"))
+}
