@@ -35,7 +35,7 @@ mode=start
 case "${1:-}" in
   --install) mode=install; shift ;;
   --stop) mode=stop; shift ;;
-  -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;;
   -*) die "unknown option $1 (see --help)" ;;
 esac
 state="${1:-${COGNOMEGA_CLAMD_DIR:-/tmp/cognomega-clamd}}"

@@ -36,6 +36,15 @@ async fn main() -> anyhow::Result<()> {
     let streams = (total_mib / stream_mib).max(1);
     let client = Clamd::new(addr.clone()).with_chunk_size(chunk_kib * 1024);
     client.ping().await.context("clamd does not answer PING")?;
+    // One scan outside the measurement: clamd's first stream pays for its temporary folder and
+    // cold caches.
+    client
+        .scan_stream(stream::iter([Ok::<_, std::io::Error>(Bytes::from(noise(
+            u64::MAX,
+            MIB,
+        )))]))
+        .await
+        .context("the warm-up scan")?;
 
     // Data generated up front, so the figure is clamd's and the client's, not the generator's.
     let data: Vec<Bytes> = (0..streams)

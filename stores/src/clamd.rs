@@ -7,12 +7,12 @@
 //! clamd that cannot be reached, or stops answering, is [`ScanError::Unavailable`], which the
 //! caller retries later.
 //!
-//! Why hand-written rather than the `clamav-client` crate: that crate hands back the raw reply
-//! and reduces it to "clean or not" by looking for `OK`/`FOUND` in it, so an `ERROR` reply is
-//! only told apart by the caller re-parsing the bytes, and when clamd closes the connection at
-//! `StreamMaxLength` its write fails with a broken pipe before it reads clamd's explanation.
-//! Here the reply is read while the stream is still being sent, so a refusal is reported as the
-//! daemon's own words, and the protocol itself is a few dozen lines.
+//! Why hand-written rather than the `clamav-client` crate: that crate returns clamd's raw reply
+//! and its `clean()` reads it as `contains("OK") && !contains("FOUND")`, so any reply that
+//! happens to contain `OK` would pass as clean; it writes the whole stream before it reads, so a
+//! refusal at `StreamMaxLength` surfaces as a broken pipe rather than clamd's reason; and it has
+//! no timeouts, so a wedged clamd hangs the caller. The exact semantics above need the reply read
+//! while the stream is still being sent, and the protocol itself is a few dozen lines.
 //!
 //! ```text
 //! client: zINSTREAM\0 <len u32 BE><bytes> … <0u32>      clamd: stream: OK\0
@@ -574,7 +574,8 @@ mod tests {
     #[test]
     fn refuses_bad_addresses_precisely() {
         use ClamdAddrError as E;
-        let cases: [(&str, fn(String) -> E); 14] = [
+        type Expected = fn(String) -> E;
+        let cases: [(&str, Expected); 14] = [
             ("127.0.0.1:3310", E::UnknownScheme),
             ("http://127.0.0.1:3310", E::UnknownScheme),
             ("tcp://:3310", E::MissingHost),

@@ -37,6 +37,7 @@ pub struct TestApp {
     /// A client with a short timeout.
     pub client: reqwest::Client,
     platform: Option<Platform>,
+    clamd: Option<cognomega_stores::clamd::Clamd>,
 }
 
 impl TestApp {
@@ -47,14 +48,27 @@ impl TestApp {
 
     /// Starts the platform, with or without in-process consumers.
     pub async fn spawn_with(backend: Backend, consumers: bool) -> anyhow::Result<Self> {
+        Self::spawn_custom(backend, consumers, None, |_| {}).await
+    }
+
+    /// Starts the platform with a changed API configuration and, optionally, a clamd.
+    pub async fn spawn_custom(
+        backend: Backend,
+        consumers: bool,
+        clamd: Option<cognomega_stores::clamd::Clamd>,
+        edit: impl FnOnce(&mut ApiConfig),
+    ) -> anyhow::Result<Self> {
         let tdb = TestDb::new(backend).await?;
         let storage = StorageConfig::resolve(tdb.data_dir(), Some(tdb.url().expose()))?;
-        let api = ApiConfig::with_admin_key(Secret::new(ADMIN_KEY));
+        let mut api = ApiConfig::with_admin_key(Secret::new(ADMIN_KEY));
+        api.uploads.scanning = clamd.is_some();
+        edit(&mut api);
         let config = ServeConfig {
             storage,
             listen: ([127, 0, 0, 1], 0).into(),
             consumers,
             api,
+            clamd,
         };
         let options = RuntimeOptions {
             poll_interval: Duration::from_millis(50),
@@ -70,6 +84,7 @@ impl TestApp {
             base_url,
             client,
             platform: Some(platform),
+            clamd: config.clamd.clone(),
         })
     }
 
@@ -150,6 +165,7 @@ impl TestApp {
             &billing,
             Some(self.platform().state().balances.clone()),
             &objects,
+            self.clamd.as_ref(),
         )?;
         if !queues.is_empty() {
             let names: Vec<QueueName> = queues.iter().map(|q| crate::q(q)).collect();

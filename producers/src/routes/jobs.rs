@@ -173,15 +173,7 @@ pub(crate) async fn submit(
     }
     let input = match (req.input.image_base64, req.input.upload_key) {
         (Some(b64), None) => decode_base64(&b64)?,
-        (None, Some(upload)) => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "upload_not_found",
-                format!(
-                    "no upload {upload} for this tenant; upload it with POST /upload/direct first"
-                ),
-            ))
-        }
+        (None, Some(key)) => upload_input(&state, &claims.tenant, &key).await?,
         _ => {
             return Err(ApiError::bad_request(
                 "invalid_input",
@@ -247,6 +239,43 @@ pub(crate) async fn submit(
         return Ok(submitted(StatusCode::OK, &job_id));
     }
     Ok(submitted(StatusCode::ACCEPTED, &job_id))
+}
+
+/// The bytes of a tenant's clean (or unscanned, where scanning is off) upload.
+async fn upload_input(state: &AppState, tenant: &str, key: &str) -> Result<Vec<u8>, ApiError> {
+    let Some(upload) = cognomega_stores::uploads::get(&state.db, key, Some(tenant))
+        .await
+        .map_err(ApiError::internal)?
+    else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "upload_not_found",
+            format!("no upload {key} for this tenant; upload it with POST /upload/direct first"),
+        ));
+    };
+    if !matches!(upload.scan.as_str(), "clean" | "skipped") {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "upload_not_clean",
+            format!(
+                "the upload's scan is {}; only clean uploads can be job inputs",
+                upload.scan
+            ),
+        ));
+    }
+    if upload.size > i64::try_from(MAX_INPUT_BYTES).unwrap_or(i64::MAX) {
+        return Err(ApiError::bad_request(
+            "invalid_input",
+            format!("job inputs are at most {} MiB", MAX_INPUT_BYTES >> 20),
+        ));
+    }
+    let object = ObjectKey::parse(&upload.object_key).map_err(ApiError::internal)?;
+    let (_, bytes) = state
+        .objects
+        .get_bytes(&object)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(bytes.to_vec())
 }
 
 /// 402 when the tenant cannot pay for new billable work.

@@ -240,10 +240,12 @@ async fn store(
     tenant: &str,
     declared_type: &str,
     raw_name: Option<String>,
-    mut body: ByteStream,
+    body: ByteStream,
     remaining: u64,
 ) -> Result<Response, ApiError> {
     let cfg = &state.config.uploads;
+    // Fused: the sniffing loop may see the end of the body before the upload re-polls it.
+    let mut body = body.fuse();
     let declared = essence(declared_type);
     if declared.is_empty() || !cfg.allowed_types.iter().any(|t| *t == declared) {
         return Err(ApiError::new(
