@@ -247,7 +247,7 @@ async fn store(
     // Fused: the sniffing loop may see the end of the body before the upload re-polls it.
     let mut body = body.fuse();
     let declared = essence(declared_type);
-    if declared.is_empty() || !cfg.allowed_types.iter().any(|t| *t == declared) {
+    if declared.is_empty() || !cfg.allowed_types.contains(&declared) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
@@ -371,7 +371,7 @@ async fn store(
             tenant_id: tenant.to_owned(),
             events: vec![UsageEvent {
                 idempotency_key: UsageKey::parse(&format!("upload-{key_text}"))
-                    .map_err(|e| ApiError::internal(e))?,
+                    .map_err(ApiError::internal)?,
                 kind: UsageKind::StorageBytes,
                 quantity: size,
                 occurred_at: None,
