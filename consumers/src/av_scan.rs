@@ -65,6 +65,14 @@ impl Scanner {
         }
     }
 
+    /// For a queue consumed with other settings than [`settings`]: the delivery on which a
+    /// failed scan becomes `scan_failed`.
+    #[must_use]
+    pub fn with_max_deliveries(mut self, max_deliveries: u32) -> Self {
+        self.max_deliveries = max_deliveries;
+        self
+    }
+
     async fn scan(&self, key: &str, attempts: u32) -> Result<(), HandlerError> {
         let Some(upload) = uploads::get(&self.db, key, None)
             .await

@@ -4,13 +4,11 @@
 //! The EICAR string and the project marker are assembled at run time, so this source file does
 //! not itself trip a virus scanner on a developer's machine.
 
-mod clamd_server;
-
 use std::time::Duration;
 
 use bytes::Bytes;
-use clamd_server::{clamd, ClamdServer, STREAM_MAX};
 use cognomega_stores::clamd::{Clamd, ClamdAddr, ClamdTimeouts, ScanError, ScanVerdict};
+use cognomega_testkit::clamd::{clamd, ClamdServer, STREAM_MAX};
 use futures::stream::{self, Stream};
 
 const EICAR_NAME: &str = "Cognomega.Test.EICAR.UNOFFICIAL";

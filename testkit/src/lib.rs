@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 mod app;
+pub mod clamd;
 mod db;
 mod logging;
 mod process;

@@ -56,6 +56,10 @@ pub(super) struct UsageArgs {
     /// Seconds to wait for every accepted event to settle into the ledger.
     #[arg(long, default_value_t = 600)]
     settle_timeout: u64,
+    /// Measure the ingest only: do not wait for settlement (the end-to-end figures stay empty).
+    /// For a --url server started with --no-consumers (and --guest-grant 0, passed here too).
+    #[arg(long)]
+    ingest_only: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -79,10 +83,12 @@ struct Report {
     request_p50_ms: f64,
     request_p99_ms: f64,
     request_max_ms: f64,
-    e2e_s: f64,
-    e2e_events_per_s: f64,
-    /// From the last 202 to the last balance being final.
-    settle_lag_s: f64,
+    /// `None` with --ingest-only.
+    e2e_s: Option<f64>,
+    /// `None` with --ingest-only.
+    e2e_events_per_s: Option<f64>,
+    /// From the last 202 to the last balance being final; `None` with --ingest-only.
+    settle_lag_s: Option<f64>,
     /// CPU seconds this process (the load generator and the balance polling) used from the
     /// first request to the last settlement.
     client_cpu_s: f64,
@@ -142,13 +148,16 @@ fn print_text(r: &Report) {
         r.request_p99_ms,
         r.request_max_ms
     );
-    println!(
-        "  end to end      {:>10.0} events/s into the ledger (all settled {:.2} s after the first request, {:.2} s after the last 202)",
-        r.e2e_events_per_s, r.e2e_s, r.settle_lag_s
-    );
+    if let (Some(rate), Some(e2e), Some(lag)) = (r.e2e_events_per_s, r.e2e_s, r.settle_lag_s) {
+        println!(
+            "  end to end      {rate:>10.0} events/s into the ledger (all settled {e2e:.2} s after the first request, {lag:.2} s after the last 202)"
+        );
+    } else {
+        println!("  end to end      not measured (--ingest-only)");
+    }
     match r.server_cpu_s {
         Some(server) => println!(
-            "  CPU             server {server:.2} s, client {:.2} s (first request → settled)",
+            "  CPU             server {server:.2} s, client {:.2} s (first request → settled, or → last 202 with --ingest-only)",
             r.client_cpu_s
         ),
         None => println!(
@@ -241,19 +250,23 @@ async fn measure(server: &Server, args: &UsageArgs) -> anyhow::Result<Report> {
             (events, args.guest_grant.saturating_sub(charge))
         })
         .collect();
-    let bar = progress(show, args.events, "settle");
-    wait_settled(
-        &mut control,
-        &guests,
-        &expected,
-        args.guest_grant,
-        Duration::from_secs(args.settle_timeout),
-        &bar,
-    )
-    .await?;
-    let e2e_s = started.elapsed().as_secs_f64();
+    let e2e_s = if args.ingest_only {
+        None
+    } else {
+        let bar = progress(show, args.events, "settle");
+        wait_settled(
+            &mut control,
+            &guests,
+            &expected,
+            args.guest_grant,
+            Duration::from_secs(args.settle_timeout),
+            &bar,
+        )
+        .await?;
+        bar.finish_and_clear();
+        Some(started.elapsed().as_secs_f64())
+    };
     let cpu_after = (super::cpu_seconds("self"), server.cpu_seconds());
-    bar.finish_and_clear();
 
     latencies.sort_by(f64::total_cmp);
     #[allow(clippy::cast_precision_loss)]
@@ -279,8 +292,8 @@ async fn measure(server: &Server, args: &UsageArgs) -> anyhow::Result<Report> {
         request_p99_ms: percentile(&latencies, 0.99),
         request_max_ms: latencies.last().copied().unwrap_or_default(),
         e2e_s,
-        e2e_events_per_s: events / e2e_s,
-        settle_lag_s: e2e_s - ingest_s,
+        e2e_events_per_s: e2e_s.map(|s| events / s),
+        settle_lag_s: e2e_s.map(|s| s - ingest_s),
         client_cpu_s: cpu_after.0.zip(cpu_before.0).map_or(0.0, |(a, b)| a - b),
         server_cpu_s: cpu_after.1.zip(cpu_before.1).map(|(a, b)| a - b),
         server_peak_rss_mib: None,

@@ -1,7 +1,7 @@
-//! A real clamd for the scanner tests, started through `ops/clamd.sh` (so the script is tested
+//! A real clamd for tests, started through `ops/clamd.sh` (so the script is tested
 //! too) on a free loopback port with its own state folder and the project's signatures.
 //!
-//! Like the s3s-fs server in `common/mod.rs`, a clamd outlives no test run: a tiny shell
+//! A clamd outlives no test run: a tiny shell
 //! "lifeline" holds this process's end of a pipe and, when the pipe closes (the test binary
 //! exited, however it exited, or the [`ClamdServer`] was dropped), runs `ops/clamd.sh --stop`
 //! and removes the folder.
@@ -24,6 +24,8 @@ pub struct ClamdServer {
     /// Its unix socket.
     pub unix: ClamdAddr,
     dir: PathBuf,
+    port: u16,
+    stream_max: String,
     _lifeline: Mutex<(Child, ChildStdin)>,
 }
 
@@ -98,8 +100,27 @@ impl ClamdServer {
             tcp: addr("tcp://")?,
             unix: addr("unix:")?,
             dir,
+            port,
+            stream_max: stream_max.to_owned(),
             _lifeline: Mutex::new((child, stdin)),
         })
+    }
+
+    /// Starts this clamd again after [`ClamdServer::stop`], on the same port and socket.
+    pub fn restart(&self) {
+        let output = Command::new(clamd_sh())
+            .arg(&self.dir)
+            .env("COGNOMEGA_CLAMD_PORT", self.port.to_string())
+            .env("COGNOMEGA_CLAMD_STREAM_MAX", &self.stream_max)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running ops/clamd.sh: {e}"));
+        assert!(
+            output.status.success(),
+            "ops/clamd.sh could not restart clamd ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 
     /// Stops this clamd now (`ops/clamd.sh --stop`), as an operator would.
