@@ -285,3 +285,49 @@ cognomega_testkit::both_backends!(
     bad_uploads_are_refused_and_leave_nothing,
     quota_and_signed_links,
 );
+
+/// A 1 GiB body streamed in chunks (no Content-Length) lands whole, with the right size and
+/// sha256, without the server holding it in memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_gib_streamed_upload() -> anyhow::Result<()> {
+    cognomega_testkit::init_tracing();
+    const TOTAL: usize = 1 << 30;
+    const CHUNK: usize = 1 << 20;
+    let (app, g) = app_with(Backend::Sqlite, 2 << 30, 4 << 30, Duration::from_secs(600)).await?;
+    // Text, so the magic check passes: a line pattern repeated.
+    let chunk: Vec<u8> =
+        b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n".repeat(CHUNK / 64);
+    let mut expected = Sha256::new();
+    for _ in 0..TOTAL / CHUNK {
+        expected.update(&chunk);
+    }
+    let expected: String = expected
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let body = futures::stream::iter((0..TOTAL / CHUNK).map({
+        let chunk = bytes::Bytes::from(chunk);
+        move |_| Ok::<_, std::io::Error>(chunk.clone())
+    }));
+    let resp = app
+        .client
+        .post(app.url("/upload/direct?filename=big.txt"))
+        .bearer_auth(&g.token)
+        .header("Content-Type", "text/plain")
+        .timeout(Duration::from_secs(600))
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 201);
+    let up: Value = resp.json().await?;
+    assert_eq!(up["size"], TOTAL);
+    assert_eq!(up["sha256"], expected);
+    let path = app
+        .tdb
+        .data_dir()
+        .join("objects")
+        .join(up["key"].as_str().unwrap_or_default());
+    assert_eq!(std::fs::metadata(path)?.len(), TOTAL as u64);
+    app.stop().await
+}
