@@ -15,6 +15,7 @@
 
 mod client;
 mod credits;
+mod jobs;
 mod server;
 mod usage;
 
@@ -50,6 +51,8 @@ enum What {
     /// GET /credits under an open-loop constant request rate: achieved rate, latency
     /// percentiles measured from each request's scheduled time, errors.
     Credits(credits::CreditsArgs),
+    /// `sketch_to_app` throughput of real worker processes: jobs per minute, run time p50/p99.
+    Jobs(jobs::JobsArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -100,6 +103,7 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<()> {
         What::Queue(args) => queue(&ctx, args).await,
         What::Usage(args) => usage::run(&ctx, args).await,
         What::Credits(args) => credits::run(&ctx, args).await,
+        What::Jobs(args) => jobs::run(args, ctx.database_url.as_deref()).await,
     }
 }
 

@@ -189,46 +189,25 @@ async fn measure(server: &Server, args: &CreditsArgs) -> anyhow::Result<Report> 
     }
     idle.sort_by(f64::total_cmp);
 
-    let conns = target.connect_many(args.connections as usize).await?;
     let total = u64::from(args.rps) * u64::from(args.duration);
-    let bar = progress(show, total, "requests");
-    let (tx, rx) = mpsc::unbounded_channel::<Instant>();
-    let rx = Arc::new(Mutex::new(rx));
-    let guest = Arc::new(guest);
-    let workers: Vec<_> = conns
-        .into_iter()
-        .map(|conn| {
-            tokio::spawn(work(
-                conn,
-                target.clone(),
-                rx.clone(),
-                guest.clone(),
-                args.guest_grant,
-                bar.clone(),
-            ))
-        })
-        .collect();
-    // Give the workers a moment to reach their receive before the first request is due.
-    let t0 = Instant::now() + Duration::from_millis(50);
+    let load = Load {
+        target: target.clone(),
+        guest,
+        expected: args.guest_grant,
+        rps: u64::from(args.rps),
+        total,
+        connections: args.connections as usize,
+        bar: progress(show, total, "requests"),
+    };
     let cpu_before = (super::cpu_seconds("self"), server.cpu_seconds());
-    let rps = u64::from(args.rps);
-    let scheduler = std::thread::Builder::new()
-        .name("bench-scheduler".into())
-        .spawn(move || schedule(&tx, t0, rps, total))
-        .context("cannot start the scheduler thread")?;
-    let mut tally = Tally::default();
-    for w in workers {
-        let t = w.await.context("a connection task panicked")?;
-        tally.latencies.extend(t.latencies);
-        tally.ok += t.ok;
-        tally.errors += t.errors;
-        tally.wrong += t.wrong;
-        tally.last = tally.last.max(t.last);
-    }
-    // The workers only end once the scheduler has dropped its sender: it is done.
-    let mut lag = scheduler
-        .join()
-        .map_err(|_| anyhow::anyhow!("the scheduler thread panicked"))?;
+    let bar = load.bar.clone();
+    let thread = std::thread::Builder::new()
+        .name("bench-load".into())
+        .spawn(move || load.run())
+        .context("cannot start the load generator thread")?;
+    let (mut tally, mut lag, t0) = tokio::task::spawn_blocking(move || thread.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the load generator thread panicked"))??;
     let cpu_after = (super::cpu_seconds("self"), server.cpu_seconds());
     bar.finish_and_clear();
 
@@ -273,6 +252,72 @@ async fn measure(server: &Server, args: &CreditsArgs) -> anyhow::Result<Report> 
         server_cpu_s: cpu_after.1.zip(cpu_before.1).map(|(a, b)| a - b),
         server_peak_rss_mib: None,
     })
+}
+
+/// The load phase. It runs on a thread of its own with a single-threaded runtime: every
+/// connection task and its hyper connection share that one thread, so a request costs no
+/// wake-ups of idle runtime workers (on a multi-threaded runtime, those cost the client about
+/// as much CPU as the server spends answering).
+struct Load {
+    target: Target,
+    guest: Guest,
+    expected: i64,
+    rps: u64,
+    total: u64,
+    connections: usize,
+    bar: ProgressBar,
+}
+
+impl Load {
+    /// Runs the load; returns what the connections saw, the scheduler's lags (ms) and `t0`.
+    fn run(self) -> anyhow::Result<(Tally, Vec<f64>, Instant)> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the load generator's runtime")?;
+        rt.block_on(self.drive())
+    }
+
+    async fn drive(self) -> anyhow::Result<(Tally, Vec<f64>, Instant)> {
+        let conns = self.target.connect_many(self.connections).await?;
+        let (tx, rx) = mpsc::unbounded_channel::<Instant>();
+        let rx = Arc::new(Mutex::new(rx));
+        let guest = Arc::new(self.guest);
+        let workers: Vec<_> = conns
+            .into_iter()
+            .map(|conn| {
+                tokio::spawn(work(
+                    conn,
+                    self.target.clone(),
+                    rx.clone(),
+                    guest.clone(),
+                    self.expected,
+                    self.bar.clone(),
+                ))
+            })
+            .collect();
+        // Give the workers a moment to reach their receive before the first request is due.
+        let t0 = Instant::now() + Duration::from_millis(50);
+        let (rps, total) = (self.rps, self.total);
+        let scheduler = std::thread::Builder::new()
+            .name("bench-scheduler".into())
+            .spawn(move || schedule(&tx, t0, rps, total))
+            .context("cannot start the scheduler thread")?;
+        let mut tally = Tally::default();
+        for w in workers {
+            let t = w.await.context("a connection task panicked")?;
+            tally.latencies.extend(t.latencies);
+            tally.ok += t.ok;
+            tally.errors += t.errors;
+            tally.wrong += t.wrong;
+            tally.last = tally.last.max(t.last);
+        }
+        // The workers only end once the scheduler has dropped its sender: it is done.
+        let lag = scheduler
+            .join()
+            .map_err(|_| anyhow::anyhow!("the scheduler thread panicked"))?;
+        Ok((tally, lag, t0))
+    }
 }
 
 /// The scheduler thread: releases request `i` at `t0 + i / rps` (all that are due at each

@@ -68,7 +68,10 @@ pub(super) async fn run(args: JobsArgs, database_url: Option<&str>) -> anyhow::R
             report.width, report.height, report.jobs, report.workers, report.backend
         );
         println!("  throughput  {:>8.1} jobs/minute", report.jobs_per_minute);
-        println!("  run time    p50 {:.1} ms, p99 {:.1} ms (started → finished, per job)", report.run_p50_ms, report.run_p99_ms);
+        println!(
+            "  run time    p50 {:.1} ms, p99 {:.1} ms (started → finished, per job)",
+            report.run_p50_ms, report.run_p99_ms
+        );
     }
     Ok(())
 }
@@ -80,10 +83,12 @@ async fn measure(store: &ThrowawayStore, args: &JobsArgs) -> anyhow::Result<Repo
     let (png, _) = Sketch::generate(42, args.width, args.height);
     let png = bytes::Bytes::from(png);
     let queue = job_queue::queue("sketch_to_app");
-    for i in 0..args.jobs {
+    for _ in 0..args.jobs {
         let id = uuid::Uuid::now_v7().to_string();
         let key = ObjectKey::parse(&format!("inputs/bench/{id}"))?;
-        objects.put(&key, png.clone(), &PutMeta::content_type("image/png")).await?;
+        objects
+            .put(&key, png.clone(), &PutMeta::content_type("image/png"))
+            .await?;
         let mut tx = db.begin().await?;
         let new = NewJob {
             id: &id,
@@ -95,9 +100,9 @@ async fn measure(store: &ThrowawayStore, args: &JobsArgs) -> anyhow::Result<Repo
             request_id: None,
         };
         cognomega_stores::jobs::insert(&mut tx, &new).await?;
-        tx.send(&queue, OutgoingMessage::json(&JobMessage { job_id: id })?).await?;
+        tx.send(&queue, OutgoingMessage::json(&JobMessage { job_id: id })?)
+            .await?;
         tx.commit().await?;
-        let _ = i;
     }
     let bar = progress(!args.json, u64::from(args.jobs), "jobs");
     let started = Instant::now();
@@ -118,7 +123,11 @@ async fn measure(store: &ThrowawayStore, args: &JobsArgs) -> anyhow::Result<Repo
         );
     }
     loop {
-        let done = count(db, "SELECT COUNT(*) FROM jobs WHERE status IN ('succeeded', 'failed', 'dead')").await?;
+        let done = count(
+            db,
+            "SELECT COUNT(*) FROM jobs WHERE status IN ('succeeded', 'failed', 'dead')",
+        )
+        .await?;
         bar.set_position(u64::try_from(done).unwrap_or(0));
         if done >= i64::from(args.jobs) {
             break;
@@ -160,17 +169,18 @@ async fn count(db: &Database, sql: &str) -> anyhow::Result<i64> {
 }
 
 async fn run_times_ms(db: &Database) -> anyhow::Result<Vec<f64>> {
-    let rows: Vec<f64> = match db {
-        Database::Sqlite(s) => {
-            sqlx::query_scalar("SELECT CAST(finished_at - started_at AS REAL) FROM jobs")
-                .fetch_all(&s.read)
-                .await?
-        }
-        Database::Postgres(pg) => {
-            sqlx::query_scalar("SELECT (extract(epoch from finished_at - started_at) * 1000)::float8 FROM jobs")
-                .fetch_all(&pg.pool)
-                .await?
-        }
-    };
+    let rows: Vec<f64> =
+        match db {
+            Database::Sqlite(s) => {
+                sqlx::query_scalar("SELECT CAST(finished_at - started_at AS REAL) FROM jobs")
+                    .fetch_all(&s.read)
+                    .await?
+            }
+            Database::Postgres(pg) => sqlx::query_scalar(
+                "SELECT (extract(epoch from finished_at - started_at) * 1000)::float8 FROM jobs",
+            )
+            .fetch_all(&pg.pool)
+            .await?,
+        };
     Ok(rows)
 }

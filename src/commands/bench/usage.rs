@@ -155,13 +155,18 @@ fn print_text(r: &Report) {
     } else {
         println!("  end to end      not measured (--ingest-only)");
     }
+    let window = if r.e2e_s.is_some() {
+        "first request → all settled"
+    } else {
+        "first request → last 202"
+    };
     match r.server_cpu_s {
         Some(server) => println!(
-            "  CPU             server {server:.2} s, client {:.2} s (first request → settled, or → last 202 with --ingest-only)",
+            "  CPU             server {server:.2} s, client {:.2} s ({window})",
             r.client_cpu_s
         ),
         None => println!(
-            "  CPU             client {:.2} s (first request → settled)",
+            "  CPU             client {:.2} s ({window})",
             r.client_cpu_s
         ),
     }
