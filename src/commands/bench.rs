@@ -17,6 +17,7 @@ mod client;
 mod credits;
 mod jobs;
 mod server;
+mod upload;
 mod usage;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,6 +54,8 @@ enum What {
     Credits(credits::CreditsArgs),
     /// `sketch_to_app` throughput of real worker processes: jobs per minute, run time p50/p99.
     Jobs(jobs::JobsArgs),
+    /// A large streamed upload (MB/s, server peak RSS), many small ones, and the av-scan drain.
+    Upload(upload::UploadArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -104,6 +107,7 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<()> {
         What::Usage(args) => usage::run(&ctx, args).await,
         What::Credits(args) => credits::run(&ctx, args).await,
         What::Jobs(args) => jobs::run(args, ctx.database_url.as_deref()).await,
+        What::Upload(args) => upload::run(&ctx, args).await,
     }
 }
 

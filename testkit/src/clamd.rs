@@ -70,24 +70,39 @@ impl ClamdServer {
             .stdin
             .take()
             .ok_or("no stdin pipe to the clamd lifeline")?;
-        let port = free_port()?;
-        let output = Command::new(&script)
-            .arg(&dir)
-            .env("COGNOMEGA_CLAMD_PORT", port.to_string())
-            .env("COGNOMEGA_CLAMD_STREAM_MAX", stream_max)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("running {}: {e}", script.display()))?;
-        if !output.status.success() {
-            return Err(format!(
-                "{} could not start clamd ({}):\n{}\nThe clamd suite never skips: run \
-                 `ops/clamd.sh --install` (installs Debian's clamav-daemon, as root), then \
-                 `ops/clamd.sh` to see clamd start.",
-                script.display(),
-                output.status,
-                String::from_utf8_lossy(&output.stderr)
-            ));
-        }
+        // A port picked free can be taken by a concurrent test process before clamd binds it
+        // (and a loaded machine slows clamd's start), so a failed start is retried on a new port.
+        let mut attempt = 0;
+        let (port, output) = loop {
+            attempt += 1;
+            let port = free_port()?;
+            let output = Command::new(&script)
+                .arg(&dir)
+                .env("COGNOMEGA_CLAMD_PORT", port.to_string())
+                .env("COGNOMEGA_CLAMD_STREAM_MAX", stream_max)
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("running {}: {e}", script.display()))?;
+            if output.status.success() {
+                break (port, output);
+            }
+            if attempt >= 3 {
+                return Err(format!(
+                    "{} could not start clamd ({}):\n{}\nThe clamd suite never skips: run \
+                     `ops/clamd.sh --install` (installs Debian's clamav-daemon, as root), then \
+                     `ops/clamd.sh` to see clamd start.",
+                    script.display(),
+                    output.status,
+                    String::from_utf8_lossy(&output.stderr)
+                ));
+            }
+            let _ = Command::new(&script)
+                .arg("--stop")
+                .arg(&dir)
+                .stdin(Stdio::null())
+                .output();
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        };
         let stdout = String::from_utf8_lossy(&output.stdout);
         let addr = |scheme: &str| {
             stdout

@@ -41,6 +41,16 @@ impl Server {
         backend: Backend,
         url: Option<&str>,
     ) -> anyhow::Result<Self> {
+        Self::start_with(ctx, backend, url, &[]).await
+    }
+
+    /// Like [`Server::start`], with extra `serve` flags for the child.
+    pub(super) async fn start_with(
+        ctx: &Ctx,
+        backend: Backend,
+        url: Option<&str>,
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
         if let Some(url) = url {
             return Ok(Self {
                 target: Target::parse(url).await?,
@@ -50,7 +60,7 @@ impl Server {
         let store = ThrowawayStore::create(backend, ctx.database_url.as_deref()).await?;
         // The child migrates on start itself; the bench keeps no connection to the store.
         store.db.close().await;
-        match spawn(&store).await {
+        match spawn(&store, extra).await {
             Ok((child, pid, stderr, url)) => match Target::parse(&url).await {
                 Ok(target) => Ok(Self {
                     target,
@@ -156,7 +166,7 @@ impl ChildServer {
 type Spawned = (Child, u32, Arc<Mutex<VecDeque<String>>>, String);
 
 /// Starts `cognomega serve` on a free loopback port over `store`; returns once it listens.
-async fn spawn(store: &ThrowawayStore) -> anyhow::Result<Spawned> {
+async fn spawn(store: &ThrowawayStore, extra: &[String]) -> anyhow::Result<Spawned> {
     let exe = std::env::current_exe()
         .context("cannot find this program's own path to start the benchmark server")?;
     let admin_key = format!(
@@ -184,6 +194,7 @@ async fn spawn(store: &ThrowawayStore) -> anyhow::Result<Spawned> {
             &admin_key,
         ])
         .args(["--shutdown-grace", "10"])
+        .args(extra)
         // Through the environment, not argv: a PostgreSQL URL may carry a password.
         .env("COGNOMEGA_DATABASE_URL", store.url.expose())
         .stdin(Stdio::null())
