@@ -151,6 +151,22 @@ async fn raw_and_multipart_uploads_round_trip(backend: Backend) -> anyhow::Resul
     app.stop().await
 }
 
+/// A refusal sent before the body was read: the 413 itself, or — when the server closed the
+/// connection while the client was still writing — a connection error. Anything else fails.
+async fn refused_too_large(sent: Result<reqwest::Response, reqwest::Error>) -> anyhow::Result<()> {
+    match sent {
+        Ok(resp) => {
+            assert_eq!(resp.status(), 413);
+            assert_eq!(
+                resp.json::<Value>().await?["error"]["code"],
+                "upload_too_large"
+            );
+        }
+        Err(e) => assert!(e.is_request() || e.is_body(), "unexpected error: {e}"),
+    }
+    Ok(())
+}
+
 async fn bad_uploads_are_refused_and_leave_nothing(backend: Backend) -> anyhow::Result<()> {
     let (app, g) = app_with(backend, 1 << 20, 8 << 20, Duration::from_secs(600)).await?;
     let (png, _) = Sketch::generate(2, 120, 60);
@@ -175,18 +191,24 @@ async fn bad_uploads_are_refused_and_leave_nothing(backend: Backend) -> anyhow::
             "unsupported_media_type",
         ),
         ("image/png", Vec::new(), 400, "empty_body"),
-        (
-            "image/png",
-            vec![0u8; (1 << 20) + 1],
-            413,
-            "upload_too_large",
-        ),
     ];
     for (ct, body, status, code) in cases {
         let resp = upload(&app, &g, ct, "x", body).await?;
         assert_eq!(resp.status(), status, "{ct}");
         assert_eq!(resp.json::<Value>().await?["error"]["code"], code, "{ct}");
     }
+    // Too large by Content-Length: refused before a byte is read. The server answers and closes
+    // while the client may still be writing, so the client sees either the 413 or a reset.
+    let oversize = reqwest::Client::new()
+        .post(app.url("/upload/direct"))
+        .bearer_auth(&g.token)
+        .header("Content-Type", "image/png")
+        .body(vec![0u8; (1 << 20) + 1])
+        .send()
+        .await;
+    refused_too_large(oversize).await?;
+    assert_eq!(stored_uploads(&app).await?, 0);
+
     // A chunked body (no Content-Length) crossing the limit: 413, and no partial object.
     let mut first = png.clone();
     first.truncate(64);
@@ -198,34 +220,29 @@ async fn bad_uploads_are_refused_and_leave_nothing(backend: Backend) -> anyhow::
         })
     }))
     .boxed();
-    let resp = app
-        .client
+    let chunked = reqwest::Client::new()
         .post(app.url("/upload/direct?filename=big.png"))
         .bearer_auth(&g.token)
         .header("Content-Type", "image/png")
         .body(reqwest::Body::wrap_stream(chunks))
         .send()
-        .await?;
-    assert_eq!(resp.status(), 413);
-    assert_eq!(
-        resp.json::<Value>().await?["error"]["code"],
-        "upload_too_large"
-    );
+        .await;
+    refused_too_large(chunked).await?;
     assert_eq!(
         stored_uploads(&app).await?,
         0,
         "nothing half-written stays behind"
     );
 
-    // Hostile names are made harmless.
+    // Hostile names are made harmless (a new client: the one above saw its connection closed).
     // Through ?filename= (percent-encoded), since a header cannot carry NUL.
+    let fresh = reqwest::Client::new();
     for (raw, expected) in [
         ("a\u{0}b.png", "ab.png"),
         ("CON", "_CON"),
         ("invoice.pdf.exe", "invoice.pdf.exe"),
     ] {
-        let resp = app
-            .client
+        let resp = fresh
             .post(app.url("/upload/direct"))
             .query(&[("filename", raw)])
             .bearer_auth(&g.token)
@@ -237,7 +254,13 @@ async fn bad_uploads_are_refused_and_leave_nothing(backend: Backend) -> anyhow::
         assert_eq!(resp.json::<Value>().await?["filename"], expected);
     }
     let long = format!("{}.png", "n".repeat(300));
-    let up: Value = upload(&app, &g, "image/png", &long, png.clone())
+    let up: Value = fresh
+        .post(app.url("/upload/direct"))
+        .bearer_auth(&g.token)
+        .header("Content-Type", "image/png")
+        .header("X-Filename", &long)
+        .body(png.clone())
+        .send()
         .await?
         .json()
         .await?;
@@ -280,7 +303,34 @@ async fn quota_and_signed_links(backend: Backend) -> anyhow::Result<()> {
     app.stop().await
 }
 
+/// The guest tier's own limit wins over the default one.
+async fn per_tier_limits(backend: Backend) -> anyhow::Result<()> {
+    let app = TestApp::spawn_custom(backend, true, None, |c| {
+        c.uploads.max_bytes = 1 << 20;
+        c.uploads.max_bytes_by_tier.insert("guest".into(), 1000);
+    })
+    .await?;
+    let g = app.guest().await?;
+    wait_for(Duration::from_secs(30), || async {
+        Ok((app.balance(&g).await? == 1000).then_some(()))
+    })
+    .await?;
+    assert_eq!(
+        upload(&app, &g, "text/plain", "ok.txt", vec![b'a'; 1000])
+            .await?
+            .status(),
+        201
+    );
+    let resp = upload(&app, &g, "text/plain", "big.txt", vec![b'a'; 1001]).await?;
+    assert_eq!(resp.status(), 413);
+    assert!(resp.json::<Value>().await?["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("1000 bytes")));
+    app.stop().await
+}
+
 cognomega_testkit::both_backends!(
+    per_tier_limits,
     raw_and_multipart_uploads_round_trip,
     bad_uploads_are_refused_and_leave_nothing,
     quota_and_signed_links,

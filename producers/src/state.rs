@@ -69,8 +69,10 @@ pub struct ApiConfig {
 /// Limits and policy of `POST /upload/direct`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadConfig {
-    /// Largest upload in bytes (default 100 MiB).
+    /// Largest upload in bytes (default 100 MiB), unless the tenant's tier has its own.
     pub max_bytes: u64,
+    /// Largest upload per tier (`guest`, `member`, `pro`), overriding `max_bytes`.
+    pub max_bytes_by_tier: std::collections::BTreeMap<String, u64>,
     /// Bytes a tenant may keep in uploads (default 1 GiB).
     pub quota_bytes: u64,
     /// Content types accepted (checked against the bytes' magic).
@@ -83,10 +85,22 @@ pub struct UploadConfig {
     pub require_scan: bool,
 }
 
+impl UploadConfig {
+    /// The upload limit of a tier.
+    #[must_use]
+    pub fn max_bytes_for(&self, tier: &str) -> u64 {
+        self.max_bytes_by_tier
+            .get(tier)
+            .copied()
+            .unwrap_or(self.max_bytes)
+    }
+}
+
 impl Default for UploadConfig {
     fn default() -> Self {
         Self {
             max_bytes: 100 << 20,
+            max_bytes_by_tier: std::collections::BTreeMap::new(),
             quota_bytes: 1 << 30,
             allowed_types: [
                 "image/png",

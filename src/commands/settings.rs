@@ -57,6 +57,15 @@ pub struct ApiArgs {
     #[arg(long, env = "COGNOMEGA_MAX_UPLOAD_BYTES", default_value_t = 100 << 20)]
     max_upload_bytes: u64,
 
+    /// A tier's own upload limit, as TIER=BYTES (e.g. guest=10485760); repeatable. Tiers:
+    /// guest, member, pro.
+    #[arg(
+        long = "tier-max-upload-bytes",
+        env = "COGNOMEGA_TIER_MAX_UPLOAD_BYTES",
+        value_delimiter = ','
+    )]
+    tier_max_upload_bytes: Vec<String>,
+
     /// Bytes each tenant may keep in uploads.
     #[arg(long, env = "COGNOMEGA_UPLOAD_QUOTA_BYTES", default_value_t = 1 << 30)]
     upload_quota_bytes: u64,
@@ -120,6 +129,28 @@ impl ApiArgs {
         Ok(billing)
     }
 
+    fn tier_limits(&self) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+        let mut limits = std::collections::BTreeMap::new();
+        for spec in self
+            .tier_max_upload_bytes
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+        {
+            let (tier, bytes) = spec.split_once('=').with_context(|| {
+                format!("--tier-max-upload-bytes {spec:?}: use TIER=BYTES, e.g. guest=10485760")
+            })?;
+            let tier = tier.trim().to_ascii_lowercase();
+            if !matches!(tier.as_str(), "guest" | "member" | "pro") {
+                bail!("--tier-max-upload-bytes {spec:?}: unknown tier; one of guest, member, pro");
+            }
+            let bytes = bytes.trim().parse().with_context(|| {
+                format!("--tier-max-upload-bytes {spec:?}: BYTES must be an integer")
+            })?;
+            limits.insert(tier, bytes);
+        }
+        Ok(limits)
+    }
+
     pub fn api_config(&self, ctx: &Ctx) -> anyhow::Result<ApiConfig> {
         if self.token_ttl == 0 {
             bail!("--token-ttl must be at least 1 second");
@@ -146,6 +177,7 @@ impl ApiArgs {
             cors,
             uploads: UploadConfig {
                 max_bytes: self.max_upload_bytes,
+                max_bytes_by_tier: self.tier_limits()?,
                 quota_bytes: self.upload_quota_bytes,
                 allowed_types: self
                     .upload_types

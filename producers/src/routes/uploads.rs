@@ -133,6 +133,11 @@ pub(crate) async fn direct(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let tier = serde_json::to_value(claims.tier)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let max_bytes = cfg.max_bytes_for(&tier);
     let used = u64::try_from(
         uploads::used_bytes(&state.db, &claims.tenant)
             .await
@@ -149,8 +154,8 @@ pub(crate) async fn direct(
         .to_owned();
     let is_multipart = essence(&content_type_header) == "multipart/form-data";
     if let Some(len) = declared_len {
-        if len > cfg.max_bytes + if is_multipart { 64 * 1024 } else { 0 } {
-            return Err(too_large(cfg.max_bytes));
+        if len > max_bytes + if is_multipart { 64 * 1024 } else { 0 } {
+            return Err(too_large(max_bytes));
         }
         if !is_multipart && len > remaining {
             return Err(quota_exceeded(remaining));
@@ -207,7 +212,15 @@ pub(crate) async fn direct(
         })
         .boxed();
         let (stored, ()) = tokio::join!(
-            store(&state, &claims.tenant, &ct, name, body, remaining),
+            store(
+                &state,
+                &claims.tenant,
+                &ct,
+                name,
+                body,
+                remaining,
+                max_bytes
+            ),
             pump
         );
         return stored;
@@ -230,6 +243,7 @@ pub(crate) async fn direct(
         name,
         body,
         remaining,
+        max_bytes,
     )
     .await
 }
@@ -242,6 +256,7 @@ async fn store(
     raw_name: Option<String>,
     body: ByteStream,
     remaining: u64,
+    max_bytes: u64,
 ) -> Result<Response, ApiError> {
     let cfg = &state.config.uploads;
     // Fused: the sniffing loop may see the end of the body before the upload re-polls it.
@@ -284,7 +299,7 @@ async fn store(
         ));
     }
 
-    let limit_size = cfg.max_bytes;
+    let limit_size = max_bytes;
     let tripped = Arc::new(AtomicU8::new(NOT_TRIPPED));
     let progress = Arc::new(Mutex::new((0u64, Sha256::new())));
     let counted = {
@@ -319,7 +334,7 @@ async fn store(
         // Nothing half-written: put_stream aborts its upload; make sure no object remains.
         let _ = state.objects.delete(&key).await;
         return Err(match tripped.load(Ordering::SeqCst) {
-            TRIPPED_SIZE => too_large(cfg.max_bytes),
+            TRIPPED_SIZE => too_large(max_bytes),
             TRIPPED_QUOTA => quota_exceeded(remaining),
             _ => ApiError::bad_request(
                 "body_read_failed",
