@@ -270,6 +270,12 @@ async fn queue_loop(ctx: LoopCtx) -> u64 {
             permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
             () = ctx.shutdown.cancelled() => break,
         };
+        // Slots come back in bursts (one coalesced ack releases many batches); yielding once
+        // lets the rest of a burst return, so the claim below is one big statement instead of
+        // several small ones — each a write transaction, and on SQLite an fsync.
+        if slots.available_permits() + 1 < usize::from(ctx.settings.max_concurrency) {
+            tokio::task::yield_now().await;
+        }
         let mut permits = vec![first];
         while let Ok(p) = slots.clone().try_acquire_owned() {
             permits.push(p);

@@ -74,7 +74,7 @@ struct QueueArgs {
     #[arg(long, default_value_t = 100_000)]
     jobs: u64,
     /// Batches handled at once (max_concurrency).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 30)]
     concurrency: u16,
     /// Messages per batch (max_batch_size, 1..=100).
     #[arg(long, default_value_t = 100)]
