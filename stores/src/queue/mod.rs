@@ -174,3 +174,29 @@ impl Tx {
         }
     }
 }
+
+/// A dead-letter row as both drivers select it: id, original queue, attempts, last error,
+/// enqueued at (ms), dead at (ms), body (or its first bytes).
+pub(crate) type DeadRow = (
+    i64,
+    Option<String>,
+    i64,
+    Option<String>,
+    i64,
+    Option<i64>,
+    Vec<u8>,
+);
+
+/// A dead-letter row as the contract shows it (the body as a short lossy UTF-8 preview).
+pub(crate) fn dead_message(row: DeadRow) -> cognomega_core::queue::DeadMessage {
+    let (id, original, attempts, error, enqueued_at, dead_at, body) = row;
+    cognomega_core::queue::DeadMessage {
+        id: cognomega_core::queue::MessageId(id),
+        original_queue: original.and_then(|q| QueueName::parse(&q).ok()),
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        error,
+        enqueued_at: UnixMillis(enqueued_at),
+        dead_at: dead_at.map(UnixMillis),
+        body_preview: String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned(),
+    }
+}

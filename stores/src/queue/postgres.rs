@@ -28,8 +28,11 @@ use sqlx::postgres::{PgListener, PgPool};
 use sqlx::{PgConnection, Row};
 use tokio::sync::{oneshot, Notify, OnceCell};
 
-use super::sqlite::{preview, read_histogram, split_exhausted};
-use super::{map_err, now_ms, wait_woken, Wakers, DEFAULT_DEDUP_WINDOW_MS, IDLE_POLL_CAP};
+use super::sqlite::{read_histogram, split_exhausted};
+use super::{
+    dead_message, map_err, now_ms, wait_woken, DeadRow, Wakers, DEFAULT_DEDUP_WINDOW_MS,
+    IDLE_POLL_CAP,
+};
 
 /// The NOTIFY channel; the payload is the queue name.
 const CHANNEL: &str = "cognomega_queue";
@@ -1018,8 +1021,8 @@ impl QueueDriver for PgQueue {
         limit: usize,
     ) -> Result<Vec<DeadMessage>, QueueError> {
         // Only the preview's bytes travel.
-        let rows = sqlx::query(
-            "SELECT id, original_queue, COALESCE(failed_attempts, attempts) AS attempts, last_error,
+        let rows: Vec<DeadRow> = sqlx::query_as(
+            "SELECT id, original_queue, COALESCE(failed_attempts, attempts)::bigint AS attempts, last_error,
                     (extract(epoch FROM enqueued_at) * 1000)::bigint AS enqueued_at,
                     (extract(epoch FROM dead_at) * 1000)::bigint AS dead_at,
                     substring(body FROM 1 FOR 512) AS body
@@ -1030,25 +1033,7 @@ impl QueueDriver for PgQueue {
         .fetch_all(&self.pool)
         .await
         .map_err(map_err)?;
-        rows.into_iter()
-            .map(|row| {
-                let body: Vec<u8> = row.try_get("body").map_err(map_err)?;
-                let original: Option<String> = row.try_get("original_queue").map_err(map_err)?;
-                Ok(DeadMessage {
-                    id: MessageId(row.try_get("id").map_err(map_err)?),
-                    original_queue: original.and_then(|q| QueueName::parse(&q).ok()),
-                    attempts: u32::try_from(row.try_get::<i32, _>("attempts").map_err(map_err)?)
-                        .unwrap_or(0),
-                    error: row.try_get("last_error").map_err(map_err)?,
-                    enqueued_at: UnixMillis(row.try_get("enqueued_at").map_err(map_err)?),
-                    dead_at: row
-                        .try_get::<Option<i64>, _>("dead_at")
-                        .map_err(map_err)?
-                        .map(UnixMillis),
-                    body_preview: preview(&body),
-                })
-            })
-            .collect()
+        Ok(rows.into_iter().map(dead_message).collect())
     }
 
     async fn replay(&self, dlq: &QueueName, ids: Option<&[MessageId]>) -> Result<u64, QueueError> {

@@ -15,7 +15,9 @@ use cognomega_core::queue::{
 use cognomega_core::time::{duration_ms, UnixMillis};
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
-use super::{map_err, now_ms, wait_woken, DEFAULT_DEDUP_WINDOW_MS, IDLE_POLL_CAP};
+use super::{
+    dead_message, map_err, now_ms, wait_woken, DeadRow, DEFAULT_DEDUP_WINDOW_MS, IDLE_POLL_CAP,
+};
 use crate::database::SqliteDb;
 
 /// Rows per multi-row INSERT: a fixed size keeps the prepared-statement cache warm, and stays
@@ -587,7 +589,7 @@ impl QueueDriver for SqliteQueue {
         dlq: &QueueName,
         limit: usize,
     ) -> Result<Vec<DeadMessage>, QueueError> {
-        let rows = sqlx::query(
+        let rows: Vec<DeadRow> = sqlx::query_as(
             "SELECT id, original_queue, COALESCE(failed_attempts, attempts) AS attempts, last_error,
                     enqueued_at, dead_at, body
              FROM queue_messages WHERE queue = ?1 AND state < 2 ORDER BY id LIMIT ?2",
@@ -597,25 +599,7 @@ impl QueueDriver for SqliteQueue {
         .fetch_all(&self.db.read)
         .await
         .map_err(map_err)?;
-        rows.into_iter()
-            .map(|row| {
-                let body: Vec<u8> = row.try_get("body").map_err(map_err)?;
-                let original: Option<String> = row.try_get("original_queue").map_err(map_err)?;
-                Ok(DeadMessage {
-                    id: MessageId(row.try_get("id").map_err(map_err)?),
-                    original_queue: original.and_then(|q| QueueName::parse(&q).ok()),
-                    attempts: u32::try_from(row.try_get::<i64, _>("attempts").map_err(map_err)?)
-                        .unwrap_or(0),
-                    error: row.try_get("last_error").map_err(map_err)?,
-                    enqueued_at: UnixMillis(row.try_get("enqueued_at").map_err(map_err)?),
-                    dead_at: row
-                        .try_get::<Option<i64>, _>("dead_at")
-                        .map_err(map_err)?
-                        .map(UnixMillis),
-                    body_preview: preview(&body),
-                })
-            })
-            .collect()
+        Ok(rows.into_iter().map(dead_message).collect())
     }
 
     async fn replay(&self, dlq: &QueueName, ids: Option<&[MessageId]>) -> Result<u64, QueueError> {
@@ -717,9 +701,4 @@ pub(crate) fn read_histogram(rows: Vec<(i64, i64, i64)>) -> DrainHistogram {
         );
     }
     hist
-}
-
-pub(crate) fn preview(body: &[u8]) -> String {
-    let s = String::from_utf8_lossy(&body[..body.len().min(512)]);
-    s.into_owned()
 }
