@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use cognomega_consumers::scheduler::{Scheduler, SchedulerOptions};
 use cognomega_consumers::{RunningRuntime, RuntimeOptions};
 use cognomega_producers::AppState;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ pub struct Platform {
     shutdown: CancellationToken,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     consumers: Option<RunningRuntime>,
+    scheduler: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Platform {
@@ -65,6 +67,15 @@ impl Platform {
         } else {
             None
         };
+        let shutdown = CancellationToken::new();
+        let scheduler = match (&consumers, &config.schedules) {
+            (Some(_), Some(schedules)) => {
+                let scheduler =
+                    Scheduler::new(db.clone(), schedules.clone(), SchedulerOptions::default());
+                Some(tokio::spawn(scheduler.run(shutdown.clone())))
+            }
+            _ => None,
+        };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| {
@@ -74,7 +85,6 @@ impl Platform {
                 )
             })?;
         let addr = listener.local_addr()?;
-        let shutdown = CancellationToken::new();
         // Pick up key rotations done by other processes (`cognomega keys rotate`).
         let auth = state.auth.clone();
         let reload_stop = shutdown.clone();
@@ -100,6 +110,7 @@ impl Platform {
             shutdown,
             server,
             consumers,
+            scheduler,
         })
     }
 
@@ -130,6 +141,9 @@ impl Platform {
             Err(_) => {
                 tracing::warn!("HTTP requests still running after the grace period; closing anyway")
             }
+        }
+        if let Some(scheduler) = self.scheduler {
+            let _ = scheduler.await;
         }
         if let Some(rt) = self.consumers {
             let report = rt.stop().await;

@@ -80,6 +80,54 @@ pub struct ServeConfig {
     pub api: cognomega_producers::ApiConfig,
     /// The virus scanner, if configured.
     pub clamd: Option<cognomega_stores::clamd::Clamd>,
+    /// Periodic schedules this process may lead (with the consumers); `None` runs no scheduler.
+    pub schedules: Option<Vec<cognomega_core::schedule::Schedule>>,
+}
+
+/// The optional config file (TOML): `--config FILE`, else `DATA_DIR/cognomega.toml` when it
+/// exists. Everything in it has a default.
+///
+/// ```toml
+/// [schedules.etl-export]          # override a built-in schedule
+/// cron = "0 0 * * * *"
+///
+/// [schedules.nightly-probe]       # or add one: cron + queue (+ body)
+/// cron = "0 0 2 * * *"
+/// queue = "probe"
+/// body = { key = "nightly" }
+/// ```
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Overrides of the built-in schedules, and extra schedules.
+    #[serde(default)]
+    pub schedules: std::collections::BTreeMap<String, cognomega_core::schedule::ScheduleOverride>,
+}
+
+impl FileConfig {
+    /// Reads `explicit` (which must exist), else `data_dir/cognomega.toml` if present, else the
+    /// defaults.
+    pub fn load(explicit: Option<&Path>, data_dir: &Path) -> anyhow::Result<Self> {
+        let implicit = data_dir.join("cognomega.toml");
+        let path = match explicit {
+            Some(p) => p.to_path_buf(),
+            None if implicit.is_file() => implicit,
+            None => return Ok(Self::default()),
+        };
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read the config file {}; fix the path given to --config (COGNOMEGA_CONFIG)",
+                path.display()
+            )
+        })?;
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// The built-in schedules with this file's overrides, checked.
+    pub fn schedules(&self) -> anyhow::Result<Vec<cognomega_core::schedule::Schedule>> {
+        cognomega_core::schedule::resolve(&self.schedules)
+            .context("invalid schedule in the config file")
+    }
 }
 
 /// The admin key: the configured one, else the one stored in `data_dir/admin-key`, else a new

@@ -35,6 +35,10 @@ struct Cli {
     #[arg(long, global = true, env = "COGNOMEGA_OBJECTS_URL")]
     objects_url: Option<String>,
 
+    /// Config file (TOML: schedules). Default: DATA_DIR/cognomega.toml when it exists.
+    #[arg(long, global = true, env = "COGNOMEGA_CONFIG")]
+    config: Option<PathBuf>,
+
     /// Log format.
     #[arg(long, global = true, env = "COGNOMEGA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -63,6 +67,8 @@ enum Command {
     Migrate,
     /// Print statistics of every queue.
     Queues(commands::queues::Args),
+    /// List the periodic schedules with their last and next runs, and the current leader.
+    Schedules(commands::schedules::Args),
     /// Inspect and replay dead-letter queues.
     Dlq(commands::dlq::Args),
     /// Delete what retention allows: acked and dead messages, expired idempotency keys.
@@ -105,12 +111,14 @@ fn main() -> ExitCode {
             data_dir: cli.data_dir,
             database_url: cli.database_url,
             objects_url: cli.objects_url,
+            config: cli.config,
         };
         match cli.command {
             Command::Serve(args) => commands::serve::run(ctx, args).await,
             Command::Worker(args) => commands::worker::run(ctx, args).await,
             Command::Migrate => commands::migrate(ctx).await,
             Command::Queues(args) => commands::queues::run(ctx, args).await,
+            Command::Schedules(args) => commands::schedules::run(ctx, args).await,
             Command::Dlq(args) => commands::dlq::run(ctx, args).await,
             Command::Prune => commands::prune(ctx).await,
             Command::Probe(args) => commands::probe::run(ctx, args).await,

@@ -7,7 +7,7 @@ use cognomega_consumers::av_scan::{self, Scanner};
 use cognomega_consumers::jobs::{self, JobRunner};
 use cognomega_consumers::settlement::SettlementWriter;
 use cognomega_consumers::usage_writer::UsageWriter;
-use cognomega_consumers::{probe, settlement, usage_writer, Runtime, RuntimeOptions};
+use cognomega_consumers::{maintenance, probe, settlement, usage_writer, Runtime, RuntimeOptions};
 use cognomega_core::billing::BillingConfig;
 use cognomega_core::billing::UsageKind;
 use cognomega_r2_lifecycle::codec::CodecPolicy;
@@ -31,6 +31,11 @@ pub fn runtime(
         probe::queue(),
         probe::settings(),
         Arc::new(probe::ProbeHandler::new(db.clone())),
+    )?;
+    rt.register(
+        maintenance::queue(),
+        maintenance::settings(),
+        Arc::new(maintenance::Maintenance::new(db.clone())),
     )?;
     rt.register(
         usage_writer::queue(),

@@ -170,7 +170,11 @@ impl JobRunner {
         };
         let mut out = OutgoingMessage::json(&usage).map_err(HandlerError::fatal)?;
         out.options.request_id.clone_from(&job.request_id);
-        let mut tx = self.db.begin().await.map_err(HandlerError::retryable)?;
+        let mut tx = self
+            .db
+            .begin_in_consumer()
+            .await
+            .map_err(HandlerError::retryable)?;
         jobs::succeed(&mut tx, &job.id, &rows, self.credits_per_job)
             .await
             .map_err(HandlerError::retryable)?;

@@ -11,9 +11,11 @@
 mod acker;
 pub mod av_scan;
 pub mod jobs;
+pub mod maintenance;
 mod metrics;
 pub mod probe;
 mod runtime;
+pub mod scheduler;
 pub mod settlement;
 pub mod usage_writer;
 

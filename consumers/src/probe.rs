@@ -81,7 +81,11 @@ impl BatchHandler for ProbeHandler {
         if work > 0 {
             tokio::time::sleep(Duration::from_millis(work)).await;
         }
-        let mut tx = self.db.begin().await.map_err(HandlerError::retryable)?;
+        let mut tx = self
+            .db
+            .begin_in_consumer()
+            .await
+            .map_err(HandlerError::retryable)?;
         for p in &probes {
             let res = match &mut tx {
                 cognomega_stores::Tx::Sqlite { tx, .. } => sqlx::query(

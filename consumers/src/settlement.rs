@@ -1,9 +1,7 @@
 //! `settlement` → one append-only ledger entry per message (unique on the settlement id), the
 //! derived balance updated in the same transaction, then the in-process cache invalidated.
 
-use std::collections::BTreeMap;
-
-use cognomega_core::billing::{SettlementKind, SettlementMessage};
+use cognomega_core::billing::SettlementMessage;
 use cognomega_core::queue::{
     BatchHandler, HandlerError, MessageBatch, MessageId, QueueName, QueueSettings,
 };
@@ -67,23 +65,18 @@ impl BatchHandler for SettlementWriter {
         for (id, why) in garbage {
             batch.fail(id, why);
         }
-        let mut tx = self.db.begin().await.map_err(HandlerError::retryable)?;
-        let applied = billing::append_ledger(&mut tx, &entries)
+        let mut tx = self
+            .db
+            .begin_in_consumer()
             .await
             .map_err(HandlerError::retryable)?;
-        let mut deltas: BTreeMap<String, i64> = BTreeMap::new();
-        let mut adjustments = Vec::new();
-        for e in &applied {
-            *deltas.entry(e.tenant_id.clone()).or_default() += e.delta;
-            if e.kind == SettlementKind::Adjustment {
-                if let Some(id) = e.reference.as_deref() {
-                    adjustments.push(id);
-                }
-            }
-        }
-        let balances = billing::apply_balance_deltas(&mut tx, &deltas, self.guest_floor)
+        let applied = billing::append_and_sum(&mut tx, &entries)
             .await
             .map_err(HandlerError::retryable)?;
+        let balances = billing::apply_balance_deltas(&mut tx, &applied.deltas, self.guest_floor)
+            .await
+            .map_err(HandlerError::retryable)?;
+        let adjustments: Vec<&str> = applied.adjustments.iter().map(String::as_str).collect();
         billing::mark_adjustments_applied(&mut tx, &adjustments)
             .await
             .map_err(HandlerError::retryable)?;

@@ -1,11 +1,9 @@
 //! `usage` → `usage_events` rows, then one `settlement` message per newly inserted event, all in
 //! one transaction. A redelivered message finds its events' keys and changes nothing.
 
-use cognomega_core::billing::{
-    PriceTable, SettlementKind, SettlementMessage, UsageBatchMessage, UsageEvent,
-};
+use cognomega_core::billing::{PriceTable, UsageBatchMessage};
 use cognomega_core::queue::{
-    BatchHandler, HandlerError, MessageBatch, MessageId, OutgoingMessage, QueueName, QueueSettings,
+    BatchHandler, HandlerError, MessageBatch, MessageId, QueueName, QueueSettings,
 };
 use cognomega_stores::{billing, Database};
 
@@ -61,41 +59,27 @@ impl BatchHandler for UsageWriter {
         for (id, why) in garbage {
             batch.fail(id, why);
         }
-        let mut tx = self.db.begin().await.map_err(HandlerError::retryable)?;
-        let mut settlements = Vec::new();
-        for (body, request_id) in &parsed {
-            let priced: Vec<(UsageEvent, i64)> = body
-                .events
-                .iter()
-                .map(|e| (e.clone(), self.prices.charge(e.kind, e.quantity)))
-                .collect();
-            let new = billing::insert_usage(
-                &mut tx,
-                &body.tenant_id,
-                &priced,
-                body.received_at_ms,
-                request_id.as_deref(),
-            )
+        let items: Vec<billing::UsageInsert<'_>> = parsed
+            .iter()
+            .map(|(body, request_id)| billing::UsageInsert {
+                tenant_id: &body.tenant_id,
+                events: body
+                    .events
+                    .iter()
+                    .map(|e| (e.clone(), self.prices.charge(e.kind, e.quantity)))
+                    .collect(),
+                received_at_ms: body.received_at_ms,
+                request_id: request_id.as_deref(),
+            })
+            .collect();
+        let mut tx = self
+            .db
+            .begin_in_consumer()
             .await
             .map_err(HandlerError::retryable)?;
-            for usage in new.into_iter().filter(|u| u.credits != 0) {
-                let msg = SettlementMessage {
-                    id: format!("usage-{}", usage.seq),
-                    tenant_id: body.tenant_id.clone(),
-                    delta: -usage.credits,
-                    kind: SettlementKind::Usage,
-                    reference: Some(usage.idempotency_key),
-                };
-                let mut out = OutgoingMessage::json(&msg).map_err(HandlerError::fatal)?;
-                out.options.request_id.clone_from(request_id);
-                settlements.push(out);
-            }
-        }
-        if !settlements.is_empty() {
-            tx.send_batch(&crate::settlement::queue(), settlements)
-                .await
-                .map_err(HandlerError::retryable)?;
-        }
+        billing::record_usage(&mut tx, &items, &crate::settlement::queue())
+            .await
+            .map_err(HandlerError::retryable)?;
         tx.commit().await.map_err(HandlerError::retryable)?;
         Ok(())
     }

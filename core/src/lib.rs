@@ -11,4 +11,5 @@ pub mod auth;
 pub mod billing;
 pub mod files;
 pub mod queue;
+pub mod schedule;
 pub mod time;

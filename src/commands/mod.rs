@@ -5,6 +5,7 @@ pub mod dlq;
 pub mod keys;
 pub mod probe;
 pub mod queues;
+pub mod schedules;
 pub mod serve;
 pub mod settings;
 pub mod worker;
@@ -22,6 +23,7 @@ pub struct Ctx {
     pub data_dir: PathBuf,
     pub database_url: Option<String>,
     pub objects_url: Option<String>,
+    pub config: Option<PathBuf>,
 }
 
 impl Ctx {
@@ -31,6 +33,11 @@ impl Ctx {
             self.database_url.as_deref(),
             self.objects_url.as_deref(),
         )
+    }
+
+    /// The config file (or the defaults).
+    pub fn file_config(&self) -> anyhow::Result<cognomega::config::FileConfig> {
+        cognomega::config::FileConfig::load(self.config.as_deref(), &self.data_dir)
     }
 
     /// Opens and migrates the configured database.

@@ -19,6 +19,11 @@ pub struct Args {
     #[arg(long, env = "COGNOMEGA_NO_CONSUMERS")]
     no_consumers: bool,
 
+    /// Run no periodic schedules in this process (they run where consumers run; one process
+    /// leads at a time).
+    #[arg(long, env = "COGNOMEGA_NO_SCHEDULES")]
+    no_schedules: bool,
+
     #[command(flatten)]
     api: super::settings::ApiArgs,
 
@@ -37,6 +42,11 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<()> {
         consumers: !args.no_consumers,
         api,
         clamd: args.api.clamd()?,
+        schedules: if args.no_schedules {
+            None
+        } else {
+            Some(ctx.file_config()?.schedules()?)
+        },
     };
     let options = RuntimeOptions {
         shutdown_grace: grace,

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use cognomega_consumers::scheduler::{Scheduler, SchedulerOptions};
 use cognomega_consumers::RuntimeOptions;
 
 use super::{shutdown_signal, Ctx};
@@ -12,6 +13,11 @@ pub struct Args {
     #[arg(long, env = "COGNOMEGA_SHUTDOWN_GRACE", default_value_t = 30)]
     shutdown_grace: u64,
 
+    /// Run no periodic schedules in this process (one process among all that run them leads
+    /// at a time; the others stand by).
+    #[arg(long, env = "COGNOMEGA_NO_SCHEDULES")]
+    no_schedules: bool,
+
     #[command(flatten)]
     api: super::settings::ApiArgs,
 
@@ -21,6 +27,11 @@ pub struct Args {
 }
 
 pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<()> {
+    let schedules = if args.no_schedules {
+        None
+    } else {
+        Some(ctx.file_config()?.schedules()?)
+    };
     let db = ctx.open().await?;
     let options = RuntimeOptions {
         poll_interval: Duration::from_millis(args.poll_interval_ms.max(1)),
@@ -38,7 +49,19 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<()> {
     )?;
     let running = rt.start().await?;
     tracing::info!(backend = db.backend(), queues = ?running.queues(), "worker consuming");
-    shutdown_signal().cancelled().await;
+    let shutdown = shutdown_signal();
+    let scheduler = schedules.map(|s| {
+        let scheduler = Scheduler::new(db.clone(), s, SchedulerOptions::default());
+        tracing::info!(
+            holder = scheduler.holder(),
+            "scheduler standing by for the leader lease"
+        );
+        tokio::spawn(scheduler.run(shutdown.clone()))
+    });
+    shutdown.cancelled().await;
+    if let Some(scheduler) = scheduler {
+        let _ = scheduler.await;
+    }
     let report = running.stop().await;
     if report.released_batches > 0 {
         tracing::warn!(

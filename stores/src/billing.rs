@@ -198,6 +198,120 @@ pub async fn insert_usage(
     Ok(inserted)
 }
 
+/// One accepted `POST /usage` request, priced: what the usage-writer records.
+#[derive(Debug, Clone)]
+pub struct UsageInsert<'a> {
+    /// Whose events.
+    pub tenant_id: &'a str,
+    /// Each event with its price in credits.
+    pub events: Vec<(UsageEvent, i64)>,
+    /// Receipt time (the default `occurred_at`).
+    pub received_at_ms: i64,
+    /// The request that produced it.
+    pub request_id: Option<&'a str>,
+}
+
+/// Records usage and, in the same transaction, enqueues one `settlement` message
+/// (`{"id":"usage-{seq}", …, "kind":"usage"}`) per newly inserted event that costs something.
+/// Keys the tenant already used are skipped. Returns how many events were new.
+///
+/// On SQLite the settlement messages are built by one `INSERT … SELECT` over the rows this
+/// transaction inserted (the writer is exclusive, so they are exactly the rows past the
+/// watermark taken first): no row travels back to the process, which halves the work per event.
+pub async fn record_usage(
+    tx: &mut Tx,
+    items: &[UsageInsert<'_>],
+    settlement_queue: &cognomega_core::queue::QueueName,
+) -> Result<u64, StoreError> {
+    if let Tx::Sqlite { tx: conn, wake, .. } = tx {
+        let before: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM usage_events")
+            .fetch_one(&mut **conn)
+            .await?;
+        for item in items {
+            for chunk in item.events.chunks(500) {
+                let mut qb: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(
+                    "INSERT INTO usage_events (tenant_id, idempotency_key, kind, quantity, credits, occurred_at, received_at, meta, request_id) ",
+                );
+                qb.push_values(chunk, |mut b, (e, credits)| {
+                    b.push_bind(item.tenant_id)
+                        .push_bind(e.idempotency_key.as_str())
+                        .push_bind(e.kind.as_str())
+                        .push_bind(i64::try_from(e.quantity).unwrap_or(i64::MAX))
+                        .push_bind(*credits)
+                        .push_bind(
+                            e.occurred_at
+                                .map_or(item.received_at_ms, |t| t.timestamp_millis()),
+                        )
+                        .push_bind(item.received_at_ms)
+                        .push_bind(received_meta(e))
+                        .push_bind(item.request_id);
+                });
+                qb.push(" ON CONFLICT (tenant_id, idempotency_key) DO NOTHING");
+                qb.build().execute(&mut **conn).await?;
+            }
+        }
+        let now = now_ms().0;
+        let new: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage_events WHERE seq > ?1")
+            .bind(before)
+            .fetch_one(&mut **conn)
+            .await?;
+        let sent = sqlx::query(
+            "INSERT INTO queue_messages (queue, body, content_type, request_id, enqueued_at, visible_at)
+             SELECT ?1,
+                    CAST(json_object('id', 'usage-' || seq, 'tenant_id', tenant_id, 'delta', -credits,
+                                     'kind', 'usage', 'reference', idempotency_key) AS BLOB),
+                    'application/json', request_id, ?2, ?2
+             FROM usage_events WHERE seq > ?3 AND credits <> 0 ORDER BY seq",
+        )
+        .bind(settlement_queue.as_str())
+        .bind(now)
+        .bind(before)
+        .execute(&mut **conn)
+        .await?
+        .rows_affected();
+        if sent > 0 && !wake.contains(settlement_queue) {
+            wake.push(settlement_queue.clone());
+        }
+        return Ok(u64::try_from(new).unwrap_or(0));
+    }
+    let mut new_events = 0;
+    let mut settlements = Vec::new();
+    for item in items {
+        let new = insert_usage(
+            tx,
+            item.tenant_id,
+            &item.events,
+            item.received_at_ms,
+            item.request_id,
+        )
+        .await?;
+        new_events += new.len() as u64;
+        for usage in new.into_iter().filter(|u| u.credits != 0) {
+            let msg = SettlementMessage {
+                id: format!("usage-{}", usage.seq),
+                tenant_id: item.tenant_id.to_owned(),
+                delta: -usage.credits,
+                kind: cognomega_core::billing::SettlementKind::Usage,
+                reference: Some(usage.idempotency_key),
+            };
+            let mut out = cognomega_core::queue::OutgoingMessage::json(&msg)
+                .map_err(|e| cognomega_core::queue::QueueError::Invalid(e.to_string()))?;
+            out.options.request_id = item.request_id.map(str::to_owned);
+            settlements.push(out);
+        }
+    }
+    if !settlements.is_empty() {
+        tx.send_batch(settlement_queue, settlements).await?;
+    }
+    Ok(new_events)
+}
+
+fn received_meta(e: &UsageEvent) -> Option<String> {
+    e.meta
+        .as_ref()
+        .map(|m| serde_json::Value::Object(m.clone()).to_string())
+}
+
 fn new_usage<R: Row>(row: &R) -> Result<NewUsage, sqlx::Error>
 where
     usize: sqlx::ColumnIndex<R>,
@@ -256,6 +370,86 @@ pub async fn append_ledger<'a>(
         .iter()
         .filter(|e| applied_ids.remove(&e.id))
         .collect())
+}
+
+/// What a batch of settlements changed: the summed delta per tenant and the adjustments
+/// applied, counting only entries appended now (ids already in the ledger change nothing).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Summed delta per tenant.
+    pub deltas: BTreeMap<String, i64>,
+    /// Adjustment ids (the entries' `reference`) applied now.
+    pub adjustments: Vec<String>,
+    /// Entries appended now.
+    pub entries: u64,
+}
+
+/// Appends ledger entries (skipping ids already present) and sums what was appended.
+///
+/// On SQLite the sums come from one aggregate over the rows this transaction appended (the
+/// writer is exclusive, so they are the rows past the watermark taken first) instead of one
+/// returned row per entry.
+pub async fn append_and_sum(
+    tx: &mut Tx,
+    entries: &[SettlementMessage],
+) -> Result<Applied, StoreError> {
+    let mut out = Applied::default();
+    if let Tx::Sqlite { tx: conn, .. } = tx {
+        let before: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM ledger_entries")
+            .fetch_one(&mut **conn)
+            .await?;
+        let now = now_ms().0;
+        for chunk in entries.chunks(500) {
+            let mut qb: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(
+                "INSERT INTO ledger_entries (id, tenant_id, delta, kind, ref, created_at) ",
+            );
+            qb.push_values(chunk, |mut b, e| {
+                b.push_bind(&e.id)
+                    .push_bind(&e.tenant_id)
+                    .push_bind(e.delta)
+                    .push_bind(e.kind.as_str())
+                    .push_bind(e.reference.as_deref())
+                    .push_bind(now);
+            });
+            qb.push(" ON CONFLICT (id) DO NOTHING");
+            qb.build().execute(&mut **conn).await?;
+        }
+        let sums: Vec<(String, i64, i64)> = sqlx::query_as(
+            // NOT INDEXED: without it the planner walks the whole (tenant, seq) index to
+            // group, instead of the few rows past the watermark.
+            "SELECT tenant_id, SUM(delta), COUNT(*) FROM ledger_entries NOT INDEXED
+             WHERE seq > ?1 GROUP BY tenant_id",
+        )
+        .bind(before)
+        .fetch_all(&mut **conn)
+        .await?;
+        for (tenant, delta, n) in sums {
+            out.entries += u64::try_from(n).unwrap_or(0);
+            out.deltas.insert(tenant, delta);
+        }
+        if entries
+            .iter()
+            .any(|e| e.kind == cognomega_core::billing::SettlementKind::Adjustment)
+        {
+            out.adjustments = sqlx::query_scalar(
+                "SELECT ref FROM ledger_entries WHERE seq > ?1 AND kind = 'adjustment' AND ref IS NOT NULL",
+            )
+            .bind(before)
+            .fetch_all(&mut **conn)
+            .await?;
+        }
+        return Ok(out);
+    }
+    for e in append_ledger(tx, entries).await? {
+        out.entries += 1;
+        *out.deltas.entry(e.tenant_id.clone()).or_default() += e.delta;
+        if e.kind == cognomega_core::billing::SettlementKind::Adjustment {
+            if let Some(id) = &e.reference {
+                out.adjustments.push(id.clone());
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Adds per-tenant deltas to the derived balances and (un)flags guests whose balance is below

@@ -10,7 +10,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use crate::queue::{PgQueue, PgShared, SqliteQueue, Tx, Wakers};
+use crate::queue::{PgQueue, PgShared, SendGroup, SqliteQueue, Tx, Wakers};
 
 /// Errors opening or migrating a store.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +36,10 @@ pub enum StoreError {
     #[error(transparent)]
     Queue(#[from] cognomega_core::queue::QueueError),
 }
+
+/// Opens a SQLite write transaction that commits without an fsync; see
+/// [`Database::begin_in_consumer`]. The write pool resets `synchronous = FULL` on release.
+pub(crate) const RELAXED_BEGIN: &str = "PRAGMA synchronous = NORMAL; BEGIN";
 
 /// A database URL whose `Debug`/`Display` never shows the password.
 #[derive(Clone, PartialEq, Eq)]
@@ -128,6 +132,8 @@ pub struct SqliteDb {
     /// Read-only connections.
     pub read: SqlitePool,
     pub(crate) wakers: Arc<Wakers>,
+    /// Concurrent plain sends waiting to share one commit.
+    pub(crate) sends: Arc<SendGroup>,
 }
 
 impl Database {
@@ -161,6 +167,13 @@ impl Database {
             .pragma("temp_store", "memory")
             .pragma("cache_size", "-32768");
         let write = SqlitePoolOptions::new()
+            // Every writer goes back to the pool durable, whatever the last holder relaxed.
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    sqlx::Executor::execute(&mut *conn, "PRAGMA synchronous = FULL").await?;
+                    Ok(true)
+                })
+            })
             .max_connections(1)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(60))
@@ -179,6 +192,7 @@ impl Database {
             write,
             read,
             wakers: Arc::new(Wakers::default()),
+            sends: Arc::new(SendGroup::default()),
         }))
     }
 
@@ -213,6 +227,25 @@ impl Database {
             Self::Sqlite(db) => Arc::new(SqliteQueue::new(db.clone())),
             Self::Postgres(db) => Arc::new(PgQueue::with_shared(db.pool.clone(), db.queue.clone())),
         }
+    }
+
+    /// Begins a transaction for a consumer: work done on behalf of a queue message, which a
+    /// machine crash that loses it simply redoes, because the message is then redelivered.
+    ///
+    /// On SQLite it commits without waiting for the disk (`synchronous = NORMAL`). That is safe
+    /// because the write-ahead log keeps commit order: a power loss can only drop a suffix of
+    /// commits, so a lost consumer commit takes every later commit (its ack included) with it
+    /// and the message comes back; and the next durable commit (every producer's: whatever
+    /// answered a client) makes all earlier ones durable too. On PostgreSQL it is [`Self::begin`].
+    pub async fn begin_in_consumer(&self) -> Result<Tx, StoreError> {
+        Ok(match self {
+            Self::Sqlite(db) => Tx::Sqlite {
+                tx: db.write.begin_with(RELAXED_BEGIN).await?,
+                wake: Vec::new(),
+                wakers: db.wakers.clone(),
+            },
+            Self::Postgres(_) => return self.begin().await,
+        })
     }
 
     /// Begins a transaction in which business writes and queue sends commit together.

@@ -14,6 +14,7 @@ pub mod keys;
 pub mod kv;
 pub mod objects;
 pub mod queue;
+pub mod schedules;
 pub mod uploads;
 
 pub use database::{Database, DatabaseUrl, StoreError};

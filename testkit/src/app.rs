@@ -69,6 +69,7 @@ impl TestApp {
             consumers,
             api,
             clamd,
+            schedules: None,
         };
         let options = RuntimeOptions {
             poll_interval: Duration::from_millis(50),

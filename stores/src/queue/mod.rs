@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 
 pub use postgres::PgQueue;
 pub(crate) use postgres::PgShared;
-pub use sqlite::SqliteQueue;
+pub use sqlite::{SendGroup, SqliteQueue};
 
 /// Default dedup window when a queue was never declared (24 h, as in `QueueSettings`).
 pub(crate) const DEFAULT_DEDUP_WINDOW_MS: i64 = 24 * 3600 * 1000;

@@ -13,12 +13,13 @@ use cognomega_core::queue::{
     SettleReport, Settlement,
 };
 use cognomega_core::time::{duration_ms, UnixMillis};
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use sqlx::{Acquire as _, QueryBuilder, Row, Sqlite, SqliteConnection};
+use tokio::sync::oneshot;
 
 use super::{
     dead_message, map_err, now_ms, wait_woken, DeadRow, DEFAULT_DEDUP_WINDOW_MS, IDLE_POLL_CAP,
 };
-use crate::database::SqliteDb;
+use crate::database::{SqliteDb, RELAXED_BEGIN};
 
 /// Rows per multi-row INSERT: a fixed size keeps the prepared-statement cache warm, and stays
 /// far below SQLite's 32,766 bound parameters.
@@ -36,6 +37,151 @@ impl SqliteQueue {
     pub fn new(db: SqliteDb) -> Self {
         Self { db }
     }
+}
+
+/// Group commit for plain sends. With `synchronous = FULL` every commit is an fsync and the one
+/// writer connection serializes them, so concurrent producers (every `POST /usage`) would each
+/// pay a whole commit. A sender queues its batch; the first one to find no commit in progress
+/// spawns one, which takes the writer, drains everything queued by then into one transaction (a
+/// savepoint per sender, so one sender's failure stays its own) and answers every sender only
+/// after the commit is durable. The commit runs in its own task, so a sender that goes away (a
+/// client hanging up) cannot strand the others.
+#[derive(Default)]
+pub struct SendGroup {
+    state: std::sync::Mutex<GroupState>,
+}
+
+impl std::fmt::Debug for SendGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.lock();
+        f.debug_struct("SendGroup")
+            .field("pending", &state.pending.len())
+            .field("committing", &state.committing)
+            .finish()
+    }
+}
+
+#[derive(Default)]
+struct GroupState {
+    pending: Vec<PendingSend>,
+    committing: bool,
+}
+
+struct PendingSend {
+    queue: QueueName,
+    messages: Vec<OutgoingMessage>,
+    reply: oneshot::Sender<Result<Vec<SendReceipt>, QueueError>>,
+}
+
+impl SendGroup {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GroupState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Resets `committing` if the commit task ends abnormally, so the next sender starts another.
+struct CommitGuard(SqliteDb);
+
+impl Drop for CommitGuard {
+    fn drop(&mut self) {
+        let mut state = self.0.sends.lock();
+        if state.committing {
+            state.committing = false;
+            // Senders still queued get an error rather than waiting forever.
+            state.pending.clear();
+        }
+    }
+}
+
+/// Commits queued sends, group after group, until none are left.
+async fn commit_sends(db: SqliteDb) {
+    let guard = CommitGuard(db.clone());
+    loop {
+        // Waiting for the writer is what lets a group form.
+        let conn = db.write.acquire().await;
+        let group = {
+            let mut state = db.sends.lock();
+            if state.pending.is_empty() {
+                state.committing = false;
+                break;
+            }
+            std::mem::take(&mut state.pending)
+        };
+        let mut replies = Vec::with_capacity(group.len());
+        let outcome = match conn {
+            Ok(mut conn) => commit_group(&mut conn, group, &mut replies).await,
+            Err(e) => {
+                replies.extend(
+                    group
+                        .into_iter()
+                        .map(|p| (p.queue, p.reply, Ok(Vec::new()))),
+                );
+                Err(map_err(e))
+            }
+        };
+        for (queue, reply, result) in replies {
+            let result = match (&outcome, result) {
+                (Err(e), _) => Err(e.clone()),
+                (Ok(()), r) => r,
+            };
+            if result.is_ok() {
+                db.wakers.wake(queue.as_str());
+            }
+            let _ = reply.send(result);
+        }
+    }
+    drop(guard);
+}
+
+type Reply = (
+    QueueName,
+    oneshot::Sender<Result<Vec<SendReceipt>, QueueError>>,
+    Result<Vec<SendReceipt>, QueueError>,
+);
+
+/// One transaction for the whole group; `replies` gets each sender's own result, which stands
+/// only if the returned commit succeeds.
+async fn commit_group(
+    conn: &mut SqliteConnection,
+    group: Vec<PendingSend>,
+    replies: &mut Vec<Reply>,
+) -> Result<(), QueueError> {
+    let mut group = group.into_iter();
+    // Producers answer clients once this commits: it must reach the disk. (The pool resets
+    // this on release too; said here so the promise is visible where it is made.)
+    if let Err(e) = sqlx::Executor::execute(&mut *conn, "PRAGMA synchronous = FULL").await {
+        replies.extend(group.map(|p| (p.queue, p.reply, Ok(Vec::new()))));
+        return Err(map_err(e));
+    }
+    let mut tx = match conn.begin().await {
+        Ok(tx) => tx,
+        Err(e) => {
+            replies.extend(group.map(|p| (p.queue, p.reply, Ok(Vec::new()))));
+            return Err(map_err(e));
+        }
+    };
+    let now = now_ms();
+    while let Some(p) = group.next() {
+        let result = match tx.begin().await {
+            Ok(mut sp) => match send_batch(&mut sp, &p.queue, p.messages, now).await {
+                Ok(receipts) => sp.commit().await.map(|()| receipts).map_err(map_err),
+                Err(e) => {
+                    // Rolling back the savepoint undoes this sender's rows only.
+                    let _ = sp.rollback().await;
+                    Err(e)
+                }
+            },
+            Err(e) => {
+                replies.push((p.queue, p.reply, Ok(Vec::new())));
+                replies.extend(group.map(|p| (p.queue, p.reply, Ok(Vec::new()))));
+                return Err(map_err(e));
+            }
+        };
+        replies.push((p.queue, p.reply, result));
+    }
+    tx.commit().await.map_err(map_err)
 }
 
 fn ids_json(ids: impl IntoIterator<Item = MessageId>) -> String {
@@ -377,11 +523,22 @@ impl QueueDriver for SqliteQueue {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.db.write.begin().await.map_err(map_err)?;
-        let receipts = send_batch(&mut tx, queue, messages, now_ms()).await?;
-        tx.commit().await.map_err(map_err)?;
-        self.db.wakers.wake(queue.as_str());
-        Ok(receipts)
+        let (reply, receipts) = oneshot::channel();
+        let lead = {
+            let mut state = self.db.sends.lock();
+            state.pending.push(PendingSend {
+                queue: queue.clone(),
+                messages,
+                reply,
+            });
+            !std::mem::replace(&mut state.committing, true)
+        };
+        if lead {
+            tokio::spawn(commit_sends(self.db.clone()));
+        }
+        receipts
+            .await
+            .map_err(|_| QueueError::Backend("the group commit went away".into()))?
     }
 
     async fn claim(
@@ -392,7 +549,13 @@ impl QueueDriver for SqliteQueue {
     ) -> Result<Claim, QueueError> {
         let now = now_ms();
         let lease_until = now.plus(settings.lease);
-        let mut tx = self.db.write.begin().await.map_err(map_err)?;
+        // Consumer-side: lost in a machine crash, it is redone (see `Database::begin_in_consumer`).
+        let mut tx = self
+            .db
+            .write
+            .begin_with(RELAXED_BEGIN)
+            .await
+            .map_err(map_err)?;
         // No sequences in SQLite: the token is the counter's next value, taken in the same write
         // transaction. The counter is bumped only when something was claimed, so an idle poll
         // writes nothing and costs no fsync.
@@ -500,7 +663,13 @@ impl QueueDriver for SqliteQueue {
         if items.is_empty() {
             return Ok(SettleReport::default());
         }
-        let mut tx = self.db.write.begin().await.map_err(map_err)?;
+        // Consumer-side: lost in a machine crash, it is redone (see `Database::begin_in_consumer`).
+        let mut tx = self
+            .db
+            .write
+            .begin_with(RELAXED_BEGIN)
+            .await
+            .map_err(map_err)?;
         let (report, wake) = settle_in(&mut tx, queue, settings, items, now_ms()).await?;
         tx.commit().await.map_err(map_err)?;
         for q in &wake {

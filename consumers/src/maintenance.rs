@@ -1,0 +1,88 @@
+//! The `maintenance` queue: housekeeping tasks a schedule enqueues (retention pruning). Each
+//! task is idempotent: pruning twice deletes nothing the first run left.
+
+use cognomega_core::queue::{BatchHandler, HandlerError, MessageBatch, QueueName, QueueSettings};
+use cognomega_stores::Database;
+use serde::{Deserialize, Serialize};
+
+/// The queue name.
+pub const QUEUE: &str = "maintenance";
+
+/// A maintenance task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "task", rename_all = "snake_case")]
+pub enum Task {
+    /// Delete what retention allows: acked and dead messages past retention, expired
+    /// idempotency keys (what `cognomega prune` does).
+    Prune,
+}
+
+/// The queue.
+#[must_use]
+pub fn queue() -> QueueName {
+    QueueName::parse(QUEUE).unwrap_or_else(|_| unreachable!("valid queue name"))
+}
+
+/// Settings: one task at a time, a few retries.
+#[must_use]
+pub fn settings() -> QueueSettings {
+    QueueSettings {
+        max_batch_size: 1,
+        max_concurrency: 1,
+        max_retries: 5,
+        dead_letter_queue: Some(
+            QueueName::parse("maintenance.dlq").unwrap_or_else(|_| unreachable!("valid")),
+        ),
+        ..QueueSettings::default()
+    }
+}
+
+/// The handler.
+#[derive(Debug, Clone)]
+pub struct Maintenance {
+    db: Database,
+}
+
+impl Maintenance {
+    /// A handler over `db`.
+    #[must_use]
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+}
+
+#[async_trait::async_trait]
+impl BatchHandler for Maintenance {
+    async fn handle(&self, batch: &mut MessageBatch) -> Result<(), HandlerError> {
+        let mut tasks = Vec::new();
+        let mut garbage = Vec::new();
+        for msg in batch.messages() {
+            match msg.json::<Task>() {
+                Ok(t) => tasks.push(t),
+                Err(e) => garbage.push((msg.id, format!("not a maintenance task: {e}"))),
+            }
+        }
+        for (id, why) in garbage {
+            batch.fail(id, why);
+        }
+        for task in tasks {
+            match task {
+                Task::Prune => {
+                    let report = self
+                        .db
+                        .queue()
+                        .prune()
+                        .await
+                        .map_err(HandlerError::retryable)?;
+                    tracing::info!(
+                        acked = report.acked,
+                        dead = report.dead,
+                        dedup_keys = report.dedup_keys,
+                        "retention pruning done"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}

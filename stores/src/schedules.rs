@@ -1,0 +1,272 @@
+//! Schedule state: the leader lease (one row with a TTL) and the ticks already enqueued.
+//!
+//! Correctness does not rest on the lease: a tick is enqueued in the same transaction that
+//! inserts its `(schedule, tick_at)` row, so two processes that both believe they lead (a
+//! paused leader waking after its lease expired, clocks apart) still enqueue each tick once.
+//! The lease only keeps the work (and the log lines) on one process, and lets a standby take
+//! over within one TTL when the leader dies.
+//!
+//! Times are Unix milliseconds from the caller's clock in both dialects.
+
+use std::collections::BTreeMap;
+
+use cognomega_core::queue::{IdempotencyKey, MessageId, OutgoingMessage, QueueError, QueueName};
+use cognomega_core::time::UnixMillis;
+
+use crate::{Database, StoreError};
+
+/// The current lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leader {
+    /// Who holds it (`host:pid:uuid`).
+    pub holder: String,
+    /// Incremented every time the lease changes hands.
+    pub term: i64,
+    /// When it lapses unless renewed.
+    pub expires_at: UnixMillis,
+}
+
+/// The last tick of a schedule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastTick {
+    /// The tick's scheduled time.
+    pub tick_at: UnixMillis,
+    /// When it was enqueued.
+    pub enqueued_at: UnixMillis,
+    /// The message it produced.
+    pub message_id: Option<MessageId>,
+    /// The process that enqueued it.
+    pub enqueued_by: String,
+}
+
+/// Takes or renews the lease for `holder` until `now + ttl_ms`. Returns the lease when
+/// `holder` leads afterwards, `None` when someone else holds an unexpired lease.
+pub async fn acquire_lease(
+    db: &Database,
+    holder: &str,
+    now: UnixMillis,
+    ttl_ms: i64,
+) -> Result<Option<Leader>, StoreError> {
+    let expires = now.0.saturating_add(ttl_ms);
+    // The conflict branch applies only while the lease is ours or has lapsed; otherwise the
+    // statement changes nothing and returns no row.
+    let row: Option<(String, i64, i64)> =
+        match db {
+            Database::Sqlite(s) => sqlx::query_as(
+                "INSERT INTO schedule_leader (id, holder, term, expires_at) VALUES (1, ?1, 1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET
+                     term = CASE WHEN schedule_leader.holder = excluded.holder
+                                 THEN schedule_leader.term ELSE schedule_leader.term + 1 END,
+                     holder = excluded.holder,
+                     expires_at = excluded.expires_at
+                 WHERE schedule_leader.holder = excluded.holder OR schedule_leader.expires_at <= ?3
+                 RETURNING holder, term, expires_at",
+            )
+            .bind(holder)
+            .bind(expires)
+            .bind(now.0)
+            .fetch_optional(&s.write)
+            .await?,
+            Database::Postgres(pg) => sqlx::query_as(
+                "INSERT INTO schedule_leader (id, holder, term, expires_at) VALUES (1, $1, 1, $2)
+                 ON CONFLICT (id) DO UPDATE SET
+                     term = CASE WHEN schedule_leader.holder = EXCLUDED.holder
+                                 THEN schedule_leader.term ELSE schedule_leader.term + 1 END,
+                     holder = EXCLUDED.holder,
+                     expires_at = EXCLUDED.expires_at
+                 WHERE schedule_leader.holder = EXCLUDED.holder OR schedule_leader.expires_at <= $3
+                 RETURNING holder, term, expires_at",
+            )
+            .bind(holder)
+            .bind(expires)
+            .bind(now.0)
+            .fetch_optional(&pg.pool)
+            .await?,
+        };
+    Ok(row.map(|(holder, term, expires_at)| Leader {
+        holder,
+        term,
+        expires_at: UnixMillis(expires_at),
+    }))
+}
+
+/// Gives the lease up (on shutdown) so a standby takes over at once instead of after the TTL.
+pub async fn release_lease(db: &Database, holder: &str) -> Result<(), StoreError> {
+    match db {
+        Database::Sqlite(s) => {
+            sqlx::query("UPDATE schedule_leader SET expires_at = 0 WHERE holder = ?1")
+                .bind(holder)
+                .execute(&s.write)
+                .await?;
+        }
+        Database::Postgres(pg) => {
+            sqlx::query("UPDATE schedule_leader SET expires_at = 0 WHERE holder = $1")
+                .bind(holder)
+                .execute(&pg.pool)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The lease as stored (possibly expired).
+pub async fn leader(db: &Database) -> Result<Option<Leader>, StoreError> {
+    let row: Option<(String, i64, i64)> = match db {
+        Database::Sqlite(s) => {
+            sqlx::query_as("SELECT holder, term, expires_at FROM schedule_leader WHERE id = 1")
+                .fetch_optional(&s.read)
+                .await?
+        }
+        Database::Postgres(pg) => {
+            sqlx::query_as("SELECT holder, term, expires_at FROM schedule_leader WHERE id = 1")
+                .fetch_optional(&pg.pool)
+                .await?
+        }
+    };
+    Ok(row.map(|(holder, term, expires_at)| Leader {
+        holder,
+        term,
+        expires_at: UnixMillis(expires_at),
+    }))
+}
+
+/// The latest enqueued tick of every schedule that has one.
+pub async fn last_ticks(db: &Database) -> Result<BTreeMap<String, LastTick>, StoreError> {
+    const SQL: &str = "SELECT t.schedule, t.tick_at, t.enqueued_at, t.message_id, t.enqueued_by
+         FROM schedule_ticks t
+         JOIN (SELECT schedule, MAX(tick_at) AS tick_at FROM schedule_ticks GROUP BY schedule) m
+           ON m.schedule = t.schedule AND m.tick_at = t.tick_at";
+    let rows: Vec<(String, i64, i64, Option<i64>, String)> = match db {
+        Database::Sqlite(s) => sqlx::query_as(SQL).fetch_all(&s.read).await?,
+        Database::Postgres(pg) => sqlx::query_as(SQL).fetch_all(&pg.pool).await?,
+    };
+    Ok(rows
+        .into_iter()
+        .map(|(name, tick, at, id, by)| {
+            (
+                name,
+                LastTick {
+                    tick_at: UnixMillis(tick),
+                    enqueued_at: UnixMillis(at),
+                    message_id: id.map(MessageId),
+                    enqueued_by: by,
+                },
+            )
+        })
+        .collect())
+}
+
+/// Enqueues one tick: records `(schedule, tick)` and sends `body` to `queue` (idempotency key
+/// `key`) in one transaction. Returns the message id, or `None` when the tick was already
+/// enqueued (by this or another process).
+#[allow(clippy::too_many_arguments)]
+pub async fn enqueue_tick(
+    db: &Database,
+    schedule: &str,
+    tick: UnixMillis,
+    queue: &QueueName,
+    body: &serde_json::Value,
+    key: &str,
+    holder: &str,
+    now: UnixMillis,
+) -> Result<Option<MessageId>, StoreError> {
+    let mut tx = db.begin().await?;
+    let inserted = match &mut tx {
+        crate::Tx::Sqlite { tx, .. } => sqlx::query(
+            "INSERT INTO schedule_ticks (schedule, tick_at, enqueued_at, enqueued_by) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (schedule, tick_at) DO NOTHING",
+        )
+        .bind(schedule)
+        .bind(tick.0)
+        .bind(now.0)
+        .bind(holder)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected(),
+        crate::Tx::Postgres { tx } => sqlx::query(
+            "INSERT INTO schedule_ticks (schedule, tick_at, enqueued_at, enqueued_by) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (schedule, tick_at) DO NOTHING",
+        )
+        .bind(schedule)
+        .bind(tick.0)
+        .bind(now.0)
+        .bind(holder)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected(),
+    };
+    if inserted == 0 {
+        tx.rollback().await?;
+        return Ok(None);
+    }
+    let invalid = |what: &str, e: &dyn std::fmt::Display| {
+        StoreError::Queue(QueueError::Invalid(format!(
+            "schedule {schedule}: {what}: {e}"
+        )))
+    };
+    let key = IdempotencyKey::parse(key).map_err(|e| invalid("key", &e))?;
+    let msg = OutgoingMessage::json(body)
+        .map_err(|e| invalid("body", &e))?
+        .idempotency_key(key);
+    let receipts = tx.send_batch(queue, vec![msg]).await?;
+    let id = receipts.first().map(|r| r.id);
+    if let Some(id) = id {
+        match &mut tx {
+            crate::Tx::Sqlite { tx, .. } => {
+                sqlx::query(
+                    "UPDATE schedule_ticks SET message_id = ?3 WHERE schedule = ?1 AND tick_at = ?2",
+                )
+                .bind(schedule)
+                .bind(tick.0)
+                .bind(id.0)
+                .execute(&mut **tx)
+                .await?;
+            }
+            crate::Tx::Postgres { tx } => {
+                sqlx::query(
+                    "UPDATE schedule_ticks SET message_id = $3 WHERE schedule = $1 AND tick_at = $2",
+                )
+                .bind(schedule)
+                .bind(tick.0)
+                .bind(id.0)
+                .execute(&mut **tx)
+                .await?;
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// Every tick of `schedule`, oldest first (for tests and audits).
+pub async fn ticks(db: &Database, schedule: &str) -> Result<Vec<LastTick>, StoreError> {
+    let rows: Vec<(i64, i64, Option<i64>, String)> = match db {
+        Database::Sqlite(s) => {
+            sqlx::query_as(
+                "SELECT tick_at, enqueued_at, message_id, enqueued_by FROM schedule_ticks
+                 WHERE schedule = ?1 ORDER BY tick_at",
+            )
+            .bind(schedule)
+            .fetch_all(&s.read)
+            .await?
+        }
+        Database::Postgres(pg) => {
+            sqlx::query_as(
+                "SELECT tick_at, enqueued_at, message_id, enqueued_by FROM schedule_ticks
+                 WHERE schedule = $1 ORDER BY tick_at",
+            )
+            .bind(schedule)
+            .fetch_all(&pg.pool)
+            .await?
+        }
+    };
+    Ok(rows
+        .into_iter()
+        .map(|(tick, at, id, by)| LastTick {
+            tick_at: UnixMillis(tick),
+            enqueued_at: UnixMillis(at),
+            message_id: id.map(MessageId),
+            enqueued_by: by,
+        })
+        .collect())
+}
