@@ -102,6 +102,9 @@ pub struct FileConfig {
     /// Overrides of the built-in schedules, and extra schedules.
     #[serde(default)]
     pub schedules: std::collections::BTreeMap<String, cognomega_core::schedule::ScheduleOverride>,
+    /// The file this came from (none: the defaults).
+    #[serde(skip)]
+    pub path: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -120,13 +123,18 @@ impl FileConfig {
                 path.display()
             )
         })?;
-        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+        let mut config: Self = toml::from_str(&text)
+            .with_context(|| format!("invalid config file {}", path.display()))?;
+        config.path = Some(path);
+        Ok(config)
     }
 
     /// The built-in schedules with this file's overrides, checked.
     pub fn schedules(&self) -> anyhow::Result<Vec<cognomega_core::schedule::Schedule>> {
-        cognomega_core::schedule::resolve(&self.schedules)
-            .context("invalid schedule in the config file")
+        cognomega_core::schedule::resolve(&self.schedules).with_context(|| match &self.path {
+            Some(p) => format!("invalid schedule in the config file {}", p.display()),
+            None => "invalid built-in schedule".to_owned(),
+        })
     }
 }
 

@@ -11,7 +11,7 @@ use cognomega_consumers::scheduler::{Scheduler, SchedulerOptions};
 use cognomega_core::schedule::{Schedule, ScheduleSpec};
 use cognomega_core::time::UnixMillis;
 use cognomega_stores::{schedules, Database};
-use cognomega_testkit::{both_backends, q, wait_for, wait_until, Backend, TestDb};
+use cognomega_testkit::{both_backends, q, wait_for, Backend, TestDb};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
@@ -53,9 +53,21 @@ async fn assert_once_per_tick(db: &Database, schedule: &str, queue: &str) -> any
     let ticks = schedules::ticks(db, schedule).await?;
     let mut seen = std::collections::BTreeSet::new();
     for t in &ticks {
-        anyhow::ensure!(seen.insert(t.tick_at), "tick {} recorded twice", t.tick_at.0);
-        anyhow::ensure!(t.message_id.is_some(), "tick {} has no message", t.tick_at.0);
-        anyhow::ensure!(t.tick_at.0 % 1000 == 0, "tick {} is not on a second", t.tick_at.0);
+        anyhow::ensure!(
+            seen.insert(t.tick_at),
+            "tick {} recorded twice",
+            t.tick_at.0
+        );
+        anyhow::ensure!(
+            t.message_id.is_some(),
+            "tick {} has no message",
+            t.tick_at.0
+        );
+        anyhow::ensure!(
+            t.tick_at.0 % 1000 == 0,
+            "tick {} is not on a second",
+            t.tick_at.0
+        );
     }
     let messages = depth(db, queue).await?;
     anyhow::ensure!(
@@ -75,8 +87,8 @@ async fn two_schedulers_enqueue_each_tick_exactly_once(backend: Backend) -> anyh
     let holders = [a.holder().to_owned(), b.holder().to_owned()];
     let ha = tokio::spawn(a.run(cancel.clone()));
     let hb = tokio::spawn(b.run(cancel.clone()));
-    wait_until(Duration::from_secs(15), || async {
-        Ok(schedules::ticks(&db, "tick").await?.len() >= 4)
+    wait_for(Duration::from_secs(15), || async {
+        Ok((schedules::ticks(&db, "tick").await?.len() >= 4).then_some(()))
     })
     .await?;
     cancel.cancel();
@@ -106,8 +118,8 @@ async fn a_dead_leader_is_replaced_within_seconds(backend: Backend) -> anyhow::R
     let first = Scheduler::new(db.clone(), vec![every_second("tick", "sched-b")?], fast());
     let first_holder = first.holder().to_owned();
     let first_task = tokio::spawn(first.run(CancellationToken::new()));
-    wait_until(Duration::from_secs(10), || async {
-        Ok(!schedules::ticks(&db, "tick").await?.is_empty())
+    wait_for(Duration::from_secs(10), || async {
+        Ok((!schedules::ticks(&db, "tick").await?.is_empty()).then_some(()))
     })
     .await?;
     // The standby starts while the first one leads.
@@ -139,7 +151,10 @@ async fn a_dead_leader_is_replaced_within_seconds(backend: Backend) -> anyhow::R
         ticks.iter().map(|t| t.enqueued_by.as_str()).collect();
     assert!(by.contains(first_holder.as_str()) && by.contains(second_holder.as_str()));
     let lease = schedules::leader(&db).await?;
-    assert!(lease.is_some_and(|l| l.term >= 2), "the lease changed hands");
+    assert!(
+        lease.is_some_and(|l| l.term >= 2),
+        "the lease changed hands"
+    );
     Ok(())
 }
 
@@ -188,8 +203,8 @@ async fn missed_ticks_are_enqueued_once_on_recovery(backend: Backend) -> anyhow:
         let cancel = CancellationToken::new();
         let s = Scheduler::new(db.clone(), vec![minutely.clone()], fast());
         let task = tokio::spawn(s.run(cancel.clone()));
-        wait_until(Duration::from_secs(10), || async {
-            Ok(schedules::ticks(&db, "minutely").await?.len() >= 2)
+        wait_for(Duration::from_secs(10), || async {
+            Ok((schedules::ticks(&db, "minutely").await?.len() >= 2).then_some(()))
         })
         .await?;
         tokio::time::sleep(Duration::from_millis(600)).await;
@@ -202,7 +217,10 @@ async fn missed_ticks_are_enqueued_once_on_recovery(backend: Backend) -> anyhow:
     // minute turned during the test, a third, newer tick is legitimate.
     assert!(ticks.len() == 2 || ticks.len() == 3, "{ticks:?}");
     assert_eq!(ticks[0].tick_at, last);
-    assert!(ticks[1].tick_at.0 >= expected_latest.0 - 60_000, "{ticks:?}");
+    assert!(
+        ticks[1].tick_at.0 >= expected_latest.0 - 60_000,
+        "{ticks:?}"
+    );
     assert_once_per_tick(&db, "minutely", "sched-c").await?;
     Ok(())
 }
@@ -213,7 +231,13 @@ fn spawn_worker(tdb: &TestDb, config: &std::path::Path) -> anyhow::Result<Child>
         .arg(tdb.data_dir())
         .args(["--database-url", tdb.url().expose(), "--config"])
         .arg(config)
-        .args(["worker", "--poll-interval-ms", "100", "--shutdown-grace", "5"])
+        .args([
+            "worker",
+            "--poll-interval-ms",
+            "100",
+            "--shutdown-grace",
+            "5",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -265,7 +289,10 @@ async fn killed_leader_worker_is_replaced_and_no_tick_doubles() -> anyhow::Resul
     })
     .await?;
     let gap = successor.1 .0 - killed.0;
-    assert!(gap < 9_000, "a standby took over {gap} ms after the leader died");
+    assert!(
+        gap < 9_000,
+        "a standby took over {gap} ms after the leader died"
+    );
     assert!(pid_of(&successor.0).is_some_and(|p| workers.contains_key(&p)));
     tokio::time::sleep(Duration::from_secs(2)).await;
     for child in workers.values() {
@@ -285,7 +312,11 @@ async fn killed_leader_worker_is_replaced_and_no_tick_doubles() -> anyhow::Resul
         .arg(&config)
         .args(["schedules", "--json"])
         .output()?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let rows = listed["schedules"].as_array().cloned().unwrap_or_default();
     let heartbeat = rows
