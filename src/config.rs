@@ -80,6 +80,19 @@ pub struct ServeConfig {
     pub api: cognomega_producers::ApiConfig,
     /// The virus scanner, if configured.
     pub clamd: Option<cognomega_stores::clamd::Clamd>,
+    /// The lifecycle policy the in-process sweeper enforces.
+    pub lifecycle: std::sync::Arc<cognomega_r2_lifecycle::policy::Policy>,
+}
+
+/// The lifecycle policy: the defaults, with `file` (`--lifecycle-policy` /
+/// `COGNOMEGA_LIFECYCLE_POLICY`, JSON or TOML) layered over them.
+pub fn lifecycle_policy(
+    file: Option<&Path>,
+) -> anyhow::Result<cognomega_r2_lifecycle::policy::Policy> {
+    Ok(match file {
+        Some(path) => cognomega_r2_lifecycle::policy::Policy::from_file(path)?,
+        None => cognomega_r2_lifecycle::policy::Policy::default(),
+    })
 }
 
 /// The admin key: the configured one, else the one stored in `data_dir/admin-key`, else a new

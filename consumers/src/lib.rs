@@ -11,6 +11,7 @@
 mod acker;
 pub mod av_scan;
 pub mod jobs;
+pub mod lifecycle;
 mod metrics;
 pub mod probe;
 mod runtime;

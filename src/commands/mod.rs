@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod dlq;
 pub mod keys;
+pub mod lifecycle;
 pub mod probe;
 pub mod queues;
 pub mod serve;
@@ -22,6 +23,7 @@ pub struct Ctx {
     pub data_dir: PathBuf,
     pub database_url: Option<String>,
     pub objects_url: Option<String>,
+    pub lifecycle_policy: Option<PathBuf>,
 }
 
 impl Ctx {
@@ -31,6 +33,11 @@ impl Ctx {
             self.database_url.as_deref(),
             self.objects_url.as_deref(),
         )
+    }
+
+    /// The lifecycle policy: defaults, with `--lifecycle-policy` layered over them.
+    pub fn lifecycle_policy(&self) -> anyhow::Result<cognomega_r2_lifecycle::policy::Policy> {
+        cognomega::config::lifecycle_policy(self.lifecycle_policy.as_deref())
     }
 
     /// Opens and migrates the configured database.

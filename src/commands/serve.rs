@@ -37,6 +37,7 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<()> {
         consumers: !args.no_consumers,
         api,
         clamd: args.api.clamd()?,
+        lifecycle: std::sync::Arc::new(ctx.lifecycle_policy()?),
     };
     let options = RuntimeOptions {
         shutdown_grace: grace,
