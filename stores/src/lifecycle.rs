@@ -285,75 +285,75 @@ pub async fn open_sweep(
     empty_report: &str,
 ) -> Result<SweepRow, StoreError> {
     type R = (i64, i64, String, Option<String>, String);
-    let mut tx = db.begin().await?;
-    let open: Option<R> = match &mut tx {
-        Tx::Sqlite { tx, .. } => {
-            sqlx::query_as(
-                "SELECT id, now_ms, phase, cursor, report FROM lifecycle_sweeps
-                 WHERE finished_at IS NULL ORDER BY id DESC LIMIT 1",
-            )
-            .fetch_optional(&mut **tx)
-            .await?
+    const FIND: &str = "SELECT id, now_ms, phase, cursor, report FROM lifecycle_sweeps
+        WHERE finished_at IS NULL ORDER BY id DESC LIMIT 1";
+    let (open, id): (Option<R>, Option<i64>) = match db {
+        Database::Sqlite(s) => {
+            // Two statements, no transaction: a deferred SQLite transaction that reads and then
+            // writes fails at once ("database is locked") when another process (a running
+            // `serve`) wrote in between, where a lone write waits its turn. This process's
+            // single writer connection serialises the pair against its own sweeps.
+            let open: Option<R> = sqlx::query_as(FIND).fetch_optional(&s.write).await?;
+            let id = match open {
+                Some(_) => None,
+                None => Some(
+                    sqlx::query_scalar(
+                        "INSERT INTO lifecycle_sweeps (started_at, now_ms, phase, report) VALUES (?1, ?2, ?3, ?4) RETURNING id",
+                    )
+                    .bind(started_ms)
+                    .bind(now_ms)
+                    .bind(first_phase)
+                    .bind(empty_report)
+                    .fetch_one(&s.write)
+                    .await?,
+                ),
+            };
+            (open, id)
         }
-        Tx::Postgres { tx } => {
+        Database::Postgres(pg) => {
+            let mut tx = pg.pool.begin().await?;
             // Two sweeps starting at once would both open a row; the lock makes one wait and
             // resume the other's.
             sqlx::query("LOCK TABLE lifecycle_sweeps IN SHARE ROW EXCLUSIVE MODE")
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await?;
-            sqlx::query_as(
-                "SELECT id, now_ms, phase, cursor, report FROM lifecycle_sweeps
-                 WHERE finished_at IS NULL ORDER BY id DESC LIMIT 1",
-            )
-            .fetch_optional(&mut **tx)
-            .await?
+            let open: Option<R> = sqlx::query_as(FIND).fetch_optional(&mut *tx).await?;
+            let id = match open {
+                Some(_) => None,
+                None => Some(
+                    sqlx::query_scalar(
+                        "INSERT INTO lifecycle_sweeps (started_at, now_ms, phase, report) VALUES ($1, $2, $3, $4) RETURNING id",
+                    )
+                    .bind(started_ms)
+                    .bind(now_ms)
+                    .bind(first_phase)
+                    .bind(empty_report)
+                    .fetch_one(&mut *tx)
+                    .await?,
+                ),
+            };
+            tx.commit().await?;
+            (open, id)
         }
     };
-    let row = if let Some((id, now_ms, phase, cursor, report)) = open {
-        SweepRow {
+    Ok(match (open, id) {
+        (Some((id, now_ms, phase, cursor, report)), _) => SweepRow {
             id,
             now_ms,
             phase,
             cursor,
             report,
             resumed: true,
-        }
-    } else {
-        let id: i64 = match &mut tx {
-            Tx::Sqlite { tx, .. } => {
-                sqlx::query_scalar(
-                    "INSERT INTO lifecycle_sweeps (started_at, now_ms, phase, report) VALUES (?1, ?2, ?3, ?4) RETURNING id",
-                )
-                .bind(started_ms)
-                .bind(now_ms)
-                .bind(first_phase)
-                .bind(empty_report)
-                .fetch_one(&mut **tx)
-                .await?
-            }
-            Tx::Postgres { tx } => {
-                sqlx::query_scalar(
-                    "INSERT INTO lifecycle_sweeps (started_at, now_ms, phase, report) VALUES ($1, $2, $3, $4) RETURNING id",
-                )
-                .bind(started_ms)
-                .bind(now_ms)
-                .bind(first_phase)
-                .bind(empty_report)
-                .fetch_one(&mut **tx)
-                .await?
-            }
-        };
-        SweepRow {
-            id,
+        },
+        (None, id) => SweepRow {
+            id: id.unwrap_or_default(),
             now_ms,
             phase: first_phase.to_owned(),
             cursor: None,
             report: empty_report.to_owned(),
             resumed: false,
-        }
-    };
-    tx.commit().await?;
-    Ok(row)
+        },
+    })
 }
 
 /// Records one page: its row changes and the checkpoint after it, in one transaction.
