@@ -160,46 +160,6 @@ pub fn render_consumers(counters: &BTreeMap<QueueName, QueueCounters>) -> String
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use cognomega_core::queue::DrainHistogram;
-
-    #[test]
-    fn histogram_is_cumulative_with_inf() {
-        let mut drain = DrainHistogram::empty();
-        drain.add(0, 2, 1);
-        drain.add(3, 1, 9);
-        drain.add(DRAIN_BUCKETS_MS.len(), 1, 4_000_000);
-        let stats = QueueStats {
-            queue: QueueName::parse("usage").expect("valid"),
-            depth: 3,
-            in_flight: 1,
-            delayed: 0,
-            dlq_depth: 0,
-            oldest_age_ms: 1500,
-            acked_retained: 0,
-            drain,
-        };
-        let text = render_queues(&[stats]);
-        assert!(text.contains("cognomega_queue_depth{queue=\"usage\"} 3\n"));
-        assert!(text.contains("cognomega_queue_oldest_age_seconds{queue=\"usage\"} 1.5\n"));
-        assert!(text.contains(
-            "cognomega_queue_drain_latency_seconds_bucket{queue=\"usage\",le=\"0.001\"} 2\n"
-        ));
-        assert!(text.contains(
-            "cognomega_queue_drain_latency_seconds_bucket{queue=\"usage\",le=\"0.01\"} 3\n"
-        ));
-        assert!(text.contains(
-            "cognomega_queue_drain_latency_seconds_bucket{queue=\"usage\",le=\"3600\"} 3\n"
-        ));
-        assert!(text.contains(
-            "cognomega_queue_drain_latency_seconds_bucket{queue=\"usage\",le=\"+Inf\"} 4\n"
-        ));
-        assert!(text.contains("cognomega_queue_drain_latency_seconds_count{queue=\"usage\"} 4\n"));
-    }
-}
-
 /// Lifecycle: objects and stored bytes per recorded tier as of the last finished sweep, and
 /// what every sweep has saved and expired (from the sweep checkpoints in the database).
 #[must_use]
@@ -260,4 +220,44 @@ pub fn render_lifecycle(totals: &cognomega_stores::lifecycle::LifecycleTotals) -
         secs(u64::try_from(totals.last_finished_ms.unwrap_or(0)).unwrap_or(0))
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cognomega_core::queue::DrainHistogram;
+
+    #[test]
+    fn histogram_is_cumulative_with_inf() {
+        let mut drain = DrainHistogram::empty();
+        drain.add(0, 2, 1);
+        drain.add(3, 1, 9);
+        drain.add(DRAIN_BUCKETS_MS.len(), 1, 4_000_000);
+        let stats = QueueStats {
+            queue: QueueName::parse("usage").expect("valid"),
+            depth: 3,
+            in_flight: 1,
+            delayed: 0,
+            dlq_depth: 0,
+            oldest_age_ms: 1500,
+            acked_retained: 0,
+            drain,
+        };
+        let text = render_queues(&[stats]);
+        assert!(text.contains("cognomega_queue_depth{queue=\"usage\"} 3\n"));
+        assert!(text.contains("cognomega_queue_oldest_age_seconds{queue=\"usage\"} 1.5\n"));
+        assert!(text.contains(
+            "cognomega_queue_drain_latency_seconds_bucket{queue=\"usage\",le=\"0.001\"} 2\n"
+        ));
+        assert!(text.contains(
+            "cognomega_queue_drain_latency_seconds_bucket{queue=\"usage\",le=\"0.01\"} 3\n"
+        ));
+        assert!(text.contains(
+            "cognomega_queue_drain_latency_seconds_bucket{queue=\"usage\",le=\"3600\"} 3\n"
+        ));
+        assert!(text.contains(
+            "cognomega_queue_drain_latency_seconds_bucket{queue=\"usage\",le=\"+Inf\"} 4\n"
+        ));
+        assert!(text.contains("cognomega_queue_drain_latency_seconds_count{queue=\"usage\"} 4\n"));
+    }
 }

@@ -248,7 +248,9 @@ fn object(tenant: &str, i: u64) -> (ObjectKey, Bytes, Written) {
         }
         k => {
             let (name, content_type, body) = match k {
-                Kind::Text if i % 2 == 0 => (format!("f{i}.html"), "text/html", text(i, 6_000)),
+                Kind::Text if i.is_multiple_of(2) => {
+                    (format!("f{i}.html"), "text/html", text(i, 6_000))
+                }
                 Kind::Text => (format!("f{i}.json"), "application/json", json(i, 4_000)),
                 _ => (format!("f{i}.png"), "image/png", noise(i, 3_000)),
             };
