@@ -327,3 +327,50 @@ async fn apply_against_s3s_fs_reports_the_providers_answer() -> anyhow::Result<(
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn sweep_from_the_command_line_reports_and_is_idempotent() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let export = dir.path().join("cognomega-data/objects/exports/usage");
+    std::fs::create_dir_all(&export)?;
+    std::fs::write(export.join("part-0000.ndjson"), "{}\n")?;
+    let as_of = (chrono::Utc::now() + chrono::Duration::days(40)).to_rfc3339();
+    let sweep = |dry: bool| {
+        let mut args = vec!["lifecycle", "sweep", "--json", "--as-of", as_of.as_str()];
+        if dry {
+            args.push("--dry-run");
+        }
+        let dir = dir.path().to_owned();
+        async move {
+            let out = cognomega(&dir, &[], &args).await?;
+            anyhow::ensure!(out.status.success(), "{}", text(&out.stderr));
+            Ok::<serde_json::Value, anyhow::Error>(serde_json::from_slice(&out.stdout)?)
+        }
+    };
+    let dry = sweep(true).await?;
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["report"]["to_infrequent_access"]["objects"], 1, "{dry}");
+    let done = sweep(false).await?;
+    assert_eq!(
+        done["report"]["to_infrequent_access"]["objects"], 1,
+        "{done}"
+    );
+    assert_eq!(
+        done["report"]["census"]["infrequent_access"]["objects"], 1,
+        "{done}"
+    );
+    let again = sweep(false).await?;
+    assert_eq!(
+        again["report"]["to_infrequent_access"]["objects"], 0,
+        "{again}"
+    );
+    assert_eq!(again["report"]["examined"], 1, "{again}");
+    // The text form names every tier and the bytes saved.
+    let out = cognomega(dir.path(), &[], &["lifecycle", "sweep", "--dry-run"]).await?;
+    let said = text(&out.stdout);
+    assert!(
+        said.contains("bytes saved: 0") && said.contains("infrequent_access"),
+        "{said}"
+    );
+    Ok(())
+}

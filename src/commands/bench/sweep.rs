@@ -77,10 +77,11 @@ pub async fn run(ctx: &Ctx, args: SweepArgs) -> anyhow::Result<()> {
         (91, r.day91_s, r.day91_objects_per_s, &r.day91),
     ] {
         println!(
-            "  day {day}: {:>7} examined in {secs:>6.1} s = {rate:>8.0} objects/s; recompressed {} ({} bytes saved), to IA {}, expired {} ({} bytes)",
+            "  day {day}: {:>7} examined in {secs:>6.1} s = {rate:>8.0} objects/s; recompressed {} ({} of {} stored bytes saved), to IA {}, expired {} ({} bytes)",
             rep.examined,
             rep.recompressed.objects,
             rep.bytes_saved,
+            rep.recompressed.bytes,
             rep.to_infrequent_access.objects,
             rep.expired.objects,
             rep.expired.bytes
