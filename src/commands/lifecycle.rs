@@ -109,20 +109,25 @@ async fn sweep(
     let bar = if args.json {
         ProgressBar::hidden()
     } else {
-        let bar = ProgressBar::new_spinner();
+        // Rows not yet expired; row-less objects (exports/) add to it as they are listed.
+        let bar = ProgressBar::new(cognomega_stores::lifecycle::live_rows(&db).await?);
         bar.set_style(
-            ProgressStyle::with_template("{spinner} sweep {msg} ({elapsed})")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            ProgressStyle::with_template("   sweep [{bar:40}] {pos}/{len} ({per_sec}) {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
         );
         bar
     };
     let shown = bar.clone();
     let progress = move |r: &SweepReport| {
+        if r.examined > shown.length().unwrap_or(0) {
+            shown.set_length(r.examined);
+        }
+        shown.set_position(r.examined);
         shown.set_message(format!(
-            "{} examined, {} recompressed, {} to IA, {} expired",
-            r.examined, r.recompressed.objects, r.to_infrequent_access.objects, r.expired.objects
+            "{} recompressed, {} to IA, {} expired",
+            r.recompressed.objects, r.to_infrequent_access.objects, r.expired.objects
         ));
-        shown.tick();
     };
     let cancel = CancellationToken::new();
     let stop = cancel.clone();

@@ -561,3 +561,14 @@ pub async fn totals(db: &Database) -> Result<LifecycleTotals, StoreError> {
         objects_expired: sums.1,
     })
 }
+
+/// Rows a sweep may look at (artifacts and uploads not yet expired): a progress bar's length.
+pub async fn live_rows(db: &Database) -> Result<u64, StoreError> {
+    let sql = "SELECT (SELECT COUNT(*) FROM job_artifacts WHERE tier <> 'expired')
+                    + (SELECT COUNT(*) FROM uploads WHERE tier <> 'expired')";
+    let n: i64 = match db {
+        Database::Sqlite(s) => sqlx::query_scalar(sql).fetch_one(&s.read).await?,
+        Database::Postgres(pg) => sqlx::query_scalar(sql).fetch_one(&pg.pool).await?,
+    };
+    Ok(u64::try_from(n).unwrap_or(0))
+}
