@@ -61,6 +61,7 @@ impl Platform {
                 Some(balances),
                 &objects,
                 config.clamd.as_ref(),
+                &config.lifecycle,
             )?;
             state.consumer_metrics = Some(rt.metrics());
             Some(rt.start().await?)

@@ -82,6 +82,8 @@ pub struct ServeConfig {
     pub clamd: Option<cognomega_stores::clamd::Clamd>,
     /// Periodic schedules this process may lead (with the consumers); `None` runs no scheduler.
     pub schedules: Option<Vec<cognomega_core::schedule::Schedule>>,
+    /// The lifecycle policy the in-process sweeper enforces.
+    pub lifecycle: std::sync::Arc<cognomega_r2_lifecycle::policy::Policy>,
 }
 
 /// The optional config file (TOML): `--config FILE`, else `DATA_DIR/cognomega.toml` when it
@@ -136,6 +138,17 @@ impl FileConfig {
             None => "invalid built-in schedule".to_owned(),
         })
     }
+}
+
+/// The lifecycle policy: the defaults, with `file` (`--lifecycle-policy` /
+/// `COGNOMEGA_LIFECYCLE_POLICY`, JSON or TOML) layered over them.
+pub fn lifecycle_policy(
+    file: Option<&Path>,
+) -> anyhow::Result<cognomega_r2_lifecycle::policy::Policy> {
+    Ok(match file {
+        Some(path) => cognomega_r2_lifecycle::policy::Policy::from_file(path)?,
+        None => cognomega_r2_lifecycle::policy::Policy::default(),
+    })
 }
 
 /// The admin key: the configured one, else the one stored in `data_dir/admin-key`, else a new

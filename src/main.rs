@@ -38,6 +38,10 @@ struct Cli {
     /// Config file (TOML: schedules). Default: DATA_DIR/cognomega.toml when it exists.
     #[arg(long, global = true, env = "COGNOMEGA_CONFIG")]
     config: Option<PathBuf>,
+    /// Lifecycle policy file (JSON, or TOML unless it ends in .json) layered over the defaults
+    /// (see `cognomega lifecycle plan`).
+    #[arg(long, global = true, env = "COGNOMEGA_LIFECYCLE_POLICY")]
+    lifecycle_policy: Option<PathBuf>,
 
     /// Log format.
     #[arg(long, global = true, env = "COGNOMEGA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -77,6 +81,8 @@ enum Command {
     Probe(commands::probe::Args),
     /// Manage the JWT signing keys.
     Keys(commands::keys::Args),
+    /// Lifecycle tiers: render the bucket rules, apply them, run the sweeper.
+    Lifecycle(commands::lifecycle::Args),
     /// Benchmarks that print their figures.
     Bench(commands::bench::Args),
 }
@@ -112,6 +118,7 @@ fn main() -> ExitCode {
             database_url: cli.database_url,
             objects_url: cli.objects_url,
             config: cli.config,
+            lifecycle_policy: cli.lifecycle_policy,
         };
         match cli.command {
             Command::Serve(args) => commands::serve::run(ctx, args).await,
@@ -123,6 +130,7 @@ fn main() -> ExitCode {
             Command::Prune => commands::prune(ctx).await,
             Command::Probe(args) => commands::probe::run(ctx, args).await,
             Command::Keys(args) => commands::keys::run(ctx, args).await,
+            Command::Lifecycle(args) => commands::lifecycle::run(ctx, args).await,
             Command::Bench(args) => commands::bench::run(ctx, args).await,
         }
     });

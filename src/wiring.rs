@@ -5,19 +5,22 @@ use std::sync::Arc;
 
 use cognomega_consumers::av_scan::{self, Scanner};
 use cognomega_consumers::jobs::{self, JobRunner};
+use cognomega_consumers::lifecycle::{self, SweepConsumer, Sweeper};
 use cognomega_consumers::settlement::SettlementWriter;
 use cognomega_consumers::usage_writer::UsageWriter;
 use cognomega_consumers::{maintenance, probe, settlement, usage_writer, Runtime, RuntimeOptions};
 use cognomega_core::billing::BillingConfig;
 use cognomega_core::billing::UsageKind;
 use cognomega_r2_lifecycle::codec::CodecPolicy;
+use cognomega_r2_lifecycle::policy::Policy;
 use cognomega_stores::clamd::Clamd;
 use cognomega_stores::kv::BalanceCache;
 use cognomega_stores::objects::Objects;
 use cognomega_stores::Database;
 
 /// A runtime with every queue's consumer registered. `cache` is the balance cache of an
-/// in-process API, invalidated as settlements land.
+/// in-process API, invalidated as settlements land; `lifecycle` is the policy the `lifecycle`
+/// queue's sweeps enforce.
 pub fn runtime(
     db: &Database,
     options: RuntimeOptions,
@@ -25,6 +28,7 @@ pub fn runtime(
     cache: Option<BalanceCache>,
     objects: &Objects,
     clamd: Option<&Clamd>,
+    lifecycle: &Arc<Policy>,
 ) -> anyhow::Result<Runtime> {
     let mut rt = Runtime::new(db.queue(), options);
     rt.register(
@@ -66,6 +70,15 @@ pub fn runtime(
             Arc::new(runner),
         )?;
     }
+    rt.register(
+        lifecycle::queue(),
+        lifecycle::settings(),
+        Arc::new(SweepConsumer::new(Sweeper::new(
+            db.clone(),
+            objects.clone(),
+            lifecycle.clone(),
+        ))),
+    )?;
     if let Some(clamd) = clamd {
         rt.register(
             av_scan::queue(),

@@ -11,6 +11,7 @@
 mod acker;
 pub mod av_scan;
 pub mod jobs;
+pub mod lifecycle;
 pub mod maintenance;
 mod metrics;
 pub mod probe;

@@ -160,6 +160,68 @@ pub fn render_consumers(counters: &BTreeMap<QueueName, QueueCounters>) -> String
     out
 }
 
+/// Lifecycle: objects and stored bytes per recorded tier as of the last finished sweep, and
+/// what every sweep has saved and expired (from the sweep checkpoints in the database).
+#[must_use]
+pub fn render_lifecycle(totals: &cognomega_stores::lifecycle::LifecycleTotals) -> String {
+    use cognomega_r2_lifecycle::policy::Tier;
+    use cognomega_r2_lifecycle::sweep::SweepReport;
+    let mut out = String::new();
+    let report: Option<SweepReport> = totals
+        .last_report
+        .as_deref()
+        .and_then(|r| serde_json::from_str(r).ok());
+    let census = report.map(|r| r.census).unwrap_or_default();
+    for (name, help, value) in [
+        (
+            "cognomega_lifecycle_objects",
+            "Objects per lifecycle tier, as of the last finished sweep.",
+            (|c: &cognomega_r2_lifecycle::sweep::Count| c.objects)
+                as fn(&cognomega_r2_lifecycle::sweep::Count) -> u64,
+        ),
+        (
+            "cognomega_lifecycle_bytes",
+            "Stored bytes per lifecycle tier, as of the last finished sweep.",
+            |c| c.bytes,
+        ),
+    ] {
+        header(&mut out, name, "gauge", help);
+        for tier in Tier::ALL {
+            let v = census.get(&tier).map_or(0, value);
+            let _ = writeln!(out, "{name}{{tier=\"{tier}\"}} {v}");
+        }
+    }
+    let name = "cognomega_lifecycle_compression_saved_bytes_total";
+    header(
+        &mut out,
+        name,
+        "counter",
+        "Stored bytes saved by recompressing cold artifacts.",
+    );
+    let _ = writeln!(out, "{name} {}", totals.bytes_saved);
+    let name = "cognomega_lifecycle_expired_objects_total";
+    header(
+        &mut out,
+        name,
+        "counter",
+        "Objects deleted by the lifecycle sweeper.",
+    );
+    let _ = writeln!(out, "{name} {}", totals.objects_expired);
+    let name = "cognomega_lifecycle_last_sweep_timestamp_seconds";
+    header(
+        &mut out,
+        name,
+        "gauge",
+        "Clock of the last finished sweep (0: none yet).",
+    );
+    let _ = writeln!(
+        out,
+        "{name} {}",
+        secs(u64::try_from(totals.last_finished_ms.unwrap_or(0)).unwrap_or(0))
+    );
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

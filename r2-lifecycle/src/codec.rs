@@ -246,6 +246,12 @@ fn classify(content_type: &str) -> Kind {
     }
 }
 
+/// True for text-like content types (HTML, CSS, JSON, SVG, …): what [`encode`] compresses
+/// whenever that saves a byte, and what the lifecycle sweeper recompresses.
+pub fn is_text(content_type: &str) -> bool {
+    classify(content_type) == Kind::Text
+}
+
 /// Compresses `bytes` for storage as `content_type` under `policy` (see the module docs for the
 /// rules). Never fails: if the compressor cannot run, the artifact is stored uncompressed.
 pub fn encode(bytes: &[u8], content_type: &str, policy: &CodecPolicy) -> Encoded {

@@ -7,6 +7,8 @@
 //!    (latency p50/p99);
 //! 4. report the process's peak RSS.
 //!
+//! `bench sweep` measures the lifecycle sweeper (see [`sweep`]).
+//!
 //! `bench usage` and `bench credits` measure the money path over HTTP (see [`usage`] and
 //! [`credits`]): a `cognomega serve` child process on loopback, driven by a separate client.
 //!
@@ -17,6 +19,7 @@ mod client;
 mod credits;
 mod jobs;
 mod server;
+mod sweep;
 mod upload;
 mod usage;
 
@@ -56,6 +59,9 @@ enum What {
     Jobs(jobs::JobsArgs),
     /// A large streamed upload (MB/s, server peak RSS), many small ones, and the av-scan drain.
     Upload(upload::UploadArgs),
+    /// The lifecycle sweeper over N objects on the local folder: objects/s of a day-31 sweep
+    /// (recompression) and a day-91 sweep (expiry), bytes saved.
+    Sweep(sweep::SweepArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -108,6 +114,7 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<()> {
         What::Credits(args) => credits::run(&ctx, args).await,
         What::Jobs(args) => jobs::run(args, ctx.database_url.as_deref()).await,
         What::Upload(args) => upload::run(&ctx, args).await,
+        What::Sweep(args) => sweep::run(&ctx, args).await,
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod dlq;
 pub mod keys;
+pub mod lifecycle;
 pub mod probe;
 pub mod queues;
 pub mod schedules;
@@ -24,6 +25,7 @@ pub struct Ctx {
     pub database_url: Option<String>,
     pub objects_url: Option<String>,
     pub config: Option<PathBuf>,
+    pub lifecycle_policy: Option<PathBuf>,
 }
 
 impl Ctx {
@@ -38,6 +40,11 @@ impl Ctx {
     /// The config file (or the defaults).
     pub fn file_config(&self) -> anyhow::Result<cognomega::config::FileConfig> {
         cognomega::config::FileConfig::load(self.config.as_deref(), &self.data_dir)
+    }
+
+    /// The lifecycle policy: defaults, with `--lifecycle-policy` layered over them.
+    pub fn lifecycle_policy(&self) -> anyhow::Result<cognomega_r2_lifecycle::policy::Policy> {
+        cognomega::config::lifecycle_policy(self.lifecycle_policy.as_deref())
     }
 
     /// Opens and migrates the configured database.

@@ -47,6 +47,7 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<()> {
         } else {
             Some(ctx.file_config()?.schedules()?)
         },
+        lifecycle: std::sync::Arc::new(ctx.lifecycle_policy()?),
     };
     let options = RuntimeOptions {
         shutdown_grace: grace,

@@ -46,6 +46,7 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<()> {
         None,
         &objects,
         clamd.as_ref(),
+        &std::sync::Arc::new(ctx.lifecycle_policy()?),
     )?;
     let running = rt.start().await?;
     tracing::info!(backend = db.backend(), queues = ?running.queues(), "worker consuming");

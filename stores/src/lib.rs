@@ -12,6 +12,7 @@ pub mod database;
 pub mod jobs;
 pub mod keys;
 pub mod kv;
+pub mod lifecycle;
 pub mod objects;
 pub mod queue;
 pub mod schedules;

@@ -22,6 +22,7 @@
 //! browsing the bucket can see what a blob is. [`ObjectMeta`] reports them back when present;
 //! nothing in the platform may depend on them.
 
+mod bucket_lifecycle;
 mod key;
 mod location;
 
@@ -43,6 +44,7 @@ use object_store::{
 };
 use url::Url;
 
+pub use bucket_lifecycle::{BucketLifecycleError, LifecycleApplied};
 pub use key::{InvalidObjectKey, ObjectKey};
 pub use location::{ObjectStoreUrl, S3Credentials};
 
@@ -225,6 +227,8 @@ enum Backend {
     S3 {
         s3: Arc<AmazonS3>,
         url: ObjectStoreUrl,
+        /// For the bucket-level calls object_store does not make (the lifecycle configuration).
+        credentials: S3Credentials,
     },
 }
 
@@ -312,6 +316,7 @@ impl Objects {
             backend: Arc::new(Backend::S3 {
                 s3,
                 url: url.clone(),
+                credentials: credentials.clone(),
             }),
         })
     }

@@ -158,18 +158,18 @@ pub async fn get(
 }
 
 /// Bytes a tenant has stored in uploads (quarantined ones included: they still take space until
-/// pruned).
+/// the lifecycle sweeper expires them; expired ones no longer count).
 pub async fn used_bytes(db: &Database, tenant: &str) -> Result<i64, StoreError> {
     Ok(match db {
         Database::Sqlite(s) => {
-            sqlx::query_scalar("SELECT COALESCE(SUM(size), 0) FROM uploads WHERE tenant_id = ?1")
+            sqlx::query_scalar("SELECT COALESCE(SUM(size), 0) FROM uploads WHERE tenant_id = ?1 AND tier <> 'expired'")
                 .bind(tenant)
                 .fetch_one(&s.read)
                 .await?
         }
         Database::Postgres(pg) => {
             sqlx::query_scalar(
-                "SELECT COALESCE(SUM(size), 0)::bigint FROM uploads WHERE tenant_id = $1",
+                "SELECT COALESCE(SUM(size), 0)::bigint FROM uploads WHERE tenant_id = $1 AND tier <> 'expired'",
             )
             .bind(tenant)
             .fetch_one(&pg.pool)

@@ -38,6 +38,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     platform: Option<Platform>,
     clamd: Option<cognomega_stores::clamd::Clamd>,
+    objects_url: ObjectStoreUrl,
 }
 
 impl TestApp {
@@ -58,8 +59,23 @@ impl TestApp {
         clamd: Option<cognomega_stores::clamd::Clamd>,
         edit: impl FnOnce(&mut ApiConfig),
     ) -> anyhow::Result<Self> {
+        Self::spawn_on(backend, None, consumers, clamd, edit).await
+    }
+
+    /// Starts the platform with its objects in `objects` (a bucket of [`crate::s3()`], say)
+    /// instead of the data directory's folder.
+    pub async fn spawn_on(
+        backend: Backend,
+        objects: Option<ObjectStoreUrl>,
+        consumers: bool,
+        clamd: Option<cognomega_stores::clamd::Clamd>,
+        edit: impl FnOnce(&mut ApiConfig),
+    ) -> anyhow::Result<Self> {
         let tdb = TestDb::new(backend).await?;
-        let storage = StorageConfig::resolve(tdb.data_dir(), Some(tdb.url().expose()))?;
+        let mut storage = StorageConfig::resolve(tdb.data_dir(), Some(tdb.url().expose()))?;
+        if let Some(objects) = objects {
+            storage.objects_url = objects;
+        }
         let mut api = ApiConfig::with_admin_key(Secret::new(ADMIN_KEY));
         api.uploads.scanning = clamd.is_some();
         edit(&mut api);
@@ -70,6 +86,7 @@ impl TestApp {
             api,
             clamd,
             schedules: None,
+            lifecycle: std::sync::Arc::default(),
         };
         let options = RuntimeOptions {
             poll_interval: Duration::from_millis(50),
@@ -86,6 +103,7 @@ impl TestApp {
             client,
             platform: Some(platform),
             clamd: config.clamd.clone(),
+            objects_url: config.storage.objects_url.clone(),
         })
     }
 
@@ -93,6 +111,11 @@ impl TestApp {
     #[must_use]
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base_url)
+    }
+
+    /// A handle to the app's object store.
+    pub fn objects(&self) -> anyhow::Result<cognomega_stores::objects::Objects> {
+        Ok(cognomega_stores::objects::Objects::open(&self.objects_url)?)
     }
 
     /// Creates a guest (and waits for nothing: the grant settles asynchronously).
@@ -152,9 +175,7 @@ impl TestApp {
     /// every one of those queues is idle, then stops it: for apps spawned without consumers,
     /// to move a pipeline forward one stage at a time.
     pub async fn drain(&self, queues: &[&str]) -> anyhow::Result<()> {
-        let objects = cognomega_stores::objects::Objects::open(&ObjectStoreUrl::Local(
-            self.tdb.data_dir().join("objects"),
-        ))?;
+        let objects = self.objects()?;
         let options = RuntimeOptions {
             poll_interval: Duration::from_millis(20),
             shutdown_grace: Duration::from_secs(5),
@@ -167,6 +188,7 @@ impl TestApp {
             Some(self.platform().state().balances.clone()),
             &objects,
             self.clamd.as_ref(),
+            &std::sync::Arc::default(),
         )?;
         if !queues.is_empty() {
             let names: Vec<QueueName> = queues.iter().map(|q| crate::q(q)).collect();

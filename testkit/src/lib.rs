@@ -11,6 +11,7 @@ pub mod clamd;
 mod db;
 mod logging;
 mod process;
+mod s3;
 mod wait;
 
 use cognomega_core::queue::{QueueName, QueueSettings};
@@ -19,6 +20,7 @@ pub use app::{Guest, TestApp, ADMIN_KEY};
 pub use db::{Backend, TestDb, PG_URL_ENV};
 pub use logging::init_tracing;
 pub use process::{spawn_serve, terminate};
+pub use s3::{s3, S3Server};
 pub use wait::{wait_for, wait_until};
 
 /// A queue name, for tests: panics on an invalid literal, which is a bug in the test.

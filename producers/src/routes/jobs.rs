@@ -37,10 +37,22 @@ fn not_found(id: &str) -> ApiError {
     )
 }
 
+fn artifact_expired() -> ApiError {
+    ApiError::new(
+        StatusCode::GONE,
+        "artifact_expired",
+        "the artifact's storage has expired",
+    )
+}
+
 fn job_json(job: &Job, artifacts: &[ArtifactRow]) -> Value {
     let artifacts: Vec<Value> = artifacts
         .iter()
         .map(|a| {
+            // An artifact the lifecycle policy deleted keeps its row (and says `expired`), but
+            // has nothing to download.
+            let url =
+                (a.tier != "expired").then(|| format!("/jobs/{}/artifacts/{}", job.id, a.name));
             json!({
                 "name": a.name,
                 "content_type": a.content_type,
@@ -49,7 +61,7 @@ fn job_json(job: &Job, artifacts: &[ArtifactRow]) -> Value {
                 "compression": a.compression,
                 "sha256": a.sha256,
                 "tier": a.tier,
-                "url": format!("/jobs/{}/artifacts/{}", job.id, a.name),
+                "url": url,
             })
         })
         .collect();
@@ -446,16 +458,13 @@ pub(crate) async fn artifact(
         );
         return Ok(resp);
     }
+    if a.tier == "expired" {
+        return Err(artifact_expired());
+    }
     let key = ObjectKey::parse(&a.object_key).map_err(ApiError::internal)?;
     let object = match state.objects.get(&key).await {
         Ok(o) => o,
-        Err(e) if e.is_not_found() => {
-            return Err(ApiError::new(
-                StatusCode::GONE,
-                "artifact_expired",
-                "the artifact's storage has expired",
-            ));
-        }
+        Err(e) if e.is_not_found() => return Err(artifact_expired()),
         Err(e) => return Err(ApiError::internal(e)),
     };
     let compression = match a.compression.as_str() {

@@ -1,10 +1,11 @@
-//! `GET /metrics`: Prometheus text exposition of queue statistics and consumer counters.
+//! `GET /metrics`: Prometheus text exposition of queue statistics, consumer counters and
+//! lifecycle tiers.
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::header::CONTENT_TYPE;
 
-use crate::metrics_text::{render_consumers, render_queues};
+use crate::metrics_text::{render_consumers, render_lifecycle, render_queues};
 use crate::{ApiError, AppState};
 
 pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
@@ -17,6 +18,10 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, A
     if let Some(m) = &state.consumer_metrics {
         text.push_str(&render_consumers(&m.snapshot()));
     }
+    let lifecycle = cognomega_stores::lifecycle::totals(&state.db)
+        .await
+        .map_err(ApiError::internal)?;
+    text.push_str(&render_lifecycle(&lifecycle));
     Ok((
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         text,

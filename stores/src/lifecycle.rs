@@ -1,0 +1,574 @@
+//! SQL of the lifecycle sweeper: pages of the objects rows own (job artifacts, uploads), the
+//! tiers of objects no row owns, and the sweep checkpoints.
+//!
+//! A sweep commits each page in ONE transaction: the tiers and sizes it changed and its
+//! checkpoint (phase, cursor, report so far). The object I/O for a page happens before that
+//! commit and is idempotent, so a crash anywhere redoes at most one page and records it once.
+
+use serde::Serialize;
+use sqlx::Row;
+
+use crate::{Database, StoreError, Tx};
+
+/// A job artifact the sweeper may act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactCandidate {
+    /// Its job.
+    pub job_id: String,
+    /// File name.
+    pub name: String,
+    /// MIME type.
+    pub content_type: String,
+    /// Original size.
+    pub size: i64,
+    /// Stored size.
+    pub stored_size: i64,
+    /// `none` | `zstd` | `gzip`.
+    pub compression: String,
+    /// Hex sha256 of the original bytes.
+    pub sha256: String,
+    /// Recorded tier.
+    pub tier: String,
+    /// Where the bytes are.
+    pub object_key: String,
+    /// Row created (epoch ms).
+    pub created_at_ms: i64,
+    /// Already recompressed.
+    pub recompressed: bool,
+}
+
+/// An upload the sweeper may act on (its bytes under `uploads/` or `quarantine/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadCandidate {
+    /// The upload's key (its id).
+    pub key: String,
+    /// Where the bytes are now.
+    pub object_key: String,
+    /// Bytes.
+    pub size: i64,
+    /// Recorded tier.
+    pub tier: String,
+    /// Row created (epoch ms).
+    pub created_at_ms: i64,
+}
+
+/// What a page changed on one artifact row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactChange {
+    /// Its job.
+    pub job_id: String,
+    /// File name.
+    pub name: String,
+    /// New tier, if it moved.
+    pub tier: Option<String>,
+    /// New stored size and compression, if it was recompressed (recorded even when the new
+    /// frame was no smaller, so it is not tried again).
+    pub recompressed: Option<(i64, String)>,
+}
+
+/// A tier change of a row-less object: `None` forgets it (the object was deleted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectChange {
+    /// The key.
+    pub object_key: String,
+    /// Its new tier, or `None` once deleted.
+    pub tier: Option<String>,
+}
+
+/// One page's changes and the checkpoint after it.
+#[derive(Debug, Clone, Default)]
+pub struct PageCommit {
+    /// The sweep.
+    pub sweep_id: i64,
+    /// The sweep's clock (also the time recorded on changed rows).
+    pub now_ms: i64,
+    /// Artifact rows changed.
+    pub artifacts: Vec<ArtifactChange>,
+    /// Upload rows changed: key and new tier.
+    pub uploads: Vec<(String, String)>,
+    /// Row-less objects changed.
+    pub objects: Vec<ObjectChange>,
+    /// Phase the cursor belongs to.
+    pub phase: String,
+    /// Last key done in `phase`.
+    pub cursor: Option<String>,
+    /// The report so far (JSON).
+    pub report: String,
+    /// Bytes saved so far.
+    pub bytes_saved: i64,
+    /// Objects expired so far.
+    pub objects_expired: i64,
+}
+
+/// A sweep in progress (fresh or resumed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SweepRow {
+    /// Its id.
+    pub id: i64,
+    /// The clock it decides by.
+    pub now_ms: i64,
+    /// Where it stopped.
+    pub phase: String,
+    /// The last key done in `phase`.
+    pub cursor: Option<String>,
+    /// The report so far (JSON).
+    pub report: String,
+    /// True if this row was left unfinished by an earlier run.
+    pub resumed: bool,
+}
+
+/// Totals for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LifecycleTotals {
+    /// The last finished sweep's report (JSON), if any.
+    pub last_report: Option<String>,
+    /// When it finished (epoch ms of its clock).
+    pub last_finished_ms: Option<i64>,
+    /// Bytes saved by every finished or partial sweep.
+    pub bytes_saved: i64,
+    /// Objects expired by every sweep.
+    pub objects_expired: i64,
+}
+
+const ARTIFACT_COLS_SQLITE: &str =
+    "job_id, name, content_type, size, stored_size, compression, sha256, tier, object_key, \
+    created_at, recompressed_at IS NOT NULL AS recompressed";
+const ARTIFACT_COLS_PG: &str = "job_id, name, content_type, size, stored_size, compression, sha256, tier, object_key, \
+    (extract(epoch from created_at) * 1000)::bigint AS created_at, recompressed_at IS NOT NULL AS recompressed";
+
+fn artifact_from<R: Row>(row: &R) -> Result<ArtifactCandidate, sqlx::Error>
+where
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    bool: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(ArtifactCandidate {
+        job_id: row.try_get("job_id")?,
+        name: row.try_get("name")?,
+        content_type: row.try_get("content_type")?,
+        size: row.try_get("size")?,
+        stored_size: row.try_get("stored_size")?,
+        compression: row.try_get("compression")?,
+        sha256: row.try_get("sha256")?,
+        tier: row.try_get("tier")?,
+        object_key: row.try_get("object_key")?,
+        created_at_ms: row.try_get("created_at")?,
+        recompressed: row.try_get("recompressed")?,
+    })
+}
+
+/// Up to `limit` artifacts not yet expired, created at or before `created_before_ms`, with
+/// object keys after `after`, in key order.
+pub async fn artifact_page(
+    db: &Database,
+    after: Option<&str>,
+    created_before_ms: i64,
+    limit: u32,
+) -> Result<Vec<ArtifactCandidate>, StoreError> {
+    let after = after.unwrap_or("");
+    Ok(match db {
+        Database::Sqlite(s) => {
+            let sql = format!(
+                "SELECT {ARTIFACT_COLS_SQLITE} FROM job_artifacts
+                 WHERE object_key > ?1 AND tier <> 'expired' AND created_at <= ?2
+                 ORDER BY object_key LIMIT ?3"
+            );
+            let rows = sqlx::query(&sql)
+                .bind(after)
+                .bind(created_before_ms)
+                .bind(i64::from(limit))
+                .fetch_all(&s.read)
+                .await?;
+            rows.iter().map(artifact_from).collect::<Result<_, _>>()?
+        }
+        Database::Postgres(pg) => {
+            // COLLATE "C": byte order, the order SQLite compares text in, so the cursor means
+            // the same on both backends.
+            let sql = format!(
+                "SELECT {ARTIFACT_COLS_PG} FROM job_artifacts
+                 WHERE object_key COLLATE \"C\" > $1 AND tier <> 'expired'
+                   AND created_at <= to_timestamp($2::float8 / 1000)
+                 ORDER BY object_key COLLATE \"C\" LIMIT $3"
+            );
+            let rows = sqlx::query(&sql)
+                .bind(after)
+                .bind(created_before_ms)
+                .bind(i64::from(limit))
+                .fetch_all(&pg.pool)
+                .await?;
+            rows.iter().map(artifact_from).collect::<Result<_, _>>()?
+        }
+    })
+}
+
+/// Up to `limit` uploads not yet expired, created at or before `created_before_ms`, with keys
+/// after `after`, in key order.
+pub async fn upload_page(
+    db: &Database,
+    after: Option<&str>,
+    created_before_ms: i64,
+    limit: u32,
+) -> Result<Vec<UploadCandidate>, StoreError> {
+    type R = (String, String, i64, String, i64);
+    let after = after.unwrap_or("");
+    let rows: Vec<R> = match db {
+        Database::Sqlite(s) => {
+            sqlx::query_as(
+                "SELECT key, object_key, size, tier, created_at FROM uploads
+                 WHERE key > ?1 AND tier <> 'expired' AND created_at <= ?2
+                 ORDER BY key LIMIT ?3",
+            )
+            .bind(after)
+            .bind(created_before_ms)
+            .bind(i64::from(limit))
+            .fetch_all(&s.read)
+            .await?
+        }
+        Database::Postgres(pg) => {
+            sqlx::query_as(
+                "SELECT key, object_key, size, tier, (extract(epoch from created_at) * 1000)::bigint FROM uploads
+                 WHERE key COLLATE \"C\" > $1 AND tier <> 'expired'
+                   AND created_at <= to_timestamp($2::float8 / 1000)
+                 ORDER BY key COLLATE \"C\" LIMIT $3",
+            )
+            .bind(after)
+            .bind(created_before_ms)
+            .bind(i64::from(limit))
+            .fetch_all(&pg.pool)
+            .await?
+        }
+    };
+    Ok(rows
+        .into_iter()
+        .map(
+            |(key, object_key, size, tier, created_at_ms)| UploadCandidate {
+                key,
+                object_key,
+                size,
+                tier,
+                created_at_ms,
+            },
+        )
+        .collect())
+}
+
+/// Recorded tiers of row-less objects under `prefix`.
+pub async fn object_tiers(
+    db: &Database,
+    prefix: &str,
+) -> Result<std::collections::HashMap<String, String>, StoreError> {
+    let pattern = format!("{}%", prefix.replace('%', "\\%").replace('_', "\\_"));
+    let rows: Vec<(String, String)> = match db {
+        Database::Sqlite(s) => sqlx::query_as(
+            "SELECT object_key, tier FROM lifecycle_objects WHERE object_key LIKE ?1 ESCAPE '\\'",
+        )
+        .bind(pattern)
+        .fetch_all(&s.read)
+        .await?,
+        Database::Postgres(pg) => sqlx::query_as(
+            "SELECT object_key, tier FROM lifecycle_objects WHERE object_key LIKE $1 ESCAPE '\\'",
+        )
+        .bind(pattern)
+        .fetch_all(&pg.pool)
+        .await?,
+    };
+    Ok(rows.into_iter().collect())
+}
+
+/// The unfinished sweep to resume, else a new one deciding by `now_ms`.
+pub async fn open_sweep(
+    db: &Database,
+    now_ms: i64,
+    started_ms: i64,
+    first_phase: &str,
+    empty_report: &str,
+) -> Result<SweepRow, StoreError> {
+    type R = (i64, i64, String, Option<String>, String);
+    const FIND: &str = "SELECT id, now_ms, phase, cursor, report FROM lifecycle_sweeps
+        WHERE finished_at IS NULL ORDER BY id DESC LIMIT 1";
+    let (open, id): (Option<R>, Option<i64>) = match db {
+        Database::Sqlite(s) => {
+            // Two statements, no transaction: a deferred SQLite transaction that reads and then
+            // writes fails at once ("database is locked") when another process (a running
+            // `serve`) wrote in between, where a lone write waits its turn. This process's
+            // single writer connection serialises the pair against its own sweeps.
+            let open: Option<R> = sqlx::query_as(FIND).fetch_optional(&s.write).await?;
+            let id = match open {
+                Some(_) => None,
+                None => Some(
+                    sqlx::query_scalar(
+                        "INSERT INTO lifecycle_sweeps (started_at, now_ms, phase, report) VALUES (?1, ?2, ?3, ?4) RETURNING id",
+                    )
+                    .bind(started_ms)
+                    .bind(now_ms)
+                    .bind(first_phase)
+                    .bind(empty_report)
+                    .fetch_one(&s.write)
+                    .await?,
+                ),
+            };
+            (open, id)
+        }
+        Database::Postgres(pg) => {
+            let mut tx = pg.pool.begin().await?;
+            // Two sweeps starting at once would both open a row; the lock makes one wait and
+            // resume the other's.
+            sqlx::query("LOCK TABLE lifecycle_sweeps IN SHARE ROW EXCLUSIVE MODE")
+                .execute(&mut *tx)
+                .await?;
+            let open: Option<R> = sqlx::query_as(FIND).fetch_optional(&mut *tx).await?;
+            let id = match open {
+                Some(_) => None,
+                None => Some(
+                    sqlx::query_scalar(
+                        "INSERT INTO lifecycle_sweeps (started_at, now_ms, phase, report) VALUES ($1, $2, $3, $4) RETURNING id",
+                    )
+                    .bind(started_ms)
+                    .bind(now_ms)
+                    .bind(first_phase)
+                    .bind(empty_report)
+                    .fetch_one(&mut *tx)
+                    .await?,
+                ),
+            };
+            tx.commit().await?;
+            (open, id)
+        }
+    };
+    Ok(match (open, id) {
+        (Some((id, now_ms, phase, cursor, report)), _) => SweepRow {
+            id,
+            now_ms,
+            phase,
+            cursor,
+            report,
+            resumed: true,
+        },
+        (None, id) => SweepRow {
+            id: id.unwrap_or_default(),
+            now_ms,
+            phase: first_phase.to_owned(),
+            cursor: None,
+            report: empty_report.to_owned(),
+            resumed: false,
+        },
+    })
+}
+
+/// Records one page: its row changes and the checkpoint after it, in one transaction.
+pub async fn commit_page(db: &Database, page: &PageCommit) -> Result<(), StoreError> {
+    let mut tx = db.begin().await?;
+    match &mut tx {
+        Tx::Sqlite { tx, .. } => {
+            for a in &page.artifacts {
+                sqlx::query(
+                    "UPDATE job_artifacts SET
+                        tier = COALESCE(?3, tier),
+                        tier_changed_at = CASE WHEN ?3 IS NULL THEN tier_changed_at ELSE ?6 END,
+                        stored_size = COALESCE(?4, stored_size),
+                        compression = COALESCE(?5, compression),
+                        recompressed_at = CASE WHEN ?4 IS NULL THEN recompressed_at ELSE ?6 END
+                     WHERE job_id = ?1 AND name = ?2",
+                )
+                .bind(&a.job_id)
+                .bind(&a.name)
+                .bind(a.tier.as_deref())
+                .bind(a.recompressed.as_ref().map(|r| r.0))
+                .bind(a.recompressed.as_ref().map(|r| r.1.as_str()))
+                .bind(page.now_ms)
+                .execute(&mut **tx)
+                .await?;
+            }
+            for (key, tier) in &page.uploads {
+                sqlx::query("UPDATE uploads SET tier = ?2, tier_changed_at = ?3 WHERE key = ?1")
+                    .bind(key)
+                    .bind(tier)
+                    .bind(page.now_ms)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            for o in &page.objects {
+                match &o.tier {
+                    Some(tier) => sqlx::query(
+                        "INSERT INTO lifecycle_objects (object_key, tier, tier_changed_at) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (object_key) DO UPDATE SET tier = excluded.tier, tier_changed_at = excluded.tier_changed_at",
+                    )
+                    .bind(&o.object_key)
+                    .bind(tier)
+                    .bind(page.now_ms),
+                    None => sqlx::query("DELETE FROM lifecycle_objects WHERE object_key = ?1")
+                        .bind(&o.object_key),
+                }
+                .execute(&mut **tx)
+                .await?;
+            }
+            sqlx::query(
+                "UPDATE lifecycle_sweeps SET phase = ?2, cursor = ?3, report = ?4, bytes_saved = ?5, objects_expired = ?6
+                 WHERE id = ?1",
+            )
+            .bind(page.sweep_id)
+            .bind(&page.phase)
+            .bind(page.cursor.as_deref())
+            .bind(&page.report)
+            .bind(page.bytes_saved)
+            .bind(page.objects_expired)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Tx::Postgres { tx } => {
+            for a in &page.artifacts {
+                sqlx::query(
+                    "UPDATE job_artifacts SET
+                        tier = COALESCE($3, tier),
+                        tier_changed_at = CASE WHEN $3::text IS NULL THEN tier_changed_at ELSE $6 END,
+                        stored_size = COALESCE($4, stored_size),
+                        compression = COALESCE($5, compression),
+                        recompressed_at = CASE WHEN $4::bigint IS NULL THEN recompressed_at ELSE $6 END
+                     WHERE job_id = $1 AND name = $2",
+                )
+                .bind(&a.job_id)
+                .bind(&a.name)
+                .bind(a.tier.as_deref())
+                .bind(a.recompressed.as_ref().map(|r| r.0))
+                .bind(a.recompressed.as_ref().map(|r| r.1.as_str()))
+                .bind(page.now_ms)
+                .execute(&mut **tx)
+                .await?;
+            }
+            for (key, tier) in &page.uploads {
+                sqlx::query("UPDATE uploads SET tier = $2, tier_changed_at = $3 WHERE key = $1")
+                    .bind(key)
+                    .bind(tier)
+                    .bind(page.now_ms)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            for o in &page.objects {
+                match &o.tier {
+                    Some(tier) => sqlx::query(
+                        "INSERT INTO lifecycle_objects (object_key, tier, tier_changed_at) VALUES ($1, $2, $3)
+                         ON CONFLICT (object_key) DO UPDATE SET tier = EXCLUDED.tier, tier_changed_at = EXCLUDED.tier_changed_at",
+                    )
+                    .bind(&o.object_key)
+                    .bind(tier)
+                    .bind(page.now_ms),
+                    None => sqlx::query("DELETE FROM lifecycle_objects WHERE object_key = $1")
+                        .bind(&o.object_key),
+                }
+                .execute(&mut **tx)
+                .await?;
+            }
+            sqlx::query(
+                "UPDATE lifecycle_sweeps SET phase = $2, cursor = $3, report = $4, bytes_saved = $5, objects_expired = $6
+                 WHERE id = $1",
+            )
+            .bind(page.sweep_id)
+            .bind(&page.phase)
+            .bind(page.cursor.as_deref())
+            .bind(&page.report)
+            .bind(page.bytes_saved)
+            .bind(page.objects_expired)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Marks a sweep finished with its final report.
+pub async fn finish_sweep(
+    db: &Database,
+    sweep_id: i64,
+    report: &str,
+    finished_ms: i64,
+) -> Result<(), StoreError> {
+    match db {
+        Database::Sqlite(s) => {
+            sqlx::query("UPDATE lifecycle_sweeps SET report = ?2, finished_at = ?3, phase = 'done', cursor = NULL WHERE id = ?1")
+                .bind(sweep_id)
+                .bind(report)
+                .bind(finished_ms)
+                .execute(&s.write)
+                .await?;
+        }
+        Database::Postgres(pg) => {
+            sqlx::query("UPDATE lifecycle_sweeps SET report = $2, finished_at = $3, phase = 'done', cursor = NULL WHERE id = $1")
+                .bind(sweep_id)
+                .bind(report)
+                .bind(finished_ms)
+                .execute(&pg.pool)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Objects and stored bytes per recorded tier, over every row-owned and row-less object.
+pub async fn census(db: &Database) -> Result<Vec<(String, i64, i64)>, StoreError> {
+    // One statement, so the three tables are counted at one point in time.
+    let sql = "SELECT tier, SUM(n), SUM(b) FROM (
+            SELECT tier, COUNT(*) AS n, COALESCE(SUM(stored_size), 0) AS b FROM job_artifacts GROUP BY tier
+            UNION ALL
+            SELECT tier, COUNT(*), COALESCE(SUM(size), 0) FROM uploads GROUP BY tier
+            UNION ALL
+            SELECT tier, COUNT(*), 0 FROM lifecycle_objects GROUP BY tier
+        ) t GROUP BY tier ORDER BY tier";
+    Ok(match db {
+        Database::Sqlite(s) => sqlx::query_as(sql).fetch_all(&s.read).await?,
+        Database::Postgres(pg) => {
+            let pg_sql = sql.replace("SUM(n), SUM(b)", "SUM(n)::bigint, SUM(b)::bigint");
+            sqlx::query_as(&pg_sql).fetch_all(&pg.pool).await?
+        }
+    })
+}
+
+/// What `/metrics` shows about lifecycle.
+pub async fn totals(db: &Database) -> Result<LifecycleTotals, StoreError> {
+    type Last = (String, i64);
+    let (last, sums): (Option<Last>, (i64, i64)) = match db {
+        Database::Sqlite(s) => (
+            sqlx::query_as(
+                "SELECT report, finished_at FROM lifecycle_sweeps WHERE finished_at IS NOT NULL ORDER BY id DESC LIMIT 1",
+            )
+            .fetch_optional(&s.read)
+            .await?,
+            sqlx::query_as(
+                "SELECT COALESCE(SUM(bytes_saved), 0), COALESCE(SUM(objects_expired), 0) FROM lifecycle_sweeps",
+            )
+            .fetch_one(&s.read)
+            .await?,
+        ),
+        Database::Postgres(pg) => (
+            sqlx::query_as(
+                "SELECT report, finished_at FROM lifecycle_sweeps WHERE finished_at IS NOT NULL ORDER BY id DESC LIMIT 1",
+            )
+            .fetch_optional(&pg.pool)
+            .await?,
+            sqlx::query_as(
+                "SELECT COALESCE(SUM(bytes_saved), 0)::bigint, COALESCE(SUM(objects_expired), 0)::bigint FROM lifecycle_sweeps",
+            )
+            .fetch_one(&pg.pool)
+            .await?,
+        ),
+    };
+    let (last_report, last_finished_ms) = last.map_or((None, None), |(r, at)| (Some(r), Some(at)));
+    Ok(LifecycleTotals {
+        last_report,
+        last_finished_ms,
+        bytes_saved: sums.0,
+        objects_expired: sums.1,
+    })
+}
+
+/// Rows a sweep may look at (artifacts and uploads not yet expired): a progress bar's length.
+pub async fn live_rows(db: &Database) -> Result<u64, StoreError> {
+    let sql = "SELECT (SELECT COUNT(*) FROM job_artifacts WHERE tier <> 'expired')
+                    + (SELECT COUNT(*) FROM uploads WHERE tier <> 'expired')";
+    let n: i64 = match db {
+        Database::Sqlite(s) => sqlx::query_scalar(sql).fetch_one(&s.read).await?,
+        Database::Postgres(pg) => sqlx::query_scalar(sql).fetch_one(&pg.pool).await?,
+    };
+    Ok(u64::try_from(n).unwrap_or(0))
+}
