@@ -10,6 +10,7 @@
 
 mod acker;
 pub mod av_scan;
+pub mod etl;
 pub mod jobs;
 mod metrics;
 pub mod probe;

@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::header::CONTENT_TYPE;
 
-use crate::metrics_text::{render_consumers, render_queues};
+use crate::metrics_text::{render_consumers, render_exports, render_queues};
 use crate::{ApiError, AppState};
 
 pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
@@ -17,6 +17,10 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, A
     if let Some(m) = &state.consumer_metrics {
         text.push_str(&render_consumers(&m.snapshot()));
     }
+    let totals = cognomega_stores::exports::totals(&state.db)
+        .await
+        .map_err(ApiError::internal)?;
+    text.push_str(&render_exports(&totals));
     Ok((
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         text,
