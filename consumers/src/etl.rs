@@ -21,6 +21,7 @@ use cognomega_pipelines::export::{ExportWriteError, FinishedFile, PartFiles};
 use cognomega_stores::exports::{self, DayBatch, ExportStoreError, Part, Plan, WrittenFile};
 use cognomega_stores::objects::{InvalidObjectKey, ObjectError, ObjectKey, Objects, PutMeta};
 use cognomega_stores::Database;
+use futures::StreamExt;
 use tokio::sync::mpsc;
 
 pub use cognomega_core::etl::EtlMessage;
@@ -50,6 +51,9 @@ pub fn settings() -> QueueSettings {
         ..QueueSettings::default()
     }
 }
+
+/// Parts written at once by one run.
+pub const PARTS_IN_FLIGHT: usize = 2;
 
 /// Called between writing a part's files and completing it; returning `false` stops the run
 /// there, as a crash would (tests use it to prove recovery).
@@ -202,21 +206,52 @@ impl Exporter {
                 .into());
             }
         }
-        for part in exports::planned_parts(&self.db, dataset, format).await? {
-            self.write_part(&part, progress, &mut report).await?;
-        }
+        let unfinished = exports::planned_parts(&self.db, dataset, format).await?;
+        self.write_parts(unfinished, progress, &mut report).await?;
         let max_rows = self.options.max_rows_per_part;
         match exports::plan(&self.db, dataset, format, since, max_rows).await? {
-            Plan::Planned(parts) => {
-                for part in parts {
-                    self.write_part(&part, progress, &mut report).await?;
-                }
-            }
+            Plan::Planned(parts) => self.write_parts(parts, progress, &mut report).await?,
             Plan::Raced => report.raced = true,
         }
         self.write_manifest(dataset).await?;
         report.watermark = exports::watermark(&self.db, dataset, format).await?;
         Ok(report)
+    }
+
+    /// Writes `parts`, [`PARTS_IN_FLIGHT`] at a time: parts are independent (each is completed
+    /// on its own), and a scan keeps one core busy decoding rows, so two overlap well.
+    async fn write_parts(
+        &self,
+        parts: Vec<Part>,
+        progress: &dyn ExportProgress,
+        report: &mut ExportReport,
+    ) -> Result<(), ExportError> {
+        let mut running = futures::stream::iter(parts)
+            .map(|part| async move {
+                let mut one = ExportReport::default();
+                self.write_part(&part, progress, &mut one)
+                    .await
+                    .map(|()| one)
+            })
+            .buffer_unordered(PARTS_IN_FLIGHT);
+        // A failed part does not cancel the others: they complete (or fail) on their own, and
+        // the failed one stays planned for the next run.
+        let mut first_error = None;
+        while let Some(one) = running.next().await {
+            match one {
+                Ok(one) => {
+                    report.parts += one.parts;
+                    report.files += one.files;
+                    report.rows += one.rows;
+                    report.bytes += one.bytes;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "export part failed; the next run finishes it");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     async fn write_part(

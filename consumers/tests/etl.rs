@@ -313,9 +313,10 @@ async fn a_crash_leaves_no_manifest_entry(backend: Backend) -> anyhow::Result<()
     let calls = Arc::new(AtomicU32::new(0));
     let counter = calls.clone();
     let crashing = ExportOptions {
-        // The second part's files are written, then the run dies before completing it.
-        after_write: Some(Arc::new(move |_part| {
-            counter.fetch_add(1, Ordering::SeqCst) == 0
+        // The second part's files are written, then its run dies before completing it.
+        after_write: Some(Arc::new(move |part| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            part.from != 71
         })),
         ..small_parts()
     };
@@ -337,6 +338,12 @@ async fn a_crash_leaves_no_manifest_entry(backend: Backend) -> anyhow::Result<()
         "{err}"
     );
 
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "the other parts still completed"
+    );
+
     // No manifest was written by the failed run, and no record names the partial part.
     assert!(!f.root.join(Dataset::UsageEvents.manifest_key()).exists());
     let recorded = db_scalar(db, "SELECT COUNT(*) FROM export_files WHERE from_seq = 71").await?;
@@ -347,7 +354,7 @@ async fn a_crash_leaves_no_manifest_entry(backend: Backend) -> anyhow::Result<()
         vec![
             (1, 70, "complete".to_owned()),
             (71, 140, "planned".to_owned()),
-            (141, 200, "planned".to_owned()),
+            (141, 200, "complete".to_owned()),
         ]
     );
     // The written files sit under the planned range: the analyst glob sees each row once.
@@ -356,7 +363,7 @@ async fn a_crash_leaves_no_manifest_entry(backend: Backend) -> anyhow::Result<()
         "SELECT count(*), count(DISTINCT seq), max(seq) FROM read_parquet('{}')",
         f.glob(Dataset::UsageEvents, ExportFormat::Parquet)
     ))?;
-    assert_eq!(seen, vec![serde_json::json!([140, 140, 140])]);
+    assert_eq!(seen, vec![serde_json::json!([200, 200, 200])]);
 
     // Recovery: the next run finishes the planned parts with the same bytes, then the rest.
     seed_usage(db, 200, 10).await?;
@@ -364,7 +371,7 @@ async fn a_crash_leaves_no_manifest_entry(backend: Backend) -> anyhow::Result<()
         .exporter(small_parts())
         .export(Dataset::UsageEvents, ExportFormat::Parquet, None, &Silent)
         .await?;
-    assert_eq!(report.rows, 140);
+    assert_eq!(report.rows, 80, "part 71..=140, then 201..=210");
     let after = shas(&f.root)?;
     for (key, sha) in &crashed {
         if key.ends_with(".parquet") {

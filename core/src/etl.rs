@@ -272,6 +272,17 @@ const UPLOADS: &[Column] = &[
     Column::new("scanned_at", Timestamp, true),
 ];
 
+/// Text columns with few distinct values (dictionary-encoded in Parquet).
+pub const CATEGORICAL: &[&str] = &[
+    "tenant_id",
+    "kind",
+    "type",
+    "status",
+    "scan",
+    "content_type",
+    "signature",
+];
+
 /// A column's type in the exported files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ColumnType {

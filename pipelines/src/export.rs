@@ -12,10 +12,11 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type, TimestampMicrosecondType};
 use arrow_array::{Array, RecordBatch};
 use arrow_schema::{DataType, SchemaRef};
-use cognomega_core::etl::{dt_of_days, ExportFormat};
+use cognomega_core::etl::{dt_of_days, ExportFormat, CATEGORICAL};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use sha2::{Digest, Sha256};
 
 /// zstd level of Parquet pages and NDJSON files: fast to write, ~as small as gzip-9.
@@ -119,10 +120,22 @@ impl FileWriter {
     pub fn new(format: ExportFormat, schema: SchemaRef) -> Result<Self, ExportWriteError> {
         let inner = match format {
             ExportFormat::Parquet => {
-                let props = WriterProperties::builder()
+                // Dictionaries only for columns with few distinct values: a dictionary of
+                // unique keys is built, found useless and thrown away, and costs memory per
+                // open file (a part has one open file per event date).
+                let mut props = WriterProperties::builder()
                     .set_compression(Compression::ZSTD(ZstdLevel::try_new(ZSTD_LEVEL)?))
                     .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-                    .build();
+                    .set_dictionary_enabled(false);
+                for field in schema.fields() {
+                    if CATEGORICAL.contains(&field.name().as_str()) {
+                        props = props.set_column_dictionary_enabled(
+                            ColumnPath::from(field.name().as_str()),
+                            true,
+                        );
+                    }
+                }
+                let props = props.build();
                 Inner::Parquet(Box::new(ArrowWriter::try_new(
                     Vec::new(),
                     schema,

@@ -667,7 +667,7 @@ impl Days {
         let builders = self
             .open
             .entry(day)
-            .or_insert_with(|| Builders::new(columns, self.batch_rows));
+            .or_insert_with(|| Builders::new(columns, self.batch_rows.min(1024)));
         builders.push(row, columns)?;
         self.scanned += 1;
         if builders.rows < self.batch_rows {

@@ -14,7 +14,7 @@ use cognomega_stores::Database;
 use indicatif::ProgressBar;
 use serde::Serialize;
 
-use super::{peak_rss_mib, progress, Backend, Ctx, ThrowawayStore};
+use super::{cpu_seconds, peak_rss_mib, progress, Backend, Ctx, ThrowawayStore};
 
 #[derive(Debug, clap::Args)]
 pub struct ExportArgs {
@@ -48,6 +48,11 @@ struct Report {
     seed_rows_per_s: f64,
     export_s: f64,
     export_rows_per_s: f64,
+    export_cpu_s: f64,
+    export_rows_per_cpu_s: f64,
+    seed_peak_rss_mib: f64,
+    /// False where the kernel refused to reset the peak: then it includes the seeding.
+    peak_rss_is_export_only: bool,
     parts: u64,
     files: u64,
     bytes: u64,
@@ -88,7 +93,20 @@ pub async fn run(ctx: &Ctx, args: ExportArgs) -> anyhow::Result<()> {
             report.files,
             mib(report.bytes)
         );
-        println!("  peak RSS  {:.1} MiB", report.peak_rss_mib);
+        println!(
+            "  CPU       {:.2} s for the export ({:.0} rows per CPU-second)",
+            report.export_cpu_s, report.export_rows_per_cpu_s
+        );
+        println!(
+            "  peak RSS  {:.1} MiB during the export{} (seeding: {:.1} MiB)",
+            report.peak_rss_mib,
+            if report.peak_rss_is_export_only {
+                ""
+            } else {
+                ", seeding included"
+            },
+            report.seed_peak_rss_mib
+        );
     }
     Ok(())
 }
@@ -112,6 +130,9 @@ async fn measure(store: &ThrowawayStore, args: &ExportArgs) -> anyhow::Result<Re
     let seed_s = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
 
+    let seed_rss_mib = peak_rss_mib();
+    // Measure the export's own peak: seeding's (SQLite's statement journal, say) is not its.
+    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
     let objects = Objects::open(&ObjectStoreUrl::Local(store.dir.join("objects")))?;
     let options = cognomega_consumers::etl::ExportOptions {
         max_rows_per_part: args.part_rows,
@@ -120,10 +141,12 @@ async fn measure(store: &ThrowawayStore, args: &ExportArgs) -> anyhow::Result<Re
     let exporter = Exporter::with_options(store.db.clone(), objects, options);
     let bar = Rows(progress(show, args.rows, "export"));
     let started = Instant::now();
+    let cpu_before = cpu_seconds("self").unwrap_or(0.0);
     let report: ExportReport = exporter
         .export(Dataset::UsageEvents, args.format, None, &bar)
         .await?;
     let export_s = started.elapsed().as_secs_f64();
+    let export_cpu_s = cpu_seconds("self").unwrap_or(0.0) - cpu_before;
     bar.0.finish_and_clear();
     if report.rows != args.rows {
         bail!("exported {} rows of {}", report.rows, args.rows);
@@ -137,6 +160,10 @@ async fn measure(store: &ThrowawayStore, args: &ExportArgs) -> anyhow::Result<Re
         seed_rows_per_s: rows / seed_s,
         export_s,
         export_rows_per_s: rows / export_s,
+        export_cpu_s,
+        export_rows_per_cpu_s: rows / export_cpu_s.max(0.001),
+        seed_peak_rss_mib: seed_rss_mib,
+        peak_rss_is_export_only: reset,
         parts: report.parts,
         files: report.files,
         bytes: report.bytes,
