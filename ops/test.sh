@@ -11,6 +11,10 @@ step "services"
 ops/services.sh
 ops/s3.sh --install
 ops/clamd.sh --install
+# The export tests read the exported files with DuckDB (consumers/tests/etl.rs).
+if ! python3 -c 'import duckdb' 2>/dev/null; then
+  pip install duckdb==2.0.0 || pip install --break-system-packages duckdb==2.0.0
+fi
 
 step "toolchain"
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then

@@ -79,6 +79,8 @@ enum Command {
     Prune,
     /// Send probe messages and wait until the workers have applied them all.
     Probe(commands::probe::Args),
+    /// Export datasets incrementally to Parquet or NDJSON.zst under exports/ (for analysts).
+    Export(commands::export::Args),
     /// Manage the JWT signing keys.
     Keys(commands::keys::Args),
     /// Lifecycle tiers: render the bucket rules, apply them, run the sweeper.
@@ -129,6 +131,7 @@ fn main() -> ExitCode {
             Command::Dlq(args) => commands::dlq::run(ctx, args).await,
             Command::Prune => commands::prune(ctx).await,
             Command::Probe(args) => commands::probe::run(ctx, args).await,
+            Command::Export(args) => commands::export::run(ctx, args).await,
             Command::Keys(args) => commands::keys::run(ctx, args).await,
             Command::Lifecycle(args) => commands::lifecycle::run(ctx, args).await,
             Command::Bench(args) => commands::bench::run(ctx, args).await,

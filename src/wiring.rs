@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use cognomega_consumers::av_scan::{self, Scanner};
+use cognomega_consumers::etl::{self, EtlHandler, Exporter};
 use cognomega_consumers::jobs::{self, JobRunner};
 use cognomega_consumers::lifecycle::{self, SweepConsumer, Sweeper};
 use cognomega_consumers::settlement::SettlementWriter;
@@ -78,6 +79,11 @@ pub fn runtime(
             objects.clone(),
             lifecycle.clone(),
         ))),
+    )?;
+    rt.register(
+        etl::queue(),
+        etl::settings(),
+        Arc::new(EtlHandler::new(Exporter::new(db.clone(), objects.clone()))),
     )?;
     if let Some(clamd) = clamd {
         rt.register(

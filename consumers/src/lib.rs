@@ -10,6 +10,7 @@
 
 mod acker;
 pub mod av_scan;
+pub mod etl;
 pub mod jobs;
 pub mod lifecycle;
 pub mod maintenance;

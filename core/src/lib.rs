@@ -9,6 +9,7 @@
 pub mod api;
 pub mod auth;
 pub mod billing;
+pub mod etl;
 pub mod files;
 pub mod queue;
 pub mod schedule;

@@ -16,6 +16,7 @@
 use serde_json::Value;
 
 pub mod decode;
+pub mod export;
 pub mod registry;
 pub mod sketch;
 #[cfg(feature = "synth")]

@@ -222,6 +222,42 @@ pub fn render_lifecycle(totals: &cognomega_stores::lifecycle::LifecycleTotals) -
     out
 }
 
+/// Export files and rows recorded in the database (so every process reports the same totals,
+/// whichever worker wrote them).
+#[must_use]
+pub fn render_exports(totals: &[cognomega_stores::exports::ExportTotals]) -> String {
+    let mut out = String::new();
+    for (name, help, value) in [
+        (
+            "cognomega_export_files_total",
+            "Export files written and recorded, by dataset and format.",
+            (|t: &cognomega_stores::exports::ExportTotals| t.files) as fn(&_) -> i64,
+        ),
+        (
+            "cognomega_export_rows_total",
+            "Rows exported, by dataset and format.",
+            |t| t.rows,
+        ),
+        (
+            "cognomega_export_bytes_total",
+            "Bytes of export files, by dataset and format.",
+            |t| t.bytes,
+        ),
+    ] {
+        header(&mut out, name, "counter", help);
+        for t in totals {
+            let _ = writeln!(
+                out,
+                "{name}{{dataset=\"{}\",format=\"{}\"}} {}",
+                t.dataset,
+                t.format,
+                value(t)
+            );
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,11 +12,14 @@
 //! `bench usage` and `bench credits` measure the money path over HTTP (see [`usage`] and
 //! [`credits`]): a `cognomega serve` child process on loopback, driven by a separate client.
 //!
+//! `bench export` seeds usage events in bulk and exports them to Parquet (see [`export`]).
+//!
 //! Each runs against a throwaway store: a temporary SQLite file, or a PostgreSQL database it
 //! creates and drops.
 
 mod client;
 mod credits;
+mod export;
 mod jobs;
 mod server;
 mod sweep;
@@ -57,6 +60,8 @@ enum What {
     Credits(credits::CreditsArgs),
     /// `sketch_to_app` throughput of real worker processes: jobs per minute, run time p50/p99.
     Jobs(jobs::JobsArgs),
+    /// Usage events exported to Parquet: rows/s, files and bytes, peak RSS.
+    Export(export::ExportArgs),
     /// A large streamed upload (MB/s, server peak RSS), many small ones, and the av-scan drain.
     Upload(upload::UploadArgs),
     /// The lifecycle sweeper over N objects on the local folder: objects/s of a day-31 sweep
@@ -115,6 +120,7 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<()> {
         What::Jobs(args) => jobs::run(args, ctx.database_url.as_deref()).await,
         What::Upload(args) => upload::run(&ctx, args).await,
         What::Sweep(args) => sweep::run(&ctx, args).await,
+        What::Export(args) => export::run(&ctx, args).await,
     }
 }
 

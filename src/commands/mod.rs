@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod dlq;
+pub mod export;
 pub mod keys;
 pub mod lifecycle;
 pub mod probe;

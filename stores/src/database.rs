@@ -185,7 +185,9 @@ impl Database {
         let read = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(60))
-            .connect_with(opts.read_only(true))
+            // Large scans (the exports) hand rows over from SQLite's thread in bigger batches:
+            // the default of 50 makes the two threads wake each other every few rows.
+            .connect_with(opts.read_only(true).row_buffer_size(1024))
             .await
             .map_err(connect_err)?;
         Ok(Self::Sqlite(SqliteDb {

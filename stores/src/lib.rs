@@ -9,6 +9,7 @@
 pub mod billing;
 pub mod clamd;
 pub mod database;
+pub mod exports;
 pub mod jobs;
 pub mod keys;
 pub mod kv;

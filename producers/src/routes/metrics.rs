@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::header::CONTENT_TYPE;
 
-use crate::metrics_text::{render_consumers, render_lifecycle, render_queues};
+use crate::metrics_text::{render_consumers, render_exports, render_lifecycle, render_queues};
 use crate::{ApiError, AppState};
 
 pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
@@ -22,6 +22,10 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, A
         .await
         .map_err(ApiError::internal)?;
     text.push_str(&render_lifecycle(&lifecycle));
+    let totals = cognomega_stores::exports::totals(&state.db)
+        .await
+        .map_err(ApiError::internal)?;
+    text.push_str(&render_exports(&totals));
     Ok((
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         text,

@@ -3,6 +3,7 @@
 mod admin;
 mod auth;
 mod credits;
+mod exports;
 mod health;
 mod jobs;
 mod metrics;
@@ -34,6 +35,8 @@ pub fn router() -> Router<AppState> {
             "/admin/rebuild-balance-cache",
             post(admin::rebuild_balance_cache),
         )
+        .route("/admin/exports", post(exports::enqueue))
+        .route("/exports", get(exports::list))
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(metrics::metrics))
         .layer(DefaultBodyLimit::max(SMALL_BODY_LIMIT));

@@ -1,4 +1,5 @@
-//! `POST /upload/direct`, `GET /uploads/{key}`, `GET /files/{key}` (signed).
+//! `POST /upload/direct`, `GET /uploads/{key}`, `GET /files/{key}` (signed; uploads, and the
+//! export files listed by `GET /exports`).
 //!
 //! The body is streamed to object storage while it is counted and hashed: memory stays bounded
 //! whatever the size, the size limit is enforced on the stream itself (so a chunked body with no
@@ -474,6 +475,9 @@ pub(crate) async fn file(
                 SignedUrlError::BadSignature.to_string(),
             ))
         }
+    }
+    if key.starts_with("exports/") {
+        return super::exports::file(&state, &key).await;
     }
     let upload = uploads::get(&state.db, &key, None)
         .await

@@ -1,0 +1,161 @@
+//! `GET /exports` (admin): every dataset's manifest with a download URL per file;
+//! `POST /admin/exports`: enqueue an export now. The files themselves are served by
+//! `GET /files/{key}` (signed links) on the local folder, or straight from S3/R2 (presigned).
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::Utc;
+use cognomega_consumers::etl::{self, EtlMessage};
+use cognomega_core::etl::{Dataset, EtlParseError, ExportFormat};
+use cognomega_core::files::sign_download;
+use cognomega_core::queue::OutgoingMessage;
+use cognomega_stores::exports;
+use cognomega_stores::objects::ObjectKey;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::auth::Admin;
+use crate::{ApiError, AppState};
+
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    _admin: Admin,
+) -> Result<Json<Value>, ApiError> {
+    let mut datasets = Vec::with_capacity(Dataset::ALL.len());
+    for dataset in Dataset::ALL {
+        let files = exports::files(&state.db, dataset)
+            .await
+            .map_err(ApiError::internal)?;
+        let mut parts = Vec::with_capacity(files.len());
+        for file in files {
+            let url = download_url(&state, &file.key).await?;
+            let mut part = serde_json::to_value(&file).map_err(ApiError::internal)?;
+            part["url"] = Value::String(url);
+            parts.push(part);
+        }
+        datasets.push(json!({
+            "dataset": dataset,
+            "manifest_key": dataset.manifest_key(),
+            "parts": parts,
+        }));
+    }
+    Ok(Json(json!({ "datasets": datasets })))
+}
+
+/// A presigned GET on S3/R2; on the local folder a signed `/files/{key}` link.
+async fn download_url(state: &AppState, key: &str) -> Result<String, ApiError> {
+    let ttl = state.config.uploads.link_ttl;
+    let object_key = ObjectKey::parse(key).map_err(ApiError::internal)?;
+    if let Some(url) = state
+        .objects
+        .presign_get(&object_key, ttl)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        return Ok(url.to_string());
+    }
+    let exp = Utc::now().timestamp() + i64::try_from(ttl.as_secs()).unwrap_or(900);
+    Ok(format!(
+        "/files/{key}?exp={exp}&sig={}",
+        sign_download(&state.url_secret, key, exp)
+    ))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportRequest {
+    dataset: Option<String>,
+    format: Option<String>,
+}
+
+pub(crate) async fn enqueue(
+    State(state): State<AppState>,
+    _admin: Admin,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request: ExportRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ExportRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_json",
+                format!("the body must be {{\"dataset\"?, \"format\"?}}: {e}"),
+            )
+        })?
+    };
+    let invalid = |e: EtlParseError| match e {
+        EtlParseError::Dataset(_) => ApiError::bad_request("invalid_dataset", e.to_string()),
+        EtlParseError::Format(_) => ApiError::bad_request("invalid_format", e.to_string()),
+    };
+    let datasets = match request.dataset.as_deref() {
+        Some(d) => vec![d.parse::<Dataset>().map_err(invalid)?],
+        None => Dataset::ALL.to_vec(),
+    };
+    let format = match request.format.as_deref() {
+        Some(f) => f.parse::<ExportFormat>().map_err(invalid)?,
+        None => ExportFormat::default(),
+    };
+    let mut queued = Vec::with_capacity(datasets.len());
+    for dataset in datasets {
+        let message = EtlMessage {
+            dataset: Some(dataset),
+            format,
+        };
+        let outgoing = OutgoingMessage::json(&message).map_err(ApiError::internal)?;
+        let receipt = state
+            .queues
+            .send(&etl::queue(), outgoing)
+            .await
+            .map_err(ApiError::internal)?;
+        queued.push(json!({
+            "message_id": receipt.id,
+            "dataset": dataset,
+            "format": format,
+        }));
+    }
+    Ok((StatusCode::ACCEPTED, Json(json!({ "queued": queued }))).into_response())
+}
+
+/// The bytes of a recorded export file, for a link already verified by `GET /files/{key}`.
+pub(crate) async fn file(state: &AppState, key: &str) -> Result<Response, ApiError> {
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "export_not_found",
+            "no complete export file under that key; see GET /exports",
+        )
+    };
+    let record = exports::file(&state.db, key)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(not_found)?;
+    let object_key = ObjectKey::parse(&record.key).map_err(ApiError::internal)?;
+    let object = state.objects.get(&object_key).await.map_err(|e| {
+        if e.is_not_found() {
+            not_found()
+        } else {
+            ApiError::internal(e)
+        }
+    })?;
+    let mut resp = Response::new(Body::from_stream(object.stream));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(record.format.content_type()),
+    );
+    h.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(u64::try_from(record.bytes).unwrap_or(0)),
+    );
+    let name = object_key.file_name().to_owned();
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", record.sha256)) {
+        h.insert(header::ETAG, v);
+    }
+    Ok(resp)
+}
