@@ -20,7 +20,7 @@ pub fn queue() -> QueueName {
 #[must_use]
 pub fn settings() -> QueueSettings {
     QueueSettings {
-        max_batch_size: 20,
+        max_batch_size: 5,
         max_concurrency: 4,
         max_retries: 10,
         dead_letter_queue: Some(
