@@ -459,58 +459,64 @@ pub async fn apply_balance_deltas(
     deltas: &BTreeMap<String, i64>,
     guest_floor: i64,
 ) -> Result<BTreeMap<String, i64>, StoreError> {
-    let mut balances = BTreeMap::new();
-    let now = now_ms().0;
-    for (tenant, delta) in deltas {
-        let balance: i64 = match tx {
-            Tx::Sqlite { tx, .. } => {
-                let b = sqlx::query_scalar(
-                    "INSERT INTO balances (tenant_id, balance, updated_at) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (tenant_id) DO UPDATE SET balance = balance + excluded.balance, updated_at = excluded.updated_at
-                     RETURNING balance",
-                )
-                .bind(tenant)
-                .bind(delta)
-                .bind(now)
-                .fetch_one(&mut **tx)
-                .await?;
-                sqlx::query(
-                    "UPDATE tenants SET flagged_at = CASE WHEN tier = 'guest' AND ?2 < ?3 THEN COALESCE(flagged_at, ?4) END
-                     WHERE id = ?1",
-                )
-                .bind(tenant)
-                .bind(b)
-                .bind(guest_floor)
-                .bind(now)
-                .execute(&mut **tx)
-                .await?;
-                b
-            }
-            Tx::Postgres { tx } => {
-                let b = sqlx::query_scalar(
-                    "INSERT INTO balances (tenant_id, balance) VALUES ($1, $2)
-                     ON CONFLICT (tenant_id) DO UPDATE SET balance = balances.balance + EXCLUDED.balance, updated_at = now()
-                     RETURNING balance",
-                )
-                .bind(tenant)
-                .bind(delta)
-                .fetch_one(&mut **tx)
-                .await?;
-                sqlx::query(
-                    "UPDATE tenants SET flagged_at = CASE WHEN tier = 'guest' AND $2 < $3 THEN COALESCE(flagged_at, now()) END
-                     WHERE id = $1",
-                )
-                .bind(tenant)
-                .bind(b)
-                .bind(guest_floor)
-                .execute(&mut **tx)
-                .await?;
-                b
-            }
-        };
-        balances.insert(tenant.clone(), balance);
+    if deltas.is_empty() {
+        return Ok(BTreeMap::new());
     }
-    Ok(balances)
+    // Two statements for the whole batch, whatever the number of tenants (a statement per
+    // tenant was most of a settlement batch's time). Rows go in key order, so concurrent
+    // batches lock balances in one order and cannot deadlock.
+    let json = serde_json::to_string(deltas)
+        .map_err(|e| cognomega_core::queue::QueueError::Invalid(e.to_string()))?;
+    let now = now_ms().0;
+    let rows: Vec<(String, i64)> = match tx {
+        Tx::Sqlite { tx, .. } => {
+            let rows = sqlx::query_as(
+                "INSERT INTO balances (tenant_id, balance, updated_at)
+                 SELECT key, value, ?2 FROM json_each(?1) WHERE true ORDER BY key
+                 ON CONFLICT (tenant_id) DO UPDATE SET balance = balance + excluded.balance, updated_at = excluded.updated_at
+                 RETURNING tenant_id, balance",
+            )
+            .bind(&json)
+            .bind(now)
+            .fetch_all(&mut **tx)
+            .await?;
+            sqlx::query(
+                "UPDATE tenants SET flagged_at = CASE
+                     WHEN tier = 'guest' AND (SELECT balance FROM balances b WHERE b.tenant_id = tenants.id) < ?2
+                     THEN COALESCE(flagged_at, ?3) END
+                 WHERE id IN (SELECT key FROM json_each(?1))",
+            )
+            .bind(&json)
+            .bind(guest_floor)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+            rows
+        }
+        Tx::Postgres { tx } => {
+            let rows = sqlx::query_as(
+                "INSERT INTO balances (tenant_id, balance)
+                 SELECT key, value::bigint FROM jsonb_each_text($1::jsonb) ORDER BY key
+                 ON CONFLICT (tenant_id) DO UPDATE SET balance = balances.balance + EXCLUDED.balance, updated_at = now()
+                 RETURNING tenant_id, balance",
+            )
+            .bind(&json)
+            .fetch_all(&mut **tx)
+            .await?;
+            sqlx::query(
+                "UPDATE tenants t SET flagged_at = CASE
+                     WHEN t.tier = 'guest' AND b.balance < $2 THEN COALESCE(t.flagged_at, now()) END
+                 FROM balances b
+                 WHERE b.tenant_id = t.id AND t.id IN (SELECT jsonb_object_keys($1::jsonb))",
+            )
+            .bind(&json)
+            .bind(guest_floor)
+            .execute(&mut **tx)
+            .await?;
+            rows
+        }
+    };
+    Ok(rows.into_iter().collect())
 }
 
 /// Marks adjustments applied.

@@ -1,6 +1,7 @@
 //! Routes, one module per area.
 
 mod admin;
+mod admin_queues;
 mod auth;
 mod credits;
 mod exports;
@@ -36,6 +37,13 @@ pub fn router() -> Router<AppState> {
             post(admin::rebuild_balance_cache),
         )
         .route("/admin/exports", post(exports::enqueue))
+        .route("/admin/queues", get(admin_queues::list))
+        .route("/admin/queues/{queue}/dlq", get(admin_queues::dead_letters))
+        .route(
+            "/admin/queues/{queue}/dlq/replay",
+            post(admin_queues::replay),
+        )
+        .route("/admin/env-snapshot", get(admin_queues::env_snapshot))
         .route("/exports", get(exports::list))
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(metrics::metrics))

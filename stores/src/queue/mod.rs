@@ -200,3 +200,42 @@ pub(crate) fn dead_message(row: DeadRow) -> cognomega_core::queue::DeadMessage {
         body_preview: String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned(),
     }
 }
+
+/// The dead-letter queue `queue` was declared with, if any.
+pub async fn declared_dead_letter_queue(
+    db: &crate::Database,
+    queue: &QueueName,
+) -> Result<Option<QueueName>, crate::StoreError> {
+    Ok(declared_settings(db)
+        .await?
+        .into_iter()
+        .find(|(name, _)| name == queue.as_str())
+        .and_then(|(_, settings)| {
+            settings
+                .get("dead_letter_queue")
+                .and_then(serde_json::Value::as_str)
+                .and_then(|q| QueueName::parse(q).ok())
+        }))
+}
+
+/// Every declared queue with its settings as stored (JSON), by name.
+pub async fn declared_settings(
+    db: &crate::Database,
+) -> Result<Vec<(String, serde_json::Value)>, crate::StoreError> {
+    const SQL: &str = "SELECT queue, settings FROM queue_settings ORDER BY queue";
+    let rows: Vec<(String, String)> = match db {
+        crate::Database::Sqlite(s) => sqlx::query_as(SQL).fetch_all(&s.read).await?,
+        crate::Database::Postgres(pg) => {
+            sqlx::query_as("SELECT queue, settings::text FROM queue_settings ORDER BY queue")
+                .fetch_all(&pg.pool)
+                .await?
+        }
+    };
+    Ok(rows
+        .into_iter()
+        .map(|(q, s)| {
+            let settings = serde_json::from_str(&s).unwrap_or(serde_json::Value::String(s));
+            (q, settings)
+        })
+        .collect())
+}

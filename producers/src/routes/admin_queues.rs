@@ -1,0 +1,202 @@
+//! `/admin/queues*` and `/admin/env-snapshot`: the operator's view of the queues and of the
+//! running configuration (with every secret left out).
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use cognomega_core::queue::{MessageId, QueueName};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::auth::Admin;
+use crate::{ApiError, AppState};
+
+fn queue_name(raw: &str) -> Result<QueueName, ApiError> {
+    QueueName::parse(raw).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_queue",
+            format!("{e}; GET /admin/queues lists the queues"),
+        )
+    })
+}
+
+/// The dead-letter queue of `queue`: its declared one, or `queue` itself when it is a
+/// dead-letter queue (`….dlq`).
+async fn dlq_of(state: &AppState, queue: &QueueName) -> Result<QueueName, ApiError> {
+    if let Some(dlq) = cognomega_stores::queue::declared_dead_letter_queue(&state.db, queue)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        return Ok(dlq);
+    }
+    if queue.as_str().ends_with(".dlq") {
+        return Ok(queue.clone());
+    }
+    Err(ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_dead_letter_queue",
+        format!("queue {queue} has no dead-letter queue; GET /admin/queues lists the queues"),
+    ))
+}
+
+/// `GET /admin/queues`: the statistics of every queue.
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    _admin: Admin,
+) -> Result<Json<Value>, ApiError> {
+    let mut queues = Vec::new();
+    for q in state.queues.queues().await.map_err(ApiError::internal)? {
+        let stats = state.queues.stats(&q).await.map_err(ApiError::internal)?;
+        queues.push(stats);
+    }
+    Ok(Json(json!({ "queues": queues })))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct DlqQuery {
+    limit: Option<String>,
+}
+
+/// `GET /admin/queues/{q}/dlq?limit=`: dead messages (oldest first) with error and attempts.
+pub(crate) async fn dead_letters(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(queue): Path<String>,
+    Query(query): Query<DlqQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let queue = queue_name(&queue)?;
+    let limit = match query.limit.as_deref() {
+        None => 100,
+        Some(raw) => match raw.parse::<usize>() {
+            Ok(n @ 1..=1000) => n,
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_limit",
+                    format!("limit must be an integer 1..=1000, got {raw:?}"),
+                ))
+            }
+        },
+    };
+    let dlq = dlq_of(&state, &queue).await?;
+    let messages = state
+        .queues
+        .dead_letters(&dlq, limit)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({
+        "queue": queue.as_str(),
+        "dead_letter_queue": dlq.as_str(),
+        "messages": messages,
+    })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReplayBody {
+    ids: Option<Vec<i64>>,
+}
+
+/// `POST /admin/queues/{q}/dlq/replay` (body optional: `{"ids": [..]}`; none = all): moves dead
+/// messages back to the queue they failed in, with fresh attempts.
+pub(crate) async fn replay(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(queue): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let queue = queue_name(&queue)?;
+    let body: ReplayBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ReplayBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                format!("expected {{\"ids\": [message ids]}} or no body (all): {e}"),
+            )
+        })?
+    };
+    if body.ids.as_ref().is_some_and(Vec::is_empty) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "ids is empty; leave it out to replay every dead message",
+        ));
+    }
+    let dlq = dlq_of(&state, &queue).await?;
+    let ids: Option<Vec<MessageId>> = body.ids.map(|ids| ids.into_iter().map(MessageId).collect());
+    let replayed = state
+        .queues
+        .replay(&dlq, ids.as_deref())
+        .await
+        .map_err(ApiError::internal)?;
+    tracing::info!(queue = %queue, dlq = %dlq, replayed, "dead messages replayed");
+    Ok((
+        StatusCode::OK,
+        Json(json!({
+            "queue": queue.as_str(),
+            "dead_letter_queue": dlq.as_str(),
+            "replayed": replayed,
+        })),
+    ))
+}
+
+/// `GET /admin/env-snapshot`: version, build, backends, limits and queue settings. Built from
+/// an allow-list of fields, so no secret (admin key, signing keys, link secret, database
+/// password, S3 credentials) can appear in it.
+pub(crate) async fn env_snapshot(
+    State(state): State<AppState>,
+    _admin: Admin,
+) -> Result<Json<Value>, ApiError> {
+    let config = &state.config;
+    let mut queues = serde_json::Map::new();
+    for (name, settings) in cognomega_stores::queue::declared_settings(&state.db)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        queues.insert(name, settings);
+    }
+    let uploads = &config.uploads;
+    Ok(Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "build": {
+            "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
+            "target_arch": std::env::consts::ARCH,
+            "target_os": std::env::consts::OS,
+        },
+        "uptime_s": state.started.elapsed().as_secs(),
+        "backends": {
+            "database": state.db.backend(),
+            "objects": format!("{:?}", state.objects),
+            "consumers_in_process": state.consumer_metrics.is_some(),
+        },
+        "auth": {
+            "issuer": config.issuer,
+            "audience": config.audience,
+            "token_ttl_s": config.token_ttl.as_secs(),
+            "admin_key": "[redacted]",
+        },
+        "billing": {
+            "prices": config.billing.prices,
+            "guest_grant": config.billing.guest_grant,
+            "guest_floor": config.billing.guest_floor,
+        },
+        "cors": match &config.cors {
+            crate::CorsOrigins::Any => json!("*"),
+            crate::CorsOrigins::List(list) => json!(list),
+        },
+        "uploads": {
+            "max_bytes": uploads.max_bytes,
+            "max_bytes_by_tier": uploads.max_bytes_by_tier,
+            "quota_bytes": uploads.quota_bytes,
+            "allowed_types": uploads.allowed_types,
+            "link_ttl_s": uploads.link_ttl.as_secs(),
+            "scanning": uploads.scanning,
+            "require_scan": uploads.require_scan,
+        },
+        "job_types": state.job_types.iter().map(|t| t.name().to_owned()).collect::<Vec<_>>(),
+        "queues": queues,
+    })))
+}
