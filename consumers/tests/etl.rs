@@ -520,6 +520,61 @@ async fn since_starts_a_new_dataset_only(backend: Backend) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Every text value comes out exactly as stored (non-ASCII, quotes, newlines, empty strings,
+/// nulls), row by row, through parts that span several batches and event dates.
+async fn text_values_are_exact(backend: Backend) -> anyhow::Result<()> {
+    let f = fixture(backend).await?;
+    let db = f.tdb.db();
+    let odd = [
+        "",
+        "ü-ß",
+        "quote \" and \\",
+        "line\nbreak",
+        "emoji 🚀",
+        "tab\tend",
+    ];
+    for i in 0..150_i64 {
+        let text = odd[usize::try_from(i).unwrap_or(0) % odd.len()];
+        let meta = (i % 4 != 0).then(|| format!("{{\"v\":{}}}", serde_json::json!(text)));
+        let request = (i % 3 != 0).then(|| format!("{text}#{i}"));
+        insert_usage(
+            db,
+            &format!("tenant {text}"),
+            &format!("k{i}-{text}"),
+            i + 1,
+            i % 5,
+            T0 + (i % 4) * DAY_MS + i,
+            meta.as_deref(),
+            request.as_deref(),
+        )
+        .await?;
+    }
+    f.exporter(small_parts())
+        .export(Dataset::UsageEvents, ExportFormat::Parquet, None, &Silent)
+        .await?;
+    let exported = duckdb(&format!(
+        "SELECT seq, tenant_id, idempotency_key, meta, request_id FROM read_parquet('{}') \
+         ORDER BY seq",
+        f.glob(Dataset::UsageEvents, ExportFormat::Parquet)
+    ))?;
+    const SQL: &str =
+        "SELECT seq, tenant_id, idempotency_key, meta, request_id FROM usage_events ORDER BY seq";
+    type Text = (i64, String, String, Option<String>, Option<String>);
+    let stored: Vec<Text> = match db {
+        cognomega_stores::Database::Sqlite(s) => sqlx::query_as(SQL).fetch_all(&s.write).await?,
+        cognomega_stores::Database::Postgres(p) => sqlx::query_as(SQL).fetch_all(&p.pool).await?,
+    };
+    let stored: Vec<Value> = stored
+        .into_iter()
+        .map(|(seq, tenant, key, meta, request)| {
+            serde_json::json!([seq, tenant, key, meta, request])
+        })
+        .collect();
+    assert_eq!(stored.len(), 150);
+    assert_eq!(exported, stored);
+    Ok(())
+}
+
 both_backends!(
     exports_equal_the_database,
     ndjson_equals_the_database,
@@ -527,4 +582,5 @@ both_backends!(
     concurrent_runs_never_overlap,
     every_dataset_exports,
     since_starts_a_new_dataset_only,
+    text_values_are_exact,
 );

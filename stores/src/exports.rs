@@ -35,7 +35,7 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 use cognomega_core::etl::{Column, ColumnType, Dataset, ExportFormat, ManifestPart};
 use futures::TryStreamExt;
-use sqlx::{ColumnIndex, Decode, Row, Type};
+use sqlx::Row;
 use tokio::sync::mpsc;
 
 use crate::Database;
@@ -68,6 +68,12 @@ pub enum ExportStoreError {
         /// Why.
         source: ArrowError,
     },
+    /// The SQLite scan failed.
+    #[error("scanning SQLite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The SQLite scan thread panicked or was cancelled.
+    #[error("the SQLite scan thread failed: {0}")]
+    ScanThread(String),
     /// The consumer of the scanned batches stopped.
     #[error("the export writer stopped before the scan finished")]
     WriterGone,
@@ -561,9 +567,9 @@ fn scan_sql(dataset: Dataset, postgres: bool) -> String {
             match (c.ty, postgres) {
                 // SQLite keeps epoch milliseconds.
                 (ColumnType::Timestamp, false) => format!("{name} * 1000"),
-                (ColumnType::Timestamp, true) => {
-                    format!("(extract(epoch FROM {name}) * 1000000)::bigint")
-                }
+                // PostgreSQL sends a timestamptz as its microseconds (binary protocol): decoded
+                // as is, with no server-side arithmetic (`extract` works in `numeric`).
+                (ColumnType::Timestamp, true) => name,
                 (ColumnType::Int64, true) => format!("{name}::bigint"),
                 (ColumnType::Float64, true) => format!("{name}::float8"),
                 _ => name,
@@ -577,32 +583,34 @@ fn scan_sql(dataset: Dataset, postgres: bool) -> String {
     )
 }
 
+/// Page cache of the SQLite scan's own connection: the scan reads the table once, in `seq`
+/// order, so pages are never read twice and a large cache would only hold memory.
+const SQLITE_SCAN_CACHE_KIB: i64 = 2048;
+
 /// Streams the rows of `part` (in `seq` order) as Arrow batches of at most `batch_rows` rows,
 /// one event date per batch, into `out`. Memory: one open batch per event date met. Returns
 /// the rows scanned.
+///
+/// On SQLite the scan runs on a blocking thread over its own read-only connection to the same
+/// file, reading each value where SQLite keeps it (no copy per value, no rows handed between
+/// threads); a part's rows are committed before it is planned, so any connection sees them.
 pub async fn scan(
     db: &Database,
     part: &Part,
     batch_rows: usize,
     out: &mpsc::Sender<DayBatch>,
 ) -> Result<u64, ExportStoreError> {
-    let mut days = Days::new(part.dataset, batch_rows.max(1));
+    let batch_rows = batch_rows.max(1);
     match db {
         Database::Sqlite(s) => {
-            let sql = scan_sql(part.dataset, false);
-            let mut rows = sqlx::query(&sql)
-                .bind(part.from)
-                .bind(part.to)
-                .fetch(&s.read);
-            while let Some(row) = rows.try_next().await? {
-                if let Some(full) = days.push(&row)? {
-                    out.send(full)
-                        .await
-                        .map_err(|_| ExportStoreError::WriterGone)?;
-                }
-            }
+            let path = s.read.connect_options().get_filename().to_path_buf();
+            let (part, out) = (*part, out.clone());
+            tokio::task::spawn_blocking(move || scan_sqlite(&path, &part, batch_rows, &out))
+                .await
+                .map_err(|e| ExportStoreError::ScanThread(e.to_string()))?
         }
         Database::Postgres(p) => {
+            let mut days = Days::new(part.dataset, batch_rows);
             let sql = scan_sql(part.dataset, true);
             let mut rows = sqlx::query(&sql)
                 .bind(part.from)
@@ -615,15 +623,103 @@ pub async fn scan(
                         .map_err(|_| ExportStoreError::WriterGone)?;
                 }
             }
+            let scanned = days.scanned;
+            for rest in days.finish()? {
+                out.send(rest)
+                    .await
+                    .map_err(|_| ExportStoreError::WriterGone)?;
+            }
+            Ok(scanned)
+        }
+    }
+}
+
+/// The SQLite scan, on the calling (blocking) thread.
+fn scan_sqlite(
+    path: &std::path::Path,
+    part: &Part,
+    batch_rows: usize,
+    out: &mpsc::Sender<DayBatch>,
+) -> Result<u64, ExportStoreError> {
+    use rusqlite::OpenFlags;
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    conn.pragma_update(None, "cache_size", -SQLITE_SCAN_CACHE_KIB)?;
+    let mut days = Days::new(part.dataset, batch_rows);
+    let mut stmt = conn.prepare(&scan_sql(part.dataset, false))?;
+    let mut rows = stmt.query([part.from, part.to])?;
+    while let Some(row) = rows.next()? {
+        if let Some(full) = days.push(row)? {
+            out.blocking_send(full)
+                .map_err(|_| ExportStoreError::WriterGone)?;
         }
     }
     let scanned = days.scanned;
     for rest in days.finish()? {
-        out.send(rest)
-            .await
+        out.blocking_send(rest)
             .map_err(|_| ExportStoreError::WriterGone)?;
     }
     Ok(scanned)
+}
+
+/// One scanned row, read by column index as the type of its Arrow column.
+trait Cells {
+    fn int(&self, i: usize) -> Result<Option<i64>, ExportStoreError>;
+    /// Microseconds since the epoch, UTC.
+    fn micros(&self, i: usize) -> Result<Option<i64>, ExportStoreError>;
+    fn float(&self, i: usize) -> Result<Option<f64>, ExportStoreError>;
+    fn boolean(&self, i: usize) -> Result<Option<bool>, ExportStoreError>;
+    fn text(&self, i: usize) -> Result<Option<&str>, ExportStoreError>;
+}
+
+impl Cells for sqlx::postgres::PgRow {
+    fn int(&self, i: usize) -> Result<Option<i64>, ExportStoreError> {
+        Ok(self.try_get(i)?)
+    }
+    fn micros(&self, i: usize) -> Result<Option<i64>, ExportStoreError> {
+        let at: Option<chrono::DateTime<chrono::Utc>> = self.try_get(i)?;
+        Ok(at.map(|t| t.timestamp_micros()))
+    }
+    fn float(&self, i: usize) -> Result<Option<f64>, ExportStoreError> {
+        Ok(self.try_get(i)?)
+    }
+    fn boolean(&self, i: usize) -> Result<Option<bool>, ExportStoreError> {
+        Ok(self.try_get(i)?)
+    }
+    fn text(&self, i: usize) -> Result<Option<&str>, ExportStoreError> {
+        Ok(self.try_get(i)?)
+    }
+}
+
+impl Cells for rusqlite::Row<'_> {
+    fn int(&self, i: usize) -> Result<Option<i64>, ExportStoreError> {
+        Ok(self.get(i)?)
+    }
+    fn micros(&self, i: usize) -> Result<Option<i64>, ExportStoreError> {
+        // Milliseconds in the table, scaled by the SELECT.
+        self.int(i)
+    }
+    fn float(&self, i: usize) -> Result<Option<f64>, ExportStoreError> {
+        // A REAL column may hold an integer-valued number as an integer.
+        Ok(self.get(i)?)
+    }
+    fn boolean(&self, i: usize) -> Result<Option<bool>, ExportStoreError> {
+        Ok(self.get(i)?)
+    }
+    fn text(&self, i: usize) -> Result<Option<&str>, ExportStoreError> {
+        match self.get_ref(i)? {
+            rusqlite::types::ValueRef::Null => Ok(None),
+            rusqlite::types::ValueRef::Text(bytes) => std::str::from_utf8(bytes)
+                .map(Some)
+                .map_err(|e| rusqlite::Error::Utf8Error(e).into()),
+            other => {
+                Err(rusqlite::Error::InvalidColumnType(i, String::new(), other.data_type()).into())
+            }
+        }
+    }
 }
 
 /// Open batches, one per event date.
@@ -651,24 +747,16 @@ impl Days {
     }
 
     /// Adds a row; returns its date's batch when that is full.
-    fn push<'r, R>(&mut self, row: &'r R) -> Result<Option<DayBatch>, ExportStoreError>
-    where
-        R: Row,
-        usize: ColumnIndex<R>,
-        Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
-        Option<f64>: Decode<'r, R::Database> + Type<R::Database>,
-        Option<bool>: Decode<'r, R::Database> + Type<R::Database>,
-        Option<&'r str>: Decode<'r, R::Database> + Type<R::Database>,
-    {
+    fn push(&mut self, row: &impl Cells) -> Result<Option<DayBatch>, ExportStoreError> {
         // A NULL event time (impossible: NOT NULL) would fail the batch's schema check below.
-        let at: Option<i64> = row.try_get(self.partition)?;
+        let at = row.micros(self.partition)?;
         let day = at.unwrap_or(0).div_euclid(MICROS_PER_DAY);
         let columns = self.dataset.columns();
         let builders = self
             .open
             .entry(day)
             .or_insert_with(|| Builders::new(columns, self.batch_rows.min(1024)));
-        builders.push(row, columns)?;
+        builders.push(row)?;
         self.scanned += 1;
         if builders.rows < self.batch_rows {
             return Ok(None);
@@ -732,22 +820,14 @@ impl Builders {
         Self { columns, rows: 0 }
     }
 
-    fn push<'r, R>(&mut self, row: &'r R, _spec: &[Column]) -> Result<(), sqlx::Error>
-    where
-        R: Row,
-        usize: ColumnIndex<R>,
-        Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
-        Option<f64>: Decode<'r, R::Database> + Type<R::Database>,
-        Option<bool>: Decode<'r, R::Database> + Type<R::Database>,
-        Option<&'r str>: Decode<'r, R::Database> + Type<R::Database>,
-    {
+    fn push(&mut self, row: &impl Cells) -> Result<(), ExportStoreError> {
         for (i, b) in self.columns.iter_mut().enumerate() {
             match b {
-                Builder::Int64(b) => b.append_option(row.try_get::<Option<i64>, _>(i)?),
-                Builder::Timestamp(b) => b.append_option(row.try_get::<Option<i64>, _>(i)?),
-                Builder::Float64(b) => b.append_option(row.try_get::<Option<f64>, _>(i)?),
-                Builder::Bool(b) => b.append_option(row.try_get::<Option<bool>, _>(i)?),
-                Builder::Utf8(b) => b.append_option(row.try_get::<Option<&str>, _>(i)?),
+                Builder::Int64(b) => b.append_option(row.int(i)?),
+                Builder::Timestamp(b) => b.append_option(row.micros(i)?),
+                Builder::Float64(b) => b.append_option(row.float(i)?),
+                Builder::Bool(b) => b.append_option(row.boolean(i)?),
+                Builder::Utf8(b) => b.append_option(row.text(i)?),
             }
         }
         self.rows += 1;
@@ -781,6 +861,6 @@ mod tests {
         let pg = scan_sql(Dataset::Jobs, true);
         assert!(pg.contains("\"attempts\"::bigint"), "{pg}");
         assert!(pg.contains("\"progress\"::float8"), "{pg}");
-        assert!(pg.contains("extract(epoch FROM \"finished_at\")"), "{pg}");
+        assert!(pg.contains(", \"finished_at\" FROM"), "{pg}");
     }
 }
