@@ -52,8 +52,13 @@ pub fn settings() -> QueueSettings {
     }
 }
 
-/// Parts written at once by one run.
+/// Parts written at once by one run on PostgreSQL: the server decodes and sends one part's
+/// rows on one core, so two parts keep both busy.
 pub const PARTS_IN_FLIGHT: usize = 2;
+
+/// Parts written at once by one run on SQLite: one part's scan thread and encoding thread
+/// already keep two cores busy, and every part in flight holds one open file per event date.
+pub const SQLITE_PARTS_IN_FLIGHT: usize = 1;
 
 /// Called between writing a part's files and completing it; returning `false` stops the run
 /// there, as a crash would (tests use it to prove recovery).
@@ -218,8 +223,8 @@ impl Exporter {
         Ok(report)
     }
 
-    /// Writes `parts`, [`PARTS_IN_FLIGHT`] at a time: parts are independent (each is completed
-    /// on its own), and a scan keeps one core busy decoding rows, so two overlap well.
+    /// Writes `parts`, [`PARTS_IN_FLIGHT`] (on SQLite [`SQLITE_PARTS_IN_FLIGHT`]) at a time:
+    /// parts are independent (each is completed on its own).
     async fn write_parts(
         &self,
         parts: Vec<Part>,
@@ -233,7 +238,10 @@ impl Exporter {
                     .await
                     .map(|()| one)
             })
-            .buffer_unordered(PARTS_IN_FLIGHT);
+            .buffer_unordered(match self.db {
+                Database::Sqlite(_) => SQLITE_PARTS_IN_FLIGHT,
+                Database::Postgres(_) => PARTS_IN_FLIGHT,
+            });
         // A failed part does not cancel the others: they complete (or fail) on their own, and
         // the failed one stays planned for the next run.
         let mut first_error = None;
