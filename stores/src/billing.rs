@@ -325,6 +325,23 @@ where
     })
 }
 
+/// The SQLite multi-row ledger INSERT of `chunk`, skipping ids already present.
+fn sqlite_ledger_insert(chunk: &[SettlementMessage], now: i64) -> QueryBuilder<'_, sqlx::Sqlite> {
+    let mut qb: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(
+        "INSERT INTO ledger_entries (id, tenant_id, delta, kind, ref, created_at) ",
+    );
+    qb.push_values(chunk, |mut b, e| {
+        b.push_bind(&e.id)
+            .push_bind(&e.tenant_id)
+            .push_bind(e.delta)
+            .push_bind(e.kind.as_str())
+            .push_bind(e.reference.as_deref())
+            .push_bind(now);
+    });
+    qb.push(" ON CONFLICT (id) DO NOTHING");
+    qb
+}
+
 /// Appends ledger entries, skipping ids already present; returns the entries applied now.
 pub async fn append_ledger<'a>(
     tx: &mut Tx,
@@ -334,19 +351,8 @@ pub async fn append_ledger<'a>(
     for chunk in entries.chunks(500) {
         let ids: Vec<String> = match tx {
             Tx::Sqlite { tx, .. } => {
-                let now = now_ms().0;
-                let mut qb: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(
-                    "INSERT INTO ledger_entries (id, tenant_id, delta, kind, ref, created_at) ",
-                );
-                qb.push_values(chunk, |mut b, e| {
-                    b.push_bind(&e.id)
-                        .push_bind(&e.tenant_id)
-                        .push_bind(e.delta)
-                        .push_bind(e.kind.as_str())
-                        .push_bind(e.reference.as_deref())
-                        .push_bind(now);
-                });
-                qb.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
+                let mut qb = sqlite_ledger_insert(chunk, now_ms().0);
+                qb.push(" RETURNING id");
                 qb.build_query_scalar().fetch_all(&mut **tx).await?
             }
             Tx::Postgres { tx } => {
@@ -400,19 +406,10 @@ pub async fn append_and_sum(
             .await?;
         let now = now_ms().0;
         for chunk in entries.chunks(500) {
-            let mut qb: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(
-                "INSERT INTO ledger_entries (id, tenant_id, delta, kind, ref, created_at) ",
-            );
-            qb.push_values(chunk, |mut b, e| {
-                b.push_bind(&e.id)
-                    .push_bind(&e.tenant_id)
-                    .push_bind(e.delta)
-                    .push_bind(e.kind.as_str())
-                    .push_bind(e.reference.as_deref())
-                    .push_bind(now);
-            });
-            qb.push(" ON CONFLICT (id) DO NOTHING");
-            qb.build().execute(&mut **conn).await?;
+            sqlite_ledger_insert(chunk, now)
+                .build()
+                .execute(&mut **conn)
+                .await?;
         }
         let sums: Vec<(String, i64, i64)> = sqlx::query_as(
             // NOT INDEXED: without it the planner walks the whole (tenant, seq) index to
