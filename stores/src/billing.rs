@@ -122,6 +122,34 @@ pub async fn tenant_status(db: &Database, tenant_id: &str) -> Result<Option<bool
     Ok(row.map(|(flagged,)| flagged))
 }
 
+/// The SQLite multi-row usage INSERT of `chunk`, skipping keys the tenant already used.
+fn sqlite_usage_insert<'a>(
+    tenant_id: &'a str,
+    chunk: &'a [(UsageEvent, i64)],
+    received_at_ms: i64,
+    request_id: Option<&'a str>,
+) -> QueryBuilder<'a, sqlx::Sqlite> {
+    let mut qb: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(
+        "INSERT INTO usage_events (tenant_id, idempotency_key, kind, quantity, credits, occurred_at, received_at, meta, request_id) ",
+    );
+    qb.push_values(chunk, |mut b, (e, credits)| {
+        b.push_bind(tenant_id)
+            .push_bind(e.idempotency_key.as_str())
+            .push_bind(e.kind.as_str())
+            .push_bind(i64::try_from(e.quantity).unwrap_or(i64::MAX))
+            .push_bind(*credits)
+            .push_bind(
+                e.occurred_at
+                    .map_or(received_at_ms, |t| t.timestamp_millis()),
+            )
+            .push_bind(received_at_ms)
+            .push_bind(received_meta(e))
+            .push_bind(request_id);
+    });
+    qb.push(" ON CONFLICT (tenant_id, idempotency_key) DO NOTHING");
+    qb
+}
+
 /// Inserts usage events, ignoring keys the tenant already used; returns the new ones.
 pub async fn insert_usage(
     tx: &mut Tx,
@@ -146,21 +174,8 @@ pub async fn insert_usage(
         };
         let new_rows = match tx {
             Tx::Sqlite { tx, .. } => {
-                let mut qb: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(
-                    "INSERT INTO usage_events (tenant_id, idempotency_key, kind, quantity, credits, occurred_at, received_at, meta, request_id) ",
-                );
-                qb.push_values(chunk.iter().zip(&meta), |mut b, ((e, credits), meta)| {
-                    b.push_bind(tenant_id)
-                        .push_bind(e.idempotency_key.as_str())
-                        .push_bind(e.kind.as_str())
-                        .push_bind(i64::try_from(e.quantity).unwrap_or(i64::MAX))
-                        .push_bind(*credits)
-                        .push_bind(occurred(e))
-                        .push_bind(received_at_ms)
-                        .push_bind(meta.as_deref())
-                        .push_bind(request_id);
-                });
-                qb.push(" ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING seq, idempotency_key, credits");
+                let mut qb = sqlite_usage_insert(tenant_id, chunk, received_at_ms, request_id);
+                qb.push(" RETURNING seq, idempotency_key, credits");
                 let rows = qb.build().fetch_all(&mut **tx).await?;
                 rows.iter()
                     .map(new_usage)
@@ -229,25 +244,10 @@ pub async fn record_usage(
             .await?;
         for item in items {
             for chunk in item.events.chunks(500) {
-                let mut qb: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(
-                    "INSERT INTO usage_events (tenant_id, idempotency_key, kind, quantity, credits, occurred_at, received_at, meta, request_id) ",
-                );
-                qb.push_values(chunk, |mut b, (e, credits)| {
-                    b.push_bind(item.tenant_id)
-                        .push_bind(e.idempotency_key.as_str())
-                        .push_bind(e.kind.as_str())
-                        .push_bind(i64::try_from(e.quantity).unwrap_or(i64::MAX))
-                        .push_bind(*credits)
-                        .push_bind(
-                            e.occurred_at
-                                .map_or(item.received_at_ms, |t| t.timestamp_millis()),
-                        )
-                        .push_bind(item.received_at_ms)
-                        .push_bind(received_meta(e))
-                        .push_bind(item.request_id);
-                });
-                qb.push(" ON CONFLICT (tenant_id, idempotency_key) DO NOTHING");
-                qb.build().execute(&mut **conn).await?;
+                sqlite_usage_insert(item.tenant_id, chunk, item.received_at_ms, item.request_id)
+                    .build()
+                    .execute(&mut **conn)
+                    .await?;
             }
         }
         let now = now_ms().0;
