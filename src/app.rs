@@ -98,12 +98,12 @@ impl Platform {
             }
         });
         let app = cognomega_producers::router(state.clone());
-        let stop = shutdown.clone();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        });
+        let server = tokio::spawn(crate::http_server::serve(
+            listener,
+            app,
+            config.api.timeouts.header_read,
+            shutdown.clone(),
+        ));
         Ok(Self {
             addr,
             db,

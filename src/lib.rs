@@ -5,4 +5,5 @@
 
 pub mod app;
 pub mod config;
+pub mod http_server;
 pub mod wiring;

@@ -6,6 +6,7 @@
 pub mod auth;
 mod body;
 pub mod error;
+pub mod gateway;
 pub mod metrics_text;
 mod request_id;
 pub mod routes;
@@ -15,10 +16,12 @@ pub use error::ApiError;
 pub use request_id::current_request_id;
 pub use state::{ApiConfig, AppState, CorsOrigins, Secret, UploadConfig};
 
-/// Builds the whole router with the cross-cutting layers (request id, `Cache-Control`, error
-/// envelope for panics, unknown routes and wrong methods).
+/// Builds the whole router with the cross-cutting layers (request id, `Cache-Control`, CORS,
+/// stalled-body cut-off, the error envelope for panics, unknown routes, wrong methods and every
+/// plain-text rejection).
 pub fn router(state: AppState) -> axum::Router {
     let state_cors = state.config.cors.clone();
+    let body_idle = state.config.timeouts.body_idle;
     routes::router()
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
@@ -26,7 +29,15 @@ pub fn router(state: AppState) -> axum::Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             error::panic_response,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            body_idle,
+            gateway::layer,
+        ))
         .layer(cors(&state_cors))
+        .layer(axum::middleware::from_fn_with_state(
+            state_cors,
+            strict_cors,
+        ))
         .layer(axum::middleware::from_fn(request_id::layer))
 }
 
@@ -40,6 +51,35 @@ pub const EXPOSED_HEADERS: [&str; 7] = [
     "x-tokens-in",
     "x-tokens-out",
 ];
+
+/// tower-http answers a preflight from any origin with its allowed methods and headers (only
+/// `Access-Control-Allow-Origin` is withheld); an origin off the allow-list gets no CORS header
+/// at all, so nothing about the policy leaks to it.
+async fn strict_cors(
+    axum::extract::State(origins): axum::extract::State<CorsOrigins>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let listed = match (&origins, req.headers().get(http::header::ORIGIN)) {
+        (CorsOrigins::Any, _) | (_, None) => true,
+        (CorsOrigins::List(list), Some(origin)) => {
+            list.iter().any(|o| o.as_bytes() == origin.as_bytes())
+        }
+    };
+    let mut response = next.run(req).await;
+    if !listed {
+        let names: Vec<_> = response
+            .headers()
+            .keys()
+            .filter(|k| k.as_str().starts_with("access-control-"))
+            .cloned()
+            .collect();
+        for name in names {
+            response.headers_mut().remove(name);
+        }
+    }
+    response
+}
 
 fn cors(origins: &CorsOrigins) -> tower_http::cors::CorsLayer {
     use http::{header, HeaderName, HeaderValue, Method};

@@ -64,6 +64,8 @@ pub struct ApiConfig {
     pub cors: CorsOrigins,
     /// Direct uploads.
     pub uploads: UploadConfig,
+    /// Slow-client limits.
+    pub timeouts: crate::gateway::Timeouts,
 }
 
 /// Limits and policy of `POST /upload/direct`.
@@ -133,6 +135,7 @@ impl ApiConfig {
             billing: BillingConfig::default(),
             cors: CorsOrigins::Any,
             uploads: UploadConfig::default(),
+            timeouts: crate::gateway::Timeouts::default(),
         }
     }
 }

@@ -91,6 +91,15 @@ pub struct ApiArgs {
         default_value = "*"
     )]
     cors_origins: Vec<String>,
+
+    /// Seconds a client gets to send a request's headers before the connection is closed.
+    #[arg(long, env = "COGNOMEGA_HEADER_TIMEOUT", default_value_t = 15)]
+    header_timeout: u64,
+
+    /// Longest pause, in seconds, between two chunks of a request body before the request is
+    /// answered 408.
+    #[arg(long, env = "COGNOMEGA_BODY_IDLE_TIMEOUT", default_value_t = 30)]
+    body_idle_timeout: u64,
 }
 
 impl ApiArgs {
@@ -155,6 +164,9 @@ impl ApiArgs {
         if self.token_ttl == 0 {
             bail!("--token-ttl must be at least 1 second");
         }
+        if self.header_timeout == 0 || self.body_idle_timeout == 0 {
+            bail!("--header-timeout and --body-idle-timeout must be at least 1 second");
+        }
         let admin_key =
             cognomega::config::resolve_admin_key(&ctx.data_dir, self.admin_key.as_deref())?;
         let cors = if self.cors_origins.iter().any(|o| o.trim() == "*") {
@@ -188,6 +200,10 @@ impl ApiArgs {
                 link_ttl: Duration::from_secs(self.link_ttl.max(1)),
                 scanning: self.clamd.is_some(),
                 require_scan: self.require_scan,
+            },
+            timeouts: cognomega_producers::gateway::Timeouts {
+                header_read: Duration::from_secs(self.header_timeout),
+                body_idle: Duration::from_secs(self.body_idle_timeout),
             },
         })
     }

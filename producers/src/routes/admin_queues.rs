@@ -196,6 +196,10 @@ pub(crate) async fn env_snapshot(
             "scanning": uploads.scanning,
             "require_scan": uploads.require_scan,
         },
+        "timeouts": {
+            "header_read_s": config.timeouts.header_read.as_secs_f64(),
+            "body_idle_s": config.timeouts.body_idle.as_secs_f64(),
+        },
         "job_types": state.job_types.iter().map(|t| t.name().to_owned()).collect::<Vec<_>>(),
         "queues": queues,
     })))
