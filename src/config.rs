@@ -104,6 +104,9 @@ pub struct FileConfig {
     /// Overrides of the built-in schedules, and extra schedules.
     #[serde(default)]
     pub schedules: std::collections::BTreeMap<String, cognomega_core::schedule::ScheduleOverride>,
+    /// `POST /api/si/ask`: provider order, timeout, model aliases, per-tier cost levers.
+    #[serde(default)]
+    pub ai: AiFileConfig,
     /// The file this came from (none: the defaults).
     #[serde(skip)]
     pub path: Option<PathBuf>,
@@ -138,6 +141,36 @@ impl FileConfig {
             None => "invalid built-in schedule".to_owned(),
         })
     }
+}
+
+/// The `[ai]` table (keys never live here: they come from the environment).
+///
+/// ```toml
+/// [ai]
+/// order = ["groq", "openai"]      # default cfai, groq, openai (COGNOMEGA_PROVIDER_ORDER wins)
+/// timeout_s = 20
+/// [ai.models.small]               # an alias: the model each provider runs for it
+/// cfai = "@cf/meta/llama-3.1-8b-instruct"
+/// groq = "llama-3.1-8b-instant"
+/// [ai.policy.guest]               # per-tier levers (guest, member, pro)
+/// max_tokens = 512
+/// daily_tokens = 50000
+/// denied_intents = ["image_generation"]
+/// denied_models = ["gpt-4o"]
+/// ```
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AiFileConfig {
+    /// Provider order.
+    pub order: Option<Vec<String>>,
+    /// Per-call timeout in seconds.
+    pub timeout_s: Option<u64>,
+    /// Model aliases.
+    #[serde(default)]
+    pub models: cognomega_core::ai::ModelMap,
+    /// Per-tier cost levers (a tier left out keeps its defaults).
+    #[serde(default)]
+    pub policy: cognomega_core::ai::AskPolicy,
 }
 
 /// The lifecycle policy: the defaults, with `file` (`--lifecycle-policy` /

@@ -66,6 +66,10 @@ pub struct ApiConfig {
     pub uploads: UploadConfig,
     /// Slow-client limits.
     pub timeouts: crate::gateway::Timeouts,
+    /// Model providers for `POST /api/si/ask` (none by default: the route answers 503).
+    pub providers: cognomega_providers::ProvidersConfig,
+    /// Per-tier cost levers of `POST /api/si/ask`.
+    pub ask: cognomega_core::ai::AskPolicy,
 }
 
 /// Limits and policy of `POST /upload/direct`.
@@ -136,6 +140,8 @@ impl ApiConfig {
             cors: CorsOrigins::Any,
             uploads: UploadConfig::default(),
             timeouts: crate::gateway::Timeouts::default(),
+            providers: cognomega_providers::ProvidersConfig::default(),
+            ask: cognomega_core::ai::AskPolicy::default(),
         }
     }
 }
@@ -163,6 +169,8 @@ pub struct AppState {
     pub job_types: Arc<Registry>,
     /// HMAC secret of signed download links.
     pub url_secret: Arc<Vec<u8>>,
+    /// Model providers, tried in order with fallback.
+    pub ai: Arc<cognomega_providers::Orchestrator>,
 }
 
 impl AppState {
@@ -183,6 +191,13 @@ impl AppState {
         .await?;
         let queues = db.queue();
         let url_secret = Arc::new(cognomega_stores::keys::url_signing_secret(&db).await?);
+        let ai = match cognomega_providers::Orchestrator::from_config(&config.providers) {
+            Ok(ai) => ai,
+            Err(e) => {
+                tracing::error!(error = %e, "model providers disabled");
+                cognomega_providers::Orchestrator::empty()
+            }
+        };
         Ok(Self {
             db,
             queues,
@@ -194,6 +209,7 @@ impl AppState {
             objects,
             job_types,
             url_secret,
+            ai: Arc::new(ai),
         })
     }
 }

@@ -17,6 +17,7 @@
 //! Each runs against a throwaway store: a temporary SQLite file, or a PostgreSQL database it
 //! creates and drops.
 
+mod ask;
 mod client;
 mod credits;
 mod export;
@@ -60,6 +61,9 @@ enum What {
     Credits(credits::CreditsArgs),
     /// `sketch_to_app` throughput of real worker processes: jobs per minute, run time p50/p99.
     Jobs(jobs::JobsArgs),
+    /// POST /api/si/ask against a loopback fake provider: the latency the orchestrator adds
+    /// (p50/p99, straight to the provider vs through the API) and asks per second.
+    Ask(ask::AskArgs),
     /// Usage events exported to Parquet: rows/s, files and bytes, peak RSS.
     Export(export::ExportArgs),
     /// A large streamed upload (MB/s, server peak RSS), many small ones, and the av-scan drain.
@@ -121,6 +125,7 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<()> {
         What::Upload(args) => upload::run(&ctx, args).await,
         What::Sweep(args) => sweep::run(&ctx, args).await,
         What::Export(args) => export::run(&ctx, args).await,
+        What::Ask(args) => ask::run(&ctx, args).await,
     }
 }
 

@@ -100,6 +100,17 @@ pub struct ApiArgs {
     /// answered 408.
     #[arg(long, env = "COGNOMEGA_BODY_IDLE_TIMEOUT", default_value_t = 30)]
     body_idle_timeout: u64,
+    /// Order in which model providers are tried for POST /api/si/ask, comma-separated
+    /// (cfai, groq, openai; default cheap-first). A provider is enabled when its key is set:
+    /// CF_ACCOUNT_ID + CF_API_TOKEN, GROQ_API_KEY, OPENAI_API_KEY (base URLs: CF_AI_BASE_URL,
+    /// GROQ_BASE_URL, OPENAI_BASE_URL).
+    #[arg(long, env = "COGNOMEGA_PROVIDER_ORDER")]
+    provider_order: Option<String>,
+
+    /// Seconds a model provider gets to answer (or between two streamed chunks) before the
+    /// next one is tried.
+    #[arg(long, env = "COGNOMEGA_PROVIDER_TIMEOUT")]
+    provider_timeout: Option<u64>,
 }
 
 impl ApiArgs {
@@ -160,6 +171,30 @@ impl ApiArgs {
         Ok(limits)
     }
 
+    /// Model providers from the environment, layered over the config file's `[ai]` table.
+    fn providers(
+        &self,
+        ctx: &Ctx,
+    ) -> anyhow::Result<(
+        cognomega_providers::ProvidersConfig,
+        cognomega_core::ai::AskPolicy,
+    )> {
+        let file = ctx.file_config()?.ai;
+        let file_order = file.order.as_ref().map(|o| o.join(","));
+        let order = self.provider_order.as_deref().or(file_order.as_deref());
+        let mut providers =
+            cognomega_providers::ProvidersConfig::from_vars(|k| std::env::var(k).ok(), order)
+                .map_err(|e| anyhow::anyhow!("model providers: {e}"))?;
+        if let Some(secs) = self.provider_timeout.or(file.timeout_s) {
+            if secs == 0 {
+                bail!("--provider-timeout must be at least 1 second");
+            }
+            providers.timeout = Duration::from_secs(secs);
+        }
+        providers.models = file.models;
+        Ok((providers, file.policy))
+    }
+
     pub fn api_config(&self, ctx: &Ctx) -> anyhow::Result<ApiConfig> {
         if self.token_ttl == 0 {
             bail!("--token-ttl must be at least 1 second");
@@ -180,6 +215,7 @@ impl ApiArgs {
                     .collect(),
             )
         };
+        let (providers, ask) = self.providers(ctx)?;
         Ok(ApiConfig {
             issuer: self.jwt_issuer.clone(),
             audience: self.jwt_audience.clone(),
@@ -205,6 +241,8 @@ impl ApiArgs {
                 header_read: Duration::from_secs(self.header_timeout),
                 body_idle: Duration::from_secs(self.body_idle_timeout),
             },
+            providers,
+            ask,
         })
     }
 }

@@ -199,6 +199,15 @@ pub(crate) async fn env_snapshot(
         "timeouts": {
             "header_read_s": config.timeouts.header_read.as_secs_f64(),
             "body_idle_s": config.timeouts.body_idle.as_secs_f64(),
+        "ai": {
+            "providers": config.providers.providers.iter().map(|p| json!({
+                "id": p.id.as_str(),
+                "base_url": p.base_url,
+                "api_key": "[redacted]",
+            })).collect::<Vec<_>>(),
+            "timeout_s": config.providers.timeout.as_secs_f64(),
+            "models": config.providers.models,
+            "policy": config.ask,
         },
         "job_types": state.job_types.iter().map(|t| t.name().to_owned()).collect::<Vec<_>>(),
         "queues": queues,

@@ -26,6 +26,7 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, A
         .await
         .map_err(ApiError::internal)?;
     text.push_str(&render_exports(&totals));
+    text.push_str(&state.ai.metrics().render());
     Ok((
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         text,

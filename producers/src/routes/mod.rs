@@ -1,6 +1,7 @@
 //! Routes, one module per area.
 
 mod admin;
+mod ask;
 mod admin_queues;
 mod auth;
 mod credits;
@@ -21,6 +22,8 @@ use crate::AppState;
 const USAGE_BODY_LIMIT: usize = 8 * 1024 * 1024;
 /// Largest `POST /jobs` body: a 20 MiB image in base64, and headroom.
 const JOBS_BODY_LIMIT: usize = 28 * 1024 * 1024;
+/// Largest `POST /api/si/ask` body: the longest prompt, JSON-escaped, and headroom.
+const ASK_BODY_LIMIT: usize = 1024 * 1024;
 /// Largest body of the small JSON routes.
 const SMALL_BODY_LIMIT: usize = 64 * 1024;
 
@@ -48,6 +51,9 @@ pub fn router() -> Router<AppState> {
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(metrics::metrics))
         .layer(DefaultBodyLimit::max(SMALL_BODY_LIMIT));
+    let ask = Router::new()
+        .route("/api/si/ask", post(ask::ask))
+        .layer(DefaultBodyLimit::max(ASK_BODY_LIMIT));
     let usage = Router::new()
         .route("/usage", post(usage::post).get(usage::get))
         .layer(DefaultBodyLimit::max(USAGE_BODY_LIMIT));
@@ -63,5 +69,5 @@ pub fn router() -> Router<AppState> {
         .layer(DefaultBodyLimit::disable())
         .route("/uploads/{*key}", get(uploads::get))
         .route("/files/{*key}", get(uploads::file));
-    small.merge(usage).merge(jobs).merge(uploads)
+    small.merge(ask).merge(usage).merge(jobs).merge(uploads)
 }

@@ -51,6 +51,17 @@ impl Server {
         url: Option<&str>,
         extra: &[String],
     ) -> anyhow::Result<Self> {
+        Self::start_with_env(ctx, backend, url, extra, &[]).await
+    }
+
+    /// Like [`Server::start_with`], with extra environment variables for the child.
+    pub(super) async fn start_with_env(
+        ctx: &Ctx,
+        backend: Backend,
+        url: Option<&str>,
+        extra: &[String],
+        env: &[(String, String)],
+    ) -> anyhow::Result<Self> {
         if let Some(url) = url {
             return Ok(Self {
                 target: Target::parse(url).await?,
@@ -60,7 +71,7 @@ impl Server {
         let store = ThrowawayStore::create(backend, ctx.database_url.as_deref()).await?;
         // The child migrates on start itself; the bench keeps no connection to the store.
         store.db.close().await;
-        match spawn(&store, extra).await {
+        match spawn(&store, extra, env).await {
             Ok((child, pid, stderr, url)) => match Target::parse(&url).await {
                 Ok(target) => Ok(Self {
                     target,
@@ -166,7 +177,11 @@ impl ChildServer {
 type Spawned = (Child, u32, Arc<Mutex<VecDeque<String>>>, String);
 
 /// Starts `cognomega serve` on a free loopback port over `store`; returns once it listens.
-async fn spawn(store: &ThrowawayStore, extra: &[String]) -> anyhow::Result<Spawned> {
+async fn spawn(
+    store: &ThrowawayStore,
+    extra: &[String],
+    env: &[(String, String)],
+) -> anyhow::Result<Spawned> {
     let exe = std::env::current_exe()
         .context("cannot find this program's own path to start the benchmark server")?;
     let admin_key = format!(
@@ -197,6 +212,7 @@ async fn spawn(store: &ThrowawayStore, extra: &[String]) -> anyhow::Result<Spawn
         .args(extra)
         // Through the environment, not argv: a PostgreSQL URL may carry a password.
         .env("COGNOMEGA_DATABASE_URL", store.url.expose())
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

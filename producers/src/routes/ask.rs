@@ -1,0 +1,416 @@
+//! `POST /api/si/ask`: route a request to a model provider (with fallback), count its tokens,
+//! and produce `tokens_in`/`tokens_out` usage through the queue — never writing billing state
+//! here. The usage events' idempotency keys derive from the request id, so a retried request
+//! (same `X-Request-Id`) is billed once.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use cognomega_core::ai::{parse_ask, AskRequest, Verdict};
+use cognomega_core::billing::{UsageBatchMessage, UsageEvent, UsageKey, UsageKind};
+use cognomega_core::queue::OutgoingMessage;
+use cognomega_providers::{tokens, AskFailure, Chunk, RoutedStream, Usage};
+use futures::StreamExt as _;
+use http::{HeaderName, HeaderValue, StatusCode};
+use serde_json::{json, Value};
+use sha2::Digest as _;
+
+use crate::auth::Authenticated;
+use crate::{current_request_id, ApiError, AppState};
+
+pub(crate) async fn ask(
+    State(state): State<AppState>,
+    Authenticated(claims): Authenticated,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req = parse_ask(&body).map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+    let policy = state.config.ask.tier(claims.tier);
+    let max_tokens = match policy.judge(&req) {
+        Verdict::Allow { max_tokens } => max_tokens,
+        Verdict::IntentDenied(intent) => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "intent_denied",
+                format!("the intent {intent:?} is not available to this tier; upgrade or choose another intent"),
+            ))
+        }
+        Verdict::ModelDenied(model) => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "model_denied",
+                format!("the model {model:?} is not available to this tier; omit model to use the default"),
+            ))
+        }
+    };
+    if !state.ai.any() {
+        return Err(no_provider());
+    }
+    crate::routes::jobs::require_credits(&state, &claims.tenant).await?;
+    if let Some(budget) = policy.daily_tokens {
+        if let Err(refusal) = check_budget(&state, &claims.tenant, budget).await {
+            return Ok(refusal);
+        }
+    }
+    let request_id = current_request_id();
+    if req.stream {
+        let routed = state
+            .ai
+            .stream(&req.messages, req.model.as_deref(), max_tokens)
+            .await
+            .map_err(routing_error)?;
+        return Ok(stream(state, claims.tenant, request_id, req, routed));
+    }
+    let routed = state
+        .ai
+        .complete(&req.messages, req.model.as_deref(), max_tokens)
+        .await
+        .map_err(routing_error)?;
+    let (usage, estimated) = match routed.completion.usage {
+        Some(u) => (u, false),
+        None => (
+            Usage {
+                tokens_in: tokens::count_prompt(&req.messages),
+                tokens_out: tokens::count(&routed.completion.output),
+            },
+            true,
+        ),
+    };
+    let billed = bill(&state, &claims.tenant, &request_id, usage).await?;
+    state.ai.metrics().answered(
+        routed.provider,
+        &routed.completion.model,
+        usage.tokens_in,
+        usage.tokens_out,
+        billed.credits,
+    );
+    let body = json!({
+        "id": request_id,
+        "provider": routed.provider.as_str(),
+        "model": routed.completion.model,
+        "output": routed.completion.output,
+        "usage": {
+            "tokens_in": usage.tokens_in,
+            "tokens_out": usage.tokens_out,
+            "estimated": estimated,
+        },
+        "credits_used": billed.credits,
+    });
+    let mut response = Json(body).into_response();
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("x-provider", routed.provider.as_str().to_owned()),
+        ("x-model", routed.completion.model.clone()),
+        ("x-tokens-in", usage.tokens_in.to_string()),
+        ("x-tokens-out", usage.tokens_out.to_string()),
+        ("x-credits-used", billed.credits.to_string()),
+        ("x-credits-balance", billed.balance.to_string()),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), v);
+        }
+    }
+    Ok(response)
+}
+
+fn no_provider() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no_provider_configured",
+        "no model provider is configured; set CF_ACCOUNT_ID and CF_API_TOKEN, GROQ_API_KEY or OPENAI_API_KEY",
+    )
+}
+
+fn routing_error(e: AskFailure) -> ApiError {
+    match e {
+        AskFailure::NoProvider => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_provider_for_model",
+            "no configured provider serves the requested model; omit model or use a mapped alias",
+        ),
+        AskFailure::Rejected {
+            provider,
+            status,
+            message,
+        } => ApiError::new(
+            // The request is wrong (or the provider's key is): not retried elsewhere.
+            if matches!(status, 401 | 403) {
+                StatusCode::BAD_GATEWAY
+            } else {
+                StatusCode::BAD_REQUEST
+            },
+            "provider_rejected",
+            format!("{provider} refused the request (HTTP {status}): {message}"),
+        ),
+        AskFailure::AllFailed(attempts) => {
+            let each: Vec<String> = attempts
+                .iter()
+                .map(|a| format!("{}: {}", a.provider, a.failure))
+                .collect();
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "all_providers_failed",
+                format!("every provider failed — {}; retry later", each.join("; ")),
+            )
+        }
+    }
+}
+
+/// 429 (with `Retry-After`) when the tenant's tokens today (UTC) reached its tier's budget.
+async fn check_budget(state: &AppState, tenant: &str, budget: u64) -> Result<(), Response> {
+    let now = Utc::now();
+    let midnight = now
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .map_or(now, |t| DateTime::from_naive_utc_and_offset(t, Utc));
+    let totals = cognomega_stores::billing::usage_totals(
+        &state.db,
+        tenant,
+        midnight.timestamp_millis(),
+        now.timestamp_millis(),
+    )
+    .await
+    .map_err(|e| ApiError::internal(e).into_response())?;
+    let used: u64 = totals
+        .iter()
+        .filter(|(k, _)| matches!(k.as_str(), "tokens_in" | "tokens_out"))
+        .map(|(_, t)| u64::try_from(t.quantity).unwrap_or(0))
+        .sum();
+    if used >= budget {
+        let reset = (midnight + chrono::Duration::days(1) - now)
+            .num_seconds()
+            .max(1);
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "token_budget_exceeded",
+            format!("{used} of today's {budget} tokens are used; the budget resets at 00:00 UTC (in {reset} s)"),
+        )
+        .into_response();
+        if let Ok(v) = HeaderValue::from_str(&reset.to_string()) {
+            e.headers_mut().insert(http::header::RETRY_AFTER, v);
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// What a request was charged.
+#[derive(Debug, Clone, Copy)]
+struct Billed {
+    credits: i64,
+    balance: i64,
+}
+
+/// An idempotency key for this request's `kind` usage: the request id when it fits, else its
+/// SHA-256 (keys are ≤ 128 characters).
+fn usage_key(request_id: &str, kind: UsageKind) -> Result<UsageKey, ApiError> {
+    let id = if request_id.len() <= 100 {
+        request_id.to_owned()
+    } else {
+        hex(&sha2::Sha256::digest(request_id.as_bytes()))
+    };
+    UsageKey::parse(&format!("si:{id}:{}", kind.as_str())).map_err(ApiError::internal)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Produces the request's usage events (settled by the usage-writer and the ledger) and
+/// returns the charge and the cached balance minus it.
+async fn bill(
+    state: &AppState,
+    tenant: &str,
+    request_id: &str,
+    usage: Usage,
+) -> Result<Billed, ApiError> {
+    let prices = &state.config.billing.prices;
+    let now = Utc::now();
+    let mut events = Vec::with_capacity(2);
+    for (kind, quantity) in [
+        (UsageKind::TokensIn, usage.tokens_in),
+        (UsageKind::TokensOut, usage.tokens_out),
+    ] {
+        if quantity > 0 {
+            events.push(UsageEvent {
+                idempotency_key: usage_key(request_id, kind)?,
+                kind,
+                quantity,
+                occurred_at: Some(now),
+                meta: None,
+            });
+        }
+    }
+    let credits = prices.charge(UsageKind::TokensIn, usage.tokens_in)
+        + prices.charge(UsageKind::TokensOut, usage.tokens_out);
+    if !events.is_empty() {
+        let msg = UsageBatchMessage {
+            tenant_id: tenant.to_owned(),
+            events,
+            received_at_ms: now.timestamp_millis(),
+        };
+        let out = OutgoingMessage::json(&msg)
+            .map_err(ApiError::internal)?
+            .request_id(request_id);
+        state
+            .queues
+            .send(&cognomega_consumers::usage_writer::queue(), out)
+            .await
+            .map_err(|e| {
+                ApiError::unavailable(format!(
+                    "the answer could not be billed ({e}); retry with the same X-Request-Id"
+                ))
+            })?;
+    }
+    let balance = state
+        .balances
+        .get(tenant)
+        .await
+        .map_err(ApiError::internal)?
+        .balance;
+    Ok(Billed {
+        credits,
+        balance: balance - credits,
+    })
+}
+
+/// How a stream ended.
+fn finish_label(client_gone: bool, failed: bool) -> &'static str {
+    if client_gone {
+        "client_disconnected"
+    } else if failed {
+        "provider_error"
+    } else {
+        "stop"
+    }
+}
+
+/// Server-Sent Events: `token` events as the provider sends text, then one `done` event with
+/// the usage and credits (or `error` then `done` when the provider fails mid-stream). The
+/// provider is read by a task of its own, so a client hanging up still ends in exactly one
+/// billing of what was produced.
+fn stream(
+    state: AppState,
+    tenant: String,
+    request_id: String,
+    req: AskRequest,
+    routed: RoutedStream,
+) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
+    let provider = routed.provider;
+    let model = routed.model.clone();
+    tokio::spawn(drive(state, tenant, request_id, req, routed, tx));
+    let events = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
+    });
+    let mut response = Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response();
+    let headers = response.headers_mut();
+    for (name, value) in [("x-provider", provider.as_str()), ("x-model", model.as_str())] {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(HeaderName::from_static(name), v);
+        }
+    }
+    response
+}
+
+async fn drive(
+    state: AppState,
+    tenant: String,
+    request_id: String,
+    req: AskRequest,
+    mut routed: RoutedStream,
+    tx: tokio::sync::mpsc::Sender<Event>,
+) {
+    let mut output = String::new();
+    let mut reported: Option<Usage> = None;
+    let mut failure = None;
+    let mut client_gone = false;
+    loop {
+        tokio::select! {
+            chunk = routed.chunks.next() => match chunk {
+                None => break,
+                Some(Ok(Chunk::Usage(u))) => reported = Some(u),
+                Some(Ok(Chunk::Text(text))) => {
+                    output.push_str(&text);
+                    let event = Event::default().event("token").data(json!({ "text": text }).to_string());
+                    if tx.send(event).await.is_err() {
+                        client_gone = true;
+                        break;
+                    }
+                }
+                Some(Err(f)) => {
+                    failure = Some(f);
+                    break;
+                }
+            },
+            () = tx.closed() => {
+                client_gone = true;
+                break;
+            }
+        }
+    }
+    // Stop reading the provider at once when the client left (it stops generating too).
+    drop(routed.chunks);
+    let complete = !client_gone && failure.is_none();
+    let (usage, estimated) = match reported {
+        Some(u) if complete => (u, false),
+        _ => (
+            Usage {
+                tokens_in: tokens::count_prompt(&req.messages),
+                tokens_out: tokens::count(&output),
+            },
+            true,
+        ),
+    };
+    let billed = bill(&state, &tenant, &request_id, usage).await;
+    let finish = finish_label(client_gone, failure.is_some());
+    tracing::info!(
+        provider = %routed.provider,
+        model = %routed.model,
+        tokens_in = usage.tokens_in,
+        tokens_out = usage.tokens_out,
+        finish,
+        "streamed ask ended"
+    );
+    if let Some(f) = &failure {
+        let event = Event::default().event("error").data(
+            json!({"code": "provider_failed", "message": format!("{}: {f}", routed.provider)})
+                .to_string(),
+        );
+        let _ = tx.send(event).await;
+    }
+    let done: Value = match billed {
+        Ok(b) => {
+            state.ai.metrics().answered(
+                routed.provider,
+                &routed.model,
+                usage.tokens_in,
+                usage.tokens_out,
+                b.credits,
+            );
+            json!({
+                "id": request_id,
+                "provider": routed.provider.as_str(),
+                "model": routed.model,
+                "usage": {"tokens_in": usage.tokens_in, "tokens_out": usage.tokens_out, "estimated": estimated},
+                "credits_used": b.credits,
+                "credits_balance": b.balance,
+                "finish": finish,
+            })
+        }
+        Err(e) => {
+            tracing::error!(request_id, error = %e.message, "streamed ask could not be billed");
+            json!({"id": request_id, "error": {"code": e.code, "message": e.message}})
+        }
+    };
+    let _ = tx
+        .send(Event::default().event("done").data(done.to_string()))
+        .await;
+}
