@@ -38,7 +38,7 @@ fn provider(id: ProviderId, fake: &FakeProvider) -> ProviderSettings {
 fn providers(list: &[(ProviderId, &FakeProvider)]) -> ProvidersConfig {
     ProvidersConfig {
         providers: list.iter().map(|(id, f)| provider(*id, f)).collect(),
-        timeout: Duration::from_millis(800),
+        timeout: Duration::from_secs(2),
         breaker_threshold: 2,
         breaker_cooldown: Duration::from_secs(60),
         ..ProvidersConfig::default()
@@ -81,8 +81,12 @@ async fn token_usage(app: &TestApp, guest: &Guest) -> anyhow::Result<(i64, i64)>
     let body: Value = resp.json().await?;
     let events = body["totals"]["tokens_in"]["events"].as_i64().unwrap_or(0)
         + body["totals"]["tokens_out"]["events"].as_i64().unwrap_or(0);
-    let quantity = body["totals"]["tokens_in"]["quantity"].as_i64().unwrap_or(0)
-        + body["totals"]["tokens_out"]["quantity"].as_i64().unwrap_or(0);
+    let quantity = body["totals"]["tokens_in"]["quantity"]
+        .as_i64()
+        .unwrap_or(0)
+        + body["totals"]["tokens_out"]["quantity"]
+            .as_i64()
+            .unwrap_or(0);
     Ok((events, quantity))
 }
 
@@ -99,7 +103,11 @@ async fn answers_and_settles_once(backend: Backend) -> anyhow::Result<()> {
     let before = app.balance(&guest).await?;
 
     // Bad bodies never reach a provider.
-    for bad in [json!({}), json!({"prompt": ""}), json!({"messages": [{"role": "x", "content": "y"}]})] {
+    for bad in [
+        json!({}),
+        json!({"prompt": ""}),
+        json!({"messages": [{"role": "x", "content": "y"}]}),
+    ] {
         let resp = ask(&app, &guest, bad).await?;
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
         let body: Value = resp.json().await?;
@@ -146,7 +154,10 @@ async fn answers_and_settles_once(backend: Backend) -> anyhow::Result<()> {
         .await?;
     assert_eq!(again.status(), StatusCode::OK);
     drained(&app).await?;
-    assert_eq!(token_usage(&app, &guest).await?, (2, tokens_in + tokens_out));
+    assert_eq!(
+        token_usage(&app, &guest).await?,
+        (2, tokens_in + tokens_out)
+    );
     assert_eq!(app.balance(&guest).await?, before - credits);
 
     // A provider that reports no usage: counted with the tokenizer and marked estimated.
@@ -187,7 +198,7 @@ async fn falls_back_on_500_timeout_and_429_but_not_400(backend: Backend) -> anyh
         Behaviour::Status(500),
         Behaviour::Status(503),
         Behaviour::Status(429),
-        Behaviour::Hang(Duration::from_secs(3)),
+        Behaviour::Hang(Duration::from_secs(5)),
     ] {
         first.set(behaviour.clone());
         let resp = ask(&app, &guest, json!({"prompt": "hi"})).await?;
@@ -203,7 +214,10 @@ async fn falls_back_on_500_timeout_and_429_but_not_400(backend: Backend) -> anyh
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     let body: Value = resp.json().await?;
     assert_eq!(body["error"]["code"], "provider_rejected");
-    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("cfai"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("cfai"));
     assert_eq!(second.calls().len(), second_calls);
 
     // Everything down: 502 naming each provider's failure.
@@ -214,7 +228,10 @@ async fn falls_back_on_500_timeout_and_429_but_not_400(backend: Backend) -> anyh
     let body: Value = resp.json().await?;
     assert_eq!(body["error"]["code"], "all_providers_failed");
     let message = body["error"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("cfai: HTTP 500") && message.contains("groq: HTTP 502"), "{message}");
+    assert!(
+        message.contains("cfai: HTTP 500") && message.contains("groq: HTTP 502"),
+        "{message}"
+    );
 
     // No provider at all: 503.
     let bare = spawn(backend, |_| {}).await?;
@@ -233,6 +250,7 @@ async fn circuit_opens_after_repeated_failures(backend: Backend) -> anyhow::Resu
     let cfg = providers(&[(ProviderId::Groq, &first), (ProviderId::Openai, &second)]);
     let app = spawn(backend, move |api| api.providers = cfg).await?;
     let guest = app.guest().await?;
+    drained(&app).await?;
     first.set(Behaviour::Status(500));
     for _ in 0..2 {
         let resp = ask(&app, &guest, json!({"prompt": "hi"})).await?;
@@ -245,8 +263,18 @@ async fn circuit_opens_after_repeated_failures(backend: Backend) -> anyhow::Resu
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(header(&resp, "x-provider"), "openai");
     }
-    assert_eq!(first.calls().len(), 2, "an open circuit still called the provider");
-    let metrics = app.client.get(app.url("/metrics")).send().await?.text().await?;
+    assert_eq!(
+        first.calls().len(),
+        2,
+        "an open circuit still called the provider"
+    );
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
     assert!(
         metrics.contains("cognomega_ai_errors_total{provider=\"groq\",model=\"llama-3.1-8b-instant\",kind=\"circuit_open\"} 3"),
         "{metrics}"
@@ -296,7 +324,12 @@ async fn streams_and_bills_a_cut_stream_once(backend: Backend) -> anyhow::Result
     let before = app.balance(&guest).await?;
 
     // A whole stream: tokens as they come, then `done` with the provider's usage.
-    let resp = ask(&app, &guest, json!({"prompt": "stream please", "stream": true})).await?;
+    let resp = ask(
+        &app,
+        &guest,
+        json!({"prompt": "stream please", "stream": true}),
+    )
+    .await?;
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(header(&resp, "content-type").starts_with("text/event-stream"));
     assert_eq!(header(&resp, "x-provider"), "openai");
@@ -330,7 +363,10 @@ async fn streams_and_bills_a_cut_stream_once(backend: Backend) -> anyhow::Result
         .json(&json!({"prompt": "a long answer", "stream": true}))
         .send()
         .await?;
-    let got = read_events(resp, |e| e.iter().filter(|(n, _)| n == "token").count() >= 2).await?;
+    let got = read_events(resp, |e| {
+        e.iter().filter(|(n, _)| n == "token").count() >= 2
+    })
+    .await?;
     assert_eq!(got.len(), 2);
     // The response (and its connection) is dropped here: the client hung up.
     let (events, quantity) = wait_for(Duration::from_secs(30), || async {
@@ -354,7 +390,9 @@ async fn streams_and_bills_a_cut_stream_once(backend: Backend) -> anyhow::Result
         .send()
         .await?;
     let body: Value = resp.json().await?;
-    let out = body["totals"]["tokens_out"]["quantity"].as_i64().unwrap_or(0);
+    let out = body["totals"]["tokens_out"]["quantity"]
+        .as_i64()
+        .unwrap_or(0);
     assert!(out > 5 && out < 5 + 150, "tokens_out {out}");
     app.stop().await
 }
@@ -368,6 +406,7 @@ async fn cost_levers_are_enforced(backend: Backend) -> anyhow::Result<()> {
     })
     .await?;
     let guest = app.guest().await?;
+    drained(&app).await?;
 
     // Guests: max_tokens capped at the tier's cap.
     let resp = ask(&app, &guest, json!({"prompt": "hi", "max_tokens": 100000})).await?;
@@ -376,9 +415,17 @@ async fn cost_levers_are_enforced(backend: Backend) -> anyhow::Result<()> {
 
     // Heavy intents and models: 403 before any provider call.
     let calls = fake.calls().len();
-    let resp = ask(&app, &guest, json!({"prompt": "hi", "intent": "image_generation"})).await?;
+    let resp = ask(
+        &app,
+        &guest,
+        json!({"prompt": "hi", "intent": "image_generation"}),
+    )
+    .await?;
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
-    assert_eq!(resp.json::<Value>().await?["error"]["code"], "intent_denied");
+    assert_eq!(
+        resp.json::<Value>().await?["error"]["code"],
+        "intent_denied"
+    );
     let resp = ask(&app, &guest, json!({"prompt": "hi", "model": "gpt-4o"})).await?;
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     assert_eq!(resp.json::<Value>().await?["error"]["code"], "model_denied");
@@ -393,7 +440,10 @@ async fn cost_levers_are_enforced(backend: Backend) -> anyhow::Result<()> {
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
     let retry: u64 = header(&resp, "retry-after").parse()?;
     assert!((1..=86_400).contains(&retry));
-    assert_eq!(resp.json::<Value>().await?["error"]["code"], "token_budget_exceeded");
+    assert_eq!(
+        resp.json::<Value>().await?["error"]["code"],
+        "token_budget_exceeded"
+    );
 
     // Out of credits: 402 before any provider is called.
     let broke = spawn(backend, {
@@ -434,7 +484,11 @@ async fn balances_exact_after_1000_concurrent_asks(backend: Backend) -> anyhow::
                 let g = i % guests.len();
                 let prompt = "x".repeat(1 + (i * 7) % 50);
                 let resp = ask(app, &guests[g], json!({"prompt": prompt})).await?;
-                anyhow::ensure!(resp.status() == StatusCode::OK, "ask {i}: {}", resp.status());
+                anyhow::ensure!(
+                    resp.status() == StatusCode::OK,
+                    "ask {i}: {}",
+                    resp.status()
+                );
                 let body: Value = resp.json().await?;
                 Ok((g, body["credits_used"].as_i64().unwrap_or(0)))
             }
@@ -450,7 +504,11 @@ async fn balances_exact_after_1000_concurrent_asks(backend: Backend) -> anyhow::
     drained(&app).await?;
     for (g, guest) in guests.iter().enumerate() {
         assert!(charged[g] > 0);
-        assert_eq!(app.balance(guest).await?, 1_000_000 - charged[g], "guest {g}");
+        assert_eq!(
+            app.balance(guest).await?,
+            1_000_000 - charged[g],
+            "guest {g}"
+        );
         assert_eq!(token_usage(&app, guest).await?.0, 200, "two events per ask");
     }
     app.stop().await

@@ -143,8 +143,9 @@ fn err(field: impl Into<String>, reason: impl Into<String>) -> AskError {
 
 fn plain_name(s: &str, max: usize) -> bool {
     (1..=max).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'@'))
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'@')
+        })
 }
 
 /// Parses and validates a body.
@@ -261,9 +262,15 @@ impl Default for AskPolicy {
                 denied_intents: ["image_generation", "long_form", "batch"]
                     .map(str::to_owned)
                     .to_vec(),
-                denied_models: ["gpt-4o", "gpt-4.1", "o1", "o3", "@cf/meta/llama-3.1-70b-instruct"]
-                    .map(str::to_owned)
-                    .to_vec(),
+                denied_models: [
+                    "gpt-4o",
+                    "gpt-4.1",
+                    "o1",
+                    "o3",
+                    "@cf/meta/llama-3.1-70b-instruct",
+                ]
+                .map(str::to_owned)
+                .to_vec(),
             },
             member: TierPolicy {
                 max_tokens: 4096,
@@ -328,7 +335,10 @@ impl TierPolicy {
             }
         }
         Verdict::Allow {
-            max_tokens: req.max_tokens.unwrap_or(self.max_tokens).min(self.max_tokens),
+            max_tokens: req
+                .max_tokens
+                .unwrap_or(self.max_tokens)
+                .min(self.max_tokens),
         }
     }
 }
@@ -482,20 +492,33 @@ mod tests {
     #[test]
     fn bodies() {
         let ok = parse_ask(br#"{"prompt":"hi","max_tokens":5,"stream":true}"#);
-        assert!(matches!(ok, Ok(ref r) if r.messages.len() == 1 && r.stream && r.max_tokens == Some(5)));
+        assert!(
+            matches!(ok, Ok(ref r) if r.messages.len() == 1 && r.stream && r.max_tokens == Some(5))
+        );
         let cases: [(&[u8], &str); 8] = [
             (br#"{}"#, "body"),
             (br#"{"prompt":"a","messages":[]}"#, "body"),
             (br#"{"prompt":"  "}"#, "prompt"),
             (br#"{"messages":[]}"#, "messages"),
-            (br#"{"messages":[{"role":"robot","content":"x"}]}"#, "messages[0].role"),
-            (br#"{"messages":[{"role":"system","content":"x"}]}"#, "messages"),
+            (
+                br#"{"messages":[{"role":"robot","content":"x"}]}"#,
+                "messages[0].role",
+            ),
+            (
+                br#"{"messages":[{"role":"system","content":"x"}]}"#,
+                "messages",
+            ),
             (br#"{"prompt":"a","model":"has space"}"#, "model"),
             (br#"{"prompt":"a","max_tokens":0}"#, "max_tokens"),
         ];
         for (body, field) in cases {
             let e = parse_ask(body).err().map(|e| e.field);
-            assert_eq!(e.as_deref(), Some(field), "{}", String::from_utf8_lossy(body));
+            assert_eq!(
+                e.as_deref(),
+                Some(field),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
         assert!(parse_ask(br#"{"prompt":"a","extra":1}"#).is_err());
     }
@@ -503,19 +526,35 @@ mod tests {
     #[test]
     fn tier_policy() {
         let p = AskPolicy::default();
-        let mut req = parse_ask(br#"{"prompt":"a","max_tokens":100000}"#).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(p.tier(Tier::Guest).judge(&req), Verdict::Allow { max_tokens: 1024 });
+        let mut req =
+            parse_ask(br#"{"prompt":"a","max_tokens":100000}"#).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            p.tier(Tier::Guest).judge(&req),
+            Verdict::Allow { max_tokens: 1024 }
+        );
         req.intent = Some("IMAGE_GENERATION".into());
-        assert!(matches!(p.tier(Tier::Guest).judge(&req), Verdict::IntentDenied(_)));
-        assert!(matches!(p.tier(Tier::Pro).judge(&req), Verdict::Allow { .. }));
+        assert!(matches!(
+            p.tier(Tier::Guest).judge(&req),
+            Verdict::IntentDenied(_)
+        ));
+        assert!(matches!(
+            p.tier(Tier::Pro).judge(&req),
+            Verdict::Allow { .. }
+        ));
         req.intent = None;
         req.model = Some("gpt-4o".into());
-        assert!(matches!(p.tier(Tier::Guest).judge(&req), Verdict::ModelDenied(_)));
+        assert!(matches!(
+            p.tier(Tier::Guest).judge(&req),
+            Verdict::ModelDenied(_)
+        ));
     }
 
     #[test]
     fn orders_and_models() {
-        assert_eq!(parse_order("groq, cfai"), Ok(vec![ProviderId::Groq, ProviderId::Cfai]));
+        assert_eq!(
+            parse_order("groq, cfai"),
+            Ok(vec![ProviderId::Groq, ProviderId::Cfai])
+        );
         assert!(parse_order("groq,groq").is_err());
         assert!(parse_order("nope").is_err());
         assert!(parse_order(" , ").is_err());
@@ -524,10 +563,19 @@ mod tests {
             "small".into(),
             [(ProviderId::Groq, "llama-3.1-8b-instant".to_owned())].into(),
         );
-        assert_eq!(map.resolve(Some("small"), ProviderId::Groq).as_deref(), Some("llama-3.1-8b-instant"));
+        assert_eq!(
+            map.resolve(Some("small"), ProviderId::Groq).as_deref(),
+            Some("llama-3.1-8b-instant")
+        );
         assert_eq!(map.resolve(Some("small"), ProviderId::Cfai), None);
-        assert_eq!(map.resolve(Some("x-1"), ProviderId::Cfai).as_deref(), Some("x-1"));
-        assert_eq!(map.resolve(None, ProviderId::Openai).as_deref(), Some("gpt-4o-mini"));
+        assert_eq!(
+            map.resolve(Some("x-1"), ProviderId::Cfai).as_deref(),
+            Some("x-1")
+        );
+        assert_eq!(
+            map.resolve(None, ProviderId::Openai).as_deref(),
+            Some("gpt-4o-mini")
+        );
     }
 
     #[test]
@@ -545,7 +593,11 @@ mod tests {
         assert!(b.allow(2004));
         b.success();
         assert!(b.allow(2005) && !b.is_open(2005));
-        let fallbacks = [Failure::Timeout, Failure::RateLimited, Failure::Server(500, String::new())];
+        let fallbacks = [
+            Failure::Timeout,
+            Failure::RateLimited,
+            Failure::Server(500, String::new()),
+        ];
         assert!(fallbacks.iter().all(Failure::falls_back));
         assert!(!Failure::Rejected(400, String::new()).falls_back());
     }

@@ -74,7 +74,11 @@ impl ProvidersConfig {
         var: impl Fn(&str) -> Option<String>,
         order: Option<&str>,
     ) -> Result<Self, String> {
-        let get = |name: &str| var(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let get = |name: &str| {
+            var(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
         let mut enabled = Vec::new();
         if let Some(token) = get("CF_API_TOKEN") {
             let account = get("CF_ACCOUNT_ID").ok_or(

@@ -77,7 +77,12 @@ pub struct FakeProvider {
 pub fn reported_tokens_in(body: &Value) -> u64 {
     let bytes: usize = body["messages"]
         .as_array()
-        .map(|m| m.iter().filter_map(|m| m["content"].as_str()).map(str::len).sum())
+        .map(|m| {
+            m.iter()
+                .filter_map(|m| m["content"].as_str())
+                .map(str::len)
+                .sum()
+        })
         .unwrap_or(0);
     (bytes as u64).div_ceil(4).max(1)
 }
@@ -130,7 +135,13 @@ impl FakeProvider {
     }
 }
 
-fn record(inner: &Inner, protocol: &'static str, model: String, body: &Value, auth: Option<String>) -> Behaviour {
+fn record(
+    inner: &Inner,
+    protocol: &'static str,
+    model: String,
+    body: &Value,
+    auth: Option<String>,
+) -> Behaviour {
     inner
         .calls
         .lock()
@@ -159,11 +170,20 @@ fn auth(headers: &http::HeaderMap) -> Option<String> {
 /// The answer after any hang.
 async fn settle(behaviour: Behaviour) -> Result<(String, bool, Duration), u16> {
     match behaviour {
-        Behaviour::Answer { text, usage, chunk_delay } => Ok((text, usage, chunk_delay)),
+        Behaviour::Answer {
+            text,
+            usage,
+            chunk_delay,
+        } => Ok((text, usage, chunk_delay)),
         Behaviour::Status(s) => Err(s),
         Behaviour::Hang(d) => {
             tokio::time::sleep(d).await;
-            let Behaviour::Answer { text, usage, chunk_delay } = Behaviour::default() else {
+            let Behaviour::Answer {
+                text,
+                usage,
+                chunk_delay,
+            } = Behaviour::default()
+            else {
                 return Err(500);
             };
             Ok((text, usage, chunk_delay))
@@ -180,28 +200,46 @@ fn words(text: &str) -> Vec<String> {
 }
 
 fn sse(events: Vec<Value>, delay: Duration) -> Response {
-    let stream = futures::stream::unfold((events.into_iter(), true), move |(mut it, first)| async move {
-        if !first && !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        let data = match it.next() {
-            Some(v) => v.to_string(),
-            None => return None,
-        };
-        Some((Ok::<_, Infallible>(Event::default().data(data)), (it, false)))
-    });
-    let done = futures::stream::once(async { Ok::<_, Infallible>(Event::default().data("[DONE]")) });
+    let stream = futures::stream::unfold(
+        (events.into_iter(), true),
+        move |(mut it, first)| async move {
+            if !first && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let data = match it.next() {
+                Some(v) => v.to_string(),
+                None => return None,
+            };
+            Some((
+                Ok::<_, Infallible>(Event::default().data(data)),
+                (it, false),
+            ))
+        },
+    );
+    let done =
+        futures::stream::once(async { Ok::<_, Infallible>(Event::default().data("[DONE]")) });
     Sse::new(futures::StreamExt::chain(stream, done)).into_response()
 }
 
-async fn openai(State(inner): State<Arc<Inner>>, headers: http::HeaderMap, Json(body): Json<Value>) -> Response {
+async fn openai(
+    State(inner): State<Arc<Inner>>,
+    headers: http::HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
     let model = body["model"].as_str().unwrap_or_default().to_owned();
     let behaviour = record(&inner, "openai", model.clone(), &body, auth(&headers));
     let (text, usage, delay) = match settle(behaviour).await {
         Ok(a) => a,
         Err(status) => {
-            let code = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-            return (code, Json(json!({"error": {"message": format!("fake failure {status}"), "type": "fake"}}))).into_response();
+            let code = http::StatusCode::from_u16(status)
+                .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+            return (
+                code,
+                Json(
+                    json!({"error": {"message": format!("fake failure {status}"), "type": "fake"}}),
+                ),
+            )
+                .into_response();
         }
     };
     let tokens_in = reported_tokens_in(&body);
@@ -239,7 +277,8 @@ async fn cfai(
     let (text, usage, delay) = match settle(behaviour).await {
         Ok(a) => a,
         Err(status) => {
-            let code = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+            let code = http::StatusCode::from_u16(status)
+                .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
             return (code, Json(json!({"success": false, "errors": [{"code": 7000, "message": format!("fake failure {status}")}], "messages": [], "result": null}))).into_response();
         }
     };
@@ -247,7 +286,10 @@ async fn cfai(
     let tokens_out = words(&text).len() as u64;
     let usage_json = json!({"prompt_tokens": tokens_in, "completion_tokens": tokens_out, "total_tokens": tokens_in + tokens_out});
     if body["stream"].as_bool().unwrap_or(false) {
-        let mut events: Vec<Value> = words(&text).into_iter().map(|w| json!({"response": w})).collect();
+        let mut events: Vec<Value> = words(&text)
+            .into_iter()
+            .map(|w| json!({"response": w}))
+            .collect();
         if usage {
             events.push(json!({"response": "", "usage": usage_json}));
         }

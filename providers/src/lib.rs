@@ -132,8 +132,14 @@ mod tests {
     #[test]
     fn statuses_classify() {
         assert_eq!(status_failure(429, ""), Failure::RateLimited);
-        assert!(matches!(status_failure(503, r#"{"error":{"message":"busy"}}"#), Failure::Server(503, m) if m == "busy"));
-        assert!(matches!(status_failure(400, r#"{"errors":[{"message":"bad model"}]}"#), Failure::Rejected(400, m) if m == "bad model"));
-        assert!(matches!(status_failure(401, "nope\nnope"), Failure::Rejected(401, m) if m == "nope nope"));
+        assert!(
+            matches!(status_failure(503, r#"{"error":{"message":"busy"}}"#), Failure::Server(503, m) if m == "busy")
+        );
+        assert!(
+            matches!(status_failure(400, r#"{"errors":[{"message":"bad model"}]}"#), Failure::Rejected(400, m) if m == "bad model")
+        );
+        assert!(
+            matches!(status_failure(401, "nope\nnope"), Failure::Rejected(401, m) if m == "nope nope")
+        );
     }
 }

@@ -210,11 +210,18 @@ impl Orchestrator {
         for (provider, model) in plan {
             let id = provider.id();
             if !self.with_breaker(id, |b| b.allow(self.now_ms())) {
-                attempts.push(Attempt { provider: id, failure: Failure::CircuitOpen });
+                attempts.push(Attempt {
+                    provider: id,
+                    failure: Failure::CircuitOpen,
+                });
                 self.metrics.error(id, &model, Failure::CircuitOpen.label());
                 continue;
             }
-            let call = Call { model: model.clone(), messages: messages.to_vec(), max_tokens };
+            let call = Call {
+                model: model.clone(),
+                messages: messages.to_vec(),
+                max_tokens,
+            };
             let started = Instant::now();
             match provider.complete(&call).await {
                 Ok(completion) => {
@@ -232,9 +239,16 @@ impl Orchestrator {
                     if let Failure::Rejected(status, message) = failure {
                         // The request is wrong; the breaker's trial (if this was one) ends.
                         self.with_breaker(id, Breaker::success);
-                        return Err(AskFailure::Rejected { provider: id, status, message });
+                        return Err(AskFailure::Rejected {
+                            provider: id,
+                            status,
+                            message,
+                        });
                     }
-                    attempts.push(Attempt { provider: id, failure });
+                    attempts.push(Attempt {
+                        provider: id,
+                        failure,
+                    });
                 }
             }
         }
@@ -257,25 +271,44 @@ impl Orchestrator {
         for (provider, model) in plan {
             let id = provider.id();
             if !self.with_breaker(id, |b| b.allow(self.now_ms())) {
-                attempts.push(Attempt { provider: id, failure: Failure::CircuitOpen });
+                attempts.push(Attempt {
+                    provider: id,
+                    failure: Failure::CircuitOpen,
+                });
                 self.metrics.error(id, &model, Failure::CircuitOpen.label());
                 continue;
             }
-            let call = Call { model: model.clone(), messages: messages.to_vec(), max_tokens };
+            let call = Call {
+                model: model.clone(),
+                messages: messages.to_vec(),
+                max_tokens,
+            };
             let started = Instant::now();
             match provider.stream(&call).await {
                 Ok(chunks) => {
                     self.settle(id, &model, Ok(()), started.elapsed());
                     self.metrics.fallbacks(id, attempts.len());
-                    return Ok(RoutedStream { provider: id, model, chunks, fallbacks: attempts });
+                    return Ok(RoutedStream {
+                        provider: id,
+                        model,
+                        chunks,
+                        fallbacks: attempts,
+                    });
                 }
                 Err(failure) => {
                     self.settle(id, &model, Err(&failure), started.elapsed());
                     if let Failure::Rejected(status, message) = failure {
                         self.with_breaker(id, Breaker::success);
-                        return Err(AskFailure::Rejected { provider: id, status, message });
+                        return Err(AskFailure::Rejected {
+                            provider: id,
+                            status,
+                            message,
+                        });
                     }
-                    attempts.push(Attempt { provider: id, failure });
+                    attempts.push(Attempt {
+                        provider: id,
+                        failure,
+                    });
                 }
             }
         }

@@ -44,7 +44,10 @@ mod tests {
     fn counts_like_the_tokenizer() {
         assert_eq!(count(""), 0);
         assert_eq!(count("hello world"), 2);
-        let m = [Message { role: "user".into(), content: "hello world".into() }];
+        let m = [Message {
+            role: "user".into(),
+            content: "hello world".into(),
+        }];
         assert_eq!(count_prompt(&m), 3 + 1 + 2 + 3);
     }
 }

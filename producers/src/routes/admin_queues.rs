@@ -199,6 +199,7 @@ pub(crate) async fn env_snapshot(
         "timeouts": {
             "header_read_s": config.timeouts.header_read.as_secs_f64(),
             "body_idle_s": config.timeouts.body_idle.as_secs_f64(),
+        },
         "ai": {
             "providers": config.providers.providers.iter().map(|p| json!({
                 "id": p.id.as_str(),

@@ -312,7 +312,10 @@ fn stream(
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response();
     let headers = response.headers_mut();
-    for (name, value) in [("x-provider", provider.as_str()), ("x-model", model.as_str())] {
+    for (name, value) in [
+        ("x-provider", provider.as_str()),
+        ("x-model", model.as_str()),
+    ] {
         if let Ok(v) = HeaderValue::from_str(value) {
             headers.insert(HeaderName::from_static(name), v);
         }

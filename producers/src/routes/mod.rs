@@ -1,8 +1,8 @@
 //! Routes, one module per area.
 
 mod admin;
-mod ask;
 mod admin_queues;
+mod ask;
 mod auth;
 mod credits;
 mod exports;

@@ -113,7 +113,8 @@ pub(super) async fn run(ctx: &Ctx, args: AskArgs) -> anyhow::Result<()> {
 }
 
 fn tempfile_config() -> anyhow::Result<std::path::PathBuf> {
-    let path = std::env::temp_dir().join(format!("cognomega-bench-ask-{}.toml", uuid::Uuid::new_v4()));
+    let path =
+        std::env::temp_dir().join(format!("cognomega-bench-ask-{}.toml", uuid::Uuid::new_v4()));
     std::fs::write(
         &path,
         "[ai.policy.guest]\nmax_tokens = 1024\ndaily_tokens = 1000000000000\n",
@@ -128,7 +129,9 @@ async fn timed(
     body: &Bytes,
 ) -> anyhow::Result<(f64, client::Reply)> {
     let started = Instant::now();
-    let reply = conn.send(Method::POST, path, auth, Some(body.clone())).await?;
+    let reply = conn
+        .send(Method::POST, path, auth, Some(body.clone()))
+        .await?;
     Ok((started.elapsed().as_secs_f64() * 1000.0, reply))
 }
 
@@ -136,7 +139,13 @@ async fn measure(server: &Server, fake: &FakeProvider, args: &AskArgs) -> anyhow
     let mut api = server.target.connect().await?;
     let backend = client::health(&mut api).await?;
     let guest = client::create_guest(&mut api).await?;
-    client::wait_for_balances(&mut api, std::slice::from_ref(&guest), GRANT, Duration::from_secs(30)).await?;
+    client::wait_for_balances(
+        &mut api,
+        std::slice::from_ref(&guest),
+        GRANT,
+        Duration::from_secs(30),
+    )
+    .await?;
     let provider = client::Target::parse(&fake.openai_base().replace("/v1", "")).await?;
     let mut direct = provider.connect().await?;
     let direct_body = Bytes::from(
@@ -158,7 +167,11 @@ async fn measure(server: &Server, fake: &FakeProvider, args: &AskArgs) -> anyhow
     for _ in 0..args.samples {
         let (ms, reply) = timed(&mut direct, "/v1/chat/completions", None, &direct_body).await?;
         if reply.status != StatusCode::OK {
-            bail!("the fake provider answered {}: {}", reply.status, reply.snippet());
+            bail!(
+                "the fake provider answered {}: {}",
+                reply.status,
+                reply.snippet()
+            );
         }
         direct_ms.push(ms);
         let (ms, reply) = timed(&mut api, "/api/si/ask", Some(&guest.auth), &ask_body).await?;
@@ -171,7 +184,10 @@ async fn measure(server: &Server, fake: &FakeProvider, args: &AskArgs) -> anyhow
     ask_ms.sort_by(f64::total_cmp);
 
     // Throughput: every connection asks back to back for the duration.
-    let conns = server.target.connect_many(args.connections as usize).await?;
+    let conns = server
+        .target
+        .connect_many(args.connections as usize)
+        .await?;
     let deadline = Instant::now() + Duration::from_secs(u64::from(args.duration));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -181,7 +197,10 @@ async fn measure(server: &Server, fake: &FakeProvider, args: &AskArgs) -> anyhow
         tasks.push(tokio::spawn(async move {
             let (mut n, mut errors, mut credits) = (0_u64, 0_u64, 0_i64);
             while Instant::now() < deadline {
-                match conn.send(Method::POST, "/api/si/ask", Some(&auth), Some(body.clone())).await {
+                match conn
+                    .send(Method::POST, "/api/si/ask", Some(&auth), Some(body.clone()))
+                    .await
+                {
                     Ok(reply) if reply.status == StatusCode::OK => {
                         n += 1;
                         credits += credits_of(&reply).unwrap_or(0);
@@ -231,7 +250,11 @@ async fn measure(server: &Server, fake: &FakeProvider, args: &AskArgs) -> anyhow
 
 fn credits_of(reply: &client::Reply) -> anyhow::Result<i64> {
     if reply.status != StatusCode::OK {
-        bail!("POST /api/si/ask answered {}: {}", reply.status, reply.snippet());
+        bail!(
+            "POST /api/si/ask answered {}: {}",
+            reply.status,
+            reply.snippet()
+        );
     }
     let v: Value = serde_json::from_slice(&reply.body)?;
     v["credits_used"]
