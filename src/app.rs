@@ -100,9 +100,14 @@ impl Platform {
         let app = cognomega_producers::router(state.clone());
         let stop = shutdown.clone();
         let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
+            // With the peer address: guest issuance without an email and admin routes are
+            // rate-limited per client IP.
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
         });
         Ok(Self {
             addr,

@@ -97,6 +97,16 @@ pub struct ServeConfig {
 /// cron = "0 0 2 * * *"
 /// queue = "probe"
 /// body = { key = "nightly" }
+///
+/// [rate_limits]                   # token buckets per tier and route class
+/// enabled = true
+/// [rate_limits.guest.jobs]
+/// rate = 1.0                      # tokens per second
+/// burst = 20
+///
+/// [cost_guards.guest]             # caps per fixed UTC window; an absent key is no cap
+/// tokens_per_day = 1000000
+/// job_runs_per_hour = 100
 /// ```
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -104,6 +114,12 @@ pub struct FileConfig {
     /// Overrides of the built-in schedules, and extra schedules.
     #[serde(default)]
     pub schedules: std::collections::BTreeMap<String, cognomega_core::schedule::ScheduleOverride>,
+    /// `[rate_limits]`: `enabled`, and `[rate_limits.<tier>.<class>]` with `rate` and `burst`.
+    #[serde(default)]
+    pub rate_limits: cognomega_core::limits::RateLimitsFile,
+    /// `[cost_guards.<tier>]` with `tokens_per_day` and `job_runs_per_hour`.
+    #[serde(default)]
+    pub cost_guards: cognomega_core::limits::CostGuardsFile,
     /// The file this came from (none: the defaults).
     #[serde(skip)]
     pub path: Option<PathBuf>,
@@ -129,6 +145,33 @@ impl FileConfig {
             .with_context(|| format!("invalid config file {}", path.display()))?;
         config.path = Some(path);
         Ok(config)
+    }
+
+    /// The default rate limits with this file's entries, and its on/off switch unless
+    /// `switch` (`--rate-limits`, `COGNOMEGA_RATE_LIMITS`) says otherwise.
+    pub fn rate_limits(
+        &self,
+        switch: Option<bool>,
+    ) -> anyhow::Result<cognomega_core::limits::RateLimits> {
+        let mut limits = cognomega_core::limits::RateLimits::from_file(&self.rate_limits)
+            .with_context(|| self.invalid("rate limit"))?;
+        if let Some(on) = switch {
+            limits.enabled = on;
+        }
+        Ok(limits)
+    }
+
+    /// The default cost guards with this file's tiers replacing theirs.
+    #[must_use]
+    pub fn cost_guards(&self) -> cognomega_core::limits::CostGuards {
+        cognomega_core::limits::CostGuards::from_file(&self.cost_guards)
+    }
+
+    fn invalid(&self, what: &str) -> String {
+        match &self.path {
+            Some(p) => format!("invalid {what} in the config file {}", p.display()),
+            None => format!("invalid built-in {what}"),
+        }
     }
 
     /// The built-in schedules with this file's overrides, checked.

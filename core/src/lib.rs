@@ -11,6 +11,7 @@ pub mod auth;
 pub mod billing;
 pub mod etl;
 pub mod files;
+pub mod limits;
 pub mod queue;
 pub mod schedule;
 pub mod time;

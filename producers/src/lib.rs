@@ -6,6 +6,7 @@
 pub mod auth;
 mod body;
 pub mod error;
+pub mod limits;
 pub mod metrics_text;
 mod request_id;
 pub mod routes;
@@ -19,7 +20,10 @@ pub use state::{ApiConfig, AppState, CorsOrigins, Secret, UploadConfig};
 /// envelope for panics, unknown routes and wrong methods).
 pub fn router(state: AppState) -> axum::Router {
     let state_cors = state.config.cors.clone();
+    // A route layer: it runs only for matched routes, so it can classify by the matched path.
+    let limits = axum::middleware::from_fn_with_state(state.clone(), limits::layer);
     routes::router()
+        .route_layer(limits)
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(state)
@@ -30,8 +34,9 @@ pub fn router(state: AppState) -> axum::Router {
         .layer(axum::middleware::from_fn(request_id::layer))
 }
 
-/// Headers a browser client may read: billing figures and the request id.
-pub const EXPOSED_HEADERS: [&str; 7] = [
+/// Headers a browser client may read: billing figures, the request id and the rate-limit
+/// figures a client paces itself by.
+pub const EXPOSED_HEADERS: [&str; 11] = [
     "x-request-id",
     "x-credits-used",
     "x-credits-balance",
@@ -39,6 +44,10 @@ pub const EXPOSED_HEADERS: [&str; 7] = [
     "x-model",
     "x-tokens-in",
     "x-tokens-out",
+    "ratelimit-limit",
+    "ratelimit-remaining",
+    "ratelimit-reset",
+    "retry-after",
 ];
 
 fn cors(origins: &CorsOrigins) -> tower_http::cors::CorsLayer {

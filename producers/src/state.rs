@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use cognomega_consumers::ConsumerMetrics;
 use cognomega_core::billing::BillingConfig;
+use cognomega_core::limits::{CostGuards, RateLimiter, RateLimits};
 use cognomega_core::queue::QueueDriver;
 use cognomega_pipelines::registry::Registry;
 use cognomega_stores::kv::BalanceCache;
@@ -64,6 +65,10 @@ pub struct ApiConfig {
     pub cors: CorsOrigins,
     /// Direct uploads.
     pub uploads: UploadConfig,
+    /// Token buckets per tier and route class (and whether they apply at all).
+    pub rate_limits: RateLimits,
+    /// Caps on billable quantity per tier and fixed UTC window.
+    pub cost_guards: CostGuards,
 }
 
 /// Limits and policy of `POST /upload/direct`.
@@ -133,6 +138,8 @@ impl ApiConfig {
             billing: BillingConfig::default(),
             cors: CorsOrigins::Any,
             uploads: UploadConfig::default(),
+            rate_limits: RateLimits::default(),
+            cost_guards: CostGuards::default(),
         }
     }
 }
@@ -160,6 +167,8 @@ pub struct AppState {
     pub job_types: Arc<Registry>,
     /// HMAC secret of signed download links.
     pub url_secret: Arc<Vec<u8>>,
+    /// Rate-limit buckets: in-process over SQLite, shared in the database over PostgreSQL.
+    pub limiter: Arc<dyn RateLimiter>,
 }
 
 impl AppState {
@@ -180,6 +189,7 @@ impl AppState {
         .await?;
         let queues = db.queue();
         let url_secret = Arc::new(cognomega_stores::keys::url_signing_secret(&db).await?);
+        let limiter = cognomega_stores::limits::limiter(&db);
         Ok(Self {
             db,
             queues,
@@ -191,6 +201,7 @@ impl AppState {
             objects,
             job_types,
             url_secret,
+            limiter,
         })
     }
 }

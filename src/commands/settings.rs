@@ -91,6 +91,17 @@ pub struct ApiArgs {
         default_value = "*"
     )]
     cors_origins: Vec<String>,
+
+    /// Rate limits on or off (default: `[rate_limits] enabled` of the config file, else on).
+    #[arg(long, env = "COGNOMEGA_RATE_LIMITS", value_enum)]
+    rate_limits: Option<Switch>,
+}
+
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 impl ApiArgs {
@@ -168,6 +179,8 @@ impl ApiArgs {
                     .collect(),
             )
         };
+        let file = ctx.file_config()?;
+        let rate_limits = file.rate_limits(self.rate_limits.map(|s| s == Switch::On))?;
         Ok(ApiConfig {
             issuer: self.jwt_issuer.clone(),
             audience: self.jwt_audience.clone(),
@@ -189,6 +202,8 @@ impl ApiArgs {
                 scanning: self.clamd.is_some(),
                 require_scan: self.require_scan,
             },
+            rate_limits,
+            cost_guards: file.cost_guards(),
         })
     }
 }
