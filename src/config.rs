@@ -238,3 +238,55 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     std::fs::write(path, contents)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cognomega_core::auth::Tier;
+    use cognomega_core::limits::RouteClass;
+
+    fn file(text: &str) -> anyhow::Result<FileConfig> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("cognomega.toml");
+        std::fs::write(&path, text)?;
+        FileConfig::load(Some(&path), dir.path())
+    }
+
+    #[test]
+    fn rate_limits_and_cost_guards_come_from_the_file_and_the_switch_wins() -> anyhow::Result<()> {
+        let config = file(
+            "[rate_limits]\nenabled = false\n[rate_limits.pro.jobs]\nrate = 2.5\nburst = 9\n\
+             [cost_guards.member]\njob_runs_per_hour = 7\n",
+        )?;
+        let limits = config.rate_limits(None)?;
+        assert!(!limits.enabled);
+        let jobs = limits.rate(Tier::Pro, RouteClass::Jobs);
+        assert_eq!((jobs.rate, jobs.burst), (2.5, 9));
+        assert!(
+            config.rate_limits(Some(true))?.enabled,
+            "--rate-limits on wins"
+        );
+        let guards = config.cost_guards();
+        assert_eq!(guards.member.job_runs_per_hour, Some(7));
+        assert_eq!(guards.member.tokens_per_day, None);
+        assert_eq!(
+            guards.guest,
+            cognomega_core::limits::CostGuards::default().guest,
+            "tiers the file leaves out keep their defaults"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn bad_entries_name_the_file() -> anyhow::Result<()> {
+        let bad = file("[rate_limits.member.admin]\nrate = 1.0\n")?;
+        let err = format!("{:#}", bad.rate_limits(None).expect_err("refused"));
+        assert!(
+            err.contains("cognomega.toml") && err.contains("rate_limits.member.admin"),
+            "{err}"
+        );
+        assert!(file("[rate_limits.guest.writes]\nrate = 1.0\n").is_err());
+        assert!(file("[cost_guards.guest]\njobs_per_day = 1\n").is_err());
+        Ok(())
+    }
+}
