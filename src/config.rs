@@ -97,6 +97,16 @@ pub struct ServeConfig {
 /// cron = "0 0 2 * * *"
 /// queue = "probe"
 /// body = { key = "nightly" }
+///
+/// [rate_limits]                   # token buckets per tier and route class
+/// enabled = true
+/// [rate_limits.guest.jobs]
+/// rate = 1.0                      # tokens per second
+/// burst = 20
+///
+/// [cost_guards.guest]             # caps per fixed UTC window; an absent key is no cap
+/// tokens_per_day = 1000000
+/// job_runs_per_hour = 100
 /// ```
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -107,6 +117,12 @@ pub struct FileConfig {
     /// `POST /api/si/ask`: provider order, timeout, model aliases, per-tier cost levers.
     #[serde(default)]
     pub ai: AiFileConfig,
+    /// `[rate_limits]`: `enabled`, and `[rate_limits.<tier>.<class>]` with `rate` and `burst`.
+    #[serde(default)]
+    pub rate_limits: cognomega_core::limits::RateLimitsFile,
+    /// `[cost_guards.<tier>]` with `tokens_per_day` and `job_runs_per_hour`.
+    #[serde(default)]
+    pub cost_guards: cognomega_core::limits::CostGuardsFile,
     /// The file this came from (none: the defaults).
     #[serde(skip)]
     pub path: Option<PathBuf>,
@@ -132,6 +148,33 @@ impl FileConfig {
             .with_context(|| format!("invalid config file {}", path.display()))?;
         config.path = Some(path);
         Ok(config)
+    }
+
+    /// The default rate limits with this file's entries, and its on/off switch unless
+    /// `switch` (`--rate-limits`, `COGNOMEGA_RATE_LIMITS`) says otherwise.
+    pub fn rate_limits(
+        &self,
+        switch: Option<bool>,
+    ) -> anyhow::Result<cognomega_core::limits::RateLimits> {
+        let mut limits = cognomega_core::limits::RateLimits::from_file(&self.rate_limits)
+            .with_context(|| self.invalid("rate limit"))?;
+        if let Some(on) = switch {
+            limits.enabled = on;
+        }
+        Ok(limits)
+    }
+
+    /// The default cost guards with this file's tiers replacing theirs.
+    #[must_use]
+    pub fn cost_guards(&self) -> cognomega_core::limits::CostGuards {
+        cognomega_core::limits::CostGuards::from_file(&self.cost_guards)
+    }
+
+    fn invalid(&self, what: &str) -> String {
+        match &self.path {
+            Some(p) => format!("invalid {what} in the config file {}", p.display()),
+            None => format!("invalid built-in {what}"),
+        }
     }
 
     /// The built-in schedules with this file's overrides, checked.
@@ -227,4 +270,56 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 #[cfg(not(unix))]
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     std::fs::write(path, contents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cognomega_core::auth::Tier;
+    use cognomega_core::limits::RouteClass;
+
+    fn file(text: &str) -> anyhow::Result<FileConfig> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("cognomega.toml");
+        std::fs::write(&path, text)?;
+        FileConfig::load(Some(&path), dir.path())
+    }
+
+    #[test]
+    fn rate_limits_and_cost_guards_come_from_the_file_and_the_switch_wins() -> anyhow::Result<()> {
+        let config = file(
+            "[rate_limits]\nenabled = false\n[rate_limits.pro.jobs]\nrate = 2.5\nburst = 9\n\
+             [cost_guards.member]\njob_runs_per_hour = 7\n",
+        )?;
+        let limits = config.rate_limits(None)?;
+        assert!(!limits.enabled);
+        let jobs = limits.rate(Tier::Pro, RouteClass::Jobs);
+        assert_eq!((jobs.rate, jobs.burst), (2.5, 9));
+        assert!(
+            config.rate_limits(Some(true))?.enabled,
+            "--rate-limits on wins"
+        );
+        let guards = config.cost_guards();
+        assert_eq!(guards.member.job_runs_per_hour, Some(7));
+        assert_eq!(guards.member.tokens_per_day, None);
+        assert_eq!(
+            guards.guest,
+            cognomega_core::limits::CostGuards::default().guest,
+            "tiers the file leaves out keep their defaults"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn bad_entries_name_the_file() -> anyhow::Result<()> {
+        let bad = file("[rate_limits.member.admin]\nrate = 1.0\n")?;
+        let err = format!("{:#}", bad.rate_limits(None).expect_err("refused"));
+        assert!(
+            err.contains("cognomega.toml") && err.contains("rate_limits.member.admin"),
+            "{err}"
+        );
+        assert!(file("[rate_limits.guest.writes]\nrate = 1.0\n").is_err());
+        assert!(file("[cost_guards.guest]\njobs_per_day = 1\n").is_err());
+        Ok(())
+    }
 }

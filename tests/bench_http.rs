@@ -141,6 +141,54 @@ async fn sqlite_bench_credits_prints_json() -> anyhow::Result<()> {
     credits("sqlite", &[]).await
 }
 
+#[tokio::test]
+async fn sqlite_bench_gateway_prints_json() -> anyhow::Result<()> {
+    let report = bench_json(&[
+        "gateway",
+        "--backend",
+        "sqlite",
+        "--rps",
+        "200",
+        "--duration",
+        "1",
+        "--miss-requests",
+        "20",
+        "--connections",
+        "4",
+    ])
+    .await?;
+    let runs = report["runs"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    assert_eq!(runs.len(), 2, "rate limits off, then on: {report}");
+    assert_eq!(runs[0]["rate_limits"], false);
+    assert_eq!(runs[1]["rate_limits"], true);
+    for run in runs {
+        for (phase, requests) in [("healthz", 200), ("credits_hit", 200), ("credits_miss", 20)] {
+            let p = &run[phase];
+            assert_eq!(p["requests"], requests, "{phase}: {p}");
+            assert_eq!(p["ok"], requests, "{phase}: every request answered 200");
+            assert_eq!(p["errors"], 0, "{phase}");
+            assert_positive(p, &["p50_ms", "p90_ms", "p99_ms"]);
+        }
+        assert_eq!(run["credits_hit"]["wrong_balances"], 0);
+    }
+    assert!(
+        report["overhead_pct"]["credits_hit_p99"].is_number(),
+        "{report}"
+    );
+    assert_positive(
+        &report["slo"],
+        &[
+            "gateway_p90_ratio",
+            "credits_hit_p90_ratio",
+            "credits_miss_p90_ratio",
+        ],
+    );
+    Ok(())
+}
+
 async fn bench_databases() -> anyhow::Result<Vec<String>> {
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&pg_admin_url()).await?;
     Ok(sqlx::query_scalar(

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod billing;
 pub mod etl;
 pub mod files;
+pub mod limits;
 pub mod queue;
 pub mod schedule;
 pub mod time;

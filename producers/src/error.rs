@@ -18,6 +18,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// What happened and what to do next.
     pub message: String,
+    /// `Retry-After` in seconds (429 and 503 answers that know when to come back).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -27,7 +29,15 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// Adds `Retry-After: secs`.
+    #[must_use]
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     /// 400 with a code.
@@ -54,7 +64,12 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorEnvelope::new(self.code, self.message, current_request_id());
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+        }
+        resp
     }
 }
 

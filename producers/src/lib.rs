@@ -7,6 +7,7 @@ pub mod auth;
 mod body;
 pub mod error;
 pub mod gateway;
+pub mod limits;
 pub mod metrics_text;
 mod request_id;
 pub mod routes;
@@ -22,7 +23,10 @@ pub use state::{ApiConfig, AppState, CorsOrigins, Secret, UploadConfig};
 pub fn router(state: AppState) -> axum::Router {
     let state_cors = state.config.cors.clone();
     let body_idle = state.config.timeouts.body_idle;
+    // A route layer: it runs only for matched routes, so it can classify by the matched path.
+    let limits = axum::middleware::from_fn_with_state(state.clone(), limits::layer);
     routes::router()
+        .route_layer(limits)
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(state)
@@ -41,8 +45,9 @@ pub fn router(state: AppState) -> axum::Router {
         .layer(axum::middleware::from_fn(request_id::layer))
 }
 
-/// Headers a browser client may read: billing figures and the request id.
-pub const EXPOSED_HEADERS: [&str; 7] = [
+/// Headers a browser client may read: billing figures, the request id and the rate-limit
+/// figures a client paces itself by.
+pub const EXPOSED_HEADERS: [&str; 11] = [
     "x-request-id",
     "x-credits-used",
     "x-credits-balance",
@@ -50,6 +55,10 @@ pub const EXPOSED_HEADERS: [&str; 7] = [
     "x-model",
     "x-tokens-in",
     "x-tokens-out",
+    "ratelimit-limit",
+    "ratelimit-remaining",
+    "ratelimit-reset",
+    "retry-after",
 ];
 
 /// tower-http answers a preflight from any origin with its allowed methods and headers (only

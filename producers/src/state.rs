@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use cognomega_consumers::ConsumerMetrics;
 use cognomega_core::billing::BillingConfig;
+use cognomega_core::limits::{CostGuards, RateLimiter, RateLimits};
 use cognomega_core::queue::QueueDriver;
 use cognomega_pipelines::registry::Registry;
 use cognomega_stores::kv::BalanceCache;
@@ -70,6 +71,10 @@ pub struct ApiConfig {
     pub providers: cognomega_providers::ProvidersConfig,
     /// Per-tier cost levers of `POST /api/si/ask`.
     pub ask: cognomega_core::ai::AskPolicy,
+    /// Token buckets per tier and route class (and whether they apply at all).
+    pub rate_limits: RateLimits,
+    /// Caps on billable quantity per tier and fixed UTC window.
+    pub cost_guards: CostGuards,
 }
 
 /// Limits and policy of `POST /upload/direct`.
@@ -142,6 +147,8 @@ impl ApiConfig {
             timeouts: crate::gateway::Timeouts::default(),
             providers: cognomega_providers::ProvidersConfig::default(),
             ask: cognomega_core::ai::AskPolicy::default(),
+            rate_limits: RateLimits::default(),
+            cost_guards: CostGuards::default(),
         }
     }
 }
@@ -171,6 +178,8 @@ pub struct AppState {
     pub url_secret: Arc<Vec<u8>>,
     /// Model providers, tried in order with fallback.
     pub ai: Arc<cognomega_providers::Orchestrator>,
+    /// Rate-limit buckets: in-process over SQLite, shared in the database over PostgreSQL.
+    pub limiter: Arc<dyn RateLimiter>,
 }
 
 impl AppState {
@@ -198,6 +207,7 @@ impl AppState {
                 cognomega_providers::Orchestrator::empty()
             }
         };
+        let limiter = cognomega_stores::limits::limiter(&db);
         Ok(Self {
             db,
             queues,
@@ -210,6 +220,7 @@ impl AppState {
             job_types,
             url_secret,
             ai: Arc::new(ai),
+            limiter,
         })
     }
 }

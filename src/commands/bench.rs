@@ -12,6 +12,8 @@
 //! `bench usage` and `bench credits` measure the money path over HTTP (see [`usage`] and
 //! [`credits`]): a `cognomega serve` child process on loopback, driven by a separate client.
 //!
+//! `bench gateway` measures the gateway and its rate limiting (see [`gateway`]).
+//!
 //! `bench export` seeds usage events in bulk and exports them to Parquet (see [`export`]).
 //!
 //! Each runs against a throwaway store: a temporary SQLite file, or a PostgreSQL database it
@@ -21,6 +23,7 @@ mod ask;
 mod client;
 mod credits;
 mod export;
+mod gateway;
 mod jobs;
 mod server;
 mod sweep;
@@ -59,6 +62,9 @@ enum What {
     /// GET /credits under an open-loop constant request rate: achieved rate, latency
     /// percentiles measured from each request's scheduled time, errors.
     Credits(credits::CreditsArgs),
+    /// GET /healthz and GET /credits (cache hit and miss) at a constant rate, with rate
+    /// limiting off and on: latency percentiles, the overhead of rate limiting, SLO ratios.
+    Gateway(gateway::GatewayArgs),
     /// `sketch_to_app` throughput of real worker processes: jobs per minute, run time p50/p99.
     Jobs(jobs::JobsArgs),
     /// POST /api/si/ask against a loopback fake provider: the latency the orchestrator adds
@@ -121,6 +127,7 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<()> {
         What::Queue(args) => queue(&ctx, args).await,
         What::Usage(args) => usage::run(&ctx, args).await,
         What::Credits(args) => credits::run(&ctx, args).await,
+        What::Gateway(args) => gateway::run(&ctx, args).await,
         What::Jobs(args) => jobs::run(args, ctx.database_url.as_deref()).await,
         What::Upload(args) => upload::run(&ctx, args).await,
         What::Sweep(args) => sweep::run(&ctx, args).await,

@@ -111,6 +111,16 @@ pub struct ApiArgs {
     /// next one is tried.
     #[arg(long, env = "COGNOMEGA_PROVIDER_TIMEOUT")]
     provider_timeout: Option<u64>,
+    /// Rate limits on or off (default: `[rate_limits] enabled` of the config file, else on).
+    #[arg(long, env = "COGNOMEGA_RATE_LIMITS", value_enum)]
+    rate_limits: Option<Switch>,
+}
+
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 impl ApiArgs {
@@ -216,6 +226,8 @@ impl ApiArgs {
             )
         };
         let (providers, ask) = self.providers(ctx)?;
+        let file = ctx.file_config()?;
+        let rate_limits = file.rate_limits(self.rate_limits.map(|s| s == Switch::On))?;
         Ok(ApiConfig {
             issuer: self.jwt_issuer.clone(),
             audience: self.jwt_audience.clone(),
@@ -243,6 +255,8 @@ impl ApiArgs {
             },
             providers,
             ask,
+            rate_limits,
+            cost_guards: file.cost_guards(),
         })
     }
 }

@@ -14,6 +14,7 @@ pub mod jobs;
 pub mod keys;
 pub mod kv;
 pub mod lifecycle;
+pub mod limits;
 pub mod objects;
 pub mod queue;
 pub mod schedules;

@@ -210,6 +210,12 @@ pub(crate) async fn env_snapshot(
             "models": config.providers.models,
             "policy": config.ask,
         },
+        "rate_limits": {
+            "enabled": config.rate_limits.enabled,
+            "buckets": state.limiter.location(),
+            "limits": config.rate_limits.table(),
+        },
+        "cost_guards": config.cost_guards,
         "job_types": state.job_types.iter().map(|t| t.name().to_owned()).collect::<Vec<_>>(),
         "queues": queues,
     })))

@@ -2,14 +2,17 @@
 
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use cognomega_core::auth::Tier;
 use cognomega_core::billing::{SettlementKind, SettlementMessage};
+use cognomega_core::limits::{Decision, RouteClass};
 use cognomega_core::queue::OutgoingMessage;
 use cognomega_stores::billing;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::limits::{self, ClientIp};
 use crate::{current_request_id, ApiError, AppState};
 
 #[derive(Debug, Deserialize)]
@@ -33,21 +36,68 @@ fn valid_email(email: &str) -> bool {
 
 pub(crate) async fn guest(
     State(state): State<AppState>,
+    client: ClientIp,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, Response> {
+    let (decision, body) = issue_guest(&state, client, &body)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    Ok(limits::with_headers(body.into_response(), decision))
+}
+
+/// Why issuing a guest stopped early: a plain API error or a rate-limit refusal.
+enum Refused {
+    Error(ApiError),
+    Limited(Response),
+}
+
+impl From<ApiError> for Refused {
+    fn from(e: ApiError) -> Self {
+        Self::Error(e)
+    }
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Error(e) => e.into_response(),
+            Self::Limited(r) => r,
+        }
+    }
+}
+
+async fn issue_guest(
+    state: &AppState,
+    client: ClientIp,
+    body: &Bytes,
+) -> Result<(Option<Decision>, Json<Value>), Refused> {
     let request: GuestRequest = if body.iter().all(u8::is_ascii_whitespace) {
         GuestRequest { email: None }
     } else {
-        crate::body::json(&body)?
+        crate::body::json(body)?
     };
     if let Some(email) = request.email.as_deref() {
         if !valid_email(email) {
             return Err(ApiError::bad_request(
                 "invalid_email",
                 "email must look like name@example.com (≤ 254 characters)",
-            ));
+            )
+            .into());
         }
     }
+    // Per email (lower-cased: one mailbox, one bucket), else per client address.
+    let key = match request.email.as_deref() {
+        Some(email) => format!("guest:email:{}", email.to_lowercase()),
+        None => format!(
+            "guest:ip:{}",
+            client
+                .0
+                .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
+        ),
+    };
+    let decision = limits::check(state, Tier::Guest, RouteClass::Guest, &key)
+        .await
+        .map_err(Refused::Limited)?;
     let tenant_id = uuid::Uuid::now_v7().to_string();
     let user_id = uuid::Uuid::now_v7().to_string();
     let grant = state.config.billing.guest_grant;
@@ -79,13 +129,16 @@ pub(crate) async fn guest(
     }
     tx.commit().await.map_err(ApiError::internal)?;
     let (token, claims) = state.auth.issue(&user_id, &tenant_id, Tier::Guest)?;
-    Ok(Json(json!({
-        "token": token,
-        "token_type": "Bearer",
-        "expires_in": state.auth.ttl_secs(&claims),
-        "tenant_id": tenant_id,
-        "user_id": user_id,
-    })))
+    Ok((
+        decision,
+        Json(json!({
+            "token": token,
+            "token_type": "Bearer",
+            "expires_in": state.auth.ttl_secs(&claims),
+            "tenant_id": tenant_id,
+            "user_id": user_id,
+        })),
+    ))
 }
 
 pub(crate) async fn jwks(State(state): State<AppState>) -> Json<Value> {

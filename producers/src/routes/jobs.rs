@@ -8,6 +8,7 @@ use axum::Json;
 use base64::Engine as _;
 use chrono::{SecondsFormat, TimeZone, Utc};
 use cognomega_consumers::jobs::JobMessage;
+use cognomega_core::limits::CostMetric;
 use cognomega_core::queue::OutgoingMessage;
 use cognomega_r2_lifecycle::codec::{decode, Compression};
 use cognomega_stores::billing;
@@ -17,6 +18,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::Authenticated;
+use crate::limits;
 use crate::{current_request_id, ApiError, AppState};
 
 /// Largest decoded input image.
@@ -235,6 +237,21 @@ pub(crate) async fn submit(
         .await
         .map_err(ApiError::internal)?;
     if created {
+        // Counted with the job row and its message: a refused or failed submit counts nothing.
+        if let Err(over) = limits::charge_cost(
+            &state,
+            &mut tx,
+            claims.tier,
+            &claims.tenant,
+            CostMetric::JobRunsPerHour,
+            1,
+        )
+        .await
+        {
+            drop(tx);
+            let _ = state.objects.delete(&input_key).await;
+            return Err(over);
+        }
         let msg = OutgoingMessage::json(&JobMessage {
             job_id: job_id.clone(),
         })

@@ -7,13 +7,15 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Duration as ChronoDuration, SecondsFormat, Utc};
-use cognomega_core::billing::{parse_usage_request, UsageBatchMessage};
+use cognomega_core::billing::{parse_usage_request, UsageBatchMessage, UsageKind};
+use cognomega_core::limits::CostMetric;
 use cognomega_core::queue::OutgoingMessage;
 use cognomega_stores::billing;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::Authenticated;
+use crate::limits;
 use crate::{current_request_id, ApiError, AppState};
 
 pub(crate) async fn post(
@@ -24,6 +26,12 @@ pub(crate) async fn post(
     let events = parse_usage_request(&body)
         .map_err(|e| ApiError::bad_request("invalid_usage", e.to_string()))?;
     let accepted = events.len();
+    let tokens: u64 = events
+        .iter()
+        .filter(|e| matches!(e.kind, UsageKind::TokensIn | UsageKind::TokensOut))
+        .map(|e| e.quantity)
+        .fold(0, u64::saturating_add);
+    let (tier, tenant) = (claims.tier, claims.tenant.clone());
     let msg = UsageBatchMessage {
         tenant_id: claims.tenant,
         events,
@@ -32,15 +40,35 @@ pub(crate) async fn post(
     let out = OutgoingMessage::json(&msg)
         .map_err(ApiError::internal)?
         .request_id(current_request_id());
-    state
-        .queues
-        .send(&cognomega_consumers::usage_writer::queue(), out)
-        .await
-        .map_err(|e| {
-            ApiError::unavailable(format!(
-                "cannot enqueue usage right now ({e}); retry with the same idempotency keys"
-            ))
-        })?;
+    let queue = cognomega_consumers::usage_writer::queue();
+    let unavailable = |e: &dyn std::fmt::Display| {
+        ApiError::unavailable(format!(
+            "cannot enqueue usage right now ({e}); retry with the same idempotency keys"
+        ))
+    };
+    if tokens > 0 && limits::is_capped(&state, tier, CostMetric::TokensPerDay) {
+        // The tokens are counted in the transaction that enqueues them: a refused or failed
+        // enqueue counts nothing.
+        let mut tx = state.db.begin().await.map_err(|e| unavailable(&e))?;
+        limits::charge_cost(
+            &state,
+            &mut tx,
+            tier,
+            &tenant,
+            CostMetric::TokensPerDay,
+            tokens,
+        )
+        .await?;
+        tx.send(&queue, out).await.map_err(|e| unavailable(&e))?;
+        tx.commit().await.map_err(|e| unavailable(&e))?;
+    } else {
+        // Uncapped: a plain send, which shares its commit with concurrent ones.
+        state
+            .queues
+            .send(&queue, out)
+            .await
+            .map_err(|e| unavailable(&e))?;
+    }
     Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": accepted }))))
 }
 

@@ -74,6 +74,9 @@ pub(super) async fn run(ctx: &Ctx, args: AskArgs) -> anyhow::Result<()> {
         "openai".to_owned(),
         "--config".to_owned(),
         config.display().to_string(),
+        // One guest asks as fast as it can; `bench gateway` measures the limiter on its own.
+        "--rate-limits".to_owned(),
+        "off".to_owned(),
     ];
     let env = [
         ("OPENAI_API_KEY".to_owned(), "bench-key".to_owned()),
