@@ -6,8 +6,21 @@ use cognomega_stores::billing;
 use serde_json::{json, Value};
 
 use crate::auth::Admin;
+use super::openapi::{schemas as s, *};
 use crate::{ApiError, AppState};
 
+/// Recomputes every derived balance from the ledger.
+#[utoipa::path(
+    post,
+    path = "/admin/rebuild-balance-cache",
+    tag = "admin",
+    security(("admin_key" = [])),
+    responses(
+        (status = 200, description = "Balances recomputed", body = s::Rebuilt),
+        (status = 401, response = Unauthorized),
+        (status = 500, response = Internal),
+    ),
+)]
 pub(crate) async fn rebuild_balance_cache(
     State(state): State<AppState>,
     _admin: Admin,

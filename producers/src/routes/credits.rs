@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::{Admin, Authenticated};
+use super::openapi::{schemas as s, *};
 use crate::{current_request_id, ApiError, AppState};
 
 fn rfc3339(ms: i64) -> String {
@@ -23,6 +24,20 @@ fn rfc3339(ms: i64) -> String {
         .to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// The tenant's balance, from the balance cache.
+#[utoipa::path(
+    get,
+    path = "/credits",
+    tag = "billing",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The balance", body = s::Balance,
+            headers(("X-Credits-Balance" = i64, description = "The balance, in credits"))),
+        (status = 401, response = Unauthorized),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+    ),
+)]
 pub(crate) async fn get(
     State(state): State<AppState>,
     Authenticated(claims): Authenticated,
@@ -44,11 +59,16 @@ pub(crate) async fn get(
     Ok(resp)
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /credits/adjust`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AdjustRequest {
+    /// An existing tenant.
     tenant_id: String,
+    /// Credits to add (positive) or take (negative); never 0.
     delta: i64,
+    /// Why, 1..=500 characters (trimmed).
+    #[schema(min_length = 1, max_length = 500)]
     reason: String,
 }
 
@@ -64,6 +84,24 @@ fn adjustment_json(a: &Adjustment) -> Value {
     })
 }
 
+/// Adjusts a tenant's credits through the ledger, once per `Idempotency-Key`.
+#[utoipa::path(
+    post,
+    path = "/credits/adjust",
+    tag = "admin",
+    security(("admin_key" = [])),
+    params(("Idempotency-Key" = String, Header, min_length = 1, max_length = 128,
+        description = "Retries with the same key apply once")),
+    request_body(content = AdjustRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Recorded; settles asynchronously", body = s::AdjustmentAccepted),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 500, response = Internal),
+    ),
+)]
 pub(crate) async fn adjust(
     State(state): State<AppState>,
     _admin: Admin,
@@ -149,6 +187,20 @@ pub(crate) async fn adjust(
     ))
 }
 
+/// An adjustment and its status.
+#[utoipa::path(
+    get,
+    path = "/credits/adjustments/{id}",
+    tag = "admin",
+    security(("admin_key" = [])),
+    params(("id" = String, Path, description = "The adjustment id")),
+    responses(
+        (status = 200, description = "The adjustment", body = s::Adjustment),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 500, response = Internal),
+    ),
+)]
 pub(crate) async fn adjustment(
     State(state): State<AppState>,
     _admin: Admin,

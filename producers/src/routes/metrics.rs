@@ -6,8 +6,20 @@ use axum::response::{IntoResponse, Response};
 use http::header::CONTENT_TYPE;
 
 use crate::metrics_text::{render_consumers, render_exports, render_lifecycle, render_queues};
+use super::openapi::*;
 use crate::{ApiError, AppState};
 
+/// Prometheus text exposition.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "ops",
+    responses(
+        (status = 200, description = "Prometheus text format 0.0.4", body = String,
+            content_type = "text/plain"),
+        (status = 500, response = Internal),
+    ),
+)]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let names = state.queues.queues().await.map_err(ApiError::internal)?;
     let mut stats = Vec::with_capacity(names.len());

@@ -8,6 +8,7 @@ mod exports;
 mod health;
 mod jobs;
 mod metrics;
+mod openapi;
 pub mod uploads;
 mod usage;
 
@@ -47,6 +48,7 @@ pub fn router() -> Router<AppState> {
         .route("/exports", get(exports::list))
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(metrics::metrics))
+        .route("/openapi.json", get(openapi::serve))
         .layer(DefaultBodyLimit::max(SMALL_BODY_LIMIT));
     let usage = Router::new()
         .route("/usage", post(usage::post).get(usage::get))

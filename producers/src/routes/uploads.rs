@@ -25,6 +25,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::auth::Authenticated;
+use super::openapi::{schemas as s, *};
 use crate::{current_request_id, ApiError, AppState};
 
 /// Bytes read before storing anything, to sniff the content type.
@@ -109,13 +110,44 @@ fn upload_json(state: &AppState, u: &Upload) -> Value {
     v
 }
 
-#[derive(Debug, Deserialize)]
+/// The file's name for a raw upload.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct FilenameQuery {
+    /// The file's name (sanitized); also `X-Filename`.
     filename: Option<String>,
 }
 
 type ByteStream = BoxStream<'static, Result<Bytes, std::io::Error>>;
 
+/// Streams an upload to object storage; a virus scan is queued when a scanner is configured.
+#[utoipa::path(
+    post,
+    path = "/upload/direct",
+    tag = "uploads",
+    security(("bearer" = [])),
+    params(
+        FilenameQuery,
+        ("X-Filename" = Option<String>, Header, description = "The file's name (raw body)"),
+    ),
+    request_body(description = "The raw file with its real `Content-Type`, or a form with one \
+        file part", content(
+        ("text/plain" = String),
+        ("application/octet-stream" = s::Binary),
+        ("multipart/form-data" = s::UploadForm),
+    )),
+    responses(
+        (status = 201, description = "Stored", body = s::UploadCreated),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 402, response = PaymentRequired),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub(crate) async fn direct(
     State(state): State<AppState>,
     Authenticated(claims): Authenticated,
@@ -428,6 +460,21 @@ fn upload_not_found(key: &str) -> ApiError {
     )
 }
 
+/// An upload's metadata and scan status.
+#[utoipa::path(
+    get,
+    path = "/uploads/{key}",
+    tag = "uploads",
+    security(("bearer" = [])),
+    params(("key" = String, Path, description = "The upload's key (it contains `/`)")),
+    responses(
+        (status = 200, description = "The upload", body = s::Upload),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+    ),
+)]
 pub(crate) async fn get(
     State(state): State<AppState>,
     Authenticated(claims): Authenticated,
@@ -440,12 +487,35 @@ pub(crate) async fn get(
     Ok(Json(upload_json(&state, &upload)))
 }
 
-#[derive(Debug, Deserialize)]
+/// The signature of a download link.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct LinkQuery {
+    /// Expiry, Unix seconds.
+    #[param(required = true, value_type = i64)]
     exp: Option<String>,
+    /// The link's signature.
+    #[param(required = true, value_type = String)]
     sig: Option<String>,
 }
 
+/// A file behind a signed, expiring link (an upload, or an export file).
+#[utoipa::path(
+    get,
+    path = "/files/{key}",
+    tag = "uploads",
+    params(("key" = String, Path, description = "The object key (it contains `/`)"), LinkQuery),
+    responses(
+        (status = 200, description = "The file, as an attachment", content(("*/*")), headers(
+            ("Content-Disposition" = String, description = "`attachment` with the sanitized name"),
+        )),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 410, response = Gone),
+        (status = 500, response = Internal),
+    ),
+)]
 pub(crate) async fn file(
     State(state): State<AppState>,
     Path(key): Path<String>,

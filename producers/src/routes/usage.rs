@@ -14,8 +14,26 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::Authenticated;
+use super::openapi::{schemas as s, *};
 use crate::{current_request_id, ApiError, AppState};
 
+/// Accepts usage events for the tenant (all validated before any is queued).
+#[utoipa::path(
+    post,
+    path = "/usage",
+    tag = "billing",
+    security(("bearer" = [])),
+    request_body(content = s::UsageRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Every event was queued", body = s::UsageAccepted),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 413, response = PayloadTooLarge),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub(crate) async fn post(
     State(state): State<AppState>,
     Authenticated(claims): Authenticated,
@@ -44,9 +62,15 @@ pub(crate) async fn post(
     Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": accepted }))))
 }
 
-#[derive(Debug, Deserialize)]
+/// The window of `GET /usage`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct Window {
+    /// Start, inclusive (RFC 3339; default `to` minus 30 days).
+    #[param(format = DateTime)]
     from: Option<String>,
+    /// End, exclusive (RFC 3339; default now).
+    #[param(format = DateTime)]
     to: Option<String>,
 }
 
@@ -68,6 +92,21 @@ fn parse_time(
     }
 }
 
+/// The tenant's usage totals per kind in a window.
+#[utoipa::path(
+    get,
+    path = "/usage",
+    tag = "billing",
+    security(("bearer" = [])),
+    params(Window),
+    responses(
+        (status = 200, description = "Totals per kind", body = s::UsageSummary),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+    ),
+)]
 pub(crate) async fn get(
     State(state): State<AppState>,
     Authenticated(claims): Authenticated,
