@@ -10,14 +10,14 @@
 #   ops/schemathesis.sh [--seed N] [--max-examples N]
 #
 # Environment: SCHEMATHESIS_SEED (default: a fixed seed, so runs repeat), SCHEMATHESIS_MAX_EXAMPLES
-# (default 40 per operation: about a minute on two cores), COGNOMEGA_BIN (a prebuilt binary;
+# (default 120 per operation: about a minute on two cores), COGNOMEGA_BIN (a prebuilt binary;
 # default: `cargo build` and target/debug/cognomega).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VERSION=4.32.5
 seed="${SCHEMATHESIS_SEED:-20260701}"
-max_examples="${SCHEMATHESIS_MAX_EXAMPLES:-40}"
+max_examples="${SCHEMATHESIS_MAX_EXAMPLES:-120}"
 while (($#)); do
   case "$1" in
     --seed) seed="$2"; shift 2 ;;
@@ -79,16 +79,18 @@ token="$(curl -fsS -X POST "$url/auth/guest" |
 
 echo "schemathesis $("$st" --version 2>&1 | tail -n1) against $url (seed $seed, $max_examples examples per operation)" >&2
 status=0
-"$st" run "$url/openapi.json" \
+# Run from the temporary directory: schemathesis keeps its example database in the working
+# directory, and a fresh one each run keeps a seed's run the same.
+(cd "$data" && "$st" run "$url/openapi.json" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance \
   --header "Authorization: Bearer $token" \
   --header "X-Admin-Key: $admin_key" \
-  --phases examples,coverage,fuzzing \
+  --phases examples,coverage,fuzzing,stateful \
   --max-examples "$max_examples" \
   --seed "$seed" \
   --workers 2 \
   --request-timeout 30 \
-  --no-color || status=$?
+  --no-color) || status=$?
 if ((status != 0)); then
   echo "--- server log (last 40 lines) ---" >&2
   tail -n 40 "$data/serve.log" >&2

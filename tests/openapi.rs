@@ -132,7 +132,38 @@ async fn the_document_describes_every_route() -> anyhow::Result<()> {
          routes/openapi.rs): {undocumented:?}"
     );
     let unserved: Vec<_> = documented.difference(&served).collect();
-    assert!(unserved.is_empty(), "documented but not served: {unserved:?}");
+    assert!(
+        unserved.is_empty(),
+        "documented but not served: {unserved:?}"
+    );
+
+    // Operation ids are unique, and every link names one of them.
+    let mut ids = BTreeSet::new();
+    for (method, path) in &documented {
+        let id = doc["paths"][path][method]["operationId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{method} {path} has no operationId"));
+        assert!(ids.insert(id), "operationId {id} is used twice");
+    }
+    let mut links = 0;
+    for (method, path) in &documented {
+        for response in doc["paths"][path][method]["responses"]
+            .as_object()
+            .into_iter()
+            .flat_map(|r| r.values())
+        {
+            for link in response["links"]
+                .as_object()
+                .into_iter()
+                .flat_map(|l| l.values())
+            {
+                let target = link["operationId"].as_str().unwrap_or_default();
+                assert!(ids.contains(target), "{method} {path} links to {target:?}");
+                links += 1;
+            }
+        }
+    }
+    assert!(links > 0, "no links for stateful testing");
 
     let mut found = Vec::new();
     refs(&doc, "#", &mut found);
@@ -175,7 +206,10 @@ async fn security_errors_and_headers_are_declared() -> anyhow::Result<()> {
         "RateLimit-Remaining",
         "RateLimit-Reset",
     ] {
-        assert!(too_many["headers"].get(header).is_some(), "429 lacks {header}");
+        assert!(
+            too_many["headers"].get(header).is_some(),
+            "429 lacks {header}"
+        );
     }
 
     for (path, item) in doc["paths"].as_object().expect("paths") {

@@ -7,6 +7,7 @@ pub mod auth;
 mod body;
 pub mod error;
 pub mod metrics_text;
+mod query;
 mod request_id;
 pub mod routes;
 mod state;

@@ -5,14 +5,15 @@ use axum::Json;
 use cognomega_stores::billing;
 use serde_json::{json, Value};
 
-use crate::auth::Admin;
 use super::openapi::{schemas as s, *};
+use crate::auth::Admin;
 use crate::{ApiError, AppState};
 
 /// Recomputes every derived balance from the ledger.
 #[utoipa::path(
     post,
     path = "/admin/rebuild-balance-cache",
+    operation_id = "rebuild_balance_cache",
     tag = "admin",
     security(("admin_key" = [])),
     responses(

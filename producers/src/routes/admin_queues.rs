@@ -1,15 +1,16 @@
 //! `/admin/queues*` and `/admin/env-snapshot`: the operator's view of the queues and of the
 //! running configuration (with every secret left out).
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use cognomega_core::queue::{MessageId, QueueName};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::auth::Admin;
 use super::openapi::{schemas as s, *};
+use crate::auth::Admin;
+use crate::query::Query;
 use crate::{ApiError, AppState};
 
 fn queue_name(raw: &str) -> Result<QueueName, ApiError> {
@@ -45,6 +46,7 @@ async fn dlq_of(state: &AppState, queue: &QueueName) -> Result<QueueName, ApiErr
 #[utoipa::path(
     get,
     path = "/admin/queues",
+    operation_id = "list_queues",
     tag = "admin",
     security(("admin_key" = [])),
     responses(
@@ -78,6 +80,7 @@ pub(crate) struct DlqQuery {
 #[utoipa::path(
     get,
     path = "/admin/queues/{queue}/dlq",
+    operation_id = "list_dead_letters",
     tag = "admin",
     security(("admin_key" = [])),
     params(
@@ -139,6 +142,7 @@ pub(crate) struct ReplayBody {
 #[utoipa::path(
     post,
     path = "/admin/queues/{queue}/dlq/replay",
+    operation_id = "replay_dead_letters",
     tag = "admin",
     security(("admin_key" = [])),
     params(("queue" = String, Path, description = "A queue, or a dead-letter queue (`….dlq`)")),
@@ -200,6 +204,7 @@ pub(crate) async fn replay(
 #[utoipa::path(
     get,
     path = "/admin/env-snapshot",
+    operation_id = "get_env_snapshot",
     tag = "admin",
     security(("admin_key" = [])),
     responses(

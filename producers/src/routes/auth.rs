@@ -39,6 +39,7 @@ fn valid_email(email: &str) -> bool {
 #[utoipa::path(
     post,
     path = "/auth/guest",
+    operation_id = "create_guest",
     tag = "auth",
     request_body(content = Option<GuestRequest>, content_type = "application/json",
         description = "Optional; an empty body is a guest without email"),
@@ -110,6 +111,7 @@ pub(crate) async fn guest(
 #[utoipa::path(
     get,
     path = "/.well-known/jwks.json",
+    operation_id = "get_jwks",
     tag = "auth",
     responses((status = 200, description = "The JWK Set", body = s::Jwks)),
 )]

@@ -13,8 +13,8 @@ use cognomega_stores::billing::{self, Adjustment};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::auth::{Admin, Authenticated};
 use super::openapi::{schemas as s, *};
+use crate::auth::{Admin, Authenticated};
 use crate::{current_request_id, ApiError, AppState};
 
 fn rfc3339(ms: i64) -> String {
@@ -28,6 +28,7 @@ fn rfc3339(ms: i64) -> String {
 #[utoipa::path(
     get,
     path = "/credits",
+    operation_id = "get_credits",
     tag = "billing",
     security(("bearer" = [])),
     responses(
@@ -88,13 +89,16 @@ fn adjustment_json(a: &Adjustment) -> Value {
 #[utoipa::path(
     post,
     path = "/credits/adjust",
+    operation_id = "adjust_credits",
     tag = "admin",
     security(("admin_key" = [])),
     params(("Idempotency-Key" = String, Header, min_length = 1, max_length = 128,
         description = "Retries with the same key apply once")),
     request_body(content = AdjustRequest, content_type = "application/json"),
     responses(
-        (status = 202, description = "Recorded; settles asynchronously", body = s::AdjustmentAccepted),
+        (status = 202, description = "Recorded; settles asynchronously", body = s::AdjustmentAccepted,
+            links(("GetAdjustment" = (operation_id = "get_adjustment",
+                parameters(("id" = "$response.body#/adjustment_id")))))),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
@@ -191,6 +195,7 @@ pub(crate) async fn adjust(
 #[utoipa::path(
     get,
     path = "/credits/adjustments/{id}",
+    operation_id = "get_adjustment",
     tag = "admin",
     security(("admin_key" = [])),
     params(("id" = String, Path, description = "The adjustment id")),

@@ -17,14 +17,15 @@ use cognomega_stores::objects::ObjectKey;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::auth::Admin;
 use super::openapi::{schemas as s, *};
+use crate::auth::Admin;
 use crate::{ApiError, AppState};
 
 /// Every dataset's manifest, with a download URL per file.
 #[utoipa::path(
     get,
     path = "/exports",
+    operation_id = "list_exports",
     tag = "admin",
     security(("admin_key" = [])),
     responses(
@@ -93,6 +94,7 @@ struct ExportRequest {
 #[utoipa::path(
     post,
     path = "/admin/exports",
+    operation_id = "enqueue_exports",
     tag = "admin",
     security(("admin_key" = [])),
     request_body(content = Option<ExportRequest>, content_type = "application/json"),

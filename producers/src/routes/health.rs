@@ -11,6 +11,7 @@ use crate::{ApiError, AppState};
 #[utoipa::path(
     get,
     path = "/healthz",
+    operation_id = "healthz",
     tag = "ops",
     responses(
         (status = 200, description = "Up, and the database is reachable", body = s::Health),

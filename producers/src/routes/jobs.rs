@@ -1,7 +1,7 @@
 //! Jobs: submit, list, poll, cancel, download artifacts.
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -16,8 +16,9 @@ use cognomega_stores::objects::{ObjectKey, PutMeta};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::auth::Authenticated;
 use super::openapi::{schemas as s, *};
+use crate::auth::Authenticated;
+use crate::query::Query;
 use crate::{current_request_id, ApiError, AppState};
 
 /// Largest decoded input image.
@@ -150,6 +151,7 @@ fn decode_base64(raw: &str) -> Result<Vec<u8>, ApiError> {
 #[utoipa::path(
     post,
     path = "/jobs",
+    operation_id = "submit_job",
     tag = "jobs",
     security(("bearer" = [])),
     params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 128,
@@ -157,9 +159,19 @@ fn decode_base64(raw: &str) -> Result<Vec<u8>, ApiError> {
     request_body(content = SubmitRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "The job an earlier request with this Idempotency-Key created",
-            body = s::JobSubmitted, headers(("Location" = String, description = "The job's status URL"))),
+            body = s::JobSubmitted, headers(("Location" = String, description = "The job's status URL")),
+            links(
+                ("GetJob" = (operation_id = "get_job", parameters(("id" = "$response.body#/id")))),
+                ("CancelJob" = (operation_id = "cancel_job",
+                    parameters(("id" = "$response.body#/id")))),
+            )),
         (status = 202, description = "The job is queued", body = s::JobSubmitted,
-            headers(("Location" = String, description = "The job's status URL"))),
+            headers(("Location" = String, description = "The job's status URL")),
+            links(
+                ("GetJob" = (operation_id = "get_job", parameters(("id" = "$response.body#/id")))),
+                ("CancelJob" = (operation_id = "cancel_job",
+                    parameters(("id" = "$response.body#/id")))),
+            )),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 402, response = PaymentRequired),
@@ -349,6 +361,7 @@ pub(crate) async fn require_credits(state: &AppState, tenant: &str) -> Result<()
 #[utoipa::path(
     get,
     path = "/jobs/{id}",
+    operation_id = "get_job",
     tag = "jobs",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "The job id")),
@@ -405,6 +418,7 @@ const STATUSES: [&str; 6] = [
 #[utoipa::path(
     get,
     path = "/jobs",
+    operation_id = "list_jobs",
     tag = "jobs",
     security(("bearer" = [])),
     params(ListQuery),
@@ -472,6 +486,7 @@ pub(crate) async fn list(
 #[utoipa::path(
     post,
     path = "/jobs/{id}/cancel",
+    operation_id = "cancel_job",
     tag = "jobs",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "The job id")),
@@ -518,6 +533,7 @@ pub(crate) async fn cancel(
 #[utoipa::path(
     get,
     path = "/jobs/{id}/artifacts/{name}",
+    operation_id = "get_artifact",
     tag = "jobs",
     security(("bearer" = [])),
     params(

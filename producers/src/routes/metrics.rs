@@ -5,14 +5,15 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::header::CONTENT_TYPE;
 
-use crate::metrics_text::{render_consumers, render_exports, render_lifecycle, render_queues};
 use super::openapi::*;
+use crate::metrics_text::{render_consumers, render_exports, render_lifecycle, render_queues};
 use crate::{ApiError, AppState};
 
 /// Prometheus text exposition.
 #[utoipa::path(
     get,
     path = "/metrics",
+    operation_id = "metrics",
     tag = "ops",
     responses(
         (status = 200, description = "Prometheus text format 0.0.4", body = String,

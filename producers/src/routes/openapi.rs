@@ -89,24 +89,38 @@ pub fn document() -> &'static Value {
     static DOC: OnceLock<Value> = OnceLock::new();
     DOC.get_or_init(|| {
         let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null);
-        require_request_id(&mut doc);
+        fix_up(&mut doc);
         doc
     })
 }
 
-/// `utoipa`'s header object has no `required` flag, so it is set on the JSON: `X-Request-Id`
-/// is on every response, and clients (and the fuzzer) may rely on it.
-fn require_request_id(value: &mut Value) {
+/// Corrects what `utoipa` 5 cannot express or writes wrongly:
+/// - its header object has no `required` flag, and `X-Request-Id` is on every response, so
+///   clients (and the fuzzer) may rely on it;
+/// - it writes a link's `operationId`/`operationRef` in snake case, which no client reads.
+fn fix_up(value: &mut Value) {
     match value {
         Value::Object(map) => {
-            if let Some(Value::Object(h)) = map.get_mut("headers") {
-                if let Some(Value::Object(id)) = h.get_mut(REQUEST_ID_HEADER) {
+            if let Some(Value::Object(headers)) = map.get_mut("headers") {
+                if let Some(Value::Object(id)) = headers.get_mut(REQUEST_ID_HEADER) {
                     id.insert("required".into(), Value::Bool(true));
                 }
             }
-            map.values_mut().for_each(require_request_id);
+            if let Some(Value::Object(links)) = map.get_mut("links") {
+                for link in links.values_mut().filter_map(Value::as_object_mut) {
+                    for (snake, camel) in [
+                        ("operation_id", "operationId"),
+                        ("operation_ref", "operationRef"),
+                    ] {
+                        if let Some(v) = link.remove(snake) {
+                            link.insert(camel.into(), v);
+                        }
+                    }
+                }
+            }
+            map.values_mut().for_each(fix_up);
         }
-        Value::Array(items) => items.iter_mut().for_each(require_request_id),
+        Value::Array(items) => items.iter_mut().for_each(fix_up),
         _ => {}
     }
 }
@@ -115,6 +129,7 @@ fn require_request_id(value: &mut Value) {
 #[utoipa::path(
     get,
     path = "/openapi.json",
+    operation_id = "get_openapi",
     tag = "ops",
     responses(
         (status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json",

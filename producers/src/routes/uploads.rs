@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::extract::{FromRequest, Multipart, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -24,8 +24,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::auth::Authenticated;
 use super::openapi::{schemas as s, *};
+use crate::auth::Authenticated;
+use crate::query::Query;
 use crate::{current_request_id, ApiError, AppState};
 
 /// Bytes read before storing anything, to sniff the content type.
@@ -124,6 +125,7 @@ type ByteStream = BoxStream<'static, Result<Bytes, std::io::Error>>;
 #[utoipa::path(
     post,
     path = "/upload/direct",
+    operation_id = "upload_direct",
     tag = "uploads",
     security(("bearer" = [])),
     params(
@@ -132,12 +134,15 @@ type ByteStream = BoxStream<'static, Result<Bytes, std::io::Error>>;
     ),
     request_body(description = "The raw file with its real `Content-Type`, or a form with one \
         file part", content(
-        ("text/plain" = String),
-        ("application/octet-stream" = s::Binary),
-        ("multipart/form-data" = s::UploadForm),
+        (String = "text/plain"),
+        (s::Binary = "application/octet-stream"),
+        (s::UploadForm = "multipart/form-data"),
     )),
     responses(
-        (status = 201, description = "Stored", body = s::UploadCreated),
+        (status = 201, description = "Stored", body = s::UploadCreated, links(
+            ("GetUpload" = (operation_id = "get_upload",
+                parameters(("key" = "$response.body#/key")))),
+        )),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 402, response = PaymentRequired),
@@ -464,6 +469,7 @@ fn upload_not_found(key: &str) -> ApiError {
 #[utoipa::path(
     get,
     path = "/uploads/{key}",
+    operation_id = "get_upload",
     tag = "uploads",
     security(("bearer" = [])),
     params(("key" = String, Path, description = "The upload's key (it contains `/`)")),
@@ -503,12 +509,14 @@ pub(crate) struct LinkQuery {
 #[utoipa::path(
     get,
     path = "/files/{key}",
+    operation_id = "get_file",
     tag = "uploads",
     params(("key" = String, Path, description = "The object key (it contains `/`)"), LinkQuery),
     responses(
         (status = 200, description = "The file, as an attachment", content(("*/*")), headers(
             ("Content-Disposition" = String, description = "`attachment` with the sanitized name"),
         )),
+        (status = 400, response = BadRequest),
         (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
         (status = 409, response = Conflict),

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Duration as ChronoDuration, SecondsFormat, Utc};
@@ -13,14 +13,16 @@ use cognomega_stores::billing;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::auth::Authenticated;
 use super::openapi::{schemas as s, *};
+use crate::auth::Authenticated;
+use crate::query::Query;
 use crate::{current_request_id, ApiError, AppState};
 
 /// Accepts usage events for the tenant (all validated before any is queued).
 #[utoipa::path(
     post,
     path = "/usage",
+    operation_id = "post_usage",
     tag = "billing",
     security(("bearer" = [])),
     request_body(content = s::UsageRequest, content_type = "application/json"),
@@ -96,6 +98,7 @@ fn parse_time(
 #[utoipa::path(
     get,
     path = "/usage",
+    operation_id = "get_usage",
     tag = "billing",
     security(("bearer" = [])),
     params(Window),
@@ -133,7 +136,10 @@ pub(crate) async fn get(
     )
     .await
     .map_err(ApiError::internal)?;
-    let charged: i64 = totals.values().map(|t| t.credits).sum();
+    // Each total saturates at i64::MAX, so their sum must too.
+    let charged = totals
+        .values()
+        .fold(0i64, |sum, t| sum.saturating_add(t.credits));
     let totals: BTreeMap<&str, _> = totals.iter().map(|(k, v)| (k.as_str(), v)).collect();
     Ok(Json(json!({
         "tenant_id": claims.tenant,
