@@ -10,14 +10,14 @@
 #   ops/schemathesis.sh [--seed N] [--max-examples N]
 #
 # Environment: SCHEMATHESIS_SEED (default: a fixed seed, so runs repeat), SCHEMATHESIS_MAX_EXAMPLES
-# (default 120 per operation: about a minute on two cores), COGNOMEGA_BIN (a prebuilt binary;
+# (default 100 per operation: about a minute on two quiet cores), COGNOMEGA_BIN (a prebuilt binary;
 # default: `cargo build` and target/debug/cognomega).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VERSION=4.32.5
 seed="${SCHEMATHESIS_SEED:-20260701}"
-max_examples="${SCHEMATHESIS_MAX_EXAMPLES:-120}"
+max_examples="${SCHEMATHESIS_MAX_EXAMPLES:-100}"
 while (($#)); do
   case "$1" in
     --seed) seed="$2"; shift 2 ;;
