@@ -35,6 +35,9 @@ else
   cargo test --workspace --locked --no-fail-fast
 fi
 
+step "schemathesis (OpenAPI fuzz against the live server)"
+ops/schemathesis.sh
+
 step "core/ builds for wasm32-unknown-unknown"
 cargo build -p cognomega-core --target wasm32-unknown-unknown --locked
 

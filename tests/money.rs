@@ -402,6 +402,50 @@ async fn usage_window_and_pricing(backend: Backend) -> anyhow::Result<()> {
     app.stop().await
 }
 
+/// Quantities and charges may each be up to i64::MAX: the window's totals saturate there
+/// instead of failing the read (SQLite's SUM refuses to overflow; the sum over kinds too).
+async fn usage_totals_saturate(backend: Backend) -> anyhow::Result<()> {
+    let app = TestApp::spawn(backend).await?;
+    let g = app.guest().await?;
+    let at = "2026-03-01T10:00:00Z";
+    let body = json!({"events": [
+        {"idempotency_key": "a", "kind": "job", "quantity": i64::MAX, "occurred_at": at},
+        {"idempotency_key": "b", "kind": "job", "quantity": i64::MAX, "occurred_at": at},
+        {"idempotency_key": "c", "kind": "audio_seconds", "quantity": i64::MAX, "occurred_at": at},
+    ]});
+    let resp = app
+        .client
+        .post(app.url("/usage"))
+        .bearer_auth(&g.token)
+        .json(&body)
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 202);
+    let db = &app.platform().db;
+    wait_for(Duration::from_secs(30), || async {
+        Ok((usage_count(db).await? == 3).then_some(()))
+    })
+    .await?;
+    let resp = app
+        .client
+        .get(app.url("/usage?from=2026-03-01T00:00:00Z&to=2026-03-02T00:00:00Z"))
+        .bearer_auth(&g.token)
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 200);
+    let usage: Value = resp.json().await?;
+    assert_eq!(usage["totals"]["job"]["quantity"], i64::MAX);
+    assert_eq!(usage["totals"]["job"]["credits"], i64::MAX);
+    assert_eq!(usage["totals"]["job"]["events"], 2);
+    // audio_seconds: 1 credit per 10 s, rounded up.
+    assert_eq!(
+        usage["totals"]["audio_seconds"]["credits"],
+        i64::MAX / 10 + 1
+    );
+    assert_eq!(usage["credits_charged"], i64::MAX);
+    app.stop().await
+}
+
 async fn adjustments_apply_once(backend: Backend) -> anyhow::Result<()> {
     let app = TestApp::spawn(backend).await?;
     let g = app.guest().await?;
@@ -569,6 +613,7 @@ cognomega_testkit::both_backends!(
     bad_usage_is_refused_whole,
     duplicated_concurrent_usage_settles_exactly_once,
     usage_window_and_pricing,
+    usage_totals_saturate,
     adjustments_apply_once,
     cors_exposes_billing_headers,
     rotation_keeps_live_tokens,

@@ -9,6 +9,7 @@ pub mod error;
 pub mod gateway;
 pub mod limits;
 pub mod metrics_text;
+mod query;
 mod request_id;
 pub mod routes;
 mod state;

@@ -585,28 +585,47 @@ pub async fn usage_totals(
     from_ms: i64,
     to_ms: i64,
 ) -> Result<BTreeMap<UsageKind, KindTotal>, StoreError> {
+    // Totals saturate at i64::MAX: a quantity or a charge may each be up to i64::MAX, so the
+    // sum of a few can pass it, and an overflow must not fail the read.
     let rows: Vec<(String, i64, i64, i64)> = match db {
         Database::Sqlite(s) => {
-            sqlx::query_as(
-                "SELECT kind, SUM(quantity), SUM(credits), COUNT(*) FROM usage_events
+            // SQLite's SUM fails on integer overflow, so each column is summed in two halves
+            // (high and low 32 bits, both far from overflowing) and joined in i128.
+            let halves: Vec<(String, i64, i64, i64, i64, i64)> = sqlx::query_as(
+                "SELECT kind, SUM(quantity >> 32), SUM(quantity & 4294967295),
+                        SUM(credits >> 32), SUM(credits & 4294967295), COUNT(*)
+                 FROM usage_events
                  WHERE tenant_id = ?1 AND occurred_at >= ?2 AND occurred_at < ?3 GROUP BY kind",
             )
             .bind(tenant_id)
             .bind(from_ms)
             .bind(to_ms)
             .fetch_all(&s.read)
-            .await?
+            .await?;
+            let join = |high: i64, low: i64| {
+                let sum = (i128::from(high) << 32) + i128::from(low);
+                i64::try_from(sum).unwrap_or(if sum < 0 { i64::MIN } else { i64::MAX })
+            };
+            halves
+                .into_iter()
+                .map(|(kind, qh, ql, ch, cl, n)| (kind, join(qh, ql), join(ch, cl), n))
+                .collect()
         }
-        Database::Postgres(pg) => sqlx::query_as(
-            "SELECT kind, SUM(quantity)::bigint, SUM(credits)::bigint, COUNT(*) FROM usage_events
+        // PostgreSQL sums bigints as numeric (no overflow); only the cast back needs a bound.
+        Database::Postgres(pg) => {
+            sqlx::query_as(
+                "SELECT kind, LEAST(SUM(quantity), 9223372036854775807)::bigint,
+                    LEAST(SUM(credits), 9223372036854775807)::bigint, COUNT(*)
+                 FROM usage_events
                  WHERE tenant_id = $1 AND occurred_at >= to_timestamp($2::float8 / 1000.0)
                    AND occurred_at < to_timestamp($3::float8 / 1000.0) GROUP BY kind",
-        )
-        .bind(tenant_id)
-        .bind(from_ms)
-        .bind(to_ms)
-        .fetch_all(&pg.pool)
-        .await?,
+            )
+            .bind(tenant_id)
+            .bind(from_ms)
+            .bind(to_ms)
+            .fetch_all(&pg.pool)
+            .await?
+        }
     };
     Ok(rows
         .into_iter()

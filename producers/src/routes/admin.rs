@@ -5,9 +5,23 @@ use axum::Json;
 use cognomega_stores::billing;
 use serde_json::{json, Value};
 
+use super::openapi::{schemas as s, *};
 use crate::auth::Admin;
 use crate::{ApiError, AppState};
 
+/// Recomputes every derived balance from the ledger.
+#[utoipa::path(
+    post,
+    path = "/admin/rebuild-balance-cache",
+    operation_id = "rebuild_balance_cache",
+    tag = "admin",
+    security(("admin_key" = [])),
+    responses(
+        (status = 200, description = "Balances recomputed", body = s::Rebuilt),
+        (status = 401, response = Unauthorized),
+        (status = 500, response = Internal),
+    ),
+)]
 pub(crate) async fn rebuild_balance_cache(
     State(state): State<AppState>,
     _admin: Admin,

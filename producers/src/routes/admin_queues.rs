@@ -1,14 +1,16 @@
 //! `/admin/queues*` and `/admin/env-snapshot`: the operator's view of the queues and of the
 //! running configuration (with every secret left out).
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use cognomega_core::queue::{MessageId, QueueName};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::openapi::{schemas as s, *};
 use crate::auth::Admin;
+use crate::query::Query;
 use crate::{ApiError, AppState};
 
 fn queue_name(raw: &str) -> Result<QueueName, ApiError> {
@@ -41,6 +43,18 @@ async fn dlq_of(state: &AppState, queue: &QueueName) -> Result<QueueName, ApiErr
 }
 
 /// `GET /admin/queues`: the statistics of every queue.
+#[utoipa::path(
+    get,
+    path = "/admin/queues",
+    operation_id = "list_queues",
+    tag = "admin",
+    security(("admin_key" = [])),
+    responses(
+        (status = 200, description = "Every queue's statistics", body = s::QueueList),
+        (status = 401, response = Unauthorized),
+        (status = 500, response = Internal),
+    ),
+)]
 pub(crate) async fn list(
     State(state): State<AppState>,
     _admin: Admin,
@@ -53,12 +67,34 @@ pub(crate) async fn list(
     Ok(Json(json!({ "queues": queues })))
 }
 
-#[derive(Debug, Deserialize)]
+/// The page size of `GET /admin/queues/{queue}/dlq`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct DlqQuery {
+    /// 1..=1000, default 100.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
 }
 
 /// `GET /admin/queues/{q}/dlq?limit=`: dead messages (oldest first) with error and attempts.
+#[utoipa::path(
+    get,
+    path = "/admin/queues/{queue}/dlq",
+    operation_id = "list_dead_letters",
+    tag = "admin",
+    security(("admin_key" = [])),
+    params(
+        ("queue" = String, Path, description = "A queue, or a dead-letter queue (`….dlq`)"),
+        DlqQuery,
+    ),
+    responses(
+        (status = 200, description = "Dead messages, oldest first", body = s::DeadLetters),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 500, response = Internal),
+    ),
+)]
 pub(crate) async fn dead_letters(
     State(state): State<AppState>,
     _admin: Admin,
@@ -92,14 +128,33 @@ pub(crate) async fn dead_letters(
     })))
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// `POST /admin/queues/{queue}/dlq/replay`; no body replays every dead message.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReplayBody {
+    /// The dead messages to replay (not empty).
+    #[schema(min_items = 1)]
     ids: Option<Vec<i64>>,
 }
 
 /// `POST /admin/queues/{q}/dlq/replay` (body optional: `{"ids": [..]}`; none = all): moves dead
 /// messages back to the queue they failed in, with fresh attempts.
+#[utoipa::path(
+    post,
+    path = "/admin/queues/{queue}/dlq/replay",
+    operation_id = "replay_dead_letters",
+    tag = "admin",
+    security(("admin_key" = [])),
+    params(("queue" = String, Path, description = "A queue, or a dead-letter queue (`….dlq`)")),
+    request_body(content = Option<ReplayBody>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The dead messages went back to their queue", body = s::Replayed),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 500, response = Internal),
+    ),
+)]
 pub(crate) async fn replay(
     State(state): State<AppState>,
     _admin: Admin,
@@ -146,6 +201,18 @@ pub(crate) async fn replay(
 /// `GET /admin/env-snapshot`: version, build, backends, limits and queue settings. Built from
 /// an allow-list of fields, so no secret (admin key, signing keys, link secret, database
 /// password, S3 credentials) can appear in it.
+#[utoipa::path(
+    get,
+    path = "/admin/env-snapshot",
+    operation_id = "get_env_snapshot",
+    tag = "admin",
+    security(("admin_key" = [])),
+    responses(
+        (status = 200, description = "The running configuration, without secrets", body = s::EnvSnapshot),
+        (status = 401, response = Unauthorized),
+        (status = 500, response = Internal),
+    ),
+)]
 pub(crate) async fn env_snapshot(
     State(state): State<AppState>,
     _admin: Admin,

@@ -21,9 +21,44 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use serde_json::{json, Value};
 use sha2::Digest as _;
 
+use super::openapi::{schemas as s, *};
 use crate::auth::Authenticated;
 use crate::{current_request_id, ApiError, AppState};
 
+#[utoipa::path(
+    post,
+    path = "/api/si/ask",
+    operation_id = "ask",
+    tag = "ai",
+    security(("bearer" = [])),
+    request_body(content = s::AskRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The answer (JSON), or with `stream: true` Server-Sent \
+            Events: `token` events `{\"text\"}`, then one `done` event with `usage`, \
+            `credits_used`, `credits_balance` and `finish`",
+            content(
+                (s::AskAnswer = "application/json"),
+                (String = "text/event-stream"),
+            ),
+            headers(
+                ("X-Provider" = String, description = "The provider that answered"),
+                ("X-Model" = String, description = "The model that answered"),
+                ("X-Tokens-In" = u64, description = "Prompt tokens billed (JSON answers)"),
+                ("X-Tokens-Out" = u64, description = "Output tokens billed (JSON answers)"),
+                ("X-Credits-Used" = i64, description = "Credits charged (JSON answers)"),
+                ("X-Credits-Balance" = i64, description = "Cached balance minus this charge (JSON answers)"),
+            )),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 402, response = PaymentRequired),
+        (status = 403, response = Forbidden),
+        (status = 413, response = PayloadTooLarge),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+        (status = 502, response = BadGateway),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub(crate) async fn ask(
     State(state): State<AppState>,
     Authenticated(claims): Authenticated,

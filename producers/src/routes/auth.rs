@@ -13,11 +13,15 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::limits::{self, ClientIp};
+use super::openapi::{schemas as s, *};
 use crate::{current_request_id, ApiError, AppState};
 
-#[derive(Debug, Deserialize)]
+/// `POST /auth/guest`; the body is optional.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct GuestRequest {
+    /// Must look like name@example.com (at most 254 characters).
+    #[schema(max_length = 254)]
     email: Option<String>,
 }
 
@@ -34,6 +38,21 @@ fn valid_email(email: &str) -> bool {
         && !email.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
+/// Issues a guest token for a new guest tenant, which gets its starting grant.
+#[utoipa::path(
+    post,
+    path = "/auth/guest",
+    operation_id = "create_guest",
+    tag = "auth",
+    request_body(content = Option<GuestRequest>, content_type = "application/json",
+        description = "Optional; an empty body is a guest without email"),
+    responses(
+        (status = 200, description = "A new guest and its token", body = s::GuestToken),
+        (status = 400, response = BadRequest),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+    ),
+)]
 pub(crate) async fn guest(
     State(state): State<AppState>,
     client: ClientIp,
@@ -141,6 +160,14 @@ async fn issue_guest(
     ))
 }
 
+/// The public signing keys, current and previous.
+#[utoipa::path(
+    get,
+    path = "/.well-known/jwks.json",
+    operation_id = "get_jwks",
+    tag = "auth",
+    responses((status = 200, description = "The JWK Set", body = s::Jwks)),
+)]
 pub(crate) async fn jwks(State(state): State<AppState>) -> Json<Value> {
     Json(serde_json::to_value(&*state.auth.jwks()).unwrap_or_else(|_| json!({"keys": []})))
 }

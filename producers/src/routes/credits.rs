@@ -13,6 +13,7 @@ use cognomega_stores::billing::{self, Adjustment};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::openapi::{schemas as s, *};
 use crate::auth::{Admin, Authenticated};
 use crate::{current_request_id, ApiError, AppState};
 
@@ -23,6 +24,21 @@ fn rfc3339(ms: i64) -> String {
         .to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// The tenant's balance, from the balance cache.
+#[utoipa::path(
+    get,
+    path = "/credits",
+    operation_id = "get_credits",
+    tag = "billing",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The balance", body = s::Balance,
+            headers(("X-Credits-Balance" = i64, description = "The balance, in credits"))),
+        (status = 401, response = Unauthorized),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+    ),
+)]
 pub(crate) async fn get(
     State(state): State<AppState>,
     Authenticated(claims): Authenticated,
@@ -44,11 +60,16 @@ pub(crate) async fn get(
     Ok(resp)
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /credits/adjust`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AdjustRequest {
+    /// An existing tenant.
     tenant_id: String,
+    /// Credits to add (positive) or take (negative); never 0.
     delta: i64,
+    /// Why, 1..=500 characters (trimmed).
+    #[schema(min_length = 1, max_length = 500)]
     reason: String,
 }
 
@@ -64,6 +85,27 @@ fn adjustment_json(a: &Adjustment) -> Value {
     })
 }
 
+/// Adjusts a tenant's credits through the ledger, once per `Idempotency-Key`.
+#[utoipa::path(
+    post,
+    path = "/credits/adjust",
+    operation_id = "adjust_credits",
+    tag = "admin",
+    security(("admin_key" = [])),
+    params(("Idempotency-Key" = String, Header, min_length = 1, max_length = 128,
+        description = "Retries with the same key apply once")),
+    request_body(content = AdjustRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Recorded; settles asynchronously", body = s::AdjustmentAccepted,
+            links(("GetAdjustment" = (operation_id = "get_adjustment",
+                parameters(("id" = "$response.body#/adjustment_id")))))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 500, response = Internal),
+    ),
+)]
 pub(crate) async fn adjust(
     State(state): State<AppState>,
     _admin: Admin,
@@ -149,6 +191,21 @@ pub(crate) async fn adjust(
     ))
 }
 
+/// An adjustment and its status.
+#[utoipa::path(
+    get,
+    path = "/credits/adjustments/{id}",
+    operation_id = "get_adjustment",
+    tag = "admin",
+    security(("admin_key" = [])),
+    params(("id" = String, Path, description = "The adjustment id")),
+    responses(
+        (status = 200, description = "The adjustment", body = s::Adjustment),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 500, response = Internal),
+    ),
+)]
 pub(crate) async fn adjustment(
     State(state): State<AppState>,
     _admin: Admin,

@@ -17,9 +17,23 @@ use cognomega_stores::objects::ObjectKey;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::openapi::{schemas as s, *};
 use crate::auth::Admin;
 use crate::{ApiError, AppState};
 
+/// Every dataset's manifest, with a download URL per file.
+#[utoipa::path(
+    get,
+    path = "/exports",
+    operation_id = "list_exports",
+    tag = "admin",
+    security(("admin_key" = [])),
+    responses(
+        (status = 200, description = "Every dataset's manifest", body = s::ExportList),
+        (status = 401, response = Unauthorized),
+        (status = 500, response = Internal),
+    ),
+)]
 pub(crate) async fn list(
     State(state): State<AppState>,
     _admin: Admin,
@@ -64,13 +78,33 @@ async fn download_url(state: &AppState, key: &str) -> Result<String, ApiError> {
     ))
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// `POST /admin/exports`; no body exports every dataset as Parquet.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ExportRequest {
+    /// One dataset (default: all).
+    #[schema(value_type = Option<s::Dataset>)]
     dataset: Option<String>,
+    /// The file format (default `parquet`).
+    #[schema(value_type = Option<s::ExportFormat>)]
     format: Option<String>,
 }
 
+/// Queues an export of one dataset, or of all.
+#[utoipa::path(
+    post,
+    path = "/admin/exports",
+    operation_id = "enqueue_exports",
+    tag = "admin",
+    security(("admin_key" = [])),
+    request_body(content = Option<ExportRequest>, content_type = "application/json"),
+    responses(
+        (status = 202, description = "The exports are queued", body = s::ExportsQueued),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 500, response = Internal),
+    ),
+)]
 pub(crate) async fn enqueue(
     State(state): State<AppState>,
     _admin: Admin,

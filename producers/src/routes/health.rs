@@ -4,8 +4,20 @@ use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::openapi::{schemas as s, *};
 use crate::{ApiError, AppState};
 
+/// Liveness and database reachability.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "ops",
+    responses(
+        (status = 200, description = "Up, and the database is reachable", body = s::Health),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub(crate) async fn healthz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let reachable = match &state.db {
         cognomega_stores::Database::Sqlite(db) => {

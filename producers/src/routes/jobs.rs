@@ -1,7 +1,7 @@
 //! Jobs: submit, list, poll, cancel, download artifacts.
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -17,8 +17,10 @@ use cognomega_stores::objects::{ObjectKey, PutMeta};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::openapi::{schemas as s, *};
 use crate::auth::Authenticated;
 use crate::limits;
+use crate::query::Query;
 use crate::{current_request_id, ApiError, AppState};
 
 /// Largest decoded input image.
@@ -89,20 +91,27 @@ fn job_json(job: &Job, artifacts: &[ArtifactRow]) -> Value {
     v
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /jobs`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SubmitRequest {
+    /// A job type: `sketch_to_app`, `image_thumbnail`.
     #[serde(rename = "type")]
     job_type: String,
     input: Input,
+    /// The type's parameters, e.g. `{"sizes":[64,256],"format":"webp"}`.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     params: Option<Value>,
 }
 
-#[derive(Debug, Deserialize)]
+/// The job's input: exactly one of `upload_key` and `image_base64`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Input {
+    /// A clean upload of this tenant.
     upload_key: Option<String>,
+    /// The image in base64 (or a `data:` URL), at most 20 MiB decoded.
     image_base64: Option<String>,
 }
 
@@ -140,6 +149,42 @@ fn decode_base64(raw: &str) -> Result<Vec<u8>, ApiError> {
         })
 }
 
+/// Submits a job: validated now, run by its queue's consumer.
+#[utoipa::path(
+    post,
+    path = "/jobs",
+    operation_id = "submit_job",
+    tag = "jobs",
+    security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 128,
+        description = "A repeated key returns the job it created (200)")),
+    request_body(content = SubmitRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The job an earlier request with this Idempotency-Key created",
+            body = s::JobSubmitted, headers(("Location" = String, description = "The job's status URL")),
+            links(
+                ("GetJob" = (operation_id = "get_job", parameters(("id" = "$response.body#/id")))),
+                ("CancelJob" = (operation_id = "cancel_job",
+                    parameters(("id" = "$response.body#/id")))),
+            )),
+        (status = 202, description = "The job is queued", body = s::JobSubmitted,
+            headers(("Location" = String, description = "The job's status URL")),
+            links(
+                ("GetJob" = (operation_id = "get_job", parameters(("id" = "$response.body#/id")))),
+                ("CancelJob" = (operation_id = "cancel_job",
+                    parameters(("id" = "$response.body#/id")))),
+            )),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 402, response = PaymentRequired),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub(crate) async fn submit(
     State(state): State<AppState>,
     Authenticated(claims): Authenticated,
@@ -329,6 +374,22 @@ pub(crate) async fn require_credits(state: &AppState, tenant: &str) -> Result<()
     Ok(())
 }
 
+/// A job of this tenant, with its artifacts.
+#[utoipa::path(
+    get,
+    path = "/jobs/{id}",
+    operation_id = "get_job",
+    tag = "jobs",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The job id")),
+    responses(
+        (status = 200, description = "The job", body = s::Job),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+    ),
+)]
 pub(crate) async fn get(
     State(state): State<AppState>,
     Authenticated(claims): Authenticated,
@@ -344,12 +405,20 @@ pub(crate) async fn get(
     Ok(Json(job_json(&job, &artifacts)))
 }
 
-#[derive(Debug, Deserialize)]
+/// The filters and page of `GET /jobs`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
+    /// Only jobs with this status.
+    #[param(value_type = Option<s::JobStatus>)]
     status: Option<String>,
+    /// Only jobs of this type.
     #[serde(rename = "type")]
     job_type: Option<String>,
+    /// 1..=100, default 20.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     limit: Option<String>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
@@ -362,6 +431,22 @@ const STATUSES: [&str; 6] = [
     "dead",
 ];
 
+/// The tenant's jobs, newest first.
+#[utoipa::path(
+    get,
+    path = "/jobs",
+    operation_id = "list_jobs",
+    tag = "jobs",
+    security(("bearer" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of jobs", body = s::JobPage),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+    ),
+)]
 pub(crate) async fn list(
     State(state): State<AppState>,
     Authenticated(claims): Authenticated,
@@ -414,6 +499,25 @@ pub(crate) async fn list(
     ))
 }
 
+/// Cancels a job: a queued one at once, a running one at its next stage boundary.
+#[utoipa::path(
+    post,
+    path = "/jobs/{id}/cancel",
+    operation_id = "cancel_job",
+    tag = "jobs",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The job id")),
+    responses(
+        (status = 200, description = "The queued job is cancelled", body = s::Cancelled),
+        (status = 202, description = "The running job stops at its next stage boundary",
+            body = s::Cancelled),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+    ),
+)]
 pub(crate) async fn cancel(
     State(state): State<AppState>,
     Authenticated(claims): Authenticated,
@@ -442,6 +546,35 @@ pub(crate) async fn cancel(
     }
 }
 
+/// An artifact's bytes: decompressed, or as stored when the client accepts its encoding.
+#[utoipa::path(
+    get,
+    path = "/jobs/{id}/artifacts/{name}",
+    operation_id = "get_artifact",
+    tag = "jobs",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The job id"),
+        ("name" = String, Path, description = "The artifact's name, e.g. `index.html`"),
+        ("If-None-Match" = Option<String>, Header, description = "A previous `ETag`"),
+        ("Accept-Encoding" = Option<String>, Header,
+            description = "`zstd` gets the stored zstd bytes as they are"),
+    ),
+    responses(
+        (status = 200, description = "The artifact, in its own content type", content((
+            "*/*")), headers(
+            ("ETag" = String, description = "The quoted SHA-256 of the original bytes"),
+            ("Content-Encoding" = Option<String>, description = "`zstd` or `gzip` when sent as stored"),
+        )),
+        (status = 304, description = "Not modified (`If-None-Match` matched)",
+            headers(("ETag" = String, description = "The quoted SHA-256 of the original bytes"))),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 410, response = Gone),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+    ),
+)]
 pub(crate) async fn artifact(
     State(state): State<AppState>,
     Authenticated(claims): Authenticated,

@@ -5,9 +5,22 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::header::CONTENT_TYPE;
 
+use super::openapi::*;
 use crate::metrics_text::{render_consumers, render_exports, render_lifecycle, render_queues};
 use crate::{ApiError, AppState};
 
+/// Prometheus text exposition.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "ops",
+    responses(
+        (status = 200, description = "Prometheus text format 0.0.4", body = String,
+            content_type = "text/plain"),
+        (status = 500, response = Internal),
+    ),
+)]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let names = state.queues.queues().await.map_err(ApiError::internal)?;
     let mut stats = Vec::with_capacity(names.len());

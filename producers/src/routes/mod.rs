@@ -9,6 +9,7 @@ mod exports;
 mod health;
 mod jobs;
 mod metrics;
+mod openapi;
 pub mod uploads;
 mod usage;
 
@@ -50,6 +51,7 @@ pub fn router() -> Router<AppState> {
         .route("/exports", get(exports::list))
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(metrics::metrics))
+        .route("/openapi.json", get(openapi::serve))
         .layer(DefaultBodyLimit::max(SMALL_BODY_LIMIT));
     let ask = Router::new()
         .route("/api/si/ask", post(ask::ask))

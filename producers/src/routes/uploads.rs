@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::extract::{FromRequest, Multipart, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -24,7 +24,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use super::openapi::{schemas as s, *};
 use crate::auth::Authenticated;
+use crate::query::Query;
 use crate::{current_request_id, ApiError, AppState};
 
 /// Bytes read before storing anything, to sniff the content type.
@@ -109,13 +111,48 @@ fn upload_json(state: &AppState, u: &Upload) -> Value {
     v
 }
 
-#[derive(Debug, Deserialize)]
+/// The file's name for a raw upload.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct FilenameQuery {
+    /// The file's name (sanitized); also `X-Filename`.
     filename: Option<String>,
 }
 
 type ByteStream = BoxStream<'static, Result<Bytes, std::io::Error>>;
 
+/// Streams an upload to object storage; a virus scan is queued when a scanner is configured.
+#[utoipa::path(
+    post,
+    path = "/upload/direct",
+    operation_id = "upload_direct",
+    tag = "uploads",
+    security(("bearer" = [])),
+    params(
+        FilenameQuery,
+        ("X-Filename" = Option<String>, Header, description = "The file's name (raw body)"),
+    ),
+    request_body(description = "The raw file with its real `Content-Type`, or a form with one \
+        file part", content(
+        (String = "text/plain"),
+        (s::Binary = "application/octet-stream"),
+        (s::UploadForm = "multipart/form-data"),
+    )),
+    responses(
+        (status = 201, description = "Stored", body = s::UploadCreated, links(
+            ("GetUpload" = (operation_id = "get_upload",
+                parameters(("key" = "$response.body#/key")))),
+        )),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 402, response = PaymentRequired),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub(crate) async fn direct(
     State(state): State<AppState>,
     Authenticated(claims): Authenticated,
@@ -428,6 +465,22 @@ fn upload_not_found(key: &str) -> ApiError {
     )
 }
 
+/// An upload's metadata and scan status.
+#[utoipa::path(
+    get,
+    path = "/uploads/{key}",
+    operation_id = "get_upload",
+    tag = "uploads",
+    security(("bearer" = [])),
+    params(("key" = String, Path, description = "The upload's key (it contains `/`)")),
+    responses(
+        (status = 200, description = "The upload", body = s::Upload),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+    ),
+)]
 pub(crate) async fn get(
     State(state): State<AppState>,
     Authenticated(claims): Authenticated,
@@ -440,12 +493,37 @@ pub(crate) async fn get(
     Ok(Json(upload_json(&state, &upload)))
 }
 
-#[derive(Debug, Deserialize)]
+/// The signature of a download link.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct LinkQuery {
+    /// Expiry, Unix seconds.
+    #[param(required = true, value_type = i64)]
     exp: Option<String>,
+    /// The link's signature.
+    #[param(required = true, value_type = String)]
     sig: Option<String>,
 }
 
+/// A file behind a signed, expiring link (an upload, or an export file).
+#[utoipa::path(
+    get,
+    path = "/files/{key}",
+    operation_id = "get_file",
+    tag = "uploads",
+    params(("key" = String, Path, description = "The object key (it contains `/`)"), LinkQuery),
+    responses(
+        (status = 200, description = "The file, as an attachment", content(("*/*")), headers(
+            ("Content-Disposition" = String, description = "`attachment` with the sanitized name"),
+        )),
+        (status = 400, response = BadRequest),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 410, response = Gone),
+        (status = 500, response = Internal),
+    ),
+)]
 pub(crate) async fn file(
     State(state): State<AppState>,
     Path(key): Path<String>,

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Duration as ChronoDuration, SecondsFormat, Utc};
@@ -14,10 +14,30 @@ use cognomega_stores::billing;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::openapi::{schemas as s, *};
 use crate::auth::Authenticated;
 use crate::limits;
+use crate::query::Query;
 use crate::{current_request_id, ApiError, AppState};
 
+/// Accepts usage events for the tenant (all validated before any is queued).
+#[utoipa::path(
+    post,
+    path = "/usage",
+    operation_id = "post_usage",
+    tag = "billing",
+    security(("bearer" = [])),
+    request_body(content = s::UsageRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Every event was queued", body = s::UsageAccepted),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 413, response = PayloadTooLarge),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub(crate) async fn post(
     State(state): State<AppState>,
     Authenticated(claims): Authenticated,
@@ -72,9 +92,15 @@ pub(crate) async fn post(
     Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": accepted }))))
 }
 
-#[derive(Debug, Deserialize)]
+/// The window of `GET /usage`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct Window {
+    /// Start, inclusive (RFC 3339; default `to` minus 30 days).
+    #[param(format = DateTime)]
     from: Option<String>,
+    /// End, exclusive (RFC 3339; default now).
+    #[param(format = DateTime)]
     to: Option<String>,
 }
 
@@ -96,6 +122,22 @@ fn parse_time(
     }
 }
 
+/// The tenant's usage totals per kind in a window.
+#[utoipa::path(
+    get,
+    path = "/usage",
+    operation_id = "get_usage",
+    tag = "billing",
+    security(("bearer" = [])),
+    params(Window),
+    responses(
+        (status = 200, description = "Totals per kind", body = s::UsageSummary),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+    ),
+)]
 pub(crate) async fn get(
     State(state): State<AppState>,
     Authenticated(claims): Authenticated,
@@ -122,7 +164,10 @@ pub(crate) async fn get(
     )
     .await
     .map_err(ApiError::internal)?;
-    let charged: i64 = totals.values().map(|t| t.credits).sum();
+    // Each total saturates at i64::MAX, so their sum must too.
+    let charged = totals
+        .values()
+        .fold(0i64, |sum, t| sum.saturating_add(t.credits));
     let totals: BTreeMap<&str, _> = totals.iter().map(|(k, v)| (k.as_str(), v)).collect();
     Ok(Json(json!({
         "tenant_id": claims.tenant,
