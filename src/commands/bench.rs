@@ -14,9 +14,13 @@
 //!
 //! `bench export` seeds usage events in bulk and exports them to Parquet (see [`export`]).
 //!
+//! `bench audit` seeds a consistent ledger in bulk and times sealing, verifying and
+//! reconciling it (see [`audit`]).
+//!
 //! Each runs against a throwaway store: a temporary SQLite file, or a PostgreSQL database it
 //! creates and drops.
 
+mod audit;
 mod client;
 mod credits;
 mod export;
@@ -64,6 +68,8 @@ enum What {
     Export(export::ExportArgs),
     /// A large streamed upload (MB/s, server peak RSS), many small ones, and the av-scan drain.
     Upload(upload::UploadArgs),
+    /// `cognomega audit` over a seeded ledger: entries/s of sealing, verifying, reconciling.
+    Audit(audit::AuditArgs),
     /// The lifecycle sweeper over N objects on the local folder: objects/s of a day-31 sweep
     /// (recompression) and a day-91 sweep (expiry), bytes saved.
     Sweep(sweep::SweepArgs),
@@ -121,6 +127,7 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<()> {
         What::Upload(args) => upload::run(&ctx, args).await,
         What::Sweep(args) => sweep::run(&ctx, args).await,
         What::Export(args) => export::run(&ctx, args).await,
+        What::Audit(args) => audit::run(&ctx, args).await,
     }
 }
 
