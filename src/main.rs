@@ -85,6 +85,9 @@ enum Command {
     Keys(commands::keys::Args),
     /// Lifecycle tiers: render the bucket rules, apply them, run the sweeper.
     Lifecycle(commands::lifecycle::Args),
+    /// Seal and verify the ledger's hash chain, reconcile usage ⇒ ledger ⇒ balances, and write
+    /// a proof report (JSON + Markdown) under ops/proofs/. Exit 0 clean, 1 findings, 2 pending.
+    Audit(commands::audit::Args),
     /// Benchmarks that print their figures.
     Bench(commands::bench::Args),
 }
@@ -122,23 +125,25 @@ fn main() -> ExitCode {
             config: cli.config,
             lifecycle_policy: cli.lifecycle_policy,
         };
+        let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
         match cli.command {
-            Command::Serve(args) => commands::serve::run(ctx, args).await,
-            Command::Worker(args) => commands::worker::run(ctx, args).await,
-            Command::Migrate => commands::migrate(ctx).await,
-            Command::Queues(args) => commands::queues::run(ctx, args).await,
-            Command::Schedules(args) => commands::schedules::run(ctx, args).await,
-            Command::Dlq(args) => commands::dlq::run(ctx, args).await,
-            Command::Prune => commands::prune(ctx).await,
-            Command::Probe(args) => commands::probe::run(ctx, args).await,
-            Command::Export(args) => commands::export::run(ctx, args).await,
-            Command::Keys(args) => commands::keys::run(ctx, args).await,
-            Command::Lifecycle(args) => commands::lifecycle::run(ctx, args).await,
-            Command::Bench(args) => commands::bench::run(ctx, args).await,
+            Command::Audit(args) => commands::audit::run(ctx, args).await,
+            Command::Serve(args) => done(commands::serve::run(ctx, args).await),
+            Command::Worker(args) => done(commands::worker::run(ctx, args).await),
+            Command::Migrate => done(commands::migrate(ctx).await),
+            Command::Queues(args) => done(commands::queues::run(ctx, args).await),
+            Command::Schedules(args) => done(commands::schedules::run(ctx, args).await),
+            Command::Dlq(args) => done(commands::dlq::run(ctx, args).await),
+            Command::Prune => done(commands::prune(ctx).await),
+            Command::Probe(args) => done(commands::probe::run(ctx, args).await),
+            Command::Export(args) => done(commands::export::run(ctx, args).await),
+            Command::Keys(args) => done(commands::keys::run(ctx, args).await),
+            Command::Lifecycle(args) => done(commands::lifecycle::run(ctx, args).await),
+            Command::Bench(args) => done(commands::bench::run(ctx, args).await),
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -260,7 +260,7 @@ async fn killed_leader_worker_is_replaced_and_no_tick_doubles() -> anyhow::Resul
         &config,
         "[schedules.heartbeat]\ncron = \"* * * * * *\"\nqueue = \"sched-w\"\nbody = { beat = true }\n\
          [schedules.etl-export]\nenabled = false\n[schedules.lifecycle-sweep]\nenabled = false\n\
-         [schedules.retention-prune]\nenabled = false\n",
+         [schedules.retention-prune]\nenabled = false\n[schedules.ledger-seal]\nenabled = false\n",
     )?;
     let mut workers: BTreeMap<u32, Child> = BTreeMap::new();
     for _ in 0..3 {

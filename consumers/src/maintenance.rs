@@ -1,5 +1,6 @@
-//! The `maintenance` queue: housekeeping tasks a schedule enqueues (retention pruning). Each
-//! task is idempotent: pruning twice deletes nothing the first run left.
+//! The `maintenance` queue: housekeeping tasks a schedule enqueues (retention pruning, sealing
+//! the ledger's hash chain). Each task is idempotent: pruning twice deletes nothing the first
+//! run left, sealing twice seals nothing new.
 
 use cognomega_core::queue::{BatchHandler, HandlerError, MessageBatch, QueueName, QueueSettings};
 use cognomega_stores::Database;
@@ -15,6 +16,8 @@ pub enum Task {
     /// Delete what retention allows: acked and dead messages past retention, expired
     /// idempotency keys (what `cognomega prune` does).
     Prune,
+    /// Seal every ledger entry not yet in the hash chain (what `cognomega audit` does first).
+    SealLedger,
 }
 
 /// The queue.
@@ -79,6 +82,16 @@ impl BatchHandler for Maintenance {
                         dead = report.dead,
                         dedup_keys = report.dedup_keys,
                         "retention pruning done"
+                    );
+                }
+                Task::SealLedger => {
+                    let report = cognomega_stores::ledger_chain::seal(&self.db, &|_| {})
+                        .await
+                        .map_err(HandlerError::retryable)?;
+                    tracing::info!(
+                        sealed = report.sealed,
+                        head_pos = report.head.as_ref().map_or(0, |h| h.pos),
+                        "ledger sealed"
                     );
                 }
             }

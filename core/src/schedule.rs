@@ -198,7 +198,7 @@ fn to_datetime(t: UnixMillis) -> Option<DateTime<Utc>> {
 }
 
 /// The built-in schedules: ETL exports every 15 minutes, the lifecycle sweep daily at 03:30 UTC,
-/// retention pruning hourly.
+/// retention pruning hourly, sealing the ledger's hash chain every 5 minutes.
 #[must_use]
 pub fn defaults() -> BTreeMap<String, ScheduleSpec> {
     let mut map = BTreeMap::new();
@@ -217,6 +217,15 @@ pub fn defaults() -> BTreeMap<String, ScheduleSpec> {
             cron: "0 30 3 * * *".into(),
             queue: "lifecycle".into(),
             body: serde_json::json!({ "dry_run": false }),
+            enabled: true,
+        },
+    );
+    map.insert(
+        "ledger-seal".to_owned(),
+        ScheduleSpec {
+            cron: "0 */5 * * * *".into(),
+            queue: "maintenance".into(),
+            body: serde_json::json!({ "task": "seal_ledger" }),
             enabled: true,
         },
     );
@@ -367,12 +376,19 @@ mod tests {
         let names: Vec<&str> = all.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             names,
-            ["etl-export", "lifecycle-sweep", "probe", "retention-prune"]
+            [
+                "etl-export",
+                "ledger-seal",
+                "lifecycle-sweep",
+                "probe",
+                "retention-prune"
+            ]
         );
         assert_eq!(all[0].spec.cron, "0 0 * * * *");
         assert_eq!(all[0].queue.as_str(), "etl");
-        assert!(!all[1].spec.enabled);
-        assert_eq!(all[2].spec.body, serde_json::json!({}));
+        assert_eq!(all[1].spec.body, serde_json::json!({"task": "seal_ledger"}));
+        assert!(!all[2].spec.enabled);
+        assert_eq!(all[3].spec.body, serde_json::json!({}));
     }
 
     #[test]

@@ -16,10 +16,14 @@
 //!
 //! `bench export` seeds usage events in bulk and exports them to Parquet (see [`export`]).
 //!
+//! `bench audit` seeds a consistent ledger in bulk and times sealing, verifying and
+//! reconciling it (see [`audit`]).
+//!
 //! Each runs against a throwaway store: a temporary SQLite file, or a PostgreSQL database it
 //! creates and drops.
 
 mod ask;
+mod audit;
 mod client;
 mod credits;
 mod export;
@@ -74,6 +78,8 @@ enum What {
     Export(export::ExportArgs),
     /// A large streamed upload (MB/s, server peak RSS), many small ones, and the av-scan drain.
     Upload(upload::UploadArgs),
+    /// `cognomega audit` over a seeded ledger: entries/s of sealing, verifying, reconciling.
+    Audit(audit::AuditArgs),
     /// The lifecycle sweeper over N objects on the local folder: objects/s of a day-31 sweep
     /// (recompression) and a day-91 sweep (expiry), bytes saved.
     Sweep(sweep::SweepArgs),
@@ -133,6 +139,7 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<()> {
         What::Sweep(args) => sweep::run(&ctx, args).await,
         What::Export(args) => export::run(&ctx, args).await,
         What::Ask(args) => ask::run(&ctx, args).await,
+        What::Audit(args) => audit::run(&ctx, args).await,
     }
 }
 

@@ -6,6 +6,7 @@
 //! differ, the SQLite query says why.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod billing;
 pub mod clamd;
 pub mod database;
@@ -13,6 +14,7 @@ pub mod exports;
 pub mod jobs;
 pub mod keys;
 pub mod kv;
+pub mod ledger_chain;
 pub mod lifecycle;
 pub mod limits;
 pub mod objects;
