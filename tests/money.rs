@@ -402,28 +402,42 @@ async fn usage_window_and_pricing(backend: Backend) -> anyhow::Result<()> {
     app.stop().await
 }
 
-/// Quantities and charges may each be up to i64::MAX: the window's totals saturate there
-/// instead of failing the read (SQLite's SUM refuses to overflow; the sum over kinds too).
-async fn usage_totals_saturate(backend: Backend) -> anyhow::Result<()> {
+/// One event's quantity is bounded (10^12), so no charge, ledger sum or balance can leave
+/// `i64`: a larger one is refused whole with the field named; the largest one is billed exactly.
+async fn quantities_are_bounded(backend: Backend) -> anyhow::Result<()> {
     let app = TestApp::spawn(backend).await?;
     let g = app.guest().await?;
     let at = "2026-03-01T10:00:00Z";
-    let body = json!({"events": [
-        {"idempotency_key": "a", "kind": "job", "quantity": i64::MAX, "occurred_at": at},
-        {"idempotency_key": "b", "kind": "job", "quantity": i64::MAX, "occurred_at": at},
-        {"idempotency_key": "c", "kind": "audio_seconds", "quantity": i64::MAX, "occurred_at": at},
-    ]});
-    let resp = app
-        .client
-        .post(app.url("/usage"))
-        .bearer_auth(&g.token)
-        .json(&body)
-        .send()
-        .await?;
+    let max = cognomega_core::billing::MAX_QUANTITY;
+    let post = |body: Value| {
+        app.client
+            .post(app.url("/usage"))
+            .bearer_auth(&g.token)
+            .json(&body)
+            .send()
+    };
+    let resp = post(json!({"events": [
+        {"idempotency_key": "ok", "kind": "job", "quantity": 1, "occurred_at": at},
+        {"idempotency_key": "big", "kind": "job", "quantity": max + 1, "occurred_at": at},
+    ]}))
+    .await?;
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await?;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("events[1].quantity")),
+        "{body}"
+    );
+    let resp = post(json!({"events": [
+        {"idempotency_key": "a", "kind": "job", "quantity": max, "occurred_at": at},
+        {"idempotency_key": "b", "kind": "audio_seconds", "quantity": max, "occurred_at": at},
+    ]}))
+    .await?;
     assert_eq!(resp.status(), 202);
     let db = &app.platform().db;
     wait_for(Duration::from_secs(30), || async {
-        Ok((usage_count(db).await? == 3).then_some(()))
+        Ok((usage_count(db).await? == 2).then_some(()))
     })
     .await?;
     let resp = app
@@ -434,15 +448,11 @@ async fn usage_totals_saturate(backend: Backend) -> anyhow::Result<()> {
         .await?;
     assert_eq!(resp.status(), 200);
     let usage: Value = resp.json().await?;
-    assert_eq!(usage["totals"]["job"]["quantity"], i64::MAX);
-    assert_eq!(usage["totals"]["job"]["credits"], i64::MAX);
-    assert_eq!(usage["totals"]["job"]["events"], 2);
-    // audio_seconds: 1 credit per 10 s, rounded up.
-    assert_eq!(
-        usage["totals"]["audio_seconds"]["credits"],
-        i64::MAX / 10 + 1
-    );
-    assert_eq!(usage["credits_charged"], i64::MAX);
+    assert_eq!(usage["totals"]["job"]["quantity"], max);
+    // job: 10 credits each; audio_seconds: 1 credit per 10 s, rounded up.
+    assert_eq!(usage["totals"]["job"]["credits"], max * 10);
+    assert_eq!(usage["totals"]["audio_seconds"]["credits"], max / 10);
+    assert_eq!(usage["credits_charged"], max * 10 + max / 10);
     app.stop().await
 }
 
@@ -613,7 +623,7 @@ cognomega_testkit::both_backends!(
     bad_usage_is_refused_whole,
     duplicated_concurrent_usage_settles_exactly_once,
     usage_window_and_pricing,
-    usage_totals_saturate,
+    quantities_are_bounded,
     adjustments_apply_once,
     cors_exposes_billing_headers,
     rotation_keeps_live_tokens,

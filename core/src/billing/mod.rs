@@ -12,4 +12,5 @@ pub use pricing::{BillingConfig, Price, PriceTable};
 pub use settlement::{SettlementKind, SettlementMessage, UsageBatchMessage};
 pub use usage::{
     parse_usage_request, UsageError, UsageEvent, UsageKey, UsageKind, MAX_EVENTS, MAX_META_BYTES,
+    MAX_QUANTITY,
 };

@@ -8,6 +8,9 @@ use serde_json::{Map, Value};
 
 /// Most events in one request.
 pub const MAX_EVENTS: usize = 1000;
+/// Largest quantity of one event (10^12: a terabyte of storage, a trillion tokens). Bounding it
+/// keeps every charge, ledger sum and balance far inside `i64`, whatever a client sends.
+pub const MAX_QUANTITY: u64 = 1_000_000_000_000;
 /// Largest `meta` object, serialized.
 pub const MAX_META_BYTES: usize = 4096;
 
@@ -215,13 +218,19 @@ fn parse_event(i: usize, value: Value) -> Result<UsageEvent, UsageError> {
     let quantity = match obj.remove("quantity") {
         Some(Value::Number(n)) => n
             .as_u64()
-            .filter(|q| i64::try_from(*q).is_ok())
-            .ok_or_else(|| UsageError::at(i, Some("quantity"), "must be an integer ≥ 0"))?,
+            .filter(|q| *q <= MAX_QUANTITY)
+            .ok_or_else(|| {
+                UsageError::at(
+                    i,
+                    Some("quantity"),
+                    "must be an integer 0..=1000000000000",
+                )
+            })?,
         Some(_) => {
             return Err(UsageError::at(
                 i,
                 Some("quantity"),
-                "must be an integer ≥ 0",
+                "must be an integer 0..=1000000000000",
             ))
         }
         None => return Err(UsageError::at(i, Some("quantity"), "is required")),
@@ -303,7 +312,7 @@ mod tests {
             err(
                 r#"{"events":[{"idempotency_key":"a","kind":"job","quantity":1},{"idempotency_key":"b","kind":"job","quantity":-1}]}"#
             ),
-            "events[1].quantity: must be an integer ≥ 0"
+            "events[1].quantity: must be an integer 0..=1000000000000"
         );
         assert!(
             err(r#"{"idempotency_key":"a","kind":"job","quantity":1.5}"#)

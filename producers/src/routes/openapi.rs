@@ -403,8 +403,8 @@ pub(crate) mod schemas {
         idempotency_key: String,
         /// What was consumed.
         kind: UsageKind,
-        /// How much, in the kind's unit.
-        #[schema(minimum = 0)]
+        /// How much, in the kind's unit (at most 10^12).
+        #[schema(minimum = 0, maximum = 1_000_000_000_000_u64)]
         quantity: u64,
         /// When it happened (RFC 3339; default: when received).
         #[schema(format = DateTime)]
