@@ -216,16 +216,9 @@ fn parse_event(i: usize, value: Value) -> Result<UsageEvent, UsageError> {
         None => return Err(UsageError::at(i, Some("kind"), "is required")),
     };
     let quantity = match obj.remove("quantity") {
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .filter(|q| *q <= MAX_QUANTITY)
-            .ok_or_else(|| {
-                UsageError::at(
-                    i,
-                    Some("quantity"),
-                    "must be an integer 0..=1000000000000",
-                )
-            })?,
+        Some(Value::Number(n)) => n.as_u64().filter(|q| *q <= MAX_QUANTITY).ok_or_else(|| {
+            UsageError::at(i, Some("quantity"), "must be an integer 0..=1000000000000")
+        })?,
         Some(_) => {
             return Err(UsageError::at(
                 i,

@@ -12,8 +12,8 @@ use cognomega_stores::billing;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::limits::{self, ClientIp};
 use super::openapi::{schemas as s, *};
+use crate::limits::{self, ClientIp};
 use crate::{current_request_id, ApiError, AppState};
 
 /// `POST /auth/guest`; the body is optional.
