@@ -6,6 +6,7 @@
 pub mod auth;
 mod body;
 pub mod error;
+pub mod http_metrics;
 pub mod metrics_text;
 mod request_id;
 pub mod routes;
@@ -15,11 +16,13 @@ pub use error::ApiError;
 pub use request_id::current_request_id;
 pub use state::{ApiConfig, AppState, CorsOrigins, Secret, UploadConfig};
 
-/// Builds the whole router with the cross-cutting layers (request id, `Cache-Control`, error
-/// envelope for panics, unknown routes and wrong methods).
+/// Builds the whole router with the cross-cutting layers (request metrics, request id,
+/// `Cache-Control`, error envelope for panics, unknown routes and wrong methods).
 pub fn router(state: AppState) -> axum::Router {
     let state_cors = state.config.cors.clone();
+    let request_metrics = state.http_metrics.clone();
     routes::router()
+        .route_layer(axum::middleware::from_fn(http_metrics::matched))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(state)
@@ -28,6 +31,11 @@ pub fn router(state: AppState) -> axum::Router {
         ))
         .layer(cors(&state_cors))
         .layer(axum::middleware::from_fn(request_id::layer))
+        // Outermost, so the latency covers every other layer.
+        .layer(axum::middleware::from_fn_with_state(
+            request_metrics,
+            http_metrics::layer,
+        ))
 }
 
 /// Headers a browser client may read: billing figures and the request id.

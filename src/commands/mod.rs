@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod cleanup;
 pub mod dlq;
 pub mod export;
 pub mod keys;

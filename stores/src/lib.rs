@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod billing;
+pub mod cleanup;
 pub mod clamd;
 pub mod database;
 pub mod exports;
@@ -14,6 +15,7 @@ pub mod jobs;
 pub mod keys;
 pub mod kv;
 pub mod lifecycle;
+pub mod metrics;
 pub mod objects;
 pub mod queue;
 pub mod schedules;

@@ -3,6 +3,7 @@
 mod admin;
 mod admin_queues;
 mod auth;
+mod cleanup;
 mod credits;
 mod exports;
 mod health;
@@ -44,6 +45,7 @@ pub fn router() -> Router<AppState> {
             post(admin_queues::replay),
         )
         .route("/admin/env-snapshot", get(admin_queues::env_snapshot))
+        .route("/admin/cleanup", post(cleanup::cleanup))
         .route("/exports", get(exports::list))
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(metrics::metrics))
