@@ -108,7 +108,8 @@ async fn requests_money_and_scans_are_counted(backend: Backend) -> anyhow::Resul
         (r#"cognomega_http_requests_total{method="GET",route="/healthz",status="200"}"#, 3.0),
         (r#"cognomega_http_requests_total{method="GET",route="/jobs/{id}",status="404"}"#, 2.0),
         (r#"cognomega_http_requests_total{method="GET",route="unmatched",status="404"}"#, 1.0),
-        (r#"cognomega_http_requests_total{method="DELETE",route="/healthz",status="405"}"#, 1.0),
+        // A method the route does not have matches no route either.
+        (r#"cognomega_http_requests_total{method="DELETE",route="unmatched",status="405"}"#, 1.0),
         (r#"cognomega_http_requests_total{method="POST",route="/usage",status="202"}"#, 1.0),
         (r#"cognomega_http_requests_total{method="POST",route="/auth/guest",status="200"}"#, 1.0),
         (r#"cognomega_http_requests_total{method="POST",route="/upload/direct",status="201"}"#, 4.0),
@@ -145,7 +146,10 @@ async fn requests_money_and_scans_are_counted(backend: Backend) -> anyhow::Resul
     assert!(must(&text, &format!("cognomega_http_request_duration_seconds_sum{{{labels}}}")) > 0.0);
 
     // Money from the ledger; scans from the uploads' recorded results.
-    assert_eq!(must(&text, "cognomega_credits_charged_total"), 3.0);
+    // 3 for the tokens and 1 per upload (`storage_bytes`: 1 credit per MiB, rounded up), as
+    // the balance says.
+    assert_eq!(app.balance(&g).await?, 1000 - 3 - 4);
+    assert_eq!(must(&text, "cognomega_credits_charged_total"), 7.0);
     assert_eq!(must(&text, "cognomega_credits_granted_total"), 1000.0);
     for (result, n) in [("clean", 1.0), ("infected", 1.0), ("error", 1.0), ("skipped", 1.0)] {
         assert_eq!(
