@@ -274,7 +274,7 @@ async fn cleanup_end_to_end(backend: Backend, on_s3: bool) -> anyhow::Result<()>
         let body: Value = resp.json().await?;
         upload_keys.push((
             body["key"].as_str().unwrap_or_default().to_owned(),
-            body["url"].as_str().unwrap_or_default().to_owned(),
+            app.url(body["url"].as_str().unwrap_or_default()),
         ));
     }
     let (png, _) = Sketch::generate(3, 320, 240);
@@ -306,9 +306,18 @@ async fn cleanup_end_to_end(backend: Backend, on_s3: bool) -> anyhow::Result<()>
 
     // Objects no row refers to, under each row-owned prefix; one outside them stays anyway.
     let orphans = [
-        format!("uploads/{}/0190aaaa-0000-7000-8000-000000000001", owner.tenant_id),
-        format!("artifacts/{}/0190aaaa-0000-7000-8000-000000000002/a.txt", owner.tenant_id),
-        format!("inputs/{}/0190aaaa-0000-7000-8000-000000000003", owner.tenant_id),
+        format!(
+            "uploads/{}/0190aaaa-0000-7000-8000-000000000001",
+            owner.tenant_id
+        ),
+        format!(
+            "artifacts/{}/0190aaaa-0000-7000-8000-000000000002/a.txt",
+            owner.tenant_id
+        ),
+        format!(
+            "inputs/{}/0190aaaa-0000-7000-8000-000000000003",
+            owner.tenant_id
+        ),
     ];
     let outside = "exports/manual/notes.txt";
     for key in orphans.iter().map(String::as_str).chain([outside]) {
@@ -344,7 +353,11 @@ async fn cleanup_end_to_end(backend: Backend, on_s3: bool) -> anyhow::Result<()>
         .args(["cleanup", "--dry-run", "--json", "--grace-secs", "0"])
         .output()
         .await?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let cli: Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(cli, dry, "the command line reports what the route reports");
     let (status, again) = cleanup(&app, "?dry_run=1&grace_secs=0").await?;
@@ -353,11 +366,20 @@ async fn cleanup_end_to_end(backend: Backend, on_s3: bool) -> anyhow::Result<()>
         assert!(exists(&objects, key).await?, "dry run deleted {key}");
     }
     assert_eq!(tenant_rows(&db, &expired.tenant_id).await?, (1, 1, 2));
-    let short_dlq = app.platform().db.queue().dead_letters(&q("cleanup-short.dlq"), 10).await?;
+    let short_dlq = app
+        .platform()
+        .db
+        .queue()
+        .dead_letters(&q("cleanup-short.dlq"), 10)
+        .await?;
     assert_eq!(short_dlq.len(), 1, "dry run pruned a dead message");
     let (_, j) = get_json(&app, &owner, &format!("/jobs/{job_id}")).await?;
     assert!(
-        j["artifacts"].as_array().into_iter().flatten().all(|a| a["tier"] == "hot"),
+        j["artifacts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|a| a["tier"] == "hot"),
         "{j}"
     );
 
@@ -371,8 +393,18 @@ async fn cleanup_end_to_end(backend: Backend, on_s3: bool) -> anyhow::Result<()>
     for key in &orphans {
         assert!(!exists(&objects, key).await?, "{key} was not deleted");
     }
-    assert_eq!(tenant_rows(&db, &expired.tenant_id).await?, (0, 0, 2), "ledger kept");
-    assert!(app.platform().db.queue().dead_letters(&q("cleanup-short.dlq"), 10).await?.is_empty());
+    assert_eq!(
+        tenant_rows(&db, &expired.tenant_id).await?,
+        (0, 0, 2),
+        "ledger kept"
+    );
+    assert!(app
+        .platform()
+        .db
+        .queue()
+        .dead_letters(&q("cleanup-short.dlq"), 10)
+        .await?
+        .is_empty());
     // Rows whose object went are expired: the API says 410, consistently.
     let (_, j) = get_json(&app, &owner, &format!("/jobs/{job_id}")).await?;
     let tiers: Vec<(String, String)> = j["artifacts"]
@@ -396,9 +428,16 @@ async fn cleanup_end_to_end(backend: Backend, on_s3: bool) -> anyhow::Result<()>
         ],
         "{j}"
     );
-    let (status, body) =
-        get_json(&app, &owner, &format!("/jobs/{job_id}/artifacts/thumb-32.png")).await?;
-    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::GONE, Some("artifact_expired")));
+    let (status, body) = get_json(
+        &app,
+        &owner,
+        &format!("/jobs/{job_id}/artifacts/thumb-32.png"),
+    )
+    .await?;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::GONE, Some("artifact_expired"))
+    );
     let resp = app.client.get(&upload_keys[1].1).send().await?;
     assert_eq!(resp.status(), StatusCode::GONE);
 
@@ -408,18 +447,32 @@ async fn cleanup_end_to_end(backend: Backend, on_s3: bool) -> anyhow::Result<()>
     assert_eq!(tenant_rows(&db, &fresh.tenant_id).await?.0, 1);
     assert_eq!(app.balance(&rich).await?, 1000);
     assert_eq!(app.balance(&fresh).await?, 0);
-    let (status, _) =
-        get_json(&app, &owner, &format!("/jobs/{job_id}/artifacts/thumb-64.png")).await?;
+    let (status, _) = get_json(
+        &app,
+        &owner,
+        &format!("/jobs/{job_id}/artifacts/thumb-64.png"),
+    )
+    .await?;
     assert_eq!(status, StatusCode::OK);
     let resp = app.client.get(&upload_keys[0].1).send().await?;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.text().await?, "the bytes of kept.txt");
     assert_eq!(
-        app.platform().db.queue().dead_letters(&q("cleanup-long.dlq"), 10).await?.len(),
+        app.platform()
+            .db
+            .queue()
+            .dead_letters(&q("cleanup-long.dlq"), 10)
+            .await?
+            .len(),
         1
     );
     assert_eq!(
-        app.platform().db.queue().stats(&q("cleanup-long")).await?.acked_retained,
+        app.platform()
+            .db
+            .queue()
+            .stats(&q("cleanup-long"))
+            .await?
+            .acked_retained,
         2
     );
 

@@ -90,7 +90,12 @@ async fn requests_money_and_scans_are_counted(backend: Backend) -> anyhow::Resul
             .send()
             .await?;
         assert_eq!(resp.status(), StatusCode::CREATED);
-        keys.push(resp.json::<Value>().await?["key"].as_str().unwrap_or_default().to_owned());
+        keys.push(
+            resp.json::<Value>().await?["key"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
     }
     app.wait_idle(Duration::from_secs(30)).await?;
     let db = app.tdb.db();
@@ -105,28 +110,58 @@ async fn requests_money_and_scans_are_counted(backend: Backend) -> anyhow::Resul
 
     // Status counts per route template; unmatched paths share one label.
     for (series, n) in [
-        (r#"cognomega_http_requests_total{method="GET",route="/healthz",status="200"}"#, 3.0),
-        (r#"cognomega_http_requests_total{method="GET",route="/jobs/{id}",status="404"}"#, 2.0),
-        (r#"cognomega_http_requests_total{method="GET",route="unmatched",status="404"}"#, 1.0),
+        (
+            r#"cognomega_http_requests_total{method="GET",route="/healthz",status="200"}"#,
+            3.0,
+        ),
+        (
+            r#"cognomega_http_requests_total{method="GET",route="/jobs/{id}",status="404"}"#,
+            2.0,
+        ),
+        (
+            r#"cognomega_http_requests_total{method="GET",route="unmatched",status="404"}"#,
+            1.0,
+        ),
         // A method the route does not have matches no route either.
-        (r#"cognomega_http_requests_total{method="DELETE",route="unmatched",status="405"}"#, 1.0),
-        (r#"cognomega_http_requests_total{method="POST",route="/usage",status="202"}"#, 1.0),
-        (r#"cognomega_http_requests_total{method="POST",route="/auth/guest",status="200"}"#, 1.0),
-        (r#"cognomega_http_requests_total{method="POST",route="/upload/direct",status="201"}"#, 4.0),
+        (
+            r#"cognomega_http_requests_total{method="DELETE",route="unmatched",status="405"}"#,
+            1.0,
+        ),
+        (
+            r#"cognomega_http_requests_total{method="POST",route="/usage",status="202"}"#,
+            1.0,
+        ),
+        (
+            r#"cognomega_http_requests_total{method="POST",route="/auth/guest",status="200"}"#,
+            1.0,
+        ),
+        (
+            r#"cognomega_http_requests_total{method="POST",route="/upload/direct",status="201"}"#,
+            4.0,
+        ),
         // The first scrape is counted once its response is written: the second sees it.
-        (r#"cognomega_http_requests_total{method="GET",route="/metrics",status="200"}"#, 1.0),
+        (
+            r#"cognomega_http_requests_total{method="GET",route="/metrics",status="200"}"#,
+            1.0,
+        ),
     ] {
         assert_eq!(must(&text, series), n, "{series}");
     }
     assert_eq!(
-        sample(&first, r#"cognomega_http_requests_total{method="GET",route="/metrics",status="200"}"#),
+        sample(
+            &first,
+            r#"cognomega_http_requests_total{method="GET",route="/metrics",status="200"}"#
+        ),
         None,
         "a scrape is not in its own output"
     );
     // The latency histogram of /healthz: three observations, cumulative buckets.
     let labels = r#"method="GET",route="/healthz""#;
     assert_eq!(
-        must(&text, &format!("cognomega_http_request_duration_seconds_count{{{labels}}}")),
+        must(
+            &text,
+            &format!("cognomega_http_request_duration_seconds_count{{{labels}}}")
+        ),
         3.0
     );
     let mut last = 0.0;
@@ -143,7 +178,12 @@ async fn requests_money_and_scans_are_counted(backend: Backend) -> anyhow::Resul
         last = v;
     }
     assert_eq!(last, 3.0);
-    assert!(must(&text, &format!("cognomega_http_request_duration_seconds_sum{{{labels}}}")) > 0.0);
+    assert!(
+        must(
+            &text,
+            &format!("cognomega_http_request_duration_seconds_sum{{{labels}}}")
+        ) > 0.0
+    );
 
     // Money from the ledger; scans from the uploads' recorded results.
     // 3 for the tokens and 1 per upload (`storage_bytes`: 1 credit per MiB, rounded up), as
@@ -151,9 +191,17 @@ async fn requests_money_and_scans_are_counted(backend: Backend) -> anyhow::Resul
     assert_eq!(app.balance(&g).await?, 1000 - 3 - 4);
     assert_eq!(must(&text, "cognomega_credits_charged_total"), 7.0);
     assert_eq!(must(&text, "cognomega_credits_granted_total"), 1000.0);
-    for (result, n) in [("clean", 1.0), ("infected", 1.0), ("error", 1.0), ("skipped", 1.0)] {
+    for (result, n) in [
+        ("clean", 1.0),
+        ("infected", 1.0),
+        ("error", 1.0),
+        ("skipped", 1.0),
+    ] {
         assert_eq!(
-            must(&text, &format!("cognomega_uploads_scanned_total{{result=\"{result}\"}}")),
+            must(
+                &text,
+                &format!("cognomega_uploads_scanned_total{{result=\"{result}\"}}")
+            ),
             n,
             "{result}"
         );
@@ -219,8 +267,9 @@ fn anchor(heading: &str) -> String {
 async fn dashboard_and_alerts_only_name_served_metrics() -> anyhow::Result<()> {
     cognomega_testkit::init_tracing();
     let root = env!("CARGO_MANIFEST_DIR");
-    let dashboard: Value =
-        serde_json::from_str(&std::fs::read_to_string(format!("{root}/ops/dashboards/cognomega.json"))?)?;
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(format!(
+        "{root}/ops/dashboards/cognomega.json"
+    ))?)?;
     let rules: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(format!(
         "{root}/ops/alerts/cognomega.rules.yml"
     ))?)?;
@@ -228,9 +277,13 @@ async fn dashboard_and_alerts_only_name_served_metrics() -> anyhow::Result<()> {
 
     // The dashboard: a current schema and a Prometheus data source variable.
     assert!(dashboard["schemaVersion"].as_u64().is_some_and(|v| v >= 39));
-    let vars = dashboard["templating"]["list"].as_array().cloned().unwrap_or_default();
+    let vars = dashboard["templating"]["list"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert!(
-        vars.iter().any(|v| v["type"] == "datasource" && v["query"] == "prometheus"),
+        vars.iter()
+            .any(|v| v["type"] == "datasource" && v["query"] == "prometheus"),
         "no Prometheus data source variable"
     );
     let mut dashboard_names = BTreeSet::new();
@@ -252,7 +305,10 @@ async fn dashboard_and_alerts_only_name_served_metrics() -> anyhow::Result<()> {
             metric_names(expr, &mut rule_names);
             let link = rule["annotations"]["runbook"].as_str().unwrap_or_default();
             let section = link.strip_prefix("docs/runbook.md#").unwrap_or_default();
-            assert!(anchors.contains(section), "{name}: runbook link {link:?} leads nowhere");
+            assert!(
+                anchors.contains(section),
+                "{name}: runbook link {link:?} leads nowhere"
+            );
             alerts.push(name);
         }
     }
@@ -269,7 +325,10 @@ async fn dashboard_and_alerts_only_name_served_metrics() -> anyhow::Result<()> {
     let _ = app.client.get(app.url("/healthz")).send().await?;
     let text = metrics(&app).await?;
     for name in dashboard_names.iter().chain(&rule_names) {
-        assert!(served(&text, name), "{name} is referenced but not served by /metrics");
+        assert!(
+            served(&text, name),
+            "{name} is referenced but not served by /metrics"
+        );
     }
     assert!(dashboard_names.len() >= 15, "{dashboard_names:?}");
     app.stop().await
@@ -283,7 +342,11 @@ impl Lines {
     fn json(&self) -> Vec<Value> {
         self.0
             .lock()
-            .map(|l| l.iter().filter_map(|l| serde_json::from_str(l).ok()).collect())
+            .map(|l| {
+                l.iter()
+                    .filter_map(|l| serde_json::from_str(l).ok())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -308,8 +371,19 @@ async fn request_ids_reach_the_consumer_json_logs() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cognomega"))
         .current_dir(dir.path())
-        .args(["--log-format", "json", "--log", "info,cognomega_consumers=debug"])
-        .args(["serve", "--listen", "127.0.0.1:0", "--admin-key", "obs-admin-key-0123456789"])
+        .args([
+            "--log-format",
+            "json",
+            "--log",
+            "info,cognomega_consumers=debug",
+        ])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-key",
+            "obs-admin-key-0123456789",
+        ])
         .env_remove("COGNOMEGA_DATABASE_URL")
         .env_remove("COGNOMEGA_DATA_DIR")
         .env_remove("COGNOMEGA_OBJECTS_URL")
@@ -317,7 +391,10 @@ async fn request_ids_reach_the_consumer_json_logs() -> anyhow::Result<()> {
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
-    let stderr = child.stderr.take().ok_or_else(|| anyhow::anyhow!("no stderr"))?;
+    let stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stderr"))?;
     let lines = Lines::default();
     let (url_tx, url_rx) = tokio::sync::oneshot::channel();
     let sink = lines.clone();
@@ -327,7 +404,12 @@ async fn request_ids_reach_the_consumer_json_logs() -> anyhow::Result<()> {
         while let Ok(Some(line)) = reader.next_line().await {
             if let Some(rest) = line.strip_prefix("cognomega listening on ") {
                 if let Some(tx) = url_tx.take() {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
+                    let _ = tx.send(
+                        rest.split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    );
                 }
             }
             if let Ok(mut l) = sink.0.lock() {
@@ -336,9 +418,16 @@ async fn request_ids_reach_the_consumer_json_logs() -> anyhow::Result<()> {
         }
     });
     let base = tokio::time::timeout(Duration::from_secs(60), url_rx).await??;
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
 
-    let guest: Value = client.post(format!("{base}/auth/guest")).send().await?.json().await?;
+    let guest: Value = client
+        .post(format!("{base}/auth/guest"))
+        .send()
+        .await?
+        .json()
+        .await?;
     let token = guest["token"].as_str().unwrap_or_default().to_owned();
     let usage_rid = "obs-usage-5d1e";
     let resp = client
@@ -357,12 +446,17 @@ async fn request_ids_reach_the_consumer_json_logs() -> anyhow::Result<()> {
         .post(format!("{base}/jobs"))
         .bearer_auth(&token)
         .header("X-Request-Id", job_rid)
-        .json(&json!({"type": "image_thumbnail", "input": {"image_base64": B64.encode(png)},
-            "params": {"sizes": [32], "format": "png"}}))
+        .json(
+            &json!({"type": "image_thumbnail", "input": {"image_base64": B64.encode(png)},
+            "params": {"sizes": [32], "format": "png"}}),
+        )
         .send()
         .await?;
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
-    let job_id = resp.json::<Value>().await?["id"].as_str().unwrap_or_default().to_owned();
+    let job_id = resp.json::<Value>().await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
 
     // The usage post: its usage message and the settlement it produced both carry its id.
     let (usage_msg, settlement_msg) = wait_for(Duration::from_secs(60), || async {

@@ -105,7 +105,10 @@ impl Default for HttpMetrics {
 /// FNV-1a: tiny and good enough to spread a few dozen route templates.
 fn hash(method: usize, route: &str) -> usize {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in route.bytes().chain([u8::try_from(method).unwrap_or(u8::MAX)]) {
+    for b in route
+        .bytes()
+        .chain([u8::try_from(method).unwrap_or(u8::MAX)])
+    {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
@@ -148,7 +151,11 @@ impl HttpMetrics {
         );
         let _ = writeln!(out, "# TYPE {name} histogram");
         for s in &series {
-            let labels = format!("method=\"{}\",route=\"{}\"", method_label(s.method), s.route);
+            let labels = format!(
+                "method=\"{}\",route=\"{}\"",
+                method_label(s.method),
+                s.route
+            );
             let mut cumulative = 0;
             for (i, bound) in LATENCY_BUCKETS_US.iter().enumerate() {
                 cumulative += s.buckets[i].load(Relaxed);
@@ -239,11 +246,24 @@ mod tests {
         m.record(&Method::GET, "/jobs/{id}", 200, 700);
         m.record(&Method::GET, "/jobs/{id}", 404, 30_000);
         m.record(&Method::POST, "/jobs/{id}", 200, 20_000_000);
-        m.record(&Method::from_bytes(b"BREW").expect("method"), UNMATCHED, 404, 10);
+        m.record(
+            &Method::from_bytes(b"BREW").expect("method"),
+            UNMATCHED,
+            404,
+            10,
+        );
         let text = m.render();
         let get = "method=\"GET\",route=\"/jobs/{id}\"";
-        for (le, n) in [("0.0005", 0), ("0.001", 1), ("0.025", 1), ("0.05", 2), ("+Inf", 2)] {
-            let line = format!("cognomega_http_request_duration_seconds_bucket{{{get},le=\"{le}\"}} {n}\n");
+        for (le, n) in [
+            ("0.0005", 0),
+            ("0.001", 1),
+            ("0.025", 1),
+            ("0.05", 2),
+            ("+Inf", 2),
+        ] {
+            let line = format!(
+                "cognomega_http_request_duration_seconds_bucket{{{get},le=\"{le}\"}} {n}\n"
+            );
             assert!(text.contains(&line), "{line} in {text}");
         }
         assert!(text.contains(&format!(
@@ -252,7 +272,9 @@ mod tests {
         assert!(text.contains(
             "cognomega_http_request_duration_seconds_bucket{method=\"POST\",route=\"/jobs/{id}\",le=\"10\"} 0\n"
         ));
-        assert!(text.contains(&format!("cognomega_http_requests_total{{{get},status=\"404\"}} 1\n")));
+        assert!(text.contains(&format!(
+            "cognomega_http_requests_total{{{get},status=\"404\"}} 1\n"
+        )));
         assert!(text.contains(
             "cognomega_http_requests_total{method=\"other\",route=\"unmatched\",status=\"404\"} 1\n"
         ));

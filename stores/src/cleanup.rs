@@ -217,14 +217,12 @@ async fn expired_guests(db: &Database, cutoff_ms: i64) -> Result<Vec<String>, Cl
           AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.tenant_id = t.id AND u.scan = 'pending')
         ORDER BY t.id";
     let ids = match db {
-        Database::Sqlite(s) => {
-            sqlx::query_scalar(&format!(
-                "SELECT t.id FROM tenants t WHERE t.tier = 'guest' AND t.created_at < ?1 {CONDITIONS}"
-            ))
-            .bind(cutoff_ms)
-            .fetch_all(&s.read)
-            .await?
-        }
+        Database::Sqlite(s) => sqlx::query_scalar(&format!(
+            "SELECT t.id FROM tenants t WHERE t.tier = 'guest' AND t.created_at < ?1 {CONDITIONS}"
+        ))
+        .bind(cutoff_ms)
+        .fetch_all(&s.read)
+        .await?,
         Database::Postgres(p) => {
             sqlx::query_scalar(&format!(
                 "SELECT t.id FROM tenants t WHERE t.tier = 'guest'
@@ -275,8 +273,15 @@ async fn delete_tenants(db: &Database, tenants: &[String]) -> Result<(), Cleanup
 /// A row whose object is gone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum MissingRow {
-    Upload { key: String, object_key: String },
-    Artifact { job_id: String, name: String, object_key: String },
+    Upload {
+        key: String,
+        object_key: String,
+    },
+    Artifact {
+        job_id: String,
+        name: String,
+        object_key: String,
+    },
 }
 
 type Owned = (Vec<MissingRow>, HashSet<String>);
@@ -393,7 +398,14 @@ async fn mark_expired(db: &Database, rows: &[MissingRow], now: i64) -> Result<()
                     .bind(key).bind(object_key).bind(now)
                     .execute(&mut **tx).await?;
             }
-            (Tx::Sqlite { tx, .. }, MissingRow::Artifact { job_id, name, object_key }) => {
+            (
+                Tx::Sqlite { tx, .. },
+                MissingRow::Artifact {
+                    job_id,
+                    name,
+                    object_key,
+                },
+            ) => {
                 sqlx::query("UPDATE job_artifacts SET tier = 'expired', tier_changed_at = ?4 WHERE job_id = ?1 AND name = ?2 AND object_key = ?3")
                     .bind(job_id).bind(name).bind(object_key).bind(now)
                     .execute(&mut **tx).await?;
@@ -403,7 +415,14 @@ async fn mark_expired(db: &Database, rows: &[MissingRow], now: i64) -> Result<()
                     .bind(key).bind(object_key).bind(now)
                     .execute(&mut **tx).await?;
             }
-            (Tx::Postgres { tx }, MissingRow::Artifact { job_id, name, object_key }) => {
+            (
+                Tx::Postgres { tx },
+                MissingRow::Artifact {
+                    job_id,
+                    name,
+                    object_key,
+                },
+            ) => {
                 sqlx::query("UPDATE job_artifacts SET tier = 'expired', tier_changed_at = $4 WHERE job_id = $1 AND name = $2 AND object_key = $3")
                     .bind(job_id).bind(name).bind(object_key).bind(now)
                     .execute(&mut **tx).await?;

@@ -7,8 +7,8 @@
 #![forbid(unsafe_code)]
 
 pub mod billing;
-pub mod cleanup;
 pub mod clamd;
+pub mod cleanup;
 pub mod database;
 pub mod exports;
 pub mod jobs;

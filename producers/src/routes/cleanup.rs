@@ -58,8 +58,7 @@ pub(crate) async fn cleanup(
     _admin: Admin,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<CleanupReport>, ApiError> {
-    let Query(query) =
-        query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let opts = options(&state, &query)?;
     let report = cleanup::run(&state.db, &state.objects, opts)
         .await
