@@ -217,12 +217,14 @@ async fn expired_guests(db: &Database, cutoff_ms: i64) -> Result<Vec<String>, Cl
           AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.tenant_id = t.id AND u.scan = 'pending')
         ORDER BY t.id";
     let ids = match db {
-        Database::Sqlite(s) => sqlx::query_scalar(&format!(
+        Database::Sqlite(s) => {
+            sqlx::query_scalar(&format!(
             "SELECT t.id FROM tenants t WHERE t.tier = 'guest' AND t.created_at < ?1 {CONDITIONS}"
         ))
-        .bind(cutoff_ms)
-        .fetch_all(&s.read)
-        .await?,
+            .bind(cutoff_ms)
+            .fetch_all(&s.read)
+            .await?
+        }
         Database::Postgres(p) => {
             sqlx::query_scalar(&format!(
                 "SELECT t.id FROM tenants t WHERE t.tier = 'guest'
@@ -286,6 +288,10 @@ enum MissingRow {
 
 type Owned = (Vec<MissingRow>, HashSet<String>);
 
+/// An upload or artifact row as cleanup reads it: four text columns in the order its query
+/// selects them, and the creation time (epoch ms).
+type ObjectRow = (String, String, String, String, i64);
+
 /// Every object key a row refers to, and the rows (older than `before_ms`, not yet expired)
 /// whose object is not in `present`.
 async fn rows_and_keys(
@@ -293,11 +299,7 @@ async fn rows_and_keys(
     present: &HashSet<String>,
     before_ms: i64,
 ) -> Result<Owned, CleanupError> {
-    let (uploads, artifacts, inputs): (
-        Vec<(String, String, String, String, i64)>,
-        Vec<(String, String, String, String, i64)>,
-        Vec<String>,
-    ) = match db {
+    let (uploads, artifacts, inputs): (Vec<ObjectRow>, Vec<ObjectRow>, Vec<String>) = match db {
         Database::Sqlite(s) => (
             sqlx::query_as("SELECT key, object_key, tier, scan, created_at FROM uploads")
                 .fetch_all(&s.read)
