@@ -249,7 +249,7 @@ fn served(text: &str, name: &str) -> bool {
         })
 }
 
-/// A GitHub-style anchor of a Markdown heading.
+/// The anchor of a Markdown heading: lowercase, spaces to dashes, punctuation dropped.
 fn anchor(heading: &str) -> String {
     heading
         .trim()
