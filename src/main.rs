@@ -77,6 +77,9 @@ enum Command {
     Dlq(commands::dlq::Args),
     /// Delete what retention allows: acked and dead messages, expired idempotency keys.
     Prune,
+    /// Delete what retention allows, expired zero-balance guests, orphaned objects; mark rows
+    /// whose object is gone (`--dry-run` only counts).
+    Cleanup(commands::cleanup::Args),
     /// Send probe messages and wait until the workers have applied them all.
     Probe(commands::probe::Args),
     /// Export datasets incrementally to Parquet or NDJSON.zst under exports/ (for analysts).
@@ -135,6 +138,7 @@ fn main() -> ExitCode {
             Command::Schedules(args) => done(commands::schedules::run(ctx, args).await),
             Command::Dlq(args) => done(commands::dlq::run(ctx, args).await),
             Command::Prune => done(commands::prune(ctx).await),
+            Command::Cleanup(args) => done(commands::cleanup::run(ctx, args).await),
             Command::Probe(args) => done(commands::probe::run(ctx, args).await),
             Command::Export(args) => done(commands::export::run(ctx, args).await),
             Command::Keys(args) => done(commands::keys::run(ctx, args).await),

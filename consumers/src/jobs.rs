@@ -15,6 +15,7 @@ use cognomega_stores::jobs::{self, ArtifactRow, Job};
 use cognomega_stores::objects::{ObjectKey, Objects, PutMeta};
 use cognomega_stores::Database;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument as _;
 
 /// The message on `jobs.<type>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,7 +215,12 @@ impl BatchHandler for JobRunner {
             .iter()
             .map(|m| (m.id, m.attempts, m.json::<JobMessage>()))
             .collect();
-        for (id, attempts, body) in messages {
+        let request_ids: Vec<Option<String>> = batch
+            .messages()
+            .iter()
+            .map(|m| m.request_id.clone())
+            .collect();
+        for ((id, attempts, body), request_id) in messages.into_iter().zip(request_ids) {
             let body = match body {
                 Ok(b) => b,
                 Err(e) => {
@@ -230,7 +236,11 @@ impl BatchHandler for JobRunner {
                 batch.ack(id);
                 continue;
             };
-            self.run_one(job, attempts).await?;
+            // Every line the run logs names the job, its tenant, the message and the request
+            // that submitted it.
+            let span = tracing::info_span!("job", job_id = %job.id, tenant = %job.tenant_id,
+                message_id = id.0, request_id = request_id.as_deref().unwrap_or(""));
+            self.run_one(job, attempts).instrument(span).await?;
             batch.ack(id);
         }
         Ok(())

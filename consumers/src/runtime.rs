@@ -392,6 +392,14 @@ async fn run_batch(
     let span = tracing::info_span!("batch", queue = %ctx.queue, size = ids.len(),
         first_message_id = %ids.first().map_or(0, |id| id.0),
         request_id = messages.first().and_then(|m| m.request_id.as_deref()).unwrap_or(""));
+    // One line per message (debug: a busy queue delivers thousands a second), so a request id
+    // leads to the message id and queue that carried it.
+    span.in_scope(|| {
+        for m in &messages {
+            tracing::debug!(queue = %ctx.queue, message_id = m.id.0, attempts = m.attempts,
+                request_id = m.request_id.as_deref().unwrap_or(""), "message delivered");
+        }
+    });
     let mut batch = MessageBatch::new(ctx.queue.clone(), messages);
     let outcome = {
         let handled =

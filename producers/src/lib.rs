@@ -8,6 +8,7 @@ mod body;
 pub mod error;
 pub mod gateway;
 pub mod limits;
+pub mod http_metrics;
 pub mod metrics_text;
 mod query;
 mod request_id;
@@ -18,16 +19,18 @@ pub use error::ApiError;
 pub use request_id::current_request_id;
 pub use state::{ApiConfig, AppState, CorsOrigins, Secret, UploadConfig};
 
-/// Builds the whole router with the cross-cutting layers (request id, `Cache-Control`, CORS,
-/// stalled-body cut-off, the error envelope for panics, unknown routes, wrong methods and every
-/// plain-text rejection).
+/// Builds the whole router with the cross-cutting layers (request metrics, request id,
+/// `Cache-Control`, CORS, stalled-body cut-off, the error envelope for panics, unknown routes,
+/// wrong methods and every plain-text rejection).
 pub fn router(state: AppState) -> axum::Router {
     let state_cors = state.config.cors.clone();
     let body_idle = state.config.timeouts.body_idle;
+    let request_metrics = state.http_metrics.clone();
     // A route layer: it runs only for matched routes, so it can classify by the matched path.
     let limits = axum::middleware::from_fn_with_state(state.clone(), limits::layer);
     routes::router()
         .route_layer(limits)
+        .route_layer(axum::middleware::from_fn(http_metrics::matched))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(state)
@@ -44,6 +47,11 @@ pub fn router(state: AppState) -> axum::Router {
             strict_cors,
         ))
         .layer(axum::middleware::from_fn(request_id::layer))
+        // Outermost, so the latency covers every other layer.
+        .layer(axum::middleware::from_fn_with_state(
+            request_metrics,
+            http_metrics::layer,
+        ))
 }
 
 /// Headers a browser client may read: billing figures, the request id and the rate-limit

@@ -258,6 +258,38 @@ pub fn render_exports(totals: &[cognomega_stores::exports::ExportTotals]) -> Str
     out
 }
 
+/// Credits charged and granted (from the ledger) and uploads per scan result.
+#[must_use]
+pub fn render_business(totals: &cognomega_stores::metrics::BusinessTotals) -> String {
+    let mut out = String::new();
+    for (name, help, value) in [
+        (
+            "cognomega_credits_charged_total",
+            "Credits charged for usage, from the ledger.",
+            totals.credits_charged,
+        ),
+        (
+            "cognomega_credits_granted_total",
+            "Credits granted to new tenants, from the ledger.",
+            totals.credits_granted,
+        ),
+    ] {
+        header(&mut out, name, "counter", help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+    let name = "cognomega_uploads_scanned_total";
+    header(
+        &mut out,
+        name,
+        "counter",
+        "Uploads by scan result (scan_failed is error; a replayed scan moves one).",
+    );
+    for (result, n) in &totals.uploads_scanned {
+        let _ = writeln!(out, "{name}{{result=\"{result}\"}} {n}");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -162,6 +162,8 @@ pub struct AppState {
     pub queues: Arc<dyn QueueDriver>,
     /// Counters of the consumers running in this process, if any.
     pub consumer_metrics: Option<Arc<ConsumerMetrics>>,
+    /// Request counters of this process.
+    pub http_metrics: Arc<crate::http_metrics::HttpMetrics>,
     /// When the process started.
     pub started: Instant,
     /// Tokens.
@@ -212,6 +214,7 @@ impl AppState {
             db,
             queues,
             consumer_metrics: None,
+            http_metrics: Arc::default(),
             started: Instant::now(),
             auth: Arc::new(auth),
             config: Arc::new(config),

@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod bench;
+pub mod cleanup;
 pub mod dlq;
 pub mod export;
 pub mod keys;

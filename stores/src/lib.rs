@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod billing;
 pub mod clamd;
+pub mod cleanup;
 pub mod database;
 pub mod exports;
 pub mod jobs;
@@ -17,6 +18,7 @@ pub mod kv;
 pub mod ledger_chain;
 pub mod lifecycle;
 pub mod limits;
+pub mod metrics;
 pub mod objects;
 pub mod queue;
 pub mod schedules;

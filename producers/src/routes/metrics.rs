@@ -1,12 +1,14 @@
-//! `GET /metrics`: Prometheus text exposition of queue statistics, consumer counters and
-//! lifecycle tiers.
+//! `GET /metrics`: Prometheus text exposition of queue statistics, consumer counters,
+//! lifecycle tiers, exports, money and scan totals, and per-route request metrics.
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::header::CONTENT_TYPE;
 
 use super::openapi::*;
-use crate::metrics_text::{render_consumers, render_exports, render_lifecycle, render_queues};
+use crate::metrics_text::{
+    render_business, render_consumers, render_exports, render_lifecycle, render_queues,
+};
 use crate::{ApiError, AppState};
 
 /// Prometheus text exposition.
@@ -39,6 +41,11 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, A
         .await
         .map_err(ApiError::internal)?;
     text.push_str(&render_exports(&totals));
+    let business = cognomega_stores::metrics::business_totals(&state.db)
+        .await
+        .map_err(ApiError::internal)?;
+    text.push_str(&render_business(&business));
+    text.push_str(&state.http_metrics.render());
     text.push_str(&state.ai.metrics().render());
     Ok((
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],

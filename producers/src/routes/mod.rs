@@ -4,6 +4,7 @@ mod admin;
 mod admin_queues;
 mod ask;
 mod auth;
+mod cleanup;
 mod credits;
 mod exports;
 mod health;
@@ -48,6 +49,7 @@ pub fn router() -> Router<AppState> {
             post(admin_queues::replay),
         )
         .route("/admin/env-snapshot", get(admin_queues::env_snapshot))
+        .route("/admin/cleanup", post(cleanup::cleanup))
         .route("/exports", get(exports::list))
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(metrics::metrics))

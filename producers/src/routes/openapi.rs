@@ -41,6 +41,7 @@ pub const ADMIN_KEY: &str = "admin_key";
         super::credits::adjust,
         super::credits::adjustment,
         super::admin::rebuild_balance_cache,
+        super::cleanup::cleanup,
         super::admin_queues::list,
         super::admin_queues::dead_letters,
         super::admin_queues::replay,
@@ -438,6 +439,24 @@ pub(crate) mod schemas {
     pub(crate) enum UsageRequest {
         One(UsageEvent),
         Batch(UsageBatch),
+    }
+
+    /// Queue data pruned (or, dry, prunable).
+    #[derive(ToSchema)]
+    pub(crate) struct CleanupMessages {
+        acked: u64,
+        dead: u64,
+        dedup_keys: u64,
+    }
+
+    /// `POST /admin/cleanup`: counts of what was deleted (or, dry, would be).
+    #[derive(ToSchema)]
+    pub(crate) struct CleanupReport {
+        dry_run: bool,
+        messages: CleanupMessages,
+        guest_tenants: u64,
+        orphaned_objects: u64,
+        rows_missing_objects: u64,
     }
 
     /// A chat message.
