@@ -152,7 +152,7 @@ async fn rejections_are_json_envelopes() -> anyhow::Result<()> {
         .send()
         .await?;
     assert_eq!(bad_query.status(), StatusCode::BAD_REQUEST);
-    assert_envelope(bad_query, "bad_request").await?;
+    assert_envelope(bad_query, "invalid_query").await?;
     app.stop().await
 }
 
