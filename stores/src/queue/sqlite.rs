@@ -82,11 +82,19 @@ impl SendGroup {
 }
 
 /// Resets `committing` if the commit task ends abnormally, so the next sender starts another.
-struct CommitGuard(SqliteDb);
+struct CommitGuard {
+    db: SqliteDb,
+    /// Cleared when the loop ends normally: by then another sender may already have started
+    /// the next committer, whose queue this guard must not touch.
+    armed: bool,
+}
 
 impl Drop for CommitGuard {
     fn drop(&mut self) {
-        let mut state = self.0.sends.lock();
+        if !self.armed {
+            return;
+        }
+        let mut state = self.db.sends.lock();
         if state.committing {
             state.committing = false;
             // Senders still queued get an error rather than waiting forever.
@@ -97,7 +105,10 @@ impl Drop for CommitGuard {
 
 /// Commits queued sends, group after group, until none are left.
 async fn commit_sends(db: SqliteDb) {
-    let guard = CommitGuard(db.clone());
+    let mut guard = CommitGuard {
+        db: db.clone(),
+        armed: true,
+    };
     loop {
         // Waiting for the writer is what lets a group form.
         let conn = db.write.acquire().await;
@@ -105,6 +116,7 @@ async fn commit_sends(db: SqliteDb) {
             let mut state = db.sends.lock();
             if state.pending.is_empty() {
                 state.committing = false;
+                guard.armed = false;
                 break;
             }
             std::mem::take(&mut state.pending)
