@@ -43,17 +43,34 @@ fi
 
 data="$(mktemp -d)"
 server=""
+provider=""
 stop() {
-  if [[ -n "$server" ]]; then
-    kill -TERM "$server" 2>/dev/null || true
-    wait "$server" 2>/dev/null || true
-  fi
+  for pid in $server $provider; do
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
   rm -rf "$data"
 }
 trap stop EXIT
 
+# POST /api/si/ask needs a model provider: the loopback stand-in (OpenAI protocol), so the fuzzer
+# reaches the route's real answers instead of 503 no_provider_configured.
+"$bin" fake-provider >"$data/provider.out" 2>/dev/null &
+provider=$!
+provider_url=""
+for _ in $(seq 1 300); do
+  provider_url="$(sed -n 's/.*OPENAI_BASE_URL=\([^ ]*\).*/\1/p' "$data/provider.out")"
+  [[ -n "$provider_url" ]] && break
+  sleep 0.1
+done
+if [[ -z "$provider_url" ]]; then
+  echo "the fake provider did not start" >&2
+  exit 1
+fi
+
 admin_key="fuzz-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
-"$bin" --data-dir "$data" serve --listen 127.0.0.1:0 --admin-key "$admin_key" \
+OPENAI_API_KEY=fuzz OPENAI_BASE_URL="$provider_url" COGNOMEGA_PROVIDER_ORDER=openai \
+  "$bin" --data-dir "$data" serve --listen 127.0.0.1:0 --admin-key "$admin_key" \
   2>"$data/serve.log" &
 server=$!
 

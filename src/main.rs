@@ -82,6 +82,9 @@ enum Command {
     Cleanup(commands::cleanup::Args),
     /// Send probe messages and wait until the workers have applied them all.
     Probe(commands::probe::Args),
+    /// Serve a stand-in model provider on loopback (OpenAI and Workers AI protocols) for trying
+    /// POST /api/si/ask without a provider account.
+    FakeProvider(commands::fake_provider::Args),
     /// Export datasets incrementally to Parquet or NDJSON.zst under exports/ (for analysts).
     Export(commands::export::Args),
     /// Manage the JWT signing keys.
@@ -140,6 +143,7 @@ fn main() -> ExitCode {
             Command::Prune => done(commands::prune(ctx).await),
             Command::Cleanup(args) => done(commands::cleanup::run(ctx, args).await),
             Command::Probe(args) => done(commands::probe::run(ctx, args).await),
+            Command::FakeProvider(args) => done(commands::fake_provider::run(args).await),
             Command::Export(args) => done(commands::export::run(ctx, args).await),
             Command::Keys(args) => done(commands::keys::run(ctx, args).await),
             Command::Lifecycle(args) => done(commands::lifecycle::run(ctx, args).await),

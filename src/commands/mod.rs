@@ -5,6 +5,7 @@ pub mod bench;
 pub mod cleanup;
 pub mod dlq;
 pub mod export;
+pub mod fake_provider;
 pub mod keys;
 pub mod lifecycle;
 pub mod probe;

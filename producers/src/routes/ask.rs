@@ -38,7 +38,7 @@ use crate::{current_request_id, ApiError, AppState};
             `credits_used`, `credits_balance` and `finish`",
             content(
                 (s::AskAnswer = "application/json"),
-                (String = "text/event-stream"),
+                (s::AskEvent = "text/event-stream"),
             ),
             headers(
                 ("X-Provider" = String, description = "The provider that answered"),

@@ -495,6 +495,16 @@ pub(crate) mod schemas {
         estimated: bool,
     }
 
+    /// One Server-Sent Event of a streamed answer: `token` (`data` = `{"text"}`), `error`
+    /// (`{"code","message"}`) or the final `done` (`{"id","provider","model","usage",
+    /// "credits_used","credits_balance","finish"}`); `data` is JSON text.
+    #[derive(ToSchema)]
+    pub(crate) struct AskEvent {
+        #[schema(pattern = "^(token|error|done)$")]
+        event: Option<String>,
+        data: String,
+    }
+
     /// A whole answer.
     #[derive(ToSchema)]
     pub(crate) struct AskAnswer {
