@@ -6,12 +6,11 @@
 use std::time::Duration;
 
 use cognomega_core::ai::{Failure, ProviderId};
-use futures::StreamExt as _;
 use serde_json::{json, Value};
 
 use crate::{
-    status_failure, transport, Call, Chunk, ChunkStream, Completion, ModelProvider,
-    ProviderSettings, Usage,
+    status_failure, transport, Call, ChunkStream, Completion, ModelProvider, ProviderSettings,
+    Usage,
 };
 
 /// The Workers AI REST client.
@@ -101,29 +100,11 @@ impl ModelProvider for WorkersAi {
 
     async fn stream(&self, call: &Call) -> Result<ChunkStream, Failure> {
         let response = self.send(call, true).await?;
-        let chunks = crate::sse::data_events(response, self.timeout).flat_map(|data| {
-            let out: Vec<Result<Chunk, Failure>> = match data {
-                Err(f) => vec![Err(f)],
-                Ok(data) => match serde_json::from_str::<Value>(&data) {
-                    Err(e) => vec![Err(Failure::Protocol(format!("event is not JSON: {e}")))],
-                    Ok(v) => {
-                        let mut out = Vec::new();
-                        if let Some(text) = v
-                            .get("response")
-                            .and_then(Value::as_str)
-                            .filter(|t| !t.is_empty())
-                        {
-                            out.push(Ok(Chunk::Text(text.to_owned())));
-                        }
-                        if let Some(u) = usage_of(v.get("usage")) {
-                            out.push(Ok(Chunk::Usage(u)));
-                        }
-                        out
-                    }
-                },
-            };
-            futures::stream::iter(out)
-        });
-        Ok(chunks.boxed())
+        Ok(crate::sse::json_chunks(
+            response,
+            self.timeout,
+            |v| v.get("response").and_then(Value::as_str),
+            |v| usage_of(v.get("usage")),
+        ))
     }
 }

@@ -195,13 +195,19 @@ impl Orchestrator {
             .collect()
     }
 
-    /// One whole answer, falling back across providers.
-    pub async fn complete(
+    /// Tries the plan's providers in order with `call` until one answers: the answer, who gave
+    /// it, with which model, after which failed attempts, and how long it took.
+    async fn route<T, F, Fut>(
         &self,
         messages: &[Message],
         requested_model: Option<&str>,
         max_tokens: u32,
-    ) -> Result<Routed, AskFailure> {
+        call: F,
+    ) -> Result<(ProviderId, String, T, Vec<Attempt>, Duration), AskFailure>
+    where
+        F: Fn(Arc<dyn ModelProvider>, Call) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Failure>>,
+    {
         let plan = self.plan(requested_model);
         if plan.is_empty() {
             return Err(AskFailure::NoProvider);
@@ -217,22 +223,18 @@ impl Orchestrator {
                 self.metrics.error(id, &model, Failure::CircuitOpen.label());
                 continue;
             }
-            let call = Call {
+            let request = Call {
                 model: model.clone(),
                 messages: messages.to_vec(),
                 max_tokens,
             };
             let started = Instant::now();
-            match provider.complete(&call).await {
-                Ok(completion) => {
-                    self.settle(id, &model, Ok(()), started.elapsed());
+            match call(provider, request).await {
+                Ok(answer) => {
+                    let took = started.elapsed();
+                    self.settle(id, &model, Ok(()), took);
                     self.metrics.fallbacks(id, attempts.len());
-                    return Ok(Routed {
-                        provider: id,
-                        completion,
-                        fallbacks: attempts,
-                        latency: started.elapsed(),
-                    });
+                    return Ok((id, model, answer, attempts, took));
                 }
                 Err(failure) => {
                     self.settle(id, &model, Err(&failure), started.elapsed());
@@ -255,6 +257,29 @@ impl Orchestrator {
         Err(AskFailure::AllFailed(attempts))
     }
 
+    /// One whole answer, falling back across providers.
+    pub async fn complete(
+        &self,
+        messages: &[Message],
+        requested_model: Option<&str>,
+        max_tokens: u32,
+    ) -> Result<Routed, AskFailure> {
+        let (provider, _, completion, fallbacks, latency) = self
+            .route(
+                messages,
+                requested_model,
+                max_tokens,
+                |p, call| async move { p.complete(&call).await },
+            )
+            .await?;
+        Ok(Routed {
+            provider,
+            completion,
+            fallbacks,
+            latency,
+        })
+    }
+
     /// Opens a stream, falling back across providers until one starts answering. Failures
     /// after that are the caller's (tokens already went to the client).
     pub async fn stream(
@@ -263,56 +288,20 @@ impl Orchestrator {
         requested_model: Option<&str>,
         max_tokens: u32,
     ) -> Result<RoutedStream, AskFailure> {
-        let plan = self.plan(requested_model);
-        if plan.is_empty() {
-            return Err(AskFailure::NoProvider);
-        }
-        let mut attempts = Vec::new();
-        for (provider, model) in plan {
-            let id = provider.id();
-            if !self.with_breaker(id, |b| b.allow(self.now_ms())) {
-                attempts.push(Attempt {
-                    provider: id,
-                    failure: Failure::CircuitOpen,
-                });
-                self.metrics.error(id, &model, Failure::CircuitOpen.label());
-                continue;
-            }
-            let call = Call {
-                model: model.clone(),
-                messages: messages.to_vec(),
+        let (provider, model, chunks, fallbacks, _) = self
+            .route(
+                messages,
+                requested_model,
                 max_tokens,
-            };
-            let started = Instant::now();
-            match provider.stream(&call).await {
-                Ok(chunks) => {
-                    self.settle(id, &model, Ok(()), started.elapsed());
-                    self.metrics.fallbacks(id, attempts.len());
-                    return Ok(RoutedStream {
-                        provider: id,
-                        model,
-                        chunks,
-                        fallbacks: attempts,
-                    });
-                }
-                Err(failure) => {
-                    self.settle(id, &model, Err(&failure), started.elapsed());
-                    if let Failure::Rejected(status, message) = failure {
-                        self.with_breaker(id, Breaker::success);
-                        return Err(AskFailure::Rejected {
-                            provider: id,
-                            status,
-                            message,
-                        });
-                    }
-                    attempts.push(Attempt {
-                        provider: id,
-                        failure,
-                    });
-                }
-            }
-        }
-        Err(AskFailure::AllFailed(attempts))
+                |p, call| async move { p.stream(&call).await },
+            )
+            .await?;
+        Ok(RoutedStream {
+            provider,
+            model,
+            chunks,
+            fallbacks,
+        })
     }
 }
 

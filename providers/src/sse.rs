@@ -4,6 +4,9 @@
 use std::time::Duration;
 
 use cognomega_core::ai::Failure;
+use serde_json::Value;
+
+use crate::{Chunk, ChunkStream, Usage};
 use eventsource_stream::Eventsource as _;
 use futures::stream::BoxStream;
 use futures::StreamExt as _;
@@ -25,4 +28,35 @@ pub(crate) fn data_events(
         }
     })
     .boxed()
+}
+
+/// A provider's stream of JSON events as [`Chunk`]s: `text` reads an event's piece of the
+/// answer, `usage` its token counts (both protocols send them in their own places).
+pub(crate) fn json_chunks(
+    response: reqwest::Response,
+    idle: Duration,
+    text: fn(&Value) -> Option<&str>,
+    usage: fn(&Value) -> Option<Usage>,
+) -> ChunkStream {
+    data_events(response, idle)
+        .flat_map(move |data| {
+            let out: Vec<Result<Chunk, Failure>> = match data {
+                Err(f) => vec![Err(f)],
+                Ok(data) => match serde_json::from_str::<Value>(&data) {
+                    Err(e) => vec![Err(Failure::Protocol(format!("event is not JSON: {e}")))],
+                    Ok(v) => {
+                        let mut out = Vec::new();
+                        if let Some(t) = text(&v).filter(|t| !t.is_empty()) {
+                            out.push(Ok(Chunk::Text(t.to_owned())));
+                        }
+                        if let Some(u) = usage(&v) {
+                            out.push(Ok(Chunk::Usage(u)));
+                        }
+                        out
+                    }
+                },
+            };
+            futures::stream::iter(out)
+        })
+        .boxed()
 }
