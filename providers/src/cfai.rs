@@ -8,10 +8,7 @@ use std::time::Duration;
 use cognomega_core::ai::{Failure, ProviderId};
 use serde_json::{json, Value};
 
-use crate::{
-    status_failure, transport, Call, ChunkStream, Completion, ModelProvider, ProviderSettings,
-    Usage,
-};
+use crate::{Call, ChunkStream, Completion, ModelProvider, ProviderSettings, Usage};
 
 /// The Workers AI REST client.
 #[derive(Debug, Clone)]
@@ -46,25 +43,12 @@ impl WorkersAi {
             "max_tokens": call.max_tokens,
             "stream": stream,
         }));
-        let response = tokio::time::timeout(self.timeout, request.send())
-            .await
-            .map_err(|_| Failure::Timeout)?
-            .map_err(|e| transport(&e))?;
-        let status = response.status().as_u16();
-        if !(200..300).contains(&status) {
-            let text = response.text().await.unwrap_or_default();
-            return Err(status_failure(status, &text));
-        }
-        Ok(response)
+        crate::send(request, self.timeout).await
     }
 }
 
 fn usage_of(v: Option<&Value>) -> Option<Usage> {
-    let u = v?;
-    Some(Usage {
-        tokens_in: u.get("prompt_tokens")?.as_u64()?,
-        tokens_out: u.get("completion_tokens")?.as_u64()?,
-    })
+    crate::usage_from(v?)
 }
 
 #[async_trait::async_trait]
@@ -75,10 +59,7 @@ impl ModelProvider for WorkersAi {
 
     async fn complete(&self, call: &Call) -> Result<Completion, Failure> {
         let response = self.send(call, false).await?;
-        let body: Value = tokio::time::timeout(self.timeout, response.json())
-            .await
-            .map_err(|_| Failure::Timeout)?
-            .map_err(|e| transport(&e))?;
+        let body = crate::read_json(response, self.timeout).await?;
         if body.get("success").and_then(Value::as_bool) == Some(false) {
             let message = body
                 .pointer("/errors/0/message")

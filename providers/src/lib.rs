@@ -79,6 +79,42 @@ pub trait ModelProvider: Send + Sync + fmt::Debug {
     async fn stream(&self, call: &Call) -> Result<ChunkStream, Failure>;
 }
 
+/// Sends a provider request within `timeout`; a non-2xx answer becomes its [`Failure`].
+pub(crate) async fn send(
+    request: reqwest::RequestBuilder,
+    timeout: std::time::Duration,
+) -> Result<reqwest::Response, Failure> {
+    let response = tokio::time::timeout(timeout, request.send())
+        .await
+        .map_err(|_| Failure::Timeout)?
+        .map_err(|e| transport(&e))?;
+    let status = response.status().as_u16();
+    if !(200..300).contains(&status) {
+        let text = response.text().await.unwrap_or_default();
+        return Err(status_failure(status, &text));
+    }
+    Ok(response)
+}
+
+/// A whole JSON answer, within `timeout`.
+pub(crate) async fn read_json(
+    response: reqwest::Response,
+    timeout: std::time::Duration,
+) -> Result<serde_json::Value, Failure> {
+    tokio::time::timeout(timeout, response.json())
+        .await
+        .map_err(|_| Failure::Timeout)?
+        .map_err(|e| transport(&e))
+}
+
+/// `{"prompt_tokens","completion_tokens"}`, the usage shape both protocols report.
+pub(crate) fn usage_from(u: &serde_json::Value) -> Option<Usage> {
+    Some(Usage {
+        tokens_in: u.get("prompt_tokens")?.as_u64()?,
+        tokens_out: u.get("completion_tokens")?.as_u64()?,
+    })
+}
+
 /// Maps a transport error to a [`Failure`].
 pub(crate) fn transport(e: &reqwest::Error) -> Failure {
     if e.is_timeout() {

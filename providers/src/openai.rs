@@ -7,10 +7,7 @@ use std::time::Duration;
 use cognomega_core::ai::{Failure, ProviderId};
 use serde_json::{json, Value};
 
-use crate::{
-    status_failure, transport, Call, ChunkStream, Completion, ModelProvider, ProviderSettings,
-    Usage,
-};
+use crate::{Call, ChunkStream, Completion, ModelProvider, ProviderSettings, Usage};
 
 /// An OpenAI-compatible provider.
 #[derive(Debug, Clone)]
@@ -54,16 +51,7 @@ impl OpenAiCompatible {
             .post(&self.url)
             .bearer_auth(&self.key)
             .json(&Self::body(call, stream));
-        let response = tokio::time::timeout(self.timeout, request.send())
-            .await
-            .map_err(|_| Failure::Timeout)?
-            .map_err(|e| transport(&e))?;
-        let status = response.status().as_u16();
-        if !(200..300).contains(&status) {
-            let text = response.text().await.unwrap_or_default();
-            return Err(status_failure(status, &text));
-        }
-        Ok(response)
+        crate::send(request, self.timeout).await
     }
 }
 
@@ -73,10 +61,7 @@ fn usage_of(v: &Value) -> Option<Usage> {
         .get("usage")
         .filter(|u| !u.is_null())
         .or_else(|| v.pointer("/x_groq/usage"))?;
-    Some(Usage {
-        tokens_in: u.get("prompt_tokens")?.as_u64()?,
-        tokens_out: u.get("completion_tokens")?.as_u64()?,
-    })
+    crate::usage_from(u)
 }
 
 #[async_trait::async_trait]
@@ -87,10 +72,7 @@ impl ModelProvider for OpenAiCompatible {
 
     async fn complete(&self, call: &Call) -> Result<Completion, Failure> {
         let response = self.send(call, false).await?;
-        let body: Value = tokio::time::timeout(self.timeout, response.json())
-            .await
-            .map_err(|_| Failure::Timeout)?
-            .map_err(|e| transport(&e))?;
+        let body = crate::read_json(response, self.timeout).await?;
         let output = body
             .pointer("/choices/0/message/content")
             .and_then(Value::as_str)

@@ -59,12 +59,20 @@ pub(crate) async fn list(
     State(state): State<AppState>,
     _admin: Admin,
 ) -> Result<Json<Value>, ApiError> {
-    let mut queues = Vec::new();
-    for q in state.queues.queues().await.map_err(ApiError::internal)? {
-        let stats = state.queues.stats(&q).await.map_err(ApiError::internal)?;
-        queues.push(stats);
-    }
+    let queues = all_stats(&state).await?;
     Ok(Json(json!({ "queues": queues })))
+}
+
+/// The statistics of every queue (also what `GET /metrics` renders).
+pub(crate) async fn all_stats(
+    state: &AppState,
+) -> Result<Vec<cognomega_core::queue::QueueStats>, ApiError> {
+    let names = state.queues.queues().await.map_err(ApiError::internal)?;
+    let mut stats = Vec::with_capacity(names.len());
+    for q in &names {
+        stats.push(state.queues.stats(q).await.map_err(ApiError::internal)?);
+    }
+    Ok(stats)
 }
 
 /// The page size of `GET /admin/queues/{queue}/dlq`.

@@ -24,11 +24,7 @@ use crate::{ApiError, AppState};
     ),
 )]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let names = state.queues.queues().await.map_err(ApiError::internal)?;
-    let mut stats = Vec::with_capacity(names.len());
-    for q in &names {
-        stats.push(state.queues.stats(q).await.map_err(ApiError::internal)?);
-    }
+    let stats = super::admin_queues::all_stats(&state).await?;
     let mut text = render_queues(&stats);
     if let Some(m) = &state.consumer_metrics {
         text.push_str(&render_consumers(&m.snapshot()));
