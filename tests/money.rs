@@ -489,7 +489,11 @@ async fn adjustments_apply_once(backend: Backend) -> anyhow::Result<()> {
         .await?
         .json()
         .await?;
-    assert_eq!(first["status"], "queued");
+    // Read back after the commit: the settlement consumer may already have applied it.
+    assert!(
+        matches!(first["status"].as_str(), Some("queued" | "applied")),
+        "{first}"
+    );
     let mut ids = HashSet::new();
     for _ in 0..5 {
         let resp = post(Some("k1"), Some(ADMIN_KEY), body.clone()).await?;
