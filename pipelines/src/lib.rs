@@ -16,6 +16,7 @@
 use serde_json::Value;
 
 pub mod decode;
+#[cfg(feature = "export")]
 pub mod export;
 pub mod registry;
 pub mod sketch;
