@@ -14,6 +14,9 @@
 //!
 //! `bench gateway` measures the gateway and its rate limiting (see [`gateway`]).
 //!
+//! `bench edge` compares the Cloudflare edge shape under local workerd with the native server
+//! (see [`edge`]).
+//!
 //! `bench export` seeds usage events in bulk and exports them to Parquet (see [`export`]).
 //!
 //! `bench audit` seeds a consistent ledger in bulk and times sealing, verifying and
@@ -26,6 +29,7 @@ mod ask;
 mod audit;
 mod client;
 mod credits;
+mod edge;
 mod export;
 mod gateway;
 mod jobs;
@@ -80,6 +84,7 @@ enum What {
     Upload(upload::UploadArgs),
     /// `cognomega audit` over a seeded ledger: entries/s of sealing, verifying, reconciling.
     Audit(audit::AuditArgs),
+    Edge(edge::EdgeArgs),
     /// The lifecycle sweeper over N objects on the local folder: objects/s of a day-31 sweep
     /// (recompression) and a day-91 sweep (expiry), bytes saved.
     Sweep(sweep::SweepArgs),
@@ -140,6 +145,7 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<()> {
         What::Export(args) => export::run(&ctx, args).await,
         What::Ask(args) => ask::run(&ctx, args).await,
         What::Audit(args) => audit::run(&ctx, args).await,
+        What::Edge(args) => edge::run(&ctx, args).await,
     }
 }
 

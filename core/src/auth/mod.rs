@@ -14,6 +14,7 @@
 
 mod claims;
 mod compare;
+mod email;
 mod error;
 mod jwt;
 mod keys;
@@ -24,6 +25,7 @@ mod tests;
 
 pub use claims::{Claims, ClaimsBuilder, Tier, Validation};
 pub use compare::constant_time_eq;
+pub use email::valid_email;
 pub use error::{AuthError, KeyError};
 pub use jwt::{verify, MAX_TOKEN_BYTES};
 pub use keys::{Jwk, Jwks, KeyId, SigningKey, GENERATED_KEY_BITS, MAX_KEY_BITS, MIN_KEY_BITS};

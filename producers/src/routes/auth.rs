@@ -4,7 +4,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use cognomega_core::auth::Tier;
+use cognomega_core::auth::{valid_email, Tier};
 use cognomega_core::billing::{SettlementKind, SettlementMessage};
 use cognomega_core::limits::{Decision, RouteClass};
 use cognomega_core::queue::OutgoingMessage;
@@ -25,18 +25,6 @@ struct GuestRequest {
     email: Option<String>,
 }
 
-fn valid_email(email: &str) -> bool {
-    let Some((local, domain)) = email.split_once('@') else {
-        return false;
-    };
-    email.len() <= 254
-        && !local.is_empty()
-        && local.len() <= 64
-        && domain.contains('.')
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
-}
 
 /// Issues a guest token for a new guest tenant, which gets its starting grant.
 #[utoipa::path(
@@ -170,19 +158,4 @@ async fn issue_guest(
 )]
 pub(crate) async fn jwks(State(state): State<AppState>) -> Json<Value> {
     Json(serde_json::to_value(&*state.auth.jwks()).unwrap_or_else(|_| json!({"keys": []})))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::valid_email;
-
-    #[test]
-    fn emails() {
-        assert!(valid_email("a@b.co"));
-        assert!(!valid_email("nope"));
-        assert!(!valid_email("@b.co"));
-        assert!(!valid_email("a@b"));
-        assert!(!valid_email("a b@c.co"));
-        assert!(!valid_email(&format!("{}@b.co", "a".repeat(65))));
-    }
 }

@@ -1,7 +1,75 @@
-use worker::*;
+//! Cognomega on Cloudflare Workers.
+//!
+//! One wasm module, many Workers: every Worker in `wrangler/workers/` runs this module and its
+//! `COGNOMEGA_ROLE` variable says which part of the platform it is:
+//!
+//! - `gateway`: the public HTTP API. Request ids, bearer verification, rate limits (a Durable
+//!   Object per tenant), then a Service Binding call to the internal service owning the route.
+//! - `auth`, `billing`, `usage`, `jobs`, `files`, `admin`: the internal services, reachable only
+//!   through those bindings.
+//! - `usage-writer`, `settlement`, `jobs-sketch-to-app`, `av-scan`, `dlq`: queue consumers.
+//!
+//! The rules (token format, usage validation, prices, rate-limit buckets, the job pipeline,
+//! signed links, the error envelope) come from `cognomega-core` and `cognomega-pipelines`, the
+//! same code the native server runs; this crate binds them to Queues, KV, R2, Hyperdrive
+//! (PostgreSQL, the same schema as `migrations/postgres`), Durable Objects and Cron Triggers.
 
+mod admin;
+mod auth;
+mod billing;
+mod config;
+mod consumers;
+mod db;
+mod files;
+mod gateway;
+mod http;
+mod jobs;
+mod limiter;
+mod usage;
+
+use worker::{event, Context, Env, MessageBatch, Request, Response, ScheduleContext, ScheduledEvent};
+
+pub use limiter::RateLimiter;
+
+/// The HTTP entry point of every Worker.
 #[event(fetch)]
-async fn fetch(_req: Request, env: Env, _ctx: Context) -> Result<Response> {
-    let role = env.var("COGNOMEGA_ROLE").map(|v| v.to_string()).unwrap_or_default();
-    Response::ok(format!("role {role}"))
+async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
+    let role = config::role(&env);
+    let resp = match role.as_str() {
+        "gateway" => gateway::handle(req, &env).await,
+        "auth" | "billing" | "usage" | "jobs" | "files" | "admin" => {
+            http::service(&role, req, &env).await
+        }
+        // Consumers have no HTTP surface.
+        _ => Ok(http::error(
+            404,
+            "not_found",
+            "this Worker has no HTTP routes",
+            &http::request_id(&req),
+        )),
+    };
+    Ok(resp.unwrap_or_else(|e| {
+        worker::console_error!("{role}: {e}");
+        http::error(500, "internal", "internal error", "")
+    }))
+}
+
+/// The queue entry point of every consumer Worker. Messages are acked or retried one by one;
+/// the handler never returns an error (an error here resets the Wasm instance).
+#[event(queue)]
+async fn queue(
+    batch: MessageBatch<serde_json::Value>,
+    env: Env,
+    _ctx: Context,
+) -> worker::Result<()> {
+    consumers::dispatch(batch, &env).await;
+    Ok(())
+}
+
+/// Cron Triggers: the periodic schedules.
+#[event(scheduled)]
+async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
+    if let Err(e) = consumers::scheduled(&event.cron(), &env).await {
+        worker::console_error!("scheduled {}: {e}", event.cron());
+    }
 }

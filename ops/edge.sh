@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# The Cloudflare edge shape, locally: builds the Workers (wrangler/edge → one wasm module) and
+# runs all of them together under `wrangler dev` (workerd, with local Queues, KV, R2, Durable
+# Objects and Hyperdrive pointed at the local PostgreSQL).
+#
+#   ops/edge.sh tools        install what the build needs (idempotent; offline-friendly)
+#   ops/edge.sh build        build the module, report its size against Cloudflare's limit
+#   ops/edge.sh dev          build, migrate the edge database, run every Worker (foreground)
+#   ops/edge.sh test         dev in the background + the HTTP acceptance suite against it
+#   ops/edge.sh bench        dev in the background + `cognomega bench edge` (edge vs native)
+#
+# Environment:
+#   COGNOMEGA_EDGE_PORT      gateway port (default 8787)
+#   COGNOMEGA_EDGE_DB        PostgreSQL database for the edge (default cognomega_edge; created)
+#   PGHOST/PGPORT/PGUSER     the PostgreSQL server (default 127.0.0.1:5432, postgres)
+#   COGNOMEGA_ADMIN_KEY      the admin key the local Workers use (default: a fixed dev key)
+#   COGNOMEGA_CLAMD          clamd host:port for the av-scan Worker (default 127.0.0.1:3310)
+#   EDGE_TARGET_DIR          cargo target dir of the wasm build (default wrangler/target)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+wr="$root/wrangler"
+
+port="${COGNOMEGA_EDGE_PORT:-8787}"
+db="${COGNOMEGA_EDGE_DB:-cognomega_edge}"
+pghost="${PGHOST:-127.0.0.1}"
+pgport="${PGPORT:-5432}"
+pguser="${PGUSER:-postgres}"
+admin_key="${COGNOMEGA_ADMIN_KEY:-edge-dev-admin-key-0123456789abcdef}"
+clamd="${COGNOMEGA_CLAMD:-127.0.0.1:3310}"
+export CARGO_TARGET_DIR="${EDGE_TARGET_DIR:-$wr/target}"
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'ops/edge.sh: %s\n' "$*" >&2; exit 1; }
+
+# Every Worker config, gateway first (the one wrangler dev serves on the port).
+configs=(gateway auth billing usage jobs files admin usage-writer settlement jobs-sketch-to-app av-scan dlq)
+
+tools() {
+  if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+    say "rustup target add wasm32-unknown-unknown"
+    rustup target add wasm32-unknown-unknown
+  fi
+  # zstd (the artifact codec) is C: clang compiles it for wasm32.
+  if ! command -v clang >/dev/null || ! command -v llvm-ar >/dev/null; then
+    say "installing clang and llvm (zstd-sys builds for wasm32 with them)"
+    if command -v apt-get >/dev/null; then
+      DEBIAN_FRONTEND=noninteractive apt-get install -y clang llvm >/dev/null
+    else
+      die "install clang and llvm-ar, then retry"
+    fi
+  fi
+  # worker-build must match the `worker` crate's major.minor; wasm-bindgen-cli must match the
+  # wasm-bindgen version in wrangler/Cargo.lock exactly.
+  local wb_want bindgen_want
+  wb_want=$(awk '/^name = "worker"$/ {getline; gsub(/"/, "", $3); print $3}' "$wr/Cargo.lock")
+  bindgen_want=$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/"/, "", $3); print $3}' "$wr/Cargo.lock")
+  if [ "$(worker-build --version 2>/dev/null | awk '{print $2}')" != "$wb_want" ]; then
+    say "cargo install worker-build $wb_want"
+    CARGO_TARGET_DIR=/var/tmp/cognomega-tools cargo install worker-build --version "$wb_want" --locked
+  fi
+  if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$bindgen_want" ]; then
+    say "cargo install wasm-bindgen-cli $bindgen_want"
+    CARGO_TARGET_DIR=/var/tmp/cognomega-tools cargo install wasm-bindgen-cli --version "$bindgen_want"
+  fi
+  # wrangler (and workerd), binaryen's wasm-opt and esbuild, pinned by wrangler/package-lock.json.
+  if [ ! -x "$wr/node_modules/.bin/wrangler" ] || [ "$wr/package-lock.json" -nt "$wr/node_modules/.package-lock.json" ]; then
+    say "npm ci (wrangler, binaryen, esbuild)"
+    (cd "$wr" && npm ci --no-audit --no-fund >/dev/null)
+  fi
+}
+
+build() {
+  tools
+  say "building the Workers' module (release)"
+  (
+    cd "$wr/edge"
+    WASM_BINDGEN_BIN="$(command -v wasm-bindgen)" \
+    WASM_OPT_BIN="$wr/node_modules/.bin/wasm-opt" \
+    ESBUILD_BIN="$wr/node_modules/.bin/esbuild" \
+    CC_wasm32_unknown_unknown=clang AR_wasm32_unknown_unknown=llvm-ar \
+      worker-build --release
+  )
+  sizes
+}
+
+sizes() {
+  local wasm="$wr/edge/build/index_bg.wasm"
+  [ -f "$wasm" ] || die "no build at $wasm; run ops/edge.sh build"
+  local raw gz limit=$((64 * 1024 * 1024))
+  raw=$(stat -c %s "$wasm")
+  gz=$(gzip -9 -c "$wasm" | wc -c)
+  printf 'edge module: %s bytes (%.2f MiB) uncompressed, %s bytes (%.2f MiB) gzip; limit 64 MiB uncompressed per Worker: %s\n' \
+    "$raw" "$(echo "$raw / 1048576" | bc -l)" "$gz" "$(echo "$gz / 1048576" | bc -l)" \
+    "$([ "$raw" -lt "$limit" ] && echo OK || echo OVER)"
+  printf 'every Worker (%s) deploys this module: %s\n' "${#configs[@]}" "${configs[*]}"
+}
+
+database() {
+  if ! pg_isready -h "$pghost" -p "$pgport" -q; then
+    ops/services.sh
+  fi
+  if ! psql -h "$pghost" -p "$pgport" -U "$pguser" -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1; then
+    say "creating database $db"
+    psql -h "$pghost" -p "$pgport" -U "$pguser" -d postgres -qc "CREATE DATABASE \"$db\""
+  fi
+  say "migrating $db (migrations/postgres)"
+  cargo run -q --locked --bin cognomega -- \
+    --database-url "postgres://$pguser@$pghost:$pgport/$db" migrate
+}
+
+dev_vars() {
+  # Local secrets and settings for every Worker (wrangler reads .dev.vars next to each config).
+  cat > "$wr/workers/.dev.vars" <<VARS
+COGNOMEGA_ADMIN_KEY=$admin_key
+COGNOMEGA_LINK_SECRET=$admin_key-links
+COGNOMEGA_CLAMD=$clamd
+COGNOMEGA_RATE_LIMITS_TOML=${COGNOMEGA_RATE_LIMITS_TOML:-}
+VARS
+}
+
+run_dev() {
+  local state="$1"
+  dev_vars
+  local args=()
+  for c in "${configs[@]}"; do args+=(-c "$wr/workers/$c.toml"); done
+  # Hyperdrive's local connection string (a password is required in the URL; trust auth
+  # ignores it).
+  export CLOUDFLARE_HYPERDRIVE_LOCAL_CONNECTION_STRING_DB="postgres://$pguser:local@$pghost:$pgport/$db"
+  export WRANGLER_SEND_METRICS=false
+  cd "$wr/workers"
+  exec "$wr/node_modules/.bin/wrangler" dev "${args[@]}" \
+    --ip 127.0.0.1 --port "$port" --persist-to "$state" --test-scheduled \
+    --show-interactive-dev-session=false --log-level "${WRANGLER_LOG:-warn}"
+}
+
+wait_healthy() {
+  local pid="$1" log="$2"
+  for _ in $(seq 1 240); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      tail -50 "$log" >&2
+      die "wrangler dev exited during start-up (log above)"
+    fi
+    if curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; then
+      return 0
+    fi
+    sleep 0.5
+  done
+  tail -50 "$log" >&2
+  die "the edge stack did not answer /healthz on port $port within 120 s"
+}
+
+background() {
+  local state log
+  state=$(mktemp -d /tmp/cognomega-edge-state.XXXXXX)
+  log="$state/wrangler.log"
+  ( run_dev "$state" ) >"$log" 2>&1 &
+  edge_pid=$!
+  edge_state="$state"
+  trap 'kill $edge_pid 2>/dev/null; pkill -P $edge_pid 2>/dev/null; wait $edge_pid 2>/dev/null; rm -rf "$edge_state"' EXIT
+  say "waiting for the edge stack on 127.0.0.1:$port (log: $log)"
+  wait_healthy "$edge_pid" "$log"
+  say "edge stack up"
+}
+
+cmd="${1:-dev}"
+shift || true
+case "$cmd" in
+  tools) tools ;;
+  build) build ;;
+  sizes) sizes ;;
+  dev)
+    build
+    database
+    state=$(mktemp -d /tmp/cognomega-edge-state.XXXXXX)
+    say "serving the gateway on http://127.0.0.1:$port (cron: GET /__scheduled?cron=*/5+*+*+*+*)"
+    run_dev "$state"
+    ;;
+  test)
+    build
+    database
+    # The acceptance suite's rate-limit scenario needs a small bucket, as the native run has.
+    export COGNOMEGA_RATE_LIMITS_TOML='rate_limits = { guest = { usage = { rate = 1.0, burst = 20 } } }'
+    background
+    say "HTTP acceptance suite against the edge stack"
+    COGNOMEGA_ACCEPTANCE_URL="http://127.0.0.1:$port" COGNOMEGA_ACCEPTANCE_ADMIN_KEY="$admin_key" \
+      cargo nextest run --locked --test acceptance --no-fail-fast "$@"
+    ;;
+  bench)
+    build
+    database
+    export COGNOMEGA_RATE_LIMITS=off
+    background
+    cargo run -q --release --locked --bin cognomega -- bench edge --edge-url "http://127.0.0.1:$port" "$@"
+    ;;
+  *) die "unknown command $cmd; see the top of ops/edge.sh" ;;
+esac

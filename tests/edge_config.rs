@@ -1,0 +1,109 @@
+//! The Cloudflare edge shape's queue consumers are configured in wrangler/workers/*.toml; their
+//! settings must be the native consumers' (`cognomega_consumers::*::settings()`), so a message
+//! gets the same batch size, retries, retry delay and dead-letter queue on both shapes.
+
+use std::path::Path;
+
+use cognomega_core::queue::QueueSettings;
+
+/// (wrangler config, Cloudflare queue name, the native settings)
+fn consumers() -> Vec<(&'static str, &'static str, QueueSettings)> {
+    vec![
+        (
+            "usage-writer",
+            "cognomega-usage",
+            cognomega_consumers::usage_writer::settings(),
+        ),
+        (
+            "settlement",
+            "cognomega-settlement",
+            cognomega_consumers::settlement::settings(),
+        ),
+        (
+            "jobs-sketch-to-app",
+            "cognomega-jobs-sketch-to-app",
+            cognomega_consumers::jobs::settings("sketch_to_app"),
+        ),
+        (
+            "av-scan",
+            "cognomega-av-scan",
+            cognomega_consumers::av_scan::settings(),
+        ),
+    ]
+}
+
+fn config(name: &str) -> anyhow::Result<toml::Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("wrangler/workers/{name}.toml"));
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(toml::from_str(&text)?)
+}
+
+#[test]
+fn edge_consumers_match_the_native_queue_settings() -> anyhow::Result<()> {
+    for (worker, queue, native) in consumers() {
+        let cfg = config(worker)?;
+        let consumers = cfg["queues"]["consumers"]
+            .as_array()
+            .ok_or_else(|| anyhow::anyhow!("{worker}: no [[queues.consumers]]"))?;
+        let c = consumers
+            .iter()
+            .find(|c| c["queue"].as_str() == Some(queue))
+            .ok_or_else(|| anyhow::anyhow!("{worker} does not consume {queue}"))?;
+        let int = |k: &str| c.get(k).and_then(toml::Value::as_integer);
+        assert_eq!(
+            int("max_batch_size"),
+            Some(i64::from(native.max_batch_size)),
+            "{worker}: max_batch_size"
+        );
+        assert_eq!(
+            int("max_retries"),
+            Some(i64::from(native.max_retries)),
+            "{worker}: max_retries"
+        );
+        let delay = i64::try_from(native.retry_delay.as_secs())?;
+        assert_eq!(int("retry_delay"), Some(delay), "{worker}: retry_delay");
+        assert_eq!(
+            c.get("dead_letter_queue").and_then(toml::Value::as_str),
+            native
+                .dead_letter_queue
+                .as_ref()
+                .map(|_| format!("{queue}-dlq"))
+                .as_deref(),
+            "{worker}: dead_letter_queue"
+        );
+        // Every dead-letter queue is drained by the dlq Worker, which records the messages
+        // where GET /admin/queues/{queue}/dlq reads them.
+        let dlq = config("dlq")?;
+        let drained = dlq["queues"]["consumers"]
+            .as_array()
+            .is_some_and(|cs| cs.iter().any(|c| c["queue"].as_str() == Some(&format!("{queue}-dlq"))));
+        assert!(drained, "the dlq Worker does not consume {queue}-dlq");
+    }
+    Ok(())
+}
+
+#[test]
+fn every_worker_runs_the_one_module_with_a_role() -> anyhow::Result<()> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("wrangler/workers");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir)? {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let cfg: toml::Value = toml::from_str(&std::fs::read_to_string(&path)?)?;
+        assert_eq!(
+            cfg["main"].as_str(),
+            Some("../edge/build/index.js"),
+            "{}",
+            path.display()
+        );
+        let role = cfg["vars"]["COGNOMEGA_ROLE"].as_str().unwrap_or_default();
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        assert_eq!(role, stem, "{}: COGNOMEGA_ROLE", path.display());
+        seen += 1;
+    }
+    assert_eq!(seen, 12, "the gateway, six services and five consumers");
+    Ok(())
+}

@@ -1,0 +1,345 @@
+//! Tokens on the edge: the auth service issues guest tokens (`POST /auth/guest`) and serves the
+//! JWKS; the gateway verifies bearer tokens. Keys are the deployment's signing key ring, stored
+//! where the native server keeps it (PostgreSQL `kv`, namespace `KEYS`, key `ring`, PKCS#8 PEM),
+//! so tokens issued by either shape verify on both. The public JWKS is cached in Workers KV.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use cognomega_core::auth::{
+    Claims, ClaimsBuilder, Jwks, KeyId, KeyRing, SigningKey, Tier, Validation,
+};
+use cognomega_core::billing::{SettlementKind, SettlementMessage};
+use cognomega_core::limits::RouteClass;
+use cognomega_core::time::UnixMillis;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use worker::{Env, Method, Request, Response};
+
+use crate::http::{self, ApiError, ApiResult, Caller};
+
+/// How long an isolate trusts its copy of the key ring before reading it again.
+const RING_TTL_MS: f64 = 60_000.0;
+/// The JWKS in Workers KV lives this long (seconds).
+const JWKS_KV_TTL: u64 = 300;
+const VERIFIED_CAPACITY: usize = 10_000;
+
+#[derive(Serialize, Deserialize)]
+struct StoredKey {
+    kid: String,
+    pem: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredRing {
+    current: StoredKey,
+    previous: Vec<StoredKey>,
+}
+
+thread_local! {
+    static RING: RefCell<Option<(f64, std::rc::Rc<KeyRing>)>> = const { RefCell::new(None) };
+    static JWKS: RefCell<Option<(f64, std::rc::Rc<Jwks>)>> = const { RefCell::new(None) };
+    static VERIFIED: RefCell<HashMap<[u8; 32], Claims>> = RefCell::new(HashMap::new());
+}
+
+fn now_ms() -> f64 {
+    worker::Date::now().as_millis() as f64
+}
+
+fn decode(bytes: &[u8]) -> Result<KeyRing, String> {
+    let stored: StoredRing = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let key = |k: StoredKey| -> Result<SigningKey, String> {
+        let kid = KeyId::parse(&k.kid).map_err(|e| e.to_string())?;
+        SigningKey::from_pkcs8_pem(kid, &k.pem).map_err(|e| e.to_string())
+    };
+    let current = key(stored.current)?;
+    let previous = stored
+        .previous
+        .into_iter()
+        .map(key)
+        .collect::<Result<_, _>>()?;
+    KeyRing::from_parts(current, previous).map_err(|e| e.to_string())
+}
+
+fn encode(ring: &KeyRing) -> Result<Vec<u8>, String> {
+    let stored = |k: &SigningKey| -> Result<StoredKey, String> {
+        Ok(StoredKey {
+            kid: k.kid().to_string(),
+            pem: k.to_pkcs8_pem().map_err(|e| e.to_string())?.to_string(),
+        })
+    };
+    serde_json::to_vec(&StoredRing {
+        current: stored(ring.current())?,
+        previous: ring.previous().iter().map(stored).collect::<Result<_, _>>()?,
+    })
+    .map_err(|e| e.to_string())
+}
+
+async fn read_ring(db: &tokio_postgres::Client) -> Result<Option<KeyRing>, ApiError> {
+    let row = db
+        .query_opt(
+            "SELECT value FROM kv WHERE namespace = 'KEYS' AND key = 'ring'
+               AND (expires_at IS NULL OR expires_at > now())",
+            &[],
+        )
+        .await?;
+    row.map(|r| decode(&r.get::<_, Vec<u8>>(0)))
+        .transpose()
+        .map_err(|e| ApiError::internal(format!("signing keys: {e}")))
+}
+
+/// The key ring: this isolate's copy, else PostgreSQL; created there on first use, exactly
+/// once across every process and isolate (`ON CONFLICT DO NOTHING`, then read back).
+async fn ring(env: &Env) -> Result<std::rc::Rc<KeyRing>, ApiError> {
+    if let Some(r) = RING.with(|c| {
+        c.borrow()
+            .as_ref()
+            .filter(|(at, _)| now_ms() - at < RING_TTL_MS)
+            .map(|(_, r)| r.clone())
+    }) {
+        return Ok(r);
+    }
+    let db = crate::db::connect(env).await?;
+    let ring = match read_ring(&db).await? {
+        Some(r) => r,
+        None => {
+            let kid = KeyId::parse(&format!("k-{}", uuid::Uuid::now_v7().simple()))
+                .map_err(ApiError::internal)?;
+            let fresh = KeyRing::new(SigningKey::generate(kid).map_err(ApiError::internal)?);
+            let bytes = encode(&fresh).map_err(ApiError::internal)?;
+            db.execute(
+                "INSERT INTO kv (namespace, key, value) VALUES ('KEYS', 'ring', $1)
+                 ON CONFLICT (namespace, key) DO NOTHING",
+                &[&bytes],
+            )
+            .await?;
+            read_ring(&db)
+                .await?
+                .ok_or_else(|| ApiError::internal("the signing key ring vanished"))?
+        }
+    };
+    let ring = std::rc::Rc::new(ring);
+    RING.with(|c| *c.borrow_mut() = Some((now_ms(), ring.clone())));
+    Ok(ring)
+}
+
+/// The public keys: this isolate's copy, else Workers KV, else built from the ring (and put
+/// back in KV with a TTL).
+async fn jwks(env: &Env) -> Result<std::rc::Rc<Jwks>, ApiError> {
+    if let Some(j) = JWKS.with(|c| {
+        c.borrow()
+            .as_ref()
+            .filter(|(at, _)| now_ms() - at < RING_TTL_MS)
+            .map(|(_, j)| j.clone())
+    }) {
+        return Ok(j);
+    }
+    let kv = env.kv("KV")?;
+    #[derive(Deserialize)]
+    struct Wire {
+        keys: Vec<cognomega_core::auth::Jwk>,
+    }
+    let cached: Option<Wire> = kv
+        .get("jwks")
+        .json()
+        .await
+        .map_err(|e| ApiError::internal(format!("KV: {e}")))?;
+    let cached = cached.and_then(|w| Jwks::new(w.keys).ok());
+    let jwks = match cached {
+        Some(j) => j,
+        None => {
+            let j = ring(env).await?.jwks();
+            kv.put("jwks", &j)
+                .map_err(|e| ApiError::internal(format!("KV: {e}")))?
+                .expiration_ttl(JWKS_KV_TTL)
+                .execute()
+                .await
+                .map_err(|e| ApiError::internal(format!("KV: {e}")))?;
+            j
+        }
+    };
+    let jwks = std::rc::Rc::new(jwks);
+    JWKS.with(|c| *c.borrow_mut() = Some((now_ms(), jwks.clone())));
+    Ok(jwks)
+}
+
+fn forget_keys() {
+    RING.with(|c| *c.borrow_mut() = None);
+    JWKS.with(|c| *c.borrow_mut() = None);
+}
+
+fn validation(env: &Env) -> Validation {
+    Validation::new(crate::config::issuer(env), crate::config::audience(env))
+}
+
+fn unauthorized(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::new(401, code, message)
+}
+
+/// The bearer token's claims, verified (signature, `kid`, issuer, audience, expiry). A `kid`
+/// this isolate does not know yet (a rotation) re-reads the keys once.
+pub async fn authenticate(req: &Request, env: &Env) -> Result<Claims, ApiError> {
+    let header = req.headers().get("authorization")?.ok_or_else(|| {
+        unauthorized(
+            "missing_token",
+            "send Authorization: Bearer <token>; get one from POST /auth/guest",
+        )
+    })?;
+    let token = header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            unauthorized(
+                "missing_token",
+                "the Authorization header must be: Bearer <token>",
+            )
+        })?;
+    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    let now = UnixMillis(worker::Date::now().as_millis() as i64);
+    if let Some(claims) = VERIFIED.with(|c| c.borrow().get(&digest).cloned()) {
+        if claims.exp > now.0.div_euclid(1000) {
+            return Ok(claims);
+        }
+    }
+    let validation = validation(env);
+    let verified = match cognomega_core::auth::verify(token, &*jwks(env).await?, &validation, now)
+    {
+        Err(cognomega_core::auth::AuthError::UnknownKid { .. }) => {
+            forget_keys();
+            cognomega_core::auth::verify(token, &*jwks(env).await?, &validation, now)
+        }
+        other => other,
+    };
+    match verified {
+        Ok(claims) => {
+            VERIFIED.with(|c| {
+                let mut c = c.borrow_mut();
+                if c.len() >= VERIFIED_CAPACITY {
+                    c.clear();
+                }
+                c.insert(digest, claims.clone());
+            });
+            Ok(claims)
+        }
+        Err(e) => Err(unauthorized(
+            e.code(),
+            format!("{e}; get a new token from POST /auth/guest"),
+        )),
+    }
+}
+
+pub async fn route(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
+    match (req.method(), req.path().as_str()) {
+        (Method::Post, "/auth/guest") => guest(req, env, caller).await,
+        (Method::Get | Method::Head, "/.well-known/jwks.json") => {
+            let j = jwks(env).await?;
+            http::json(200, &*j)
+        }
+        (_, "/auth/guest" | "/.well-known/jwks.json") => Err(http::no_route(true)),
+        _ => Err(http::no_route(false)),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GuestRequest {
+    email: Option<String>,
+}
+
+async fn guest(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
+    let body = req.bytes().await?;
+    if body.len() > 64 * 1024 {
+        return Err(ApiError::new(413, "body_too_large", "the body is larger than 65536 bytes"));
+    }
+    let request: GuestRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        GuestRequest { email: None }
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid JSON body: {e}")))?
+    };
+    if let Some(email) = request.email.as_deref() {
+        if !cognomega_core::auth::valid_email(email) {
+            return Err(ApiError::bad_request(
+                "invalid_email",
+                "email must look like name@example.com (≤ 254 characters)",
+            ));
+        }
+    }
+    let key = match request.email.as_deref() {
+        Some(email) => format!("guest:email:{}", email.to_lowercase()),
+        None => format!(
+            "guest:ip:{}",
+            req.headers()
+                .get(http::CLIENT_IP)?
+                .unwrap_or_else(|| "unknown".into())
+        ),
+    };
+    let decision = crate::limiter::check(env, Tier::Guest, RouteClass::Guest, &key).await;
+    if let Some(d) = &decision {
+        if !d.allowed {
+            let mut resp = crate::limiter::refused(RouteClass::Guest, d).render(&caller.request_id);
+            crate::limiter::stamp(&mut resp, d);
+            return Ok(resp);
+        }
+    }
+    let tenant_id = uuid::Uuid::now_v7().to_string();
+    let user_id = uuid::Uuid::now_v7().to_string();
+    let grant = crate::config::billing(env).guest_grant;
+    let ring = ring(env).await?;
+    let db = crate::db::connect(env).await?;
+    db.batch_execute("BEGIN").await?;
+    db.execute(
+        "INSERT INTO tenants (id, tier, email) VALUES ($1, 'guest', $2)",
+        &[&tenant_id, &request.email],
+    )
+    .await?;
+    db.execute(
+        "INSERT INTO users (id, tenant_id, email) VALUES ($1, $2, $3)",
+        &[&user_id, &tenant_id, &request.email],
+    )
+    .await?;
+    db.batch_execute("COMMIT").await?;
+    // Cloudflare Queues cannot join the database transaction, so the grant is sent after the
+    // commit; its id (`grant-<tenant>`) makes a re-send harmless, and a failed send fails the
+    // request (the tenant then has no token and no grant: nothing usable was half-made).
+    if grant != 0 {
+        let msg = SettlementMessage {
+            id: format!("grant-{tenant_id}"),
+            tenant_id: tenant_id.clone(),
+            delta: grant,
+            kind: SettlementKind::Grant,
+            reference: None,
+        };
+        crate::consumers::send_json(env, "SETTLEMENT", &msg, &caller.request_id, 0)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("cannot enqueue the starting grant ({e}); retry")))?;
+    }
+    let ttl = Duration::from_secs(crate::config::token_ttl_secs(env));
+    let builder = ClaimsBuilder::new(crate::config::issuer(env), crate::config::audience(env), ttl);
+    let now = UnixMillis(worker::Date::now().as_millis() as i64);
+    let claims = builder.build(
+        &user_id,
+        &tenant_id,
+        Tier::Guest,
+        uuid::Uuid::new_v4().to_string(),
+        now,
+    );
+    let token = ring.issue(&claims).map_err(ApiError::internal)?;
+    let mut resp: Response = http::json(
+        200,
+        &serde_json::json!({
+            "token": token,
+            "token_type": "Bearer",
+            "expires_in": claims.exp - claims.iat,
+            "tenant_id": tenant_id,
+            "user_id": user_id,
+        }),
+    )?;
+    if let Some(d) = &decision {
+        crate::limiter::stamp(&mut resp, d);
+    }
+    Ok(resp)
+}

@@ -1,0 +1,87 @@
+//! A Worker's settings: plain variables and secrets from its wrangler config.
+//!
+//! The names mirror the native server's environment (`COGNOMEGA_ADMIN_KEY`, …) so one set of
+//! secrets configures both shapes.
+
+use cognomega_core::billing::BillingConfig;
+use cognomega_core::limits::{RateLimits, RateLimitsFile};
+use worker::Env;
+
+/// Which part of the platform this Worker is (`COGNOMEGA_ROLE`).
+pub fn role(env: &Env) -> String {
+    var(env, "COGNOMEGA_ROLE").unwrap_or_default()
+}
+
+/// A variable or secret, if set and not empty.
+pub fn var(env: &Env, name: &str) -> Option<String> {
+    env.secret(name)
+        .map(|s| s.to_string())
+        .or_else(|_| env.var(name).map(|v| v.to_string()))
+        .ok()
+        .filter(|v| !v.is_empty())
+}
+
+/// Token issuer and audience (the native defaults).
+pub fn issuer(env: &Env) -> String {
+    var(env, "COGNOMEGA_JWT_ISSUER").unwrap_or_else(|| "cognomega".into())
+}
+
+pub fn audience(env: &Env) -> String {
+    var(env, "COGNOMEGA_JWT_AUDIENCE").unwrap_or_else(|| "cognomega-api".into())
+}
+
+/// Guest token lifetime in seconds (native default: one day).
+pub fn token_ttl_secs(env: &Env) -> u64 {
+    var(env, "COGNOMEGA_TOKEN_TTL_SECS")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(86_400)
+}
+
+/// Prices and the guest grant: the native defaults, with `COGNOMEGA_GUEST_GRANT` over them.
+pub fn billing(env: &Env) -> BillingConfig {
+    let mut cfg = BillingConfig::default();
+    if let Some(grant) = var(env, "COGNOMEGA_GUEST_GRANT").and_then(|v| v.parse().ok()) {
+        cfg.guest_grant = grant;
+    }
+    cfg
+}
+
+/// The operator key for `/admin/*` (`COGNOMEGA_ADMIN_KEY`, a secret).
+pub fn admin_key(env: &Env) -> Option<String> {
+    var(env, "COGNOMEGA_ADMIN_KEY")
+}
+
+/// The secret signing download links (`COGNOMEGA_LINK_SECRET`; falls back to the admin key).
+pub fn link_secret(env: &Env) -> Option<String> {
+    var(env, "COGNOMEGA_LINK_SECRET").or_else(|| admin_key(env))
+}
+
+/// Rate limits: the native defaults, with the `[rate_limits]` table of the native config file
+/// layered over them from `COGNOMEGA_RATE_LIMITS_TOML` (the same format, parsed by the same
+/// code), and `COGNOMEGA_RATE_LIMITS=off` to turn them off.
+pub fn rate_limits(env: &Env) -> Result<RateLimits, String> {
+    let mut limits = match var(env, "COGNOMEGA_RATE_LIMITS_TOML") {
+        Some(raw) => {
+            #[derive(serde::Deserialize)]
+            struct File {
+                #[serde(default)]
+                rate_limits: RateLimitsFile,
+            }
+            let file: File = toml::from_str(&raw)
+                .map_err(|e| format!("COGNOMEGA_RATE_LIMITS_TOML: {e}"))?;
+            RateLimits::from_file(&file.rate_limits).map_err(|e| e.to_string())?
+        }
+        None => RateLimits::default(),
+    };
+    match var(env, "COGNOMEGA_RATE_LIMITS").as_deref() {
+        Some("off") => limits.enabled = false,
+        Some("on") => limits.enabled = true,
+        _ => {}
+    }
+    Ok(limits)
+}
+
+/// The clamd address (`COGNOMEGA_CLAMD`, `host:port`) the av-scan consumer streams uploads to.
+pub fn clamd(env: &Env) -> Option<String> {
+    var(env, "COGNOMEGA_CLAMD")
+}

@@ -1,0 +1,455 @@
+//! The files service (`POST /upload/direct`, `GET /uploads/{key}`, `GET /files/{key}` signed)
+//! and the `av-scan` consumer, which streams each upload to clamd over a Workers TCP socket
+//! (INSTREAM) exactly as the native consumer does.
+
+use cognomega_core::billing::{UsageBatchMessage, UsageEvent, UsageKey, UsageKind};
+use cognomega_core::files::{sanitize_filename, sign_download, verify_download, SignedUrlError};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use worker::{Env, HttpMetadata, Method, MessageExt, Request, Response, Socket};
+
+use crate::consumers::EdgeQueue;
+use crate::http::{self, ApiError, ApiResult, Caller};
+
+/// The content types uploads may declare (the native defaults).
+const ALLOWED_TYPES: &[&str] = &[
+    "image/png",
+    "image/jpeg",
+    "image/webp",
+    "image/gif",
+    "application/pdf",
+    "text/plain",
+    "text/csv",
+    "application/json",
+];
+/// A Worker holds the whole body in its 128 MB of memory, so the edge accepts smaller uploads
+/// than the native server's streamed 100 MiB.
+const EDGE_MAX_BYTES: usize = 32 << 20;
+const LINK_TTL_SECS: i64 = 15 * 60;
+const SNIFF_BYTES: usize = 8192;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ScanMessage {
+    pub key: String,
+}
+
+fn essence(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
+fn matches_magic(declared: &str, head: &[u8]) -> bool {
+    let sniffed = infer::get(head).map(|t| t.mime_type());
+    match declared {
+        "text/plain" | "text/csv" | "application/json" => {
+            sniffed.is_none()
+                && (std::str::from_utf8(head).is_ok()
+                    || matches!(std::str::from_utf8(head), Err(e) if e.error_len().is_none()))
+        }
+        other => sniffed == Some(other),
+    }
+}
+
+fn upload_not_found(key: &str) -> ApiError {
+    ApiError::not_found(
+        "upload_not_found",
+        format!("no upload {key}; upload it with POST /upload/direct first"),
+    )
+}
+
+fn link_secret(env: &Env) -> Result<String, ApiError> {
+    crate::config::link_secret(env)
+        .ok_or_else(|| ApiError::unavailable("COGNOMEGA_LINK_SECRET is not set on this deployment"))
+}
+
+fn signed_url(secret: &str, key: &str) -> String {
+    let exp = worker::Date::now().as_millis() as i64 / 1000 + LINK_TTL_SECS;
+    format!("/files/{key}?exp={exp}&sig={}", sign_download(secret.as_bytes(), key, exp))
+}
+
+pub async fn route(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
+    let path = req.path();
+    match req.method() {
+        Method::Post if path == "/upload/direct" => direct(req, env, caller).await,
+        Method::Get | Method::Head if path.starts_with("/uploads/") => {
+            get(env, caller, &path["/uploads/".len()..]).await
+        }
+        Method::Get | Method::Head if path.starts_with("/files/") => {
+            file(req, env, &path["/files/".len()..]).await
+        }
+        _ if path == "/upload/direct" || path.starts_with("/uploads/") || path.starts_with("/files/") => {
+            Err(http::no_route(true))
+        }
+        _ => Err(http::no_route(false)),
+    }
+}
+
+async fn direct(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
+    let claims = caller.claims()?;
+    let declared = essence(&req.headers().get("content-type")?.unwrap_or_default());
+    if declared == "multipart/form-data" {
+        return Err(ApiError::new(
+            415,
+            "unsupported_media_type",
+            "the edge takes the raw file as the body (Content-Type: the file's type, X-Filename: its name)",
+        ));
+    }
+    if declared.is_empty() || !ALLOWED_TYPES.contains(&declared.as_str()) {
+        return Err(ApiError::new(
+            415,
+            "unsupported_media_type",
+            format!(
+                "content type {declared:?} is not accepted; allowed: {}",
+                ALLOWED_TYPES.join(", ")
+            ),
+        ));
+    }
+    let too_large = || {
+        ApiError::new(
+            413,
+            "upload_too_large",
+            format!("uploads are at most {EDGE_MAX_BYTES} bytes"),
+        )
+    };
+    if let Some(len) = req
+        .headers()
+        .get("content-length")?
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if len > EDGE_MAX_BYTES {
+            return Err(too_large());
+        }
+    }
+    let url = req.url()?;
+    let name = url
+        .query_pairs()
+        .find(|(k, _)| k == "filename")
+        .map(|(_, v)| v.into_owned())
+        .or(req.headers().get("x-filename")?);
+    let filename = sanitize_filename(name.as_deref().unwrap_or("file"));
+    let bytes = req.bytes().await?;
+    if bytes.len() > EDGE_MAX_BYTES {
+        return Err(too_large());
+    }
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request("empty_body", "the upload is empty"));
+    }
+    if !matches_magic(&declared, &bytes[..bytes.len().min(SNIFF_BYTES)]) {
+        return Err(ApiError::new(
+            415,
+            "content_type_mismatch",
+            format!("the bytes are not {declared}; declare the file's real type"),
+        ));
+    }
+    crate::billing::require_credits(env, &claims.tenant).await?;
+    let secret = link_secret(env)?;
+    let size = bytes.len();
+    let sha256: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let key = format!("uploads/{}/{}", claims.tenant, uuid::Uuid::new_v4());
+    let bucket = env.bucket("OBJECTS")?;
+    bucket
+        .put(&key, bytes)
+        .http_metadata(HttpMetadata {
+            content_type: Some(declared.clone()),
+            ..HttpMetadata::default()
+        })
+        .execute()
+        .await
+        .map_err(|e| ApiError::unavailable(format!("cannot store the upload right now ({e}); retry")))?;
+    let scanning = crate::config::clamd(env).is_some();
+    let scan = if scanning { "pending" } else { "skipped" };
+    let db = crate::db::connect(env).await?;
+    let size_i64 = i64::try_from(size).unwrap_or(i64::MAX);
+    if let Err(e) = db
+        .execute(
+            "INSERT INTO uploads (key, tenant_id, filename, content_type, size, sha256, scan, object_key, request_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $1, $8)",
+            &[&key, &claims.tenant, &filename, &declared, &size_i64, &sha256, &scan, &caller.request_id],
+        )
+        .await
+    {
+        let _ = bucket.delete(&key).await;
+        return Err(e.into());
+    }
+    // The scan and the storage charge go out after the row committed; a failed send leaves a
+    // `pending` upload that the cron sweep re-enqueues, never a file served unscanned.
+    let usage = UsageBatchMessage {
+        tenant_id: claims.tenant.clone(),
+        events: vec![UsageEvent {
+            idempotency_key: UsageKey::parse(&format!("upload-{key}")).map_err(ApiError::internal)?,
+            kind: UsageKind::StorageBytes,
+            quantity: size as u64,
+            occurred_at: None,
+            meta: None,
+        }],
+        received_at_ms: worker::Date::now().as_millis() as i64,
+    };
+    let sent = async {
+        if scanning {
+            crate::consumers::send_json(env, "AV_SCAN", &ScanMessage { key: key.clone() }, &caller.request_id, 0)
+                .await?;
+        }
+        crate::consumers::send_json(env, "USAGE", &usage, &caller.request_id, 0).await
+    };
+    if let Err(e) = sent.await {
+        worker::console_warn!("upload {key}: enqueue failed ({e}); the cron sweep retries it");
+    }
+    http::json(
+        201,
+        &serde_json::json!({
+            "key": key,
+            "filename": filename,
+            "size": size,
+            "sha256": sha256,
+            "content_type": declared,
+            "scan": scan,
+            "url": signed_url(&secret, &key),
+        }),
+    )
+}
+
+async fn get(env: &Env, caller: &Caller, key: &str) -> ApiResult {
+    let claims = caller.claims()?;
+    let db = crate::db::connect(env).await?;
+    let Some(u) = db
+        .query_opt(
+            "SELECT key, filename, size, sha256, content_type, scan, signature,
+                    (extract(epoch FROM created_at) * 1000)::bigint
+             FROM uploads WHERE key = $1 AND tenant_id = $2",
+            &[&key, &claims.tenant],
+        )
+        .await?
+    else {
+        return Err(upload_not_found(key));
+    };
+    let secret = link_secret(env)?;
+    let mut v = serde_json::json!({
+        "key": u.get::<_, String>(0),
+        "filename": u.get::<_, String>(1),
+        "size": u.get::<_, i64>(2),
+        "sha256": u.get::<_, String>(3),
+        "content_type": u.get::<_, String>(4),
+        "scan": u.get::<_, String>(5),
+        "created_at": crate::billing::rfc3339(u.get::<_, Option<i64>>(7)),
+        "url": signed_url(&secret, key),
+    });
+    if let Some(sig) = u.get::<_, Option<String>>(6) {
+        v["signature"] = serde_json::Value::String(sig);
+    }
+    http::json(200, &v)
+}
+
+async fn file(req: &Request, env: &Env, key: &str) -> ApiResult {
+    let forbidden = |code: &'static str, msg: String| ApiError::new(403, code, msg);
+    let url = req.url()?;
+    let mut exp = None;
+    let mut sig = None;
+    for (k, v) in url.query_pairs() {
+        match k.as_ref() {
+            "exp" => exp = v.parse::<i64>().ok(),
+            "sig" => sig = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    let (Some(exp), Some(sig)) = (exp, sig) else {
+        return Err(forbidden(
+            "link_invalid",
+            "a download link needs exp and sig; get one from GET /uploads/{key}".into(),
+        ));
+    };
+    let secret = link_secret(env)?;
+    let now = worker::Date::now().as_millis() as i64 / 1000;
+    match verify_download(secret.as_bytes(), key, exp, &sig, now) {
+        Ok(()) => {}
+        Err(SignedUrlError::Expired) => {
+            return Err(forbidden("link_expired", SignedUrlError::Expired.to_string()))
+        }
+        Err(SignedUrlError::BadSignature) => {
+            return Err(forbidden("link_invalid", SignedUrlError::BadSignature.to_string()))
+        }
+    }
+    let db = crate::db::connect(env).await?;
+    let Some(u) = db
+        .query_opt(
+            "SELECT filename, content_type, scan, signature, object_key FROM uploads WHERE key = $1",
+            &[&key],
+        )
+        .await?
+    else {
+        return Err(upload_not_found(key));
+    };
+    let (filename, content_type, scan, signature, object_key): (String, String, String, Option<String>, String) =
+        (u.get(0), u.get(1), u.get(2), u.get(3), u.get(4));
+    match scan.as_str() {
+        "clean" | "skipped" => {}
+        "infected" => {
+            return Err(forbidden(
+                "file_infected",
+                format!("the file is quarantined: {}", signature.as_deref().unwrap_or("malware")),
+            ))
+        }
+        "pending" => {
+            return Err(ApiError::new(409, "scan_pending", "the file is still being scanned; retry shortly"))
+        }
+        other => {
+            return Err(ApiError::new(
+                409,
+                "scan_failed",
+                format!("the file could not be scanned ({other}); it is not served"),
+            ))
+        }
+    }
+    let Some(object) = env.bucket("OBJECTS")?.get(&object_key).execute().await? else {
+        return Err(ApiError::new(410, "file_expired", "the file's storage has expired"));
+    };
+    let bytes = object
+        .body()
+        .ok_or_else(|| ApiError::internal("an R2 object without a body"))?
+        .bytes()
+        .await?;
+    let resp = Response::from_bytes(bytes)?;
+    resp.headers().set("content-type", &content_type)?;
+    resp.headers().set(
+        "content-disposition",
+        &format!("attachment; filename=\"{}\"", filename.replace(['"', '\\'], "_")),
+    )?;
+    resp.headers().set("x-content-type-options", "nosniff")?;
+    Ok(resp)
+}
+
+/// What clamd said about a stream.
+enum Verdict {
+    Clean,
+    Infected(String),
+}
+
+async fn clamd_scan(addr: &str, bytes: &[u8]) -> Result<Verdict, String> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .and_then(|(h, p)| p.parse::<u16>().ok().map(|p| (h.to_owned(), p)))
+        .ok_or_else(|| format!("COGNOMEGA_CLAMD must be host:port, got {addr:?}"))?;
+    let mut socket = Socket::builder()
+        .connect(host, port)
+        .map_err(|e| format!("clamd connect: {e}"))?;
+    let io = async {
+        socket.write_all(b"zINSTREAM\0").await?;
+        for chunk in bytes.chunks(64 * 1024) {
+            let len = u32::try_from(chunk.len()).unwrap_or(u32::MAX);
+            socket.write_all(&len.to_be_bytes()).await?;
+            socket.write_all(chunk).await?;
+        }
+        socket.write_all(&[0, 0, 0, 0]).await?;
+        socket.flush().await?;
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 512];
+        loop {
+            let n = socket.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            reply.extend_from_slice(&buf[..n]);
+            if reply.contains(&0) || reply.len() > 4096 {
+                break;
+            }
+        }
+        Ok::<_, std::io::Error>(reply)
+    };
+    let reply = io.await.map_err(|e| format!("clamd: {e}"))?;
+    let _ = socket.close().await;
+    let text = String::from_utf8_lossy(&reply);
+    let text = text.trim_end_matches(['\0', '\n']).trim();
+    let verdict = text.strip_prefix("stream:").map(str::trim).unwrap_or(text);
+    if verdict == "OK" {
+        Ok(Verdict::Clean)
+    } else if let Some(sig) = verdict.strip_suffix("FOUND") {
+        Ok(Verdict::Infected(sig.trim().to_owned()))
+    } else {
+        Err(format!("clamd answered {text:?}"))
+    }
+}
+
+/// The `av-scan` consumer: clean ⇒ `clean`; infected ⇒ the object moves under `quarantine/`
+/// and the upload says `infected` with the signature; clamd trouble ⇒ retried, and after
+/// `max_retries` the dead-letter record says why (the upload stays `pending`, never served).
+pub async fn scan_batch(
+    db: &tokio_postgres::Client,
+    env: &Env,
+    queue: &EdgeQueue,
+    messages: &[worker::Message<serde_json::Value>],
+) -> Result<(), String> {
+    let Some(addr) = crate::config::clamd(env) else {
+        return Err("COGNOMEGA_CLAMD is not set on the av-scan Worker".into());
+    };
+    let bucket = env.bucket("OBJECTS").map_err(|e| e.to_string())?;
+    for (msg, scan, _) in crate::consumers::decode_all::<ScanMessage>(queue, messages) {
+        let outcome = async {
+            let Some(row) = db
+                .query_opt("SELECT object_key, scan FROM uploads WHERE key = $1", &[&scan.key])
+                .await
+                .map_err(|e| e.to_string())?
+            else {
+                return Ok(()); // deleted meanwhile
+            };
+            let (object_key, state): (String, String) = (row.get(0), row.get(1));
+            if state != "pending" {
+                return Ok(()); // a redelivered, already-recorded scan
+            }
+            let Some(object) = bucket.get(&object_key).execute().await.map_err(|e| e.to_string())? else {
+                db.execute(
+                    "UPDATE uploads SET scan = 'scan_failed', scan_error = 'the object is gone', scanned_at = now() WHERE key = $1",
+                    &[&scan.key],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                return Ok(());
+            };
+            let bytes = object
+                .body()
+                .ok_or("an R2 object without a body")?
+                .bytes()
+                .await
+                .map_err(|e| e.to_string())?;
+            match clamd_scan(&addr, &bytes).await? {
+                Verdict::Clean => {
+                    db.execute(
+                        "UPDATE uploads SET scan = 'clean', signature = NULL, scan_error = NULL, scanned_at = now() WHERE key = $1",
+                        &[&scan.key],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                }
+                Verdict::Infected(signature) => {
+                    let quarantine = format!("quarantine/{object_key}");
+                    bucket
+                        .put(&quarantine, bytes)
+                        .execute()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    db.execute(
+                        "UPDATE uploads SET scan = 'infected', signature = $2, scan_error = NULL, object_key = $3, scanned_at = now()
+                         WHERE key = $1",
+                        &[&scan.key, &signature, &quarantine],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                    bucket.delete(&object_key).await.map_err(|e| e.to_string())?;
+                }
+            }
+            Ok::<_, String>(())
+        }
+        .await;
+        match outcome {
+            Ok(()) => msg.ack(),
+            Err(e) => {
+                worker::console_warn!("av-scan {}: {e}; retrying", scan.key);
+                crate::consumers::retry(msg, queue);
+            }
+        }
+    }
+    Ok(())
+}

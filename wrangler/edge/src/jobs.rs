@@ -1,0 +1,509 @@
+//! The jobs service (`POST /jobs`, `GET /jobs/{id}`, `GET /jobs/{id}/artifacts/{name}`) and the
+//! `jobs.sketch_to_app` consumer. The job itself is `cognomega-pipelines`' `sketch_to_app`, the
+//! code the native workers run; artifacts are encoded with `cognomega-r2-lifecycle`'s codec and
+//! stored in R2 under the native key layout (`inputs/…`, `artifacts/<tenant>/<job>/<name>`).
+
+use base64::Engine as _;
+use cognomega_core::billing::UsageKind;
+use cognomega_pipelines::{JobError, Progress};
+use cognomega_r2_lifecycle::codec::{self, Compression, CodecPolicy};
+use serde::{Deserialize, Serialize};
+use worker::{Env, HttpMetadata, Method, MessageExt, Request, Response};
+
+use crate::consumers::EdgeQueue;
+use crate::http::{self, ApiError, ApiResult, Caller};
+
+/// The message on `jobs.<type>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobMessage {
+    pub job_id: String,
+}
+
+/// The largest input image (as native: 20 MiB).
+const MAX_INPUT_BYTES: usize = 20 * 1024 * 1024;
+const JOBS_BODY_LIMIT: usize = 28 * 1024 * 1024;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitRequest {
+    #[serde(rename = "type")]
+    job_type: String,
+    input: SubmitInput,
+    params: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitInput {
+    image_base64: Option<String>,
+    upload_key: Option<String>,
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::not_found("job_not_found", format!("no job {id}"))
+}
+
+pub async fn route(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
+    let path = req.path();
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (req.method(), parts.as_slice()) {
+        (Method::Post, ["jobs"]) => submit(req, env, caller).await,
+        (Method::Get | Method::Head, ["jobs", id]) => get(env, caller, id).await,
+        (Method::Get | Method::Head, ["jobs", id, "artifacts", name]) => {
+            artifact(req, env, caller, id, name).await
+        }
+        (_, ["jobs"] | ["jobs", _] | ["jobs", _, "artifacts", _]) => Err(http::no_route(true)),
+        _ => Err(http::no_route(false)),
+    }
+}
+
+async fn submit(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
+    let claims = caller.claims()?;
+    let key = match req.headers().get("idempotency-key")? {
+        None => None,
+        Some(v) => Some(
+            Some(v.trim().to_owned())
+                .filter(|k| (1..=128).contains(&k.len()))
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_idempotency_key",
+                        "Idempotency-Key must be 1..=128 visible characters",
+                    )
+                })?,
+        ),
+    };
+    let body = req.bytes().await?;
+    if body.len() > JOBS_BODY_LIMIT {
+        return Err(ApiError::new(
+            413,
+            "body_too_large",
+            format!("the body is larger than {JOBS_BODY_LIMIT} bytes"),
+        ));
+    }
+    let request: SubmitRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid JSON body: {e}")))?;
+    let registry = cognomega_pipelines::registry();
+    let Some(job_type) = registry.get(&request.job_type) else {
+        return Err(ApiError::bad_request(
+            "unknown_job_type",
+            format!(
+                "unknown job type {:?}; known: {}",
+                request.job_type,
+                registry.names().join(", ")
+            ),
+        ));
+    };
+    if crate::consumers::by_native(&format!("jobs.{}", job_type.name())).is_none() {
+        return Err(ApiError::bad_request(
+            "unknown_job_type",
+            format!("job type {} has no queue on this deployment", job_type.name()),
+        ));
+    }
+    let params = job_type
+        .validate_params(request.params.as_ref().unwrap_or(&serde_json::json!({})))
+        .map_err(|e| ApiError::bad_request("invalid_params", e))?;
+    let db = crate::db::connect(env).await?;
+    if let Some(k) = &key {
+        if let Some(row) = db
+            .query_opt(
+                "SELECT id FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2",
+                &[&claims.tenant, k],
+            )
+            .await?
+        {
+            return submitted(200, &row.get::<_, String>(0));
+        }
+    }
+    let input = match (request.input.image_base64, request.input.upload_key) {
+        (Some(b64), None) => decode_base64(&b64)?,
+        (None, Some(_)) => {
+            return Err(ApiError::bad_request(
+                "invalid_input",
+                "input.upload_key is not available on the edge yet; send input.image_base64",
+            ))
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_input",
+                "input must have exactly one of upload_key or image_base64",
+            ))
+        }
+    };
+    if input.is_empty() || input.len() > MAX_INPUT_BYTES {
+        return Err(ApiError::bad_request(
+            "invalid_input",
+            format!("the input must be 1 byte to {} MiB", MAX_INPUT_BYTES >> 20),
+        ));
+    }
+    job_type
+        .validate_input(&input)
+        .map_err(|e| ApiError::bad_request("invalid_input", e))?;
+    crate::billing::require_credits(env, &claims.tenant).await?;
+
+    let id = uuid::Uuid::now_v7().to_string();
+    let input_key = format!("inputs/{}/{id}", claims.tenant);
+    let bucket = env.bucket("OBJECTS")?;
+    bucket
+        .put(&input_key, input)
+        .http_metadata(HttpMetadata {
+            content_type: Some("application/octet-stream".into()),
+            ..HttpMetadata::default()
+        })
+        .execute()
+        .await
+        .map_err(|e| ApiError::unavailable(format!("cannot store the input right now ({e}); retry")))?;
+    let params_text = params.to_string();
+    let inserted = db
+        .query_opt(
+            "INSERT INTO jobs (id, tenant_id, type, status, idempotency_key, params, input_key, request_id)
+             VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7)
+             ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING id",
+            &[
+                &id,
+                &claims.tenant,
+                &job_type.name(),
+                &key,
+                &params_text,
+                &input_key,
+                &caller.request_id,
+            ],
+        )
+        .await?;
+    if inserted.is_none() {
+        // A concurrent submit with the same key won: our input copy is not needed.
+        let _ = bucket.delete(&input_key).await;
+        let row = db
+            .query_one(
+                "SELECT id FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2",
+                &[&claims.tenant, &key],
+            )
+            .await?;
+        return submitted(200, &row.get::<_, String>(0));
+    }
+    let binding = crate::consumers::by_native(&format!("jobs.{}", job_type.name()))
+        .map_or("JOBS_SKETCH_TO_APP", |q| q.binding);
+    if let Err(e) = crate::consumers::send_json(
+        env,
+        binding,
+        &JobMessage { job_id: id.clone() },
+        &caller.request_id,
+        0,
+    )
+    .await
+    {
+        // Nothing half-made: the row and the input go again.
+        let _ = db.execute("DELETE FROM jobs WHERE id = $1", &[&id]).await;
+        let _ = bucket.delete(&input_key).await;
+        return Err(ApiError::unavailable(format!("cannot enqueue the job right now ({e}); retry")));
+    }
+    submitted(202, &id)
+}
+
+fn submitted(status: u16, id: &str) -> ApiResult {
+    let location = format!("/jobs/{id}");
+    let mut resp = http::json(
+        status,
+        &serde_json::json!({"id": id, "status": "queued", "status_url": location}),
+    )?;
+    resp.headers_mut().set("location", &location)?;
+    Ok(resp)
+}
+
+fn decode_base64(raw: &str) -> Result<Vec<u8>, ApiError> {
+    let raw = raw.split_once(";base64,").map_or(raw, |(_, data)| data);
+    let cleaned: String = raw.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    if cleaned.len() > MAX_INPUT_BYTES / 3 * 4 + 4 {
+        return Err(ApiError::new(
+            413,
+            "input_too_large",
+            format!("the input image is larger than {} MiB", MAX_INPUT_BYTES >> 20),
+        ));
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(cleaned.as_bytes())
+        .map_err(|e| {
+            ApiError::bad_request("invalid_input", format!("input.image_base64 is not base64: {e}"))
+        })
+}
+
+const JOB_COLUMNS: &str = "id, type, status, progress::float8, stage, attempts, error, credits_charged,
+    (extract(epoch FROM created_at) * 1000)::bigint, (extract(epoch FROM started_at) * 1000)::bigint,
+    (extract(epoch FROM finished_at) * 1000)::bigint";
+
+async fn get(env: &Env, caller: &Caller, id: &str) -> ApiResult {
+    let claims = caller.claims()?;
+    let db = crate::db::connect(env).await?;
+    let Some(job) = db
+        .query_opt(
+            &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND tenant_id = $2"),
+            &[&id, &claims.tenant],
+        )
+        .await?
+    else {
+        return Err(not_found(id));
+    };
+    let artifacts = db
+        .query(
+            "SELECT name, content_type, size, stored_size, compression, sha256, tier
+             FROM job_artifacts WHERE job_id = $1 ORDER BY name",
+            &[&id],
+        )
+        .await?;
+    let artifacts: Vec<serde_json::Value> = artifacts
+        .iter()
+        .map(|a| {
+            let name: String = a.get(0);
+            let tier: String = a.get(6);
+            let url = (tier != "expired").then(|| format!("/jobs/{id}/artifacts/{name}"));
+            serde_json::json!({
+                "name": name,
+                "content_type": a.get::<_, String>(1),
+                "size": a.get::<_, i64>(2),
+                "stored_size": a.get::<_, i64>(3),
+                "compression": a.get::<_, String>(4),
+                "sha256": a.get::<_, String>(5),
+                "tier": tier,
+                "url": url,
+            })
+        })
+        .collect();
+    let ms = |i: usize| crate::billing::rfc3339(job.get::<_, Option<i64>>(i));
+    let mut v = serde_json::json!({
+        "id": job.get::<_, String>(0),
+        "type": job.get::<_, String>(1),
+        "status": job.get::<_, String>(2),
+        "progress": job.get::<_, f64>(3),
+        "stage": job.get::<_, Option<String>>(4),
+        "attempts": job.get::<_, i32>(5),
+        "created_at": ms(8),
+        "started_at": ms(9),
+        "finished_at": ms(10),
+        "credits_charged": job.get::<_, i64>(7),
+        "artifacts": artifacts,
+    });
+    if let Some(error) = job.get::<_, Option<String>>(6) {
+        v["error"] = serde_json::Value::String(error);
+    }
+    http::json(200, &v)
+}
+
+async fn artifact(req: &Request, env: &Env, caller: &Caller, id: &str, name: &str) -> ApiResult {
+    let claims = caller.claims()?;
+    let db = crate::db::connect(env).await?;
+    if db
+        .query_opt("SELECT 1 FROM jobs WHERE id = $1 AND tenant_id = $2", &[&id, &claims.tenant])
+        .await?
+        .is_none()
+    {
+        return Err(not_found(id));
+    }
+    let Some(a) = db
+        .query_opt(
+            "SELECT content_type, compression, sha256, tier, object_key FROM job_artifacts
+             WHERE job_id = $1 AND name = $2",
+            &[&id, &name],
+        )
+        .await?
+    else {
+        return Err(ApiError::not_found(
+            "artifact_not_found",
+            format!("job {id} has no artifact {name}"),
+        ));
+    };
+    let (content_type, compression, sha256, tier, object_key): (String, String, String, String, String) =
+        (a.get(0), a.get(1), a.get(2), a.get(3), a.get(4));
+    let etag = format!("\"{sha256}\"");
+    let if_none_match = req.headers().get("if-none-match")?.unwrap_or_default();
+    if if_none_match
+        .split(',')
+        .any(|t| t.trim() == etag || t.trim() == "*")
+    {
+        let resp = Response::empty()?.with_status(304);
+        resp.headers().set("etag", &etag)?;
+        return Ok(resp);
+    }
+    let expired = || ApiError::new(410, "artifact_expired", "the artifact's storage has expired");
+    if tier == "expired" {
+        return Err(expired());
+    }
+    let Some(object) = env.bucket("OBJECTS")?.get(&object_key).execute().await? else {
+        return Err(expired());
+    };
+    let stored = object
+        .body()
+        .ok_or_else(|| ApiError::internal("an R2 object without a body"))?
+        .bytes()
+        .await?;
+    let compression: Compression = compression.parse().unwrap_or(Compression::None);
+    let accepts = req
+        .headers()
+        .get("accept-encoding")?
+        .unwrap_or_default()
+        .split(',')
+        .any(|e| {
+            e.split(';')
+                .next()
+                .is_some_and(|e| e.trim().eq_ignore_ascii_case(compression.as_str()))
+        });
+    let resp = if compression == Compression::None {
+        Response::from_bytes(stored)?
+    } else if accepts {
+        let r = Response::from_bytes(stored)?;
+        r.headers().set("content-encoding", compression.as_str())?;
+        r
+    } else {
+        let plain = codec::decode(&stored, compression, 512 * 1024 * 1024)
+            .map_err(|e| ApiError::internal(format!("artifact decode: {e}")))?;
+        Response::from_bytes(plain)?
+    };
+    resp.headers().set("content-type", &content_type)?;
+    resp.headers().set("etag", &etag)?;
+    resp.headers().set("vary", "accept-encoding")?;
+    Ok(resp)
+}
+
+/// Progress on the edge is coarse: the job runs inside one invocation, so stages are not
+/// written back one by one and a cancel request is seen only before the run.
+struct NoProgress;
+
+impl Progress for NoProgress {
+    fn stage(&self, _stage: &str, _fraction: f32) -> Result<(), JobError> {
+        Ok(())
+    }
+}
+
+/// The `jobs.sketch_to_app` consumer (max_batch_size 1).
+pub async fn run_batch(
+    db: &tokio_postgres::Client,
+    env: &Env,
+    queue: &EdgeQueue,
+    messages: &[worker::Message<serde_json::Value>],
+) -> Result<(), String> {
+    for (msg, job, _request_id) in crate::consumers::decode_all::<JobMessage>(queue, messages) {
+        match run_one(db, env, &job.job_id).await {
+            Ok(()) => msg.ack(),
+            Err(e) => {
+                worker::console_warn!("job {}: {e}; retrying", job.job_id);
+                crate::consumers::retry(msg, queue);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn finish(db: &tokio_postgres::Client, id: &str, status: &str, why: &str) -> Result<(), String> {
+    db.execute(
+        "UPDATE jobs SET status = $2, error = $3, finished_at = now() WHERE id = $1",
+        &[&id, &status, &why],
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+async fn run_one(db: &tokio_postgres::Client, env: &Env, id: &str) -> Result<(), String> {
+    // None: cancelled while queued, or already finished (a redelivered success).
+    let Some(job) = db
+        .query_opt(
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = COALESCE(started_at, now()),
+                 progress = 0, stage = NULL
+             WHERE id = $1 AND status IN ('queued', 'running') AND NOT cancel_requested
+             RETURNING tenant_id, type, params, input_key, request_id",
+            &[&id],
+        )
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(());
+    };
+    let (tenant, job_type_name, params, input_key, request_id): (String, String, String, String, Option<String>) =
+        (job.get(0), job.get(1), job.get(2), job.get(3), job.get(4));
+    let registry = cognomega_pipelines::registry();
+    let Some(job_type) = registry.get(&job_type_name) else {
+        return finish(db, id, "failed", "unknown job type").await;
+    };
+    let bucket = env.bucket("OBJECTS").map_err(|e| e.to_string())?;
+    let Some(object) = bucket.get(&input_key).execute().await.map_err(|e| e.to_string())? else {
+        return finish(db, id, "failed", "the job's input is gone from object storage").await;
+    };
+    let input = object
+        .body()
+        .ok_or("an R2 object without a body")?
+        .bytes()
+        .await
+        .map_err(|e| e.to_string())?;
+    let params: serde_json::Value = serde_json::from_str(&params).map_err(|e| e.to_string())?;
+    let artifacts = match job_type.run(&input, &params, &NoProgress) {
+        Ok(a) => a,
+        Err(JobError::InvalidInput(why)) => return finish(db, id, "failed", &why).await,
+        Err(JobError::Cancelled) => return finish(db, id, "cancelled", "cancelled while running").await,
+        Err(JobError::Transient(why)) => return Err(why),
+    };
+    let policy = CodecPolicy::default();
+    let mut rows = Vec::with_capacity(artifacts.len());
+    for a in artifacts {
+        let encoded = codec::encode(&a.bytes, &a.content_type, &policy);
+        let key = format!("artifacts/{tenant}/{id}/{}", a.name);
+        let mut meta = std::collections::HashMap::new();
+        meta.insert("sha256".to_owned(), encoded.sha256.clone());
+        meta.insert("compression".to_owned(), encoded.compression.as_str().to_owned());
+        meta.insert("original-size".to_owned(), encoded.original_size.to_string());
+        meta.insert("tier".to_owned(), "hot".to_owned());
+        bucket
+            .put(&key, encoded.bytes)
+            .http_metadata(HttpMetadata {
+                content_type: Some(a.content_type.clone()),
+                ..HttpMetadata::default()
+            })
+            .custom_metadata(meta)
+            .execute()
+            .await
+            .map_err(|e| format!("artifact put: {e}"))?;
+        rows.push(serde_json::json!({
+            "name": a.name,
+            "content_type": a.content_type,
+            "size": i64::try_from(encoded.original_size).unwrap_or(i64::MAX),
+            "stored_size": i64::try_from(encoded.stored_size).unwrap_or(i64::MAX),
+            "compression": encoded.compression.as_str(),
+            "sha256": encoded.sha256,
+            "object_key": key,
+        }));
+    }
+    // The usage event first (its key `job-<id>` makes a re-send harmless), then the success:
+    // a crash between them redelivers the message and re-sends the same event.
+    let usage = crate::consumers::job_usage(&tenant, id, job_type.name())?;
+    crate::consumers::send_json(env, "USAGE", &usage, request_id.as_deref().unwrap_or(""), 0)
+        .await
+        .map_err(|e| format!("usage send: {e}"))?;
+    let credits = crate::config::billing(env).prices.charge(UsageKind::Job, 1);
+    let rows_json = serde_json::Value::Array(rows).to_string();
+    db.batch_execute("BEGIN").await.map_err(|e| e.to_string())?;
+    let done = async {
+        db.execute(
+            "INSERT INTO job_artifacts (job_id, name, content_type, size, stored_size, compression, sha256, tier, object_key)
+             SELECT $1, x.name, x.content_type, x.size, x.stored_size, x.compression, x.sha256, 'hot', x.object_key
+             FROM jsonb_to_recordset($2::text::jsonb) AS x(name text, content_type text, size bigint,
+                  stored_size bigint, compression text, sha256 text, object_key text)
+             ON CONFLICT (job_id, name) DO UPDATE SET content_type = EXCLUDED.content_type, size = EXCLUDED.size,
+                 stored_size = EXCLUDED.stored_size, compression = EXCLUDED.compression, sha256 = EXCLUDED.sha256,
+                 tier = EXCLUDED.tier, object_key = EXCLUDED.object_key",
+            &[&id, &rows_json],
+        )
+        .await?;
+        db.execute(
+            "UPDATE jobs SET status = 'succeeded', progress = 1, stage = 'done', error = NULL,
+                 credits_charged = $2, finished_at = now() WHERE id = $1",
+            &[&id, &credits],
+        )
+        .await?;
+        Ok::<_, tokio_postgres::Error>(())
+    }
+    .await;
+    if let Err(e) = done {
+        let _ = db.batch_execute("ROLLBACK").await;
+        return Err(format!("job success: {e}"));
+    }
+    db.batch_execute("COMMIT").await.map_err(|e| e.to_string())?;
+    worker::console_log!("job {id} succeeded");
+    Ok(())
+}
