@@ -10,7 +10,7 @@
 #   ops/edge.sh bench        dev in the background + `cognomega bench edge` (edge vs native)
 #
 # Environment:
-#   COGNOMEGA_EDGE_PORT      gateway port (default 8787)
+#   COGNOMEGA_EDGE_PORT      gateway port (default 8788; the native server takes 8787)
 #   COGNOMEGA_EDGE_DB        PostgreSQL database for the edge (default cognomega_edge; created)
 #   PGHOST/PGPORT/PGUSER     the PostgreSQL server (default 127.0.0.1:5432, postgres)
 #   COGNOMEGA_ADMIN_KEY      the admin key the local Workers use (default: a fixed dev key)
@@ -21,7 +21,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 wr="$root/wrangler"
 
-port="${COGNOMEGA_EDGE_PORT:-8787}"
+port="${COGNOMEGA_EDGE_PORT:-8788}"
 db="${COGNOMEGA_EDGE_DB:-cognomega_edge}"
 pghost="${PGHOST:-127.0.0.1}"
 pgport="${PGPORT:-5432}"

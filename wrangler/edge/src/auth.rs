@@ -164,9 +164,31 @@ async fn jwks(env: &Env) -> Result<std::rc::Rc<Jwks>, ApiError> {
     Ok(jwks)
 }
 
-fn forget_keys() {
+thread_local! {
+    static LAST_REFRESH: std::cell::Cell<f64> = const { std::cell::Cell::new(0.0) };
+}
+
+/// A token names a `kid` this isolate does not know (the keys were rotated): read the ring from
+/// PostgreSQL, not from the caches, and put the new JWKS into KV. At most once per 2 s per
+/// isolate, so garbage `kid`s cannot hammer the database.
+async fn refresh_keys(env: &Env) -> Result<bool, ApiError> {
+    let now = now_ms();
+    if now - LAST_REFRESH.with(std::cell::Cell::get) < 2_000.0 {
+        return Ok(false);
+    }
+    LAST_REFRESH.with(|c| c.set(now));
     RING.with(|c| *c.borrow_mut() = None);
-    JWKS.with(|c| *c.borrow_mut() = None);
+    let ring = ring(env).await?;
+    let jwks = ring.jwks();
+    env.kv("KV")?
+        .put("jwks", &jwks)
+        .map_err(|e| ApiError::internal(format!("KV: {e}")))?
+        .expiration_ttl(JWKS_KV_TTL)
+        .execute()
+        .await
+        .map_err(|e| ApiError::internal(format!("KV: {e}")))?;
+    JWKS.with(|c| *c.borrow_mut() = Some((now_ms(), std::rc::Rc::new(jwks))));
+    Ok(true)
 }
 
 fn validation(env: &Env) -> Validation {
@@ -207,8 +229,7 @@ pub async fn authenticate(req: &Request, env: &Env) -> Result<Claims, ApiError> 
     let validation = validation(env);
     let verified = match cognomega_core::auth::verify(token, &*jwks(env).await?, &validation, now)
     {
-        Err(cognomega_core::auth::AuthError::UnknownKid { .. }) => {
-            forget_keys();
+        Err(cognomega_core::auth::AuthError::UnknownKid { .. }) if refresh_keys(env).await? => {
             cognomega_core::auth::verify(token, &*jwks(env).await?, &validation, now)
         }
         other => other,

@@ -1,7 +1,8 @@
 //! The queue side of the edge: producing (`send_json`, `send_all`) and the consumers.
 //!
-//! Every message travels in a small envelope, `{"request_id", "body"}` (or `"raw"` for bytes an
-//! operator injected), so the request id reaches the consumer's logs as it does natively.
+//! Every message travels in a small envelope, `{"request_id", "body"}` (the body as JSON text,
+//! or the bytes an operator injected), so the request id reaches the consumer's logs as it does
+//! natively.
 //! Consumers follow the native idempotent-consumer contract: the effect and its key commit
 //! together (a unique key on the effect row), and a message is acked only after its effect
 //! committed. Cloudflare Queues cannot join a PostgreSQL transaction, so where a consumer both
@@ -78,43 +79,33 @@ fn by_cloudflare(name: &str) -> Option<(&'static EdgeQueue, bool)> {
     })
 }
 
-/// What travels on a queue.
+/// What travels on a queue. The body is JSON *text*: a JS structured clone of nested JSON
+/// values does not come back field for field on every path, a string always does.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Envelope {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body: Option<serde_json::Value>,
-    /// Bytes an operator injected (`POST /admin/queues/{queue}/messages`), as UTF-8 (lossy).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub raw: Option<String>,
+    /// The message body: JSON text, or bytes an operator injected
+    /// (`POST /admin/queues/{queue}/messages`) as UTF-8 (lossy).
+    pub body: String,
 }
 
 impl Envelope {
     /// The body as the queue's message type; `Err` with the reason for anything else.
     fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
-        match (&self.body, &self.raw) {
-            (Some(b), _) => serde_json::from_value(b.clone()).map_err(|e| e.to_string()),
-            (None, Some(raw)) => serde_json::from_str(raw).map_err(|e| e.to_string()),
-            (None, None) => Err("an empty envelope".into()),
-        }
+        serde_json::from_str(&self.body).map_err(|e| e.to_string())
     }
 
     /// The body as text, for the dead-letter record.
     fn preview(&self) -> String {
-        match (&self.body, &self.raw) {
-            (Some(b), _) => b.to_string(),
-            (None, Some(raw)) => raw.clone(),
-            (None, None) => String::new(),
-        }
+        self.body.clone()
     }
 }
 
 fn envelope<T: Serialize>(body: &T, request_id: &str) -> worker::Result<Envelope> {
     Ok(Envelope {
         request_id: (!request_id.is_empty()).then(|| request_id.to_owned()),
-        body: Some(serde_json::to_value(body)?),
-        raw: None,
+        body: serde_json::to_string(body)?,
     })
 }
 
@@ -134,7 +125,10 @@ pub async fn send_json<T: Serialize>(
     env.queue(binding)?.send(builder.build()).await
 }
 
-/// Sends many messages, in `send_batch` calls of at most 100 messages.
+/// Sends many messages, at most 100 at a time in parallel.
+///
+/// One `send` per message rather than `send_batch`: workers-rs 0.8.7's `send_batch` crashes the
+/// local Queues broker (wrangler 4.86), and a batch is only a transport optimisation here.
 pub async fn send_all<T: Serialize>(
     env: &Env,
     binding: &str,
@@ -143,17 +137,21 @@ pub async fn send_all<T: Serialize>(
 ) -> worker::Result<()> {
     let queue = env.queue(binding)?;
     for chunk in bodies.chunks(100) {
-        let messages = chunk
+        let sends = chunk
             .iter()
             .map(|b| {
-                envelope(b, request_id).map(|e| {
+                let msg = envelope(b, request_id).map(|e| {
                     MessageBuilder::new(e)
                         .content_type(QueueContentType::Json)
                         .build()
-                })
+                });
+                let queue = &queue;
+                async move { queue.send(msg?).await }
             })
-            .collect::<worker::Result<Vec<_>>>()?;
-        queue.send_batch(messages).await?;
+            .collect::<Vec<_>>();
+        for r in futures::future::join_all(sends).await {
+            r?;
+        }
     }
     Ok(())
 }
@@ -162,8 +160,7 @@ pub async fn send_all<T: Serialize>(
 pub async fn send_raw(env: &Env, binding: &str, raw: String, request_id: &str) -> worker::Result<()> {
     let e = Envelope {
         request_id: (!request_id.is_empty()).then(|| request_id.to_owned()),
-        body: None,
-        raw: Some(raw),
+        body: raw,
     };
     env.queue(binding)?
         .send(MessageBuilder::new(e).content_type(QueueContentType::Json).build())

@@ -1,14 +1,66 @@
 //! PostgreSQL through Hyperdrive (binding `DB`): the same schema as `migrations/postgres`, so
 //! the native tools (`cognomega audit`, `cognomega cleanup`, the admin routes) work on an edge
 //! deployment's database too.
+//!
+//! A connection lives for one invocation (a request, a batch, a cron tick): Workers do not let
+//! a socket outlive the request that opened it. It must also be *closed* before the invocation
+//! ends — a socket the runtime tears down mid-flight is reset, which the Hyperdrive side sees as
+//! an error — so every connection is a [`Db`] whose drop starts a graceful close (Terminate,
+//! then shutdown), and the entry points await [`closed`] before they return.
 
+use std::cell::RefCell;
+use std::ops::Deref;
+
+use futures::channel::oneshot;
 use tokio_postgres::Client;
 use worker::postgres_tls::PassthroughTls;
 use worker::{Env, SecureTransport, Socket};
 
-/// One connection for this request or batch. Hyperdrive pools the connections to the origin,
-/// so opening one per invocation is the intended pattern.
-pub async fn connect(env: &Env) -> worker::Result<Client> {
+thread_local! {
+    /// Connections of this invocation that were dropped and are closing.
+    static CLOSING: RefCell<Vec<oneshot::Receiver<()>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A connection; dropping it closes it gracefully (see [`closed`]).
+pub struct Db {
+    client: Option<Client>,
+    done: Option<oneshot::Receiver<()>>,
+}
+
+impl Deref for Db {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        // Set in `connect`, taken only in `drop`.
+        self.client.as_ref().unwrap_or_else(|| unreachable!("a live Db has its client"))
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        // Dropping the client lets the connection task send Terminate and shut the socket.
+        drop(self.client.take());
+        if let Some(done) = self.done.take() {
+            CLOSING.with(|c| c.borrow_mut().push(done));
+        }
+    }
+}
+
+/// Waits until every connection dropped during this invocation has closed (at most 2 s).
+pub async fn closed() {
+    let pending: Vec<_> = CLOSING.with(|c| std::mem::take(&mut *c.borrow_mut()));
+    if pending.is_empty() {
+        return;
+    }
+    let all = futures::future::join_all(pending);
+    let timeout = worker::Delay::from(std::time::Duration::from_secs(2));
+    futures::pin_mut!(all);
+    futures::pin_mut!(timeout);
+    let _ = futures::future::select(all, timeout).await;
+}
+
+/// One connection for this invocation. Hyperdrive pools the connections to the origin, so
+/// opening one per invocation is the intended pattern.
+pub async fn connect(env: &Env) -> worker::Result<Db> {
     let hyperdrive = env.hyperdrive("DB")?;
     let config = hyperdrive
         .connection_string()
@@ -21,10 +73,15 @@ pub async fn connect(env: &Env) -> worker::Result<Client> {
         .connect_raw(socket, PassthroughTls)
         .await
         .map_err(|e| worker::Error::RustError(format!("PostgreSQL via Hyperdrive: {e}")))?;
+    let (tx, rx) = oneshot::channel();
     wasm_bindgen_futures::spawn_local(async move {
         if let Err(e) = connection.await {
             worker::console_error!("PostgreSQL connection: {e}");
         }
+        let _ = tx.send(());
     });
-    Ok(client)
+    Ok(Db {
+        client: Some(client),
+        done: Some(rx),
+    })
 }

@@ -147,15 +147,15 @@ async fn route(req: Request, env: &Env, request_id: &str) -> http::ApiResult {
     }
     let url = req.url()?;
     let forwarded = Request::new_with_init(url.as_str(), &init)?;
-    let mut resp = env.service(spec.binding)?.fetch_request(forwarded).await?;
+    let resp = env.service(spec.binding)?.fetch_request(forwarded).await?;
+    // A response from another Worker has immutable headers: answer with a copy, so the
+    // gateway's own headers (request id, cache policy, rate limits) can be set.
+    let mut resp = Response::builder()
+        .with_status(resp.status_code())
+        .with_headers(resp.headers().clone())
+        .body(resp.body().clone());
     if let Some(d) = &decision {
-        // The service's answer may be immutable (it came from another Worker): copy it.
-        let mut copy = Response::builder()
-            .with_status(resp.status_code())
-            .with_headers(resp.headers().clone())
-            .body(resp.body().clone());
-        crate::limiter::stamp(&mut copy, d);
-        resp = copy;
+        crate::limiter::stamp(&mut resp, d);
     }
     Ok(resp)
 }

@@ -5,7 +5,7 @@
 use cognomega_core::api::ErrorEnvelope;
 use cognomega_core::auth::Claims;
 use serde::Serialize;
-use worker::{Env, Headers, Request, Response};
+use worker::{Env, Request, Response};
 
 /// The header carrying the request id, set by the gateway and passed to every service.
 pub const REQUEST_ID: &str = "x-request-id";

@@ -48,10 +48,12 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
             &http::request_id(&req),
         )),
     };
-    Ok(resp.unwrap_or_else(|e| {
+    let resp = resp.unwrap_or_else(|e| {
         worker::console_error!("{role}: {e}");
         http::error(500, "internal", "internal error", "")
-    }))
+    });
+    db::closed().await;
+    Ok(resp)
 }
 
 /// The queue entry point of every consumer Worker. Messages are acked or retried one by one;
@@ -63,6 +65,7 @@ async fn queue(
     _ctx: Context,
 ) -> worker::Result<()> {
     consumers::dispatch(batch, &env).await;
+    db::closed().await;
     Ok(())
 }
 
@@ -72,4 +75,5 @@ async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     if let Err(e) = consumers::scheduled(&event.cron(), &env).await {
         worker::console_error!("scheduled {}: {e}", event.cron());
     }
+    db::closed().await;
 }
