@@ -109,6 +109,14 @@ database() {
     --database-url "postgres://$pguser@$pghost:$pgport/$db" migrate
 }
 
+scanner() {
+  # The av-scan Worker streams uploads to clamd over TCP: start the project's local one unless
+  # COGNOMEGA_CLAMD names another.
+  if [ -z "${COGNOMEGA_CLAMD:-}" ]; then
+    COGNOMEGA_CLAMD_PORT="${clamd##*:}" ops/clamd.sh >/dev/null
+  fi
+}
+
 dev_vars() {
   # Local secrets and settings for every Worker (wrangler reads .dev.vars next to each config).
   cat > "$wr/workers/.dev.vars" <<VARS
@@ -172,6 +180,7 @@ case "$cmd" in
   dev)
     build
     database
+    scanner
     state=$(mktemp -d /tmp/cognomega-edge-state.XXXXXX)
     say "serving the gateway on http://127.0.0.1:$port (cron: GET /__scheduled?cron=*/5+*+*+*+*)"
     run_dev "$state"
@@ -179,6 +188,7 @@ case "$cmd" in
   test)
     build
     database
+    scanner
     # The acceptance suite's rate-limit scenario needs a small bucket, as the native run has.
     export COGNOMEGA_RATE_LIMITS_TOML='rate_limits = { guest = { usage = { rate = 1.0, burst = 20 } } }'
     background
