@@ -28,7 +28,9 @@ pgport="${PGPORT:-5432}"
 pguser="${PGUSER:-postgres}"
 admin_key="${COGNOMEGA_ADMIN_KEY:-edge-dev-admin-key-0123456789abcdef}"
 clamd="${COGNOMEGA_CLAMD:-127.0.0.1:3310}"
-export CARGO_TARGET_DIR="${EDGE_TARGET_DIR:-$wr/target}"
+# The wasm build has its own target dir (other target, other profile); native commands keep the
+# caller's CARGO_TARGET_DIR.
+edge_target="${EDGE_TARGET_DIR:-$wr/target}"
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'ops/edge.sh: %s\n' "$*" >&2; exit 1; }
@@ -79,6 +81,7 @@ build() {
     WASM_OPT_BIN="$wr/node_modules/.bin/wasm-opt" \
     ESBUILD_BIN="$wr/node_modules/.bin/esbuild" \
     CC_wasm32_unknown_unknown=clang AR_wasm32_unknown_unknown=llvm-ar \
+    CARGO_TARGET_DIR="$edge_target" \
       worker-build --release
   )
   sizes

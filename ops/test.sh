@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone. Sets up what the tests need first (services,
-# toolchain targets), then: formatting, lints, every test on every backend, and the wasm32
-# build of core/. Fails loudly; never skips.
+# toolchain targets, the edge build tools), then: formatting, lints, every test on every
+# backend, the wasm32 build of core/, and the HTTP acceptance suite against the edge shape
+# under workerd (the same suite runs against the native server in the test step).
+# Fails loudly; never skips.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,9 +25,15 @@ fi
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+cargo fmt --manifest-path wrangler/Cargo.toml --all -- --check
 
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+step "edge tools (wasm-bindgen, worker-build, wrangler)"
+ops/edge.sh tools
+step "cargo clippy of the edge crate (wasm32, warnings are errors)"
+CC_wasm32_unknown_unknown=clang AR_wasm32_unknown_unknown=llvm-ar \
+  cargo clippy --manifest-path wrangler/Cargo.toml --target wasm32-unknown-unknown --locked -- -D warnings
 
 step "tests (SQLite and PostgreSQL)"
 if cargo nextest --version >/dev/null 2>&1; then
@@ -40,5 +48,8 @@ ops/schemathesis.sh
 
 step "core/ builds for wasm32-unknown-unknown"
 cargo build -p cognomega-core --target wasm32-unknown-unknown --locked
+
+step "the edge shape under workerd: build, every Worker up, the HTTP acceptance suite against it"
+ops/edge.sh test
 
 step "all green"

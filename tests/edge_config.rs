@@ -34,8 +34,8 @@ fn consumers() -> Vec<(&'static str, &'static str, QueueSettings)> {
 
 fn config(name: &str) -> anyhow::Result<toml::Value> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("wrangler/workers/{name}.toml"));
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok(toml::from_str(&text)?)
 }
 
@@ -75,9 +75,10 @@ fn edge_consumers_match_the_native_queue_settings() -> anyhow::Result<()> {
         // Every dead-letter queue is drained by the dlq Worker, which records the messages
         // where GET /admin/queues/{queue}/dlq reads them.
         let dlq = config("dlq")?;
-        let drained = dlq["queues"]["consumers"]
-            .as_array()
-            .is_some_and(|cs| cs.iter().any(|c| c["queue"].as_str() == Some(&format!("{queue}-dlq"))));
+        let drained = dlq["queues"]["consumers"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["queue"].as_str() == Some(&format!("{queue}-dlq")))
+        });
         assert!(drained, "the dlq Worker does not consume {queue}-dlq");
     }
     Ok(())
@@ -100,7 +101,10 @@ fn every_worker_runs_the_one_module_with_a_role() -> anyhow::Result<()> {
             path.display()
         );
         let role = cfg["vars"]["COGNOMEGA_ROLE"].as_str().unwrap_or_default();
-        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default();
         assert_eq!(role, stem, "{}: COGNOMEGA_ROLE", path.display());
         seen += 1;
     }

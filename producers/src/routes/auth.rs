@@ -25,7 +25,6 @@ struct GuestRequest {
     email: Option<String>,
 }
 
-
 /// Issues a guest token for a new guest tenant, which gets its starting grant.
 #[utoipa::path(
     post,

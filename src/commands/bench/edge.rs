@@ -62,9 +62,12 @@ pub(super) async fn run(ctx: &Ctx, args: EdgeArgs) -> anyhow::Result<()> {
     if args.connections == 0 || args.duration == 0 {
         bail!("--connections and --duration must be at least 1");
     }
-    let edge = Target::parse(&args.edge_url)
-        .await
-        .with_context(|| format!("the edge stack at {} (start it with ops/edge.sh dev)", args.edge_url))?;
+    let edge = Target::parse(&args.edge_url).await.with_context(|| {
+        format!(
+            "the edge stack at {} (start it with ops/edge.sh dev)",
+            args.edge_url
+        )
+    })?;
     // The native server gets the same rate-limit setting as the edge bench: off.
     let server = Server::start_with_env(
         ctx,
@@ -77,7 +80,9 @@ pub(super) async fn run(ctx: &Ctx, args: EdgeArgs) -> anyhow::Result<()> {
     let result = async {
         let mut phases = Vec::new();
         for (name, target) in [("native", &server.target), ("edge", &edge)] {
-            let guest = prepare(target).await.with_context(|| format!("{name}: set-up"))?;
+            let guest = prepare(target)
+                .await
+                .with_context(|| format!("{name}: set-up"))?;
             phases.push(drive(name, "GET /credits", target, &guest, &args, false).await?);
             phases.push(drive(name, "POST /usage", target, &guest, &args, true).await?);
         }
@@ -111,7 +116,10 @@ pub(super) async fn run(ctx: &Ctx, args: EdgeArgs) -> anyhow::Result<()> {
             "edge (local workerd) vs native, {} connections, {} s per phase",
             report.connections, report.duration_s
         );
-        println!("{:<8} {:<14} {:>10} {:>8} {:>10} {:>10}", "target", "route", "requests", "errors", "req/s", "p50/p99 ms");
+        println!(
+            "{:<8} {:<14} {:>10} {:>8} {:>10} {:>10}",
+            "target", "route", "requests", "errors", "req/s", "p50/p99 ms"
+        );
         for p in &report.phases {
             println!(
                 "{:<8} {:<14} {:>10} {:>8} {:>10.0} {:>5.2}/{:.2}",

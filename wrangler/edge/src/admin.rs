@@ -14,7 +14,10 @@ pub async fn route(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
         (Method::Get | Method::Head, ["admin", "queues", queue, "dlq"]) => {
             caller.require_admin()?;
             let url = req.url()?;
-            let limit = url.query_pairs().find(|(k, _)| k == "limit").map(|(_, v)| v.into_owned());
+            let limit = url
+                .query_pairs()
+                .find(|(k, _)| k == "limit")
+                .map(|(_, v)| v.into_owned());
             dead_letters(env, queue, limit.as_deref()).await
         }
         (Method::Post, ["admin", "queues", queue, "messages"]) => {
@@ -52,7 +55,10 @@ fn queue_of(raw: &str) -> Result<&'static crate::consumers::EdgeQueue, ApiError>
         ApiError::bad_request("invalid_queue", format!("invalid queue name {raw:?}: {e}"))
     })?;
     crate::consumers::by_native(name.as_str()).ok_or_else(|| {
-        ApiError::not_found("unknown_queue", format!("no queue {raw} on this deployment"))
+        ApiError::not_found(
+            "unknown_queue",
+            format!("no queue {raw} on this deployment"),
+        )
     })
 }
 
@@ -110,10 +116,17 @@ async fn inject(req: &mut Request, env: &Env, caller: &Caller, raw: &str) -> Api
     let queue = queue_of(raw)?;
     let body = req.bytes().await?;
     if body.is_empty() {
-        return Err(ApiError::bad_request("empty_message", "the message body is empty"));
+        return Err(ApiError::bad_request(
+            "empty_message",
+            "the message body is empty",
+        ));
     }
     if body.len() > 64 * 1024 {
-        return Err(ApiError::new(413, "body_too_large", "the body is larger than 65536 bytes"));
+        return Err(ApiError::new(
+            413,
+            "body_too_large",
+            "the body is larger than 65536 bytes",
+        ));
     }
     crate::consumers::send_raw(
         env,
@@ -124,5 +137,8 @@ async fn inject(req: &mut Request, env: &Env, caller: &Caller, raw: &str) -> Api
     .await
     .map_err(|e| ApiError::unavailable(format!("cannot enqueue right now ({e}); retry")))?;
     // Cloudflare assigns message ids at delivery, not at send: the answer carries none.
-    http::json(202, &serde_json::json!({ "queue": queue.native, "id": null }))
+    http::json(
+        202,
+        &serde_json::json!({ "queue": queue.native, "id": null }),
+    )
 }

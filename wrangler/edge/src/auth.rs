@@ -71,7 +71,11 @@ fn encode(ring: &KeyRing) -> Result<Vec<u8>, String> {
     };
     serde_json::to_vec(&StoredRing {
         current: stored(ring.current())?,
-        previous: ring.previous().iter().map(stored).collect::<Result<_, _>>()?,
+        previous: ring
+            .previous()
+            .iter()
+            .map(stored)
+            .collect::<Result<_, _>>()?,
     })
     .map_err(|e| e.to_string())
 }
@@ -227,8 +231,7 @@ pub async fn authenticate(req: &Request, env: &Env) -> Result<Claims, ApiError> 
         }
     }
     let validation = validation(env);
-    let verified = match cognomega_core::auth::verify(token, &*jwks(env).await?, &validation, now)
-    {
+    let verified = match cognomega_core::auth::verify(token, &*jwks(env).await?, &validation, now) {
         Err(cognomega_core::auth::AuthError::UnknownKid { .. }) if refresh_keys(env).await? => {
             cognomega_core::auth::verify(token, &*jwks(env).await?, &validation, now)
         }
@@ -273,7 +276,11 @@ struct GuestRequest {
 async fn guest(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     let body = req.bytes().await?;
     if body.len() > 64 * 1024 {
-        return Err(ApiError::new(413, "body_too_large", "the body is larger than 65536 bytes"));
+        return Err(ApiError::new(
+            413,
+            "body_too_large",
+            "the body is larger than 65536 bytes",
+        ));
     }
     let request: GuestRequest = if body.iter().all(u8::is_ascii_whitespace) {
         GuestRequest { email: None }
@@ -336,10 +343,16 @@ async fn guest(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
         };
         crate::consumers::send_json(env, "SETTLEMENT", &msg, &caller.request_id, 0)
             .await
-            .map_err(|e| ApiError::unavailable(format!("cannot enqueue the starting grant ({e}); retry")))?;
+            .map_err(|e| {
+                ApiError::unavailable(format!("cannot enqueue the starting grant ({e}); retry"))
+            })?;
     }
     let ttl = Duration::from_secs(crate::config::token_ttl_secs(env));
-    let builder = ClaimsBuilder::new(crate::config::issuer(env), crate::config::audience(env), ttl);
+    let builder = ClaimsBuilder::new(
+        crate::config::issuer(env),
+        crate::config::audience(env),
+        ttl,
+    );
     let now = UnixMillis(worker::Date::now().as_millis() as i64);
     let claims = builder.build(
         &user_id,

@@ -149,7 +149,10 @@ async fn adjust(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     }
     let reason = r.reason.trim();
     if reason.is_empty() || reason.chars().count() > 500 {
-        return Err(ApiError::bad_request("invalid_reason", "reason must be 1..=500 characters"));
+        return Err(ApiError::bad_request(
+            "invalid_reason",
+            "reason must be 1..=500 characters",
+        ));
     }
     let db = crate::db::connect(env).await?;
     if db
@@ -157,7 +160,10 @@ async fn adjust(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
         .await?
         .is_none()
     {
-        return Err(ApiError::not_found("tenant_not_found", format!("no tenant {}", r.tenant_id)));
+        return Err(ApiError::not_found(
+            "tenant_not_found",
+            format!("no tenant {}", r.tenant_id),
+        ));
     }
     let fresh = uuid::Uuid::now_v7().to_string();
     db.execute(
@@ -199,5 +205,8 @@ async fn adjust(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
                 ))
             })?;
     }
-    http::json(202, &serde_json::json!({ "adjustment_id": id, "status": status }))
+    http::json(
+        202,
+        &serde_json::json!({ "adjustment_id": id, "status": status }),
+    )
 }

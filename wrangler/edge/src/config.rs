@@ -67,8 +67,8 @@ pub fn rate_limits(env: &Env) -> Result<RateLimits, String> {
                 #[serde(default)]
                 rate_limits: RateLimitsFile,
             }
-            let file: File = toml::from_str(&raw)
-                .map_err(|e| format!("COGNOMEGA_RATE_LIMITS_TOML: {e}"))?;
+            let file: File =
+                toml::from_str(&raw).map_err(|e| format!("COGNOMEGA_RATE_LIMITS_TOML: {e}"))?;
             RateLimits::from_file(&file.rate_limits).map_err(|e| e.to_string())?
         }
         None => RateLimits::default(),

@@ -157,13 +157,22 @@ pub async fn send_all<T: Serialize>(
 }
 
 /// Injects raw bytes as a message (the operator's `POST /admin/queues/{queue}/messages`).
-pub async fn send_raw(env: &Env, binding: &str, raw: String, request_id: &str) -> worker::Result<()> {
+pub async fn send_raw(
+    env: &Env,
+    binding: &str,
+    raw: String,
+    request_id: &str,
+) -> worker::Result<()> {
     let e = Envelope {
         request_id: (!request_id.is_empty()).then(|| request_id.to_owned()),
         body: raw,
     };
     env.queue(binding)?
-        .send(MessageBuilder::new(e).content_type(QueueContentType::Json).build())
+        .send(
+            MessageBuilder::new(e)
+                .content_type(QueueContentType::Json)
+                .build(),
+        )
         .await
 }
 
@@ -288,7 +297,10 @@ async fn usage_writer(
                 occurred_at_ms: e
                     .occurred_at
                     .map_or(b.received_at_ms, |t| t.timestamp_millis()),
-                meta: e.meta.as_ref().map(|m| serde_json::Value::Object(m.clone()).to_string()),
+                meta: e
+                    .meta
+                    .as_ref()
+                    .map(|m| serde_json::Value::Object(m.clone()).to_string()),
                 request_id: request_id.clone(),
             })
             .collect();

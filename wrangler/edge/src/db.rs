@@ -31,7 +31,9 @@ impl Deref for Db {
     type Target = Client;
     fn deref(&self) -> &Client {
         // Set in `connect`, taken only in `drop`.
-        self.client.as_ref().unwrap_or_else(|| unreachable!("a live Db has its client"))
+        self.client
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("a live Db has its client"))
     }
 }
 

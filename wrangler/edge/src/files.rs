@@ -7,7 +7,7 @@ use cognomega_core::files::{sanitize_filename, sign_download, verify_download, S
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use worker::{Env, HttpMetadata, Method, MessageExt, Request, Response, Socket};
+use worker::{Env, HttpMetadata, MessageExt, Method, Request, Response, Socket};
 
 use crate::consumers::EdgeQueue;
 use crate::http::{self, ApiError, ApiResult, Caller};
@@ -69,7 +69,10 @@ fn link_secret(env: &Env) -> Result<String, ApiError> {
 
 fn signed_url(secret: &str, key: &str) -> String {
     let exp = worker::Date::now().as_millis() as i64 / 1000 + LINK_TTL_SECS;
-    format!("/files/{key}?exp={exp}&sig={}", sign_download(secret.as_bytes(), key, exp))
+    format!(
+        "/files/{key}?exp={exp}&sig={}",
+        sign_download(secret.as_bytes(), key, exp)
+    )
 }
 
 pub async fn route(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
@@ -82,7 +85,10 @@ pub async fn route(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
         Method::Get | Method::Head if path.starts_with("/files/") => {
             file(req, env, &path["/files/".len()..]).await
         }
-        _ if path == "/upload/direct" || path.starts_with("/uploads/") || path.starts_with("/files/") => {
+        _ if path == "/upload/direct"
+            || path.starts_with("/uploads/")
+            || path.starts_with("/files/") =>
+        {
             Err(http::no_route(true))
         }
         _ => Err(http::no_route(false)),
@@ -149,7 +155,10 @@ async fn direct(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     crate::billing::require_credits(env, &claims.tenant).await?;
     let secret = link_secret(env)?;
     let size = bytes.len();
-    let sha256: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let sha256: String = Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let key = format!("uploads/{}/{}", claims.tenant, uuid::Uuid::new_v4());
     let bucket = env.bucket("OBJECTS")?;
     bucket
@@ -160,7 +169,9 @@ async fn direct(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
         })
         .execute()
         .await
-        .map_err(|e| ApiError::unavailable(format!("cannot store the upload right now ({e}); retry")))?;
+        .map_err(|e| {
+            ApiError::unavailable(format!("cannot store the upload right now ({e}); retry"))
+        })?;
     let scanning = crate::config::clamd(env).is_some();
     let scan = if scanning { "pending" } else { "skipped" };
     let db = crate::db::connect(env).await?;
@@ -181,7 +192,8 @@ async fn direct(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     let usage = UsageBatchMessage {
         tenant_id: claims.tenant.clone(),
         events: vec![UsageEvent {
-            idempotency_key: UsageKey::parse(&format!("upload-{key}")).map_err(ApiError::internal)?,
+            idempotency_key: UsageKey::parse(&format!("upload-{key}"))
+                .map_err(ApiError::internal)?,
             kind: UsageKind::StorageBytes,
             quantity: size as u64,
             occurred_at: None,
@@ -191,8 +203,14 @@ async fn direct(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     };
     let sent = async {
         if scanning {
-            crate::consumers::send_json(env, "AV_SCAN", &ScanMessage { key: key.clone() }, &caller.request_id, 0)
-                .await?;
+            crate::consumers::send_json(
+                env,
+                "AV_SCAN",
+                &ScanMessage { key: key.clone() },
+                &caller.request_id,
+                0,
+            )
+            .await?;
         }
         crate::consumers::send_json(env, "USAGE", &usage, &caller.request_id, 0).await
     };
@@ -267,10 +285,16 @@ async fn file(req: &Request, env: &Env, key: &str) -> ApiResult {
     match verify_download(secret.as_bytes(), key, exp, &sig, now) {
         Ok(()) => {}
         Err(SignedUrlError::Expired) => {
-            return Err(forbidden("link_expired", SignedUrlError::Expired.to_string()))
+            return Err(forbidden(
+                "link_expired",
+                SignedUrlError::Expired.to_string(),
+            ))
         }
         Err(SignedUrlError::BadSignature) => {
-            return Err(forbidden("link_invalid", SignedUrlError::BadSignature.to_string()))
+            return Err(forbidden(
+                "link_invalid",
+                SignedUrlError::BadSignature.to_string(),
+            ))
         }
     }
     let db = crate::db::connect(env).await?;
@@ -283,18 +307,30 @@ async fn file(req: &Request, env: &Env, key: &str) -> ApiResult {
     else {
         return Err(upload_not_found(key));
     };
-    let (filename, content_type, scan, signature, object_key): (String, String, String, Option<String>, String) =
-        (u.get(0), u.get(1), u.get(2), u.get(3), u.get(4));
+    let (filename, content_type, scan, signature, object_key): (
+        String,
+        String,
+        String,
+        Option<String>,
+        String,
+    ) = (u.get(0), u.get(1), u.get(2), u.get(3), u.get(4));
     match scan.as_str() {
         "clean" | "skipped" => {}
         "infected" => {
             return Err(forbidden(
                 "file_infected",
-                format!("the file is quarantined: {}", signature.as_deref().unwrap_or("malware")),
+                format!(
+                    "the file is quarantined: {}",
+                    signature.as_deref().unwrap_or("malware")
+                ),
             ))
         }
         "pending" => {
-            return Err(ApiError::new(409, "scan_pending", "the file is still being scanned; retry shortly"))
+            return Err(ApiError::new(
+                409,
+                "scan_pending",
+                "the file is still being scanned; retry shortly",
+            ))
         }
         other => {
             return Err(ApiError::new(
@@ -305,7 +341,11 @@ async fn file(req: &Request, env: &Env, key: &str) -> ApiResult {
         }
     }
     let Some(object) = env.bucket("OBJECTS")?.get(&object_key).execute().await? else {
-        return Err(ApiError::new(410, "file_expired", "the file's storage has expired"));
+        return Err(ApiError::new(
+            410,
+            "file_expired",
+            "the file's storage has expired",
+        ));
     };
     let bytes = object
         .body()
@@ -316,7 +356,10 @@ async fn file(req: &Request, env: &Env, key: &str) -> ApiResult {
     resp.headers().set("content-type", &content_type)?;
     resp.headers().set(
         "content-disposition",
-        &format!("attachment; filename=\"{}\"", filename.replace(['"', '\\'], "_")),
+        &format!(
+            "attachment; filename=\"{}\"",
+            filename.replace(['"', '\\'], "_")
+        ),
     )?;
     resp.headers().set("x-content-type-options", "nosniff")?;
     Ok(resp)

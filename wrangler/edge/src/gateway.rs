@@ -26,7 +26,13 @@ enum Gate {
 fn spec(method: &Method, path: &str) -> Option<RouteSpec> {
     let get = matches!(method, Method::Get | Method::Head);
     let post = matches!(method, Method::Post);
-    let r = |binding, gate, class| Some(RouteSpec { binding, gate, class });
+    let r = |binding, gate, class| {
+        Some(RouteSpec {
+            binding,
+            gate,
+            class,
+        })
+    };
     match path {
         "/healthz" => r("ADMIN", Gate::Open, None),
         "/auth/guest" if post => r("AUTH", Gate::Open, None),
@@ -40,17 +46,29 @@ fn spec(method: &Method, path: &str) -> Option<RouteSpec> {
         "/usage" => r(
             "USAGE",
             Gate::Bearer,
-            Some(if post { RouteClass::Usage } else { RouteClass::Read }),
+            Some(if post {
+                RouteClass::Usage
+            } else {
+                RouteClass::Read
+            }),
         ),
         "/jobs" => r(
             "JOBS",
             Gate::Bearer,
-            Some(if post { RouteClass::Jobs } else { RouteClass::Read }),
+            Some(if post {
+                RouteClass::Jobs
+            } else {
+                RouteClass::Read
+            }),
         ),
         p if p.starts_with("/jobs/") => r(
             "JOBS",
             Gate::Bearer,
-            Some(if post { RouteClass::Jobs } else { RouteClass::Read }),
+            Some(if post {
+                RouteClass::Jobs
+            } else {
+                RouteClass::Read
+            }),
         ),
         "/upload/direct" => r("FILES", Gate::Bearer, Some(RouteClass::Upload)),
         p if p.starts_with("/uploads/") => r("FILES", Gate::Bearer, Some(RouteClass::Read)),

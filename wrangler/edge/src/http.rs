@@ -47,7 +47,11 @@ impl ApiError {
     /// An internal failure: logged with its detail, answered without it.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         worker::console_error!("internal error: {detail}");
-        Self::new(500, "internal", "internal error; retry, and report the request id if it persists")
+        Self::new(
+            500,
+            "internal",
+            "internal error; retry, and report the request id if it persists",
+        )
     }
     pub fn render(&self, request_id: &str) -> Response {
         let mut resp = error(self.status, self.code, &self.message, request_id);
@@ -77,7 +81,11 @@ pub fn error(status: u16, code: &str, message: &str, request_id: &str) -> Respon
     let body = ErrorEnvelope::new(code, message, request_id);
     let resp = Response::from_json(&body)
         .map(|r| r.with_status(status))
-        .unwrap_or_else(|_| Response::empty().map(|r| r.with_status(500)).unwrap_or_else(|_| unreachable_response()));
+        .unwrap_or_else(|_| {
+            Response::empty()
+                .map(|r| r.with_status(500))
+                .unwrap_or_else(|_| unreachable_response())
+        });
     finish(resp, request_id)
 }
 
@@ -190,9 +198,15 @@ pub async fn service(role: &str, mut req: Request, env: &Env) -> worker::Result<
 /// 404 for a path no route matches, 405 for a known path with another method.
 pub fn no_route(method_known: bool) -> ApiError {
     if method_known {
-        ApiError::new(405, "method_not_allowed", "this path does not accept that method")
+        ApiError::new(
+            405,
+            "method_not_allowed",
+            "this path does not accept that method",
+        )
     } else {
-        ApiError::not_found("not_found", "no such route; see GET /openapi.json on the native server")
+        ApiError::not_found(
+            "not_found",
+            "no such route; see GET /openapi.json on the native server",
+        )
     }
 }
-

@@ -6,9 +6,9 @@
 use base64::Engine as _;
 use cognomega_core::billing::UsageKind;
 use cognomega_pipelines::{JobError, Progress};
-use cognomega_r2_lifecycle::codec::{self, Compression, CodecPolicy};
+use cognomega_r2_lifecycle::codec::{self, CodecPolicy, Compression};
 use serde::{Deserialize, Serialize};
-use worker::{Env, HttpMetadata, Method, MessageExt, Request, Response};
+use worker::{Env, HttpMetadata, MessageExt, Method, Request, Response};
 
 use crate::consumers::EdgeQueue;
 use crate::http::{self, ApiError, ApiResult, Caller};
@@ -96,7 +96,10 @@ async fn submit(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     if crate::consumers::by_native(&format!("jobs.{}", job_type.name())).is_none() {
         return Err(ApiError::bad_request(
             "unknown_job_type",
-            format!("job type {} has no queue on this deployment", job_type.name()),
+            format!(
+                "job type {} has no queue on this deployment",
+                job_type.name()
+            ),
         ));
     }
     let params = job_type
@@ -151,7 +154,9 @@ async fn submit(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
         })
         .execute()
         .await
-        .map_err(|e| ApiError::unavailable(format!("cannot store the input right now ({e}); retry")))?;
+        .map_err(|e| {
+            ApiError::unavailable(format!("cannot store the input right now ({e}); retry"))
+        })?;
     let params_text = params.to_string();
     let inserted = db
         .query_opt(
@@ -194,7 +199,9 @@ async fn submit(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
         // Nothing half-made: the row and the input go again.
         let _ = db.execute("DELETE FROM jobs WHERE id = $1", &[&id]).await;
         let _ = bucket.delete(&input_key).await;
-        return Err(ApiError::unavailable(format!("cannot enqueue the job right now ({e}); retry")));
+        return Err(ApiError::unavailable(format!(
+            "cannot enqueue the job right now ({e}); retry"
+        )));
     }
     submitted(202, &id)
 }
@@ -216,13 +223,19 @@ fn decode_base64(raw: &str) -> Result<Vec<u8>, ApiError> {
         return Err(ApiError::new(
             413,
             "input_too_large",
-            format!("the input image is larger than {} MiB", MAX_INPUT_BYTES >> 20),
+            format!(
+                "the input image is larger than {} MiB",
+                MAX_INPUT_BYTES >> 20
+            ),
         ));
     }
     base64::engine::general_purpose::STANDARD
         .decode(cleaned.as_bytes())
         .map_err(|e| {
-            ApiError::bad_request("invalid_input", format!("input.image_base64 is not base64: {e}"))
+            ApiError::bad_request(
+                "invalid_input",
+                format!("input.image_base64 is not base64: {e}"),
+            )
         })
 }
 
@@ -291,7 +304,10 @@ async fn artifact(req: &Request, env: &Env, caller: &Caller, id: &str, name: &st
     let claims = caller.claims()?;
     let db = crate::db::connect(env).await?;
     if db
-        .query_opt("SELECT 1 FROM jobs WHERE id = $1 AND tenant_id = $2", &[&id, &claims.tenant])
+        .query_opt(
+            "SELECT 1 FROM jobs WHERE id = $1 AND tenant_id = $2",
+            &[&id, &claims.tenant],
+        )
         .await?
         .is_none()
     {
@@ -310,8 +326,13 @@ async fn artifact(req: &Request, env: &Env, caller: &Caller, id: &str, name: &st
             format!("job {id} has no artifact {name}"),
         ));
     };
-    let (content_type, compression, sha256, tier, object_key): (String, String, String, String, String) =
-        (a.get(0), a.get(1), a.get(2), a.get(3), a.get(4));
+    let (content_type, compression, sha256, tier, object_key): (
+        String,
+        String,
+        String,
+        String,
+        String,
+    ) = (a.get(0), a.get(1), a.get(2), a.get(3), a.get(4));
     let etag = format!("\"{sha256}\"");
     let if_none_match = req.headers().get("if-none-match")?.unwrap_or_default();
     if if_none_match
@@ -322,7 +343,13 @@ async fn artifact(req: &Request, env: &Env, caller: &Caller, id: &str, name: &st
         resp.headers().set("etag", &etag)?;
         return Ok(resp);
     }
-    let expired = || ApiError::new(410, "artifact_expired", "the artifact's storage has expired");
+    let expired = || {
+        ApiError::new(
+            410,
+            "artifact_expired",
+            "the artifact's storage has expired",
+        )
+    };
     if tier == "expired" {
         return Err(expired());
     }
@@ -391,7 +418,12 @@ pub async fn run_batch(
     Ok(())
 }
 
-async fn finish(db: &tokio_postgres::Client, id: &str, status: &str, why: &str) -> Result<(), String> {
+async fn finish(
+    db: &tokio_postgres::Client,
+    id: &str,
+    status: &str,
+    why: &str,
+) -> Result<(), String> {
     db.execute(
         "UPDATE jobs SET status = $2, error = $3, finished_at = now() WHERE id = $1",
         &[&id, &status, &why],
@@ -416,15 +448,31 @@ async fn run_one(db: &tokio_postgres::Client, env: &Env, id: &str) -> Result<(),
     else {
         return Ok(());
     };
-    let (tenant, job_type_name, params, input_key, request_id): (String, String, String, String, Option<String>) =
-        (job.get(0), job.get(1), job.get(2), job.get(3), job.get(4));
+    let (tenant, job_type_name, params, input_key, request_id): (
+        String,
+        String,
+        String,
+        String,
+        Option<String>,
+    ) = (job.get(0), job.get(1), job.get(2), job.get(3), job.get(4));
     let registry = cognomega_pipelines::registry();
     let Some(job_type) = registry.get(&job_type_name) else {
         return finish(db, id, "failed", "unknown job type").await;
     };
     let bucket = env.bucket("OBJECTS").map_err(|e| e.to_string())?;
-    let Some(object) = bucket.get(&input_key).execute().await.map_err(|e| e.to_string())? else {
-        return finish(db, id, "failed", "the job's input is gone from object storage").await;
+    let Some(object) = bucket
+        .get(&input_key)
+        .execute()
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return finish(
+            db,
+            id,
+            "failed",
+            "the job's input is gone from object storage",
+        )
+        .await;
     };
     let input = object
         .body()
@@ -436,7 +484,9 @@ async fn run_one(db: &tokio_postgres::Client, env: &Env, id: &str) -> Result<(),
     let artifacts = match job_type.run(&input, &params, &NoProgress) {
         Ok(a) => a,
         Err(JobError::InvalidInput(why)) => return finish(db, id, "failed", &why).await,
-        Err(JobError::Cancelled) => return finish(db, id, "cancelled", "cancelled while running").await,
+        Err(JobError::Cancelled) => {
+            return finish(db, id, "cancelled", "cancelled while running").await
+        }
         Err(JobError::Transient(why)) => return Err(why),
     };
     let policy = CodecPolicy::default();
@@ -446,8 +496,14 @@ async fn run_one(db: &tokio_postgres::Client, env: &Env, id: &str) -> Result<(),
         let key = format!("artifacts/{tenant}/{id}/{}", a.name);
         let mut meta = std::collections::HashMap::new();
         meta.insert("sha256".to_owned(), encoded.sha256.clone());
-        meta.insert("compression".to_owned(), encoded.compression.as_str().to_owned());
-        meta.insert("original-size".to_owned(), encoded.original_size.to_string());
+        meta.insert(
+            "compression".to_owned(),
+            encoded.compression.as_str().to_owned(),
+        );
+        meta.insert(
+            "original-size".to_owned(),
+            encoded.original_size.to_string(),
+        );
         meta.insert("tier".to_owned(), "hot".to_owned());
         bucket
             .put(&key, encoded.bytes)
@@ -503,7 +559,9 @@ async fn run_one(db: &tokio_postgres::Client, env: &Env, id: &str) -> Result<(),
         let _ = db.batch_execute("ROLLBACK").await;
         return Err(format!("job success: {e}"));
     }
-    db.batch_execute("COMMIT").await.map_err(|e| e.to_string())?;
+    db.batch_execute("COMMIT")
+        .await
+        .map_err(|e| e.to_string())?;
     worker::console_log!("job {id} succeeded");
     Ok(())
 }

@@ -27,7 +27,9 @@ mod jobs;
 mod limiter;
 mod usage;
 
-use worker::{event, Context, Env, MessageBatch, Request, Response, ScheduleContext, ScheduledEvent};
+use worker::{
+    event, Context, Env, MessageBatch, Request, Response, ScheduleContext, ScheduledEvent,
+};
 
 pub use limiter::RateLimiter;
 

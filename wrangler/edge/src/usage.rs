@@ -38,7 +38,9 @@ async fn post(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     let mut chunks: Vec<Vec<UsageEvent>> = vec![Vec::new()];
     let mut size = 0;
     for e in events {
-        let len = serde_json::to_vec(&e).map(|v| v.len()).unwrap_or(MESSAGE_BUDGET);
+        let len = serde_json::to_vec(&e)
+            .map(|v| v.len())
+            .unwrap_or(MESSAGE_BUDGET);
         if size + len > MESSAGE_BUDGET && !chunks.last().is_none_or(Vec::is_empty) {
             chunks.push(Vec::new());
             size = 0;
