@@ -125,10 +125,7 @@ pub async fn send_json<T: Serialize>(
     env.queue(binding)?.send(builder.build()).await
 }
 
-/// Sends many messages, at most 100 at a time in parallel.
-///
-/// One `send` per message rather than `send_batch`: workers-rs 0.8.7's `send_batch` crashes the
-/// local Queues broker (wrangler 4.86), and a batch is only a transport optimisation here.
+/// Sends many messages, in `send_batch` calls of at most 100 messages (the Queues limit).
 pub async fn send_all<T: Serialize>(
     env: &Env,
     binding: &str,
@@ -137,21 +134,17 @@ pub async fn send_all<T: Serialize>(
 ) -> worker::Result<()> {
     let queue = env.queue(binding)?;
     for chunk in bodies.chunks(100) {
-        let sends = chunk
+        let messages = chunk
             .iter()
             .map(|b| {
-                let msg = envelope(b, request_id).map(|e| {
+                envelope(b, request_id).map(|e| {
                     MessageBuilder::new(e)
                         .content_type(QueueContentType::Json)
                         .build()
-                });
-                let queue = &queue;
-                async move { queue.send(msg?).await }
+                })
             })
-            .collect::<Vec<_>>();
-        for r in futures::future::join_all(sends).await {
-            r?;
-        }
+            .collect::<worker::Result<Vec<_>>>()?;
+        queue.send_batch(messages).await?;
     }
     Ok(())
 }
