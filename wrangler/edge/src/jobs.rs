@@ -48,11 +48,15 @@ pub async fn route(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (req.method(), parts.as_slice()) {
         (Method::Post, ["jobs"]) => submit(req, env, caller).await,
+        (Method::Get | Method::Head, ["jobs"]) => list(req, env, caller).await,
         (Method::Get | Method::Head, ["jobs", id]) => get(env, caller, id).await,
+        (Method::Post, ["jobs", id, "cancel"]) => cancel(env, caller, id).await,
         (Method::Get | Method::Head, ["jobs", id, "artifacts", name]) => {
             artifact(req, env, caller, id, name).await
         }
-        (_, ["jobs"] | ["jobs", _] | ["jobs", _, "artifacts", _]) => Err(http::no_route(true)),
+        (_, ["jobs"] | ["jobs", _] | ["jobs", _, "cancel"] | ["jobs", _, "artifacts", _]) => {
+            Err(http::no_route(true))
+        }
         _ => Err(http::no_route(false)),
     }
 }
@@ -243,18 +247,21 @@ const JOB_COLUMNS: &str = "id, type, status, progress::float8, stage, attempts, 
     (extract(epoch FROM created_at) * 1000)::bigint, (extract(epoch FROM started_at) * 1000)::bigint,
     (extract(epoch FROM finished_at) * 1000)::bigint";
 
-async fn get(env: &Env, caller: &Caller, id: &str) -> ApiResult {
-    let claims = caller.claims()?;
-    let db = crate::db::connect(env).await?;
-    let Some(job) = db
-        .query_opt(
-            &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND tenant_id = $2"),
-            &[&id, &claims.tenant],
-        )
-        .await?
-    else {
-        return Err(not_found(id));
-    };
+const STATUSES: &[&str] = &[
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "dead",
+];
+
+/// A job row and its artifacts as the API shows them (the native `job_json`).
+async fn job_json(
+    db: &tokio_postgres::Client,
+    job: &tokio_postgres::Row,
+) -> Result<serde_json::Value, ApiError> {
+    let id: String = job.get(0);
     let artifacts = db
         .query(
             "SELECT name, content_type, size, stored_size, compression, sha256, tier
@@ -282,7 +289,7 @@ async fn get(env: &Env, caller: &Caller, id: &str) -> ApiResult {
         .collect();
     let ms = |i: usize| crate::billing::rfc3339(job.get::<_, Option<i64>>(i));
     let mut v = serde_json::json!({
-        "id": job.get::<_, String>(0),
+        "id": id,
         "type": job.get::<_, String>(1),
         "status": job.get::<_, String>(2),
         "progress": job.get::<_, f64>(3),
@@ -297,7 +304,117 @@ async fn get(env: &Env, caller: &Caller, id: &str) -> ApiResult {
     if let Some(error) = job.get::<_, Option<String>>(6) {
         v["error"] = serde_json::Value::String(error);
     }
-    http::json(200, &v)
+    Ok(v)
+}
+
+async fn get(env: &Env, caller: &Caller, id: &str) -> ApiResult {
+    let claims = caller.claims()?;
+    let db = crate::db::connect(env).await?;
+    let Some(job) = db
+        .query_opt(
+            &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND tenant_id = $2"),
+            &[&id, &claims.tenant],
+        )
+        .await?
+    else {
+        return Err(not_found(id));
+    };
+    http::json(200, &job_json(&db, &job).await?)
+}
+
+/// `GET /jobs?status=&type=&limit=&cursor=`: newest first, `next_cursor` for the next page.
+async fn list(req: &Request, env: &Env, caller: &Caller) -> ApiResult {
+    let claims = caller.claims()?;
+    let url = req.url()?;
+    let (mut status, mut job_type, mut limit, mut cursor) = (None, None, None, None);
+    for (k, v) in url.query_pairs() {
+        let slot = match k.as_ref() {
+            "status" => &mut status,
+            "type" => &mut job_type,
+            "limit" => &mut limit,
+            "cursor" => &mut cursor,
+            other => {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    format!("unknown query parameter {other:?}; this route takes status, type, limit and cursor"),
+                ))
+            }
+        };
+        *slot = Some(v.into_owned());
+    }
+    if let Some(s) = status.as_deref() {
+        if !STATUSES.contains(&s) {
+            return Err(ApiError::bad_request(
+                "invalid_status",
+                format!("status must be one of {}", STATUSES.join(", ")),
+            ));
+        }
+    }
+    let limit: i64 = match limit.as_deref() {
+        None => 20,
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=100).contains(l))
+            .ok_or_else(|| {
+                ApiError::bad_request("invalid_limit", "limit must be an integer 1..=100")
+            })?,
+    };
+    let db = crate::db::connect(env).await?;
+    let rows = db
+        .query(
+            &format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2)
+                 AND ($3::text IS NULL OR type = $3) AND ($4::text IS NULL OR id < $4) ORDER BY id DESC LIMIT $5"
+            ),
+            &[&claims.tenant, &status, &job_type, &cursor, &(limit + 1)],
+        )
+        .await?;
+    let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+    let page = &rows[..rows.len().min(usize::try_from(limit).unwrap_or(usize::MAX))];
+    let mut items = Vec::with_capacity(page.len());
+    for job in page {
+        items.push(job_json(&db, job).await?);
+    }
+    let next = if more {
+        page.last().map(|j| serde_json::Value::String(j.get(0)))
+    } else {
+        None
+    };
+    http::json(
+        200,
+        &serde_json::json!({ "jobs": items, "next_cursor": next.unwrap_or(serde_json::Value::Null) }),
+    )
+}
+
+/// `POST /jobs/{id}/cancel`: a queued job at once, a running one at its next start (the edge
+/// runs a job inside one invocation, so "next stage boundary" is the next delivery).
+async fn cancel(env: &Env, caller: &Caller, id: &str) -> ApiResult {
+    let claims = caller.claims()?;
+    let db = crate::db::connect(env).await?;
+    let row = db
+        .query_opt(
+            "WITH cur AS (SELECT status FROM jobs WHERE id = $1 AND tenant_id = $2 FOR UPDATE),
+                  q AS (UPDATE jobs SET status = 'cancelled', error = 'cancelled before it started', finished_at = now()
+                        WHERE id = $1 AND status = 'queued' RETURNING 1),
+                  r AS (UPDATE jobs SET cancel_requested = true WHERE id = $1 AND status = 'running' RETURNING 1)
+             SELECT status FROM cur",
+            &[&id, &claims.tenant],
+        )
+        .await?;
+    match row.map(|r| r.get::<_, String>(0)).as_deref() {
+        None => Err(not_found(id)),
+        Some("queued") => http::json(200, &serde_json::json!({"id": id, "status": "cancelled"})),
+        Some("running") => http::json(
+            202,
+            &serde_json::json!({"id": id, "status": "running", "cancel_requested": true}),
+        ),
+        Some(other) => Err(ApiError::new(
+            409,
+            "job_finished",
+            format!("the job already finished ({other}); nothing to cancel"),
+        )),
+    }
 }
 
 async fn artifact(req: &Request, env: &Env, caller: &Caller, id: &str, name: &str) -> ApiResult {
@@ -439,8 +556,8 @@ async fn run_one(db: &tokio_postgres::Client, env: &Env, id: &str) -> Result<(),
         .query_opt(
             "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = COALESCE(started_at, now()),
                  progress = 0, stage = NULL
-             WHERE id = $1 AND status IN ('queued', 'running') AND NOT cancel_requested
-             RETURNING tenant_id, type, params, input_key, request_id",
+             WHERE id = $1 AND status IN ('queued', 'running')
+             RETURNING tenant_id, type, params, input_key, request_id, cancel_requested",
             &[&id],
         )
         .await
@@ -455,6 +572,10 @@ async fn run_one(db: &tokio_postgres::Client, env: &Env, id: &str) -> Result<(),
         String,
         Option<String>,
     ) = (job.get(0), job.get(1), job.get(2), job.get(3), job.get(4));
+    if job.get::<_, bool>(5) {
+        // A cancel asked for while it ran: this delivery is its next boundary.
+        return finish(db, id, "cancelled", "cancelled while running").await;
+    }
     let registry = cognomega_pipelines::registry();
     let Some(job_type) = registry.get(&job_type_name) else {
         return finish(db, id, "failed", "unknown job type").await;
@@ -525,6 +646,15 @@ async fn run_one(db: &tokio_postgres::Client, env: &Env, id: &str) -> Result<(),
             "object_key": key,
         }));
     }
+    // A cancel that came in while the job ran: not billed, not succeeded.
+    let cancelled = db
+        .query_one("SELECT cancel_requested FROM jobs WHERE id = $1", &[&id])
+        .await
+        .map_err(|e| e.to_string())?
+        .get::<_, bool>(0);
+    if cancelled {
+        return finish(db, id, "cancelled", "cancelled while running").await;
+    }
     // The usage event first (its key `job-<id>` makes a re-send harmless), then the success:
     // a crash between them redelivers the message and re-sends the same event.
     let usage = crate::consumers::job_usage(&tenant, id, job_type.name())?;
@@ -546,12 +676,22 @@ async fn run_one(db: &tokio_postgres::Client, env: &Env, id: &str) -> Result<(),
             &[&id, &rows_json],
         )
         .await?;
-        db.execute(
-            "UPDATE jobs SET status = 'succeeded', progress = 1, stage = 'done', error = NULL,
-                 credits_charged = $2, finished_at = now() WHERE id = $1",
-            &[&id, &credits],
-        )
-        .await?;
+        let succeeded = db
+            .execute(
+                "UPDATE jobs SET status = 'succeeded', progress = 1, stage = 'done', error = NULL,
+                     credits_charged = $2, finished_at = now() WHERE id = $1 AND NOT cancel_requested",
+                &[&id, &credits],
+            )
+            .await?;
+        if succeeded == 0 {
+            // Cancelled while it ran: the artifacts stay listed, the status says cancelled.
+            db.execute(
+                "UPDATE jobs SET status = 'cancelled', error = 'cancelled while running', finished_at = now()
+                 WHERE id = $1",
+                &[&id],
+            )
+            .await?;
+        }
         Ok::<_, tokio_postgres::Error>(())
     }
     .await;

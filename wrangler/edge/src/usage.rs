@@ -16,6 +16,7 @@ const MESSAGE_BUDGET: usize = 96 * 1024;
 pub async fn route(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     match (req.method(), req.path().as_str()) {
         (Method::Post, "/usage") => post(req, env, caller).await,
+        (Method::Get | Method::Head, "/usage") => totals(req, env, caller).await,
         (_, "/usage") => Err(http::no_route(true)),
         _ => Err(http::no_route(false)),
     }
@@ -67,4 +68,100 @@ async fn post(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
             ))
         })?;
     http::json(202, &serde_json::json!({ "accepted": accepted }))
+}
+
+fn parse_time(
+    name: &str,
+    raw: Option<&str>,
+    default: chrono::DateTime<chrono::Utc>,
+) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
+    match raw {
+        None => Ok(default),
+        Some(s) => chrono::DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .map_err(|e| {
+                ApiError::bad_request(
+                    "invalid_window",
+                    format!("{name} must be RFC 3339, e.g. 2026-01-31T00:00:00Z: {e}"),
+                )
+            }),
+    }
+}
+
+/// `GET /usage?from=&to=`: the tenant's usage totals per kind in a window (default: the last
+/// 30 days), as natively.
+async fn totals(req: &Request, env: &Env, caller: &Caller) -> ApiResult {
+    use chrono::SecondsFormat;
+    let claims = caller.claims()?;
+    let url = req.url()?;
+    let mut from_raw = None;
+    let mut to_raw = None;
+    for (k, v) in url.query_pairs() {
+        let slot = match k.as_ref() {
+            "from" => &mut from_raw,
+            "to" => &mut to_raw,
+            other => {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    format!("unknown query parameter {other:?}; this route takes from and to"),
+                ))
+            }
+        };
+        if slot.replace(v.into_owned()).is_some() {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("query parameter {k:?} is given more than once"),
+            ));
+        }
+    }
+    let now = chrono::DateTime::from_timestamp_millis(worker::Date::now().as_millis() as i64)
+        .unwrap_or_default();
+    let to = parse_time("to", to_raw.as_deref(), now)?;
+    let from = parse_time("from", from_raw.as_deref(), to - chrono::Duration::days(30))?;
+    if from > to {
+        return Err(ApiError::bad_request(
+            "invalid_window",
+            "from must not be after to",
+        ));
+    }
+    let db = crate::db::connect(env).await?;
+    let rows = db
+        .query(
+            "SELECT kind, LEAST(SUM(quantity), 9223372036854775807)::bigint,
+                    LEAST(SUM(credits), 9223372036854775807)::bigint, COUNT(*)
+             FROM usage_events
+             WHERE tenant_id = $1 AND occurred_at >= to_timestamp($2::float8 / 1000.0)
+               AND occurred_at < to_timestamp($3::float8 / 1000.0) GROUP BY kind ORDER BY kind",
+            &[
+                &claims.tenant,
+                &from.timestamp_millis(),
+                &to.timestamp_millis(),
+            ],
+        )
+        .await?;
+    let mut charged: i64 = 0;
+    let mut totals = serde_json::Map::new();
+    for r in &rows {
+        let kind: String = r.get(0);
+        let credits: i64 = r.get(2);
+        charged = charged.saturating_add(credits);
+        totals.insert(
+            kind,
+            serde_json::json!({
+                "quantity": r.get::<_, i64>(1),
+                "credits": credits,
+                "events": r.get::<_, i64>(3),
+            }),
+        );
+    }
+    http::json(
+        200,
+        &serde_json::json!({
+            "tenant_id": claims.tenant,
+            "from": from.to_rfc3339_opts(SecondsFormat::Millis, true),
+            "to": to.to_rfc3339_opts(SecondsFormat::Millis, true),
+            "totals": totals,
+            "credits_charged": charged,
+        }),
+    )
 }
