@@ -1,15 +1,17 @@
-//! The operator's HTTP surface: queue statistics, dead-letter inspection and replay, and the
-//! environment snapshot with every secret left out.
+//! The operator's HTTP surface: queue statistics, dead-letter inspection and replay, raw
+//! messages sent to a queue, and the environment snapshot with every secret left out.
 
 use std::time::Duration;
 
 use cognomega_core::queue::OutgoingMessage;
+use cognomega_stores::Database;
 use cognomega_testkit::{both_backends, q, wait_for, Backend, TestApp, ADMIN_KEY};
 use reqwest::StatusCode;
 use serde_json::Value;
 
 both_backends!(
     dead_letters_are_listed_and_replayed,
+    messages_are_sent_to_a_declared_queue,
     env_snapshot_redacts_every_secret
 );
 
@@ -124,6 +126,153 @@ async fn dead_letters_are_listed_and_replayed(backend: Backend) -> anyhow::Resul
         .json()
         .await?;
     assert_eq!(none["replayed"], 0, "{none}");
+    app.stop().await
+}
+
+async fn admin_send(
+    app: &TestApp,
+    queue: &str,
+    body: impl Into<reqwest::Body>,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(StatusCode, Value)> {
+    let mut req = app
+        .client
+        .post(app.url(&format!("/admin/queues/{queue}/messages")))
+        .header("X-Admin-Key", ADMIN_KEY)
+        .body(body);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let resp = req.send().await?;
+    let status = resp.status();
+    Ok((status, resp.json().await?))
+}
+
+async fn stored_content_type(db: &Database, id: i64) -> anyhow::Result<Option<String>> {
+    Ok(match db {
+        Database::Sqlite(s) => {
+            sqlx::query_scalar("SELECT content_type FROM queue_messages WHERE id = ?1")
+                .bind(id)
+                .fetch_one(&s.read)
+                .await?
+        }
+        Database::Postgres(p) => {
+            sqlx::query_scalar("SELECT content_type FROM queue_messages WHERE id = $1")
+                .bind(id)
+                .fetch_one(&p.pool)
+                .await?
+        }
+    })
+}
+
+async fn messages_are_sent_to_a_declared_queue(backend: Backend) -> anyhow::Result<()> {
+    let app = TestApp::spawn(backend).await?;
+    let g = app.guest().await?;
+    wait_for(Duration::from_secs(30), || async {
+        Ok((app.balance(&g).await? == 1000).then_some(()))
+    })
+    .await?;
+
+    // A corrected usage message, re-injected by an operator, is consumed like any other.
+    let fixed = serde_json::json!({
+        "tenant_id": g.tenant_id,
+        "events": [{"idempotency_key": "fix-1", "kind": "tokens_in", "quantity": 5000}],
+        "received_at_ms": 1_700_000_000_000_i64,
+    });
+    let (status, sent) = admin_send(
+        &app,
+        "usage",
+        fixed.to_string(),
+        &[("Content-Type", "application/json")],
+    )
+    .await?;
+    assert_eq!(status, StatusCode::ACCEPTED, "{sent}");
+    assert_eq!(sent["queue"], "usage");
+    assert!(sent["id"].is_i64(), "{sent}");
+    wait_for(Duration::from_secs(30), || async {
+        Ok((app.balance(&g).await? == 995).then_some(()))
+    })
+    .await?;
+
+    // The raw bytes, content type and idempotency key are kept; a repeated key sends nothing.
+    let headers = [
+        ("Content-Type", "text/plain"),
+        ("Idempotency-Key", "poison-1"),
+    ];
+    let (status, first) = admin_send(&app, "usage", "not json", &headers).await?;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    let (status, again) = admin_send(&app, "usage", "not json", &headers).await?;
+    assert_eq!(status, StatusCode::ACCEPTED, "{again}");
+    assert_eq!(first["id"], again["id"]);
+    let id = first["id"]
+        .as_i64()
+        .ok_or_else(|| anyhow::anyhow!("no id in {first}"))?;
+    let dead = wait_for(Duration::from_secs(20), || async {
+        let (_, body) = admin_get(&app, "/admin/queues/usage/dlq").await?;
+        Ok(body["messages"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["id"] == id).cloned()))
+    })
+    .await?;
+    assert_eq!(dead["body_preview"], "not json");
+    assert_eq!(
+        stored_content_type(app.tdb.db(), id).await?.as_deref(),
+        Some("text/plain")
+    );
+
+    // Precise refusals, as for the other queue routes.
+    let no_key = app
+        .client
+        .post(app.url("/admin/queues/usage/messages"))
+        .body("x")
+        .send()
+        .await?;
+    assert_eq!(no_key.status(), StatusCode::UNAUTHORIZED);
+    for (queue, body, headers, expected, code) in [
+        (
+            "usage",
+            "",
+            &[][..],
+            StatusCode::BAD_REQUEST,
+            "empty_message",
+        ),
+        (
+            "NOT%20A%20QUEUE",
+            "x",
+            &[][..],
+            StatusCode::BAD_REQUEST,
+            "invalid_queue",
+        ),
+        (
+            "nobody.declared",
+            "x",
+            &[][..],
+            StatusCode::NOT_FOUND,
+            "unknown_queue",
+        ),
+        (
+            "usage",
+            "x",
+            &[("Idempotency-Key", "has space")][..],
+            StatusCode::BAD_REQUEST,
+            "invalid_idempotency_key",
+        ),
+    ] {
+        let (status, answer) = admin_send(&app, queue, body, headers).await?;
+        assert_eq!(
+            (status, answer["error"]["code"].as_str()),
+            (expected, Some(code)),
+            "{queue} {body:?}: {answer}"
+        );
+    }
+    let (status, answer) = admin_send(&app, "usage", vec![b'x'; 64 * 1024 + 1], &[]).await?;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("body_too_large")),
+        "{answer}"
+    );
+    let (status, answer) = admin_send(&app, "usage", vec![b'x'; 64 * 1024], &[]).await?;
+    assert_eq!(status, StatusCode::ACCEPTED, "64 KiB is allowed: {answer}");
     app.stop().await
 }
 

@@ -224,7 +224,17 @@ impl BatchHandler for JobRunner {
             let body = match body {
                 Ok(b) => b,
                 Err(e) => {
-                    batch.fail(id, format!("not a job message: {e}"));
+                    // Retried, not dead-lettered at once: a producer of a newer version may be
+                    // mid-deploy. After max_retries it reaches the dead-letter queue, as on
+                    // Cloudflare Queues.
+                    tracing::warn!(
+                        message_id = id.0,
+                        attempts,
+                        max_deliveries = self.max_deliveries,
+                        request_id = request_id.as_deref().unwrap_or(""),
+                        "not a job message ({e}); retrying"
+                    );
+                    batch.retry(id, None);
                     continue;
                 }
             };

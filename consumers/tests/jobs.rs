@@ -1,6 +1,7 @@
 //! The job runner with job types made for the test: a job cancelled while running stops at its
 //! next stage boundary; a job that keeps failing transiently ends `dead` with its message in the
-//! dead-letter queue; a panicking job is retried, not lost. Both backends.
+//! dead-letter queue; a panicking job is retried, not lost; a message that is not a job message
+//! is retried and then dead-lettered. Both backends.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -230,6 +231,43 @@ async fn a_panicking_job_is_retried(backend: Backend) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn an_unreadable_message_is_retried_then_dead_lettered(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let f = fixture(backend).await?;
+    let queue = jobs::queue("flaky");
+    let id = f
+        .tdb
+        .db()
+        .queue()
+        .send(
+            &queue,
+            OutgoingMessage::new(b"from a newer producer".to_vec()),
+        )
+        .await?
+        .id;
+    let running = start(&f, Arc::new(TestJob(Behaviour::Flaky))).await?;
+    let dead = wait_for(Duration::from_secs(60), || async {
+        let dead = f
+            .tdb
+            .db()
+            .queue()
+            .dead_letters(&jobs::dead_letter_queue("flaky"), 10)
+            .await?;
+        Ok(dead.into_iter().find(|m| m.id == id))
+    })
+    .await?;
+    assert!(running.wait_idle(Duration::from_secs(30)).await);
+    running.stop().await;
+    assert_eq!(
+        dead.attempts, 4,
+        "one delivery and max_retries (3) retries, not dead-lettered at once"
+    );
+    assert_eq!(dead.original_queue.as_ref(), Some(&queue));
+    assert_eq!(dead.body_preview, "from a newer producer");
+    Ok(())
+}
+
 fn zstd_decode(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
     Ok(cognomega_r2_lifecycle::codec::decode(
         bytes,
@@ -242,4 +280,5 @@ cognomega_testkit::both_backends!(
     cancel_while_running_stops_at_a_stage_boundary,
     transient_failures_end_dead_in_the_dlq,
     a_panicking_job_is_retried,
+    an_unreadable_message_is_retried_then_dead_lettered,
 );

@@ -2,16 +2,17 @@
 //! running configuration (with every secret left out).
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use cognomega_core::queue::{MessageId, QueueName};
+use cognomega_core::queue::{IdempotencyKey, MessageId, OutgoingMessage, QueueName};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::openapi::{schemas as s, *};
 use crate::auth::Admin;
 use crate::query::Query;
-use crate::{ApiError, AppState};
+use crate::{current_request_id, ApiError, AppState};
 
 fn queue_name(raw: &str) -> Result<QueueName, ApiError> {
     QueueName::parse(raw).map_err(|e| {
@@ -203,6 +204,109 @@ pub(crate) async fn replay(
             "dead_letter_queue": dlq.as_str(),
             "replayed": replayed,
         })),
+    ))
+}
+
+/// `POST /admin/queues/{q}/messages`: sends the raw body to a declared queue, as one message
+/// (an operator re-injecting a corrected message, or a test poisoning a queue).
+#[utoipa::path(
+    post,
+    path = "/admin/queues/{queue}/messages",
+    operation_id = "send_queue_message",
+    tag = "admin",
+    security(("admin_key" = [])),
+    params(
+        ("queue" = String, Path, description = "A declared queue (GET /admin/queues lists them)"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 128,
+            description = "A repeated key inside the queue's dedup window sends nothing and \
+                           returns the first message's id"),
+    ),
+    request_body(description = "The message body, as is (1 byte ..= 64 KiB), of any type; \
+        `Content-Type` is kept as the message's content type", content(
+        (Object = "application/json"),
+        (String = "text/plain"),
+        (s::Binary = "application/octet-stream"),
+    )),
+    responses(
+        (status = 202, description = "The message is queued", body = s::MessageSent),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 413, response = PayloadTooLarge),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    ),
+)]
+pub(crate) async fn send_message(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(queue): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let queue = queue_name(&queue)?;
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "empty_message",
+            "the body is the message: send 1 byte ..= 64 KiB",
+        ));
+    }
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .map(str::trim)
+                .and_then(|k| IdempotencyKey::parse(k).ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_idempotency_key",
+                        "Idempotency-Key must be 1..=128 visible ASCII characters",
+                    )
+                })?,
+        ),
+    };
+    let content_type = match headers.get(CONTENT_TYPE) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_content_type",
+                        "Content-Type must be visible ASCII",
+                    )
+                })?
+                .to_owned(),
+        ),
+    };
+    let declared = cognomega_stores::queue::declared_settings(&state.db)
+        .await
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .any(|(name, _)| name == queue.as_str());
+    if !declared {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_queue",
+            format!("no queue {queue} is declared; GET /admin/queues lists the queues"),
+        ));
+    }
+    let mut message = OutgoingMessage::new(body.to_vec()).request_id(current_request_id());
+    message.options.content_type = content_type;
+    if let Some(key) = key {
+        message = message.idempotency_key(key);
+    }
+    let receipt = state.queues.send(&queue, message).await.map_err(|e| {
+        ApiError::unavailable(format!("cannot enqueue to {queue} right now ({e}); retry"))
+    })?;
+    tracing::info!(queue = %queue, message_id = receipt.id.0, duplicate = receipt.duplicate,
+        bytes = body.len(), "message sent by an operator");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "queue": queue.as_str(), "id": receipt.id.0 })),
     ))
 }
 

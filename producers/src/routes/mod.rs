@@ -45,6 +45,10 @@ pub fn router() -> Router<AppState> {
         .route("/admin/queues", get(admin_queues::list))
         .route("/admin/queues/{queue}/dlq", get(admin_queues::dead_letters))
         .route(
+            "/admin/queues/{queue}/messages",
+            post(admin_queues::send_message),
+        )
+        .route(
             "/admin/queues/{queue}/dlq/replay",
             post(admin_queues::replay),
         )

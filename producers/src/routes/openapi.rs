@@ -45,6 +45,7 @@ pub const ADMIN_KEY: &str = "admin_key";
         super::admin_queues::list,
         super::admin_queues::dead_letters,
         super::admin_queues::replay,
+        super::admin_queues::send_message,
         super::admin_queues::env_snapshot,
         super::exports::list,
         super::exports::enqueue,
@@ -648,6 +649,14 @@ pub(crate) mod schemas {
         queue: String,
         dead_letter_queue: String,
         replayed: u64,
+    }
+
+    /// A message an operator sent to a queue.
+    #[derive(ToSchema)]
+    pub(crate) struct MessageSent {
+        queue: String,
+        /// The message id; for a repeated Idempotency-Key, the first message's id.
+        id: i64,
     }
 
     /// The running configuration, from an allow-list (no secret appears).

@@ -1,0 +1,728 @@
+//! The HTTP acceptance suite: one set of scenarios, run against a base URL, so the native server
+//! and the Cloudflare edge stack (`wrangler/`) are held to the same contract.
+//!
+//! Target selection:
+//! - `COGNOMEGA_ACCEPTANCE_URL` set: every scenario runs once against that base URL, with the
+//!   admin key from `COGNOMEGA_ACCEPTANCE_ADMIN_KEY` (required then).
+//! - otherwise: every scenario runs against the real `cognomega serve` binary, started here on
+//!   a free loopback port with a temporary data directory, an admin key, a clamd (started by
+//!   `ops/clamd.sh`) and a config file with a small `guest.usage` rate limit — once on SQLite
+//!   and once on a PostgreSQL database created for the test and dropped after it.
+//!
+//! Every response checked must carry `X-Request-Id`, and every error must be the
+//! `{"error":{"code","message","request_id"}}` envelope naming that same id. Timeouts are
+//! generous: the edge stack is slower than the native server.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::process::Stdio;
+use std::time::Duration;
+
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use cognomega_pipelines::synth::Sketch;
+use cognomega_testkit::{Backend, TestDb};
+use reqwest::header::HeaderMap;
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::process::Child;
+use tokio::time::{sleep, Instant};
+
+/// The base URL of an already running deployment to test instead of the native server.
+const URL_ENV: &str = "COGNOMEGA_ACCEPTANCE_URL";
+/// Its admin key (`X-Admin-Key`); required when [`URL_ENV`] is set.
+const ADMIN_KEY_ENV: &str = "COGNOMEGA_ACCEPTANCE_ADMIN_KEY";
+
+/// The admin key of the native server started here.
+const NATIVE_ADMIN_KEY: &str = "acceptance-admin-key-0123456789";
+
+/// The config file of the native server: exactly one small bucket, so the rate-limit scenario
+/// reaches 429 quickly while the other scenarios stay far below it.
+const NATIVE_CONFIG: &str = "[rate_limits.guest.usage]\nrate = 1.0\nburst = 20\n";
+
+/// The queue the poison scenario sends to, and its dead-letter queue.
+const POISON_QUEUE: &str = "jobs.sketch_to_app";
+const POISON_DLQ: &str = "jobs.sketch_to_app.dlq";
+
+/// One deployment under test.
+#[derive(Debug, Clone)]
+struct Target {
+    /// Where it is, e.g. `http://127.0.0.1:8787`, without a trailing slash.
+    base: String,
+    /// Its admin key.
+    admin_key: String,
+    /// The client every scenario uses (no compression: artifacts come back decompressed).
+    client: reqwest::Client,
+    /// What it is, for failure messages.
+    name: String,
+}
+
+impl Target {
+    fn new(base: &str, admin_key: &str, name: String) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            admin_key: admin_key.to_owned(),
+            client,
+            name,
+        })
+    }
+
+    /// The absolute URL of `path_or_url` (a path is taken relative to the base URL).
+    fn url(&self, path_or_url: &str) -> String {
+        if path_or_url.starts_with("http://") || path_or_url.starts_with("https://") {
+            path_or_url.to_owned()
+        } else {
+            format!("{}{path_or_url}", self.base)
+        }
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client.request(method, self.url(path))
+    }
+
+    fn get(&self, path: &str) -> RequestBuilder {
+        self.request(Method::GET, path)
+    }
+
+    fn post(&self, path: &str) -> RequestBuilder {
+        self.request(Method::POST, path)
+    }
+
+    fn admin(&self, method: Method, path: &str) -> RequestBuilder {
+        self.request(method, path)
+            .header("X-Admin-Key", &self.admin_key)
+    }
+}
+
+/// A response, read whole and checked: it carries `X-Request-Id`, and an error is the envelope
+/// naming that id.
+#[derive(Debug)]
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+    what: String,
+}
+
+impl Answer {
+    /// The body as JSON.
+    fn json(&self) -> anyhow::Result<Value> {
+        serde_json::from_slice(&self.body).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: body is not JSON ({e}): {}",
+                self.what,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// The body as JSON, after checking the status.
+    fn expect(&self, status: StatusCode) -> anyhow::Result<Value> {
+        anyhow::ensure!(
+            self.status == status,
+            "{}: expected {status}, got {}: {}",
+            self.what,
+            self.status,
+            String::from_utf8_lossy(&self.body)
+        );
+        self.json()
+    }
+
+    /// A header as text.
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The error code, after checking the status.
+    fn expect_error(&self, status: StatusCode) -> anyhow::Result<String> {
+        let body = self.expect(status)?;
+        body["error"]["code"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow::anyhow!("{}: no error code in {body}", self.what))
+    }
+}
+
+/// Sends a request and checks what every answer must satisfy.
+async fn send(request: RequestBuilder) -> anyhow::Result<Answer> {
+    let (client, request) = request.build_split();
+    let request = request?;
+    let what = format!("{} {}", request.method(), request.url().path());
+    let resp = client.execute(request).await?;
+    let answer = Answer {
+        status: resp.status(),
+        headers: resp.headers().clone(),
+        body: resp.bytes().await?,
+        what,
+    };
+    check_envelope(&answer)?;
+    Ok(answer)
+}
+
+/// `X-Request-Id` on every answer; on errors, `{"error":{"code","message","request_id"}}` with
+/// `request_id` equal to the header.
+fn check_envelope(answer: &Answer) -> anyhow::Result<()> {
+    let id = answer
+        .header("x-request-id")
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("{}: no X-Request-Id header", answer.what))?;
+    if answer.status.is_client_error() || answer.status.is_server_error() {
+        let body = answer.json()?;
+        let error = &body["error"];
+        anyhow::ensure!(
+            body.as_object().is_some_and(|o| o.len() == 1) && error.is_object(),
+            "{}: {} is not the error envelope: {body}",
+            answer.what,
+            answer.status
+        );
+        for field in ["code", "message", "request_id"] {
+            anyhow::ensure!(
+                error[field].as_str().is_some_and(|s| !s.is_empty()),
+                "{}: error.{field} is missing: {body}",
+                answer.what
+            );
+        }
+        anyhow::ensure!(
+            error["request_id"] == id,
+            "{}: error.request_id {} is not X-Request-Id {id}",
+            answer.what,
+            error["request_id"]
+        );
+    }
+    Ok(())
+}
+
+/// Polls `probe` until it yields a value; fails with the last observation after `timeout`.
+/// An error from the probe ends the wait at once.
+async fn poll<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Result<T, String>>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let last = match probe().await? {
+            Ok(value) => return Ok(value),
+            Err(last) => last,
+        };
+        let now = Instant::now();
+        anyhow::ensure!(
+            now < deadline,
+            "{what}: not reached after {timeout:?}; last seen: {last}"
+        );
+        sleep(pause.min(deadline - now)).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
+fn str_field<'v>(value: &'v Value, field: &str) -> anyhow::Result<&'v str> {
+    value[field]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("no string {field} in {value}"))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A guest made through `POST /auth/guest`.
+#[derive(Debug)]
+struct Guest {
+    token: String,
+    tenant_id: String,
+    body: Value,
+    answer: Answer,
+}
+
+async fn guest(t: &Target) -> anyhow::Result<Guest> {
+    let answer = send(t.post("/auth/guest").json(&json!({}))).await?;
+    let body = answer.expect(StatusCode::OK)?;
+    Ok(Guest {
+        token: str_field(&body, "token")?.to_owned(),
+        tenant_id: str_field(&body, "tenant_id")?.to_owned(),
+        body,
+        answer,
+    })
+}
+
+/// `GET /credits`: the balance, with its contract checked.
+async fn balance(t: &Target, g: &Guest) -> anyhow::Result<i64> {
+    let answer = send(t.get("/credits").bearer_auth(&g.token)).await?;
+    let body = answer.expect(StatusCode::OK)?;
+    anyhow::ensure!(body["tenant_id"] == g.tenant_id.as_str(), "{body}");
+    anyhow::ensure!(body["as_of"].is_string(), "no as_of in {body}");
+    let balance = body["balance"]
+        .as_i64()
+        .ok_or_else(|| anyhow::anyhow!("no balance in {body}"))?;
+    let header = answer.header("x-credits-balance");
+    anyhow::ensure!(
+        header.and_then(|h| h.parse::<i64>().ok()) == Some(balance),
+        "X-Credits-Balance {header:?} is not the balance {balance}"
+    );
+    Ok(balance)
+}
+
+/// A usage event in the shape `parse_usage_request` accepts: 1,000 input tokens.
+fn event(key: &str) -> Value {
+    json!({"idempotency_key": key, "kind": "tokens_in", "quantity": 1000})
+}
+
+async fn post_usage(t: &Target, g: &Guest, keys: &[&str]) -> anyhow::Result<Answer> {
+    let events: Vec<Value> = keys.iter().map(|k| event(k)).collect();
+    send(
+        t.post("/usage")
+            .bearer_auth(&g.token)
+            .json(&json!({ "events": events })),
+    )
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+// ---------------------------------------------------------------------------------------------
+
+/// a. A guest token, the JWKS that verifies it, and 401 without a token.
+async fn guest_token_and_jwks(t: Target) -> anyhow::Result<()> {
+    let g = guest(&t).await?;
+    let body = &g.body;
+    assert_eq!(body["token_type"], "Bearer", "{body}");
+    assert!(body["expires_in"].as_i64().is_some_and(|s| s > 0), "{body}");
+    str_field(body, "user_id")?;
+    assert_eq!(g.answer.header("cache-control"), Some("no-store"));
+
+    let jwks = send(t.get("/.well-known/jwks.json"))
+        .await?
+        .expect(StatusCode::OK)?;
+    let keys = jwks["keys"]
+        .as_array()
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("no keys in {jwks}"))?;
+    for key in keys {
+        assert_eq!(key["kty"], "RSA", "{key}");
+        assert_eq!(key["alg"], "RS256", "{key}");
+        str_field(key, "kid")?;
+    }
+
+    // The token's kid is published, and its RS256 signature verifies with that key.
+    let mut parts = g.token.split('.');
+    let (Some(header), Some(payload), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        anyhow::bail!("the token is not three dot-separated parts: {}", g.token);
+    };
+    let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header)?)?;
+    assert_eq!(header["alg"], "RS256", "{header}");
+    let kid = str_field(&header, "kid")?;
+    let jwk = keys
+        .iter()
+        .find(|k| k["kid"] == kid)
+        .ok_or_else(|| anyhow::anyhow!("kid {kid} is not in the JWKS {jwks}"))?;
+    let n = URL_SAFE_NO_PAD.decode(str_field(jwk, "n")?)?;
+    let e = URL_SAFE_NO_PAD.decode(str_field(jwk, "e")?)?;
+    let public = rsa::PublicKey::new(
+        rsa::BoxedUint::from_be_slice_vartime(&n),
+        rsa::BoxedUint::from_be_slice_vartime(&e),
+    )?;
+    let signing_input = &g.token[..header_and_payload_len(&g.token)];
+    let digest = Sha256::digest(signing_input.as_bytes());
+    public
+        .pkcs1v15_verify_prehash::<Sha256>(&digest, &URL_SAFE_NO_PAD.decode(signature)?)
+        .map_err(|e| anyhow::anyhow!("the token's signature does not verify: {e}"))?;
+    let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload)?)?;
+    assert_eq!(claims["tenant"], g.tenant_id.as_str(), "{claims}");
+
+    // No token: 401 in the envelope (checked by `send`).
+    let no_token = send(t.get("/credits")).await?;
+    no_token.expect_error(StatusCode::UNAUTHORIZED)?;
+    Ok(())
+}
+
+/// The length of `header.payload` in a JWT: what its signature covers.
+fn header_and_payload_len(token: &str) -> usize {
+    token.rfind('.').unwrap_or(token.len())
+}
+
+/// b. Duplicate usage events, across and within retried requests, are billed once.
+async fn usage_duplicates_settle_once(t: Target) -> anyhow::Result<()> {
+    let (a, b) = (guest(&t).await?, guest(&t).await?);
+    // The grant settles asynchronously: wait until each guest has it.
+    let grant = wait_grant(&t, &a).await?;
+    let grant_b = wait_grant(&t, &b).await?;
+    assert_eq!(grant, grant_b, "both guests get the same grant");
+
+    let all = ["k1", "k2", "k3", "k4"];
+    let accepted = post_usage(&t, &a, &all)
+        .await?
+        .expect(StatusCode::ACCEPTED)?;
+    assert_eq!(accepted, json!({"accepted": 4}));
+    for keys in [&all[..3], &all[1..], &all[..]] {
+        let accepted = post_usage(&t, &b, keys)
+            .await?
+            .expect(StatusCode::ACCEPTED)?;
+        assert_eq!(accepted, json!({"accepted": keys.len()}));
+    }
+
+    // Each balance drops below the grant and then holds still for 2 s.
+    let (settled_a, settled_b) = tokio::try_join!(
+        settled_balance(&t, &a, grant),
+        settled_balance(&t, &b, grant)
+    )?;
+    assert_eq!(
+        settled_a, settled_b,
+        "B posted every key several times but must be billed once per key, as A was"
+    );
+    assert!(settled_a < grant, "{settled_a} < {grant}");
+    Ok(())
+}
+
+/// Waits until the guest's starting grant is in its balance, and returns it.
+async fn wait_grant(t: &Target, g: &Guest) -> anyhow::Result<i64> {
+    poll("the guest grant", Duration::from_secs(60), || async {
+        let balance = balance(t, g).await?;
+        Ok(if balance > 0 {
+            Ok(balance)
+        } else {
+            Err(format!("balance {balance}"))
+        })
+    })
+    .await
+}
+
+/// Waits until the balance is below `grant` and unchanged for 2 s.
+async fn settled_balance(t: &Target, g: &Guest, grant: i64) -> anyhow::Result<i64> {
+    const STILL: Duration = Duration::from_secs(2);
+    // The first time the current value was seen, across polls.
+    let seen: Cell<Option<(i64, Instant)>> = Cell::new(None);
+    let seen = &seen;
+    poll(
+        "a settled balance",
+        Duration::from_secs(60),
+        || async move {
+            let current = balance(t, g).await?;
+            let now = Instant::now();
+            match seen.get() {
+                Some((value, since)) if value == current => {
+                    if current < grant && now.duration_since(since) >= STILL {
+                        return Ok(Ok(current));
+                    }
+                }
+                _ => seen.set(Some((current, now))),
+            }
+            Ok(Err(format!("balance {current} (grant {grant})")))
+        },
+    )
+    .await
+}
+
+/// c. A `sketch_to_app` job runs to `succeeded` and its HTML artifact downloads.
+async fn sketch_to_app_job(t: Target) -> anyhow::Result<()> {
+    let g = guest(&t).await?;
+    let (png, _) = Sketch::generate(7, 800, 600);
+    let body = json!({"type": "sketch_to_app", "input": {"image_base64": B64.encode(&png)}});
+    let submitted = send(t.post("/jobs").bearer_auth(&g.token).json(&body)).await?;
+    let job = submitted.expect(StatusCode::ACCEPTED)?;
+    let id = str_field(&job, "id")?.to_owned();
+    assert_eq!(job["status"], "queued", "{job}");
+    str_field(&job, "status_url")?;
+    assert!(submitted.header("location").is_some(), "no Location header");
+
+    let done = poll("the job succeeded", Duration::from_secs(120), || async {
+        let job = send(t.get(&format!("/jobs/{id}")).bearer_auth(&g.token))
+            .await?
+            .expect(StatusCode::OK)?;
+        match job["status"].as_str() {
+            Some("succeeded") => Ok(Ok(job)),
+            Some("failed" | "dead" | "cancelled") => {
+                anyhow::bail!(
+                    "the job ended {} instead of succeeded: {job}",
+                    job["status"]
+                )
+            }
+            _ => Ok(Err(job.to_string())),
+        }
+    })
+    .await?;
+    let artifacts = done["artifacts"]
+        .as_array()
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("no artifacts in {done}"))?;
+    for artifact in artifacts {
+        str_field(artifact, "name")?;
+        str_field(artifact, "sha256")?;
+        assert!(
+            artifact["size"].as_i64().is_some_and(|s| s > 0),
+            "{artifact}"
+        );
+    }
+    let html = artifacts
+        .iter()
+        .find(|a| {
+            a["content_type"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("text/html"))
+                || a["name"].as_str().is_some_and(|n| n.ends_with(".html"))
+        })
+        .ok_or_else(|| anyhow::anyhow!("no HTML artifact in {done}"))?;
+    let name = str_field(html, "name")?;
+    let page = send(
+        t.get(&format!("/jobs/{id}/artifacts/{name}"))
+            .bearer_auth(&g.token),
+    )
+    .await?;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.what);
+    let text = String::from_utf8_lossy(&page.body);
+    assert!(text.contains("<html"), "not an HTML page: {text:.200}");
+    Ok(())
+}
+
+/// d. An upload lands, is scanned clean, and its signed link serves the exact bytes.
+async fn upload_lands(t: Target) -> anyhow::Result<()> {
+    let g = guest(&t).await?;
+    let (png, _) = Sketch::generate(11, 160, 120);
+    let created = send(
+        t.post("/upload/direct")
+            .bearer_auth(&g.token)
+            .header("X-Filename", "sketch.png")
+            .header("Content-Type", "image/png")
+            .body(png.clone()),
+    )
+    .await?
+    .expect(StatusCode::CREATED)?;
+    for field in ["key", "filename", "sha256", "content_type", "scan", "url"] {
+        str_field(&created, field)?;
+    }
+    let digest = sha256_hex(&png);
+    assert_eq!(created["size"].as_u64(), u64::try_from(png.len()).ok());
+    assert_eq!(created["sha256"], digest.as_str(), "{created}");
+    let key = str_field(&created, "key")?.to_owned();
+
+    let meta = send(t.get(&format!("/uploads/{key}")).bearer_auth(&g.token))
+        .await?
+        .expect(StatusCode::OK)?;
+    assert_eq!(meta["key"], key.as_str(), "{meta}");
+    assert_eq!(meta["sha256"], digest.as_str(), "{meta}");
+    poll(
+        "the upload scanned clean",
+        Duration::from_secs(60),
+        || async {
+            let meta = send(t.get(&format!("/uploads/{key}")).bearer_auth(&g.token))
+                .await?
+                .expect(StatusCode::OK)?;
+            match meta["scan"].as_str() {
+                Some("clean") => Ok(Ok(())),
+                Some("pending") => Ok(Err(meta.to_string())),
+                _ => anyhow::bail!("the scan ended other than clean: {meta}"),
+            }
+        },
+    )
+    .await?;
+
+    let file = send(t.get(str_field(&created, "url")?)).await?;
+    assert_eq!(file.status, StatusCode::OK, "{}", file.what);
+    assert!(
+        file.body.as_ref() == png.as_slice(),
+        "the file is not the uploaded bytes"
+    );
+    Ok(())
+}
+
+/// e. A message the jobs consumer cannot read is retried and then dead-lettered.
+async fn poison_reaches_dlq(t: Target) -> anyhow::Result<()> {
+    let marker = uuid::Uuid::new_v4().to_string();
+    let sent = send(
+        t.admin(
+            Method::POST,
+            &format!("/admin/queues/{POISON_QUEUE}/messages"),
+        )
+        .body(format!("poison {marker} not json")),
+    )
+    .await?
+    .expect(StatusCode::ACCEPTED)?;
+    assert_eq!(sent["queue"], POISON_QUEUE, "{sent}");
+    assert!(sent["id"].is_number(), "{sent}");
+
+    let (dead, answer) = poll(
+        "the poison message in the DLQ",
+        Duration::from_secs(90),
+        || async {
+            let answer = send(t.admin(
+                Method::GET,
+                &format!("/admin/queues/{POISON_QUEUE}/dlq?limit=1000"),
+            ))
+            .await?
+            .expect(StatusCode::OK)?;
+            let found = answer["messages"].as_array().and_then(|m| {
+                m.iter()
+                    .find(|m| {
+                        m["body_preview"]
+                            .as_str()
+                            .is_some_and(|b| b.contains(&marker))
+                    })
+                    .cloned()
+            });
+            Ok(match found {
+                Some(dead) => Ok((dead, answer)),
+                None => Err(answer.to_string()),
+            })
+        },
+    )
+    .await?;
+    assert_eq!(answer["dead_letter_queue"], POISON_DLQ, "{answer}");
+    assert_eq!(
+        dead["attempts"], 4,
+        "one delivery and max_retries (3) retries: {dead}"
+    );
+    Ok(())
+}
+
+/// f. A guest that keeps posting usage is refused with 429.
+async fn rate_limited(t: Target) -> anyhow::Result<()> {
+    let g = guest(&t).await?;
+    for i in 0..200 {
+        let answer = post_usage(&t, &g, &[&format!("rl-{i}")]).await?;
+        if answer.status == StatusCode::ACCEPTED {
+            continue;
+        }
+        assert_eq!(
+            answer.expect_error(StatusCode::TOO_MANY_REQUESTS)?,
+            "rate_limited"
+        );
+        let retry_after = answer.header("retry-after");
+        assert!(
+            retry_after
+                .and_then(|r| r.parse::<u64>().ok())
+                .is_some_and(|r| r >= 1),
+            "Retry-After {retry_after:?}"
+        );
+        assert!(
+            answer.header("ratelimit-limit").is_some(),
+            "no RateLimit-Limit header"
+        );
+        return Ok(());
+    }
+    anyhow::bail!("200 usage posts of one guest were all accepted: no 429")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Targets
+// ---------------------------------------------------------------------------------------------
+
+/// The native server, started for one scenario; killed (and its database dropped) on
+/// [`Native::stop`] or drop.
+struct Native {
+    child: Child,
+    target: Target,
+    /// Holds the data directory (and, on PostgreSQL, the database) until the child is gone.
+    _tdb: TestDb,
+}
+
+impl Native {
+    async fn start(backend: Backend) -> anyhow::Result<Self> {
+        let clamd =
+            tokio::task::spawn_blocking(|| cognomega_testkit::clamd::clamd().tcp.to_string())
+                .await?;
+        let tdb = TestDb::new(backend).await?;
+        let config = tdb.data_dir().join("acceptance.toml");
+        std::fs::write(&config, NATIVE_CONFIG)?;
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cognomega"));
+        // Only what is set here configures the server.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("COGNOMEGA_") {
+                cmd.env_remove(name);
+            }
+        }
+        cmd.args(["--log", "warn", "--data-dir"])
+            .arg(tdb.data_dir())
+            .arg("--config")
+            .arg(&config);
+        if backend == Backend::Postgres {
+            cmd.args(["--database-url", tdb.url().expose()]);
+        }
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-key",
+            NATIVE_ADMIN_KEY,
+            "--clamd",
+            &clamd,
+        ])
+        .stdout(Stdio::null())
+        .kill_on_drop(true);
+        let (child, url) = cognomega_testkit::spawn_serve(cmd).await?;
+        let target = Target::new(&url, NATIVE_ADMIN_KEY, format!("native {backend}"))?;
+        Ok(Self {
+            child,
+            target,
+            _tdb: tdb,
+        })
+    }
+
+    async fn stop(mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+}
+
+/// Runs `scenario` against the deployment at [`URL_ENV`] when it is set, else against the
+/// native server on every backend (at the same time).
+async fn run<F, Fut>(scenario: F) -> anyhow::Result<()>
+where
+    F: Fn(Target) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    cognomega_testkit::init_tracing();
+    if let Some(base) = std::env::var_os(URL_ENV) {
+        let base = base
+            .into_string()
+            .map_err(|b| anyhow::anyhow!("{URL_ENV} is not UTF-8: {b:?}"))?;
+        let key = std::env::var(ADMIN_KEY_ENV).map_err(|_| {
+            anyhow::anyhow!("{URL_ENV} is set, so {ADMIN_KEY_ENV} must be too (its admin key)")
+        })?;
+        let target = Target::new(&base, &key, base.clone())?;
+        return scenario(target).await;
+    }
+    let on = |backend: Backend| {
+        let scenario = &scenario;
+        async move {
+            let native = Native::start(backend).await?;
+            let name = native.target.name.clone();
+            let outcome = scenario(native.target.clone()).await;
+            native.stop().await?;
+            outcome.map_err(|e| e.context(format!("on the {name} server")))
+        }
+    };
+    tokio::try_join!(on(Backend::Sqlite), on(Backend::Postgres))?;
+    Ok(())
+}
+
+macro_rules! scenarios {
+    ($($name:ident),* $(,)?) => {
+        mod scenarios {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    super::run(super::$name).await
+                }
+            )*
+        }
+    };
+}
+
+scenarios!(
+    guest_token_and_jwks,
+    usage_duplicates_settle_once,
+    sketch_to_app_job,
+    upload_lands,
+    poison_reaches_dlq,
+    rate_limited,
+);
