@@ -426,6 +426,8 @@ async fn settled_balance(t: &Target, g: &Guest, grant: i64) -> anyhow::Result<i6
 /// c. A `sketch_to_app` job runs to `succeeded` and its HTML artifact downloads.
 async fn sketch_to_app_job(t: Target) -> anyhow::Result<()> {
     let g = guest(&t).await?;
+    // A job is billable work: it is refused (402) until the grant has settled.
+    wait_grant(&t, &g).await?;
     let (png, _) = Sketch::generate(7, 800, 600);
     let body = json!({"type": "sketch_to_app", "input": {"image_base64": B64.encode(&png)}});
     let submitted = send(t.post("/jobs").bearer_auth(&g.token).json(&body)).await?;
@@ -487,6 +489,8 @@ async fn sketch_to_app_job(t: Target) -> anyhow::Result<()> {
 /// d. An upload lands, is scanned clean, and its signed link serves the exact bytes.
 async fn upload_lands(t: Target) -> anyhow::Result<()> {
     let g = guest(&t).await?;
+    // An upload is billable work: it is refused (402) until the grant has settled.
+    wait_grant(&t, &g).await?;
     let (png, _) = Sketch::generate(11, 160, 120);
     let created = send(
         t.post("/upload/direct")
