@@ -60,8 +60,14 @@ struct Target {
 
 impl Target {
     fn new(base: &str, admin_key: &str, name: String) -> anyhow::Result<Self> {
+        // No Accept-Encoding, even if a dependency turns on a decompression feature: the
+        // server must decompress artifacts itself.
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
+            .no_gzip()
+            .no_brotli()
+            .no_zstd()
+            .no_deflate()
             .build()?;
         Ok(Self {
             base: base.trim_end_matches('/').to_owned(),
@@ -332,7 +338,11 @@ async fn guest_token_and_jwks(t: Target) -> anyhow::Result<()> {
         rsa::BoxedUint::from_be_slice_vartime(&n),
         rsa::BoxedUint::from_be_slice_vartime(&e),
     )?;
-    let signing_input = &g.token[..header_and_payload_len(&g.token)];
+    // The signature covers `header.payload`, exactly as sent.
+    let (signing_input, _) = g
+        .token
+        .rsplit_once('.')
+        .ok_or_else(|| anyhow::anyhow!("no signature in {}", g.token))?;
     let digest = Sha256::digest(signing_input.as_bytes());
     public
         .pkcs1v15_verify_prehash::<Sha256>(&digest, &URL_SAFE_NO_PAD.decode(signature)?)
@@ -344,11 +354,6 @@ async fn guest_token_and_jwks(t: Target) -> anyhow::Result<()> {
     let no_token = send(t.get("/credits")).await?;
     no_token.expect_error(StatusCode::UNAUTHORIZED)?;
     Ok(())
-}
-
-/// The length of `header.payload` in a JWT: what its signature covers.
-fn header_and_payload_len(token: &str) -> usize {
-    token.rfind('.').unwrap_or(token.len())
 }
 
 /// b. Duplicate usage events, across and within retried requests, are billed once.
