@@ -60,8 +60,14 @@ struct Target {
 
 impl Target {
     fn new(base: &str, admin_key: &str, name: String) -> anyhow::Result<Self> {
+        // No Accept-Encoding, even if a dependency turns on a decompression feature: the
+        // server must decompress artifacts itself.
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
+            .no_gzip()
+            .no_brotli()
+            .no_zstd()
+            .no_deflate()
             .build()?;
         Ok(Self {
             base: base.trim_end_matches('/').to_owned(),
@@ -332,7 +338,11 @@ async fn guest_token_and_jwks(t: Target) -> anyhow::Result<()> {
         rsa::BoxedUint::from_be_slice_vartime(&n),
         rsa::BoxedUint::from_be_slice_vartime(&e),
     )?;
-    let signing_input = &g.token[..header_and_payload_len(&g.token)];
+    // The signature covers `header.payload`, exactly as sent.
+    let (signing_input, _) = g
+        .token
+        .rsplit_once('.')
+        .ok_or_else(|| anyhow::anyhow!("no signature in {}", g.token))?;
     let digest = Sha256::digest(signing_input.as_bytes());
     public
         .pkcs1v15_verify_prehash::<Sha256>(&digest, &URL_SAFE_NO_PAD.decode(signature)?)
@@ -344,11 +354,6 @@ async fn guest_token_and_jwks(t: Target) -> anyhow::Result<()> {
     let no_token = send(t.get("/credits")).await?;
     no_token.expect_error(StatusCode::UNAUTHORIZED)?;
     Ok(())
-}
-
-/// The length of `header.payload` in a JWT: what its signature covers.
-fn header_and_payload_len(token: &str) -> usize {
-    token.rfind('.').unwrap_or(token.len())
 }
 
 /// b. Duplicate usage events, across and within retried requests, are billed once.
@@ -426,6 +431,8 @@ async fn settled_balance(t: &Target, g: &Guest, grant: i64) -> anyhow::Result<i6
 /// c. A `sketch_to_app` job runs to `succeeded` and its HTML artifact downloads.
 async fn sketch_to_app_job(t: Target) -> anyhow::Result<()> {
     let g = guest(&t).await?;
+    // A job is billable work: it is refused (402) until the grant has settled.
+    wait_grant(&t, &g).await?;
     let (png, _) = Sketch::generate(7, 800, 600);
     let body = json!({"type": "sketch_to_app", "input": {"image_base64": B64.encode(&png)}});
     let submitted = send(t.post("/jobs").bearer_auth(&g.token).json(&body)).await?;
@@ -487,6 +494,8 @@ async fn sketch_to_app_job(t: Target) -> anyhow::Result<()> {
 /// d. An upload lands, is scanned clean, and its signed link serves the exact bytes.
 async fn upload_lands(t: Target) -> anyhow::Result<()> {
     let g = guest(&t).await?;
+    // An upload is billable work: it is refused (402) until the grant has settled.
+    wait_grant(&t, &g).await?;
     let (png, _) = Sketch::generate(11, 160, 120);
     let created = send(
         t.post("/upload/direct")
