@@ -45,7 +45,7 @@ pub async fn balance(env: &Env, tenant: &str) -> Result<CachedBalance, ApiError>
         // settlement shows at once.
         return Ok(CachedBalance {
             balance: 0,
-            as_of_ms: None,
+            as_of_ms: Some(worker::Date::now().as_millis() as i64),
         });
     };
     let cached = CachedBalance {
