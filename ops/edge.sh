@@ -11,7 +11,8 @@
 #
 # Environment:
 #   COGNOMEGA_EDGE_PORT      gateway port (default 8788; the native server takes 8787)
-#   COGNOMEGA_EDGE_DB        PostgreSQL database for the edge (default cognomega_edge; created)
+#   COGNOMEGA_EDGE_DB        PostgreSQL database of `dev` (default cognomega_edge; created).
+#                            `test` and `bench` use a database of their own, dropped at the end.
 #   PGHOST/PGPORT/PGUSER     the PostgreSQL server (default 127.0.0.1:5432, postgres)
 #   COGNOMEGA_ADMIN_KEY      the admin key the local Workers use (default: a fixed dev key)
 #   COGNOMEGA_CLAMD          clamd host:port for the av-scan Worker (default 127.0.0.1:3310)
@@ -57,11 +58,11 @@ tools() {
   local wb_want bindgen_want
   wb_want=$(awk '/^name = "worker"$/ {getline; gsub(/"/, "", $3); print $3}' "$wr/Cargo.lock")
   bindgen_want=$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/"/, "", $3); print $3}' "$wr/Cargo.lock")
-  if [ "$(worker-build --version 2>/dev/null | awk '{print $2}')" != "$wb_want" ]; then
+  if [ "$(worker-build --version 2>/dev/null | awk '{print $NF}')" != "$wb_want" ]; then
     say "cargo install worker-build $wb_want"
     CARGO_TARGET_DIR=/var/tmp/cognomega-tools cargo install worker-build --version "$wb_want" --locked
   fi
-  if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$bindgen_want" ]; then
+  if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $NF}')" != "$bindgen_want" ]; then
     say "cargo install wasm-bindgen-cli $bindgen_want"
     CARGO_TARGET_DIR=/var/tmp/cognomega-tools cargo install wasm-bindgen-cli --version "$bindgen_want"
   fi
@@ -161,6 +162,19 @@ wait_healthy() {
   die "the edge stack did not answer /healthz on port $port within 120 s"
 }
 
+throwaway_database() {
+  db="cognomega_edge_$1_$$"
+  trap_db="$db"
+  trap drop_database EXIT
+  database
+}
+
+drop_database() {
+  if [ -n "${trap_db:-}" ]; then
+    psql -h "$pghost" -p "$pgport" -U "$pguser" -d postgres -qc "DROP DATABASE IF EXISTS \"$trap_db\" WITH (FORCE)" >/dev/null 2>&1 || true
+  fi
+}
+
 background() {
   local state log
   state=$(mktemp -d /tmp/cognomega-edge-state.XXXXXX)
@@ -168,7 +182,7 @@ background() {
   ( run_dev "$state" ) >"$log" 2>&1 &
   edge_pid=$!
   edge_state="$state"
-  trap 'kill $edge_pid 2>/dev/null; pkill -P $edge_pid 2>/dev/null; wait $edge_pid 2>/dev/null; rm -rf "$edge_state"' EXIT
+  trap 'kill $edge_pid 2>/dev/null; pkill -P $edge_pid 2>/dev/null; wait $edge_pid 2>/dev/null; rm -rf "$edge_state"; drop_database' EXIT
   say "waiting for the edge stack on 127.0.0.1:$port (log: $log)"
   wait_healthy "$edge_pid" "$log"
   say "edge stack up"
@@ -190,7 +204,7 @@ case "$cmd" in
     ;;
   test)
     build
-    database
+    throwaway_database test
     scanner
     # The acceptance suite's rate-limit scenario needs a small bucket, as the native run has.
     export COGNOMEGA_RATE_LIMITS_TOML='rate_limits = { guest = { usage = { rate = 1.0, burst = 20 } } }'
@@ -201,7 +215,8 @@ case "$cmd" in
     ;;
   bench)
     build
-    database
+    throwaway_database bench
+    scanner
     export COGNOMEGA_RATE_LIMITS=off
     background
     cargo run -q --release --locked --bin cognomega -- bench edge --edge-url "http://127.0.0.1:$port" "$@"
