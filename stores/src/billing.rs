@@ -122,6 +122,60 @@ pub async fn tenant_status(db: &Database, tenant_id: &str) -> Result<Option<bool
     Ok(row.map(|(flagged,)| flagged))
 }
 
+/// What `POST /api/si/ask` checks before calling a provider, read in one round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AskStanding {
+    /// Flagged (out of credits).
+    pub flagged: bool,
+    /// The `balances` row, when the tenant has one.
+    pub balance: Option<i64>,
+    /// `tokens_in` + `tokens_out` recorded today (UTC), as [`tokens_on_day`] reads it.
+    pub tokens_today: u64,
+}
+
+/// The tenant's flag, stored balance and tokens recorded in the UTC day holding `unix_secs`,
+/// in one statement; `None` when the tenant does not exist.
+pub async fn ask_standing(
+    db: &Database,
+    tenant_id: &str,
+    unix_secs: i64,
+) -> Result<Option<AskStanding>, StoreError> {
+    let day = day_start(unix_secs);
+    let row: Option<(bool, Option<i64>, Option<i64>)> = match db {
+        Database::Sqlite(s) => {
+            sqlx::query_as(
+                "SELECT t.flagged_at IS NOT NULL, b.balance,
+                        (SELECT d.tokens FROM usage_day_tokens d
+                         WHERE d.tenant_id = t.id AND d.day_start = ?2)
+                 FROM tenants t LEFT JOIN balances b ON b.tenant_id = t.id
+                 WHERE t.id = ?1",
+            )
+            .bind(tenant_id)
+            .bind(day)
+            .fetch_optional(&s.read)
+            .await?
+        }
+        Database::Postgres(pg) => {
+            sqlx::query_as(
+                "SELECT t.flagged_at IS NOT NULL, b.balance,
+                        (SELECT d.tokens FROM usage_day_tokens d
+                         WHERE d.tenant_id = t.id AND d.day_start = $2)
+                 FROM tenants t LEFT JOIN balances b ON b.tenant_id = t.id
+                 WHERE t.id = $1",
+            )
+            .bind(tenant_id)
+            .bind(day)
+            .fetch_optional(&pg.pool)
+            .await?
+        }
+    };
+    Ok(row.map(|(flagged, balance, tokens)| AskStanding {
+        flagged,
+        balance,
+        tokens_today: tokens.map_or(0, |t| u64::try_from(t).unwrap_or(0)),
+    }))
+}
+
 /// The SQLite multi-row usage INSERT of `chunk`, skipping keys the tenant already used.
 fn sqlite_usage_insert<'a>(
     tenant_id: &'a str,
@@ -228,7 +282,9 @@ pub struct UsageInsert<'a> {
 
 /// Records usage and, in the same transaction, enqueues one `settlement` message
 /// (`{"id":"usage-{seq}", …, "kind":"usage"}`) per newly inserted event that costs something.
-/// Keys the tenant already used are skipped. Returns how many events were new.
+/// Keys the tenant already used are skipped. The new events' `tokens_in`/`tokens_out`
+/// quantities are added to the tenant's day in `usage_day_tokens` (read by [`tokens_on_day`]),
+/// in the same transaction. Returns how many events were new.
 ///
 /// On SQLite the settlement messages are built by one `INSERT … SELECT` over the rows this
 /// transaction inserted (the writer is exclusive, so they are exactly the rows past the
@@ -272,10 +328,34 @@ pub async fn record_usage(
         if sent > 0 && !wake.contains(settlement_queue) {
             wake.push(settlement_queue.clone());
         }
+        if new > 0 {
+            // The new token events' quantities per tenant and UTC day, each summed in two
+            // halves (SQLite's SUM fails on overflow) and joined in i128.
+            let halves: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+                "SELECT tenant_id,
+                        (occurred_at - ((occurred_at % 86400000) + 86400000) % 86400000) / 1000,
+                        SUM(quantity >> 32), SUM(quantity & 4294967295)
+                 FROM usage_events
+                 WHERE seq > ?1 AND kind IN ('tokens_in', 'tokens_out')
+                 GROUP BY 1, 2",
+            )
+            .bind(before)
+            .fetch_all(&mut **conn)
+            .await?;
+            let days: DayTokens = halves
+                .into_iter()
+                .map(|(tenant, day, high, low)| {
+                    let sum = (i128::from(high) << 32) + i128::from(low);
+                    ((tenant, day), i64::try_from(sum).unwrap_or(i64::MAX))
+                })
+                .collect();
+            add_day_tokens(tx, &days).await?;
+        }
         return Ok(u64::try_from(new).unwrap_or(0));
     }
     let mut new_events = 0;
     let mut settlements = Vec::new();
+    let mut days = DayTokens::new();
     for item in items {
         let new = insert_usage(
             tx,
@@ -286,6 +366,7 @@ pub async fn record_usage(
         )
         .await?;
         new_events += new.len() as u64;
+        count_day_tokens(&mut days, item, &new);
         for usage in new.into_iter().filter(|u| u.credits != 0) {
             let msg = SettlementMessage {
                 id: format!("usage-{}", usage.seq),
@@ -303,7 +384,119 @@ pub async fn record_usage(
     if !settlements.is_empty() {
         tx.send_batch(settlement_queue, settlements).await?;
     }
+    add_day_tokens(tx, &days).await?;
     Ok(new_events)
+}
+
+/// Milliseconds in a UTC day (unix time has no leap seconds).
+const DAY_MS: i64 = 86_400_000;
+
+/// The start (unix seconds) of the UTC day holding `unix_secs`.
+fn day_start(unix_secs: i64) -> i64 {
+    unix_secs - unix_secs.rem_euclid(DAY_MS / 1000)
+}
+
+/// Token quantity per (tenant, UTC day start in unix seconds).
+type DayTokens = BTreeMap<(String, i64), i64>;
+
+/// Adds the token quantities of `item`'s newly inserted events (`new`) to `days`. A key
+/// repeated inside the item was inserted once, with its first occurrence.
+fn count_day_tokens(days: &mut DayTokens, item: &UsageInsert<'_>, new: &[NewUsage]) {
+    if new.is_empty() {
+        return;
+    }
+    let mut first: std::collections::HashMap<&str, &UsageEvent> =
+        std::collections::HashMap::with_capacity(item.events.len());
+    for (e, _) in &item.events {
+        first.entry(e.idempotency_key.as_str()).or_insert(e);
+    }
+    for usage in new {
+        let Some(e) = first.get(usage.idempotency_key.as_str()) else {
+            continue;
+        };
+        if !matches!(e.kind, UsageKind::TokensIn | UsageKind::TokensOut) {
+            continue;
+        }
+        let occurred = e
+            .occurred_at
+            .map_or(item.received_at_ms, |t| t.timestamp_millis());
+        let day = occurred.div_euclid(DAY_MS) * (DAY_MS / 1000);
+        let quantity = i64::try_from(e.quantity).unwrap_or(i64::MAX);
+        let total = days.entry((item.tenant_id.to_owned(), day)).or_insert(0);
+        *total = total.saturating_add(quantity);
+    }
+}
+
+/// Adds `days` to `usage_day_tokens` (saturating), in the caller's transaction.
+async fn add_day_tokens(tx: &mut Tx, days: &DayTokens) -> Result<(), StoreError> {
+    const UPSERT: &str = " ON CONFLICT (tenant_id, day_start) DO UPDATE SET tokens = \
+        CASE WHEN usage_day_tokens.tokens > 9223372036854775807 - excluded.tokens \
+        THEN 9223372036854775807 ELSE usage_day_tokens.tokens + excluded.tokens END";
+    // Keys are unique (a map), as PostgreSQL requires of one upsert; 300 rows × 3 parameters
+    // stay far below either backend's bound.
+    let rows: Vec<_> = days.iter().filter(|(_, &t)| t > 0).collect();
+    for chunk in rows.chunks(300) {
+        match tx {
+            Tx::Sqlite { tx, .. } => {
+                let mut qb: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(
+                    "INSERT INTO usage_day_tokens (tenant_id, day_start, tokens) ",
+                );
+                qb.push_values(chunk, |mut b, ((tenant, day), tokens)| {
+                    b.push_bind(tenant.as_str())
+                        .push_bind(*day)
+                        .push_bind(**tokens);
+                });
+                qb.push(UPSERT);
+                qb.build().execute(&mut **tx).await?;
+            }
+            Tx::Postgres { tx } => {
+                let mut qb: QueryBuilder<sqlx::Postgres> = QueryBuilder::new(
+                    "INSERT INTO usage_day_tokens (tenant_id, day_start, tokens) ",
+                );
+                qb.push_values(chunk, |mut b, ((tenant, day), tokens)| {
+                    b.push_bind(tenant.as_str())
+                        .push_bind(*day)
+                        .push_bind(**tokens);
+                });
+                qb.push(UPSERT);
+                qb.build().execute(&mut **tx).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The `tokens_in` + `tokens_out` quantity recorded for the tenant's events that occurred in
+/// the UTC day holding `unix_secs`: one row read (`usage_day_tokens`, kept by
+/// [`record_usage`]), not a sum over the day's events. Like any read of recorded usage it
+/// trails what is still queued.
+pub async fn tokens_on_day(
+    db: &Database,
+    tenant_id: &str,
+    unix_secs: i64,
+) -> Result<u64, StoreError> {
+    let day = day_start(unix_secs);
+    let tokens: Option<i64> = match db {
+        Database::Sqlite(s) => {
+            sqlx::query_scalar(
+                "SELECT tokens FROM usage_day_tokens WHERE tenant_id = ?1 AND day_start = ?2",
+            )
+            .bind(tenant_id)
+            .bind(day)
+            .fetch_optional(&s.read)
+            .await?
+        }
+        Database::Postgres(pg) => {
+            sqlx::query_scalar(
+                "SELECT tokens FROM usage_day_tokens WHERE tenant_id = $1 AND day_start = $2",
+            )
+            .bind(tenant_id)
+            .bind(day)
+            .fetch_optional(&pg.pool)
+            .await?
+        }
+    };
+    Ok(tokens.map_or(0, |t| u64::try_from(t).unwrap_or(0)))
 }
 
 fn received_meta(e: &UsageEvent) -> Option<String> {

@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use cognomega_core::ai::{parse_ask, AskRequest, Verdict};
 use cognomega_core::billing::{UsageBatchMessage, UsageEvent, UsageKey, UsageKind};
 use cognomega_core::queue::OutgoingMessage;
@@ -86,11 +86,8 @@ pub(crate) async fn ask(
     if !state.ai.any() {
         return Err(no_provider());
     }
-    crate::routes::jobs::require_credits(&state, &claims.tenant).await?;
-    if let Some(budget) = policy.daily_tokens {
-        if let Err(refusal) = check_budget(&state, &claims.tenant, budget).await {
-            return Ok(refusal);
-        }
+    if let Err(refusal) = check_standing(&state, &claims.tenant, policy.daily_tokens).await {
+        return Ok(refusal);
     }
     let request_id = current_request_id();
     if req.stream {
@@ -196,30 +193,42 @@ fn routing_error(e: AskFailure) -> ApiError {
     }
 }
 
-/// 429 (with `Retry-After`) when the tenant's tokens today (UTC) reached its tier's budget.
-async fn check_budget(state: &AppState, tenant: &str, budget: u64) -> Result<(), Response> {
-    let now = Utc::now();
-    let midnight = now
-        .date_naive()
-        .and_hms_opt(0, 0, 0)
-        .map_or(now, |t| DateTime::from_naive_utc_and_offset(t, Utc));
-    let totals = cognomega_stores::billing::usage_totals(
-        &state.db,
-        tenant,
-        midnight.timestamp_millis(),
-        now.timestamp_millis(),
-    )
-    .await
-    .map_err(|e| ApiError::internal(e).into_response())?;
-    let used: u64 = totals
-        .iter()
-        .filter(|(k, _)| matches!(k.as_str(), "tokens_in" | "tokens_out"))
-        .map(|(_, t)| u64::try_from(t.quantity).unwrap_or(0))
-        .sum();
+/// The checks before any provider is called, on one read of the tenant's flag, stored
+/// balance and tokens recorded today: 402 when it is flagged or at the floor (as for every
+/// billable route), then 429 (with `Retry-After`) when its tokens today (UTC) reached its
+/// tier's budget. Today's tokens come from a counter the usage-writer keeps with the events,
+/// so the check costs the same however much was used.
+async fn check_standing(
+    state: &AppState,
+    tenant: &str,
+    budget: Option<u64>,
+) -> Result<(), Response> {
+    let now = Utc::now().timestamp();
+    let standing = cognomega_stores::billing::ask_standing(&state.db, tenant, now)
+        .await
+        .map_err(|e| ApiError::internal(e).into_response())?;
+    let flagged = standing.is_some_and(|s| s.flagged);
+    // No `balances` row yet: the cache, which falls back to the ledger.
+    let balance = match standing.and_then(|s| s.balance) {
+        Some(b) => b,
+        None => {
+            state
+                .balances
+                .get(tenant)
+                .await
+                .map_err(|e| ApiError::internal(e).into_response())?
+                .balance
+        }
+    };
+    if flagged || balance <= state.config.billing.guest_floor {
+        return Err(crate::routes::jobs::insufficient_credits(balance).into_response());
+    }
+    let Some(budget) = budget else {
+        return Ok(());
+    };
+    let used = standing.map_or(0, |s| s.tokens_today);
     if used >= budget {
-        let reset = (midnight + chrono::Duration::days(1) - now)
-            .num_seconds()
-            .max(1);
+        let reset = (86_400 - now.rem_euclid(86_400)).max(1);
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "token_budget_exceeded",
@@ -283,31 +292,40 @@ async fn bill(
     }
     let credits = prices.charge(UsageKind::TokensIn, usage.tokens_in)
         + prices.charge(UsageKind::TokensOut, usage.tokens_out);
-    if !events.is_empty() {
+    let out = if events.is_empty() {
+        None
+    } else {
         let msg = UsageBatchMessage {
             tenant_id: tenant.to_owned(),
             events,
             received_at_ms: now.timestamp_millis(),
         };
-        let out = OutgoingMessage::json(&msg)
-            .map_err(ApiError::internal)?
-            .request_id(request_id);
+        Some(
+            OutgoingMessage::json(&msg)
+                .map_err(ApiError::internal)?
+                .request_id(request_id),
+        )
+    };
+    let send = async {
+        let Some(out) = out else {
+            return Ok(());
+        };
         state
             .queues
             .send(&cognomega_consumers::usage_writer::queue(), out)
             .await
+            .map(drop)
             .map_err(|e| {
                 ApiError::unavailable(format!(
                     "the answer could not be billed ({e}); retry with the same X-Request-Id"
                 ))
-            })?;
-    }
-    let balance = state
-        .balances
-        .get(tenant)
-        .await
-        .map_err(ApiError::internal)?
-        .balance;
+            })
+    };
+    // The balance is read while the enqueue waits for its commit (it cannot include this
+    // request's charge either way: that settles only after the commit).
+    let (sent, cached) = tokio::join!(send, state.balances.get(tenant));
+    sent?;
+    let balance = cached.map_err(ApiError::internal)?.balance;
     Ok(Billed {
         credits,
         balance: balance - credits,

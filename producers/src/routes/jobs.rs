@@ -365,13 +365,18 @@ pub(crate) async fn require_credits(state: &AppState, tenant: &str) -> Result<()
         .map_err(ApiError::internal)?
         .balance;
     if flagged || balance <= state.config.billing.guest_floor {
-        return Err(ApiError::new(
-            StatusCode::PAYMENT_REQUIRED,
-            "insufficient_credits",
-            format!("the balance is {balance} credits; add credits (POST /credits/adjust) before submitting billable work"),
-        ));
+        return Err(insufficient_credits(balance));
     }
     Ok(())
+}
+
+/// 402: the tenant is flagged or its balance is at the floor.
+pub(crate) fn insufficient_credits(balance: i64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYMENT_REQUIRED,
+        "insufficient_credits",
+        format!("the balance is {balance} credits; add credits (POST /credits/adjust) before submitting billable work"),
+    )
 }
 
 /// A job of this tenant, with its artifacts.

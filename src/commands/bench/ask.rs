@@ -1,9 +1,9 @@
 //! `cognomega bench ask`: the orchestrator's own cost. A fake OpenAI-compatible provider runs on
 //! loopback (answering at once); the same request is timed straight to the provider and through
 //! `POST /api/si/ask` of a `cognomega serve` child routed to it, one at a time, so the
-//! difference is what the platform adds (auth, policy, budget query, routing, token accounting,
-//! the usage enqueue). Then closed-loop load over several connections gives asks per second,
-//! and the balances are checked to settle to the exact charge.
+//! difference is what the platform adds (auth, policy, the credit and budget read, routing,
+//! token accounting, the usage enqueue). Then closed-loop load over several connections gives
+//! asks per second, and the balances are checked to settle to the exact charge.
 
 use std::time::{Duration, Instant};
 
@@ -65,7 +65,7 @@ pub(super) async fn run(ctx: &Ctx, args: AskArgs) -> anyhow::Result<()> {
         .await
         .context("cannot start the loopback provider")?;
     // A guest policy like the default but with a budget the load cannot reach, so every ask
-    // still pays for the budget query.
+    // still checks the budget.
     let config = tempfile_config()?;
     let extra = [
         "--guest-grant".to_owned(),
