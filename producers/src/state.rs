@@ -113,18 +113,9 @@ impl Default for UploadConfig {
             max_bytes: 100 << 20,
             max_bytes_by_tier: std::collections::BTreeMap::new(),
             quota_bytes: 1 << 30,
-            allowed_types: [
-                "image/png",
-                "image/jpeg",
-                "image/webp",
-                "image/gif",
-                "application/pdf",
-                "text/plain",
-                "text/csv",
-                "application/json",
-            ]
-            .map(str::to_owned)
-            .to_vec(),
+            allowed_types: cognomega_core::files::DEFAULT_UPLOAD_TYPES
+                .map(str::to_owned)
+                .to_vec(),
             link_ttl: Duration::from_secs(15 * 60),
             scanning: false,
             require_scan: false,

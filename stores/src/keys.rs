@@ -2,26 +2,12 @@
 //! of a deployment signs and verifies with the same keys.
 
 use cognomega_core::auth::{KeyId, KeyRing, SigningKey};
-use serde::{Deserialize, Serialize};
 
 use crate::{kv, Database, StoreError};
 
 const NAMESPACE: &str = "KEYS";
 const RING: &str = "ring";
 
-#[derive(Serialize, Deserialize)]
-struct StoredKey {
-    kid: String,
-    pem: String,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredRing {
-    current: StoredKey,
-    previous: Vec<StoredKey>,
-}
-
-/// Key-ring storage failures.
 #[derive(Debug, thiserror::Error)]
 pub enum KeysError {
     /// The store failed.
@@ -33,40 +19,11 @@ pub enum KeysError {
 }
 
 fn encode(ring: &KeyRing) -> Result<Vec<u8>, KeysError> {
-    let stored = |k: &SigningKey| -> Result<StoredKey, KeysError> {
-        Ok(StoredKey {
-            kid: k.kid().to_string(),
-            pem: k
-                .to_pkcs8_pem()
-                .map_err(|e| KeysError::Key(e.to_string()))?
-                .to_string(),
-        })
-    };
-    let ring = StoredRing {
-        current: stored(ring.current())?,
-        previous: ring
-            .previous()
-            .iter()
-            .map(stored)
-            .collect::<Result<_, _>>()?,
-    };
-    serde_json::to_vec(&ring).map_err(|e| KeysError::Key(e.to_string()))
+    ring.to_stored().map_err(|e| KeysError::Key(e.to_string()))
 }
 
 fn decode(bytes: &[u8]) -> Result<KeyRing, KeysError> {
-    let stored: StoredRing =
-        serde_json::from_slice(bytes).map_err(|e| KeysError::Key(e.to_string()))?;
-    let key = |k: StoredKey| -> Result<SigningKey, KeysError> {
-        let kid = KeyId::parse(&k.kid).map_err(|e| KeysError::Key(e.to_string()))?;
-        SigningKey::from_pkcs8_pem(kid, &k.pem).map_err(|e| KeysError::Key(e.to_string()))
-    };
-    let current = key(stored.current)?;
-    let previous = stored
-        .previous
-        .into_iter()
-        .map(key)
-        .collect::<Result<_, _>>()?;
-    KeyRing::from_parts(current, previous).map_err(|e| KeysError::Key(e.to_string()))
+    KeyRing::from_stored(bytes).map_err(|e| KeysError::Key(e.to_string()))
 }
 
 fn new_key() -> Result<SigningKey, KeysError> {

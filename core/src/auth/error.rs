@@ -120,6 +120,9 @@ pub enum KeyError {
     /// Producing the signature failed.
     #[error("signing the token failed: {0}")]
     Sign(String),
+    /// A stored key ring could not be read or written.
+    #[error("the stored key ring is unreadable: {0}")]
+    Stored(String),
 }
 
 impl KeyError {
@@ -134,6 +137,7 @@ impl KeyError {
             Self::Jwk { .. } => "jwk_invalid",
             Self::DuplicateKid(_) => "key_kid_duplicate",
             Self::Sign(_) => "token_signing_failed",
+            Self::Stored(_) => "key_ring_stored_invalid",
         }
     }
 }

@@ -1,9 +1,11 @@
 //! The issuer's keys: one current key that signs, and a few retired keys that still verify.
 
+use serde::{Deserialize, Serialize};
+
 use super::claims::{Claims, Validation};
 use super::error::{AuthError, KeyError};
 use super::jwt;
-use super::keys::{Jwks, SigningKey};
+use super::keys::{Jwks, KeyId, SigningKey};
 use crate::time::UnixMillis;
 
 /// The current signing key plus the most recent retired ones, newest first.
@@ -99,5 +101,56 @@ impl KeyRing {
             return Err(KeyError::DuplicateKid(key.kid().clone()));
         }
         Ok(())
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredKey {
+    kid: String,
+    pem: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredRing {
+    current: StoredKey,
+    previous: Vec<StoredKey>,
+}
+
+impl KeyRing {
+    /// The ring as stored by every host (JSON: `{"current":{"kid","pem"},"previous":[…]}`,
+    /// PKCS#8 PEM), so the native server and the edge sign and verify with the same keys.
+    pub fn to_stored(&self) -> Result<Vec<u8>, KeyError> {
+        let stored = |k: &SigningKey| -> Result<StoredKey, KeyError> {
+            Ok(StoredKey {
+                kid: k.kid().to_string(),
+                pem: k.to_pkcs8_pem()?.to_string(),
+            })
+        };
+        let ring = StoredRing {
+            current: stored(self.current())?,
+            previous: self
+                .previous()
+                .iter()
+                .map(stored)
+                .collect::<Result<_, _>>()?,
+        };
+        serde_json::to_vec(&ring).map_err(|e| KeyError::Stored(e.to_string()))
+    }
+
+    /// Reads a ring written by [`KeyRing::to_stored`].
+    pub fn from_stored(bytes: &[u8]) -> Result<Self, KeyError> {
+        let stored: StoredRing =
+            serde_json::from_slice(bytes).map_err(|e| KeyError::Stored(e.to_string()))?;
+        let key = |k: StoredKey| -> Result<SigningKey, KeyError> {
+            let kid = KeyId::parse(&k.kid).map_err(|e| KeyError::Stored(e.to_string()))?;
+            SigningKey::from_pkcs8_pem(kid, &k.pem)
+        };
+        let current = key(stored.current)?;
+        let previous = stored
+            .previous
+            .into_iter()
+            .map(key)
+            .collect::<Result<_, _>>()?;
+        Self::from_parts(current, previous)
     }
 }

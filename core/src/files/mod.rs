@@ -1,7 +1,10 @@
-//! Uploaded files: sanitized filenames and signed, expiring download URLs.
+//! Uploaded files: accepted content types and the magic-byte check, sanitized filenames, and
+//! signed, expiring download URLs.
 
+mod content;
 mod filename;
 mod signed_url;
 
+pub use content::{essence, matches_magic, DEFAULT_UPLOAD_TYPES, SNIFF_BYTES};
 pub use filename::sanitize_filename;
 pub use signed_url::{sign_download, verify_download, SignedUrlError};

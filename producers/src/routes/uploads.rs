@@ -15,7 +15,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{SecondsFormat, TimeZone, Utc};
 use cognomega_core::billing::{UsageBatchMessage, UsageEvent, UsageKey, UsageKind};
-use cognomega_core::files::{sanitize_filename, sign_download, verify_download, SignedUrlError};
+use cognomega_core::files::{
+    essence, matches_magic, sanitize_filename, sign_download, verify_download, SignedUrlError,
+    SNIFF_BYTES,
+};
 use cognomega_core::queue::OutgoingMessage;
 use cognomega_stores::objects::{ObjectKey, PutMeta};
 use cognomega_stores::uploads::{self, NewUpload, Upload};
@@ -28,9 +31,6 @@ use super::openapi::{schemas as s, *};
 use crate::auth::Authenticated;
 use crate::query::Query;
 use crate::{current_request_id, ApiError, AppState};
-
-/// Bytes read before storing anything, to sniff the content type.
-const SNIFF_BYTES: usize = 8192;
 
 const NOT_TRIPPED: u8 = 0;
 const TRIPPED_SIZE: u8 = 1;
@@ -50,32 +50,6 @@ fn quota_exceeded(remaining: u64) -> ApiError {
         "quota_exceeded",
         format!("the tenant's upload quota has {remaining} bytes left; delete files or ask for a larger quota"),
     )
-}
-
-fn essence(content_type: &str) -> String {
-    content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase()
-}
-
-/// Checks the declared type against the first bytes: binary formats must carry their magic;
-/// text types must not look like a binary format and must be UTF-8 so far.
-fn matches_magic(declared: &str, head: &[u8]) -> bool {
-    let sniffed = infer::get(head).map(|t| t.mime_type());
-    match declared {
-        "text/plain" | "text/csv" | "application/json" => {
-            sniffed.is_none() && (std::str::from_utf8(head).is_ok() || utf8_cut_at_end(head))
-        }
-        other => sniffed == Some(other),
-    }
-}
-
-/// A UTF-8 prefix that only fails because the sniff window cut a character in half.
-fn utf8_cut_at_end(head: &[u8]) -> bool {
-    matches!(std::str::from_utf8(head), Err(e) if e.error_len().is_none())
 }
 
 fn rfc3339(ms: i64) -> String {

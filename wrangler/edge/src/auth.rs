@@ -13,7 +13,7 @@ use cognomega_core::auth::{
 use cognomega_core::billing::{SettlementKind, SettlementMessage};
 use cognomega_core::limits::RouteClass;
 use cognomega_core::time::UnixMillis;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use worker::{Env, Method, Request, Response};
 
@@ -25,18 +25,6 @@ const RING_TTL_MS: f64 = 60_000.0;
 const JWKS_KV_TTL: u64 = 300;
 const VERIFIED_CAPACITY: usize = 10_000;
 
-#[derive(Serialize, Deserialize)]
-struct StoredKey {
-    kid: String,
-    pem: String,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredRing {
-    current: StoredKey,
-    previous: Vec<StoredKey>,
-}
-
 thread_local! {
     static RING: RefCell<Option<(f64, std::rc::Rc<KeyRing>)>> = const { RefCell::new(None) };
     static JWKS: RefCell<Option<(f64, std::rc::Rc<Jwks>)>> = const { RefCell::new(None) };
@@ -47,39 +35,6 @@ fn now_ms() -> f64 {
     worker::Date::now().as_millis() as f64
 }
 
-fn decode(bytes: &[u8]) -> Result<KeyRing, String> {
-    let stored: StoredRing = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    let key = |k: StoredKey| -> Result<SigningKey, String> {
-        let kid = KeyId::parse(&k.kid).map_err(|e| e.to_string())?;
-        SigningKey::from_pkcs8_pem(kid, &k.pem).map_err(|e| e.to_string())
-    };
-    let current = key(stored.current)?;
-    let previous = stored
-        .previous
-        .into_iter()
-        .map(key)
-        .collect::<Result<_, _>>()?;
-    KeyRing::from_parts(current, previous).map_err(|e| e.to_string())
-}
-
-fn encode(ring: &KeyRing) -> Result<Vec<u8>, String> {
-    let stored = |k: &SigningKey| -> Result<StoredKey, String> {
-        Ok(StoredKey {
-            kid: k.kid().to_string(),
-            pem: k.to_pkcs8_pem().map_err(|e| e.to_string())?.to_string(),
-        })
-    };
-    serde_json::to_vec(&StoredRing {
-        current: stored(ring.current())?,
-        previous: ring
-            .previous()
-            .iter()
-            .map(stored)
-            .collect::<Result<_, _>>()?,
-    })
-    .map_err(|e| e.to_string())
-}
-
 async fn read_ring(db: &tokio_postgres::Client) -> Result<Option<KeyRing>, ApiError> {
     let row = db
         .query_opt(
@@ -88,7 +43,7 @@ async fn read_ring(db: &tokio_postgres::Client) -> Result<Option<KeyRing>, ApiEr
             &[],
         )
         .await?;
-    row.map(|r| decode(&r.get::<_, Vec<u8>>(0)))
+    row.map(|r| KeyRing::from_stored(&r.get::<_, Vec<u8>>(0)))
         .transpose()
         .map_err(|e| ApiError::internal(format!("signing keys: {e}")))
 }
@@ -111,7 +66,7 @@ async fn ring(env: &Env) -> Result<std::rc::Rc<KeyRing>, ApiError> {
             let kid = KeyId::parse(&format!("k-{}", uuid::Uuid::now_v7().simple()))
                 .map_err(ApiError::internal)?;
             let fresh = KeyRing::new(SigningKey::generate(kid).map_err(ApiError::internal)?);
-            let bytes = encode(&fresh).map_err(ApiError::internal)?;
+            let bytes = fresh.to_stored().map_err(ApiError::internal)?;
             db.execute(
                 "INSERT INTO kv (namespace, key, value) VALUES ('KEYS', 'ring', $1)
                  ON CONFLICT (namespace, key) DO NOTHING",

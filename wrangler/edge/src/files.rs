@@ -3,7 +3,10 @@
 //! (INSTREAM) exactly as the native consumer does.
 
 use cognomega_core::billing::{UsageBatchMessage, UsageEvent, UsageKey, UsageKind};
-use cognomega_core::files::{sanitize_filename, sign_download, verify_download, SignedUrlError};
+use cognomega_core::files::{
+    essence, matches_magic, sanitize_filename, sign_download, verify_download, SignedUrlError,
+    DEFAULT_UPLOAD_TYPES as ALLOWED_TYPES, SNIFF_BYTES,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -12,47 +15,14 @@ use worker::{Env, HttpMetadata, MessageExt, Method, Request, Response, Socket};
 use crate::consumers::EdgeQueue;
 use crate::http::{self, ApiError, ApiResult, Caller};
 
-/// The content types uploads may declare (the native defaults).
-const ALLOWED_TYPES: &[&str] = &[
-    "image/png",
-    "image/jpeg",
-    "image/webp",
-    "image/gif",
-    "application/pdf",
-    "text/plain",
-    "text/csv",
-    "application/json",
-];
 /// A Worker holds the whole body in its 128 MB of memory, so the edge accepts smaller uploads
 /// than the native server's streamed 100 MiB.
 const EDGE_MAX_BYTES: usize = 32 << 20;
 const LINK_TTL_SECS: i64 = 15 * 60;
-const SNIFF_BYTES: usize = 8192;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ScanMessage {
     pub key: String,
-}
-
-fn essence(content_type: &str) -> String {
-    content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase()
-}
-
-fn matches_magic(declared: &str, head: &[u8]) -> bool {
-    let sniffed = infer::get(head).map(|t| t.mime_type());
-    match declared {
-        "text/plain" | "text/csv" | "application/json" => {
-            sniffed.is_none()
-                && (std::str::from_utf8(head).is_ok()
-                    || matches!(std::str::from_utf8(head), Err(e) if e.error_len().is_none()))
-        }
-        other => sniffed == Some(other),
-    }
 }
 
 fn upload_not_found(key: &str) -> ApiError {

@@ -52,16 +52,7 @@ fn spec(method: &Method, path: &str) -> Option<RouteSpec> {
                 RouteClass::Read
             }),
         ),
-        "/jobs" => r(
-            "JOBS",
-            Gate::Bearer,
-            Some(if post {
-                RouteClass::Jobs
-            } else {
-                RouteClass::Read
-            }),
-        ),
-        p if p.starts_with("/jobs/") => r(
+        p if p == "/jobs" || p.starts_with("/jobs/") => r(
             "JOBS",
             Gate::Bearer,
             Some(if post {
