@@ -386,6 +386,18 @@ async fn usage_duplicates_settle_once(t: Target) -> anyhow::Result<()> {
         "B posted every key several times but must be billed once per key, as A was"
     );
     assert!(settled_a < grant, "{settled_a} < {grant}");
+
+    // The recorded usage says the same: four events of 1,000 tokens each, for both guests,
+    // charged what the balances lost.
+    for (g, settled) in [(&a, settled_a), (&b, settled_b)] {
+        let usage = send(t.get("/usage").bearer_auth(&g.token))
+            .await?
+            .expect(StatusCode::OK)?;
+        assert_eq!(usage["tenant_id"], g.tenant_id.as_str(), "{usage}");
+        assert_eq!(usage["totals"]["tokens_in"]["events"], 4, "{usage}");
+        assert_eq!(usage["totals"]["tokens_in"]["quantity"], 4000, "{usage}");
+        assert_eq!(usage["credits_charged"], grant - settled, "{usage}");
+    }
     Ok(())
 }
 

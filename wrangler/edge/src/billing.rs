@@ -111,6 +111,10 @@ pub async fn route(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
             caller.require_admin()?;
             adjust(req, env, caller).await
         }
+        (Method::Get | Method::Head, p) if p.starts_with("/credits/adjustments/") => {
+            caller.require_admin()?;
+            adjustment(env, &p["/credits/adjustments/".len()..]).await
+        }
         (_, "/credits") => Err(http::no_route(true)),
         _ => Err(http::no_route(false)),
     }
@@ -208,5 +212,37 @@ async fn adjust(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     http::json(
         202,
         &serde_json::json!({ "adjustment_id": id, "status": status }),
+    )
+}
+
+/// `GET /credits/adjustments/{id}`: the adjustment and whether it has been applied.
+async fn adjustment(env: &Env, id: &str) -> ApiResult {
+    let db = crate::db::connect(env).await?;
+    let Some(r) = db
+        .query_opt(
+            "SELECT id, tenant_id, delta, reason, status,
+                    (extract(epoch from created_at) * 1000)::bigint,
+                    (extract(epoch from applied_at) * 1000)::bigint
+             FROM credit_adjustments WHERE id = $1",
+            &[&id],
+        )
+        .await?
+    else {
+        return Err(ApiError::not_found(
+            "adjustment_not_found",
+            format!("no adjustment {id}"),
+        ));
+    };
+    http::json(
+        200,
+        &serde_json::json!({
+            "adjustment_id": r.get::<_, String>(0),
+            "tenant_id": r.get::<_, String>(1),
+            "delta": r.get::<_, i64>(2),
+            "reason": r.get::<_, String>(3),
+            "status": r.get::<_, String>(4),
+            "created_at": rfc3339(r.get::<_, Option<i64>>(5)),
+            "applied_at": rfc3339(r.get::<_, Option<i64>>(6)),
+        }),
     )
 }

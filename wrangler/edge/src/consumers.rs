@@ -298,14 +298,27 @@ async fn usage_writer(
             })
             .collect();
         let json = serde_json::to_string(&rows).map_err(|e| e.to_string())?;
+        // The events and the tenant's per-day token counter (`usage_day_tokens`, read by the
+        // native `/api/si/ask` budget) in one statement: only newly inserted events count, so
+        // a duplicate key adds nothing, as natively.
         db.execute(
-            "INSERT INTO usage_events (tenant_id, idempotency_key, kind, quantity, credits, occurred_at, received_at, meta, request_id)
-             SELECT $1, x.idempotency_key, x.kind, x.quantity, x.credits,
-                    to_timestamp(x.occurred_at_ms / 1000.0), to_timestamp($3::bigint / 1000.0), x.meta, x.request_id
-             FROM jsonb_to_recordset($2::text::jsonb) AS x(idempotency_key text, kind text, quantity bigint,
-                  credits bigint, occurred_at_ms bigint, meta text, request_id text)
-             ORDER BY x.idempotency_key
-             ON CONFLICT (tenant_id, idempotency_key) DO NOTHING",
+            "WITH ins AS (
+                 INSERT INTO usage_events (tenant_id, idempotency_key, kind, quantity, credits, occurred_at, received_at, meta, request_id)
+                 SELECT $1, x.idempotency_key, x.kind, x.quantity, x.credits,
+                        to_timestamp(x.occurred_at_ms / 1000.0), to_timestamp($3::bigint / 1000.0), x.meta, x.request_id
+                 FROM jsonb_to_recordset($2::text::jsonb) AS x(idempotency_key text, kind text, quantity bigint,
+                      credits bigint, occurred_at_ms bigint, meta text, request_id text)
+                 ORDER BY x.idempotency_key
+                 ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
+                 RETURNING kind, quantity, occurred_at)
+             INSERT INTO usage_day_tokens (tenant_id, day_start, tokens)
+             SELECT $1, (floor(extract(epoch FROM occurred_at) / 86400) * 86400)::bigint AS day,
+                    LEAST(SUM(quantity), 9223372036854775807)::bigint
+             FROM ins WHERE kind IN ('tokens_in', 'tokens_out') AND quantity > 0
+             GROUP BY day ORDER BY day
+             ON CONFLICT (tenant_id, day_start) DO UPDATE SET tokens =
+                 CASE WHEN usage_day_tokens.tokens > 9223372036854775807 - excluded.tokens
+                 THEN 9223372036854775807 ELSE usage_day_tokens.tokens + excluded.tokens END",
             &[&b.tenant_id, &json, &b.received_at_ms],
         )
         .await

@@ -130,8 +130,8 @@ async fn totals(req: &Request, env: &Env, caller: &Caller) -> ApiResult {
             "SELECT kind, LEAST(SUM(quantity), 9223372036854775807)::bigint,
                     LEAST(SUM(credits), 9223372036854775807)::bigint, COUNT(*)
              FROM usage_events
-             WHERE tenant_id = $1 AND occurred_at >= to_timestamp($2::float8 / 1000.0)
-               AND occurred_at < to_timestamp($3::float8 / 1000.0) GROUP BY kind ORDER BY kind",
+             WHERE tenant_id = $1 AND occurred_at >= to_timestamp($2::bigint / 1000.0)
+               AND occurred_at < to_timestamp($3::bigint / 1000.0) GROUP BY kind ORDER BY kind",
             &[
                 &claims.tenant,
                 &from.timestamp_millis(),
