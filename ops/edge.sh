@@ -211,8 +211,12 @@ case "$cmd" in
     export COGNOMEGA_RATE_LIMITS_TOML='rate_limits = { guest = { usage = { rate = 1.0, burst = 20 } } }'
     background
     say "HTTP acceptance suite against the edge stack"
-    COGNOMEGA_ACCEPTANCE_URL="http://127.0.0.1:$port" COGNOMEGA_ACCEPTANCE_ADMIN_KEY="$admin_key" \
-      cargo nextest run --locked --test acceptance --no-fail-fast "$@"
+    if ! COGNOMEGA_ACCEPTANCE_URL="http://127.0.0.1:$port" COGNOMEGA_ACCEPTANCE_ADMIN_KEY="$admin_key" \
+      cargo nextest run --locked --test acceptance --no-fail-fast "$@"; then
+      say "the Workers' errors (from $edge_state/wrangler.log):"
+      grep -E "ERROR|✘|Uncaught|panicked" "$edge_state/wrangler.log" | tail -60 >&2 || true
+      exit 1
+    fi
     ;;
   bench)
     build

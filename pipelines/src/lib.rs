@@ -18,6 +18,7 @@ use serde_json::Value;
 pub mod decode;
 #[cfg(feature = "export")]
 pub mod export;
+pub mod input;
 pub mod registry;
 pub mod sketch;
 #[cfg(feature = "synth")]

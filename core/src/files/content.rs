@@ -45,6 +45,50 @@ fn utf8_cut_at_end(head: &[u8]) -> bool {
     matches!(std::str::from_utf8(head), Err(e) if e.error_len().is_none())
 }
 
+/// Why an upload is not served: an HTTP status, a stable code and a sentence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotServed {
+    /// 403 (infected) or 409 (not scanned yet, or the scan failed).
+    pub status: u16,
+    /// `file_infected`, `scan_pending` or `scan_failed`.
+    pub code: &'static str,
+    /// What happened, for the client.
+    pub message: String,
+}
+
+/// Whether an upload in scan state `scan` may be downloaded: `clean` and `skipped` (no scanner
+/// configured) are served; everything else is refused.
+pub fn servable(scan: &str, signature: Option<&str>) -> Result<(), NotServed> {
+    let refuse = |status, code, message: String| {
+        Err(NotServed {
+            status,
+            code,
+            message,
+        })
+    };
+    match scan {
+        "clean" | "skipped" => Ok(()),
+        "infected" => refuse(
+            403,
+            "file_infected",
+            format!(
+                "the file is quarantined: {}",
+                signature.unwrap_or("malware")
+            ),
+        ),
+        "pending" => refuse(
+            409,
+            "scan_pending",
+            "the file is still being scanned; retry shortly".to_owned(),
+        ),
+        other => refuse(
+            409,
+            "scan_failed",
+            format!("the file could not be scanned ({other}); it is not served"),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,5 +107,26 @@ mod tests {
             &[0xff, 0xfe, 0x00, 0x41]
         ));
         assert_eq!(essence(" Image/PNG ; q=1"), "image/png");
+    }
+
+    #[test]
+    fn only_clean_or_unscanned_uploads_are_served() {
+        assert!(servable("clean", None).is_ok());
+        assert!(servable("skipped", None).is_ok());
+        let infected = servable("infected", Some("Eicar")).expect_err("infected is refused");
+        assert_eq!((infected.status, infected.code), (403, "file_infected"));
+        assert!(infected.message.contains("Eicar"));
+        assert_eq!(
+            servable("pending", None)
+                .expect_err("pending is refused")
+                .code,
+            "scan_pending"
+        );
+        assert_eq!(
+            servable("scan_failed", None)
+                .expect_err("failed is refused")
+                .code,
+            "scan_failed"
+        );
     }
 }

@@ -5,6 +5,6 @@ mod content;
 mod filename;
 mod signed_url;
 
-pub use content::{essence, matches_magic, DEFAULT_UPLOAD_TYPES, SNIFF_BYTES};
+pub use content::{essence, matches_magic, servable, NotServed, DEFAULT_UPLOAD_TYPES, SNIFF_BYTES};
 pub use filename::sanitize_filename;
 pub use signed_url::{sign_download, verify_download, SignedUrlError};

@@ -5,7 +5,6 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use base64::Engine as _;
 use chrono::{SecondsFormat, TimeZone, Utc};
 use cognomega_consumers::jobs::JobMessage;
 use cognomega_core::limits::CostMetric;
@@ -24,7 +23,7 @@ use crate::query::Query;
 use crate::{current_request_id, ApiError, AppState};
 
 /// Largest decoded input image.
-const MAX_INPUT_BYTES: usize = 20 * 1024 * 1024;
+use cognomega_pipelines::input::{InputError, MAX_INPUT_BYTES};
 
 fn rfc3339(ms: Option<i64>) -> Value {
     ms.and_then(|ms| Utc.timestamp_millis_opt(ms).single())
@@ -129,24 +128,14 @@ fn submitted(status: StatusCode, id: &str) -> Response {
 }
 
 fn decode_base64(raw: &str) -> Result<Vec<u8>, ApiError> {
-    // Accept a data: URL too, as browsers produce them.
-    let raw = raw.split_once(";base64,").map_or(raw, |(_, data)| data);
-    let cleaned: String = raw.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-    if cleaned.len() > MAX_INPUT_BYTES / 3 * 4 + 4 {
-        return Err(ApiError::new(
+    cognomega_pipelines::input::decode_base64_input(raw).map_err(|e| match e {
+        InputError::TooLarge => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "input_too_large",
-            format!("input images are at most {} MiB", MAX_INPUT_BYTES >> 20),
-        ));
-    }
-    base64::engine::general_purpose::STANDARD
-        .decode(cleaned.as_bytes())
-        .map_err(|e| {
-            ApiError::bad_request(
-                "invalid_input",
-                format!("input.image_base64 is not base64: {e}"),
-            )
-        })
+            e.to_string(),
+        ),
+        InputError::NotBase64(_) => ApiError::bad_request("invalid_input", e.to_string()),
+    })
 }
 
 /// Submits a job: validated now, run by its queue's consumer.

@@ -535,32 +535,13 @@ pub(crate) async fn file(
         .await
         .map_err(ApiError::internal)?
         .ok_or_else(|| upload_not_found(&key))?;
-    match upload.scan.as_str() {
-        "clean" | "skipped" => {}
-        "infected" => {
-            return Err(forbidden(
-                "file_infected",
-                format!(
-                    "the file is quarantined: {}",
-                    upload.signature.as_deref().unwrap_or("malware")
-                ),
-            ))
-        }
-        "pending" => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "scan_pending",
-                "the file is still being scanned; retry shortly",
-            ))
-        }
-        other => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "scan_failed",
-                format!("the file could not be scanned ({other}); it is not served"),
-            ))
-        }
-    }
+    cognomega_core::files::servable(&upload.scan, upload.signature.as_deref()).map_err(|n| {
+        ApiError::new(
+            StatusCode::from_u16(n.status).unwrap_or(StatusCode::CONFLICT),
+            n.code,
+            n.message,
+        )
+    })?;
     let object_key = ObjectKey::parse(&upload.object_key).map_err(ApiError::internal)?;
     let object = state.objects.get(&object_key).await.map_err(|e| {
         if e.is_not_found() {

@@ -284,32 +284,8 @@ async fn file(req: &Request, env: &Env, key: &str) -> ApiResult {
         Option<String>,
         String,
     ) = (u.get(0), u.get(1), u.get(2), u.get(3), u.get(4));
-    match scan.as_str() {
-        "clean" | "skipped" => {}
-        "infected" => {
-            return Err(forbidden(
-                "file_infected",
-                format!(
-                    "the file is quarantined: {}",
-                    signature.as_deref().unwrap_or("malware")
-                ),
-            ))
-        }
-        "pending" => {
-            return Err(ApiError::new(
-                409,
-                "scan_pending",
-                "the file is still being scanned; retry shortly",
-            ))
-        }
-        other => {
-            return Err(ApiError::new(
-                409,
-                "scan_failed",
-                format!("the file could not be scanned ({other}); it is not served"),
-            ))
-        }
-    }
+    cognomega_core::files::servable(&scan, signature.as_deref())
+        .map_err(|n| ApiError::new(n.status, n.code, n.message))?;
     let Some(object) = env.bucket("OBJECTS")?.get(&object_key).execute().await? else {
         return Err(ApiError::new(
             410,

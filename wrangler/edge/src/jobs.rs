@@ -3,8 +3,8 @@
 //! code the native workers run; artifacts are encoded with `cognomega-r2-lifecycle`'s codec and
 //! stored in R2 under the native key layout (`inputs/…`, `artifacts/<tenant>/<job>/<name>`).
 
-use base64::Engine as _;
 use cognomega_core::billing::UsageKind;
+use cognomega_pipelines::input::{InputError, MAX_INPUT_BYTES};
 use cognomega_pipelines::{JobError, Progress};
 use cognomega_r2_lifecycle::codec::{self, CodecPolicy, Compression};
 use serde::{Deserialize, Serialize};
@@ -19,8 +19,6 @@ pub struct JobMessage {
     pub job_id: String,
 }
 
-/// The largest input image (as native: 20 MiB).
-const MAX_INPUT_BYTES: usize = 20 * 1024 * 1024;
 const JOBS_BODY_LIMIT: usize = 28 * 1024 * 1024;
 
 #[derive(Deserialize)]
@@ -221,26 +219,10 @@ fn submitted(status: u16, id: &str) -> ApiResult {
 }
 
 fn decode_base64(raw: &str) -> Result<Vec<u8>, ApiError> {
-    let raw = raw.split_once(";base64,").map_or(raw, |(_, data)| data);
-    let cleaned: String = raw.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-    if cleaned.len() > MAX_INPUT_BYTES / 3 * 4 + 4 {
-        return Err(ApiError::new(
-            413,
-            "input_too_large",
-            format!(
-                "the input image is larger than {} MiB",
-                MAX_INPUT_BYTES >> 20
-            ),
-        ));
-    }
-    base64::engine::general_purpose::STANDARD
-        .decode(cleaned.as_bytes())
-        .map_err(|e| {
-            ApiError::bad_request(
-                "invalid_input",
-                format!("input.image_base64 is not base64: {e}"),
-            )
-        })
+    cognomega_pipelines::input::decode_base64_input(raw).map_err(|e| match e {
+        InputError::TooLarge => ApiError::new(413, "input_too_large", e.to_string()),
+        InputError::NotBase64(_) => ApiError::bad_request("invalid_input", e.to_string()),
+    })
 }
 
 const JOB_COLUMNS: &str = "id, type, status, progress::float8, stage, attempts, error, credits_charged,
