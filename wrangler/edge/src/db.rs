@@ -61,8 +61,20 @@ pub async fn closed() {
 }
 
 /// One connection for this invocation. Hyperdrive pools the connections to the origin, so
-/// opening one per invocation is the intended pattern.
+/// opening one per invocation is the intended pattern. A failed connect is tried once more
+/// (nothing has run on it yet, so that is always safe).
 pub async fn connect(env: &Env) -> worker::Result<Db> {
+    match connect_once(env).await {
+        Ok(db) => Ok(db),
+        Err(first) => {
+            worker::console_warn!("{first}; connecting again");
+            worker::Delay::from(std::time::Duration::from_millis(50)).await;
+            connect_once(env).await
+        }
+    }
+}
+
+async fn connect_once(env: &Env) -> worker::Result<Db> {
     let hyperdrive = env.hyperdrive("DB")?;
     let config = hyperdrive
         .connection_string()
