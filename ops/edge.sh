@@ -172,7 +172,8 @@ throwaway_database() {
 
 drop_database() {
   if [ -n "${trap_db:-}" ]; then
-    psql -h "$pghost" -p "$pgport" -U "$pguser" -d postgres -qc "DROP DATABASE IF EXISTS \"$trap_db\" WITH (FORCE)" >/dev/null 2>&1 || true
+    psql -h "$pghost" -p "$pgport" -U "$pguser" -d postgres -qc "DROP DATABASE IF EXISTS \"$trap_db\" WITH (FORCE)" >/dev/null \
+      || say "could not drop the throwaway database $trap_db; drop it by hand"
   fi
 }
 
