@@ -30,6 +30,19 @@ pub fn decode_base64_input(raw: &str) -> Result<Vec<u8>, InputError> {
         .map_err(|e| InputError::NotBase64(e.to_string()))
 }
 
+/// Checks a job's input before anything is stored: 1 byte to [`MAX_INPUT_BYTES`], and what
+/// the job type itself accepts (a decodable image of bounded dimensions, …). The message is the
+/// 400 `invalid_input` answer.
+pub fn check_input(job_type: &dyn crate::JobType, input: &[u8]) -> Result<(), String> {
+    if input.is_empty() || input.len() > MAX_INPUT_BYTES {
+        return Err(format!(
+            "the input must be 1 byte to {} MiB",
+            MAX_INPUT_BYTES >> 20
+        ));
+    }
+    job_type.validate_input(input)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,6 +16,17 @@ pub enum SignedUrlError {
     BadSignature,
 }
 
+impl SignedUrlError {
+    /// The stable code of the 403 answer: `link_expired` or `link_invalid`.
+    #[must_use]
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Expired => "link_expired",
+            Self::BadSignature => "link_invalid",
+        }
+    }
+}
+
 fn mac(secret: &[u8], key: &str, exp: i64) -> HmacSha256 {
     // A key any length is valid for HMAC, so this never fails.
     let mut mac = HmacSha256::new_from_slice(secret)

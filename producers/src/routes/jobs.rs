@@ -229,14 +229,7 @@ pub(crate) async fn submit(
             ))
         }
     };
-    if input.is_empty() || input.len() > MAX_INPUT_BYTES {
-        return Err(ApiError::bad_request(
-            "invalid_input",
-            format!("the input must be 1 byte to {} MiB", MAX_INPUT_BYTES >> 20),
-        ));
-    }
-    job_type
-        .validate_input(&input)
+    cognomega_pipelines::input::check_input(job_type.as_ref(), &input)
         .map_err(|e| ApiError::bad_request("invalid_input", e))?;
     require_credits(&state, &claims.tenant).await?;
 

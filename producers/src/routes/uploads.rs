@@ -16,8 +16,7 @@ use axum::Json;
 use chrono::{SecondsFormat, TimeZone, Utc};
 use cognomega_core::billing::{UsageBatchMessage, UsageEvent, UsageKey, UsageKind};
 use cognomega_core::files::{
-    essence, matches_magic, sanitize_filename, sign_download, verify_download, SignedUrlError,
-    SNIFF_BYTES,
+    essence, matches_magic, sanitize_filename, sign_download, verify_download, SNIFF_BYTES,
 };
 use cognomega_core::queue::OutgoingMessage;
 use cognomega_stores::objects::{ObjectKey, PutMeta};
@@ -513,21 +512,8 @@ pub(crate) async fn file(
             "a download link needs exp and sig; get one from GET /uploads/{key}".into(),
         ));
     };
-    match verify_download(&state.url_secret, &key, exp, sig, Utc::now().timestamp()) {
-        Ok(()) => {}
-        Err(SignedUrlError::Expired) => {
-            return Err(forbidden(
-                "link_expired",
-                SignedUrlError::Expired.to_string(),
-            ))
-        }
-        Err(SignedUrlError::BadSignature) => {
-            return Err(forbidden(
-                "link_invalid",
-                SignedUrlError::BadSignature.to_string(),
-            ))
-        }
-    }
+    verify_download(&state.url_secret, &key, exp, sig, Utc::now().timestamp())
+        .map_err(|e| forbidden(e.code(), e.to_string()))?;
     if key.starts_with("exports/") {
         return super::exports::file(&state, &key).await;
     }

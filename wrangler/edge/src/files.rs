@@ -4,7 +4,7 @@
 
 use cognomega_core::billing::{UsageBatchMessage, UsageEvent, UsageKey, UsageKind};
 use cognomega_core::files::{
-    essence, matches_magic, sanitize_filename, sign_download, verify_download, SignedUrlError,
+    essence, matches_magic, sanitize_filename, sign_download, verify_download,
     DEFAULT_UPLOAD_TYPES as ALLOWED_TYPES, SNIFF_BYTES,
 };
 use serde::{Deserialize, Serialize};
@@ -252,21 +252,8 @@ async fn file(req: &Request, env: &Env, key: &str) -> ApiResult {
     };
     let secret = link_secret(env)?;
     let now = worker::Date::now().as_millis() as i64 / 1000;
-    match verify_download(secret.as_bytes(), key, exp, &sig, now) {
-        Ok(()) => {}
-        Err(SignedUrlError::Expired) => {
-            return Err(forbidden(
-                "link_expired",
-                SignedUrlError::Expired.to_string(),
-            ))
-        }
-        Err(SignedUrlError::BadSignature) => {
-            return Err(forbidden(
-                "link_invalid",
-                SignedUrlError::BadSignature.to_string(),
-            ))
-        }
-    }
+    verify_download(secret.as_bytes(), key, exp, &sig, now)
+        .map_err(|e| forbidden(e.code(), e.to_string()))?;
     let db = crate::db::connect(env).await?;
     let Some(u) = db
         .query_opt(

@@ -4,7 +4,7 @@
 //! stored in R2 under the native key layout (`inputs/…`, `artifacts/<tenant>/<job>/<name>`).
 
 use cognomega_core::billing::UsageKind;
-use cognomega_pipelines::input::{InputError, MAX_INPUT_BYTES};
+use cognomega_pipelines::input::InputError;
 use cognomega_pipelines::{JobError, Progress};
 use cognomega_r2_lifecycle::codec::{self, CodecPolicy, Compression};
 use serde::{Deserialize, Serialize};
@@ -134,14 +134,7 @@ async fn submit(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
             ))
         }
     };
-    if input.is_empty() || input.len() > MAX_INPUT_BYTES {
-        return Err(ApiError::bad_request(
-            "invalid_input",
-            format!("the input must be 1 byte to {} MiB", MAX_INPUT_BYTES >> 20),
-        ));
-    }
-    job_type
-        .validate_input(&input)
+    cognomega_pipelines::input::check_input(job_type.as_ref(), &input)
         .map_err(|e| ApiError::bad_request("invalid_input", e))?;
     crate::billing::require_credits(env, &claims.tenant).await?;
 
