@@ -37,7 +37,7 @@ say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'ops/edge.sh: %s\n' "$*" >&2; exit 1; }
 
 # Every Worker config, gateway first (the one wrangler dev serves on the port).
-configs=(gateway auth billing usage jobs files admin usage-writer settlement jobs-sketch-to-app av-scan dlq)
+configs=(gateway auth billing usage jobs files admin usage-writer settlement jobs-sketch-to-app av-scan etl dlq)
 
 tools() {
   if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then

@@ -635,6 +635,199 @@ async fn rate_limited(t: Target) -> anyhow::Result<()> {
     anyhow::bail!("200 usage posts of one guest were all accepted: no 429")
 }
 
+/// g. Usage reaches an analytics export: `POST /admin/exports` queues it, `GET /exports` lists
+/// the Parquet parts covering the rows, and each part downloads by its url as the Parquet file
+/// the manifest describes (magic, size, SHA-256, row count), holding the guest's events.
+async fn usage_exported(t: Target) -> anyhow::Result<()> {
+    let g = guest(&t).await?;
+    let keys = ["export-1", "export-2", "export-3"];
+    post_usage(&t, &g, &keys)
+        .await?
+        .expect(StatusCode::ACCEPTED)?;
+    // The events are rows once GET /usage counts them.
+    poll("the usage recorded", Duration::from_secs(60), || async {
+        let usage = send(t.get("/usage").bearer_auth(&g.token))
+            .await?
+            .expect(StatusCode::OK)?;
+        let events = usage["totals"]["tokens_in"]["events"].as_i64().unwrap_or(0);
+        Ok(if events == 3 {
+            Ok(())
+        } else {
+            Err(format!("{usage}"))
+        })
+    })
+    .await?;
+
+    // The admin gate and the body's checks come first.
+    let refused = send(
+        t.post("/admin/exports")
+            .json(&json!({"dataset": "usage_events"})),
+    )
+    .await?;
+    assert_eq!(
+        refused.expect_error(StatusCode::UNAUTHORIZED)?,
+        "invalid_admin_key"
+    );
+    for (body, code) in [
+        (json!({"dataset": "nope"}), "invalid_dataset"),
+        (
+            json!({"dataset": "usage_events", "format": "csv"}),
+            "invalid_format",
+        ),
+    ] {
+        let answer = send(t.admin(Method::POST, "/admin/exports").json(&body)).await?;
+        assert_eq!(
+            answer.expect_error(StatusCode::BAD_REQUEST)?,
+            code,
+            "{body}"
+        );
+    }
+    let queued = send(
+        t.admin(Method::POST, "/admin/exports")
+            .json(&json!({"dataset": "usage_events"})),
+    )
+    .await?
+    .expect(StatusCode::ACCEPTED)?;
+    let queued = queued["queued"]
+        .as_array()
+        .ok_or_else(|| anyhow::anyhow!("no queued list in {queued}"))?;
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert_eq!(queued[0]["dataset"], "usage_events");
+    assert_eq!(queued[0]["format"], "parquet");
+    // Natively the queue's id; on the edge null (Cloudflare assigns ids at delivery).
+    assert!(
+        queued[0]
+            .as_object()
+            .is_some_and(|o| o.contains_key("message_id")),
+        "{queued:?}"
+    );
+
+    // Poll the listing; read every new Parquet part of usage_events until the guest's three
+    // events were all found.
+    let checked: std::cell::RefCell<std::collections::BTreeSet<String>> = Default::default();
+    let found: std::cell::RefCell<std::collections::BTreeSet<String>> = Default::default();
+    let (checked, found) = (&checked, &found);
+    let (t, g) = (&t, &g);
+    poll(
+        "the export listing the events",
+        Duration::from_secs(120),
+        || async move {
+            let list = send(t.get("/exports")).await?;
+            assert_eq!(
+                list.expect_error(StatusCode::UNAUTHORIZED)?,
+                "invalid_admin_key"
+            );
+            let list = send(t.admin(Method::GET, "/exports"))
+                .await?
+                .expect(StatusCode::OK)?;
+            let datasets = list["datasets"]
+                .as_array()
+                .ok_or_else(|| anyhow::anyhow!("no datasets in {list}"))?;
+            let names: Vec<&str> = datasets
+                .iter()
+                .filter_map(|d| d["dataset"].as_str())
+                .collect();
+            assert_eq!(
+                names,
+                ["usage_events", "ledger_entries", "jobs", "uploads"],
+                "{list}"
+            );
+            let usage = &datasets[0];
+            assert_eq!(usage["manifest_key"], "exports/usage_events/_manifest.json");
+            let parts = usage["parts"]
+                .as_array()
+                .ok_or_else(|| anyhow::anyhow!("no parts in {usage}"))?;
+            for part in parts {
+                let key = str_field(part, "key")?;
+                if part["format"] != "parquet" || checked.borrow().contains(key) {
+                    continue;
+                }
+                let mine = check_export_part(t, part, &g.tenant_id).await?;
+                found.borrow_mut().extend(mine);
+                checked.borrow_mut().insert(key.to_owned());
+            }
+            let found = found.borrow();
+            Ok(if keys.iter().all(|k| found.contains(*k)) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "found {found:?} of {keys:?} in {} parts",
+                    parts.len()
+                ))
+            })
+        },
+    )
+    .await
+}
+
+/// Downloads one listed Parquet part and checks it against its listing; returns the
+/// idempotency keys of `tenant`'s rows in it (each checked: 1,000 input tokens).
+async fn check_export_part(t: &Target, part: &Value, tenant: &str) -> anyhow::Result<Vec<String>> {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let key = str_field(part, "key")?;
+    let dt = str_field(part, "dt")?;
+    let (from, to) = (
+        part["from"].as_i64().unwrap_or(-1),
+        part["to"].as_i64().unwrap_or(-1),
+    );
+    assert_eq!(
+        key,
+        format!("exports/usage_events/dt={dt}/part-{from:020}-{to:020}.parquet"),
+        "the key layout: {part}"
+    );
+    let answer = send(t.get(str_field(part, "url")?)).await?;
+    anyhow::ensure!(
+        answer.status == StatusCode::OK,
+        "GET {key}: {} {}",
+        answer.status,
+        String::from_utf8_lossy(&answer.body)
+    );
+    let bytes = answer.body;
+    assert!(
+        bytes.len() > 8 && bytes.starts_with(b"PAR1") && bytes.ends_with(b"PAR1"),
+        "{key} is not a Parquet file ({} bytes)",
+        bytes.len()
+    );
+    assert_eq!(Some(bytes.len() as i64), part["bytes"].as_i64(), "{part}");
+    assert_eq!(sha256_hex(&bytes), str_field(part, "sha256")?, "{part}");
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
+    let mut rows = Vec::new();
+    let mut count = 0;
+    for batch in reader {
+        let batch = batch?;
+        count += batch.num_rows() as i64;
+        let text = |name: &str| -> anyhow::Result<arrow_array::StringArray> {
+            let column = batch
+                .column_by_name(name)
+                .ok_or_else(|| anyhow::anyhow!("{key}: no column {name}"))?;
+            let strings = column
+                .as_any()
+                .downcast_ref::<arrow_array::StringArray>()
+                .ok_or_else(|| anyhow::anyhow!("{key}: {name} is not text"))?;
+            Ok(strings.clone())
+        };
+        let (tenants, keys, kinds) = (text("tenant_id")?, text("idempotency_key")?, text("kind")?);
+        let quantities = batch
+            .column_by_name("quantity")
+            .and_then(|c| {
+                c.as_any()
+                    .downcast_ref::<arrow_array::Int64Array>()
+                    .cloned()
+            })
+            .ok_or_else(|| anyhow::anyhow!("{key}: no 64-bit quantity column"))?;
+        for i in 0..batch.num_rows() {
+            if tenants.value(i) != tenant {
+                continue;
+            }
+            assert_eq!(kinds.value(i), "tokens_in", "{key} row {i}");
+            assert_eq!(quantities.value(i), 1000, "{key} row {i}");
+            rows.push(keys.value(i).to_owned());
+        }
+    }
+    assert_eq!(Some(count), part["rows"].as_i64(), "row count of {part}");
+    Ok(rows)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Targets
 // ---------------------------------------------------------------------------------------------
@@ -748,4 +941,5 @@ scenarios!(
     upload_lands,
     poison_reaches_dlq,
     rate_limited,
+    usage_exported,
 );

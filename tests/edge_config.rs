@@ -29,6 +29,7 @@ fn consumers() -> Vec<(&'static str, &'static str, QueueSettings)> {
             "cognomega-av-scan",
             cognomega_consumers::av_scan::settings(),
         ),
+        ("etl", "cognomega-etl", cognomega_consumers::etl::settings()),
     ]
 }
 
@@ -108,6 +109,42 @@ fn every_worker_runs_the_one_module_with_a_role() -> anyhow::Result<()> {
         assert_eq!(role, stem, "{}: COGNOMEGA_ROLE", path.display());
         seen += 1;
     }
-    assert_eq!(seen, 12, "the gateway, six services and five consumers");
+    assert_eq!(seen, 13, "the gateway, six services and six consumers");
+    Ok(())
+}
+
+/// The gateway's Cron Trigger of the periodic export is the native `etl-export` schedule
+/// (Cloudflare's cron has no seconds field) and sends what it sends (every dataset).
+#[test]
+fn the_export_cron_is_the_native_schedule() -> anyhow::Result<()> {
+    let native = cognomega_core::schedule::defaults()
+        .remove("etl-export")
+        .ok_or_else(|| anyhow::anyhow!("no native etl-export schedule"))?;
+    assert_eq!(native.queue, "etl");
+    assert_eq!(native.body, serde_json::json!({}));
+    let (seconds, cloudflare) = native
+        .cron
+        .split_once(' ')
+        .ok_or_else(|| anyhow::anyhow!("cron {:?} has no seconds field", native.cron))?;
+    assert_eq!(seconds, "0", "Cloudflare fires on the minute");
+    let gateway = config("gateway")?;
+    let crons: Vec<&str> = gateway["triggers"]["crons"]
+        .as_array()
+        .map(|a| a.iter().filter_map(toml::Value::as_str).collect())
+        .unwrap_or_default();
+    assert!(
+        crons.contains(&cloudflare),
+        "gateway crons {crons:?} lack the export's {cloudflare:?}"
+    );
+    let producers = gateway["queues"]["producers"]
+        .as_array()
+        .ok_or_else(|| anyhow::anyhow!("gateway: no [[queues.producers]]"))?;
+    assert!(
+        producers
+            .iter()
+            .any(|p| p["binding"].as_str() == Some("ETL")
+                && p["queue"].as_str() == Some("cognomega-etl")),
+        "the gateway cannot send to cognomega-etl"
+    );
     Ok(())
 }

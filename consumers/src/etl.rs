@@ -93,7 +93,7 @@ impl Default for ExportOptions {
     fn default() -> Self {
         Self {
             max_rows_per_part: DEFAULT_MAX_ROWS_PER_PART,
-            batch_rows: 16 * 1024,
+            batch_rows: cognomega_pipelines::export::rows::BATCH_ROWS,
             after_write: None,
         }
     }
@@ -361,9 +361,9 @@ impl Exporter {
                 dataset,
                 parts: parts.clone(),
             };
-            let mut body = serde_json::to_vec_pretty(&manifest)
+            let body = manifest
+                .to_json()
                 .map_err(|e| ExportError::Writer(e.to_string()))?;
-            body.push(b'\n');
             self.objects
                 .put(
                     &key,

@@ -214,6 +214,251 @@ impl EtlMessage {
     }
 }
 
+/// The rows of one dataset with `seq` in `from..=to`, exported as one format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    /// The dataset.
+    pub dataset: Dataset,
+    /// The format.
+    pub format: ExportFormat,
+    /// First seq.
+    pub from: i64,
+    /// Last seq, inclusive.
+    pub to: i64,
+}
+
+/// A starting watermark (`--since`) was given for a dataset that already has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlreadyStarted {
+    /// The dataset's current watermark.
+    pub watermark: i64,
+}
+
+/// Where planning starts: the current watermark, or `since` (default 0: everything) for a
+/// dataset never exported in that format. `since` for one already exported is refused.
+pub fn plan_start(current: Option<i64>, since: Option<i64>) -> Result<i64, AlreadyStarted> {
+    match (current, since) {
+        (Some(watermark), Some(_)) => Err(AlreadyStarted { watermark }),
+        (Some(w), None) => Ok(w),
+        (None, s) => Ok(s.unwrap_or(0)),
+    }
+}
+
+/// The highest `seq` a run may plan: `max` (the highest committed `seq`), but stopping before
+/// the first row not yet final (`first_unsettled`: a queued or running job, an upload pending
+/// its scan), so an exported row never changes afterwards.
+#[must_use]
+pub fn visible_high(max: i64, first_unsettled: Option<i64>) -> i64 {
+    first_unsettled.map_or(max, |f| max.min(f - 1))
+}
+
+/// Splits `start+1..=high` into parts of at most `max_rows` rows. The boundaries come from the
+/// table (seqs have gaps), one lookup per part: [`PartPlanner::next_lookup`] names the query
+/// ([`sql::nth_seq`] with `(after, offset)`), [`PartPlanner::found`] takes its answer.
+#[derive(Debug, Clone)]
+pub struct PartPlanner {
+    dataset: Dataset,
+    format: ExportFormat,
+    from: i64,
+    high: i64,
+    offset: i64,
+    parts: Vec<Part>,
+}
+
+impl PartPlanner {
+    /// Plans `start+1..=high` in parts of at most `max_rows` rows.
+    #[must_use]
+    pub fn new(
+        dataset: Dataset,
+        format: ExportFormat,
+        start: i64,
+        high: i64,
+        max_rows: u64,
+    ) -> Self {
+        Self {
+            dataset,
+            format,
+            from: start,
+            high,
+            offset: i64::try_from(max_rows.max(1) - 1).unwrap_or(i64::MAX),
+            parts: Vec::new(),
+        }
+    }
+
+    /// The next lookup, `(after, offset)`: the `seq` `offset` rows past the first one after
+    /// `after` ends the next part. `None` once the range is covered.
+    #[must_use]
+    pub fn next_lookup(&self) -> Option<(i64, i64)> {
+        (self.from < self.high).then_some((self.from, self.offset))
+    }
+
+    /// The answer to [`PartPlanner::next_lookup`] (`None`: fewer rows remain): plans a part.
+    pub fn found(&mut self, nth: Option<i64>) {
+        let to = nth.map_or(self.high, |n| n.min(self.high));
+        self.parts.push(Part {
+            dataset: self.dataset,
+            format: self.format,
+            from: self.from + 1,
+            to,
+        });
+        self.from = to;
+    }
+
+    /// The planned parts, in watermark order.
+    #[must_use]
+    pub fn into_parts(self) -> Vec<Part> {
+        self.parts
+    }
+}
+
+/// The export SQL, one statement set for every host (the native PostgreSQL and SQLite stores
+/// through sqlx, the edge through tokio-postgres). Parameters are numbered (`$1`), which both
+/// backends accept; tables and columns are those of `migrations/*/0006_exports.sql`.
+pub mod sql {
+    use super::Dataset;
+
+    /// `(dataset, format)` ⇒ the watermark.
+    pub const WATERMARK: &str =
+        "SELECT watermark FROM export_watermarks WHERE dataset = $1 AND format = $2";
+    /// `(dataset, format)` ⇒ `(from_seq, to_seq)` of the planned parts, oldest first.
+    pub const PLANNED_PARTS: &str = "SELECT from_seq, to_seq FROM export_parts \
+         WHERE dataset = $1 AND format = $2 AND state = 'planned' ORDER BY from_seq";
+    /// `(dataset, format, from, to)`: one planned part.
+    pub const INSERT_PART: &str = "INSERT INTO export_parts \
+         (dataset, format, from_seq, to_seq, state) VALUES ($1, $2, $3, $4, 'planned')";
+    /// `(dataset, format, watermark)`: the first run of a dataset creates its watermark row; a
+    /// concurrent first run conflicts and changes nothing.
+    pub const INSERT_WATERMARK: &str =
+        "INSERT INTO export_watermarks (dataset, format, watermark) \
+         VALUES ($1, $2, $3) ON CONFLICT (dataset, format) DO NOTHING";
+    /// `(dataset, format, new, old)`: the compare-and-swap of the watermark.
+    pub const SWAP_WATERMARK: &str = "UPDATE export_watermarks SET watermark = $3 \
+         WHERE dataset = $1 AND format = $2 AND watermark = $4";
+    /// `(key, dataset, format, from, to, dt, rows, bytes, sha256)`: a written file; completing a
+    /// part twice keeps the first record.
+    pub const INSERT_FILE: &str = "INSERT INTO export_files \
+         (object_key, dataset, format, from_seq, to_seq, dt, rows, bytes, sha256) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (object_key) DO NOTHING";
+    /// `(dataset, format, from)`: the part is complete.
+    pub const COMPLETE_PART: &str = "UPDATE export_parts SET state = 'complete' \
+         WHERE dataset = $1 AND format = $2 AND from_seq = $3";
+    /// `(dataset)` ⇒ every recorded file, by format, watermark and date: `(object_key,
+    /// format, dt, from_seq, to_seq, rows, bytes, sha256)`.
+    pub const FILES: &str = "SELECT object_key, format, dt, from_seq, to_seq, rows, bytes, sha256 \
+         FROM export_files WHERE dataset = $1 ORDER BY format, from_seq, dt";
+    /// `(key)` ⇒ the recorded file, columns as [`FILES`].
+    pub const FILE: &str = "SELECT object_key, format, dt, from_seq, to_seq, rows, bytes, sha256 \
+         FROM export_files WHERE object_key = $1";
+
+    /// `(after, offset)` ⇒ the `seq` `offset` rows past the first one after `after`.
+    #[must_use]
+    pub fn nth_seq(dataset: Dataset) -> String {
+        format!(
+            "SELECT seq FROM {} WHERE seq > $1 ORDER BY seq LIMIT 1 OFFSET $2",
+            dataset.name()
+        )
+    }
+
+    /// ⇒ the highest `seq` (0 when empty).
+    #[must_use]
+    pub fn max_seq(dataset: Dataset) -> String {
+        format!("SELECT COALESCE(MAX(seq), 0) FROM {}", dataset.name())
+    }
+
+    /// PostgreSQL only: waits for every inserting transaction to finish, so `MAX(seq)` read
+    /// under it has no uncommitted `seq` below it (see `stores/src/exports.rs`).
+    #[must_use]
+    pub fn lock_share(dataset: Dataset) -> String {
+        format!("LOCK TABLE {} IN SHARE MODE", dataset.name())
+    }
+
+    /// ⇒ the first `seq` whose row may still change (`NULL` if none), for datasets whose rows
+    /// change after insertion.
+    #[must_use]
+    pub fn first_unsettled(dataset: Dataset) -> Option<&'static str> {
+        match dataset {
+            Dataset::Jobs => {
+                Some("SELECT MIN(seq) FROM jobs WHERE status IN ('queued', 'running')")
+            }
+            Dataset::Uploads => Some("SELECT MIN(seq) FROM uploads WHERE scan = 'pending'"),
+            Dataset::UsageEvents | Dataset::LedgerEntries => None,
+        }
+    }
+}
+
+/// `POST /admin/exports`'s body: optional `{"dataset", "format"}` (no dataset: all; no format:
+/// Parquet). An empty body is every dataset as Parquet.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportRequest {
+    dataset: Option<String>,
+    format: Option<String>,
+}
+
+/// A refused `POST /admin/exports` body: a 400 with this code and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportRequestError {
+    /// `invalid_json`, `invalid_dataset` or `invalid_format`.
+    pub code: &'static str,
+    /// What to send instead.
+    pub message: String,
+}
+
+/// The messages a `POST /admin/exports` body asks for, one per dataset.
+pub fn export_request(body: &[u8]) -> Result<Vec<EtlMessage>, ExportRequestError> {
+    let request: ExportRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ExportRequest::default()
+    } else {
+        serde_json::from_slice(body).map_err(|e| ExportRequestError {
+            code: "invalid_json",
+            message: format!("the body must be {{\"dataset\"?, \"format\"?}}: {e}"),
+        })?
+    };
+    let invalid = |e: EtlParseError| ExportRequestError {
+        code: match e {
+            EtlParseError::Dataset(_) => "invalid_dataset",
+            EtlParseError::Format(_) => "invalid_format",
+        },
+        message: e.to_string(),
+    };
+    let datasets = match request.dataset.as_deref() {
+        Some(d) => vec![d.parse::<Dataset>().map_err(invalid)?],
+        None => Dataset::ALL.to_vec(),
+    };
+    let format = match request.format.as_deref() {
+        Some(f) => f.parse::<ExportFormat>().map_err(invalid)?,
+        None => ExportFormat::default(),
+    };
+    Ok(datasets
+        .into_iter()
+        .map(|d| EtlMessage {
+            dataset: Some(d),
+            format,
+        })
+        .collect())
+}
+
+/// One dataset in `GET /exports`: its manifest's files, each with a download `url`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListedDataset {
+    /// The dataset.
+    pub dataset: Dataset,
+    /// Its `_manifest.json` key.
+    pub manifest_key: String,
+    /// Its complete files.
+    pub parts: Vec<ListedPart>,
+}
+
+/// One file in `GET /exports`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListedPart {
+    /// The manifest's record of it.
+    #[serde(flatten)]
+    pub part: ManifestPart,
+    /// Where to download it (presigned, or a signed `/files/…` link).
+    pub url: String,
+}
+
 use ColumnType::{Bool, Float64, Int64, Timestamp, Utf8};
 
 const USAGE_EVENTS: &[Column] = &[
@@ -325,6 +570,15 @@ pub struct Manifest {
     pub parts: Vec<ManifestPart>,
 }
 
+impl Manifest {
+    /// The bytes of `_manifest.json`: pretty JSON and a final newline.
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let mut body = serde_json::to_vec_pretty(self)?;
+        body.push(b'\n');
+        Ok(body)
+    }
+}
+
 /// One complete file of an export.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestPart {
@@ -416,6 +670,54 @@ mod tests {
         assert_eq!(dt_of_micros(1_795_654_800_000_000), "2026-11-26");
         assert_eq!(dt_of_days(11_016), "2000-02-29");
         assert_eq!(dt_of_days(19_417), "2023-03-01");
+    }
+
+    #[test]
+    fn planning_splits_by_the_looked_up_seqs() {
+        assert_eq!(plan_start(None, None), Ok(0));
+        assert_eq!(plan_start(None, Some(7)), Ok(7));
+        assert_eq!(plan_start(Some(9), None), Ok(9));
+        assert_eq!(
+            plan_start(Some(9), Some(1)),
+            Err(AlreadyStarted { watermark: 9 })
+        );
+        assert_eq!(visible_high(100, None), 100);
+        assert_eq!(visible_high(100, Some(42)), 41);
+        // seqs 1..=10 with a gap at 5, parts of at most 3 rows, up to 9.
+        let seqs = [1, 2, 3, 4, 6, 7, 8, 9, 10];
+        let mut p = PartPlanner::new(Dataset::Jobs, ExportFormat::Parquet, 0, 9, 3);
+        while let Some((after, offset)) = p.next_lookup() {
+            let nth = seqs
+                .iter()
+                .filter(|&&s| s > after)
+                .nth(usize::try_from(offset).expect("small"))
+                .copied();
+            p.found(nth);
+        }
+        let ranges: Vec<(i64, i64)> = p.into_parts().iter().map(|p| (p.from, p.to)).collect();
+        assert_eq!(ranges, vec![(1, 3), (4, 7), (8, 9)]);
+        let none = PartPlanner::new(Dataset::Jobs, ExportFormat::Parquet, 9, 9, 3);
+        assert_eq!(none.next_lookup(), None);
+    }
+
+    #[test]
+    fn export_requests() {
+        let all = export_request(b" ").expect("empty body");
+        assert_eq!(all.len(), 4);
+        assert!(all.iter().all(|m| m.format == ExportFormat::Parquet));
+        let one = export_request(br#"{"dataset":"jobs","format":"ndjson"}"#).expect("valid");
+        assert_eq!(
+            one,
+            vec![EtlMessage {
+                dataset: Some(Dataset::Jobs),
+                format: ExportFormat::Ndjson
+            }]
+        );
+        let code = |b: &[u8]| export_request(b).map(|_| ()).map_err(|e| e.code);
+        assert_eq!(code(br#"{"dataset":"x"}"#), Err("invalid_dataset"));
+        assert_eq!(code(br#"{"format":"csv"}"#), Err("invalid_format"));
+        assert_eq!(code(br#"{"other":1}"#), Err("invalid_json"));
+        assert_eq!(code(b"{"), Err("invalid_json"));
     }
 
     #[test]

@@ -19,6 +19,8 @@ use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 use sha2::{Digest, Sha256};
 
+pub mod rows;
+
 /// zstd level of Parquet pages and NDJSON files: fast to write, ~as small as gzip-9.
 pub const ZSTD_LEVEL: i32 = 3;
 

@@ -25,15 +25,8 @@
 //! also stops before the first row not yet final (a queued or running job, an upload pending its
 //! scan): an exported row never changes afterwards, and a re-run writes the same bytes.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
-use arrow_array::builder::{
-    BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
-};
-use arrow_array::{ArrayRef, RecordBatch};
-use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
-use cognomega_core::etl::{Column, ColumnType, Dataset, ExportFormat, ManifestPart};
+use cognomega_core::etl::{self, sql, Dataset, ExportFormat, ManifestPart, PartPlanner};
+use cognomega_pipelines::export::rows::{self, BatchError, Cells, Days, Dialect};
 use futures::TryStreamExt;
 use sqlx::Row;
 use tokio::sync::mpsc;
@@ -61,13 +54,8 @@ pub enum ExportStoreError {
         watermark: i64,
     },
     /// A row did not fit its column (a NULL in a NOT NULL column, say).
-    #[error("building an Arrow batch of {dataset}: {source}")]
-    Arrow {
-        /// The dataset.
-        dataset: Dataset,
-        /// Why.
-        source: ArrowError,
-    },
+    #[error(transparent)]
+    Arrow(#[from] BatchError),
     /// The SQLite scan failed.
     #[error("scanning SQLite: {0}")]
     Sqlite(#[from] rusqlite::Error),
@@ -79,18 +67,8 @@ pub enum ExportStoreError {
     WriterGone,
 }
 
-/// The rows of one dataset with `seq` in `from..=to`, exported as one format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Part {
-    /// The dataset.
-    pub dataset: Dataset,
-    /// The format.
-    pub format: ExportFormat,
-    /// First seq.
-    pub from: i64,
-    /// Last seq, inclusive.
-    pub to: i64,
-}
+pub use cognomega_core::etl::Part;
+pub use cognomega_pipelines::export::rows::{arrow_schema, DayBatch};
 
 /// A written file of a part, to record when the part completes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,15 +109,6 @@ pub struct ExportTotals {
     pub bytes: i64,
 }
 
-/// The rows of one event date (days since the epoch) from a scan, in `seq` order.
-#[derive(Debug, Clone)]
-pub struct DayBatch {
-    /// Days since 1970-01-01 (UTC) of the rows' partition column.
-    pub day: i64,
-    /// The rows.
-    pub batch: RecordBatch,
-}
-
 /// The dataset's watermark for `format`: the last `seq` planned into a part, if any run
 /// started yet.
 pub async fn watermark(
@@ -147,7 +116,7 @@ pub async fn watermark(
     dataset: Dataset,
     format: ExportFormat,
 ) -> Result<Option<i64>, ExportStoreError> {
-    const SQL: &str = "SELECT watermark FROM export_watermarks WHERE dataset = $1 AND format = $2";
+    const SQL: &str = sql::WATERMARK;
     Ok(match db {
         Database::Sqlite(s) => {
             sqlx::query_scalar(SQL)
@@ -172,8 +141,7 @@ pub async fn planned_parts(
     dataset: Dataset,
     format: ExportFormat,
 ) -> Result<Vec<Part>, ExportStoreError> {
-    const SQL: &str = "SELECT from_seq, to_seq FROM export_parts \
-         WHERE dataset = $1 AND format = $2 AND state = 'planned' ORDER BY from_seq";
+    const SQL: &str = sql::PLANNED_PARTS;
     let rows: Vec<(i64, i64)> = match db {
         Database::Sqlite(s) => {
             sqlx::query_as(SQL)
@@ -212,41 +180,18 @@ pub async fn plan(
     max_rows: u64,
 ) -> Result<Plan, ExportStoreError> {
     let current = watermark(db, dataset, format).await?;
-    let start = match (current, since) {
-        (Some(watermark), Some(_)) => {
-            return Err(ExportStoreError::AlreadyStarted {
-                dataset,
-                format,
-                watermark,
-            })
-        }
-        (Some(w), None) => w,
-        (None, s) => s.unwrap_or(0),
-    };
+    let start = etl::plan_start(current, since).map_err(|a| ExportStoreError::AlreadyStarted {
+        dataset,
+        format,
+        watermark: a.watermark,
+    })?;
     let high = visible_high(db, dataset).await?;
-    let mut parts = Vec::new();
-    let mut from = start;
-    let offset = i64::try_from(max_rows.max(1) - 1).unwrap_or(i64::MAX);
-    while from < high {
-        let nth: Option<i64> = scalar_read(
-            db,
-            &format!(
-                "SELECT seq FROM {} WHERE seq > $1 ORDER BY seq LIMIT 1 OFFSET $2",
-                dataset.name()
-            ),
-            from,
-            offset,
-        )
-        .await?;
-        let to = nth.map_or(high, |n| n.min(high));
-        parts.push(Part {
-            dataset,
-            format,
-            from: from + 1,
-            to,
-        });
-        from = to;
+    let mut planner = PartPlanner::new(dataset, format, start, high, max_rows);
+    let nth_sql = sql::nth_seq(dataset);
+    while let Some((after, offset)) = planner.next_lookup() {
+        planner.found(scalar_read(db, &nth_sql, after, offset).await?);
     }
+    let parts = planner.into_parts();
     if parts.is_empty() {
         return Ok(Plan::Planned(parts));
     }
@@ -293,13 +238,9 @@ pub async fn plan(
     })
 }
 
-const INSERT_PART: &str = "INSERT INTO export_parts (dataset, format, from_seq, to_seq, state) \
-     VALUES ($1, $2, $3, $4, 'planned')";
-/// The first run of a dataset creates its watermark row; a concurrent first run conflicts.
-const INSERT_WATERMARK: &str = "INSERT INTO export_watermarks (dataset, format, watermark) \
-     VALUES ($1, $2, $3) ON CONFLICT (dataset, format) DO NOTHING";
-const SWAP_WATERMARK: &str = "UPDATE export_watermarks SET watermark = $3 \
-     WHERE dataset = $1 AND format = $2 AND watermark = $4";
+const INSERT_PART: &str = sql::INSERT_PART;
+const INSERT_WATERMARK: &str = sql::INSERT_WATERMARK;
+const SWAP_WATERMARK: &str = sql::SWAP_WATERMARK;
 
 async fn swap_sqlite(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
@@ -357,13 +298,12 @@ async fn swap_pg(
 
 /// The highest `seq` below which every row is committed and final (see the module docs).
 async fn visible_high(db: &Database, dataset: Dataset) -> Result<i64, ExportStoreError> {
-    let table = dataset.name();
-    let max_sql = format!("SELECT COALESCE(MAX(seq), 0) FROM {table}");
+    let max_sql = sql::max_seq(dataset);
     let max: i64 = match db {
         Database::Sqlite(s) => sqlx::query_scalar(&max_sql).fetch_one(&s.read).await?,
         Database::Postgres(p) => {
             let mut tx = p.pool.begin().await?;
-            sqlx::query(&format!("LOCK TABLE {table} IN SHARE MODE"))
+            sqlx::query(&sql::lock_share(dataset))
                 .execute(&mut *tx)
                 .await?;
             let max = sqlx::query_scalar(&max_sql).fetch_one(&mut *tx).await?;
@@ -371,16 +311,14 @@ async fn visible_high(db: &Database, dataset: Dataset) -> Result<i64, ExportStor
             max
         }
     };
-    let unsettled = match dataset {
-        Dataset::Jobs => "SELECT MIN(seq) FROM jobs WHERE status IN ('queued', 'running')",
-        Dataset::Uploads => "SELECT MIN(seq) FROM uploads WHERE scan = 'pending'",
-        Dataset::UsageEvents | Dataset::LedgerEntries => return Ok(max),
+    let Some(unsettled) = sql::first_unsettled(dataset) else {
+        return Ok(max);
     };
     let first: Option<i64> = match db {
         Database::Sqlite(s) => sqlx::query_scalar(unsettled).fetch_one(&s.read).await?,
         Database::Postgres(p) => sqlx::query_scalar(unsettled).fetch_one(&p.pool).await?,
     };
-    Ok(first.map_or(max, |f| max.min(f - 1)))
+    Ok(etl::visible_high(max, first))
 }
 
 async fn scalar_read(db: &Database, sql: &str, a: i64, b: i64) -> Result<Option<i64>, sqlx::Error> {
@@ -409,11 +347,8 @@ pub async fn complete(
     part: &Part,
     files: &[WrittenFile],
 ) -> Result<(), ExportStoreError> {
-    const INSERT: &str = "INSERT INTO export_files \
-         (object_key, dataset, format, from_seq, to_seq, dt, rows, bytes, sha256) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (object_key) DO NOTHING";
-    const DONE: &str = "UPDATE export_parts SET state = 'complete' \
-         WHERE dataset = $1 AND format = $2 AND from_seq = $3";
+    const INSERT: &str = sql::INSERT_FILE;
+    const DONE: &str = sql::COMPLETE_PART;
     macro_rules! run {
         ($tx:expr) => {{
             for f in files {
@@ -453,8 +388,6 @@ pub async fn complete(
     Ok(())
 }
 
-const FILE_COLUMNS: &str = "object_key, format, dt, from_seq, to_seq, rows, bytes, sha256";
-
 type FileRow = (String, String, String, i64, i64, i64, i64, String);
 
 fn manifest_part((key, format, dt, from, to, rows, bytes, sha256): FileRow) -> ManifestPart {
@@ -474,19 +407,16 @@ fn manifest_part((key, format, dt, from, to, rows, bytes, sha256): FileRow) -> M
 /// Every recorded file of `dataset` (files are recorded only when their part completes), by
 /// format, watermark and date: the content of its `_manifest.json`.
 pub async fn files(db: &Database, dataset: Dataset) -> Result<Vec<ManifestPart>, ExportStoreError> {
-    let sql = format!(
-        "SELECT {FILE_COLUMNS} FROM export_files WHERE dataset = $1 \
-         ORDER BY format, from_seq, dt"
-    );
+    let sql = sql::FILES;
     let rows: Vec<FileRow> = match db {
         Database::Sqlite(s) => {
-            sqlx::query_as(&sql)
+            sqlx::query_as(sql)
                 .bind(dataset.name())
                 .fetch_all(&s.read)
                 .await?
         }
         Database::Postgres(p) => {
-            sqlx::query_as(&sql)
+            sqlx::query_as(sql)
                 .bind(dataset.name())
                 .fetch_all(&p.pool)
                 .await?
@@ -497,16 +427,16 @@ pub async fn files(db: &Database, dataset: Dataset) -> Result<Vec<ManifestPart>,
 
 /// The recorded file under `key`, if any.
 pub async fn file(db: &Database, key: &str) -> Result<Option<ManifestPart>, ExportStoreError> {
-    let sql = format!("SELECT {FILE_COLUMNS} FROM export_files WHERE object_key = $1");
+    let sql = sql::FILE;
     let row: Option<FileRow> = match db {
         Database::Sqlite(s) => {
-            sqlx::query_as(&sql)
+            sqlx::query_as(sql)
                 .bind(key)
                 .fetch_optional(&s.read)
                 .await?
         }
         Database::Postgres(p) => {
-            sqlx::query_as(&sql)
+            sqlx::query_as(sql)
                 .bind(key)
                 .fetch_optional(&p.pool)
                 .await?
@@ -534,53 +464,6 @@ pub async fn totals(db: &Database) -> Result<Vec<ExportTotals>, ExportStoreError
             bytes,
         })
         .collect())
-}
-
-/// The Arrow schema of a dataset's files.
-#[must_use]
-pub fn arrow_schema(dataset: Dataset) -> SchemaRef {
-    let fields: Vec<Field> = dataset
-        .columns()
-        .iter()
-        .map(|c| Field::new(c.name, arrow_type(c.ty), c.nullable))
-        .collect();
-    Arc::new(Schema::new(fields))
-}
-
-fn arrow_type(ty: ColumnType) -> DataType {
-    match ty {
-        ColumnType::Int64 => DataType::Int64,
-        ColumnType::Float64 => DataType::Float64,
-        ColumnType::Bool => DataType::Boolean,
-        ColumnType::Utf8 => DataType::Utf8,
-        ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-    }
-}
-
-/// The SELECT of a part's rows; every column converted to the type it is decoded as.
-fn scan_sql(dataset: Dataset, postgres: bool) -> String {
-    let columns: Vec<String> = dataset
-        .columns()
-        .iter()
-        .map(|c| {
-            let name = format!("\"{}\"", c.name);
-            match (c.ty, postgres) {
-                // SQLite keeps epoch milliseconds.
-                (ColumnType::Timestamp, false) => format!("{name} * 1000"),
-                // PostgreSQL sends a timestamptz as its microseconds (binary protocol): decoded
-                // as is, with no server-side arithmetic (`extract` works in `numeric`).
-                (ColumnType::Timestamp, true) => name,
-                (ColumnType::Int64, true) => format!("{name}::bigint"),
-                (ColumnType::Float64, true) => format!("{name}::float8"),
-                _ => name,
-            }
-        })
-        .collect();
-    format!(
-        "SELECT {} FROM {} WHERE seq BETWEEN $1 AND $2 ORDER BY seq",
-        columns.join(", "),
-        dataset.name()
-    )
 }
 
 /// Page cache of the SQLite scan's own connection: the scan reads the table once, in `seq`
@@ -611,19 +494,19 @@ pub async fn scan(
         }
         Database::Postgres(p) => {
             let mut days = Days::new(part.dataset, batch_rows);
-            let sql = scan_sql(part.dataset, true);
+            let sql = rows::scan_sql(part.dataset, Dialect::Postgres);
             let mut rows = sqlx::query(&sql)
                 .bind(part.from)
                 .bind(part.to)
                 .fetch(&p.pool);
             while let Some(row) = rows.try_next().await? {
-                if let Some(full) = days.push(&row)? {
+                if let Some(full) = days.push(&PgCells(&row))? {
                     out.send(full)
                         .await
                         .map_err(|_| ExportStoreError::WriterGone)?;
                 }
             }
-            let scanned = days.scanned;
+            let scanned = days.scanned();
             for rest in days.finish()? {
                 out.send(rest)
                     .await
@@ -649,15 +532,15 @@ fn scan_sqlite(
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
     conn.pragma_update(None, "cache_size", -SQLITE_SCAN_CACHE_KIB)?;
     let mut days = Days::new(part.dataset, batch_rows);
-    let mut stmt = conn.prepare(&scan_sql(part.dataset, false))?;
+    let mut stmt = conn.prepare(&rows::scan_sql(part.dataset, Dialect::Sqlite))?;
     let mut rows = stmt.query([part.from, part.to])?;
     while let Some(row) = rows.next()? {
-        if let Some(full) = days.push(row)? {
+        if let Some(full) = days.push(&SqliteCells(row))? {
             out.blocking_send(full)
                 .map_err(|_| ExportStoreError::WriterGone)?;
         }
     }
-    let scanned = days.scanned;
+    let scanned = days.scanned();
     for rest in days.finish()? {
         out.blocking_send(rest)
             .map_err(|_| ExportStoreError::WriterGone)?;
@@ -665,38 +548,36 @@ fn scan_sqlite(
     Ok(scanned)
 }
 
-/// One scanned row, read by column index as the type of its Arrow column.
-trait Cells {
-    fn int(&self, i: usize) -> Result<Option<i64>, ExportStoreError>;
-    /// Microseconds since the epoch, UTC.
-    fn micros(&self, i: usize) -> Result<Option<i64>, ExportStoreError>;
-    fn float(&self, i: usize) -> Result<Option<f64>, ExportStoreError>;
-    fn boolean(&self, i: usize) -> Result<Option<bool>, ExportStoreError>;
-    fn text(&self, i: usize) -> Result<Option<&str>, ExportStoreError>;
-}
+/// A PostgreSQL row as the export's [`Cells`].
+struct PgCells<'a>(&'a sqlx::postgres::PgRow);
 
-impl Cells for sqlx::postgres::PgRow {
+impl Cells for PgCells<'_> {
+    type Error = ExportStoreError;
     fn int(&self, i: usize) -> Result<Option<i64>, ExportStoreError> {
-        Ok(self.try_get(i)?)
+        Ok(self.0.try_get(i)?)
     }
     fn micros(&self, i: usize) -> Result<Option<i64>, ExportStoreError> {
-        let at: Option<chrono::DateTime<chrono::Utc>> = self.try_get(i)?;
+        let at: Option<chrono::DateTime<chrono::Utc>> = self.0.try_get(i)?;
         Ok(at.map(|t| t.timestamp_micros()))
     }
     fn float(&self, i: usize) -> Result<Option<f64>, ExportStoreError> {
-        Ok(self.try_get(i)?)
+        Ok(self.0.try_get(i)?)
     }
     fn boolean(&self, i: usize) -> Result<Option<bool>, ExportStoreError> {
-        Ok(self.try_get(i)?)
+        Ok(self.0.try_get(i)?)
     }
     fn text(&self, i: usize) -> Result<Option<&str>, ExportStoreError> {
-        Ok(self.try_get(i)?)
+        Ok(self.0.try_get(i)?)
     }
 }
 
-impl Cells for rusqlite::Row<'_> {
+/// A SQLite row (read where SQLite keeps it) as the export's [`Cells`].
+struct SqliteCells<'a, 'r>(&'a rusqlite::Row<'r>);
+
+impl Cells for SqliteCells<'_, '_> {
+    type Error = ExportStoreError;
     fn int(&self, i: usize) -> Result<Option<i64>, ExportStoreError> {
-        Ok(self.get(i)?)
+        Ok(self.0.get(i)?)
     }
     fn micros(&self, i: usize) -> Result<Option<i64>, ExportStoreError> {
         // Milliseconds in the table, scaled by the SELECT.
@@ -704,13 +585,13 @@ impl Cells for rusqlite::Row<'_> {
     }
     fn float(&self, i: usize) -> Result<Option<f64>, ExportStoreError> {
         // A REAL column may hold an integer-valued number as an integer.
-        Ok(self.get(i)?)
+        Ok(self.0.get(i)?)
     }
     fn boolean(&self, i: usize) -> Result<Option<bool>, ExportStoreError> {
-        Ok(self.get(i)?)
+        Ok(self.0.get(i)?)
     }
     fn text(&self, i: usize) -> Result<Option<&str>, ExportStoreError> {
-        match self.get_ref(i)? {
+        match self.0.get_ref(i)? {
             rusqlite::types::ValueRef::Null => Ok(None),
             rusqlite::types::ValueRef::Text(bytes) => std::str::from_utf8(bytes)
                 .map(Some)
@@ -719,148 +600,5 @@ impl Cells for rusqlite::Row<'_> {
                 Err(rusqlite::Error::InvalidColumnType(i, String::new(), other.data_type()).into())
             }
         }
-    }
-}
-
-/// Open batches, one per event date.
-struct Days {
-    dataset: Dataset,
-    schema: SchemaRef,
-    partition: usize,
-    batch_rows: usize,
-    open: BTreeMap<i64, Builders>,
-    scanned: u64,
-}
-
-const MICROS_PER_DAY: i64 = 86_400_000_000;
-
-impl Days {
-    fn new(dataset: Dataset, batch_rows: usize) -> Self {
-        Self {
-            dataset,
-            schema: arrow_schema(dataset),
-            partition: dataset.partition_column(),
-            batch_rows,
-            open: BTreeMap::new(),
-            scanned: 0,
-        }
-    }
-
-    /// Adds a row; returns its date's batch when that is full.
-    fn push(&mut self, row: &impl Cells) -> Result<Option<DayBatch>, ExportStoreError> {
-        // A NULL event time (impossible: NOT NULL) would fail the batch's schema check below.
-        let at = row.micros(self.partition)?;
-        let day = at.unwrap_or(0).div_euclid(MICROS_PER_DAY);
-        let columns = self.dataset.columns();
-        let builders = self
-            .open
-            .entry(day)
-            .or_insert_with(|| Builders::new(columns, self.batch_rows.min(1024)));
-        builders.push(row)?;
-        self.scanned += 1;
-        if builders.rows < self.batch_rows {
-            return Ok(None);
-        }
-        let full = self
-            .open
-            .remove(&day)
-            .unwrap_or_else(|| unreachable!("just used"));
-        Ok(Some(self.batch(day, full)?))
-    }
-
-    fn batch(&self, day: i64, builders: Builders) -> Result<DayBatch, ExportStoreError> {
-        let batch =
-            RecordBatch::try_new(self.schema.clone(), builders.finish()).map_err(|source| {
-                ExportStoreError::Arrow {
-                    dataset: self.dataset,
-                    source,
-                }
-            })?;
-        Ok(DayBatch { day, batch })
-    }
-
-    /// The remaining batches, by date.
-    fn finish(mut self) -> Result<Vec<DayBatch>, ExportStoreError> {
-        let open = std::mem::take(&mut self.open);
-        open.into_iter()
-            .map(|(day, builders)| self.batch(day, builders))
-            .collect()
-    }
-}
-
-enum Builder {
-    Int64(Int64Builder),
-    Float64(Float64Builder),
-    Bool(BooleanBuilder),
-    Utf8(StringBuilder),
-    Timestamp(TimestampMicrosecondBuilder),
-}
-
-struct Builders {
-    columns: Vec<Builder>,
-    rows: usize,
-}
-
-impl Builders {
-    fn new(columns: &[Column], capacity: usize) -> Self {
-        let columns = columns
-            .iter()
-            .map(|c| match c.ty {
-                ColumnType::Int64 => Builder::Int64(Int64Builder::with_capacity(capacity)),
-                ColumnType::Float64 => Builder::Float64(Float64Builder::with_capacity(capacity)),
-                ColumnType::Bool => Builder::Bool(BooleanBuilder::with_capacity(capacity)),
-                ColumnType::Utf8 => {
-                    Builder::Utf8(StringBuilder::with_capacity(capacity, 32 * capacity))
-                }
-                ColumnType::Timestamp => Builder::Timestamp(
-                    TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone("UTC"),
-                ),
-            })
-            .collect();
-        Self { columns, rows: 0 }
-    }
-
-    fn push(&mut self, row: &impl Cells) -> Result<(), ExportStoreError> {
-        for (i, b) in self.columns.iter_mut().enumerate() {
-            match b {
-                Builder::Int64(b) => b.append_option(row.int(i)?),
-                Builder::Timestamp(b) => b.append_option(row.micros(i)?),
-                Builder::Float64(b) => b.append_option(row.float(i)?),
-                Builder::Bool(b) => b.append_option(row.boolean(i)?),
-                Builder::Utf8(b) => b.append_option(row.text(i)?),
-            }
-        }
-        self.rows += 1;
-        Ok(())
-    }
-
-    fn finish(self) -> Vec<ArrayRef> {
-        self.columns
-            .into_iter()
-            .map(|b| -> ArrayRef {
-                match b {
-                    Builder::Int64(mut b) => Arc::new(b.finish()),
-                    Builder::Float64(mut b) => Arc::new(b.finish()),
-                    Builder::Bool(mut b) => Arc::new(b.finish()),
-                    Builder::Utf8(mut b) => Arc::new(b.finish()),
-                    Builder::Timestamp(mut b) => Arc::new(b.finish()),
-                }
-            })
-            .collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scan_sql_converts_per_backend() {
-        let sqlite = scan_sql(Dataset::UsageEvents, false);
-        assert!(sqlite.contains("\"occurred_at\" * 1000"), "{sqlite}");
-        let pg = scan_sql(Dataset::Jobs, true);
-        assert!(pg.contains("\"attempts\"::bigint"), "{pg}");
-        assert!(pg.contains("\"progress\"::float8"), "{pg}");
-        assert!(pg.contains(", \"finished_at\" FROM"), "{pg}");
     }
 }

@@ -8,8 +8,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
-use cognomega_consumers::etl::{self, EtlMessage};
-use cognomega_core::etl::{Dataset, EtlParseError, ExportFormat};
+use cognomega_consumers::etl;
+use cognomega_core::etl::{export_request, Dataset, ListedDataset, ListedPart};
 use cognomega_core::files::sign_download;
 use cognomega_core::queue::OutgoingMessage;
 use cognomega_stores::exports;
@@ -44,17 +44,15 @@ pub(crate) async fn list(
             .await
             .map_err(ApiError::internal)?;
         let mut parts = Vec::with_capacity(files.len());
-        for file in files {
-            let url = download_url(&state, &file.key).await?;
-            let mut part = serde_json::to_value(&file).map_err(ApiError::internal)?;
-            part["url"] = Value::String(url);
-            parts.push(part);
+        for part in files {
+            let url = download_url(&state, &part.key).await?;
+            parts.push(ListedPart { part, url });
         }
-        datasets.push(json!({
-            "dataset": dataset,
-            "manifest_key": dataset.manifest_key(),
-            "parts": parts,
-        }));
+        datasets.push(ListedDataset {
+            dataset,
+            manifest_key: dataset.manifest_key(),
+            parts,
+        });
     }
     Ok(Json(json!({ "datasets": datasets })))
 }
@@ -78,9 +76,12 @@ async fn download_url(state: &AppState, key: &str) -> Result<String, ApiError> {
     ))
 }
 
-/// `POST /admin/exports`; no body exports every dataset as Parquet.
+/// `POST /admin/exports`; no body exports every dataset as Parquet. The body is read by
+/// `cognomega_core::etl::export_request` (the edge reads it with the same function); this type
+/// only documents it.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[allow(dead_code)]
 struct ExportRequest {
     /// One dataset (default: all).
     #[schema(value_type = Option<s::Dataset>)]
@@ -110,34 +111,9 @@ pub(crate) async fn enqueue(
     _admin: Admin,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let request: ExportRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        ExportRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::bad_request(
-                "invalid_json",
-                format!("the body must be {{\"dataset\"?, \"format\"?}}: {e}"),
-            )
-        })?
-    };
-    let invalid = |e: EtlParseError| match e {
-        EtlParseError::Dataset(_) => ApiError::bad_request("invalid_dataset", e.to_string()),
-        EtlParseError::Format(_) => ApiError::bad_request("invalid_format", e.to_string()),
-    };
-    let datasets = match request.dataset.as_deref() {
-        Some(d) => vec![d.parse::<Dataset>().map_err(invalid)?],
-        None => Dataset::ALL.to_vec(),
-    };
-    let format = match request.format.as_deref() {
-        Some(f) => f.parse::<ExportFormat>().map_err(invalid)?,
-        None => ExportFormat::default(),
-    };
-    let mut queued = Vec::with_capacity(datasets.len());
-    for dataset in datasets {
-        let message = EtlMessage {
-            dataset: Some(dataset),
-            format,
-        };
+    let messages = export_request(&body).map_err(|e| ApiError::bad_request(e.code, e.message))?;
+    let mut queued = Vec::with_capacity(messages.len());
+    for message in messages {
         let outgoing = OutgoingMessage::json(&message).map_err(ApiError::internal)?;
         let receipt = state
             .queues
@@ -146,8 +122,8 @@ pub(crate) async fn enqueue(
             .map_err(ApiError::internal)?;
         queued.push(json!({
             "message_id": receipt.id,
-            "dataset": dataset,
-            "format": format,
+            "dataset": message.dataset,
+            "format": message.format,
         }));
     }
     Ok((StatusCode::ACCEPTED, Json(json!({ "queued": queued }))).into_response())

@@ -1,6 +1,7 @@
 //! The admin service: `GET /healthz`, dead-letter inspection
-//! (`GET /admin/queues/{queue}/dlq`) and raw injection (`POST /admin/queues/{queue}/messages`),
-//! with the native answers' shapes.
+//! (`GET /admin/queues/{queue}/dlq`), raw injection (`POST /admin/queues/{queue}/messages`) and
+//! the exports (`GET /exports`, `POST /admin/exports`, in `etl.rs`), with the native answers'
+//! shapes.
 
 use worker::{Env, Method, Request};
 
@@ -24,7 +25,15 @@ pub async fn route(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
             caller.require_admin()?;
             inject(req, env, caller, queue).await
         }
-        (_, ["healthz"] | ["admin", "queues", _, "dlq" | "messages"]) => Err(http::no_route(true)),
+        (Method::Get | Method::Head, ["exports"]) => crate::etl::list(env, caller).await,
+        (Method::Post, ["admin", "exports"]) => crate::etl::enqueue(req, env, caller).await,
+        (
+            _,
+            ["healthz"]
+            | ["exports"]
+            | ["admin", "exports"]
+            | ["admin", "queues", _, "dlq" | "messages"],
+        ) => Err(http::no_route(true)),
         _ => Err(http::no_route(false)),
     }
 }

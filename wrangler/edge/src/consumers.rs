@@ -61,6 +61,13 @@ pub const QUEUES: &[EdgeQueue] = &[
         max_retries: 5,
         retry_delay_secs: 1,
     },
+    EdgeQueue {
+        native: "etl",
+        binding: "ETL",
+        cloudflare: "cognomega-etl",
+        max_retries: 5,
+        retry_delay_secs: 10,
+    },
 ];
 
 pub fn by_native(name: &str) -> Option<&'static EdgeQueue> {
@@ -201,6 +208,7 @@ pub async fn dispatch(batch: MessageBatch<serde_json::Value>, env: &Env) {
             "settlement" => settlement(&db, env, queue, &messages).await,
             "jobs.sketch_to_app" => crate::jobs::run_batch(&db, env, queue, &messages).await,
             "av-scan" => crate::files::scan_batch(&db, env, queue, &messages).await,
+            "etl" => crate::etl::run_batch(&db, env, queue, &messages).await,
             other => Err(format!("no consumer for {other}")),
         }
     };
@@ -566,11 +574,20 @@ pub fn job_usage(tenant: &str, job_id: &str, job_type: &str) -> Result<UsageBatc
     })
 }
 
-/// Cron Triggers. `*/5 * * * *`: the outbox sweep — work whose row committed but whose message
+/// The Cron Trigger of the periodic export: the native `etl-export` schedule (every 15 minutes),
+/// which sends one `etl` message for every dataset as Parquet.
+pub const ETL_CRON: &str = "*/15 * * * *";
+
+/// Cron Triggers. [`ETL_CRON`]: the periodic export. `*/5 * * * *`: the outbox sweep — work whose row committed but whose message
 /// was never sent (a crash or a failed send between the two, which a native transactional
 /// outbox rules out and Queues cannot) is sent again: queued adjustments and queued jobs older
 /// than a minute. Their message ids make a duplicate harmless.
 pub async fn scheduled(cron: &str, env: &Env) -> Result<(), String> {
+    if cron == ETL_CRON {
+        crate::etl::schedule(env).await?;
+        worker::console_log!("cron {cron}: export queued");
+        return Ok(());
+    }
     let db = crate::db::connect(env).await.map_err(|e| e.to_string())?;
     let adjustments = db
         .query(

@@ -254,6 +254,9 @@ async fn file(req: &Request, env: &Env, key: &str) -> ApiResult {
     let now = worker::Date::now().as_millis() as i64 / 1000;
     verify_download(secret.as_bytes(), key, exp, &sig, now)
         .map_err(|e| forbidden(e.code(), e.to_string()))?;
+    if key.starts_with("exports/") {
+        return crate::etl::file(env, key).await;
+    }
     let db = crate::db::connect(env).await?;
     let Some(u) = db
         .query_opt(

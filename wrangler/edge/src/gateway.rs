@@ -43,6 +43,7 @@ fn spec(method: &Method, path: &str) -> Option<RouteSpec> {
             r("BILLING", Gate::Admin, Some(RouteClass::Admin))
         }
         "/admin/rebuild-balance-cache" => r("BILLING", Gate::Admin, Some(RouteClass::Admin)),
+        "/exports" => r("ADMIN", Gate::Admin, Some(RouteClass::Admin)),
         "/usage" => r(
             "USAGE",
             Gate::Bearer,

@@ -7,7 +7,8 @@
 //!   Object per tenant), then a Service Binding call to the internal service owning the route.
 //! - `auth`, `billing`, `usage`, `jobs`, `files`, `admin`: the internal services, reachable only
 //!   through those bindings.
-//! - `usage-writer`, `settlement`, `jobs-sketch-to-app`, `av-scan`, `dlq`: queue consumers.
+//! - `usage-writer`, `settlement`, `jobs-sketch-to-app`, `av-scan`, `etl`, `dlq`: queue
+//!   consumers.
 //!
 //! The rules (token format, usage validation, prices, rate-limit buckets, the job pipeline,
 //! signed links, the error envelope) come from `cognomega-core` and `cognomega-pipelines`, the
@@ -20,6 +21,7 @@ mod billing;
 mod config;
 mod consumers;
 mod db;
+mod etl;
 mod files;
 mod gateway;
 mod http;
