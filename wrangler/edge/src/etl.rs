@@ -21,7 +21,7 @@ use cognomega_pipelines::export::rows::{self, BatchError, Cells, Days, Dialect, 
 use cognomega_pipelines::export::{ExportWriteError, PartFiles};
 use futures::TryStreamExt;
 use tokio_postgres::types::{FromSql, Type};
-use worker::{Bucket, Env, HttpMetadata, Request, Response};
+use worker::{Bucket, Env, HttpMetadata, MessageExt, Request, Response};
 
 use crate::consumers::{decode_all, retry, EdgeQueue};
 use crate::http::{self, ApiError, ApiResult, Caller};
