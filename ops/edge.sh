@@ -17,6 +17,12 @@
 #   COGNOMEGA_ADMIN_KEY      the admin key the local Workers use (default: a fixed dev key)
 #   COGNOMEGA_CLAMD          clamd host:port for the av-scan Worker (default 127.0.0.1:3310)
 #   EDGE_TARGET_DIR          cargo target dir of the wasm build (default wrangler/target)
+#   CF_ACCOUNT_ID + CF_API_TOKEN (+ CF_AI_BASE_URL), GROQ_API_KEY (+ GROQ_BASE_URL),
+#   OPENAI_API_KEY (+ OPENAI_BASE_URL), COGNOMEGA_PROVIDER_ORDER
+#                            model providers of the `ai` Worker (POST /api/si/ask); with none
+#                            of the keys set, `cognomega fake-provider` is started on loopback
+#                            and the REST adapters point at it (the Workers AI binding has no
+#                            local mode, so the local `ai` config goes without it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -37,7 +43,7 @@ say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'ops/edge.sh: %s\n' "$*" >&2; exit 1; }
 
 # Every Worker config, gateway first (the one wrangler dev serves on the port).
-configs=(gateway auth billing usage jobs files admin usage-writer settlement jobs-sketch-to-app av-scan etl dlq)
+configs=(gateway auth billing usage jobs files admin ai usage-writer settlement jobs-sketch-to-app av-scan etl dlq)
 
 tools() {
   if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
@@ -121,6 +127,42 @@ scanner() {
   fi
 }
 
+provider_vars=""
+providers() {
+  # The `ai` Worker's model providers: the caller's, or a loopback fake speaking the OpenAI and
+  # Workers AI REST protocols (the native binary's `fake-provider`, built by `database`).
+  local v
+  if [ -n "${CF_API_TOKEN:-}${GROQ_API_KEY:-}${OPENAI_API_KEY:-}" ]; then
+    say "model providers from the environment"
+    for v in CF_ACCOUNT_ID CF_API_TOKEN CF_AI_BASE_URL GROQ_API_KEY GROQ_BASE_URL OPENAI_API_KEY OPENAI_BASE_URL COGNOMEGA_PROVIDER_ORDER; do
+      if [ -n "${!v:-}" ]; then provider_vars+="$v=${!v}"$'\n'; fi
+    done
+    return
+  fi
+  local out line
+  out=$(mktemp /tmp/cognomega-fake-provider.XXXXXX)
+  fake_out="$out"
+  cargo run -q --locked --bin cognomega -- fake-provider >"$out" 2>/dev/null &
+  fake_pid=$!
+  for _ in $(seq 1 600); do
+    grep -q "listening" "$out" && break
+    kill -0 "$fake_pid" 2>/dev/null || die "cognomega fake-provider exited during start-up"
+    sleep 0.5
+  done
+  line=$(grep "listening" "$out") || die "cognomega fake-provider did not start within 300 s"
+  local openai cfai
+  openai=$(sed -n 's/.*OPENAI_BASE_URL=\([^ ]*\).*/\1/p' <<<"$line")
+  cfai=$(sed -n 's/.*CF_AI_BASE_URL=\([^ ]*\).*/\1/p' <<<"$line")
+  [ -n "$openai" ] && [ -n "$cfai" ] || die "unexpected fake-provider output: $line"
+  say "model providers: the loopback fake ($cfai, $openai)"
+  provider_vars="CF_ACCOUNT_ID=local
+CF_API_TOKEN=local-fake-token
+CF_AI_BASE_URL=$cfai
+OPENAI_API_KEY=local-fake-key
+OPENAI_BASE_URL=$openai
+"
+}
+
 dev_vars() {
   # Local secrets and settings for every Worker (wrangler reads .dev.vars next to each config).
   cat > "$wr/workers/.dev.vars" <<VARS
@@ -129,14 +171,29 @@ COGNOMEGA_LINK_SECRET=$admin_key-links
 COGNOMEGA_CLAMD=$clamd
 COGNOMEGA_RATE_LIMITS_TOML=${COGNOMEGA_RATE_LIMITS_TOML:-}
 COGNOMEGA_RATE_LIMITS=${COGNOMEGA_RATE_LIMITS:-on}
+${provider_vars}
 VARS
+  mkdir -p "$wr/workers/.local"
+  cp "$wr/workers/.dev.vars" "$wr/workers/.local/.dev.vars"
+}
+
+local_config() {
+  # The config `wrangler dev` runs for Worker $1: the deploy config, or for one declaring the
+  # Workers AI binding (which has no local mode) a copy without it, in workers/.local/.
+  local src="$wr/workers/$1.toml"
+  if grep -q '^\[ai\]$' "$src"; then
+    sed -e '/^\[ai\]$/,/^$/d' -e 's#^main = "\.\./#main = "../../#' "$src" > "$wr/workers/.local/$1.toml"
+    echo "$wr/workers/.local/$1.toml"
+  else
+    echo "$src"
+  fi
 }
 
 run_dev() {
   local state="$1"
   dev_vars
   local args=()
-  for c in "${configs[@]}"; do args+=(-c "$wr/workers/$c.toml"); done
+  for c in "${configs[@]}"; do args+=(-c "$(local_config "$c")"); done
   # Hyperdrive's local connection string (a password is required in the URL; trust auth
   # ignores it).
   export CLOUDFLARE_HYPERDRIVE_LOCAL_CONNECTION_STRING_DB="postgres://$pguser:local@$pghost:$pgport/$db"
@@ -166,7 +223,6 @@ wait_healthy() {
 throwaway_database() {
   db="cognomega_edge_$1_$$"
   trap_db="$db"
-  trap drop_database EXIT
   database
 }
 
@@ -177,6 +233,16 @@ drop_database() {
   fi
 }
 
+cleanup() {
+  if [ -n "${edge_pid:-}" ]; then
+    kill "$edge_pid" 2>/dev/null; pkill -P "$edge_pid" 2>/dev/null; wait "$edge_pid" 2>/dev/null
+  fi
+  if [ -n "${edge_state:-}" ]; then rm -rf "$edge_state"; fi
+  if [ -n "${fake_pid:-}" ]; then kill "$fake_pid" 2>/dev/null; wait "$fake_pid" 2>/dev/null; fi
+  if [ -n "${fake_out:-}" ]; then rm -f "$fake_out"; fi
+  drop_database
+}
+
 background() {
   local state log
   state=$(mktemp -d /tmp/cognomega-edge-state.XXXXXX)
@@ -184,7 +250,6 @@ background() {
   ( run_dev "$state" ) >"$log" 2>&1 &
   edge_pid=$!
   edge_state="$state"
-  trap 'kill $edge_pid 2>/dev/null; pkill -P $edge_pid 2>/dev/null; wait $edge_pid 2>/dev/null; rm -rf "$edge_state"; drop_database' EXIT
   say "waiting for the edge stack on 127.0.0.1:$port (log: $log)"
   wait_healthy "$edge_pid" "$log"
   say "edge stack up"
@@ -192,6 +257,7 @@ background() {
 
 cmd="${1:-dev}"
 shift || true
+trap cleanup EXIT
 case "$cmd" in
   tools) tools ;;
   build) build ;;
@@ -200,14 +266,16 @@ case "$cmd" in
     build
     database
     scanner
+    providers
     state=$(mktemp -d /tmp/cognomega-edge-state.XXXXXX)
     say "serving the gateway on http://127.0.0.1:$port (cron: GET /__scheduled?cron=*/5+*+*+*+*)"
-    run_dev "$state"
+    ( run_dev "$state" )
     ;;
   test)
     build
     throwaway_database test
     scanner
+    providers
     # The acceptance suite's rate-limit scenario needs a small bucket, as the native run has.
     export COGNOMEGA_RATE_LIMITS_TOML='rate_limits = { guest = { usage = { rate = 1.0, burst = 20 } } }'
     background
@@ -223,6 +291,7 @@ case "$cmd" in
     build
     throwaway_database bench
     scanner
+    providers
     export COGNOMEGA_RATE_LIMITS=off
     background
     cargo run -q --release --locked --bin cognomega -- bench edge --edge-url "http://127.0.0.1:$port" "$@"

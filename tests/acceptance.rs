@@ -6,8 +6,14 @@
 //!   admin key from `COGNOMEGA_ACCEPTANCE_ADMIN_KEY` (required then).
 //! - otherwise: every scenario runs against the real `cognomega serve` binary, started here on
 //!   a free loopback port with a temporary data directory, an admin key, a clamd (started by
-//!   `ops/clamd.sh`) and a config file with a small `guest.usage` rate limit — once on SQLite
-//!   and once on a PostgreSQL database created for the test and dropped after it.
+//!   `ops/clamd.sh`), a loopback fake model provider (OpenAI and Workers AI protocols) and a
+//!   config file with a small `guest.usage` rate limit — once on SQLite and once on a
+//!   PostgreSQL database created for the test and dropped after it.
+//!
+//! The ask scenario needs a model provider configured on the deployment under test; the suite
+//! knows only its base URL, so it checks the answer against the contract and itself (a
+//! retried request id billed once, a stream's tokens equal to the whole answer), not against
+//! a particular provider.
 //!
 //! Every response checked must carry `X-Request-Id`, and every error must be the
 //! `{"error":{"code","message","request_id"}}` envelope naming that same id. Timeouts are
@@ -21,6 +27,7 @@ use std::time::Duration;
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use cognomega_pipelines::synth::Sketch;
+use cognomega_providers::fake::FakeProvider;
 use cognomega_testkit::{Backend, TestDb};
 use reqwest::header::HeaderMap;
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -607,6 +614,159 @@ async fn poison_reaches_dlq(t: Target) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The Server-Sent Events of a body: `(event, data)` pairs.
+fn sse_events(body: &[u8]) -> Vec<(String, String)> {
+    let text = String::from_utf8_lossy(body).replace("\r\n", "\n");
+    text.split("\n\n")
+        .filter_map(|block| {
+            let mut event = "message".to_owned();
+            let mut data: Vec<&str> = Vec::new();
+            for line in block.lines() {
+                if let Some(e) = line.strip_prefix("event:") {
+                    event = e.trim().to_owned();
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    data.push(d.strip_prefix(' ').unwrap_or(d));
+                }
+            }
+            (!data.is_empty()).then(|| (event, data.join("\n")))
+        })
+        .collect()
+}
+
+fn int_header(answer: &Answer, name: &str) -> anyhow::Result<i64> {
+    answer
+        .header(name)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("{}: no integer {name} header", answer.what))
+}
+
+/// g. `POST /api/si/ask`: an answer with every header; the same `X-Request-Id` retried is
+/// billed once; a streamed answer ends with a `done` event carrying its usage; a guest may
+/// not ask for a large model.
+async fn ask_billed_once(t: Target) -> anyhow::Result<()> {
+    let g = guest(&t).await?;
+    let denied = send(
+        t.post("/api/si/ask")
+            .bearer_auth(&g.token)
+            .json(&json!({"prompt": "hi", "model": "gpt-4o"})),
+    )
+    .await?;
+    assert_eq!(denied.expect_error(StatusCode::FORBIDDEN)?, "model_denied");
+    let grant = wait_grant(&t, &g).await?;
+
+    let request_id = format!("acceptance-ask-{}", uuid::Uuid::new_v4());
+    let ask = || {
+        t.post("/api/si/ask")
+            .bearer_auth(&g.token)
+            .header("X-Request-Id", &request_id)
+            .json(&json!({"prompt": "say hello to the acceptance suite", "max_tokens": 64}))
+    };
+    let first = send(ask()).await?;
+    let answer = first.expect(StatusCode::OK)?;
+    assert_eq!(first.header("x-request-id"), Some(request_id.as_str()));
+    assert_eq!(answer["id"], request_id.as_str(), "{answer}");
+    let provider = first
+        .header("x-provider")
+        .ok_or_else(|| anyhow::anyhow!("no X-Provider"))?;
+    assert!(
+        ["cfai", "groq", "openai"].contains(&provider),
+        "X-Provider {provider}"
+    );
+    assert_eq!(answer["provider"], provider, "{answer}");
+    assert_eq!(
+        answer["model"].as_str(),
+        first.header("x-model"),
+        "{answer}"
+    );
+    assert!(
+        answer["output"].as_str().is_some_and(|o| !o.is_empty()),
+        "{answer}"
+    );
+    let usage = &answer["usage"];
+    assert!(usage["estimated"].is_boolean(), "{answer}");
+    let tokens_in = int_header(&first, "x-tokens-in")?;
+    let tokens_out = int_header(&first, "x-tokens-out")?;
+    let credits = int_header(&first, "x-credits-used")?;
+    assert_eq!(usage["tokens_in"], tokens_in, "{answer}");
+    assert_eq!(usage["tokens_out"], tokens_out, "{answer}");
+    assert_eq!(answer["credits_used"], credits, "{answer}");
+    assert!(tokens_in > 0 && tokens_out > 0 && credits > 0, "{answer}");
+    assert_eq!(
+        int_header(&first, "x-credits-balance")?,
+        grant - credits,
+        "X-Credits-Balance is the balance minus this charge"
+    );
+
+    // The same request again: answered, not billed again.
+    let again = send(ask()).await?;
+    again.expect(StatusCode::OK)?;
+
+    // A streamed answer: token events, then done with usage and credits.
+    let streamed = send(
+        t.post("/api/si/ask")
+            .bearer_auth(&g.token)
+            .json(&json!({"prompt": "say hello to the acceptance suite", "stream": true})),
+    )
+    .await?;
+    assert_eq!(streamed.status, StatusCode::OK, "{}", streamed.what);
+    assert!(
+        streamed
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("text/event-stream")),
+        "content type {:?}",
+        streamed.header("content-type")
+    );
+    assert_eq!(streamed.header("x-provider"), Some(provider));
+    let events = sse_events(&streamed.body);
+    let text: String = events
+        .iter()
+        .filter(|(e, _)| e == "token")
+        .map(|(_, d)| {
+            serde_json::from_str::<Value>(d)
+                .ok()
+                .and_then(|v| v["text"].as_str().map(str::to_owned))
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(
+        text, answer["output"],
+        "the streamed tokens make the same answer: {events:?}"
+    );
+    let (last, done) = events
+        .last()
+        .ok_or_else(|| anyhow::anyhow!("no events in the stream"))?;
+    assert_eq!(last, "done", "the stream ends with done: {events:?}");
+    let done: Value = serde_json::from_str(done)?;
+    assert_eq!(done["finish"], "stop", "{done}");
+    let streamed_credits = done["credits_used"]
+        .as_i64()
+        .ok_or_else(|| anyhow::anyhow!("no credits_used in {done}"))?;
+    assert!(
+        done["usage"]["tokens_in"].as_i64().is_some_and(|n| n > 0),
+        "{done}"
+    );
+    assert!(
+        done["usage"]["tokens_out"].as_i64().is_some_and(|n| n > 0),
+        "{done}"
+    );
+    assert!(done["credits_balance"].is_i64(), "{done}");
+
+    // Billed once per request: the balance and the recorded usage agree.
+    let settled = settled_balance(&t, &g, grant).await?;
+    assert_eq!(
+        settled,
+        grant - credits - streamed_credits,
+        "two requests billed (the retry was not)"
+    );
+    let usage = send(t.get("/usage").bearer_auth(&g.token))
+        .await?
+        .expect(StatusCode::OK)?;
+    assert_eq!(usage["totals"]["tokens_in"]["events"], 2, "{usage}");
+    assert_eq!(usage["totals"]["tokens_out"]["events"], 2, "{usage}");
+    assert_eq!(usage["credits_charged"], grant - settled, "{usage}");
+    Ok(())
+}
+
 /// f. A guest that keeps posting usage is refused with 429.
 async fn rate_limited(t: Target) -> anyhow::Result<()> {
     let g = guest(&t).await?;
@@ -839,6 +999,8 @@ struct Native {
     target: Target,
     /// Holds the data directory (and, on PostgreSQL, the database) until the child is gone.
     _tdb: TestDb,
+    /// The server's model provider.
+    _fake: FakeProvider,
 }
 
 impl Native {
@@ -849,13 +1011,24 @@ impl Native {
         let tdb = TestDb::new(backend).await?;
         let config = tdb.data_dir().join("acceptance.toml");
         std::fs::write(&config, NATIVE_CONFIG)?;
+        let fake = FakeProvider::start().await?;
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cognomega"));
         // Only what is set here configures the server.
         for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("COGNOMEGA_") {
+            let name_text = name.to_string_lossy();
+            if ["COGNOMEGA_", "CF_", "GROQ_", "OPENAI_"]
+                .iter()
+                .any(|p| name_text.starts_with(p))
+            {
                 cmd.env_remove(name);
             }
         }
+        // Both REST protocols, as on the edge stack (Workers AI first, the default order).
+        cmd.env("CF_ACCOUNT_ID", "acceptance")
+            .env("CF_API_TOKEN", "acceptance-token")
+            .env("CF_AI_BASE_URL", fake.cfai_base())
+            .env("OPENAI_API_KEY", "acceptance-key")
+            .env("OPENAI_BASE_URL", fake.openai_base());
         cmd.args(["--log", "warn", "--data-dir"])
             .arg(tdb.data_dir())
             .arg("--config")
@@ -880,6 +1053,7 @@ impl Native {
             child,
             target,
             _tdb: tdb,
+            _fake: fake,
         })
     }
 
@@ -942,4 +1116,5 @@ scenarios!(
     poison_reaches_dlq,
     rate_limited,
     usage_exported,
+    ask_billed_once,
 );

@@ -109,7 +109,7 @@ fn every_worker_runs_the_one_module_with_a_role() -> anyhow::Result<()> {
         assert_eq!(role, stem, "{}: COGNOMEGA_ROLE", path.display());
         seen += 1;
     }
-    assert_eq!(seen, 13, "the gateway, six services and six consumers");
+    assert_eq!(seen, 14, "the gateway, seven services and six consumers");
     Ok(())
 }
 
@@ -145,6 +145,33 @@ fn the_export_cron_is_the_native_schedule() -> anyhow::Result<()> {
             .any(|p| p["binding"].as_str() == Some("ETL")
                 && p["queue"].as_str() == Some("cognomega-etl")),
         "the gateway cannot send to cognomega-etl"
+    );
+    Ok(())
+}
+
+/// `POST /api/si/ask` is the `ai` Worker's: the gateway binds it, and its deploy config
+/// declares the Workers AI binding the edge's `cfai` provider uses.
+#[test]
+fn the_ai_worker_is_bound_and_has_workers_ai() -> anyhow::Result<()> {
+    let ai = config("ai")?;
+    assert_eq!(ai["ai"]["binding"].as_str(), Some("AI"), "[ai] binding");
+    let gateway = config("gateway")?;
+    let services = gateway["services"].as_array().cloned().unwrap_or_default();
+    assert!(
+        services.iter().any(|s| s["binding"].as_str() == Some("ASK")
+            && s["service"].as_str() == ai["name"].as_str()),
+        "the gateway's ASK service binding names the ai Worker: {services:?}"
+    );
+    let producers = ai["queues"]["producers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        producers
+            .iter()
+            .any(|p| p["binding"].as_str() == Some("USAGE")
+                && p["queue"].as_str() == Some("cognomega-usage")),
+        "the ai Worker bills through the usage queue: {producers:?}"
     );
     Ok(())
 }

@@ -485,6 +485,119 @@ impl Breaker {
     }
 }
 
+impl Verdict {
+    /// The refusal a denied request gets: status, error code and message (`None` for
+    /// [`Verdict::Allow`]).
+    #[must_use]
+    pub fn refusal(&self) -> Option<(u16, &'static str, String)> {
+        match self {
+            Self::Allow { .. } => None,
+            Self::IntentDenied(intent) => Some((
+                403,
+                "intent_denied",
+                format!("the intent {intent:?} is not available to this tier; upgrade or choose another intent"),
+            )),
+            Self::ModelDenied(model) => Some((
+                403,
+                "model_denied",
+                format!("the model {model:?} is not available to this tier; omit model to use the default"),
+            )),
+        }
+    }
+}
+
+/// A tenant over its daily token budget: 429 `token_budget_exceeded` with `Retry-After`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetExceeded {
+    /// The error message.
+    pub message: String,
+    /// Seconds until the budget resets (00:00 UTC), at least 1.
+    pub retry_after_secs: i64,
+}
+
+/// Whether `used` tokens today (UTC, at `now_secs`) leave room under `budget`.
+pub fn check_budget(used: u64, budget: Option<u64>, now_secs: i64) -> Result<(), BudgetExceeded> {
+    let Some(budget) = budget else {
+        return Ok(());
+    };
+    if used < budget {
+        return Ok(());
+    }
+    let reset = (86_400 - now_secs.rem_euclid(86_400)).max(1);
+    Err(BudgetExceeded {
+        message: format!(
+            "{used} of today's {budget} tokens are used; the budget resets at 00:00 UTC (in {reset} s)"
+        ),
+        retry_after_secs: reset,
+    })
+}
+
+/// What an answered ask is billed: its usage message for the `usage` queue (none when no
+/// token was counted) and the credits it costs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AskCharge {
+    /// The `tokens_in`/`tokens_out` events, keyed by the request id.
+    pub message: Option<crate::billing::UsageBatchMessage>,
+    /// Credits charged.
+    pub credits: i64,
+}
+
+/// The idempotency key of a request's `kind` usage: `si:{request id}:{kind}`, with the request
+/// id's SHA-256 when the id is long (keys are at most 128 characters). The same request id
+/// retried yields the same keys, so it is billed once.
+pub fn ask_usage_key(
+    request_id: &str,
+    kind: crate::billing::UsageKind,
+) -> Result<crate::billing::UsageKey, String> {
+    use rsa::sha2::{Digest as _, Sha256};
+    let id = if request_id.len() <= 100 {
+        request_id.to_owned()
+    } else {
+        Sha256::digest(request_id.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    crate::billing::UsageKey::parse(&format!("si:{id}:{}", kind.as_str()))
+        .map_err(|e| e.to_string())
+}
+
+/// The charge of an answered ask: one usage event per non-zero token count, priced by
+/// `prices`, occurring at `now`.
+pub fn ask_charge(
+    tenant: &str,
+    request_id: &str,
+    tokens_in: u64,
+    tokens_out: u64,
+    prices: &crate::billing::PriceTable,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<AskCharge, String> {
+    use crate::billing::{UsageBatchMessage, UsageEvent, UsageKind};
+    let mut events = Vec::with_capacity(2);
+    for (kind, quantity) in [
+        (UsageKind::TokensIn, tokens_in),
+        (UsageKind::TokensOut, tokens_out),
+    ] {
+        if quantity > 0 {
+            events.push(UsageEvent {
+                idempotency_key: ask_usage_key(request_id, kind)?,
+                kind,
+                quantity,
+                occurred_at: Some(now),
+                meta: None,
+            });
+        }
+    }
+    let credits = prices.charge(UsageKind::TokensIn, tokens_in)
+        + prices.charge(UsageKind::TokensOut, tokens_out);
+    let message = (!events.is_empty()).then(|| UsageBatchMessage {
+        tenant_id: tenant.to_owned(),
+        events,
+        received_at_ms: now.timestamp_millis(),
+    });
+    Ok(AskCharge { message, credits })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -521,6 +634,33 @@ mod tests {
             );
         }
         assert!(parse_ask(br#"{"prompt":"a","extra":1}"#).is_err());
+    }
+
+    #[test]
+    fn charges_budgets_and_refusals() {
+        use crate::billing::{PriceTable, UsageKind};
+        let now = chrono::DateTime::from_timestamp(86_400 * 3 + 100, 0).unwrap_or_default();
+        let charge = ask_charge("t1", "req-1", 1500, 0, &PriceTable::default(), now)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(charge.credits, 2, "1,500 tokens_in at 1/1000, rounded up");
+        let msg = charge.message.unwrap_or_else(|| panic!("no message"));
+        assert_eq!(msg.events.len(), 1, "no event for zero output tokens");
+        assert_eq!(msg.events[0].idempotency_key.as_str(), "si:req-1:tokens_in");
+        let long = "x".repeat(200);
+        let key = ask_usage_key(&long, UsageKind::TokensOut).unwrap_or_else(|e| panic!("{e}"));
+        assert!(key.as_str().len() <= 128 && key.as_str().ends_with(":tokens_out"));
+        assert_eq!(ask_usage_key(&long, UsageKind::TokensOut), Ok(key));
+        assert_eq!(check_budget(10, Some(11), 0), Ok(()));
+        assert_eq!(check_budget(10, None, 0), Ok(()));
+        let e = check_budget(11, Some(11), 86_400 + 86_399).err();
+        assert_eq!(e.map(|e| e.retry_after_secs), Some(1));
+        assert_eq!(Verdict::Allow { max_tokens: 1 }.refusal(), None);
+        assert_eq!(
+            Verdict::ModelDenied("o1".into())
+                .refusal()
+                .map(|r| (r.0, r.1)),
+            Some((403, "model_denied"))
+        );
     }
 
     #[test]

@@ -74,6 +74,17 @@ impl ProvidersConfig {
         var: impl Fn(&str) -> Option<String>,
         order: Option<&str>,
     ) -> Result<Self, String> {
+        Self::from_vars_bound(var, order, &[])
+    }
+
+    /// As [`ProvidersConfig::from_vars`], with the providers in `bound` enabled without a key:
+    /// the host reaches them through a binding of its own (the edge's Workers AI binding), so
+    /// their settings carry no key and their base URL is unused.
+    pub fn from_vars_bound(
+        var: impl Fn(&str) -> Option<String>,
+        order: Option<&str>,
+        bound: &[ProviderId],
+    ) -> Result<Self, String> {
         let get = |name: &str| {
             var(name)
                 .map(|v| v.trim().to_owned())
@@ -106,6 +117,16 @@ impl ProvidersConfig {
                 api_key: key,
                 account_id: None,
             });
+        }
+        for id in bound {
+            if !enabled.iter().any(|p| p.id == *id) {
+                enabled.push(ProviderSettings {
+                    id: *id,
+                    base_url: String::new(),
+                    api_key: String::new(),
+                    account_id: None,
+                });
+            }
         }
         let order = match order.map(str::trim).filter(|o| !o.is_empty()) {
             Some(raw) => parse_order(raw).map_err(|e| format!("COGNOMEGA_PROVIDER_ORDER: {e}"))?,
@@ -177,6 +198,18 @@ mod tests {
         assert_eq!(c.providers.len(), 1);
         assert!(ProvidersConfig::from_vars(vars(&[("CF_API_TOKEN", "t")]), None).is_err());
         assert!(ProvidersConfig::from_vars(vars(&[]), Some("bogus")).is_err());
+        let c = ProvidersConfig::from_vars_bound(
+            vars(&[("OPENAI_API_KEY", "k")]),
+            None,
+            &[ProviderId::Cfai],
+        )
+        .unwrap_or_default();
+        let ids: Vec<_> = c.providers.iter().map(|p| p.id).collect();
+        assert_eq!(
+            ids,
+            [ProviderId::Cfai, ProviderId::Openai],
+            "a bound provider keeps its place"
+        );
         assert!(ProvidersConfig::from_vars(
             vars(&[("GROQ_API_KEY", "g"), ("GROQ_BASE_URL", "ftp://x")]),
             None

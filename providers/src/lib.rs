@@ -1,27 +1,42 @@
 //! Model providers behind one port. Each adapter is a real HTTP client of its provider's API:
-//! Cloudflare Workers AI ([`cfai`]) and OpenAI-compatible chat completions ([`openai`]: Groq,
-//! OpenAI, or any compatible server such as llama.cpp or Ollama). The [`Orchestrator`] tries them
+//! Cloudflare Workers AI (`cfai`) and OpenAI-compatible chat completions (`openai`: Groq,
+//! OpenAI, or any compatible server such as llama.cpp or Ollama). The orchestrator tries them
 //! in the configured order, falling back on connect errors, timeouts, 429 and 5xx (never on
 //! another 4xx: the request itself is wrong), and skips a provider whose circuit is open.
+//!
+//! The protocol side (request bodies, answers, streamed events, error classification, routing
+//! with circuit breakers, token counting, the answer's shape) has no transport and no async
+//! runtime and builds for wasm32: the edge (`wrangler/edge`) routes with it over `fetch` and
+//! the Workers AI binding. The reqwest adapters and the `Orchestrator` are the feature `http`
+//! (default).
 #![forbid(unsafe_code)]
 
+pub mod answer;
+#[cfg(feature = "http")]
 pub mod cfai;
 mod config;
 #[cfg(feature = "fake")]
 pub mod fake;
 pub mod metrics;
+#[cfg(feature = "http")]
 pub mod openai;
+#[cfg(feature = "http")]
 mod orchestrator;
-mod sse;
+pub mod protocol;
+mod routing;
+pub mod sse;
+#[cfg(feature = "http")]
+mod stream;
 pub mod tokens;
 
-use std::fmt;
-
-use cognomega_core::ai::{Failure, Message, ProviderId};
-use futures::stream::BoxStream;
+use cognomega_core::ai::Message;
+#[cfg(feature = "http")]
+use cognomega_core::ai::{Failure, ProviderId};
 
 pub use config::{ProviderSettings, ProvidersConfig};
-pub use orchestrator::{AskFailure, Attempt, Orchestrator, Routed, RoutedStream};
+#[cfg(feature = "http")]
+pub use orchestrator::{Orchestrator, Routed, RoutedStream};
+pub use routing::{no_provider, Answered, AskFailure, Attempt, Router};
 
 /// One call to a provider.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,11 +79,13 @@ pub enum Chunk {
 }
 
 /// A streamed answer: chunks until the provider ends it (or fails).
-pub type ChunkStream = BoxStream<'static, Result<Chunk, Failure>>;
+#[cfg(feature = "http")]
+pub type ChunkStream = futures::stream::BoxStream<'static, Result<Chunk, Failure>>;
 
 /// The port every provider adapter implements.
+#[cfg(feature = "http")]
 #[async_trait::async_trait]
-pub trait ModelProvider: Send + Sync + fmt::Debug {
+pub trait ModelProvider: Send + Sync + std::fmt::Debug {
     /// Which provider this is.
     fn id(&self) -> ProviderId;
 
@@ -80,6 +97,7 @@ pub trait ModelProvider: Send + Sync + fmt::Debug {
 }
 
 /// Sends a provider request within `timeout`; a non-2xx answer becomes its [`Failure`].
+#[cfg(feature = "http")]
 pub(crate) async fn send(
     request: reqwest::RequestBuilder,
     timeout: std::time::Duration,
@@ -91,12 +109,13 @@ pub(crate) async fn send(
     let status = response.status().as_u16();
     if !(200..300).contains(&status) {
         let text = response.text().await.unwrap_or_default();
-        return Err(status_failure(status, &text));
+        return Err(protocol::status_failure(status, &text));
     }
     Ok(response)
 }
 
 /// A whole JSON answer, within `timeout`.
+#[cfg(feature = "http")]
 pub(crate) async fn read_json(
     response: reqwest::Response,
     timeout: std::time::Duration,
@@ -107,75 +126,15 @@ pub(crate) async fn read_json(
         .map_err(|e| transport(&e))
 }
 
-/// `{"prompt_tokens","completion_tokens"}`, the usage shape both protocols report.
-pub(crate) fn usage_from(u: &serde_json::Value) -> Option<Usage> {
-    Some(Usage {
-        tokens_in: u.get("prompt_tokens")?.as_u64()?,
-        tokens_out: u.get("completion_tokens")?.as_u64()?,
-    })
-}
-
 /// Maps a transport error to a [`Failure`].
+#[cfg(feature = "http")]
 pub(crate) fn transport(e: &reqwest::Error) -> Failure {
+    let text = protocol::short(&e.to_string());
     if e.is_timeout() {
         Failure::Timeout
-    } else if e.is_connect() {
-        Failure::Connect(short(&e.to_string()))
     } else if e.is_decode() || e.is_body() {
-        Failure::Protocol(short(&e.to_string()))
+        Failure::Protocol(text)
     } else {
-        Failure::Connect(short(&e.to_string()))
-    }
-}
-
-/// Maps a non-2xx status and its body to a [`Failure`].
-pub(crate) fn status_failure(status: u16, body: &str) -> Failure {
-    let message = provider_message(body);
-    match status {
-        429 => Failure::RateLimited,
-        500..=599 => Failure::Server(status, message),
-        _ => Failure::Rejected(status, message),
-    }
-}
-
-/// The error message inside a provider's error body (`{"error":{"message"}}` for OpenAI,
-/// `{"errors":[{"message"}]}` for Cloudflare), else the body's start.
-fn provider_message(body: &str) -> String {
-    let parsed: Option<serde_json::Value> = serde_json::from_str(body).ok();
-    let found = parsed.as_ref().and_then(|v| {
-        v.pointer("/error/message")
-            .or_else(|| v.pointer("/errors/0/message"))
-            .or_else(|| v.get("error"))
-            .and_then(|m| m.as_str().map(str::to_owned))
-    });
-    short(&found.unwrap_or_else(|| body.to_owned()))
-}
-
-/// At most 300 characters, on one line.
-pub(crate) fn short(s: &str) -> String {
-    let one_line: String = s
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(300)
-        .collect();
-    one_line.trim().to_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn statuses_classify() {
-        assert_eq!(status_failure(429, ""), Failure::RateLimited);
-        assert!(
-            matches!(status_failure(503, r#"{"error":{"message":"busy"}}"#), Failure::Server(503, m) if m == "busy")
-        );
-        assert!(
-            matches!(status_failure(400, r#"{"errors":[{"message":"bad model"}]}"#), Failure::Rejected(400, m) if m == "bad model")
-        );
-        assert!(
-            matches!(status_failure(401, "nope\nnope"), Failure::Rejected(401, m) if m == "nope nope")
-        );
+        Failure::Connect(text)
     }
 }

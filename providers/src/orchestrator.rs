@@ -1,43 +1,15 @@
-//! Routing a request across providers: order, model mapping, fallback and circuit breakers.
+//! The native orchestrator: the shared [`Router`] over the reqwest adapters.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cognomega_core::ai::{Breaker, Failure, Message, ModelMap, ProviderId};
+use cognomega_core::ai::{Message, ModelMap, ProviderId};
 
 use crate::metrics::AiMetrics;
 use crate::{
-    cfai::WorkersAi, openai::OpenAiCompatible, Call, ChunkStream, Completion, ModelProvider,
-    ProvidersConfig,
+    cfai::WorkersAi, openai::OpenAiCompatible, AskFailure, Attempt, ChunkStream, Completion,
+    ModelProvider, ProvidersConfig, Router,
 };
-
-/// One provider that was tried and did not answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Attempt {
-    /// Which provider.
-    pub provider: ProviderId,
-    /// Why it did not answer.
-    pub failure: Failure,
-}
-
-/// Why no answer came back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AskFailure {
-    /// No provider is configured (or none serves the requested model).
-    NoProvider,
-    /// A provider refused the request itself (4xx other than 429): not retried elsewhere.
-    Rejected {
-        /// The provider that refused.
-        provider: ProviderId,
-        /// Its status.
-        status: u16,
-        /// Its message.
-        message: String,
-    },
-    /// Every provider failed; each one's failure, in the order tried.
-    AllFailed(Vec<Attempt>),
-}
 
 /// An answer and where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,12 +50,8 @@ impl std::fmt::Debug for RoutedStream {
 #[derive(Debug)]
 pub struct Orchestrator {
     providers: Vec<Arc<dyn ModelProvider>>,
-    breakers: Mutex<HashMap<ProviderId, Breaker>>,
-    models: ModelMap,
-    threshold: u32,
-    cooldown: Duration,
+    router: Router,
     epoch: Instant,
-    metrics: Arc<AiMetrics>,
 }
 
 impl Orchestrator {
@@ -122,14 +90,11 @@ impl Orchestrator {
         threshold: u32,
         cooldown: Duration,
     ) -> Self {
+        let order = providers.iter().map(|p| p.id()).collect();
         Self {
             providers,
-            breakers: Mutex::new(HashMap::new()),
-            models,
-            threshold,
-            cooldown,
+            router: Router::new(order, models, threshold, cooldown),
             epoch: Instant::now(),
-            metrics: Arc::new(AiMetrics::default()),
         }
     }
 
@@ -142,119 +107,23 @@ impl Orchestrator {
     /// Whether any provider is configured.
     #[must_use]
     pub fn any(&self) -> bool {
-        !self.providers.is_empty()
+        self.router.any()
     }
 
     /// The providers in the order they are tried.
     #[must_use]
     pub fn order(&self) -> Vec<ProviderId> {
-        self.providers.iter().map(|p| p.id()).collect()
+        self.router.order().to_vec()
     }
 
     /// Per provider/model counters.
     #[must_use]
     pub fn metrics(&self) -> &Arc<AiMetrics> {
-        &self.metrics
+        self.router.metrics()
     }
 
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    fn with_breaker<T>(&self, id: ProviderId, f: impl FnOnce(&mut Breaker) -> T) -> T {
-        let mut breakers = self
-            .breakers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let breaker = breakers
-            .entry(id)
-            .or_insert_with(|| Breaker::new(self.threshold, duration_ms(self.cooldown)));
-        f(breaker)
-    }
-
-    fn settle(&self, id: ProviderId, model: &str, result: Result<(), &Failure>, took: Duration) {
-        match result {
-            Ok(()) => self.with_breaker(id, Breaker::success),
-            Err(f) => {
-                if f.trips() {
-                    let now = self.now_ms();
-                    self.with_breaker(id, |b| b.failure(now));
-                }
-                self.metrics.error(id, model, f.label());
-                tracing::warn!(provider = %id, model, failure = %f, "provider call failed");
-            }
-        }
-        self.metrics.latency(id, model, took);
-    }
-
-    /// The calls to try, in order: each provider with its model for `requested`.
-    fn plan(&self, requested: Option<&str>) -> Vec<(Arc<dyn ModelProvider>, String)> {
-        self.providers
-            .iter()
-            .filter_map(|p| Some((p.clone(), self.models.resolve(requested, p.id())?)))
-            .collect()
-    }
-
-    /// Tries the plan's providers in order with `call` until one answers: the answer, who gave
-    /// it, with which model, after which failed attempts, and how long it took.
-    async fn route<T, F, Fut>(
-        &self,
-        messages: &[Message],
-        requested_model: Option<&str>,
-        max_tokens: u32,
-        call: F,
-    ) -> Result<(ProviderId, String, T, Vec<Attempt>, Duration), AskFailure>
-    where
-        F: Fn(Arc<dyn ModelProvider>, Call) -> Fut,
-        Fut: std::future::Future<Output = Result<T, Failure>>,
-    {
-        let plan = self.plan(requested_model);
-        if plan.is_empty() {
-            return Err(AskFailure::NoProvider);
-        }
-        let mut attempts = Vec::new();
-        for (provider, model) in plan {
-            let id = provider.id();
-            if !self.with_breaker(id, |b| b.allow(self.now_ms())) {
-                attempts.push(Attempt {
-                    provider: id,
-                    failure: Failure::CircuitOpen,
-                });
-                self.metrics.error(id, &model, Failure::CircuitOpen.label());
-                continue;
-            }
-            let request = Call {
-                model: model.clone(),
-                messages: messages.to_vec(),
-                max_tokens,
-            };
-            let started = Instant::now();
-            match call(provider, request).await {
-                Ok(answer) => {
-                    let took = started.elapsed();
-                    self.settle(id, &model, Ok(()), took);
-                    self.metrics.fallbacks(id, attempts.len());
-                    return Ok((id, model, answer, attempts, took));
-                }
-                Err(failure) => {
-                    self.settle(id, &model, Err(&failure), started.elapsed());
-                    if let Failure::Rejected(status, message) = failure {
-                        // The request is wrong; the breaker's trial (if this was one) ends.
-                        self.with_breaker(id, Breaker::success);
-                        return Err(AskFailure::Rejected {
-                            provider: id,
-                            status,
-                            message,
-                        });
-                    }
-                    attempts.push(Attempt {
-                        provider: id,
-                        failure,
-                    });
-                }
-            }
-        }
-        Err(AskFailure::AllFailed(attempts))
+    fn adapter(&self, id: ProviderId) -> Option<Arc<dyn ModelProvider>> {
+        self.providers.iter().find(|p| p.id() == id).cloned()
     }
 
     /// One whole answer, falling back across providers.
@@ -264,19 +133,29 @@ impl Orchestrator {
         requested_model: Option<&str>,
         max_tokens: u32,
     ) -> Result<Routed, AskFailure> {
-        let (provider, _, completion, fallbacks, latency) = self
+        let a = self
+            .router
             .route(
+                || self.epoch.elapsed(),
                 messages,
                 requested_model,
                 max_tokens,
-                |p, call| async move { p.complete(&call).await },
+                |id, call| {
+                    let p = self.adapter(id);
+                    async move {
+                        match p {
+                            Some(p) => p.complete(&call).await,
+                            None => Err(unconfigured(id)),
+                        }
+                    }
+                },
             )
             .await?;
         Ok(Routed {
-            provider,
-            completion,
-            fallbacks,
-            latency,
+            provider: a.provider,
+            completion: a.value,
+            fallbacks: a.fallbacks,
+            latency: a.latency,
         })
     }
 
@@ -288,23 +167,34 @@ impl Orchestrator {
         requested_model: Option<&str>,
         max_tokens: u32,
     ) -> Result<RoutedStream, AskFailure> {
-        let (provider, model, chunks, fallbacks, _) = self
+        let a = self
+            .router
             .route(
+                || self.epoch.elapsed(),
                 messages,
                 requested_model,
                 max_tokens,
-                |p, call| async move { p.stream(&call).await },
+                |id, call| {
+                    let p = self.adapter(id);
+                    async move {
+                        match p {
+                            Some(p) => p.stream(&call).await,
+                            None => Err(unconfigured(id)),
+                        }
+                    }
+                },
             )
             .await?;
         Ok(RoutedStream {
-            provider,
-            model,
-            chunks,
-            fallbacks,
+            provider: a.provider,
+            model: a.model,
+            chunks: a.value,
+            fallbacks: a.fallbacks,
         })
     }
 }
 
-fn duration_ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+/// The router's order comes from the adapters, so every id has one; kept total anyway.
+fn unconfigured(id: ProviderId) -> cognomega_core::ai::Failure {
+    cognomega_core::ai::Failure::Connect(format!("{id} has no adapter"))
 }

@@ -12,14 +12,11 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
-use cognomega_core::ai::{parse_ask, AskRequest, Verdict};
-use cognomega_core::billing::{UsageBatchMessage, UsageEvent, UsageKey, UsageKind};
+use cognomega_core::ai::{ask_charge, check_budget, parse_ask, AskRequest, Verdict};
 use cognomega_core::queue::OutgoingMessage;
-use cognomega_providers::{tokens, AskFailure, Chunk, RoutedStream, Usage};
+use cognomega_providers::{answer, AskFailure, Chunk, RoutedStream, Usage};
 use futures::StreamExt as _;
 use http::{HeaderName, HeaderValue, StatusCode};
-use serde_json::{json, Value};
-use sha2::Digest as _;
 
 use super::openapi::{schemas as s, *};
 use crate::auth::Authenticated;
@@ -66,22 +63,12 @@ pub(crate) async fn ask(
 ) -> Result<Response, ApiError> {
     let req = parse_ask(&body).map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
     let policy = state.config.ask.tier(claims.tier);
-    let max_tokens = match policy.judge(&req) {
-        Verdict::Allow { max_tokens } => max_tokens,
-        Verdict::IntentDenied(intent) => {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "intent_denied",
-                format!("the intent {intent:?} is not available to this tier; upgrade or choose another intent"),
-            ))
-        }
-        Verdict::ModelDenied(model) => {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "model_denied",
-                format!("the model {model:?} is not available to this tier; omit model to use the default"),
-            ))
-        }
+    let verdict = policy.judge(&req);
+    if let Some((status, code, message)) = verdict.refusal() {
+        return Err(api_error(status, code, message));
+    }
+    let Verdict::Allow { max_tokens } = verdict else {
+        return Err(ApiError::internal("a refused verdict has a refusal"));
     };
     if !state.ai.any() {
         return Err(no_provider());
@@ -103,16 +90,13 @@ pub(crate) async fn ask(
         .complete(&req.messages, req.model.as_deref(), max_tokens)
         .await
         .map_err(routing_error)?;
-    let (usage, estimated) = match routed.completion.usage {
-        Some(u) => (u, false),
-        None => (
-            Usage {
-                tokens_in: tokens::count_prompt(&req.messages),
-                tokens_out: tokens::count(&routed.completion.output),
-            },
-            true,
-        ),
-    };
+    let billable = answer::billable(
+        routed.completion.usage,
+        true,
+        &req.messages,
+        &routed.completion.output,
+    );
+    let usage = billable.usage;
     let billed = bill(&state, &claims.tenant, &request_id, usage).await?;
     state.ai.metrics().answered(
         routed.provider,
@@ -121,28 +105,23 @@ pub(crate) async fn ask(
         usage.tokens_out,
         billed.credits,
     );
-    let body = json!({
-        "id": request_id,
-        "provider": routed.provider.as_str(),
-        "model": routed.completion.model,
-        "output": routed.completion.output,
-        "usage": {
-            "tokens_in": usage.tokens_in,
-            "tokens_out": usage.tokens_out,
-            "estimated": estimated,
-        },
-        "credits_used": billed.credits,
-    });
+    let body = answer::body(
+        &request_id,
+        routed.provider,
+        &routed.completion.model,
+        &routed.completion.output,
+        billable,
+        billed.credits,
+    );
     let mut response = Json(body).into_response();
     let headers = response.headers_mut();
-    for (name, value) in [
-        ("x-provider", routed.provider.as_str().to_owned()),
-        ("x-model", routed.completion.model.clone()),
-        ("x-tokens-in", usage.tokens_in.to_string()),
-        ("x-tokens-out", usage.tokens_out.to_string()),
-        ("x-credits-used", billed.credits.to_string()),
-        ("x-credits-balance", billed.balance.to_string()),
-    ] {
+    for (name, value) in answer::headers(
+        routed.provider,
+        &routed.completion.model,
+        billable,
+        billed.credits,
+        billed.balance,
+    ) {
         if let Ok(v) = HeaderValue::from_str(&value) {
             headers.insert(HeaderName::from_static(name), v);
         }
@@ -150,47 +129,22 @@ pub(crate) async fn ask(
     Ok(response)
 }
 
-fn no_provider() -> ApiError {
+fn api_error(status: u16, code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "no_provider_configured",
-        "no model provider is configured; set CF_ACCOUNT_ID and CF_API_TOKEN, GROQ_API_KEY or OPENAI_API_KEY",
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        code,
+        message,
     )
 }
 
+fn no_provider() -> ApiError {
+    let (status, code, message) = cognomega_providers::no_provider();
+    api_error(status, code, message)
+}
+
 fn routing_error(e: AskFailure) -> ApiError {
-    match e {
-        AskFailure::NoProvider => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_provider_for_model",
-            "no configured provider serves the requested model; omit model or use a mapped alias",
-        ),
-        AskFailure::Rejected {
-            provider,
-            status,
-            message,
-        } => ApiError::new(
-            // The request is wrong (or the provider's key is): not retried elsewhere.
-            if matches!(status, 401 | 403) {
-                StatusCode::BAD_GATEWAY
-            } else {
-                StatusCode::BAD_REQUEST
-            },
-            "provider_rejected",
-            format!("{provider} refused the request (HTTP {status}): {message}"),
-        ),
-        AskFailure::AllFailed(attempts) => {
-            let each: Vec<String> = attempts
-                .iter()
-                .map(|a| format!("{}: {}", a.provider, a.failure))
-                .collect();
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "all_providers_failed",
-                format!("every provider failed — {}; retry later", each.join("; ")),
-            )
-        }
-    }
+    let (status, code, message) = e.refusal();
+    api_error(status, code, message)
 }
 
 /// The checks before any provider is called, on one read of the tenant's flag, stored
@@ -223,19 +177,10 @@ async fn check_standing(
     if flagged || balance <= state.config.billing.guest_floor {
         return Err(crate::routes::jobs::insufficient_credits(balance).into_response());
     }
-    let Some(budget) = budget else {
-        return Ok(());
-    };
     let used = standing.map_or(0, |s| s.tokens_today);
-    if used >= budget {
-        let reset = (86_400 - now.rem_euclid(86_400)).max(1);
-        let mut e = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "token_budget_exceeded",
-            format!("{used} of today's {budget} tokens are used; the budget resets at 00:00 UTC (in {reset} s)"),
-        )
-        .into_response();
-        if let Ok(v) = HeaderValue::from_str(&reset.to_string()) {
+    if let Err(over) = check_budget(used, budget, now) {
+        let mut e = api_error(429, "token_budget_exceeded", over.message).into_response();
+        if let Ok(v) = HeaderValue::from_str(&over.retry_after_secs.to_string()) {
             e.headers_mut().insert(http::header::RETRY_AFTER, v);
         }
         return Err(e);
@@ -250,21 +195,6 @@ struct Billed {
     balance: i64,
 }
 
-/// An idempotency key for this request's `kind` usage: the request id when it fits, else its
-/// SHA-256 (keys are ≤ 128 characters).
-fn usage_key(request_id: &str, kind: UsageKind) -> Result<UsageKey, ApiError> {
-    let id = if request_id.len() <= 100 {
-        request_id.to_owned()
-    } else {
-        hex(&sha2::Sha256::digest(request_id.as_bytes()))
-    };
-    UsageKey::parse(&format!("si:{id}:{}", kind.as_str())).map_err(ApiError::internal)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Produces the request's usage events (settled by the usage-writer and the ledger) and
 /// returns the charge and the cached balance minus it.
 async fn bill(
@@ -273,38 +203,23 @@ async fn bill(
     request_id: &str,
     usage: Usage,
 ) -> Result<Billed, ApiError> {
-    let prices = &state.config.billing.prices;
-    let now = Utc::now();
-    let mut events = Vec::with_capacity(2);
-    for (kind, quantity) in [
-        (UsageKind::TokensIn, usage.tokens_in),
-        (UsageKind::TokensOut, usage.tokens_out),
-    ] {
-        if quantity > 0 {
-            events.push(UsageEvent {
-                idempotency_key: usage_key(request_id, kind)?,
-                kind,
-                quantity,
-                occurred_at: Some(now),
-                meta: None,
-            });
-        }
-    }
-    let credits = prices.charge(UsageKind::TokensIn, usage.tokens_in)
-        + prices.charge(UsageKind::TokensOut, usage.tokens_out);
-    let out = if events.is_empty() {
-        None
-    } else {
-        let msg = UsageBatchMessage {
-            tenant_id: tenant.to_owned(),
-            events,
-            received_at_ms: now.timestamp_millis(),
-        };
-        Some(
+    let charge = ask_charge(
+        tenant,
+        request_id,
+        usage.tokens_in,
+        usage.tokens_out,
+        &state.config.billing.prices,
+        Utc::now(),
+    )
+    .map_err(ApiError::internal)?;
+    let credits = charge.credits;
+    let out = match charge.message {
+        None => None,
+        Some(msg) => Some(
             OutgoingMessage::json(&msg)
                 .map_err(ApiError::internal)?
                 .request_id(request_id),
-        )
+        ),
     };
     let send = async {
         let Some(out) = out else {
@@ -330,17 +245,6 @@ async fn bill(
         credits,
         balance: balance - credits,
     })
-}
-
-/// How a stream ended.
-fn finish_label(client_gone: bool, failed: bool) -> &'static str {
-    if client_gone {
-        "client_disconnected"
-    } else if failed {
-        "provider_error"
-    } else {
-        "stop"
-    }
 }
 
 /// Server-Sent Events: `token` events as the provider sends text, then one `done` event with
@@ -395,7 +299,7 @@ async fn drive(
                 Some(Ok(Chunk::Usage(u))) => reported = Some(u),
                 Some(Ok(Chunk::Text(text))) => {
                     output.push_str(&text);
-                    let event = Event::default().event("token").data(json!({ "text": text }).to_string());
+                    let event = Event::default().event("token").data(answer::token_event(&text));
                     if tx.send(event).await.is_err() {
                         client_gone = true;
                         break;
@@ -415,18 +319,10 @@ async fn drive(
     // Stop reading the provider at once when the client left (it stops generating too).
     drop(routed.chunks);
     let complete = !client_gone && failure.is_none();
-    let (usage, estimated) = match reported {
-        Some(u) if complete => (u, false),
-        _ => (
-            Usage {
-                tokens_in: tokens::count_prompt(&req.messages),
-                tokens_out: tokens::count(&output),
-            },
-            true,
-        ),
-    };
+    let billable = answer::billable(reported, complete, &req.messages, &output);
+    let usage = billable.usage;
     let billed = bill(&state, &tenant, &request_id, usage).await;
-    let finish = finish_label(client_gone, failure.is_some());
+    let finish = answer::finish_label(client_gone, failure.is_some());
     tracing::info!(
         provider = %routed.provider,
         model = %routed.model,
@@ -436,13 +332,12 @@ async fn drive(
         "streamed ask ended"
     );
     if let Some(f) = &failure {
-        let event = Event::default().event("error").data(
-            json!({"code": "provider_failed", "message": format!("{}: {f}", routed.provider)})
-                .to_string(),
-        );
+        let event = Event::default()
+            .event("error")
+            .data(answer::error_event(routed.provider, f));
         let _ = tx.send(event).await;
     }
-    let done: Value = match billed {
+    let billed = match billed {
         Ok(b) => {
             state.ai.metrics().answered(
                 routed.provider,
@@ -451,22 +346,23 @@ async fn drive(
                 usage.tokens_out,
                 b.credits,
             );
-            json!({
-                "id": request_id,
-                "provider": routed.provider.as_str(),
-                "model": routed.model,
-                "usage": {"tokens_in": usage.tokens_in, "tokens_out": usage.tokens_out, "estimated": estimated},
-                "credits_used": b.credits,
-                "credits_balance": b.balance,
-                "finish": finish,
-            })
+            Ok((b.credits, b.balance))
         }
         Err(e) => {
             tracing::error!(request_id, error = %e.message, "streamed ask could not be billed");
-            json!({"id": request_id, "error": {"code": e.code, "message": e.message}})
+            Err(e)
         }
     };
-    let _ = tx
-        .send(Event::default().event("done").data(done.to_string()))
-        .await;
+    let done = answer::done_event(
+        &request_id,
+        routed.provider,
+        &routed.model,
+        billable,
+        billed
+            .as_ref()
+            .map(|b| *b)
+            .map_err(|e| (e.code, e.message.as_str())),
+        finish,
+    );
+    let _ = tx.send(Event::default().event("done").data(done)).await;
 }

@@ -81,13 +81,18 @@ pub fn rfc3339(ms: Option<i64>) -> serde_json::Value {
 pub async fn require_credits(env: &Env, tenant: &str) -> Result<(), ApiError> {
     let balance = balance(env, tenant).await?.balance;
     if balance <= crate::config::billing(env).guest_floor {
-        return Err(ApiError::new(
-            402,
-            "insufficient_credits",
-            format!("the balance is {balance} credits; add credits (POST /credits/adjust) before submitting billable work"),
-        ));
+        return Err(insufficient_credits(balance));
     }
     Ok(())
+}
+
+/// 402 `insufficient_credits`, as natively.
+pub fn insufficient_credits(balance: i64) -> ApiError {
+    ApiError::new(
+        402,
+        "insufficient_credits",
+        format!("the balance is {balance} credits; add credits (POST /credits/adjust) before submitting billable work"),
+    )
 }
 
 pub async fn route(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {

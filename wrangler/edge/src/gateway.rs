@@ -63,6 +63,8 @@ fn spec(method: &Method, path: &str) -> Option<RouteSpec> {
             }),
         ),
         "/upload/direct" => r("FILES", Gate::Bearer, Some(RouteClass::Upload)),
+        // Billed like usage (natively the same class).
+        "/api/si/ask" if post => r("ASK", Gate::Bearer, Some(RouteClass::Usage)),
         p if p.starts_with("/uploads/") => r("FILES", Gate::Bearer, Some(RouteClass::Read)),
         // Signed links: the signature is the gate.
         p if p.starts_with("/files/") => r("FILES", Gate::Open, None),

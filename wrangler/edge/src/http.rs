@@ -5,7 +5,7 @@
 use cognomega_core::api::ErrorEnvelope;
 use cognomega_core::auth::Claims;
 use serde::Serialize;
-use worker::{Env, Request, Response};
+use worker::{Context, Env, Request, Response};
 
 /// The header carrying the request id, set by the gateway and passed to every service.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -178,7 +178,12 @@ impl Caller {
 }
 
 /// An internal service: its routes, rendered with the envelope on error.
-pub async fn service(role: &str, mut req: Request, env: &Env) -> worker::Result<Response> {
+pub async fn service(
+    role: &str,
+    mut req: Request,
+    env: &Env,
+    ctx: &Context,
+) -> worker::Result<Response> {
     let caller = Caller::from_request(&req);
     let result = match role {
         "auth" => crate::auth::route(&mut req, env, &caller).await,
@@ -187,6 +192,7 @@ pub async fn service(role: &str, mut req: Request, env: &Env) -> worker::Result<
         "jobs" => crate::jobs::route(&mut req, env, &caller).await,
         "files" => crate::files::route(&mut req, env, &caller).await,
         "admin" => crate::admin::route(&mut req, env, &caller).await,
+        "ai" => crate::ask::route(&mut req, env, ctx, &caller).await,
         _ => Err(ApiError::not_found("not_found", "no such route")),
     };
     Ok(match result {

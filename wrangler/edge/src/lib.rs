@@ -5,17 +5,20 @@
 //!
 //! - `gateway`: the public HTTP API. Request ids, bearer verification, rate limits (a Durable
 //!   Object per tenant), then a Service Binding call to the internal service owning the route.
-//! - `auth`, `billing`, `usage`, `jobs`, `files`, `admin`: the internal services, reachable only
-//!   through those bindings.
+//! - `auth`, `billing`, `usage`, `jobs`, `files`, `admin`, `ai` (`POST /api/si/ask`): the
+//!   internal services, reachable only through those bindings.
 //! - `usage-writer`, `settlement`, `jobs-sketch-to-app`, `av-scan`, `etl`, `dlq`: queue
 //!   consumers.
 //!
 //! The rules (token format, usage validation, prices, rate-limit buckets, the job pipeline,
-//! signed links, the error envelope) come from `cognomega-core` and `cognomega-pipelines`, the
-//! same code the native server runs; this crate binds them to Queues, KV, R2, Hyperdrive
-//! (PostgreSQL, the same schema as `migrations/postgres`), Durable Objects and Cron Triggers.
+//! signed links, the error envelope, the model providers' protocols and routing) come from
+//! `cognomega-core`, `cognomega-pipelines` and `cognomega-providers`, the same code the native
+//! server runs; this crate binds them to Queues, KV, R2, Hyperdrive
+//! (PostgreSQL, the same schema as `migrations/postgres`), Durable Objects, Cron Triggers,
+//! `fetch` and the Workers AI binding.
 
 mod admin;
+mod ask;
 mod auth;
 mod billing;
 mod config;
@@ -37,12 +40,12 @@ pub use limiter::RateLimiter;
 
 /// The HTTP entry point of every Worker.
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
+async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response> {
     let role = config::role(&env);
     let resp = match role.as_str() {
         "gateway" => gateway::handle(req, &env).await,
-        "auth" | "billing" | "usage" | "jobs" | "files" | "admin" => {
-            http::service(&role, req, &env).await
+        "auth" | "billing" | "usage" | "jobs" | "files" | "admin" | "ai" => {
+            http::service(&role, req, &env, &ctx).await
         }
         // Consumers have no HTTP surface.
         _ => Ok(http::error(

@@ -1,0 +1,544 @@
+//! The ai service: `POST /api/si/ask`. Everything a request decides comes from the shared
+//! code the native server runs: the body (`cognomega_core::ai::parse_ask`), the tier's levers
+//! and budget, the routing with fallback and circuit breakers (`cognomega_providers::Router`),
+//! the providers' protocols (request bodies, answers, SSE events, error classification:
+//! `cognomega_providers::protocol`), token estimates, the usage events and their keys
+//! (`cognomega_core::ai::ask_charge`) and the answer's shape (`cognomega_providers::answer`).
+//! This module only carries the calls: `fetch` for the REST providers, the Workers AI binding
+//! (`AI`) when the Worker has one, and the `usage` queue for billing.
+//!
+//! Circuit breakers live in the isolate's memory: each isolate learns on its own that a
+//! provider is down (at most `threshold` failed calls each), and a new isolate starts closed.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use cognomega_core::ai::{
+    ask_charge, check_budget, parse_ask, AskPolicy, Failure, Message, ProviderId, Verdict,
+};
+use cognomega_providers::protocol::{self, ChunkDecoder, Protocol};
+use cognomega_providers::{
+    answer, Answered, Call, Chunk, Completion, ProviderSettings, ProvidersConfig, Router, Usage,
+};
+use futures::channel::{mpsc, oneshot};
+use futures::future::Either;
+use futures::{SinkExt as _, StreamExt as _};
+use serde::Serialize;
+use worker::{ByteStream, Context, Env, Fetch, Headers, Method, Request, RequestInit, Response};
+
+use crate::http::{self, ApiError, ApiResult, Caller};
+
+/// Largest body (as natively): the longest prompt, JSON-escaped, and headroom.
+const ASK_BODY_LIMIT: usize = 1024 * 1024;
+/// The Workers AI binding's name in the deploy config (`[ai] binding = "AI"`).
+const AI_BINDING: &str = "AI";
+
+pub async fn route(req: &mut Request, env: &Env, ctx: &Context, caller: &Caller) -> ApiResult {
+    match (req.method(), req.path().as_str()) {
+        (Method::Post, "/api/si/ask") => ask(req, env, ctx, caller).await,
+        (_, "/api/si/ask") => Err(http::no_route(true)),
+        _ => Err(http::no_route(false)),
+    }
+}
+
+/// The providers of this isolate: built from the first request's environment (a Worker's
+/// variables and bindings do not change while it runs), with their breakers.
+struct Providers {
+    config: ProvidersConfig,
+    /// cfai goes through the AI binding instead of REST.
+    bound: bool,
+    router: Router,
+}
+
+thread_local! {
+    static PROVIDERS: RefCell<Option<Rc<Providers>>> = const { RefCell::new(None) };
+}
+
+fn providers(env: &Env) -> Result<Rc<Providers>, ApiError> {
+    if let Some(p) = PROVIDERS.with(|p| p.borrow().clone()) {
+        return Ok(p);
+    }
+    let bound = env.ai(AI_BINDING).is_ok();
+    let order = crate::config::var(env, "COGNOMEGA_PROVIDER_ORDER");
+    let mut config = ProvidersConfig::from_vars_bound(
+        |name| crate::config::var(env, name),
+        order.as_deref(),
+        if bound { &[ProviderId::Cfai] } else { &[] },
+    )
+    .map_err(|e| ApiError::internal(format!("model providers: {e}")))?;
+    if let Some(secs) =
+        crate::config::var(env, "COGNOMEGA_PROVIDER_TIMEOUT").and_then(|v| v.parse::<u64>().ok())
+    {
+        config.timeout = Duration::from_secs(secs.max(1));
+    }
+    let router = Router::new(
+        config.providers.iter().map(|p| p.id).collect(),
+        config.models.clone(),
+        config.breaker_threshold,
+        config.breaker_cooldown,
+    );
+    let p = Rc::new(Providers {
+        config,
+        bound,
+        router,
+    });
+    PROVIDERS.with(|slot| *slot.borrow_mut() = Some(p.clone()));
+    Ok(p)
+}
+
+fn now() -> Duration {
+    Duration::from_millis(worker::Date::now().as_millis())
+}
+
+fn refusal(status: u16, code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::new(status, code, message)
+}
+
+async fn ask(req: &mut Request, env: &Env, ctx: &Context, caller: &Caller) -> ApiResult {
+    let claims = caller.claims()?;
+    let body = req.bytes().await?;
+    if body.len() > ASK_BODY_LIMIT {
+        return Err(ApiError::new(
+            413,
+            "body_too_large",
+            format!("the body is larger than {ASK_BODY_LIMIT} bytes"),
+        ));
+    }
+    let ask = parse_ask(&body).map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+    let policy = AskPolicy::default();
+    let tier = policy.tier(claims.tier);
+    let verdict = tier.judge(&ask);
+    if let Some((status, code, message)) = verdict.refusal() {
+        return Err(refusal(status, code, message));
+    }
+    let Verdict::Allow { max_tokens } = verdict else {
+        return Err(ApiError::internal("a refused verdict has a refusal"));
+    };
+    let providers = providers(env)?;
+    if !providers.router.any() {
+        let (status, code, message) = cognomega_providers::no_provider();
+        return Err(refusal(status, code, message));
+    }
+    let balance = standing(env, &claims.tenant, tier.daily_tokens).await?;
+    let asked = Asked {
+        env: env.clone(),
+        tenant: claims.tenant.clone(),
+        request_id: caller.request_id.clone(),
+        messages: ask.messages,
+        balance,
+    };
+    if ask.stream {
+        let opened = route_ask(
+            &providers,
+            &asked,
+            ask.model.as_deref(),
+            max_tokens,
+            |p, id, call| open_stream(p, &asked.env, id, call),
+        )
+        .await?;
+        return streamed(ctx, asked, opened);
+    }
+    let answered = route_ask(
+        &providers,
+        &asked,
+        ask.model.as_deref(),
+        max_tokens,
+        |p, id, call| complete(p, &asked.env, id, call),
+    )
+    .await?;
+    let completion = answered.value;
+    let billable = answer::billable(completion.usage, true, &asked.messages, &completion.output);
+    let (credits, balance) = bill(&asked, billable.usage).await?;
+    let mut resp = http::json(
+        200,
+        &answer::body(
+            &asked.request_id,
+            answered.provider,
+            &completion.model,
+            &completion.output,
+            billable,
+            credits,
+        ),
+    )?;
+    let headers = resp.headers_mut();
+    for (name, value) in answer::headers(
+        answered.provider,
+        &completion.model,
+        billable,
+        credits,
+        balance,
+    ) {
+        headers.set(name, &value)?;
+    }
+    Ok(resp)
+}
+
+/// One request's context, kept for billing after the answer (a stream outlives the handler).
+struct Asked {
+    env: Env,
+    tenant: String,
+    request_id: String,
+    messages: Vec<Message>,
+    /// The balance before this request.
+    balance: i64,
+}
+
+/// Routes across the providers with the shared router; failures are logged and answered as
+/// natively (502 naming each provider's failure, 400 for a refused request, …).
+async fn route_ask<T, F, Fut>(
+    providers: &Rc<Providers>,
+    asked: &Asked,
+    model: Option<&str>,
+    max_tokens: u32,
+    call: F,
+) -> Result<Answered<T>, ApiError>
+where
+    F: Fn(Rc<Providers>, ProviderId, Call) -> Fut,
+    Fut: std::future::Future<Output = Result<T, Failure>>,
+{
+    let routed = providers
+        .router
+        .route(now, &asked.messages, model, max_tokens, |id, c| {
+            call(providers.clone(), id, c)
+        })
+        .await;
+    match routed {
+        Ok(a) => {
+            for f in &a.fallbacks {
+                worker::console_warn!(
+                    "ask {}: {} failed ({}); answered by {}",
+                    asked.request_id,
+                    f.provider,
+                    f.failure,
+                    a.provider
+                );
+            }
+            Ok(a)
+        }
+        Err(e) => {
+            let (status, code, message) = e.refusal();
+            worker::console_warn!("ask {}: {message}", asked.request_id);
+            Err(refusal(status, code, message))
+        }
+    }
+}
+
+/// The checks before any provider is called, as natively, on one read of the tenant's flag,
+/// stored balance and tokens recorded today (the counter the usage-writer keeps): 402 when it
+/// is flagged or at the floor, 429 `token_budget_exceeded` when today's tokens reached the
+/// tier's budget. Returns the balance.
+async fn standing(env: &Env, tenant: &str, budget: Option<u64>) -> Result<i64, ApiError> {
+    let now_secs = i64::try_from(worker::Date::now().as_millis() / 1000).unwrap_or(i64::MAX);
+    let day_start = now_secs - now_secs.rem_euclid(86_400);
+    let db = crate::db::connect(env).await?;
+    let row = db
+        .query_opt(
+            "SELECT t.flagged_at IS NOT NULL, b.balance,
+                    (SELECT d.tokens FROM usage_day_tokens d
+                     WHERE d.tenant_id = t.id AND d.day_start = $2)
+             FROM tenants t LEFT JOIN balances b ON b.tenant_id = t.id
+             WHERE t.id = $1",
+            &[&tenant, &day_start],
+        )
+        .await?;
+    drop(db);
+    let (flagged, stored, tokens) = match row {
+        Some(r) => (
+            r.get::<_, bool>(0),
+            r.get::<_, Option<i64>>(1),
+            r.get::<_, Option<i64>>(2),
+        ),
+        None => (false, None, None),
+    };
+    // No `balances` row yet: the cache, which falls back to the ledger's settled balance.
+    let balance = match stored {
+        Some(b) => b,
+        None => crate::billing::balance(env, tenant).await?.balance,
+    };
+    if flagged || balance <= crate::config::billing(env).guest_floor {
+        return Err(crate::billing::insufficient_credits(balance));
+    }
+    let used = tokens.map_or(0, |t| u64::try_from(t).unwrap_or(0));
+    if let Err(over) = check_budget(used, budget, now_secs) {
+        let mut e = refusal(429, "token_budget_exceeded", over.message);
+        e.retry_after = u64::try_from(over.retry_after_secs).ok();
+        return Err(e);
+    }
+    Ok(balance)
+}
+
+/// Produces the request's usage events to the `usage` queue (settled by the usage-writer and
+/// the ledger, keyed by the request id) and returns the charge and the balance minus it.
+async fn bill(asked: &Asked, usage: Usage) -> Result<(i64, i64), ApiError> {
+    let charge = ask_charge(
+        &asked.tenant,
+        &asked.request_id,
+        usage.tokens_in,
+        usage.tokens_out,
+        &crate::config::billing(&asked.env).prices,
+        chrono::DateTime::from_timestamp_millis(worker::Date::now().as_millis() as i64)
+            .unwrap_or_default(),
+    )
+    .map_err(ApiError::internal)?;
+    if let Some(msg) = &charge.message {
+        crate::consumers::send_json(&asked.env, "USAGE", msg, &asked.request_id, 0)
+            .await
+            .map_err(|e| {
+                ApiError::unavailable(format!(
+                    "the answer could not be billed ({e}); retry with the same X-Request-Id"
+                ))
+            })?;
+    }
+    Ok((charge.credits, asked.balance - charge.credits))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transport: fetch and the AI binding
+// ---------------------------------------------------------------------------------------------
+
+fn settings(p: &Providers, id: ProviderId) -> Result<&ProviderSettings, Failure> {
+    p.config
+        .providers
+        .iter()
+        .find(|s| s.id == id)
+        .ok_or_else(|| Failure::Connect(format!("{id} is not configured")))
+}
+
+/// `f`, or [`Failure::Timeout`] after `limit`.
+async fn within<T>(limit: Duration, f: impl std::future::Future<Output = T>) -> Result<T, Failure> {
+    let delay = worker::Delay::from(limit);
+    futures::pin_mut!(f);
+    futures::pin_mut!(delay);
+    match futures::future::select(f, delay).await {
+        Either::Left((v, _)) => Ok(v),
+        Either::Right(_) => Err(Failure::Timeout),
+    }
+}
+
+/// What the AI binding takes (a plain object: a `serde_json::Value` would cross as a JS Map).
+#[derive(Serialize)]
+struct AiInput<'a> {
+    messages: &'a [Message],
+    max_tokens: u32,
+    stream: bool,
+}
+
+fn binding_failure(e: &worker::Error) -> Failure {
+    // The binding reports errors as exceptions without an HTTP status: treated as the
+    // provider's failure, so the next provider is tried.
+    Failure::Server(500, protocol::short(&e.to_string()))
+}
+
+/// A REST call: the protocol's URL and body, the key as a bearer token; a non-2xx answer is
+/// classified by the protocol.
+async fn post(
+    p: &Providers,
+    id: ProviderId,
+    call: &Call,
+    stream: bool,
+) -> Result<Response, Failure> {
+    let s = settings(p, id)?;
+    let proto = Protocol::of(id);
+    let headers = Headers::new();
+    let connect = |e: worker::Error| Failure::Connect(protocol::short(&e.to_string()));
+    headers
+        .set("authorization", &format!("Bearer {}", s.api_key))
+        .map_err(connect)?;
+    headers
+        .set("content-type", "application/json")
+        .map_err(connect)?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post)
+        .with_headers(headers)
+        .with_body(Some(proto.body(call, stream).to_string().into()));
+    let request = Request::new_with_init(&proto.url(s, &call.model), &init).map_err(connect)?;
+    let mut resp = within(p.config.timeout, Fetch::Request(request).send())
+        .await?
+        .map_err(connect)?;
+    let status = resp.status_code();
+    if !(200..300).contains(&status) {
+        let text = within(p.config.timeout, resp.text())
+            .await?
+            .unwrap_or_default();
+        return Err(protocol::status_failure(status, &text));
+    }
+    Ok(resp)
+}
+
+async fn complete(
+    p: Rc<Providers>,
+    env: &Env,
+    id: ProviderId,
+    call: Call,
+) -> Result<Completion, Failure> {
+    if id == ProviderId::Cfai && p.bound {
+        let ai = env.ai(AI_BINDING).map_err(|e| binding_failure(&e))?;
+        let input = AiInput {
+            messages: &call.messages,
+            max_tokens: call.max_tokens,
+            stream: false,
+        };
+        let result: serde_json::Value = within(p.config.timeout, ai.run(&call.model, input))
+            .await?
+            .map_err(|e| binding_failure(&e))?;
+        return protocol::workers_ai_result(&call, &result);
+    }
+    let mut resp = post(&p, id, &call, false).await?;
+    let text = within(p.config.timeout, resp.text())
+        .await?
+        .map_err(|e| Failure::Protocol(protocol::short(&e.to_string())))?;
+    let body: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Failure::Protocol(format!("the answer is not JSON: {e}")))?;
+    Protocol::of(id).completion(&call, &body)
+}
+
+/// An opened stream: the provider's SSE bytes and how to read them.
+struct Opened {
+    bytes: ByteStream,
+    protocol: Protocol,
+    timeout: Duration,
+}
+
+async fn open_stream(
+    p: Rc<Providers>,
+    env: &Env,
+    id: ProviderId,
+    call: Call,
+) -> Result<Opened, Failure> {
+    let bytes = if id == ProviderId::Cfai && p.bound {
+        let ai = env.ai(AI_BINDING).map_err(|e| binding_failure(&e))?;
+        let input = AiInput {
+            messages: &call.messages,
+            max_tokens: call.max_tokens,
+            stream: true,
+        };
+        within(p.config.timeout, ai.run_bytes(&call.model, input))
+            .await?
+            .map_err(|e| binding_failure(&e))?
+    } else {
+        post(&p, id, &call, true)
+            .await?
+            .stream()
+            .map_err(|e| Failure::Protocol(protocol::short(&e.to_string())))?
+    };
+    Ok(Opened {
+        bytes,
+        protocol: Protocol::of(id),
+        timeout: p.config.timeout,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streaming
+// ---------------------------------------------------------------------------------------------
+
+/// Server-Sent Events: `token` events as the provider sends text, then one `done` event with
+/// usage and credits (`error` first when the provider fails mid-stream). The provider is read
+/// by a future the runtime keeps alive after the response (`wait_until`), which bills exactly
+/// once when the stream ends: normally, on a provider failure, or when the client hangs up
+/// (the response stream is dropped; what was produced is billed, estimated).
+fn streamed(ctx: &Context, asked: Asked, opened: Answered<Opened>) -> ApiResult {
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(64);
+    // Dropped with the response stream: tells the reader the client is gone.
+    let (here, gone) = oneshot::channel::<()>();
+    let provider = opened.provider;
+    let model = opened.model.clone();
+    ctx.wait_until(drive(asked, opened, tx, gone));
+    let body = rx.map(move |frame| {
+        let _alive = &here;
+        Ok::<_, worker::Error>(frame)
+    });
+    let mut resp = Response::from_stream(body)?;
+    let headers = resp.headers_mut();
+    headers.set("content-type", "text/event-stream")?;
+    headers.set("x-provider", provider.as_str())?;
+    headers.set("x-model", &model)?;
+    Ok(resp)
+}
+
+async fn drive(
+    asked: Asked,
+    opened: Answered<Opened>,
+    mut tx: mpsc::Sender<Vec<u8>>,
+    mut gone: oneshot::Receiver<()>,
+) {
+    let provider = opened.provider;
+    let model = opened.model;
+    let Opened {
+        mut bytes,
+        protocol,
+        timeout,
+    } = opened.value;
+    let mut decoder = ChunkDecoder::new(protocol);
+    let mut output = String::new();
+    let mut reported: Option<Usage> = None;
+    let mut failure: Option<Failure> = None;
+    let mut client_gone = false;
+    'read: while !decoder.is_done() {
+        let next = within(timeout, bytes.next());
+        futures::pin_mut!(next);
+        let read = match futures::future::select(next, &mut gone).await {
+            Either::Right(_) => {
+                client_gone = true;
+                break;
+            }
+            Either::Left((read, _)) => read,
+        };
+        let chunks = match read {
+            Err(f) => Err(f),
+            Ok(None) => decoder.finish(),
+            Ok(Some(Err(e))) => Err(Failure::Protocol(protocol::short(&e.to_string()))),
+            Ok(Some(Ok(b))) => decoder.push(&b),
+        };
+        let chunks = match chunks {
+            Ok(c) => c,
+            Err(f) => {
+                failure = Some(f);
+                break;
+            }
+        };
+        for chunk in chunks {
+            match chunk {
+                Chunk::Usage(u) => reported = Some(u),
+                Chunk::Text(text) => {
+                    let frame = answer::sse_frame("token", &answer::token_event(&text));
+                    output.push_str(&text);
+                    if tx.send(frame.into_bytes()).await.is_err() {
+                        client_gone = true;
+                        break 'read;
+                    }
+                }
+            }
+        }
+    }
+    // Stop reading the provider at once (it stops generating too).
+    drop(bytes);
+    let complete = !client_gone && failure.is_none();
+    let billable = answer::billable(reported, complete, &asked.messages, &output);
+    let billed = bill(&asked, billable.usage).await;
+    let finish = answer::finish_label(client_gone, failure.is_some());
+    if let Err(e) = &billed {
+        worker::console_error!(
+            "ask {}: the stream could not be billed: {}",
+            asked.request_id,
+            e.message
+        );
+    }
+    if let Some(f) = &failure {
+        let frame = answer::sse_frame("error", &answer::error_event(provider, f));
+        let _ = tx.send(frame.into_bytes()).await;
+    }
+    let done = answer::done_event(
+        &asked.request_id,
+        provider,
+        &model,
+        billable,
+        billed
+            .as_ref()
+            .copied()
+            .map_err(|e| (e.code, e.message.as_str())),
+        finish,
+    );
+    let _ = tx.send(answer::sse_frame("done", &done).into_bytes()).await;
+}
