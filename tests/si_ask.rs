@@ -130,6 +130,17 @@ async fn answers_and_settles_once(backend: Backend) -> anyhow::Result<()> {
     let tokens_out: i64 = header(&resp, "x-tokens-out").parse()?;
     let credits: i64 = header(&resp, "x-credits-used").parse()?;
     let balance_header: i64 = header(&resp, "x-credits-balance").parse()?;
+    // Where the handler spent the time, stage by stage, in milliseconds.
+    let timing = header(&resp, "server-timing");
+    let stages: Vec<&str> = timing
+        .split(", ")
+        .map(|e| e.split(";dur=").next().unwrap_or(""))
+        .collect();
+    assert_eq!(stages, ["standing", "provider", "bill"], "{timing}");
+    for entry in timing.split(", ") {
+        let ms: f64 = entry.split(";dur=").nth(1).unwrap_or("").parse()?;
+        assert!(ms >= 0.0, "{timing}");
+    }
     let body: Value = resp.json().await?;
     assert_eq!(body["output"], "hello from the fake provider");
     assert_eq!(body["usage"]["tokens_in"], tokens_in);

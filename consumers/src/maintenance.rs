@@ -77,10 +77,17 @@ impl BatchHandler for Maintenance {
                         .prune()
                         .await
                         .map_err(HandlerError::retryable)?;
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+                    let counters = cognomega_stores::limits::prune_counters(&self.db, now)
+                        .await
+                        .map_err(HandlerError::retryable)?;
                     tracing::info!(
                         acked = report.acked,
                         dead = report.dead,
                         dedup_keys = report.dedup_keys,
+                        counters,
                         "retention pruning done"
                     );
                 }

@@ -264,6 +264,9 @@ async fn queue_loop(ctx: LoopCtx) -> u64 {
     let batch_size = usize::from(ctx.settings.max_batch_size);
     let mut batches: JoinSet<bool> = JoinSet::new();
     let mut error_backoff = Duration::from_millis(100);
+    // Set after an idle queue woke up and its batch window was waited out: that claim takes
+    // what the window gathered and is not held open any longer.
+    let mut gathered = false;
     loop {
         while batches.try_join_next().is_some() {}
         let first = tokio::select! {
@@ -310,6 +313,16 @@ async fn queue_loop(ctx: LoopCtx) -> u64 {
                 () = ctx.driver.wait_for_work(&ctx.queue, ctx.options.poll_interval) => {},
                 () = ctx.shutdown.cancelled() => break,
             }
+            // A queue that was idle gathers its partial batch BEFORE claiming it: one claim
+            // (a write transaction) for the whole window instead of a claim per arrival, and
+            // the single SQLite writer stays free for the producers meanwhile.
+            if !ctx.settings.max_batch_timeout.is_zero() {
+                tokio::select! {
+                    () = tokio::time::sleep(ctx.settings.max_batch_timeout) => {},
+                    () = ctx.shutdown.cancelled() => break,
+                }
+                gathered = true;
+            }
             continue;
         }
         let mut leased = Leased {
@@ -317,7 +330,11 @@ async fn queue_loop(ctx: LoopCtx) -> u64 {
             tokens: HashMap::new(),
         };
         leased.push_claim(claim.token, claim.messages);
-        if leased.messages.len() < batch_size && !ctx.settings.max_batch_timeout.is_zero() {
+        let window_waited = std::mem::take(&mut gathered);
+        if leased.messages.len() < batch_size
+            && !ctx.settings.max_batch_timeout.is_zero()
+            && !window_waited
+        {
             fill_batch(&ctx, &mut leased, batch_size).await;
         }
         let mut rest = leased.messages;

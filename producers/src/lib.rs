@@ -56,7 +56,7 @@ pub fn router(state: AppState) -> axum::Router {
 
 /// Headers a browser client may read: billing figures, the request id and the rate-limit
 /// figures a client paces itself by.
-pub const EXPOSED_HEADERS: [&str; 11] = [
+pub const EXPOSED_HEADERS: [&str; 12] = [
     "x-request-id",
     "x-credits-used",
     "x-credits-balance",
@@ -68,6 +68,7 @@ pub const EXPOSED_HEADERS: [&str; 11] = [
     "ratelimit-remaining",
     "ratelimit-reset",
     "retry-after",
+    "server-timing",
 ];
 
 /// tower-http answers a preflight from any origin with its allowed methods and headers (only

@@ -76,9 +76,11 @@ pub async fn migrate(ctx: Ctx) -> anyhow::Result<()> {
 pub async fn prune(ctx: Ctx) -> anyhow::Result<()> {
     let db = ctx.open().await?;
     let report = db.queue().prune().await?;
+    let counters =
+        cognomega_stores::limits::prune_counters(&db, chrono::Utc::now().timestamp()).await?;
     println!(
-        "pruned {} acked messages, {} dead messages, {} expired idempotency keys",
-        report.acked, report.dead, report.dedup_keys
+        "pruned {} acked messages, {} dead messages, {} expired idempotency keys, {} spent counter windows",
+        report.acked, report.dead, report.dedup_keys, counters
     );
     db.close().await;
     Ok(())

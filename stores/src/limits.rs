@@ -333,3 +333,47 @@ mod tests {
         );
     }
 }
+
+/// Counter windows older than this are deleted by [`prune_counters`]: two days keeps
+/// yesterday's figures readable while nothing reads them any more for a decision (the longest
+/// window, a day's tokens, ends before then).
+pub const COUNTER_RETENTION_SECS: i64 = 2 * 86_400;
+
+/// Deletes cost-guard counters (`cost_counters`) and daily token counters (`usage_day_tokens`)
+/// whose window started more than [`COUNTER_RETENTION_SECS`] before `now_secs`; returns how
+/// many rows went. Part of retention pruning (`cognomega prune`, the `retention-prune`
+/// schedule): without it both tables gain a row per active tenant per window forever.
+pub async fn prune_counters(db: &Database, now_secs: i64) -> Result<u64, StoreError> {
+    let cutoff = now_secs.saturating_sub(COUNTER_RETENTION_SECS);
+    let mut tx = db.begin().await?;
+    let removed = match &mut tx {
+        Tx::Sqlite { tx, .. } => {
+            let a = sqlx::query("DELETE FROM cost_counters WHERE window_start < ?1")
+                .bind(cutoff)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+            let b = sqlx::query("DELETE FROM usage_day_tokens WHERE day_start < ?1")
+                .bind(cutoff)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+            a + b
+        }
+        Tx::Postgres { tx } => {
+            let a = sqlx::query("DELETE FROM cost_counters WHERE window_start < $1")
+                .bind(cutoff)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+            let b = sqlx::query("DELETE FROM usage_day_tokens WHERE day_start < $1")
+                .bind(cutoff)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+            a + b
+        }
+    };
+    tx.commit().await?;
+    Ok(removed)
+}

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cognomega_core::limits::{CostMetric, Rate, RateLimiter};
-use cognomega_stores::limits::{charge, limiter, OverCap};
+use cognomega_stores::billing::tokens_on_day;
+use cognomega_stores::limits::{charge, limiter, prune_counters, OverCap};
+use cognomega_stores::Tx;
 use cognomega_testkit::{Backend, TestDb};
 
 fn rate(per_sec: f64, burst: u32) -> Rate {
@@ -122,9 +124,58 @@ async fn cost_counters_stop_at_the_cap_and_roll_back(backend: Backend) -> anyhow
     Ok(())
 }
 
+async fn spent_counter_windows_are_pruned(backend: Backend) -> anyhow::Result<()> {
+    let tdb = TestDb::new(backend).await?;
+    let db = tdb.db();
+    let day = 86_400;
+    let old = 1_767_323_045; // 2026-01-02T03:04:05Z
+    let now = old + 3 * day;
+    let mut tx = db.begin().await?;
+    for at in [old, now - day, now] {
+        charge(&mut tx, "t", CostMetric::TokensPerDay, 7, 100, at).await?;
+        charge(&mut tx, "t", CostMetric::JobRunsPerHour, 1, 100, at).await?;
+        let start = at - at.rem_euclid(day);
+        match &mut tx {
+            Tx::Sqlite { tx, .. } => {
+                sqlx::query("INSERT INTO usage_day_tokens (tenant_id, day_start, tokens) VALUES ('t', ?1, 9)")
+                    .bind(start)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            Tx::Postgres { tx } => {
+                sqlx::query("INSERT INTO usage_day_tokens (tenant_id, day_start, tokens) VALUES ('t', $1, 9)")
+                    .bind(start)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+        }
+    }
+    tx.commit().await?;
+    // Only the windows that started more than two days before `now` go: two counters and one
+    // day of tokens from `old`.
+    assert_eq!(prune_counters(db, now).await?, 3);
+    assert_eq!(tokens_on_day(db, "t", old).await?, 0, "the old day is gone");
+    assert_eq!(
+        tokens_on_day(db, "t", now - day).await?,
+        9,
+        "yesterday is kept"
+    );
+    assert_eq!(tokens_on_day(db, "t", now).await?, 9, "today is kept");
+    // Today's counters kept counting from where they were.
+    let mut tx = db.begin().await?;
+    assert_eq!(
+        charge(&mut tx, "t", CostMetric::TokensPerDay, 1, 100, now).await?,
+        Ok(8)
+    );
+    tx.commit().await?;
+    assert_eq!(prune_counters(db, now).await?, 0, "nothing left to prune");
+    Ok(())
+}
+
 cognomega_testkit::both_backends!(
     a_burst_passes_then_the_bucket_refuses,
     tokens_come_back_with_time_but_never_above_the_burst,
     concurrent_checks_take_exactly_the_burst,
     cost_counters_stop_at_the_cap_and_roll_back,
+    spent_counter_windows_are_pruned,
 );

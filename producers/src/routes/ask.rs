@@ -4,7 +4,8 @@
 //! (same `X-Request-Id`) is billed once.
 
 use std::convert::Infallible;
-use std::time::Duration;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -44,6 +45,7 @@ use crate::{current_request_id, ApiError, AppState};
                 ("X-Tokens-Out" = u64, description = "Output tokens billed (JSON answers)"),
                 ("X-Credits-Used" = i64, description = "Credits charged (JSON answers)"),
                 ("X-Credits-Balance" = i64, description = "Cached balance minus this charge (JSON answers)"),
+                ("Server-Timing" = String, description = "Milliseconds per stage of the answer (JSON answers): `standing` (credit and budget check), `provider` (the model call, with any fallback), `bill` (the durable usage enqueue)"),
             )),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
@@ -73,9 +75,11 @@ pub(crate) async fn ask(
     if !state.ai.any() {
         return Err(no_provider());
     }
+    let started = Instant::now();
     if let Err(refusal) = check_standing(&state, &claims.tenant, policy.daily_tokens).await {
         return Ok(refusal);
     }
+    let standing_done = Instant::now();
     let request_id = current_request_id();
     if req.stream {
         let routed = state
@@ -90,6 +94,7 @@ pub(crate) async fn ask(
         .complete(&req.messages, req.model.as_deref(), max_tokens)
         .await
         .map_err(routing_error)?;
+    let provider_done = Instant::now();
     let billable = answer::billable(
         routed.completion.usage,
         true,
@@ -98,6 +103,11 @@ pub(crate) async fn ask(
     );
     let usage = billable.usage;
     let billed = bill(&state, &claims.tenant, &request_id, usage).await?;
+    let timing = server_timing(&[
+        ("standing", started, standing_done),
+        ("provider", standing_done, provider_done),
+        ("bill", provider_done, Instant::now()),
+    ]);
     state.ai.metrics().answered(
         routed.provider,
         &routed.completion.model,
@@ -121,12 +131,31 @@ pub(crate) async fn ask(
         billable,
         billed.credits,
         billed.balance,
-    ) {
+    )
+    .into_iter()
+    .chain([("server-timing", timing)])
+    {
         if let Ok(v) = HeaderValue::from_str(&value) {
             headers.insert(HeaderName::from_static(name), v);
         }
     }
     Ok(response)
+}
+
+/// A `Server-Timing` value (milliseconds): where the handler spent an answer's time — the
+/// standing check (flag, balance, today's tokens), the provider call (with any fallback), and
+/// billing (the durable usage enqueue and the cached balance read). What the client measures
+/// beyond their sum is HTTP, authentication and the JSON body.
+fn server_timing(stages: &[(&str, Instant, Instant)]) -> String {
+    let mut out = String::new();
+    for (name, from, to) in stages {
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        let ms = to.saturating_duration_since(*from).as_secs_f64() * 1000.0;
+        let _ = write!(out, "{name};dur={ms:.3}");
+    }
+    out
 }
 
 fn api_error(status: u16, code: &'static str, message: impl Into<String>) -> ApiError {

@@ -52,6 +52,8 @@ struct Report {
     asks: u64,
     errors: u64,
     credits_settled: bool,
+    /// p50 of each stage the server reported in `Server-Timing` during the sequential phase.
+    server_stages_p50_ms: std::collections::BTreeMap<String, f64>,
 }
 
 const GRANT: i64 = 1_000_000_000;
@@ -96,6 +98,7 @@ pub(super) async fn run(ctx: &Ctx, args: AskArgs) -> anyhow::Result<()> {
              direct to provider  p50 {:.3} ms  p99 {:.3} ms\n  \
              via /api/si/ask     p50 {:.3} ms  p99 {:.3} ms\n  \
              added               p50 {:.3} ms  p99 {:.3} ms   (target p50 <= 1 ms)\n\
+             server stages p50   {}\n\
              throughput: {:.0} asks/s over {} connections ({} asks, {} errors); balances settled exactly: {}",
             report.backend,
             report.samples,
@@ -105,6 +108,12 @@ pub(super) async fn run(ctx: &Ctx, args: AskArgs) -> anyhow::Result<()> {
             report.ask_p99_ms,
             report.added_p50_ms,
             report.added_p99_ms,
+            report
+                .server_stages_p50_ms
+                .iter()
+                .map(|(name, ms)| format!("{name} {ms:.3} ms"))
+                .collect::<Vec<_>>()
+                .join(", "),
             report.asks_per_s,
             report.connections,
             report.asks,
@@ -166,6 +175,7 @@ async fn measure(server: &Server, fake: &FakeProvider, args: &AskArgs) -> anyhow
     let bar = progress(true, u64::from(args.samples) * 2, "timing");
     let mut direct_ms = Vec::with_capacity(args.samples as usize);
     let mut ask_ms = Vec::with_capacity(args.samples as usize);
+    let mut stages: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
     // Interleaved, so drift in the machine's load hits both series alike.
     for _ in 0..args.samples {
         let (ms, reply) = timed(&mut direct, "/v1/chat/completions", None, &direct_body).await?;
@@ -179,6 +189,14 @@ async fn measure(server: &Server, fake: &FakeProvider, args: &AskArgs) -> anyhow
         direct_ms.push(ms);
         let (ms, reply) = timed(&mut api, "/api/si/ask", Some(&guest.auth), &ask_body).await?;
         charged += credits_of(&reply)?;
+        for (name, dur) in reply
+            .server_timing
+            .as_deref()
+            .map(parse_timing)
+            .unwrap_or_default()
+        {
+            stages.entry(name).or_default().push(dur);
+        }
         ask_ms.push(ms);
         bar.inc(2);
     }
@@ -248,7 +266,28 @@ async fn measure(server: &Server, fake: &FakeProvider, args: &AskArgs) -> anyhow
         asks,
         errors,
         credits_settled,
+        server_stages_p50_ms: stages
+            .into_iter()
+            .map(|(name, mut v)| {
+                v.sort_by(f64::total_cmp);
+                (name, percentile(&v, 0.5))
+            })
+            .collect(),
     })
+}
+
+/// `name;dur=1.5, other;dur=0.2` ⇒ `[("name", 1.5), ("other", 0.2)]` (entries without a
+/// duration are skipped).
+fn parse_timing(header: &str) -> Vec<(String, f64)> {
+    header
+        .split(',')
+        .filter_map(|entry| {
+            let mut parts = entry.trim().split(';');
+            let name = parts.next()?.trim();
+            let dur = parts.find_map(|p| p.trim().strip_prefix("dur="))?;
+            Some((name.to_owned(), dur.parse().ok()?))
+        })
+        .collect()
 }
 
 fn credits_of(reply: &client::Reply) -> anyhow::Result<i64> {
@@ -263,4 +302,18 @@ fn credits_of(reply: &client::Reply) -> anyhow::Result<i64> {
     v["credits_used"]
         .as_i64()
         .context("no credits_used in the answer")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_timing;
+
+    #[test]
+    fn server_timing_entries_are_parsed() {
+        assert_eq!(
+            parse_timing("standing;dur=0.120, provider;desc=\"x\";dur=1.5, bill, bad;dur=x"),
+            vec![("standing".to_owned(), 0.12), ("provider".to_owned(), 1.5)]
+        );
+        assert!(parse_timing("").is_empty());
+    }
 }

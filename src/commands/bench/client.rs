@@ -104,6 +104,8 @@ pub(super) struct Conn {
 pub(super) struct Reply {
     pub(super) status: StatusCode,
     pub(super) body: Bytes,
+    /// The `Server-Timing` header, when the server sent one.
+    pub(super) server_timing: Option<String>,
 }
 
 impl Reply {
@@ -141,8 +143,17 @@ impl Conn {
                 .context("the server closed the connection")?;
             let response = self.sender.send_request(request).await?;
             let status = response.status();
+            let server_timing = response
+                .headers()
+                .get("server-timing")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
             let body = response.into_body().collect().await?.to_bytes();
-            Ok::<_, anyhow::Error>(Reply { status, body })
+            Ok::<_, anyhow::Error>(Reply {
+                status,
+                body,
+                server_timing,
+            })
         };
         tokio::time::timeout(REQUEST_TIMEOUT, exchange)
             .await
