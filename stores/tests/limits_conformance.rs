@@ -132,8 +132,12 @@ async fn spent_counter_windows_are_pruned(backend: Backend) -> anyhow::Result<()
     let now = old + 3 * day;
     let mut tx = db.begin().await?;
     for at in [old, now - day, now] {
-        charge(&mut tx, "t", CostMetric::TokensPerDay, 7, 100, at).await?;
-        charge(&mut tx, "t", CostMetric::JobRunsPerHour, 1, 100, at).await?;
+        assert!(charge(&mut tx, "t", CostMetric::TokensPerDay, 7, 100, at)
+            .await?
+            .is_ok());
+        assert!(charge(&mut tx, "t", CostMetric::JobRunsPerHour, 1, 100, at)
+            .await?
+            .is_ok());
         let start = at - at.rem_euclid(day);
         match &mut tx {
             Tx::Sqlite { tx, .. } => {
