@@ -298,42 +298,6 @@ async fn used_in(
     Ok(used.map_or(0, |u| u64::try_from(u).unwrap_or(0)))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn memory_stays_bounded_and_forgets_full_buckets_first() {
-        let limiter = MemoryLimiter::with_capacity(SHARDS * 4);
-        let rate = Rate::new(1_000.0, 2).expect("valid");
-        let t0 = Instant::now();
-        for i in 0..SHARDS * 40 {
-            let _ = limiter.take(&format!("k{i}"), rate, t0);
-        }
-        assert!(
-            limiter.len() <= SHARDS * 4,
-            "{} buckets kept for a capacity of {}",
-            limiter.len(),
-            SHARDS * 4
-        );
-        // A drained bucket survives eviction while refilled ones are dropped.
-        let slow = Rate::new(0.001, 1).expect("valid");
-        assert!(limiter.take("drained", slow, t0).allowed);
-        let later = t0 + Duration::from_secs(1);
-        // Each a few milliseconds after the last, so the earlier ones have refilled.
-        let mut t = later;
-        for i in 0..SHARDS * 40 {
-            t += Duration::from_millis(3);
-            let _ = limiter.take(&format!("again{i}"), rate, t);
-        }
-        assert!(
-            !limiter.take("drained", slow, t).allowed,
-            "the drained bucket was remembered"
-        );
-    }
-}
-
 /// Counter windows older than this are deleted by [`prune_counters`]: two days keeps
 /// yesterday's figures readable while nothing reads them any more for a decision (the longest
 /// window, a day's tokens, ends before then).
@@ -376,4 +340,40 @@ pub async fn prune_counters(db: &Database, now_secs: i64) -> Result<u64, StoreEr
     };
     tx.commit().await?;
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn memory_stays_bounded_and_forgets_full_buckets_first() {
+        let limiter = MemoryLimiter::with_capacity(SHARDS * 4);
+        let rate = Rate::new(1_000.0, 2).expect("valid");
+        let t0 = Instant::now();
+        for i in 0..SHARDS * 40 {
+            let _ = limiter.take(&format!("k{i}"), rate, t0);
+        }
+        assert!(
+            limiter.len() <= SHARDS * 4,
+            "{} buckets kept for a capacity of {}",
+            limiter.len(),
+            SHARDS * 4
+        );
+        // A drained bucket survives eviction while refilled ones are dropped.
+        let slow = Rate::new(0.001, 1).expect("valid");
+        assert!(limiter.take("drained", slow, t0).allowed);
+        let later = t0 + Duration::from_secs(1);
+        // Each a few milliseconds after the last, so the earlier ones have refilled.
+        let mut t = later;
+        for i in 0..SHARDS * 40 {
+            t += Duration::from_millis(3);
+            let _ = limiter.take(&format!("again{i}"), rate, t);
+        }
+        assert!(
+            !limiter.take("drained", slow, t).allowed,
+            "the drained bucket was remembered"
+        );
+    }
 }
