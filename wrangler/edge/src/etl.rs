@@ -21,7 +21,7 @@ use cognomega_pipelines::export::rows::{self, BatchError, Cells, Days, Dialect, 
 use cognomega_pipelines::export::{ExportWriteError, PartFiles};
 use futures::TryStreamExt;
 use tokio_postgres::types::{FromSql, Type};
-use worker::{Bucket, Env, HttpMetadata, MessageExt, Request, Response};
+use worker::{Bucket, Env, MessageExt, Request, Response};
 
 use crate::consumers::{decode_all, retry, EdgeQueue};
 use crate::http::{self, ApiError, ApiResult, Caller};
@@ -297,16 +297,15 @@ async fn write_part(
         let rows = i64::try_from(file.rows).unwrap_or(i64::MAX);
         let bytes = i64::try_from(file.bytes.len()).unwrap_or(i64::MAX);
         let meta = HashMap::from([("sha256".to_owned(), file.sha256.clone())]);
-        bucket
-            .put(&key, file.bytes)
-            .http_metadata(HttpMetadata {
-                content_type: Some(part.format.content_type().to_owned()),
-                ..HttpMetadata::default()
-            })
-            .custom_metadata(meta)
-            .execute()
-            .await
-            .map_err(|e| ExportError::Objects(format!("put {key}: {e}")))?;
+        crate::r2::put(
+            bucket,
+            &key,
+            file.bytes,
+            part.format.content_type(),
+            Some(meta),
+        )
+        .await
+        .map_err(|e| ExportError::Objects(format!("put {key}: {e}")))?;
         report.files += 1;
         report.rows += file.rows;
         written.push((key, file.dt, rows, bytes, file.sha256));
@@ -376,13 +375,7 @@ async fn write_manifest(
         }
         .to_json()
         .map_err(|e| ExportError::Rows(e.to_string()))?;
-        bucket
-            .put(&key, body)
-            .http_metadata(HttpMetadata {
-                content_type: Some("application/json".into()),
-                ..HttpMetadata::default()
-            })
-            .execute()
+        crate::r2::put(bucket, &key, body, "application/json", None)
             .await
             .map_err(|e| ExportError::Objects(format!("put {key}: {e}")))?;
         let now = files(db, dataset).await?;

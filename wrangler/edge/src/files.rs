@@ -10,7 +10,7 @@ use cognomega_core::files::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use worker::{Env, HttpMetadata, MessageExt, Method, Request, Response, Socket};
+use worker::{Env, MessageExt, Method, Request, Response, Socket};
 
 use crate::consumers::EdgeQueue;
 use crate::http::{self, ApiError, ApiResult, Caller};
@@ -131,13 +131,7 @@ async fn direct(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
         .collect();
     let key = format!("uploads/{}/{}", claims.tenant, uuid::Uuid::new_v4());
     let bucket = env.bucket("OBJECTS")?;
-    bucket
-        .put(&key, bytes)
-        .http_metadata(HttpMetadata {
-            content_type: Some(declared.clone()),
-            ..HttpMetadata::default()
-        })
-        .execute()
+    crate::r2::put(&bucket, &key, bytes, &declared, None)
         .await
         .map_err(|e| {
             ApiError::unavailable(format!("cannot store the upload right now ({e}); retry"))

@@ -8,7 +8,7 @@ use cognomega_pipelines::input::InputError;
 use cognomega_pipelines::{JobError, Progress};
 use cognomega_r2_lifecycle::codec::{self, CodecPolicy, Compression};
 use serde::{Deserialize, Serialize};
-use worker::{Env, HttpMetadata, MessageExt, Method, Request, Response};
+use worker::{Env, MessageExt, Method, Request, Response};
 
 use crate::consumers::EdgeQueue;
 use crate::http::{self, ApiError, ApiResult, Caller};
@@ -141,13 +141,7 @@ async fn submit(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     let id = uuid::Uuid::now_v7().to_string();
     let input_key = format!("inputs/{}/{id}", claims.tenant);
     let bucket = env.bucket("OBJECTS")?;
-    bucket
-        .put(&input_key, input)
-        .http_metadata(HttpMetadata {
-            content_type: Some("application/octet-stream".into()),
-            ..HttpMetadata::default()
-        })
-        .execute()
+    crate::r2::put(&bucket, &input_key, input, "application/octet-stream", None)
         .await
         .map_err(|e| {
             ApiError::unavailable(format!("cannot store the input right now ({e}); retry"))
@@ -601,14 +595,7 @@ async fn run_one(db: &tokio_postgres::Client, env: &Env, id: &str) -> Result<(),
             encoded.original_size.to_string(),
         );
         meta.insert("tier".to_owned(), "hot".to_owned());
-        bucket
-            .put(&key, encoded.bytes)
-            .http_metadata(HttpMetadata {
-                content_type: Some(a.content_type.clone()),
-                ..HttpMetadata::default()
-            })
-            .custom_metadata(meta)
-            .execute()
+        crate::r2::put(&bucket, &key, encoded.bytes, &a.content_type, Some(meta))
             .await
             .map_err(|e| format!("artifact put: {e}"))?;
         rows.push(serde_json::json!({

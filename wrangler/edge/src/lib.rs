@@ -30,6 +30,7 @@ mod gateway;
 mod http;
 mod jobs;
 mod limiter;
+mod r2;
 mod usage;
 
 use worker::{

@@ -1,0 +1,24 @@
+//! Writes to R2: every object the edge stores carries its content type (what `/files/…` and the
+//! artifact routes answer with) and, for some, custom metadata (a file's SHA-256, a tier).
+
+use std::collections::HashMap;
+
+use worker::{Bucket, Data, HttpMetadata};
+
+/// Puts `value` under `key` with `content_type` and optional custom metadata.
+pub async fn put(
+    bucket: &Bucket,
+    key: &str,
+    value: impl Into<Data>,
+    content_type: &str,
+    meta: Option<HashMap<String, String>>,
+) -> worker::Result<()> {
+    let mut put = bucket.put(key, value).http_metadata(HttpMetadata {
+        content_type: Some(content_type.to_owned()),
+        ..HttpMetadata::default()
+    });
+    if let Some(meta) = meta {
+        put = put.custom_metadata(meta);
+    }
+    put.execute().await.map(drop)
+}
