@@ -198,6 +198,9 @@ run_dev() {
   # ignores it).
   export CLOUDFLARE_HYPERDRIVE_LOCAL_CONNECTION_STRING_DB="postgres://$pguser:local@$pghost:$pgport/$db"
   export WRANGLER_SEND_METRICS=false
+  # Keeps the local stack up when wrangler's local Hyperdrive relay meets a reset socket (see
+  # the file); each occurrence is logged with "[edge-guard]".
+  export NODE_OPTIONS="${NODE_OPTIONS:+$NODE_OPTIONS }--require $root/ops/edge/node-guard.cjs"
   cd "$wr/workers"
   exec "$wr/node_modules/.bin/wrangler" dev "${args[@]}" \
     --ip 127.0.0.1 --port "$port" --persist-to "$state" --test-scheduled \
@@ -283,8 +286,12 @@ case "$cmd" in
     if ! COGNOMEGA_ACCEPTANCE_URL="http://127.0.0.1:$port" COGNOMEGA_ACCEPTANCE_ADMIN_KEY="$admin_key" \
       cargo nextest run --locked --test acceptance --no-fail-fast "$@"; then
       say "the Workers' errors (from $edge_state/wrangler.log):"
-      grep -E "ERROR|✘|Uncaught|panicked" "$edge_state/wrangler.log" | tail -60 >&2 || true
+      grep -E "ERROR|✘|Uncaught|panicked|edge-guard" "$edge_state/wrangler.log" | tail -60 >&2 || true
       exit 1
+    fi
+    resets=$(grep -c "edge-guard" "$edge_state/wrangler.log" || true)
+    if [ "${resets:-0}" -gt 0 ]; then
+      say "note: wrangler's local Hyperdrive relay met $resets reset socket(s) (ops/edge/node-guard.cjs kept the stack up)"
     fi
     ;;
   bench)

@@ -611,6 +611,188 @@ async fn poison_reaches_dlq(t: Target) -> anyhow::Result<()> {
         dead["attempts"], 4,
         "one delivery and max_retries (3) retries: {dead}"
     );
+
+    // Replay: an empty id list is refused; the dead message goes back to its queue (out of
+    // the DLQ at once), is delivered again, and, still poison, dies again.
+    let replay = format!("/admin/queues/{POISON_QUEUE}/dlq/replay");
+    let code = send(t.admin(Method::POST, &replay).json(&json!({ "ids": [] })))
+        .await?
+        .expect_error(StatusCode::BAD_REQUEST)?;
+    assert_eq!(code, "invalid_body");
+    let replayed = send(
+        t.admin(Method::POST, &replay)
+            .json(&json!({ "ids": [dead["id"]] })),
+    )
+    .await?
+    .expect(StatusCode::OK)?;
+    assert_eq!(replayed["replayed"], 1, "{replayed}");
+    assert_eq!(replayed["dead_letter_queue"], POISON_DLQ, "{replayed}");
+    let listed = send(t.admin(
+        Method::GET,
+        &format!("/admin/queues/{POISON_QUEUE}/dlq?limit=1000"),
+    ))
+    .await?
+    .expect(StatusCode::OK)?;
+    let still_dead = listed["messages"]
+        .as_array()
+        .is_some_and(|m| m.iter().any(|m| m["id"] == dead["id"]));
+    assert!(!still_dead, "replayed, yet still listed as dead: {listed}");
+    poll(
+        "the replayed poison message dead again",
+        Duration::from_secs(90),
+        || async {
+            let answer = send(t.admin(
+                Method::GET,
+                &format!("/admin/queues/{POISON_QUEUE}/dlq?limit=1000"),
+            ))
+            .await?
+            .expect(StatusCode::OK)?;
+            let back = answer["messages"].as_array().is_some_and(|m| {
+                m.iter().any(|m| {
+                    m["body_preview"]
+                        .as_str()
+                        .is_some_and(|b| b.contains(&marker))
+                })
+            });
+            Ok(if back {
+                Ok(())
+            } else {
+                Err(answer.to_string())
+            })
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// h. The operator's surface answers the same on every shape: the OpenAPI document, the
+/// Prometheus figures, the queue list, the configuration snapshot without secrets, and CORS
+/// for browser clients.
+async fn operator_surface(t: Target) -> anyhow::Result<()> {
+    let doc = send(t.get("/openapi.json")).await?.expect(StatusCode::OK)?;
+    assert!(
+        doc["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.1")),
+        "{}",
+        doc["openapi"]
+    );
+    for path in ["/api/si/ask", "/upload/direct", "/admin/queues", "/metrics"] {
+        assert!(
+            doc["paths"].get(path).is_some(),
+            "{path} not in the document"
+        );
+    }
+
+    // A guest exists, so the ledger has a grant to report.
+    let g = guest(&t).await?;
+    wait_grant(&t, &g).await?;
+    let metrics = send(t.get("/metrics")).await?;
+    assert_eq!(
+        metrics.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&metrics.body)
+    );
+    assert!(
+        metrics
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("text/plain")),
+        "{:?}",
+        metrics.header("content-type")
+    );
+    let text = String::from_utf8_lossy(&metrics.body);
+    let granted = text
+        .lines()
+        .find_map(|l| l.strip_prefix("cognomega_credits_granted_total "))
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .ok_or_else(|| anyhow::anyhow!("no cognomega_credits_granted_total in:\n{text}"))?;
+    assert!(granted > 0, "granted {granted}");
+    for series in [
+        "cognomega_queue_dlq_depth{queue=\"usage\"} ",
+        "cognomega_uploads_scanned_total{result=\"clean\"} ",
+        "cognomega_lifecycle_objects{tier=\"hot\"} ",
+    ] {
+        assert!(text.contains(series), "no {series} in:\n{text}");
+    }
+
+    let code = send(t.get("/admin/queues"))
+        .await?
+        .expect_error(StatusCode::UNAUTHORIZED)?;
+    assert_eq!(code, "invalid_admin_key");
+    let queues = send(t.admin(Method::GET, "/admin/queues"))
+        .await?
+        .expect(StatusCode::OK)?;
+    let list = queues["queues"]
+        .as_array()
+        .ok_or_else(|| anyhow::anyhow!("no queues in {queues}"))?;
+    for name in ["usage", "settlement", "av-scan", "etl", POISON_QUEUE] {
+        let q = list
+            .iter()
+            .find(|q| q["queue"] == name)
+            .ok_or_else(|| anyhow::anyhow!("no queue {name} in {queues}"))?;
+        assert!(q["dlq_depth"].is_u64(), "{q}");
+    }
+
+    let snapshot = send(t.admin(Method::GET, "/admin/env-snapshot")).await?;
+    let body = snapshot.expect(StatusCode::OK)?;
+    assert!(body["version"].is_string(), "{body}");
+    assert!(body["auth"]["issuer"].is_string(), "{body}");
+    assert!(body["rate_limits"]["enabled"].is_boolean(), "{body}");
+    assert!(body["cost_guards"]["guest"].is_object(), "{body}");
+    assert!(
+        !String::from_utf8_lossy(&snapshot.body).contains(&t.admin_key),
+        "the snapshot shows the admin key"
+    );
+
+    // CORS: a preflight from a browser, and the headers a browser may read on an answer.
+    let origin = "https://app.example";
+    let pre = t
+        .client
+        .request(Method::OPTIONS, t.url("/api/si/ask"))
+        .header("Origin", origin)
+        .header("Access-Control-Request-Method", "POST")
+        .header(
+            "Access-Control-Request-Headers",
+            "authorization,content-type",
+        )
+        .send()
+        .await?;
+    assert!(pre.status().is_success(), "preflight: {}", pre.status());
+    let h = |name: &str| {
+        pre.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+    };
+    assert!(matches!(
+        h("access-control-allow-origin").as_str(),
+        "*" | "https://app.example"
+    ));
+    assert!(
+        h("access-control-allow-methods").contains("post"),
+        "{:?}",
+        pre.headers()
+    );
+    assert!(
+        h("access-control-allow-headers").contains("authorization"),
+        "{:?}",
+        pre.headers()
+    );
+    let health = send(t.get("/healthz").header("Origin", origin)).await?;
+    let exposed = health
+        .header("access-control-expose-headers")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    for name in [
+        "x-request-id",
+        "x-credits-balance",
+        "server-timing",
+        "retry-after",
+    ] {
+        assert!(exposed.contains(name), "{name} not exposed: {exposed:?}");
+    }
     Ok(())
 }
 
@@ -696,6 +878,14 @@ async fn ask_billed_once(t: Target) -> anyhow::Result<()> {
         grant - credits,
         "X-Credits-Balance is the balance minus this charge"
     );
+    // Where the answer's time went, stage by stage.
+    let timing = first.header("server-timing").unwrap_or_default();
+    for stage in ["standing;dur=", "provider;dur=", "bill;dur="] {
+        assert!(
+            timing.contains(stage),
+            "Server-Timing {timing:?} lacks {stage}"
+        );
+    }
 
     // The same request again: answered, not billed again.
     let again = send(ask()).await?;
@@ -988,6 +1178,107 @@ async fn check_export_part(t: &Target, part: &Value, tenant: &str) -> anyhow::Re
     Ok(rows)
 }
 
+/// h. A multipart upload is stored from its file part (its name and type), a form without one
+/// is refused, and a clean upload is a job's input by its key, for its own tenant only. (The
+/// cost guards' 429 needs a cap far below the defaults: `tests/rate_limits.rs` covers it.)
+async fn uploads_and_guards(t: Target) -> anyhow::Result<()> {
+    use reqwest::multipart::{Form, Part};
+    let g = guest(&t).await?;
+    // Uploads and jobs are billable work: refused (402) until the grant has settled.
+    wait_grant(&t, &g).await?;
+    let (png, _) = Sketch::generate(13, 800, 600);
+    // A plain field first: the file is the first part with a filename.
+    let form = Form::new().text("note", "a sketch").part(
+        "file",
+        Part::bytes(png.clone())
+            .file_name("form-sketch.png")
+            .mime_str("image/png")?,
+    );
+    let created = send(
+        t.post("/upload/direct")
+            .bearer_auth(&g.token)
+            .multipart(form),
+    )
+    .await?
+    .expect(StatusCode::CREATED)?;
+    assert_eq!(created["filename"], "form-sketch.png", "{created}");
+    assert_eq!(created["content_type"], "image/png", "{created}");
+    assert_eq!(created["size"].as_u64(), u64::try_from(png.len()).ok());
+    assert_eq!(created["sha256"], sha256_hex(&png).as_str(), "{created}");
+    let created_at = str_field(&created, "created_at")?;
+    chrono::DateTime::parse_from_rfc3339(created_at)
+        .map_err(|e| anyhow::anyhow!("created_at {created_at:?} is not RFC 3339: {e}"))?;
+    str_field(&created, "url")?;
+    let key = str_field(&created, "key")?.to_owned();
+
+    // A form without a file part.
+    let no_file = send(
+        t.post("/upload/direct")
+            .bearer_auth(&g.token)
+            .multipart(Form::new().text("note", "no file here")),
+    )
+    .await?;
+    assert_eq!(
+        no_file.expect_error(StatusCode::BAD_REQUEST)?,
+        "missing_file"
+    );
+
+    // The upload is a job input once its scan let it through.
+    let meta = poll(
+        "the upload scanned clean (or skipped)",
+        Duration::from_secs(60),
+        || async {
+            let meta = send(t.get(&format!("/uploads/{key}")).bearer_auth(&g.token))
+                .await?
+                .expect(StatusCode::OK)?;
+            match meta["scan"].as_str() {
+                Some("clean" | "skipped") => Ok(Ok(meta)),
+                Some("pending") => Ok(Err(meta.to_string())),
+                _ => anyhow::bail!("the scan ended other than clean: {meta}"),
+            }
+        },
+    )
+    .await?;
+    assert_eq!(
+        meta["created_at"], created["created_at"],
+        "the 201 and GET /uploads/{{key}} tell the same created_at"
+    );
+    let by_key = |key: &str| json!({"type": "sketch_to_app", "input": {"upload_key": key}});
+    let job = send(t.post("/jobs").bearer_auth(&g.token).json(&by_key(&key)))
+        .await?
+        .expect(StatusCode::ACCEPTED)?;
+    let id = str_field(&job, "id")?.to_owned();
+    poll("the job succeeded", Duration::from_secs(120), || async {
+        let job = send(t.get(&format!("/jobs/{id}")).bearer_auth(&g.token))
+            .await?
+            .expect(StatusCode::OK)?;
+        match job["status"].as_str() {
+            Some("succeeded") => Ok(Ok(())),
+            Some("failed" | "dead" | "cancelled") => {
+                anyhow::bail!(
+                    "the job ended {} instead of succeeded: {job}",
+                    job["status"]
+                )
+            }
+            _ => Ok(Err(job.to_string())),
+        }
+    })
+    .await?;
+
+    // Another tenant's upload, and one that does not exist, are not found.
+    let other = guest(&t).await?;
+    let missing = format!("uploads/{}/{}", g.tenant_id, uuid::Uuid::new_v4());
+    for (who, key) in [(&other, key.as_str()), (&g, missing.as_str())] {
+        let refused = send(t.post("/jobs").bearer_auth(&who.token).json(&by_key(key))).await?;
+        assert_eq!(
+            refused.expect_error(StatusCode::NOT_FOUND)?,
+            "upload_not_found",
+            "{key}"
+        );
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // Targets
 // ---------------------------------------------------------------------------------------------
@@ -1117,4 +1408,6 @@ scenarios!(
     rate_limited,
     usage_exported,
     ask_billed_once,
+    uploads_and_guards,
+    operator_surface,
 );

@@ -300,3 +300,28 @@ async fn documented_operations_answer_with_documented_statuses() -> anyhow::Resu
     }
     app.stop().await
 }
+
+/// The document in the repository (`docs/openapi.json`: for readers and client generators,
+/// and what the edge shape serves as its `GET /openapi.json`).
+const COMMITTED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json");
+
+/// `docs/openapi.json` is the document the server serves. After changing a route, rewrite it
+/// with `COGNOMEGA_WRITE_OPENAPI=1 cargo test --test openapi`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_committed_document_is_current() -> anyhow::Result<()> {
+    init_tracing();
+    let app = TestApp::spawn_with(Backend::Sqlite, false).await?;
+    let served = fetch_document(&app).await?;
+    if std::env::var_os("COGNOMEGA_WRITE_OPENAPI").is_some() {
+        let mut text = serde_json::to_string_pretty(&served)?;
+        text.push('\n');
+        std::fs::write(COMMITTED, text)?;
+    }
+    let committed: Value = serde_json::from_str(&std::fs::read_to_string(COMMITTED)?)?;
+    assert!(
+        committed == served,
+        "docs/openapi.json differs from the served document: rewrite it with \
+         COGNOMEGA_WRITE_OPENAPI=1 cargo test --test openapi"
+    );
+    Ok(())
+}

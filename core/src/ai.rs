@@ -598,6 +598,21 @@ pub fn ask_charge(
     Ok(AskCharge { message, credits })
 }
 
+/// A `Server-Timing` header value from `(stage, milliseconds)` pairs, as every shape sends it
+/// on a JSON answer: `standing;dur=0.120, provider;dur=0.250, bill;dur=0.600`.
+#[must_use]
+pub fn server_timing(stages: &[(&str, f64)]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for (name, ms) in stages {
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        let _ = write!(out, "{name};dur={ms:.3}");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

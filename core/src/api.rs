@@ -39,3 +39,42 @@ impl ErrorEnvelope {
         }
     }
 }
+
+/// The CORS policy every shape applies: which request headers a browser may send, which
+/// response headers it may read, and how long it may cache a preflight.
+pub mod cors {
+    /// Headers a browser client may read: billing figures, the request id, the rate-limit
+    /// figures a client paces itself by, and the stage timings of an ask.
+    pub const EXPOSED_HEADERS: [&str; 12] = [
+        "x-request-id",
+        "x-credits-used",
+        "x-credits-balance",
+        "x-provider",
+        "x-model",
+        "x-tokens-in",
+        "x-tokens-out",
+        "ratelimit-limit",
+        "ratelimit-remaining",
+        "ratelimit-reset",
+        "retry-after",
+        "server-timing",
+    ];
+    /// Request headers a browser client may send.
+    pub const ALLOWED_HEADERS: [&str; 5] = [
+        "authorization",
+        "content-type",
+        "idempotency-key",
+        "x-request-id",
+        "x-admin-key",
+    ];
+    /// Methods a browser client may use.
+    pub const ALLOWED_METHODS: [&str; 3] = ["GET", "POST", "OPTIONS"];
+    /// Seconds a browser may cache a preflight answer.
+    pub const MAX_AGE_SECS: u64 = 600;
+
+    /// Whether `origin` may call the API under `allowed` (`*` allows any).
+    #[must_use]
+    pub fn allows(allowed: &[String], origin: &str) -> bool {
+        allowed.iter().any(|o| o == "*" || o == origin)
+    }
+}

@@ -13,6 +13,7 @@ pub mod billing;
 pub mod etl;
 pub mod files;
 pub mod limits;
+pub mod metrics;
 pub mod queue;
 pub mod schedule;
 pub mod time;

@@ -453,6 +453,38 @@ impl CostGuards {
     }
 }
 
+/// The message of a 429 `cost_cap_exceeded` and its `Retry-After` (seconds from `now` to the
+/// window's end, at least 1): a charge of `quantity` of `metric` refused because `used` of
+/// `cap` is already counted in the window ending at `window_end` (unix seconds). One text for
+/// the native server and the edge.
+#[must_use]
+pub fn cost_cap_exceeded_message(
+    metric: CostMetric,
+    quantity: u64,
+    used: u64,
+    cap: u64,
+    window_end: i64,
+    now: i64,
+) -> (String, u64) {
+    let window = match metric {
+        CostMetric::TokensPerDay => "UTC day",
+        CostMetric::JobRunsPerHour => "UTC hour",
+    };
+    let end = chrono::DateTime::from_timestamp(window_end, 0)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default();
+    let retry = u64::try_from(window_end.saturating_sub(now))
+        .unwrap_or(0)
+        .max(1);
+    (
+        format!(
+            "the {} cap of {cap} is reached: {used} used this {window}, this request needs {quantity}; the window ends at {end} (retry after {retry} s)",
+            metric.as_str(),
+        ),
+        retry,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -548,5 +580,27 @@ mod tests {
         let guards = CostGuards::from_file(&file);
         assert_eq!(guards.guest.cap(CostMetric::TokensPerDay), None);
         assert_eq!(guards.guest.cap(CostMetric::JobRunsPerHour), Some(3));
+    }
+
+    #[test]
+    fn a_refused_charge_names_the_cap_and_the_window_end() {
+        // 2026-01-02T03:04:05Z, in the hour ending 04:00:00Z.
+        let now = 1_767_323_045;
+        let (_, end) = CostMetric::JobRunsPerHour.window(now);
+        let (message, retry) =
+            cost_cap_exceeded_message(CostMetric::JobRunsPerHour, 1, 3, 3, end, now);
+        assert_eq!(
+            message,
+            "the job_runs_per_hour cap of 3 is reached: 3 used this UTC hour, this request needs 1; \
+             the window ends at 2026-01-02T04:00:00Z (retry after 3355 s)"
+        );
+        assert_eq!(retry, 3355);
+        let (message, retry) =
+            cost_cap_exceeded_message(CostMetric::TokensPerDay, 401, 600, 1000, now, now);
+        assert!(
+            message.contains("UTC day") && message.contains("600 used"),
+            "{message}"
+        );
+        assert_eq!(retry, 1, "Retry-After is at least one second");
     }
 }

@@ -54,22 +54,8 @@ pub fn router(state: AppState) -> axum::Router {
         ))
 }
 
-/// Headers a browser client may read: billing figures, the request id and the rate-limit
-/// figures a client paces itself by.
-pub const EXPOSED_HEADERS: [&str; 12] = [
-    "x-request-id",
-    "x-credits-used",
-    "x-credits-balance",
-    "x-provider",
-    "x-model",
-    "x-tokens-in",
-    "x-tokens-out",
-    "ratelimit-limit",
-    "ratelimit-remaining",
-    "ratelimit-reset",
-    "retry-after",
-    "server-timing",
-];
+/// Headers a browser client may read (the policy every shape applies).
+pub use cognomega_core::api::cors::EXPOSED_HEADERS;
 
 /// tower-http answers a preflight from any origin with its allowed methods and headers (only
 /// `Access-Control-Allow-Origin` is withheld); an origin off the allow-list gets no CORS header
@@ -101,7 +87,7 @@ async fn strict_cors(
 }
 
 fn cors(origins: &CorsOrigins) -> tower_http::cors::CorsLayer {
-    use http::{header, HeaderName, HeaderValue, Method};
+    use http::{HeaderName, HeaderValue, Method};
     use tower_http::cors::{AllowOrigin, CorsLayer};
     let allow = match origins {
         CorsOrigins::Any => AllowOrigin::any(),
@@ -112,13 +98,9 @@ fn cors(origins: &CorsOrigins) -> tower_http::cors::CorsLayer {
     CorsLayer::new()
         .allow_origin(allow)
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers([
-            header::AUTHORIZATION,
-            header::CONTENT_TYPE,
-            HeaderName::from_static("idempotency-key"),
-            HeaderName::from_static("x-request-id"),
-            HeaderName::from_static("x-admin-key"),
-        ])
+        .allow_headers(cognomega_core::api::cors::ALLOWED_HEADERS.map(HeaderName::from_static))
         .expose_headers(EXPOSED_HEADERS.map(HeaderName::from_static))
-        .max_age(std::time::Duration::from_secs(600))
+        .max_age(std::time::Duration::from_secs(
+            cognomega_core::api::cors::MAX_AGE_SECS,
+        ))
 }

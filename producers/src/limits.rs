@@ -211,25 +211,15 @@ pub fn is_capped(state: &AppState, tier: Tier, metric: CostMetric) -> bool {
 }
 
 fn cost_cap_exceeded(metric: CostMetric, quantity: u64, over: OverCap, now: i64) -> ApiError {
-    let window = match metric {
-        CostMetric::TokensPerDay => "UTC day",
-        CostMetric::JobRunsPerHour => "UTC hour",
-    };
-    let end = chrono::DateTime::from_timestamp(over.window_end, 0)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_default();
-    let retry = u64::try_from(over.window_end - now).unwrap_or(0).max(1);
-    ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "cost_cap_exceeded",
-        format!(
-            "the {} cap of {} is reached: {} used this {window}, this request needs {quantity}; the window ends at {end} (retry after {retry} s)",
-            metric.as_str(),
-            over.cap,
-            over.used
-        ),
-    )
-    .retry_after(retry)
+    let (message, retry) = cognomega_core::limits::cost_cap_exceeded_message(
+        metric,
+        quantity,
+        over.used,
+        over.cap,
+        over.window_end,
+        now,
+    );
+    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "cost_cap_exceeded", message).retry_after(retry)
 }
 
 #[cfg(test)]

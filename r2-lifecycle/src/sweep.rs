@@ -109,6 +109,28 @@ impl SweepReport {
     }
 }
 
+/// Every tier's objects and stored bytes (zero where the report has none, or there is no
+/// report yet), from a sweep report's JSON as the sweep checkpoints keep it: the census
+/// `/metrics` shows.
+#[must_use]
+pub fn census_of(report_json: Option<&str>) -> Vec<cognomega_core::metrics::TierCount> {
+    let census = report_json
+        .and_then(|r| serde_json::from_str::<SweepReport>(r).ok())
+        .map(|r| r.census)
+        .unwrap_or_default();
+    Tier::ALL
+        .iter()
+        .map(|tier| {
+            let c = census.get(tier).copied().unwrap_or_default();
+            cognomega_core::metrics::TierCount {
+                tier: tier.to_string(),
+                objects: c.objects,
+                bytes: c.bytes,
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -94,20 +94,7 @@ pub enum Plan {
     Raced,
 }
 
-/// Files and rows exported so far, per dataset and format (for `/metrics`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExportTotals {
-    /// Dataset name.
-    pub dataset: String,
-    /// Format name.
-    pub format: String,
-    /// Files written.
-    pub files: i64,
-    /// Rows in them.
-    pub rows: i64,
-    /// Bytes in them.
-    pub bytes: i64,
-}
+pub use cognomega_core::metrics::ExportTotals;
 
 /// The dataset's watermark for `format`: the last `seq` planned into a part, if any run
 /// started yet.
@@ -447,9 +434,7 @@ pub async fn file(db: &Database, key: &str) -> Result<Option<ManifestPart>, Expo
 
 /// Files, rows and bytes exported so far, per dataset and format.
 pub async fn totals(db: &Database) -> Result<Vec<ExportTotals>, ExportStoreError> {
-    const SQL: &str = "SELECT dataset, format, COUNT(*), \
-         CAST(COALESCE(SUM(rows), 0) AS BIGINT), CAST(COALESCE(SUM(bytes), 0) AS BIGINT) \
-         FROM export_files GROUP BY dataset, format ORDER BY dataset, format";
+    const SQL: &str = cognomega_core::metrics::EXPORT_TOTALS_SQL;
     let rows: Vec<(String, String, i64, i64, i64)> = match db {
         Database::Sqlite(s) => sqlx::query_as(SQL).fetch_all(&s.read).await?,
         Database::Postgres(p) => sqlx::query_as(SQL).fetch_all(&p.pool).await?,

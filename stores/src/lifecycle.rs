@@ -5,7 +5,6 @@
 //! checkpoint (phase, cursor, report so far). The object I/O for a page happens before that
 //! commit and is idempotent, so a crash anywhere redoes at most one page and records it once.
 
-use serde::Serialize;
 use sqlx::Row;
 
 use crate::{Database, StoreError, Tx};
@@ -117,18 +116,7 @@ pub struct SweepRow {
     pub resumed: bool,
 }
 
-/// Totals for `/metrics`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct LifecycleTotals {
-    /// The last finished sweep's report (JSON), if any.
-    pub last_report: Option<String>,
-    /// When it finished (epoch ms of its clock).
-    pub last_finished_ms: Option<i64>,
-    /// Bytes saved by every finished or partial sweep.
-    pub bytes_saved: i64,
-    /// Objects expired by every sweep.
-    pub objects_expired: i64,
-}
+pub use cognomega_core::metrics::LifecycleTotals;
 
 const ARTIFACT_COLS_SQLITE: &str =
     "job_id, name, content_type, size, stored_size, compression, sha256, tier, object_key, \
@@ -527,30 +515,15 @@ pub async fn census(db: &Database) -> Result<Vec<(String, i64, i64)>, StoreError
 /// What `/metrics` shows about lifecycle.
 pub async fn totals(db: &Database) -> Result<LifecycleTotals, StoreError> {
     type Last = (String, i64);
+    use cognomega_core::metrics::{LIFECYCLE_LAST_SQL as LAST, LIFECYCLE_SUMS_SQL as SUMS};
     let (last, sums): (Option<Last>, (i64, i64)) = match db {
         Database::Sqlite(s) => (
-            sqlx::query_as(
-                "SELECT report, finished_at FROM lifecycle_sweeps WHERE finished_at IS NOT NULL ORDER BY id DESC LIMIT 1",
-            )
-            .fetch_optional(&s.read)
-            .await?,
-            sqlx::query_as(
-                "SELECT COALESCE(SUM(bytes_saved), 0), COALESCE(SUM(objects_expired), 0) FROM lifecycle_sweeps",
-            )
-            .fetch_one(&s.read)
-            .await?,
+            sqlx::query_as(LAST).fetch_optional(&s.read).await?,
+            sqlx::query_as(SUMS).fetch_one(&s.read).await?,
         ),
         Database::Postgres(pg) => (
-            sqlx::query_as(
-                "SELECT report, finished_at FROM lifecycle_sweeps WHERE finished_at IS NOT NULL ORDER BY id DESC LIMIT 1",
-            )
-            .fetch_optional(&pg.pool)
-            .await?,
-            sqlx::query_as(
-                "SELECT COALESCE(SUM(bytes_saved), 0)::bigint, COALESCE(SUM(objects_expired), 0)::bigint FROM lifecycle_sweeps",
-            )
-            .fetch_one(&pg.pool)
-            .await?,
+            sqlx::query_as(LAST).fetch_optional(&pg.pool).await?,
+            sqlx::query_as(SUMS).fetch_one(&pg.pool).await?,
         ),
     };
     let (last_report, last_finished_ms) = last.map_or((None, None), |(r, at)| (Some(r), Some(at)));

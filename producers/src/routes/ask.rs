@@ -4,7 +4,6 @@
 //! (same `X-Request-Id`) is billed once.
 
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -147,15 +146,16 @@ pub(crate) async fn ask(
 /// billing (the durable usage enqueue and the cached balance read). What the client measures
 /// beyond their sum is HTTP, authentication and the JSON body.
 fn server_timing(stages: &[(&str, Instant, Instant)]) -> String {
-    let mut out = String::new();
-    for (name, from, to) in stages {
-        if !out.is_empty() {
-            out.push_str(", ");
-        }
-        let ms = to.saturating_duration_since(*from).as_secs_f64() * 1000.0;
-        let _ = write!(out, "{name};dur={ms:.3}");
-    }
-    out
+    let ms: Vec<(&str, f64)> = stages
+        .iter()
+        .map(|(name, from, to)| {
+            (
+                *name,
+                to.saturating_duration_since(*from).as_secs_f64() * 1000.0,
+            )
+        })
+        .collect();
+    cognomega_core::ai::server_timing(&ms)
 }
 
 fn api_error(status: u16, code: &'static str, message: impl Into<String>) -> ApiError {

@@ -852,6 +852,8 @@ pub(crate) mod schemas {
         content_type: String,
         /// `pending` (a scan is queued) or `skipped` (no scanner).
         scan: ScanStatus,
+        #[schema(format = DateTime)]
+        created_at: String,
         /// A signed, expiring download link.
         url: String,
     }

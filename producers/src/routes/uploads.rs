@@ -418,6 +418,12 @@ async fn store(
         let _ = state.objects.delete(&key).await;
         return Err(e);
     }
+    // The row's own time, as `GET /uploads/{key}` shows it.
+    let created_at_ms = uploads::get(&state.db, &key_text, Some(tenant))
+        .await
+        .ok()
+        .flatten()
+        .map_or_else(|| Utc::now().timestamp_millis(), |u| u.created_at_ms);
     let body = json!({
         "key": key_text,
         "filename": filename,
@@ -425,6 +431,7 @@ async fn store(
         "sha256": sha256,
         "content_type": declared,
         "scan": scan,
+        "created_at": rfc3339(created_at_ms),
         "url": signed_url(state, &key_text),
     });
     Ok((StatusCode::CREATED, Json(body)).into_response())

@@ -1,7 +1,8 @@
-//! The admin service: `GET /healthz`, dead-letter inspection
-//! (`GET /admin/queues/{queue}/dlq`), raw injection (`POST /admin/queues/{queue}/messages`) and
-//! the exports (`GET /exports`, `POST /admin/exports`, in `etl.rs`), with the native answers'
-//! shapes.
+//! The admin service, with the native answers' shapes: `GET /healthz`, `GET /metrics`,
+//! `GET /openapi.json`, the queues (`GET /admin/queues`, dead letters
+//! `GET /admin/queues/{queue}/dlq`, `POST /admin/queues/{queue}/dlq/replay`, raw injection
+//! `POST /admin/queues/{queue}/messages`), `GET /admin/env-snapshot`, and the exports
+//! (`GET /exports`, `POST /admin/exports`, in `etl.rs`).
 
 use worker::{Env, Method, Request};
 
@@ -12,6 +13,32 @@ pub async fn route(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (req.method(), parts.as_slice()) {
         (Method::Get | Method::Head, ["healthz"]) => healthz(env).await,
+        (Method::Get | Method::Head, ["openapi.json"]) => openapi(),
+        (Method::Get | Method::Head, ["metrics"]) => metrics(env).await,
+        (Method::Get | Method::Head, ["admin", "queues"]) => {
+            caller.require_admin()?;
+            queues(env).await
+        }
+        (Method::Post, ["admin", "queues", queue, "dlq", "replay"]) => {
+            caller.require_admin()?;
+            replay(req, env, caller, queue).await
+        }
+        (Method::Get | Method::Head, ["admin", "env-snapshot"]) => {
+            caller.require_admin()?;
+            env_snapshot(env)
+        }
+        (Method::Post, ["admin", "cleanup"]) => {
+            caller.require_admin()?;
+            // Cleanup lists the whole bucket against the database: a long run, not a request
+            // inside a Worker's CPU limit. The native command does it on the same stores.
+            Err(ApiError::new(
+                501,
+                "not_implemented",
+                "cleanup does not run inside a Worker: run `cognomega cleanup --database-url <the \
+                 Hyperdrive origin> ` with the R2 bucket as its S3 store (see the README's \
+                 Deploy to Cloudflare section)",
+            ))
+        }
         (Method::Get | Method::Head, ["admin", "queues", queue, "dlq"]) => {
             caller.require_admin()?;
             let url = req.url()?;
@@ -29,10 +56,10 @@ pub async fn route(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
         (Method::Post, ["admin", "exports"]) => crate::etl::enqueue(req, env, caller).await,
         (
             _,
-            ["healthz"]
-            | ["exports"]
-            | ["admin", "exports"]
-            | ["admin", "queues", _, "dlq" | "messages"],
+            ["healthz" | "openapi.json" | "metrics" | "exports"]
+            | ["admin", "exports" | "queues" | "env-snapshot" | "cleanup"]
+            | ["admin", "queues", _, "dlq" | "messages"]
+            | ["admin", "queues", _, "dlq", "replay"],
         ) => Err(http::no_route(true)),
         _ => Err(http::no_route(false)),
     }
@@ -55,6 +82,267 @@ async fn healthz(env: &Env) -> ApiResult {
             "version": env!("CARGO_PKG_VERSION"),
             "backend": "postgres",
             "uptime_s": 0,
+        }),
+    )
+}
+
+/// The native server's OpenAPI document (`docs/openapi.json`, kept equal to what the native
+/// server serves by its tests): the edge answers the same contract.
+fn openapi() -> ApiResult {
+    const DOCUMENT: &str = include_str!("../../../docs/openapi.json");
+    let mut resp = worker::Response::ok(DOCUMENT)?;
+    resp.headers_mut().set("content-type", "application/json")?;
+    Ok(resp)
+}
+
+/// Dead letters per edge queue, from where the dlq Worker records them.
+async fn dead_letter_depths(db: &tokio_postgres::Client) -> Result<Vec<(String, u64)>, ApiError> {
+    let rows = db
+        .query(
+            "SELECT queue, count(*) FROM queue_messages
+             WHERE queue LIKE '%.dlq' AND state < 2 GROUP BY queue",
+            &[],
+        )
+        .await?;
+    Ok(crate::consumers::QUEUES
+        .iter()
+        .map(|q| {
+            let dlq = format!("{}.dlq", q.native);
+            let n = rows
+                .iter()
+                .find(|r| r.get::<_, String>(0) == dlq)
+                .map_or(0, |r| u64::try_from(r.get::<_, i64>(1)).unwrap_or(0));
+            (q.native.to_owned(), n)
+        })
+        .collect())
+}
+
+/// `GET /metrics`: the figures every shape reads from the database (money and scans, exports,
+/// lifecycle), rendered by the native server's renderer, and each queue's dead-letter depth.
+/// A Worker cannot see Cloudflare Queues' backlog: that, and requests and CPU per Worker, are
+/// in the Cloudflare dashboard (Queues and Workers analytics).
+async fn metrics(env: &Env) -> ApiResult {
+    use cognomega_core::metrics as m;
+    let db = crate::db::connect(env).await?;
+    let ledger = db.query_one(m::LEDGER_TOTALS_SQL, &[]).await?;
+    let scans: Vec<(String, i64)> = db
+        .query(m::UPLOAD_SCANS_SQL, &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let exports: Vec<m::ExportTotals> = db
+        .query(m::EXPORT_TOTALS_SQL, &[])
+        .await?
+        .iter()
+        .map(|r| m::ExportTotals {
+            dataset: r.get(0),
+            format: r.get(1),
+            files: r.get(2),
+            rows: r.get(3),
+            bytes: r.get(4),
+        })
+        .collect();
+    let last = db.query_opt(m::LIFECYCLE_LAST_SQL, &[]).await?;
+    let sums = db.query_one(m::LIFECYCLE_SUMS_SQL, &[]).await?;
+    let lifecycle = m::LifecycleTotals {
+        last_report: last.as_ref().map(|r| r.get(0)),
+        last_finished_ms: last.as_ref().map(|r| r.get(1)),
+        bytes_saved: sums.get(0),
+        objects_expired: sums.get(1),
+    };
+    let mut text = m::render_dlq_depths(&dead_letter_depths(&db).await?);
+    text.push_str(&m::render_lifecycle(
+        &lifecycle,
+        &cognomega_r2_lifecycle::sweep::census_of(lifecycle.last_report.as_deref()),
+    ));
+    text.push_str(&m::render_exports(&exports));
+    text.push_str(&m::render_business(&m::BusinessTotals::from_rows(
+        ledger.get(0),
+        ledger.get(1),
+        &scans,
+    )));
+    let mut resp = worker::Response::ok(text)?;
+    resp.headers_mut().set("content-type", m::CONTENT_TYPE)?;
+    Ok(resp)
+}
+
+/// `GET /admin/queues`: every edge queue, as natively one entry per queue. The dead-letter depth is
+/// exact (the dlq Worker records dead letters in the database); the backlog of a Cloudflare
+/// Queue is not visible from a Worker, so `depth`, `in_flight`, `delayed` and
+/// `oldest_age_ms` of the live queues are `null` (see the Cloudflare dashboard), and each
+/// entry carries the queue's Cloudflare name and delivery settings.
+async fn queues(env: &Env) -> ApiResult {
+    let db = crate::db::connect(env).await?;
+    let depths = dead_letter_depths(&db).await?;
+    let mut list = Vec::new();
+    for q in crate::consumers::QUEUES {
+        let dlq_depth = depths
+            .iter()
+            .find(|(name, _)| name == q.native)
+            .map_or(0, |(_, n)| *n);
+        list.push(serde_json::json!({
+            "queue": q.native,
+            "depth": null,
+            "in_flight": null,
+            "delayed": null,
+            "dlq_depth": dlq_depth,
+            "oldest_age_ms": null,
+            "cloudflare": {
+                "queue": q.cloudflare,
+                "dead_letter_queue": format!("{}-dlq", q.cloudflare),
+                "max_retries": q.max_retries,
+                "retry_delay_s": q.retry_delay_secs,
+            },
+        }));
+    }
+    http::json(200, &serde_json::json!({ "queues": list }))
+}
+
+/// `POST /admin/queues/{queue}/dlq/replay` (`{"ids": [..]}`, or no body for all): sends the
+/// recorded dead letters back to their Cloudflare Queue and removes the records. A crash
+/// between the send and the delete replays a message twice, which the idempotent consumers
+/// absorb; it never loses one.
+async fn replay(req: &mut Request, env: &Env, caller: &Caller, raw: &str) -> ApiResult {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        ids: Option<Vec<i64>>,
+    }
+    let queue = queue_of(raw.trim_end_matches(".dlq"))?;
+    let bytes = req.bytes().await?;
+    let body: Body = if bytes.iter().all(u8::is_ascii_whitespace) {
+        Body::default()
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_body",
+                format!("expected {{\"ids\": [message ids]}} or no body (all): {e}"),
+            )
+        })?
+    };
+    if body.ids.as_ref().is_some_and(Vec::is_empty) {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "ids is empty; leave it out to replay every dead message",
+        ));
+    }
+    let dlq = format!("{}.dlq", queue.native);
+    let db = crate::db::connect(env).await?;
+    let rows = db
+        .query(
+            "SELECT id, body, request_id FROM queue_messages
+             WHERE queue = $1 AND original_queue IS NOT NULL AND state < 2
+               AND ($2::bigint[] IS NULL OR id = ANY($2::bigint[]))
+             ORDER BY id",
+            &[&dlq, &body.ids],
+        )
+        .await?;
+    let mut replayed: Vec<i64> = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let text = String::from_utf8_lossy(&r.get::<_, Vec<u8>>(1)).into_owned();
+        let request_id = r
+            .get::<_, Option<String>>(2)
+            .unwrap_or_else(|| caller.request_id.clone());
+        if let Err(e) = crate::consumers::send_raw(env, queue.binding, text, &request_id).await {
+            // What went out is removed; the rest stays dead for the next replay.
+            if !replayed.is_empty() {
+                db.execute(
+                    "DELETE FROM queue_messages WHERE id = ANY($1::bigint[])",
+                    &[&replayed],
+                )
+                .await?;
+            }
+            return Err(ApiError::unavailable(format!(
+                "replayed {} of {} dead messages, then the queue refused ({e}); retry",
+                replayed.len(),
+                rows.len()
+            )));
+        }
+        replayed.push(r.get(0));
+    }
+    if !replayed.is_empty() {
+        db.execute(
+            "DELETE FROM queue_messages WHERE id = ANY($1::bigint[])",
+            &[&replayed],
+        )
+        .await?;
+    }
+    http::json(
+        200,
+        &serde_json::json!({
+            "queue": queue.native,
+            "dead_letter_queue": dlq,
+            "replayed": replayed.len(),
+        }),
+    )
+}
+
+/// `GET /admin/env-snapshot`: the running configuration as this Worker sees it, built from an
+/// allow-list of fields like the native one (no secret can appear). Each Worker reads its own
+/// variables: the deploy steps set the shared ones on every Worker.
+fn env_snapshot(env: &Env) -> ApiResult {
+    let billing = crate::config::billing(env);
+    let limits = crate::config::rate_limits(env).map_err(ApiError::internal)?;
+    let mut queues = serde_json::Map::new();
+    for q in crate::consumers::QUEUES {
+        queues.insert(
+            q.native.to_owned(),
+            serde_json::json!({
+                "cloudflare": q.cloudflare,
+                "dead_letter_queue": format!("{}-dlq", q.cloudflare),
+                "max_retries": q.max_retries,
+                "retry_delay_s": q.retry_delay_secs,
+            }),
+        );
+    }
+    let cors: Vec<String> = crate::config::var(env, "COGNOMEGA_CORS_ORIGINS")
+        .unwrap_or_else(|| "*".into())
+        .split(',')
+        .map(|o| o.trim().to_owned())
+        .filter(|o| !o.is_empty())
+        .collect();
+    http::json(
+        200,
+        &serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "build": {
+                "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
+                "target_arch": std::env::consts::ARCH,
+                "target_os": "cloudflare-workers",
+            },
+            "uptime_s": null,
+            "backends": {
+                "database": "postgres (Hyperdrive)",
+                "objects": "r2",
+                "consumers_in_process": false,
+            },
+            "auth": {
+                "issuer": crate::config::issuer(env),
+                "audience": crate::config::audience(env),
+                "token_ttl_s": crate::config::token_ttl_secs(env),
+                "admin_key": "[redacted]",
+            },
+            "billing": {
+                "prices": billing.prices,
+                "guest_grant": billing.guest_grant,
+                "guest_floor": billing.guest_floor,
+            },
+            "cors": if cors.iter().any(|o| o == "*") {
+                serde_json::json!("*")
+            } else {
+                serde_json::json!(cors)
+            },
+            "uploads": crate::files::snapshot(env),
+            "ai": crate::ask::snapshot(env),
+            "rate_limits": {
+                "enabled": limits.enabled,
+                "buckets": "durable-object",
+                "limits": limits.table(),
+            },
+            "cost_guards": crate::usage::cost_guards(env),
+            "job_types": cognomega_pipelines::registry().names(),
+            "queues": queues,
         }),
     )
 }

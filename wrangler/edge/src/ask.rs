@@ -87,6 +87,27 @@ fn providers(env: &Env) -> Result<Rc<Providers>, ApiError> {
     Ok(p)
 }
 
+/// The `ai` part of `GET /admin/env-snapshot`, keys redacted (as natively).
+pub fn snapshot(env: &Env) -> serde_json::Value {
+    match providers(env) {
+        Ok(p) => serde_json::json!({
+            "providers": p.config.providers.iter().map(|s| serde_json::json!({
+                "id": s.id.as_str(),
+                "base_url": if p.bound && s.id == ProviderId::Cfai {
+                    "binding:AI".to_owned()
+                } else {
+                    s.base_url.clone()
+                },
+                "api_key": "[redacted]",
+            })).collect::<Vec<_>>(),
+            "timeout_s": p.config.timeout.as_secs_f64(),
+            "models": p.config.models,
+            "policy": AskPolicy::default(),
+        }),
+        Err(e) => serde_json::json!({ "error": e.message }),
+    }
+}
+
 fn now() -> Duration {
     Duration::from_millis(worker::Date::now().as_millis())
 }
@@ -120,7 +141,9 @@ async fn ask(req: &mut Request, env: &Env, ctx: &Context, caller: &Caller) -> Ap
         let (status, code, message) = cognomega_providers::no_provider();
         return Err(refusal(status, code, message));
     }
+    let started = worker::Date::now().as_millis();
     let balance = standing(env, &claims.tenant, tier.daily_tokens).await?;
+    let standing_done = worker::Date::now().as_millis();
     let asked = Asked {
         env: env.clone(),
         tenant: claims.tenant.clone(),
@@ -148,8 +171,20 @@ async fn ask(req: &mut Request, env: &Env, ctx: &Context, caller: &Caller) -> Ap
     )
     .await?;
     let completion = answered.value;
+    let provider_done = worker::Date::now().as_millis();
     let billable = answer::billable(completion.usage, true, &asked.messages, &completion.output);
     let (credits, balance) = bill(&asked, billable.usage).await?;
+    let billed = worker::Date::now().as_millis();
+    // Milliseconds as the isolate's clock gives them (it advances with I/O, in whole ms).
+    #[allow(clippy::cast_precision_loss)]
+    let timing = cognomega_core::ai::server_timing(&[
+        ("standing", standing_done.saturating_sub(started) as f64),
+        (
+            "provider",
+            provider_done.saturating_sub(standing_done) as f64,
+        ),
+        ("bill", billed.saturating_sub(provider_done) as f64),
+    ]);
     let mut resp = http::json(
         200,
         &answer::body(
@@ -171,6 +206,7 @@ async fn ask(req: &mut Request, env: &Env, ctx: &Context, caller: &Caller) -> Ap
     ) {
         headers.set(name, &value)?;
     }
+    headers.set("server-timing", &timing)?;
     Ok(resp)
 }
 
@@ -541,4 +577,6 @@ async fn drive(
         finish,
     );
     let _ = tx.send(answer::sse_frame("done", &done).into_bytes()).await;
+    // The fetch handler returned long ago: this future closes what it opened itself.
+    crate::db::closed().await;
 }

@@ -120,9 +120,52 @@ pub async fn route(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
             caller.require_admin()?;
             adjustment(env, &p["/credits/adjustments/".len()..]).await
         }
-        (_, "/credits") => Err(http::no_route(true)),
+        (Method::Post, "/admin/rebuild-balance-cache") => {
+            caller.require_admin()?;
+            rebuild(env).await
+        }
+        (_, "/credits" | "/admin/rebuild-balance-cache") => Err(http::no_route(true)),
         _ => Err(http::no_route(false)),
     }
+}
+
+/// `POST /admin/rebuild-balance-cache`: recomputes every balance from the ledger (the native
+/// statement), and writes each corrected one through to KV so no stale cached balance
+/// outlives the call.
+async fn rebuild(env: &Env) -> ApiResult {
+    let db = crate::db::connect(env).await?;
+    let corrected = db
+        .query(
+            "INSERT INTO balances (tenant_id, balance)
+             SELECT tenant_id, SUM(delta)::bigint FROM ledger_entries GROUP BY tenant_id
+             ON CONFLICT (tenant_id) DO UPDATE SET balance = EXCLUDED.balance, updated_at = now()
+             WHERE balances.balance <> EXCLUDED.balance
+             RETURNING tenant_id, balance, (extract(epoch FROM updated_at) * 1000)::bigint",
+            &[],
+        )
+        .await?;
+    let tenants: i64 = db
+        .query_one("SELECT COUNT(DISTINCT tenant_id) FROM ledger_entries", &[])
+        .await?
+        .get(0);
+    for row in &corrected {
+        let tenant: String = row.get(0);
+        let cached = CachedBalance {
+            balance: row.get(1),
+            as_of_ms: row.get(2),
+        };
+        put(env, &tenant, &cached).await;
+    }
+    if !corrected.is_empty() {
+        worker::console_warn!(
+            "rebuild corrected {} cached balances that had drifted from the ledger",
+            corrected.len()
+        );
+    }
+    http::json(
+        200,
+        &serde_json::json!({ "tenants": tenants, "changed": corrected.len() }),
+    )
 }
 
 #[derive(Deserialize)]

@@ -12,13 +12,17 @@ use std::cell::RefCell;
 use std::ops::Deref;
 
 use futures::channel::oneshot;
+use futures::future::{FutureExt, Shared};
 use tokio_postgres::Client;
 use worker::postgres_tls::PassthroughTls;
 use worker::{Env, SecureTransport, Socket};
 
 thread_local! {
-    /// Connections of this invocation that were dropped and are closing.
-    static CLOSING: RefCell<Vec<oneshot::Receiver<()>>> = const { RefCell::new(Vec::new()) };
+    /// Connections that were dropped and are closing. An isolate runs many invocations at
+    /// once and this list is the isolate's, so an invocation waits for every close in flight
+    /// (its own among them) and an entry leaves only once it has closed: no invocation can
+    /// take another's close away and let that one end with its socket still open.
+    static CLOSING: RefCell<Vec<Shared<oneshot::Receiver<()>>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A connection; dropping it closes it gracefully (see [`closed`]).
@@ -42,14 +46,15 @@ impl Drop for Db {
         // Dropping the client lets the connection task send Terminate and shut the socket.
         drop(self.client.take());
         if let Some(done) = self.done.take() {
-            CLOSING.with(|c| c.borrow_mut().push(done));
+            CLOSING.with(|c| c.borrow_mut().push(done.shared()));
         }
     }
 }
 
-/// Waits until every connection dropped during this invocation has closed (at most 2 s).
+/// Waits until every connection dropped so far has closed (at most 2 s), then forgets the
+/// closed ones.
 pub async fn closed() {
-    let pending: Vec<_> = CLOSING.with(|c| std::mem::take(&mut *c.borrow_mut()));
+    let pending: Vec<_> = CLOSING.with(|c| c.borrow().clone());
     if pending.is_empty() {
         return;
     }
@@ -58,6 +63,7 @@ pub async fn closed() {
     futures::pin_mut!(all);
     futures::pin_mut!(timeout);
     let _ = futures::future::select(all, timeout).await;
+    CLOSING.with(|c| c.borrow_mut().retain(|done| done.peek().is_none()));
 }
 
 /// One connection for this invocation. Hyperdrive pools the connections to the origin, so

@@ -1,7 +1,11 @@
-//! The files service (`POST /upload/direct`, `GET /uploads/{key}`, `GET /files/{key}` signed)
-//! and the `av-scan` consumer, which streams each upload to clamd over a Workers TCP socket
-//! (INSTREAM) exactly as the native consumer does.
+//! The files service (`POST /upload/direct`, raw or `multipart/form-data`; `GET /uploads/{key}`;
+//! `GET /files/{key}` signed) and the `av-scan` consumer, which streams each upload to clamd
+//! over a Workers TCP socket (INSTREAM) exactly as the native consumer does. Upload limits are
+//! the native server's (`COGNOMEGA_MAX_UPLOAD_BYTES`, `COGNOMEGA_TIER_MAX_UPLOAD_BYTES`,
+//! `COGNOMEGA_UPLOAD_QUOTA_BYTES`, `COGNOMEGA_UPLOAD_TYPES`), a tier's limit capped at what a
+//! Worker holds in memory.
 
+use cognomega_core::auth::Tier;
 use cognomega_core::billing::{UsageBatchMessage, UsageEvent, UsageKey, UsageKind};
 use cognomega_core::files::{
     essence, matches_magic, sanitize_filename, sign_download, verify_download,
@@ -10,13 +14,14 @@ use cognomega_core::files::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wasm_bindgen::JsCast;
 use worker::{Env, MessageExt, Method, Request, Response, Socket};
 
 use crate::consumers::EdgeQueue;
 use crate::http::{self, ApiError, ApiResult, Caller};
 
 /// A Worker holds the whole body in its 128 MB of memory, so the edge accepts smaller uploads
-/// than the native server's streamed 100 MiB.
+/// than the native server's streamed 100 MiB: a tier's limit is capped at this.
 const EDGE_MAX_BYTES: usize = 32 << 20;
 const LINK_TTL_SECS: i64 = 15 * 60;
 
@@ -26,10 +31,7 @@ pub struct ScanMessage {
 }
 
 fn upload_not_found(key: &str) -> ApiError {
-    ApiError::not_found(
-        "upload_not_found",
-        format!("no upload {key}; upload it with POST /upload/direct first"),
-    )
+    ApiError::not_found("upload_not_found", format!("no upload {key}"))
 }
 
 fn link_secret(env: &Env) -> Result<String, ApiError> {
@@ -65,41 +67,209 @@ pub async fn route(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     }
 }
 
+/// The `uploads` part of `GET /admin/env-snapshot` (the native fields).
+pub fn snapshot(env: &Env) -> serde_json::Value {
+    let cfg = UploadConfig::from_env(env);
+    let by_tier: serde_json::Map<String, serde_json::Value> = cfg
+        .max_bytes_by_tier
+        .iter()
+        .map(|(tier, bytes)| {
+            (
+                serde_json::to_value(tier)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                serde_json::Value::from(*bytes),
+            )
+        })
+        .collect();
+    let scanning = crate::config::clamd(env).is_some();
+    serde_json::json!({
+        "max_bytes": cfg.max_bytes.min(EDGE_MAX_BYTES as u64),
+        "max_bytes_by_tier": by_tier,
+        "quota_bytes": cfg.quota_bytes,
+        "allowed_types": cfg.allowed_types,
+        "link_ttl_s": LINK_TTL_SECS,
+        "scanning": scanning,
+        "require_scan": false,
+    })
+}
+
+/// The limits and policy of `POST /upload/direct`, read from the native server's variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct UploadConfig {
+    /// `COGNOMEGA_MAX_UPLOAD_BYTES` (default 100 MiB).
+    max_bytes: u64,
+    /// `COGNOMEGA_TIER_MAX_UPLOAD_BYTES`: `TIER=BYTES`, comma-separated (guest, member, pro).
+    max_bytes_by_tier: Vec<(Tier, u64)>,
+    /// `COGNOMEGA_UPLOAD_QUOTA_BYTES` (default 1 GiB): bytes a tenant may keep in uploads.
+    quota_bytes: u64,
+    /// `COGNOMEGA_UPLOAD_TYPES`, comma-separated (default: the native list).
+    allowed_types: Vec<String>,
+}
+
+impl UploadConfig {
+    fn from_env(env: &Env) -> Self {
+        let number = |name: &str, default: u64| match crate::config::var(env, name) {
+            None => default,
+            Some(raw) => raw.trim().parse().unwrap_or_else(|_| {
+                worker::console_error!("{name}={raw:?} is not a number of bytes; using {default}");
+                default
+            }),
+        };
+        let max_bytes_by_tier = crate::config::var(env, "COGNOMEGA_TIER_MAX_UPLOAD_BYTES")
+            .map(|raw| parse_tier_limits(&raw))
+            .unwrap_or_default();
+        let allowed_types = crate::config::var(env, "COGNOMEGA_UPLOAD_TYPES")
+            .map(|raw| {
+                raw.split(',')
+                    .map(|t| t.trim().to_ascii_lowercase())
+                    .filter(|t| !t.is_empty())
+                    .collect()
+            })
+            .unwrap_or_else(|| ALLOWED_TYPES.map(str::to_owned).to_vec());
+        Self {
+            max_bytes: number("COGNOMEGA_MAX_UPLOAD_BYTES", 100 << 20),
+            max_bytes_by_tier,
+            quota_bytes: number("COGNOMEGA_UPLOAD_QUOTA_BYTES", 1 << 30),
+            allowed_types,
+        }
+    }
+
+    /// The largest upload of a tier on the edge: its own limit (or the default), but never more
+    /// than a Worker holds in memory.
+    fn max_bytes_for(&self, tier: Tier) -> u64 {
+        self.max_bytes_by_tier
+            .iter()
+            .find(|(t, _)| *t == tier)
+            .map_or(self.max_bytes, |(_, bytes)| *bytes)
+            .min(EDGE_MAX_BYTES as u64)
+    }
+}
+
+/// `guest=10485760,pro=…` as the native `--tier-max-upload-bytes`; a bad entry is logged and
+/// skipped (the native server refuses to start with one).
+fn parse_tier_limits(raw: &str) -> Vec<(Tier, u64)> {
+    let mut limits = Vec::new();
+    for spec in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let parsed = spec.split_once('=').and_then(|(tier, bytes)| {
+            let tier = match tier.trim().to_ascii_lowercase().as_str() {
+                "guest" => Tier::Guest,
+                "member" => Tier::Member,
+                "pro" => Tier::Pro,
+                _ => return None,
+            };
+            Some((tier, bytes.trim().parse::<u64>().ok()?))
+        });
+        match parsed {
+            Some((tier, bytes)) => {
+                limits.retain(|(t, _)| *t != tier);
+                limits.push((tier, bytes));
+            }
+            None => worker::console_error!(
+                "COGNOMEGA_TIER_MAX_UPLOAD_BYTES: {spec:?} is not TIER=BYTES with a tier of guest, member, pro; ignored"
+            ),
+        }
+    }
+    limits
+}
+
+fn too_large(max: u64) -> ApiError {
+    ApiError::new(
+        413,
+        "upload_too_large",
+        format!("uploads are at most {max} bytes"),
+    )
+}
+
+fn quota_exceeded(remaining: u64) -> ApiError {
+    ApiError::new(
+        413,
+        "quota_exceeded",
+        format!("the tenant's upload quota has {remaining} bytes left; delete files or ask for a larger quota"),
+    )
+}
+
+fn invalid_multipart(e: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request("invalid_multipart", format!("multipart body: {e}"))
+}
+
+/// The first part of a form that is a file (has a filename), as natively.
+fn first_file(form: worker::FormData) -> Result<Option<worker::File>, ApiError> {
+    let form = wasm_bindgen::JsValue::from(form);
+    let entries = worker::js_sys::try_iter(&form)
+        .map_err(|e| invalid_multipart(format!("{e:?}")))?
+        .ok_or_else(|| invalid_multipart("the form cannot be read"))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| invalid_multipart(format!("{e:?}")))?;
+        // Each entry is a `[name, value]` pair; the value is a File for a part with a filename.
+        let value = entry.unchecked_ref::<worker::js_sys::Array>().get(1);
+        if let Ok(file) = value.dyn_into::<worker::web_sys::File>() {
+            return Ok(Some(worker::File::from(file)));
+        }
+    }
+    Ok(None)
+}
+
 async fn direct(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     let claims = caller.claims()?;
-    let declared = essence(&req.headers().get("content-type")?.unwrap_or_default());
-    if declared == "multipart/form-data" {
-        return Err(ApiError::new(
-            415,
-            "unsupported_media_type",
-            "the edge takes the raw file as the body (Content-Type: the file's type, X-Filename: its name)",
-        ));
-    }
-    if declared.is_empty() || !ALLOWED_TYPES.contains(&declared.as_str()) {
-        return Err(ApiError::new(
-            415,
-            "unsupported_media_type",
-            format!(
-                "content type {declared:?} is not accepted; allowed: {}",
-                ALLOWED_TYPES.join(", ")
-            ),
-        ));
-    }
-    let too_large = || {
-        ApiError::new(
-            413,
-            "upload_too_large",
-            format!("uploads are at most {EDGE_MAX_BYTES} bytes"),
+    crate::billing::require_credits(env, &claims.tenant).await?;
+    let cfg = UploadConfig::from_env(env);
+    let max_bytes = cfg.max_bytes_for(claims.tier);
+    let db = crate::db::connect(env).await?;
+    let used: i64 = db
+        .query_one(
+            "SELECT COALESCE(SUM(size), 0)::bigint FROM uploads WHERE tenant_id = $1 AND tier <> 'expired'",
+            &[&claims.tenant],
         )
-    };
+        .await?
+        .get(0);
+    let remaining = cfg
+        .quota_bytes
+        .saturating_sub(u64::try_from(used).unwrap_or(0));
+    let content_type = req.headers().get("content-type")?.unwrap_or_default();
+    let is_multipart = essence(&content_type) == "multipart/form-data";
+    // A declared length over a limit is refused before reading a byte. (For multipart the
+    // length includes the form's framing, so only the size limit is checked this early.)
     if let Some(len) = req
         .headers()
         .get("content-length")?
-        .and_then(|v| v.parse::<usize>().ok())
+        .and_then(|v| v.parse::<u64>().ok())
     {
-        if len > EDGE_MAX_BYTES {
-            return Err(too_large());
+        if len > max_bytes + if is_multipart { 64 * 1024 } else { 0 } {
+            return Err(too_large(max_bytes));
         }
+        if !is_multipart && len > remaining {
+            return Err(quota_exceeded(remaining));
+        }
+    }
+    if is_multipart {
+        let form = req.form_data().await.map_err(invalid_multipart)?;
+        let Some(file) = first_file(form)? else {
+            return Err(ApiError::bad_request(
+                "missing_file",
+                "the form has no file part",
+            ));
+        };
+        let declared = Some(file.type_())
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| "application/octet-stream".to_owned());
+        let name = file.name();
+        let bytes = file.bytes().await.map_err(invalid_multipart)?;
+        return store(
+            env,
+            &db,
+            caller,
+            &cfg,
+            Stored {
+                declared: &declared,
+                raw_name: Some(name),
+                bytes,
+                remaining,
+                max_bytes,
+            },
+        )
+        .await;
     }
     let url = req.url()?;
     let name = url
@@ -107,11 +277,64 @@ async fn direct(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
         .find(|(k, _)| k == "filename")
         .map(|(_, v)| v.into_owned())
         .or(req.headers().get("x-filename")?);
-    let filename = sanitize_filename(name.as_deref().unwrap_or("file"));
     let bytes = req.bytes().await?;
-    if bytes.len() > EDGE_MAX_BYTES {
-        return Err(too_large());
+    store(
+        env,
+        &db,
+        caller,
+        &cfg,
+        Stored {
+            declared: &content_type,
+            raw_name: name,
+            bytes,
+            remaining,
+            max_bytes,
+        },
+    )
+    .await
+}
+
+/// One upload's file, read whole, with the limits that apply to it.
+struct Stored<'a> {
+    /// The file's declared content type (the body's, or the file part's).
+    declared: &'a str,
+    /// Its name, before sanitizing.
+    raw_name: Option<String>,
+    bytes: Vec<u8>,
+    /// What is left of the tenant's quota.
+    remaining: u64,
+    /// The tier's limit (at most [`EDGE_MAX_BYTES`]).
+    max_bytes: u64,
+}
+
+/// Validates, stores and records one upload, raw or multipart (the native `store`).
+async fn store(
+    env: &Env,
+    db: &tokio_postgres::Client,
+    caller: &Caller,
+    cfg: &UploadConfig,
+    upload: Stored<'_>,
+) -> ApiResult {
+    let claims = caller.claims()?;
+    let Stored {
+        declared,
+        raw_name,
+        bytes,
+        remaining,
+        max_bytes,
+    } = upload;
+    let declared = essence(declared);
+    if declared.is_empty() || !cfg.allowed_types.contains(&declared) {
+        return Err(ApiError::new(
+            415,
+            "unsupported_media_type",
+            format!(
+                "content type {declared:?} is not accepted; allowed: {}",
+                cfg.allowed_types.join(", ")
+            ),
+        ));
     }
+    let filename = sanitize_filename(raw_name.as_deref().unwrap_or("file"));
     if bytes.is_empty() {
         return Err(ApiError::bad_request("empty_body", "the upload is empty"));
     }
@@ -122,9 +345,14 @@ async fn direct(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
             format!("the bytes are not {declared}; declare the file's real type"),
         ));
     }
-    crate::billing::require_credits(env, &claims.tenant).await?;
+    let size = bytes.len() as u64;
+    if size > max_bytes {
+        return Err(too_large(max_bytes));
+    }
+    if size > remaining {
+        return Err(quota_exceeded(remaining));
+    }
     let secret = link_secret(env)?;
-    let size = bytes.len();
     let sha256: String = Sha256::digest(&bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -138,19 +366,22 @@ async fn direct(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
         })?;
     let scanning = crate::config::clamd(env).is_some();
     let scan = if scanning { "pending" } else { "skipped" };
-    let db = crate::db::connect(env).await?;
     let size_i64 = i64::try_from(size).unwrap_or(i64::MAX);
-    if let Err(e) = db
-        .execute(
+    let created_at_ms: Option<i64> = match db
+        .query_one(
             "INSERT INTO uploads (key, tenant_id, filename, content_type, size, sha256, scan, object_key, request_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $1, $8)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $1, $8)
+             RETURNING (extract(epoch FROM created_at) * 1000)::bigint",
             &[&key, &claims.tenant, &filename, &declared, &size_i64, &sha256, &scan, &caller.request_id],
         )
         .await
     {
-        let _ = bucket.delete(&key).await;
-        return Err(e.into());
-    }
+        Ok(row) => row.get(0),
+        Err(e) => {
+            let _ = bucket.delete(&key).await;
+            return Err(e.into());
+        }
+    };
     // The scan and the storage charge go out after the row committed; a failed send leaves a
     // `pending` upload that the cron sweep re-enqueues, never a file served unscanned.
     let usage = UsageBatchMessage {
@@ -159,7 +390,7 @@ async fn direct(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
             idempotency_key: UsageKey::parse(&format!("upload-{key}"))
                 .map_err(ApiError::internal)?,
             kind: UsageKind::StorageBytes,
-            quantity: size as u64,
+            quantity: size,
             occurred_at: None,
             meta: None,
         }],
@@ -190,6 +421,7 @@ async fn direct(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
             "sha256": sha256,
             "content_type": declared,
             "scan": scan,
+            "created_at": crate::billing::rfc3339(created_at_ms),
             "url": signed_url(&secret, &key),
         }),
     )

@@ -34,7 +34,8 @@ fn spec(method: &Method, path: &str) -> Option<RouteSpec> {
         })
     };
     match path {
-        "/healthz" => r("ADMIN", Gate::Open, None),
+        "/healthz" | "/openapi.json" | "/metrics" => r("ADMIN", Gate::Open, None),
+        // Rate-limited by the auth service, per email or address (only it reads the body).
         "/auth/guest" if post => r("AUTH", Gate::Open, None),
         "/.well-known/jwks.json" => r("AUTH", Gate::Open, None),
         "/credits" if get => r("BILLING", Gate::Bearer, Some(RouteClass::Read)),
@@ -75,10 +76,72 @@ fn spec(method: &Method, path: &str) -> Option<RouteSpec> {
 
 pub async fn handle(req: Request, env: &Env) -> worker::Result<Response> {
     let request_id = http::request_id(&req);
-    Ok(match route(req, env, &request_id).await {
-        Ok(resp) => http::finish(resp, &request_id),
-        Err(e) => e.render(&request_id),
-    })
+    let origin = req.headers().get("origin")?.filter(|o| !o.is_empty());
+    let preflight = req.method() == Method::Options
+        && origin.is_some()
+        && req.headers().has("access-control-request-method")?;
+    let resp = if preflight {
+        http::finish(Response::empty()?.with_status(200), &request_id)
+    } else {
+        match route(req, env, &request_id).await {
+            Ok(resp) => http::finish(resp, &request_id),
+            Err(e) => e.render(&request_id),
+        }
+    };
+    cors(resp, env, origin.as_deref(), preflight)
+}
+
+/// The native server's CORS policy (`cognomega_core::api::cors`, origins from
+/// `COGNOMEGA_CORS_ORIGINS`, default `*`): a preflight is answered here, every answer to an
+/// allowed origin carries `Access-Control-Allow-Origin` and the exposed headers, and an origin
+/// off the list gets no CORS header at all.
+fn cors(
+    mut resp: Response,
+    env: &Env,
+    origin: Option<&str>,
+    preflight: bool,
+) -> worker::Result<Response> {
+    use cognomega_core::api::cors;
+    let allowed: Vec<String> = crate::config::var(env, "COGNOMEGA_CORS_ORIGINS")
+        .unwrap_or_else(|| "*".into())
+        .split(',')
+        .map(|o| o.trim().to_owned())
+        .filter(|o| !o.is_empty())
+        .collect();
+    let any = allowed.iter().any(|o| o == "*");
+    let h = resp.headers_mut();
+    h.append("vary", "origin")?;
+    if preflight {
+        h.append("vary", "access-control-request-method")?;
+        h.append("vary", "access-control-request-headers")?;
+    }
+    let Some(origin) = origin else {
+        return Ok(resp);
+    };
+    if !cors::allows(&allowed, origin) {
+        return Ok(resp);
+    }
+    h.set(
+        "access-control-allow-origin",
+        if any { "*" } else { origin },
+    )?;
+    if preflight {
+        h.set(
+            "access-control-allow-methods",
+            &cors::ALLOWED_METHODS.join(","),
+        )?;
+        h.set(
+            "access-control-allow-headers",
+            &cors::ALLOWED_HEADERS.join(","),
+        )?;
+        h.set("access-control-max-age", &cors::MAX_AGE_SECS.to_string())?;
+    } else {
+        h.set(
+            "access-control-expose-headers",
+            &cors::EXPOSED_HEADERS.join(","),
+        )?;
+    }
+    Ok(resp)
 }
 
 async fn route(req: Request, env: &Env, request_id: &str) -> http::ApiResult {

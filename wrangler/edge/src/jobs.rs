@@ -4,7 +4,8 @@
 //! stored in R2 under the native key layout (`inputs/…`, `artifacts/<tenant>/<job>/<name>`).
 
 use cognomega_core::billing::UsageKind;
-use cognomega_pipelines::input::InputError;
+use cognomega_core::limits::CostMetric;
+use cognomega_pipelines::input::{InputError, MAX_INPUT_BYTES};
 use cognomega_pipelines::{JobError, Progress};
 use cognomega_r2_lifecycle::codec::{self, CodecPolicy, Compression};
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,12 @@ pub struct JobMessage {
 }
 
 const JOBS_BODY_LIMIT: usize = 28 * 1024 * 1024;
+
+/// A new job row; no row back when a concurrent submit with the same Idempotency-Key won.
+const INSERT_JOB: &str =
+    "INSERT INTO jobs (id, tenant_id, type, status, idempotency_key, params, input_key, request_id)
+     VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7)
+     ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING id";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -121,12 +128,7 @@ async fn submit(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     }
     let input = match (request.input.image_base64, request.input.upload_key) {
         (Some(b64), None) => decode_base64(&b64)?,
-        (None, Some(_)) => {
-            return Err(ApiError::bad_request(
-                "invalid_input",
-                "input.upload_key is not available on the edge yet; send input.image_base64",
-            ))
-        }
+        (None, Some(k)) => upload_input(env, &db, &claims.tenant, &k).await?,
         _ => {
             return Err(ApiError::bad_request(
                 "invalid_input",
@@ -147,23 +149,34 @@ async fn submit(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
             ApiError::unavailable(format!("cannot store the input right now ({e}); retry"))
         })?;
     let params_text = params.to_string();
-    let inserted = db
-        .query_opt(
-            "INSERT INTO jobs (id, tenant_id, type, status, idempotency_key, params, input_key, request_id)
-             VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7)
-             ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING id",
-            &[
-                &id,
-                &claims.tenant,
-                &job_type.name(),
-                &key,
-                &params_text,
-                &input_key,
-                &caller.request_id,
-            ],
-        )
-        .await?;
-    if inserted.is_none() {
+    let type_name = job_type.name();
+    let row: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+        &id,
+        &claims.tenant,
+        &type_name,
+        &key,
+        &params_text,
+        &input_key,
+        &caller.request_id,
+    ];
+    // The job's run counts against its tier's hourly cap: the row and the charge commit
+    // together (a refused charge leaves neither), and a failed enqueue below gives both back.
+    let inserted = match crate::usage::cost_cap(env, claims.tier, CostMetric::JobRunsPerHour) {
+        None => db
+            .query_opt(INSERT_JOB, &row)
+            .await
+            .map(|r| (r.is_some(), None))
+            .map_err(ApiError::from),
+        Some(cap) => insert_charged(&db, &row, &claims.tenant, cap).await,
+    };
+    let (created, charge) = match inserted {
+        Ok(done) => done,
+        Err(e) => {
+            let _ = bucket.delete(&input_key).await;
+            return Err(e);
+        }
+    };
+    if !created {
         // A concurrent submit with the same key won: our input copy is not needed.
         let _ = bucket.delete(&input_key).await;
         let row = db
@@ -185,14 +198,97 @@ async fn submit(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     )
     .await
     {
-        // Nothing half-made: the row and the input go again.
+        // Nothing half-made: the row, the input and the run's charge go again.
         let _ = db.execute("DELETE FROM jobs WHERE id = $1", &[&id]).await;
         let _ = bucket.delete(&input_key).await;
+        if let Some(charge) = charge {
+            if let Err(e) = charge.undo(&db).await {
+                worker::console_warn!("job {id}: giving back its run charge: {e}");
+            }
+        }
         return Err(ApiError::unavailable(format!(
             "cannot enqueue the job right now ({e}); retry"
         )));
     }
     submitted(202, &id)
+}
+
+/// Inserts the job row and charges its run to the tenant's `job_runs_per_hour` counter in one
+/// transaction: whether the row is new, and the charge. A refused charge (429
+/// `cost_cap_exceeded`) or a failure rolls both back; a row that already existed (a concurrent
+/// submit with the same Idempotency-Key won) charges nothing.
+async fn insert_charged(
+    db: &tokio_postgres::Client,
+    row: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    tenant: &str,
+    cap: u64,
+) -> Result<(bool, Option<crate::usage::CostCharge>), ApiError> {
+    db.batch_execute("BEGIN").await?;
+    let counted = async {
+        if db.query_opt(INSERT_JOB, row).await?.is_none() {
+            return Ok((false, None));
+        }
+        let charge =
+            crate::usage::charge_cost_on(db, tenant, CostMetric::JobRunsPerHour, 1, cap).await?;
+        Ok::<_, ApiError>((true, Some(charge)))
+    }
+    .await;
+    match counted {
+        Ok(done) => {
+            db.batch_execute("COMMIT").await?;
+            Ok(done)
+        }
+        Err(e) => {
+            let _ = db.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+/// The bytes of a tenant's clean (or unscanned, where scanning is off) upload, as natively.
+async fn upload_input(
+    env: &Env,
+    db: &tokio_postgres::Client,
+    tenant: &str,
+    key: &str,
+) -> Result<Vec<u8>, ApiError> {
+    let Some(upload) = db
+        .query_opt(
+            "SELECT scan, size, object_key FROM uploads WHERE key = $1 AND tenant_id = $2",
+            &[&key, &tenant],
+        )
+        .await?
+    else {
+        return Err(ApiError::not_found(
+            "upload_not_found",
+            format!("no upload {key} for this tenant; upload it with POST /upload/direct first"),
+        ));
+    };
+    let (scan, size, object_key): (String, i64, String) =
+        (upload.get(0), upload.get(1), upload.get(2));
+    if !matches!(scan.as_str(), "clean" | "skipped") {
+        return Err(ApiError::new(
+            409,
+            "upload_not_clean",
+            format!("the upload's scan is {scan}; only clean uploads can be job inputs"),
+        ));
+    }
+    if size > i64::try_from(MAX_INPUT_BYTES).unwrap_or(i64::MAX) {
+        return Err(ApiError::bad_request(
+            "invalid_input",
+            format!("job inputs are at most {} MiB", MAX_INPUT_BYTES >> 20),
+        ));
+    }
+    let Some(object) = env.bucket("OBJECTS")?.get(&object_key).execute().await? else {
+        return Err(ApiError::internal(format!(
+            "upload {key}: its object {object_key} is gone from R2"
+        )));
+    };
+    Ok(object
+        .body()
+        .ok_or_else(|| ApiError::internal("an R2 object without a body"))?
+        .bytes()
+        .await?)
 }
 
 fn submitted(status: u16, id: &str) -> ApiResult {

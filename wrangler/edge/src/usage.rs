@@ -2,8 +2,15 @@
 //! (`cognomega_core::billing::parse_usage_request`) and produces to the `usage` queue. Cloudflare
 //! Queues carry at most 128 KB per message, so a large batch travels as several messages; each
 //! event keeps its idempotency key, so how the batch is cut changes nothing downstream.
+//!
+//! It also holds the edge's cost guards (`COGNOMEGA_COST_GUARDS_TOML`, the native
+//! `[cost_guards]` table): a batch's tokens and a job's run are charged to the tenant's counter
+//! in `cost_counters` with the native statement, and 429 `cost_cap_exceeded` says the native
+//! text (`cognomega_core::limits::cost_cap_exceeded_message`).
 
-use cognomega_core::billing::{parse_usage_request, UsageBatchMessage, UsageEvent};
+use cognomega_core::auth::Tier;
+use cognomega_core::billing::{parse_usage_request, UsageBatchMessage, UsageEvent, UsageKind};
+use cognomega_core::limits::{cost_cap_exceeded_message, CostGuards, CostGuardsFile, CostMetric};
 use worker::{Env, Method, Request};
 
 use crate::http::{self, ApiError, ApiResult, Caller};
@@ -35,6 +42,11 @@ async fn post(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     let events = parse_usage_request(&body)
         .map_err(|e| ApiError::bad_request("invalid_usage", e.to_string()))?;
     let accepted = events.len();
+    let tokens: u64 = events
+        .iter()
+        .filter(|e| matches!(e.kind, UsageKind::TokensIn | UsageKind::TokensOut))
+        .map(|e| e.quantity)
+        .fold(0, u64::saturating_add);
     let received_at_ms = worker::Date::now().as_millis() as i64;
     let mut chunks: Vec<Vec<UsageEvent>> = vec![Vec::new()];
     let mut size = 0;
@@ -60,13 +72,28 @@ async fn post(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
             received_at_ms,
         })
         .collect();
-    crate::consumers::send_all(env, "USAGE", &messages, &caller.request_id)
-        .await
-        .map_err(|e| {
-            ApiError::unavailable(format!(
-                "cannot enqueue usage right now ({e}); retry with the same idempotency keys"
-            ))
-        })?;
+    // The tokens are counted before the batch is enqueued (as natively, where both share a
+    // transaction): a refused charge enqueues nothing, and a failed enqueue gives it back.
+    let charged = if tokens > 0 {
+        charge_cost(
+            env,
+            claims.tier,
+            &claims.tenant,
+            CostMetric::TokensPerDay,
+            tokens,
+        )
+        .await?
+    } else {
+        None
+    };
+    if let Err(e) = crate::consumers::send_all(env, "USAGE", &messages, &caller.request_id).await {
+        if let Some(charge) = charged {
+            charge.give_back(env).await;
+        }
+        return Err(ApiError::unavailable(format!(
+            "cannot enqueue usage right now ({e}); retry with the same idempotency keys"
+        )));
+    }
     http::json(202, &serde_json::json!({ "accepted": accepted }))
 }
 
@@ -164,4 +191,149 @@ async fn totals(req: &Request, env: &Env, caller: &Caller) -> ApiResult {
             "credits_charged": charged,
         }),
     )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cost guards (`POST /usage` tokens, `POST /jobs` runs), as the native `producers::limits`
+// ---------------------------------------------------------------------------------------------
+
+/// The cost caps: the native defaults, with the `[cost_guards]` table of the native config
+/// file from `COGNOMEGA_COST_GUARDS_TOML` (the same format, parsed by the same code). A value
+/// that does not parse is logged and the defaults apply.
+pub fn cost_guards(env: &Env) -> CostGuards {
+    let Some(raw) = crate::config::var(env, "COGNOMEGA_COST_GUARDS_TOML") else {
+        return CostGuards::default();
+    };
+    #[derive(serde::Deserialize)]
+    struct File {
+        #[serde(default)]
+        cost_guards: CostGuardsFile,
+    }
+    match toml::from_str::<File>(&raw) {
+        Ok(file) => CostGuards::from_file(&file.cost_guards),
+        Err(e) => {
+            worker::console_error!("COGNOMEGA_COST_GUARDS_TOML: {e}; using the default caps");
+            CostGuards::default()
+        }
+    }
+}
+
+/// A charge that was counted, so it can be given back when the work it paid for is not
+/// enqueued after all.
+#[derive(Debug)]
+pub struct CostCharge {
+    tenant: String,
+    metric: CostMetric,
+    window_start: i64,
+    quantity: i64,
+}
+
+impl CostCharge {
+    /// Takes the charge back off the counter (best effort: a failure is logged, and the
+    /// counter then over-counts until its window ends).
+    pub async fn give_back(self, env: &Env) {
+        let undone = async {
+            let db = crate::db::connect(env).await?;
+            self.undo(&db)
+                .await
+                .map_err(|e| worker::Error::RustError(e.to_string()))
+        };
+        if let Err(e) = undone.await {
+            worker::console_warn!(
+                "cost guard: giving back {} {} of {}: {e}",
+                self.quantity,
+                self.metric.as_str(),
+                self.tenant
+            );
+        }
+    }
+
+    /// Takes the charge back off the counter on `db`.
+    pub async fn undo(&self, db: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+        db.execute(
+            "UPDATE cost_counters SET used = GREATEST(used - $4::bigint, 0)
+             WHERE tenant_id = $1::text AND metric = $2::text AND window_start = $3::bigint",
+            &[
+                &self.tenant,
+                &self.metric.as_str(),
+                &self.window_start,
+                &self.quantity,
+            ],
+        )
+        .await
+        .map(drop)
+    }
+}
+
+/// The cap of `metric` for `tier`, if it has one.
+pub fn cost_cap(env: &Env, tier: Tier, metric: CostMetric) -> Option<u64> {
+    cost_guards(env).for_tier(tier).cap(metric)
+}
+
+/// Charges `quantity` of `metric` to the tenant when its tier has a cap (on a connection of its
+/// own): `Ok(None)` when uncapped, `Ok(Some(charge))` when counted, 429 `cost_cap_exceeded`
+/// when it would pass the cap (nothing counted).
+pub async fn charge_cost(
+    env: &Env,
+    tier: Tier,
+    tenant: &str,
+    metric: CostMetric,
+    quantity: u64,
+) -> Result<Option<CostCharge>, ApiError> {
+    let Some(cap) = cost_cap(env, tier, metric).filter(|_| quantity > 0) else {
+        return Ok(None);
+    };
+    let db = crate::db::connect(env).await?;
+    charge_cost_on(&db, tenant, metric, quantity, cap)
+        .await
+        .map(Some)
+}
+
+/// Charges `quantity` of `metric` against `cap` on the caller's connection (so it can share
+/// the caller's transaction): the charge, or 429 `cost_cap_exceeded` (nothing counted).
+///
+/// The statement is the native PostgreSQL one (`cognomega_stores::limits::charge`), with the
+/// parameters' types spelled out for tokio-postgres: `INSERT … SELECT … WHERE` refuses a first
+/// charge already over the cap, the conflict arm's `WHERE` a later one; no row back is refused.
+pub async fn charge_cost_on(
+    db: &tokio_postgres::Client,
+    tenant: &str,
+    metric: CostMetric,
+    quantity: u64,
+    cap: u64,
+) -> Result<CostCharge, ApiError> {
+    let now = worker::Date::now().as_millis() as i64 / 1000;
+    let (start, end) = metric.window(now);
+    let q = i64::try_from(quantity).unwrap_or(i64::MAX);
+    let c = i64::try_from(cap).unwrap_or(i64::MAX);
+    let charged = db
+        .query_opt(
+            "INSERT INTO cost_counters (tenant_id, metric, window_start, used)
+             SELECT $1::text, $2::text, $3::bigint, $4::bigint WHERE $4::bigint <= $5::bigint
+             ON CONFLICT (tenant_id, metric, window_start)
+             DO UPDATE SET used = cost_counters.used + excluded.used
+             WHERE cost_counters.used + excluded.used <= $5::bigint
+             RETURNING used",
+            &[&tenant, &metric.as_str(), &start, &q, &c],
+        )
+        .await?;
+    if charged.is_some() {
+        return Ok(CostCharge {
+            tenant: tenant.to_owned(),
+            metric,
+            window_start: start,
+            quantity: q,
+        });
+    }
+    let used = db
+        .query_opt(
+            "SELECT used FROM cost_counters WHERE tenant_id = $1::text AND metric = $2::text AND window_start = $3::bigint",
+            &[&tenant, &metric.as_str(), &start],
+        )
+        .await?
+        .map_or(0, |r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0));
+    let (message, retry) = cost_cap_exceeded_message(metric, quantity, used, cap, end, now);
+    let mut refused = ApiError::new(429, "cost_cap_exceeded", message);
+    refused.retry_after = Some(retry);
+    Err(refused)
 }
