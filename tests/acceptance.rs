@@ -1354,6 +1354,53 @@ impl Native {
     }
 }
 
+/// `POST /admin/cleanup`: admin only, its query checked (400 `invalid_dry_run`,
+/// `invalid_query`), a dry run reports every count, a real run with the default grace answers
+/// the same shape. Counts are only checked for their type: scenarios running at the same time
+/// change them, and the grace (an hour) keeps their fresh data out of reach.
+async fn cleanup_reports(t: Target) -> anyhow::Result<()> {
+    let code = send(t.post("/admin/cleanup?dry_run=true"))
+        .await?
+        .expect_error(StatusCode::UNAUTHORIZED)?;
+    assert_eq!(code, "invalid_admin_key");
+    for (query, expected) in [
+        ("?dry_run=maybe", "invalid_dry_run"),
+        ("?bogus=1", "invalid_query"),
+        ("?grace_secs=soon", "invalid_grace"),
+    ] {
+        let code = send(t.admin(Method::POST, &format!("/admin/cleanup{query}")))
+            .await?
+            .expect_error(StatusCode::BAD_REQUEST)?;
+        assert_eq!(code, expected, "{query}");
+    }
+    let check = |report: &Value, dry_run: bool| {
+        assert_eq!(report["dry_run"], dry_run, "{report}");
+        for field in ["acked", "dead", "dedup_keys"] {
+            assert!(
+                report["messages"][field].is_u64(),
+                "messages.{field}: {report}"
+            );
+        }
+        for field in ["guest_tenants", "orphaned_objects", "rows_missing_objects"] {
+            assert!(report[field].is_u64(), "{field}: {report}");
+        }
+        assert_eq!(
+            report.as_object().map(serde_json::Map::len),
+            Some(5),
+            "unexpected fields: {report}"
+        );
+    };
+    let dry = send(t.admin(Method::POST, "/admin/cleanup?dry_run=true"))
+        .await?
+        .expect(StatusCode::OK)?;
+    check(&dry, true);
+    let real = send(t.admin(Method::POST, "/admin/cleanup?grace_secs=3600"))
+        .await?
+        .expect(StatusCode::OK)?;
+    check(&real, false);
+    Ok(())
+}
+
 /// Runs `scenario` against the deployment at [`URL_ENV`] when it is set, else against the
 /// native server on every backend (at the same time).
 async fn run<F, Fut>(scenario: F) -> anyhow::Result<()>
@@ -1410,4 +1457,5 @@ scenarios!(
     ask_billed_once,
     uploads_and_guards,
     operator_surface,
+    cleanup_reports,
 );

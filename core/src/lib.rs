@@ -10,6 +10,7 @@ pub mod ai;
 pub mod api;
 pub mod auth;
 pub mod billing;
+pub mod cleanup;
 pub mod etl;
 pub mod files;
 pub mod limits;

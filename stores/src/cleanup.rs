@@ -18,25 +18,23 @@
 //!   artifact list and an upload's status into 404s for things the tenant did create.
 //!
 //! Every part is idempotent: a second run finds nothing.
+//!
+//! The report, the retentions, the ownership rule and the PostgreSQL statements are
+//! `cognomega_core::cleanup`'s, shared with the edge's cleanup (`wrangler/edge`).
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use cognomega_core::queue::{PruneReport, QueueSettings};
+use cognomega_core::cleanup::{self as shared, sql, MissingRow, ObjectRow, Retentions};
+use cognomega_core::queue::PruneReport;
 use cognomega_core::time::duration_ms;
 use futures::TryStreamExt;
-use serde::Serialize;
 
 use crate::objects::{ObjectError, ObjectKey, Objects};
 use crate::queue::now_ms;
 use crate::{Database, StoreError, Tx};
 
-/// Object prefixes whose objects belong to rows (uploads, quarantined uploads, job artifacts
-/// and job inputs).
-pub const ROW_OWNED_PREFIXES: [&str; 4] = ["uploads", "quarantine", "artifacts", "inputs"];
-
-/// The default grace period for row-less objects and rows without objects.
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
+pub use cognomega_core::cleanup::{CleanupReport, DEFAULT_GRACE, ROW_OWNED_PREFIXES};
 
 /// What a cleanup may touch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,24 +45,6 @@ pub struct CleanupOptions {
     pub token_ttl: Duration,
     /// Objects and rows younger than this are never touched (writes in flight).
     pub grace: Duration,
-}
-
-/// What a cleanup deleted (or, dry, would delete).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct CleanupReport {
-    /// Nothing was changed.
-    pub dry_run: bool,
-    /// Queue messages and idempotency keys past retention.
-    pub messages: PruneReport,
-    /// Expired guest tenants with zero balance.
-    pub guest_tenants: u64,
-    /// Objects no row refers to.
-    pub orphaned_objects: u64,
-    /// Upload and artifact rows whose object is gone, marked `expired`.
-    pub rows_missing_objects: u64,
-    /// The tenant ids removed (so a caller can drop them from in-process caches).
-    #[serde(skip)]
-    pub removed_tenants: Vec<String>,
 }
 
 /// Errors of a cleanup.
@@ -124,16 +104,10 @@ pub async fn run(
     })
 }
 
-fn count(n: i64) -> u64 {
-    u64::try_from(n).unwrap_or(0)
-}
-
 /// What the queue driver's `prune` would delete now: its conditions, counted. Settings are
 /// parsed in Rust as `prune` parses them, so a queue whose settings do not parse is skipped the
 /// same way.
 pub async fn prunable(db: &Database) -> Result<PruneReport, CleanupError> {
-    // PostgreSQL intervals are bounded where SQLite's integers are not (as in the driver).
-    const MAX_MS: i64 = 100 * 365 * 24 * 3600 * 1000;
     let declared: Vec<(String, String)> = match db {
         Database::Sqlite(s) => {
             sqlx::query_as("SELECT queue, settings FROM queue_settings")
@@ -141,22 +115,18 @@ pub async fn prunable(db: &Database) -> Result<PruneReport, CleanupError> {
                 .await?
         }
         Database::Postgres(p) => {
-            sqlx::query_as("SELECT queue, settings FROM queue_settings")
+            sqlx::query_as(sql::QUEUE_SETTINGS)
                 .fetch_all(&p.pool)
                 .await?
         }
     };
-    let mut queues = Vec::new();
-    let mut retain_acked = Vec::new();
-    let mut dead_retention = Vec::new();
-    for (queue, json) in declared {
-        let Ok(settings) = serde_json::from_str::<QueueSettings>(&json) else {
-            continue;
-        };
-        queues.push(queue);
-        retain_acked.push(duration_ms(settings.retain_acked).min(MAX_MS));
-        dead_retention.push(duration_ms(settings.dead_retention).min(MAX_MS));
-    }
+    // Clamped as the drivers clamp: PostgreSQL intervals are bounded where SQLite's integers
+    // are not.
+    let Retentions {
+        queues,
+        retain_acked_ms: retain_acked,
+        dead_retention_ms: dead_retention,
+    } = Retentions::from_declared(declared);
     let (acked, dead, dedup): (i64, i64, i64) = match db {
         Database::Sqlite(s) => {
             // The per-queue retentions travel as one JSON array (SQLite has no array binds).
@@ -183,39 +153,20 @@ pub async fn prunable(db: &Database) -> Result<PruneReport, CleanupError> {
             .await?
         }
         Database::Postgres(p) => {
-            sqlx::query_as(
-                "SELECT
-                   (SELECT COUNT(*) FROM queue_messages m
-                      JOIN unnest($1::text[], $2::bigint[]) AS k(queue, keep) ON m.queue = k.queue
-                     WHERE m.state = 2 AND m.acked_at < now() - k.keep * interval '1 millisecond'),
-                   (SELECT COUNT(*) FROM queue_messages m
-                      JOIN unnest($1::text[], $3::bigint[]) AS k(queue, keep) ON m.original_queue = k.queue
-                     WHERE m.dead_at IS NOT NULL AND m.dead_at < now() - k.keep * interval '1 millisecond'),
-                   (SELECT COUNT(*) FROM queue_dedup WHERE expires_at <= now())",
-            )
-            .bind(&queues)
-            .bind(&retain_acked)
-            .bind(&dead_retention)
-            .fetch_one(&p.pool)
-            .await?
+            sqlx::query_as(sql::PRUNABLE)
+                .bind(&queues)
+                .bind(&retain_acked)
+                .bind(&dead_retention)
+                .fetch_one(&p.pool)
+                .await?
         }
     };
-    Ok(PruneReport {
-        acked: count(acked),
-        dead: count(dead),
-        dedup_keys: count(dedup),
-    })
+    Ok(shared::prune_report(acked, dead, dedup))
 }
 
 /// Guest tenants created before `cutoff_ms` with nothing left (see the module docs), by id.
 async fn expired_guests(db: &Database, cutoff_ms: i64) -> Result<Vec<String>, CleanupError> {
-    const CONDITIONS: &str = "
-          AND COALESCE((SELECT b.balance FROM balances b WHERE b.tenant_id = t.id), 0) = 0
-          AND COALESCE((SELECT SUM(l.delta) FROM ledger_entries l WHERE l.tenant_id = t.id), 0) = 0
-          AND NOT EXISTS (SELECT 1 FROM jobs j
-                          WHERE j.tenant_id = t.id AND j.status IN ('queued', 'running'))
-          AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.tenant_id = t.id AND u.scan = 'pending')
-        ORDER BY t.id";
+    const CONDITIONS: &str = sql::GUEST_CONDITIONS;
     let ids = match db {
         Database::Sqlite(s) => {
             sqlx::query_scalar(&format!(
@@ -226,13 +177,10 @@ async fn expired_guests(db: &Database, cutoff_ms: i64) -> Result<Vec<String>, Cl
             .await?
         }
         Database::Postgres(p) => {
-            sqlx::query_scalar(&format!(
-                "SELECT t.id FROM tenants t WHERE t.tier = 'guest'
-                   AND t.created_at < to_timestamp($1::float8 / 1000.0) {CONDITIONS}"
-            ))
-            .bind(cutoff_ms)
-            .fetch_all(&p.pool)
-            .await?
+            sqlx::query_scalar(sql::EXPIRED_GUESTS)
+                .bind(cutoff_ms)
+                .fetch_all(&p.pool)
+                .await?
         }
     };
     Ok(ids)
@@ -242,12 +190,7 @@ async fn expired_guests(db: &Database, cutoff_ms: i64) -> Result<Vec<String>, Cl
 /// are append-only (the audit trail) and stay.
 async fn delete_tenants(db: &Database, tenants: &[String]) -> Result<(), CleanupError> {
     // Users first: they reference the tenant.
-    const TABLES: [&str; 4] = [
-        "DELETE FROM users WHERE tenant_id IN",
-        "DELETE FROM balances WHERE tenant_id IN",
-        "DELETE FROM kv WHERE key IN",
-        "DELETE FROM tenants WHERE id IN",
-    ];
+    const TABLES: [&str; 4] = sql::TENANT_DELETES;
     let mut tx = db.begin().await?;
     match &mut tx {
         Tx::Sqlite { tx, .. } => {
@@ -260,11 +203,8 @@ async fn delete_tenants(db: &Database, tenants: &[String]) -> Result<(), Cleanup
             }
         }
         Tx::Postgres { tx } => {
-            for delete in TABLES {
-                sqlx::query(&format!("{delete} (SELECT unnest($1::text[]))"))
-                    .bind(tenants)
-                    .execute(&mut **tx)
-                    .await?;
+            for delete in sql::DELETE_TENANT_ROWS {
+                sqlx::query(delete).bind(tenants).execute(&mut **tx).await?;
             }
         }
     }
@@ -272,25 +212,7 @@ async fn delete_tenants(db: &Database, tenants: &[String]) -> Result<(), Cleanup
     Ok(())
 }
 
-/// A row whose object is gone.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum MissingRow {
-    Upload {
-        key: String,
-        object_key: String,
-    },
-    Artifact {
-        job_id: String,
-        name: String,
-        object_key: String,
-    },
-}
-
 type Owned = (Vec<MissingRow>, HashSet<String>);
-
-/// An upload or artifact row as cleanup reads it: four text columns in the order its query
-/// selects them, and the creation time (epoch ms).
-type ObjectRow = (String, String, String, String, i64);
 
 /// Every object key a row refers to, and the rows (older than `before_ms`, not yet expired)
 /// whose object is not in `present`.
@@ -307,56 +229,23 @@ async fn rows_and_keys(
             sqlx::query_as("SELECT job_id, name, object_key, tier, created_at FROM job_artifacts")
                 .fetch_all(&s.read)
                 .await?,
-            sqlx::query_scalar("SELECT input_key FROM jobs").fetch_all(&s.read).await?,
+            sqlx::query_scalar("SELECT input_key FROM jobs")
+                .fetch_all(&s.read)
+                .await?,
         ),
         Database::Postgres(p) => (
-            sqlx::query_as(
-                "SELECT key, object_key, tier, scan, (extract(epoch from created_at) * 1000)::bigint
-                 FROM uploads",
-            )
-            .fetch_all(&p.pool)
-            .await?,
-            sqlx::query_as(
-                "SELECT job_id, name, object_key, tier, (extract(epoch from created_at) * 1000)::bigint
-                 FROM job_artifacts",
-            )
-            .fetch_all(&p.pool)
-            .await?,
-            sqlx::query_scalar("SELECT input_key FROM jobs").fetch_all(&p.pool).await?,
+            sqlx::query_as(sql::UPLOAD_ROWS).fetch_all(&p.pool).await?,
+            sqlx::query_as(sql::ARTIFACT_ROWS)
+                .fetch_all(&p.pool)
+                .await?,
+            sqlx::query_scalar(sql::JOB_INPUT_KEYS)
+                .fetch_all(&p.pool)
+                .await?,
         ),
     };
-    let mut missing = Vec::new();
-    let mut owned: HashSet<String> = inputs.into_iter().collect();
-    for (key, object_key, tier, scan, created) in uploads {
-        // A pending upload is left out of the missing check: the scanner moves its object to
-        // quarantine/ before it updates the row. It still owns its key.
-        let settled = scan != "pending" && tier != "expired";
-        if settled && created < before_ms && !present.contains(&object_key) {
-            missing.push(MissingRow::Upload {
-                key,
-                object_key: object_key.clone(),
-            });
-        }
-        // The scanner records an infected upload's quarantine/ key first and then moves the
-        // object (which keeps its age): the key on either side of that move is owned.
-        if let Some(before) = object_key.strip_prefix("quarantine/") {
-            owned.insert(before.to_owned());
-        } else {
-            owned.insert(format!("quarantine/{object_key}"));
-        }
-        owned.insert(object_key);
-    }
-    for (job_id, name, object_key, tier, created) in artifacts {
-        if tier != "expired" && created < before_ms && !present.contains(&object_key) {
-            missing.push(MissingRow::Artifact {
-                job_id,
-                name,
-                object_key: object_key.clone(),
-            });
-        }
-        owned.insert(object_key);
-    }
-    Ok((missing, owned))
+    Ok(shared::rows_and_keys(
+        uploads, artifacts, inputs, present, before_ms,
+    ))
 }
 
 /// Lists the row-owned prefixes, then reads the rows: objects older than `before_ms` that no
@@ -378,13 +267,7 @@ async fn object_garbage(
     }
     let present: HashSet<String> = listed.iter().map(|(k, _)| k.as_str().to_owned()).collect();
     let (missing, owned) = rows_and_keys(db, &present, before_ms).await?;
-    let mut orphaned: Vec<ObjectKey> = listed
-        .into_iter()
-        .filter(|(key, modified)| *modified < before_ms && !owned.contains(key.as_str()))
-        .map(|(key, _)| key)
-        .collect();
-    orphaned.sort();
-    Ok((orphaned, missing))
+    Ok((shared::orphaned(listed, &owned, before_ms), missing))
 }
 
 /// Marks rows whose object is gone as `expired`, only while they still point at that object.
@@ -413,9 +296,12 @@ async fn mark_expired(db: &Database, rows: &[MissingRow], now: i64) -> Result<()
                     .execute(&mut **tx).await?;
             }
             (Tx::Postgres { tx }, MissingRow::Upload { key, object_key }) => {
-                sqlx::query("UPDATE uploads SET tier = 'expired', tier_changed_at = $3 WHERE key = $1 AND object_key = $2")
-                    .bind(key).bind(object_key).bind(now)
-                    .execute(&mut **tx).await?;
+                sqlx::query(sql::EXPIRE_UPLOAD)
+                    .bind(key)
+                    .bind(object_key)
+                    .bind(now)
+                    .execute(&mut **tx)
+                    .await?;
             }
             (
                 Tx::Postgres { tx },
@@ -425,9 +311,13 @@ async fn mark_expired(db: &Database, rows: &[MissingRow], now: i64) -> Result<()
                     object_key,
                 },
             ) => {
-                sqlx::query("UPDATE job_artifacts SET tier = 'expired', tier_changed_at = $4 WHERE job_id = $1 AND name = $2 AND object_key = $3")
-                    .bind(job_id).bind(name).bind(object_key).bind(now)
-                    .execute(&mut **tx).await?;
+                sqlx::query(sql::EXPIRE_ARTIFACT)
+                    .bind(job_id)
+                    .bind(name)
+                    .bind(object_key)
+                    .bind(now)
+                    .execute(&mut **tx)
+                    .await?;
             }
         }
     }

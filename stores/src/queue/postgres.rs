@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cognomega_core::cleanup::{sql as cleanup_sql, Retentions};
 use cognomega_core::queue::{
     Claim, DeadMessage, LeaseToken, MessageId, OutgoingMessage, PruneReport, QueueDriver,
     QueueError, QueueName, QueueSettings, QueueStats, ReceivedMessage, SendReceipt, SettleReport,
@@ -1062,52 +1063,31 @@ impl QueueDriver for PgQueue {
     }
 
     async fn prune(&self) -> Result<PruneReport, QueueError> {
-        let declared: Vec<(String, String)> =
-            sqlx::query_as("SELECT queue, settings FROM queue_settings")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(map_err)?;
-        // Settings are parsed here, as SQLite does, so a queue whose settings do not parse is
+        let declared: Vec<(String, String)> = sqlx::query_as(cleanup_sql::QUEUE_SETTINGS)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        // Settings are parsed in Rust, as SQLite does, so a queue whose settings do not parse is
         // skipped the same way; the deletes then run for all queues at once.
-        let mut queues = Vec::new();
-        let mut retain_acked = Vec::new();
-        let mut dead_retention = Vec::new();
-        for (queue, json) in declared {
-            let Ok(settings) = serde_json::from_str::<QueueSettings>(&json) else {
-                continue;
-            };
-            queues.push(queue);
-            retain_acked.push(interval_ms(settings.retain_acked));
-            dead_retention.push(interval_ms(settings.dead_retention));
-        }
+        let r = Retentions::from_declared(declared);
         let mut report = PruneReport::default();
-        if !queues.is_empty() {
-            report.acked = sqlx::query(
-                "DELETE FROM queue_messages m
-                 USING unnest($1::text[], $2::bigint[]) AS p(queue, keep)
-                 WHERE m.queue = p.queue AND m.state = 2
-                   AND m.acked_at < now() - p.keep * interval '1 millisecond'",
-            )
-            .bind(&queues)
-            .bind(&retain_acked)
-            .execute(&self.pool)
-            .await
-            .map_err(map_err)?
-            .rows_affected();
-            report.dead = sqlx::query(
-                "DELETE FROM queue_messages m
-                 USING unnest($1::text[], $2::bigint[]) AS p(queue, keep)
-                 WHERE m.original_queue = p.queue AND m.dead_at IS NOT NULL
-                   AND m.dead_at < now() - p.keep * interval '1 millisecond'",
-            )
-            .bind(&queues)
-            .bind(&dead_retention)
-            .execute(&self.pool)
-            .await
-            .map_err(map_err)?
-            .rows_affected();
+        if !r.queues.is_empty() {
+            report.acked = sqlx::query(cleanup_sql::PRUNE_ACKED)
+                .bind(&r.queues)
+                .bind(&r.retain_acked_ms)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?
+                .rows_affected();
+            report.dead = sqlx::query(cleanup_sql::PRUNE_DEAD)
+                .bind(&r.queues)
+                .bind(&r.dead_retention_ms)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?
+                .rows_affected();
         }
-        report.dedup_keys = sqlx::query("DELETE FROM queue_dedup WHERE expires_at <= now()")
+        report.dedup_keys = sqlx::query(cleanup_sql::PRUNE_DEDUP)
             .execute(&self.pool)
             .await
             .map_err(map_err)?

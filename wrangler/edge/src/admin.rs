@@ -1,8 +1,8 @@
 //! The admin service, with the native answers' shapes: `GET /healthz`, `GET /metrics`,
 //! `GET /openapi.json`, the queues (`GET /admin/queues`, dead letters
 //! `GET /admin/queues/{queue}/dlq`, `POST /admin/queues/{queue}/dlq/replay`, raw injection
-//! `POST /admin/queues/{queue}/messages`), `GET /admin/env-snapshot`, and the exports
-//! (`GET /exports`, `POST /admin/exports`, in `etl.rs`).
+//! `POST /admin/queues/{queue}/messages`), `GET /admin/env-snapshot`, `POST /admin/cleanup` (in
+//! `cleanup.rs`), and the exports (`GET /exports`, `POST /admin/exports`, in `etl.rs`).
 
 use worker::{Env, Method, Request};
 
@@ -29,15 +29,7 @@ pub async fn route(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
         }
         (Method::Post, ["admin", "cleanup"]) => {
             caller.require_admin()?;
-            // Cleanup lists the whole bucket against the database: a long run, not a request
-            // inside a Worker's CPU limit. The native command does it on the same stores.
-            Err(ApiError::new(
-                501,
-                "not_implemented",
-                "cleanup does not run inside a Worker: run `cognomega cleanup --database-url <the \
-                 Hyperdrive origin> ` with the R2 bucket as its S3 store (see the README's \
-                 Deploy to Cloudflare section)",
-            ))
+            crate::cleanup::cleanup(req, env).await
         }
         (Method::Get | Method::Head, ["admin", "queues", queue, "dlq"]) => {
             caller.require_admin()?;

@@ -480,7 +480,8 @@ fn streamed(ctx: &Context, asked: Asked, opened: Answered<Opened>) -> ApiResult 
     let (here, gone) = oneshot::channel::<()>();
     let provider = opened.provider;
     let model = opened.model.clone();
-    ctx.wait_until(drive(asked, opened, tx, gone));
+    // Its own invocation scope: the fetch handler returns long before it ends.
+    ctx.wait_until(crate::db::scoped(drive(asked, opened, tx, gone)));
     let body = rx.map(move |frame| {
         let _alive = &here;
         Ok::<_, worker::Error>(frame)
@@ -577,6 +578,4 @@ async fn drive(
         finish,
     );
     let _ = tx.send(answer::sse_frame("done", &done).into_bytes()).await;
-    // The fetch handler returned long ago: this future closes what it opened itself.
-    crate::db::closed().await;
 }

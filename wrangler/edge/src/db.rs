@@ -6,26 +6,29 @@
 //! a socket outlive the request that opened it. It must also be *closed* before the invocation
 //! ends — a socket the runtime tears down mid-flight is reset, which the Hyperdrive side sees as
 //! an error — so every connection is a [`Db`] whose drop starts a graceful close (Terminate,
-//! then shutdown), and the entry points await [`closed`] before they return.
+//! then shutdown), and each entry point runs its work in [`scoped`], which waits for those
+//! closes before it returns.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::ops::Deref;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use futures::channel::oneshot;
-use futures::future::{FutureExt, Shared};
 use tokio_postgres::Client;
 use worker::postgres_tls::PassthroughTls;
 use worker::{Env, SecureTransport, Socket};
 
 thread_local! {
-    /// Connections that were dropped and are closing. An isolate runs many invocations at
-    /// once and this list is the isolate's, so an invocation waits for every close in flight
-    /// (its own among them) and an entry leaves only once it has closed: no invocation can
-    /// take another's close away and let that one end with its socket still open.
-    static CLOSING: RefCell<Vec<Shared<oneshot::Receiver<()>>>> = const { RefCell::new(Vec::new()) };
+    /// The invocation being polled (see [`scoped`]); 0 outside any.
+    static SCOPE: Cell<u64> = const { Cell::new(0) };
+    static NEXT_SCOPE: Cell<u64> = const { Cell::new(1) };
+    /// Connections that were dropped and are closing, by the invocation that dropped them.
+    static CLOSING: RefCell<Vec<(u64, oneshot::Receiver<()>)>> = const { RefCell::new(Vec::new()) };
 }
 
-/// A connection; dropping it closes it gracefully (see [`closed`]).
+/// A connection; dropping it closes it gracefully (see [`scoped`]).
 pub struct Db {
     client: Option<Client>,
     done: Option<oneshot::Receiver<()>>,
@@ -46,24 +49,62 @@ impl Drop for Db {
         // Dropping the client lets the connection task send Terminate and shut the socket.
         drop(self.client.take());
         if let Some(done) = self.done.take() {
-            CLOSING.with(|c| c.borrow_mut().push(done.shared()));
+            let scope = SCOPE.with(Cell::get);
+            CLOSING.with(|c| c.borrow_mut().push((scope, done)));
         }
     }
 }
 
-/// Waits until every connection dropped so far has closed (at most 2 s), then forgets the
-/// closed ones.
-pub async fn closed() {
-    let pending: Vec<_> = CLOSING.with(|c| c.borrow().clone());
-    if pending.is_empty() {
-        return;
+/// A future that marks its polls as one invocation's.
+struct Scoped<F> {
+    id: u64,
+    inner: Pin<Box<F>>,
+}
+
+impl<F: Future> Future for Scoped<F> {
+    type Output = F::Output;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let previous = SCOPE.with(|s| s.replace(self.id));
+        let out = self.inner.as_mut().poll(cx);
+        SCOPE.with(|s| s.set(previous));
+        out
     }
-    let all = futures::future::join_all(pending);
-    let timeout = worker::Delay::from(std::time::Duration::from_secs(2));
-    futures::pin_mut!(all);
-    futures::pin_mut!(timeout);
-    let _ = futures::future::select(all, timeout).await;
-    CLOSING.with(|c| c.borrow_mut().retain(|done| done.peek().is_none()));
+}
+
+/// Runs one invocation's work (a request, a batch, a cron tick, a `waitUntil` future), then
+/// waits until every connection it dropped has closed (at most 2 s).
+///
+/// An isolate runs many invocations at once, and the Workers runtime refuses I/O on an object
+/// from inside another request's handler. So an invocation waits for its own connections
+/// only: waiting for another's would resume this one from that one's wake-up, and this one's
+/// response would then be read on behalf of the other request.
+pub async fn scoped<F: Future>(work: F) -> F::Output {
+    let id = NEXT_SCOPE.with(|n| {
+        let id = n.get();
+        n.set(id.wrapping_add(1).max(1));
+        id
+    });
+    let out = Scoped {
+        id,
+        inner: Box::pin(work),
+    }
+    .await;
+    let mine: Vec<_> = CLOSING.with(|c| {
+        let mut all = c.borrow_mut();
+        let (mine, rest) = std::mem::take(&mut *all)
+            .into_iter()
+            .partition(|(scope, _)| *scope == id);
+        *all = rest;
+        mine
+    });
+    if !mine.is_empty() {
+        let all = futures::future::join_all(mine.into_iter().map(|(_, done)| done));
+        let timeout = worker::Delay::from(std::time::Duration::from_secs(2));
+        futures::pin_mut!(all);
+        futures::pin_mut!(timeout);
+        let _ = futures::future::select(all, timeout).await;
+    }
+    out
 }
 
 /// One connection for this invocation. Hyperdrive pools the connections to the origin, so

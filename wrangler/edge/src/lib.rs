@@ -21,6 +21,7 @@ mod admin;
 mod ask;
 mod auth;
 mod billing;
+mod cleanup;
 mod config;
 mod consumers;
 mod db;
@@ -42,6 +43,10 @@ pub use limiter::RateLimiter;
 /// The HTTP entry point of every Worker.
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response> {
+    db::scoped(handle(req, env, ctx)).await
+}
+
+async fn handle(req: Request, env: Env, ctx: Context) -> worker::Result<Response> {
     let role = config::role(&env);
     let resp = match role.as_str() {
         "gateway" => gateway::handle(req, &env).await,
@@ -60,7 +65,6 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response>
         worker::console_error!("{role}: {e}");
         http::error(500, "internal", "internal error", "")
     });
-    db::closed().await;
     Ok(resp)
 }
 
@@ -72,16 +76,14 @@ async fn queue(
     env: Env,
     _ctx: Context,
 ) -> worker::Result<()> {
-    consumers::dispatch(batch, &env).await;
-    db::closed().await;
+    db::scoped(consumers::dispatch(batch, &env)).await;
     Ok(())
 }
 
 /// Cron Triggers: the periodic schedules.
 #[event(scheduled)]
 async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
-    if let Err(e) = consumers::scheduled(&event.cron(), &env).await {
+    if let Err(e) = db::scoped(consumers::scheduled(&event.cron(), &env)).await {
         worker::console_error!("scheduled {}: {e}", event.cron());
     }
-    db::closed().await;
 }
