@@ -79,18 +79,42 @@ tools() {
   fi
 }
 
+# A digest of everything the module is built from: the sources of the crates it compiles, the
+# manifests and lockfile, the served OpenAPI document, and the tools' versions.
+inputs_digest() {
+  {
+    (cd "$root" && find core pipelines r2-lifecycle providers wrangler/edge \
+        -type f -not -path 'wrangler/edge/build/*' -not -path '*/target/*' -print0 \
+      | sort -z | xargs -0 sha256sum)
+    (cd "$root" && sha256sum Cargo.toml wrangler/Cargo.toml wrangler/Cargo.lock docs/openapi.json)
+    rustc --version; worker-build --version 2>/dev/null; wasm-bindgen --version
+    "$wr/node_modules/.bin/wasm-opt" --version; "$wr/node_modules/.bin/esbuild" --version
+  } | sha256sum | cut -c1-16
+}
+
 build() {
   tools
-  say "building the Workers' module (release)"
-  (
-    cd "$wr/edge"
-    WASM_BINDGEN_BIN="$(command -v wasm-bindgen)" \
-    WASM_OPT_BIN="$wr/node_modules/.bin/wasm-opt" \
-    ESBUILD_BIN="$wr/node_modules/.bin/esbuild" \
-    CC_wasm32_unknown_unknown=clang AR_wasm32_unknown_unknown=llvm-ar \
-    CARGO_TARGET_DIR="$edge_target" \
-      worker-build --release
-  )
+  # wasm-opt alone takes minutes: a module built from the same inputs is reused from the
+  # edge target dir (kept across runs, as the wasm build itself is).
+  local digest cache
+  digest=$(inputs_digest)
+  cache="$edge_target/module-cache/$digest"
+  if [ -f "$cache/index_bg.wasm" ]; then
+    say "the Workers' module is unchanged (inputs $digest): reusing its build"
+    rm -rf "$wr/edge/build" && mkdir -p "$wr/edge/build" && cp -R "$cache/." "$wr/edge/build/"
+  else
+    say "building the Workers' module (release)"
+    (
+      cd "$wr/edge"
+      WASM_BINDGEN_BIN="$(command -v wasm-bindgen)" \
+      WASM_OPT_BIN="$wr/node_modules/.bin/wasm-opt" \
+      ESBUILD_BIN="$wr/node_modules/.bin/esbuild" \
+      CC_wasm32_unknown_unknown=clang AR_wasm32_unknown_unknown=llvm-ar \
+      CARGO_TARGET_DIR="$edge_target" \
+        worker-build --release
+    )
+    rm -rf "$edge_target/module-cache" && mkdir -p "$cache" && cp -R "$wr/edge/build/." "$cache/"
+  fi
   sizes
 }
 
