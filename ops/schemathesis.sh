@@ -11,7 +11,8 @@
 #
 # Environment: SCHEMATHESIS_SEED (default: a fixed seed, so runs repeat), SCHEMATHESIS_MAX_EXAMPLES
 # (default 100 per operation: about a minute on two quiet cores), COGNOMEGA_BIN (a prebuilt binary;
-# default: `cargo build` and target/debug/cognomega).
+# default: `cargo build` and target/debug/cognomega), SCHEMATHESIS_VENV (where schemathesis is
+# installed, on Python >= 3.12 when the machine has one; default under ~/.cache/cognomega).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,14 +27,28 @@ while (($#)); do
   esac
 done
 
-if command -v st >/dev/null 2>&1; then
-  st=st
-elif command -v schemathesis >/dev/null 2>&1; then
-  st=schemathesis
-else
-  pip install "schemathesis==$VERSION" || pip install --break-system-packages "schemathesis==$VERSION"
-  st=st
+# schemathesis lives in its own virtualenv on Python >= 3.12: on 3.11.7 hypothesis' lambda
+# descriptions (`ast.parse` deep in a stack) trip CPython's "AST constructor recursion depth
+# mismatch" and a whole operation ends as a runtime error of the tool.
+venv="${SCHEMATHESIS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/cognomega/schemathesis-$VERSION}"
+new_enough() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; }
+if [[ ! -x "$venv/bin/st" ]] || ! new_enough "$venv/bin/python"; then
+  python=""
+  for candidate in python3.13 python3.12 "$HOME"/.pyenv/versions/3.1[2-9]*/bin/python3 python3; do
+    if path=$(command -v "$candidate" 2>/dev/null) && new_enough "$path"; then
+      python="$path"
+      break
+    fi
+  done
+  if [[ -z "$python" ]]; then
+    python=$(command -v python3)
+    echo "warning: no Python >= 3.12 found; schemathesis runs on $("$python" --version 2>&1)" >&2
+  fi
+  rm -rf "$venv"
+  "$python" -m venv "$venv"
+  "$venv/bin/pip" install -q "schemathesis==$VERSION"
 fi
+st="$venv/bin/st"
 
 bin="${COGNOMEGA_BIN:-}"
 if [[ -z "$bin" ]]; then

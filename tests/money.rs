@@ -485,6 +485,22 @@ async fn adjustments_apply_once(backend: Backend) -> anyhow::Result<()> {
         resp.json::<Value>().await?["error"]["code"],
         "missing_idempotency_key"
     );
+    // A delta past ±10^12 would overflow balances and ledger sums: refused, nothing recorded.
+    for delta in [
+        0,
+        1_000_000_000_001_i64,
+        -1_000_000_000_001,
+        i64::MAX,
+        i64::MIN,
+    ] {
+        let huge = json!({"tenant_id": g.tenant_id, "delta": delta, "reason": "typo"});
+        let resp = post(Some("k-huge"), Some(ADMIN_KEY), huge).await?;
+        assert_eq!(resp.status(), 400, "delta {delta}");
+        assert_eq!(
+            resp.json::<Value>().await?["error"]["code"],
+            "invalid_delta"
+        );
+    }
     let first: Value = post(Some("k1"), Some(ADMIN_KEY), body.clone())
         .await?
         .json()

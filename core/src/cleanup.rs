@@ -20,6 +20,49 @@ pub const ROW_OWNED_PREFIXES: [&str; 4] = ["uploads", "quarantine", "artifacts",
 /// The default grace period for row-less objects and rows without objects.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
 
+/// The query of `POST /admin/cleanup` (`dry_run`, `grace_secs`): every key known, every value
+/// parsed, or the 400's code and message naming the one that is not.
+pub fn query_options<'q>(
+    query: impl IntoIterator<Item = (&'q str, &'q str)>,
+) -> Result<(bool, Duration), (&'static str, String)> {
+    let (mut dry_run, mut grace) = (None, None);
+    for (key, value) in query {
+        match key {
+            "dry_run" => dry_run = Some(value),
+            "grace_secs" => grace = Some(value),
+            unknown => {
+                return Err((
+                    "invalid_query",
+                    format!("unknown query parameter {unknown:?}; accepted: dry_run, grace_secs"),
+                ))
+            }
+        }
+    }
+    let dry_run = match dry_run {
+        None | Some("false" | "0") => false,
+        Some("true" | "1" | "") => true,
+        Some(other) => {
+            return Err((
+                "invalid_dry_run",
+                format!("dry_run must be true or false, got {other:?}"),
+            ))
+        }
+    };
+    let grace = match grace {
+        None => DEFAULT_GRACE,
+        Some(raw) => match raw.parse::<u64>() {
+            Ok(secs) if secs <= 365 * 24 * 3600 => Duration::from_secs(secs),
+            _ => {
+                return Err((
+                    "invalid_grace",
+                    format!("grace_secs must be an integer 0..=31536000, got {raw:?}"),
+                ))
+            }
+        },
+    };
+    Ok((dry_run, grace))
+}
+
 /// What a cleanup deleted (or, dry, would delete).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct CleanupReport {

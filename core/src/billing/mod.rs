@@ -14,3 +14,19 @@ pub use usage::{
     parse_usage_request, UsageError, UsageEvent, UsageKey, UsageKind, MAX_EVENTS, MAX_META_BYTES,
     MAX_QUANTITY,
 };
+
+/// The largest credit adjustment either way (10^12 credits): far above any real grant or
+/// correction, and far enough below `i64::MAX` that balances and ledger sums never overflow
+/// (an overflowing SQLite sum turns into a float that no consumer can read back).
+pub const MAX_ADJUSTMENT: i64 = 1_000_000_000_000;
+
+/// Checks an admin adjustment's `delta`: non-zero and within [`MAX_ADJUSTMENT`] either way;
+/// `Err` is the 400 message (code `invalid_delta`).
+pub fn check_adjustment_delta(delta: i64) -> Result<(), String> {
+    if delta == 0 || delta.unsigned_abs() > MAX_ADJUSTMENT.unsigned_abs() {
+        return Err(format!(
+            "delta must be a non-zero integer number of credits within ±{MAX_ADJUSTMENT}"
+        ));
+    }
+    Ok(())
+}

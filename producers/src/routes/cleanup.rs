@@ -2,50 +2,21 @@
 //! counts (see `cognomega_stores::cleanup`).
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::Json;
-use cognomega_stores::cleanup::{self, CleanupOptions, CleanupReport, DEFAULT_GRACE};
+use cognomega_stores::cleanup::{self, CleanupOptions, CleanupReport};
 
 use super::openapi::{schemas as s, *};
 use crate::auth::Admin;
 use crate::{ApiError, AppState};
 
-/// The query: every key is known, every value parses, or 400 names the one that does not.
+/// The query (the shared rules: `cognomega_core::cleanup::query_options`).
 fn options(state: &AppState, query: &HashMap<String, String>) -> Result<CleanupOptions, ApiError> {
-    if let Some(unknown) = query
-        .keys()
-        .find(|k| !matches!(k.as_str(), "dry_run" | "grace_secs"))
-    {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("unknown query parameter {unknown:?}; accepted: dry_run, grace_secs"),
-        ));
-    }
-    let dry_run = match query.get("dry_run").map(String::as_str) {
-        None | Some("false" | "0") => false,
-        Some("true" | "1" | "") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(
-                "invalid_dry_run",
-                format!("dry_run must be true or false, got {other:?}"),
-            ))
-        }
-    };
-    let grace = match query.get("grace_secs") {
-        None => DEFAULT_GRACE,
-        Some(raw) => match raw.parse::<u64>() {
-            Ok(secs) if secs <= 365 * 24 * 3600 => Duration::from_secs(secs),
-            _ => {
-                return Err(ApiError::bad_request(
-                    "invalid_grace",
-                    format!("grace_secs must be an integer 0..=31536000, got {raw:?}"),
-                ))
-            }
-        },
-    };
+    let (dry_run, grace) =
+        cognomega_core::cleanup::query_options(query.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .map_err(|(code, message)| ApiError::bad_request(code, message))?;
     Ok(CleanupOptions {
         dry_run,
         token_ttl: state.config.token_ttl,

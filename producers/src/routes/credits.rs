@@ -66,7 +66,8 @@ pub(crate) async fn get(
 struct AdjustRequest {
     /// An existing tenant.
     tenant_id: String,
-    /// Credits to add (positive) or take (negative); never 0.
+    /// Credits to add (positive) or take (negative); never 0, at most 10^12 either way.
+    #[schema(minimum = -1_000_000_000_000_i64, maximum = 1_000_000_000_000_i64)]
     delta: i64,
     /// Why, 1..=500 characters (trimmed).
     #[schema(min_length = 1, max_length = 500)]
@@ -125,12 +126,8 @@ pub(crate) async fn adjust(
         })?
         .to_owned();
     let req: AdjustRequest = crate::body::json(&body)?;
-    if req.delta == 0 {
-        return Err(ApiError::bad_request(
-            "invalid_delta",
-            "delta must be a non-zero integer number of credits",
-        ));
-    }
+    cognomega_core::billing::check_adjustment_delta(req.delta)
+        .map_err(|m| ApiError::bad_request("invalid_delta", m))?;
     let reason = req.reason.trim();
     if reason.is_empty() || reason.chars().count() > 500 {
         return Err(ApiError::bad_request(

@@ -193,12 +193,8 @@ async fn adjust(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     let body = req.bytes().await?;
     let r: AdjustRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid JSON body: {e}")))?;
-    if r.delta == 0 {
-        return Err(ApiError::bad_request(
-            "invalid_delta",
-            "delta must be a non-zero integer number of credits",
-        ));
-    }
+    cognomega_core::billing::check_adjustment_delta(r.delta)
+        .map_err(|m| ApiError::bad_request("invalid_delta", m))?;
     let reason = r.reason.trim();
     if reason.is_empty() || reason.chars().count() > 500 {
         return Err(ApiError::bad_request(

@@ -24,8 +24,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use cognomega_core::cleanup::{
-    self as shared, sql, CleanupReport, MissingRow, ObjectRow, Retentions, DEFAULT_GRACE,
-    ROW_OWNED_PREFIXES,
+    self as shared, sql, CleanupReport, MissingRow, ObjectRow, Retentions, ROW_OWNED_PREFIXES,
 };
 use cognomega_core::queue::PruneReport;
 use cognomega_core::time::duration_ms;
@@ -69,40 +68,11 @@ pub async fn cleanup(req: &Request, env: &Env) -> ApiResult {
     http::json(200, &report)
 }
 
-/// The query: every key is known, every value parses, or 400 names the one that does not (the
-/// native rules and messages, `producers/src/routes/cleanup.rs`).
+/// The query, by the native rules and messages (`cognomega_core::cleanup::query_options`).
 fn options(env: &Env, query: &HashMap<String, String>) -> Result<Options, ApiError> {
-    if let Some(unknown) = query
-        .keys()
-        .find(|k| !matches!(k.as_str(), "dry_run" | "grace_secs"))
-    {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("unknown query parameter {unknown:?}; accepted: dry_run, grace_secs"),
-        ));
-    }
-    let dry_run = match query.get("dry_run").map(String::as_str) {
-        None | Some("false" | "0") => false,
-        Some("true" | "1" | "") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(
-                "invalid_dry_run",
-                format!("dry_run must be true or false, got {other:?}"),
-            ))
-        }
-    };
-    let grace = match query.get("grace_secs") {
-        None => DEFAULT_GRACE,
-        Some(raw) => match raw.parse::<u64>() {
-            Ok(secs) if secs <= 365 * 24 * 3600 => Duration::from_secs(secs),
-            _ => {
-                return Err(ApiError::bad_request(
-                    "invalid_grace",
-                    format!("grace_secs must be an integer 0..=31536000, got {raw:?}"),
-                ))
-            }
-        },
-    };
+    let (dry_run, grace) =
+        shared::query_options(query.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .map_err(|(code, message)| ApiError::bad_request(code, message))?;
     Ok(Options {
         dry_run,
         token_ttl_ms: duration_ms(Duration::from_secs(crate::config::token_ttl_secs(env))),
