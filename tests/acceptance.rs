@@ -563,6 +563,26 @@ async fn upload_lands(t: Target) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The poison queue's dead message whose body contains `marker`, if listed, and the listing.
+async fn dead_letter_with(t: &Target, marker: &str) -> anyhow::Result<(Option<Value>, Value)> {
+    let answer = send(t.admin(
+        Method::GET,
+        &format!("/admin/queues/{POISON_QUEUE}/dlq?limit=1000"),
+    ))
+    .await?
+    .expect(StatusCode::OK)?;
+    let found = answer["messages"].as_array().and_then(|m| {
+        m.iter()
+            .find(|m| {
+                m["body_preview"]
+                    .as_str()
+                    .is_some_and(|b| b.contains(marker))
+            })
+            .cloned()
+    });
+    Ok((found, answer))
+}
+
 /// e. A message the jobs consumer cannot read is retried and then dead-lettered.
 async fn poison_reaches_dlq(t: Target) -> anyhow::Result<()> {
     let marker = uuid::Uuid::new_v4().to_string();
@@ -584,21 +604,7 @@ async fn poison_reaches_dlq(t: Target) -> anyhow::Result<()> {
         "the poison message in the DLQ",
         Duration::from_secs(90),
         || async {
-            let answer = send(t.admin(
-                Method::GET,
-                &format!("/admin/queues/{POISON_QUEUE}/dlq?limit=1000"),
-            ))
-            .await?
-            .expect(StatusCode::OK)?;
-            let found = answer["messages"].as_array().and_then(|m| {
-                m.iter()
-                    .find(|m| {
-                        m["body_preview"]
-                            .as_str()
-                            .is_some_and(|b| b.contains(&marker))
-                    })
-                    .cloned()
-            });
+            let (found, answer) = dead_letter_with(&t, &marker).await?;
             Ok(match found {
                 Some(dead) => Ok((dead, answer)),
                 None => Err(answer.to_string()),
@@ -641,20 +647,8 @@ async fn poison_reaches_dlq(t: Target) -> anyhow::Result<()> {
         "the replayed poison message dead again",
         Duration::from_secs(90),
         || async {
-            let answer = send(t.admin(
-                Method::GET,
-                &format!("/admin/queues/{POISON_QUEUE}/dlq?limit=1000"),
-            ))
-            .await?
-            .expect(StatusCode::OK)?;
-            let back = answer["messages"].as_array().is_some_and(|m| {
-                m.iter().any(|m| {
-                    m["body_preview"]
-                        .as_str()
-                        .is_some_and(|b| b.contains(&marker))
-                })
-            });
-            Ok(if back {
+            let (found, answer) = dead_letter_with(&t, &marker).await?;
+            Ok(if found.is_some() {
                 Ok(())
             } else {
                 Err(answer.to_string())

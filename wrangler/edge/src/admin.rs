@@ -288,12 +288,7 @@ fn env_snapshot(env: &Env) -> ApiResult {
             }),
         );
     }
-    let cors: Vec<String> = crate::config::var(env, "COGNOMEGA_CORS_ORIGINS")
-        .unwrap_or_else(|| "*".into())
-        .split(',')
-        .map(|o| o.trim().to_owned())
-        .filter(|o| !o.is_empty())
-        .collect();
+    let cors = crate::config::cors_origins(env);
     http::json(
         200,
         &serde_json::json!({

@@ -81,6 +81,16 @@ pub fn rate_limits(env: &Env) -> Result<RateLimits, String> {
     Ok(limits)
 }
 
+/// Browser origins CORS allows (`COGNOMEGA_CORS_ORIGINS`, comma-separated; default `*`, any).
+pub fn cors_origins(env: &Env) -> Vec<String> {
+    var(env, "COGNOMEGA_CORS_ORIGINS")
+        .unwrap_or_else(|| "*".into())
+        .split(',')
+        .map(|o| o.trim().to_owned())
+        .filter(|o| !o.is_empty())
+        .collect()
+}
+
 /// The clamd address (`COGNOMEGA_CLAMD`, `host:port`) the av-scan consumer streams uploads to.
 pub fn clamd(env: &Env) -> Option<String> {
     var(env, "COGNOMEGA_CLAMD")

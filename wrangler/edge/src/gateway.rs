@@ -102,12 +102,7 @@ fn cors(
     preflight: bool,
 ) -> worker::Result<Response> {
     use cognomega_core::api::cors;
-    let allowed: Vec<String> = crate::config::var(env, "COGNOMEGA_CORS_ORIGINS")
-        .unwrap_or_else(|| "*".into())
-        .split(',')
-        .map(|o| o.trim().to_owned())
-        .filter(|o| !o.is_empty())
-        .collect();
+    let allowed = crate::config::cors_origins(env);
     let any = allowed.iter().any(|o| o == "*");
     let h = resp.headers_mut();
     h.append("vary", "origin")?;
