@@ -37,9 +37,17 @@ pub enum StoreError {
     Queue(#[from] cognomega_core::queue::QueueError),
 }
 
+/// A pooled PostgreSQL connection idle at least this long is pinged before it is handed out.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
 /// Opens a SQLite write transaction that commits without an fsync; see
 /// [`Database::begin_in_consumer`]. The write pool resets `synchronous = FULL` on release.
 pub(crate) const RELAXED_BEGIN: &str = "PRAGMA synchronous = NORMAL; BEGIN";
+
+/// Opens a PostgreSQL transaction whose commit does not wait for the WAL flush
+/// (`synchronous_commit = off` for this transaction only, so it holds behind a connection
+/// pooler too). See [`Database::begin_in_consumer`].
+pub(crate) const PG_RELAXED_BEGIN: &str = "BEGIN; SET LOCAL synchronous_commit TO off";
 
 /// A database URL whose `Debug`/`Display` never shows the password.
 #[derive(Clone, PartialEq, Eq)]
@@ -148,6 +156,19 @@ impl Database {
             let pool = PgPoolOptions::new()
                 .max_connections(16)
                 .acquire_timeout(Duration::from_secs(10))
+                // sqlx pings every connection it hands out, a whole round trip before each
+                // query. A connection is already pinged when it goes back to the pool, so only
+                // one that sat idle long enough for the server or the network to drop it
+                // (a restart, a suspended Neon compute, an idle cut-off) is checked again.
+                .test_before_acquire(false)
+                .before_acquire(|conn, meta| {
+                    Box::pin(async move {
+                        if meta.idle_for >= PING_IF_IDLE_FOR {
+                            sqlx::Connection::ping(conn).await?;
+                        }
+                        Ok(true)
+                    })
+                })
                 .connect_with(opts)
                 .await
                 .map_err(connect_err)?;
@@ -176,6 +197,9 @@ impl Database {
             })
             .max_connections(1)
             .min_connections(1)
+            // A local file cannot hang up: the ping sqlx sends before handing out a connection
+            // would only be one more trip to the connection's thread on every write.
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(60))
             .idle_timeout(None)
             .max_lifetime(None)
@@ -184,6 +208,7 @@ impl Database {
             .map_err(connect_err)?;
         let read = SqlitePoolOptions::new()
             .max_connections(4)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(60))
             // Large scans (the exports) hand rows over from SQLite's thread in bigger batches:
             // the default of 50 makes the two threads wake each other every few rows.
@@ -238,7 +263,13 @@ impl Database {
     /// because the write-ahead log keeps commit order: a power loss can only drop a suffix of
     /// commits, so a lost consumer commit takes every later commit (its ack included) with it
     /// and the message comes back; and the next durable commit (every producer's: whatever
-    /// answered a client) makes all earlier ones durable too. On PostgreSQL it is [`Self::begin`].
+    /// answered a client) makes all earlier ones durable too.
+    ///
+    /// On PostgreSQL the same holds with `synchronous_commit = off` for the transaction: the
+    /// write-ahead log is one sequence, so a server crash can only lose the newest asynchronous
+    /// commits, and every synchronous commit flushes all the log before it. It matters beyond
+    /// the consumer: on a busy server every flush a consumer waits for is one a producer's
+    /// commit queues behind.
     pub async fn begin_in_consumer(&self) -> Result<Tx, StoreError> {
         Ok(match self {
             Self::Sqlite(db) => Tx::Sqlite {
@@ -246,7 +277,9 @@ impl Database {
                 wake: Vec::new(),
                 wakers: db.wakers.clone(),
             },
-            Self::Postgres(_) => return self.begin().await,
+            Self::Postgres(db) => Tx::Postgres {
+                tx: db.pool.begin_with(PG_RELAXED_BEGIN).await?,
+            },
         })
     }
 

@@ -12,6 +12,11 @@
 //!   not depend on table statistics.
 //! - Wake-ups are `NOTIFY`s issued inside the writing statement (delivered on commit), fanned
 //!   out in-process by one `LISTEN`ing task per driver.
+//! - Consumer-side writes (claims, lease extensions, settlements) commit with
+//!   `synchronous_commit = off`, set for their own transaction only, as SQLite commits them
+//!   without an fsync: a server crash can lose only the newest of them, and a lost claim or ack
+//!   means the message is delivered again. Sends stay synchronous: a producer answers its
+//!   client only once the message is on disk, and that flush carries every earlier commit.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +35,7 @@ use sqlx::{PgConnection, Row};
 use tokio::sync::{oneshot, Notify, OnceCell};
 
 use super::sqlite::{read_histogram, split_exhausted};
+use crate::database::PG_RELAXED_BEGIN;
 use super::{
     dead_message, map_err, now_ms, wait_woken, DeadRow, Wakers, DEFAULT_DEDUP_WINDOW_MS,
     IDLE_POLL_CAP,
@@ -799,7 +805,8 @@ impl QueueDriver for PgQueue {
         let rows: Vec<ClaimRow> = sqlx::query_as(
             "WITH t AS MATERIALIZED (
                  SELECT nextval('queue_lease_token_seq') AS token,
-                        now() + $3 * interval '1 millisecond' AS until
+                        now() + $3 * interval '1 millisecond' AS until,
+                        set_config('synchronous_commit', 'off', true) AS relaxed
              )
              UPDATE queue_messages m
              SET state = 1, attempts = m.attempts + 1, lease_token = t.token, visible_at = t.until
@@ -856,7 +863,11 @@ impl QueueDriver for PgQueue {
             // should it fail they come back after the lease and are dead-lettered then.
             let ids: Vec<i64> = exhausted.iter().map(|s| s.id().0).collect();
             let plan = plan_settle(&exhausted);
-            let mut tx = self.pool.begin().await.map_err(map_err)?;
+            let mut tx = self
+                .pool
+                .begin_with(PG_RELAXED_BEGIN)
+                .await
+                .map_err(map_err)?;
             // The claim counted a delivery that is not being made: take it back, so the dead
             // message shows the deliveries it really got (as SQLite does).
             sqlx::query(
@@ -889,6 +900,7 @@ impl QueueDriver for PgQueue {
         let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
         let res = sqlx::query(
             "UPDATE queue_messages SET visible_at = now() + $1 * interval '1 millisecond'
+             FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed
              WHERE id = ANY($3::bigint[]) AND lease_token = $2 AND state = 1",
         )
         .bind(interval_ms(lease))
@@ -910,10 +922,19 @@ impl QueueDriver for PgQueue {
             return Ok(SettleReport::default());
         }
         let plan = plan_settle(items);
-        self.run(plan.statements(), async |conn| {
-            settle_on(conn, queue, settings, items, plan).await
-        })
-        .await
+        if plan.statements() == 0 {
+            // Only repeats, refused without asking the database.
+            let mut conn = self.pool.acquire().await.map_err(map_err)?;
+            return settle_on(&mut conn, queue, settings, items, plan).await;
+        }
+        let mut tx = self
+            .pool
+            .begin_with(PG_RELAXED_BEGIN)
+            .await
+            .map_err(map_err)?;
+        let report = settle_on(&mut tx, queue, settings, items, plan).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(report)
     }
 
     async fn wait_for_work(&self, queue: &QueueName, max_wait: Duration) {

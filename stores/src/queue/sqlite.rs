@@ -156,6 +156,9 @@ type Reply = (
 /// Begins a producer's transaction that commits with an fsync.
 const DURABLE_BEGIN: &str = "PRAGMA synchronous = FULL; BEGIN";
 
+/// Put before a producer's lone autocommit statement: it commits with an fsync.
+const DURABLE_PREFIX: &str = "PRAGMA synchronous = FULL; ";
+
 /// One transaction for the whole group; `replies` gets each sender's own result, which stands
 /// only if the returned commit succeeds.
 async fn commit_group(
@@ -163,6 +166,11 @@ async fn commit_group(
     group: Vec<PendingSend>,
     replies: &mut Vec<Reply>,
 ) -> Result<(), QueueError> {
+    if let [lone] = group.as_slice() {
+        if is_one_statement(&lone.messages) {
+            return commit_lone(conn, group, replies).await;
+        }
+    }
     let mut group = group.into_iter();
     // Producers answer clients once this commits: it must reach the disk. (The pool resets
     // this on release too; said here so the promise is visible where it is made.) One round
@@ -250,25 +258,7 @@ async fn flush_plain(
     now: UnixMillis,
 ) -> Result<(), QueueError> {
     for chunk in plain.chunks(INSERT_CHUNK) {
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO queue_messages (queue, body, content_type, request_id, enqueued_at, visible_at) ",
-        );
-        qb.push_values(chunk, |mut row, (_, msg)| {
-            row.push_bind(queue.as_str())
-                .push_bind(msg.body.as_slice())
-                .push_bind(msg.options.content_type.as_deref())
-                .push_bind(msg.options.request_id.as_deref())
-                .push_bind(now.0)
-                .push_bind(now.plus(msg.options.delay).0);
-        });
-        qb.push(" RETURNING id");
-        let mut ids: Vec<i64> = qb
-            .build_query_scalar()
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(map_err)?;
-        // RETURNING order is unspecified; AUTOINCREMENT ids follow insertion order.
-        ids.sort_unstable();
+        let ids = insert_plain(conn, "", queue, chunk, now).await?;
         for ((i, _), id) in chunk.iter().zip(ids) {
             receipts[*i] = Some(SendReceipt {
                 id: MessageId(id),
@@ -277,6 +267,79 @@ async fn flush_plain(
         }
     }
     plain.clear();
+    Ok(())
+}
+
+/// One multi-row INSERT of `chunk` (after `prefix`, statements run in the same trip to the
+/// connection's thread); the new ids in insertion order.
+async fn insert_plain(
+    conn: &mut SqliteConnection,
+    prefix: &str,
+    queue: &QueueName,
+    chunk: &[(usize, OutgoingMessage)],
+    now: UnixMillis,
+) -> Result<Vec<i64>, QueueError> {
+    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(prefix);
+    qb.push(
+        "INSERT INTO queue_messages (queue, body, content_type, request_id, enqueued_at, visible_at) ",
+    );
+    qb.push_values(chunk, |mut row, (_, msg)| {
+        row.push_bind(queue.as_str())
+            .push_bind(msg.body.as_slice())
+            .push_bind(msg.options.content_type.as_deref())
+            .push_bind(msg.options.request_id.as_deref())
+            .push_bind(now.0)
+            .push_bind(now.plus(msg.options.delay).0);
+    });
+    qb.push(" RETURNING id");
+    let mut ids: Vec<i64> = qb
+        .build_query_scalar()
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    // RETURNING order is unspecified; AUTOINCREMENT ids follow insertion order.
+    ids.sort_unstable();
+    if ids.len() != chunk.len() {
+        return Err(QueueError::Backend(format!(
+            "inserted {} of {} messages",
+            ids.len(),
+            chunk.len()
+        )));
+    }
+    Ok(ids)
+}
+
+/// Whether a send is a single INSERT (no keyed message, one chunk), which SQLite commits on its
+/// own: no BEGIN and COMMIT around it.
+fn is_one_statement(messages: &[OutgoingMessage]) -> bool {
+    !messages.is_empty()
+        && messages.len() <= INSERT_CHUNK
+        && messages.iter().all(|m| m.options.idempotency_key.is_none())
+}
+
+/// A lone sender whose send is one statement: it runs in autocommit, which SQLite commits (with
+/// the fsync `synchronous = FULL` asks for) before the statement reports done, in one trip to
+/// the connection's thread instead of three (BEGIN, INSERT, COMMIT). A failed statement leaves
+/// nothing behind.
+async fn commit_lone(
+    conn: &mut SqliteConnection,
+    group: Vec<PendingSend>,
+    replies: &mut Vec<Reply>,
+) -> Result<(), QueueError> {
+    for p in group {
+        let plain: Vec<(usize, OutgoingMessage)> = p.messages.into_iter().enumerate().collect();
+        let result = insert_plain(conn, DURABLE_PREFIX, &p.queue, &plain, now_ms())
+            .await
+            .map(|ids| {
+                ids.into_iter()
+                    .map(|id| SendReceipt {
+                        id: MessageId(id),
+                        duplicate: false,
+                    })
+                    .collect()
+            });
+        replies.push((p.queue, p.reply, result));
+    }
     Ok(())
 }
 
