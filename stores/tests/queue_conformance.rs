@@ -350,6 +350,52 @@ async fn concurrent_send_bursts_all_succeed(backend: Backend) -> anyhow::Result<
     Ok(())
 }
 
+/// A sender that goes away while it commits (its client hung up) strands nobody: on SQLite a
+/// sender that finds nobody else sending commits in its own task, and whatever queued behind it
+/// must still be answered, by a committer it hands over to. Every surviving send is answered
+/// within a bound (a stranded one would wait forever), and the queue holds exactly those plus
+/// whatever the dropped senders committed before they went away.
+async fn a_sender_dropped_mid_commit_strands_nobody(backend: Backend) -> anyhow::Result<()> {
+    let fx = Fixture::new(backend).await?;
+    let s = QueueSettings::default();
+    let work = fx.declare("work", &s).await?;
+    let mut answered = 0;
+    for round in 0_u64..60 {
+        let lone = {
+            let (driver, work) = (fx.driver.clone(), work.clone());
+            tokio::spawn(async move { driver.send(&work, msg(&format!("lone-{round}"))).await })
+        };
+        // Let the lone sender start (alone), then queue others behind it and drop it.
+        for _ in 0..round % 4 {
+            tokio::task::yield_now().await;
+        }
+        let followers: Vec<_> = (0..4)
+            .map(|i| {
+                let (driver, work) = (fx.driver.clone(), work.clone());
+                tokio::spawn(async move { driver.send(&work, msg(&format!("{round}-{i}"))).await })
+            })
+            .collect();
+        lone.abort();
+        for f in followers {
+            tokio::time::timeout(Duration::from_secs(10), f)
+                .await
+                .map_err(|_| anyhow::anyhow!("round {round}: a send was stranded"))???;
+            answered += 1;
+        }
+    }
+    let after = tokio::time::timeout(Duration::from_secs(10), fx.driver.send(&work, msg("after")))
+        .await
+        .map_err(|_| anyhow::anyhow!("the queue took no send after the drops"))??;
+    assert!(!after.duplicate);
+    let depth = fx.driver.stats(&work).await?.depth;
+    // Each dropped sender either committed before it went away or left nothing.
+    assert!(
+        (answered + 1..=answered + 61).contains(&depth),
+        "depth {depth} after {answered} answered sends"
+    );
+    Ok(())
+}
+
 async fn delay_is_honoured(backend: Backend) -> anyhow::Result<()> {
     let fx = Fixture::new(backend).await?;
     let s = QueueSettings::default();
@@ -1487,6 +1533,7 @@ cognomega_testkit::both_backends!(
     claim_respects_max,
     send_batch_receipts_follow_input_order,
     concurrent_send_bursts_all_succeed,
+    a_sender_dropped_mid_commit_strands_nobody,
     delay_is_honoured,
     dedups_by_idempotency_key,
     dedup_window_expires,

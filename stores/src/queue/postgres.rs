@@ -35,11 +35,11 @@ use sqlx::{PgConnection, Row};
 use tokio::sync::{oneshot, Notify, OnceCell};
 
 use super::sqlite::{read_histogram, split_exhausted};
-use crate::database::PG_RELAXED_BEGIN;
 use super::{
     dead_message, map_err, now_ms, wait_woken, DeadRow, Wakers, DEFAULT_DEDUP_WINDOW_MS,
     IDLE_POLL_CAP,
 };
+use crate::database::PG_RELAXED_BEGIN;
 
 /// The NOTIFY channel; the payload is the queue name.
 const CHANNEL: &str = "cognomega_queue";

@@ -45,7 +45,9 @@ impl SqliteQueue {
 /// spawns one, which takes the writer, drains everything queued by then into one transaction (a
 /// savepoint per sender, so one sender's failure stays its own) and answers every sender only
 /// after the commit is durable. The commit runs in its own task, so a sender that goes away (a
-/// client hanging up) cannot strand the others.
+/// client hanging up) cannot strand the others. A sender that finds nobody committing and
+/// nobody queued commits its own batch in its own task (nobody else's answer depends on it) and
+/// hands whatever queued meanwhile to a committer task when it is done or dropped.
 #[derive(Default)]
 pub struct SendGroup {
     state: std::sync::Mutex<GroupState>,
@@ -101,6 +103,52 @@ impl Drop for CommitGuard {
             state.pending.clear();
         }
     }
+}
+
+/// Held by a sender committing alone in its own task: when it is done (or dropped half-way,
+/// its client gone), senders that queued meanwhile get a committer task, so none is stranded
+/// behind a request that went away.
+struct Handover {
+    db: SqliteDb,
+}
+
+impl Drop for Handover {
+    fn drop(&mut self) {
+        let mut state = self.db.sends.lock();
+        if state.pending.is_empty() {
+            state.committing = false;
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            // `committing` stays set: the committer owns it now.
+            Ok(runtime) => drop(runtime.spawn(commit_sends(self.db.clone()))),
+            Err(_) => {
+                // No runtime left to commit on (shutting down): the queued senders get an
+                // error rather than waiting forever.
+                state.committing = false;
+                state.pending.clear();
+            }
+        }
+    }
+}
+
+/// One sender's messages committed on the writer, durably, as [`commit_group`] would for a
+/// group of one.
+async fn commit_alone(
+    db: &SqliteDb,
+    queue: &QueueName,
+    messages: Vec<OutgoingMessage>,
+) -> Result<Vec<SendReceipt>, QueueError> {
+    let mut conn = db.write.acquire().await.map_err(map_err)?;
+    if is_one_statement(&messages) {
+        return insert_lone(&mut conn, queue, messages).await;
+    }
+    let mut tx = sqlx::Connection::begin_with(&mut *conn, DURABLE_BEGIN)
+        .await
+        .map_err(map_err)?;
+    let receipts = send_batch(&mut tx, queue, messages, now_ms()).await?;
+    tx.commit().await.map_err(map_err)?;
+    Ok(receipts)
 }
 
 /// Commits queued sends, group after group, until none are left.
@@ -327,20 +375,27 @@ async fn commit_lone(
     replies: &mut Vec<Reply>,
 ) -> Result<(), QueueError> {
     for p in group {
-        let plain: Vec<(usize, OutgoingMessage)> = p.messages.into_iter().enumerate().collect();
-        let result = insert_plain(conn, DURABLE_PREFIX, &p.queue, &plain, now_ms())
-            .await
-            .map(|ids| {
-                ids.into_iter()
-                    .map(|id| SendReceipt {
-                        id: MessageId(id),
-                        duplicate: false,
-                    })
-                    .collect()
-            });
+        let result = insert_lone(conn, &p.queue, p.messages).await;
         replies.push((p.queue, p.reply, result));
     }
     Ok(())
+}
+
+/// A send that [`is_one_statement`], committed on its own.
+async fn insert_lone(
+    conn: &mut SqliteConnection,
+    queue: &QueueName,
+    messages: Vec<OutgoingMessage>,
+) -> Result<Vec<SendReceipt>, QueueError> {
+    let plain: Vec<(usize, OutgoingMessage)> = messages.into_iter().enumerate().collect();
+    let ids = insert_plain(conn, DURABLE_PREFIX, queue, &plain, now_ms()).await?;
+    Ok(ids
+        .into_iter()
+        .map(|id| SendReceipt {
+            id: MessageId(id),
+            duplicate: false,
+        })
+        .collect())
 }
 
 async fn send_keyed(
@@ -616,12 +671,33 @@ impl QueueDriver for SqliteQueue {
         let (reply, receipts) = oneshot::channel();
         let lead = {
             let mut state = self.db.sends.lock();
-            state.pending.push(PendingSend {
-                queue: queue.clone(),
-                messages,
-                reply,
-            });
-            !std::mem::replace(&mut state.committing, true)
+            if !state.committing && state.pending.is_empty() {
+                state.committing = true;
+                Err(messages)
+            } else {
+                state.pending.push(PendingSend {
+                    queue: queue.clone(),
+                    messages,
+                    reply,
+                });
+                Ok(!std::mem::replace(&mut state.committing, true))
+            }
+        };
+        let lead = match lead {
+            Ok(lead) => lead,
+            Err(messages) => {
+                // Nobody else is sending: commit in this task, saving the hand-off to a committer
+                // task and back (two thread wake-ups on the path of every lone request).
+                let handover = Handover {
+                    db: self.db.clone(),
+                };
+                let sent = commit_alone(&self.db, queue, messages).await;
+                drop(handover);
+                if sent.is_ok() {
+                    self.db.wakers.wake(queue.as_str());
+                }
+                return sent;
+            }
         };
         if lead {
             tokio::spawn(commit_sends(self.db.clone()));
