@@ -32,6 +32,19 @@ pub(crate) fn now_ms() -> UnixMillis {
 
 /// Translates a driver error: connection-level problems are `Unavailable` (retry later),
 /// everything else is a backend error.
+/// New message ids from a bulk INSERT's `RETURNING id`, in insertion order (RETURNING's own
+/// order is unspecified; both engines hand ids out in row order), checked to be one per row.
+pub(crate) fn inserted_ids(mut ids: Vec<i64>, rows: usize) -> Result<Vec<i64>, QueueError> {
+    ids.sort_unstable();
+    if ids.len() != rows {
+        return Err(QueueError::Backend(format!(
+            "inserted {} of {rows} messages",
+            ids.len()
+        )));
+    }
+    Ok(ids)
+}
+
 pub(crate) fn map_err(err: sqlx::Error) -> QueueError {
     match err {
         sqlx::Error::Io(_)

@@ -36,8 +36,8 @@ use tokio::sync::{oneshot, Notify, OnceCell};
 
 use super::sqlite::{read_histogram, split_exhausted};
 use super::{
-    dead_message, map_err, now_ms, wait_woken, DeadRow, Wakers, DEFAULT_DEDUP_WINDOW_MS,
-    IDLE_POLL_CAP,
+    dead_message, inserted_ids, map_err, now_ms, wait_woken, DeadRow, Wakers,
+    DEFAULT_DEDUP_WINDOW_MS, IDLE_POLL_CAP,
 };
 use crate::database::PG_RELAXED_BEGIN;
 
@@ -282,7 +282,7 @@ async fn flush_plain(
         let wake = delays.contains(&0);
         // The NOTIFY rides in the same statement (a CTE the final SELECT depends on, so it is
         // evaluated) to keep a send at one round trip; it is delivered only on commit.
-        let mut ids: Vec<i64> = sqlx::query_scalar(
+        let ids: Vec<i64> = sqlx::query_scalar(
             "WITH ins AS (
                  INSERT INTO queue_messages (queue, body, content_type, request_id, visible_at)
                  SELECT $1, b, ct, rid, now() + d * interval '1 millisecond'
@@ -302,15 +302,8 @@ async fn flush_plain(
         .fetch_all(&mut *conn)
         .await
         .map_err(map_err)?;
-        // RETURNING order is unspecified; the BIGSERIAL hands out ids in row order.
-        ids.sort_unstable();
-        if ids.len() != chunk.len() {
-            return Err(QueueError::Backend(format!(
-                "inserted {} of {} messages",
-                ids.len(),
-                chunk.len()
-            )));
-        }
+        // The BIGSERIAL hands out ids in row order.
+        let ids = inserted_ids(ids, chunk.len())?;
         for ((i, _), id) in chunk.iter().zip(ids) {
             receipts[*i] = Some(SendReceipt {
                 id: MessageId(id),

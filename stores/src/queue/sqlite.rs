@@ -17,7 +17,8 @@ use sqlx::{Acquire as _, QueryBuilder, Row, Sqlite, SqliteConnection};
 use tokio::sync::oneshot;
 
 use super::{
-    dead_message, map_err, now_ms, wait_woken, DeadRow, DEFAULT_DEDUP_WINDOW_MS, IDLE_POLL_CAP,
+    dead_message, inserted_ids, map_err, now_ms, wait_woken, DeadRow, DEFAULT_DEDUP_WINDOW_MS,
+    IDLE_POLL_CAP,
 };
 use crate::database::{SqliteDb, RELAXED_BEGIN};
 
@@ -340,21 +341,13 @@ async fn insert_plain(
             .push_bind(now.plus(msg.options.delay).0);
     });
     qb.push(" RETURNING id");
-    let mut ids: Vec<i64> = qb
+    let ids: Vec<i64> = qb
         .build_query_scalar()
         .fetch_all(&mut *conn)
         .await
         .map_err(map_err)?;
-    // RETURNING order is unspecified; AUTOINCREMENT ids follow insertion order.
-    ids.sort_unstable();
-    if ids.len() != chunk.len() {
-        return Err(QueueError::Backend(format!(
-            "inserted {} of {} messages",
-            ids.len(),
-            chunk.len()
-        )));
-    }
-    Ok(ids)
+    // AUTOINCREMENT ids follow insertion order.
+    inserted_ids(ids, chunk.len())
 }
 
 /// Whether a send is a single INSERT (no keyed message, one chunk), which SQLite commits on its
