@@ -141,8 +141,18 @@ async fn commit_alone(
     messages: Vec<OutgoingMessage>,
 ) -> Result<Vec<SendReceipt>, QueueError> {
     let mut conn = db.write.acquire().await.map_err(map_err)?;
+    commit_one(&mut conn, queue, messages).await
+}
+
+/// One sender's messages, committed durably on `conn`: as one autocommit statement when the
+/// send [`is_one_statement`], else in a transaction (rolled back, if the send fails, on drop).
+async fn commit_one(
+    conn: &mut SqliteConnection,
+    queue: &QueueName,
+    messages: Vec<OutgoingMessage>,
+) -> Result<Vec<SendReceipt>, QueueError> {
     if is_one_statement(&messages) {
-        return insert_lone(&mut conn, queue, messages).await;
+        return insert_lone(conn, queue, messages).await;
     }
     let mut tx = sqlx::Connection::begin_with(&mut *conn, DURABLE_BEGIN)
         .await
@@ -215,10 +225,13 @@ async fn commit_group(
     group: Vec<PendingSend>,
     replies: &mut Vec<Reply>,
 ) -> Result<(), QueueError> {
-    if let [lone] = group.as_slice() {
-        if is_one_statement(&lone.messages) {
-            return commit_lone(conn, group, replies).await;
+    if let [_] = group.as_slice() {
+        // A lone sender needs no savepoint: its own transaction (or statement) is the group's.
+        if let Some(p) = group.into_iter().next() {
+            let result = commit_one(conn, &p.queue, p.messages).await;
+            replies.push((p.queue, p.reply, result));
         }
+        return Ok(());
     }
     let mut group = group.into_iter();
     // Producers answer clients once this commits: it must reach the disk. (The pool resets
@@ -232,21 +245,6 @@ async fn commit_group(
         }
     };
     let now = now_ms();
-    if group.len() == 1 {
-        // A lone sender needs no savepoint: if its send fails, rolling back the transaction
-        // undoes its rows and nobody else's.
-        if let Some(p) = group.next() {
-            match send_batch(&mut tx, &p.queue, p.messages, now).await {
-                Ok(receipts) => replies.push((p.queue, p.reply, Ok(receipts))),
-                Err(e) => {
-                    let _ = tx.rollback().await;
-                    replies.push((p.queue, p.reply, Err(e)));
-                    return Ok(());
-                }
-            }
-        }
-        return tx.commit().await.map_err(map_err);
-    }
     while let Some(p) = group.next() {
         let result = match tx.begin().await {
             Ok(mut sp) => match send_batch(&mut sp, &p.queue, p.messages, now).await {
@@ -356,22 +354,6 @@ fn is_one_statement(messages: &[OutgoingMessage]) -> bool {
     !messages.is_empty()
         && messages.len() <= INSERT_CHUNK
         && messages.iter().all(|m| m.options.idempotency_key.is_none())
-}
-
-/// A lone sender whose send is one statement: it runs in autocommit, which SQLite commits (with
-/// the fsync `synchronous = FULL` asks for) before the statement reports done, in one trip to
-/// the connection's thread instead of three (BEGIN, INSERT, COMMIT). A failed statement leaves
-/// nothing behind.
-async fn commit_lone(
-    conn: &mut SqliteConnection,
-    group: Vec<PendingSend>,
-    replies: &mut Vec<Reply>,
-) -> Result<(), QueueError> {
-    for p in group {
-        let result = insert_lone(conn, &p.queue, p.messages).await;
-        replies.push((p.queue, p.reply, result));
-    }
-    Ok(())
 }
 
 /// A send that [`is_one_statement`], committed on its own.
