@@ -97,7 +97,7 @@ impl BatchHandler for ProbeHandler {
                 .execute(&mut **tx)
                 .await
                 .map(|_| ()),
-                cognomega_stores::Tx::Postgres { tx } => sqlx::query(
+                cognomega_stores::Tx::Postgres { tx, .. } => sqlx::query(
                     "INSERT INTO queue_probe_effects (key) VALUES ($1)
                      ON CONFLICT (key) DO UPDATE SET deliveries = queue_probe_effects.deliveries + 1",
                 )

@@ -267,8 +267,16 @@ async fn queue_loop(ctx: LoopCtx) -> u64 {
     // Set after an idle queue woke up and its batch window was waited out: that claim takes
     // what the window gathered and is not held open any longer.
     let mut gathered = false;
+    // Set when the last claim took fewer messages than it asked for: the queue had nothing
+    // more visible, so the next claim would most likely come back empty. Waiting for work
+    // first (a read, woken by sends) keeps that empty claim, a write transaction, off the
+    // single SQLite writer and off the producers' way.
+    let mut drained = false;
     loop {
         while batches.try_join_next().is_some() {}
+        if std::mem::take(&mut drained) && !idle(&ctx, &mut gathered).await {
+            break;
+        }
         let first = tokio::select! {
             permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
             () = ctx.shutdown.cancelled() => break,
@@ -283,11 +291,8 @@ async fn queue_loop(ctx: LoopCtx) -> u64 {
         while let Ok(p) = slots.clone().try_acquire_owned() {
             permits.push(p);
         }
-        let claim = match ctx
-            .driver
-            .claim(&ctx.queue, &ctx.settings, permits.len() * batch_size)
-            .await
-        {
+        let wanted = permits.len() * batch_size;
+        let claim = match ctx.driver.claim(&ctx.queue, &ctx.settings, wanted).await {
             Ok(claim) => {
                 error_backoff = Duration::from_millis(100);
                 claim
@@ -303,25 +308,15 @@ async fn queue_loop(ctx: LoopCtx) -> u64 {
                 continue;
             }
         };
+        let dead_lettered = usize::try_from(claim.dead_lettered).unwrap_or(usize::MAX);
         if claim.dead_lettered > 0 {
             ctx.metrics
                 .settled(&ctx.queue, &Default::default(), claim.dead_lettered);
         }
         if claim.messages.is_empty() {
             drop(permits);
-            tokio::select! {
-                () = ctx.driver.wait_for_work(&ctx.queue, ctx.options.poll_interval) => {},
-                () = ctx.shutdown.cancelled() => break,
-            }
-            // A queue that was idle gathers its partial batch BEFORE claiming it: one claim
-            // (a write transaction) for the whole window instead of a claim per arrival, and
-            // the single SQLite writer stays free for the producers meanwhile.
-            if !ctx.settings.max_batch_timeout.is_zero() {
-                tokio::select! {
-                    () = tokio::time::sleep(ctx.settings.max_batch_timeout) => {},
-                    () = ctx.shutdown.cancelled() => break,
-                }
-                gathered = true;
+            if !idle(&ctx, &mut gathered).await {
+                break;
             }
             continue;
         }
@@ -337,6 +332,8 @@ async fn queue_loop(ctx: LoopCtx) -> u64 {
         {
             fill_batch(&ctx, &mut leased, batch_size).await;
         }
+        // Messages dead-lettered by the claim took places in it too.
+        drained = leased.messages.len().saturating_add(dead_lettered) < wanted;
         let mut rest = leased.messages;
         while !rest.is_empty() {
             let tail = rest.split_off(rest.len().min(batch_size));
@@ -363,6 +360,26 @@ async fn queue_loop(ctx: LoopCtx) -> u64 {
     drop(acker);
     let _ = acker_task.await;
     released
+}
+
+/// Waits until the queue has work (or the poll interval passed); false on shutdown.
+///
+/// A queue that was idle gathers its partial batch BEFORE claiming it: one claim (a write
+/// transaction) for the whole window instead of a claim per arrival, and the single SQLite
+/// writer stays free for the producers meanwhile. `gathered` tells the next claim so.
+async fn idle(ctx: &LoopCtx, gathered: &mut bool) -> bool {
+    tokio::select! {
+        () = ctx.driver.wait_for_work(&ctx.queue, ctx.options.poll_interval) => {},
+        () = ctx.shutdown.cancelled() => return false,
+    }
+    if !ctx.settings.max_batch_timeout.is_zero() {
+        tokio::select! {
+            () = tokio::time::sleep(ctx.settings.max_batch_timeout) => {},
+            () = ctx.shutdown.cancelled() => return false,
+        }
+        *gathered = true;
+    }
+    true
 }
 
 /// Waits up to `max_batch_timeout` for a partial batch to fill up.

@@ -85,7 +85,7 @@ pub async fn create_tenant(
             .execute(&mut **tx)
             .await?;
         }
-        Tx::Postgres { tx } => {
+        Tx::Postgres { tx, .. } => {
             sqlx::query("INSERT INTO tenants (id, tier, email) VALUES ($1, $2, $3)")
                 .bind(tenant_id)
                 .bind(tier)
@@ -235,7 +235,7 @@ pub async fn insert_usage(
                     .map(new_usage)
                     .collect::<Result<Vec<_>, sqlx::Error>>()?
             }
-            Tx::Postgres { tx } => {
+            Tx::Postgres { tx, .. } => {
                 let mut qb: QueryBuilder<sqlx::Postgres> = QueryBuilder::new(
                     "INSERT INTO usage_events (tenant_id, idempotency_key, kind, quantity, credits, occurred_at, received_at, meta, request_id) ",
                 );
@@ -449,7 +449,7 @@ async fn add_day_tokens(tx: &mut Tx, days: &DayTokens) -> Result<(), StoreError>
                 qb.push(UPSERT);
                 qb.build().execute(&mut **tx).await?;
             }
-            Tx::Postgres { tx } => {
+            Tx::Postgres { tx, .. } => {
                 let mut qb: QueryBuilder<sqlx::Postgres> = QueryBuilder::new(
                     "INSERT INTO usage_day_tokens (tenant_id, day_start, tokens) ",
                 );
@@ -548,7 +548,7 @@ pub async fn append_ledger<'a>(
                 qb.push(" RETURNING id");
                 qb.build_query_scalar().fetch_all(&mut **tx).await?
             }
-            Tx::Postgres { tx } => {
+            Tx::Postgres { tx, .. } => {
                 let mut qb: QueryBuilder<sqlx::Postgres> = QueryBuilder::new(
                     "INSERT INTO ledger_entries (id, tenant_id, delta, kind, ref) ",
                 );
@@ -683,7 +683,7 @@ pub async fn apply_balance_deltas(
             .await?;
             rows
         }
-        Tx::Postgres { tx } => {
+        Tx::Postgres { tx, .. } => {
             let rows = sqlx::query_as(
                 "INSERT INTO balances (tenant_id, balance)
                  SELECT key, value::bigint FROM jsonb_each_text($1::jsonb) ORDER BY key
@@ -720,7 +720,7 @@ pub async fn mark_adjustments_applied(tx: &mut Tx, ids: &[&str]) -> Result<(), S
                     .execute(&mut **tx)
                     .await?;
             }
-            Tx::Postgres { tx } => {
+            Tx::Postgres { tx, .. } => {
                 sqlx::query("UPDATE credit_adjustments SET status = 'applied', applied_at = now() WHERE id = $1")
                     .bind(id)
                     .execute(&mut **tx)
@@ -858,7 +858,7 @@ pub async fn rebuild_balances(db: &Database) -> Result<(u64, u64), StoreError> {
                     .await?;
             (tenants, changed)
         }
-        Tx::Postgres { tx } => {
+        Tx::Postgres { tx, .. } => {
             let changed = sqlx::query(
                 "INSERT INTO balances (tenant_id, balance)
                  SELECT tenant_id, SUM(delta)::bigint FROM ledger_entries GROUP BY tenant_id
@@ -904,7 +904,7 @@ pub async fn create_adjustment(
             .fetch_optional(&mut **tx)
             .await?
         }
-        Tx::Postgres { tx } => {
+        Tx::Postgres { tx, .. } => {
             sqlx::query_scalar(
                 "INSERT INTO credit_adjustments (id, idempotency_key, tenant_id, delta, reason, status)
                  VALUES ($1, $2, $3, $4, $5, 'queued') ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
@@ -928,7 +928,7 @@ pub async fn create_adjustment(
                 .fetch_one(&mut **tx)
                 .await?
         }
-        Tx::Postgres { tx } => {
+        Tx::Postgres { tx, .. } => {
             sqlx::query_scalar("SELECT id FROM credit_adjustments WHERE idempotency_key = $1")
                 .bind(idempotency_key)
                 .fetch_one(&mut **tx)

@@ -202,7 +202,7 @@ async fn delete_tenants(db: &Database, tenants: &[String]) -> Result<(), Cleanup
                     .await?;
             }
         }
-        Tx::Postgres { tx } => {
+        Tx::Postgres { tx, .. } => {
             for delete in sql::DELETE_TENANT_ROWS {
                 sqlx::query(delete).bind(tenants).execute(&mut **tx).await?;
             }
@@ -295,7 +295,7 @@ async fn mark_expired(db: &Database, rows: &[MissingRow], now: i64) -> Result<()
                     .bind(job_id).bind(name).bind(object_key).bind(now)
                     .execute(&mut **tx).await?;
             }
-            (Tx::Postgres { tx }, MissingRow::Upload { key, object_key }) => {
+            (Tx::Postgres { tx, .. }, MissingRow::Upload { key, object_key }) => {
                 sqlx::query(sql::EXPIRE_UPLOAD)
                     .bind(key)
                     .bind(object_key)
@@ -304,7 +304,7 @@ async fn mark_expired(db: &Database, rows: &[MissingRow], now: i64) -> Result<()
                     .await?;
             }
             (
-                Tx::Postgres { tx },
+                Tx::Postgres { tx, .. },
                 MissingRow::Artifact {
                     job_id,
                     name,

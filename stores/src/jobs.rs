@@ -141,7 +141,7 @@ pub async fn insert(tx: &mut Tx, job: &NewJob<'_>) -> Result<(String, bool), Sto
             .fetch_optional(&mut **tx)
             .await?
         }
-        Tx::Postgres { tx } => {
+        Tx::Postgres { tx, .. } => {
             sqlx::query_scalar(
                 "INSERT INTO jobs (id, tenant_id, type, status, idempotency_key, params, input_key, request_id)
                  VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7)
@@ -169,7 +169,7 @@ pub async fn insert(tx: &mut Tx, job: &NewJob<'_>) -> Result<(String, bool), Sto
                 .fetch_one(&mut **tx)
                 .await?
         }
-        Tx::Postgres { tx } => {
+        Tx::Postgres { tx, .. } => {
             sqlx::query_scalar("SELECT id FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2")
                 .bind(job.tenant_id)
                 .bind(job.idempotency_key)
@@ -311,7 +311,7 @@ pub async fn cancel(db: &Database, tenant: &str, id: &str) -> Result<CancelOutco
                 .fetch_optional(&mut **tx)
                 .await?
         }
-        Tx::Postgres { tx } => {
+        Tx::Postgres { tx, .. } => {
             sqlx::query_scalar(
                 "SELECT status FROM jobs WHERE id = $1 AND tenant_id = $2 FOR UPDATE",
             )
@@ -341,7 +341,7 @@ pub async fn cancel(db: &Database, tenant: &str, id: &str) -> Result<CancelOutco
                         .execute(&mut **tx)
                         .await?;
                 }
-                Tx::Postgres { tx } => {
+                Tx::Postgres { tx, .. } => {
                     sqlx::query("UPDATE jobs SET cancel_requested = true WHERE id = $1")
                         .bind(id)
                         .execute(&mut **tx)
@@ -437,7 +437,7 @@ async fn finish_in(
                 .execute(&mut **tx)
                 .await?;
         }
-        Tx::Postgres { tx } => {
+        Tx::Postgres { tx, .. } => {
             sqlx::query(
                 "UPDATE jobs SET status = $2, error = $3, finished_at = now() WHERE id = $1",
             )
@@ -496,7 +496,7 @@ pub async fn succeed(
                 .execute(&mut **tx)
                 .await?;
             }
-            Tx::Postgres { tx } => {
+            Tx::Postgres { tx, .. } => {
                 sqlx::query(
                     "INSERT INTO job_artifacts (job_id, name, content_type, size, stored_size, compression, sha256, tier, object_key)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
@@ -530,7 +530,7 @@ pub async fn succeed(
             .execute(&mut **tx)
             .await?;
         }
-        Tx::Postgres { tx } => {
+        Tx::Postgres { tx, .. } => {
             sqlx::query(
                 "UPDATE jobs SET status = 'succeeded', progress = 1, stage = 'done', error = NULL, credits_charged = $2, finished_at = now()
                  WHERE id = $1",

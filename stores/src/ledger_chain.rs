@@ -200,7 +200,7 @@ async fn seal_batch(db: &Database, upto: i64) -> Result<(usize, Option<ChainHead
     let limit = i64::try_from(SEAL_BATCH).unwrap_or(i64::MAX);
     match db {
         Database::Sqlite(s) => {
-            let mut tx = s.write.begin_with(SQLITE_SEAL_BEGIN).await?;
+            let mut tx = s.begin_relaxed(SQLITE_SEAL_BEGIN).await?;
             let head = read_head_sqlite(&mut tx).await?;
             let after = head.as_ref().map_or(0, |h| h.entry_seq);
             type SqliteRow = (i64, String, String, i64, String, Option<String>, i64);

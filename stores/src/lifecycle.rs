@@ -404,7 +404,7 @@ pub async fn commit_page(db: &Database, page: &PageCommit) -> Result<(), StoreEr
             .execute(&mut **tx)
             .await?;
         }
-        Tx::Postgres { tx } => {
+        Tx::Postgres { tx, .. } => {
             for a in &page.artifacts {
                 sqlx::query(
                     "UPDATE job_artifacts SET

@@ -238,7 +238,7 @@ pub async fn charge(
             .fetch_optional(&mut **tx)
             .await?
         }
-        Tx::Postgres { tx } => {
+        Tx::Postgres { tx, .. } => {
             sqlx::query_scalar(
                 "INSERT INTO cost_counters (tenant_id, metric, window_start, used)
                  SELECT $1, $2, $3, $4 WHERE $4 <= $5
@@ -284,7 +284,7 @@ async fn used_in(
             .fetch_optional(&mut **tx)
             .await?
         }
-        Tx::Postgres { tx } => {
+        Tx::Postgres { tx, .. } => {
             sqlx::query_scalar(
                 "SELECT used FROM cost_counters WHERE tenant_id = $1 AND metric = $2 AND window_start = $3",
             )
@@ -324,7 +324,7 @@ pub async fn prune_counters(db: &Database, now_secs: i64) -> Result<u64, StoreEr
                 .rows_affected();
             a + b
         }
-        Tx::Postgres { tx } => {
+        Tx::Postgres { tx, .. } => {
             let a = sqlx::query("DELETE FROM cost_counters WHERE window_start < $1")
                 .bind(cutoff)
                 .execute(&mut **tx)

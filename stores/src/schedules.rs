@@ -183,7 +183,7 @@ pub async fn enqueue_tick(
         .execute(&mut **tx)
         .await?
         .rows_affected(),
-        crate::Tx::Postgres { tx } => sqlx::query(
+        crate::Tx::Postgres { tx, .. } => sqlx::query(
             "INSERT INTO schedule_ticks (schedule, tick_at, enqueued_at, enqueued_by) VALUES ($1, $2, $3, $4)
              ON CONFLICT (schedule, tick_at) DO NOTHING",
         )
@@ -222,7 +222,7 @@ pub async fn enqueue_tick(
                 .execute(&mut **tx)
                 .await?;
             }
-            crate::Tx::Postgres { tx } => {
+            crate::Tx::Postgres { tx, .. } => {
                 sqlx::query(
                     "UPDATE schedule_ticks SET message_id = $3 WHERE schedule = $1 AND tick_at = $2",
                 )

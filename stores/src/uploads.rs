@@ -108,7 +108,7 @@ pub async fn insert(tx: &mut Tx, u: &NewUpload<'_>) -> Result<(), StoreError> {
             .execute(&mut **tx)
             .await?;
         }
-        Tx::Postgres { tx } => {
+        Tx::Postgres { tx, .. } => {
             sqlx::query(
                 "INSERT INTO uploads (key, tenant_id, filename, content_type, size, sha256, scan, object_key, request_id)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $1, $8)",

@@ -146,7 +146,7 @@ async fn spent_counter_windows_are_pruned(backend: Backend) -> anyhow::Result<()
                     .execute(&mut **tx)
                     .await?;
             }
-            Tx::Postgres { tx } => {
+            Tx::Postgres { tx, .. } => {
                 sqlx::query("INSERT INTO usage_day_tokens (tenant_id, day_start, tokens) VALUES ('t', $1, 9)")
                     .bind(start)
                     .execute(&mut **tx)

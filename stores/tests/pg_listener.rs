@@ -71,7 +71,9 @@ async fn notify_wakes_a_waiting_consumer() {
         .await
         .expect("ack");
 
-    for round in 0..3 {
+    // Rounds alternate a plain send and a send inside the producer's own transaction: both
+    // wake the other process only after their commit.
+    for round in 0..4 {
         let waiting = Arc::clone(&consumer);
         let wq = q.clone();
         let waiter = tokio::spawn(async move {
@@ -84,15 +86,24 @@ async fn notify_wakes_a_waiting_consumer() {
             "round {round}: nothing to wake for yet"
         );
         let sent = Instant::now();
-        producer
-            .send(&q, OutgoingMessage::new("now"))
-            .await
-            .expect("send");
+        if round % 2 == 0 {
+            producer
+                .send(&q, OutgoingMessage::new("now"))
+                .await
+                .expect("send");
+        } else {
+            let mut tx = producer_db.begin().await.expect("begin");
+            tx.send(&q, OutgoingMessage::new("in a transaction"))
+                .await
+                .expect("send in a transaction");
+            tx.commit().await.expect("commit");
+        }
         let woke = waiter.await.expect("waiter");
         let latency = woke.saturating_duration_since(sent);
         assert!(
-            // Far below the 5 s max wait: NOTIFY woke it, not the timeout (generous for loaded CI).
-            latency < Duration::from_millis(1000),
+            // The waiter polls once a second at the latest (IDLE_POLL_CAP), which would end
+            // its wait ~850 ms after this send: anything well below that was the NOTIFY.
+            latency < Duration::from_millis(500),
             "round {round}: woke after {latency:?}"
         );
         let c = consumer

@@ -1237,7 +1237,7 @@ async fn insert_order(tx: &mut Tx, id: i64) -> anyhow::Result<()> {
                 .execute(&mut **tx)
                 .await?;
         }
-        Tx::Postgres { tx } => {
+        Tx::Postgres { tx, .. } => {
             sqlx::query("INSERT INTO orders (id, note) VALUES ($1, 'new')")
                 .bind(id)
                 .execute(&mut **tx)
@@ -1556,3 +1556,57 @@ cognomega_testkit::both_backends!(
     queues_lists_declared_and_used_queues,
     declare_rejects_invalid_settings,
 );
+
+/// SQLite only: consumer-side writes relax `synchronous` for their own transaction, and the
+/// single write connection is durable again for whoever holds it next, whether the relaxed
+/// transaction committed, rolled back or was a claim or settlement of the driver's own.
+#[tokio::test]
+async fn sqlite_writer_is_durable_after_every_relaxed_holder() -> anyhow::Result<()> {
+    async fn writer_synchronous(db: &Database) -> anyhow::Result<i64> {
+        let Database::Sqlite(s) = db else {
+            anyhow::bail!("not SQLite");
+        };
+        let mut conn = s.write.acquire().await?;
+        Ok(sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut *conn)
+            .await?)
+    }
+    const NORMAL: i64 = 1;
+    const FULL: i64 = 2;
+    let fx = Fixture::new(Backend::Sqlite).await?;
+    let db = fx.tdb.db();
+    assert_eq!(writer_synchronous(db).await?, FULL, "fresh writer");
+
+    let Tx::Sqlite { mut tx, .. } = db.begin_in_consumer().await? else {
+        anyhow::bail!("not SQLite");
+    };
+    let inside: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(&mut *tx)
+        .await?;
+    assert_eq!(inside, NORMAL, "a consumer's transaction is relaxed");
+    tx.commit().await?;
+    assert_eq!(
+        writer_synchronous(db).await?,
+        FULL,
+        "after a relaxed commit"
+    );
+
+    let rolled_back = db.begin_in_consumer().await?;
+    drop(rolled_back);
+    assert_eq!(
+        writer_synchronous(db).await?,
+        FULL,
+        "after a relaxed rollback"
+    );
+
+    let work = fx.declare("work", &QueueSettings::default()).await?;
+    fx.send(&work, "one").await?;
+    assert_eq!(writer_synchronous(db).await?, FULL, "after a durable send");
+    let claim = fx.claim(&work, &QueueSettings::default(), 10).await?;
+    assert_eq!(claim.messages.len(), 1);
+    assert_eq!(writer_synchronous(db).await?, FULL, "after a claim");
+    let report = fx.ack_all(&work, &QueueSettings::default(), &claim).await?;
+    assert_eq!(report.acked, 1);
+    assert_eq!(writer_synchronous(db).await?, FULL, "after a settlement");
+    Ok(())
+}

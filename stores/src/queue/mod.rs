@@ -127,10 +127,15 @@ pub enum Tx {
         /// Where to wake them.
         wakers: Arc<Wakers>,
     },
-    /// PostgreSQL: NOTIFY is transactional, so nothing to do after commit.
+    /// PostgreSQL: the transaction, plus the queues to NOTIFY about after commit (see
+    /// [`postgres::PgQueue::wake_after_commit`]).
     Postgres {
         /// The open transaction; run business SQL on `&mut *tx`.
         tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        /// Queues sent to, woken after commit.
+        wake: Vec<QueueName>,
+        /// The driver that wakes them.
+        queues: postgres::PgQueue,
     },
 }
 
@@ -149,7 +154,14 @@ impl Tx {
                 }
                 Ok(receipts)
             }
-            Self::Postgres { tx } => postgres::send_batch(tx, queue, messages).await,
+            Self::Postgres { tx, wake, .. } => {
+                let wakes = postgres::wakes_consumers(&messages);
+                let receipts = postgres::send_batch(tx, queue, messages).await?;
+                if wakes && !wake.contains(queue) {
+                    wake.push(queue.clone());
+                }
+                Ok(receipts)
+            }
         }
     }
 
@@ -174,7 +186,12 @@ impl Tx {
                     wakers.wake(queue.as_str());
                 }
             }
-            Self::Postgres { tx } => tx.commit().await.map_err(map_err)?,
+            Self::Postgres { tx, wake, queues } => {
+                tx.commit().await.map_err(map_err)?;
+                for queue in &wake {
+                    queues.wake_after_commit(queue);
+                }
+            }
         }
         Ok(())
     }
@@ -183,7 +200,7 @@ impl Tx {
     pub async fn rollback(self) -> Result<(), QueueError> {
         match self {
             Self::Sqlite { tx, .. } => tx.rollback().await.map_err(map_err),
-            Self::Postgres { tx } => tx.rollback().await.map_err(map_err),
+            Self::Postgres { tx, .. } => tx.rollback().await.map_err(map_err),
         }
     }
 }

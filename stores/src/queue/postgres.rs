@@ -10,8 +10,10 @@
 //!   statement and one round trip; SQLite needs no such care because it is in-process. Settle
 //!   statements look rows up by primary key from those arrays (see [`Rounds`]) so their plans do
 //!   not depend on table statistics.
-//! - Wake-ups are `NOTIFY`s issued inside the writing statement (delivered on commit), fanned
-//!   out in-process by one `LISTEN`ing task per driver.
+//! - Wake-ups are `NOTIFY`s, fanned out in-process by one `LISTEN`ing task per driver. A send
+//!   notifies after its commit, from a task that batches them (see
+//!   [`PgQueue::wake_after_commit`]); settlements that make messages visible again notify inside
+//!   their own statement.
 //! - Consumer-side writes (claims, lease extensions, settlements) commit with
 //!   `synchronous_commit = off`, set for their own transaction only, as SQLite commits them
 //!   without an fsync: a server crash can lose only the newest of them, and a lost claim or ack
@@ -32,7 +34,7 @@ use cognomega_core::queue::{
 use cognomega_core::time::{duration_ms, UnixMillis};
 use sqlx::postgres::{PgListener, PgPool};
 use sqlx::{PgConnection, Row};
-use tokio::sync::{oneshot, Notify, OnceCell};
+use tokio::sync::{mpsc, oneshot, Notify, OnceCell};
 
 use super::sqlite::{read_histogram, split_exhausted};
 use super::{
@@ -74,6 +76,31 @@ pub(crate) struct PgShared {
     attempted: Notify,
     /// When this process last refreshed the queue table's statistics (see `after_bulk_send`).
     analyzed: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Queues to NOTIFY about, handed to the task that issues the NOTIFYs (started on first
+    /// use); dropping the sender (with the last owner of this struct) ends that task.
+    notify: std::sync::OnceLock<mpsc::UnboundedSender<String>>,
+}
+
+/// Wakes every LISTENing process, this one included, about the queues given; `synchronous_commit`
+/// is off for its own transaction because a notification is never persisted anyway.
+const NOTIFY_QUEUES: &str = "SELECT set_config('synchronous_commit', 'off', true),
+                                   pg_notify('cognomega_queue', q)
+                            FROM unnest($1::text[]) AS q";
+
+/// Issues the wake-up NOTIFYs that senders hand over after their commit, all the queues that
+/// piled up during one statement in the next. A failed NOTIFY costs latency, not messages: an
+/// idle consumer polls at least every [`IDLE_POLL_CAP`].
+async fn notify_loop(pool: PgPool, mut queues: mpsc::UnboundedReceiver<String>) {
+    while let Some(first) = queues.recv().await {
+        let mut due = std::collections::BTreeSet::from([first]);
+        while let Ok(more) = queues.try_recv() {
+            due.insert(more);
+        }
+        let due: Vec<String> = due.into_iter().collect();
+        if let Err(e) = sqlx::query(NOTIFY_QUEUES).bind(&due).execute(&pool).await {
+            tracing::debug!(error = %e, queues = ?due, "queue wake-up NOTIFY failed; consumers will poll");
+        }
+    }
 }
 
 /// Rows sent in one call that count as a bulk send worth fresh statistics.
@@ -121,6 +148,24 @@ impl PgQueue {
                 tracing::debug!(error = %e, "refreshing queue statistics failed");
             }
         });
+    }
+
+    /// Wakes consumers of `queue`, in every process, about messages that just committed.
+    ///
+    /// The NOTIFY is not part of the sending transaction: PostgreSQL serializes every
+    /// committing transaction that has notifications pending on one lock, held through the
+    /// commit's WAL flush, so notifying senders could not share a flush (group commit), and
+    /// each paid for the NOTIFY inside its own answer. Sent from a task of its own, after the
+    /// commit, several senders' wake-ups go out in one statement. A crash in between loses
+    /// only the hint: consumers poll.
+    pub(crate) fn wake_after_commit(&self, queue: &QueueName) {
+        let notify = self.shared.notify.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(notify_loop(self.pool.clone(), rx));
+            tx
+        });
+        // Fails only once the task ended, which happens only with the last owner of `shared`.
+        let _ = notify.send(queue.as_str().to_owned());
     }
 
     /// A driver sharing its listener with other drivers of the same database.
@@ -226,7 +271,9 @@ async fn listen_loop(
 
 /// Sends inside the caller's connection or transaction (used by the driver and by
 /// [`super::Tx`]). Unkeyed messages go in bulk; keyed ones one by one, in order, so a key
-/// repeated inside one batch dedups against its first occurrence.
+/// repeated inside one batch dedups against its first occurrence. Consumers are not woken
+/// here: the caller does that once the sends committed ([`wakes_consumers`],
+/// [`PgQueue::wake_after_commit`]).
 pub(crate) async fn send_batch(
     conn: &mut PgConnection,
     queue: &QueueName,
@@ -247,6 +294,11 @@ pub(crate) async fn send_batch(
         .into_iter()
         .map(|r| r.ok_or_else(|| QueueError::Backend("a message got no id".into())))
         .collect()
+}
+
+/// Whether a send of `messages` makes something visible at once (a consumer should be woken).
+pub(crate) fn wakes_consumers(messages: &[OutgoingMessage]) -> bool {
+    messages.iter().any(|m| interval_ms(m.options.delay) == 0)
 }
 
 /// How many statements `send_batch` will issue at least, to decide whether the driver must wrap
@@ -279,26 +331,17 @@ async fn flush_plain(
             .iter()
             .map(|(_, m)| interval_ms(m.options.delay))
             .collect();
-        let wake = delays.contains(&0);
-        // The NOTIFY rides in the same statement (a CTE the final SELECT depends on, so it is
-        // evaluated) to keep a send at one round trip; it is delivered only on commit.
         let ids: Vec<i64> = sqlx::query_scalar(
-            "WITH ins AS (
-                 INSERT INTO queue_messages (queue, body, content_type, request_id, visible_at)
-                 SELECT $1, b, ct, rid, now() + d * interval '1 millisecond'
-                 FROM unnest($2::bytea[], $3::text[], $4::text[], $5::bigint[]) AS u(b, ct, rid, d)
-                 RETURNING id
-             ), wake AS MATERIALIZED (
-                 SELECT pg_notify('cognomega_queue', $1) WHERE $6
-             )
-             SELECT ins.id FROM ins, (SELECT count(*) FROM wake) AS w",
+            "INSERT INTO queue_messages (queue, body, content_type, request_id, visible_at)
+             SELECT $1, b, ct, rid, now() + d * interval '1 millisecond'
+             FROM unnest($2::bytea[], $3::text[], $4::text[], $5::bigint[]) AS u(b, ct, rid, d)
+             RETURNING id",
         )
         .bind(queue.as_str())
         .bind(&bodies)
         .bind(&types)
         .bind(&requests)
         .bind(&delays)
-        .bind(wake)
         .fetch_all(&mut *conn)
         .await
         .map_err(map_err)?;
@@ -354,10 +397,8 @@ async fn send_keyed(
                  SELECT message_id, $1, $3, $4, $5, $2, now() + $6 * interval '1 millisecond'
                  FROM dedup
                  RETURNING id
-             ), wake AS MATERIALIZED (
-                 SELECT pg_notify('cognomega_queue', $1) FROM ins WHERE $6 = 0
              )
-             SELECT ins.id FROM ins, (SELECT count(*) FROM wake) AS w",
+             SELECT id FROM ins",
         )
         .bind(queue.as_str())
         .bind(&key)
@@ -767,12 +808,15 @@ impl QueueDriver for PgQueue {
             return Ok(Vec::new());
         }
         let bulk = messages.len() >= BULK_SEND;
-        // Consumers are woken by the NOTIFY inside the insert, in this process as in others.
+        let wake = wakes_consumers(&messages);
         let receipts = self
             .run(send_statements(&messages), async |conn| {
                 send_batch(conn, queue, messages).await
             })
             .await?;
+        if wake {
+            self.wake_after_commit(queue);
+        }
         if bulk {
             self.after_bulk_send();
         }

@@ -693,8 +693,7 @@ impl QueueDriver for SqliteQueue {
         // Consumer-side: lost in a machine crash, it is redone (see `Database::begin_in_consumer`).
         let mut tx = self
             .db
-            .write
-            .begin_with(RELAXED_BEGIN)
+            .begin_relaxed(RELAXED_BEGIN)
             .await
             .map_err(map_err)?;
         // No sequences in SQLite: the token is the counter's next value, taken in the same write
@@ -807,8 +806,7 @@ impl QueueDriver for SqliteQueue {
         // Consumer-side: lost in a machine crash, it is redone (see `Database::begin_in_consumer`).
         let mut tx = self
             .db
-            .write
-            .begin_with(RELAXED_BEGIN)
+            .begin_relaxed(RELAXED_BEGIN)
             .await
             .map_err(map_err)?;
         let (report, wake) = settle_in(&mut tx, queue, settings, items, now_ms()).await?;
