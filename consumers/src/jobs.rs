@@ -8,6 +8,7 @@ use std::sync::Arc;
 use cognomega_core::billing::{UsageBatchMessage, UsageEvent, UsageKey, UsageKind};
 use cognomega_core::queue::{
     BatchHandler, HandlerError, MessageBatch, OutgoingMessage, QueueName, QueueSettings,
+    ReceivedMessage,
 };
 use cognomega_pipelines::{JobError, JobType, Progress};
 use cognomega_r2_lifecycle::codec::{encode, CodecPolicy};
@@ -86,7 +87,20 @@ impl JobRunner {
     }
 
     async fn run_one(&self, job: Job, attempts: u32) -> Result<(), HandlerError> {
-        let input_key = ObjectKey::parse(&job.input_key).map_err(HandlerError::fatal)?;
+        // Both were validated at submission; a row that fails them anyway can never run, and a
+        // fatal error would leave it `running` while its message goes to the dead-letter queue.
+        let input_key = match ObjectKey::parse(&job.input_key) {
+            Ok(key) => key,
+            Err(e) => {
+                return self
+                    .finish(
+                        &job,
+                        "failed",
+                        &format!("the job's input key is invalid: {e}"),
+                    )
+                    .await
+            }
+        };
         let input = match self.objects.get_bytes(&input_key).await {
             Ok((_, bytes)) => bytes,
             Err(e) if e.is_not_found() => {
@@ -100,8 +114,18 @@ impl JobRunner {
             }
             Err(e) => return Err(self.transient(&job, attempts, e.to_string()).await),
         };
-        let params: serde_json::Value =
-            serde_json::from_str(&job.params).map_err(HandlerError::fatal)?;
+        let params: serde_json::Value = match serde_json::from_str(&job.params) {
+            Ok(params) => params,
+            Err(e) => {
+                return self
+                    .finish(
+                        &job,
+                        "failed",
+                        &format!("the job's params are not JSON: {e}"),
+                    )
+                    .await
+            }
+        };
         let progress = DbProgress {
             db: self.db.clone(),
             job_id: job.id.clone(),
@@ -254,6 +278,31 @@ impl BatchHandler for JobRunner {
             batch.ack(id);
         }
         Ok(())
+    }
+
+    /// A job whose every delivery ended without a verdict (the worker crashed or hung each
+    /// time) would otherwise stay `running` for good: its message went to the dead-letter
+    /// queue at a claim, and no handler sees it again.
+    async fn dead_lettered(&self, messages: &[ReceivedMessage]) {
+        for m in messages {
+            // Not a job message: there is no job to mark (it is in the dead-letter queue).
+            let Ok(body) = m.json::<JobMessage>() else {
+                continue;
+            };
+            let why = format!(
+                "no delivery finished: the worker stopped (crash, hang or lost lease) on each of \
+                 its {} deliveries; the message is in the dead-letter queue {}",
+                m.attempts,
+                dead_letter_queue(self.job_type.name()),
+            );
+            match jobs::bury(&self.db, &body.job_id, &why).await {
+                Ok(true) => tracing::warn!(job_id = %body.job_id, message_id = m.id.0,
+                    request_id = m.request_id.as_deref().unwrap_or(""), "job dead: {why}"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(job_id = %body.job_id, error = %e,
+                    "could not mark the job dead; it stays running"),
+            }
+        }
     }
 }
 

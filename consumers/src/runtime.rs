@@ -308,10 +308,14 @@ async fn queue_loop(ctx: LoopCtx) -> u64 {
                 continue;
             }
         };
-        let dead_lettered = usize::try_from(claim.dead_lettered).unwrap_or(usize::MAX);
-        if claim.dead_lettered > 0 {
-            ctx.metrics
-                .settled(&ctx.queue, &Default::default(), claim.dead_lettered);
+        let dead_lettered = claim.dead.len();
+        if !claim.dead.is_empty() {
+            ctx.metrics.settled(
+                &ctx.queue,
+                &Default::default(),
+                u64::try_from(dead_lettered).unwrap_or(u64::MAX),
+            );
+            ctx.handler.dead_lettered(&claim.dead).await;
         }
         if claim.messages.is_empty() {
             drop(permits);
@@ -333,7 +337,7 @@ async fn queue_loop(ctx: LoopCtx) -> u64 {
             fill_batch(&ctx, &mut leased, batch_size).await;
         }
         // Messages dead-lettered by the claim took places in it too.
-        drained = leased.messages.len().saturating_add(dead_lettered) < wanted;
+        drained = leased.messages.len() + dead_lettered < wanted;
         let mut rest = leased.messages;
         while !rest.is_empty() {
             let tail = rest.split_off(rest.len().min(batch_size));

@@ -276,7 +276,63 @@ fn zstd_decode(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
     )?)
 }
 
+/// A worker that dies on every delivery (a crash, an out-of-memory kill, a hang past the lease)
+/// never settles the message; after the last allowed delivery a claim moves it to the
+/// dead-letter queue without delivering it, and the job must not stay `running` for good.
+async fn a_job_whose_worker_dies_every_time_ends_dead(backend: Backend) -> anyhow::Result<()> {
+    let f = fixture(backend).await?;
+    let job = Arc::new(TestJob(Behaviour::PanicsOnce(AtomicU32::new(0))));
+    let name = job.name();
+    submit(&f, name, "job-lost").await?;
+    let driver = f.tdb.db().queue();
+    let queue = jobs::queue(name);
+    let mut dying = jobs::settings(name);
+    dying.lease = Duration::from_secs(1);
+    for delivery in 1..=dying.max_deliveries() {
+        let claim = wait_for(Duration::from_secs(30), || async {
+            let c = driver.claim(&queue, &dying, 1).await?;
+            Ok((!c.messages.is_empty()).then_some(c))
+        })
+        .await?;
+        assert_eq!(claim.messages[0].attempts, delivery);
+        // The worker got as far as starting the job, then died.
+        cognomega_stores::jobs::start_run(f.tdb.db(), "job-lost").await?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+        let now = cognomega_core::time::UnixMillis(i64::try_from(now.as_millis())?);
+        tokio::time::sleep(claim.lease_until.since(now) + Duration::from_millis(50)).await;
+    }
+    assert_eq!(status(&f, "job-lost").await?.status, "running");
+
+    let running = start(&f, job.clone()).await?;
+    let j = wait_for(Duration::from_secs(30), || async {
+        let j = status(&f, "job-lost").await?;
+        Ok((j.status != "running").then_some(j))
+    })
+    .await?;
+    assert!(running.wait_idle(Duration::from_secs(30)).await);
+    running.stop().await;
+    assert_eq!(j.status, "dead", "{j:?}");
+    let error = j.error.unwrap_or_default();
+    assert!(
+        error.contains("no delivery finished") && error.contains("4 deliveries"),
+        "{error}"
+    );
+    let dead = driver
+        .dead_letters(&jobs::dead_letter_queue(name), 10)
+        .await?;
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].body_preview.contains("job-lost"));
+    // Marking it again (a repeated claim after a lost commit) changes nothing.
+    assert!(!cognomega_stores::jobs::bury(f.tdb.db(), "job-lost", "again").await?);
+    assert_eq!(
+        status(&f, "job-lost").await?.error.as_deref(),
+        Some(error.as_str())
+    );
+    Ok(())
+}
+
 cognomega_testkit::both_backends!(
+    a_job_whose_worker_dies_every_time_ends_dead,
     cancel_while_running_stops_at_a_stage_boundary,
     transient_failures_end_dead_in_the_dlq,
     a_panicking_job_is_retried,

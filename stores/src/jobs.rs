@@ -464,6 +464,34 @@ pub async fn finish(
     Ok(())
 }
 
+/// Marks a job `dead` with `error` unless it already reached a final status (a redelivered
+/// success, a cancellation, an earlier verdict): for a job whose message went to the dead-letter
+/// queue without any delivery finishing it. Returns whether the job changed.
+pub async fn bury(db: &Database, id: &str, error: &str) -> Result<bool, StoreError> {
+    let changed = match db {
+        Database::Sqlite(s) => sqlx::query(
+            "UPDATE jobs SET status = 'dead', error = ?2, finished_at = ?3
+             WHERE id = ?1 AND status IN ('queued', 'running')",
+        )
+        .bind(id)
+        .bind(error)
+        .bind(now_ms().0)
+        .execute(&s.write)
+        .await?
+        .rows_affected(),
+        Database::Postgres(pg) => sqlx::query(
+            "UPDATE jobs SET status = 'dead', error = $2, finished_at = now()
+             WHERE id = $1 AND status IN ('queued', 'running')",
+        )
+        .bind(id)
+        .bind(error)
+        .execute(&pg.pool)
+        .await?
+        .rows_affected(),
+    };
+    Ok(changed > 0)
+}
+
 /// Records a successful run: artifact rows (replacing any from an earlier attempt), status,
 /// credits. Runs inside the caller's transaction, which also produces the usage event.
 pub async fn succeed(

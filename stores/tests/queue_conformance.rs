@@ -84,7 +84,7 @@ impl Fixture {
     ) -> anyhow::Result<Claim> {
         wait_for(PATIENCE, || async {
             let claim = self.claim(queue, settings, max).await?;
-            Ok((!claim.messages.is_empty() || claim.dead_lettered > 0).then_some(claim))
+            Ok((!claim.messages.is_empty() || !claim.dead.is_empty()).then_some(claim))
         })
         .await
     }
@@ -190,7 +190,7 @@ async fn send_and_claim_round_trip(backend: Backend) -> anyhow::Result<()> {
 
     let claim = fx.claim(&work, &s, 10).await?;
     assert_eq!(ids(&claim), [sent.id, plain]);
-    assert_eq!(claim.dead_lettered, 0);
+    assert!(claim.dead.is_empty());
     let first = &claim.messages[0];
     assert_eq!(
         first.json::<serde_json::Value>()?,
@@ -822,7 +822,16 @@ async fn expired_last_lease_dead_letters_on_claim(backend: Backend) -> anyhow::R
     // and still delivers what else is visible.
     let keep = fx.send(&work, "healthy").await?;
     let third = fx.claim(&work, &s, 10).await?;
-    assert_eq!(third.dead_lettered, 1);
+    assert_eq!(
+        third
+            .dead
+            .iter()
+            .map(|m| (m.id, m.attempts))
+            .collect::<Vec<_>>(),
+        [(id, 2)],
+        "the claim names what it dead-lettered, with the deliveries it got"
+    );
+    assert_eq!(third.dead[0].body, b"hangs");
     assert_eq!(
         ids(&third),
         [keep],
@@ -849,7 +858,7 @@ async fn expired_last_lease_dead_letters_on_claim(backend: Backend) -> anyhow::R
     let id = fx.send(&lossy, "hangs too").await?;
     assert_eq!(ids(&fx.claim(&lossy, &s_drop, 10).await?), [id]);
     let after = fx.claim_eventually(&lossy, &s_drop, 10).await?;
-    assert_eq!(after.dead_lettered, 1);
+    assert_eq!(after.dead.len(), 1);
     assert!(after.messages.is_empty());
     let st = fx.driver.stats(&lossy).await?;
     assert_eq!((st.depth, st.in_flight, st.delayed), (0, 0, 0));

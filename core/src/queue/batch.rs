@@ -141,6 +141,14 @@ pub trait BatchHandler: MaybeSendSync {
     /// Processes a batch. Returning `Ok` acks every message not decided otherwise; returning
     /// an error applies it to every message not decided yet.
     async fn handle(&self, batch: &mut MessageBatch) -> Result<(), HandlerError>;
+
+    /// Called with messages a claim moved to the dead-letter queue without delivering them:
+    /// their lease expired after their last allowed delivery (the handler never finished: a
+    /// crash, a hang). Nothing calls [`handle`](Self::handle) for them again, so a consumer that
+    /// tracks work per message (a job's status) records the outcome here. Best effort and
+    /// possibly repeated: it runs after the claim committed, so it must be idempotent, and a
+    /// crash in between skips it. The default does nothing.
+    async fn dead_lettered(&self, _messages: &[ReceivedMessage]) {}
 }
 
 /// `Send + Sync` on native targets, nothing on wasm32 (where Workers futures are `!Send`).

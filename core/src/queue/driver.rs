@@ -34,8 +34,10 @@ pub struct Claim {
     /// The leased messages, oldest first.
     pub messages: Vec<ReceivedMessage>,
     /// Messages found with an expired lease after their last allowed delivery, and moved to the
-    /// dead-letter queue (or dropped) instead of being delivered again.
-    pub dead_lettered: u64,
+    /// dead-letter queue (or dropped) instead of being delivered again: as they were last
+    /// delivered, so the consumer can record the outcome (see
+    /// [`BatchHandler::dead_lettered`](super::BatchHandler::dead_lettered)).
+    pub dead: Vec<ReceivedMessage>,
 }
 
 /// What to do with one claimed message.

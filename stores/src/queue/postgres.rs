@@ -873,7 +873,7 @@ impl QueueDriver for PgQueue {
                 token: LeaseToken(0),
                 lease_until: now_ms().plus(settings.lease),
                 messages: Vec::new(),
-                dead_lettered: 0,
+                dead: Vec::new(),
             });
         };
         let token = LeaseToken(first.6);
@@ -892,8 +892,7 @@ impl QueueDriver for PgQueue {
             )
             .collect();
         messages.sort_unstable_by_key(|m| m.id);
-        let (messages, exhausted) = split_exhausted(messages, settings, token);
-        let mut dead_lettered = 0;
+        let (messages, dead, exhausted) = split_exhausted(messages, settings, token);
         if !exhausted.is_empty() {
             // A follow-up transaction rather than the claim's own keeps the common claim at one
             // round trip; until it runs, the exhausted messages are held by this lease, and
@@ -916,15 +915,14 @@ impl QueueDriver for PgQueue {
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-            let report = settle_on(&mut tx, queue, settings, &exhausted, plan).await?;
+            settle_on(&mut tx, queue, settings, &exhausted, plan).await?;
             tx.commit().await.map_err(map_err)?;
-            dead_lettered = report.dead_lettered + report.dropped;
         }
         Ok(Claim {
             token,
             lease_until,
             messages,
-            dead_lettered,
+            dead,
         })
     }
 

@@ -723,7 +723,7 @@ impl QueueDriver for SqliteQueue {
                 token: LeaseToken(0),
                 lease_until,
                 messages: Vec::new(),
-                dead_lettered: 0,
+                dead: Vec::new(),
             });
         }
         sqlx::query("UPDATE queue_counters SET value = value + 1 WHERE name = 'lease_token'")
@@ -745,9 +745,8 @@ impl QueueDriver for SqliteQueue {
             });
         }
         messages.sort_unstable_by_key(|m| m.id);
-        let (messages, exhausted) = split_exhausted(messages, settings, token);
+        let (messages, dead, exhausted) = split_exhausted(messages, settings, token);
         let mut wake = Vec::new();
-        let mut dead_lettered = 0;
         if !exhausted.is_empty() {
             // The UPDATE above counted a delivery that is not being made: take it back, so the
             // dead message shows the deliveries it really got.
@@ -759,8 +758,7 @@ impl QueueDriver for SqliteQueue {
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-            let (report, w) = settle_in(&mut tx, queue, settings, &exhausted, now).await?;
-            dead_lettered = report.dead_lettered + report.dropped;
+            let (_, w) = settle_in(&mut tx, queue, settings, &exhausted, now).await?;
             wake = w;
         }
         tx.commit().await.map_err(map_err)?;
@@ -771,7 +769,7 @@ impl QueueDriver for SqliteQueue {
             token,
             lease_until,
             messages,
-            dead_lettered,
+            dead,
         })
     }
 
@@ -984,19 +982,23 @@ pub(crate) fn split_exhausted(
     messages: Vec<ReceivedMessage>,
     settings: &QueueSettings,
     token: LeaseToken,
-) -> (Vec<ReceivedMessage>, Vec<Settlement>) {
+) -> (Vec<ReceivedMessage>, Vec<ReceivedMessage>, Vec<Settlement>) {
     let max = settings.max_deliveries();
-    let (deliver, exhausted): (Vec<_>, Vec<_>) =
+    let (deliver, mut exhausted): (Vec<_>, Vec<_>) =
         messages.into_iter().partition(|m| m.attempts <= max);
     let settlements = exhausted
-        .into_iter()
-        .map(|m| Settlement::DeadLetter {
-            id: m.id,
-            token,
-            error: format!("lease expired on each of {max} deliveries without an ack"),
+        .iter_mut()
+        .map(|m| {
+            // As last delivered: this claim's count is taken back with the dead-lettering.
+            m.attempts = m.attempts.saturating_sub(1);
+            Settlement::DeadLetter {
+                id: m.id,
+                token,
+                error: format!("lease expired on each of {max} deliveries without an ack"),
+            }
         })
         .collect();
-    (deliver, settlements)
+    (deliver, exhausted, settlements)
 }
 
 pub(crate) fn read_histogram(rows: Vec<(i64, i64, i64)>) -> DrainHistogram {
