@@ -132,6 +132,22 @@ pub struct PgDb {
     pub(crate) queue: Arc<PgShared>,
 }
 
+impl PgDb {
+    /// A queue driver sharing this database's wake-up listener and notifier.
+    fn queue_driver(&self) -> PgQueue {
+        PgQueue::with_shared(self.pool.clone(), self.queue.clone())
+    }
+
+    /// `tx` as a [`Tx`] whose sends wake consumers after it commits.
+    fn tx(&self, tx: sqlx::Transaction<'static, sqlx::Postgres>) -> Tx {
+        Tx::Postgres {
+            tx,
+            wake: Vec::new(),
+            queues: self.queue_driver(),
+        }
+    }
+}
+
 /// SQLite with one writer connection (SQLite serializes writers anyway; queueing them in the
 /// pool is fairer and faster than its busy-retry loop) and a pool of readers (WAL lets readers
 /// run beside the writer).
@@ -151,6 +167,15 @@ pub struct SqliteDb {
 }
 
 impl SqliteDb {
+    /// `tx` as a [`Tx`] whose sends wake consumers after it commits.
+    fn tx(&self, tx: sqlx::Transaction<'static, sqlx::Sqlite>) -> Tx {
+        Tx::Sqlite {
+            tx,
+            wake: Vec::new(),
+            wakers: self.wakers.clone(),
+        }
+    }
+
     /// Begins a write transaction with `begin` (one of the relaxed statements, which set
     /// `synchronous = NORMAL`), marking the connection to be made durable again on release.
     ///
@@ -280,7 +305,7 @@ impl Database {
     pub fn queue(&self) -> Arc<dyn cognomega_core::queue::QueueDriver> {
         match self {
             Self::Sqlite(db) => Arc::new(SqliteQueue::new(db.clone())),
-            Self::Postgres(db) => Arc::new(PgQueue::with_shared(db.pool.clone(), db.queue.clone())),
+            Self::Postgres(db) => Arc::new(db.queue_driver()),
         }
     }
 
@@ -300,32 +325,16 @@ impl Database {
     /// commit queues behind.
     pub async fn begin_in_consumer(&self) -> Result<Tx, StoreError> {
         Ok(match self {
-            Self::Sqlite(db) => Tx::Sqlite {
-                tx: db.begin_relaxed(RELAXED_BEGIN).await?,
-                wake: Vec::new(),
-                wakers: db.wakers.clone(),
-            },
-            Self::Postgres(db) => Tx::Postgres {
-                tx: db.pool.begin_with(PG_RELAXED_BEGIN).await?,
-                wake: Vec::new(),
-                queues: PgQueue::with_shared(db.pool.clone(), db.queue.clone()),
-            },
+            Self::Sqlite(db) => db.tx(db.begin_relaxed(RELAXED_BEGIN).await?),
+            Self::Postgres(db) => db.tx(db.pool.begin_with(PG_RELAXED_BEGIN).await?),
         })
     }
 
     /// Begins a transaction in which business writes and queue sends commit together.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
         Ok(match self {
-            Self::Sqlite(db) => Tx::Sqlite {
-                tx: db.write.begin().await?,
-                wake: Vec::new(),
-                wakers: db.wakers.clone(),
-            },
-            Self::Postgres(db) => Tx::Postgres {
-                tx: db.pool.begin().await?,
-                wake: Vec::new(),
-                queues: PgQueue::with_shared(db.pool.clone(), db.queue.clone()),
-            },
+            Self::Sqlite(db) => db.tx(db.write.begin().await?),
+            Self::Postgres(db) => db.tx(db.pool.begin().await?),
         })
     }
 
