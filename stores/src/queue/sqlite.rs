@@ -225,7 +225,7 @@ async fn commit_group(
     group: Vec<PendingSend>,
     replies: &mut Vec<Reply>,
 ) -> Result<(), QueueError> {
-    if let [_] = group.as_slice() {
+    if group.len() == 1 {
         // A lone sender needs no savepoint: its own transaction (or statement) is the group's.
         if let Some(p) = group.into_iter().next() {
             let result = commit_one(conn, &p.queue, p.messages).await;
@@ -234,9 +234,9 @@ async fn commit_group(
         return Ok(());
     }
     let mut group = group.into_iter();
-    // Producers answer clients once this commits: it must reach the disk. (The pool resets
-    // this on release too; said here so the promise is visible where it is made.) One round
-    // trip to the connection's thread for both statements.
+    // Producers answer clients once this commits: it must reach the disk. (The pool also
+    // resets it after any holder that relaxed it; said here so the promise is visible where it
+    // is made.) One round trip to the connection's thread for both statements.
     let mut tx = match sqlx::Connection::begin_with(&mut *conn, DURABLE_BEGIN).await {
         Ok(tx) => tx,
         Err(e) => {
