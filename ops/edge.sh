@@ -4,6 +4,7 @@
 # Objects and Hyperdrive pointed at the local PostgreSQL).
 #
 #   ops/edge.sh tools        install what the build needs (idempotent; offline-friendly)
+#   ops/edge.sh apt          only the Debian packages of `tools` (clang, llvm)
 #   ops/edge.sh build        build the module, report its size against Cloudflare's limit
 #   ops/edge.sh dev          build, migrate the edge database, run every Worker (foreground)
 #   ops/edge.sh test         dev in the background + the HTTP acceptance suite against it
@@ -17,6 +18,8 @@
 #   COGNOMEGA_ADMIN_KEY      the admin key the local Workers use (default: a fixed dev key)
 #   COGNOMEGA_CLAMD          clamd host:port for the av-scan Worker (default 127.0.0.1:3310)
 #   EDGE_TARGET_DIR          cargo target dir of the wasm build (default wrangler/target)
+#   COGNOMEGA_BIN            a built `cognomega` for migrations and the fake provider (default:
+#                            `cargo run --bin cognomega`)
 #   CF_ACCOUNT_ID + CF_API_TOKEN (+ CF_AI_BASE_URL), GROQ_API_KEY (+ GROQ_BASE_URL),
 #   OPENAI_API_KEY (+ OPENAI_BASE_URL), COGNOMEGA_PROVIDER_ORDER
 #                            model providers of the `ai` Worker (POST /api/si/ask); with none
@@ -42,23 +45,39 @@ edge_target="${EDGE_TARGET_DIR:-$wr/target}"
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'ops/edge.sh: %s\n' "$*" >&2; exit 1; }
 
+# The native binary (migrations, the fake provider): COGNOMEGA_BIN when the caller built one
+# (ops/test.sh passes its test build's), else built here.
+cognomega() {
+  if [ -n "${COGNOMEGA_BIN:-}" ]; then
+    [ -x "$COGNOMEGA_BIN" ] || die "COGNOMEGA_BIN=$COGNOMEGA_BIN is not an executable"
+    "$COGNOMEGA_BIN" "$@"
+  else
+    cargo run -q --locked --bin cognomega -- "$@"
+  fi
+}
+
 # Every Worker config, gateway first (the one wrangler dev serves on the port).
 configs=(gateway auth billing usage jobs files admin ai usage-writer settlement jobs-sketch-to-app av-scan etl dlq)
+
+apt_tools() {
+  # zstd (the artifact codec) is C: clang compiles it for wasm32.
+  if ! command -v clang >/dev/null || ! command -v llvm-ar >/dev/null; then
+    say "installing clang and llvm (zstd-sys builds for wasm32 with them)"
+    if command -v apt-get >/dev/null; then
+      if ! apt-cache show clang >/dev/null 2>&1; then apt-get update -qq; fi
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends clang llvm >/dev/null
+    else
+      die "install clang and llvm-ar, then retry"
+    fi
+  fi
+}
 
 tools() {
   if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
     say "rustup target add wasm32-unknown-unknown"
     rustup target add wasm32-unknown-unknown
   fi
-  # zstd (the artifact codec) is C: clang compiles it for wasm32.
-  if ! command -v clang >/dev/null || ! command -v llvm-ar >/dev/null; then
-    say "installing clang and llvm (zstd-sys builds for wasm32 with them)"
-    if command -v apt-get >/dev/null; then
-      DEBIAN_FRONTEND=noninteractive apt-get install -y clang llvm >/dev/null
-    else
-      die "install clang and llvm-ar, then retry"
-    fi
-  fi
+  apt_tools
   # worker-build must match the `worker` crate's major.minor; wasm-bindgen-cli must match the
   # wasm-bindgen version in wrangler/Cargo.lock exactly.
   local wb_want bindgen_want
@@ -106,6 +125,8 @@ build() {
     say "building the Workers' module (release)"
     (
       cd "$wr/edge"
+      # Built as `wrangler deploy` builds it, whatever lint wrapper the caller's native build uses.
+      unset RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS
       WASM_BINDGEN_BIN="$(command -v wasm-bindgen)" \
       WASM_OPT_BIN="$wr/node_modules/.bin/wasm-opt" \
       ESBUILD_BIN="$wr/node_modules/.bin/esbuild" \
@@ -139,8 +160,7 @@ database() {
     psql -h "$pghost" -p "$pgport" -U "$pguser" -d postgres -qc "CREATE DATABASE \"$db\""
   fi
   say "migrating $db (migrations/postgres)"
-  cargo run -q --locked --bin cognomega -- \
-    --database-url "postgres://$pguser@$pghost:$pgport/$db" migrate
+  cognomega --database-url "postgres://$pguser@$pghost:$pgport/$db" migrate
 }
 
 scanner() {
@@ -166,7 +186,7 @@ providers() {
   local out line
   out=$(mktemp /tmp/cognomega-fake-provider.XXXXXX)
   fake_out="$out"
-  cargo run -q --locked --bin cognomega -- fake-provider >"$out" 2>/dev/null &
+  cognomega fake-provider >"$out" 2>/dev/null &
   fake_pid=$!
   for _ in $(seq 1 600); do
     grep -q "listening" "$out" && break
@@ -286,6 +306,7 @@ cmd="${1:-dev}"
 shift || true
 trap cleanup EXIT
 case "$cmd" in
+  apt) apt_tools ;;
   tools) tools ;;
   build) build ;;
   sizes) sizes ;;

@@ -8,10 +8,11 @@
 # not match the document. The server is stopped on exit, whatever happens.
 #
 #   ops/schemathesis.sh [--seed N] [--max-examples N]
+#   ops/schemathesis.sh --install     only set up schemathesis' virtualenv, then exit
 #
 # Environment: SCHEMATHESIS_SEED (default: a fixed seed, so runs repeat), SCHEMATHESIS_MAX_EXAMPLES
-# (default 100 per operation: about a minute on two quiet cores), COGNOMEGA_BIN (a prebuilt binary;
-# default: `cargo build` and target/debug/cognomega), SCHEMATHESIS_VENV (where schemathesis is
+# (default 100 per operation: about a minute on two quiet cores), COGNOMEGA_BIN (a built binary,
+# as ops/test.sh passes its test build's; default: `cargo build` and target/debug/cognomega), SCHEMATHESIS_VENV (where schemathesis is
 # installed, on Python >= 3.12 when the machine has one; default under ~/.cache/cognomega).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,11 +20,13 @@ cd "$(dirname "$0")/.."
 VERSION=4.32.5
 seed="${SCHEMATHESIS_SEED:-20260701}"
 max_examples="${SCHEMATHESIS_MAX_EXAMPLES:-100}"
+install_only=false
 while (($#)); do
   case "$1" in
     --seed) seed="$2"; shift 2 ;;
     --max-examples) max_examples="$2"; shift 2 ;;
-    *) echo "usage: $0 [--seed N] [--max-examples N]" >&2; exit 2 ;;
+    --install) install_only=true; shift ;;
+    *) echo "usage: $0 [--install] [--seed N] [--max-examples N]" >&2; exit 2 ;;
   esac
 done
 
@@ -49,6 +52,10 @@ if [[ ! -x "$venv/bin/st" ]] || ! new_enough "$venv/bin/python"; then
   "$venv/bin/pip" install -q "schemathesis==$VERSION"
 fi
 st="$venv/bin/st"
+if $install_only; then
+  echo "schemathesis $("$st" --version 2>&1 | tail -n1) is in $venv" >&2
+  exit 0
+fi
 
 bin="${COGNOMEGA_BIN:-}"
 if [[ -z "$bin" ]]; then

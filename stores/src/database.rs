@@ -287,12 +287,14 @@ impl Database {
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match self {
             Self::Sqlite(db) => {
-                sqlx::migrate!("../migrations/sqlite")
+                crate::migrations::migrator(crate::migrations::SQLITE)
+                    .await?
                     .run(&db.write)
                     .await?
             }
             Self::Postgres(db) => {
-                sqlx::migrate!("../migrations/postgres")
+                crate::migrations::migrator(crate::migrations::POSTGRES)
+                    .await?
                     .run(&db.pool)
                     .await?
             }

@@ -19,6 +19,7 @@ pub mod ledger_chain;
 pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
+mod migrations;
 pub mod objects;
 pub mod queue;
 pub mod schedules;
