@@ -8,6 +8,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use cognomega_pipelines::synth::Sketch;
 use cognomega_testkit::{wait_for, Backend, Guest, TestApp, ADMIN_KEY};
+use futures::StreamExt as _;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -541,7 +542,35 @@ async fn thumbnails_and_payment_required(backend: Backend) -> anyhow::Result<()>
     app.stop().await
 }
 
+/// A new guest's first job, right after `POST /auth/guest`, is never refused for credits: the
+/// starting grant commits with the tenant (it used to wait for the settlement consumer, and
+/// most first jobs got 402). 200 guests, each submitting at once, ten at a time.
+async fn a_new_guests_first_job_is_accepted(backend: Backend) -> anyhow::Result<()> {
+    let app = TestApp::spawn_custom(backend, true, None, |api| {
+        api.rate_limits.enabled = false;
+    })
+    .await?;
+    let (png, _) = Sketch::generate(3, 320, 240);
+    let body = json!({"type": "image_thumbnail", "input": {"image_base64": B64.encode(png)}, "params": {"sizes": [16], "format": "png"}});
+    let statuses: Vec<u16> = futures::stream::iter(0..200)
+        .map(|_| async {
+            let g = app.guest().await?;
+            let resp = submit(&app, &g, &body, None).await?;
+            let status = resp.status().as_u16();
+            anyhow::ensure!(status == 202, "{status}: {}", resp.text().await?);
+            Ok::<_, anyhow::Error>(status)
+        })
+        .buffer_unordered(10)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    assert_eq!(statuses.len(), 200);
+    app.stop().await
+}
+
 cognomega_testkit::both_backends!(
+    a_new_guests_first_job_is_accepted,
     sketch_to_app_end_to_end,
     idempotent_submit_isolation_and_cancel,
     bad_input_is_refused_before_queueing,

@@ -20,7 +20,8 @@ both_backends!(
     circuit_opens_after_repeated_failures,
     streams_and_bills_a_cut_stream_once,
     cost_levers_are_enforced,
-    balances_exact_after_1000_concurrent_asks
+    balances_exact_after_1000_concurrent_asks,
+    a_new_guest_asks_at_once
 );
 
 fn provider(id: ProviderId, fake: &FakeProvider) -> ProviderSettings {
@@ -521,6 +522,24 @@ async fn balances_exact_after_1000_concurrent_asks(backend: Backend) -> anyhow::
             "guest {g}"
         );
         assert_eq!(token_usage(&app, guest).await?.0, 200, "two events per ask");
+    }
+    app.stop().await
+}
+
+/// A new guest's first ask, right after `POST /auth/guest`, is never refused for credits: the
+/// starting grant commits with the tenant.
+async fn a_new_guest_asks_at_once(backend: Backend) -> anyhow::Result<()> {
+    let fake = FakeProvider::start().await?;
+    let cfg = providers(&[(ProviderId::Openai, &fake)]);
+    let app = spawn(backend, move |api| {
+        api.providers = cfg;
+        api.rate_limits.enabled = false;
+    })
+    .await?;
+    for _ in 0..50 {
+        let guest = app.guest().await?;
+        let resp = ask(&app, &guest, json!({"prompt": "first thing"})).await?;
+        assert_eq!(resp.status(), StatusCode::OK, "{}", resp.text().await?);
     }
     app.stop().await
 }

@@ -642,6 +642,20 @@ pub async fn append_and_sum(
     Ok(out)
 }
 
+/// Settles entries inside the caller's transaction: appends them to the ledger (ids already
+/// there change nothing) and adds what was appended to the derived balances, as the
+/// settlement consumer does for a batch. A new guest's starting grant is settled this way in
+/// the transaction that creates the tenant, so its first billable request already sees it.
+/// Returns each changed tenant's new balance.
+pub async fn settle_in(
+    tx: &mut Tx,
+    entries: &[SettlementMessage],
+    guest_floor: i64,
+) -> Result<BTreeMap<String, i64>, StoreError> {
+    let applied = append_and_sum(tx, entries).await?;
+    apply_balance_deltas(tx, &applied.deltas, guest_floor).await
+}
+
 /// Adds per-tenant deltas to the derived balances and (un)flags guests whose balance is below
 /// `guest_floor`. Returns each tenant's new balance.
 pub async fn apply_balance_deltas(

@@ -53,3 +53,18 @@ pub struct SettlementMessage {
     /// What it refers to (usage key, adjustment id).
     pub reference: Option<String>,
 }
+
+impl SettlementMessage {
+    /// A new tenant's starting grant: one per tenant (`grant-{tenant}`), settled in the
+    /// transaction that creates the tenant.
+    #[must_use]
+    pub fn grant(tenant_id: &str, credits: i64) -> Self {
+        Self {
+            id: format!("grant-{tenant_id}"),
+            tenant_id: tenant_id.to_owned(),
+            delta: credits,
+            kind: SettlementKind::Grant,
+            reference: None,
+        }
+    }
+}

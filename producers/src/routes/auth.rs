@@ -5,16 +5,15 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use cognomega_core::auth::{valid_email, Tier};
-use cognomega_core::billing::{SettlementKind, SettlementMessage};
+use cognomega_core::billing::SettlementMessage;
 use cognomega_core::limits::{Decision, RouteClass};
-use cognomega_core::queue::OutgoingMessage;
 use cognomega_stores::billing;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::openapi::{schemas as s, *};
 use crate::limits::{self, ClientIp};
-use crate::{current_request_id, ApiError, AppState};
+use crate::{ApiError, AppState};
 
 /// `POST /auth/guest`; the body is optional.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -107,7 +106,8 @@ async fn issue_guest(
     let tenant_id = uuid::Uuid::now_v7().to_string();
     let user_id = uuid::Uuid::now_v7().to_string();
     let grant = state.config.billing.guest_grant;
-    // The tenant and its starting grant's settlement commit together.
+    // The tenant and its starting grant (its ledger entry and balance) commit together: the
+    // guest's first billable request, however soon, sees the grant.
     let mut tx = state.db.begin().await.map_err(ApiError::internal)?;
     billing::create_tenant(
         &mut tx,
@@ -119,17 +119,8 @@ async fn issue_guest(
     .await
     .map_err(ApiError::internal)?;
     if grant != 0 {
-        let msg = SettlementMessage {
-            id: format!("grant-{tenant_id}"),
-            tenant_id: tenant_id.clone(),
-            delta: grant,
-            kind: SettlementKind::Grant,
-            reference: None,
-        };
-        let out = OutgoingMessage::json(&msg)
-            .map_err(ApiError::internal)?
-            .request_id(current_request_id());
-        tx.send(&cognomega_consumers::settlement::queue(), out)
+        let msg = SettlementMessage::grant(&tenant_id, grant);
+        billing::settle_in(&mut tx, &[msg], state.config.billing.guest_floor)
             .await
             .map_err(ApiError::internal)?;
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use cognomega_core::auth::{
     Claims, ClaimsBuilder, Jwks, KeyId, KeyRing, SigningKey, Tier, Validation,
 };
-use cognomega_core::billing::{SettlementKind, SettlementMessage};
+use cognomega_core::billing::SettlementMessage;
 use cognomega_core::limits::RouteClass;
 use cognomega_core::time::UnixMillis;
 use serde::Deserialize;
@@ -273,35 +273,37 @@ async fn guest(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     let grant = crate::config::billing(env).guest_grant;
     let ring = ring(env).await?;
     let db = crate::db::connect(env).await?;
+    // The tenant and its starting grant (its ledger entry and balance) commit together: the
+    // guest's first billable request, however soon, sees the grant.
+    let grant_entry = SettlementMessage::grant(&tenant_id, grant);
+    let floor = crate::config::billing(env).guest_floor;
     db.batch_execute("BEGIN").await?;
-    db.execute(
-        "INSERT INTO tenants (id, tier, email) VALUES ($1, 'guest', $2)",
-        &[&tenant_id, &request.email],
-    )
-    .await?;
-    db.execute(
-        "INSERT INTO users (id, tenant_id, email) VALUES ($1, $2, $3)",
-        &[&user_id, &tenant_id, &request.email],
-    )
-    .await?;
-    db.batch_execute("COMMIT").await?;
-    // Cloudflare Queues cannot join the database transaction, so the grant is sent after the
-    // commit; its id (`grant-<tenant>`) makes a re-send harmless, and a failed send fails the
-    // request (the tenant then has no token and no grant: nothing usable was half-made).
-    if grant != 0 {
-        let msg = SettlementMessage {
-            id: format!("grant-{tenant_id}"),
-            tenant_id: tenant_id.clone(),
-            delta: grant,
-            kind: SettlementKind::Grant,
-            reference: None,
-        };
-        crate::consumers::send_json(env, "SETTLEMENT", &msg, &caller.request_id, 0)
-            .await
-            .map_err(|e| {
-                ApiError::unavailable(format!("cannot enqueue the starting grant ({e}); retry"))
-            })?;
+    let created = async {
+        db.execute(
+            "INSERT INTO tenants (id, tier, email) VALUES ($1, 'guest', $2)",
+            &[&tenant_id, &request.email],
+        )
+        .await?;
+        db.execute(
+            "INSERT INTO users (id, tenant_id, email) VALUES ($1, $2, $3)",
+            &[&user_id, &tenant_id, &request.email],
+        )
+        .await?;
+        if grant == 0 {
+            return Ok(Vec::new());
+        }
+        crate::consumers::settle_in(&db, &[&grant_entry], floor).await
     }
+    .await;
+    let balances = match created {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = db.batch_execute("ROLLBACK").await;
+            return Err(ApiError::internal(format!("creating the guest: {e}")));
+        }
+    };
+    db.batch_execute("COMMIT").await?;
+    crate::consumers::cache_balances(env, balances).await;
     let ttl = Duration::from_secs(crate::config::token_ttl_secs(env));
     let builder = ClaimsBuilder::new(
         crate::config::issuer(env),

@@ -372,9 +372,109 @@ struct LedgerRow<'a> {
     reference: Option<&'a str>,
 }
 
-/// settlement: appends each entry once (`ledger_entries.id` is unique), adds the new entries'
-/// deltas to the balances in the same transaction, marks applied adjustments, then writes the
-/// new balances through to KV.
+/// Settles entries inside the caller's transaction: appends each once (`ledger_entries.id` is
+/// unique), adds the new entries' deltas to the balances and (un)flags guests below the floor,
+/// marks applied adjustments. Returns the changed balances `(tenant, balance, as_of_ms)` for
+/// the caller to write through to KV after its commit. The settlement consumer settles its
+/// batches this way, and `POST /auth/guest` a new guest's starting grant, in the transaction
+/// that creates the tenant.
+pub async fn settle_in(
+    db: &tokio_postgres::Client,
+    entries: &[&SettlementMessage],
+    floor: i64,
+) -> Result<Vec<(String, i64, i64)>, tokio_postgres::Error> {
+    let rows: Vec<LedgerRow> = entries
+        .iter()
+        .map(|s| LedgerRow {
+            id: &s.id,
+            tenant_id: &s.tenant_id,
+            delta: s.delta,
+            kind: s.kind.as_str(),
+            reference: s.reference.as_deref(),
+        })
+        .collect();
+    let json = serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into());
+    let inserted = db
+        .query(
+            "INSERT INTO ledger_entries (id, tenant_id, delta, kind, ref)
+             SELECT x.id, x.tenant_id, x.delta, x.kind, x.reference
+             FROM jsonb_to_recordset($1::text::jsonb) AS x(id text, tenant_id text, delta bigint, kind text, reference text)
+             ORDER BY x.id
+             ON CONFLICT (id) DO NOTHING RETURNING tenant_id, delta, kind, ref",
+            &[&json],
+        )
+        .await?;
+    let mut deltas: BTreeMap<String, i64> = BTreeMap::new();
+    let mut adjustments: Vec<String> = Vec::new();
+    for r in &inserted {
+        let tenant: String = r.get(0);
+        let delta: i64 = r.get(1);
+        let e = deltas.entry(tenant).or_insert(0);
+        *e = e.saturating_add(delta);
+        if r.get::<_, String>(2) == SettlementKind::Adjustment.as_str() {
+            if let Some(id) = r.get::<_, Option<String>>(3) {
+                adjustments.push(id);
+            }
+        }
+    }
+    let deltas_json = serde_json::to_string(&deltas).unwrap_or_else(|_| "{}".into());
+    let balances = if deltas.is_empty() {
+        Vec::new()
+    } else {
+        let rows = db
+            .query(
+                "INSERT INTO balances (tenant_id, balance)
+                 SELECT key, value::bigint FROM jsonb_each_text($1::text::jsonb) ORDER BY key
+                 ON CONFLICT (tenant_id) DO UPDATE SET balance = balances.balance + EXCLUDED.balance, updated_at = now()
+                 RETURNING tenant_id, balance, (extract(epoch FROM updated_at) * 1000)::bigint",
+                &[&deltas_json],
+            )
+            .await?;
+        db.execute(
+            "UPDATE tenants t SET flagged_at = CASE
+                 WHEN t.tier = 'guest' AND b.balance < $2 THEN COALESCE(t.flagged_at, now()) END
+             FROM balances b
+             WHERE b.tenant_id = t.id AND t.id IN (SELECT jsonb_object_keys($1::text::jsonb))",
+            &[&deltas_json, &floor],
+        )
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    r.get::<_, i64>(1),
+                    r.get::<_, i64>(2),
+                )
+            })
+            .collect()
+    };
+    if !adjustments.is_empty() {
+        db.execute(
+            "UPDATE credit_adjustments SET status = 'applied', applied_at = now() WHERE id = ANY($1)",
+            &[&adjustments],
+        )
+        .await?;
+    }
+    Ok(balances)
+}
+
+/// Writes settled balances through to KV (after their commit).
+pub async fn cache_balances(env: &Env, balances: Vec<(String, i64, i64)>) {
+    for (tenant, balance, as_of) in balances {
+        crate::billing::put(
+            env,
+            &tenant,
+            &crate::billing::CachedBalance {
+                balance,
+                as_of_ms: Some(as_of),
+            },
+        )
+        .await;
+    }
+}
+
+/// settlement: settles the batch in one transaction (`settle_in`), then writes the new
+/// balances through to KV.
 async fn settlement(
     db: &tokio_postgres::Client,
     env: &Env,
@@ -385,79 +485,10 @@ async fn settlement(
     if decoded.is_empty() {
         return Ok(());
     }
-    let rows: Vec<LedgerRow> = decoded
-        .iter()
-        .map(|(_, s, _)| LedgerRow {
-            id: &s.id,
-            tenant_id: &s.tenant_id,
-            delta: s.delta,
-            kind: s.kind.as_str(),
-            reference: s.reference.as_deref(),
-        })
-        .collect();
-    let json = serde_json::to_string(&rows).map_err(|e| e.to_string())?;
+    let entries: Vec<&SettlementMessage> = decoded.iter().map(|(_, s, _)| s).collect();
     let floor = crate::config::billing(env).guest_floor;
     db.batch_execute("BEGIN").await.map_err(|e| e.to_string())?;
-    let applied = async {
-        let inserted = db
-            .query(
-                "INSERT INTO ledger_entries (id, tenant_id, delta, kind, ref)
-                 SELECT x.id, x.tenant_id, x.delta, x.kind, x.reference
-                 FROM jsonb_to_recordset($1::text::jsonb) AS x(id text, tenant_id text, delta bigint, kind text, reference text)
-                 ORDER BY x.id
-                 ON CONFLICT (id) DO NOTHING RETURNING tenant_id, delta, kind, ref",
-                &[&json],
-            )
-            .await?;
-        let mut deltas: BTreeMap<String, i64> = BTreeMap::new();
-        let mut adjustments: Vec<String> = Vec::new();
-        for r in &inserted {
-            let tenant: String = r.get(0);
-            let delta: i64 = r.get(1);
-            let e = deltas.entry(tenant).or_insert(0);
-            *e = e.saturating_add(delta);
-            if r.get::<_, String>(2) == SettlementKind::Adjustment.as_str() {
-                if let Some(id) = r.get::<_, Option<String>>(3) {
-                    adjustments.push(id);
-                }
-            }
-        }
-        let deltas_json = serde_json::to_string(&deltas).unwrap_or_else(|_| "{}".into());
-        let balances = if deltas.is_empty() {
-            Vec::new()
-        } else {
-            let rows = db
-                .query(
-                    "INSERT INTO balances (tenant_id, balance)
-                     SELECT key, value::bigint FROM jsonb_each_text($1::text::jsonb) ORDER BY key
-                     ON CONFLICT (tenant_id) DO UPDATE SET balance = balances.balance + EXCLUDED.balance, updated_at = now()
-                     RETURNING tenant_id, balance, (extract(epoch FROM updated_at) * 1000)::bigint",
-                    &[&deltas_json],
-                )
-                .await?;
-            db.execute(
-                "UPDATE tenants t SET flagged_at = CASE
-                     WHEN t.tier = 'guest' AND b.balance < $2 THEN COALESCE(t.flagged_at, now()) END
-                 FROM balances b
-                 WHERE b.tenant_id = t.id AND t.id IN (SELECT jsonb_object_keys($1::text::jsonb))",
-                &[&deltas_json, &floor],
-            )
-            .await?;
-            rows.into_iter()
-                .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1), r.get::<_, i64>(2)))
-                .collect()
-        };
-        if !adjustments.is_empty() {
-            db.execute(
-                "UPDATE credit_adjustments SET status = 'applied', applied_at = now() WHERE id = ANY($1)",
-                &[&adjustments],
-            )
-            .await?;
-        }
-        Ok::<_, tokio_postgres::Error>(balances)
-    }
-    .await;
-    let balances = match applied {
+    let balances = match settle_in(db, &entries, floor).await {
         Ok(b) => b,
         Err(e) => {
             let _ = db.batch_execute("ROLLBACK").await;
@@ -470,17 +501,7 @@ async fn settlement(
     for (m, _, _) in &decoded {
         m.ack();
     }
-    for (tenant, balance, as_of) in balances {
-        crate::billing::put(
-            env,
-            &tenant,
-            &crate::billing::CachedBalance {
-                balance,
-                as_of_ms: Some(as_of),
-            },
-        )
-        .await;
-    }
+    cache_balances(env, balances).await;
     Ok(())
 }
 
