@@ -12,8 +12,8 @@
 //!
 //! The ask scenario needs a model provider configured on the deployment under test; the suite
 //! knows only its base URL, so it checks the answer against the contract and itself (a
-//! retried request id billed once, a stream's tokens equal to the whole answer), not against
-//! a particular provider.
+//! retried Idempotency-Key replayed and billed once, a stream's tokens equal to the whole
+//! answer), not against a particular provider.
 //!
 //! Every response checked must carry `X-Request-Id`, and every error must be the
 //! `{"error":{"code","message","request_id"}}` envelope naming that same id. Timeouts are
@@ -823,9 +823,11 @@ fn int_header(answer: &Answer, name: &str) -> anyhow::Result<i64> {
         .ok_or_else(|| anyhow::anyhow!("{}: no integer {name} header", answer.what))
 }
 
-/// g. `POST /api/si/ask`: an answer with every header; the same `X-Request-Id` retried is
-/// billed once; a streamed answer ends with a `done` event carrying its usage; a guest may
-/// not ask for a large model.
+/// g. `POST /api/si/ask`: an answer with every header; the same `Idempotency-Key` retried is
+/// replayed (the same answer, `Idempotent-Replayed: true`) and billed once, the same key with
+/// another body is 409; the same `X-Request-Id` without a key is asked and billed again (a
+/// request id traces, it does not bill); a streamed answer ends with a `done` event carrying
+/// its usage; a guest may not ask for a large model.
 async fn ask_billed_once(t: Target) -> anyhow::Result<()> {
     let g = guest(&t).await?;
     let denied = send(
@@ -838,10 +840,12 @@ async fn ask_billed_once(t: Target) -> anyhow::Result<()> {
     let grant = wait_grant(&t, &g).await?;
 
     let request_id = format!("acceptance-ask-{}", uuid::Uuid::new_v4());
+    let key = format!("acceptance-key-{}", uuid::Uuid::new_v4());
     let ask = || {
         t.post("/api/si/ask")
             .bearer_auth(&g.token)
             .header("X-Request-Id", &request_id)
+            .header("Idempotency-Key", &key)
             .json(&json!({"prompt": "say hello to the acceptance suite", "max_tokens": 64}))
     };
     let first = send(ask()).await?;
@@ -888,9 +892,45 @@ async fn ask_billed_once(t: Target) -> anyhow::Result<()> {
         );
     }
 
-    // The same request again: answered, not billed again.
+    assert_eq!(first.header("idempotent-replayed"), None);
+    // The same request again with its key: the first answer replayed, not asked or billed.
     let again = send(ask()).await?;
-    again.expect(StatusCode::OK)?;
+    let replayed = again.expect(StatusCode::OK)?;
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(replayed, answer, "the replay is the first answer");
+    for h in [
+        "x-provider",
+        "x-model",
+        "x-tokens-in",
+        "x-tokens-out",
+        "x-credits-used",
+    ] {
+        assert_eq!(again.header(h), first.header(h), "{h} replayed");
+    }
+    // The key with another body: refused, nothing asked.
+    let reused = send(
+        t.post("/api/si/ask")
+            .bearer_auth(&g.token)
+            .header("Idempotency-Key", &key)
+            .json(&json!({"prompt": "another question", "max_tokens": 64})),
+    )
+    .await?;
+    assert_eq!(
+        reused.expect_error(StatusCode::CONFLICT)?,
+        "idempotency_key_reused"
+    );
+    // The same request id without the key: a request id only traces, so it is asked and
+    // billed again.
+    let traced = send(
+        t.post("/api/si/ask")
+            .bearer_auth(&g.token)
+            .header("X-Request-Id", &request_id)
+            .json(&json!({"prompt": "say hello to the acceptance suite", "max_tokens": 64})),
+    )
+    .await?;
+    traced.expect(StatusCode::OK)?;
+    assert_eq!(traced.header("idempotent-replayed"), None);
+    let traced_credits = int_header(&traced, "x-credits-used")?;
 
     // A streamed answer: token events, then done with usage and credits.
     let streamed = send(
@@ -942,18 +982,18 @@ async fn ask_billed_once(t: Target) -> anyhow::Result<()> {
     );
     assert!(done["credits_balance"].is_i64(), "{done}");
 
-    // Billed once per request: the balance and the recorded usage agree.
+    // Billed once per answer: the balance and the recorded usage agree.
     let settled = settled_balance(&t, &g, grant).await?;
     assert_eq!(
         settled,
-        grant - credits - streamed_credits,
-        "two requests billed (the retry was not)"
+        grant - credits - traced_credits - streamed_credits,
+        "three answers billed (the replay was not)"
     );
     let usage = send(t.get("/usage").bearer_auth(&g.token))
         .await?
         .expect(StatusCode::OK)?;
-    assert_eq!(usage["totals"]["tokens_in"]["events"], 2, "{usage}");
-    assert_eq!(usage["totals"]["tokens_out"]["events"], 2, "{usage}");
+    assert_eq!(usage["totals"]["tokens_in"]["events"], 3, "{usage}");
+    assert_eq!(usage["totals"]["tokens_out"]["events"], 3, "{usage}");
     assert_eq!(usage["credits_charged"], grant - settled, "{usage}");
     Ok(())
 }

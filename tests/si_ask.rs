@@ -21,6 +21,7 @@ both_backends!(
     streams_and_bills_a_cut_stream_once,
     cost_levers_are_enforced,
     balances_exact_after_1000_concurrent_asks,
+    idempotency_key_replays_the_first_answer_billed_once,
     a_new_guest_asks_at_once
 );
 
@@ -155,7 +156,8 @@ async fn answers_and_settles_once(backend: Backend) -> anyhow::Result<()> {
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].authorization.as_deref(), Some("Bearer key-openai"));
 
-    // The same request again (same X-Request-Id): answered again, billed once.
+    // The same request again with the same X-Request-Id: a request id traces, it does not
+    // bill. Without an Idempotency-Key the request is asked and billed again.
     let again = app
         .client
         .post(app.url("/api/si/ask"))
@@ -165,12 +167,14 @@ async fn answers_and_settles_once(backend: Backend) -> anyhow::Result<()> {
         .send()
         .await?;
     assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(header(&again, "idempotent-replayed"), "");
+    assert_eq!(fake.calls().len(), 2, "asked again");
     drained(&app).await?;
     assert_eq!(
         token_usage(&app, &guest).await?,
-        (2, tokens_in + tokens_out)
+        (4, 2 * (tokens_in + tokens_out))
     );
-    assert_eq!(app.balance(&guest).await?, before - credits);
+    assert_eq!(app.balance(&guest).await?, before - 2 * credits);
 
     // A provider that reports no usage: counted with the tokenizer and marked estimated.
     fake.set(Behaviour::Answer {
@@ -524,6 +528,174 @@ async fn balances_exact_after_1000_concurrent_asks(backend: Backend) -> anyhow::
         assert_eq!(token_usage(&app, guest).await?.0, 200, "two events per ask");
     }
     app.stop().await
+}
+
+async fn ask_with_key(
+    app: &TestApp,
+    guest: &Guest,
+    key: &str,
+    body: &Value,
+) -> anyhow::Result<reqwest::Response> {
+    Ok(app
+        .client
+        .post(app.url("/api/si/ask"))
+        .bearer_auth(&guest.token)
+        .header("Idempotency-Key", key)
+        .json(body)
+        .send()
+        .await?)
+}
+
+/// A retried ask (same Idempotency-Key, same body) is replayed, not re-asked: the provider is
+/// called once and the answer billed once, however many retries, sequential or concurrent,
+/// JSON or streamed. The same key with another body ⇒ 409; a refused ask releases its key.
+async fn idempotency_key_replays_the_first_answer_billed_once(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let fake = FakeProvider::start().await?;
+    let cfg = providers(&[(ProviderId::Openai, &fake)]);
+    let app = spawn(backend, move |api| api.providers = cfg).await?;
+    let guest = app.guest().await?;
+    drained(&app).await?;
+    let before = app.balance(&guest).await?;
+    let body = json!({"prompt": "an expensive question"});
+
+    let first = ask_with_key(&app, &guest, "retry-me", &body).await?;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(header(&first, "idempotent-replayed"), "");
+    let credits: i64 = header(&first, "x-credits-used").parse()?;
+    let first_headers: Vec<String> = [
+        "x-provider",
+        "x-model",
+        "x-tokens-in",
+        "x-tokens-out",
+        "x-credits-used",
+    ]
+    .iter()
+    .map(|h| header(&first, h))
+    .collect();
+    let first_body = first.text().await?;
+    for _ in 0..19 {
+        let again = ask_with_key(&app, &guest, "retry-me", &body).await?;
+        assert_eq!(again.status(), StatusCode::OK);
+        assert_eq!(header(&again, "idempotent-replayed"), "true");
+        assert_eq!(header(&again, "content-type"), "application/json");
+        let headers: Vec<String> = [
+            "x-provider",
+            "x-model",
+            "x-tokens-in",
+            "x-tokens-out",
+            "x-credits-used",
+        ]
+        .iter()
+        .map(|h| header(&again, h))
+        .collect();
+        assert_eq!(headers, first_headers);
+        assert_eq!(again.text().await?, first_body);
+    }
+    assert_eq!(fake.calls().len(), 1, "one provider call for 20 requests");
+
+    // The same key with another body is a client error, and asks nothing.
+    let other = ask_with_key(
+        &app,
+        &guest,
+        "retry-me",
+        &json!({"prompt": "something else"}),
+    )
+    .await?;
+    assert_eq!(other.status(), StatusCode::CONFLICT);
+    assert_eq!(
+        other.json::<Value>().await?["error"]["code"],
+        "idempotency_key_reused"
+    );
+    // A malformed key is refused before anything happens.
+    let bad = ask_with_key(&app, &guest, &"k".repeat(129), &body).await?;
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        bad.json::<Value>().await?["error"]["code"],
+        "invalid_idempotency_key"
+    );
+    assert_eq!(fake.calls().len(), 1);
+
+    // Concurrent retries of one new key: one provider call; every other request gets the
+    // replay or 409 in flight (with Retry-After), never a second answer.
+    let concurrent_body = json!({"prompt": "asked ten times at once"});
+    let sends = (0..10).map(|_| ask_with_key(&app, &guest, "at-once", &concurrent_body));
+    let mut fresh = 0;
+    let mut at_once_credits = 0;
+    for resp in futures::future::join_all(sends).await {
+        let resp = resp?;
+        match resp.status() {
+            StatusCode::OK if header(&resp, "idempotent-replayed") == "true" => {}
+            StatusCode::OK => {
+                fresh += 1;
+                at_once_credits = header(&resp, "x-credits-used").parse()?;
+            }
+            StatusCode::CONFLICT => {
+                assert!(!header(&resp, "retry-after").is_empty());
+                assert_eq!(
+                    resp.json::<Value>().await?["error"]["code"],
+                    "idempotency_key_in_flight"
+                );
+            }
+            other => anyhow::bail!("unexpected {other}"),
+        }
+    }
+    assert_eq!(fresh, 1, "exactly one request was answered by the provider");
+    assert_eq!(fake.calls().len(), 2);
+
+    // A stream is recorded and replayed as it was sent.
+    let stream_body = json!({"prompt": "stream it", "stream": true});
+    let streamed = ask_with_key(&app, &guest, "stream-me", &stream_body).await?;
+    assert_eq!(streamed.status(), StatusCode::OK);
+    let streamed_text = streamed.text().await?;
+    assert!(streamed_text.contains("event: done"), "{streamed_text}");
+    let replayed = wait_for(Duration::from_secs(10), || async {
+        let resp = ask_with_key(&app, &guest, "stream-me", &stream_body).await?;
+        if resp.status() == StatusCode::CONFLICT {
+            return Ok(None);
+        }
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(header(&resp, "idempotent-replayed"), "true");
+        assert!(header(&resp, "content-type").starts_with("text/event-stream"));
+        Ok(Some(resp.text().await?))
+    })
+    .await?;
+    assert_eq!(replayed, streamed_text);
+    assert_eq!(fake.calls().len(), 3);
+
+    // A provider failure bills nothing and releases the key: the retry asks afresh.
+    fake.set(Behaviour::Status(500));
+    let failed = ask_with_key(&app, &guest, "after-failure", &body).await?;
+    assert_eq!(failed.status(), StatusCode::BAD_GATEWAY);
+    fake.set(Behaviour::default());
+    let retried = ask_with_key(&app, &guest, "after-failure", &body).await?;
+    assert_eq!(retried.status(), StatusCode::OK);
+    assert_eq!(header(&retried, "idempotent-replayed"), "");
+
+    // Billed once per key: four answered keys, two usage events each.
+    drained(&app).await?;
+    let (events, _) = token_usage(&app, &guest).await?;
+    assert_eq!(events, 8, "one tokens_in and one tokens_out event per key");
+    let after = app.balance(&guest).await?;
+    assert_eq!(
+        before - after,
+        credits + at_once_credits + stream_credits(&streamed_text)? + credits,
+        "each key billed once"
+    );
+    app.stop().await
+}
+
+fn stream_credits(sse: &str) -> anyhow::Result<i64> {
+    let done = sse
+        .split("\n\n")
+        .find(|frame| frame.starts_with("event: done"))
+        .and_then(|frame| frame.lines().find_map(|l| l.strip_prefix("data: ")))
+        .ok_or_else(|| anyhow::anyhow!("no done event in {sse}"))?;
+    let done: Value = serde_json::from_str(done)?;
+    done["credits_used"]
+        .as_i64()
+        .ok_or_else(|| anyhow::anyhow!("no credits_used in {done}"))
 }
 
 /// A new guest's first ask, right after `POST /auth/guest`, is never refused for credits: the

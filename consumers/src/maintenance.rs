@@ -83,11 +83,16 @@ impl BatchHandler for Maintenance {
                     let counters = cognomega_stores::limits::prune_counters(&self.db, now)
                         .await
                         .map_err(HandlerError::retryable)?;
+                    let ask_keys =
+                        cognomega_stores::ask_replays::prune(&self.db, now.saturating_mul(1000))
+                            .await
+                            .map_err(HandlerError::retryable)?;
                     tracing::info!(
                         acked = report.acked,
                         dead = report.dead,
                         dedup_keys = report.dedup_keys,
                         counters,
+                        ask_keys,
                         "retention pruning done"
                     );
                 }

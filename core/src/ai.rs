@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::Tier;
 
+pub mod replay;
+
 /// Longest prompt (all message contents together), in bytes.
 pub const MAX_PROMPT_BYTES: usize = 256 * 1024;
 /// Most messages in one request.

@@ -44,8 +44,9 @@ impl ErrorEnvelope {
 /// response headers it may read, and how long it may cache a preflight.
 pub mod cors {
     /// Headers a browser client may read: billing figures, the request id, the rate-limit
-    /// figures a client paces itself by, and the stage timings of an ask.
-    pub const EXPOSED_HEADERS: [&str; 12] = [
+    /// figures a client paces itself by, the stage timings of an ask, and the mark of a
+    /// replayed answer.
+    pub const EXPOSED_HEADERS: [&str; 13] = [
         "x-request-id",
         "x-credits-used",
         "x-credits-balance",
@@ -58,6 +59,7 @@ pub mod cors {
         "ratelimit-reset",
         "retry-after",
         "server-timing",
+        "idempotent-replayed",
     ];
     /// Request headers a browser client may send.
     pub const ALLOWED_HEADERS: [&str; 5] = [

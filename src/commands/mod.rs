@@ -76,11 +76,12 @@ pub async fn migrate(ctx: Ctx) -> anyhow::Result<()> {
 pub async fn prune(ctx: Ctx) -> anyhow::Result<()> {
     let db = ctx.open().await?;
     let report = db.queue().prune().await?;
-    let counters =
-        cognomega_stores::limits::prune_counters(&db, chrono::Utc::now().timestamp()).await?;
+    let now = chrono::Utc::now();
+    let counters = cognomega_stores::limits::prune_counters(&db, now.timestamp()).await?;
+    let ask_keys = cognomega_stores::ask_replays::prune(&db, now.timestamp_millis()).await?;
     println!(
-        "pruned {} acked messages, {} dead messages, {} expired idempotency keys, {} spent counter windows",
-        report.acked, report.dead, report.dedup_keys, counters
+        "pruned {} acked messages, {} dead messages, {} expired idempotency keys, {} spent counter windows, {} expired ask keys",
+        report.acked, report.dead, report.dedup_keys, counters, ask_keys
     );
     db.close().await;
     Ok(())

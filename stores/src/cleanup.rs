@@ -78,6 +78,8 @@ pub async fn run(
     let messages = if opts.dry_run {
         prunable(db).await?
     } else {
+        // Ask keys past their 24 hours go with the expired queue keys.
+        crate::ask_replays::prune(db, now).await?;
         db.queue().prune().await?
     };
     let guest_cutoff = now

@@ -6,6 +6,7 @@
 //! differ, the SQLite query says why.
 #![forbid(unsafe_code)]
 
+pub mod ask_replays;
 pub mod audit;
 pub mod billing;
 pub mod clamd;

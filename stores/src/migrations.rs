@@ -39,6 +39,7 @@ migrations!(
     "0009_ledger_chain.sql",
     "0010_rate_limits.sql",
     "0011_usage_day_tokens.sql",
+    "0012_ask_replays.sql",
 );
 
 /// Embedded files as a migration source, read as sqlx reads a folder: `<VERSION>_<DESCRIPTION>.sql`,

@@ -1,7 +1,8 @@
 //! `POST /api/si/ask`: route a request to a model provider (with fallback), count its tokens,
 //! and produce `tokens_in`/`tokens_out` usage through the queue — never writing billing state
-//! here. The usage events' idempotency keys derive from the request id, so a retried request
-//! (same `X-Request-Id`) is billed once.
+//! here. Every request is billed under an id of its own; a retry with the same
+//! `Idempotency-Key` is answered from the stored first answer (JSON or the recorded stream)
+//! without calling the provider, billed once (`cognomega_core::ai::replay`).
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
@@ -12,11 +13,13 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
+use cognomega_core::ai::replay::{self, Recorded};
 use cognomega_core::ai::{ask_charge, check_budget, parse_ask, AskRequest, Verdict};
 use cognomega_core::queue::OutgoingMessage;
 use cognomega_providers::{answer, AskFailure, Chunk, RoutedStream, Usage};
+use cognomega_stores::ask_replays::{self, Claim};
 use futures::StreamExt as _;
-use http::{HeaderName, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use super::openapi::{schemas as s, *};
 use crate::auth::Authenticated;
@@ -28,6 +31,12 @@ use crate::{current_request_id, ApiError, AppState};
     operation_id = "ask",
     tag = "ai",
     security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 128,
+        description = "A retry with the same key (within 24 h) gets the first answer again \
+            (JSON, or the recorded event stream) without asking the provider, billed once, \
+            marked `Idempotent-Replayed: true`; the same key with another body ⇒ 409 \
+            `idempotency_key_reused`; while the first is still being answered ⇒ 409 \
+            `idempotency_key_in_flight`. Without a key every request is asked and billed")),
     request_body(content = s::AskRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "The answer (JSON), or with `stream: true` Server-Sent \
@@ -45,11 +54,13 @@ use crate::{current_request_id, ApiError, AppState};
                 ("X-Credits-Used" = i64, description = "Credits charged (JSON answers)"),
                 ("X-Credits-Balance" = i64, description = "Cached balance minus this charge (JSON answers)"),
                 ("Server-Timing" = String, description = "Milliseconds per stage of the answer (JSON answers): `standing` (credit and budget check), `provider` (the model call, with any fallback), `bill` (the durable usage enqueue)"),
+                ("Idempotent-Replayed" = String, description = "`true` on an answer replayed for a repeated Idempotency-Key"),
             )),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 402, response = PaymentRequired),
         (status = 403, response = Forbidden),
+        (status = 409, response = Conflict),
         (status = 413, response = PayloadTooLarge),
         (status = 429, response = TooManyRequests),
         (status = 500, response = Internal),
@@ -60,8 +71,11 @@ use crate::{current_request_id, ApiError, AppState};
 pub(crate) async fn ask(
     State(state): State<AppState>,
     Authenticated(claims): Authenticated,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let key = replay::parse_key(headers.get("idempotency-key").map(HeaderValue::as_bytes))
+        .map_err(|m| ApiError::bad_request("invalid_idempotency_key", m))?;
     let req = parse_ask(&body).map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
     let policy = state.config.ask.tier(claims.tier);
     let verdict = policy.judge(&req);
@@ -74,25 +88,186 @@ pub(crate) async fn ask(
     if !state.ai.any() {
         return Err(no_provider());
     }
-    let started = Instant::now();
-    if let Err(refusal) = check_standing(&state, &claims.tenant, policy.daily_tokens).await {
-        return Ok(refusal);
+    // A repeated key is answered here, before the credit check: its answer was paid for.
+    let held = match &key {
+        None => None,
+        Some(k) => match claim(&state, &claims.tenant, k, &body).await? {
+            Ok(held) => Some(held),
+            Err(replayed) => return Ok(replayed),
+        },
+    };
+    let billing_id = replay::billing_id(&claims.tenant, key.as_deref(), || {
+        uuid::Uuid::now_v7().to_string()
+    });
+    let asked = Asked {
+        tenant: claims.tenant,
+        billing_id,
+        request_id: current_request_id(),
+        held,
+    };
+    let answered = answer_ask(&state, &asked, req, max_tokens, policy.daily_tokens).await;
+    match (answered, &asked.held) {
+        (Ok(Answer::Json(response, recorded)), Some(held)) => {
+            held.finish(&state, &recorded).await;
+            Ok(response)
+        }
+        (Ok(Answer::Json(response, _)) | Ok(Answer::Stream(response)), _) => Ok(response),
+        (Err(refused), held) => {
+            // Nothing was billed: a retry with the key asks afresh.
+            if let Some(held) = held {
+                held.release(&state).await;
+            }
+            Ok(refused)
+        }
     }
+}
+
+/// What the handler answers: a JSON answer (with its recording, for a held key) or a stream
+/// (which records itself and finishes the key when it ends).
+enum Answer {
+    Json(Response, Recorded),
+    Stream(Response),
+}
+
+/// One ask's identity: its tenant, the id it is billed under, the request id it is traced by,
+/// and the `Idempotency-Key` it holds, if any.
+#[derive(Debug, Clone)]
+struct Asked {
+    tenant: String,
+    billing_id: String,
+    request_id: String,
+    held: Option<Held>,
+}
+
+/// A claimed `Idempotency-Key`: finished with the answer, or released when nothing was billed.
+#[derive(Debug, Clone)]
+struct Held {
+    tenant: String,
+    key: String,
+    claimed_at: i64,
+}
+
+impl Held {
+    async fn finish(&self, state: &AppState, recorded: &Recorded) {
+        if let Err(e) = ask_replays::finish(
+            &state.db,
+            &self.tenant,
+            &self.key,
+            self.claimed_at,
+            recorded,
+        )
+        .await
+        {
+            // The answer still goes out; a retry meets a pending key until it is abandoned,
+            // then asks again, billed under the same id (once).
+            tracing::warn!(error = %e, key = %self.key, "could not store an ask's answer for replays");
+        }
+    }
+
+    async fn release(&self, state: &AppState) {
+        if let Err(e) =
+            ask_replays::release(&state.db, &self.tenant, &self.key, self.claimed_at).await
+        {
+            tracing::warn!(error = %e, key = %self.key, "could not release an ask's Idempotency-Key");
+        }
+    }
+}
+
+/// Claims `key`: `Ok(held)` to ask, or `Err(response)`: the replayed first answer, or a 409.
+async fn claim(
+    state: &AppState,
+    tenant: &str,
+    key: &str,
+    body: &[u8],
+) -> Result<Result<Held, Response>, ApiError> {
+    let hash = replay::request_hash(body);
+    let now = Utc::now().timestamp_millis();
+    let claimed = ask_replays::claim(&state.db, tenant, key, &hash, now)
+        .await
+        .map_err(ApiError::internal)?;
+    let existing = match claimed {
+        Claim::Claimed(claimed_at) => {
+            return Ok(Ok(Held {
+                tenant: tenant.to_owned(),
+                key: key.to_owned(),
+                claimed_at,
+            }))
+        }
+        Claim::Live(existing) => existing,
+    };
+    let decision = replay::decide(&existing, &hash);
+    if let Some((status, code, message)) = replay::refusal(&decision) {
+        let mut refused = api_error(status, code, message).into_response();
+        if let replay::Decision::InFlight { retry_after_secs } = decision {
+            refused.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs),
+            );
+        }
+        return Ok(Err(refused));
+    }
+    let replay::Decision::Replay(recorded) = decision else {
+        return Err(ApiError::internal(
+            "a decision that refuses nothing replays",
+        ));
+    };
+    Ok(Err(replayed(&recorded)))
+}
+
+/// A recorded answer, sent again.
+fn replayed(recorded: &Recorded) -> Response {
+    let mut response = recorded.body.clone().into_response();
+    *response.status_mut() = StatusCode::from_u16(recorded.status).unwrap_or(StatusCode::OK);
+    let headers = response.headers_mut();
+    for (name, value) in recorded
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .chain([
+            ("content-type", recorded.content_type.as_str()),
+            (replay::REPLAYED_HEADER, "true"),
+        ])
+    {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(n, v);
+        }
+    }
+    response
+}
+
+/// Asks: the standing check, the provider, billing. `Err` is a refusal sent before anything
+/// was billed.
+async fn answer_ask(
+    state: &AppState,
+    asked: &Asked,
+    req: AskRequest,
+    max_tokens: u32,
+    daily_tokens: Option<u64>,
+) -> Result<Answer, Response> {
+    let started = Instant::now();
+    check_standing(state, &asked.tenant, daily_tokens).await?;
     let standing_done = Instant::now();
-    let request_id = current_request_id();
     if req.stream {
         let routed = state
             .ai
             .stream(&req.messages, req.model.as_deref(), max_tokens)
             .await
-            .map_err(routing_error)?;
-        return Ok(stream(state, claims.tenant, request_id, req, routed));
+            .map_err(|e| routing_error(e).into_response())?;
+        return Ok(Answer::Stream(stream(
+            state.clone(),
+            asked.clone(),
+            req,
+            routed,
+        )));
     }
     let routed = state
         .ai
         .complete(&req.messages, req.model.as_deref(), max_tokens)
         .await
-        .map_err(routing_error)?;
+        .map_err(|e| routing_error(e).into_response())?;
     let provider_done = Instant::now();
     let billable = answer::billable(
         routed.completion.usage,
@@ -101,7 +276,9 @@ pub(crate) async fn ask(
         &routed.completion.output,
     );
     let usage = billable.usage;
-    let billed = bill(&state, &claims.tenant, &request_id, usage).await?;
+    let billed = bill(state, asked, usage)
+        .await
+        .map_err(IntoResponse::into_response)?;
     let timing = server_timing(&[
         ("standing", started, standing_done),
         ("provider", standing_done, provider_done),
@@ -115,30 +292,32 @@ pub(crate) async fn ask(
         billed.credits,
     );
     let body = answer::body(
-        &request_id,
+        &asked.request_id,
         routed.provider,
         &routed.completion.model,
         &routed.completion.output,
         billable,
         billed.credits,
     );
-    let mut response = Json(body).into_response();
-    let headers = response.headers_mut();
-    for (name, value) in answer::headers(
+    let answer_headers = answer::headers(
         routed.provider,
         &routed.completion.model,
         billable,
         billed.credits,
         billed.balance,
-    )
-    .into_iter()
-    .chain([("server-timing", timing)])
+    );
+    let recorded = Recorded::json_answer(&answer_headers, body.to_string());
+    let mut response = Json(body).into_response();
+    let headers = response.headers_mut();
+    for (name, value) in answer_headers
+        .into_iter()
+        .chain([("server-timing", timing)])
     {
         if let Ok(v) = HeaderValue::from_str(&value) {
             headers.insert(HeaderName::from_static(name), v);
         }
     }
-    Ok(response)
+    Ok(Answer::Json(response, recorded))
 }
 
 /// A `Server-Timing` value (milliseconds): where the handler spent an answer's time — the
@@ -226,15 +405,11 @@ struct Billed {
 
 /// Produces the request's usage events (settled by the usage-writer and the ledger) and
 /// returns the charge and the cached balance minus it.
-async fn bill(
-    state: &AppState,
-    tenant: &str,
-    request_id: &str,
-    usage: Usage,
-) -> Result<Billed, ApiError> {
+async fn bill(state: &AppState, asked: &Asked, usage: Usage) -> Result<Billed, ApiError> {
+    let tenant = asked.tenant.as_str();
     let charge = ask_charge(
         tenant,
-        request_id,
+        &asked.billing_id,
         usage.tokens_in,
         usage.tokens_out,
         &state.config.billing.prices,
@@ -247,7 +422,7 @@ async fn bill(
         Some(msg) => Some(
             OutgoingMessage::json(&msg)
                 .map_err(ApiError::internal)?
-                .request_id(request_id),
+                .request_id(&asked.request_id),
         ),
     };
     let send = async {
@@ -261,7 +436,7 @@ async fn bill(
             .map(drop)
             .map_err(|e| {
                 ApiError::unavailable(format!(
-                    "the answer could not be billed ({e}); retry with the same X-Request-Id"
+                    "the answer could not be billed ({e}); retry (an Idempotency-Key makes a retry billed once)"
                 ))
             })
     };
@@ -280,17 +455,11 @@ async fn bill(
 /// the usage and credits (or `error` then `done` when the provider fails mid-stream). The
 /// provider is read by a task of its own, so a client hanging up still ends in exactly one
 /// billing of what was produced.
-fn stream(
-    state: AppState,
-    tenant: String,
-    request_id: String,
-    req: AskRequest,
-    routed: RoutedStream,
-) -> Response {
+fn stream(state: AppState, asked: Asked, req: AskRequest, routed: RoutedStream) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
     let provider = routed.provider;
     let model = routed.model.clone();
-    tokio::spawn(drive(state, tenant, request_id, req, routed, tx));
+    tokio::spawn(drive(state, asked, req, routed, tx));
     let events = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
     });
@@ -309,14 +478,27 @@ fn stream(
     response
 }
 
+/// The events a stream sent, on the wire as sent, for a held key's replays.
+#[derive(Debug, Default)]
+struct Recording(Option<String>);
+
+impl Recording {
+    fn event(&mut self, name: &str, data: &str) -> Event {
+        if let Some(out) = &mut self.0 {
+            out.push_str(&answer::sse_frame(name, data));
+        }
+        Event::default().event(name).data(data)
+    }
+}
+
 async fn drive(
     state: AppState,
-    tenant: String,
-    request_id: String,
+    asked: Asked,
     req: AskRequest,
     mut routed: RoutedStream,
     tx: tokio::sync::mpsc::Sender<Event>,
 ) {
+    let mut recording = Recording(asked.held.as_ref().map(|_| String::new()));
     let mut output = String::new();
     let mut reported: Option<Usage> = None;
     let mut failure = None;
@@ -328,7 +510,7 @@ async fn drive(
                 Some(Ok(Chunk::Usage(u))) => reported = Some(u),
                 Some(Ok(Chunk::Text(text))) => {
                     output.push_str(&text);
-                    let event = Event::default().event("token").data(answer::token_event(&text));
+                    let event = recording.event("token", &answer::token_event(&text));
                     if tx.send(event).await.is_err() {
                         client_gone = true;
                         break;
@@ -350,7 +532,7 @@ async fn drive(
     let complete = !client_gone && failure.is_none();
     let billable = answer::billable(reported, complete, &req.messages, &output);
     let usage = billable.usage;
-    let billed = bill(&state, &tenant, &request_id, usage).await;
+    let billed = bill(&state, &asked, usage).await;
     let finish = answer::finish_label(client_gone, failure.is_some());
     tracing::info!(
         provider = %routed.provider,
@@ -361,9 +543,7 @@ async fn drive(
         "streamed ask ended"
     );
     if let Some(f) = &failure {
-        let event = Event::default()
-            .event("error")
-            .data(answer::error_event(routed.provider, f));
+        let event = recording.event("error", &answer::error_event(routed.provider, f));
         let _ = tx.send(event).await;
     }
     let billed = match billed {
@@ -378,12 +558,12 @@ async fn drive(
             Ok((b.credits, b.balance))
         }
         Err(e) => {
-            tracing::error!(request_id, error = %e.message, "streamed ask could not be billed");
+            tracing::error!(request_id = %asked.request_id, error = %e.message, "streamed ask could not be billed");
             Err(e)
         }
     };
     let done = answer::done_event(
-        &request_id,
+        &asked.request_id,
         routed.provider,
         &routed.model,
         billable,
@@ -393,5 +573,14 @@ async fn drive(
             .map_err(|e| (e.code, e.message.as_str())),
         finish,
     );
-    let _ = tx.send(Event::default().event("done").data(done)).await;
+    let done = recording.event("done", &done);
+    let _ = tx.send(done).await;
+    if let (Some(held), Some(body)) = (&asked.held, recording.0) {
+        if billed.is_ok() {
+            let recorded = Recorded::event_stream(routed.provider.as_str(), &routed.model, body);
+            held.finish(&state, &recorded).await;
+        } else {
+            held.release(&state).await;
+        }
+    }
 }

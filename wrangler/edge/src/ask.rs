@@ -14,6 +14,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
+use cognomega_core::ai::replay::{self, Recorded};
 use cognomega_core::ai::{
     ask_charge, check_budget, parse_ask, AskPolicy, Failure, Message, ProviderId, Verdict,
 };
@@ -118,6 +119,9 @@ fn refusal(status: u16, code: &'static str, message: impl Into<String>) -> ApiEr
 
 async fn ask(req: &mut Request, env: &Env, ctx: &Context, caller: &Caller) -> ApiResult {
     let claims = caller.claims()?;
+    let key_header = req.headers().get("idempotency-key")?;
+    let key = replay::parse_key(key_header.as_deref().map(str::as_bytes))
+        .map_err(|m| ApiError::bad_request("invalid_idempotency_key", m))?;
     let body = req.bytes().await?;
     if body.len() > ASK_BODY_LIMIT {
         return Err(ApiError::new(
@@ -141,39 +145,99 @@ async fn ask(req: &mut Request, env: &Env, ctx: &Context, caller: &Caller) -> Ap
         let (status, code, message) = cognomega_providers::no_provider();
         return Err(refusal(status, code, message));
     }
-    let started = worker::Date::now().as_millis();
-    let balance = standing(env, &claims.tenant, tier.daily_tokens).await?;
-    let standing_done = worker::Date::now().as_millis();
+    // A repeated key is answered here, before the credit check: its answer was paid for.
+    let held = match &key {
+        None => None,
+        Some(k) => match claim(env, &claims.tenant, k, &body).await? {
+            Ok(held) => Some(held),
+            Err(replayed) => return Ok(replayed),
+        },
+    };
+    let billing_id = replay::billing_id(&claims.tenant, key.as_deref(), || {
+        uuid::Uuid::now_v7().to_string()
+    });
     let asked = Asked {
         env: env.clone(),
         tenant: claims.tenant.clone(),
+        billing_id,
         request_id: caller.request_id.clone(),
         messages: ask.messages,
-        balance,
+        balance: 0,
+        held,
     };
-    if ask.stream {
-        let opened = route_ask(
-            &providers,
-            &asked,
-            ask.model.as_deref(),
-            max_tokens,
-            |p, id, call| open_stream(p, &asked.env, id, call),
-        )
-        .await?;
-        return streamed(ctx, asked, opened);
-    }
-    let answered = route_ask(
+    let answered = answer_ask(
+        ctx,
+        asked,
         &providers,
-        &asked,
         ask.model.as_deref(),
+        ask.stream,
         max_tokens,
-        |p, id, call| complete(p, &asked.env, id, call),
+        tier.daily_tokens,
     )
-    .await?;
+    .await;
+    match answered {
+        Ok((resp, Some((held, recorded)))) => {
+            held.finish(env, &recorded).await;
+            Ok(resp)
+        }
+        Ok((resp, None)) => Ok(resp),
+        Err((e, held)) => {
+            // Nothing was billed: a retry with the key asks afresh.
+            if let Some(held) = held {
+                held.release(env).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Asks: the standing check, the provider, billing. A JSON answer comes back with its
+/// recording for a held key (a stream records itself and finishes the key when it ends); an
+/// error comes back with the key to release (nothing was billed).
+#[allow(clippy::type_complexity)]
+async fn answer_ask(
+    ctx: &Context,
+    mut asked: Asked,
+    providers: &Rc<Providers>,
+    model: Option<&str>,
+    stream: bool,
+    max_tokens: u32,
+    daily_tokens: Option<u64>,
+) -> Result<(Response, Option<(Held, Recorded)>), (ApiError, Option<Held>)> {
+    let started = worker::Date::now().as_millis();
+    asked.balance = match standing(&asked.env, &asked.tenant, daily_tokens).await {
+        Ok(b) => b,
+        Err(e) => return Err((e, asked.held)),
+    };
+    let standing_done = worker::Date::now().as_millis();
+    if stream {
+        let opened = route_ask(providers, &asked, model, max_tokens, |p, id, call| {
+            open_stream(p, &asked.env, id, call)
+        })
+        .await;
+        return match opened {
+            Ok(opened) => match streamed(ctx, asked, opened) {
+                Ok(resp) => Ok((resp, None)),
+                Err(e) => Err((e, None)),
+            },
+            Err(e) => Err((e, asked.held)),
+        };
+    }
+    let answered = route_ask(providers, &asked, model, max_tokens, |p, id, call| {
+        complete(p, &asked.env, id, call)
+    })
+    .await;
+    let answered = match answered {
+        Ok(a) => a,
+        Err(e) => return Err((e, asked.held)),
+    };
     let completion = answered.value;
     let provider_done = worker::Date::now().as_millis();
     let billable = answer::billable(completion.usage, true, &asked.messages, &completion.output);
-    let (credits, balance) = bill(&asked, billable.usage).await?;
+    let (credits, balance) = match bill(&asked, billable.usage).await {
+        Ok(b) => b,
+        Err(e) => return Err((e, asked.held)),
+    };
     let billed = worker::Date::now().as_millis();
     // Milliseconds as the isolate's clock gives them (it advances with I/O, in whole ms).
     #[allow(clippy::cast_precision_loss)]
@@ -185,39 +249,160 @@ async fn ask(req: &mut Request, env: &Env, ctx: &Context, caller: &Caller) -> Ap
         ),
         ("bill", billed.saturating_sub(provider_done) as f64),
     ]);
-    let mut resp = http::json(
-        200,
-        &answer::body(
-            &asked.request_id,
-            answered.provider,
-            &completion.model,
-            &completion.output,
-            billable,
-            credits,
-        ),
-    )?;
-    let headers = resp.headers_mut();
-    for (name, value) in answer::headers(
+    let body = answer::body(
+        &asked.request_id,
+        answered.provider,
+        &completion.model,
+        &completion.output,
+        billable,
+        credits,
+    );
+    let answer_headers = answer::headers(
         answered.provider,
         &completion.model,
         billable,
         credits,
         balance,
-    ) {
-        headers.set(name, &value)?;
-    }
-    headers.set("server-timing", &timing)?;
-    Ok(resp)
+    );
+    let built = (|| {
+        let mut resp = http::json(200, &body)?;
+        let headers = resp.headers_mut();
+        for (name, value) in &answer_headers {
+            headers.set(name, value)?;
+        }
+        headers.set("server-timing", &timing)?;
+        Ok::<_, ApiError>(resp)
+    })();
+    let resp = built.map_err(|e| (e, None))?;
+    let recorded = asked.held.map(|held| {
+        (
+            held,
+            Recorded::json_answer(&answer_headers, body.to_string()),
+        )
+    });
+    Ok((resp, recorded))
 }
 
 /// One request's context, kept for billing after the answer (a stream outlives the handler).
 struct Asked {
     env: Env,
     tenant: String,
+    /// The id the request is billed under (`replay::billing_id`).
+    billing_id: String,
     request_id: String,
     messages: Vec<Message>,
     /// The balance before this request.
     balance: i64,
+    /// The `Idempotency-Key` this request holds.
+    held: Option<Held>,
+}
+
+/// A claimed `Idempotency-Key`: finished with the answer, or released when nothing was billed.
+struct Held {
+    tenant: String,
+    key: String,
+    claimed_at: i64,
+}
+
+impl Held {
+    async fn finish(&self, env: &Env, recorded: &Recorded) {
+        let json = recorded.to_json();
+        let done = async {
+            let db = crate::db::connect(env).await?;
+            db.execute(
+                replay::FINISH,
+                &[&self.tenant, &self.key, &self.claimed_at, &json],
+            )
+            .await
+            .map_err(|e| worker::Error::RustError(e.to_string()))?;
+            Ok::<_, worker::Error>(())
+        };
+        if let Err(e) = done.await {
+            // The answer still goes out; a retry meets a pending key until it is abandoned,
+            // then asks again, billed under the same id (once).
+            worker::console_warn!("could not store an ask's answer for replays: {e}");
+        }
+    }
+
+    async fn release(&self, env: &Env) {
+        let done = async {
+            let db = crate::db::connect(env).await?;
+            db.execute(
+                replay::RELEASE,
+                &[&self.tenant, &self.key, &self.claimed_at],
+            )
+            .await
+            .map_err(|e| worker::Error::RustError(e.to_string()))?;
+            Ok::<_, worker::Error>(())
+        };
+        if let Err(e) = done.await {
+            worker::console_warn!("could not release an ask's Idempotency-Key: {e}");
+        }
+    }
+}
+
+/// Claims `key`: `Ok(held)` to ask, or `Err(response)`: the replayed first answer, or a 409.
+async fn claim(
+    env: &Env,
+    tenant: &str,
+    key: &str,
+    body: &[u8],
+) -> Result<Result<Held, Response>, ApiError> {
+    let hash = replay::request_hash(body);
+    let (now, expired, abandoned) =
+        replay::claim_times(i64::try_from(worker::Date::now().as_millis()).unwrap_or(i64::MAX));
+    let db = crate::db::connect(env).await?;
+    let mut existing = None;
+    // A live row can vanish between the claim and the look-up (released): then claim again.
+    for _ in 0..3 {
+        if let Some(row) = db
+            .query_opt(
+                replay::CLAIM,
+                &[&tenant, &key, &hash, &now, &expired, &abandoned],
+            )
+            .await?
+        {
+            return Ok(Ok(Held {
+                tenant: tenant.to_owned(),
+                key: key.to_owned(),
+                claimed_at: row.get(0),
+            }));
+        }
+        if let Some(row) = db.query_opt(replay::LOOKUP, &[&tenant, &key]).await? {
+            existing = Some(replay::Existing {
+                request_hash: row.get(0),
+                state: row.get(1),
+                claimed_at: row.get(2),
+                response: row.get(3),
+            });
+            break;
+        }
+    }
+    drop(db);
+    let existing = existing.ok_or_else(|| {
+        ApiError::unavailable("the Idempotency-Key changed hands during the claim; retry")
+    })?;
+    let decision = replay::decide(&existing, &hash);
+    if let Some((status, code, message)) = replay::refusal(&decision) {
+        let mut e = refusal(status, code, message);
+        if let replay::Decision::InFlight { retry_after_secs } = decision {
+            e.retry_after = Some(retry_after_secs);
+        }
+        return Err(e);
+    }
+    let replay::Decision::Replay(recorded) = decision else {
+        return Err(ApiError::internal(
+            "a decision that refuses nothing replays",
+        ));
+    };
+    let mut resp = Response::from_bytes(recorded.body.into_bytes())?.with_status(recorded.status);
+    let headers = resp.headers_mut();
+    for (name, value) in &recorded.headers {
+        headers.set(name, value)?;
+    }
+    headers.set("content-type", &recorded.content_type)?;
+    headers.set(replay::REPLAYED_HEADER, "true")?;
+    Ok(Err(resp))
 }
 
 /// Routes across the providers with the shared router; failures are logged and answered as
@@ -305,11 +490,12 @@ async fn standing(env: &Env, tenant: &str, budget: Option<u64>) -> Result<i64, A
 }
 
 /// Produces the request's usage events to the `usage` queue (settled by the usage-writer and
-/// the ledger, keyed by the request id) and returns the charge and the balance minus it.
+/// the ledger, keyed by the request's billing id) and returns the charge and the balance
+/// minus it.
 async fn bill(asked: &Asked, usage: Usage) -> Result<(i64, i64), ApiError> {
     let charge = ask_charge(
         &asked.tenant,
-        &asked.request_id,
+        &asked.billing_id,
         usage.tokens_in,
         usage.tokens_out,
         &crate::config::billing(&asked.env).prices,
@@ -322,7 +508,7 @@ async fn bill(asked: &Asked, usage: Usage) -> Result<(i64, i64), ApiError> {
             .await
             .map_err(|e| {
                 ApiError::unavailable(format!(
-                    "the answer could not be billed ({e}); retry with the same X-Request-Id"
+                    "the answer could not be billed ({e}); retry (an Idempotency-Key makes a retry billed once)"
                 ))
             })?;
     }
@@ -508,6 +694,14 @@ async fn drive(
         timeout,
     } = opened.value;
     let mut decoder = ChunkDecoder::new(protocol);
+    // The frames as sent, for a held key's replays.
+    let mut recording = asked.held.as_ref().map(|_| String::new());
+    let mut record = |frame: String| {
+        if let Some(r) = &mut recording {
+            r.push_str(&frame);
+        }
+        frame.into_bytes()
+    };
     let mut output = String::new();
     let mut reported: Option<Usage> = None;
     let mut failure: Option<Failure> = None;
@@ -539,9 +733,9 @@ async fn drive(
             match chunk {
                 Chunk::Usage(u) => reported = Some(u),
                 Chunk::Text(text) => {
-                    let frame = answer::sse_frame("token", &answer::token_event(&text));
+                    let frame = record(answer::sse_frame("token", &answer::token_event(&text)));
                     output.push_str(&text);
-                    if tx.send(frame.into_bytes()).await.is_err() {
+                    if tx.send(frame).await.is_err() {
                         client_gone = true;
                         break 'read;
                     }
@@ -563,8 +757,11 @@ async fn drive(
         );
     }
     if let Some(f) = &failure {
-        let frame = answer::sse_frame("error", &answer::error_event(provider, f));
-        let _ = tx.send(frame.into_bytes()).await;
+        let frame = record(answer::sse_frame(
+            "error",
+            &answer::error_event(provider, f),
+        ));
+        let _ = tx.send(frame).await;
     }
     let done = answer::done_event(
         &asked.request_id,
@@ -577,5 +774,13 @@ async fn drive(
             .map_err(|e| (e.code, e.message.as_str())),
         finish,
     );
-    let _ = tx.send(answer::sse_frame("done", &done).into_bytes()).await;
+    let _ = tx.send(record(answer::sse_frame("done", &done))).await;
+    if let (Some(held), Some(body)) = (&asked.held, recording) {
+        if billed.is_ok() {
+            let recorded = Recorded::event_stream(provider.as_str(), &model, body);
+            held.finish(&asked.env, &recorded).await;
+        } else {
+            held.release(&asked.env).await;
+        }
+    }
 }

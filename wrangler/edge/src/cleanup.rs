@@ -91,6 +91,13 @@ async fn run(env: &Env, opts: Options) -> Result<CleanupReport, ApiError> {
     let messages = if opts.dry_run {
         prunable(&db).await?
     } else {
+        // Ask keys past their 24 hours go with the expired queue keys (as natively in
+        // `cognomega prune`).
+        db.execute(
+            cognomega_core::ai::replay::PRUNE,
+            &[&now.saturating_sub(cognomega_core::ai::replay::KEY_TTL_MS)],
+        )
+        .await?;
         prune(&db).await?
     };
     let guest_cutoff = now
