@@ -18,6 +18,8 @@
 #   COGNOMEGA_ADMIN_KEY      the admin key the local Workers use (default: a fixed dev key)
 #   COGNOMEGA_CLAMD          clamd host:port for the av-scan Worker (default 127.0.0.1:3310)
 #   EDGE_TARGET_DIR          cargo target dir of the wasm build (default wrangler/target)
+#   COGNOMEGA_TOOLS_CACHE    where wrangler's npm install is kept, one per lockfile (default
+#                            ~/.cache/cognomega); wrangler/node_modules links to it
 #   COGNOMEGA_BIN            a built `cognomega` for migrations and the fake provider (default:
 #                            `cargo run --bin cognomega`)
 #   CF_ACCOUNT_ID + CF_API_TOKEN (+ CF_AI_BASE_URL), GROQ_API_KEY (+ GROQ_BASE_URL),
@@ -91,10 +93,22 @@ tools() {
     say "cargo install wasm-bindgen-cli $bindgen_want"
     CARGO_TARGET_DIR=/var/tmp/cognomega-tools cargo install wasm-bindgen-cli --version "$bindgen_want"
   fi
-  # wrangler (and workerd), binaryen's wasm-opt and esbuild, pinned by wrangler/package-lock.json.
-  if [ ! -x "$wr/node_modules/.bin/wrangler" ] || [ "$wr/package-lock.json" -nt "$wr/node_modules/.package-lock.json" ]; then
-    say "npm ci (wrangler, binaryen, esbuild)"
-    (cd "$wr" && npm ci --no-audit --no-fund >/dev/null)
+  # wrangler (and workerd), binaryen's wasm-opt and esbuild, pinned by wrangler/package-lock.json,
+  # installed once per lockfile outside the clone (a fresh clone links to it instead of
+  # installing again): wrangler/node_modules is a link to the cached install.
+  local digest cache
+  digest=$(cat "$wr/package.json" "$wr/package-lock.json" | sha256sum | cut -c1-16)
+  cache="${COGNOMEGA_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cognomega}/wrangler-$digest"
+  if [ ! -e "$cache/.complete" ]; then
+    say "npm ci (wrangler, binaryen, esbuild) into $cache"
+    rm -rf "$cache" && mkdir -p "$cache"
+    cp "$wr/package.json" "$wr/package-lock.json" "$cache/"
+    (cd "$cache" && npm ci --no-audit --no-fund >/dev/null)
+    touch "$cache/.complete"
+  fi
+  if [ "$(readlink "$wr/node_modules" 2>/dev/null)" != "$cache/node_modules" ]; then
+    rm -rf "$wr/node_modules"
+    ln -s "$cache/node_modules" "$wr/node_modules"
   fi
 }
 
@@ -346,7 +360,7 @@ case "$cmd" in
     providers
     export COGNOMEGA_RATE_LIMITS=off
     background
-    cargo run -q --release --locked --bin cognomega -- bench edge --edge-url "http://127.0.0.1:$port" "$@"
+    cargo run -q --release --locked --features bench --bin cognomega -- bench edge --edge-url "http://127.0.0.1:$port" "$@"
     ;;
   *) die "unknown command $cmd; see the top of ops/edge.sh" ;;
 esac

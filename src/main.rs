@@ -95,7 +95,11 @@ enum Command {
     /// a proof report (JSON + Markdown) under ops/proofs/. Exit 0 clean, 1 findings, 2 pending.
     Audit(commands::audit::Args),
     /// Benchmarks that print their figures.
+    #[cfg(feature = "bench")]
     Bench(commands::bench::Args),
+    /// Benchmarks that print their figures (not in this build: build with `--features bench`).
+    #[cfg(not(feature = "bench"))]
+    Bench(commands::NoBench),
 }
 
 fn init_tracing(format: LogFormat, filter: &str) {
@@ -147,7 +151,10 @@ fn main() -> ExitCode {
             Command::Export(args) => done(commands::export::run(ctx, args).await),
             Command::Keys(args) => done(commands::keys::run(ctx, args).await),
             Command::Lifecycle(args) => done(commands::lifecycle::run(ctx, args).await),
+            #[cfg(feature = "bench")]
             Command::Bench(args) => done(commands::bench::run(ctx, args).await),
+            #[cfg(not(feature = "bench"))]
+            Command::Bench(args) => done(args.refuse()),
         }
     });
     match result {

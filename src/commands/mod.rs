@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod audit;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod cleanup;
 pub mod dlq;
@@ -119,4 +120,29 @@ pub fn shutdown_signal() -> CancellationToken {
         cancel.cancel();
     });
     token
+}
+
+/// `cognomega bench …` in a build without the benchmark harness (the `bench` feature, off by
+/// default: it is most of this binary's own code and compile time). Takes any arguments and
+/// says how to get it.
+#[cfg(not(feature = "bench"))]
+#[derive(Debug, clap::Args)]
+pub struct NoBench {
+    /// The benchmark and its flags.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+#[cfg(not(feature = "bench"))]
+impl NoBench {
+    /// The error that explains what to do.
+    pub fn refuse(self) -> anyhow::Result<()> {
+        anyhow::bail!(
+            "this cognomega was built without the benchmark harness (`bench {}`): build it with \
+             `cargo build --release --features bench`, or run \
+             `cargo run --release --features bench -- bench {}`",
+            self.args.join(" "),
+            self.args.join(" ")
+        )
+    }
 }
