@@ -8,7 +8,7 @@ use cognomega_core::queue::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::metrics::ConsumerMetrics;
+use cognomega_core::queue::ConsumerMetrics;
 
 /// Most settlements applied in one driver call.
 const MAX_COALESCED: usize = 5_000;

@@ -4,45 +4,12 @@
 //! `max_retries` the upload is `scan_failed` with its message in `av-scan.dlq` (replaying it
 //! scans again).
 
-use cognomega_core::queue::{BatchHandler, HandlerError, MessageBatch, QueueName, QueueSettings};
+use cognomega_core::queue::{BatchHandler, HandlerError, MessageBatch};
 use cognomega_stores::clamd::{Clamd, ScanVerdict};
 use cognomega_stores::objects::{ObjectKey, Objects};
 use cognomega_stores::{uploads, Database};
-use serde::{Deserialize, Serialize};
 
-/// The queue name.
-pub const QUEUE: &str = "av-scan";
-
-/// The message on `av-scan`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ScanMessage {
-    /// The upload's key.
-    pub key: String,
-}
-
-/// The queue.
-#[must_use]
-pub fn queue() -> QueueName {
-    QueueName::parse(QUEUE).unwrap_or_else(|_| unreachable!("valid queue name"))
-}
-
-/// Settings: one upload per batch, a few at once, a lease long enough for a large file, five
-/// retries with backoff before `scan_failed`.
-#[must_use]
-pub fn settings() -> QueueSettings {
-    QueueSettings {
-        max_batch_size: 1,
-        max_concurrency: 4,
-        lease: std::time::Duration::from_secs(300),
-        max_retries: 5,
-        retry_delay: std::time::Duration::from_secs(1),
-        max_retry_delay: std::time::Duration::from_secs(60),
-        dead_letter_queue: Some(
-            QueueName::parse("av-scan.dlq").unwrap_or_else(|_| unreachable!("valid")),
-        ),
-        ..QueueSettings::default()
-    }
-}
+pub use cognomega_core::queue::catalog::av_scan::{queue, settings, ScanMessage, QUEUE};
 
 /// The scanner.
 #[derive(Debug, Clone)]

@@ -12,11 +12,10 @@
 //! one empty run.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use cognomega_core::etl::{Dataset, ExportFormat, Manifest, DEFAULT_MAX_ROWS_PER_PART};
-use cognomega_core::queue::{BatchHandler, HandlerError, MessageBatch, QueueName, QueueSettings};
+use cognomega_core::queue::{BatchHandler, HandlerError, MessageBatch};
 use cognomega_pipelines::export::{ExportWriteError, FinishedFile, PartFiles};
 use cognomega_stores::exports::{self, DayBatch, ExportStoreError, Part, Plan, WrittenFile};
 use cognomega_stores::objects::{InvalidObjectKey, ObjectError, ObjectKey, Objects, PutMeta};
@@ -26,31 +25,7 @@ use tokio::sync::mpsc;
 
 pub use cognomega_core::etl::EtlMessage;
 
-/// The queue name.
-pub const QUEUE: &str = cognomega_core::etl::QUEUE;
-
-/// The queue.
-#[must_use]
-pub fn queue() -> QueueName {
-    QueueName::parse(QUEUE).unwrap_or_else(|_| unreachable!("valid queue name"))
-}
-
-/// Settings: one export at a time per process (runs of one dataset would only repeat each
-/// other's work), a long lease (heartbeated) for large parts, patient retries.
-#[must_use]
-pub fn settings() -> QueueSettings {
-    QueueSettings {
-        max_batch_size: 1,
-        max_concurrency: 1,
-        max_retries: 5,
-        lease: Duration::from_secs(120),
-        retry_delay: Duration::from_secs(10),
-        dead_letter_queue: Some(
-            QueueName::parse("etl.dlq").unwrap_or_else(|_| unreachable!("valid")),
-        ),
-        ..QueueSettings::default()
-    }
-}
+pub use cognomega_core::queue::catalog::etl::{queue, settings, QUEUE};
 
 /// Parts written at once by one run on PostgreSQL: the server decodes and sends one part's
 /// rows on one core, so two parts keep both busy.

@@ -7,52 +7,16 @@ use std::sync::Arc;
 
 use cognomega_core::billing::{UsageBatchMessage, UsageEvent, UsageKey, UsageKind};
 use cognomega_core::queue::{
-    BatchHandler, HandlerError, MessageBatch, OutgoingMessage, QueueName, QueueSettings,
-    ReceivedMessage,
+    BatchHandler, HandlerError, MessageBatch, OutgoingMessage, ReceivedMessage,
 };
 use cognomega_pipelines::{JobError, JobType, Progress};
 use cognomega_r2_lifecycle::codec::{encode, CodecPolicy};
 use cognomega_stores::jobs::{self, ArtifactRow, Job};
 use cognomega_stores::objects::{ObjectKey, Objects, PutMeta};
 use cognomega_stores::Database;
-use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
 
-/// The message on `jobs.<type>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobMessage {
-    /// The job row's id.
-    pub job_id: String,
-}
-
-/// The queue of a job type: `jobs.<name>`.
-#[must_use]
-pub fn queue(job_type: &str) -> QueueName {
-    QueueName::parse(&format!("jobs.{job_type}"))
-        .unwrap_or_else(|_| unreachable!("job type names are valid queue names"))
-}
-
-/// The dead-letter queue of a job type.
-#[must_use]
-pub fn dead_letter_queue(job_type: &str) -> QueueName {
-    QueueName::parse(&format!("jobs.{job_type}.dlq"))
-        .unwrap_or_else(|_| unreachable!("valid queue name"))
-}
-
-/// Settings: one job per batch (CPU-bound), two at once (one per core of a small machine),
-/// leases long enough for a big image, three retries then the DLQ.
-#[must_use]
-pub fn settings(job_type: &str) -> QueueSettings {
-    QueueSettings {
-        max_batch_size: 1,
-        max_concurrency: 2,
-        lease: std::time::Duration::from_secs(120),
-        max_retries: 3,
-        retry_delay: std::time::Duration::from_secs(1),
-        dead_letter_queue: Some(dead_letter_queue(job_type)),
-        ..QueueSettings::default()
-    }
-}
+pub use cognomega_core::queue::catalog::jobs::{dead_letter_queue, queue, settings, JobMessage};
 
 /// Runs one job type.
 #[derive(Debug, Clone)]

@@ -14,12 +14,11 @@ pub mod etl;
 pub mod jobs;
 pub mod lifecycle;
 pub mod maintenance;
-mod metrics;
 pub mod probe;
 mod runtime;
 pub mod scheduler;
 pub mod settlement;
 pub mod usage_writer;
 
-pub use metrics::{ConsumerMetrics, QueueCounters, BATCH_BUCKETS_MS};
+pub use cognomega_core::queue::{ConsumerMetrics, QueueCounters, BATCH_BUCKETS_MS};
 pub use runtime::{RunReport, RunningRuntime, Runtime, RuntimeOptions};

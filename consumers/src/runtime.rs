@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::acker::Acker;
-use crate::metrics::ConsumerMetrics;
+use cognomega_core::queue::ConsumerMetrics;
 
 /// Runtime-wide knobs.
 #[derive(Debug, Clone)]

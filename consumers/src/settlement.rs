@@ -1,41 +1,12 @@
 //! `settlement` → one append-only ledger entry per message (unique on the settlement id), the
 //! derived balance updated in the same transaction, then the in-process cache invalidated.
 
-use std::time::Duration;
-
 use cognomega_core::billing::SettlementMessage;
-use cognomega_core::queue::{
-    BatchHandler, HandlerError, MessageBatch, MessageId, QueueName, QueueSettings,
-};
+use cognomega_core::queue::{BatchHandler, HandlerError, MessageBatch, MessageId};
 use cognomega_stores::kv::BalanceCache;
 use cognomega_stores::{billing, Database};
 
-/// The queue name.
-pub const QUEUE: &str = "settlement";
-
-/// The queue.
-#[must_use]
-pub fn queue() -> QueueName {
-    QueueName::parse(QUEUE).unwrap_or_else(|_| unreachable!("valid queue name"))
-}
-
-/// Settings: large batches (one transaction each), patient retries.
-#[must_use]
-pub fn settings() -> QueueSettings {
-    QueueSettings {
-        max_batch_size: 100,
-        max_concurrency: 4,
-        // An idle queue gathers 20 ms of arrivals into one claim: one writer transaction per
-        // burst instead of one per producer commit, which kept the producers (an answered
-        // ask, a POST /usage) waiting for the single SQLite writer.
-        max_batch_timeout: Duration::from_millis(20),
-        max_retries: 10,
-        dead_letter_queue: Some(
-            QueueName::parse("settlement.dlq").unwrap_or_else(|_| unreachable!("valid")),
-        ),
-        ..QueueSettings::default()
-    }
-}
+pub use cognomega_core::queue::catalog::settlement::{queue, settings, QUEUE};
 
 /// The settlement consumer.
 #[derive(Debug, Clone)]

@@ -1,40 +1,11 @@
 //! `usage` → `usage_events` rows, then one `settlement` message per newly inserted event, all in
 //! one transaction. A redelivered message finds its events' keys and changes nothing.
 
-use std::time::Duration;
-
 use cognomega_core::billing::{PriceTable, UsageBatchMessage};
-use cognomega_core::queue::{
-    BatchHandler, HandlerError, MessageBatch, MessageId, QueueName, QueueSettings,
-};
+use cognomega_core::queue::{BatchHandler, HandlerError, MessageBatch, MessageId};
 use cognomega_stores::{billing, Database};
 
-/// The queue name.
-pub const QUEUE: &str = "usage";
-
-/// The queue.
-#[must_use]
-pub fn queue() -> QueueName {
-    QueueName::parse(QUEUE).unwrap_or_else(|_| unreachable!("valid queue name"))
-}
-
-/// Settings: batches of accepted requests (each up to 1,000 events), patient retries.
-#[must_use]
-pub fn settings() -> QueueSettings {
-    QueueSettings {
-        max_batch_size: 5,
-        max_concurrency: 4,
-        // An idle queue gathers 20 ms of arrivals into one claim: one writer transaction per
-        // burst instead of one per producer commit, which kept the producers (an answered
-        // ask, a POST /usage) waiting for the single SQLite writer.
-        max_batch_timeout: Duration::from_millis(20),
-        max_retries: 10,
-        dead_letter_queue: Some(
-            QueueName::parse("usage.dlq").unwrap_or_else(|_| unreachable!("valid")),
-        ),
-        ..QueueSettings::default()
-    }
-}
+pub use cognomega_core::queue::catalog::usage::{queue, settings, QUEUE};
 
 /// The usage-writer.
 #[derive(Debug, Clone)]

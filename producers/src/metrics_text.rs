@@ -4,10 +4,10 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use cognomega_consumers::{QueueCounters, BATCH_BUCKETS_MS};
 use cognomega_core::metrics::{header, histogram, LifecycleTotals};
 pub use cognomega_core::metrics::{render_business, render_exports, render_queues};
 use cognomega_core::queue::QueueName;
+use cognomega_core::queue::{QueueCounters, BATCH_BUCKETS_MS};
 
 /// Counters of the consumers in this process.
 #[must_use]

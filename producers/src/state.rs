@@ -4,9 +4,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cognomega_consumers::ConsumerMetrics;
 use cognomega_core::billing::BillingConfig;
 use cognomega_core::limits::{CostGuards, RateLimiter, RateLimits};
+use cognomega_core::queue::ConsumerMetrics;
 use cognomega_core::queue::QueueDriver;
 use cognomega_pipelines::registry::Registry;
 use cognomega_stores::kv::BalanceCache;

@@ -13,6 +13,8 @@
 
 mod backoff;
 mod batch;
+pub mod catalog;
+mod counters;
 mod driver;
 mod message;
 mod names;
@@ -24,6 +26,7 @@ pub use batch::{
     settle_batch, settle_batch_with, BatchHandler, Decision, HandlerError, MaybeSendSync,
     MessageBatch,
 };
+pub use counters::{ConsumerMetrics, QueueCounters, BATCH_BUCKETS_MS};
 pub use driver::{
     Claim, DeadMessage, PruneReport, QueueDriver, QueueError, SettleReport, Settlement,
 };

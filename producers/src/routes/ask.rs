@@ -431,7 +431,7 @@ async fn bill(state: &AppState, asked: &Asked, usage: Usage) -> Result<Billed, A
         };
         state
             .queues
-            .send(&cognomega_consumers::usage_writer::queue(), out)
+            .send(&cognomega_core::queue::catalog::usage::queue(), out)
             .await
             .map(drop)
             .map_err(|e| {

@@ -162,7 +162,7 @@ pub(crate) async fn adjust(
         let out = OutgoingMessage::json(&msg)
             .map_err(ApiError::internal)?
             .request_id(current_request_id());
-        tx.send(&cognomega_consumers::settlement::queue(), out)
+        tx.send(&cognomega_core::queue::catalog::settlement::queue(), out)
             .await
             .map_err(ApiError::internal)?;
     }

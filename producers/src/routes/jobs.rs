@@ -6,8 +6,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{SecondsFormat, TimeZone, Utc};
-use cognomega_consumers::jobs::JobMessage;
 use cognomega_core::limits::CostMetric;
+use cognomega_core::queue::catalog::jobs::JobMessage;
 use cognomega_core::queue::OutgoingMessage;
 use cognomega_r2_lifecycle::codec::{decode, Compression};
 use cognomega_stores::billing;
@@ -284,9 +284,12 @@ pub(crate) async fn submit(
         })
         .map_err(ApiError::internal)?
         .request_id(request_id);
-        tx.send(&cognomega_consumers::jobs::queue(job_type.name()), msg)
-            .await
-            .map_err(ApiError::internal)?;
+        tx.send(
+            &cognomega_core::queue::catalog::jobs::queue(job_type.name()),
+            msg,
+        )
+        .await
+        .map_err(ApiError::internal)?;
     }
     tx.commit().await.map_err(ApiError::internal)?;
     if !created {

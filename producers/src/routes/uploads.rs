@@ -384,12 +384,13 @@ async fn store(
             .await
             .map_err(ApiError::internal)?;
         if cfg.scanning {
-            let msg = OutgoingMessage::json(&cognomega_consumers::av_scan::ScanMessage {
-                key: key_text.clone(),
-            })
-            .map_err(ApiError::internal)?
-            .request_id(request_id.clone());
-            tx.send(&cognomega_consumers::av_scan::queue(), msg)
+            let msg =
+                OutgoingMessage::json(&cognomega_core::queue::catalog::av_scan::ScanMessage {
+                    key: key_text.clone(),
+                })
+                .map_err(ApiError::internal)?
+                .request_id(request_id.clone());
+            tx.send(&cognomega_core::queue::catalog::av_scan::queue(), msg)
                 .await
                 .map_err(ApiError::internal)?;
         }
@@ -408,7 +409,7 @@ async fn store(
         let msg = OutgoingMessage::json(&usage)
             .map_err(ApiError::internal)?
             .request_id(request_id.clone());
-        tx.send(&cognomega_consumers::usage_writer::queue(), msg)
+        tx.send(&cognomega_core::queue::catalog::usage::queue(), msg)
             .await
             .map_err(ApiError::internal)?;
         tx.commit().await.map_err(ApiError::internal)

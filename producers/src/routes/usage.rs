@@ -60,7 +60,7 @@ pub(crate) async fn post(
     let out = OutgoingMessage::json(&msg)
         .map_err(ApiError::internal)?
         .request_id(current_request_id());
-    let queue = cognomega_consumers::usage_writer::queue();
+    let queue = cognomega_core::queue::catalog::usage::queue();
     let unavailable = |e: &dyn std::fmt::Display| {
         ApiError::unavailable(format!(
             "cannot enqueue usage right now ({e}); retry with the same idempotency keys"

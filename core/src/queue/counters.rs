@@ -1,10 +1,11 @@
-//! In-process counters of what the consumers did, rendered by `/metrics`.
+//! In-process counters of what the consumers did, rendered by `/metrics`: kept by the consumer
+//! runtime, read by the HTTP API's metrics page (which does not depend on the consumers).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use cognomega_core::queue::{QueueName, SettleReport};
+use crate::queue::{QueueName, SettleReport};
 
 /// Upper bounds (ms) of the batch-duration histogram buckets.
 pub const BATCH_BUCKETS_MS: [u64; 12] =
@@ -50,7 +51,8 @@ impl ConsumerMetrics {
         f(map.entry(queue.clone()).or_default());
     }
 
-    pub(crate) fn batch_done(&self, queue: &QueueName, took: Duration, failed: bool) {
+    /// Records a handled batch: how long it took and whether the handler failed.
+    pub fn batch_done(&self, queue: &QueueName, took: Duration, failed: bool) {
         let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
         self.with(queue, |c| {
             c.batches += 1;
@@ -63,7 +65,8 @@ impl ConsumerMetrics {
         });
     }
 
-    pub(crate) fn settled(&self, queue: &QueueName, report: &SettleReport, dead_on_claim: u64) {
+    /// Records a batch's settlement (and messages dead-lettered by its claim).
+    pub fn settled(&self, queue: &QueueName, report: &SettleReport, dead_on_claim: u64) {
         self.with(queue, |c| {
             c.acked += report.acked;
             c.retried += report.retried;

@@ -1,0 +1,193 @@
+//! The queues producers send to, declared once for every host: each queue's name, its
+//! settings (batching, retries, dead-letter queue) and its message type. The native consumers
+//! run these settings and re-export them; producers send to these names without depending on
+//! the consumers.
+
+/// `usage`: accepted usage events (`UsageBatchMessage`), written by the usage-writer.
+pub mod usage {
+    use std::time::Duration;
+
+    use crate::queue::{QueueName, QueueSettings};
+
+    /// The queue name.
+    pub const QUEUE: &str = "usage";
+
+    /// The queue.
+    #[must_use]
+    pub fn queue() -> QueueName {
+        QueueName::parse(QUEUE).unwrap_or_else(|_| unreachable!("valid queue name"))
+    }
+
+    /// Settings: batches of accepted requests (each up to 1,000 events), patient retries.
+    #[must_use]
+    pub fn settings() -> QueueSettings {
+        QueueSettings {
+            max_batch_size: 5,
+            max_concurrency: 4,
+            // An idle queue gathers 20 ms of arrivals into one claim: one writer transaction per
+            // burst instead of one per producer commit, which kept the producers (an answered
+            // ask, a POST /usage) waiting for the single SQLite writer.
+            max_batch_timeout: Duration::from_millis(20),
+            max_retries: 10,
+            dead_letter_queue: Some(
+                QueueName::parse("usage.dlq").unwrap_or_else(|_| unreachable!("valid")),
+            ),
+            ..QueueSettings::default()
+        }
+    }
+}
+
+/// `settlement`: ledger entries to append (`SettlementMessage`), exactly once by id.
+pub mod settlement {
+    use std::time::Duration;
+
+    use crate::queue::{QueueName, QueueSettings};
+
+    /// The queue name.
+    pub const QUEUE: &str = "settlement";
+
+    /// The queue.
+    #[must_use]
+    pub fn queue() -> QueueName {
+        QueueName::parse(QUEUE).unwrap_or_else(|_| unreachable!("valid queue name"))
+    }
+
+    /// Settings: large batches (one transaction each), patient retries.
+    #[must_use]
+    pub fn settings() -> QueueSettings {
+        QueueSettings {
+            max_batch_size: 100,
+            max_concurrency: 4,
+            // An idle queue gathers 20 ms of arrivals into one claim: one writer transaction per
+            // burst instead of one per producer commit, which kept the producers (an answered
+            // ask, a POST /usage) waiting for the single SQLite writer.
+            max_batch_timeout: Duration::from_millis(20),
+            max_retries: 10,
+            dead_letter_queue: Some(
+                QueueName::parse("settlement.dlq").unwrap_or_else(|_| unreachable!("valid")),
+            ),
+            ..QueueSettings::default()
+        }
+    }
+}
+
+/// `av-scan`: uploads to scan (`ScanMessage`).
+pub mod av_scan {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Serialize};
+
+    use crate::queue::{QueueName, QueueSettings};
+
+    /// The queue name.
+    pub const QUEUE: &str = "av-scan";
+
+    /// The message on `av-scan`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ScanMessage {
+        /// The upload's key.
+        pub key: String,
+    }
+
+    /// The queue.
+    #[must_use]
+    pub fn queue() -> QueueName {
+        QueueName::parse(QUEUE).unwrap_or_else(|_| unreachable!("valid queue name"))
+    }
+
+    /// Settings: one upload per batch, a few at once, a lease long enough for a large file, five
+    /// retries with backoff before `scan_failed`.
+    #[must_use]
+    pub fn settings() -> QueueSettings {
+        QueueSettings {
+            max_batch_size: 1,
+            max_concurrency: 4,
+            lease: Duration::from_secs(300),
+            max_retries: 5,
+            retry_delay: Duration::from_secs(1),
+            max_retry_delay: Duration::from_secs(60),
+            dead_letter_queue: Some(
+                QueueName::parse("av-scan.dlq").unwrap_or_else(|_| unreachable!("valid")),
+            ),
+            ..QueueSettings::default()
+        }
+    }
+}
+
+/// `jobs.<type>`: one queue per job type (`JobMessage`), each with its dead-letter queue.
+pub mod jobs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Serialize};
+
+    use crate::queue::{QueueName, QueueSettings};
+
+    /// The message on `jobs.<type>`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct JobMessage {
+        /// The job row's id.
+        pub job_id: String,
+    }
+
+    /// The queue of a job type: `jobs.<name>`.
+    #[must_use]
+    pub fn queue(job_type: &str) -> QueueName {
+        QueueName::parse(&format!("jobs.{job_type}"))
+            .unwrap_or_else(|_| unreachable!("job type names are valid queue names"))
+    }
+
+    /// The dead-letter queue of a job type.
+    #[must_use]
+    pub fn dead_letter_queue(job_type: &str) -> QueueName {
+        QueueName::parse(&format!("jobs.{job_type}.dlq"))
+            .unwrap_or_else(|_| unreachable!("valid queue name"))
+    }
+
+    /// Settings: one job per batch (CPU-bound), two at once (one per core of a small machine),
+    /// leases long enough for a big image, three retries then the DLQ.
+    #[must_use]
+    pub fn settings(job_type: &str) -> QueueSettings {
+        QueueSettings {
+            max_batch_size: 1,
+            max_concurrency: 2,
+            lease: Duration::from_secs(120),
+            max_retries: 3,
+            retry_delay: Duration::from_secs(1),
+            dead_letter_queue: Some(dead_letter_queue(job_type)),
+            ..QueueSettings::default()
+        }
+    }
+}
+
+/// `etl`: analytics export requests (`EtlMessage`).
+pub mod etl {
+    use std::time::Duration;
+
+    use crate::queue::{QueueName, QueueSettings};
+
+    /// The queue name.
+    pub const QUEUE: &str = crate::etl::QUEUE;
+
+    /// The queue.
+    #[must_use]
+    pub fn queue() -> QueueName {
+        QueueName::parse(QUEUE).unwrap_or_else(|_| unreachable!("valid queue name"))
+    }
+
+    /// Settings: one export at a time per process (runs of one dataset would only repeat each
+    /// other's work), a long lease (heartbeated) for large parts, patient retries.
+    #[must_use]
+    pub fn settings() -> QueueSettings {
+        QueueSettings {
+            max_batch_size: 1,
+            max_concurrency: 1,
+            max_retries: 5,
+            lease: Duration::from_secs(120),
+            retry_delay: Duration::from_secs(10),
+            dead_letter_queue: Some(
+                QueueName::parse("etl.dlq").unwrap_or_else(|_| unreachable!("valid")),
+            ),
+            ..QueueSettings::default()
+        }
+    }
+}
