@@ -61,6 +61,14 @@ summary() {
     printf '  %8s  %s\n' "$(fmt_secs "${step_secs[$i]}")" "${step_names[$i]}" >&2
   done
   printf '  %8s  total\n' "$(fmt_secs "$total")" >&2
+  local job secs rc
+  for job in "${!job_pid[@]}"; do
+    if [[ -f "$logs/$job.done" ]]; then
+      read -r secs rc <"$logs/$job.done"
+      printf '  %8s  (in the background) %s%s\n' "$(fmt_secs "$secs")" "$job" \
+        "$([[ "$rc" == 0 ]] || echo ", failed: exit $rc")" >&2
+    fi
+  done
   if ((status != 0)); then
     printf '\nFAILED in step: %s (exit %d)\n' "${failed:-set-up}" "$status" >&2
   fi
@@ -68,6 +76,7 @@ summary() {
   if [[ -n "${own_logs:-}" ]]; then rm -rf "$own_logs"; fi
 }
 background=()
+declare -A job_pid=()
 trap summary EXIT
 
 logs="${COGNOMEGA_TEST_LOGS:-}"
@@ -78,11 +87,15 @@ fi
 mkdir -p "$logs"
 
 # A job in the background: its output goes to a log, printed if it fails.
-declare -A job_pid=()
 start_job() {
   local name="$1"
   shift
-  ("$@") >"$logs/$name.log" 2>&1 &
+  (
+    started=$(date +%s)
+    # shellcheck disable=SC2154 # `status` is the trap's own.
+    trap 'status=$?; echo "$(($(date +%s) - started)) $status" >"$logs/$name.done"' EXIT
+    "$@"
+  ) >"$logs/$name.log" 2>&1 &
   job_pid[$name]=$!
   background+=("$!")
 }
