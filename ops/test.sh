@@ -110,13 +110,17 @@ wait_job() {
   printf '    (%s ready; waited %s)\n' "$name" "$(fmt_secs $(($(date +%s) - started)))" >&2
 }
 
-# The tools, in one job: Debian's packages first (apt holds one lock), then the cargo-installed
-# ones at the lowest CPU priority, so they take what the foreground build leaves idle (linking,
-# the lone crates at the end of the graph) instead of competing with it.
-tools() {
+# The tools, in two jobs. What the tests need: Debian's packages first (apt holds one lock),
+# then s3s-fs. What the edge needs: worker-build, wasm-bindgen-cli, wrangler. The cargo-installed
+# ones build at the lowest CPU priority, so they take what the foreground leaves idle (linking,
+# the lone crates at the end of the graph, tests waiting on I/O) instead of competing with it.
+native_tools() {
   ops/clamd.sh --install
   ops/edge.sh apt
   nice -n 19 ops/s3.sh --install
+}
+edge_tools() {
+  while kill -0 "${job_pid[native-tools]}" 2>/dev/null; do sleep 1; done
   nice -n 19 ops/edge.sh tools
 }
 # Python packages: DuckDB reads the exported Parquet in the export tests; schemathesis lives in
@@ -134,7 +138,7 @@ python_packages() {
 release_builds() {
   # Built as users build them: no lint wrapper.
   unset RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS
-  while kill -0 "${job_pid[tools]}" 2>/dev/null; do sleep 1; done
+  while kill -0 "${job_pid[edge-tools]}" 2>/dev/null; do sleep 1; done
   nice -n 19 ops/edge.sh build
   CARGO_TARGET_DIR="$release_target" nice -n 19 cargo build --release --locked --bin cognomega
 }
@@ -144,7 +148,8 @@ ops/services.sh
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
   rustup target add wasm32-unknown-unknown
 fi
-start_job tools tools
+start_job native-tools native_tools
+start_job edge-tools edge_tools
 start_job python python_packages
 
 step "cargo fmt --check"
@@ -169,7 +174,7 @@ cargo build --workspace --all-targets --locked
 start_job release-builds release_builds
 
 step "tests (SQLite and PostgreSQL)"
-wait_job tools
+wait_job native-tools
 wait_job python
 cargo nextest run --workspace --locked --no-fail-fast
 cargo test --workspace --locked --doc
@@ -178,6 +183,7 @@ step "schemathesis (OpenAPI fuzz against the live server)"
 ops/schemathesis.sh
 
 step "the edge crate's lints (wasm32, clippy -D warnings)"
+wait_job edge-tools
 (
   unset RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS
   CC_wasm32_unknown_unknown=clang AR_wasm32_unknown_unknown=llvm-ar \
