@@ -48,15 +48,14 @@ say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'ops/edge.sh: %s\n' "$*" >&2; exit 1; }
 
 # The native binary (migrations, the fake provider): COGNOMEGA_BIN when the caller built one
-# (ops/test.sh passes its test build's), else built here.
-cognomega() {
-  if [ -n "${COGNOMEGA_BIN:-}" ]; then
-    [ -x "$COGNOMEGA_BIN" ] || die "COGNOMEGA_BIN=$COGNOMEGA_BIN is not an executable"
-    "$COGNOMEGA_BIN" "$@"
-  else
-    cargo run -q --locked --bin cognomega -- "$@"
-  fi
-}
+# (ops/test.sh passes its test build's), else built here. A command, not a function, so a
+# background run's pid is the process itself and the cleanup's kill reaches it.
+if [ -n "${COGNOMEGA_BIN:-}" ]; then
+  [ -x "$COGNOMEGA_BIN" ] || die "COGNOMEGA_BIN=$COGNOMEGA_BIN is not an executable"
+  cognomega=("$COGNOMEGA_BIN")
+else
+  cognomega=(cargo run -q --locked --bin cognomega --)
+fi
 
 # Every Worker config, gateway first (the one wrangler dev serves on the port).
 configs=(gateway auth billing usage jobs files admin ai usage-writer settlement jobs-sketch-to-app av-scan etl dlq)
@@ -174,7 +173,7 @@ database() {
     psql -h "$pghost" -p "$pgport" -U "$pguser" -d postgres -qc "CREATE DATABASE \"$db\""
   fi
   say "migrating $db (migrations/postgres)"
-  cognomega --database-url "postgres://$pguser@$pghost:$pgport/$db" migrate
+  "${cognomega[@]}" --database-url "postgres://$pguser@$pghost:$pgport/$db" migrate
 }
 
 scanner() {
@@ -200,7 +199,7 @@ providers() {
   local out line
   out=$(mktemp /tmp/cognomega-fake-provider.XXXXXX)
   fake_out="$out"
-  cognomega fake-provider >"$out" 2>/dev/null &
+  "${cognomega[@]}" fake-provider >"$out" 2>/dev/null &
   fake_pid=$!
   for _ in $(seq 1 600); do
     grep -q "listening" "$out" && break
@@ -296,10 +295,10 @@ drop_database() {
 
 cleanup() {
   if [ -n "${edge_pid:-}" ]; then
-    kill "$edge_pid" 2>/dev/null; pkill -P "$edge_pid" 2>/dev/null; wait "$edge_pid" 2>/dev/null
+    kill "$edge_pid" 2>/dev/null; pkill -P "$edge_pid" 2>/dev/null; wait "$edge_pid" 2>/dev/null || true
   fi
   if [ -n "${edge_state:-}" ]; then rm -rf "$edge_state"; fi
-  if [ -n "${fake_pid:-}" ]; then kill "$fake_pid" 2>/dev/null; wait "$fake_pid" 2>/dev/null; fi
+  if [ -n "${fake_pid:-}" ]; then kill "$fake_pid" 2>/dev/null; wait "$fake_pid" 2>/dev/null || true; fi
   if [ -n "${fake_out:-}" ]; then rm -f "$fake_out"; fi
   drop_database
 }

@@ -136,11 +136,11 @@ python_packages() {
 # binary whose size is bounded. Each in a target dir of its own, so no cargo lock is shared
 # with the foreground.
 release_builds() {
-  # Built as users build them: no lint wrapper.
+  # Built as users build them: no lint wrapper. The native binary first: it needs no tools.
   unset RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS
+  CARGO_TARGET_DIR="$release_target" nice -n 19 cargo build --release --locked --bin cognomega
   while kill -0 "${job_pid[edge-tools]}" 2>/dev/null; do sleep 1; done
   nice -n 19 ops/edge.sh build
-  CARGO_TARGET_DIR="$release_target" nice -n 19 cargo build --release --locked --bin cognomega
 }
 
 step "services and set-up (tools install in the background)"
@@ -182,8 +182,8 @@ cargo test --workspace --locked --doc
 step "schemathesis (OpenAPI fuzz against the live server)"
 ops/schemathesis.sh
 
+# The lints need the wasm32 target and clang (native-tools), not the edge's build tools.
 step "the edge crate's lints (wasm32, clippy -D warnings)"
-wait_job edge-tools
 (
   unset RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS
   CC_wasm32_unknown_unknown=clang AR_wasm32_unknown_unknown=llvm-ar \
@@ -193,6 +193,7 @@ wait_job edge-tools
 
 # The module build compiled core/, pipelines/, r2-lifecycle/ and providers/ for wasm32 too.
 step "the edge shape under workerd: every Worker up, the HTTP acceptance suite"
+wait_job edge-tools
 wait_job release-builds
 ops/edge.sh test
 

@@ -530,6 +530,20 @@ async fn balances_exact_after_1000_concurrent_asks(backend: Backend) -> anyhow::
     app.stop().await
 }
 
+/// The headers that describe an answer (who answered, what it cost).
+fn answer_headers(resp: &reqwest::Response) -> Vec<String> {
+    [
+        "x-provider",
+        "x-model",
+        "x-tokens-in",
+        "x-tokens-out",
+        "x-credits-used",
+    ]
+    .iter()
+    .map(|h| header(resp, h))
+    .collect()
+}
+
 async fn ask_with_key(
     app: &TestApp,
     guest: &Guest,
@@ -564,33 +578,14 @@ async fn idempotency_key_replays_the_first_answer_billed_once(
     assert_eq!(first.status(), StatusCode::OK);
     assert_eq!(header(&first, "idempotent-replayed"), "");
     let credits: i64 = header(&first, "x-credits-used").parse()?;
-    let first_headers: Vec<String> = [
-        "x-provider",
-        "x-model",
-        "x-tokens-in",
-        "x-tokens-out",
-        "x-credits-used",
-    ]
-    .iter()
-    .map(|h| header(&first, h))
-    .collect();
+    let first_headers = answer_headers(&first);
     let first_body = first.text().await?;
     for _ in 0..19 {
         let again = ask_with_key(&app, &guest, "retry-me", &body).await?;
         assert_eq!(again.status(), StatusCode::OK);
         assert_eq!(header(&again, "idempotent-replayed"), "true");
         assert_eq!(header(&again, "content-type"), "application/json");
-        let headers: Vec<String> = [
-            "x-provider",
-            "x-model",
-            "x-tokens-in",
-            "x-tokens-out",
-            "x-credits-used",
-        ]
-        .iter()
-        .map(|h| header(&again, h))
-        .collect();
-        assert_eq!(headers, first_headers);
+        assert_eq!(answer_headers(&again), first_headers);
         assert_eq!(again.text().await?, first_body);
     }
     assert_eq!(fake.calls().len(), 1, "one provider call for 20 requests");

@@ -29,6 +29,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use cognomega_core::queue::catalog::named;
 use cognomega_core::queue::{BatchHandler, HandlerError, MessageBatch, QueueName, QueueSettings};
 use cognomega_r2_lifecycle::codec::{self, Compression, Encoded};
 use cognomega_r2_lifecycle::policy::{Policy, Tier, RECOMPRESSIBLE_PREFIX};
@@ -58,7 +59,7 @@ pub struct SweepMessage {
 /// The queue.
 #[must_use]
 pub fn queue() -> QueueName {
-    QueueName::parse(QUEUE).unwrap_or_else(|_| unreachable!("valid queue name"))
+    named(QUEUE)
 }
 
 /// Settings: one sweep at a time per process, a long heartbeated lease, a few retries (a failed
@@ -72,9 +73,7 @@ pub fn settings() -> QueueSettings {
         max_retries: 5,
         retry_delay: std::time::Duration::from_secs(30),
         max_retry_delay: std::time::Duration::from_secs(600),
-        dead_letter_queue: Some(
-            QueueName::parse("lifecycle.dlq").unwrap_or_else(|_| unreachable!("valid")),
-        ),
+        dead_letter_queue: Some(named("lifecycle.dlq")),
         ..QueueSettings::default()
     }
 }

@@ -2,6 +2,7 @@
 //! the ledger's hash chain). Each task is idempotent: pruning twice deletes nothing the first
 //! run left, sealing twice seals nothing new.
 
+use cognomega_core::queue::catalog::named;
 use cognomega_core::queue::{BatchHandler, HandlerError, MessageBatch, QueueName, QueueSettings};
 use cognomega_stores::Database;
 use serde::{Deserialize, Serialize};
@@ -23,7 +24,7 @@ pub enum Task {
 /// The queue.
 #[must_use]
 pub fn queue() -> QueueName {
-    QueueName::parse(QUEUE).unwrap_or_else(|_| unreachable!("valid queue name"))
+    named(QUEUE)
 }
 
 /// Settings: one task at a time, a few retries.
@@ -33,9 +34,7 @@ pub fn settings() -> QueueSettings {
         max_batch_size: 1,
         max_concurrency: 1,
         max_retries: 5,
-        dead_letter_queue: Some(
-            QueueName::parse("maintenance.dlq").unwrap_or_else(|_| unreachable!("valid")),
-        ),
+        dead_letter_queue: Some(named("maintenance.dlq")),
         ..QueueSettings::default()
     }
 }

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use cognomega_core::queue::catalog::named;
 use cognomega_core::queue::{BatchHandler, HandlerError, MessageBatch, QueueName, QueueSettings};
 use cognomega_stores::Database;
 use serde::{Deserialize, Serialize};
@@ -27,7 +28,7 @@ pub struct Probe {
 /// The probe queue's name.
 #[must_use]
 pub fn queue() -> QueueName {
-    QueueName::parse(QUEUE).unwrap_or_else(|_| unreachable!("\"probe\" is a valid queue name"))
+    named(QUEUE)
 }
 
 /// Settings for the probe queue: short leases so a crashed worker's batch comes back quickly,

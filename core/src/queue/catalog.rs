@@ -3,6 +3,14 @@
 //! run these settings and re-export them; producers send to these names without depending on
 //! the consumers.
 
+use crate::queue::QueueName;
+
+/// A queue name written in the code (the catalog's, a consumer's own): valid by construction.
+#[must_use]
+pub fn named(name: &str) -> QueueName {
+    QueueName::parse(name).unwrap_or_else(|_| unreachable!("{name} is a valid queue name"))
+}
+
 /// `usage`: accepted usage events (`UsageBatchMessage`), written by the usage-writer.
 pub mod usage {
     use std::time::Duration;
@@ -15,7 +23,7 @@ pub mod usage {
     /// The queue.
     #[must_use]
     pub fn queue() -> QueueName {
-        QueueName::parse(QUEUE).unwrap_or_else(|_| unreachable!("valid queue name"))
+        super::named(QUEUE)
     }
 
     /// Settings: batches of accepted requests (each up to 1,000 events), patient retries.
@@ -29,9 +37,7 @@ pub mod usage {
             // ask, a POST /usage) waiting for the single SQLite writer.
             max_batch_timeout: Duration::from_millis(20),
             max_retries: 10,
-            dead_letter_queue: Some(
-                QueueName::parse("usage.dlq").unwrap_or_else(|_| unreachable!("valid")),
-            ),
+            dead_letter_queue: Some(super::named("usage.dlq")),
             ..QueueSettings::default()
         }
     }
@@ -49,7 +55,7 @@ pub mod settlement {
     /// The queue.
     #[must_use]
     pub fn queue() -> QueueName {
-        QueueName::parse(QUEUE).unwrap_or_else(|_| unreachable!("valid queue name"))
+        super::named(QUEUE)
     }
 
     /// Settings: large batches (one transaction each), patient retries.
@@ -63,9 +69,7 @@ pub mod settlement {
             // ask, a POST /usage) waiting for the single SQLite writer.
             max_batch_timeout: Duration::from_millis(20),
             max_retries: 10,
-            dead_letter_queue: Some(
-                QueueName::parse("settlement.dlq").unwrap_or_else(|_| unreachable!("valid")),
-            ),
+            dead_letter_queue: Some(super::named("settlement.dlq")),
             ..QueueSettings::default()
         }
     }
@@ -92,7 +96,7 @@ pub mod av_scan {
     /// The queue.
     #[must_use]
     pub fn queue() -> QueueName {
-        QueueName::parse(QUEUE).unwrap_or_else(|_| unreachable!("valid queue name"))
+        super::named(QUEUE)
     }
 
     /// Settings: one upload per batch, a few at once, a lease long enough for a large file, five
@@ -106,9 +110,7 @@ pub mod av_scan {
             max_retries: 5,
             retry_delay: Duration::from_secs(1),
             max_retry_delay: Duration::from_secs(60),
-            dead_letter_queue: Some(
-                QueueName::parse("av-scan.dlq").unwrap_or_else(|_| unreachable!("valid")),
-            ),
+            dead_letter_queue: Some(super::named("av-scan.dlq")),
             ..QueueSettings::default()
         }
     }
@@ -132,15 +134,13 @@ pub mod jobs {
     /// The queue of a job type: `jobs.<name>`.
     #[must_use]
     pub fn queue(job_type: &str) -> QueueName {
-        QueueName::parse(&format!("jobs.{job_type}"))
-            .unwrap_or_else(|_| unreachable!("job type names are valid queue names"))
+        super::named(&format!("jobs.{job_type}"))
     }
 
     /// The dead-letter queue of a job type.
     #[must_use]
     pub fn dead_letter_queue(job_type: &str) -> QueueName {
-        QueueName::parse(&format!("jobs.{job_type}.dlq"))
-            .unwrap_or_else(|_| unreachable!("valid queue name"))
+        super::named(&format!("jobs.{job_type}.dlq"))
     }
 
     /// Settings: one job per batch (CPU-bound), two at once (one per core of a small machine),
@@ -171,7 +171,7 @@ pub mod etl {
     /// The queue.
     #[must_use]
     pub fn queue() -> QueueName {
-        QueueName::parse(QUEUE).unwrap_or_else(|_| unreachable!("valid queue name"))
+        super::named(QUEUE)
     }
 
     /// Settings: one export at a time per process (runs of one dataset would only repeat each
@@ -184,9 +184,7 @@ pub mod etl {
             max_retries: 5,
             lease: Duration::from_secs(120),
             retry_delay: Duration::from_secs(10),
-            dead_letter_queue: Some(
-                QueueName::parse("etl.dlq").unwrap_or_else(|_| unreachable!("valid")),
-            ),
+            dead_letter_queue: Some(super::named("etl.dlq")),
             ..QueueSettings::default()
         }
     }
