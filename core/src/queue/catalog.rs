@@ -3,7 +3,7 @@
 //! run these settings and re-export them; producers send to these names without depending on
 //! the consumers.
 
-use crate::queue::QueueName;
+use crate::queue::{QueueName, QueueSettings};
 
 /// A queue name written in the code (the catalog's, a consumer's own): valid by construction.
 #[must_use]
@@ -11,10 +11,23 @@ pub fn named(name: &str) -> QueueName {
     QueueName::parse(name).unwrap_or_else(|_| unreachable!("{name} is a valid queue name"))
 }
 
+/// The money queues' shape (usage, settlement): batches of `max_batch_size`, four at once, ten
+/// retries, then `dlq`. An idle queue gathers 20 ms of arrivals into one claim: one writer
+/// transaction per burst instead of one per producer commit, which kept the producers (an
+/// answered ask, a `POST /usage`) waiting for the single SQLite writer.
+fn money_queue(max_batch_size: u16, dlq: &str) -> QueueSettings {
+    QueueSettings {
+        max_batch_size,
+        max_concurrency: 4,
+        max_batch_timeout: std::time::Duration::from_millis(20),
+        max_retries: 10,
+        dead_letter_queue: Some(named(dlq)),
+        ..QueueSettings::default()
+    }
+}
+
 /// `usage`: accepted usage events (`UsageBatchMessage`), written by the usage-writer.
 pub mod usage {
-    use std::time::Duration;
-
     use crate::queue::{QueueName, QueueSettings};
 
     /// The queue name.
@@ -29,24 +42,12 @@ pub mod usage {
     /// Settings: batches of accepted requests (each up to 1,000 events), patient retries.
     #[must_use]
     pub fn settings() -> QueueSettings {
-        QueueSettings {
-            max_batch_size: 5,
-            max_concurrency: 4,
-            // An idle queue gathers 20 ms of arrivals into one claim: one writer transaction per
-            // burst instead of one per producer commit, which kept the producers (an answered
-            // ask, a POST /usage) waiting for the single SQLite writer.
-            max_batch_timeout: Duration::from_millis(20),
-            max_retries: 10,
-            dead_letter_queue: Some(super::named("usage.dlq")),
-            ..QueueSettings::default()
-        }
+        super::money_queue(5, "usage.dlq")
     }
 }
 
 /// `settlement`: ledger entries to append (`SettlementMessage`), exactly once by id.
 pub mod settlement {
-    use std::time::Duration;
-
     use crate::queue::{QueueName, QueueSettings};
 
     /// The queue name.
@@ -61,17 +62,7 @@ pub mod settlement {
     /// Settings: large batches (one transaction each), patient retries.
     #[must_use]
     pub fn settings() -> QueueSettings {
-        QueueSettings {
-            max_batch_size: 100,
-            max_concurrency: 4,
-            // An idle queue gathers 20 ms of arrivals into one claim: one writer transaction per
-            // burst instead of one per producer commit, which kept the producers (an answered
-            // ask, a POST /usage) waiting for the single SQLite writer.
-            max_batch_timeout: Duration::from_millis(20),
-            max_retries: 10,
-            dead_letter_queue: Some(super::named("settlement.dlq")),
-            ..QueueSettings::default()
-        }
+        super::money_queue(100, "settlement.dlq")
     }
 }
 
