@@ -58,7 +58,7 @@ else
 fi
 
 # Every Worker config, gateway first (the one wrangler dev serves on the port).
-configs=(gateway auth billing usage jobs files admin ai usage-writer settlement jobs-sketch-to-app av-scan etl dlq)
+configs=(gateway auth billing usage jobs files admin ai usage-writer settlement jobs-image-thumbnail jobs-sketch-to-app av-scan etl dlq)
 
 apt_tools() {
   # zstd (the artifact codec) is C: clang compiles it for wasm32.
@@ -228,6 +228,7 @@ COGNOMEGA_LINK_SECRET=$admin_key-links
 COGNOMEGA_CLAMD=$clamd
 COGNOMEGA_RATE_LIMITS_TOML=${COGNOMEGA_RATE_LIMITS_TOML:-}
 COGNOMEGA_RATE_LIMITS=${COGNOMEGA_RATE_LIMITS:-on}
+COGNOMEGA_TEST_FAULTS=${COGNOMEGA_TEST_FAULTS:-}
 ${provider_vars}
 VARS
   mkdir -p "$wr/workers/.local"
@@ -329,7 +330,7 @@ case "$cmd" in
     scanner
     providers
     state=$(mktemp -d /tmp/cognomega-edge-state.XXXXXX)
-    say "serving the gateway on http://127.0.0.1:$port (cron: GET /__scheduled?cron=*/5+*+*+*+*)"
+    say "serving the gateway on http://127.0.0.1:$port (outbox relay cron: GET /__scheduled?cron=*+*+*+*+*)"
     ( run_dev "$state" )
     ;;
   test)
@@ -339,6 +340,9 @@ case "$cmd" in
     providers
     # The acceptance suite's rate-limit scenario needs a small bucket, as the native run has.
     export COGNOMEGA_RATE_LIMITS_TOML='rate_limits = { guest = { usage = { rate = 1.0, burst = 20 } } }'
+    # The fault scenario: the drain after a request whose id starts `fault-drain-` fails, so
+    # only a later relay delivers its messages (never set outside the test stack).
+    export COGNOMEGA_TEST_FAULTS=drain
     background
     say "HTTP acceptance suite against the edge stack"
     if ! COGNOMEGA_ACCEPTANCE_URL="http://127.0.0.1:$port" COGNOMEGA_ACCEPTANCE_ADMIN_KEY="$admin_key" \

@@ -69,6 +69,7 @@ impl Target {
     fn new(base: &str, admin_key: &str, name: String) -> anyhow::Result<Self> {
         // No Accept-Encoding, even if a dependency turns on a decompression feature: the
         // server must decompress artifacts itself.
+        cognomega_core::tls::install();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .no_gzip()
@@ -567,6 +568,153 @@ async fn upload_lands(t: Target) -> anyhow::Result<()> {
         file.body.as_ref() == png.as_slice(),
         "the file is not the uploaded bytes"
     );
+    Ok(())
+}
+
+/// Polls a tenant's job until it reaches a final status; returns the job.
+async fn final_job(t: &Target, g: &Guest, id: &str) -> anyhow::Result<Value> {
+    poll("the job finished", Duration::from_secs(120), || async {
+        let job = send(t.get(&format!("/jobs/{id}")).bearer_auth(&g.token))
+            .await?
+            .expect(StatusCode::OK)?;
+        match job["status"].as_str() {
+            Some("queued" | "running") => Ok(Err(job.to_string())),
+            _ => Ok(Ok(job)),
+        }
+    })
+    .await
+}
+
+/// g. Every registered job type runs on the deployment: an `image_thumbnail` job succeeds
+/// with its thumbnail, billed as one job.
+async fn every_job_type_runs(t: Target) -> anyhow::Result<()> {
+    let g = guest(&t).await?;
+    let grant = wait_grant(&t, &g).await?;
+    let (png, _) = Sketch::generate(5, 640, 480);
+    let body = json!({
+        "type": "image_thumbnail",
+        "input": {"image_base64": B64.encode(&png)},
+        "params": {"sizes": [64, 128]},
+    });
+    let job = send(t.post("/jobs").bearer_auth(&g.token).json(&body))
+        .await?
+        .expect(StatusCode::ACCEPTED)?;
+    let id = str_field(&job, "id")?.to_owned();
+    let done = final_job(&t, &g, &id).await?;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["progress"].as_f64(), Some(1.0), "{done}");
+    let artifacts = done["artifacts"].as_array().cloned().unwrap_or_default();
+    assert!(!artifacts.is_empty(), "no thumbnail in {done}");
+    let name = str_field(&artifacts[0], "name")?;
+    let thumb = send(
+        t.get(&format!("/jobs/{id}/artifacts/{name}"))
+            .bearer_auth(&g.token),
+    )
+    .await?;
+    assert_eq!(thumb.status, StatusCode::OK, "{}", thumb.what);
+    assert!(
+        thumb.body.starts_with(b"\x89PNG")
+            || thumb.body.starts_with(&[0xff, 0xd8])
+            || thumb.body.starts_with(b"RIFF"),
+        "not an image: {:?}",
+        &thumb.body[..thumb.body.len().min(8)]
+    );
+    let charged = done["credits_charged"].as_i64().unwrap_or(0);
+    let settled = settled_balance(&t, &g, grant).await?;
+    assert_eq!(grant - settled, charged, "billed once, as the job says");
+    Ok(())
+}
+
+/// h. Writes whose messages could not be sent right after their commit (on the edge: the
+/// drain after the request failed, injected by the test-only `COGNOMEGA_TEST_FAULTS=drain`
+/// for request ids starting `fault-drain-`; natively the messages commit in the database with
+/// the rows, so there is nothing to lose) are delivered later exactly once: the upload is
+/// scanned and its storage billed once, the job runs once and is billed once.
+async fn failed_sends_are_delivered_later_once(t: Target) -> anyhow::Result<()> {
+    let g = guest(&t).await?;
+    let grant = wait_grant(&t, &g).await?;
+    let fault = |what: &str| format!("fault-drain-{what}-{}", uuid::Uuid::new_v4());
+    let (png, _) = Sketch::generate(13, 160, 120);
+    let upload = send(
+        t.post("/upload/direct")
+            .bearer_auth(&g.token)
+            .header("X-Request-Id", fault("upload"))
+            .header("X-Filename", "late.png")
+            .header("Content-Type", "image/png")
+            .body(png.clone()),
+    )
+    .await?
+    .expect(StatusCode::CREATED)?;
+    let key = str_field(&upload, "key")?.to_owned();
+    let (sketch, _) = Sketch::generate(17, 320, 240);
+    let body = json!({"type": "sketch_to_app", "input": {"image_base64": B64.encode(&sketch)}});
+    let job = send(
+        t.post("/jobs")
+            .bearer_auth(&g.token)
+            .header("X-Request-Id", fault("job"))
+            .json(&body),
+    )
+    .await?
+    .expect(StatusCode::ACCEPTED)?;
+    let id = str_field(&job, "id")?.to_owned();
+    // Any later write relays what is unsent (on the edge its drain; the relay cron would too).
+    poll(
+        "the upload scanned and the job finished",
+        Duration::from_secs(120),
+        || async {
+            let nudge = send(
+                t.post("/usage")
+                    .bearer_auth(&g.token)
+                    .json(&json!({"events": [event(&format!("nudge-{}", uuid::Uuid::new_v4()))]})),
+            )
+            .await?;
+            let _ = nudge;
+            let meta = send(t.get(&format!("/uploads/{key}")).bearer_auth(&g.token))
+                .await?
+                .expect(StatusCode::OK)?;
+            let job = send(t.get(&format!("/jobs/{id}")).bearer_auth(&g.token))
+                .await?
+                .expect(StatusCode::OK)?;
+            let scanned = meta["scan"].as_str() != Some("pending");
+            let finished = !matches!(job["status"].as_str(), Some("queued" | "running"));
+            Ok(if scanned && finished {
+                Ok((meta, job))
+            } else {
+                Err(format!("{meta} {job}"))
+            })
+        },
+    )
+    .await
+    .map(|(meta, job)| {
+        assert_eq!(meta["scan"], "clean", "{meta}");
+        assert_eq!(job["status"], "succeeded", "{job}");
+        assert_eq!(job["attempts"], 1, "run once: {job}");
+    })?;
+    // Billed once each: the upload's bytes once, the job once.
+    poll(
+        "the storage billed once",
+        Duration::from_secs(60),
+        || async {
+            let usage = send(t.get("/usage").bearer_auth(&g.token))
+                .await?
+                .expect(StatusCode::OK)?;
+            let storage = &usage["totals"]["storage_bytes"];
+            let jobs = &usage["totals"]["job"];
+            Ok(if storage["events"] == 1 && jobs["events"] == 1 {
+                assert_eq!(
+                    storage["quantity"].as_u64(),
+                    u64::try_from(png.len()).ok(),
+                    "{usage}"
+                );
+                Ok(())
+            } else {
+                Err(usage.to_string())
+            })
+        },
+    )
+    .await?;
+    let settled = settled_balance(&t, &g, grant).await?;
+    assert!(settled < grant, "the work was billed");
     Ok(())
 }
 
@@ -1499,4 +1647,6 @@ scenarios!(
     uploads_and_guards,
     operator_surface,
     cleanup_reports,
+    every_job_type_runs,
+    failed_sends_are_delivered_later_once,
 );

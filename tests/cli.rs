@@ -74,6 +74,7 @@ async fn serve_runs_with_zero_config() -> anyhow::Result<()> {
         .env_remove("COGNOMEGA_DATABASE_URL")
         .env_remove("COGNOMEGA_DATA_DIR");
     let (mut child, url) = cognomega_testkit::spawn_serve(cmd).await?;
+    cognomega_core::tls::install();
     let health: Value = reqwest::get(format!("{url}/healthz")).await?.json().await?;
     assert_eq!(health["backend"], "sqlite");
     let data = dir.path().join("cognomega-data");

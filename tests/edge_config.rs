@@ -1,36 +1,47 @@
-//! The Cloudflare edge shape's queue consumers are configured in wrangler/workers/*.toml; their
-//! settings must be the native consumers' (`cognomega_consumers::*::settings()`), so a message
-//! gets the same batch size, retries, retry delay and dead-letter queue on both shapes.
+//! The Cloudflare edge shape's queues are configured in wrangler/workers/*.toml; they must be
+//! the queue catalog's (`cognomega_core::queue::catalog::all`, the queues and settings the
+//! native consumers run), so a message gets the same batch size, retries, retry delay and
+//! dead-letter queue on both hosts, and every registered job type has its consumer Worker.
 
 use std::path::Path;
 
+use cognomega_core::queue::catalog::{self, cloudflare};
 use cognomega_core::queue::QueueSettings;
 
-/// (wrangler config, Cloudflare queue name, the native settings)
-fn consumers() -> Vec<(&'static str, &'static str, QueueSettings)> {
-    vec![
-        (
-            "usage-writer",
-            "cognomega-usage",
-            cognomega_consumers::usage_writer::settings(),
-        ),
-        (
-            "settlement",
-            "cognomega-settlement",
-            cognomega_consumers::settlement::settings(),
-        ),
-        (
-            "jobs-sketch-to-app",
-            "cognomega-jobs-sketch-to-app",
-            cognomega_consumers::jobs::settings("sketch_to_app"),
-        ),
-        (
-            "av-scan",
-            "cognomega-av-scan",
-            cognomega_consumers::av_scan::settings(),
-        ),
-        ("etl", "cognomega-etl", cognomega_consumers::etl::settings()),
-    ]
+/// The job types of this build.
+fn job_types() -> Vec<&'static str> {
+    cognomega_pipelines::registry().names()
+}
+
+/// The Worker consuming a catalog queue: `usage-writer`, `settlement`, `av-scan`,
+/// `jobs-<type>`, `etl`.
+fn consumer_worker(queue: &str) -> String {
+    match queue {
+        "usage" => "usage-writer".to_owned(),
+        other => other.replace(['.', '_'], "-"),
+    }
+}
+
+/// (wrangler config, Cloudflare queue name, the catalog's settings)
+fn consumers() -> Vec<(String, String, QueueSettings)> {
+    catalog::all(&job_types())
+        .into_iter()
+        .map(|(q, settings)| {
+            (
+                consumer_worker(q.as_str()),
+                cloudflare::queue_name(q.as_str()),
+                settings,
+            )
+        })
+        .collect()
+}
+
+/// The Worker's Cron Triggers.
+fn crons(worker: &toml::Value) -> Vec<&str> {
+    worker["triggers"]["crons"]
+        .as_array()
+        .map(|a| a.iter().filter_map(toml::Value::as_str).collect())
+        .unwrap_or_default()
 }
 
 fn config(name: &str) -> anyhow::Result<toml::Value> {
@@ -43,7 +54,8 @@ fn config(name: &str) -> anyhow::Result<toml::Value> {
 #[test]
 fn edge_consumers_match_the_native_queue_settings() -> anyhow::Result<()> {
     for (worker, queue, native) in consumers() {
-        let cfg = config(worker)?;
+        let queue = queue.as_str();
+        let cfg = config(&worker)?;
         let consumers = cfg["queues"]["consumers"]
             .as_array()
             .ok_or_else(|| anyhow::anyhow!("{worker}: no [[queues.consumers]]"))?;
@@ -109,7 +121,12 @@ fn every_worker_runs_the_one_module_with_a_role() -> anyhow::Result<()> {
         assert_eq!(role, stem, "{}: COGNOMEGA_ROLE", path.display());
         seen += 1;
     }
-    assert_eq!(seen, 14, "the gateway, seven services and six consumers");
+    let consumers = catalog::all(&job_types()).len();
+    assert_eq!(
+        seen,
+        8 + consumers + 1,
+        "the gateway, seven services, a consumer per catalog queue and the dlq Worker"
+    );
     Ok(())
 }
 
@@ -128,10 +145,7 @@ fn the_export_cron_is_the_native_schedule() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("cron {:?} has no seconds field", native.cron))?;
     assert_eq!(seconds, "0", "Cloudflare fires on the minute");
     let gateway = config("gateway")?;
-    let crons: Vec<&str> = gateway["triggers"]["crons"]
-        .as_array()
-        .map(|a| a.iter().filter_map(toml::Value::as_str).collect())
-        .unwrap_or_default();
+    let crons = crons(&gateway);
     assert!(
         crons.contains(&cloudflare),
         "gateway crons {crons:?} lack the export's {cloudflare:?}"
@@ -172,6 +186,39 @@ fn the_ai_worker_is_bound_and_has_workers_ai() -> anyhow::Result<()> {
             .any(|p| p["binding"].as_str() == Some("USAGE")
                 && p["queue"].as_str() == Some("cognomega-usage")),
         "the ai Worker bills through the usage queue: {producers:?}"
+    );
+    Ok(())
+}
+
+/// Every Worker that writes (and drains the outbox after its write requests) can send to every
+/// queue a write stages in the outbox; the admin Worker, which the relay cron calls, too.
+#[test]
+fn every_writer_has_a_producer_for_every_outbox_queue() -> anyhow::Result<()> {
+    for worker in ["auth", "usage", "jobs", "files", "billing", "admin"] {
+        let cfg = config(worker)?;
+        let producers = cfg["queues"]["producers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for q in catalog::outbox_queues(&job_types()) {
+            let (binding, queue) = (
+                cloudflare::binding(q.as_str()),
+                cloudflare::queue_name(q.as_str()),
+            );
+            assert!(
+                producers
+                    .iter()
+                    .any(|p| p["binding"].as_str() == Some(binding.as_str())
+                        && p["queue"].as_str() == Some(queue.as_str())),
+                "{worker}: no producer {binding} for {queue}"
+            );
+        }
+    }
+    let gateway = config("gateway")?;
+    let crons = crons(&gateway);
+    assert!(
+        crons.contains(&"* * * * *"),
+        "the outbox relay runs every minute: {crons:?}"
     );
     Ok(())
 }

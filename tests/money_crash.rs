@@ -67,6 +67,7 @@ async fn crash_proof(backend: Backend) -> anyhow::Result<()> {
     cognomega_testkit::init_tracing();
     let tdb = TestDb::new(backend).await?;
     let (_server, url) = start_server(&tdb).await?;
+    cognomega_core::tls::install();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()?;

@@ -418,6 +418,7 @@ async fn request_ids_reach_the_consumer_json_logs() -> anyhow::Result<()> {
         }
     });
     let base = tokio::time::timeout(Duration::from_secs(60), url_rx).await??;
+    cognomega_core::tls::install();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;

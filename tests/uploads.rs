@@ -199,6 +199,7 @@ async fn bad_uploads_are_refused_and_leave_nothing(backend: Backend) -> anyhow::
     }
     // Too large by Content-Length: refused before a byte is read. The server answers and closes
     // while the client may still be writing, so the client sees either the 413 or a reset.
+    cognomega_core::tls::install();
     let oversize = reqwest::Client::new()
         .post(app.url("/upload/direct"))
         .bearer_auth(&g.token)
@@ -220,6 +221,7 @@ async fn bad_uploads_are_refused_and_leave_nothing(backend: Backend) -> anyhow::
         })
     }))
     .boxed();
+    cognomega_core::tls::install();
     let chunked = reqwest::Client::new()
         .post(app.url("/upload/direct?filename=big.png"))
         .bearer_auth(&g.token)
@@ -236,6 +238,7 @@ async fn bad_uploads_are_refused_and_leave_nothing(backend: Backend) -> anyhow::
 
     // Hostile names are made harmless (a new client: the one above saw its connection closed).
     // Through ?filename= (percent-encoded), since a header cannot carry NUL.
+    cognomega_core::tls::install();
     let fresh = reqwest::Client::new();
     for (raw, expected) in [
         ("a\u{0}b.png", "ab.png"),

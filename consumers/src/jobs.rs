@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use cognomega_core::billing::{UsageBatchMessage, UsageEvent, UsageKey, UsageKind};
+use cognomega_core::jobs::NATIVE_LEASE_MS;
 use cognomega_core::queue::{
     BatchHandler, HandlerError, MessageBatch, OutgoingMessage, ReceivedMessage,
 };
@@ -50,7 +51,33 @@ impl JobRunner {
         }
     }
 
-    async fn run_one(&self, job: Job, attempts: u32) -> Result<(), HandlerError> {
+    /// Runs a claimed job, renewing its lease (the attempt fence) until the run ends.
+    async fn run_owned(&self, job: Job, owner: String, attempts: u32) -> Result<(), HandlerError> {
+        let renewing = {
+            let (db, id, owner) = (self.db.clone(), job.id.clone(), owner.clone());
+            tokio::spawn(async move {
+                let every = std::time::Duration::from_millis(
+                    u64::try_from(NATIVE_LEASE_MS / 3).unwrap_or(40_000),
+                );
+                loop {
+                    tokio::time::sleep(every).await;
+                    match jobs::renew(&db, &id, &owner, NATIVE_LEASE_MS).await {
+                        Ok(true) => {}
+                        // Finished, or taken over: nothing left to hold.
+                        Ok(false) => break,
+                        Err(e) => {
+                            tracing::warn!(job_id = %id, error = %e, "could not renew the job's lease")
+                        }
+                    }
+                }
+            })
+        };
+        let ran = self.run_one(job, &owner, attempts).await;
+        renewing.abort();
+        ran
+    }
+
+    async fn run_one(&self, job: Job, owner: &str, attempts: u32) -> Result<(), HandlerError> {
         // Both were validated at submission; a row that fails them anyway can never run, and a
         // fatal error would leave it `running` while its message goes to the dead-letter queue.
         let input_key = match ObjectKey::parse(&job.input_key) {
@@ -59,6 +86,7 @@ impl JobRunner {
                 return self
                     .finish(
                         &job,
+                        owner,
                         "failed",
                         &format!("the job's input key is invalid: {e}"),
                     )
@@ -70,6 +98,7 @@ impl JobRunner {
             Err(e) if e.is_not_found() => {
                 self.finish(
                     &job,
+                    owner,
                     "failed",
                     "the job's input is gone from object storage",
                 )
@@ -84,6 +113,7 @@ impl JobRunner {
                 return self
                     .finish(
                         &job,
+                        owner,
                         "failed",
                         &format!("the job's params are not JSON: {e}"),
                     )
@@ -93,6 +123,7 @@ impl JobRunner {
         let progress = DbProgress {
             db: self.db.clone(),
             job_id: job.id.clone(),
+            owner: owner.to_owned(),
             handle: tokio::runtime::Handle::current(),
         };
         let job_type = self.job_type.clone();
@@ -100,10 +131,12 @@ impl JobRunner {
             tokio::task::spawn_blocking(move || job_type.run(&input, &params, &progress)).await;
         let artifacts = match ran {
             Ok(Ok(artifacts)) => artifacts,
-            Ok(Err(JobError::InvalidInput(why))) => return self.finish(&job, "failed", &why).await,
+            Ok(Err(JobError::InvalidInput(why))) => {
+                return self.finish(&job, owner, "failed", &why).await
+            }
             Ok(Err(JobError::Cancelled)) => {
                 return self
-                    .finish(&job, "cancelled", "cancelled while running")
+                    .finish(&job, owner, "cancelled", "cancelled while running")
                     .await
             }
             Ok(Err(JobError::Transient(why))) => {
@@ -164,9 +197,16 @@ impl JobRunner {
             .begin_in_consumer()
             .await
             .map_err(HandlerError::retryable)?;
-        jobs::succeed(&mut tx, &job.id, &rows, self.credits_per_job)
+        let owned = jobs::succeed(&mut tx, &job.id, Some(owner), &rows, self.credits_per_job)
             .await
             .map_err(HandlerError::retryable)?;
+        if !owned {
+            // Another delivery took the job over (this run's lease expired): its run records
+            // the success and bills it; this one leaves no trace.
+            tx.rollback().await.map_err(HandlerError::retryable)?;
+            tracing::warn!(job_id = %job.id, "the run lost the job to another delivery; its success is dropped");
+            return Ok(());
+        }
         tx.send(&crate::usage_writer::queue(), out)
             .await
             .map_err(HandlerError::retryable)?;
@@ -175,18 +215,29 @@ impl JobRunner {
         Ok(())
     }
 
-    async fn finish(&self, job: &Job, status: &str, why: &str) -> Result<(), HandlerError> {
-        tracing::info!(job_id = %job.id, status, reason = why, "job finished without artifacts");
-        jobs::finish(&self.db, &job.id, status, Some(why))
+    async fn finish(
+        &self,
+        job: &Job,
+        owner: &str,
+        status: &str,
+        why: &str,
+    ) -> Result<(), HandlerError> {
+        let changed = jobs::finish(&self.db, &job.id, Some(owner), status, Some(why))
             .await
-            .map_err(HandlerError::retryable)
+            .map_err(HandlerError::retryable)?;
+        if changed {
+            tracing::info!(job_id = %job.id, status, reason = why, "job finished without artifacts");
+        } else {
+            tracing::warn!(job_id = %job.id, status, "the run lost the job to another delivery; its verdict is dropped");
+        }
+        Ok(())
     }
 
     /// A transient failure: retried, unless this was the last delivery, in which case the job is
     /// marked `dead` (its message goes to the dead-letter queue).
     async fn transient(&self, job: &Job, attempts: u32, why: String) -> HandlerError {
         if attempts >= self.max_deliveries {
-            if let Err(e) = jobs::finish(&self.db, &job.id, "dead", Some(&why)).await {
+            if let Err(e) = jobs::finish(&self.db, &job.id, None, "dead", Some(&why)).await {
                 tracing::warn!(job_id = %job.id, error = %e, "could not mark the job dead");
             }
         }
@@ -227,10 +278,16 @@ impl BatchHandler for JobRunner {
                 }
             };
             // None: cancelled while queued, or already finished (a redelivered success).
-            let Some(job) = jobs::start_run(&self.db, &body.job_id)
+            // The attempt fence: this delivery claims the job under its message id. None:
+            // cancelled while queued, already finished (a redelivered success), or running
+            // under another delivery's live lease — whose own message comes back if it dies.
+            let owner = id.0.to_string();
+            let Some(job) = jobs::start_run(&self.db, &body.job_id, &owner, NATIVE_LEASE_MS)
                 .await
                 .map_err(HandlerError::retryable)?
             else {
+                tracing::info!(job_id = %body.job_id, message_id = id.0,
+                    "not run: finished, cancelled or running under another delivery");
                 batch.ack(id);
                 continue;
             };
@@ -238,7 +295,9 @@ impl BatchHandler for JobRunner {
             // that submitted it.
             let span = tracing::info_span!("job", job_id = %job.id, tenant = %job.tenant_id,
                 message_id = id.0, request_id = request_id.as_deref().unwrap_or(""));
-            self.run_one(job, attempts).instrument(span).await?;
+            self.run_owned(job, owner, attempts)
+                .instrument(span)
+                .await?;
             batch.ack(id);
         }
         Ok(())
@@ -274,6 +333,7 @@ impl BatchHandler for JobRunner {
 struct DbProgress {
     db: Database,
     job_id: String,
+    owner: String,
     handle: tokio::runtime::Handle,
 }
 
@@ -285,8 +345,10 @@ impl Progress for DbProgress {
             .block_on(jobs::progress(
                 &self.db,
                 &self.job_id,
+                &self.owner,
                 stage,
                 f64::from(fraction.clamp(0.0, 1.0)),
+                NATIVE_LEASE_MS,
             ))
             .map_err(|e| JobError::Transient(e.to_string()))?;
         if cancel {

@@ -296,7 +296,13 @@ async fn a_job_whose_worker_dies_every_time_ends_dead(backend: Backend) -> anyho
         .await?;
         assert_eq!(claim.messages[0].attempts, delivery);
         // The worker got as far as starting the job, then died.
-        cognomega_stores::jobs::start_run(f.tdb.db(), "job-lost").await?;
+        cognomega_stores::jobs::start_run(
+            f.tdb.db(),
+            "job-lost",
+            &claim.messages[0].id.0.to_string(),
+            cognomega_core::jobs::NATIVE_LEASE_MS,
+        )
+        .await?;
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
         let now = cognomega_core::time::UnixMillis(i64::try_from(now.as_millis())?);
         tokio::time::sleep(claim.lease_until.since(now) + Duration::from_millis(50)).await;

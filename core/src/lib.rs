@@ -13,8 +13,13 @@ pub mod billing;
 pub mod cleanup;
 pub mod etl;
 pub mod files;
+pub mod jobs;
 pub mod limits;
 pub mod metrics;
+pub mod outbox;
 pub mod queue;
 pub mod schedule;
+pub mod sql;
 pub mod time;
+#[cfg(feature = "tls")]
+pub mod tls;

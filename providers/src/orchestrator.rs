@@ -57,6 +57,7 @@ pub struct Orchestrator {
 impl Orchestrator {
     /// The configured providers as real HTTP clients.
     pub fn from_config(config: &ProvidersConfig) -> Result<Self, String> {
+        cognomega_core::tls::install();
         let client = reqwest::Client::builder()
             .connect_timeout(config.timeout.min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(60))

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use cognomega_core::billing::{BillingConfig, Price, UsageKind};
+use cognomega_core::billing::BillingConfig;
 use cognomega_producers::{ApiConfig, CorsOrigins, UploadConfig};
 
 use super::Ctx;
@@ -142,17 +142,9 @@ impl ApiArgs {
             guest_floor: self.guest_floor,
             ..BillingConfig::default()
         };
-        for spec in self.prices.iter().filter(|s| !s.trim().is_empty()) {
-            let Some((kind, price)) = spec.split_once('=') else {
-                bail!("--price {spec:?}: use KIND=CREDITS/UNITS, e.g. tokens_in=1/1000");
-            };
-            let kind = UsageKind::parse(kind.trim())
-                .with_context(|| format!("--price {spec:?}: unknown kind; one of tokens_in, tokens_out, job, storage_bytes, audio_seconds"))?;
-            billing.prices.set(
-                kind,
-                Price::parse(price).map_err(|e| anyhow::anyhow!("--price: {e}"))?,
-            );
-        }
+        billing
+            .set_prices(self.prices.iter().map(String::as_str))
+            .map_err(|e| anyhow::anyhow!("--price: {e}"))?;
         if self.guest_grant < 0 {
             bail!("--guest-grant must be ≥ 0");
         }

@@ -327,6 +327,7 @@ pub async fn cancel(db: &Database, tenant: &str, id: &str) -> Result<CancelOutco
             finish_in(
                 &mut tx,
                 id,
+                None,
                 "cancelled",
                 Some("cancelled before it started"),
             )
@@ -356,112 +357,142 @@ pub async fn cancel(db: &Database, tenant: &str, id: &str) -> Result<CancelOutco
     Ok(outcome)
 }
 
-/// Marks a job running for one more attempt; `None` when it must not run (cancelled or
-/// already finished).
-pub async fn start_run(db: &Database, id: &str) -> Result<Option<Job>, StoreError> {
+/// Claims a job for the delivery `owner` (its message id) for one more attempt, holding it
+/// until `now + lease_ms` (the attempt fence, [`cognomega_core::jobs`]). `None` when it must not
+/// run here: cancelled, already finished, or running under another delivery's live lease.
+pub async fn start_run(
+    db: &Database,
+    id: &str,
+    owner: &str,
+    lease_ms: i64,
+) -> Result<Option<Job>, StoreError> {
+    let claimable = cognomega_core::jobs::CLAIMABLE;
     let (sqlite, pg) = (
         format!(
-            "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = COALESCE(started_at, ?2),
-                 progress = 0, stage = NULL
-             WHERE id = ?1 AND status IN ('queued', 'running') RETURNING {COLUMNS_SQLITE}"
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = COALESCE(started_at, $2),
+                 progress = 0, stage = NULL, lease_owner = $3, lease_until = $4
+             WHERE id = $1 AND {claimable} RETURNING {COLUMNS_SQLITE}"
         ),
         format!(
             "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = COALESCE(started_at, now()),
-                 progress = 0, stage = NULL
-             WHERE id = $1 AND status IN ('queued', 'running') RETURNING {COLUMNS_PG}"
+                 progress = 0, stage = NULL, lease_owner = $3, lease_until = $4
+             WHERE id = $1 AND {claimable} RETURNING {COLUMNS_PG}"
         ),
     );
+    let now = now_ms().0;
     Ok(match db {
         Database::Sqlite(s) => {
             let row = sqlx::query(&sqlite)
                 .bind(id)
-                .bind(now_ms().0)
+                .bind(now)
+                .bind(owner)
+                .bind(now + lease_ms)
                 .fetch_optional(&s.write)
                 .await?;
             row.as_ref().map(job_from).transpose()?
         }
         Database::Postgres(p) => {
-            let row = sqlx::query(&pg).bind(id).fetch_optional(&p.pool).await?;
+            let row = sqlx::query(&pg)
+                .bind(id)
+                .bind(now)
+                .bind(owner)
+                .bind(now + lease_ms)
+                .fetch_optional(&p.pool)
+                .await?;
             row.as_ref().map(job_from).transpose()?
         }
     })
 }
 
-/// Records progress; returns whether cancellation was requested.
+/// Records progress of the run `owner` and renews its lease by `lease_ms`; returns whether it
+/// must stop (cancellation requested, or the job is no longer its own).
 pub async fn progress(
     db: &Database,
     id: &str,
+    owner: &str,
     stage: &str,
     fraction: f64,
+    lease_ms: i64,
 ) -> Result<bool, StoreError> {
-    let cancel: Option<bool> = match db {
-        Database::Sqlite(s) => {
-            sqlx::query_scalar(
-                "UPDATE jobs SET stage = ?2, progress = ?3 WHERE id = ?1 AND status = 'running'
-                 RETURNING cancel_requested <> 0",
-            )
-            .bind(id)
-            .bind(stage)
-            .bind(fraction)
-            .fetch_optional(&s.write)
-            .await?
-        }
-        Database::Postgres(p) => {
-            sqlx::query_scalar(
-                "UPDATE jobs SET stage = $2, progress = $3 WHERE id = $1 AND status = 'running' RETURNING cancel_requested",
-            )
-            .bind(id)
-            .bind(stage)
-            .bind(fraction as f32)
-            .fetch_optional(&p.pool)
-            .await?
-        }
-    };
-    // Not running any more (cancelled while queued-and-redelivered, say): stop.
-    Ok(cancel.unwrap_or(true))
+    cognomega_core::jobs::progress(
+        &mut db.clone(),
+        id,
+        owner,
+        stage,
+        fraction,
+        now_ms().0 + lease_ms,
+    )
+    .await
+    .map_err(sql_error)
 }
 
+/// Renews the lease of the run `owner` by `lease_ms`; `false` when it no longer owns the job.
+pub async fn renew(
+    db: &Database,
+    id: &str,
+    owner: &str,
+    lease_ms: i64,
+) -> Result<bool, StoreError> {
+    cognomega_core::jobs::renew(&mut db.clone(), id, owner, now_ms().0 + lease_ms)
+        .await
+        .map_err(sql_error)
+}
+
+fn sql_error(e: cognomega_core::sql::SqlError) -> StoreError {
+    StoreError::Sqlx(sqlx::Error::Protocol(e.message))
+}
+
+/// Moves job `id` to a final status; with `owner`, only while that run owns it. Returns
+/// whether the job changed.
 async fn finish_in(
     tx: &mut Tx,
     id: &str,
+    owner: Option<&str>,
     status: &str,
     error: Option<&str>,
-) -> Result<(), StoreError> {
-    match tx {
-        Tx::Sqlite { tx, .. } => {
-            sqlx::query("UPDATE jobs SET status = ?2, error = ?3, finished_at = ?4 WHERE id = ?1")
-                .bind(id)
-                .bind(status)
-                .bind(error)
-                .bind(now_ms().0)
-                .execute(&mut **tx)
-                .await?;
-        }
-        Tx::Postgres { tx, .. } => {
-            sqlx::query(
-                "UPDATE jobs SET status = $2, error = $3, finished_at = now() WHERE id = $1",
-            )
-            .bind(id)
-            .bind(status)
-            .bind(error)
-            .execute(&mut **tx)
-            .await?;
-        }
-    }
-    Ok(())
+) -> Result<bool, StoreError> {
+    let changed = match tx {
+        Tx::Sqlite { tx, .. } => sqlx::query(
+            "UPDATE jobs SET status = $2, error = $3, finished_at = $5
+             WHERE id = $1 AND ($4 IS NULL OR (lease_owner = $4 AND status = 'running'))",
+        )
+        .bind(id)
+        .bind(status)
+        .bind(error)
+        .bind(owner)
+        .bind(now_ms().0)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected(),
+        Tx::Postgres { tx, .. } => sqlx::query(
+            "UPDATE jobs SET status = $2, error = $3, finished_at = now()
+             WHERE id = $1 AND ($4::text IS NULL OR (lease_owner = $4 AND status = 'running'))",
+        )
+        .bind(id)
+        .bind(status)
+        .bind(error)
+        .bind(owner)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected(),
+    };
+    Ok(changed > 0)
 }
 
-/// Moves a job to a final status (`failed`, `cancelled`, `dead`) with an error.
+/// Moves a job to a final status (`failed`, `cancelled`, `dead`) with an error; with `owner`,
+/// only while that run owns it (a run that lost its lease gives no verdict). Returns whether the
+/// job changed.
 pub async fn finish(
     db: &Database,
     id: &str,
+    owner: Option<&str>,
     status: &str,
     error: Option<&str>,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let mut tx = db.begin().await?;
-    finish_in(&mut tx, id, status, error).await?;
+    let changed = finish_in(&mut tx, id, owner, status, error).await?;
     tx.commit().await?;
-    Ok(())
+    Ok(changed)
 }
 
 /// Marks a job `dead` with `error` unless it already reached a final status (a redelivered
@@ -492,15 +523,45 @@ pub async fn bury(db: &Database, id: &str, error: &str) -> Result<bool, StoreErr
     Ok(changed > 0)
 }
 
-/// Records a successful run: artifact rows (replacing any from an earlier attempt), status,
-/// credits. Runs inside the caller's transaction, which also produces the usage event.
+/// Records a successful run: status, credits and artifact rows (replacing any from an earlier
+/// attempt). With `owner`, only while that run owns the job: `false` (nothing written) when it
+/// lost its lease. Runs inside the caller's transaction, which also produces the usage event.
 pub async fn succeed(
     tx: &mut Tx,
     id: &str,
+    owner: Option<&str>,
     artifacts: &[ArtifactRow],
     credits: i64,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let now = now_ms().0;
+    let changed = match tx {
+        Tx::Sqlite { tx, .. } => sqlx::query(
+            "UPDATE jobs SET status = 'succeeded', progress = 1, stage = 'done', error = NULL,
+                 credits_charged = $2, finished_at = $4, lease_until = NULL
+             WHERE id = $1 AND ($3 IS NULL OR (lease_owner = $3 AND status = 'running'))",
+        )
+        .bind(id)
+        .bind(credits)
+        .bind(owner)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected(),
+        Tx::Postgres { tx, .. } => sqlx::query(
+            "UPDATE jobs SET status = 'succeeded', progress = 1, stage = 'done', error = NULL,
+                 credits_charged = $2, finished_at = now(), lease_until = NULL
+             WHERE id = $1 AND ($3::text IS NULL OR (lease_owner = $3 AND status = 'running'))",
+        )
+        .bind(id)
+        .bind(credits)
+        .bind(owner)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected(),
+    };
+    if changed == 0 {
+        return Ok(false);
+    }
     for a in artifacts {
         match tx {
             Tx::Sqlite { tx, .. } => {
@@ -546,30 +607,7 @@ pub async fn succeed(
             }
         }
     }
-    match tx {
-        Tx::Sqlite { tx, .. } => {
-            sqlx::query(
-                "UPDATE jobs SET status = 'succeeded', progress = 1, stage = 'done', error = NULL, credits_charged = ?2, finished_at = ?3
-                 WHERE id = ?1",
-            )
-            .bind(id)
-            .bind(credits)
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
-        }
-        Tx::Postgres { tx, .. } => {
-            sqlx::query(
-                "UPDATE jobs SET status = 'succeeded', progress = 1, stage = 'done', error = NULL, credits_charged = $2, finished_at = now()
-                 WHERE id = $1",
-            )
-            .bind(id)
-            .bind(credits)
-            .execute(&mut **tx)
-            .await?;
-        }
-    }
-    Ok(())
+    Ok(true)
 }
 
 /// The job a tenant created with an idempotency key, if any.

@@ -24,6 +24,7 @@ mod migrations;
 pub mod objects;
 pub mod queue;
 pub mod schedules;
+pub mod sql;
 pub mod uploads;
 
 pub use database::{Database, DatabaseUrl, StoreError};

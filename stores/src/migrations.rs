@@ -40,6 +40,8 @@ migrations!(
     "0010_rate_limits.sql",
     "0011_usage_day_tokens.sql",
     "0012_ask_replays.sql",
+    "0013_outbox.sql",
+    "0014_job_lease.sql",
 );
 
 /// Embedded files as a migration source, read as sqlx reads a folder: `<VERSION>_<DESCRIPTION>.sql`,

@@ -300,6 +300,7 @@ impl Objects {
         };
         // `new()`, not `from_env()`: every setting comes from the URL and the credentials given,
         // so a stray AWS_* variable cannot redirect the store.
+        cognomega_core::tls::install();
         let mut builder = AmazonS3Builder::new()
             .with_bucket_name(bucket)
             .with_region(region)

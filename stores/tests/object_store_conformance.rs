@@ -520,6 +520,7 @@ async fn presigned_get_urls(backend: Backend) -> anyhow::Result<()> {
         url.query().is_some_and(|q| q.contains("X-Amz-Signature=")),
         "{url}"
     );
+    cognomega_core::tls::install();
     let http = reqwest::Client::new();
     let ok = http.get(url.clone()).send().await?;
     ensure!(ok.status() == 200, "presigned GET: {}", ok.status());

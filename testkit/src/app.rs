@@ -94,6 +94,7 @@ impl TestApp {
         };
         let platform = Platform::start(&config, options).await?;
         let base_url = platform.base_url();
+        cognomega_core::tls::install();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()?;

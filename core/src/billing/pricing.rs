@@ -172,3 +172,103 @@ impl Default for BillingConfig {
         }
     }
 }
+
+impl BillingConfig {
+    /// Sets prices from `KIND=CREDITS/UNITS` specs (`tokens_in=1/1000`), as both hosts read them
+    /// (`COGNOMEGA_PRICES`, comma-separated; natively also `--price`). Empty specs are skipped.
+    pub fn set_prices<'a>(
+        &mut self,
+        specs: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), String> {
+        for spec in specs.into_iter().map(str::trim).filter(|s| !s.is_empty()) {
+            let Some((kind, price)) = spec.split_once('=') else {
+                return Err(format!(
+                    "price {spec:?}: use KIND=CREDITS/UNITS, e.g. tokens_in=1/1000"
+                ));
+            };
+            let kind = super::UsageKind::parse(kind.trim()).ok_or_else(|| {
+                format!(
+                    "price {spec:?}: unknown kind; one of tokens_in, tokens_out, job, storage_bytes, audio_seconds"
+                )
+            })?;
+            let price = Price::parse(price).map_err(|e| format!("price {spec:?}: {e}"))?;
+            self.prices.set(kind, price);
+        }
+        Ok(())
+    }
+
+    /// The settings both hosts read by the same names, from `lookup` (the environment natively,
+    /// the Worker's variables on the edge): `COGNOMEGA_GUEST_GRANT`, `COGNOMEGA_GUEST_FLOOR`,
+    /// `COGNOMEGA_PRICES`. Unset names keep the defaults.
+    pub fn from_settings(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let mut cfg = Self::default();
+        let int = |name: &str| -> Result<Option<i64>, String> {
+            lookup(name)
+                .map(|v| {
+                    v.trim()
+                        .parse::<i64>()
+                        .map_err(|_| format!("{name}={v:?}: expected an integer"))
+                })
+                .transpose()
+        };
+        if let Some(grant) = int("COGNOMEGA_GUEST_GRANT")? {
+            if grant < 0 {
+                return Err(format!("COGNOMEGA_GUEST_GRANT={grant}: must be ≥ 0"));
+            }
+            cfg.guest_grant = grant;
+        }
+        if let Some(floor) = int("COGNOMEGA_GUEST_FLOOR")? {
+            cfg.guest_floor = floor;
+        }
+        if let Some(prices) = lookup("COGNOMEGA_PRICES") {
+            cfg.set_prices(prices.split(','))
+                .map_err(|e| format!("COGNOMEGA_PRICES: {e}"))?;
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod settings_tests {
+    use super::*;
+    use crate::billing::UsageKind;
+
+    #[test]
+    fn settings_are_read_by_their_native_names() {
+        let vars = |name: &str| match name {
+            "COGNOMEGA_GUEST_GRANT" => Some("50".to_owned()),
+            "COGNOMEGA_GUEST_FLOOR" => Some("-10".to_owned()),
+            "COGNOMEGA_PRICES" => Some("job=7/1, tokens_in=1/100".to_owned()),
+            _ => None,
+        };
+        let cfg = BillingConfig::from_settings(vars).unwrap_or_default();
+        assert_eq!(cfg.guest_grant, 50);
+        assert_eq!(cfg.guest_floor, -10);
+        assert_eq!(cfg.prices.charge(UsageKind::Job, 2), 14);
+        assert_eq!(cfg.prices.charge(UsageKind::TokensIn, 1000), 10);
+        assert_eq!(
+            BillingConfig::from_settings(|_| None),
+            Ok(BillingConfig::default())
+        );
+    }
+
+    #[test]
+    fn bad_settings_say_which_and_why() {
+        let bad = |n: &'static str, v: &'static str| {
+            BillingConfig::from_settings(move |name: &str| (name == n).then(|| v.to_owned()))
+                .err()
+                .unwrap_or_default()
+        };
+        let e = bad("COGNOMEGA_PRICES", "job");
+        assert!(
+            e.contains("COGNOMEGA_PRICES") && e.contains("KIND=CREDITS/UNITS"),
+            "{e}"
+        );
+        let e = bad("COGNOMEGA_PRICES", "gold=1/1");
+        assert!(e.contains("unknown kind"), "{e}");
+        let e = bad("COGNOMEGA_GUEST_GRANT", "-1");
+        assert!(e.contains("≥ 0"), "{e}");
+        let e = bad("COGNOMEGA_GUEST_FLOOR", "x");
+        assert!(e.contains("COGNOMEGA_GUEST_FLOOR"), "{e}");
+    }
+}

@@ -180,3 +180,71 @@ pub mod etl {
         }
     }
 }
+
+/// Every queue of a deployment running `job_types`, with its settings: the money queues, the
+/// scans, one queue per job type, the exports. Both hosts' consumers, the edge's bindings and
+/// the wrangler configs (checked by a test) derive from this list.
+#[must_use]
+pub fn all(job_types: &[&str]) -> Vec<(QueueName, QueueSettings)> {
+    let mut out = vec![
+        (usage::queue(), usage::settings()),
+        (settlement::queue(), settlement::settings()),
+        (av_scan::queue(), av_scan::settings()),
+    ];
+    for t in job_types {
+        out.push((jobs::queue(t), jobs::settings(t)));
+    }
+    out.push((etl::queue(), etl::settings()));
+    out
+}
+
+/// The queues a write stages messages for in the edge's outbox (all but the exports, whose
+/// requests are sent at once): every Worker that writes has a producer for each.
+#[must_use]
+pub fn outbox_queues(job_types: &[&str]) -> Vec<QueueName> {
+    all(job_types)
+        .into_iter()
+        .map(|(q, _)| q)
+        .filter(|q| q.as_str() != etl::QUEUE)
+        .collect()
+}
+
+/// How the Cloudflare edge names a catalog queue.
+pub mod cloudflare {
+    /// The Cloudflare queue: `cognomega-` and the name with `.` and `_` as `-`
+    /// (`jobs.sketch_to_app` → `cognomega-jobs-sketch-to-app`).
+    #[must_use]
+    pub fn queue_name(queue: &str) -> String {
+        format!("cognomega-{}", queue.replace(['.', '_'], "-"))
+    }
+
+    /// Its dead-letter queue: `<queue_name>-dlq`.
+    #[must_use]
+    pub fn dead_letter_queue(queue: &str) -> String {
+        format!("{}-dlq", queue_name(queue))
+    }
+
+    /// A producer's binding: upper case with `.` and `-` as `_` (`av-scan` → `AV_SCAN`).
+    #[must_use]
+    pub fn binding(queue: &str) -> String {
+        queue.to_ascii_uppercase().replace(['.', '-'], "_")
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn names_follow_the_wrangler_configs() {
+            assert_eq!(
+                super::queue_name("jobs.sketch_to_app"),
+                "cognomega-jobs-sketch-to-app"
+            );
+            assert_eq!(super::dead_letter_queue("av-scan"), "cognomega-av-scan-dlq");
+            assert_eq!(
+                super::binding("jobs.image_thumbnail"),
+                "JOBS_IMAGE_THUMBNAIL"
+            );
+            assert_eq!(super::binding("av-scan"), "AV_SCAN");
+            assert_eq!(super::binding("usage"), "USAGE");
+        }
+    }
+}

@@ -214,7 +214,7 @@ async fn populate(db: &Database, objects: &Objects, n: u64, show: bool) -> anyho
                 },
             )
             .await?;
-            jobs::succeed(&mut tx, &id, &rows, 0).await?;
+            jobs::succeed(&mut tx, &id, None, &rows, 0).await?;
         }
         tx.commit().await?;
         i += 1000;

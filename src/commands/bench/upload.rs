@@ -108,6 +108,7 @@ async fn measure(
     large: u64,
 ) -> anyhow::Result<(f64, f64, Option<f64>)> {
     let base = server.target.base_url.clone();
+    cognomega_core::tls::install();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(3600))
         .build()?;

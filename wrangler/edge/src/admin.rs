@@ -44,12 +44,24 @@ pub async fn route(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
             caller.require_admin()?;
             inject(req, env, caller, queue).await
         }
+        (Method::Get | Method::Head, ["admin", "outbox"]) => {
+            caller.require_admin()?;
+            outbox(env).await
+        }
+        (Method::Post, ["admin", "outbox", "relay"]) => {
+            caller.require_admin()?;
+            let report = crate::outbox::relay_all(env)
+                .await
+                .map_err(|e| ApiError::unavailable(format!("{e}; retry")))?;
+            http::json(200, &serde_json::json!({ "relayed": report }))
+        }
         (Method::Get | Method::Head, ["exports"]) => crate::etl::list(env, caller).await,
         (Method::Post, ["admin", "exports"]) => crate::etl::enqueue(req, env, caller).await,
         (
             _,
             ["healthz" | "openapi.json" | "metrics" | "exports"]
-            | ["admin", "exports" | "queues" | "env-snapshot" | "cleanup"]
+            | ["admin", "exports" | "queues" | "env-snapshot" | "cleanup" | "outbox"]
+            | ["admin", "outbox", "relay"]
             | ["admin", "queues", _, "dlq" | "messages"]
             | ["admin", "queues", _, "dlq", "replay"],
         ) => Err(http::no_route(true)),
@@ -96,7 +108,7 @@ async fn dead_letter_depths(db: &tokio_postgres::Client) -> Result<Vec<(String, 
             &[],
         )
         .await?;
-    Ok(crate::consumers::QUEUES
+    Ok(crate::consumers::queues()
         .iter()
         .map(|q| {
             let dlq = format!("{}.dlq", q.native);
@@ -168,10 +180,10 @@ async fn queues(env: &Env) -> ApiResult {
     let db = crate::db::connect(env).await?;
     let depths = dead_letter_depths(&db).await?;
     let mut list = Vec::new();
-    for q in crate::consumers::QUEUES {
+    for q in crate::consumers::queues() {
         let dlq_depth = depths
             .iter()
-            .find(|(name, _)| name == q.native)
+            .find(|(name, _)| *name == q.native)
             .map_or(0, |(_, n)| *n);
         list.push(serde_json::json!({
             "queue": q.native,
@@ -236,7 +248,7 @@ async fn replay(req: &mut Request, env: &Env, caller: &Caller, raw: &str) -> Api
         let request_id = r
             .get::<_, Option<String>>(2)
             .unwrap_or_else(|| caller.request_id.clone());
-        if let Err(e) = crate::consumers::send_raw(env, queue.binding, text, &request_id).await {
+        if let Err(e) = crate::consumers::send_raw(env, &queue.binding, text, &request_id).await {
             // What went out is removed; the rest stays dead for the next replay.
             if !replayed.is_empty() {
                 db.execute(
@@ -274,10 +286,10 @@ async fn replay(req: &mut Request, env: &Env, caller: &Caller, raw: &str) -> Api
 /// allow-list of fields like the native one (no secret can appear). Each Worker reads its own
 /// variables: the deploy steps set the shared ones on every Worker.
 fn env_snapshot(env: &Env) -> ApiResult {
-    let billing = crate::config::billing(env);
+    let billing = crate::config::billing(env).map_err(ApiError::internal)?;
     let limits = crate::config::rate_limits(env).map_err(ApiError::internal)?;
     let mut queues = serde_json::Map::new();
-    for q in crate::consumers::QUEUES {
+    for q in crate::consumers::queues() {
         queues.insert(
             q.native.to_owned(),
             serde_json::json!({
@@ -414,7 +426,7 @@ async fn inject(req: &mut Request, env: &Env, caller: &Caller, raw: &str) -> Api
     }
     crate::consumers::send_raw(
         env,
-        queue.binding,
+        &queue.binding,
         String::from_utf8_lossy(&body).into_owned(),
         &caller.request_id,
     )
@@ -424,5 +436,40 @@ async fn inject(req: &mut Request, env: &Env, caller: &Caller, raw: &str) -> Api
     http::json(
         202,
         &serde_json::json!({ "queue": queue.native, "id": null }),
+    )
+}
+
+/// `GET /admin/outbox`: messages staged by writes and not yet sent (the edge's transactional
+/// outbox): how many, the oldest one's age, and the last send errors.
+async fn outbox(env: &Env) -> ApiResult {
+    let db = crate::db::connect(env).await?;
+    let (pending, oldest) = cognomega_core::outbox::pending(&mut crate::sql::Pg(&db))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let now = worker::Date::now().as_millis() as i64;
+    let failing = db
+        .query(
+            "SELECT queue, attempts, last_error FROM outbox
+             WHERE sent_at IS NULL AND last_error IS NOT NULL ORDER BY id LIMIT 20",
+            &[],
+        )
+        .await?;
+    let failing: Vec<serde_json::Value> = failing
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "queue": r.get::<_, String>(0),
+                "attempts": r.get::<_, i32>(1),
+                "last_error": r.get::<_, Option<String>>(2),
+            })
+        })
+        .collect();
+    http::json(
+        200,
+        &serde_json::json!({
+            "pending": pending,
+            "oldest_age_ms": oldest.map(|t| (now - t).max(0)),
+            "failing": failing,
+        }),
     )
 }

@@ -477,7 +477,10 @@ async fn standing(env: &Env, tenant: &str, budget: Option<u64>) -> Result<i64, A
         Some(b) => b,
         None => crate::billing::balance(env, tenant).await?.balance,
     };
-    if flagged || balance <= crate::config::billing(env).guest_floor {
+    let floor = crate::config::billing(env)
+        .map_err(ApiError::internal)?
+        .guest_floor;
+    if flagged || balance <= floor {
         return Err(crate::billing::insufficient_credits(balance));
     }
     let used = tokens.map_or(0, |t| u64::try_from(t).unwrap_or(0));
@@ -498,7 +501,9 @@ async fn bill(asked: &Asked, usage: Usage) -> Result<(i64, i64), ApiError> {
         &asked.billing_id,
         usage.tokens_in,
         usage.tokens_out,
-        &crate::config::billing(&asked.env).prices,
+        &crate::config::billing(&asked.env)
+            .map_err(ApiError::internal)?
+            .prices,
         chrono::DateTime::from_timestamp_millis(worker::Date::now().as_millis() as i64)
             .unwrap_or_default(),
     )

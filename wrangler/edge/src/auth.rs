@@ -270,13 +270,14 @@ async fn guest(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     }
     let tenant_id = uuid::Uuid::now_v7().to_string();
     let user_id = uuid::Uuid::now_v7().to_string();
-    let grant = crate::config::billing(env).guest_grant;
+    let billing = crate::config::billing(env).map_err(ApiError::internal)?;
+    let grant = billing.guest_grant;
     let ring = ring(env).await?;
     let db = crate::db::connect(env).await?;
     // The tenant and its starting grant (its ledger entry and balance) commit together: the
     // guest's first billable request, however soon, sees the grant.
     let grant_entry = SettlementMessage::grant(&tenant_id, grant);
-    let floor = crate::config::billing(env).guest_floor;
+    let floor = billing.guest_floor;
     db.batch_execute("BEGIN").await?;
     let created = async {
         db.execute(

@@ -80,7 +80,11 @@ pub fn rfc3339(ms: Option<i64>) -> serde_json::Value {
 /// 402 when the tenant has nothing left to spend (as the native server refuses).
 pub async fn require_credits(env: &Env, tenant: &str) -> Result<(), ApiError> {
     let balance = balance(env, tenant).await?.balance;
-    if balance <= crate::config::billing(env).guest_floor {
+    if balance
+        <= crate::config::billing(env)
+            .map_err(ApiError::internal)?
+            .guest_floor
+    {
         return Err(insufficient_credits(balance));
     }
     Ok(())
@@ -213,13 +217,45 @@ async fn adjust(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
             format!("no tenant {}", r.tenant_id),
         ));
     }
+    // The adjustment and its settlement message (staged in the outbox) commit together; the
+    // message is relayed after the commit and its ledger id makes it land once.
     let fresh = uuid::Uuid::now_v7().to_string();
-    db.execute(
-        "INSERT INTO credit_adjustments (id, idempotency_key, tenant_id, delta, reason, status)
-         VALUES ($1, $2, $3, $4, $5, 'queued') ON CONFLICT (idempotency_key) DO NOTHING",
-        &[&fresh, &key, &r.tenant_id, &r.delta, &reason],
-    )
-    .await?;
+    db.batch_execute("BEGIN").await?;
+    let written = async {
+        let inserted = db
+            .query_opt(
+                "INSERT INTO credit_adjustments (id, idempotency_key, tenant_id, delta, reason, status)
+                 VALUES ($1, $2, $3, $4, $5, 'queued') ON CONFLICT (idempotency_key) DO NOTHING
+                 RETURNING id",
+                &[&fresh, &key, &r.tenant_id, &r.delta, &reason],
+            )
+            .await?;
+        if inserted.is_some() {
+            let msg = cognomega_core::billing::SettlementMessage {
+                id: format!("adjust-{fresh}"),
+                tenant_id: r.tenant_id.clone(),
+                delta: r.delta,
+                kind: cognomega_core::billing::SettlementKind::Adjustment,
+                reference: Some(fresh.clone()),
+            };
+            crate::outbox::stage(
+                &db,
+                &crate::outbox::batch_id(),
+                "settlement",
+                &msg,
+                &caller.request_id,
+            )
+            .await
+            .map_err(ApiError::internal)?;
+        }
+        db.batch_execute("COMMIT").await?;
+        Ok::<_, ApiError>(())
+    }
+    .await;
+    if let Err(e) = written {
+        let _ = db.batch_execute("ROLLBACK").await;
+        return Err(e);
+    }
     let row = db
         .query_one(
             "SELECT id, tenant_id, delta, reason, status FROM credit_adjustments WHERE idempotency_key = $1",
@@ -234,24 +270,6 @@ async fn adjust(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
             "idempotency_key_reused",
             "this Idempotency-Key was used for a different adjustment; use a new key",
         ));
-    }
-    // Queues cannot join the insert's transaction, so the message is (re)sent on every retry
-    // with the same key until it is applied; its ledger id makes it land once.
-    if status != "applied" {
-        let msg = cognomega_core::billing::SettlementMessage {
-            id: format!("adjust-{id}"),
-            tenant_id,
-            delta,
-            kind: cognomega_core::billing::SettlementKind::Adjustment,
-            reference: Some(id.clone()),
-        };
-        crate::consumers::send_json(env, "SETTLEMENT", &msg, &caller.request_id, 0)
-            .await
-            .map_err(|e| {
-                ApiError::unavailable(format!(
-                    "cannot enqueue the adjustment ({e}); retry with the same Idempotency-Key"
-                ))
-            })?;
     }
     http::json(
         202,

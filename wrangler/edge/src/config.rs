@@ -30,20 +30,19 @@ pub fn audience(env: &Env) -> String {
     var(env, "COGNOMEGA_JWT_AUDIENCE").unwrap_or_else(|| "cognomega-api".into())
 }
 
-/// Guest token lifetime in seconds (native default: one day).
+/// Guest token lifetime in seconds (`COGNOMEGA_TOKEN_TTL`, as natively; default one day).
 pub fn token_ttl_secs(env: &Env) -> u64 {
-    var(env, "COGNOMEGA_TOKEN_TTL_SECS")
+    var(env, "COGNOMEGA_TOKEN_TTL")
         .and_then(|v| v.parse().ok())
         .unwrap_or(86_400)
 }
 
-/// Prices and the guest grant: the native defaults, with `COGNOMEGA_GUEST_GRANT` over them.
-pub fn billing(env: &Env) -> BillingConfig {
-    let mut cfg = BillingConfig::default();
-    if let Some(grant) = var(env, "COGNOMEGA_GUEST_GRANT").and_then(|v| v.parse().ok()) {
-        cfg.guest_grant = grant;
-    }
-    cfg
+/// Prices, the guest grant and the guest floor, read by the native names
+/// (`COGNOMEGA_PRICES`, `COGNOMEGA_GUEST_GRANT`, `COGNOMEGA_GUEST_FLOOR`) by the same code. A
+/// setting that does not parse stops every billable path (it says which and why) rather than
+/// charge by prices nobody set.
+pub fn billing(env: &Env) -> Result<BillingConfig, String> {
+    BillingConfig::from_settings(|name| var(env, name))
 }
 
 /// The operator key for `/admin/*` (`COGNOMEGA_ADMIN_KEY`, a secret).

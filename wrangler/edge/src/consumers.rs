@@ -15,70 +15,53 @@ use cognomega_core::billing::{
     PriceTable, SettlementKind, SettlementMessage, UsageBatchMessage, UsageEvent, UsageKey,
     UsageKind,
 };
+use cognomega_core::queue::catalog;
 use serde::{Deserialize, Serialize};
 use worker::{
     Env, MessageBatch, MessageBuilder, MessageExt, QueueContentType, QueueRetryOptionsBuilder,
 };
 
-/// One queue of the platform on the edge: its native name (the HTTP contract uses it), its
-/// producer binding, its Cloudflare queue name, and the native consumer settings the wrangler
-/// configs must match (checked by `tests/edge_config.rs`).
-#[derive(Debug, Clone, Copy)]
+/// One queue of the platform on the edge: its catalog name (the HTTP contract uses it), its
+/// producer binding, its Cloudflare queue name, and the catalog's consumer settings the
+/// wrangler configs must match (checked by `tests/edge_config.rs`).
+#[derive(Debug, Clone)]
 pub struct EdgeQueue {
-    pub native: &'static str,
-    pub binding: &'static str,
-    pub cloudflare: &'static str,
+    pub native: String,
+    pub binding: String,
+    pub cloudflare: String,
     pub max_retries: u32,
     pub retry_delay_secs: u32,
 }
 
-pub const QUEUES: &[EdgeQueue] = &[
-    EdgeQueue {
-        native: "usage",
-        binding: "USAGE",
-        cloudflare: "cognomega-usage",
-        max_retries: 10,
-        retry_delay_secs: 1,
-    },
-    EdgeQueue {
-        native: "settlement",
-        binding: "SETTLEMENT",
-        cloudflare: "cognomega-settlement",
-        max_retries: 10,
-        retry_delay_secs: 1,
-    },
-    EdgeQueue {
-        native: "jobs.sketch_to_app",
-        binding: "JOBS_SKETCH_TO_APP",
-        cloudflare: "cognomega-jobs-sketch-to-app",
-        max_retries: 3,
-        retry_delay_secs: 1,
-    },
-    EdgeQueue {
-        native: "av-scan",
-        binding: "AV_SCAN",
-        cloudflare: "cognomega-av-scan",
-        max_retries: 5,
-        retry_delay_secs: 1,
-    },
-    EdgeQueue {
-        native: "etl",
-        binding: "ETL",
-        cloudflare: "cognomega-etl",
-        max_retries: 5,
-        retry_delay_secs: 10,
-    },
-];
+/// The deployment's queues: `cognomega_core::queue::catalog::all` for every registered job
+/// type, named as Cloudflare names them.
+pub fn queues() -> &'static [EdgeQueue] {
+    static QUEUES: std::sync::OnceLock<Vec<EdgeQueue>> = std::sync::OnceLock::new();
+    QUEUES.get_or_init(|| {
+        let registry = cognomega_pipelines::registry();
+        let types = registry.names();
+        catalog::all(&types)
+            .into_iter()
+            .map(|(name, settings)| EdgeQueue {
+                binding: catalog::cloudflare::binding(name.as_str()),
+                cloudflare: catalog::cloudflare::queue_name(name.as_str()),
+                max_retries: settings.max_retries,
+                retry_delay_secs: u32::try_from(settings.retry_delay.as_secs()).unwrap_or(u32::MAX),
+                native: name.as_str().to_owned(),
+            })
+            .collect()
+    })
+}
 
 pub fn by_native(name: &str) -> Option<&'static EdgeQueue> {
-    QUEUES.iter().find(|q| q.native == name)
+    queues().iter().find(|q| q.native == name)
 }
 
 fn by_cloudflare(name: &str) -> Option<(&'static EdgeQueue, bool)> {
-    QUEUES.iter().find_map(|q| {
+    queues().iter().find_map(|q| {
         if q.cloudflare == name {
             Some((q, false))
-        } else if name.strip_suffix("-dlq") == Some(q.cloudflare) {
+        } else if name.strip_suffix("-dlq") == Some(q.cloudflare.as_str()) {
             Some((q, true))
         } else {
             None
@@ -203,10 +186,12 @@ pub async fn dispatch(batch: MessageBatch<serde_json::Value>, env: &Env) {
     let result = if dead {
         dead_letters(&db, env, queue, &messages).await
     } else {
-        match queue.native {
+        match queue.native.as_str() {
             "usage" => usage_writer(&db, env, queue, &messages).await,
             "settlement" => settlement(&db, env, queue, &messages).await,
-            "jobs.sketch_to_app" => crate::jobs::run_batch(&db, env, queue, &messages).await,
+            jobs if jobs.starts_with("jobs.") => {
+                crate::jobs::run_batch(&db, env, queue, &messages).await
+            }
             "av-scan" => crate::files::scan_batch(&db, env, queue, &messages).await,
             "etl" => crate::etl::run_batch(&db, env, queue, &messages).await,
             other => Err(format!("no consumer for {other}")),
@@ -280,7 +265,7 @@ async fn usage_writer(
     queue: &EdgeQueue,
     messages: &[worker::Message<serde_json::Value>],
 ) -> Result<(), String> {
-    let prices: PriceTable = crate::config::billing(env).prices;
+    let prices: PriceTable = crate::config::billing(env)?.prices;
     let batches = decode_all::<UsageBatchMessage>(queue, messages);
     if batches.is_empty() {
         return Ok(());
@@ -486,7 +471,7 @@ async fn settlement(
         return Ok(());
     }
     let entries: Vec<&SettlementMessage> = decoded.iter().map(|(_, s, _)| s).collect();
-    let floor = crate::config::billing(env).guest_floor;
+    let floor = crate::config::billing(env)?.guest_floor;
     db.batch_execute("BEGIN").await.map_err(|e| e.to_string())?;
     let balances = match settle_in(db, &entries, floor).await {
         Ok(b) => b,
@@ -599,57 +584,23 @@ pub fn job_usage(tenant: &str, job_id: &str, job_type: &str) -> Result<UsageBatc
 /// which sends one `etl` message for every dataset as Parquet.
 pub const ETL_CRON: &str = "*/15 * * * *";
 
-/// Cron Triggers. [`ETL_CRON`]: the periodic export. `*/5 * * * *`: the outbox sweep — work whose row committed but whose message
-/// was never sent (a crash or a failed send between the two, which a native transactional
-/// outbox rules out and Queues cannot) is sent again: queued adjustments and queued jobs older
-/// than a minute. Their message ids make a duplicate harmless.
+/// Cron Triggers. [`ETL_CRON`]: the periodic export. [`crate::outbox::RELAY_CRON`] (every
+/// minute): the outbox relay — messages staged by a write whose own drain did not send them (a
+/// failed send, an invocation that ended first) are sent now; their ids make a duplicate
+/// harmless.
 pub async fn scheduled(cron: &str, env: &Env) -> Result<(), String> {
     if cron == ETL_CRON {
         crate::etl::schedule(env).await?;
         worker::console_log!("cron {cron}: export queued");
         return Ok(());
     }
-    let db = crate::db::connect(env).await.map_err(|e| e.to_string())?;
-    let adjustments = db
-        .query(
-            "SELECT id, tenant_id, delta FROM credit_adjustments
-             WHERE status = 'queued' AND created_at < now() - interval '1 minute' LIMIT 1000",
-            &[],
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    let settlements: Vec<SettlementMessage> = adjustments
-        .iter()
-        .map(|r| SettlementMessage {
-            id: format!("adjust-{}", r.get::<_, String>(0)),
-            tenant_id: r.get(1),
-            delta: r.get(2),
-            kind: SettlementKind::Adjustment,
-            reference: Some(r.get(0)),
-        })
-        .collect();
-    send_all(env, "SETTLEMENT", &settlements, "")
-        .await
-        .map_err(|e| e.to_string())?;
-    let jobs = db
-        .query(
-            "SELECT id FROM jobs WHERE status = 'queued' AND type = 'sketch_to_app'
-               AND created_at < now() - interval '1 minute' LIMIT 1000",
-            &[],
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    let messages: Vec<crate::jobs::JobMessage> = jobs
-        .iter()
-        .map(|r| crate::jobs::JobMessage { job_id: r.get(0) })
-        .collect();
-    send_all(env, "JOBS_SKETCH_TO_APP", &messages, "")
-        .await
-        .map_err(|e| e.to_string())?;
-    worker::console_log!(
-        "cron {cron}: re-sent {} adjustments and {} jobs",
-        settlements.len(),
-        messages.len()
-    );
-    Ok(())
+    if cron == crate::outbox::RELAY_CRON {
+        let report = crate::outbox::relay_via_admin(env).await?;
+        worker::console_log!("cron {cron}: {report}");
+        return Ok(());
+    }
+    Err(format!(
+        "no schedule runs on {cron:?}; the crons are {:?} and {ETL_CRON:?}",
+        crate::outbox::RELAY_CRON
+    ))
 }

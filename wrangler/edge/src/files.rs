@@ -11,7 +11,6 @@ use cognomega_core::files::{
     essence, matches_magic, sanitize_filename, sign_download, verify_download,
     DEFAULT_UPLOAD_TYPES as ALLOWED_TYPES, SNIFF_BYTES,
 };
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wasm_bindgen::JsCast;
@@ -25,10 +24,8 @@ use crate::http::{self, ApiError, ApiResult, Caller};
 const EDGE_MAX_BYTES: usize = 32 << 20;
 const LINK_TTL_SECS: i64 = 15 * 60;
 
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ScanMessage {
-    pub key: String,
-}
+/// The message on `av-scan`.
+pub use cognomega_core::queue::catalog::av_scan::ScanMessage;
 
 fn upload_not_found(key: &str) -> ApiError {
     ApiError::not_found("upload_not_found", format!("no upload {key}"))
@@ -367,23 +364,9 @@ async fn store(
     let scanning = crate::config::clamd(env).is_some();
     let scan = if scanning { "pending" } else { "skipped" };
     let size_i64 = i64::try_from(size).unwrap_or(i64::MAX);
-    let created_at_ms: Option<i64> = match db
-        .query_one(
-            "INSERT INTO uploads (key, tenant_id, filename, content_type, size, sha256, scan, object_key, request_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $1, $8)
-             RETURNING (extract(epoch FROM created_at) * 1000)::bigint",
-            &[&key, &claims.tenant, &filename, &declared, &size_i64, &sha256, &scan, &caller.request_id],
-        )
-        .await
-    {
-        Ok(row) => row.get(0),
-        Err(e) => {
-            let _ = bucket.delete(&key).await;
-            return Err(e.into());
-        }
-    };
-    // The scan and the storage charge go out after the row committed; a failed send leaves a
-    // `pending` upload that the cron sweep re-enqueues, never a file served unscanned.
+    // The scan and the storage charge are staged in the outbox in the row's transaction and
+    // relayed after the commit (this request's drain, else the relay cron): an upload is never
+    // left `pending` without its scan on the way, nor stored without its charge.
     let usage = UsageBatchMessage {
         tenant_id: claims.tenant.clone(),
         events: vec![UsageEvent {
@@ -396,22 +379,38 @@ async fn store(
         }],
         received_at_ms: worker::Date::now().as_millis() as i64,
     };
-    let sent = async {
-        if scanning {
-            crate::consumers::send_json(
-                env,
-                "AV_SCAN",
-                &ScanMessage { key: key.clone() },
-                &caller.request_id,
-                0,
+    let batch = crate::outbox::batch_id();
+    db.batch_execute("BEGIN").await?;
+    let written = async {
+        let row = db
+            .query_one(
+                "INSERT INTO uploads (key, tenant_id, filename, content_type, size, sha256, scan, object_key, request_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $1, $8)
+                 RETURNING (extract(epoch FROM created_at) * 1000)::bigint",
+                &[&key, &claims.tenant, &filename, &declared, &size_i64, &sha256, &scan, &caller.request_id],
             )
             .await?;
+        if scanning {
+            let scan = ScanMessage { key: key.clone() };
+            crate::outbox::stage(db, &batch, "av-scan", &scan, &caller.request_id)
+                .await
+                .map_err(ApiError::internal)?;
         }
-        crate::consumers::send_json(env, "USAGE", &usage, &caller.request_id, 0).await
-    };
-    if let Err(e) = sent.await {
-        worker::console_warn!("upload {key}: enqueue failed ({e}); the cron sweep retries it");
+        crate::outbox::stage(db, &batch, "usage", &usage, &caller.request_id)
+            .await
+            .map_err(ApiError::internal)?;
+        db.batch_execute("COMMIT").await?;
+        Ok::<Option<i64>, ApiError>(row.get(0))
     }
+    .await;
+    let created_at_ms = match written {
+        Ok(at) => at,
+        Err(e) => {
+            let _ = db.batch_execute("ROLLBACK").await;
+            let _ = bucket.delete(&key).await;
+            return Err(e);
+        }
+    };
     http::json(
         201,
         &serde_json::json!({

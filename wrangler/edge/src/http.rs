@@ -5,7 +5,7 @@
 use cognomega_core::api::ErrorEnvelope;
 use cognomega_core::auth::Claims;
 use serde::Serialize;
-use worker::{Context, Env, Request, Response};
+use worker::{Context, Env, Method, Request, Response};
 
 /// The header carrying the request id, set by the gateway and passed to every service.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -185,6 +185,13 @@ pub async fn service(
     ctx: &Context,
 ) -> worker::Result<Response> {
     let caller = Caller::from_request(&req);
+    // A write may have staged messages in the outbox: relay them after the response.
+    let writes = !matches!(req.method(), Method::Get | Method::Head | Method::Options)
+        && matches!(
+            role,
+            "auth" | "usage" | "jobs" | "files" | "billing" | "admin"
+        )
+        && req.path() != "/admin/outbox/relay";
     let result = match role {
         "auth" => crate::auth::route(&mut req, env, &caller).await,
         "billing" => crate::billing::route(&mut req, env, &caller).await,
@@ -195,6 +202,9 @@ pub async fn service(
         "ai" => crate::ask::route(&mut req, env, ctx, &caller).await,
         _ => Err(ApiError::not_found("not_found", "no such route")),
     };
+    if writes {
+        crate::outbox::drain_after(ctx, env, &caller.request_id);
+    }
     Ok(match result {
         Ok(resp) => finish(resp, &caller.request_id),
         Err(e) => e.render(&caller.request_id),

@@ -8,17 +8,14 @@ use cognomega_core::limits::CostMetric;
 use cognomega_pipelines::input::{InputError, MAX_INPUT_BYTES};
 use cognomega_pipelines::{JobError, Progress};
 use cognomega_r2_lifecycle::codec::{self, CodecPolicy, Compression};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use worker::{Env, MessageExt, Method, Request, Response};
 
 use crate::consumers::EdgeQueue;
 use crate::http::{self, ApiError, ApiResult, Caller};
 
 /// The message on `jobs.<type>`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JobMessage {
-    pub job_id: String,
-}
+pub use cognomega_core::queue::catalog::jobs::JobMessage;
 
 const JOBS_BODY_LIMIT: usize = 28 * 1024 * 1024;
 
@@ -159,18 +156,23 @@ async fn submit(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
         &input_key,
         &caller.request_id,
     ];
-    // The job's run counts against its tier's hourly cap: the row and the charge commit
-    // together (a refused charge leaves neither), and a failed enqueue below gives both back.
-    let inserted = match crate::usage::cost_cap(env, claims.tier, CostMetric::JobRunsPerHour) {
-        None => db
-            .query_opt(INSERT_JOB, &row)
-            .await
-            .map(|r| (r.is_some(), None))
-            .map_err(ApiError::from),
-        Some(cap) => insert_charged(&db, &row, &claims.tenant, cap).await,
-    };
-    let (created, charge) = match inserted {
-        Ok(done) => done,
+    // The row, its run's charge against the tier's hourly cap and its message (staged in the
+    // outbox) commit together: a refused charge or a failure leaves none of them, and the
+    // message is relayed after the commit (this request's drain, else the relay cron).
+    let queue = format!("jobs.{type_name}");
+    let cap = crate::usage::cost_cap(env, claims.tier, CostMetric::JobRunsPerHour);
+    let created = match insert_staged(
+        &db,
+        &row,
+        &claims.tenant,
+        cap,
+        &queue,
+        &id,
+        &caller.request_id,
+    )
+    .await
+    {
+        Ok(created) => created,
         Err(e) => {
             let _ = bucket.delete(&input_key).await;
             return Err(e);
@@ -187,56 +189,43 @@ async fn submit(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
             .await?;
         return submitted(200, &row.get::<_, String>(0));
     }
-    let binding = crate::consumers::by_native(&format!("jobs.{}", job_type.name()))
-        .map_or("JOBS_SKETCH_TO_APP", |q| q.binding);
-    if let Err(e) = crate::consumers::send_json(
-        env,
-        binding,
-        &JobMessage { job_id: id.clone() },
-        &caller.request_id,
-        0,
-    )
-    .await
-    {
-        // Nothing half-made: the row, the input and the run's charge go again.
-        let _ = db.execute("DELETE FROM jobs WHERE id = $1", &[&id]).await;
-        let _ = bucket.delete(&input_key).await;
-        if let Some(charge) = charge {
-            if let Err(e) = charge.undo(&db).await {
-                worker::console_warn!("job {id}: giving back its run charge: {e}");
-            }
-        }
-        return Err(ApiError::unavailable(format!(
-            "cannot enqueue the job right now ({e}); retry"
-        )));
-    }
     submitted(202, &id)
 }
 
-/// Inserts the job row and charges its run to the tenant's `job_runs_per_hour` counter in one
-/// transaction: whether the row is new, and the charge. A refused charge (429
-/// `cost_cap_exceeded`) or a failure rolls both back; a row that already existed (a concurrent
-/// submit with the same Idempotency-Key won) charges nothing.
-async fn insert_charged(
+/// Inserts the job row, charges its run to the tenant's `job_runs_per_hour` counter (when the
+/// tier has a cap) and stages its message, in one transaction; whether the row is new. A
+/// refused charge (429 `cost_cap_exceeded`) or a failure rolls all back; a row that already
+/// existed (a concurrent submit with the same Idempotency-Key won) charges and sends nothing.
+async fn insert_staged(
     db: &tokio_postgres::Client,
     row: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     tenant: &str,
-    cap: u64,
-) -> Result<(bool, Option<crate::usage::CostCharge>), ApiError> {
+    cap: Option<u64>,
+    queue: &str,
+    id: &str,
+    request_id: &str,
+) -> Result<bool, ApiError> {
     db.batch_execute("BEGIN").await?;
-    let counted = async {
+    let written = async {
         if db.query_opt(INSERT_JOB, row).await?.is_none() {
-            return Ok((false, None));
+            return Ok(false);
         }
-        let charge =
+        if let Some(cap) = cap {
             crate::usage::charge_cost_on(db, tenant, CostMetric::JobRunsPerHour, 1, cap).await?;
-        Ok::<_, ApiError>((true, Some(charge)))
+        }
+        let message = JobMessage {
+            job_id: id.to_owned(),
+        };
+        crate::outbox::stage(db, &crate::outbox::batch_id(), queue, &message, request_id)
+            .await
+            .map_err(ApiError::internal)?;
+        Ok::<_, ApiError>(true)
     }
     .await;
-    match counted {
-        Ok(done) => {
+    match written {
+        Ok(created) => {
             db.batch_execute("COMMIT").await?;
-            Ok(done)
+            Ok(created)
         }
         Err(e) => {
             let _ = db.batch_execute("ROLLBACK").await;
@@ -581,7 +570,7 @@ impl Progress for NoProgress {
     }
 }
 
-/// The `jobs.sketch_to_app` consumer (max_batch_size 1).
+/// The `jobs.<type>` consumers (max_batch_size 1).
 pub async fn run_batch(
     db: &tokio_postgres::Client,
     env: &Env,
@@ -589,7 +578,9 @@ pub async fn run_batch(
     messages: &[worker::Message<serde_json::Value>],
 ) -> Result<(), String> {
     for (msg, job, _request_id) in crate::consumers::decode_all::<JobMessage>(queue, messages) {
-        match run_one(db, env, &job.job_id).await {
+        // The attempt fence: this delivery owns the job under its message id (stable across
+        // Cloudflare's redeliveries of the same message).
+        match run_one(db, env, &job.job_id, &msg.id()).await {
             Ok(()) => msg.ack(),
             Err(e) => {
                 worker::console_warn!("job {}: {e}; retrying", job.job_id);
@@ -600,34 +591,62 @@ pub async fn run_batch(
     Ok(())
 }
 
+/// A verdict without artifacts, written only while `owner` still owns the job.
 async fn finish(
     db: &tokio_postgres::Client,
     id: &str,
+    owner: &str,
     status: &str,
     why: &str,
 ) -> Result<(), String> {
-    db.execute(
-        "UPDATE jobs SET status = $2, error = $3, finished_at = now() WHERE id = $1",
-        &[&id, &status, &why],
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let changed = db
+        .execute(
+            "UPDATE jobs SET status = $2, error = $3, finished_at = now(), lease_until = NULL
+             WHERE id = $1 AND lease_owner = $4 AND status = 'running'",
+            &[&id, &status, &why, &owner],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    if changed == 0 {
+        worker::console_warn!(
+            "job {id}: the run lost the job to another delivery; its verdict is dropped"
+        );
+    }
     Ok(())
 }
 
-async fn run_one(db: &tokio_postgres::Client, env: &Env, id: &str) -> Result<(), String> {
-    // None: cancelled while queued, or already finished (a redelivered success).
+async fn run_one(
+    db: &tokio_postgres::Client,
+    env: &Env,
+    id: &str,
+    owner: &str,
+) -> Result<(), String> {
+    let now = worker::Date::now().as_millis() as i64;
+    // None: cancelled while queued, already finished (a redelivered success), or running under
+    // another delivery's live lease — whose own message comes back if its run dies.
     let Some(job) = db
         .query_opt(
-            "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = COALESCE(started_at, now()),
-                 progress = 0, stage = NULL
-             WHERE id = $1 AND status IN ('queued', 'running')
-             RETURNING tenant_id, type, params, input_key, request_id, cancel_requested",
-            &[&id],
+            &format!(
+                "UPDATE jobs SET status = 'running', attempts = attempts + 1,
+                     started_at = COALESCE(started_at, now()), progress = 0, stage = NULL,
+                     lease_owner = $3, lease_until = $4
+                 WHERE id = $1 AND {}
+                 RETURNING tenant_id, type, params, input_key, request_id, cancel_requested",
+                cognomega_core::jobs::CLAIMABLE
+            ),
+            &[
+                &id,
+                &now,
+                &owner,
+                &(now + cognomega_core::jobs::EDGE_LEASE_MS),
+            ],
         )
         .await
         .map_err(|e| e.to_string())?
     else {
+        worker::console_log!(
+            "job {id}: not run (finished, cancelled or running under another delivery)"
+        );
         return Ok(());
     };
     let (tenant, job_type_name, params, input_key, request_id): (
@@ -639,11 +658,11 @@ async fn run_one(db: &tokio_postgres::Client, env: &Env, id: &str) -> Result<(),
     ) = (job.get(0), job.get(1), job.get(2), job.get(3), job.get(4));
     if job.get::<_, bool>(5) {
         // A cancel asked for while it ran: this delivery is its next boundary.
-        return finish(db, id, "cancelled", "cancelled while running").await;
+        return finish(db, id, owner, "cancelled", "cancelled while running").await;
     }
     let registry = cognomega_pipelines::registry();
     let Some(job_type) = registry.get(&job_type_name) else {
-        return finish(db, id, "failed", "unknown job type").await;
+        return finish(db, id, owner, "failed", "unknown job type").await;
     };
     let bucket = env.bucket("OBJECTS").map_err(|e| e.to_string())?;
     let Some(object) = bucket
@@ -655,6 +674,7 @@ async fn run_one(db: &tokio_postgres::Client, env: &Env, id: &str) -> Result<(),
         return finish(
             db,
             id,
+            owner,
             "failed",
             "the job's input is gone from object storage",
         )
@@ -669,9 +689,9 @@ async fn run_one(db: &tokio_postgres::Client, env: &Env, id: &str) -> Result<(),
     let params: serde_json::Value = serde_json::from_str(&params).map_err(|e| e.to_string())?;
     let artifacts = match job_type.run(&input, &params, &NoProgress) {
         Ok(a) => a,
-        Err(JobError::InvalidInput(why)) => return finish(db, id, "failed", &why).await,
+        Err(JobError::InvalidInput(why)) => return finish(db, id, owner, "failed", &why).await,
         Err(JobError::Cancelled) => {
-            return finish(db, id, "cancelled", "cancelled while running").await
+            return finish(db, id, owner, "cancelled", "cancelled while running").await
         }
         Err(JobError::Transient(why)) => return Err(why),
     };
@@ -704,25 +724,29 @@ async fn run_one(db: &tokio_postgres::Client, env: &Env, id: &str) -> Result<(),
             "object_key": key,
         }));
     }
-    // A cancel that came in while the job ran: not billed, not succeeded.
-    let cancelled = db
-        .query_one("SELECT cancel_requested FROM jobs WHERE id = $1", &[&id])
-        .await
-        .map_err(|e| e.to_string())?
-        .get::<_, bool>(0);
-    if cancelled {
-        return finish(db, id, "cancelled", "cancelled while running").await;
-    }
-    // The usage event first (its key `job-<id>` makes a re-send harmless), then the success:
-    // a crash between them redelivers the message and re-sends the same event.
+    // The verdict, the artifacts and the usage event (staged in the outbox: billed exactly when
+    // the job succeeded) commit together, while this delivery still owns the job. A cancel that
+    // came in while the job ran: not billed, not succeeded, the artifacts stay listed.
     let usage = crate::consumers::job_usage(&tenant, id, job_type.name())?;
-    crate::consumers::send_json(env, "USAGE", &usage, request_id.as_deref().unwrap_or(""), 0)
-        .await
-        .map_err(|e| format!("usage send: {e}"))?;
-    let credits = crate::config::billing(env).prices.charge(UsageKind::Job, 1);
+    let credits = crate::config::billing(env)?
+        .prices
+        .charge(UsageKind::Job, 1);
     let rows_json = serde_json::Value::Array(rows).to_string();
+    let batch = crate::outbox::batch_id();
     db.batch_execute("BEGIN").await.map_err(|e| e.to_string())?;
     let done = async {
+        let Some(owned) = db
+            .query_opt(
+                "SELECT cancel_requested FROM jobs
+                 WHERE id = $1 AND lease_owner = $2 AND status = 'running' FOR UPDATE",
+                &[&id, &owner],
+            )
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(None);
+        };
+        let cancelled: bool = owned.get(0);
         db.execute(
             "INSERT INTO job_artifacts (job_id, name, content_type, size, stored_size, compression, sha256, tier, object_key)
              SELECT $1, x.name, x.content_type, x.size, x.stored_size, x.compression, x.sha256, 'hot', x.object_key
@@ -733,33 +757,52 @@ async fn run_one(db: &tokio_postgres::Client, env: &Env, id: &str) -> Result<(),
                  tier = EXCLUDED.tier, object_key = EXCLUDED.object_key",
             &[&id, &rows_json],
         )
-        .await?;
-        let succeeded = db
-            .execute(
-                "UPDATE jobs SET status = 'succeeded', progress = 1, stage = 'done', error = NULL,
-                     credits_charged = $2, finished_at = now() WHERE id = $1 AND NOT cancel_requested",
-                &[&id, &credits],
-            )
-            .await?;
-        if succeeded == 0 {
-            // Cancelled while it ran: the artifacts stay listed, the status says cancelled.
+        .await
+        .map_err(|e| e.to_string())?;
+        if cancelled {
             db.execute(
-                "UPDATE jobs SET status = 'cancelled', error = 'cancelled while running', finished_at = now()
-                 WHERE id = $1",
+                "UPDATE jobs SET status = 'cancelled', error = 'cancelled while running',
+                     finished_at = now(), lease_until = NULL WHERE id = $1",
                 &[&id],
             )
-            .await?;
+            .await
+            .map_err(|e| e.to_string())?;
+        } else {
+            db.execute(
+                "UPDATE jobs SET status = 'succeeded', progress = 1, stage = 'done', error = NULL,
+                     credits_charged = $2, finished_at = now(), lease_until = NULL WHERE id = $1",
+                &[&id, &credits],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            crate::outbox::stage(db, &batch, "usage", &usage, request_id.as_deref().unwrap_or(""))
+                .await?;
         }
-        Ok::<_, tokio_postgres::Error>(())
+        Ok::<_, String>(Some(cancelled))
     }
     .await;
-    if let Err(e) = done {
-        let _ = db.batch_execute("ROLLBACK").await;
-        return Err(format!("job success: {e}"));
-    }
+    let verdict = match done {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = db.batch_execute("ROLLBACK").await;
+            return Err(format!("job success: {e}"));
+        }
+    };
     db.batch_execute("COMMIT")
         .await
         .map_err(|e| e.to_string())?;
-    worker::console_log!("job {id} succeeded");
+    match verdict {
+        None => worker::console_warn!(
+            "job {id}: the run lost the job to another delivery; its success is dropped"
+        ),
+        Some(true) => worker::console_log!("job {id} cancelled while running"),
+        Some(false) => {
+            worker::console_log!("job {id} succeeded");
+            // Its usage event goes out now; a failed send is the relay cron's.
+            if let Err(e) = crate::outbox::relay(env, Some(&batch)).await {
+                worker::console_warn!("job {id}: usage relay: {e}; the relay cron sends it");
+            }
+        }
+    }
     Ok(())
 }

@@ -31,7 +31,9 @@ mod gateway;
 mod http;
 mod jobs;
 mod limiter;
+mod outbox;
 mod r2;
+mod sql;
 mod usage;
 
 use worker::{

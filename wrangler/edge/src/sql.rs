@@ -1,0 +1,93 @@
+//! The edge's [`Executor`]: statements written once in `cognomega-core` run by tokio-postgres
+//! over Hyperdrive. Every argument goes out with its type (`query_typed`: no prepare round
+//! trip, and PostgreSQL never guesses a parameter's type), every column comes back as a
+//! [`Value`] by its declared type.
+
+use cognomega_core::sql::{Executor, Row, SqlError, Value};
+use futures::TryStreamExt as _;
+use tokio_postgres::types::{ToSql, Type};
+
+/// A connection (or the transaction open on it) as an [`Executor`].
+pub struct Pg<'a>(pub &'a tokio_postgres::Client);
+
+fn error(e: &tokio_postgres::Error) -> SqlError {
+    let constraint = e.code().is_some_and(|c| c.code().starts_with("23"));
+    SqlError {
+        message: e.to_string(),
+        constraint,
+    }
+}
+
+fn typed(args: &[Value]) -> Vec<(&(dyn ToSql + Sync), Type)> {
+    args.iter()
+        .map(|a| -> (&(dyn ToSql + Sync), Type) {
+            match a {
+                Value::Int(v) => (v, Type::INT8),
+                Value::Text(v) => (v, Type::TEXT),
+                Value::Real(v) => (v, Type::FLOAT8),
+                Value::Bool(v) => (v, Type::BOOL),
+                Value::NullInt => (&None::<i64>, Type::INT8),
+                Value::NullText => (&None::<String>, Type::TEXT),
+            }
+        })
+        .collect()
+}
+
+fn row(r: &tokio_postgres::Row) -> Result<Row, SqlError> {
+    let mut out = Vec::with_capacity(r.len());
+    for (i, column) in r.columns().iter().enumerate() {
+        let ty = column.type_();
+        let value = if *ty == Type::INT8 {
+            r.try_get::<_, Option<i64>>(i).map(|v| v.map(Value::Int))
+        } else if *ty == Type::INT4 {
+            r.try_get::<_, Option<i32>>(i)
+                .map(|v| v.map(|v| Value::Int(i64::from(v))))
+        } else if *ty == Type::INT2 {
+            r.try_get::<_, Option<i16>>(i)
+                .map(|v| v.map(|v| Value::Int(i64::from(v))))
+        } else if *ty == Type::BOOL {
+            r.try_get::<_, Option<bool>>(i).map(|v| v.map(Value::Bool))
+        } else if *ty == Type::FLOAT8 {
+            r.try_get::<_, Option<f64>>(i).map(|v| v.map(Value::Real))
+        } else if *ty == Type::FLOAT4 {
+            r.try_get::<_, Option<f32>>(i)
+                .map(|v| v.map(|v| Value::Real(f64::from(v))))
+        } else if [Type::TEXT, Type::VARCHAR, Type::BPCHAR, Type::NAME].contains(ty) {
+            r.try_get::<_, Option<String>>(i)
+                .map(|v| v.map(Value::Text))
+        } else {
+            return Err(SqlError::decode(format!(
+                "column {i} is {ty}, which shared statements do not use"
+            )));
+        };
+        out.push(
+            value
+                .map_err(|e| SqlError::decode(e.to_string()))?
+                .unwrap_or(Value::NullText),
+        );
+    }
+    Ok(Row(out))
+}
+
+#[async_trait::async_trait(?Send)]
+impl Executor for Pg<'_> {
+    async fn execute(&mut self, sql: &str, args: &[Value]) -> Result<u64, SqlError> {
+        let stream = self
+            .0
+            .query_typed_raw(sql, typed(args))
+            .await
+            .map_err(|e| error(&e))?;
+        futures::pin_mut!(stream);
+        while stream.try_next().await.map_err(|e| error(&e))?.is_some() {}
+        Ok(stream.rows_affected().unwrap_or(0))
+    }
+
+    async fn query(&mut self, sql: &str, args: &[Value]) -> Result<Vec<Row>, SqlError> {
+        let rows = self
+            .0
+            .query_typed(sql, &typed(args))
+            .await
+            .map_err(|e| error(&e))?;
+        rows.iter().map(row).collect()
+    }
+}
