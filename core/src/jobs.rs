@@ -26,6 +26,22 @@ pub const EDGE_LEASE_MS: i64 = 15 * 60_000;
 /// claiming delivery: queued, or running under an expired lease or this delivery's own.
 pub const CLAIMABLE: &str = "(status = 'queued' OR (status = 'running' AND (lease_until IS NULL OR lease_until < $2 OR lease_owner = $3)))";
 
+/// PostgreSQL: a new queued job — `$1` id, `$2` tenant, `$3` type, `$4` idempotency key, `$5`
+/// params, `$6` input key, `$7` request id. No row back when the tenant already used the key (a
+/// concurrent submit won). SQLite has no sequences: its variant numbers `seq` itself.
+pub const PG_INSERT: &str =
+    "INSERT INTO jobs (id, tenant_id, type, status, idempotency_key, params, input_key, request_id)
+     VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7)
+     ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING id";
+
+/// The job tenant `$1` created with idempotency key `$2`: its `id`.
+pub const BY_KEY: &str = "SELECT id FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2";
+
+/// PostgreSQL: marks job `$1` `dead` with the error `$2` unless it already reached a final
+/// status (its message went to the dead-letter queue without any delivery finishing it).
+pub const PG_BURY: &str = "UPDATE jobs SET status = 'dead', error = $2, finished_at = now()
+     WHERE id = $1 AND status IN ('queued', 'running')";
+
 /// Records progress of job `$1` owned by `$2`: stage `$3`, fraction `$4`, lease renewed to
 /// `$5`. Returns `cancel_requested`; no row when the run no longer owns the job.
 pub const PROGRESS: &str = "UPDATE jobs SET stage = $3, progress = $4, lease_until = $5

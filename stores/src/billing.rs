@@ -86,13 +86,13 @@ pub async fn create_tenant(
             .await?;
         }
         Tx::Postgres { tx, .. } => {
-            sqlx::query("INSERT INTO tenants (id, tier, email) VALUES ($1, $2, $3)")
+            sqlx::query(cognomega_core::billing::sql::PG_INSERT_TENANT)
                 .bind(tenant_id)
                 .bind(tier)
                 .bind(email)
                 .execute(&mut **tx)
                 .await?;
-            sqlx::query("INSERT INTO users (id, tenant_id, email) VALUES ($1, $2, $3)")
+            sqlx::query(cognomega_core::billing::sql::PG_INSERT_USER)
                 .bind(user_id)
                 .bind(tenant_id)
                 .bind(email)
@@ -141,34 +141,16 @@ pub async fn ask_standing(
     unix_secs: i64,
 ) -> Result<Option<AskStanding>, StoreError> {
     let day = day_start(unix_secs);
-    let row: Option<(bool, Option<i64>, Option<i64>)> = match db {
-        Database::Sqlite(s) => {
-            sqlx::query_as(
-                "SELECT t.flagged_at IS NOT NULL, b.balance,
-                        (SELECT d.tokens FROM usage_day_tokens d
-                         WHERE d.tenant_id = t.id AND d.day_start = ?2)
-                 FROM tenants t LEFT JOIN balances b ON b.tenant_id = t.id
-                 WHERE t.id = ?1",
-            )
-            .bind(tenant_id)
-            .bind(day)
-            .fetch_optional(&s.read)
-            .await?
-        }
-        Database::Postgres(pg) => {
-            sqlx::query_as(
-                "SELECT t.flagged_at IS NOT NULL, b.balance,
-                        (SELECT d.tokens FROM usage_day_tokens d
-                         WHERE d.tenant_id = t.id AND d.day_start = $2)
-                 FROM tenants t LEFT JOIN balances b ON b.tenant_id = t.id
-                 WHERE t.id = $1",
-            )
-            .bind(tenant_id)
-            .bind(day)
-            .fetch_optional(&pg.pool)
-            .await?
-        }
-    };
+    let row = cognomega_core::sql::Executor::query_opt(
+        &mut crate::sql::Reader(db),
+        cognomega_core::billing::sql::ASK_STANDING,
+        &[tenant_id.into(), day.into()],
+    )
+    .await?
+    .map(|r| -> Result<_, cognomega_core::sql::SqlError> {
+        Ok((r.bool(0)?, r.opt_int(1)?, r.opt_int(2)?))
+    })
+    .transpose()?;
     Ok(row.map(|(flagged, balance, tokens)| AskStanding {
         flagged,
         balance,
@@ -672,55 +654,36 @@ pub async fn apply_balance_deltas(
     let json = serde_json::to_string(deltas)
         .map_err(|e| cognomega_core::queue::QueueError::Invalid(e.to_string()))?;
     let now = now_ms().0;
-    let rows: Vec<(String, i64)> = match tx {
+    use cognomega_core::billing::sql;
+    let rows: Vec<(String, i64, i64)> = match tx {
         Tx::Sqlite { tx, .. } => {
-            let rows = sqlx::query_as(
-                "INSERT INTO balances (tenant_id, balance, updated_at)
-                 SELECT key, value, ?2 FROM json_each(?1) WHERE true ORDER BY key
-                 ON CONFLICT (tenant_id) DO UPDATE SET balance = balance + excluded.balance, updated_at = excluded.updated_at
-                 RETURNING tenant_id, balance",
-            )
-            .bind(&json)
-            .bind(now)
-            .fetch_all(&mut **tx)
-            .await?;
-            sqlx::query(
-                "UPDATE tenants SET flagged_at = CASE
-                     WHEN tier = 'guest' AND (SELECT balance FROM balances b WHERE b.tenant_id = tenants.id) < ?2
-                     THEN COALESCE(flagged_at, ?3) END
-                 WHERE id IN (SELECT key FROM json_each(?1))",
-            )
-            .bind(&json)
-            .bind(guest_floor)
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
+            let rows = sqlx::query_as(sql::SQLITE_ADD_BALANCES)
+                .bind(&json)
+                .bind(now)
+                .fetch_all(&mut **tx)
+                .await?;
+            sqlx::query(sql::SQLITE_FLAG_GUESTS)
+                .bind(&json)
+                .bind(guest_floor)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
             rows
         }
         Tx::Postgres { tx, .. } => {
-            let rows = sqlx::query_as(
-                "INSERT INTO balances (tenant_id, balance)
-                 SELECT key, value::bigint FROM jsonb_each_text($1::jsonb) ORDER BY key
-                 ON CONFLICT (tenant_id) DO UPDATE SET balance = balances.balance + EXCLUDED.balance, updated_at = now()
-                 RETURNING tenant_id, balance",
-            )
-            .bind(&json)
-            .fetch_all(&mut **tx)
-            .await?;
-            sqlx::query(
-                "UPDATE tenants t SET flagged_at = CASE
-                     WHEN t.tier = 'guest' AND b.balance < $2 THEN COALESCE(t.flagged_at, now()) END
-                 FROM balances b
-                 WHERE b.tenant_id = t.id AND t.id IN (SELECT jsonb_object_keys($1::jsonb))",
-            )
-            .bind(&json)
-            .bind(guest_floor)
-            .execute(&mut **tx)
-            .await?;
+            let rows = sqlx::query_as(sql::PG_ADD_BALANCES)
+                .bind(&json)
+                .fetch_all(&mut **tx)
+                .await?;
+            sqlx::query(sql::PG_FLAG_GUESTS)
+                .bind(&json)
+                .bind(guest_floor)
+                .execute(&mut **tx)
+                .await?;
             rows
         }
     };
-    Ok(rows.into_iter().collect())
+    Ok(rows.into_iter().map(|(t, b, _)| (t, b)).collect())
 }
 
 /// Marks adjustments applied.
@@ -854,9 +817,9 @@ pub async fn usage_totals(
 /// Recomputes every derived balance from the ledger. Returns (tenants, balances changed).
 pub async fn rebuild_balances(db: &Database) -> Result<(u64, u64), StoreError> {
     let mut tx = db.begin().await?;
-    let (tenants, changed) = match &mut tx {
+    let changed = match &mut tx {
         Tx::Sqlite { tx, .. } => {
-            let changed = sqlx::query(
+            sqlx::query(
                 "INSERT INTO balances (tenant_id, balance, updated_at)
                  SELECT tenant_id, SUM(delta), ?1 FROM ledger_entries GROUP BY tenant_id
                  ON CONFLICT (tenant_id) DO UPDATE SET balance = excluded.balance, updated_at = excluded.updated_at
@@ -865,30 +828,24 @@ pub async fn rebuild_balances(db: &Database) -> Result<(u64, u64), StoreError> {
             .bind(now_ms().0)
             .execute(&mut **tx)
             .await?
-            .rows_affected();
-            let tenants: i64 =
-                sqlx::query_scalar("SELECT COUNT(DISTINCT tenant_id) FROM ledger_entries")
-                    .fetch_one(&mut **tx)
-                    .await?;
-            (tenants, changed)
+            .rows_affected()
         }
         Tx::Postgres { tx, .. } => {
-            let changed = sqlx::query(
-                "INSERT INTO balances (tenant_id, balance)
-                 SELECT tenant_id, SUM(delta)::bigint FROM ledger_entries GROUP BY tenant_id
-                 ON CONFLICT (tenant_id) DO UPDATE SET balance = EXCLUDED.balance, updated_at = now()
-                 WHERE balances.balance <> EXCLUDED.balance",
-            )
-            .execute(&mut **tx)
-            .await?
-            .rows_affected();
-            let tenants: i64 =
-                sqlx::query_scalar("SELECT COUNT(DISTINCT tenant_id) FROM ledger_entries")
-                    .fetch_one(&mut **tx)
-                    .await?;
-            (tenants, changed)
+            let corrected = sqlx::query(cognomega_core::billing::sql::PG_REBUILD_BALANCES)
+                .fetch_all(&mut **tx)
+                .await?;
+            u64::try_from(corrected.len()).unwrap_or(u64::MAX)
         }
     };
+    let tenants = cognomega_core::sql::Executor::query_opt(
+        &mut tx,
+        cognomega_core::billing::sql::LEDGER_TENANTS,
+        &[],
+    )
+    .await?
+    .map(|r| r.int(0))
+    .transpose()?
+    .unwrap_or(0);
     tx.commit().await?;
     Ok((u64::try_from(tenants).unwrap_or(0), changed))
 }
@@ -919,10 +876,7 @@ pub async fn create_adjustment(
             .await?
         }
         Tx::Postgres { tx, .. } => {
-            sqlx::query_scalar(
-                "INSERT INTO credit_adjustments (id, idempotency_key, tenant_id, delta, reason, status)
-                 VALUES ($1, $2, $3, $4, $5, 'queued') ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
-            )
+            sqlx::query_scalar(cognomega_core::billing::sql::PG_INSERT_ADJUSTMENT)
             .bind(&id)
             .bind(idempotency_key)
             .bind(tenant_id)
@@ -935,20 +889,14 @@ pub async fn create_adjustment(
     if let Some(id) = inserted {
         return Ok((id, true));
     }
-    let existing: String = match tx {
-        Tx::Sqlite { tx, .. } => {
-            sqlx::query_scalar("SELECT id FROM credit_adjustments WHERE idempotency_key = ?1")
-                .bind(idempotency_key)
-                .fetch_one(&mut **tx)
-                .await?
-        }
-        Tx::Postgres { tx, .. } => {
-            sqlx::query_scalar("SELECT id FROM credit_adjustments WHERE idempotency_key = $1")
-                .bind(idempotency_key)
-                .fetch_one(&mut **tx)
-                .await?
-        }
-    };
+    let existing = cognomega_core::sql::Executor::query_opt(
+        tx,
+        cognomega_core::billing::sql::ADJUSTMENT_BY_KEY,
+        &[idempotency_key.into()],
+    )
+    .await?
+    .ok_or_else(|| StoreError::Sqlx(sqlx::Error::RowNotFound))?
+    .text(0)?;
     Ok((existing, false))
 }
 
@@ -965,12 +913,7 @@ pub async fn get_adjustment(db: &Database, id: &str) -> Result<Option<Adjustment
             .await?
         }
         Database::Postgres(pg) => {
-            sqlx::query_as(
-                "SELECT id, tenant_id, delta, reason, status,
-                        (extract(epoch from created_at) * 1000)::bigint,
-                        (extract(epoch from applied_at) * 1000)::bigint
-                 FROM credit_adjustments WHERE id = $1",
-            )
+            sqlx::query_as(cognomega_core::billing::sql::PG_ADJUSTMENT)
             .bind(id)
             .fetch_optional(&pg.pool)
             .await?

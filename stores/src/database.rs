@@ -36,6 +36,9 @@ pub enum StoreError {
     /// A queue operation inside a store transaction failed.
     #[error(transparent)]
     Queue(#[from] cognomega_core::queue::QueueError),
+    /// A statement shared with the edge (run through the `core::sql` port) failed.
+    #[error(transparent)]
+    Sql(#[from] cognomega_core::sql::SqlError),
 }
 
 /// A pooled PostgreSQL connection idle at least this long is pinged before it is handed out.

@@ -142,41 +142,29 @@ pub async fn insert(tx: &mut Tx, job: &NewJob<'_>) -> Result<(String, bool), Sto
             .await?
         }
         Tx::Postgres { tx, .. } => {
-            sqlx::query_scalar(
-                "INSERT INTO jobs (id, tenant_id, type, status, idempotency_key, params, input_key, request_id)
-                 VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7)
-                 ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING id",
-            )
-            .bind(job.id)
-            .bind(job.tenant_id)
-            .bind(job.job_type)
-            .bind(job.idempotency_key)
-            .bind(job.params)
-            .bind(job.input_key)
-            .bind(job.request_id)
-            .fetch_optional(&mut **tx)
-            .await?
+            sqlx::query_scalar(cognomega_core::jobs::PG_INSERT)
+                .bind(job.id)
+                .bind(job.tenant_id)
+                .bind(job.job_type)
+                .bind(job.idempotency_key)
+                .bind(job.params)
+                .bind(job.input_key)
+                .bind(job.request_id)
+                .fetch_optional(&mut **tx)
+                .await?
         }
     };
     if let Some(id) = created {
         return Ok((id, true));
     }
-    let existing: String = match tx {
-        Tx::Sqlite { tx, .. } => {
-            sqlx::query_scalar("SELECT id FROM jobs WHERE tenant_id = ?1 AND idempotency_key = ?2")
-                .bind(job.tenant_id)
-                .bind(job.idempotency_key)
-                .fetch_one(&mut **tx)
-                .await?
-        }
-        Tx::Postgres { tx, .. } => {
-            sqlx::query_scalar("SELECT id FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2")
-                .bind(job.tenant_id)
-                .bind(job.idempotency_key)
-                .fetch_one(&mut **tx)
-                .await?
-        }
-    };
+    let existing = cognomega_core::sql::Executor::query_opt(
+        tx,
+        cognomega_core::jobs::BY_KEY,
+        &[job.tenant_id.into(), job.idempotency_key.into()],
+    )
+    .await?
+    .ok_or_else(|| StoreError::Sqlx(sqlx::Error::RowNotFound))?
+    .text(0)?;
     Ok((existing, false))
 }
 
@@ -423,7 +411,7 @@ pub async fn progress(
         now_ms().0 + lease_ms,
     )
     .await
-    .map_err(sql_error)
+    .map_err(StoreError::from)
 }
 
 /// Renews the lease of the run `owner` by `lease_ms`; `false` when it no longer owns the job.
@@ -435,11 +423,7 @@ pub async fn renew(
 ) -> Result<bool, StoreError> {
     cognomega_core::jobs::renew(&mut db.clone(), id, owner, now_ms().0 + lease_ms)
         .await
-        .map_err(sql_error)
-}
-
-fn sql_error(e: cognomega_core::sql::SqlError) -> StoreError {
-    StoreError::Sqlx(sqlx::Error::Protocol(e.message))
+        .map_err(StoreError::from)
 }
 
 /// Moves job `id` to a final status; with `owner`, only while that run owns it. Returns
@@ -510,15 +494,12 @@ pub async fn bury(db: &Database, id: &str, error: &str) -> Result<bool, StoreErr
         .execute(&s.write)
         .await?
         .rows_affected(),
-        Database::Postgres(pg) => sqlx::query(
-            "UPDATE jobs SET status = 'dead', error = $2, finished_at = now()
-             WHERE id = $1 AND status IN ('queued', 'running')",
-        )
-        .bind(id)
-        .bind(error)
-        .execute(&pg.pool)
-        .await?
-        .rows_affected(),
+        Database::Postgres(pg) => sqlx::query(cognomega_core::jobs::PG_BURY)
+            .bind(id)
+            .bind(error)
+            .execute(&pg.pool)
+            .await?
+            .rows_affected(),
     };
     Ok(changed > 0)
 }
@@ -616,20 +597,11 @@ pub async fn find_by_key(
     tenant: &str,
     key: &str,
 ) -> Result<Option<String>, StoreError> {
-    Ok(match db {
-        Database::Sqlite(s) => {
-            sqlx::query_scalar("SELECT id FROM jobs WHERE tenant_id = ?1 AND idempotency_key = ?2")
-                .bind(tenant)
-                .bind(key)
-                .fetch_optional(&s.read)
-                .await?
-        }
-        Database::Postgres(pg) => {
-            sqlx::query_scalar("SELECT id FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2")
-                .bind(tenant)
-                .bind(key)
-                .fetch_optional(&pg.pool)
-                .await?
-        }
-    })
+    let row = cognomega_core::sql::Executor::query_opt(
+        &mut crate::sql::Reader(db),
+        cognomega_core::jobs::BY_KEY,
+        &[tenant.into(), key.into()],
+    )
+    .await?;
+    Ok(row.map(|r| r.text(0)).transpose()?)
 }

@@ -102,74 +102,97 @@ fn postgres_row(r: &PgRow) -> Result<Row, SqlError> {
     Ok(Row(out))
 }
 
+async fn sqlite_execute<'c, E>(on: E, sql: &str, args: &[Value]) -> Result<u64, SqlError>
+where
+    E: sqlx::Executor<'c, Database = Sqlite>,
+{
+    sqlite(sql, args)
+        .execute(on)
+        .await
+        .map(|r| r.rows_affected())
+        .map_err(error)
+}
+
+async fn sqlite_query<'c, E>(on: E, sql: &str, args: &[Value]) -> Result<Vec<Row>, SqlError>
+where
+    E: sqlx::Executor<'c, Database = Sqlite>,
+{
+    let rows = sqlite(sql, args).fetch_all(on).await.map_err(error)?;
+    rows.iter().map(sqlite_row).collect()
+}
+
+async fn postgres_execute<'c, E>(on: E, sql: &str, args: &[Value]) -> Result<u64, SqlError>
+where
+    E: sqlx::Executor<'c, Database = Postgres>,
+{
+    postgres(sql, args)
+        .execute(on)
+        .await
+        .map(|r| r.rows_affected())
+        .map_err(error)
+}
+
+async fn postgres_query<'c, E>(on: E, sql: &str, args: &[Value]) -> Result<Vec<Row>, SqlError>
+where
+    E: sqlx::Executor<'c, Database = Postgres>,
+{
+    let rows = postgres(sql, args).fetch_all(on).await.map_err(error)?;
+    rows.iter().map(postgres_row).collect()
+}
+
+/// Writes, and reads that must see the last commit: SQLite's writer, PostgreSQL's pool.
 #[async_trait::async_trait]
 impl Executor for Database {
     async fn execute(&mut self, sql: &str, args: &[Value]) -> Result<u64, SqlError> {
         match self {
-            Self::Sqlite(db) => sqlite(sql, args)
-                .execute(&db.write)
-                .await
-                .map(|r| r.rows_affected()),
-            Self::Postgres(db) => postgres(sql, args)
-                .execute(&db.pool)
-                .await
-                .map(|r| r.rows_affected()),
+            Self::Sqlite(db) => sqlite_execute(&db.write, sql, args).await,
+            Self::Postgres(db) => postgres_execute(&db.pool, sql, args).await,
         }
-        .map_err(error)
     }
 
     async fn query(&mut self, sql: &str, args: &[Value]) -> Result<Vec<Row>, SqlError> {
         match self {
-            Self::Sqlite(db) => sqlite(sql, args)
-                .fetch_all(&db.write)
-                .await
-                .map_err(error)?
-                .iter()
-                .map(sqlite_row)
-                .collect(),
-            Self::Postgres(db) => postgres(sql, args)
-                .fetch_all(&db.pool)
-                .await
-                .map_err(error)?
-                .iter()
-                .map(postgres_row)
-                .collect(),
+            Self::Sqlite(db) => sqlite_query(&db.write, sql, args).await,
+            Self::Postgres(db) => postgres_query(&db.pool, sql, args).await,
         }
     }
 }
 
+/// Reads on SQLite's reader pool (beside the writer, under WAL); PostgreSQL's one pool.
+#[derive(Debug, Clone, Copy)]
+pub struct Reader<'a>(pub &'a Database);
+
+#[async_trait::async_trait]
+impl Executor for Reader<'_> {
+    async fn execute(&mut self, sql: &str, args: &[Value]) -> Result<u64, SqlError> {
+        match self.0 {
+            Database::Sqlite(db) => sqlite_execute(&db.read, sql, args).await,
+            Database::Postgres(db) => postgres_execute(&db.pool, sql, args).await,
+        }
+    }
+
+    async fn query(&mut self, sql: &str, args: &[Value]) -> Result<Vec<Row>, SqlError> {
+        match self.0 {
+            Database::Sqlite(db) => sqlite_query(&db.read, sql, args).await,
+            Database::Postgres(db) => postgres_query(&db.pool, sql, args).await,
+        }
+    }
+}
+
+/// Statements inside the transaction (business writes and queue sends commit together).
 #[async_trait::async_trait]
 impl Executor for Tx {
     async fn execute(&mut self, sql: &str, args: &[Value]) -> Result<u64, SqlError> {
         match self {
-            Self::Sqlite { tx, .. } => sqlite(sql, args)
-                .execute(&mut **tx)
-                .await
-                .map(|r| r.rows_affected()),
-            Self::Postgres { tx, .. } => postgres(sql, args)
-                .execute(&mut **tx)
-                .await
-                .map(|r| r.rows_affected()),
+            Self::Sqlite { tx, .. } => sqlite_execute(&mut **tx, sql, args).await,
+            Self::Postgres { tx, .. } => postgres_execute(&mut **tx, sql, args).await,
         }
-        .map_err(error)
     }
 
     async fn query(&mut self, sql: &str, args: &[Value]) -> Result<Vec<Row>, SqlError> {
         match self {
-            Self::Sqlite { tx, .. } => sqlite(sql, args)
-                .fetch_all(&mut **tx)
-                .await
-                .map_err(error)?
-                .iter()
-                .map(sqlite_row)
-                .collect(),
-            Self::Postgres { tx, .. } => postgres(sql, args)
-                .fetch_all(&mut **tx)
-                .await
-                .map_err(error)?
-                .iter()
-                .map(postgres_row)
-                .collect(),
+            Self::Sqlite { tx, .. } => sqlite_query(&mut **tx, sql, args).await,
+            Self::Postgres { tx, .. } => postgres_query(&mut **tx, sql, args).await,
         }
     }
 }

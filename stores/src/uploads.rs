@@ -160,22 +160,13 @@ pub async fn get(
 /// Bytes a tenant has stored in uploads (quarantined ones included: they still take space until
 /// the lifecycle sweeper expires them; expired ones no longer count).
 pub async fn used_bytes(db: &Database, tenant: &str) -> Result<i64, StoreError> {
-    Ok(match db {
-        Database::Sqlite(s) => {
-            sqlx::query_scalar("SELECT COALESCE(SUM(size), 0) FROM uploads WHERE tenant_id = ?1 AND tier <> 'expired'")
-                .bind(tenant)
-                .fetch_one(&s.read)
-                .await?
-        }
-        Database::Postgres(pg) => {
-            sqlx::query_scalar(
-                "SELECT COALESCE(SUM(size), 0)::bigint FROM uploads WHERE tenant_id = $1 AND tier <> 'expired'",
-            )
-            .bind(tenant)
-            .fetch_one(&pg.pool)
-            .await?
-        }
-    })
+    let row = cognomega_core::sql::Executor::query_opt(
+        &mut crate::sql::Reader(db),
+        cognomega_core::files::sql::USED_BYTES,
+        &[tenant.into()],
+    )
+    .await?;
+    Ok(row.map(|r| r.int(0)).transpose()?.unwrap_or(0))
 }
 
 /// Records a scan outcome: `clean`, `infected` (with signature and the quarantine key), or

@@ -6,6 +6,7 @@
 
 mod pricing;
 mod settlement;
+pub mod sql;
 mod usage;
 
 pub use pricing::{BillingConfig, Price, PriceTable};

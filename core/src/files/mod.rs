@@ -4,6 +4,7 @@
 mod content;
 mod filename;
 mod signed_url;
+pub mod sql;
 
 pub use content::{essence, matches_magic, servable, NotServed, DEFAULT_UPLOAD_TYPES, SNIFF_BYTES};
 pub use filename::sanitize_filename;

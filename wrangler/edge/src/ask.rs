@@ -455,11 +455,7 @@ async fn standing(env: &Env, tenant: &str, budget: Option<u64>) -> Result<i64, A
     let db = crate::db::connect(env).await?;
     let row = db
         .query_opt(
-            "SELECT t.flagged_at IS NOT NULL, b.balance,
-                    (SELECT d.tokens FROM usage_day_tokens d
-                     WHERE d.tenant_id = t.id AND d.day_start = $2)
-             FROM tenants t LEFT JOIN balances b ON b.tenant_id = t.id
-             WHERE t.id = $1",
+            cognomega_core::billing::sql::ASK_STANDING,
             &[&tenant, &day_start],
         )
         .await?;
@@ -509,13 +505,27 @@ async fn bill(asked: &Asked, usage: Usage) -> Result<(i64, i64), ApiError> {
     )
     .map_err(ApiError::internal)?;
     if let Some(msg) = &charge.message {
-        crate::consumers::send_json(&asked.env, "USAGE", msg, &asked.request_id, 0)
+        // Staged in the outbox first (one committed row), then sent: a failed send or an
+        // isolate evicted before it is the relay cron's to finish, never unbilled tokens.
+        let unbilled = |e: String| {
+            ApiError::unavailable(format!(
+                "the answer could not be billed ({e}); retry (an Idempotency-Key makes a retry billed once)"
+            ))
+        };
+        let batch = crate::outbox::batch_id();
+        let db = crate::db::connect(&asked.env)
             .await
-            .map_err(|e| {
-                ApiError::unavailable(format!(
-                    "the answer could not be billed ({e}); retry (an Idempotency-Key makes a retry billed once)"
-                ))
-            })?;
+            .map_err(|e| unbilled(e.to_string()))?;
+        crate::outbox::stage(&db, &batch, "usage", msg, &asked.request_id)
+            .await
+            .map_err(unbilled)?;
+        drop(db);
+        if let Err(e) = crate::outbox::relay(&asked.env, Some(&batch)).await {
+            worker::console_warn!(
+                "ask {}: usage relay: {e}; the relay cron sends it",
+                asked.request_id
+            );
+        }
     }
     Ok((charge.credits, asked.balance - charge.credits))
 }

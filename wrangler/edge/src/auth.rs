@@ -281,12 +281,12 @@ async fn guest(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     db.batch_execute("BEGIN").await?;
     let created = async {
         db.execute(
-            "INSERT INTO tenants (id, tier, email) VALUES ($1, 'guest', $2)",
-            &[&tenant_id, &request.email],
+            cognomega_core::billing::sql::PG_INSERT_TENANT,
+            &[&tenant_id, &"guest", &request.email],
         )
         .await?;
         db.execute(
-            "INSERT INTO users (id, tenant_id, email) VALUES ($1, $2, $3)",
+            cognomega_core::billing::sql::PG_INSERT_USER,
             &[&user_id, &tenant_id, &request.email],
         )
         .await?;

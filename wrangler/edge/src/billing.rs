@@ -139,17 +139,10 @@ pub async fn route(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
 async fn rebuild(env: &Env) -> ApiResult {
     let db = crate::db::connect(env).await?;
     let corrected = db
-        .query(
-            "INSERT INTO balances (tenant_id, balance)
-             SELECT tenant_id, SUM(delta)::bigint FROM ledger_entries GROUP BY tenant_id
-             ON CONFLICT (tenant_id) DO UPDATE SET balance = EXCLUDED.balance, updated_at = now()
-             WHERE balances.balance <> EXCLUDED.balance
-             RETURNING tenant_id, balance, (extract(epoch FROM updated_at) * 1000)::bigint",
-            &[],
-        )
+        .query(cognomega_core::billing::sql::PG_REBUILD_BALANCES, &[])
         .await?;
     let tenants: i64 = db
-        .query_one("SELECT COUNT(DISTINCT tenant_id) FROM ledger_entries", &[])
+        .query_one(cognomega_core::billing::sql::LEDGER_TENANTS, &[])
         .await?
         .get(0);
     for row in &corrected {
@@ -224,9 +217,7 @@ async fn adjust(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     let written = async {
         let inserted = db
             .query_opt(
-                "INSERT INTO credit_adjustments (id, idempotency_key, tenant_id, delta, reason, status)
-                 VALUES ($1, $2, $3, $4, $5, 'queued') ON CONFLICT (idempotency_key) DO NOTHING
-                 RETURNING id",
+                cognomega_core::billing::sql::PG_INSERT_ADJUSTMENT,
                 &[&fresh, &key, &r.tenant_id, &r.delta, &reason],
             )
             .await?;
@@ -281,13 +272,7 @@ async fn adjust(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
 async fn adjustment(env: &Env, id: &str) -> ApiResult {
     let db = crate::db::connect(env).await?;
     let Some(r) = db
-        .query_opt(
-            "SELECT id, tenant_id, delta, reason, status,
-                    (extract(epoch from created_at) * 1000)::bigint,
-                    (extract(epoch from applied_at) * 1000)::bigint
-             FROM credit_adjustments WHERE id = $1",
-            &[&id],
-        )
+        .query_opt(cognomega_core::billing::sql::PG_ADJUSTMENT, &[&id])
         .await?
     else {
         return Err(ApiError::not_found(

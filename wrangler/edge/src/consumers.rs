@@ -408,18 +408,12 @@ pub async fn settle_in(
     } else {
         let rows = db
             .query(
-                "INSERT INTO balances (tenant_id, balance)
-                 SELECT key, value::bigint FROM jsonb_each_text($1::text::jsonb) ORDER BY key
-                 ON CONFLICT (tenant_id) DO UPDATE SET balance = balances.balance + EXCLUDED.balance, updated_at = now()
-                 RETURNING tenant_id, balance, (extract(epoch FROM updated_at) * 1000)::bigint",
+                cognomega_core::billing::sql::PG_ADD_BALANCES,
                 &[&deltas_json],
             )
             .await?;
         db.execute(
-            "UPDATE tenants t SET flagged_at = CASE
-                 WHEN t.tier = 'guest' AND b.balance < $2 THEN COALESCE(t.flagged_at, now()) END
-             FROM balances b
-             WHERE b.tenant_id = t.id AND t.id IN (SELECT jsonb_object_keys($1::text::jsonb))",
+            cognomega_core::billing::sql::PG_FLAG_GUESTS,
             &[&deltas_json, &floor],
         )
         .await?;
@@ -548,13 +542,9 @@ async fn dead_letters(
                 .as_ref()
                 .and_then(|e| e.decode::<crate::jobs::JobMessage>().ok())
             {
-                db.execute(
-                    "UPDATE jobs SET status = 'dead', error = $2, finished_at = now()
-                     WHERE id = $1 AND status IN ('queued', 'running')",
-                    &[&job.job_id, &error],
-                )
-                .await
-                .map_err(|e| format!("dead job: {e}"))?;
+                db.execute(cognomega_core::jobs::PG_BURY, &[&job.job_id, &error])
+                    .await
+                    .map_err(|e| format!("dead job: {e}"))?;
             }
         }
         m.ack();

@@ -215,10 +215,7 @@ async fn direct(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     let max_bytes = cfg.max_bytes_for(claims.tier);
     let db = crate::db::connect(env).await?;
     let used: i64 = db
-        .query_one(
-            "SELECT COALESCE(SUM(size), 0)::bigint FROM uploads WHERE tenant_id = $1 AND tier <> 'expired'",
-            &[&claims.tenant],
-        )
+        .query_one(cognomega_core::files::sql::USED_BYTES, &[&claims.tenant])
         .await?
         .get(0);
     let remaining = cfg

@@ -20,10 +20,7 @@ pub use cognomega_core::queue::catalog::jobs::JobMessage;
 const JOBS_BODY_LIMIT: usize = 28 * 1024 * 1024;
 
 /// A new job row; no row back when a concurrent submit with the same Idempotency-Key won.
-const INSERT_JOB: &str =
-    "INSERT INTO jobs (id, tenant_id, type, status, idempotency_key, params, input_key, request_id)
-     VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7)
-     ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING id";
+const INSERT_JOB: &str = cognomega_core::jobs::PG_INSERT;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,10 +111,7 @@ async fn submit(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     let db = crate::db::connect(env).await?;
     if let Some(k) = &key {
         if let Some(row) = db
-            .query_opt(
-                "SELECT id FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2",
-                &[&claims.tenant, k],
-            )
+            .query_opt(cognomega_core::jobs::BY_KEY, &[&claims.tenant, k])
             .await?
         {
             return submitted(200, &row.get::<_, String>(0));
@@ -182,10 +176,7 @@ async fn submit(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
         // A concurrent submit with the same key won: our input copy is not needed.
         let _ = bucket.delete(&input_key).await;
         let row = db
-            .query_one(
-                "SELECT id FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2",
-                &[&claims.tenant, &key],
-            )
+            .query_one(cognomega_core::jobs::BY_KEY, &[&claims.tenant, &key])
             .await?;
         return submitted(200, &row.get::<_, String>(0));
     }
