@@ -174,6 +174,10 @@ pub async fn reconcile(db: &Database) -> Result<Reconciliation, StoreError> {
     Ok(out)
 }
 
+/// Credit adjustments counted per status.
+const ADJUSTMENTS_BY_STATUS: &str =
+    "SELECT status, COUNT(*) FROM credit_adjustments GROUP BY status";
+
 async fn counts(db: &Database) -> Result<Counts, StoreError> {
     let mut c = Counts::default();
     let usage: Vec<(i64, i64)> = fetch_all(
@@ -204,14 +208,16 @@ async fn counts(db: &Database) -> Result<Counts, StoreError> {
     )
     .await?;
     (c.tenants, c.balances, c.balance_total) = balances.first().copied().unwrap_or_default();
-    let adjustments: Vec<(String, i64)> = fetch_all(
-        db,
-        "SELECT status, COUNT(*) FROM credit_adjustments GROUP BY status",
-        "SELECT status, COUNT(*) FROM credit_adjustments GROUP BY status",
+    let adjustments = cognomega_core::sql::Executor::query(
+        &mut crate::sql::Reader(db),
+        ADJUSTMENTS_BY_STATUS,
         &[],
     )
     .await?;
-    c.adjustments = adjustments.into_iter().collect();
+    c.adjustments = adjustments
+        .iter()
+        .map(|r| Ok((r.text(0)?, r.int(1)?)))
+        .collect::<Result<_, cognomega_core::sql::SqlError>>()?;
     Ok(c)
 }
 
@@ -329,19 +335,23 @@ async fn sources(db: &Database) -> Result<Vec<Finding>, StoreError> {
         .collect())
 }
 
+/// Applied adjustments without their `adjust-<id>` ledger entry, at most `$1`, by id.
+const UNSETTLED_ADJUSTMENTS: &str =
+    "SELECT a.id, a.tenant_id, a.delta FROM credit_adjustments a WHERE a.status = 'applied'
+           AND NOT EXISTS (SELECT 1 FROM ledger_entries l WHERE l.id = 'adjust-' || a.id)
+         ORDER BY a.id LIMIT $1";
+
 /// Applied adjustments without their ledger entry.
 async fn adjustments(db: &Database) -> Result<Vec<Finding>, StoreError> {
-    let rows: Vec<(String, String, i64)> = fetch_all(
-        db,
-        "SELECT a.id, a.tenant_id, a.delta FROM credit_adjustments a WHERE a.status = 'applied'
-           AND NOT EXISTS (SELECT 1 FROM ledger_entries l WHERE l.id = 'adjust-' || a.id)
-         ORDER BY a.id LIMIT ?1",
-        "SELECT a.id, a.tenant_id, a.delta FROM credit_adjustments a WHERE a.status = 'applied'
-           AND NOT EXISTS (SELECT 1 FROM ledger_entries l WHERE l.id = 'adjust-' || a.id)
-         ORDER BY a.id LIMIT $1",
-        &[listed_limit()],
+    let rows = cognomega_core::sql::Executor::query(
+        &mut crate::sql::Reader(db),
+        UNSETTLED_ADJUSTMENTS,
+        &[listed_limit().into()],
     )
-    .await?;
+    .await?
+    .iter()
+    .map(|r| Ok((r.text(0)?, r.text(1)?, r.int(2)?)))
+    .collect::<Result<Vec<_>, cognomega_core::sql::SqlError>>()?;
     Ok(rows
         .into_iter()
         .map(|(id, tenant, delta)| Finding {

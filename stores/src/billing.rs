@@ -103,23 +103,18 @@ pub async fn create_tenant(
     Ok(())
 }
 
+/// Whether the tenant `$1` is flagged; no row when it does not exist.
+const TENANT_STATUS: &str = "SELECT flagged_at IS NOT NULL FROM tenants WHERE id = $1";
+
 /// Whether a tenant exists, and if so whether it is flagged (out of credits).
 pub async fn tenant_status(db: &Database, tenant_id: &str) -> Result<Option<bool>, StoreError> {
-    let row: Option<(bool,)> = match db {
-        Database::Sqlite(s) => {
-            sqlx::query_as("SELECT flagged_at IS NOT NULL FROM tenants WHERE id = ?1")
-                .bind(tenant_id)
-                .fetch_optional(&s.read)
-                .await?
-        }
-        Database::Postgres(pg) => {
-            sqlx::query_as("SELECT flagged_at IS NOT NULL FROM tenants WHERE id = $1")
-                .bind(tenant_id)
-                .fetch_optional(&pg.pool)
-                .await?
-        }
-    };
-    Ok(row.map(|(flagged,)| flagged))
+    let row = cognomega_core::sql::Executor::query_opt(
+        &mut crate::sql::Reader(db),
+        TENANT_STATUS,
+        &[tenant_id.into()],
+    )
+    .await?;
+    Ok(row.map(|r| r.bool(0)).transpose()?)
 }
 
 /// What `POST /api/si/ask` checks before calling a provider, read in one round trip.
@@ -448,6 +443,10 @@ async fn add_day_tokens(tx: &mut Tx, days: &DayTokens) -> Result<(), StoreError>
     Ok(())
 }
 
+/// The tokens recorded for tenant `$1` on the UTC day starting at `$2`.
+const TOKENS_ON_DAY: &str =
+    "SELECT tokens FROM usage_day_tokens WHERE tenant_id = $1 AND day_start = $2";
+
 /// The `tokens_in` + `tokens_out` quantity recorded for the tenant's events that occurred in
 /// the UTC day holding `unix_secs`: one row read (`usage_day_tokens`, kept by
 /// [`record_usage`]), not a sum over the day's events. Like any read of recorded usage it
@@ -458,26 +457,14 @@ pub async fn tokens_on_day(
     unix_secs: i64,
 ) -> Result<u64, StoreError> {
     let day = day_start(unix_secs);
-    let tokens: Option<i64> = match db {
-        Database::Sqlite(s) => {
-            sqlx::query_scalar(
-                "SELECT tokens FROM usage_day_tokens WHERE tenant_id = ?1 AND day_start = ?2",
-            )
-            .bind(tenant_id)
-            .bind(day)
-            .fetch_optional(&s.read)
-            .await?
-        }
-        Database::Postgres(pg) => {
-            sqlx::query_scalar(
-                "SELECT tokens FROM usage_day_tokens WHERE tenant_id = $1 AND day_start = $2",
-            )
-            .bind(tenant_id)
-            .bind(day)
-            .fetch_optional(&pg.pool)
-            .await?
-        }
-    };
+    let tokens = cognomega_core::sql::Executor::query_opt(
+        &mut crate::sql::Reader(db),
+        TOKENS_ON_DAY,
+        &[tenant_id.into(), day.into()],
+    )
+    .await?
+    .map(|r| r.int(0))
+    .transpose()?;
     Ok(tokens.map_or(0, |t| u64::try_from(t).unwrap_or(0)))
 }
 
@@ -708,22 +695,18 @@ pub async fn mark_adjustments_applied(tx: &mut Tx, ids: &[&str]) -> Result<(), S
     Ok(())
 }
 
+/// The stored balance of tenant `$1`.
+const STORED_BALANCE: &str = "SELECT balance FROM balances WHERE tenant_id = $1";
+
 /// The derived balance, if the tenant has one.
 pub async fn stored_balance(db: &Database, tenant_id: &str) -> Result<Option<i64>, StoreError> {
-    Ok(match db {
-        Database::Sqlite(s) => {
-            sqlx::query_scalar("SELECT balance FROM balances WHERE tenant_id = ?1")
-                .bind(tenant_id)
-                .fetch_optional(&s.read)
-                .await?
-        }
-        Database::Postgres(pg) => {
-            sqlx::query_scalar("SELECT balance FROM balances WHERE tenant_id = $1")
-                .bind(tenant_id)
-                .fetch_optional(&pg.pool)
-                .await?
-        }
-    })
+    let row = cognomega_core::sql::Executor::query_opt(
+        &mut crate::sql::Reader(db),
+        STORED_BALANCE,
+        &[tenant_id.into()],
+    )
+    .await?;
+    Ok(row.map(|r| r.int(0)).transpose()?)
 }
 
 /// The balance summed from the ledger itself (the source of truth).

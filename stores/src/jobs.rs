@@ -237,42 +237,34 @@ pub async fn list(
     })
 }
 
+/// The artifacts of job `$1`, by name.
+const ARTIFACTS: &str =
+    "SELECT name, content_type, size, stored_size, compression, sha256, tier, object_key
+                 FROM job_artifacts WHERE job_id = $1 ORDER BY name";
+
 /// Artifacts of a job, by name.
 pub async fn artifacts(db: &Database, job_id: &str) -> Result<Vec<ArtifactRow>, StoreError> {
-    type R = (String, String, i64, i64, String, String, String, String);
-    let rows: Vec<R> = match db {
-        Database::Sqlite(s) => sqlx::query_as(
-            "SELECT name, content_type, size, stored_size, compression, sha256, tier, object_key
-                 FROM job_artifacts WHERE job_id = ?1 ORDER BY name",
-        )
-        .bind(job_id)
-        .fetch_all(&s.read)
-        .await?,
-        Database::Postgres(pg) => sqlx::query_as(
-            "SELECT name, content_type, size, stored_size, compression, sha256, tier, object_key
-                 FROM job_artifacts WHERE job_id = $1 ORDER BY name",
-        )
-        .bind(job_id)
-        .fetch_all(&pg.pool)
-        .await?,
-    };
+    let rows = cognomega_core::sql::Executor::query(
+        &mut crate::sql::Reader(db),
+        ARTIFACTS,
+        &[job_id.into()],
+    )
+    .await?;
     Ok(rows
-        .into_iter()
-        .map(
-            |(name, content_type, size, stored_size, compression, sha256, tier, object_key)| {
-                ArtifactRow {
-                    name,
-                    content_type,
-                    size,
-                    stored_size,
-                    compression,
-                    sha256,
-                    tier,
-                    object_key,
-                }
-            },
-        )
-        .collect())
+        .iter()
+        .map(|r| -> Result<_, cognomega_core::sql::SqlError> {
+            Ok(ArtifactRow {
+                name: r.text(0)?,
+                content_type: r.text(1)?,
+                size: r.int(2)?,
+                stored_size: r.int(3)?,
+                compression: r.text(4)?,
+                sha256: r.text(5)?,
+                tier: r.text(6)?,
+                object_key: r.text(7)?,
+            })
+        })
+        .collect::<Result<_, _>>()?)
 }
 
 /// What a cancel request did.

@@ -400,6 +400,9 @@ struct Walked {
     entry: Option<ChainedEntry>,
 }
 
+/// How many ledger entries lie above seq `$1` (the chain head's).
+const COUNT_ABOVE: &str = "SELECT COUNT(*) FROM ledger_entries WHERE seq > $1";
+
 /// Walks the chain in position order and recomputes every hash from the current ledger row,
 /// then looks for unsealed entries at or below the head. `progress` gets the rows walked, in
 /// steps.
@@ -489,16 +492,15 @@ pub async fn verify(
             ),
         });
     }
-    let above: Vec<(i64,)> = crate::audit::fetch_all(
-        db,
-        "SELECT COUNT(*) FROM ledger_entries WHERE seq > ?1",
-        "SELECT COUNT(*) FROM ledger_entries WHERE seq > $1",
-        &[head_seq],
+    let above = cognomega_core::sql::Executor::query_opt(
+        &mut crate::sql::Reader(db),
+        COUNT_ABOVE,
+        &[head_seq.into()],
     )
-    .await?;
-    out.unsealed_above_head = above
-        .first()
-        .map_or(0, |(n,)| u64::try_from(*n).unwrap_or(0));
+    .await?
+    .map(|r| r.int(0))
+    .transpose()?;
+    out.unsealed_above_head = above.map_or(0, |n| u64::try_from(n).unwrap_or(0));
     Ok(out)
 }
 
@@ -611,19 +613,21 @@ impl Walker {
     }
 }
 
+/// The hash stored at chain position `$1`.
+const HASH_AT: &str = "SELECT hash FROM ledger_chain WHERE pos = $1";
+
 /// The hash stored at `pos`, if the chain has it (to compare with an earlier report's head).
 ///
 /// # Errors
 /// Database errors.
 pub async fn hash_at(db: &Database, pos: i64) -> Result<Option<String>, StoreError> {
-    let rows: Vec<(String,)> = crate::audit::fetch_all(
-        db,
-        "SELECT hash FROM ledger_chain WHERE pos = ?1",
-        "SELECT hash FROM ledger_chain WHERE pos = $1",
-        &[pos],
+    let row = cognomega_core::sql::Executor::query_opt(
+        &mut crate::sql::Reader(db),
+        HASH_AT,
+        &[pos.into()],
     )
     .await?;
-    Ok(rows.into_iter().next().map(|(h,)| h))
+    Ok(row.map(|r| r.text(0)).transpose()?)
 }
 
 #[cfg(test)]

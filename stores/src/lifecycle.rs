@@ -241,27 +241,26 @@ pub async fn upload_page(
         .collect())
 }
 
+/// Row-less objects' keys and tiers, their keys matching the `LIKE` pattern `$1`.
+const OBJECT_TIERS: &str =
+    "SELECT object_key, tier FROM lifecycle_objects WHERE object_key LIKE $1 ESCAPE '\\'";
+
 /// Recorded tiers of row-less objects under `prefix`.
 pub async fn object_tiers(
     db: &Database,
     prefix: &str,
 ) -> Result<std::collections::HashMap<String, String>, StoreError> {
     let pattern = format!("{}%", prefix.replace('%', "\\%").replace('_', "\\_"));
-    let rows: Vec<(String, String)> = match db {
-        Database::Sqlite(s) => sqlx::query_as(
-            "SELECT object_key, tier FROM lifecycle_objects WHERE object_key LIKE ?1 ESCAPE '\\'",
-        )
-        .bind(pattern)
-        .fetch_all(&s.read)
-        .await?,
-        Database::Postgres(pg) => sqlx::query_as(
-            "SELECT object_key, tier FROM lifecycle_objects WHERE object_key LIKE $1 ESCAPE '\\'",
-        )
-        .bind(pattern)
-        .fetch_all(&pg.pool)
-        .await?,
-    };
-    Ok(rows.into_iter().collect())
+    let rows = cognomega_core::sql::Executor::query(
+        &mut crate::sql::Reader(db),
+        OBJECT_TIERS,
+        &[pattern.into()],
+    )
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Ok((r.text(0)?, r.text(1)?)))
+        .collect::<Result<_, cognomega_core::sql::SqlError>>()?)
 }
 
 /// The unfinished sweep to resume, else a new one deciding by `now_ms`.
@@ -344,6 +343,20 @@ pub async fn open_sweep(
     })
 }
 
+/// Records upload `$1`'s new tier `$2`, changed at `$3` (ms).
+const UPLOAD_TIER: &str = "UPDATE uploads SET tier = $2, tier_changed_at = $3 WHERE key = $1";
+
+/// Records row-less object `$1`'s tier `$2`, changed at `$3` (ms).
+const RECORD_OBJECT_TIER: &str = "INSERT INTO lifecycle_objects (object_key, tier, tier_changed_at) VALUES ($1, $2, $3)
+     ON CONFLICT (object_key) DO UPDATE SET tier = excluded.tier, tier_changed_at = excluded.tier_changed_at";
+
+/// Forgets the row-less object `$1` (deleted).
+const FORGET_OBJECT: &str = "DELETE FROM lifecycle_objects WHERE object_key = $1";
+
+/// Checkpoints sweep `$1`: its phase, cursor, report and totals so far.
+const CHECKPOINT_SWEEP: &str = "UPDATE lifecycle_sweeps SET phase = $2, cursor = $3, report = $4, bytes_saved = $5, objects_expired = $6
+                 WHERE id = $1";
+
 /// Records one page: its row changes and the checkpoint after it, in one transaction.
 pub async fn commit_page(db: &Database, page: &PageCommit) -> Result<(), StoreError> {
     let mut tx = db.begin().await?;
@@ -368,41 +381,6 @@ pub async fn commit_page(db: &Database, page: &PageCommit) -> Result<(), StoreEr
                 .execute(&mut **tx)
                 .await?;
             }
-            for (key, tier) in &page.uploads {
-                sqlx::query("UPDATE uploads SET tier = ?2, tier_changed_at = ?3 WHERE key = ?1")
-                    .bind(key)
-                    .bind(tier)
-                    .bind(page.now_ms)
-                    .execute(&mut **tx)
-                    .await?;
-            }
-            for o in &page.objects {
-                match &o.tier {
-                    Some(tier) => sqlx::query(
-                        "INSERT INTO lifecycle_objects (object_key, tier, tier_changed_at) VALUES (?1, ?2, ?3)
-                         ON CONFLICT (object_key) DO UPDATE SET tier = excluded.tier, tier_changed_at = excluded.tier_changed_at",
-                    )
-                    .bind(&o.object_key)
-                    .bind(tier)
-                    .bind(page.now_ms),
-                    None => sqlx::query("DELETE FROM lifecycle_objects WHERE object_key = ?1")
-                        .bind(&o.object_key),
-                }
-                .execute(&mut **tx)
-                .await?;
-            }
-            sqlx::query(
-                "UPDATE lifecycle_sweeps SET phase = ?2, cursor = ?3, report = ?4, bytes_saved = ?5, objects_expired = ?6
-                 WHERE id = ?1",
-            )
-            .bind(page.sweep_id)
-            .bind(&page.phase)
-            .bind(page.cursor.as_deref())
-            .bind(&page.report)
-            .bind(page.bytes_saved)
-            .bind(page.objects_expired)
-            .execute(&mut **tx)
-            .await?;
         }
         Tx::Postgres { tx, .. } => {
             for a in &page.artifacts {
@@ -424,46 +402,55 @@ pub async fn commit_page(db: &Database, page: &PageCommit) -> Result<(), StoreEr
                 .execute(&mut **tx)
                 .await?;
             }
-            for (key, tier) in &page.uploads {
-                sqlx::query("UPDATE uploads SET tier = $2, tier_changed_at = $3 WHERE key = $1")
-                    .bind(key)
-                    .bind(tier)
-                    .bind(page.now_ms)
-                    .execute(&mut **tx)
-                    .await?;
-            }
-            for o in &page.objects {
-                match &o.tier {
-                    Some(tier) => sqlx::query(
-                        "INSERT INTO lifecycle_objects (object_key, tier, tier_changed_at) VALUES ($1, $2, $3)
-                         ON CONFLICT (object_key) DO UPDATE SET tier = EXCLUDED.tier, tier_changed_at = EXCLUDED.tier_changed_at",
-                    )
-                    .bind(&o.object_key)
-                    .bind(tier)
-                    .bind(page.now_ms),
-                    None => sqlx::query("DELETE FROM lifecycle_objects WHERE object_key = $1")
-                        .bind(&o.object_key),
-                }
-                .execute(&mut **tx)
-                .await?;
-            }
-            sqlx::query(
-                "UPDATE lifecycle_sweeps SET phase = $2, cursor = $3, report = $4, bytes_saved = $5, objects_expired = $6
-                 WHERE id = $1",
-            )
-            .bind(page.sweep_id)
-            .bind(&page.phase)
-            .bind(page.cursor.as_deref())
-            .bind(&page.report)
-            .bind(page.bytes_saved)
-            .bind(page.objects_expired)
-            .execute(&mut **tx)
-            .await?;
         }
     }
+    for (key, tier) in &page.uploads {
+        cognomega_core::sql::Executor::execute(
+            &mut tx,
+            UPLOAD_TIER,
+            &[key.into(), tier.into(), page.now_ms.into()],
+        )
+        .await?;
+    }
+    for o in &page.objects {
+        match &o.tier {
+            Some(tier) => {
+                cognomega_core::sql::Executor::execute(
+                    &mut tx,
+                    RECORD_OBJECT_TIER,
+                    &[(&o.object_key).into(), tier.into(), page.now_ms.into()],
+                )
+                .await?;
+            }
+            None => {
+                cognomega_core::sql::Executor::execute(
+                    &mut tx,
+                    FORGET_OBJECT,
+                    &[o.object_key.as_str().into()],
+                )
+                .await?;
+            }
+        }
+    }
+    cognomega_core::sql::Executor::execute(
+        &mut tx,
+        CHECKPOINT_SWEEP,
+        &[
+            page.sweep_id.into(),
+            page.phase.as_str().into(),
+            page.cursor.as_deref().into(),
+            page.report.as_str().into(),
+            page.bytes_saved.into(),
+            page.objects_expired.into(),
+        ],
+    )
+    .await?;
     tx.commit().await?;
     Ok(())
 }
+
+/// Finishes sweep `$1` with its final report `$2` at `$3` (ms).
+const FINISH_SWEEP: &str = "UPDATE lifecycle_sweeps SET report = $2, finished_at = $3, phase = 'done', cursor = NULL WHERE id = $1";
 
 /// Marks a sweep finished with its final report.
 pub async fn finish_sweep(
@@ -472,24 +459,12 @@ pub async fn finish_sweep(
     report: &str,
     finished_ms: i64,
 ) -> Result<(), StoreError> {
-    match db {
-        Database::Sqlite(s) => {
-            sqlx::query("UPDATE lifecycle_sweeps SET report = ?2, finished_at = ?3, phase = 'done', cursor = NULL WHERE id = ?1")
-                .bind(sweep_id)
-                .bind(report)
-                .bind(finished_ms)
-                .execute(&s.write)
-                .await?;
-        }
-        Database::Postgres(pg) => {
-            sqlx::query("UPDATE lifecycle_sweeps SET report = $2, finished_at = $3, phase = 'done', cursor = NULL WHERE id = $1")
-                .bind(sweep_id)
-                .bind(report)
-                .bind(finished_ms)
-                .execute(&pg.pool)
-                .await?;
-        }
-    }
+    cognomega_core::sql::Executor::execute(
+        &mut db.clone(),
+        FINISH_SWEEP,
+        &[sweep_id.into(), report.into(), finished_ms.into()],
+    )
+    .await?;
     Ok(())
 }
 

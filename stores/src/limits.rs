@@ -303,6 +303,12 @@ async fn used_in(
 /// window, a day's tokens, ends before then).
 pub const COUNTER_RETENTION_SECS: i64 = 2 * 86_400;
 
+/// Deletes the cost-guard counters whose window started before `$1` (epoch seconds).
+const PRUNE_COST_COUNTERS: &str = "DELETE FROM cost_counters WHERE window_start < $1";
+
+/// Deletes the daily token counters whose day started before `$1` (epoch seconds).
+const PRUNE_DAY_TOKENS: &str = "DELETE FROM usage_day_tokens WHERE day_start < $1";
+
 /// Deletes cost-guard counters (`cost_counters`) and daily token counters (`usage_day_tokens`)
 /// whose window started more than [`COUNTER_RETENTION_SECS`] before `now_secs`; returns how
 /// many rows went. Part of retention pruning (`cognomega prune`, the `retention-prune`
@@ -310,34 +316,11 @@ pub const COUNTER_RETENTION_SECS: i64 = 2 * 86_400;
 pub async fn prune_counters(db: &Database, now_secs: i64) -> Result<u64, StoreError> {
     let cutoff = now_secs.saturating_sub(COUNTER_RETENTION_SECS);
     let mut tx = db.begin().await?;
-    let removed = match &mut tx {
-        Tx::Sqlite { tx, .. } => {
-            let a = sqlx::query("DELETE FROM cost_counters WHERE window_start < ?1")
-                .bind(cutoff)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected();
-            let b = sqlx::query("DELETE FROM usage_day_tokens WHERE day_start < ?1")
-                .bind(cutoff)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected();
-            a + b
-        }
-        Tx::Postgres { tx, .. } => {
-            let a = sqlx::query("DELETE FROM cost_counters WHERE window_start < $1")
-                .bind(cutoff)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected();
-            let b = sqlx::query("DELETE FROM usage_day_tokens WHERE day_start < $1")
-                .bind(cutoff)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected();
-            a + b
-        }
-    };
+    let a = cognomega_core::sql::Executor::execute(&mut tx, PRUNE_COST_COUNTERS, &[cutoff.into()])
+        .await?;
+    let b =
+        cognomega_core::sql::Executor::execute(&mut tx, PRUNE_DAY_TOKENS, &[cutoff.into()]).await?;
+    let removed = a + b;
     tx.commit().await?;
     Ok(removed)
 }

@@ -90,44 +90,32 @@ pub async fn acquire_lease(
     }))
 }
 
+/// Expires the lease if `$1` holds it.
+const RELEASE_LEASE: &str = "UPDATE schedule_leader SET expires_at = 0 WHERE holder = $1";
+
 /// Gives the lease up (on shutdown) so a standby takes over at once instead of after the TTL.
 pub async fn release_lease(db: &Database, holder: &str) -> Result<(), StoreError> {
-    match db {
-        Database::Sqlite(s) => {
-            sqlx::query("UPDATE schedule_leader SET expires_at = 0 WHERE holder = ?1")
-                .bind(holder)
-                .execute(&s.write)
-                .await?;
-        }
-        Database::Postgres(pg) => {
-            sqlx::query("UPDATE schedule_leader SET expires_at = 0 WHERE holder = $1")
-                .bind(holder)
-                .execute(&pg.pool)
-                .await?;
-        }
-    }
+    cognomega_core::sql::Executor::execute(&mut db.clone(), RELEASE_LEASE, &[holder.into()])
+        .await?;
     Ok(())
 }
 
+/// The lease row: holder, term and expiry (ms).
+const LEADER: &str = "SELECT holder, term, expires_at FROM schedule_leader WHERE id = 1";
+
 /// The lease as stored (possibly expired).
 pub async fn leader(db: &Database) -> Result<Option<Leader>, StoreError> {
-    let row: Option<(String, i64, i64)> = match db {
-        Database::Sqlite(s) => {
-            sqlx::query_as("SELECT holder, term, expires_at FROM schedule_leader WHERE id = 1")
-                .fetch_optional(&s.read)
-                .await?
-        }
-        Database::Postgres(pg) => {
-            sqlx::query_as("SELECT holder, term, expires_at FROM schedule_leader WHERE id = 1")
-                .fetch_optional(&pg.pool)
-                .await?
-        }
-    };
-    Ok(row.map(|(holder, term, expires_at)| Leader {
-        holder,
-        term,
-        expires_at: UnixMillis(expires_at),
-    }))
+    let row =
+        cognomega_core::sql::Executor::query_opt(&mut crate::sql::Reader(db), LEADER, &[]).await?;
+    Ok(row
+        .map(|r| -> Result<_, cognomega_core::sql::SqlError> {
+            Ok(Leader {
+                holder: r.text(0)?,
+                term: r.int(1)?,
+                expires_at: UnixMillis(r.int(2)?),
+            })
+        })
+        .transpose()?)
 }
 
 /// The latest enqueued tick of every schedule that has one.
@@ -156,6 +144,14 @@ pub async fn last_ticks(db: &Database) -> Result<BTreeMap<String, LastTick>, Sto
         .collect())
 }
 
+/// Records tick `$2` of schedule `$1`, enqueued at `$3` by `$4`, unless already recorded.
+const INSERT_TICK: &str = "INSERT INTO schedule_ticks (schedule, tick_at, enqueued_at, enqueued_by) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (schedule, tick_at) DO NOTHING";
+
+/// Records message `$3` as the one tick `$2` of schedule `$1` produced.
+const TICK_MESSAGE: &str =
+    "UPDATE schedule_ticks SET message_id = $3 WHERE schedule = $1 AND tick_at = $2";
+
 /// Enqueues one tick: records `(schedule, tick)` and sends `body` to `queue` (idempotency key
 /// `key`) in one transaction. Returns the message id, or `None` when the tick was already
 /// enqueued (by this or another process).
@@ -171,30 +167,12 @@ pub async fn enqueue_tick(
     now: UnixMillis,
 ) -> Result<Option<MessageId>, StoreError> {
     let mut tx = db.begin().await?;
-    let inserted = match &mut tx {
-        crate::Tx::Sqlite { tx, .. } => sqlx::query(
-            "INSERT INTO schedule_ticks (schedule, tick_at, enqueued_at, enqueued_by) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (schedule, tick_at) DO NOTHING",
-        )
-        .bind(schedule)
-        .bind(tick.0)
-        .bind(now.0)
-        .bind(holder)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected(),
-        crate::Tx::Postgres { tx, .. } => sqlx::query(
-            "INSERT INTO schedule_ticks (schedule, tick_at, enqueued_at, enqueued_by) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (schedule, tick_at) DO NOTHING",
-        )
-        .bind(schedule)
-        .bind(tick.0)
-        .bind(now.0)
-        .bind(holder)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected(),
-    };
+    let inserted = cognomega_core::sql::Executor::execute(
+        &mut tx,
+        INSERT_TICK,
+        &[schedule.into(), tick.0.into(), now.0.into(), holder.into()],
+    )
+    .await?;
     if inserted == 0 {
         tx.rollback().await?;
         return Ok(None);
@@ -211,62 +189,38 @@ pub async fn enqueue_tick(
     let receipts = tx.send_batch(queue, vec![msg]).await?;
     let id = receipts.first().map(|r| r.id);
     if let Some(id) = id {
-        match &mut tx {
-            crate::Tx::Sqlite { tx, .. } => {
-                sqlx::query(
-                    "UPDATE schedule_ticks SET message_id = ?3 WHERE schedule = ?1 AND tick_at = ?2",
-                )
-                .bind(schedule)
-                .bind(tick.0)
-                .bind(id.0)
-                .execute(&mut **tx)
-                .await?;
-            }
-            crate::Tx::Postgres { tx, .. } => {
-                sqlx::query(
-                    "UPDATE schedule_ticks SET message_id = $3 WHERE schedule = $1 AND tick_at = $2",
-                )
-                .bind(schedule)
-                .bind(tick.0)
-                .bind(id.0)
-                .execute(&mut **tx)
-                .await?;
-            }
-        }
+        cognomega_core::sql::Executor::execute(
+            &mut tx,
+            TICK_MESSAGE,
+            &[schedule.into(), tick.0.into(), id.0.into()],
+        )
+        .await?;
     }
     tx.commit().await?;
     Ok(id)
 }
 
+/// Every tick of schedule `$1`, oldest first.
+const TICKS: &str = "SELECT tick_at, enqueued_at, message_id, enqueued_by FROM schedule_ticks
+                 WHERE schedule = $1 ORDER BY tick_at";
+
 /// Every tick of `schedule`, oldest first (for tests and audits).
 pub async fn ticks(db: &Database, schedule: &str) -> Result<Vec<LastTick>, StoreError> {
-    let rows: Vec<(i64, i64, Option<i64>, String)> = match db {
-        Database::Sqlite(s) => {
-            sqlx::query_as(
-                "SELECT tick_at, enqueued_at, message_id, enqueued_by FROM schedule_ticks
-                 WHERE schedule = ?1 ORDER BY tick_at",
-            )
-            .bind(schedule)
-            .fetch_all(&s.read)
-            .await?
-        }
-        Database::Postgres(pg) => {
-            sqlx::query_as(
-                "SELECT tick_at, enqueued_at, message_id, enqueued_by FROM schedule_ticks
-                 WHERE schedule = $1 ORDER BY tick_at",
-            )
-            .bind(schedule)
-            .fetch_all(&pg.pool)
-            .await?
-        }
-    };
+    let rows = cognomega_core::sql::Executor::query(
+        &mut crate::sql::Reader(db),
+        TICKS,
+        &[schedule.into()],
+    )
+    .await?;
     Ok(rows
-        .into_iter()
-        .map(|(tick, at, id, by)| LastTick {
-            tick_at: UnixMillis(tick),
-            enqueued_at: UnixMillis(at),
-            message_id: id.map(MessageId),
-            enqueued_by: by,
+        .iter()
+        .map(|r| -> Result<_, cognomega_core::sql::SqlError> {
+            Ok(LastTick {
+                tick_at: UnixMillis(r.int(0)?),
+                enqueued_at: UnixMillis(r.int(1)?),
+                message_id: r.opt_int(2)?.map(MessageId),
+                enqueued_by: r.text(3)?,
+            })
         })
-        .collect())
+        .collect::<Result<_, _>>()?)
 }
