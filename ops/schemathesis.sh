@@ -76,7 +76,11 @@ stop() {
 trap stop EXIT
 
 # POST /api/si/ask needs a model provider: the loopback stand-in (OpenAI protocol), so the fuzzer
-# reaches the route's real answers instead of 503 no_provider_configured.
+# reaches the route's real answers instead of 503 no_provider_configured. The log files exist
+# before the processes start: the readers below may run before a background job's redirection
+# has created its file, and a missing file would end the script (set -e).
+: >"$data/provider.out"
+: >"$data/serve.log"
 "$bin" fake-provider >"$data/provider.out" 2>/dev/null &
 provider=$!
 provider_url=""
