@@ -1,20 +1,21 @@
-//! `jobs.<type>` → run the job type's pipeline on a blocking thread, store its artifacts
-//! (compressed by the r2-lifecycle codec) under `artifacts/{tenant}/{job_id}/{name}`, then in
-//! one transaction record the artifacts, mark the job succeeded and produce its `job` usage event
-//! (idempotency key `job-{id}`, so a redelivered success is billed once).
+//! `jobs.<type>` → the job workflow written once (`cognomega_workflows::jobs`): claim the job
+//! under the attempt fence, run its pipeline on a blocking thread with progress and cancel,
+//! store its artifacts (compressed by the r2-lifecycle codec) under
+//! `artifacts/{tenant}/{job_id}/{name}`, then in one transaction record the artifacts, mark the
+//! job succeeded and produce its `job` usage event (idempotency key `job-{id}`, so a
+//! redelivered success is billed once). This module is the native host of that workflow.
 
 use std::sync::Arc;
 
-use cognomega_core::billing::{UsageBatchMessage, UsageEvent, UsageKey, UsageKind};
 use cognomega_core::jobs::NATIVE_LEASE_MS;
-use cognomega_core::queue::{
-    BatchHandler, HandlerError, MessageBatch, OutgoingMessage, ReceivedMessage,
-};
-use cognomega_pipelines::{JobError, JobType, Progress};
-use cognomega_r2_lifecycle::codec::{encode, CodecPolicy};
-use cognomega_stores::jobs::{self, ArtifactRow, Job};
+use cognomega_core::queue::{BatchHandler, HandlerError, MessageBatch, ReceivedMessage};
+use cognomega_core::sql::{Executor, SqlError, Transaction};
+use cognomega_pipelines::{Artifact, JobError, JobType};
+use cognomega_r2_lifecycle::codec::CodecPolicy;
 use cognomega_stores::objects::{ObjectKey, Objects, PutMeta};
 use cognomega_stores::Database;
+use cognomega_workflows::jobs::{Delivery, Outcome};
+use cognomega_workflows::ports::{Fence, FencedProgress, Fetched, JobHost, ObjectStore};
 use tracing::Instrument as _;
 
 pub use cognomega_core::queue::catalog::jobs::{dead_letter_queue, queue, settings, JobMessage};
@@ -51,17 +52,24 @@ impl JobRunner {
         }
     }
 
-    /// Runs a claimed job, renewing its lease (the attempt fence) until the run ends.
-    async fn run_owned(&self, job: Job, owner: String, attempts: u32) -> Result<(), HandlerError> {
+    /// Runs one delivery through the workflow, renewing the job's lease (the attempt fence)
+    /// while the run lasts.
+    async fn deliver(
+        &self,
+        job_id: &str,
+        owner: &str,
+        attempts: u32,
+    ) -> Result<Outcome, HandlerError> {
         let renewing = {
-            let (db, id, owner) = (self.db.clone(), job.id.clone(), owner.clone());
+            let (mut db, id, owner) = (self.db.clone(), job_id.to_owned(), owner.to_owned());
             tokio::spawn(async move {
                 let every = std::time::Duration::from_millis(
                     u64::try_from(NATIVE_LEASE_MS / 3).unwrap_or(40_000),
                 );
                 loop {
                     tokio::time::sleep(every).await;
-                    match jobs::renew(&db, &id, &owner, NATIVE_LEASE_MS).await {
+                    let until = now_ms() + NATIVE_LEASE_MS;
+                    match cognomega_core::jobs::renew(&mut db, &id, &owner, until).await {
                         Ok(true) => {}
                         // Finished, or taken over: nothing left to hold.
                         Ok(false) => break,
@@ -72,176 +80,98 @@ impl JobRunner {
                 }
             })
         };
-        let ran = self.run_one(job, &owner, attempts).await;
+        let delivery = Delivery {
+            job_id,
+            owner,
+            attempts: Some(attempts),
+            max_deliveries: self.max_deliveries,
+            lease_ms: NATIVE_LEASE_MS,
+            credits: self.credits_per_job,
+            codec: self.codec,
+        };
+        let mine = |name: &str| (name == self.job_type.name()).then(|| self.job_type.clone());
+        let ran = cognomega_workflows::jobs::run(self, &mine, &delivery).await;
         renewing.abort();
-        ran
+        ran.map_err(|e| HandlerError::Retryable(e.to_string()))
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for JobRunner {
+    async fn get(&self, key: &str) -> Result<Fetched, String> {
+        let key = match ObjectKey::parse(key) {
+            Ok(key) => key,
+            Err(e) => return Ok(Fetched::BadKey(e.to_string())),
+        };
+        match self.objects.get_bytes(&key).await {
+            Ok((_, bytes)) => Ok(Fetched::Found(bytes.to_vec())),
+            Err(e) if e.is_not_found() => Ok(Fetched::Missing),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
-    async fn run_one(&self, job: Job, owner: &str, attempts: u32) -> Result<(), HandlerError> {
-        // Both were validated at submission; a row that fails them anyway can never run, and a
-        // fatal error would leave it `running` while its message goes to the dead-letter queue.
-        let input_key = match ObjectKey::parse(&job.input_key) {
-            Ok(key) => key,
-            Err(e) => {
-                return self
-                    .finish(
-                        &job,
-                        owner,
-                        "failed",
-                        &format!("the job's input key is invalid: {e}"),
-                    )
-                    .await
-            }
-        };
-        let input = match self.objects.get_bytes(&input_key).await {
-            Ok((_, bytes)) => bytes,
-            Err(e) if e.is_not_found() => {
-                self.finish(
-                    &job,
-                    owner,
-                    "failed",
-                    "the job's input is gone from object storage",
-                )
-                .await?;
-                return Ok(());
-            }
-            Err(e) => return Err(self.transient(&job, attempts, e.to_string()).await),
-        };
-        let params: serde_json::Value = match serde_json::from_str(&job.params) {
-            Ok(params) => params,
-            Err(e) => {
-                return self
-                    .finish(
-                        &job,
-                        owner,
-                        "failed",
-                        &format!("the job's params are not JSON: {e}"),
-                    )
-                    .await
-            }
-        };
-        let progress = DbProgress {
-            db: self.db.clone(),
-            job_id: job.id.clone(),
-            owner: owner.to_owned(),
-            handle: tokio::runtime::Handle::current(),
-        };
-        let job_type = self.job_type.clone();
-        let ran =
-            tokio::task::spawn_blocking(move || job_type.run(&input, &params, &progress)).await;
-        let artifacts = match ran {
-            Ok(Ok(artifacts)) => artifacts,
-            Ok(Err(JobError::InvalidInput(why))) => {
-                return self.finish(&job, owner, "failed", &why).await
-            }
-            Ok(Err(JobError::Cancelled)) => {
-                return self
-                    .finish(&job, owner, "cancelled", "cancelled while running")
-                    .await
-            }
-            Ok(Err(JobError::Transient(why))) => {
-                return Err(self.transient(&job, attempts, why).await)
-            }
-            Err(join) => {
-                return Err(self
-                    .transient(&job, attempts, format!("the job panicked: {join}"))
-                    .await)
-            }
-        };
-        let mut rows = Vec::with_capacity(artifacts.len());
-        for artifact in artifacts {
-            let encoded = encode(&artifact.bytes, &artifact.content_type, &self.codec);
-            let key = ObjectKey::parse(&format!(
-                "artifacts/{}/{}/{}",
-                job.tenant_id, job.id, artifact.name
-            ))
-            .map_err(HandlerError::fatal)?;
-            let meta = PutMeta::content_type(artifact.content_type.clone())
-                .with("sha256", encoded.sha256.clone())
-                .with("compression", encoded.compression.as_str())
-                .with("original-size", encoded.original_size.to_string())
-                .with("tier", "hot");
-            if let Err(e) = self.objects.put(&key, encoded.bytes.into(), &meta).await {
-                return Err(self.transient(&job, attempts, e.to_string()).await);
-            }
-            rows.push(ArtifactRow {
-                name: artifact.name,
-                content_type: artifact.content_type,
-                size: i64::try_from(encoded.original_size).unwrap_or(i64::MAX),
-                stored_size: i64::try_from(encoded.stored_size).unwrap_or(i64::MAX),
-                compression: encoded.compression.as_str().to_owned(),
-                sha256: encoded.sha256,
-                tier: "hot".to_owned(),
-                object_key: key.as_str().to_owned(),
+    async fn put(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        content_type: &str,
+        meta: &[(&'static str, String)],
+    ) -> Result<(), String> {
+        let key = ObjectKey::parse(key).map_err(|e| e.to_string())?;
+        let meta = meta
+            .iter()
+            .fold(PutMeta::content_type(content_type), |m, (k, v)| {
+                m.with(*k, v.clone())
             });
-        }
-        let usage = UsageBatchMessage {
-            tenant_id: job.tenant_id.clone(),
-            events: vec![UsageEvent {
-                idempotency_key: UsageKey::parse(&format!("job-{}", job.id))
-                    .map_err(HandlerError::fatal)?,
-                kind: UsageKind::Job,
-                quantity: 1,
-                occurred_at: None,
-                meta: Some(serde_json::Map::from_iter([(
-                    "job_type".to_owned(),
-                    self.job_type.name().into(),
-                )])),
-            }],
-            received_at_ms: now_ms(),
-        };
-        let mut out = OutgoingMessage::json(&usage).map_err(HandlerError::fatal)?;
-        out.options.request_id.clone_from(&job.request_id);
-        let mut tx = self
+        self.objects
+            .put(&key, bytes.into(), &meta)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[async_trait::async_trait]
+impl JobHost for JobRunner {
+    fn db(&self) -> Box<dyn Executor + '_> {
+        Box::new(self.db.clone())
+    }
+
+    async fn begin(&self) -> Result<Box<dyn Transaction + '_>, SqlError> {
+        let tx = self
             .db
             .begin_in_consumer()
             .await
-            .map_err(HandlerError::retryable)?;
-        let owned = jobs::succeed(&mut tx, &job.id, Some(owner), &rows, self.credits_per_job)
-            .await
-            .map_err(HandlerError::retryable)?;
-        if !owned {
-            // Another delivery took the job over (this run's lease expired): its run records
-            // the success and bills it; this one leaves no trace.
-            tx.rollback().await.map_err(HandlerError::retryable)?;
-            tracing::warn!(job_id = %job.id, "the run lost the job to another delivery; its success is dropped");
-            return Ok(());
-        }
-        tx.send(&crate::usage_writer::queue(), out)
-            .await
-            .map_err(HandlerError::retryable)?;
-        tx.commit().await.map_err(HandlerError::retryable)?;
-        tracing::info!(job_id = %job.id, tenant = %job.tenant_id, artifacts = rows.len(), "job succeeded");
-        Ok(())
+            .map_err(|e| SqlError::new(e.to_string()))?;
+        Ok(Box::new(tx))
     }
 
-    async fn finish(
+    fn objects(&self) -> &dyn ObjectStore {
+        self
+    }
+
+    fn now_ms(&self) -> i64 {
+        now_ms()
+    }
+
+    async fn run(
         &self,
-        job: &Job,
-        owner: &str,
-        status: &str,
-        why: &str,
-    ) -> Result<(), HandlerError> {
-        let changed = jobs::finish(&self.db, &job.id, Some(owner), status, Some(why))
+        job: Arc<dyn JobType>,
+        input: Vec<u8>,
+        params: serde_json::Value,
+        fence: Fence,
+    ) -> Result<Vec<Artifact>, JobError> {
+        let progress = FencedProgress {
+            db: self.db.clone(),
+            fence,
+            now_ms,
+        };
+        // The work between stages is CPU-bound: a blocking thread, which drives the stages'
+        // database writes on the runtime it came from.
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || handle.block_on(job.run(&input, &params, &progress)))
             .await
-            .map_err(HandlerError::retryable)?;
-        if changed {
-            tracing::info!(job_id = %job.id, status, reason = why, "job finished without artifacts");
-        } else {
-            tracing::warn!(job_id = %job.id, status, "the run lost the job to another delivery; its verdict is dropped");
-        }
-        Ok(())
-    }
-
-    /// A transient failure: retried, unless this was the last delivery, in which case the job is
-    /// marked `dead` (its message goes to the dead-letter queue).
-    async fn transient(&self, job: &Job, attempts: u32, why: String) -> HandlerError {
-        if attempts >= self.max_deliveries {
-            if let Err(e) = jobs::finish(&self.db, &job.id, None, "dead", Some(&why)).await {
-                tracing::warn!(job_id = %job.id, error = %e, "could not mark the job dead");
-            }
-        }
-        HandlerError::Retryable(why)
+            .unwrap_or_else(|join| Err(JobError::Transient(format!("the job panicked: {join}"))))
     }
 }
 
@@ -277,27 +207,35 @@ impl BatchHandler for JobRunner {
                     continue;
                 }
             };
-            // None: cancelled while queued, or already finished (a redelivered success).
-            // The attempt fence: this delivery claims the job under its message id. None:
-            // cancelled while queued, already finished (a redelivered success), or running
-            // under another delivery's live lease — whose own message comes back if it dies.
+            // The attempt fence: this delivery claims the job under its message id. Every
+            // line the run logs names the job, the message and the request that submitted it.
             let owner = id.0.to_string();
-            let Some(job) = jobs::start_run(&self.db, &body.job_id, &owner, NATIVE_LEASE_MS)
-                .await
-                .map_err(HandlerError::retryable)?
-            else {
-                tracing::info!(job_id = %body.job_id, message_id = id.0,
-                    "not run: finished, cancelled or running under another delivery");
-                batch.ack(id);
-                continue;
-            };
-            // Every line the run logs names the job, its tenant, the message and the request
-            // that submitted it.
-            let span = tracing::info_span!("job", job_id = %job.id, tenant = %job.tenant_id,
-                message_id = id.0, request_id = request_id.as_deref().unwrap_or(""));
-            self.run_owned(job, owner, attempts)
-                .instrument(span)
+            let span = tracing::info_span!("job", job_id = %body.job_id, message_id = id.0,
+                request_id = request_id.as_deref().unwrap_or(""));
+            let outcome = self
+                .deliver(&body.job_id, &owner, attempts)
+                .instrument(span.clone())
                 .await?;
+            let _entered = span.enter();
+            match &outcome {
+                Outcome::NotRun => {
+                    tracing::info!("not run: finished, cancelled or running under another delivery")
+                }
+                Outcome::Succeeded {
+                    tenant_id,
+                    artifacts,
+                } => tracing::info!(tenant = %tenant_id, artifacts, "job succeeded"),
+                Outcome::Finished { status, reason } => {
+                    tracing::info!(status, reason = %reason, "job finished without billing")
+                }
+                Outcome::Lost => tracing::warn!(
+                    "the run lost the job to another delivery; its verdict is dropped"
+                ),
+                Outcome::Retry { reason, dead } => {
+                    tracing::warn!(reason = %reason, dead, "job run failed transiently");
+                    return Err(HandlerError::Retryable(reason.clone()));
+                }
+            }
             batch.ack(id);
         }
         Ok(())
@@ -318,43 +256,16 @@ impl BatchHandler for JobRunner {
                 m.attempts,
                 dead_letter_queue(self.job_type.name()),
             );
-            match jobs::bury(&self.db, &body.job_id, &why).await {
+            let buried =
+                cognomega_core::jobs::bury(&mut self.db.clone(), &body.job_id, &why, now_ms())
+                    .await;
+            match buried {
                 Ok(true) => tracing::warn!(job_id = %body.job_id, message_id = m.id.0,
                     request_id = m.request_id.as_deref().unwrap_or(""), "job dead: {why}"),
                 Ok(false) => {}
                 Err(e) => tracing::warn!(job_id = %body.job_id, error = %e,
                     "could not mark the job dead; it stays running"),
             }
-        }
-    }
-}
-
-/// Progress written to the job row; reads back whether the job was cancelled.
-struct DbProgress {
-    db: Database,
-    job_id: String,
-    owner: String,
-    handle: tokio::runtime::Handle,
-}
-
-impl Progress for DbProgress {
-    fn stage(&self, stage: &str, fraction: f32) -> Result<(), JobError> {
-        // Called from the blocking thread the job runs on, so blocking on the write is fine.
-        let cancel = self
-            .handle
-            .block_on(jobs::progress(
-                &self.db,
-                &self.job_id,
-                &self.owner,
-                stage,
-                f64::from(fraction.clamp(0.0, 1.0)),
-                NATIVE_LEASE_MS,
-            ))
-            .map_err(|e| JobError::Transient(e.to_string()))?;
-        if cancel {
-            Err(JobError::Cancelled)
-        } else {
-            Ok(())
         }
     }
 }

@@ -30,6 +30,7 @@ enum Behaviour {
 #[derive(Debug)]
 struct TestJob(Behaviour);
 
+#[async_trait::async_trait(?Send)]
 impl JobType for TestJob {
     fn name(&self) -> &'static str {
         match self.0 {
@@ -47,7 +48,7 @@ impl JobType for TestJob {
     fn price(&self, _params: &Value) -> i64 {
         10
     }
-    fn run(
+    async fn run(
         &self,
         input: &[u8],
         _params: &Value,
@@ -56,7 +57,7 @@ impl JobType for TestJob {
         match &self.0 {
             Behaviour::Endless => {
                 for i in 0.. {
-                    progress.stage(&format!("step-{i}"), 0.5)?;
+                    progress.stage(&format!("step-{i}"), 0.5).await?;
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 unreachable!()
@@ -66,7 +67,7 @@ impl JobType for TestJob {
                 if runs.fetch_add(1, Ordering::SeqCst) == 0 {
                     panic!("first run explodes");
                 }
-                progress.stage("copy", 0.5)?;
+                progress.stage("copy", 0.5).await?;
                 Ok(vec![Artifact {
                     name: "copy.txt".into(),
                     content_type: "text/plain".into(),
@@ -296,15 +297,16 @@ async fn a_job_whose_worker_dies_every_time_ends_dead(backend: Backend) -> anyho
         .await?;
         assert_eq!(claim.messages[0].attempts, delivery);
         // The worker got as far as starting the job, then died.
-        cognomega_stores::jobs::start_run(
-            f.tdb.db(),
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+        let now = cognomega_core::time::UnixMillis(i64::try_from(now.as_millis())?);
+        cognomega_core::jobs::start(
+            &mut f.tdb.db().clone(),
             "job-lost",
             &claim.messages[0].id.0.to_string(),
+            now.0,
             cognomega_core::jobs::NATIVE_LEASE_MS,
         )
         .await?;
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
-        let now = cognomega_core::time::UnixMillis(i64::try_from(now.as_millis())?);
         tokio::time::sleep(claim.lease_until.since(now) + Duration::from_millis(50)).await;
     }
     assert_eq!(status(&f, "job-lost").await?.status, "running");
@@ -329,7 +331,14 @@ async fn a_job_whose_worker_dies_every_time_ends_dead(backend: Backend) -> anyho
     assert_eq!(dead.len(), 1);
     assert!(dead[0].body_preview.contains("job-lost"));
     // Marking it again (a repeated claim after a lost commit) changes nothing.
-    assert!(!cognomega_stores::jobs::bury(f.tdb.db(), "job-lost", "again").await?);
+    let later = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis(),
+    )?;
+    assert!(
+        !cognomega_core::jobs::bury(&mut f.tdb.db().clone(), "job-lost", "again", later).await?
+    );
     assert_eq!(
         status(&f, "job-lost").await?.error.as_deref(),
         Some(error.as_str())

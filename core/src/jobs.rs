@@ -9,11 +9,14 @@
 //! the lease expired. Progress, the verdict and the success are written only while the writer
 //! still owns the lease, so a run that lost it cannot overwrite the one that took over.
 //!
-//! The statements here are the same on every backend (`$n`, epoch milliseconds); the claim and
-//! the verdicts also set the job's timestamps, whose column types differ between SQLite and
-//! PostgreSQL, and live beside their host's other job statements.
+//! The statements here are written once (`$n`, epoch milliseconds); the claim and the verdicts
+//! also set the job's timestamps, whose column types differ between SQLite (epoch milliseconds)
+//! and PostgreSQL (`timestamptz`): those are [`Dialects`] pairs, side by side. Both hosts run
+//! them through the functions below (the run itself is `cognomega-workflows`' job workflow).
 
-use crate::sql::{Executor, SqlError};
+use serde::Serialize;
+
+use crate::sql::{Dialects, Executor, SqlError, Transaction, Value};
 
 /// How long a native run holds its job without renewing (the `jobs.<type>` queue's lease); it
 /// renews every third of it.
@@ -37,10 +40,70 @@ pub const PG_INSERT: &str =
 /// The job tenant `$1` created with idempotency key `$2`: its `id`.
 pub const BY_KEY: &str = "SELECT id FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2";
 
-/// PostgreSQL: marks job `$1` `dead` with the error `$2` unless it already reached a final
-/// status (its message went to the dead-letter queue without any delivery finishing it).
-pub const PG_BURY: &str = "UPDATE jobs SET status = 'dead', error = $2, finished_at = now()
-     WHERE id = $1 AND status IN ('queued', 'running')";
+/// Marks job `$1` `dead` with the error `$2` at `$3` unless it already reached a final status
+/// (its message went to the dead-letter queue without any delivery finishing it).
+pub const BURY: Dialects = Dialects {
+    sqlite: "UPDATE jobs SET status = 'dead', error = $2, finished_at = $3, lease_until = NULL
+             WHERE id = $1 AND status IN ('queued', 'running')",
+    postgres: "UPDATE jobs SET status = 'dead', error = $2,
+                   finished_at = to_timestamp($3::float8 / 1000), lease_until = NULL
+               WHERE id = $1 AND status IN ('queued', 'running')",
+};
+
+/// Claims job `$1` at `$2` for the delivery `$3` until `$4` ([`CLAIMABLE`]). Returns
+/// `tenant_id, type, params, input_key, request_id, cancel_requested, attempts`.
+pub const START: Dialects = Dialects {
+    sqlite: "UPDATE jobs SET status = 'running', attempts = attempts + 1,
+                 started_at = COALESCE(started_at, $2), progress = 0, stage = NULL,
+                 lease_owner = $3, lease_until = $4
+             WHERE id = $1 AND (status = 'queued' OR (status = 'running' AND (lease_until IS NULL OR lease_until < $2 OR lease_owner = $3)))
+             RETURNING tenant_id, type, params, input_key, request_id, cancel_requested, attempts",
+    postgres: "UPDATE jobs SET status = 'running', attempts = attempts + 1,
+                   started_at = COALESCE(started_at, to_timestamp($2::float8 / 1000)), progress = 0,
+                   stage = NULL, lease_owner = $3, lease_until = $4
+               WHERE id = $1 AND (status = 'queued' OR (status = 'running' AND (lease_until IS NULL OR lease_until < $2 OR lease_owner = $3)))
+               RETURNING tenant_id, type, params, input_key, request_id, cancel_requested, attempts",
+};
+
+/// Moves job `$1` to the final status `$2` with the error `$3` at `$5`; with an owner `$4`,
+/// only while that run owns it.
+pub const FINISH: Dialects = Dialects {
+    sqlite: "UPDATE jobs SET status = $2, error = $3, finished_at = $5, lease_until = NULL
+             WHERE id = $1 AND ($4 IS NULL OR (lease_owner = $4 AND status = 'running'))",
+    postgres: "UPDATE jobs SET status = $2, error = $3,
+                   finished_at = to_timestamp($5::float8 / 1000), lease_until = NULL
+               WHERE id = $1 AND ($4::text IS NULL OR (lease_owner = $4 AND status = 'running'))",
+};
+
+/// Job `$1` succeeded at `$4`, charged `$2` credits; with an owner `$3`, only while that run
+/// owns it, and never once a cancel was asked for (the run then ends `cancelled`).
+pub const SUCCEED: Dialects = Dialects {
+    sqlite: "UPDATE jobs SET status = 'succeeded', progress = 1, stage = 'done', error = NULL,
+                 credits_charged = $2, finished_at = $4, lease_until = NULL
+             WHERE id = $1 AND NOT cancel_requested
+               AND ($3 IS NULL OR (lease_owner = $3 AND status = 'running'))",
+    postgres: "UPDATE jobs SET status = 'succeeded', progress = 1, stage = 'done', error = NULL,
+                   credits_charged = $2, finished_at = to_timestamp($4::float8 / 1000),
+                   lease_until = NULL
+               WHERE id = $1 AND NOT cancel_requested
+                 AND ($3::text IS NULL OR (lease_owner = $3 AND status = 'running'))",
+};
+
+/// Records artifact `$2` of job `$1` (replacing one an earlier attempt wrote): `$3` content
+/// type, `$4` size, `$5` stored size, `$6` compression, `$7` sha256, `$8` tier, `$9` object key,
+/// `$10` now.
+pub const ARTIFACT: Dialects = Dialects {
+    sqlite: "INSERT INTO job_artifacts (job_id, name, content_type, size, stored_size, compression, sha256, tier, object_key, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             ON CONFLICT (job_id, name) DO UPDATE SET content_type = excluded.content_type, size = excluded.size,
+                 stored_size = excluded.stored_size, compression = excluded.compression, sha256 = excluded.sha256,
+                 tier = excluded.tier, object_key = excluded.object_key",
+    postgres: "INSERT INTO job_artifacts (job_id, name, content_type, size, stored_size, compression, sha256, tier, object_key, created_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, to_timestamp($10::float8 / 1000))
+               ON CONFLICT (job_id, name) DO UPDATE SET content_type = EXCLUDED.content_type, size = EXCLUDED.size,
+                   stored_size = EXCLUDED.stored_size, compression = EXCLUDED.compression, sha256 = EXCLUDED.sha256,
+                   tier = EXCLUDED.tier, object_key = EXCLUDED.object_key",
+};
 
 /// Records progress of job `$1` owned by `$2`: stage `$3`, fraction `$4`, lease renewed to
 /// `$5`. Returns `cancel_requested`; no row when the run no longer owns the job.
@@ -90,4 +153,233 @@ pub async fn renew<E: Executor + ?Sized>(
         .execute(RENEW, &[id.into(), owner.into(), lease_until.into()])
         .await?
         > 0)
+}
+
+/// A job a delivery claimed: what its run needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    /// The owner.
+    pub tenant_id: String,
+    /// The job type's name.
+    pub job_type: String,
+    /// Normalized params (JSON text).
+    pub params: String,
+    /// The input's object key.
+    pub input_key: String,
+    /// The request that submitted it.
+    pub request_id: Option<String>,
+    /// A cancel was asked for while it was running under an earlier delivery.
+    pub cancel_requested: bool,
+    /// Runs started, this one included.
+    pub attempts: i64,
+}
+
+/// Claims job `id` for the delivery `owner` until `now_ms + lease_ms` (the attempt fence).
+/// `None` when it must not run here: cancelled, already finished, or running under another
+/// delivery's live lease.
+pub async fn start<E: Executor + ?Sized>(
+    db: &mut E,
+    id: &str,
+    owner: &str,
+    now_ms: i64,
+    lease_ms: i64,
+) -> Result<Option<Claimed>, SqlError> {
+    let sql = START.pick(db.dialect());
+    let Some(row) = db
+        .query_opt(
+            sql,
+            &[
+                id.into(),
+                now_ms.into(),
+                owner.into(),
+                (now_ms + lease_ms).into(),
+            ],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(Claimed {
+        tenant_id: row.text(0)?,
+        job_type: row.text(1)?,
+        params: row.text(2)?,
+        input_key: row.text(3)?,
+        request_id: row.opt_text(4)?,
+        cancel_requested: row.bool(5)?,
+        attempts: row.int(6)?,
+    }))
+}
+
+/// Moves job `id` to a final status (`failed`, `cancelled`, `dead`) with an error; with
+/// `owner`, only while that run owns it (a run that lost its lease gives no verdict). Whether
+/// the job changed.
+pub async fn finish<E: Executor + ?Sized>(
+    db: &mut E,
+    id: &str,
+    owner: Option<&str>,
+    status: &str,
+    error: Option<&str>,
+    now_ms: i64,
+) -> Result<bool, SqlError> {
+    let sql = FINISH.pick(db.dialect());
+    let args = [
+        id.into(),
+        status.into(),
+        error.into(),
+        owner.into(),
+        now_ms.into(),
+    ];
+    Ok(db.execute(sql, &args).await? > 0)
+}
+
+/// Marks job `id` `dead` unless it already reached a final status. Whether it changed.
+pub async fn bury<E: Executor + ?Sized>(
+    db: &mut E,
+    id: &str,
+    error: &str,
+    now_ms: i64,
+) -> Result<bool, SqlError> {
+    let sql = BURY.pick(db.dialect());
+    Ok(db
+        .execute(sql, &[id.into(), error.into(), now_ms.into()])
+        .await?
+        > 0)
+}
+
+/// An artifact row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ArtifactRow {
+    /// File name.
+    pub name: String,
+    /// MIME type.
+    pub content_type: String,
+    /// Original size in bytes.
+    pub size: i64,
+    /// Stored (compressed) size.
+    pub stored_size: i64,
+    /// `none` | `zstd` | `gzip`.
+    pub compression: String,
+    /// Hex sha256 of the original bytes.
+    pub sha256: String,
+    /// Lifecycle tier (`hot` when written).
+    pub tier: String,
+    /// Where the bytes are.
+    pub object_key: String,
+}
+
+/// How a finished run's verdict was recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Succeeded with its artifacts: bill it.
+    Succeeded,
+    /// A cancel came in while it ran: `cancelled`, its artifacts listed, not billed.
+    Cancelled,
+    /// The run no longer owns the job (another delivery took it over): nothing written.
+    Lost,
+}
+
+/// Records a finished run in the caller's transaction (which also produces the usage event on
+/// [`Verdict::Succeeded`]): the status and credits, and the artifact rows (replacing any from
+/// an earlier attempt). With `owner`, only while that run owns the job.
+pub async fn succeed<T: Transaction + ?Sized>(
+    tx: &mut T,
+    id: &str,
+    owner: Option<&str>,
+    artifacts: &[ArtifactRow],
+    credits: i64,
+    now_ms: i64,
+) -> Result<Verdict, SqlError> {
+    let dialect = tx.dialect();
+    let args = [id.into(), credits.into(), owner.into(), now_ms.into()];
+    let verdict = if tx.execute(SUCCEED.pick(dialect), &args).await? > 0 {
+        Verdict::Succeeded
+    } else if finish(
+        tx,
+        id,
+        owner,
+        "cancelled",
+        Some("cancelled while running"),
+        now_ms,
+    )
+    .await?
+    {
+        Verdict::Cancelled
+    } else {
+        return Ok(Verdict::Lost);
+    };
+    for a in artifacts {
+        let args = [
+            id.into(),
+            Value::from(&a.name),
+            Value::from(&a.content_type),
+            a.size.into(),
+            a.stored_size.into(),
+            Value::from(&a.compression),
+            Value::from(&a.sha256),
+            Value::from(&a.tier),
+            Value::from(&a.object_key),
+            now_ms.into(),
+        ];
+        tx.execute(ARTIFACT.pick(dialect), &args).await?;
+    }
+    Ok(verdict)
+}
+
+/// The status of tenant `$2`'s job `$1`, locked for the cancel's transaction on PostgreSQL
+/// (SQLite's write transaction holds the whole database).
+pub const STATUS_FOR_CANCEL: Dialects = Dialects {
+    sqlite: "SELECT status FROM jobs WHERE id = $1 AND tenant_id = $2",
+    postgres: "SELECT status FROM jobs WHERE id = $1 AND tenant_id = $2 FOR UPDATE",
+};
+/// Asks running job `$1` to stop at its next stage boundary.
+pub const REQUEST_CANCEL: &str = "UPDATE jobs SET cancel_requested = TRUE WHERE id = $1";
+
+/// What a cancel request did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// It was queued: cancelled now.
+    Cancelled,
+    /// It is running: it stops at its next stage boundary.
+    Requested,
+    /// It already finished with this status.
+    Finished(String),
+    /// No such job for this tenant.
+    NotFound,
+}
+
+/// Cancels tenant `tenant`'s job `id` in the caller's transaction: a queued one at once, a
+/// running one at its next stage boundary (its run reads the request back at each stage).
+pub async fn cancel<E: Executor + ?Sized>(
+    tx: &mut E,
+    tenant: &str,
+    id: &str,
+    now_ms: i64,
+) -> Result<CancelOutcome, SqlError> {
+    let sql = STATUS_FOR_CANCEL.pick(tx.dialect());
+    let status = tx.query_opt(sql, &[id.into(), tenant.into()]).await?;
+    let status = status.map(|row| row.text(0)).transpose()?;
+    Ok(match status.as_deref() {
+        None => CancelOutcome::NotFound,
+        Some("queued") => {
+            let why = Some("cancelled before it started");
+            finish(tx, id, None, "cancelled", why, now_ms).await?;
+            CancelOutcome::Cancelled
+        }
+        Some("running") => {
+            tx.execute(REQUEST_CANCEL, &[id.into()]).await?;
+            CancelOutcome::Requested
+        }
+        Some(other) => CancelOutcome::Finished(other.to_owned()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_claims_carry_the_fence() {
+        assert!(START.sqlite.contains(CLAIMABLE));
+        assert!(START.postgres.contains(CLAIMABLE));
+    }
 }

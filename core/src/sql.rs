@@ -201,10 +201,44 @@ pub trait MaybeSend {}
 #[cfg(target_arch = "wasm32")]
 impl<T: ?Sized> MaybeSend for T {}
 
+/// The SQL dialect an [`Executor`] speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// SQLite (the embedded default): times as epoch-millisecond integers, booleans as 0/1.
+    Sqlite,
+    /// PostgreSQL (scale-out and the edge): times as `timestamptz`, real booleans.
+    Postgres,
+}
+
+/// A statement whose dialects really differ (times: SQLite stores epoch milliseconds where
+/// PostgreSQL has `timestamptz` and `now()`), kept side by side; every other statement is one
+/// `&str` for both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dialects {
+    /// The SQLite text.
+    pub sqlite: &'static str,
+    /// The PostgreSQL text.
+    pub postgres: &'static str,
+}
+
+impl Dialects {
+    /// The text for `dialect`.
+    #[must_use]
+    pub const fn pick(&self, dialect: Dialect) -> &'static str {
+        match dialect {
+            Dialect::Sqlite => self.sqlite,
+            Dialect::Postgres => self.postgres,
+        }
+    }
+}
+
 /// Runs statements: a pool, a connection or an open transaction of either host.
 #[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
 pub trait Executor: MaybeSend {
+    /// The dialect it speaks (for the few [`Dialects`] statements).
+    fn dialect(&self) -> Dialect;
+
     /// Runs `sql` with `args` (`$1`, `$2`, …); the number of rows it changed.
     async fn execute(&mut self, sql: &str, args: &[Value]) -> Result<u64, SqlError>;
 
@@ -215,6 +249,28 @@ pub trait Executor: MaybeSend {
     async fn query_opt(&mut self, sql: &str, args: &[Value]) -> Result<Option<Row>, SqlError> {
         Ok(self.query(sql, args).await?.into_iter().next())
     }
+}
+
+/// An open transaction of either host: statements, the messages the write produces (natively
+/// sent on the database-backed queue inside the transaction, on the edge staged in the outbox
+/// and relayed after the commit), and the commit.
+#[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
+pub trait Transaction: Executor {
+    /// Sends `body` (the queue's message type as JSON text) to `queue` (its catalog name) when
+    /// the transaction commits, tagged with the request that produced it.
+    async fn send(
+        &mut self,
+        queue: &str,
+        body: String,
+        request_id: Option<&str>,
+    ) -> Result<(), SqlError>;
+
+    /// Commits the statements and the messages together.
+    async fn commit(self: Box<Self>) -> Result<(), SqlError>;
+
+    /// Leaves no trace of either.
+    async fn rollback(self: Box<Self>) -> Result<(), SqlError>;
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! cargo bench -p cognomega-pipelines
 //! ```
 
+use futures::executor::block_on;
 use std::cell::RefCell;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -20,8 +21,9 @@ use serde_json::json;
 #[derive(Debug)]
 struct Quiet;
 
+#[async_trait::async_trait(?Send)]
 impl Progress for Quiet {
-    fn stage(&self, _stage: &str, _fraction: f32) -> Result<(), JobError> {
+    async fn stage(&self, _stage: &str, _fraction: f32) -> Result<(), JobError> {
         Ok(())
     }
 }
@@ -32,8 +34,9 @@ struct StageClock {
     marks: RefCell<Vec<(String, Instant)>>,
 }
 
+#[async_trait::async_trait(?Send)]
 impl Progress for StageClock {
-    fn stage(&self, stage: &str, _fraction: f32) -> Result<(), JobError> {
+    async fn stage(&self, stage: &str, _fraction: f32) -> Result<(), JobError> {
         self.marks
             .borrow_mut()
             .push((stage.to_owned(), Instant::now()));
@@ -54,7 +57,7 @@ fn percentiles(input: &[u8]) {
     for _ in 0..RUNS {
         let clock = StageClock::default();
         let start = Instant::now();
-        let artifacts = SketchToApp.run(input, &json!({}), &clock);
+        let artifacts = block_on(SketchToApp.run(input, &json!({}), &clock));
         let end = Instant::now();
         black_box(artifacts.ok());
         totals.push(end - start);
@@ -90,11 +93,11 @@ fn bench(c: &mut Criterion) {
     let input = sketch();
     percentiles(&input);
     c.bench_function("sketch_to_app 1600x1200", |b| {
-        b.iter(|| SketchToApp.run(black_box(&input), &json!({}), &Quiet))
+        b.iter(|| block_on(SketchToApp.run(black_box(&input), &json!({}), &Quiet)))
     });
     let params = json!({"sizes": [64, 256], "format": "webp"});
     c.bench_function("image_thumbnail 1600x1200 -> 64,256 webp", |b| {
-        b.iter(|| ImageThumbnail.run(black_box(&input), &params, &Quiet))
+        b.iter(|| block_on(ImageThumbnail.run(black_box(&input), &params, &Quiet)))
     });
 }
 

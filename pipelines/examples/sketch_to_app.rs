@@ -6,6 +6,7 @@
 //! cargo run -p cognomega-pipelines --example sketch_to_app --features synth -- synth:7:1600x1200 out/
 //! ```
 
+use futures::executor::block_on;
 use std::path::PathBuf;
 
 use cognomega_pipelines::sketch::SketchToApp;
@@ -15,8 +16,9 @@ use cognomega_pipelines::{JobError, JobType, Progress};
 #[derive(Debug)]
 struct Print;
 
+#[async_trait::async_trait(?Send)]
 impl Progress for Print {
-    fn stage(&self, stage: &str, fraction: f32) -> Result<(), JobError> {
+    async fn stage(&self, stage: &str, fraction: f32) -> Result<(), JobError> {
         eprintln!("{:>3.0}% {stage}", fraction * 100.0);
         Ok(())
     }
@@ -45,7 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if source.starts_with("synth:") {
         std::fs::write(out.join("input.png"), &input)?;
     }
-    let artifacts = SketchToApp.run(&input, &serde_json::json!({}), &Print)?;
+    let artifacts = block_on(SketchToApp.run(&input, &serde_json::json!({}), &Print))?;
     for a in artifacts {
         std::fs::write(out.join(&a.name), &a.bytes)?;
         eprintln!(

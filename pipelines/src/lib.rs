@@ -54,13 +54,17 @@ pub enum JobError {
 }
 
 /// Receives progress; returns `Err(JobError::Cancelled)` when the job should stop at this
-/// stage boundary.
+/// stage boundary. Asynchronous, so a host records each stage where the job runs (the edge
+/// runs a job in its own invocation, on its only thread) and reads back whether it was
+/// cancelled.
+#[async_trait::async_trait(?Send)]
 pub trait Progress {
     /// Entering `stage`; `fraction` of the whole job is done (0..=1).
-    fn stage(&self, stage: &str, fraction: f32) -> Result<(), JobError>;
+    async fn stage(&self, stage: &str, fraction: f32) -> Result<(), JobError>;
 }
 
 /// A job type.
+#[async_trait::async_trait(?Send)]
 pub trait JobType: Send + Sync + std::fmt::Debug {
     /// The type's name, e.g. `sketch_to_app`; its queue is `jobs.<name>`.
     fn name(&self) -> &'static str;
@@ -76,8 +80,9 @@ pub trait JobType: Send + Sync + std::fmt::Debug {
     /// Credits charged when the job succeeds.
     fn price(&self, params: &Value) -> i64;
 
-    /// Runs the job. Deterministic: same input and params ⇒ byte-identical artifacts.
-    fn run(
+    /// Runs the job. Deterministic: same input and params ⇒ byte-identical artifacts. The work
+    /// between two stages is CPU-bound: a native host runs the future on a blocking thread.
+    async fn run(
         &self,
         input: &[u8],
         params: &Value,

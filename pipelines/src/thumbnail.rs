@@ -158,6 +158,7 @@ impl ImageThumbnail {
     pub const NAME: &'static str = "image_thumbnail";
 }
 
+#[async_trait::async_trait(?Send)]
 impl JobType for ImageThumbnail {
     fn name(&self) -> &'static str {
         Self::NAME
@@ -177,19 +178,19 @@ impl JobType for ImageThumbnail {
         PRICE_PER_SIZE * sizes as i64
     }
 
-    fn run(
+    async fn run(
         &self,
         input: &[u8],
         params: &Value,
         progress: &dyn Progress,
     ) -> Result<Vec<Artifact>, JobError> {
         let params = ThumbnailParams::parse(params).map_err(JobError::InvalidInput)?;
-        progress.stage("decode", 0.0)?;
+        progress.stage("decode", 0.0).await?;
         let image = eight_bit(decode::decode(input, &ACCEPTED_FORMATS)?);
         let n = params.sizes.len() as f32;
         let mut artifacts = Vec::with_capacity(params.sizes.len());
         for (i, &size) in params.sizes.iter().enumerate() {
-            progress.stage("resize", 0.2 + 0.8 * i as f32 / n)?;
+            progress.stage("resize", 0.2 + 0.8 * i as f32 / n).await?;
             let thumb = resize(&image, size);
             artifacts.push(Artifact {
                 name: format!("thumb-{size}.{}", params.format.as_str()),

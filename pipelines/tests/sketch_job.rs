@@ -8,6 +8,7 @@ use cognomega_pipelines::sketch::{ElementKind, LayoutDocument, NodeKind, SketchT
 use cognomega_pipelines::synth::{Drawing, Sketch};
 use cognomega_pipelines::{JobError, JobType};
 use common::*;
+use futures::executor::block_on;
 use scraper::{Html, Selector};
 use serde_json::{json, Value};
 
@@ -55,12 +56,8 @@ fn the_same_input_gives_byte_identical_artifacts() {
         assert_eq!(first, second);
     }
     let params = json!({"title": "Same", "theme": "dark"});
-    let a = SketchToApp
-        .run(&login_form(), &params, &NoProgress)
-        .expect("runs");
-    let b = SketchToApp
-        .run(&login_form(), &params, &NoProgress)
-        .expect("runs");
+    let a = block_on(SketchToApp.run(&login_form(), &params, &NoProgress)).expect("runs");
+    let b = block_on(SketchToApp.run(&login_form(), &params, &NoProgress)).expect("runs");
     assert_eq!(a, b);
 }
 
@@ -130,9 +127,7 @@ fn the_title_param_is_escaped_and_the_theme_applied() {
     let params = SketchToApp
         .validate_params(&json!({"title": title, "theme": "dark"}))
         .expect("valid");
-    let artifacts = SketchToApp
-        .run(&login_form(), &params, &NoProgress)
-        .expect("runs");
+    let artifacts = block_on(SketchToApp.run(&login_form(), &params, &NoProgress)).expect("runs");
     let text = String::from_utf8(artifact(&artifacts, "index.html").bytes.clone()).expect("UTF-8");
     assert!(!text.contains("<script>"));
     let html = Html::parse_document(&text);
@@ -288,9 +283,7 @@ fn preview_and_readme_describe_the_detection() {
 #[test]
 fn progress_reports_every_stage_in_order() {
     let recorder = Recorder::default();
-    SketchToApp
-        .run(&login_form(), &json!({}), &recorder)
-        .expect("runs");
+    block_on(SketchToApp.run(&login_form(), &json!({}), &recorder)).expect("runs");
     let seen = recorder.seen.into_inner();
     let names: Vec<&str> = seen.iter().map(|(s, _)| s.as_str()).collect();
     assert_eq!(names, STAGES);
@@ -305,7 +298,7 @@ fn cancellation_at_any_stage_boundary_stops_the_job() {
             cancel_at: Some(stage),
             ..Recorder::default()
         };
-        let result = SketchToApp.run(&login_form(), &json!({}), &recorder);
+        let result = block_on(SketchToApp.run(&login_form(), &json!({}), &recorder));
         assert_eq!(result, Err(JobError::Cancelled), "cancelled at {stage}");
         let seen = recorder.seen.into_inner();
         assert_eq!(seen.last().map(|(s, _)| s.as_str()), Some(stage));
@@ -393,7 +386,7 @@ fn params_are_validated_and_normalized() {
         "{err}"
     );
     // `run` refuses what validation would have refused.
-    let run = SketchToApp.run(&login_form(), &json!({"theme": "neon"}), &NoProgress);
+    let run = block_on(SketchToApp.run(&login_form(), &json!({"theme": "neon"}), &NoProgress));
     assert!(matches!(run, Err(JobError::InvalidInput(m)) if m.contains("theme")));
     assert_eq!(SketchToApp.price(&normalized), 10);
     assert_eq!(SketchToApp.name(), "sketch_to_app");

@@ -6,6 +6,7 @@ use cognomega_pipelines::synth::Sketch;
 use cognomega_pipelines::thumbnail::ImageThumbnail;
 use cognomega_pipelines::{Artifact, JobError, JobType};
 use common::*;
+use futures::executor::block_on;
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage, Rgba, RgbaImage};
 use serde_json::{json, Value};
 
@@ -13,9 +14,7 @@ fn thumbnails(input: &[u8], params: Value) -> Vec<Artifact> {
     let params = ImageThumbnail
         .validate_params(&params)
         .expect("valid params");
-    ImageThumbnail
-        .run(input, &params, &NoProgress)
-        .expect("runs")
+    block_on(ImageThumbnail.run(input, &params, &NoProgress)).expect("runs")
 }
 
 fn decoded(a: &Artifact, format: ImageFormat) -> DynamicImage {
@@ -189,7 +188,7 @@ fn bad_input_is_invalid() {
     for (input, expected) in cases {
         let err = ImageThumbnail.validate_input(&input).expect_err("refused");
         assert!(err.contains(expected), "{err}");
-        let run = ImageThumbnail.run(&input, &params, &NoProgress);
+        let run = block_on(ImageThumbnail.run(&input, &params, &NoProgress));
         assert!(
             matches!(&run, Err(JobError::InvalidInput(m)) if m.contains(expected)),
             "{run:?}"
@@ -211,7 +210,7 @@ fn cancellation_stops_between_sizes() {
         cancel_at: Some("resize"),
         ..Recorder::default()
     };
-    let result = ImageThumbnail.run(&input, &json!({"sizes": [32, 64]}), &recorder);
+    let result = block_on(ImageThumbnail.run(&input, &json!({"sizes": [32, 64]}), &recorder));
     assert_eq!(result, Err(JobError::Cancelled));
     let stages: Vec<String> = recorder
         .seen

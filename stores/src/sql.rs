@@ -2,7 +2,8 @@
 //! placeholders, [`Value`] arguments) run by sqlx on SQLite or PostgreSQL, on a pool or inside
 //! a [`Tx`]. The only place these statements branch on the backend.
 
-use cognomega_core::sql::{Executor, Row, SqlError, Value};
+use cognomega_core::queue::{OutgoingMessage, QueueName};
+use cognomega_core::sql::{Dialect, Executor, Row, SqlError, Transaction, Value};
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::query::Query;
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
@@ -143,6 +144,13 @@ where
 /// Writes, and reads that must see the last commit: SQLite's writer, PostgreSQL's pool.
 #[async_trait::async_trait]
 impl Executor for Database {
+    fn dialect(&self) -> Dialect {
+        match self {
+            Self::Sqlite(_) => Dialect::Sqlite,
+            Self::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
     async fn execute(&mut self, sql: &str, args: &[Value]) -> Result<u64, SqlError> {
         match self {
             Self::Sqlite(db) => sqlite_execute(&db.write, sql, args).await,
@@ -164,6 +172,10 @@ pub struct Reader<'a>(pub &'a Database);
 
 #[async_trait::async_trait]
 impl Executor for Reader<'_> {
+    fn dialect(&self) -> Dialect {
+        self.0.dialect()
+    }
+
     async fn execute(&mut self, sql: &str, args: &[Value]) -> Result<u64, SqlError> {
         match self.0 {
             Database::Sqlite(db) => sqlite_execute(&db.read, sql, args).await,
@@ -182,6 +194,13 @@ impl Executor for Reader<'_> {
 /// Statements inside the transaction (business writes and queue sends commit together).
 #[async_trait::async_trait]
 impl Executor for Tx {
+    fn dialect(&self) -> Dialect {
+        match self {
+            Self::Sqlite { .. } => Dialect::Sqlite,
+            Self::Postgres { .. } => Dialect::Postgres,
+        }
+    }
+
     async fn execute(&mut self, sql: &str, args: &[Value]) -> Result<u64, SqlError> {
         match self {
             Self::Sqlite { tx, .. } => sqlite_execute(&mut **tx, sql, args).await,
@@ -194,5 +213,37 @@ impl Executor for Tx {
             Self::Sqlite { tx, .. } => sqlite_query(&mut **tx, sql, args).await,
             Self::Postgres { tx, .. } => postgres_query(&mut **tx, sql, args).await,
         }
+    }
+}
+
+/// Messages go on the database-backed queue inside the transaction (the queue driver's send).
+#[async_trait::async_trait]
+impl Transaction for Tx {
+    async fn send(
+        &mut self,
+        queue: &str,
+        body: String,
+        request_id: Option<&str>,
+    ) -> Result<(), SqlError> {
+        let queue = QueueName::parse(queue).map_err(|e| SqlError::new(e.to_string()))?;
+        let mut message = OutgoingMessage::new(body);
+        message.options.content_type = Some("application/json".to_owned());
+        message.options.request_id = request_id.map(str::to_owned);
+        Tx::send(self, &queue, message)
+            .await
+            .map(drop)
+            .map_err(|e| SqlError::new(e.to_string()))
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), SqlError> {
+        Tx::commit(*self)
+            .await
+            .map_err(|e| SqlError::new(e.to_string()))
+    }
+
+    async fn rollback(self: Box<Self>) -> Result<(), SqlError> {
+        Tx::rollback(*self)
+            .await
+            .map_err(|e| SqlError::new(e.to_string()))
     }
 }

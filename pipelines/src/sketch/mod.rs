@@ -81,6 +81,7 @@ impl SketchToApp {
     pub const NAME: &'static str = "sketch_to_app";
 }
 
+#[async_trait::async_trait(?Send)]
 impl JobType for SketchToApp {
     fn name(&self) -> &'static str {
         Self::NAME
@@ -98,7 +99,7 @@ impl JobType for SketchToApp {
         PRICE
     }
 
-    fn run(
+    async fn run(
         &self,
         input: &[u8],
         params: &Value,
@@ -107,16 +108,16 @@ impl JobType for SketchToApp {
         // `run` receives normalized params, but parsing again costs nothing and keeps a
         // hand-built call honest.
         let params = SketchParams::parse(params).map_err(JobError::InvalidInput)?;
-        progress.stage("decode", 0.0)?;
+        progress.stage("decode", 0.0).await?;
         let image = decode::decode(input, &ACCEPTED_FORMATS)?;
-        progress.stage("normalize", 0.15)?;
+        progress.stage("normalize", 0.15).await?;
         let normalized = normalize::normalize(&image);
         drop(image);
-        progress.stage("detect", 0.35)?;
+        progress.stage("detect", 0.35).await?;
         let elements = detect::detect(&normalized.ink);
-        progress.stage("layout", 0.7)?;
+        progress.stage("layout", 0.7).await?;
         let doc = layout::build(&elements, normalized.scale, normalized.input_size);
-        progress.stage("emit", 0.8)?;
+        progress.stage("emit", 0.8).await?;
         emit::emit(&doc, &elements, &normalized, &params)
     }
 }

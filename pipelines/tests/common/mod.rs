@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use futures::executor::block_on;
 use std::cell::RefCell;
 
 use cognomega_pipelines::sketch::{ElementKind, LayoutDocument, Rect, SketchToApp};
@@ -11,8 +12,9 @@ use cognomega_pipelines::{Artifact, JobError, JobType, Progress};
 #[derive(Debug)]
 pub struct NoProgress;
 
+#[async_trait::async_trait(?Send)]
 impl Progress for NoProgress {
-    fn stage(&self, _stage: &str, _fraction: f32) -> Result<(), JobError> {
+    async fn stage(&self, _stage: &str, _fraction: f32) -> Result<(), JobError> {
         Ok(())
     }
 }
@@ -24,8 +26,9 @@ pub struct Recorder {
     pub seen: RefCell<Vec<(String, f32)>>,
 }
 
+#[async_trait::async_trait(?Send)]
 impl Progress for Recorder {
-    fn stage(&self, stage: &str, fraction: f32) -> Result<(), JobError> {
+    async fn stage(&self, stage: &str, fraction: f32) -> Result<(), JobError> {
         self.seen.borrow_mut().push((stage.to_owned(), fraction));
         if self.cancel_at == Some(stage) {
             return Err(JobError::Cancelled);
@@ -36,7 +39,7 @@ impl Progress for Recorder {
 
 /// Runs `sketch_to_app` with default params.
 pub fn run_sketch(input: &[u8]) -> Result<Vec<Artifact>, JobError> {
-    SketchToApp.run(input, &serde_json::json!({}), &NoProgress)
+    block_on(SketchToApp.run(input, &serde_json::json!({}), &NoProgress))
 }
 
 /// The artifact called `name`.

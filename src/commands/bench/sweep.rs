@@ -214,7 +214,12 @@ async fn populate(db: &Database, objects: &Objects, n: u64, show: bool) -> anyho
                 },
             )
             .await?;
-            jobs::succeed(&mut tx, &id, None, &rows, 0).await?;
+            let now = i64::try_from(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_millis(),
+            )?;
+            cognomega_core::jobs::succeed(&mut tx, &id, None, &rows, 0, now).await?;
         }
         tx.commit().await?;
         i += 1000;

@@ -12,8 +12,7 @@
 use std::collections::BTreeMap;
 
 use cognomega_core::billing::{
-    PriceTable, SettlementKind, SettlementMessage, UsageBatchMessage, UsageEvent, UsageKey,
-    UsageKind,
+    PriceTable, SettlementKind, SettlementMessage, UsageBatchMessage, UsageEvent,
 };
 use cognomega_core::queue::catalog;
 use serde::{Deserialize, Serialize};
@@ -542,7 +541,8 @@ async fn dead_letters(
                 .as_ref()
                 .and_then(|e| e.decode::<crate::jobs::JobMessage>().ok())
             {
-                db.execute(cognomega_core::jobs::PG_BURY, &[&job.job_id, &error])
+                let now = worker::Date::now().as_millis() as i64;
+                cognomega_core::jobs::bury(&mut crate::sql::Pg(db), &job.job_id, &error, now)
                     .await
                     .map_err(|e| format!("dead job: {e}"))?;
             }
@@ -550,24 +550,6 @@ async fn dead_letters(
         m.ack();
     }
     Ok(())
-}
-
-/// A usage event for a finished job (`job-<id>`), priced by the usage-writer.
-pub fn job_usage(tenant: &str, job_id: &str, job_type: &str) -> Result<UsageBatchMessage, String> {
-    Ok(UsageBatchMessage {
-        tenant_id: tenant.to_owned(),
-        events: vec![UsageEvent {
-            idempotency_key: UsageKey::parse(&format!("job-{job_id}")).map_err(str::to_owned)?,
-            kind: UsageKind::Job,
-            quantity: 1,
-            occurred_at: None,
-            meta: Some(serde_json::Map::from_iter([(
-                "job_type".to_owned(),
-                serde_json::Value::String(job_type.to_owned()),
-            )])),
-        }],
-        received_at_ms: worker::Date::now().as_millis() as i64,
-    })
 }
 
 /// The Cron Trigger of the periodic export: the native `etl-export` schedule (every 15 minutes),

@@ -1,18 +1,25 @@
-//! The jobs service (`POST /jobs`, `GET /jobs/{id}`, `GET /jobs/{id}/artifacts/{name}`) and the
-//! `jobs.sketch_to_app` consumer. The job itself is `cognomega-pipelines`' `sketch_to_app`, the
-//! code the native workers run; artifacts are encoded with `cognomega-r2-lifecycle`'s codec and
-//! stored in R2 under the native key layout (`inputs/…`, `artifacts/<tenant>/<job>/<name>`).
+//! The jobs service (`POST /jobs`, `GET /jobs/{id}`, `POST /jobs/{id}/cancel`,
+//! `GET /jobs/{id}/artifacts/{name}`) and the `jobs.<type>` consumers, which host the job
+//! workflow the native workers run (`cognomega-workflows`): every registered job type, progress
+//! stage by stage, cancel at the next stage boundary; artifacts stored in R2 under the native
+//! key layout (`inputs/…`, `artifacts/<tenant>/<job>/<name>`).
+
+use std::sync::Arc;
 
 use cognomega_core::billing::UsageKind;
 use cognomega_core::limits::CostMetric;
+use cognomega_core::sql::{Executor, SqlError, Transaction};
 use cognomega_pipelines::input::{InputError, MAX_INPUT_BYTES};
-use cognomega_pipelines::{JobError, Progress};
+use cognomega_pipelines::{Artifact, JobError, JobType};
 use cognomega_r2_lifecycle::codec::{self, CodecPolicy, Compression};
+use cognomega_workflows::jobs::{Delivery, Outcome};
+use cognomega_workflows::ports::{Fence, FencedProgress, Fetched, JobHost, ObjectStore};
 use serde::Deserialize;
 use worker::{Env, MessageExt, Method, Request, Response};
 
 use crate::consumers::EdgeQueue;
 use crate::http::{self, ApiError, ApiResult, Caller};
+use crate::sql::{Pg, PgTx};
 
 /// The message on `jobs.<type>`.
 pub use cognomega_core::queue::catalog::jobs::JobMessage;
@@ -432,29 +439,26 @@ async fn list(req: &Request, env: &Env, caller: &Caller) -> ApiResult {
     )
 }
 
-/// `POST /jobs/{id}/cancel`: a queued job at once, a running one at its next start (the edge
-/// runs a job inside one invocation, so "next stage boundary" is the next delivery).
+/// `POST /jobs/{id}/cancel`: a queued job at once, a running one at its next stage boundary.
 async fn cancel(env: &Env, caller: &Caller, id: &str) -> ApiResult {
+    use cognomega_core::jobs::CancelOutcome;
     let claims = caller.claims()?;
     let db = crate::db::connect(env).await?;
-    let row = db
-        .query_opt(
-            "WITH cur AS (SELECT status FROM jobs WHERE id = $1 AND tenant_id = $2 FOR UPDATE),
-                  q AS (UPDATE jobs SET status = 'cancelled', error = 'cancelled before it started', finished_at = now()
-                        WHERE id = $1 AND status = 'queued' RETURNING 1),
-                  r AS (UPDATE jobs SET cancel_requested = true WHERE id = $1 AND status = 'running' RETURNING 1)
-             SELECT status FROM cur",
-            &[&id, &claims.tenant],
-        )
-        .await?;
-    match row.map(|r| r.get::<_, String>(0)).as_deref() {
-        None => Err(not_found(id)),
-        Some("queued") => http::json(200, &serde_json::json!({"id": id, "status": "cancelled"})),
-        Some("running") => http::json(
+    let mut tx = Box::new(PgTx::begin(&db).await.map_err(ApiError::internal)?);
+    let outcome = cognomega_core::jobs::cancel(&mut *tx, &claims.tenant, id, now_ms())
+        .await
+        .map_err(ApiError::internal)?;
+    tx.commit().await.map_err(ApiError::internal)?;
+    match outcome {
+        CancelOutcome::NotFound => Err(not_found(id)),
+        CancelOutcome::Cancelled => {
+            http::json(200, &serde_json::json!({"id": id, "status": "cancelled"}))
+        }
+        CancelOutcome::Requested => http::json(
             202,
             &serde_json::json!({"id": id, "status": "running", "cancel_requested": true}),
         ),
-        Some(other) => Err(ApiError::new(
+        CancelOutcome::Finished(other) => Err(ApiError::new(
             409,
             "job_finished",
             format!("the job already finished ({other}); nothing to cancel"),
@@ -551,247 +555,146 @@ async fn artifact(req: &Request, env: &Env, caller: &Caller, id: &str, name: &st
     Ok(resp)
 }
 
-/// Progress on the edge is coarse: the job runs inside one invocation, so stages are not
-/// written back one by one and a cancel request is seen only before the run.
-struct NoProgress;
+/// The edge as the job workflow's host: the request's connection, R2 and the worker's clock;
+/// the pipeline runs inside the invocation, its progress written stage by stage.
+struct EdgeJobs<'a> {
+    db: &'a tokio_postgres::Client,
+    bucket: worker::Bucket,
+    /// The outbox batch of the last transaction (the success's usage event).
+    batch: std::cell::RefCell<Option<String>>,
+}
 
-impl Progress for NoProgress {
-    fn stage(&self, _stage: &str, _fraction: f32) -> Result<(), JobError> {
-        Ok(())
+fn now_ms() -> i64 {
+    worker::Date::now().as_millis() as i64
+}
+
+#[async_trait::async_trait(?Send)]
+impl ObjectStore for EdgeJobs<'_> {
+    async fn get(&self, key: &str) -> Result<Fetched, String> {
+        let Some(object) = self
+            .bucket
+            .get(key)
+            .execute()
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(Fetched::Missing);
+        };
+        let body = object.body().ok_or("an R2 object without a body")?;
+        Ok(Fetched::Found(
+            body.bytes().await.map_err(|e| e.to_string())?,
+        ))
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        content_type: &str,
+        meta: &[(&'static str, String)],
+    ) -> Result<(), String> {
+        let meta = meta
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        crate::r2::put(&self.bucket, key, bytes, content_type, Some(meta))
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
-/// The `jobs.<type>` consumers (max_batch_size 1).
+#[async_trait::async_trait(?Send)]
+impl JobHost for EdgeJobs<'_> {
+    fn db(&self) -> Box<dyn Executor + '_> {
+        Box::new(Pg(self.db))
+    }
+
+    async fn begin(&self) -> Result<Box<dyn Transaction + '_>, SqlError> {
+        let tx = PgTx::begin(self.db).await?;
+        *self.batch.borrow_mut() = Some(tx.batch.clone());
+        Ok(Box::new(tx))
+    }
+
+    fn objects(&self) -> &dyn ObjectStore {
+        self
+    }
+
+    fn now_ms(&self) -> i64 {
+        now_ms()
+    }
+
+    async fn run(
+        &self,
+        job: Arc<dyn JobType>,
+        input: Vec<u8>,
+        params: serde_json::Value,
+        fence: Fence,
+    ) -> Result<Vec<Artifact>, JobError> {
+        let progress = FencedProgress {
+            db: Pg(self.db),
+            fence,
+            now_ms,
+        };
+        job.run(&input, &params, &progress).await
+    }
+}
+
+/// The `jobs.<type>` consumers (max_batch_size 1): each delivery runs the job workflow
+/// (`cognomega_workflows::jobs`), the same code the native workers run.
 pub async fn run_batch(
     db: &tokio_postgres::Client,
     env: &Env,
     queue: &EdgeQueue,
     messages: &[worker::Message<serde_json::Value>],
 ) -> Result<(), String> {
-    for (msg, job, _request_id) in crate::consumers::decode_all::<JobMessage>(queue, messages) {
-        // The attempt fence: this delivery owns the job under its message id (stable across
-        // Cloudflare's redeliveries of the same message).
-        match run_one(db, env, &job.job_id, &msg.id()).await {
-            Ok(()) => msg.ack(),
-            Err(e) => {
-                worker::console_warn!("job {}: {e}; retrying", job.job_id);
-                crate::consumers::retry(msg, queue);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A verdict without artifacts, written only while `owner` still owns the job.
-async fn finish(
-    db: &tokio_postgres::Client,
-    id: &str,
-    owner: &str,
-    status: &str,
-    why: &str,
-) -> Result<(), String> {
-    let changed = db
-        .execute(
-            "UPDATE jobs SET status = $2, error = $3, finished_at = now(), lease_until = NULL
-             WHERE id = $1 AND lease_owner = $4 AND status = 'running'",
-            &[&id, &status, &why, &owner],
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    if changed == 0 {
-        worker::console_warn!(
-            "job {id}: the run lost the job to another delivery; its verdict is dropped"
-        );
-    }
-    Ok(())
-}
-
-async fn run_one(
-    db: &tokio_postgres::Client,
-    env: &Env,
-    id: &str,
-    owner: &str,
-) -> Result<(), String> {
-    let now = worker::Date::now().as_millis() as i64;
-    // None: cancelled while queued, already finished (a redelivered success), or running under
-    // another delivery's live lease — whose own message comes back if its run dies.
-    let Some(job) = db
-        .query_opt(
-            &format!(
-                "UPDATE jobs SET status = 'running', attempts = attempts + 1,
-                     started_at = COALESCE(started_at, now()), progress = 0, stage = NULL,
-                     lease_owner = $3, lease_until = $4
-                 WHERE id = $1 AND {}
-                 RETURNING tenant_id, type, params, input_key, request_id, cancel_requested",
-                cognomega_core::jobs::CLAIMABLE
-            ),
-            &[
-                &id,
-                &now,
-                &owner,
-                &(now + cognomega_core::jobs::EDGE_LEASE_MS),
-            ],
-        )
-        .await
-        .map_err(|e| e.to_string())?
-    else {
-        worker::console_log!(
-            "job {id}: not run (finished, cancelled or running under another delivery)"
-        );
-        return Ok(());
-    };
-    let (tenant, job_type_name, params, input_key, request_id): (
-        String,
-        String,
-        String,
-        String,
-        Option<String>,
-    ) = (job.get(0), job.get(1), job.get(2), job.get(3), job.get(4));
-    if job.get::<_, bool>(5) {
-        // A cancel asked for while it ran: this delivery is its next boundary.
-        return finish(db, id, owner, "cancelled", "cancelled while running").await;
-    }
-    let registry = cognomega_pipelines::registry();
-    let Some(job_type) = registry.get(&job_type_name) else {
-        return finish(db, id, owner, "failed", "unknown job type").await;
-    };
-    let bucket = env.bucket("OBJECTS").map_err(|e| e.to_string())?;
-    let Some(object) = bucket
-        .get(&input_key)
-        .execute()
-        .await
-        .map_err(|e| e.to_string())?
-    else {
-        return finish(
-            db,
-            id,
-            owner,
-            "failed",
-            "the job's input is gone from object storage",
-        )
-        .await;
-    };
-    let input = object
-        .body()
-        .ok_or("an R2 object without a body")?
-        .bytes()
-        .await
-        .map_err(|e| e.to_string())?;
-    let params: serde_json::Value = serde_json::from_str(&params).map_err(|e| e.to_string())?;
-    let artifacts = match job_type.run(&input, &params, &NoProgress) {
-        Ok(a) => a,
-        Err(JobError::InvalidInput(why)) => return finish(db, id, owner, "failed", &why).await,
-        Err(JobError::Cancelled) => {
-            return finish(db, id, owner, "cancelled", "cancelled while running").await
-        }
-        Err(JobError::Transient(why)) => return Err(why),
-    };
-    let policy = CodecPolicy::default();
-    let mut rows = Vec::with_capacity(artifacts.len());
-    for a in artifacts {
-        let encoded = codec::encode(&a.bytes, &a.content_type, &policy);
-        let key = format!("artifacts/{tenant}/{id}/{}", a.name);
-        let mut meta = std::collections::HashMap::new();
-        meta.insert("sha256".to_owned(), encoded.sha256.clone());
-        meta.insert(
-            "compression".to_owned(),
-            encoded.compression.as_str().to_owned(),
-        );
-        meta.insert(
-            "original-size".to_owned(),
-            encoded.original_size.to_string(),
-        );
-        meta.insert("tier".to_owned(), "hot".to_owned());
-        crate::r2::put(&bucket, &key, encoded.bytes, &a.content_type, Some(meta))
-            .await
-            .map_err(|e| format!("artifact put: {e}"))?;
-        rows.push(serde_json::json!({
-            "name": a.name,
-            "content_type": a.content_type,
-            "size": i64::try_from(encoded.original_size).unwrap_or(i64::MAX),
-            "stored_size": i64::try_from(encoded.stored_size).unwrap_or(i64::MAX),
-            "compression": encoded.compression.as_str(),
-            "sha256": encoded.sha256,
-            "object_key": key,
-        }));
-    }
-    // The verdict, the artifacts and the usage event (staged in the outbox: billed exactly when
-    // the job succeeded) commit together, while this delivery still owns the job. A cancel that
-    // came in while the job ran: not billed, not succeeded, the artifacts stay listed.
-    let usage = crate::consumers::job_usage(&tenant, id, job_type.name())?;
     let credits = crate::config::billing(env)?
         .prices
         .charge(UsageKind::Job, 1);
-    let rows_json = serde_json::Value::Array(rows).to_string();
-    let batch = crate::outbox::batch_id();
-    db.batch_execute("BEGIN").await.map_err(|e| e.to_string())?;
-    let done = async {
-        let Some(owned) = db
-            .query_opt(
-                "SELECT cancel_requested FROM jobs
-                 WHERE id = $1 AND lease_owner = $2 AND status = 'running' FOR UPDATE",
-                &[&id, &owner],
-            )
-            .await
-            .map_err(|e| e.to_string())?
-        else {
-            return Ok(None);
-        };
-        let cancelled: bool = owned.get(0);
-        db.execute(
-            "INSERT INTO job_artifacts (job_id, name, content_type, size, stored_size, compression, sha256, tier, object_key)
-             SELECT $1, x.name, x.content_type, x.size, x.stored_size, x.compression, x.sha256, 'hot', x.object_key
-             FROM jsonb_to_recordset($2::text::jsonb) AS x(name text, content_type text, size bigint,
-                  stored_size bigint, compression text, sha256 text, object_key text)
-             ON CONFLICT (job_id, name) DO UPDATE SET content_type = EXCLUDED.content_type, size = EXCLUDED.size,
-                 stored_size = EXCLUDED.stored_size, compression = EXCLUDED.compression, sha256 = EXCLUDED.sha256,
-                 tier = EXCLUDED.tier, object_key = EXCLUDED.object_key",
-            &[&id, &rows_json],
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        if cancelled {
-            db.execute(
-                "UPDATE jobs SET status = 'cancelled', error = 'cancelled while running',
-                     finished_at = now(), lease_until = NULL WHERE id = $1",
-                &[&id],
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        } else {
-            db.execute(
-                "UPDATE jobs SET status = 'succeeded', progress = 1, stage = 'done', error = NULL,
-                     credits_charged = $2, finished_at = now(), lease_until = NULL WHERE id = $1",
-                &[&id, &credits],
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-            crate::outbox::stage(db, &batch, "usage", &usage, request_id.as_deref().unwrap_or(""))
-                .await?;
-        }
-        Ok::<_, String>(Some(cancelled))
-    }
-    .await;
-    let verdict = match done {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = db.batch_execute("ROLLBACK").await;
-            return Err(format!("job success: {e}"));
-        }
+    let registry = cognomega_pipelines::registry();
+    let resolve = |name: &str| registry.get(name);
+    let host = EdgeJobs {
+        db,
+        bucket: env.bucket("OBJECTS").map_err(|e| e.to_string())?,
+        batch: std::cell::RefCell::new(None),
     };
-    db.batch_execute("COMMIT")
-        .await
-        .map_err(|e| e.to_string())?;
-    match verdict {
-        None => worker::console_warn!(
-            "job {id}: the run lost the job to another delivery; its success is dropped"
-        ),
-        Some(true) => worker::console_log!("job {id} cancelled while running"),
-        Some(false) => {
-            worker::console_log!("job {id} succeeded");
-            // Its usage event goes out now; a failed send is the relay cron's.
-            if let Err(e) = crate::outbox::relay(env, Some(&batch)).await {
-                worker::console_warn!("job {id}: usage relay: {e}; the relay cron sends it");
+    for (msg, job, _request_id) in crate::consumers::decode_all::<JobMessage>(queue, messages) {
+        // The attempt fence: this delivery owns the job under its message id (stable across
+        // Cloudflare's redeliveries of the same message).
+        let owner = msg.id();
+        let delivery = Delivery {
+            job_id: &job.job_id,
+            owner: &owner,
+            attempts: None,
+            max_deliveries: queue.max_retries + 1,
+            lease_ms: cognomega_core::jobs::EDGE_LEASE_MS,
+            credits,
+            codec: CodecPolicy::default(),
+        };
+        let id = &job.job_id;
+        match cognomega_workflows::jobs::run(&host, &resolve, &delivery).await {
+            Ok(Outcome::Succeeded { artifacts, .. }) => {
+                worker::console_log!("job {id} succeeded ({artifacts} artifacts)");
+                msg.ack();
+                // Its usage event goes out now; a failed send is the relay cron's.
+                let batch = host.batch.borrow_mut().take();
+                if let Err(e) = crate::outbox::relay(env, batch.as_deref()).await {
+                    worker::console_warn!("job {id}: usage relay: {e}; the relay cron sends it");
+                }
+            }
+            Ok(Outcome::Retry { reason, dead }) => {
+                worker::console_warn!("job {id}: {reason}; retrying (dead: {dead})");
+                crate::consumers::retry(msg, queue);
+            }
+            Ok(outcome) => {
+                worker::console_log!("job {id}: {outcome:?}");
+                msg.ack();
+            }
+            Err(e) => {
+                // A transaction the error left open ends here, so the next message's
+                // statements do not run inside it.
+                let _ = db.batch_execute("ROLLBACK").await;
+                worker::console_warn!("job {id}: {e}; retrying");
+                crate::consumers::retry(msg, queue);
             }
         }
     }

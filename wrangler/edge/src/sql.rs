@@ -3,11 +3,12 @@
 //! trip, and PostgreSQL never guesses a parameter's type), every column comes back as a
 //! [`Value`] by its declared type.
 
-use cognomega_core::sql::{Executor, Row, SqlError, Value};
+use cognomega_core::sql::{Dialect, Executor, Row, SqlError, Transaction, Value};
 use futures::TryStreamExt as _;
 use tokio_postgres::types::{ToSql, Type};
 
 /// A connection (or the transaction open on it) as an [`Executor`].
+#[derive(Clone, Copy)]
 pub struct Pg<'a>(pub &'a tokio_postgres::Client);
 
 fn error(e: &tokio_postgres::Error) -> SqlError {
@@ -71,6 +72,10 @@ fn row(r: &tokio_postgres::Row) -> Result<Row, SqlError> {
 
 #[async_trait::async_trait(?Send)]
 impl Executor for Pg<'_> {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
     async fn execute(&mut self, sql: &str, args: &[Value]) -> Result<u64, SqlError> {
         let stream = self
             .0
@@ -89,5 +94,71 @@ impl Executor for Pg<'_> {
             .await
             .map_err(|e| error(&e))?;
         rows.iter().map(row).collect()
+    }
+}
+
+/// A transaction open on a connection, as a [`Transaction`]: the messages it sends are staged in
+/// the outbox under [`PgTx::batch`] and relayed after the commit (Cloudflare Queues cannot
+/// join it). Dropped without a commit, the caller rolls back (`ROLLBACK` on the connection)
+/// or drops the connection, which ends the transaction.
+pub struct PgTx<'a> {
+    db: Pg<'a>,
+    /// The write's outbox batch: relay it right after the commit.
+    pub batch: String,
+}
+
+impl<'a> PgTx<'a> {
+    /// Opens a transaction on `client`.
+    pub async fn begin(client: &'a tokio_postgres::Client) -> Result<Self, SqlError> {
+        client.batch_execute("BEGIN").await.map_err(|e| error(&e))?;
+        Ok(Self {
+            db: Pg(client),
+            batch: crate::outbox::batch_id(),
+        })
+    }
+}
+
+#[async_trait::async_trait(?Send)]
+impl Executor for PgTx<'_> {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    async fn execute(&mut self, sql: &str, args: &[Value]) -> Result<u64, SqlError> {
+        self.db.execute(sql, args).await
+    }
+
+    async fn query(&mut self, sql: &str, args: &[Value]) -> Result<Vec<Row>, SqlError> {
+        self.db.query(sql, args).await
+    }
+}
+
+#[async_trait::async_trait(?Send)]
+impl Transaction for PgTx<'_> {
+    async fn send(
+        &mut self,
+        queue: &str,
+        body: String,
+        request_id: Option<&str>,
+    ) -> Result<(), SqlError> {
+        let now = worker::Date::now().as_millis() as i64;
+        let batch = self.batch.clone();
+        cognomega_core::outbox::stage(&mut self.db, &batch, queue, body, request_id, now).await
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), SqlError> {
+        self.db
+            .0
+            .batch_execute("COMMIT")
+            .await
+            .map_err(|e| error(&e))
+    }
+
+    async fn rollback(self: Box<Self>) -> Result<(), SqlError> {
+        self.db
+            .0
+            .batch_execute("ROLLBACK")
+            .await
+            .map_err(|e| error(&e))
     }
 }

@@ -1,0 +1,109 @@
+//! The ports a workflow runs on; each host implements them.
+
+use std::sync::Arc;
+
+use cognomega_core::queue::MaybeSendSync;
+use cognomega_core::sql::{Executor, SqlError, Transaction};
+use cognomega_pipelines::{Artifact, JobError, JobType, Progress};
+
+/// What reading an object found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetched {
+    /// The object's bytes (decompressed when stored compressed).
+    Found(Vec<u8>),
+    /// No object under that key.
+    Missing,
+    /// The key is not one this store accepts (a row written by a bug or by hand).
+    BadKey(String),
+}
+
+/// Object storage: the local folder or S3/R2 natively, the R2 binding on the edge.
+#[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
+pub trait ObjectStore: MaybeSendSync {
+    /// Reads the object at `key`; `Err` when the store could not answer (retry).
+    async fn get(&self, key: &str) -> Result<Fetched, String>;
+
+    /// Writes `bytes` at `key` with its content type and metadata; `Err` to retry.
+    async fn put(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        content_type: &str,
+        meta: &[(&'static str, String)],
+    ) -> Result<(), String>;
+}
+
+/// The run a delivery holds a job with (the attempt fence of [`cognomega_core::jobs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The job.
+    pub job_id: String,
+    /// The delivery that owns it (its message id).
+    pub owner: String,
+    /// How far each stage pushes the lease.
+    pub lease_ms: i64,
+}
+
+/// Progress of a fenced run, written to the job row through any [`Executor`] that can be
+/// cloned per stage (a pool handle natively, a client reference on the edge): each stage
+/// records the stage and fraction, renews the lease, and stops the run when a cancel was asked
+/// for or the run no longer owns the job.
+#[derive(Debug, Clone)]
+pub struct FencedProgress<D> {
+    /// Where the progress is written.
+    pub db: D,
+    /// The run.
+    pub fence: Fence,
+    /// The clock (epoch milliseconds).
+    pub now_ms: fn() -> i64,
+}
+
+#[async_trait::async_trait(?Send)]
+impl<D: Executor + Clone> Progress for FencedProgress<D> {
+    async fn stage(&self, stage: &str, fraction: f32) -> Result<(), JobError> {
+        let mut db = self.db.clone();
+        let stop = cognomega_core::jobs::progress(
+            &mut db,
+            &self.fence.job_id,
+            &self.fence.owner,
+            stage,
+            f64::from(fraction.clamp(0.0, 1.0)),
+            (self.now_ms)() + self.fence.lease_ms,
+        )
+        .await
+        .map_err(|e| JobError::Transient(format!("recording progress: {e}")))?;
+        if stop {
+            Err(JobError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// What a job workflow needs from its host.
+#[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
+pub trait JobHost: MaybeSendSync {
+    /// Single statements, each committed on its own.
+    fn db(&self) -> Box<dyn Executor + '_>;
+
+    /// A transaction whose statements and messages commit together.
+    async fn begin(&self) -> Result<Box<dyn Transaction + '_>, SqlError>;
+
+    /// Object storage.
+    fn objects(&self) -> &dyn ObjectStore;
+
+    /// Now, epoch milliseconds.
+    fn now_ms(&self) -> i64;
+
+    /// Runs `job`'s pipeline with a [`FencedProgress`] for `fence` (natively on a blocking
+    /// thread: the work between stages is CPU-bound; on the edge in the invocation itself).
+    async fn run(
+        &self,
+        job: Arc<dyn JobType>,
+        input: Vec<u8>,
+        params: serde_json::Value,
+        fence: Fence,
+    ) -> Result<Vec<Artifact>, JobError>;
+}
