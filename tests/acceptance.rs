@@ -625,6 +625,99 @@ async fn every_job_type_runs(t: Target) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// i. Jobs report their progress and stop when cancelled while running, on every host: a job
+/// that fails in its first stage says which stage it reached; a long job is seen running at a
+/// recorded stage with a fraction that only grows; a duplicate of its message delivered while
+/// it runs (an operator's copy, a broker's redelivery) does not run it again (the attempt
+/// fence); a cancel then answers 202 and the job ends `cancelled` at its next stage boundary,
+/// run once, nothing billed.
+async fn job_progress_and_cancel(t: Target) -> anyhow::Result<()> {
+    let g = guest(&t).await?;
+    let grant = wait_grant(&t, &g).await?;
+    // A PNG whose header is whole but whose pixels are cut off: accepted at submit (the header
+    // and dimensions are what is checked there), it fails once `decode` starts.
+    let (png, _) = Sketch::generate(21, 640, 480);
+    let body = json!({
+        "type": "image_thumbnail",
+        "input": {"image_base64": B64.encode(&png[..png.len() / 2])},
+        "params": {"sizes": [64]},
+    });
+    let job = send(t.post("/jobs").bearer_auth(&g.token).json(&body))
+        .await?
+        .expect(StatusCode::ACCEPTED)?;
+    let done = final_job(&t, &g, str_field(&job, "id")?).await?;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["stage"], "decode", "the stage it failed in: {done}");
+    assert_eq!(done["credits_charged"].as_i64(), Some(0), "{done}");
+
+    // A long job: a large image resized to eight sizes, one stage each.
+    let (big, _) = Sketch::generate(22, 4000, 3000);
+    let body = json!({
+        "type": "image_thumbnail",
+        "input": {"image_base64": B64.encode(&big)},
+        "params": {"sizes": [2048, 1792, 1536, 1280, 1024, 768, 512, 256]},
+    });
+    let job = send(t.post("/jobs").bearer_auth(&g.token).json(&body))
+        .await?
+        .expect(StatusCode::ACCEPTED)?;
+    let id = str_field(&job, "id")?.to_owned();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(120);
+    let mut seen: Vec<(String, f64)> = Vec::new();
+    let running = loop {
+        let job = send(t.get(&format!("/jobs/{id}")).bearer_auth(&g.token))
+            .await?
+            .expect(StatusCode::OK)?;
+        let stage = job["stage"].as_str().unwrap_or_default().to_owned();
+        let progress = job["progress"].as_f64().unwrap_or_default();
+        match job["status"].as_str() {
+            Some("running") if !stage.is_empty() => {
+                seen.push((stage.clone(), progress));
+                if stage == "resize" {
+                    break job;
+                }
+            }
+            Some("queued" | "running") => {}
+            _ => anyhow::bail!("the job ended before it was seen resizing: {job}"),
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the job never ran: {job}");
+        sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        seen.windows(2).all(|w| w[0].1 <= w[1].1),
+        "progress only grows: {seen:?}"
+    );
+    let progress = running["progress"].as_f64().unwrap_or_default();
+    assert!(progress > 0.0 && progress < 1.0, "{running}");
+    let running_after = started.elapsed();
+    send(
+        t.admin(Method::POST, "/admin/queues/jobs.image_thumbnail/messages")
+            .header("content-type", "application/json")
+            .body(json!({"job_id": id}).to_string()),
+    )
+    .await?
+    .expect(StatusCode::ACCEPTED)?;
+    // Time for the copy to be delivered while the job runs.
+    sleep(Duration::from_millis(1000)).await;
+    let cancel = send(t.post(&format!("/jobs/{id}/cancel")).bearer_auth(&g.token))
+        .await?
+        .expect(StatusCode::ACCEPTED)?;
+    assert_eq!(cancel["cancel_requested"], true, "{cancel}");
+    let done = final_job(&t, &g, &id).await?;
+    eprintln!(
+        "{}: the long job was resizing after {running_after:?}, cancelled after {:?}",
+        t.name,
+        started.elapsed()
+    );
+    assert_eq!(done["status"], "cancelled", "{done}");
+    assert_eq!(done["attempts"].as_i64(), Some(1), "run once: {done}");
+    assert_eq!(done["credits_charged"].as_i64(), Some(0), "{done}");
+    // Nothing was billed for either job.
+    sleep(Duration::from_secs(2)).await;
+    assert_eq!(balance(&t, &g).await?, grant, "nothing billed");
+    Ok(())
+}
+
 /// h. Writes whose messages could not be sent right after their commit (on the edge: the
 /// drain after the request failed, injected by the test-only `COGNOMEGA_TEST_FAULTS=drain`
 /// for request ids starting `fault-drain-`; natively the messages commit in the database with
@@ -1649,4 +1742,5 @@ scenarios!(
     cleanup_reports,
     every_job_type_runs,
     failed_sends_are_delivered_later_once,
+    job_progress_and_cancel,
 );
