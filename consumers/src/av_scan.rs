@@ -5,13 +5,15 @@
 //! scans again).
 
 use cognomega_core::queue::{BatchHandler, HandlerError, MessageBatch};
+use cognomega_core::sql::Executor;
 use cognomega_stores::clamd::{Clamd, ScanVerdict};
 use cognomega_stores::objects::{ObjectKey, Objects};
-use cognomega_stores::{uploads, Database};
+use cognomega_stores::Database;
+use cognomega_workflows::uploads::{ScanHost, ScanOutcome, Scanned};
 
 pub use cognomega_core::queue::catalog::av_scan::{queue, settings, ScanMessage, QUEUE};
 
-/// The scanner.
+/// The scanner: the native host of the scan workflow (`cognomega_workflows::uploads`).
 #[derive(Debug, Clone)]
 pub struct Scanner {
     db: Database,
@@ -41,79 +43,67 @@ impl Scanner {
     }
 
     async fn scan(&self, key: &str, attempts: u32) -> Result<(), HandlerError> {
-        let Some(upload) = uploads::get(&self.db, key, None)
-            .await
-            .map_err(HandlerError::retryable)?
-        else {
-            return Ok(());
-        };
-        // Already decided (a redelivery after the verdict was recorded).
-        if !matches!(upload.scan.as_str(), "pending" | "scan_failed") {
-            return Ok(());
-        }
-        let object_key = ObjectKey::parse(&upload.object_key).map_err(HandlerError::fatal)?;
-        let object = match self.objects.get(&object_key).await {
-            Ok(o) => o,
-            Err(e) if e.is_not_found() => {
-                uploads::set_scan(
-                    &self.db,
-                    key,
-                    "scan_failed",
-                    None,
-                    Some("the object is gone"),
-                    None,
-                )
+        let outcome =
+            cognomega_workflows::uploads::scan(self, key, Some(attempts), self.max_deliveries)
                 .await
                 .map_err(HandlerError::retryable)?;
-                return Ok(());
-            }
-            Err(e) => return Err(self.failed(key, attempts, e.to_string()).await),
-        };
-        match self.clamd.scan_stream(object.stream).await {
-            Ok(ScanVerdict::Clean) => {
-                uploads::set_scan(&self.db, key, "clean", None, None, None)
-                    .await
-                    .map_err(HandlerError::retryable)?;
-                tracing::info!(key, "upload is clean");
-                Ok(())
-            }
-            Ok(ScanVerdict::Infected { signature }) => {
-                let quarantine = ObjectKey::parse(&format!("quarantine/{}", upload.object_key))
-                    .map_err(HandlerError::fatal)?;
-                // Record first: from this commit on the file is never served, even if the move
-                // below fails or the process dies before it (a redelivery skips a decided upload;
-                // the object is then still under its upload key, flagged infected).
-                uploads::set_scan(
-                    &self.db,
-                    key,
-                    "infected",
-                    Some(&signature),
-                    None,
-                    Some(quarantine.as_str()),
-                )
-                .await
-                .map_err(HandlerError::retryable)?;
-                if let Err(e) = self.objects.rename(&object_key, &quarantine).await {
+        match outcome {
+            ScanOutcome::Decided => {}
+            ScanOutcome::Clean => tracing::info!(key, "upload is clean"),
+            ScanOutcome::Missing => tracing::warn!(key, "upload's object is gone: scan_failed"),
+            ScanOutcome::Infected {
+                signature,
+                not_moved,
+            } => {
+                if let Some(e) = not_moved {
                     tracing::error!(key, error = %e, "infected upload recorded but not moved to quarantine");
                 }
                 tracing::warn!(key, signature, "upload infected: quarantined");
-                Ok(())
             }
-            Err(e) => Err(self.failed(key, attempts, e.to_string()).await),
+            ScanOutcome::Retry { reason, recorded } => {
+                tracing::warn!(key, attempts, error = %reason, scan_failed = recorded, "scan failed");
+                return Err(HandlerError::Retryable(reason));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl ScanHost for Scanner {
+    fn db(&self) -> Box<dyn Executor + '_> {
+        Box::new(self.db.clone())
+    }
+
+    fn now_ms(&self) -> i64 {
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    async fn scan(&self, object_key: &str) -> Result<Scanned, String> {
+        let key = ObjectKey::parse(object_key).map_err(|e| e.to_string())?;
+        let object = match self.objects.get(&key).await {
+            Ok(object) => object,
+            Err(e) if e.is_not_found() => return Ok(Scanned::Missing),
+            Err(e) => return Err(e.to_string()),
+        };
+        match self.clamd.scan_stream(object.stream).await {
+            Ok(ScanVerdict::Clean) => Ok(Scanned::Clean),
+            Ok(ScanVerdict::Infected { signature }) => Ok(Scanned::Infected(signature)),
+            Err(e) => Err(e.to_string()),
         }
     }
 
-    /// A scan without a verdict: retried; on the last delivery the upload becomes `scan_failed`.
-    async fn failed(&self, key: &str, attempts: u32, why: String) -> HandlerError {
-        tracing::warn!(key, attempts, error = %why, "scan failed");
-        if attempts >= self.max_deliveries {
-            if let Err(e) =
-                uploads::set_scan(&self.db, key, "scan_failed", None, Some(&why), None).await
-            {
-                tracing::warn!(key, error = %e, "could not record scan_failed");
-            }
-        }
-        HandlerError::Retryable(why)
+    async fn quarantine(&self, from: &str, to: &str) -> Result<(), String> {
+        let from = ObjectKey::parse(from).map_err(|e| e.to_string())?;
+        let to = ObjectKey::parse(to).map_err(|e| e.to_string())?;
+        self.objects
+            .rename(&from, &to)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -9,3 +9,4 @@
 
 pub mod jobs;
 pub mod ports;
+pub mod uploads;

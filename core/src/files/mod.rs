@@ -3,6 +3,7 @@
 
 mod content;
 mod filename;
+pub mod scan;
 mod signed_url;
 pub mod sql;
 

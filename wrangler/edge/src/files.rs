@@ -1,6 +1,6 @@
 //! The files service (`POST /upload/direct`, raw or `multipart/form-data`; `GET /uploads/{key}`;
-//! `GET /files/{key}` signed) and the `av-scan` consumer, which streams each upload to clamd
-//! over a Workers TCP socket (INSTREAM) exactly as the native consumer does. Upload limits are
+//! `GET /files/{key}` signed) and the `av-scan` consumer, which hosts the scan workflow the
+//! native scanner runs, sending each upload to clamd over a Workers TCP socket (INSTREAM). Upload limits are
 //! the native server's (`COGNOMEGA_MAX_UPLOAD_BYTES`, `COGNOMEGA_TIER_MAX_UPLOAD_BYTES`,
 //! `COGNOMEGA_UPLOAD_QUOTA_BYTES`, `COGNOMEGA_UPLOAD_TYPES`), a tier's limit capped at what a
 //! Worker holds in memory.
@@ -11,6 +11,8 @@ use cognomega_core::files::{
     essence, matches_magic, sanitize_filename, sign_download, verify_download,
     DEFAULT_UPLOAD_TYPES as ALLOWED_TYPES, SNIFF_BYTES,
 };
+use cognomega_core::sql::Executor;
+use cognomega_workflows::uploads::{ScanHost, ScanOutcome, Scanned};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wasm_bindgen::JsCast;
@@ -523,13 +525,7 @@ async fn file(req: &Request, env: &Env, key: &str) -> ApiResult {
     Ok(resp)
 }
 
-/// What clamd said about a stream.
-enum Verdict {
-    Clean,
-    Infected(String),
-}
-
-async fn clamd_scan(addr: &str, bytes: &[u8]) -> Result<Verdict, String> {
+async fn clamd_scan(addr: &str, bytes: &[u8]) -> Result<Scanned, String> {
     let (host, port) = addr
         .rsplit_once(':')
         .and_then(|(h, p)| p.parse::<u16>().ok().map(|p| (h.to_owned(), p)))
@@ -566,88 +562,112 @@ async fn clamd_scan(addr: &str, bytes: &[u8]) -> Result<Verdict, String> {
     let text = text.trim_end_matches(['\0', '\n']).trim();
     let verdict = text.strip_prefix("stream:").map(str::trim).unwrap_or(text);
     if verdict == "OK" {
-        Ok(Verdict::Clean)
+        Ok(Scanned::Clean)
     } else if let Some(sig) = verdict.strip_suffix("FOUND") {
-        Ok(Verdict::Infected(sig.trim().to_owned()))
+        Ok(Scanned::Infected(sig.trim().to_owned()))
     } else {
         Err(format!("clamd answered {text:?}"))
     }
 }
 
-/// The `av-scan` consumer: clean ⇒ `clean`; infected ⇒ the object moves under `quarantine/`
-/// and the upload says `infected` with the signature; clamd trouble ⇒ retried, and after
-/// `max_retries` the dead-letter record says why (the upload stays `pending`, never served).
+/// The edge as the scan workflow's host: the request's connection, R2 and clamd over a TCP
+/// socket.
+struct EdgeScan<'a> {
+    db: &'a tokio_postgres::Client,
+    bucket: worker::Bucket,
+    clamd: String,
+}
+
+#[async_trait::async_trait(?Send)]
+impl ScanHost for EdgeScan<'_> {
+    fn db(&self) -> Box<dyn Executor + '_> {
+        Box::new(crate::sql::Pg(self.db))
+    }
+
+    fn now_ms(&self) -> i64 {
+        worker::Date::now().as_millis() as i64
+    }
+
+    async fn scan(&self, object_key: &str) -> Result<Scanned, String> {
+        let Some(object) = self
+            .bucket
+            .get(object_key)
+            .execute()
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(Scanned::Missing);
+        };
+        let bytes = object
+            .body()
+            .ok_or("an R2 object without a body")?
+            .bytes()
+            .await
+            .map_err(|e| e.to_string())?;
+        clamd_scan(&self.clamd, &bytes).await
+    }
+
+    async fn quarantine(&self, from: &str, to: &str) -> Result<(), String> {
+        let Some(object) = self
+            .bucket
+            .get(from)
+            .execute()
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Err(format!("{from} is gone"));
+        };
+        let bytes = object
+            .body()
+            .ok_or("an R2 object without a body")?
+            .bytes()
+            .await
+            .map_err(|e| e.to_string())?;
+        self.bucket
+            .put(to, bytes)
+            .execute()
+            .await
+            .map_err(|e| e.to_string())?;
+        self.bucket.delete(from).await.map_err(|e| e.to_string())
+    }
+}
+
+/// The `av-scan` consumer: the scan workflow (`cognomega_workflows::uploads`) the native
+/// scanner runs. Clamd trouble ⇒ retried, and after `max_retries` the dead-letter consumer
+/// records `scan_failed` with why (the upload is never served unscanned).
 pub async fn scan_batch(
     db: &tokio_postgres::Client,
     env: &Env,
     queue: &EdgeQueue,
     messages: &[worker::Message<serde_json::Value>],
 ) -> Result<(), String> {
-    let Some(addr) = crate::config::clamd(env) else {
+    let Some(clamd) = crate::config::clamd(env) else {
         return Err("COGNOMEGA_CLAMD is not set on the av-scan Worker".into());
     };
-    let bucket = env.bucket("OBJECTS").map_err(|e| e.to_string())?;
+    let host = EdgeScan {
+        db,
+        bucket: env.bucket("OBJECTS").map_err(|e| e.to_string())?,
+        clamd,
+    };
+    let max_deliveries = queue.max_retries + 1;
     for (msg, scan, _) in crate::consumers::decode_all::<ScanMessage>(queue, messages) {
-        let outcome = async {
-            let Some(row) = db
-                .query_opt("SELECT object_key, scan FROM uploads WHERE key = $1", &[&scan.key])
-                .await
-                .map_err(|e| e.to_string())?
-            else {
-                return Ok(()); // deleted meanwhile
-            };
-            let (object_key, state): (String, String) = (row.get(0), row.get(1));
-            if state != "pending" {
-                return Ok(()); // a redelivered, already-recorded scan
+        let key = &scan.key;
+        match cognomega_workflows::uploads::scan(&host, key, None, max_deliveries).await {
+            Ok(ScanOutcome::Retry { reason, .. }) => {
+                worker::console_warn!("av-scan {key}: {reason}; retrying");
+                crate::consumers::retry(msg, queue);
             }
-            let Some(object) = bucket.get(&object_key).execute().await.map_err(|e| e.to_string())? else {
-                db.execute(
-                    "UPDATE uploads SET scan = 'scan_failed', scan_error = 'the object is gone', scanned_at = now() WHERE key = $1",
-                    &[&scan.key],
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-                return Ok(());
-            };
-            let bytes = object
-                .body()
-                .ok_or("an R2 object without a body")?
-                .bytes()
-                .await
-                .map_err(|e| e.to_string())?;
-            match clamd_scan(&addr, &bytes).await? {
-                Verdict::Clean => {
-                    db.execute(
-                        "UPDATE uploads SET scan = 'clean', signature = NULL, scan_error = NULL, scanned_at = now() WHERE key = $1",
-                        &[&scan.key],
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?;
+            Ok(outcome) => {
+                if let ScanOutcome::Infected {
+                    not_moved: Some(e), ..
+                } = &outcome
+                {
+                    worker::console_error!("av-scan {key}: infected, recorded, not moved: {e}");
                 }
-                Verdict::Infected(signature) => {
-                    let quarantine = format!("quarantine/{object_key}");
-                    bucket
-                        .put(&quarantine, bytes)
-                        .execute()
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    db.execute(
-                        "UPDATE uploads SET scan = 'infected', signature = $2, scan_error = NULL, object_key = $3, scanned_at = now()
-                         WHERE key = $1",
-                        &[&scan.key, &signature, &quarantine],
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?;
-                    bucket.delete(&object_key).await.map_err(|e| e.to_string())?;
-                }
+                msg.ack();
             }
-            Ok::<_, String>(())
-        }
-        .await;
-        match outcome {
-            Ok(()) => msg.ack(),
             Err(e) => {
-                worker::console_warn!("av-scan {}: {e}; retrying", scan.key);
+                worker::console_warn!("av-scan {key}: {e}; retrying");
                 crate::consumers::retry(msg, queue);
             }
         }
