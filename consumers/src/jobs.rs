@@ -15,7 +15,7 @@ use cognomega_r2_lifecycle::codec::CodecPolicy;
 use cognomega_stores::objects::{ObjectKey, Objects, PutMeta};
 use cognomega_stores::Database;
 use cognomega_workflows::jobs::{Delivery, Outcome};
-use cognomega_workflows::ports::{Fence, FencedProgress, Fetched, JobHost, ObjectStore};
+use cognomega_workflows::ports::{Fetched, JobHost, NewObject, ObjectStore, PipelineRun};
 use tracing::Instrument as _;
 
 pub use cognomega_core::queue::catalog::jobs::{dead_letter_queue, queue, settings, JobMessage};
@@ -110,21 +110,14 @@ impl ObjectStore for JobRunner {
         }
     }
 
-    async fn put(
-        &self,
-        key: &str,
-        bytes: Vec<u8>,
-        content_type: &str,
-        meta: &[(&'static str, String)],
-    ) -> Result<(), String> {
-        let key = ObjectKey::parse(key).map_err(|e| e.to_string())?;
-        let meta = meta
-            .iter()
-            .fold(PutMeta::content_type(content_type), |m, (k, v)| {
+    async fn put(&self, object: NewObject<'_>) -> Result<(), String> {
+        let key = ObjectKey::parse(object.key).map_err(|e| e.to_string())?;
+        let meta = (object.meta.iter())
+            .fold(PutMeta::content_type(object.content_type), |m, (k, v)| {
                 m.with(*k, v.clone())
             });
         self.objects
-            .put(&key, bytes.into(), &meta)
+            .put(&key, object.bytes.into(), &meta)
             .await
             .map(drop)
             .map_err(|e| e.to_string())
@@ -146,30 +139,15 @@ impl JobHost for JobRunner {
         Ok(Box::new(tx))
     }
 
-    fn objects(&self) -> &dyn ObjectStore {
-        self
-    }
-
     fn now_ms(&self) -> i64 {
         now_ms()
     }
 
-    async fn run(
-        &self,
-        job: Arc<dyn JobType>,
-        input: Vec<u8>,
-        params: serde_json::Value,
-        fence: Fence,
-    ) -> Result<Vec<Artifact>, JobError> {
-        let progress = FencedProgress {
-            db: self.db.clone(),
-            fence,
-            now_ms,
-        };
+    async fn run(&self, run: PipelineRun) -> Result<Vec<Artifact>, JobError> {
         // The work between stages is CPU-bound: a blocking thread, which drives the stages'
         // database writes on the runtime it came from.
-        let handle = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || handle.block_on(job.run(&input, &params, &progress)))
+        let (db, handle) = (self.db.clone(), tokio::runtime::Handle::current());
+        tokio::task::spawn_blocking(move || handle.block_on(run.execute(db, now_ms)))
             .await
             .unwrap_or_else(|join| Err(JobError::Transient(format!("the job panicked: {join}"))))
     }

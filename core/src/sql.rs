@@ -251,20 +251,25 @@ pub trait Executor: MaybeSend {
     }
 }
 
+/// A message a write produces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outbound<'a> {
+    /// The queue's catalog name.
+    pub queue: &'a str,
+    /// The queue's message type as JSON text.
+    pub body: String,
+    /// The request that produced it, for the consumer's logs.
+    pub request_id: Option<&'a str>,
+}
+
 /// An open transaction of either host: statements, the messages the write produces (natively
 /// sent on the database-backed queue inside the transaction, on the edge staged in the outbox
 /// and relayed after the commit), and the commit.
 #[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
 pub trait Transaction: Executor {
-    /// Sends `body` (the queue's message type as JSON text) to `queue` (its catalog name) when
-    /// the transaction commits, tagged with the request that produced it.
-    async fn send(
-        &mut self,
-        queue: &str,
-        body: String,
-        request_id: Option<&str>,
-    ) -> Result<(), SqlError>;
+    /// Sends `message` when the transaction commits.
+    async fn send(&mut self, message: Outbound<'_>) -> Result<(), SqlError>;
 
     /// Commits the statements and the messages together.
     async fn commit(self: Box<Self>) -> Result<(), SqlError>;

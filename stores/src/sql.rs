@@ -3,7 +3,7 @@
 //! a [`Tx`]. The only place these statements branch on the backend.
 
 use cognomega_core::queue::{OutgoingMessage, QueueName};
-use cognomega_core::sql::{Dialect, Executor, Row, SqlError, Transaction, Value};
+use cognomega_core::sql::{Dialect, Executor, Outbound, Row, SqlError, Transaction, Value};
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::query::Query;
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
@@ -219,16 +219,11 @@ impl Executor for Tx {
 /// Messages go on the database-backed queue inside the transaction (the queue driver's send).
 #[async_trait::async_trait]
 impl Transaction for Tx {
-    async fn send(
-        &mut self,
-        queue: &str,
-        body: String,
-        request_id: Option<&str>,
-    ) -> Result<(), SqlError> {
-        let queue = QueueName::parse(queue).map_err(|e| SqlError::new(e.to_string()))?;
-        let mut message = OutgoingMessage::new(body);
+    async fn send(&mut self, out: Outbound<'_>) -> Result<(), SqlError> {
+        let queue = QueueName::parse(out.queue).map_err(|e| SqlError::new(e.to_string()))?;
+        let mut message = OutgoingMessage::new(out.body);
         message.options.content_type = Some("application/json".to_owned());
-        message.options.request_id = request_id.map(str::to_owned);
+        message.options.request_id = out.request_id.map(str::to_owned);
         Tx::send(self, &queue, message)
             .await
             .map(drop)

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use cognomega_core::billing::{UsageBatchMessage, UsageEvent, UsageKey, UsageKind};
 use cognomega_core::jobs::{self, ArtifactRow, Verdict};
 use cognomega_core::queue::catalog;
-use cognomega_core::sql::SqlError;
+use cognomega_core::sql::{Outbound, SqlError};
 use cognomega_pipelines::{JobError, JobType};
 use cognomega_r2_lifecycle::codec::{encode, CodecPolicy};
 
-use crate::ports::{Fence, Fetched, JobHost};
+use crate::ports::{Fence, Fetched, JobHost, NewObject, PipelineRun};
 
 /// One delivery of a job's message.
 #[derive(Debug, Clone, Copy)]
@@ -112,7 +112,7 @@ pub async fn run<H: JobHost + ?Sized>(
             return finish(host, delivery, "failed", &why).await;
         }
     };
-    let input = match host.objects().get(&job.input_key).await {
+    let input = match host.get(&job.input_key).await {
         Ok(Fetched::Found(bytes)) => bytes,
         Ok(Fetched::Missing) => {
             let why = "the job's input is gone from object storage";
@@ -129,7 +129,13 @@ pub async fn run<H: JobHost + ?Sized>(
         owner: owner.to_owned(),
         lease_ms: delivery.lease_ms,
     };
-    let artifacts = match host.run(kind.clone(), input, params, fence).await {
+    let run = PipelineRun {
+        job: kind.clone(),
+        input,
+        params,
+        fence,
+    };
+    let artifacts = match host.run(run).await {
         Ok(artifacts) => artifacts,
         Err(JobError::InvalidInput(why)) => return finish(host, delivery, "failed", &why).await,
         Err(JobError::Cancelled) => {
@@ -147,11 +153,13 @@ pub async fn run<H: JobHost + ?Sized>(
             ("original-size", encoded.original_size.to_string()),
             ("tier", "hot".to_owned()),
         ];
-        if let Err(e) = host
-            .objects()
-            .put(&key, encoded.bytes, &artifact.content_type, &meta)
-            .await
-        {
+        let object = NewObject {
+            key: &key,
+            bytes: encoded.bytes,
+            content_type: &artifact.content_type,
+            meta: &meta,
+        };
+        if let Err(e) = host.put(object).await {
             return transient(host, delivery, format!("storing {key}: {e}")).await;
         }
         rows.push(ArtifactRow {
@@ -192,8 +200,12 @@ pub async fn run<H: JobHost + ?Sized>(
             })
         }
         Verdict::Succeeded => {
-            tx.send(catalog::usage::QUEUE, usage, job.request_id.as_deref())
-                .await?;
+            tx.send(Outbound {
+                queue: catalog::usage::QUEUE,
+                body: usage,
+                request_id: job.request_id.as_deref(),
+            })
+            .await?;
             tx.commit().await?;
             Ok(Outcome::Succeeded {
                 tenant_id: job.tenant_id,

@@ -17,6 +17,19 @@ pub enum Fetched {
     BadKey(String),
 }
 
+/// An object to write: its bytes, content type and metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewObject<'a> {
+    /// Where.
+    pub key: &'a str,
+    /// What.
+    pub bytes: Vec<u8>,
+    /// Its content type (what downloads answer with).
+    pub content_type: &'a str,
+    /// Custom metadata (a sha256, the compression, the tier).
+    pub meta: &'a [(&'static str, String)],
+}
+
 /// Object storage: the local folder or S3/R2 natively, the R2 binding on the edge.
 #[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
@@ -24,14 +37,8 @@ pub trait ObjectStore: MaybeSendSync {
     /// Reads the object at `key`; `Err` when the store could not answer (retry).
     async fn get(&self, key: &str) -> Result<Fetched, String>;
 
-    /// Writes `bytes` at `key` with its content type and metadata; `Err` to retry.
-    async fn put(
-        &self,
-        key: &str,
-        bytes: Vec<u8>,
-        content_type: &str,
-        meta: &[(&'static str, String)],
-    ) -> Result<(), String>;
+    /// Writes `object`; `Err` to retry.
+    async fn put(&self, object: NewObject<'_>) -> Result<(), String>;
 }
 
 /// The run a delivery holds a job with (the attempt fence of [`cognomega_core::jobs`]).
@@ -81,29 +88,49 @@ impl<D: Executor + Clone> Progress for FencedProgress<D> {
     }
 }
 
-/// What a job workflow needs from its host.
+/// What a job workflow needs from its host (object storage among it).
 #[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
-pub trait JobHost: MaybeSendSync {
+pub trait JobHost: ObjectStore {
     /// Single statements, each committed on its own.
     fn db(&self) -> Box<dyn Executor + '_>;
 
     /// A transaction whose statements and messages commit together.
     async fn begin(&self) -> Result<Box<dyn Transaction + '_>, SqlError>;
 
-    /// Object storage.
-    fn objects(&self) -> &dyn ObjectStore;
-
     /// Now, epoch milliseconds.
     fn now_ms(&self) -> i64;
 
-    /// Runs `job`'s pipeline with a [`FencedProgress`] for `fence` (natively on a blocking
-    /// thread: the work between stages is CPU-bound; on the edge in the invocation itself).
-    async fn run(
-        &self,
-        job: Arc<dyn JobType>,
-        input: Vec<u8>,
-        params: serde_json::Value,
-        fence: Fence,
-    ) -> Result<Vec<Artifact>, JobError>;
+    /// Runs a job's pipeline ([`PipelineRun::execute`]): natively on a blocking thread (the
+    /// work between stages is CPU-bound), on the edge in the invocation itself.
+    async fn run(&self, run: PipelineRun) -> Result<Vec<Artifact>, JobError>;
+}
+
+/// A job's pipeline, ready to run.
+#[derive(Debug)]
+pub struct PipelineRun {
+    /// The job type.
+    pub job: Arc<dyn JobType>,
+    /// The input's bytes.
+    pub input: Vec<u8>,
+    /// The normalized params.
+    pub params: serde_json::Value,
+    /// The run's fence: each stage is recorded under it.
+    pub fence: Fence,
+}
+
+impl PipelineRun {
+    /// Runs the pipeline, each stage recorded on the job through `db` (a [`FencedProgress`]).
+    pub async fn execute<D: Executor + Clone>(
+        self,
+        db: D,
+        now_ms: fn() -> i64,
+    ) -> Result<Vec<Artifact>, JobError> {
+        let progress = FencedProgress {
+            db,
+            fence: self.fence,
+            now_ms,
+        };
+        self.job.run(&self.input, &self.params, &progress).await
+    }
 }

@@ -504,14 +504,9 @@ pub async fn file(env: &Env, key: &str) -> ApiResult {
         .await?
         .map(|r| manifest_part(&r))
         .ok_or_else(not_found)?;
-    let Some(object) = env.bucket("OBJECTS")?.get(&record.key).execute().await? else {
+    let Some(bytes) = crate::r2::get_bytes(&env.bucket("OBJECTS")?, &record.key).await? else {
         return Err(not_found());
     };
-    let bytes = object
-        .body()
-        .ok_or_else(|| ApiError::internal("an R2 object without a body"))?
-        .bytes()
-        .await?;
     let resp = Response::from_bytes(bytes)?;
     let h = resp.headers();
     h.set("content-type", record.format.content_type())?;

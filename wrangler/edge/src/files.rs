@@ -500,18 +500,13 @@ async fn file(req: &Request, env: &Env, key: &str) -> ApiResult {
     ) = (u.get(0), u.get(1), u.get(2), u.get(3), u.get(4));
     cognomega_core::files::servable(&scan, signature.as_deref())
         .map_err(|n| ApiError::new(n.status, n.code, n.message))?;
-    let Some(object) = env.bucket("OBJECTS")?.get(&object_key).execute().await? else {
+    let Some(bytes) = crate::r2::get_bytes(&env.bucket("OBJECTS")?, &object_key).await? else {
         return Err(ApiError::new(
             410,
             "file_expired",
             "the file's storage has expired",
         ));
     };
-    let bytes = object
-        .body()
-        .ok_or_else(|| ApiError::internal("an R2 object without a body"))?
-        .bytes()
-        .await?;
     let resp = Response::from_bytes(bytes)?;
     resp.headers().set("content-type", &content_type)?;
     resp.headers().set(
@@ -589,46 +584,22 @@ impl ScanHost for EdgeScan<'_> {
     }
 
     async fn scan(&self, object_key: &str) -> Result<Scanned, String> {
-        let Some(object) = self
-            .bucket
-            .get(object_key)
-            .execute()
-            .await
-            .map_err(|e| e.to_string())?
-        else {
-            return Ok(Scanned::Missing);
-        };
-        let bytes = object
-            .body()
-            .ok_or("an R2 object without a body")?
-            .bytes()
-            .await
-            .map_err(|e| e.to_string())?;
-        clamd_scan(&self.clamd, &bytes).await
+        match crate::r2::get_bytes(&self.bucket, object_key).await {
+            Ok(Some(bytes)) => clamd_scan(&self.clamd, &bytes).await,
+            Ok(None) => Ok(Scanned::Missing),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     async fn quarantine(&self, from: &str, to: &str) -> Result<(), String> {
-        let Some(object) = self
-            .bucket
-            .get(from)
-            .execute()
-            .await
-            .map_err(|e| e.to_string())?
-        else {
-            return Err(format!("{from} is gone"));
+        let moved = async {
+            let Some(bytes) = crate::r2::get_bytes(&self.bucket, from).await? else {
+                return Err(worker::Error::RustError(format!("{from} is gone")));
+            };
+            self.bucket.put(to, bytes).execute().await?;
+            self.bucket.delete(from).await
         };
-        let bytes = object
-            .body()
-            .ok_or("an R2 object without a body")?
-            .bytes()
-            .await
-            .map_err(|e| e.to_string())?;
-        self.bucket
-            .put(to, bytes)
-            .execute()
-            .await
-            .map_err(|e| e.to_string())?;
-        self.bucket.delete(from).await.map_err(|e| e.to_string())
+        moved.await.map_err(|e| e.to_string())
     }
 }
 

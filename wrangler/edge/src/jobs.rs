@@ -4,16 +4,14 @@
 //! stage by stage, cancel at the next stage boundary; artifacts stored in R2 under the native
 //! key layout (`inputs/…`, `artifacts/<tenant>/<job>/<name>`).
 
-use std::sync::Arc;
-
 use cognomega_core::billing::UsageKind;
 use cognomega_core::limits::CostMetric;
 use cognomega_core::sql::{Executor, SqlError, Transaction};
 use cognomega_pipelines::input::{InputError, MAX_INPUT_BYTES};
-use cognomega_pipelines::{Artifact, JobError, JobType};
+use cognomega_pipelines::{Artifact, JobError};
 use cognomega_r2_lifecycle::codec::{self, CodecPolicy, Compression};
 use cognomega_workflows::jobs::{Delivery, Outcome};
-use cognomega_workflows::ports::{Fence, FencedProgress, Fetched, JobHost, ObjectStore};
+use cognomega_workflows::ports::{Fetched, JobHost, NewObject, ObjectStore, PipelineRun};
 use serde::Deserialize;
 use worker::{Env, MessageExt, Method, Request, Response};
 
@@ -266,16 +264,13 @@ async fn upload_input(
             format!("job inputs are at most {} MiB", MAX_INPUT_BYTES >> 20),
         ));
     }
-    let Some(object) = env.bucket("OBJECTS")?.get(&object_key).execute().await? else {
-        return Err(ApiError::internal(format!(
-            "upload {key}: its object {object_key} is gone from R2"
-        )));
-    };
-    Ok(object
-        .body()
-        .ok_or_else(|| ApiError::internal("an R2 object without a body"))?
-        .bytes()
-        .await?)
+    crate::r2::get_bytes(&env.bucket("OBJECTS")?, &object_key)
+        .await?
+        .ok_or_else(|| {
+            ApiError::internal(format!(
+                "upload {key}: its object {object_key} is gone from R2"
+            ))
+        })
 }
 
 fn submitted(status: u16, id: &str) -> ApiResult {
@@ -571,33 +566,18 @@ fn now_ms() -> i64 {
 #[async_trait::async_trait(?Send)]
 impl ObjectStore for EdgeJobs<'_> {
     async fn get(&self, key: &str) -> Result<Fetched, String> {
-        let Some(object) = self
-            .bucket
-            .get(key)
-            .execute()
-            .await
+        let bytes = crate::r2::get_bytes(&self.bucket, key).await;
+        Ok(bytes
             .map_err(|e| e.to_string())?
-        else {
-            return Ok(Fetched::Missing);
-        };
-        let body = object.body().ok_or("an R2 object without a body")?;
-        Ok(Fetched::Found(
-            body.bytes().await.map_err(|e| e.to_string())?,
-        ))
+            .map_or(Fetched::Missing, Fetched::Found))
     }
 
-    async fn put(
-        &self,
-        key: &str,
-        bytes: Vec<u8>,
-        content_type: &str,
-        meta: &[(&'static str, String)],
-    ) -> Result<(), String> {
-        let meta = meta
-            .iter()
+    async fn put(&self, object: NewObject<'_>) -> Result<(), String> {
+        let meta = (object.meta.iter())
             .map(|(k, v)| ((*k).to_owned(), v.clone()))
             .collect();
-        crate::r2::put(&self.bucket, key, bytes, content_type, Some(meta))
+        let (key, ct) = (object.key, object.content_type);
+        crate::r2::put(&self.bucket, key, object.bytes, ct, Some(meta))
             .await
             .map_err(|e| e.to_string())
     }
@@ -615,27 +595,12 @@ impl JobHost for EdgeJobs<'_> {
         Ok(Box::new(tx))
     }
 
-    fn objects(&self) -> &dyn ObjectStore {
-        self
-    }
-
     fn now_ms(&self) -> i64 {
         now_ms()
     }
 
-    async fn run(
-        &self,
-        job: Arc<dyn JobType>,
-        input: Vec<u8>,
-        params: serde_json::Value,
-        fence: Fence,
-    ) -> Result<Vec<Artifact>, JobError> {
-        let progress = FencedProgress {
-            db: Pg(self.db),
-            fence,
-            now_ms,
-        };
-        job.run(&input, &params, &progress).await
+    async fn run(&self, run: PipelineRun) -> Result<Vec<Artifact>, JobError> {
+        run.execute(Pg(self.db), now_ms).await
     }
 }
 

@@ -22,3 +22,14 @@ pub async fn put(
     }
     put.execute().await.map(drop)
 }
+
+/// The bytes of the object under `key`; `None` when there is none.
+pub async fn get_bytes(bucket: &Bucket, key: &str) -> worker::Result<Option<Vec<u8>>> {
+    let Some(object) = bucket.get(key).execute().await? else {
+        return Ok(None);
+    };
+    let body = object
+        .body()
+        .ok_or_else(|| worker::Error::RustError(format!("R2 object {key} has no body")))?;
+    Ok(Some(body.bytes().await?))
+}

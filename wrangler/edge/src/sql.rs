@@ -3,7 +3,7 @@
 //! trip, and PostgreSQL never guesses a parameter's type), every column comes back as a
 //! [`Value`] by its declared type.
 
-use cognomega_core::sql::{Dialect, Executor, Row, SqlError, Transaction, Value};
+use cognomega_core::sql::{Dialect, Executor, Outbound, Row, SqlError, Transaction, Value};
 use futures::TryStreamExt as _;
 use tokio_postgres::types::{ToSql, Type};
 
@@ -135,15 +135,10 @@ impl Executor for PgTx<'_> {
 
 #[async_trait::async_trait(?Send)]
 impl Transaction for PgTx<'_> {
-    async fn send(
-        &mut self,
-        queue: &str,
-        body: String,
-        request_id: Option<&str>,
-    ) -> Result<(), SqlError> {
+    async fn send(&mut self, out: Outbound<'_>) -> Result<(), SqlError> {
         let now = worker::Date::now().as_millis() as i64;
-        let batch = self.batch.clone();
-        cognomega_core::outbox::stage(&mut self.db, &batch, queue, body, request_id, now).await
+        let (batch, rid) = (self.batch.clone(), out.request_id);
+        cognomega_core::outbox::stage(&mut self.db, &batch, out.queue, out.body, rid, now).await
     }
 
     async fn commit(self: Box<Self>) -> Result<(), SqlError> {
