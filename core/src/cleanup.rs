@@ -245,7 +245,8 @@ macro_rules! guest_conditions {
 /// The cleanup's SQL. The PostgreSQL statements (tables and columns of `migrations/postgres`)
 /// run unchanged through sqlx natively and through tokio-postgres on the edge: every parameter
 /// has the type its Rust value has in both (`text[]`, `bigint[]`, `bigint`, `text`). The
-/// dialect-neutral pieces are shared with the SQLite statements, which stay in the native store.
+/// dialect-neutral pieces are shared with the SQLite statements, which stay in the native store
+/// (but for `SQLITE_EXPIRED_GUESTS`, built from the same conditions here).
 pub mod sql {
     /// Every declared queue: `(queue, settings JSON)`.
     pub const QUEUE_SETTINGS: &str = "SELECT queue, settings FROM queue_settings";
@@ -288,6 +289,13 @@ pub mod sql {
     pub const EXPIRED_GUESTS: &str = concat!(
         "SELECT t.id FROM tenants t WHERE t.tier = 'guest'
                    AND t.created_at < to_timestamp($1::bigint / 1000.0) ",
+        guest_conditions!()
+    );
+
+    /// SQLite (`created_at` in epoch ms): [`EXPIRED_GUESTS`] — `(cutoff_ms)` ⇒ the ids of guest
+    /// tenants created before the cutoff with nothing left ([`GUEST_CONDITIONS`]), ordered.
+    pub const SQLITE_EXPIRED_GUESTS: &str = concat!(
+        "SELECT t.id FROM tenants t WHERE t.tier = 'guest' AND t.created_at < $1 ",
         guest_conditions!()
     );
 
@@ -336,6 +344,7 @@ mod tests {
             format!("{} (SELECT unnest($1::text[]))", sql::TENANT_DELETES[0])
         );
         assert!(sql::EXPIRED_GUESTS.ends_with(sql::GUEST_CONDITIONS));
+        assert!(sql::SQLITE_EXPIRED_GUESTS.ends_with(sql::GUEST_CONDITIONS));
         assert!(sql::GUEST_CONDITIONS.trim_end().ends_with("ORDER BY t.id"));
     }
 

@@ -2,25 +2,9 @@
 //! hosts share (`cognomega_core::ai::replay`).
 
 use cognomega_core::ai::replay::{self, Existing};
+use cognomega_core::sql::Executor as _;
 
 use crate::{Database, StoreError};
-
-/// The same statement on either backend's pool (the SQLite writer: a claim must see the last
-/// committed claim).
-macro_rules! on_pool {
-    ($db:expr, |$pool:ident| $body:expr) => {
-        match $db {
-            Database::Sqlite(s) => {
-                let $pool = &s.write;
-                $body
-            }
-            Database::Postgres(p) => {
-                let $pool = &p.pool;
-                $body
-            }
-        }
-    };
-}
 
 /// The outcome of a claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,33 +24,31 @@ pub async fn claim(
     now_ms: i64,
 ) -> Result<Claim, StoreError> {
     let (now, expired, abandoned) = replay::claim_times(now_ms);
+    // On the SQLite writer: a claim must see the last committed claim.
+    let mut db = db.clone();
     // A live row can vanish between the claim and the look-up (released by its claimant):
     // then claim again.
     for _ in 0..3 {
-        let claimed: Option<i64> = on_pool!(db, |pool| sqlx::query_scalar(replay::CLAIM)
-            .bind(tenant)
-            .bind(key)
-            .bind(hash)
-            .bind(now)
-            .bind(expired)
-            .bind(abandoned)
-            .fetch_optional(pool)
-            .await?);
-        if let Some(at) = claimed {
-            return Ok(Claim::Claimed(at));
+        let args = [
+            tenant.into(),
+            key.into(),
+            hash.into(),
+            now.into(),
+            expired.into(),
+            abandoned.into(),
+        ];
+        if let Some(row) = db.query_opt(replay::CLAIM, &args).await? {
+            return Ok(Claim::Claimed(row.int(0)?));
         }
-        let row: Option<(String, String, i64, Option<String>)> =
-            on_pool!(db, |pool| sqlx::query_as(replay::LOOKUP)
-                .bind(tenant)
-                .bind(key)
-                .fetch_optional(pool)
-                .await?);
-        if let Some((request_hash, state, claimed_at, response)) = row {
+        let row = db
+            .query_opt(replay::LOOKUP, &[tenant.into(), key.into()])
+            .await?;
+        if let Some(r) = row {
             return Ok(Claim::Live(Existing {
-                request_hash,
-                state,
-                claimed_at,
-                response,
+                request_hash: r.text(0)?,
+                state: r.text(1)?,
+                claimed_at: r.int(2)?,
+                response: r.opt_text(3)?,
             }));
         }
     }
@@ -86,14 +68,8 @@ pub async fn finish(
     response: &replay::Recorded,
 ) -> Result<(), StoreError> {
     let json = response.to_json();
-    on_pool!(db, |pool| sqlx::query(replay::FINISH)
-        .bind(tenant)
-        .bind(key)
-        .bind(claimed_at)
-        .bind(&json)
-        .execute(pool)
-        .await
-        .map(drop)?);
+    let args = [tenant.into(), key.into(), claimed_at.into(), json.into()];
+    db.clone().execute(replay::FINISH, &args).await?;
     Ok(())
 }
 
@@ -104,22 +80,13 @@ pub async fn release(
     key: &str,
     claimed_at: i64,
 ) -> Result<(), StoreError> {
-    on_pool!(db, |pool| sqlx::query(replay::RELEASE)
-        .bind(tenant)
-        .bind(key)
-        .bind(claimed_at)
-        .execute(pool)
-        .await
-        .map(drop)?);
+    let args = [tenant.into(), key.into(), claimed_at.into()];
+    db.clone().execute(replay::RELEASE, &args).await?;
     Ok(())
 }
 
 /// Retention: deletes keys older than their 24 hours; returns how many went.
 pub async fn prune(db: &Database, now_ms: i64) -> Result<u64, StoreError> {
     let cutoff = now_ms.saturating_sub(replay::KEY_TTL_MS);
-    Ok(on_pool!(db, |pool| sqlx::query(replay::PRUNE)
-        .bind(cutoff)
-        .execute(pool)
-        .await?
-        .rows_affected()))
+    Ok(db.clone().execute(replay::PRUNE, &[cutoff.into()]).await?)
 }

@@ -13,9 +13,8 @@
 
 use std::collections::BTreeMap;
 
+use cognomega_core::sql::{Dialects, Executor as _, Row, SqlError};
 use serde::Serialize;
-use sqlx::postgres::PgRow;
-use sqlx::sqlite::SqliteRow;
 
 use crate::{Database, StoreError};
 
@@ -130,34 +129,6 @@ pub struct Reconciliation {
     pub findings: Vec<Finding>,
 }
 
-/// Runs a query on either backend with `i64` parameters (`?N` on SQLite, `$N` on PostgreSQL).
-pub(crate) async fn fetch_all<T>(
-    db: &Database,
-    sqlite: &str,
-    postgres: &str,
-    binds: &[i64],
-) -> Result<Vec<T>, StoreError>
-where
-    T: for<'r> sqlx::FromRow<'r, SqliteRow> + for<'r> sqlx::FromRow<'r, PgRow> + Send + Unpin,
-{
-    Ok(match db {
-        Database::Sqlite(s) => {
-            let mut q = sqlx::query_as::<_, T>(sqlite);
-            for b in binds {
-                q = q.bind(*b);
-            }
-            q.fetch_all(&s.read).await?
-        }
-        Database::Postgres(p) => {
-            let mut q = sqlx::query_as::<_, T>(postgres);
-            for b in binds {
-                q = q.bind(*b);
-            }
-            q.fetch_all(&p.pool).await?
-        }
-    })
-}
-
 /// Reconciles usage events, ledger entries, adjustments and cached balances.
 ///
 /// # Errors
@@ -174,165 +145,176 @@ pub async fn reconcile(db: &Database) -> Result<Reconciliation, StoreError> {
     Ok(out)
 }
 
+/// Usage events, and those with credits ≠ 0.
+const USAGE_COUNTS: Dialects = Dialects {
+    sqlite: "SELECT COUNT(*), COALESCE(SUM(credits <> 0), 0) FROM usage_events",
+    postgres: "SELECT COUNT(*), COUNT(*) FILTER (WHERE credits <> 0) FROM usage_events",
+};
+
+/// Ledger entries and summed deltas per kind.
+const LEDGER_BY_KIND: &str =
+    "SELECT kind, COUNT(*), CAST(SUM(delta) AS BIGINT) FROM ledger_entries GROUP BY kind";
+
+/// Tenants, cached balance rows and summed cached balances.
+const BALANCE_COUNTS: &str = "SELECT (SELECT COUNT(*) FROM tenants), COUNT(*),
+     CAST(COALESCE(SUM(balance), 0) AS BIGINT) FROM balances";
+
 /// Credit adjustments counted per status.
 const ADJUSTMENTS_BY_STATUS: &str =
     "SELECT status, COUNT(*) FROM credit_adjustments GROUP BY status";
 
+/// The one row of an aggregate without `GROUP BY`.
+async fn one_row(db: &Database, sql: &str) -> Result<Row, StoreError> {
+    crate::sql::Reader(db)
+        .query_opt(sql, &[])
+        .await?
+        .ok_or(StoreError::Sqlx(sqlx::Error::RowNotFound))
+}
+
 async fn counts(db: &Database) -> Result<Counts, StoreError> {
     let mut c = Counts::default();
-    let usage: Vec<(i64, i64)> = fetch_all(
-        db,
-        "SELECT COUNT(*), COALESCE(SUM(credits <> 0), 0) FROM usage_events",
-        "SELECT COUNT(*), COUNT(*) FILTER (WHERE credits <> 0) FROM usage_events",
-        &[],
-    )
-    .await?;
-    (c.usage_events, c.billable_usage_events) = usage.first().copied().unwrap_or_default();
-    let kinds: Vec<(String, i64, i64)> = fetch_all(
-        db,
-        "SELECT kind, COUNT(*), SUM(delta) FROM ledger_entries GROUP BY kind",
-        "SELECT kind, COUNT(*), SUM(delta)::bigint FROM ledger_entries GROUP BY kind",
-        &[],
-    )
-    .await?;
-    for (kind, entries, delta) in kinds {
+    let usage = one_row(db, USAGE_COUNTS.pick(db.dialect())).await?;
+    (c.usage_events, c.billable_usage_events) = (usage.int(0)?, usage.int(1)?);
+    let kinds = crate::sql::Reader(db).query(LEDGER_BY_KIND, &[]).await?;
+    for r in &kinds {
+        let (entries, delta) = (r.int(1)?, r.int(2)?);
         c.ledger_entries += entries;
         c.ledger_total += delta;
-        c.ledger_by_kind.insert(kind, KindSum { entries, delta });
+        c.ledger_by_kind
+            .insert(r.text(0)?, KindSum { entries, delta });
     }
-    let balances: Vec<(i64, i64, i64)> = fetch_all(
-        db,
-        "SELECT (SELECT COUNT(*) FROM tenants), COUNT(*), COALESCE(SUM(balance), 0) FROM balances",
-        "SELECT (SELECT COUNT(*) FROM tenants), COUNT(*), COALESCE(SUM(balance), 0)::bigint FROM balances",
-        &[],
-    )
-    .await?;
-    (c.tenants, c.balances, c.balance_total) = balances.first().copied().unwrap_or_default();
-    let adjustments = cognomega_core::sql::Executor::query(
-        &mut crate::sql::Reader(db),
-        ADJUSTMENTS_BY_STATUS,
-        &[],
-    )
-    .await?;
+    let balances = one_row(db, BALANCE_COUNTS).await?;
+    (c.tenants, c.balances, c.balance_total) =
+        (balances.int(0)?, balances.int(1)?, balances.int(2)?);
+    let adjustments = crate::sql::Reader(db)
+        .query(ADJUSTMENTS_BY_STATUS, &[])
+        .await?;
     c.adjustments = adjustments
         .iter()
         .map(|r| Ok((r.text(0)?, r.int(1)?)))
-        .collect::<Result<_, cognomega_core::sql::SqlError>>()?;
+        .collect::<Result<_, SqlError>>()?;
     Ok(c)
 }
 
+/// Billable usage events without their entry, and entries that disagree with their event, at
+/// most `$1`: `u.seq, u.tenant_id, u.credits, l.seq, l.id, l.tenant_id, l.delta` (the `l`
+/// columns null when the entry is missing).
+const SETTLEMENT_FINDINGS: Dialects = Dialects {
+    sqlite: "SELECT u.seq, u.tenant_id, u.credits, l.seq, l.id, l.tenant_id, l.delta
+             FROM usage_events u LEFT JOIN ledger_entries l ON l.id = 'usage-' || u.seq
+             WHERE (l.id IS NULL AND u.credits <> 0)
+                OR (l.id IS NOT NULL AND (l.tenant_id <> u.tenant_id OR l.delta <> -u.credits
+                    OR l.kind <> 'usage' OR l.ref IS NOT u.idempotency_key))
+             ORDER BY u.seq LIMIT $1",
+    postgres: "SELECT u.seq, u.tenant_id, u.credits, l.seq, l.id, l.tenant_id, l.delta
+               FROM usage_events u LEFT JOIN ledger_entries l ON l.id = 'usage-' || u.seq
+               WHERE (l.id IS NULL AND u.credits <> 0)
+                  OR (l.id IS NOT NULL AND (l.tenant_id <> u.tenant_id OR l.delta <> -u.credits
+                      OR l.kind <> 'usage' OR l.ref IS DISTINCT FROM u.idempotency_key))
+               ORDER BY u.seq LIMIT $1",
+};
+
 /// Billable usage events without their entry, and entries that disagree with their event.
 async fn settlements(db: &Database) -> Result<Vec<Finding>, StoreError> {
-    type R = (
-        i64,
-        String,
-        i64,
-        Option<i64>,
-        Option<String>,
-        Option<String>,
-        Option<i64>,
-    );
-    let rows: Vec<R> = fetch_all(
-        db,
-        "SELECT u.seq, u.tenant_id, u.credits, l.seq, l.id, l.tenant_id, l.delta
-         FROM usage_events u LEFT JOIN ledger_entries l ON l.id = 'usage-' || u.seq
-         WHERE (l.id IS NULL AND u.credits <> 0)
-            OR (l.id IS NOT NULL AND (l.tenant_id <> u.tenant_id OR l.delta <> -u.credits
-                OR l.kind <> 'usage' OR l.ref IS NOT u.idempotency_key))
-         ORDER BY u.seq LIMIT ?1",
-        "SELECT u.seq, u.tenant_id, u.credits, l.seq, l.id, l.tenant_id, l.delta
-         FROM usage_events u LEFT JOIN ledger_entries l ON l.id = 'usage-' || u.seq
-         WHERE (l.id IS NULL AND u.credits <> 0)
-            OR (l.id IS NOT NULL AND (l.tenant_id <> u.tenant_id OR l.delta <> -u.credits
-                OR l.kind <> 'usage' OR l.ref IS DISTINCT FROM u.idempotency_key))
-         ORDER BY u.seq LIMIT $1",
-        &[listed_limit()],
-    )
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(useq, tenant, credits, lseq, lid, ltenant, ldelta)| match lseq {
-                None => Finding {
-                    problem: Problem::Unsettled,
-                    pos: None,
-                    seq: None,
-                    id: Some(format!("usage-{useq}")),
-                    tenant_id: Some(tenant),
-                    detail: format!(
-                        "usage event {useq} ({credits} credits) has no ledger entry usage-{useq}"
-                    ),
-                },
-                Some(lseq) => Finding {
-                    problem: Problem::SettlementMismatch,
-                    pos: None,
-                    seq: Some(lseq),
-                    id: lid,
-                    tenant_id: Some(tenant.clone()),
-                    detail: format!(
+    let mut read = crate::sql::Reader(db);
+    let rows = read
+        .query(
+            SETTLEMENT_FINDINGS.pick(read.dialect()),
+            &[listed_limit().into()],
+        )
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let (useq, tenant, credits) = (r.int(0)?, r.text(1)?, r.int(2)?);
+        out.push(match r.opt_int(3)? {
+            None => Finding {
+                problem: Problem::Unsettled,
+                pos: None,
+                seq: None,
+                id: Some(format!("usage-{useq}")),
+                tenant_id: Some(tenant),
+                detail: format!(
+                    "usage event {useq} ({credits} credits) has no ledger entry usage-{useq}"
+                ),
+            },
+            Some(lseq) => Finding {
+                problem: Problem::SettlementMismatch,
+                pos: None,
+                seq: Some(lseq),
+                id: r.opt_text(4)?,
+                tenant_id: Some(tenant.clone()),
+                detail: format!(
                     "ledger entry {lseq} settles usage event {useq} (tenant {tenant}, {credits} \
                      credits) but says tenant {}, delta {}",
-                    ltenant.unwrap_or_default(),
-                    ldelta.unwrap_or_default()
+                    r.opt_text(5)?.unwrap_or_default(),
+                    r.opt_int(6)?.unwrap_or_default()
                 ),
-                },
             },
-        )
-        .collect())
+        });
+    }
+    Ok(out)
 }
+
+/// Ledger entries whose source is missing or disagrees, at most `$1`: `seq, id, tenant_id,
+/// kind, delta`. On PostgreSQL the regex keeps the cast from failing on an id that was
+/// tampered into non-digits.
+const SOURCE_FINDINGS: Dialects = Dialects {
+    sqlite: "SELECT l.seq, l.id, l.tenant_id, l.kind, l.delta FROM ledger_entries l
+             WHERE CASE l.kind
+                 WHEN 'usage' THEN NOT EXISTS (SELECT 1 FROM usage_events u
+                     WHERE u.seq = CAST(substr(l.id, 7) AS INTEGER) AND l.id = 'usage-' || u.seq)
+                 WHEN 'grant' THEN l.id <> 'grant-' || l.tenant_id
+                     OR NOT EXISTS (SELECT 1 FROM tenants t WHERE t.id = l.tenant_id)
+                 WHEN 'adjustment' THEN NOT EXISTS (SELECT 1 FROM credit_adjustments a
+                     WHERE a.id = l.ref AND l.id = 'adjust-' || a.id AND a.tenant_id = l.tenant_id
+                       AND a.delta = l.delta AND a.status = 'applied')
+                 ELSE 1 END
+             ORDER BY l.seq LIMIT $1",
+    postgres: "SELECT l.seq, l.id, l.tenant_id, l.kind, l.delta FROM ledger_entries l
+               WHERE CASE l.kind
+                   WHEN 'usage' THEN NOT EXISTS (SELECT 1 FROM usage_events u
+                       WHERE u.seq = CASE WHEN l.id ~ '^usage-[0-9]{1,18}$'
+                                          THEN substr(l.id, 7)::bigint END)
+                   WHEN 'grant' THEN l.id <> 'grant-' || l.tenant_id
+                       OR NOT EXISTS (SELECT 1 FROM tenants t WHERE t.id = l.tenant_id)
+                   WHEN 'adjustment' THEN NOT EXISTS (SELECT 1 FROM credit_adjustments a
+                       WHERE a.id = l.ref AND l.id = 'adjust-' || a.id AND a.tenant_id = l.tenant_id
+                         AND a.delta = l.delta AND a.status = 'applied')
+                   ELSE true END
+               ORDER BY l.seq LIMIT $1",
+};
 
 /// Ledger entries whose source is missing or disagrees.
 async fn sources(db: &Database) -> Result<Vec<Finding>, StoreError> {
-    let rows: Vec<(i64, String, String, String, i64)> = fetch_all(
-        db,
-        "SELECT l.seq, l.id, l.tenant_id, l.kind, l.delta FROM ledger_entries l
-         WHERE CASE l.kind
-             WHEN 'usage' THEN NOT EXISTS (SELECT 1 FROM usage_events u
-                 WHERE u.seq = CAST(substr(l.id, 7) AS INTEGER) AND l.id = 'usage-' || u.seq)
-             WHEN 'grant' THEN l.id <> 'grant-' || l.tenant_id
-                 OR NOT EXISTS (SELECT 1 FROM tenants t WHERE t.id = l.tenant_id)
-             WHEN 'adjustment' THEN NOT EXISTS (SELECT 1 FROM credit_adjustments a
-                 WHERE a.id = l.ref AND l.id = 'adjust-' || a.id AND a.tenant_id = l.tenant_id
-                   AND a.delta = l.delta AND a.status = 'applied')
-             ELSE 1 END
-         ORDER BY l.seq LIMIT ?1",
-        // The regex keeps the cast from failing on an id that was tampered into non-digits.
-        "SELECT l.seq, l.id, l.tenant_id, l.kind, l.delta FROM ledger_entries l
-         WHERE CASE l.kind
-             WHEN 'usage' THEN NOT EXISTS (SELECT 1 FROM usage_events u
-                 WHERE u.seq = CASE WHEN l.id ~ '^usage-[0-9]{1,18}$'
-                                    THEN substr(l.id, 7)::bigint END)
-             WHEN 'grant' THEN l.id <> 'grant-' || l.tenant_id
-                 OR NOT EXISTS (SELECT 1 FROM tenants t WHERE t.id = l.tenant_id)
-             WHEN 'adjustment' THEN NOT EXISTS (SELECT 1 FROM credit_adjustments a
-                 WHERE a.id = l.ref AND l.id = 'adjust-' || a.id AND a.tenant_id = l.tenant_id
-                   AND a.delta = l.delta AND a.status = 'applied')
-             ELSE true END
-         ORDER BY l.seq LIMIT $1",
-        &[listed_limit()],
-    )
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(seq, id, tenant, kind, delta)| {
-            let source = match kind.as_str() {
-                "usage" => "no usage event with that seq",
-                "grant" => "no tenant with that id, or an id other than grant-{tenant}",
-                "adjustment" => "no applied adjustment with that id, tenant and delta",
-                _ => "an unknown kind",
-            };
-            Finding {
-                problem: Problem::NoSource,
-                pos: None,
-                seq: Some(seq),
-                detail: format!(
-                    "ledger entry {seq} ({id}, {kind}, {delta} credits) has no source: {source}"
-                ),
-                id: Some(id),
-                tenant_id: Some(tenant),
-            }
-        })
-        .collect())
+    let mut read = crate::sql::Reader(db);
+    let rows = read
+        .query(
+            SOURCE_FINDINGS.pick(read.dialect()),
+            &[listed_limit().into()],
+        )
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let (seq, id, tenant, kind, delta) =
+            (r.int(0)?, r.text(1)?, r.text(2)?, r.text(3)?, r.int(4)?);
+        let source = match kind.as_str() {
+            "usage" => "no usage event with that seq",
+            "grant" => "no tenant with that id, or an id other than grant-{tenant}",
+            "adjustment" => "no applied adjustment with that id, tenant and delta",
+            _ => "an unknown kind",
+        };
+        out.push(Finding {
+            problem: Problem::NoSource,
+            pos: None,
+            seq: Some(seq),
+            detail: format!(
+                "ledger entry {seq} ({id}, {kind}, {delta} credits) has no source: {source}"
+            ),
+            id: Some(id),
+            tenant_id: Some(tenant),
+        });
+    }
+    Ok(out)
 }
 
 /// Applied adjustments without their `adjust-<id>` ledger entry, at most `$1`, by id.
@@ -351,7 +333,7 @@ async fn adjustments(db: &Database) -> Result<Vec<Finding>, StoreError> {
     .await?
     .iter()
     .map(|r| Ok((r.text(0)?, r.text(1)?, r.int(2)?)))
-    .collect::<Result<Vec<_>, cognomega_core::sql::SqlError>>()?;
+    .collect::<Result<Vec<_>, SqlError>>()?;
     Ok(rows
         .into_iter()
         .map(|(id, tenant, delta)| Finding {
@@ -367,24 +349,23 @@ async fn adjustments(db: &Database) -> Result<Vec<Finding>, StoreError> {
         .collect())
 }
 
+/// Tenants whose cached balance (a missing row counts as 0) is not their ledger sum, at most
+/// `$1`: `tenant_id, ledger sum, cached balance, whether a balance row exists (0/1)`.
+const BALANCE_FINDINGS: &str = "SELECT tenant_id, CAST(SUM(l) AS BIGINT), CAST(SUM(b) AS BIGINT),
+            CAST(SUM(has) AS BIGINT) FROM (
+         SELECT tenant_id, delta AS l, CAST(0 AS BIGINT) AS b, 0 AS has FROM ledger_entries
+         UNION ALL SELECT tenant_id, 0, balance, 1 FROM balances) x
+     GROUP BY tenant_id HAVING SUM(l) <> SUM(b) ORDER BY tenant_id LIMIT $1";
+
 /// Tenants whose cached balance (a missing row counts as 0) is not their ledger sum.
 async fn balances(db: &Database) -> Result<Vec<Finding>, StoreError> {
-    let rows: Vec<(String, i64, i64, i64)> = fetch_all(
-        db,
-        "SELECT tenant_id, SUM(l), SUM(b), SUM(has) FROM (
-             SELECT tenant_id, delta AS l, 0 AS b, 0 AS has FROM ledger_entries
-             UNION ALL SELECT tenant_id, 0, balance, 1 FROM balances)
-         GROUP BY tenant_id HAVING SUM(l) <> SUM(b) ORDER BY tenant_id LIMIT ?1",
-        "SELECT tenant_id, SUM(l)::bigint, SUM(b)::bigint, SUM(has)::bigint FROM (
-             SELECT tenant_id, delta AS l, 0::bigint AS b, 0 AS has FROM ledger_entries
-             UNION ALL SELECT tenant_id, 0, balance, 1 FROM balances) x
-         GROUP BY tenant_id HAVING SUM(l) <> SUM(b) ORDER BY tenant_id LIMIT $1",
-        &[listed_limit()],
-    )
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(tenant, ledger, cached, has)| Finding {
+    let rows = crate::sql::Reader(db)
+        .query(BALANCE_FINDINGS, &[listed_limit().into()])
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let (tenant, ledger, cached, has) = (r.text(0)?, r.int(1)?, r.int(2)?, r.int(3)?);
+        out.push(Finding {
             problem: Problem::BalanceMismatch,
             pos: None,
             seq: None,
@@ -395,6 +376,7 @@ async fn balances(db: &Database) -> Result<Vec<Finding>, StoreError> {
                 if has == 0 { " (no balance row)" } else { "" }
             ),
             tenant_id: Some(tenant),
-        })
-        .collect())
+        });
+    }
+    Ok(out)
 }

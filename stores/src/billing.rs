@@ -6,12 +6,15 @@
 //! boundary (`to_timestamp(ms / 1000.0)`, `extract(epoch …) * 1000`).
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
-use cognomega_core::billing::{SettlementMessage, UsageEvent, UsageKind};
+use cognomega_core::billing::{sql, SettlementMessage, UsageEvent, UsageKind};
+use cognomega_core::sql::{Dialects, Executor as _, SqlError, Value};
 use serde::Serialize;
 use sqlx::{QueryBuilder, Row};
 
 use crate::queue::now_ms;
+use crate::stamped::Stamped;
 use crate::{Database, StoreError, Tx};
 
 /// A usage event inserted for the first time.
@@ -55,6 +58,19 @@ pub struct Adjustment {
     pub applied_at_ms: Option<i64>,
 }
 
+/// A tenant — `$1` id, `$2` tier, `$3` email (SQLite: `$4` now; PostgreSQL defaults
+/// `created_at`).
+const INSERT_TENANT: Stamped = Stamped(Dialects {
+    sqlite: "INSERT INTO tenants (id, tier, email, created_at) VALUES ($1, $2, $3, $4)",
+    postgres: sql::PG_INSERT_TENANT,
+});
+
+/// A tenant's user — `$1` id, `$2` tenant, `$3` email (SQLite: `$4` now).
+const INSERT_USER: Stamped = Stamped(Dialects {
+    sqlite: "INSERT INTO users (id, tenant_id, email, created_at) VALUES ($1, $2, $3, $4)",
+    postgres: sql::PG_INSERT_USER,
+});
+
 /// Creates a tenant and its first user.
 pub async fn create_tenant(
     tx: &mut Tx,
@@ -64,42 +80,19 @@ pub async fn create_tenant(
     email: Option<&str>,
 ) -> Result<(), StoreError> {
     let now = now_ms().0;
-    match tx {
-        Tx::Sqlite { tx, .. } => {
-            sqlx::query(
-                "INSERT INTO tenants (id, tier, email, created_at) VALUES (?1, ?2, ?3, ?4)",
-            )
-            .bind(tenant_id)
-            .bind(tier)
-            .bind(email)
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO users (id, tenant_id, email, created_at) VALUES (?1, ?2, ?3, ?4)",
-            )
-            .bind(user_id)
-            .bind(tenant_id)
-            .bind(email)
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
-        }
-        Tx::Postgres { tx, .. } => {
-            sqlx::query(cognomega_core::billing::sql::PG_INSERT_TENANT)
-                .bind(tenant_id)
-                .bind(tier)
-                .bind(email)
-                .execute(&mut **tx)
-                .await?;
-            sqlx::query(cognomega_core::billing::sql::PG_INSERT_USER)
-                .bind(user_id)
-                .bind(tenant_id)
-                .bind(email)
-                .execute(&mut **tx)
-                .await?;
-        }
-    }
+    let dialect = tx.dialect();
+    let (tenant, args) = INSERT_TENANT.bind(
+        dialect,
+        vec![tenant_id.into(), tier.into(), email.into()],
+        now,
+    );
+    tx.execute(tenant, &args).await?;
+    let (user, args) = INSERT_USER.bind(
+        dialect,
+        vec![user_id.into(), tenant_id.into(), email.into()],
+        now,
+    );
+    tx.execute(user, &args).await?;
     Ok(())
 }
 
@@ -138,7 +131,7 @@ pub async fn ask_standing(
     let day = day_start(unix_secs);
     let row = cognomega_core::sql::Executor::query_opt(
         &mut crate::sql::Reader(db),
-        cognomega_core::billing::sql::ASK_STANDING,
+        sql::ASK_STANDING,
         &[tenant_id.into(), day.into()],
     )
     .await?
@@ -406,6 +399,7 @@ fn count_day_tokens(days: &mut DayTokens, item: &UsageInsert<'_>, new: &[NewUsag
 
 /// Adds `days` to `usage_day_tokens` (saturating), in the caller's transaction.
 async fn add_day_tokens(tx: &mut Tx, days: &DayTokens) -> Result<(), StoreError> {
+    const INSERT: &str = "INSERT INTO usage_day_tokens (tenant_id, day_start, tokens) VALUES ";
     const UPSERT: &str = " ON CONFLICT (tenant_id, day_start) DO UPDATE SET tokens = \
         CASE WHEN usage_day_tokens.tokens > 9223372036854775807 - excluded.tokens \
         THEN 9223372036854775807 ELSE usage_day_tokens.tokens + excluded.tokens END";
@@ -413,32 +407,18 @@ async fn add_day_tokens(tx: &mut Tx, days: &DayTokens) -> Result<(), StoreError>
     // stay far below either backend's bound.
     let rows: Vec<_> = days.iter().filter(|(_, &t)| t > 0).collect();
     for chunk in rows.chunks(300) {
-        match tx {
-            Tx::Sqlite { tx, .. } => {
-                let mut qb: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(
-                    "INSERT INTO usage_day_tokens (tenant_id, day_start, tokens) ",
-                );
-                qb.push_values(chunk, |mut b, ((tenant, day), tokens)| {
-                    b.push_bind(tenant.as_str())
-                        .push_bind(*day)
-                        .push_bind(**tokens);
-                });
-                qb.push(UPSERT);
-                qb.build().execute(&mut **tx).await?;
+        let mut statement = String::from(INSERT);
+        let mut args: Vec<Value> = Vec::with_capacity(chunk.len() * 3);
+        for (i, ((tenant, day), tokens)) in chunk.iter().enumerate() {
+            if i > 0 {
+                statement.push_str(", ");
             }
-            Tx::Postgres { tx, .. } => {
-                let mut qb: QueryBuilder<sqlx::Postgres> = QueryBuilder::new(
-                    "INSERT INTO usage_day_tokens (tenant_id, day_start, tokens) ",
-                );
-                qb.push_values(chunk, |mut b, ((tenant, day), tokens)| {
-                    b.push_bind(tenant.as_str())
-                        .push_bind(*day)
-                        .push_bind(**tokens);
-                });
-                qb.push(UPSERT);
-                qb.build().execute(&mut **tx).await?;
-            }
+            let n = i * 3;
+            let _ = write!(statement, "(${}, ${}, ${})", n + 1, n + 2, n + 3);
+            args.extend([tenant.into(), (*day).into(), (**tokens).into()]);
         }
+        statement.push_str(UPSERT);
+        tx.execute(&statement, &args).await?;
     }
     Ok(())
 }
@@ -641,56 +621,43 @@ pub async fn apply_balance_deltas(
     let json = serde_json::to_string(deltas)
         .map_err(|e| cognomega_core::queue::QueueError::Invalid(e.to_string()))?;
     let now = now_ms().0;
-    use cognomega_core::billing::sql;
-    let rows: Vec<(String, i64, i64)> = match tx {
-        Tx::Sqlite { tx, .. } => {
-            let rows = sqlx::query_as(sql::SQLITE_ADD_BALANCES)
-                .bind(&json)
-                .bind(now)
-                .fetch_all(&mut **tx)
-                .await?;
-            sqlx::query(sql::SQLITE_FLAG_GUESTS)
-                .bind(&json)
-                .bind(guest_floor)
-                .bind(now)
-                .execute(&mut **tx)
-                .await?;
-            rows
-        }
-        Tx::Postgres { tx, .. } => {
-            let rows = sqlx::query_as(sql::PG_ADD_BALANCES)
-                .bind(&json)
-                .fetch_all(&mut **tx)
-                .await?;
-            sqlx::query(sql::PG_FLAG_GUESTS)
-                .bind(&json)
-                .bind(guest_floor)
-                .execute(&mut **tx)
-                .await?;
-            rows
-        }
-    };
-    Ok(rows.into_iter().map(|(t, b, _)| (t, b)).collect())
+    let dialect = tx.dialect();
+    let (add, args) = ADD_BALANCES.bind(dialect, vec![json.as_str().into()], now);
+    let rows = tx.query(add, &args).await?;
+    let (flag, args) =
+        FLAG_GUESTS.bind(dialect, vec![json.as_str().into(), guest_floor.into()], now);
+    tx.execute(flag, &args).await?;
+    Ok(rows
+        .iter()
+        .map(|r| Ok((r.text(0)?, r.int(1)?)))
+        .collect::<Result<_, SqlError>>()?)
 }
+
+/// Adds the deltas `$1` (JSON) to the balances (SQLite: at `$2`); returns `tenant_id, balance,
+/// updated_at`.
+const ADD_BALANCES: Stamped = Stamped(Dialects {
+    sqlite: sql::SQLITE_ADD_BALANCES,
+    postgres: sql::PG_ADD_BALANCES,
+});
+
+/// Flags the guests of `$1` whose balance is below `$2` (SQLite: at `$3`), and unflags the
+/// others.
+const FLAG_GUESTS: Stamped = Stamped(Dialects {
+    sqlite: sql::SQLITE_FLAG_GUESTS,
+    postgres: sql::PG_FLAG_GUESTS,
+});
+
+/// Marks adjustment `$1` applied (SQLite: at `$2`).
+const MARK_APPLIED: Stamped = Stamped(Dialects {
+    sqlite: "UPDATE credit_adjustments SET status = 'applied', applied_at = $2 WHERE id = $1",
+    postgres: "UPDATE credit_adjustments SET status = 'applied', applied_at = now() WHERE id = $1",
+});
 
 /// Marks adjustments applied.
 pub async fn mark_adjustments_applied(tx: &mut Tx, ids: &[&str]) -> Result<(), StoreError> {
     for id in ids {
-        match tx {
-            Tx::Sqlite { tx, .. } => {
-                sqlx::query("UPDATE credit_adjustments SET status = 'applied', applied_at = ?2 WHERE id = ?1")
-                    .bind(id)
-                    .bind(now_ms().0)
-                    .execute(&mut **tx)
-                    .await?;
-            }
-            Tx::Postgres { tx, .. } => {
-                sqlx::query("UPDATE credit_adjustments SET status = 'applied', applied_at = now() WHERE id = $1")
-                    .bind(id)
-                    .execute(&mut **tx)
-                    .await?;
-            }
-        }
+        let (mark, args) = MARK_APPLIED.bind(tx.dialect(), vec![(*id).into()], now_ms().0);
+        tx.execute(mark, &args).await?;
     }
     Ok(())
 }
@@ -709,27 +676,36 @@ pub async fn stored_balance(db: &Database, tenant_id: &str) -> Result<Option<i64
     Ok(row.map(|r| r.int(0)).transpose()?)
 }
 
+/// Tenant `$1`'s balance summed from the ledger.
+const LEDGER_BALANCE: &str =
+    "SELECT CAST(COALESCE(SUM(delta), 0) AS BIGINT) FROM ledger_entries WHERE tenant_id = $1";
+
 /// The balance summed from the ledger itself (the source of truth).
 pub async fn ledger_balance(db: &Database, tenant_id: &str) -> Result<i64, StoreError> {
-    Ok(match db {
-        Database::Sqlite(s) => {
-            sqlx::query_scalar(
-                "SELECT COALESCE(SUM(delta), 0) FROM ledger_entries WHERE tenant_id = ?1",
-            )
-            .bind(tenant_id)
-            .fetch_one(&s.read)
-            .await?
-        }
-        Database::Postgres(pg) => {
-            sqlx::query_scalar(
-                "SELECT COALESCE(SUM(delta), 0)::bigint FROM ledger_entries WHERE tenant_id = $1",
-            )
-            .bind(tenant_id)
-            .fetch_one(&pg.pool)
-            .await?
-        }
-    })
+    let row = crate::sql::Reader(db)
+        .query_opt(LEDGER_BALANCE, &[tenant_id.into()])
+        .await?
+        .ok_or(StoreError::Sqlx(sqlx::Error::RowNotFound))?;
+    Ok(row.int(0)?)
 }
+
+/// Tenant `$1`'s usage per kind with `$2 <= occurred_at < $3` (epoch ms): `kind`, the summed
+/// quantity and the summed credits each as its high and low 32 bits (`>> 32`,
+/// `& 4294967295`), and the events. SQLite's SUM fails on integer overflow, so it sums the
+/// halves (both far from overflowing), joined in i128 by [`usage_totals`]; PostgreSQL sums
+/// bigints as numeric (no overflow) and bounds the cast back, then splits the sums the same way.
+const USAGE_TOTALS: Dialects = Dialects {
+    sqlite: "SELECT kind, SUM(quantity >> 32), SUM(quantity & 4294967295),
+                    SUM(credits >> 32), SUM(credits & 4294967295), COUNT(*)
+             FROM usage_events
+             WHERE tenant_id = $1 AND occurred_at >= $2 AND occurred_at < $3 GROUP BY kind",
+    postgres: "SELECT kind, q >> 32, q & 4294967295, c >> 32, c & 4294967295, n FROM (
+                   SELECT kind, LEAST(SUM(quantity), 9223372036854775807)::bigint AS q,
+                          LEAST(SUM(credits), 9223372036854775807)::bigint AS c, COUNT(*) AS n
+                   FROM usage_events
+                   WHERE tenant_id = $1 AND occurred_at >= to_timestamp($2::float8 / 1000.0)
+                     AND occurred_at < to_timestamp($3::float8 / 1000.0) GROUP BY kind) t",
+};
 
 /// Usage per kind with `from_ms <= occurred_at < to_ms`.
 pub async fn usage_totals(
@@ -740,98 +716,66 @@ pub async fn usage_totals(
 ) -> Result<BTreeMap<UsageKind, KindTotal>, StoreError> {
     // Totals saturate at i64::MAX: a quantity or a charge may each be up to i64::MAX, so the
     // sum of a few can pass it, and an overflow must not fail the read.
-    let rows: Vec<(String, i64, i64, i64)> = match db {
-        Database::Sqlite(s) => {
-            // SQLite's SUM fails on integer overflow, so each column is summed in two halves
-            // (high and low 32 bits, both far from overflowing) and joined in i128.
-            let halves: Vec<(String, i64, i64, i64, i64, i64)> = sqlx::query_as(
-                "SELECT kind, SUM(quantity >> 32), SUM(quantity & 4294967295),
-                        SUM(credits >> 32), SUM(credits & 4294967295), COUNT(*)
-                 FROM usage_events
-                 WHERE tenant_id = ?1 AND occurred_at >= ?2 AND occurred_at < ?3 GROUP BY kind",
-            )
-            .bind(tenant_id)
-            .bind(from_ms)
-            .bind(to_ms)
-            .fetch_all(&s.read)
-            .await?;
-            let join = |high: i64, low: i64| {
-                let sum = (i128::from(high) << 32) + i128::from(low);
-                i64::try_from(sum).unwrap_or(if sum < 0 { i64::MIN } else { i64::MAX })
-            };
-            halves
-                .into_iter()
-                .map(|(kind, qh, ql, ch, cl, n)| (kind, join(qh, ql), join(ch, cl), n))
-                .collect()
-        }
-        // PostgreSQL sums bigints as numeric (no overflow); only the cast back needs a bound.
-        Database::Postgres(pg) => {
-            sqlx::query_as(
-                "SELECT kind, LEAST(SUM(quantity), 9223372036854775807)::bigint,
-                    LEAST(SUM(credits), 9223372036854775807)::bigint, COUNT(*)
-                 FROM usage_events
-                 WHERE tenant_id = $1 AND occurred_at >= to_timestamp($2::float8 / 1000.0)
-                   AND occurred_at < to_timestamp($3::float8 / 1000.0) GROUP BY kind",
-            )
-            .bind(tenant_id)
-            .bind(from_ms)
-            .bind(to_ms)
-            .fetch_all(&pg.pool)
-            .await?
-        }
+    let join = |high: i64, low: i64| {
+        let sum = (i128::from(high) << 32) + i128::from(low);
+        i64::try_from(sum).unwrap_or(if sum < 0 { i64::MIN } else { i64::MAX })
     };
-    Ok(rows
-        .into_iter()
-        .filter_map(|(kind, quantity, credits, events)| {
-            UsageKind::parse(&kind).map(|k| {
-                (
-                    k,
-                    KindTotal {
-                        quantity,
-                        credits,
-                        events,
-                    },
-                )
-            })
-        })
-        .collect())
+    let mut read = crate::sql::Reader(db);
+    let rows = read
+        .query(
+            USAGE_TOTALS.pick(read.dialect()),
+            &[tenant_id.into(), from_ms.into(), to_ms.into()],
+        )
+        .await?;
+    let mut totals = BTreeMap::new();
+    for r in &rows {
+        let Some(kind) = UsageKind::parse(&r.text(0)?) else {
+            continue;
+        };
+        totals.insert(
+            kind,
+            KindTotal {
+                quantity: join(r.int(1)?, r.int(2)?),
+                credits: join(r.int(3)?, r.int(4)?),
+                events: r.int(5)?,
+            },
+        );
+    }
+    Ok(totals)
 }
+
+/// Recomputes every balance from the ledger, writing only those that differ (SQLite: at `$1`).
+const REBUILD_BALANCES: Stamped = Stamped(Dialects {
+    sqlite: "INSERT INTO balances (tenant_id, balance, updated_at)
+             SELECT tenant_id, SUM(delta), $1 FROM ledger_entries GROUP BY tenant_id
+             ON CONFLICT (tenant_id) DO UPDATE SET balance = excluded.balance, updated_at = excluded.updated_at
+             WHERE balances.balance <> excluded.balance",
+    postgres: sql::PG_REBUILD_BALANCES,
+});
 
 /// Recomputes every derived balance from the ledger. Returns (tenants, balances changed).
 pub async fn rebuild_balances(db: &Database) -> Result<(u64, u64), StoreError> {
     let mut tx = db.begin().await?;
-    let changed = match &mut tx {
-        Tx::Sqlite { tx, .. } => {
-            sqlx::query(
-                "INSERT INTO balances (tenant_id, balance, updated_at)
-                 SELECT tenant_id, SUM(delta), ?1 FROM ledger_entries GROUP BY tenant_id
-                 ON CONFLICT (tenant_id) DO UPDATE SET balance = excluded.balance, updated_at = excluded.updated_at
-                 WHERE balances.balance <> excluded.balance",
-            )
-            .bind(now_ms().0)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected()
-        }
-        Tx::Postgres { tx, .. } => {
-            let corrected = sqlx::query(cognomega_core::billing::sql::PG_REBUILD_BALANCES)
-                .fetch_all(&mut **tx)
-                .await?;
-            u64::try_from(corrected.len()).unwrap_or(u64::MAX)
-        }
-    };
-    let tenants = cognomega_core::sql::Executor::query_opt(
-        &mut tx,
-        cognomega_core::billing::sql::LEDGER_TENANTS,
-        &[],
-    )
-    .await?
-    .map(|r| r.int(0))
-    .transpose()?
-    .unwrap_or(0);
+    let (rebuild, args) = REBUILD_BALANCES.bind(tx.dialect(), Vec::new(), now_ms().0);
+    // PostgreSQL's statement also returns the corrected rows: one per row changed.
+    let changed = tx.execute(rebuild, &args).await?;
+    let tenants = tx
+        .query_opt(sql::LEDGER_TENANTS, &[])
+        .await?
+        .map(|r| r.int(0))
+        .transpose()?
+        .unwrap_or(0);
     tx.commit().await?;
     Ok((u64::try_from(tenants).unwrap_or(0), changed))
 }
+
+/// A queued credit adjustment — `$1` id, `$2` idempotency key, `$3` tenant, `$4` delta, `$5`
+/// reason (SQLite: `$6` now) — returning its `id`; no row when the key was used.
+const INSERT_ADJUSTMENT: Stamped = Stamped(Dialects {
+    sqlite: "INSERT INTO credit_adjustments (id, idempotency_key, tenant_id, delta, reason, status, created_at)
+             VALUES ($1, $2, $3, $4, $5, 'queued', $6) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+    postgres: sql::PG_INSERT_ADJUSTMENT,
+});
 
 /// Records an adjustment under an idempotency key; a repeated key returns the first one
 /// (`created == false`).
@@ -843,76 +787,51 @@ pub async fn create_adjustment(
     reason: &str,
 ) -> Result<(String, bool), StoreError> {
     let id = uuid::Uuid::now_v7().to_string();
-    let inserted: Option<String> = match tx {
-        Tx::Sqlite { tx, .. } => {
-            sqlx::query_scalar(
-                "INSERT INTO credit_adjustments (id, idempotency_key, tenant_id, delta, reason, status, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
-            )
-            .bind(&id)
-            .bind(idempotency_key)
-            .bind(tenant_id)
-            .bind(delta)
-            .bind(reason)
-            .bind(now_ms().0)
-            .fetch_optional(&mut **tx)
-            .await?
-        }
-        Tx::Postgres { tx, .. } => {
-            sqlx::query_scalar(cognomega_core::billing::sql::PG_INSERT_ADJUSTMENT)
-            .bind(&id)
-            .bind(idempotency_key)
-            .bind(tenant_id)
-            .bind(delta)
-            .bind(reason)
-            .fetch_optional(&mut **tx)
-            .await?
-        }
-    };
-    if let Some(id) = inserted {
-        return Ok((id, true));
+    let (insert, args) = INSERT_ADJUSTMENT.bind(
+        tx.dialect(),
+        vec![
+            id.into(),
+            idempotency_key.into(),
+            tenant_id.into(),
+            delta.into(),
+            reason.into(),
+        ],
+        now_ms().0,
+    );
+    if let Some(row) = tx.query_opt(insert, &args).await? {
+        return Ok((row.text(0)?, true));
     }
-    let existing = cognomega_core::sql::Executor::query_opt(
-        tx,
-        cognomega_core::billing::sql::ADJUSTMENT_BY_KEY,
-        &[idempotency_key.into()],
-    )
-    .await?
-    .ok_or_else(|| StoreError::Sqlx(sqlx::Error::RowNotFound))?
-    .text(0)?;
+    let existing = tx
+        .query_opt(sql::ADJUSTMENT_BY_KEY, &[idempotency_key.into()])
+        .await?
+        .ok_or_else(|| StoreError::Sqlx(sqlx::Error::RowNotFound))?
+        .text(0)?;
     Ok((existing, false))
 }
 
+/// Adjustment `$1`: `id, tenant_id, delta, reason, status, created_at, applied_at` (epoch ms).
+const ADJUSTMENT: Dialects = Dialects {
+    sqlite: "SELECT id, tenant_id, delta, reason, status, created_at, applied_at FROM credit_adjustments WHERE id = $1",
+    postgres: sql::PG_ADJUSTMENT,
+};
+
 /// One adjustment by id.
 pub async fn get_adjustment(db: &Database, id: &str) -> Result<Option<Adjustment>, StoreError> {
-    type R = (String, String, i64, String, String, i64, Option<i64>);
-    let row: Option<R> = match db {
-        Database::Sqlite(s) => {
-            sqlx::query_as(
-                "SELECT id, tenant_id, delta, reason, status, created_at, applied_at FROM credit_adjustments WHERE id = ?1",
-            )
-            .bind(id)
-            .fetch_optional(&s.read)
-            .await?
-        }
-        Database::Postgres(pg) => {
-            sqlx::query_as(cognomega_core::billing::sql::PG_ADJUSTMENT)
-            .bind(id)
-            .fetch_optional(&pg.pool)
-            .await?
-        }
-    };
-    Ok(row.map(
-        |(adjustment_id, tenant_id, delta, reason, status, created_at_ms, applied_at_ms)| {
-            Adjustment {
-                adjustment_id,
-                tenant_id,
-                delta,
-                reason,
-                status,
-                created_at_ms,
-                applied_at_ms,
-            }
-        },
-    ))
+    let mut read = crate::sql::Reader(db);
+    let row = read
+        .query_opt(ADJUSTMENT.pick(read.dialect()), &[id.into()])
+        .await?;
+    Ok(row
+        .map(|r| -> Result<_, SqlError> {
+            Ok(Adjustment {
+                adjustment_id: r.text(0)?,
+                tenant_id: r.text(1)?,
+                delta: r.int(2)?,
+                reason: r.text(3)?,
+                status: r.text(4)?,
+                created_at_ms: r.int(5)?,
+                applied_at_ms: r.opt_int(6)?,
+            })
+        })
+        .transpose()?)
 }

@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use cognomega_core::cleanup::{self as shared, sql, MissingRow, ObjectRow, Retentions};
 use cognomega_core::queue::PruneReport;
+use cognomega_core::sql::{Dialects, Executor as _, Row, SqlError};
 use cognomega_core::time::duration_ms;
 use futures::TryStreamExt;
 
@@ -64,6 +65,12 @@ pub enum CleanupError {
 impl From<sqlx::Error> for CleanupError {
     fn from(e: sqlx::Error) -> Self {
         Self::Store(StoreError::Sqlx(e))
+    }
+}
+
+impl From<SqlError> for CleanupError {
+    fn from(e: SqlError) -> Self {
+        Self::Store(StoreError::Sql(e))
     }
 }
 
@@ -110,18 +117,12 @@ pub async fn run(
 /// parsed in Rust as `prune` parses them, so a queue whose settings do not parse is skipped the
 /// same way.
 pub async fn prunable(db: &Database) -> Result<PruneReport, CleanupError> {
-    let declared: Vec<(String, String)> = match db {
-        Database::Sqlite(s) => {
-            sqlx::query_as("SELECT queue, settings FROM queue_settings")
-                .fetch_all(&s.read)
-                .await?
-        }
-        Database::Postgres(p) => {
-            sqlx::query_as(sql::QUEUE_SETTINGS)
-                .fetch_all(&p.pool)
-                .await?
-        }
-    };
+    let declared = crate::sql::Reader(db)
+        .query(sql::QUEUE_SETTINGS, &[])
+        .await?
+        .iter()
+        .map(|r| Ok((r.text(0)?, r.text(1)?)))
+        .collect::<Result<Vec<_>, SqlError>>()?;
     // Clamped as the drivers clamp: PostgreSQL intervals are bounded where SQLite's integers
     // are not.
     let Retentions {
@@ -166,26 +167,19 @@ pub async fn prunable(db: &Database) -> Result<PruneReport, CleanupError> {
     Ok(shared::prune_report(acked, dead, dedup))
 }
 
+/// `(cutoff_ms)` ⇒ the ids of guest tenants created before the cutoff with nothing left.
+const EXPIRED_GUESTS: Dialects = Dialects {
+    sqlite: sql::SQLITE_EXPIRED_GUESTS,
+    postgres: sql::EXPIRED_GUESTS,
+};
+
 /// Guest tenants created before `cutoff_ms` with nothing left (see the module docs), by id.
 async fn expired_guests(db: &Database, cutoff_ms: i64) -> Result<Vec<String>, CleanupError> {
-    const CONDITIONS: &str = sql::GUEST_CONDITIONS;
-    let ids = match db {
-        Database::Sqlite(s) => {
-            sqlx::query_scalar(&format!(
-            "SELECT t.id FROM tenants t WHERE t.tier = 'guest' AND t.created_at < ?1 {CONDITIONS}"
-        ))
-            .bind(cutoff_ms)
-            .fetch_all(&s.read)
-            .await?
-        }
-        Database::Postgres(p) => {
-            sqlx::query_scalar(sql::EXPIRED_GUESTS)
-                .bind(cutoff_ms)
-                .fetch_all(&p.pool)
-                .await?
-        }
-    };
-    Ok(ids)
+    let mut read = crate::sql::Reader(db);
+    let rows = read
+        .query(EXPIRED_GUESTS.pick(read.dialect()), &[cutoff_ms.into()])
+        .await?;
+    Ok(rows.iter().map(|r| r.text(0)).collect::<Result<_, _>>()?)
 }
 
 /// Deletes the mutable rows of `tenants` in one transaction. Usage events and ledger entries
@@ -216,6 +210,18 @@ async fn delete_tenants(db: &Database, tenants: &[String]) -> Result<(), Cleanup
 
 type Owned = (Vec<MissingRow>, HashSet<String>);
 
+/// Every upload: `(key, object_key, tier, scan, created_ms)`.
+const UPLOAD_ROWS: Dialects = Dialects {
+    sqlite: "SELECT key, object_key, tier, scan, created_at FROM uploads",
+    postgres: sql::UPLOAD_ROWS,
+};
+
+/// Every job artifact: `(job_id, name, object_key, tier, created_ms)`.
+const ARTIFACT_ROWS: Dialects = Dialects {
+    sqlite: "SELECT job_id, name, object_key, tier, created_at FROM job_artifacts",
+    postgres: sql::ARTIFACT_ROWS,
+};
+
 /// Every object key a row refers to, and the rows (older than `before_ms`, not yet expired)
 /// whose object is not in `present`.
 async fn rows_and_keys(
@@ -223,28 +229,29 @@ async fn rows_and_keys(
     present: &HashSet<String>,
     before_ms: i64,
 ) -> Result<Owned, CleanupError> {
-    let (uploads, artifacts, inputs): (Vec<ObjectRow>, Vec<ObjectRow>, Vec<String>) = match db {
-        Database::Sqlite(s) => (
-            sqlx::query_as("SELECT key, object_key, tier, scan, created_at FROM uploads")
-                .fetch_all(&s.read)
-                .await?,
-            sqlx::query_as("SELECT job_id, name, object_key, tier, created_at FROM job_artifacts")
-                .fetch_all(&s.read)
-                .await?,
-            sqlx::query_scalar("SELECT input_key FROM jobs")
-                .fetch_all(&s.read)
-                .await?,
-        ),
-        Database::Postgres(p) => (
-            sqlx::query_as(sql::UPLOAD_ROWS).fetch_all(&p.pool).await?,
-            sqlx::query_as(sql::ARTIFACT_ROWS)
-                .fetch_all(&p.pool)
-                .await?,
-            sqlx::query_scalar(sql::JOB_INPUT_KEYS)
-                .fetch_all(&p.pool)
-                .await?,
-        ),
+    let mut read = crate::sql::Reader(db);
+    let dialect = read.dialect();
+    let object_row = |r: &Row| -> Result<ObjectRow, SqlError> {
+        Ok((r.text(0)?, r.text(1)?, r.text(2)?, r.text(3)?, r.int(4)?))
     };
+    let uploads = read
+        .query(UPLOAD_ROWS.pick(dialect), &[])
+        .await?
+        .iter()
+        .map(object_row)
+        .collect::<Result<_, _>>()?;
+    let artifacts = read
+        .query(ARTIFACT_ROWS.pick(dialect), &[])
+        .await?
+        .iter()
+        .map(object_row)
+        .collect::<Result<_, _>>()?;
+    let inputs = read
+        .query(sql::JOB_INPUT_KEYS, &[])
+        .await?
+        .iter()
+        .map(|r| r.text(0))
+        .collect::<Result<_, _>>()?;
     Ok(shared::rows_and_keys(
         uploads, artifacts, inputs, present, before_ms,
     ))
@@ -279,47 +286,18 @@ async fn mark_expired(db: &Database, rows: &[MissingRow], now: i64) -> Result<()
     }
     let mut tx = db.begin().await?;
     for row in rows {
-        match (&mut tx, row) {
-            (Tx::Sqlite { tx, .. }, MissingRow::Upload { key, object_key }) => {
-                sqlx::query("UPDATE uploads SET tier = 'expired', tier_changed_at = ?3 WHERE key = ?1 AND object_key = ?2")
-                    .bind(key).bind(object_key).bind(now)
-                    .execute(&mut **tx).await?;
+        match row {
+            MissingRow::Upload { key, object_key } => {
+                let args = [key.into(), object_key.into(), now.into()];
+                tx.execute(sql::EXPIRE_UPLOAD, &args).await?;
             }
-            (
-                Tx::Sqlite { tx, .. },
-                MissingRow::Artifact {
-                    job_id,
-                    name,
-                    object_key,
-                },
-            ) => {
-                sqlx::query("UPDATE job_artifacts SET tier = 'expired', tier_changed_at = ?4 WHERE job_id = ?1 AND name = ?2 AND object_key = ?3")
-                    .bind(job_id).bind(name).bind(object_key).bind(now)
-                    .execute(&mut **tx).await?;
-            }
-            (Tx::Postgres { tx, .. }, MissingRow::Upload { key, object_key }) => {
-                sqlx::query(sql::EXPIRE_UPLOAD)
-                    .bind(key)
-                    .bind(object_key)
-                    .bind(now)
-                    .execute(&mut **tx)
-                    .await?;
-            }
-            (
-                Tx::Postgres { tx, .. },
-                MissingRow::Artifact {
-                    job_id,
-                    name,
-                    object_key,
-                },
-            ) => {
-                sqlx::query(sql::EXPIRE_ARTIFACT)
-                    .bind(job_id)
-                    .bind(name)
-                    .bind(object_key)
-                    .bind(now)
-                    .execute(&mut **tx)
-                    .await?;
+            MissingRow::Artifact {
+                job_id,
+                name,
+                object_key,
+            } => {
+                let args = [job_id.into(), name.into(), object_key.into(), now.into()];
+                tx.execute(sql::EXPIRE_ARTIFACT, &args).await?;
             }
         }
     }

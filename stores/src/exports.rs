@@ -26,12 +26,13 @@
 //! scan): an exported row never changes afterwards, and a re-run writes the same bytes.
 
 use cognomega_core::etl::{self, sql, Dataset, ExportFormat, ManifestPart, PartPlanner};
+use cognomega_core::sql::{Executor as _, Row, SqlError, Value};
 use cognomega_pipelines::export::rows::{self, BatchError, Cells, Days, Dialect};
 use futures::TryStreamExt;
-use sqlx::Row;
+use sqlx::Row as _;
 use tokio::sync::mpsc;
 
-use crate::Database;
+use crate::{Database, StoreError};
 
 /// Failures of the export SQL.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,12 @@ pub enum ExportStoreError {
     /// The database failed.
     #[error(transparent)]
     Sqlx(#[from] sqlx::Error),
+    /// A statement run through the SQL executor port failed.
+    #[error(transparent)]
+    Sql(#[from] SqlError),
+    /// A transaction could not begin or commit.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// `--since` was given for a dataset that already has a watermark.
     #[error(
         "{dataset} ({format}) is already exported through seq {watermark}; a starting \
@@ -103,23 +110,15 @@ pub async fn watermark(
     dataset: Dataset,
     format: ExportFormat,
 ) -> Result<Option<i64>, ExportStoreError> {
-    const SQL: &str = sql::WATERMARK;
-    Ok(match db {
-        Database::Sqlite(s) => {
-            sqlx::query_scalar(SQL)
-                .bind(dataset.name())
-                .bind(format.name())
-                .fetch_optional(&s.write)
-                .await?
-        }
-        Database::Postgres(p) => {
-            sqlx::query_scalar(SQL)
-                .bind(dataset.name())
-                .bind(format.name())
-                .fetch_optional(&p.pool)
-                .await?
-        }
-    })
+    // On the SQLite writer: the plan's compare-and-swap starts from what it reads.
+    let row = db
+        .clone()
+        .query_opt(
+            sql::WATERMARK,
+            &[dataset.name().into(), format.name().into()],
+        )
+        .await?;
+    Ok(row.map(|r| r.int(0)).transpose()?)
 }
 
 /// Planned parts not yet complete, oldest first.
@@ -128,32 +127,24 @@ pub async fn planned_parts(
     dataset: Dataset,
     format: ExportFormat,
 ) -> Result<Vec<Part>, ExportStoreError> {
-    const SQL: &str = sql::PLANNED_PARTS;
-    let rows: Vec<(i64, i64)> = match db {
-        Database::Sqlite(s) => {
-            sqlx::query_as(SQL)
-                .bind(dataset.name())
-                .bind(format.name())
-                .fetch_all(&s.write)
-                .await?
-        }
-        Database::Postgres(p) => {
-            sqlx::query_as(SQL)
-                .bind(dataset.name())
-                .bind(format.name())
-                .fetch_all(&p.pool)
-                .await?
-        }
-    };
+    let rows = db
+        .clone()
+        .query(
+            sql::PLANNED_PARTS,
+            &[dataset.name().into(), format.name().into()],
+        )
+        .await?;
     Ok(rows
-        .into_iter()
-        .map(|(from, to)| Part {
-            dataset,
-            format,
-            from,
-            to,
+        .iter()
+        .map(|r| {
+            Ok(Part {
+                dataset,
+                format,
+                from: r.int(0)?,
+                to: r.int(1)?,
+            })
         })
-        .collect())
+        .collect::<Result<_, SqlError>>()?)
 }
 
 /// Plans the parts after the watermark (see the module docs). `since` is the starting
@@ -176,111 +167,35 @@ pub async fn plan(
     let mut planner = PartPlanner::new(dataset, format, start, high, max_rows);
     let nth_sql = sql::nth_seq(dataset);
     while let Some((after, offset)) = planner.next_lookup() {
-        planner.found(scalar_read(db, &nth_sql, after, offset).await?);
+        planner.found(scalar_read(db, &nth_sql, &[after.into(), offset.into()]).await?);
     }
     let parts = planner.into_parts();
     if parts.is_empty() {
         return Ok(Plan::Planned(parts));
     }
-    let swapped = match db {
-        Database::Sqlite(s) => {
-            let mut tx = s.write.begin().await?;
-            let ok = swap_sqlite(&mut tx, dataset, format, current, high).await?;
-            if ok {
-                for p in &parts {
-                    sqlx::query(INSERT_PART)
-                        .bind(dataset.name())
-                        .bind(format.name())
-                        .bind(p.from)
-                        .bind(p.to)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await?;
-            }
-            ok
+    let (d, f) = (dataset.name(), format.name());
+    // The watermark moves from `current` to `high`, or a concurrent run moved it first.
+    let mut tx = db.begin().await?;
+    let swapped = match current {
+        None => {
+            tx.execute(sql::INSERT_WATERMARK, &[d.into(), f.into(), high.into()])
+                .await?
         }
-        Database::Postgres(pg) => {
-            let mut tx = pg.pool.begin().await?;
-            let ok = swap_pg(&mut tx, dataset, format, current, high).await?;
-            if ok {
-                for p in &parts {
-                    sqlx::query(INSERT_PART)
-                        .bind(dataset.name())
-                        .bind(format.name())
-                        .bind(p.from)
-                        .bind(p.to)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await?;
-            }
-            ok
+        Some(old) => {
+            let args = [d.into(), f.into(), high.into(), old.into()];
+            tx.execute(sql::SWAP_WATERMARK, &args).await?
         }
-    };
-    Ok(if swapped {
-        Plan::Planned(parts)
-    } else {
-        Plan::Raced
-    })
-}
-
-const INSERT_PART: &str = sql::INSERT_PART;
-const INSERT_WATERMARK: &str = sql::INSERT_WATERMARK;
-const SWAP_WATERMARK: &str = sql::SWAP_WATERMARK;
-
-async fn swap_sqlite(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    dataset: Dataset,
-    format: ExportFormat,
-    current: Option<i64>,
-    high: i64,
-) -> Result<bool, sqlx::Error> {
-    let done = match current {
-        None => sqlx::query(INSERT_WATERMARK)
-            .bind(dataset.name())
-            .bind(format.name())
-            .bind(high)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected(),
-        Some(old) => sqlx::query(SWAP_WATERMARK)
-            .bind(dataset.name())
-            .bind(format.name())
-            .bind(high)
-            .bind(old)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected(),
-    };
-    Ok(done == 1)
-}
-
-async fn swap_pg(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    dataset: Dataset,
-    format: ExportFormat,
-    current: Option<i64>,
-    high: i64,
-) -> Result<bool, sqlx::Error> {
-    let done = match current {
-        None => sqlx::query(INSERT_WATERMARK)
-            .bind(dataset.name())
-            .bind(format.name())
-            .bind(high)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected(),
-        Some(old) => sqlx::query(SWAP_WATERMARK)
-            .bind(dataset.name())
-            .bind(format.name())
-            .bind(high)
-            .bind(old)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected(),
-    };
-    Ok(done == 1)
+    } == 1;
+    if !swapped {
+        // Dropped: rolled back.
+        return Ok(Plan::Raced);
+    }
+    for p in &parts {
+        let args = [d.into(), f.into(), p.from.into(), p.to.into()];
+        tx.execute(sql::INSERT_PART, &args).await?;
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(Plan::Planned(parts))
 }
 
 /// The highest `seq` below which every row is committed and final (see the module docs).
@@ -301,30 +216,18 @@ async fn visible_high(db: &Database, dataset: Dataset) -> Result<i64, ExportStor
     let Some(unsettled) = sql::first_unsettled(dataset) else {
         return Ok(max);
     };
-    let first: Option<i64> = match db {
-        Database::Sqlite(s) => sqlx::query_scalar(unsettled).fetch_one(&s.read).await?,
-        Database::Postgres(p) => sqlx::query_scalar(unsettled).fetch_one(&p.pool).await?,
-    };
+    let first = scalar_read(db, unsettled, &[]).await?;
     Ok(etl::visible_high(max, first))
 }
 
-async fn scalar_read(db: &Database, sql: &str, a: i64, b: i64) -> Result<Option<i64>, sqlx::Error> {
-    match db {
-        Database::Sqlite(s) => {
-            sqlx::query_scalar(sql)
-                .bind(a)
-                .bind(b)
-                .fetch_optional(&s.read)
-                .await
-        }
-        Database::Postgres(p) => {
-            sqlx::query_scalar(sql)
-                .bind(a)
-                .bind(b)
-                .fetch_optional(&p.pool)
-                .await
-        }
-    }
+/// The integer the one-column read `sql` returns (null, or no row: `None`).
+async fn scalar_read(
+    db: &Database,
+    sql: &str,
+    args: &[Value],
+) -> Result<Option<i64>, ExportStoreError> {
+    let row = crate::sql::Reader(db).query_opt(sql, args).await?;
+    Ok(row.map(|r| r.opt_int(0)).transpose()?.flatten())
 }
 
 /// Records the files of `part` and marks it complete, in one transaction. Completing a part
@@ -334,121 +237,77 @@ pub async fn complete(
     part: &Part,
     files: &[WrittenFile],
 ) -> Result<(), ExportStoreError> {
-    const INSERT: &str = sql::INSERT_FILE;
-    const DONE: &str = sql::COMPLETE_PART;
-    macro_rules! run {
-        ($tx:expr) => {{
-            for f in files {
-                sqlx::query(INSERT)
-                    .bind(&f.key)
-                    .bind(part.dataset.name())
-                    .bind(part.format.name())
-                    .bind(part.from)
-                    .bind(part.to)
-                    .bind(&f.dt)
-                    .bind(f.rows)
-                    .bind(f.bytes)
-                    .bind(&f.sha256)
-                    .execute(&mut *$tx)
-                    .await?;
-            }
-            sqlx::query(DONE)
-                .bind(part.dataset.name())
-                .bind(part.format.name())
-                .bind(part.from)
-                .execute(&mut *$tx)
-                .await?;
-        }};
+    let (d, f) = (part.dataset.name(), part.format.name());
+    let mut tx = db.begin().await?;
+    for file in files {
+        let args = [
+            file.key.as_str().into(),
+            d.into(),
+            f.into(),
+            part.from.into(),
+            part.to.into(),
+            file.dt.as_str().into(),
+            file.rows.into(),
+            file.bytes.into(),
+            file.sha256.as_str().into(),
+        ];
+        tx.execute(sql::INSERT_FILE, &args).await?;
     }
-    match db {
-        Database::Sqlite(s) => {
-            let mut tx = s.write.begin().await?;
-            run!(tx);
-            tx.commit().await?;
-        }
-        Database::Postgres(p) => {
-            let mut tx = p.pool.begin().await?;
-            run!(tx);
-            tx.commit().await?;
-        }
-    }
+    tx.execute(sql::COMPLETE_PART, &[d.into(), f.into(), part.from.into()])
+        .await?;
+    tx.commit().await.map_err(StoreError::from)?;
     Ok(())
 }
 
-type FileRow = (String, String, String, i64, i64, i64, i64, String);
-
-fn manifest_part((key, format, dt, from, to, rows, bytes, sha256): FileRow) -> ManifestPart {
-    ManifestPart {
-        key,
+/// A row of [`sql::FILES`] or [`sql::FILE`].
+fn manifest_part(r: &Row) -> Result<ManifestPart, SqlError> {
+    Ok(ManifestPart {
+        key: r.text(0)?,
         // Only this module writes the column, from `ExportFormat::name`.
-        format: format.parse().unwrap_or_default(),
-        dt,
-        from,
-        to,
-        rows,
-        bytes,
-        sha256,
-    }
+        format: r.text(1)?.parse().unwrap_or_default(),
+        dt: r.text(2)?,
+        from: r.int(3)?,
+        to: r.int(4)?,
+        rows: r.int(5)?,
+        bytes: r.int(6)?,
+        sha256: r.text(7)?,
+    })
 }
 
 /// Every recorded file of `dataset` (files are recorded only when their part completes), by
 /// format, watermark and date: the content of its `_manifest.json`.
 pub async fn files(db: &Database, dataset: Dataset) -> Result<Vec<ManifestPart>, ExportStoreError> {
-    let sql = sql::FILES;
-    let rows: Vec<FileRow> = match db {
-        Database::Sqlite(s) => {
-            sqlx::query_as(sql)
-                .bind(dataset.name())
-                .fetch_all(&s.read)
-                .await?
-        }
-        Database::Postgres(p) => {
-            sqlx::query_as(sql)
-                .bind(dataset.name())
-                .fetch_all(&p.pool)
-                .await?
-        }
-    };
-    Ok(rows.into_iter().map(manifest_part).collect())
+    let rows = crate::sql::Reader(db)
+        .query(sql::FILES, &[dataset.name().into()])
+        .await?;
+    Ok(rows.iter().map(manifest_part).collect::<Result<_, _>>()?)
 }
 
 /// The recorded file under `key`, if any.
 pub async fn file(db: &Database, key: &str) -> Result<Option<ManifestPart>, ExportStoreError> {
-    let sql = sql::FILE;
-    let row: Option<FileRow> = match db {
-        Database::Sqlite(s) => {
-            sqlx::query_as(sql)
-                .bind(key)
-                .fetch_optional(&s.read)
-                .await?
-        }
-        Database::Postgres(p) => {
-            sqlx::query_as(sql)
-                .bind(key)
-                .fetch_optional(&p.pool)
-                .await?
-        }
-    };
-    Ok(row.map(manifest_part))
+    let row = crate::sql::Reader(db)
+        .query_opt(sql::FILE, &[key.into()])
+        .await?;
+    Ok(row.as_ref().map(manifest_part).transpose()?)
 }
 
 /// Files, rows and bytes exported so far, per dataset and format.
 pub async fn totals(db: &Database) -> Result<Vec<ExportTotals>, ExportStoreError> {
-    const SQL: &str = cognomega_core::metrics::EXPORT_TOTALS_SQL;
-    let rows: Vec<(String, String, i64, i64, i64)> = match db {
-        Database::Sqlite(s) => sqlx::query_as(SQL).fetch_all(&s.read).await?,
-        Database::Postgres(p) => sqlx::query_as(SQL).fetch_all(&p.pool).await?,
-    };
+    let rows = crate::sql::Reader(db)
+        .query(cognomega_core::metrics::EXPORT_TOTALS_SQL, &[])
+        .await?;
     Ok(rows
-        .into_iter()
-        .map(|(dataset, format, files, rows, bytes)| ExportTotals {
-            dataset,
-            format,
-            files,
-            rows,
-            bytes,
+        .iter()
+        .map(|r| {
+            Ok(ExportTotals {
+                dataset: r.text(0)?,
+                format: r.text(1)?,
+                files: r.int(2)?,
+                rows: r.int(3)?,
+                bytes: r.int(4)?,
+            })
         })
-        .collect())
+        .collect::<Result<_, SqlError>>()?)
 }
 
 /// Page cache of the SQLite scan's own connection: the scan reads the table once, in `seq`

@@ -1,9 +1,10 @@
 //! SQL of jobs and their artifacts.
 
+use cognomega_core::sql::{Dialects, Executor as _, Row, SqlError};
 use serde::Serialize;
-use sqlx::Row;
 
 use crate::queue::now_ms;
+use crate::stamped::Stamped;
 use crate::{Database, StoreError, Tx};
 
 /// A job row. Times are epoch milliseconds.
@@ -64,115 +65,126 @@ pub struct NewJob<'a> {
     pub request_id: Option<&'a str>,
 }
 
-const COLUMNS_SQLITE: &str = "id, tenant_id, type, status, params, input_key, progress, stage, attempts, error, \
-    credits_charged, cancel_requested <> 0 AS cancel_requested, request_id, created_at, started_at, finished_at";
-const COLUMNS_PG: &str = "id, tenant_id, type, status, params, input_key, progress::float8 AS progress, stage, attempts::bigint AS attempts, error, \
-    credits_charged, cancel_requested, request_id, (extract(epoch from created_at) * 1000)::bigint AS created_at, \
-    (extract(epoch from started_at) * 1000)::bigint AS started_at, (extract(epoch from finished_at) * 1000)::bigint AS finished_at";
+/// The columns of a [`Job`], in [`job_from`]'s order (SQLite: times in epoch ms, booleans 0/1).
+macro_rules! sqlite_columns {
+    () => {
+        "id, tenant_id, type, status, params, input_key, progress, stage, attempts, error, \
+         credits_charged, cancel_requested <> 0 AS cancel_requested, request_id, created_at, \
+         started_at, finished_at"
+    };
+}
 
-fn job_from<R: Row>(row: &R) -> Result<Job, sqlx::Error>
-where
-    for<'c> &'c str: sqlx::ColumnIndex<R>,
-    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    Option<i64>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    f64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    bool: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
+/// The columns of a [`Job`], in [`job_from`]'s order (PostgreSQL: times read as epoch ms).
+macro_rules! pg_columns {
+    () => {
+        "id, tenant_id, type, status, params, input_key, progress::float8 AS progress, stage, \
+         attempts::bigint AS attempts, error, credits_charged, cancel_requested, request_id, \
+         (extract(epoch from created_at) * 1000)::bigint AS created_at, \
+         (extract(epoch from started_at) * 1000)::bigint AS started_at, \
+         (extract(epoch from finished_at) * 1000)::bigint AS finished_at"
+    };
+}
+
+fn job_from(row: &Row) -> Result<Job, SqlError> {
     Ok(Job {
-        id: row.try_get("id")?,
-        tenant_id: row.try_get("tenant_id")?,
-        job_type: row.try_get("type")?,
-        status: row.try_get("status")?,
-        params: row.try_get("params")?,
-        input_key: row.try_get("input_key")?,
-        progress: row.try_get("progress")?,
-        stage: row.try_get("stage")?,
-        attempts: row.try_get("attempts")?,
-        error: row.try_get("error")?,
-        credits_charged: row.try_get("credits_charged")?,
-        cancel_requested: row.try_get("cancel_requested")?,
-        request_id: row.try_get("request_id")?,
-        created_at_ms: row.try_get("created_at")?,
-        started_at_ms: row.try_get("started_at")?,
-        finished_at_ms: row.try_get("finished_at")?,
+        id: row.text(0)?,
+        tenant_id: row.text(1)?,
+        job_type: row.text(2)?,
+        status: row.text(3)?,
+        params: row.text(4)?,
+        input_key: row.text(5)?,
+        progress: row.real(6)?,
+        stage: row.opt_text(7)?,
+        attempts: row.int(8)?,
+        error: row.opt_text(9)?,
+        credits_charged: row.int(10)?,
+        cancel_requested: row.bool(11)?,
+        request_id: row.opt_text(12)?,
+        created_at_ms: row.int(13)?,
+        started_at_ms: row.opt_int(14)?,
+        finished_at_ms: row.opt_int(15)?,
     })
 }
+
+/// A new queued job — `$1` id, `$2` tenant, `$3` type, `$4` idempotency key, `$5` params, `$6`
+/// input key, `$7` request id (SQLite: `$8` now) — returning its `id`; no row when the tenant
+/// already used the key. SQLite has no sequences: the single writer makes `MAX(seq) + 1` safe.
+const INSERT: Stamped = Stamped(Dialects {
+    sqlite: "INSERT INTO jobs (id, seq, tenant_id, type, status, idempotency_key, params, input_key, request_id, created_at)
+             VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), $2, $3, 'queued', $4, $5, $6, $7, $8)
+             ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING id",
+    postgres: cognomega_core::jobs::PG_INSERT,
+});
 
 /// Inserts a job; with an idempotency key already used by the tenant, returns the existing
 /// job's id and `false`.
 pub async fn insert(tx: &mut Tx, job: &NewJob<'_>) -> Result<(String, bool), StoreError> {
-    let created: Option<String> = match tx {
-        Tx::Sqlite { tx, .. } => {
-            // No sequences in SQLite; the single writer makes MAX+1 safe.
-            sqlx::query_scalar(
-                "INSERT INTO jobs (id, seq, tenant_id, type, status, idempotency_key, params, input_key, request_id, created_at)
-                 VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING id",
-            )
-            .bind(job.id)
-            .bind(job.tenant_id)
-            .bind(job.job_type)
-            .bind(job.idempotency_key)
-            .bind(job.params)
-            .bind(job.input_key)
-            .bind(job.request_id)
-            .bind(now_ms().0)
-            .fetch_optional(&mut **tx)
-            .await?
-        }
-        Tx::Postgres { tx, .. } => {
-            sqlx::query_scalar(cognomega_core::jobs::PG_INSERT)
-                .bind(job.id)
-                .bind(job.tenant_id)
-                .bind(job.job_type)
-                .bind(job.idempotency_key)
-                .bind(job.params)
-                .bind(job.input_key)
-                .bind(job.request_id)
-                .fetch_optional(&mut **tx)
-                .await?
-        }
-    };
-    if let Some(id) = created {
-        return Ok((id, true));
+    let (sql, args) = INSERT.bind(
+        tx.dialect(),
+        vec![
+            job.id.into(),
+            job.tenant_id.into(),
+            job.job_type.into(),
+            job.idempotency_key.into(),
+            job.params.into(),
+            job.input_key.into(),
+            job.request_id.into(),
+        ],
+        now_ms().0,
+    );
+    if let Some(row) = tx.query_opt(sql, &args).await? {
+        return Ok((row.text(0)?, true));
     }
-    let existing = cognomega_core::sql::Executor::query_opt(
-        tx,
-        cognomega_core::jobs::BY_KEY,
-        &[job.tenant_id.into(), job.idempotency_key.into()],
-    )
-    .await?
-    .ok_or_else(|| StoreError::Sqlx(sqlx::Error::RowNotFound))?
-    .text(0)?;
+    let existing = tx
+        .query_opt(
+            cognomega_core::jobs::BY_KEY,
+            &[job.tenant_id.into(), job.idempotency_key.into()],
+        )
+        .await?
+        .ok_or_else(|| StoreError::Sqlx(sqlx::Error::RowNotFound))?
+        .text(0)?;
     Ok((existing, false))
 }
 
+/// Job `$1`, of tenant `$2` unless null.
+const GET: Dialects = Dialects {
+    sqlite: concat!(
+        "SELECT ",
+        sqlite_columns!(),
+        " FROM jobs WHERE id = $1 AND ($2 IS NULL OR tenant_id = $2)"
+    ),
+    postgres: concat!(
+        "SELECT ",
+        pg_columns!(),
+        " FROM jobs WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)"
+    ),
+};
+
 /// A job by id; with `tenant`, only if it belongs to that tenant.
 pub async fn get(db: &Database, id: &str, tenant: Option<&str>) -> Result<Option<Job>, StoreError> {
-    let job = match db {
-        Database::Sqlite(s) => {
-            let sql = format!("SELECT {COLUMNS_SQLITE} FROM jobs WHERE id = ?1 AND (?2 IS NULL OR tenant_id = ?2)");
-            let row = sqlx::query(&sql)
-                .bind(id)
-                .bind(tenant)
-                .fetch_optional(&s.read)
-                .await?;
-            row.as_ref().map(job_from).transpose()?
-        }
-        Database::Postgres(pg) => {
-            let sql = format!("SELECT {COLUMNS_PG} FROM jobs WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)");
-            let row = sqlx::query(&sql)
-                .bind(id)
-                .bind(tenant)
-                .fetch_optional(&pg.pool)
-                .await?;
-            row.as_ref().map(job_from).transpose()?
-        }
-    };
-    Ok(job)
+    let mut read = crate::sql::Reader(db);
+    let row = read
+        .query_opt(GET.pick(read.dialect()), &[id.into(), tenant.into()])
+        .await?;
+    Ok(row.as_ref().map(job_from).transpose()?)
 }
+
+/// Tenant `$1`'s jobs, newest first: with status `$2` and type `$3` unless null, ids below
+/// `$4` unless null, at most `$5`.
+const LIST: Dialects = Dialects {
+    sqlite: concat!(
+        "SELECT ",
+        sqlite_columns!(),
+        " FROM jobs WHERE tenant_id = $1 AND ($2 IS NULL OR status = $2)
+          AND ($3 IS NULL OR type = $3) AND ($4 IS NULL OR id < $4) ORDER BY id DESC LIMIT $5"
+    ),
+    postgres: concat!(
+        "SELECT ",
+        pg_columns!(),
+        " FROM jobs WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2)
+          AND ($3::text IS NULL OR type = $3) AND ($4::text IS NULL OR id < $4) ORDER BY id DESC LIMIT $5"
+    ),
+};
 
 /// A tenant's jobs, newest first, after `cursor` (an id from the previous page).
 pub async fn list(
@@ -183,39 +195,16 @@ pub async fn list(
     limit: u32,
     cursor: Option<&str>,
 ) -> Result<Vec<Job>, StoreError> {
-    let limit = i64::from(limit);
-    Ok(match db {
-        Database::Sqlite(s) => {
-            let sql = format!(
-                "SELECT {COLUMNS_SQLITE} FROM jobs WHERE tenant_id = ?1 AND (?2 IS NULL OR status = ?2)
-                 AND (?3 IS NULL OR type = ?3) AND (?4 IS NULL OR id < ?4) ORDER BY id DESC LIMIT ?5"
-            );
-            let rows = sqlx::query(&sql)
-                .bind(tenant)
-                .bind(status)
-                .bind(job_type)
-                .bind(cursor)
-                .bind(limit)
-                .fetch_all(&s.read)
-                .await?;
-            rows.iter().map(job_from).collect::<Result<_, _>>()?
-        }
-        Database::Postgres(pg) => {
-            let sql = format!(
-                "SELECT {COLUMNS_PG} FROM jobs WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2)
-                 AND ($3::text IS NULL OR type = $3) AND ($4::text IS NULL OR id < $4) ORDER BY id DESC LIMIT $5"
-            );
-            let rows = sqlx::query(&sql)
-                .bind(tenant)
-                .bind(status)
-                .bind(job_type)
-                .bind(cursor)
-                .bind(limit)
-                .fetch_all(&pg.pool)
-                .await?;
-            rows.iter().map(job_from).collect::<Result<_, _>>()?
-        }
-    })
+    let mut read = crate::sql::Reader(db);
+    let args = [
+        tenant.into(),
+        status.into(),
+        job_type.into(),
+        cursor.into(),
+        i64::from(limit).into(),
+    ];
+    let rows = read.query(LIST.pick(read.dialect()), &args).await?;
+    Ok(rows.iter().map(job_from).collect::<Result<_, _>>()?)
 }
 
 /// The artifacts of job `$1`, by name.
@@ -233,7 +222,7 @@ pub async fn artifacts(db: &Database, job_id: &str) -> Result<Vec<ArtifactRow>, 
     .await?;
     Ok(rows
         .iter()
-        .map(|r| -> Result<_, cognomega_core::sql::SqlError> {
+        .map(|r| -> Result<_, SqlError> {
             Ok(ArtifactRow {
                 name: r.text(0)?,
                 content_type: r.text(1)?,

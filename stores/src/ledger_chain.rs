@@ -33,6 +33,7 @@
 //! new. Each transaction seals at most [`SEAL_BATCH`] entries, so a first seal of millions of
 //! entries never holds the SQLite writer for long.
 
+use cognomega_core::sql::Executor as _;
 use futures::TryStreamExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -400,6 +401,12 @@ struct Walked {
     entry: Option<ChainedEntry>,
 }
 
+/// Ledger entries at or below seq `$1` (the chain head's) that no chain row seals, at most
+/// `$2`: `seq, id, tenant_id`.
+const UNSEALED_BELOW: &str = "SELECT seq, id, tenant_id FROM ledger_entries e WHERE seq <= $1
+       AND NOT EXISTS (SELECT 1 FROM ledger_chain c WHERE c.entry_seq = e.seq)
+     ORDER BY seq LIMIT $2";
+
 /// How many ledger entries lie above seq `$1` (the chain head's).
 const COUNT_ABOVE: &str = "SELECT COUNT(*) FROM ledger_entries WHERE seq > $1";
 
@@ -468,24 +475,20 @@ pub async fn verify(
     progress(walker.unreported);
     out.head = walker.head;
     let head_seq = out.head.as_ref().map_or(0, |h| h.entry_seq);
-    let behind: Vec<(i64, String, String)> = crate::audit::fetch_all(
-        db,
-        "SELECT seq, id, tenant_id FROM ledger_entries e WHERE seq <= ?1
-           AND NOT EXISTS (SELECT 1 FROM ledger_chain c WHERE c.entry_seq = e.seq)
-         ORDER BY seq LIMIT ?2",
-        "SELECT seq, id, tenant_id FROM ledger_entries e WHERE seq <= $1
-           AND NOT EXISTS (SELECT 1 FROM ledger_chain c WHERE c.entry_seq = e.seq)
-         ORDER BY seq LIMIT $2",
-        &[head_seq, crate::audit::listed_limit()],
-    )
-    .await?;
-    for (seq, id, tenant_id) in behind {
+    let behind = crate::sql::Reader(db)
+        .query(
+            UNSEALED_BELOW,
+            &[head_seq.into(), crate::audit::listed_limit().into()],
+        )
+        .await?;
+    for r in &behind {
+        let seq = r.int(0)?;
         out.push(Finding {
             problem: Problem::Unsealed,
             pos: None,
             seq: Some(seq),
-            id: Some(id),
-            tenant_id: Some(tenant_id),
+            id: Some(r.text(1)?),
+            tenant_id: Some(r.text(2)?),
             detail: format!(
                 "entry {seq} is below the chain head (seq {head_seq}) but was never sealed: \
                  it was inserted behind the chain's back"

@@ -5,9 +5,9 @@
 //! checkpoint (phase, cursor, report so far). The object I/O for a page happens before that
 //! commit and is idempotent, so a crash anywhere redoes at most one page and records it once.
 
-use sqlx::Row;
+use cognomega_core::sql::{Dialects, Executor, Row, SqlError};
 
-use crate::{Database, StoreError, Tx};
+use crate::{Database, StoreError};
 
 /// A job artifact the sweeper may act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,31 +118,38 @@ pub struct SweepRow {
 
 pub use cognomega_core::metrics::LifecycleTotals;
 
-const ARTIFACT_COLS_SQLITE: &str =
-    "job_id, name, content_type, size, stored_size, compression, sha256, tier, object_key, \
-    created_at, recompressed_at IS NOT NULL AS recompressed";
-const ARTIFACT_COLS_PG: &str = "job_id, name, content_type, size, stored_size, compression, sha256, tier, object_key, \
-    (extract(epoch from created_at) * 1000)::bigint AS created_at, recompressed_at IS NOT NULL AS recompressed";
+/// Up to `$3` artifacts not yet expired, created at or before `$2` (epoch ms), with object
+/// keys after `$1`, in key order: the columns of an [`ArtifactCandidate`] in
+/// [`artifact_from`]'s order. PostgreSQL compares with `COLLATE "C"`: byte order, the order
+/// SQLite compares text in, so the cursor means the same on both backends.
+const ARTIFACT_PAGE: Dialects = Dialects {
+    sqlite: "SELECT job_id, name, content_type, size, stored_size, compression, sha256, tier, object_key,
+                    created_at, recompressed_at IS NOT NULL AS recompressed
+             FROM job_artifacts
+             WHERE object_key > $1 AND tier <> 'expired' AND created_at <= $2
+             ORDER BY object_key LIMIT $3",
+    postgres: "SELECT job_id, name, content_type, size, stored_size, compression, sha256, tier, object_key,
+                      (extract(epoch from created_at) * 1000)::bigint AS created_at,
+                      recompressed_at IS NOT NULL AS recompressed
+               FROM job_artifacts
+               WHERE object_key COLLATE \"C\" > $1 AND tier <> 'expired'
+                 AND created_at <= to_timestamp($2::float8 / 1000)
+               ORDER BY object_key COLLATE \"C\" LIMIT $3",
+};
 
-fn artifact_from<R: Row>(row: &R) -> Result<ArtifactCandidate, sqlx::Error>
-where
-    for<'c> &'c str: sqlx::ColumnIndex<R>,
-    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    bool: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
+fn artifact_from(row: &Row) -> Result<ArtifactCandidate, SqlError> {
     Ok(ArtifactCandidate {
-        job_id: row.try_get("job_id")?,
-        name: row.try_get("name")?,
-        content_type: row.try_get("content_type")?,
-        size: row.try_get("size")?,
-        stored_size: row.try_get("stored_size")?,
-        compression: row.try_get("compression")?,
-        sha256: row.try_get("sha256")?,
-        tier: row.try_get("tier")?,
-        object_key: row.try_get("object_key")?,
-        created_at_ms: row.try_get("created_at")?,
-        recompressed: row.try_get("recompressed")?,
+        job_id: row.text(0)?,
+        name: row.text(1)?,
+        content_type: row.text(2)?,
+        size: row.int(3)?,
+        stored_size: row.int(4)?,
+        compression: row.text(5)?,
+        sha256: row.text(6)?,
+        tier: row.text(7)?,
+        object_key: row.text(8)?,
+        created_at_ms: row.int(9)?,
+        recompressed: row.bool(10)?,
     })
 }
 
@@ -154,41 +161,30 @@ pub async fn artifact_page(
     created_before_ms: i64,
     limit: u32,
 ) -> Result<Vec<ArtifactCandidate>, StoreError> {
-    let after = after.unwrap_or("");
-    Ok(match db {
-        Database::Sqlite(s) => {
-            let sql = format!(
-                "SELECT {ARTIFACT_COLS_SQLITE} FROM job_artifacts
-                 WHERE object_key > ?1 AND tier <> 'expired' AND created_at <= ?2
-                 ORDER BY object_key LIMIT ?3"
-            );
-            let rows = sqlx::query(&sql)
-                .bind(after)
-                .bind(created_before_ms)
-                .bind(i64::from(limit))
-                .fetch_all(&s.read)
-                .await?;
-            rows.iter().map(artifact_from).collect::<Result<_, _>>()?
-        }
-        Database::Postgres(pg) => {
-            // COLLATE "C": byte order, the order SQLite compares text in, so the cursor means
-            // the same on both backends.
-            let sql = format!(
-                "SELECT {ARTIFACT_COLS_PG} FROM job_artifacts
-                 WHERE object_key COLLATE \"C\" > $1 AND tier <> 'expired'
-                   AND created_at <= to_timestamp($2::float8 / 1000)
-                 ORDER BY object_key COLLATE \"C\" LIMIT $3"
-            );
-            let rows = sqlx::query(&sql)
-                .bind(after)
-                .bind(created_before_ms)
-                .bind(i64::from(limit))
-                .fetch_all(&pg.pool)
-                .await?;
-            rows.iter().map(artifact_from).collect::<Result<_, _>>()?
-        }
-    })
+    let mut read = crate::sql::Reader(db);
+    let args = [
+        after.unwrap_or("").into(),
+        created_before_ms.into(),
+        i64::from(limit).into(),
+    ];
+    let rows = read
+        .query(ARTIFACT_PAGE.pick(read.dialect()), &args)
+        .await?;
+    Ok(rows.iter().map(artifact_from).collect::<Result<_, _>>()?)
 }
+
+/// Up to `$3` uploads not yet expired, created at or before `$2` (epoch ms), with keys after
+/// `$1`, in key order (byte order, as [`ARTIFACT_PAGE`]): `key, object_key, size, tier,
+/// created_at` (epoch ms).
+const UPLOAD_PAGE: Dialects = Dialects {
+    sqlite: "SELECT key, object_key, size, tier, created_at FROM uploads
+             WHERE key > $1 AND tier <> 'expired' AND created_at <= $2
+             ORDER BY key LIMIT $3",
+    postgres: "SELECT key, object_key, size, tier, (extract(epoch from created_at) * 1000)::bigint FROM uploads
+               WHERE key COLLATE \"C\" > $1 AND tier <> 'expired'
+                 AND created_at <= to_timestamp($2::float8 / 1000)
+               ORDER BY key COLLATE \"C\" LIMIT $3",
+};
 
 /// Up to `limit` uploads not yet expired, created at or before `created_before_ms`, with keys
 /// after `after`, in key order.
@@ -198,47 +194,25 @@ pub async fn upload_page(
     created_before_ms: i64,
     limit: u32,
 ) -> Result<Vec<UploadCandidate>, StoreError> {
-    type R = (String, String, i64, String, i64);
-    let after = after.unwrap_or("");
-    let rows: Vec<R> = match db {
-        Database::Sqlite(s) => {
-            sqlx::query_as(
-                "SELECT key, object_key, size, tier, created_at FROM uploads
-                 WHERE key > ?1 AND tier <> 'expired' AND created_at <= ?2
-                 ORDER BY key LIMIT ?3",
-            )
-            .bind(after)
-            .bind(created_before_ms)
-            .bind(i64::from(limit))
-            .fetch_all(&s.read)
-            .await?
-        }
-        Database::Postgres(pg) => {
-            sqlx::query_as(
-                "SELECT key, object_key, size, tier, (extract(epoch from created_at) * 1000)::bigint FROM uploads
-                 WHERE key COLLATE \"C\" > $1 AND tier <> 'expired'
-                   AND created_at <= to_timestamp($2::float8 / 1000)
-                 ORDER BY key COLLATE \"C\" LIMIT $3",
-            )
-            .bind(after)
-            .bind(created_before_ms)
-            .bind(i64::from(limit))
-            .fetch_all(&pg.pool)
-            .await?
-        }
-    };
+    let mut read = crate::sql::Reader(db);
+    let args = [
+        after.unwrap_or("").into(),
+        created_before_ms.into(),
+        i64::from(limit).into(),
+    ];
+    let rows = read.query(UPLOAD_PAGE.pick(read.dialect()), &args).await?;
     Ok(rows
-        .into_iter()
-        .map(
-            |(key, object_key, size, tier, created_at_ms)| UploadCandidate {
-                key,
-                object_key,
-                size,
-                tier,
-                created_at_ms,
-            },
-        )
-        .collect())
+        .iter()
+        .map(|r| {
+            Ok(UploadCandidate {
+                key: r.text(0)?,
+                object_key: r.text(1)?,
+                size: r.int(2)?,
+                tier: r.text(3)?,
+                created_at_ms: r.int(4)?,
+            })
+        })
+        .collect::<Result<_, SqlError>>()?)
 }
 
 /// Row-less objects' keys and tiers, their keys matching the `LIKE` pattern `$1`.
@@ -263,6 +237,18 @@ pub async fn object_tiers(
         .collect::<Result<_, cognomega_core::sql::SqlError>>()?)
 }
 
+/// The unfinished sweep: `id, now_ms, phase, cursor, report`.
+const FIND_SWEEP: &str = "SELECT id, now_ms, phase, cursor, report FROM lifecycle_sweeps
+    WHERE finished_at IS NULL ORDER BY id DESC LIMIT 1";
+
+/// A new sweep started at `$1` deciding by `$2`, in phase `$3` with the report `$4`: its `id`.
+const INSERT_SWEEP: &str = "INSERT INTO lifecycle_sweeps (started_at, now_ms, phase, report)
+    VALUES ($1, $2, $3, $4) RETURNING id";
+
+/// PostgreSQL: two sweeps starting at once would both open a row; the lock makes one wait
+/// and resume the other's.
+const PG_LOCK_SWEEPS: &str = "LOCK TABLE lifecycle_sweeps IN SHARE ROW EXCLUSIVE MODE";
+
 /// The unfinished sweep to resume, else a new one deciding by `now_ms`.
 pub async fn open_sweep(
     db: &Database,
@@ -271,75 +257,70 @@ pub async fn open_sweep(
     first_phase: &str,
     empty_report: &str,
 ) -> Result<SweepRow, StoreError> {
-    type R = (i64, i64, String, Option<String>, String);
-    const FIND: &str = "SELECT id, now_ms, phase, cursor, report FROM lifecycle_sweeps
-        WHERE finished_at IS NULL ORDER BY id DESC LIMIT 1";
-    let (open, id): (Option<R>, Option<i64>) = match db {
-        Database::Sqlite(s) => {
-            // Two statements, no transaction: a deferred SQLite transaction that reads and then
-            // writes fails at once ("database is locked") when another process (a running
-            // `serve`) wrote in between, where a lone write waits its turn. This process's
-            // single writer connection serialises the pair against its own sweeps.
-            let open: Option<R> = sqlx::query_as(FIND).fetch_optional(&s.write).await?;
-            let id = match open {
-                Some(_) => None,
-                None => Some(
-                    sqlx::query_scalar(
-                        "INSERT INTO lifecycle_sweeps (started_at, now_ms, phase, report) VALUES (?1, ?2, ?3, ?4) RETURNING id",
-                    )
-                    .bind(started_ms)
-                    .bind(now_ms)
-                    .bind(first_phase)
-                    .bind(empty_report)
-                    .fetch_one(&s.write)
-                    .await?,
-                ),
-            };
-            (open, id)
-        }
-        Database::Postgres(pg) => {
-            let mut tx = pg.pool.begin().await?;
-            // Two sweeps starting at once would both open a row; the lock makes one wait and
-            // resume the other's.
-            sqlx::query("LOCK TABLE lifecycle_sweeps IN SHARE ROW EXCLUSIVE MODE")
-                .execute(&mut *tx)
-                .await?;
-            let open: Option<R> = sqlx::query_as(FIND).fetch_optional(&mut *tx).await?;
-            let id = match open {
-                Some(_) => None,
-                None => Some(
-                    sqlx::query_scalar(
-                        "INSERT INTO lifecycle_sweeps (started_at, now_ms, phase, report) VALUES ($1, $2, $3, $4) RETURNING id",
-                    )
-                    .bind(started_ms)
-                    .bind(now_ms)
-                    .bind(first_phase)
-                    .bind(empty_report)
-                    .fetch_one(&mut *tx)
-                    .await?,
-                ),
-            };
-            tx.commit().await?;
-            (open, id)
-        }
+    let fresh = NewSweep {
+        now_ms,
+        started_ms,
+        first_phase,
+        empty_report,
     };
-    Ok(match (open, id) {
-        (Some((id, now_ms, phase, cursor, report)), _) => SweepRow {
-            id,
-            now_ms,
-            phase,
-            cursor,
-            report,
+    Ok(match db {
+        // Two statements, no transaction: a deferred SQLite transaction that reads and then
+        // writes fails at once ("database is locked") when another process (a running
+        // `serve`) wrote in between, where a lone write waits its turn. This process's
+        // single writer connection serialises the pair against its own sweeps.
+        Database::Sqlite(_) => find_or_insert_sweep(&mut db.clone(), &fresh).await?,
+        Database::Postgres(_) => {
+            let mut tx = db.begin().await?;
+            tx.execute(PG_LOCK_SWEEPS, &[]).await?;
+            let sweep = find_or_insert_sweep(&mut tx, &fresh).await?;
+            tx.commit().await?;
+            sweep
+        }
+    })
+}
+
+/// A sweep [`open_sweep`] starts when none is unfinished.
+struct NewSweep<'a> {
+    now_ms: i64,
+    started_ms: i64,
+    first_phase: &'a str,
+    empty_report: &'a str,
+}
+
+/// The unfinished sweep, else a new one ([`open_sweep`]'s two statements).
+async fn find_or_insert_sweep<E: Executor + ?Sized>(
+    db: &mut E,
+    fresh: &NewSweep<'_>,
+) -> Result<SweepRow, SqlError> {
+    if let Some(r) = db.query_opt(FIND_SWEEP, &[]).await? {
+        return Ok(SweepRow {
+            id: r.int(0)?,
+            now_ms: r.int(1)?,
+            phase: r.text(2)?,
+            cursor: r.opt_text(3)?,
+            report: r.text(4)?,
             resumed: true,
-        },
-        (None, id) => SweepRow {
-            id: id.unwrap_or_default(),
-            now_ms,
-            phase: first_phase.to_owned(),
-            cursor: None,
-            report: empty_report.to_owned(),
-            resumed: false,
-        },
+        });
+    }
+    let args = [
+        fresh.started_ms.into(),
+        fresh.now_ms.into(),
+        fresh.first_phase.into(),
+        fresh.empty_report.into(),
+    ];
+    let id = db
+        .query_opt(INSERT_SWEEP, &args)
+        .await?
+        .map(|r| r.int(0))
+        .transpose()?
+        .ok_or_else(|| SqlError::new("INSERT … RETURNING id returned no row"))?;
+    Ok(SweepRow {
+        id,
+        now_ms: fresh.now_ms,
+        phase: fresh.first_phase.to_owned(),
+        cursor: None,
+        report: fresh.empty_report.to_owned(),
+        resumed: false,
     })
 }
 
@@ -357,52 +338,29 @@ const FORGET_OBJECT: &str = "DELETE FROM lifecycle_objects WHERE object_key = $1
 const CHECKPOINT_SWEEP: &str = "UPDATE lifecycle_sweeps SET phase = $2, cursor = $3, report = $4, bytes_saved = $5, objects_expired = $6
                  WHERE id = $1";
 
+/// Records artifact (`$1` job, `$2` name)'s changes at `$6` (ms): its new tier `$3`, and its
+/// recompressed stored size `$4` and compression `$5`, each unless null.
+const ARTIFACT_CHANGE: &str = "UPDATE job_artifacts SET
+        tier = COALESCE($3, tier),
+        tier_changed_at = CASE WHEN CAST($3 AS TEXT) IS NULL THEN tier_changed_at ELSE $6 END,
+        stored_size = COALESCE($4, stored_size),
+        compression = COALESCE($5, compression),
+        recompressed_at = CASE WHEN CAST($4 AS BIGINT) IS NULL THEN recompressed_at ELSE $6 END
+     WHERE job_id = $1 AND name = $2";
+
 /// Records one page: its row changes and the checkpoint after it, in one transaction.
 pub async fn commit_page(db: &Database, page: &PageCommit) -> Result<(), StoreError> {
     let mut tx = db.begin().await?;
-    match &mut tx {
-        Tx::Sqlite { tx, .. } => {
-            for a in &page.artifacts {
-                sqlx::query(
-                    "UPDATE job_artifacts SET
-                        tier = COALESCE(?3, tier),
-                        tier_changed_at = CASE WHEN ?3 IS NULL THEN tier_changed_at ELSE ?6 END,
-                        stored_size = COALESCE(?4, stored_size),
-                        compression = COALESCE(?5, compression),
-                        recompressed_at = CASE WHEN ?4 IS NULL THEN recompressed_at ELSE ?6 END
-                     WHERE job_id = ?1 AND name = ?2",
-                )
-                .bind(&a.job_id)
-                .bind(&a.name)
-                .bind(a.tier.as_deref())
-                .bind(a.recompressed.as_ref().map(|r| r.0))
-                .bind(a.recompressed.as_ref().map(|r| r.1.as_str()))
-                .bind(page.now_ms)
-                .execute(&mut **tx)
-                .await?;
-            }
-        }
-        Tx::Postgres { tx, .. } => {
-            for a in &page.artifacts {
-                sqlx::query(
-                    "UPDATE job_artifacts SET
-                        tier = COALESCE($3, tier),
-                        tier_changed_at = CASE WHEN $3::text IS NULL THEN tier_changed_at ELSE $6 END,
-                        stored_size = COALESCE($4, stored_size),
-                        compression = COALESCE($5, compression),
-                        recompressed_at = CASE WHEN $4::bigint IS NULL THEN recompressed_at ELSE $6 END
-                     WHERE job_id = $1 AND name = $2",
-                )
-                .bind(&a.job_id)
-                .bind(&a.name)
-                .bind(a.tier.as_deref())
-                .bind(a.recompressed.as_ref().map(|r| r.0))
-                .bind(a.recompressed.as_ref().map(|r| r.1.as_str()))
-                .bind(page.now_ms)
-                .execute(&mut **tx)
-                .await?;
-            }
-        }
+    for a in &page.artifacts {
+        let args = [
+            a.job_id.as_str().into(),
+            a.name.as_str().into(),
+            a.tier.as_deref().into(),
+            a.recompressed.as_ref().map(|r| r.0).into(),
+            a.recompressed.as_ref().map(|r| r.1.as_str()).into(),
+            page.now_ms.into(),
+        ];
+        tx.execute(ARTIFACT_CHANGE, &args).await?;
     }
     for (key, tier) in &page.uploads {
         cognomega_core::sql::Executor::execute(
@@ -468,55 +426,56 @@ pub async fn finish_sweep(
     Ok(())
 }
 
+/// Objects and stored bytes per recorded tier, over every row-owned and row-less object, in
+/// one statement so the three tables are counted at one point in time: `tier, objects, bytes`.
+const CENSUS: &str = "SELECT tier, CAST(SUM(n) AS BIGINT), CAST(SUM(b) AS BIGINT) FROM (
+        SELECT tier, COUNT(*) AS n, COALESCE(SUM(stored_size), 0) AS b FROM job_artifacts GROUP BY tier
+        UNION ALL
+        SELECT tier, COUNT(*), COALESCE(SUM(size), 0) FROM uploads GROUP BY tier
+        UNION ALL
+        SELECT tier, COUNT(*), 0 FROM lifecycle_objects GROUP BY tier
+    ) t GROUP BY tier ORDER BY tier";
+
 /// Objects and stored bytes per recorded tier, over every row-owned and row-less object.
 pub async fn census(db: &Database) -> Result<Vec<(String, i64, i64)>, StoreError> {
-    // One statement, so the three tables are counted at one point in time.
-    let sql = "SELECT tier, SUM(n), SUM(b) FROM (
-            SELECT tier, COUNT(*) AS n, COALESCE(SUM(stored_size), 0) AS b FROM job_artifacts GROUP BY tier
-            UNION ALL
-            SELECT tier, COUNT(*), COALESCE(SUM(size), 0) FROM uploads GROUP BY tier
-            UNION ALL
-            SELECT tier, COUNT(*), 0 FROM lifecycle_objects GROUP BY tier
-        ) t GROUP BY tier ORDER BY tier";
-    Ok(match db {
-        Database::Sqlite(s) => sqlx::query_as(sql).fetch_all(&s.read).await?,
-        Database::Postgres(pg) => {
-            let pg_sql = sql.replace("SUM(n), SUM(b)", "SUM(n)::bigint, SUM(b)::bigint");
-            sqlx::query_as(&pg_sql).fetch_all(&pg.pool).await?
-        }
-    })
+    let rows = crate::sql::Reader(db).query(CENSUS, &[]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| Ok((r.text(0)?, r.int(1)?, r.int(2)?)))
+        .collect::<Result<_, SqlError>>()?)
 }
 
 /// What `/metrics` shows about lifecycle.
 pub async fn totals(db: &Database) -> Result<LifecycleTotals, StoreError> {
-    type Last = (String, i64);
     use cognomega_core::metrics::{LIFECYCLE_LAST_SQL as LAST, LIFECYCLE_SUMS_SQL as SUMS};
-    let (last, sums): (Option<Last>, (i64, i64)) = match db {
-        Database::Sqlite(s) => (
-            sqlx::query_as(LAST).fetch_optional(&s.read).await?,
-            sqlx::query_as(SUMS).fetch_one(&s.read).await?,
-        ),
-        Database::Postgres(pg) => (
-            sqlx::query_as(LAST).fetch_optional(&pg.pool).await?,
-            sqlx::query_as(SUMS).fetch_one(&pg.pool).await?,
-        ),
+    let mut read = crate::sql::Reader(db);
+    let last = read.query_opt(LAST, &[]).await?;
+    let sums = read
+        .query_opt(SUMS, &[])
+        .await?
+        .ok_or(StoreError::Sqlx(sqlx::Error::RowNotFound))?;
+    let (last_report, last_finished_ms) = match last {
+        Some(r) => (Some(r.text(0)?), Some(r.int(1)?)),
+        None => (None, None),
     };
-    let (last_report, last_finished_ms) = last.map_or((None, None), |(r, at)| (Some(r), Some(at)));
     Ok(LifecycleTotals {
         last_report,
         last_finished_ms,
-        bytes_saved: sums.0,
-        objects_expired: sums.1,
+        bytes_saved: sums.int(0)?,
+        objects_expired: sums.int(1)?,
     })
 }
 
+/// Rows a sweep may look at (artifacts and uploads not yet expired).
+const LIVE_ROWS: &str = "SELECT (SELECT COUNT(*) FROM job_artifacts WHERE tier <> 'expired')
+                + (SELECT COUNT(*) FROM uploads WHERE tier <> 'expired')";
+
 /// Rows a sweep may look at (artifacts and uploads not yet expired): a progress bar's length.
 pub async fn live_rows(db: &Database) -> Result<u64, StoreError> {
-    let sql = "SELECT (SELECT COUNT(*) FROM job_artifacts WHERE tier <> 'expired')
-                    + (SELECT COUNT(*) FROM uploads WHERE tier <> 'expired')";
-    let n: i64 = match db {
-        Database::Sqlite(s) => sqlx::query_scalar(sql).fetch_one(&s.read).await?,
-        Database::Postgres(pg) => sqlx::query_scalar(sql).fetch_one(&pg.pool).await?,
-    };
+    let n = crate::sql::Reader(db)
+        .query_opt(LIVE_ROWS, &[])
+        .await?
+        .ok_or(StoreError::Sqlx(sqlx::Error::RowNotFound))?
+        .int(0)?;
     Ok(u64::try_from(n).unwrap_or(0))
 }

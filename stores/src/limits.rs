@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use cognomega_core::limits::{CostMetric, Decision, LimitError, Rate, RateLimiter};
+use cognomega_core::sql::Executor as _;
 use sqlx::PgPool;
 
 use crate::{Database, StoreError, Tx};
@@ -203,6 +204,21 @@ pub struct OverCap {
     pub window_end: i64,
 }
 
+/// Adds `$4` to tenant `$1`'s counter of metric `$2` in the window starting at `$3` unless that
+/// would pass the cap `$5`; returns the new count, no row when refused. INSERT … SELECT … WHERE
+/// refuses a first charge already over the cap; the conflict arm's WHERE refuses a later one.
+/// (SQLite needs the WHERE on the SELECT anyway, to tell its ON CONFLICT from a join's ON.)
+const CHARGE: &str = "INSERT INTO cost_counters (tenant_id, metric, window_start, used)
+     SELECT $1, $2, $3, $4 WHERE $4 <= $5
+     ON CONFLICT (tenant_id, metric, window_start)
+     DO UPDATE SET used = cost_counters.used + excluded.used
+     WHERE cost_counters.used + excluded.used <= $5
+     RETURNING used";
+
+/// Tenant `$1`'s count of metric `$2` in the window starting at `$3`.
+const USED: &str =
+    "SELECT used FROM cost_counters WHERE tenant_id = $1 AND metric = $2 AND window_start = $3";
+
 /// Adds `quantity` to the tenant's counter of `metric` in the window holding `now_secs`,
 /// unless that would pass `cap`: then nothing changes and the caller learns how much is used.
 /// Runs inside the caller's transaction, so the count commits (or rolls back) with the enqueue.
@@ -217,47 +233,15 @@ pub async fn charge(
     let (start, end) = metric.window(now_secs);
     let q = i64::try_from(quantity).unwrap_or(i64::MAX);
     let c = i64::try_from(cap).unwrap_or(i64::MAX);
-    // INSERT … SELECT … WHERE refuses a first charge already over the cap; the conflict arm's
-    // WHERE refuses a later one. No row back: refused. (SQLite needs the WHERE on the SELECT
-    // anyway, to tell its ON CONFLICT from a join's ON.)
-    let charged: Option<i64> = match tx {
-        Tx::Sqlite { tx, .. } => {
-            sqlx::query_scalar(
-                "INSERT INTO cost_counters (tenant_id, metric, window_start, used)
-                 SELECT ?1, ?2, ?3, ?4 WHERE ?4 <= ?5
-                 ON CONFLICT (tenant_id, metric, window_start)
-                 DO UPDATE SET used = cost_counters.used + excluded.used
-                 WHERE cost_counters.used + excluded.used <= ?5
-                 RETURNING used",
-            )
-            .bind(tenant)
-            .bind(metric.as_str())
-            .bind(start)
-            .bind(q)
-            .bind(c)
-            .fetch_optional(&mut **tx)
-            .await?
-        }
-        Tx::Postgres { tx, .. } => {
-            sqlx::query_scalar(
-                "INSERT INTO cost_counters (tenant_id, metric, window_start, used)
-                 SELECT $1, $2, $3, $4 WHERE $4 <= $5
-                 ON CONFLICT (tenant_id, metric, window_start)
-                 DO UPDATE SET used = cost_counters.used + excluded.used
-                 WHERE cost_counters.used + excluded.used <= $5
-                 RETURNING used",
-            )
-            .bind(tenant)
-            .bind(metric.as_str())
-            .bind(start)
-            .bind(q)
-            .bind(c)
-            .fetch_optional(&mut **tx)
-            .await?
-        }
-    };
-    if let Some(used) = charged {
-        return Ok(Ok(u64::try_from(used).unwrap_or(0)));
+    let args = [
+        tenant.into(),
+        metric.as_str().into(),
+        start.into(),
+        q.into(),
+        c.into(),
+    ];
+    if let Some(row) = tx.query_opt(CHARGE, &args).await? {
+        return Ok(Ok(u64::try_from(row.int(0)?).unwrap_or(0)));
     }
     let used = used_in(tx, tenant, metric, start).await?;
     Ok(Err(OverCap {
@@ -273,28 +257,11 @@ async fn used_in(
     metric: CostMetric,
     start: i64,
 ) -> Result<u64, StoreError> {
-    let used: Option<i64> = match tx {
-        Tx::Sqlite { tx, .. } => {
-            sqlx::query_scalar(
-                "SELECT used FROM cost_counters WHERE tenant_id = ?1 AND metric = ?2 AND window_start = ?3",
-            )
-            .bind(tenant)
-            .bind(metric.as_str())
-            .bind(start)
-            .fetch_optional(&mut **tx)
-            .await?
-        }
-        Tx::Postgres { tx, .. } => {
-            sqlx::query_scalar(
-                "SELECT used FROM cost_counters WHERE tenant_id = $1 AND metric = $2 AND window_start = $3",
-            )
-            .bind(tenant)
-            .bind(metric.as_str())
-            .bind(start)
-            .fetch_optional(&mut **tx)
-            .await?
-        }
-    };
+    let used = tx
+        .query_opt(USED, &[tenant.into(), metric.as_str().into(), start.into()])
+        .await?
+        .map(|r| r.int(0))
+        .transpose()?;
     Ok(used.map_or(0, |u| u64::try_from(u).unwrap_or(0)))
 }
 

@@ -1,6 +1,8 @@
 //! Aggregates `/metrics` reads from the database at scrape time, so every process reports the
 //! same totals whichever worker wrote the rows.
 
+use cognomega_core::sql::{Executor as _, SqlError};
+
 use crate::{Database, StoreError};
 
 pub use cognomega_core::metrics::BusinessTotals;
@@ -10,15 +12,17 @@ use cognomega_core::metrics::{LEDGER_TOTALS_SQL as LEDGER, UPLOAD_SCANS_SQL as S
 /// appends to it exactly once per charge), so the figure is right across processes and
 /// restarts; an in-process counter would count only this process's settlements.
 pub async fn business_totals(db: &Database) -> Result<BusinessTotals, StoreError> {
-    let ((charged, granted), scans): ((i64, i64), Vec<(String, i64)>) = match db {
-        Database::Sqlite(s) => (
-            sqlx::query_as(LEDGER).fetch_one(&s.read).await?,
-            sqlx::query_as(SCANS).fetch_all(&s.read).await?,
-        ),
-        Database::Postgres(p) => (
-            sqlx::query_as(LEDGER).fetch_one(&p.pool).await?,
-            sqlx::query_as(SCANS).fetch_all(&p.pool).await?,
-        ),
-    };
+    let mut read = crate::sql::Reader(db);
+    let ledger = read
+        .query_opt(LEDGER, &[])
+        .await?
+        .ok_or(StoreError::Sqlx(sqlx::Error::RowNotFound))?;
+    let (charged, granted) = (ledger.int(0)?, ledger.int(1)?);
+    let scans = read
+        .query(SCANS, &[])
+        .await?
+        .iter()
+        .map(|r| Ok((r.text(0)?, r.int(1)?)))
+        .collect::<Result<Vec<_>, SqlError>>()?;
     Ok(BusinessTotals::from_rows(charged, granted, &scans))
 }

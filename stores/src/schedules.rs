@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 
 use cognomega_core::queue::{IdempotencyKey, MessageId, OutgoingMessage, QueueError, QueueName};
+use cognomega_core::sql::{Executor as _, SqlError};
 use cognomega_core::time::UnixMillis;
 
 use crate::{Database, StoreError};
@@ -39,6 +40,19 @@ pub struct LastTick {
     pub enqueued_by: String,
 }
 
+/// Takes or renews the lease for `$1` until `$2`, `$3` being now: the conflict branch applies
+/// only while the lease is `$1`'s or has lapsed; otherwise the statement changes nothing and
+/// returns no row. Returns `holder, term, expires_at`.
+const ACQUIRE_LEASE: &str =
+    "INSERT INTO schedule_leader (id, holder, term, expires_at) VALUES (1, $1, 1, $2)
+     ON CONFLICT (id) DO UPDATE SET
+         term = CASE WHEN schedule_leader.holder = excluded.holder
+                     THEN schedule_leader.term ELSE schedule_leader.term + 1 END,
+         holder = excluded.holder,
+         expires_at = excluded.expires_at
+     WHERE schedule_leader.holder = excluded.holder OR schedule_leader.expires_at <= $3
+     RETURNING holder, term, expires_at";
+
 /// Takes or renews the lease for `holder` until `now + ttl_ms`. Returns the lease when
 /// `holder` leads afterwards, `None` when someone else holds an unexpired lease.
 pub async fn acquire_lease(
@@ -48,46 +62,22 @@ pub async fn acquire_lease(
     ttl_ms: i64,
 ) -> Result<Option<Leader>, StoreError> {
     let expires = now.0.saturating_add(ttl_ms);
-    // The conflict branch applies only while the lease is ours or has lapsed; otherwise the
-    // statement changes nothing and returns no row.
-    let row: Option<(String, i64, i64)> =
-        match db {
-            Database::Sqlite(s) => sqlx::query_as(
-                "INSERT INTO schedule_leader (id, holder, term, expires_at) VALUES (1, ?1, 1, ?2)
-                 ON CONFLICT (id) DO UPDATE SET
-                     term = CASE WHEN schedule_leader.holder = excluded.holder
-                                 THEN schedule_leader.term ELSE schedule_leader.term + 1 END,
-                     holder = excluded.holder,
-                     expires_at = excluded.expires_at
-                 WHERE schedule_leader.holder = excluded.holder OR schedule_leader.expires_at <= ?3
-                 RETURNING holder, term, expires_at",
-            )
-            .bind(holder)
-            .bind(expires)
-            .bind(now.0)
-            .fetch_optional(&s.write)
-            .await?,
-            Database::Postgres(pg) => sqlx::query_as(
-                "INSERT INTO schedule_leader (id, holder, term, expires_at) VALUES (1, $1, 1, $2)
-                 ON CONFLICT (id) DO UPDATE SET
-                     term = CASE WHEN schedule_leader.holder = EXCLUDED.holder
-                                 THEN schedule_leader.term ELSE schedule_leader.term + 1 END,
-                     holder = EXCLUDED.holder,
-                     expires_at = EXCLUDED.expires_at
-                 WHERE schedule_leader.holder = EXCLUDED.holder OR schedule_leader.expires_at <= $3
-                 RETURNING holder, term, expires_at",
-            )
-            .bind(holder)
-            .bind(expires)
-            .bind(now.0)
-            .fetch_optional(&pg.pool)
-            .await?,
-        };
-    Ok(row.map(|(holder, term, expires_at)| Leader {
-        holder,
-        term,
-        expires_at: UnixMillis(expires_at),
-    }))
+    let row = db
+        .clone()
+        .query_opt(
+            ACQUIRE_LEASE,
+            &[holder.into(), expires.into(), now.0.into()],
+        )
+        .await?;
+    Ok(row
+        .map(|r| -> Result<_, SqlError> {
+            Ok(Leader {
+                holder: r.text(0)?,
+                term: r.int(1)?,
+                expires_at: UnixMillis(r.int(2)?),
+            })
+        })
+        .transpose()?)
 }
 
 /// Expires the lease if `$1` holds it.
@@ -95,8 +85,7 @@ const RELEASE_LEASE: &str = "UPDATE schedule_leader SET expires_at = 0 WHERE hol
 
 /// Gives the lease up (on shutdown) so a standby takes over at once instead of after the TTL.
 pub async fn release_lease(db: &Database, holder: &str) -> Result<(), StoreError> {
-    cognomega_core::sql::Executor::execute(&mut db.clone(), RELEASE_LEASE, &[holder.into()])
-        .await?;
+    db.clone().execute(RELEASE_LEASE, &[holder.into()]).await?;
     Ok(())
 }
 
@@ -108,7 +97,7 @@ pub async fn leader(db: &Database) -> Result<Option<Leader>, StoreError> {
     let row =
         cognomega_core::sql::Executor::query_opt(&mut crate::sql::Reader(db), LEADER, &[]).await?;
     Ok(row
-        .map(|r| -> Result<_, cognomega_core::sql::SqlError> {
+        .map(|r| -> Result<_, SqlError> {
             Ok(Leader {
                 holder: r.text(0)?,
                 term: r.int(1)?,
@@ -118,30 +107,30 @@ pub async fn leader(db: &Database) -> Result<Option<Leader>, StoreError> {
         .transpose()?)
 }
 
+/// The latest enqueued tick of every schedule that has one: `schedule, tick_at, enqueued_at,
+/// message_id, enqueued_by`.
+const LAST_TICKS: &str = "SELECT t.schedule, t.tick_at, t.enqueued_at, t.message_id, t.enqueued_by
+     FROM schedule_ticks t
+     JOIN (SELECT schedule, MAX(tick_at) AS tick_at FROM schedule_ticks GROUP BY schedule) m
+       ON m.schedule = t.schedule AND m.tick_at = t.tick_at";
+
 /// The latest enqueued tick of every schedule that has one.
 pub async fn last_ticks(db: &Database) -> Result<BTreeMap<String, LastTick>, StoreError> {
-    const SQL: &str = "SELECT t.schedule, t.tick_at, t.enqueued_at, t.message_id, t.enqueued_by
-         FROM schedule_ticks t
-         JOIN (SELECT schedule, MAX(tick_at) AS tick_at FROM schedule_ticks GROUP BY schedule) m
-           ON m.schedule = t.schedule AND m.tick_at = t.tick_at";
-    let rows: Vec<(String, i64, i64, Option<i64>, String)> = match db {
-        Database::Sqlite(s) => sqlx::query_as(SQL).fetch_all(&s.read).await?,
-        Database::Postgres(pg) => sqlx::query_as(SQL).fetch_all(&pg.pool).await?,
-    };
+    let rows = crate::sql::Reader(db).query(LAST_TICKS, &[]).await?;
     Ok(rows
-        .into_iter()
-        .map(|(name, tick, at, id, by)| {
-            (
-                name,
+        .iter()
+        .map(|r| -> Result<_, SqlError> {
+            Ok((
+                r.text(0)?,
                 LastTick {
-                    tick_at: UnixMillis(tick),
-                    enqueued_at: UnixMillis(at),
-                    message_id: id.map(MessageId),
-                    enqueued_by: by,
+                    tick_at: UnixMillis(r.int(1)?),
+                    enqueued_at: UnixMillis(r.int(2)?),
+                    message_id: r.opt_int(3)?.map(MessageId),
+                    enqueued_by: r.text(4)?,
                 },
-            )
+            ))
         })
-        .collect())
+        .collect::<Result<_, _>>()?)
 }
 
 /// Records tick `$2` of schedule `$1`, enqueued at `$3` by `$4`, unless already recorded.
@@ -214,7 +203,7 @@ pub async fn ticks(db: &Database, schedule: &str) -> Result<Vec<LastTick>, Store
     .await?;
     Ok(rows
         .iter()
-        .map(|r| -> Result<_, cognomega_core::sql::SqlError> {
+        .map(|r| -> Result<_, SqlError> {
             Ok(LastTick {
                 tick_at: UnixMillis(r.int(0)?),
                 enqueued_at: UnixMillis(r.int(1)?),

@@ -1,8 +1,10 @@
 //! SQL of direct uploads.
 
+use cognomega_core::sql::{Dialects, Executor as _, Row, SqlError};
 use serde::Serialize;
 
 use crate::queue::now_ms;
+use crate::stamped::Stamped;
 use crate::{Database, StoreError, Tx};
 
 /// An upload row. Times are epoch milliseconds.
@@ -53,80 +55,81 @@ pub struct NewUpload<'a> {
     pub request_id: Option<&'a str>,
 }
 
-const COLS_SQLITE: &str =
-    "key, tenant_id, filename, content_type, size, sha256, scan, signature, scan_error, object_key, created_at";
-const COLS_PG: &str = "key, tenant_id, filename, content_type, size, sha256, scan, signature, scan_error, object_key, \
-    (extract(epoch from created_at) * 1000)::bigint";
-
-type Row = (
-    String,
-    String,
-    String,
-    String,
-    i64,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    String,
-    i64,
-);
-
-fn from_row(r: Row) -> Upload {
-    Upload {
-        key: r.0,
-        tenant_id: r.1,
-        filename: r.2,
-        content_type: r.3,
-        size: r.4,
-        sha256: r.5,
-        scan: r.6,
-        signature: r.7,
-        scan_error: r.8,
-        object_key: r.9,
-        created_at_ms: r.10,
-    }
+/// The columns of an [`Upload`], in [`from_row`]'s order (SQLite: times in epoch ms).
+macro_rules! sqlite_columns {
+    () => {
+        "key, tenant_id, filename, content_type, size, sha256, scan, signature, scan_error, \
+         object_key, created_at"
+    };
 }
+
+/// The columns of an [`Upload`], in [`from_row`]'s order (PostgreSQL: times read as epoch ms).
+macro_rules! pg_columns {
+    () => {
+        "key, tenant_id, filename, content_type, size, sha256, scan, signature, scan_error, \
+         object_key, (extract(epoch from created_at) * 1000)::bigint"
+    };
+}
+
+fn from_row(r: &Row) -> Result<Upload, SqlError> {
+    Ok(Upload {
+        key: r.text(0)?,
+        tenant_id: r.text(1)?,
+        filename: r.text(2)?,
+        content_type: r.text(3)?,
+        size: r.int(4)?,
+        sha256: r.text(5)?,
+        scan: r.text(6)?,
+        signature: r.opt_text(7)?,
+        scan_error: r.opt_text(8)?,
+        object_key: r.text(9)?,
+        created_at_ms: r.int(10)?,
+    })
+}
+
+/// A new upload — `$1` key (also its object key), `$2` tenant, `$3` filename, `$4` content
+/// type, `$5` size, `$6` sha256, `$7` scan, `$8` request id (SQLite: `$9` now). SQLite has no
+/// sequences: the single writer makes `MAX(seq) + 1` safe.
+const INSERT: Stamped = Stamped(Dialects {
+    sqlite: "INSERT INTO uploads (key, seq, tenant_id, filename, content_type, size, sha256, scan, object_key, request_id, created_at)
+             VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM uploads), $2, $3, $4, $5, $6, $7, $1, $8, $9)",
+    postgres: "INSERT INTO uploads (key, tenant_id, filename, content_type, size, sha256, scan, object_key, request_id)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $1, $8)",
+});
 
 /// Inserts an upload.
 pub async fn insert(tx: &mut Tx, u: &NewUpload<'_>) -> Result<(), StoreError> {
-    match tx {
-        Tx::Sqlite { tx, .. } => {
-            sqlx::query(
-                "INSERT INTO uploads (key, seq, tenant_id, filename, content_type, size, sha256, scan, object_key, request_id, created_at)
-                 VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM uploads), ?2, ?3, ?4, ?5, ?6, ?7, ?1, ?8, ?9)",
-            )
-            .bind(u.key)
-            .bind(u.tenant_id)
-            .bind(u.filename)
-            .bind(u.content_type)
-            .bind(u.size)
-            .bind(u.sha256)
-            .bind(u.scan)
-            .bind(u.request_id)
-            .bind(now_ms().0)
-            .execute(&mut **tx)
-            .await?;
-        }
-        Tx::Postgres { tx, .. } => {
-            sqlx::query(
-                "INSERT INTO uploads (key, tenant_id, filename, content_type, size, sha256, scan, object_key, request_id)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $1, $8)",
-            )
-            .bind(u.key)
-            .bind(u.tenant_id)
-            .bind(u.filename)
-            .bind(u.content_type)
-            .bind(u.size)
-            .bind(u.sha256)
-            .bind(u.scan)
-            .bind(u.request_id)
-            .execute(&mut **tx)
-            .await?;
-        }
-    }
+    let (sql, args) = INSERT.bind(
+        tx.dialect(),
+        vec![
+            u.key.into(),
+            u.tenant_id.into(),
+            u.filename.into(),
+            u.content_type.into(),
+            u.size.into(),
+            u.sha256.into(),
+            u.scan.into(),
+            u.request_id.into(),
+        ],
+        now_ms().0,
+    );
+    tx.execute(sql, &args).await?;
     Ok(())
 }
+
+/// Upload `$1`, of tenant `$2` unless null.
+const GET: Dialects = Dialects {
+    sqlite: concat!(
+        "SELECT ",
+        sqlite_columns!(),
+        " FROM uploads WHERE key = $1 AND ($2 IS NULL OR tenant_id = $2)"
+    ),
+    postgres: concat!(
+        "SELECT ",
+        pg_columns!(),
+        " FROM uploads WHERE key = $1 AND ($2::text IS NULL OR tenant_id = $2)"
+    ),
+};
 
 /// An upload by key; with `tenant`, only the tenant's own.
 pub async fn get(
@@ -134,27 +137,11 @@ pub async fn get(
     key: &str,
     tenant: Option<&str>,
 ) -> Result<Option<Upload>, StoreError> {
-    let row: Option<Row> = match db {
-        Database::Sqlite(s) => {
-            sqlx::query_as(&format!(
-            "SELECT {COLS_SQLITE} FROM uploads WHERE key = ?1 AND (?2 IS NULL OR tenant_id = ?2)"
-        ))
-            .bind(key)
-            .bind(tenant)
-            .fetch_optional(&s.read)
-            .await?
-        }
-        Database::Postgres(pg) => {
-            sqlx::query_as(&format!(
-            "SELECT {COLS_PG} FROM uploads WHERE key = $1 AND ($2::text IS NULL OR tenant_id = $2)"
-        ))
-            .bind(key)
-            .bind(tenant)
-            .fetch_optional(&pg.pool)
-            .await?
-        }
-    };
-    Ok(row.map(from_row))
+    let mut read = crate::sql::Reader(db);
+    let row = read
+        .query_opt(GET.pick(read.dialect()), &[key.into(), tenant.into()])
+        .await?;
+    Ok(row.as_ref().map(from_row).transpose()?)
 }
 
 /// Bytes a tenant has stored in uploads (quarantined ones included: they still take space until
@@ -169,6 +156,15 @@ pub async fn used_bytes(db: &Database, tenant: &str) -> Result<i64, StoreError> 
     Ok(row.map(|r| r.int(0)).transpose()?.unwrap_or(0))
 }
 
+/// Records upload `$1`'s scan `$2` with the signature `$3` and error `$4`; `$5` moves its
+/// object key (quarantine) when not null (SQLite: `$6` now).
+const SET_SCAN: Stamped = Stamped(Dialects {
+    sqlite: "UPDATE uploads SET scan = $2, signature = $3, scan_error = $4, object_key = COALESCE($5, object_key), scanned_at = $6
+             WHERE key = $1",
+    postgres: "UPDATE uploads SET scan = $2, signature = $3, scan_error = $4, object_key = COALESCE($5, object_key), scanned_at = now()
+               WHERE key = $1",
+});
+
 /// Records a scan outcome: `clean`, `infected` (with signature and the quarantine key), or
 /// `scan_failed` (with the error).
 pub async fn set_scan(
@@ -179,34 +175,18 @@ pub async fn set_scan(
     error: Option<&str>,
     object_key: Option<&str>,
 ) -> Result<(), StoreError> {
-    match db {
-        Database::Sqlite(s) => {
-            sqlx::query(
-                "UPDATE uploads SET scan = ?2, signature = ?3, scan_error = ?4, object_key = COALESCE(?5, object_key), scanned_at = ?6
-                 WHERE key = ?1",
-            )
-            .bind(key)
-            .bind(scan)
-            .bind(signature)
-            .bind(error)
-            .bind(object_key)
-            .bind(now_ms().0)
-            .execute(&s.write)
-            .await?;
-        }
-        Database::Postgres(pg) => {
-            sqlx::query(
-                "UPDATE uploads SET scan = $2, signature = $3, scan_error = $4, object_key = COALESCE($5, object_key), scanned_at = now()
-                 WHERE key = $1",
-            )
-            .bind(key)
-            .bind(scan)
-            .bind(signature)
-            .bind(error)
-            .bind(object_key)
-            .execute(&pg.pool)
-            .await?;
-        }
-    }
+    let mut db = db.clone();
+    let (sql, args) = SET_SCAN.bind(
+        db.dialect(),
+        vec![
+            key.into(),
+            scan.into(),
+            signature.into(),
+            error.into(),
+            object_key.into(),
+        ],
+        now_ms().0,
+    );
+    db.execute(sql, &args).await?;
     Ok(())
 }
