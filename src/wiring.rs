@@ -32,29 +32,25 @@ pub fn runtime(
     lifecycle: &Arc<Policy>,
 ) -> anyhow::Result<Runtime> {
     let mut rt = Runtime::new(db.queue(), options);
-    rt.register(
+    rt.consume(
         probe::queue(),
         probe::settings(),
-        Arc::new(probe::ProbeHandler::new(db.clone())),
+        probe::ProbeHandler::new(db.clone()),
     )?;
-    rt.register(
+    rt.consume(
         maintenance::queue(),
         maintenance::settings(),
-        Arc::new(maintenance::Maintenance::new(db.clone())),
+        maintenance::Maintenance::new(db.clone()),
     )?;
-    rt.register(
+    rt.consume(
         usage_writer::queue(),
         usage_writer::settings(),
-        Arc::new(UsageWriter::new(db.clone(), billing.prices.clone())),
+        UsageWriter::new(db.clone(), billing.prices.clone()),
     )?;
-    rt.register(
+    rt.consume(
         settlement::queue(),
         settlement::settings(),
-        Arc::new(SettlementWriter::new(
-            db.clone(),
-            billing.guest_floor,
-            cache,
-        )),
+        SettlementWriter::new(db.clone(), billing.guest_floor, cache),
     )?;
     let credits_per_job = billing.prices.charge(UsageKind::Job, 1);
     for job_type in cognomega_pipelines::registry::registry().iter() {
@@ -65,31 +61,27 @@ pub fn runtime(
             CodecPolicy::default(),
             credits_per_job,
         );
-        rt.register(
+        rt.consume(
             jobs::queue(job_type.name()),
             jobs::settings(job_type.name()),
-            Arc::new(runner),
+            runner,
         )?;
     }
-    rt.register(
+    rt.consume(
         lifecycle::queue(),
         lifecycle::settings(),
-        Arc::new(SweepConsumer::new(Sweeper::new(
-            db.clone(),
-            objects.clone(),
-            lifecycle.clone(),
-        ))),
+        SweepConsumer::new(Sweeper::new(db.clone(), objects.clone(), lifecycle.clone())),
     )?;
-    rt.register(
+    rt.consume(
         etl::queue(),
         etl::settings(),
-        Arc::new(EtlHandler::new(Exporter::new(db.clone(), objects.clone()))),
+        EtlHandler::new(Exporter::new(db.clone(), objects.clone())),
     )?;
     if let Some(clamd) = clamd {
-        rt.register(
+        rt.consume(
             av_scan::queue(),
             av_scan::settings(),
-            Arc::new(Scanner::new(db.clone(), objects.clone(), clamd.clone())),
+            Scanner::new(db.clone(), objects.clone(), clamd.clone()),
         )?;
     }
     Ok(rt)

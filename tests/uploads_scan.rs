@@ -3,7 +3,6 @@
 //! retried, ends `scan_failed` with its message in the DLQ, and after clamd is back a replay of
 //! that message makes the upload clean.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use cognomega_consumers::av_scan::{self, Scanner};
@@ -148,7 +147,7 @@ async fn clamd_down_then_back_via_dlq_replay(backend: Backend) -> anyhow::Result
                     ..Default::default()
                 },
             );
-            rt.register(av_scan::queue(), settings, Arc::new(scanner))?;
+            rt.consume(av_scan::queue(), settings, scanner)?;
             let running = rt.start().await?;
             let idle = running.wait_idle(Duration::from_secs(60)).await;
             running.stop().await;

@@ -4,12 +4,14 @@
 //! `max_retries` the upload is `scan_failed` with its message in `av-scan.dlq` (replaying it
 //! scans again).
 
-use cognomega_core::queue::{BatchHandler, HandlerError, MessageBatch};
+use cognomega_core::queue::{HandlerError, MessageBatch};
 use cognomega_core::sql::Executor;
 use cognomega_stores::clamd::{Clamd, ScanVerdict};
 use cognomega_stores::objects::{ObjectKey, Objects};
 use cognomega_stores::Database;
 use cognomega_workflows::uploads::{ScanHost, ScanOutcome, Scanned};
+
+use crate::typed::{Decoded, TypedHandler, Unreadable};
 
 pub use cognomega_core::queue::catalog::av_scan::{queue, settings, ScanMessage, QUEUE};
 
@@ -108,23 +110,19 @@ impl ScanHost for Scanner {
 }
 
 #[async_trait::async_trait]
-impl BatchHandler for Scanner {
-    async fn handle(&self, batch: &mut MessageBatch) -> Result<(), HandlerError> {
-        let messages: Vec<_> = batch
-            .messages()
-            .iter()
-            .map(|m| (m.id, m.attempts, m.json::<ScanMessage>()))
-            .collect();
-        for (id, attempts, body) in messages {
-            match body {
-                Ok(msg) => {
-                    self.scan(&msg.key, attempts).await?;
-                    batch.ack(id);
-                }
-                Err(e) => {
-                    batch.fail(id, format!("not a scan message: {e}"));
-                }
-            }
+impl TypedHandler for Scanner {
+    type Message = ScanMessage;
+    const WHAT: &'static str = "scan";
+    const UNREADABLE: Unreadable = Unreadable::DeadLetter;
+
+    async fn handle(
+        &self,
+        batch: &mut MessageBatch,
+        messages: Vec<Decoded<ScanMessage>>,
+    ) -> Result<(), HandlerError> {
+        for m in messages {
+            self.scan(&m.body.key, m.attempts).await?;
+            batch.ack(m.id);
         }
         Ok(())
     }

@@ -15,7 +15,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use cognomega_core::etl::{Dataset, ExportFormat, Manifest, DEFAULT_MAX_ROWS_PER_PART};
-use cognomega_core::queue::{BatchHandler, HandlerError, MessageBatch};
+use cognomega_core::queue::{HandlerError, MessageBatch};
+
+use crate::typed::{Decoded, TypedHandler, Unreadable};
 use cognomega_pipelines::export::{ExportWriteError, FinishedFile, PartFiles};
 use cognomega_stores::exports::{self, DayBatch, ExportStoreError, Part, Plan, WrittenFile};
 use cognomega_stores::objects::{InvalidObjectKey, ObjectError, ObjectKey, Objects, PutMeta};
@@ -372,20 +374,17 @@ impl EtlHandler {
 }
 
 #[async_trait::async_trait]
-impl BatchHandler for EtlHandler {
-    async fn handle(&self, batch: &mut MessageBatch) -> Result<(), HandlerError> {
-        let mut work = Vec::new();
-        let mut garbage = Vec::new();
-        for msg in batch.messages() {
-            match msg.json::<EtlMessage>() {
-                Ok(m) => work.push(m),
-                Err(e) => garbage.push((msg.id, format!("not an etl message: {e}"))),
-            }
-        }
-        for (id, why) in garbage {
-            batch.fail(id, why);
-        }
-        for message in work {
+impl TypedHandler for EtlHandler {
+    type Message = EtlMessage;
+    const WHAT: &'static str = "etl";
+    const UNREADABLE: Unreadable = Unreadable::DeadLetter;
+
+    async fn handle(
+        &self,
+        _batch: &mut MessageBatch,
+        work: Vec<Decoded<EtlMessage>>,
+    ) -> Result<(), HandlerError> {
+        for Decoded { body: message, .. } in work {
             for dataset in message.datasets() {
                 let report = self
                     .exporter

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use cognomega_core::jobs::NATIVE_LEASE_MS;
-use cognomega_core::queue::{BatchHandler, HandlerError, MessageBatch, ReceivedMessage};
+use cognomega_core::queue::{HandlerError, MessageBatch};
 use cognomega_core::sql::{Executor, SqlError, Transaction};
 use cognomega_pipelines::{Artifact, JobError, JobType};
 use cognomega_r2_lifecycle::codec::CodecPolicy;
@@ -17,6 +17,8 @@ use cognomega_stores::Database;
 use cognomega_workflows::jobs::{Delivery, Outcome};
 use cognomega_workflows::ports::{Fetched, JobHost, NewObject, ObjectStore, PipelineRun};
 use tracing::Instrument as _;
+
+use crate::typed::{Decoded, TypedHandler, Unreadable};
 
 pub use cognomega_core::queue::catalog::jobs::{dead_letter_queue, queue, settings, JobMessage};
 
@@ -154,42 +156,32 @@ impl JobHost for JobRunner {
 }
 
 #[async_trait::async_trait]
-impl BatchHandler for JobRunner {
-    async fn handle(&self, batch: &mut MessageBatch) -> Result<(), HandlerError> {
+impl TypedHandler for JobRunner {
+    type Message = JobMessage;
+    const WHAT: &'static str = "job";
+    // A producer of a newer version may be mid-deploy: retried, then dead-lettered after
+    // max_retries, as on Cloudflare Queues.
+    const UNREADABLE: Unreadable = Unreadable::Retry;
+
+    async fn handle(
+        &self,
+        batch: &mut MessageBatch,
+        messages: Vec<Decoded<JobMessage>>,
+    ) -> Result<(), HandlerError> {
         // Batches hold one message (max_batch_size 1); a larger one is handled in order.
-        let messages: Vec<_> = batch
-            .messages()
-            .iter()
-            .map(|m| (m.id, m.attempts, m.json::<JobMessage>()))
-            .collect();
-        let request_ids: Vec<Option<String>> = batch
-            .messages()
-            .iter()
-            .map(|m| m.request_id.clone())
-            .collect();
-        for ((id, attempts, body), request_id) in messages.into_iter().zip(request_ids) {
-            let body = match body {
-                Ok(b) => b,
-                Err(e) => {
-                    // Retried, not dead-lettered at once: a producer of a newer version may be
-                    // mid-deploy. After max_retries it reaches the dead-letter queue, as on
-                    // Cloudflare Queues.
-                    tracing::warn!(
-                        message_id = id.0,
-                        attempts,
-                        max_deliveries = self.max_deliveries,
-                        request_id = request_id.as_deref().unwrap_or(""),
-                        "not a job message ({e}); retrying"
-                    );
-                    batch.retry(id, None);
-                    continue;
-                }
-            };
+        for Decoded {
+            id,
+            attempts,
+            request_id,
+            body,
+        } in messages
+        {
             // The attempt fence: this delivery claims the job under its message id. Every
             // line the run logs names the job, the message and the request that submitted it.
             let owner = id.0.to_string();
             let span = tracing::info_span!("job", job_id = %body.job_id, message_id = id.0,
-                request_id = request_id.as_deref().unwrap_or(""));
+                request_id = request_id.as_deref().unwrap_or(""),
+                tenant = tracing::field::Empty);
             let outcome = self
                 .deliver(&body.job_id, &owner, attempts)
                 .instrument(span.clone())
@@ -202,7 +194,10 @@ impl BatchHandler for JobRunner {
                 Outcome::Succeeded {
                     tenant_id,
                     artifacts,
-                } => tracing::info!(tenant = %tenant_id, artifacts, "job succeeded"),
+                } => {
+                    span.record("tenant", tenant_id.as_str());
+                    tracing::info!(job_id = %body.job_id, tenant = %tenant_id, artifacts, "job succeeded");
+                }
                 Outcome::Finished { status, reason } => {
                     tracing::info!(status, reason = %reason, "job finished without billing")
                 }
@@ -222,12 +217,9 @@ impl BatchHandler for JobRunner {
     /// A job whose every delivery ended without a verdict (the worker crashed or hung each
     /// time) would otherwise stay `running` for good: its message went to the dead-letter
     /// queue at a claim, and no handler sees it again.
-    async fn dead_lettered(&self, messages: &[ReceivedMessage]) {
+    async fn dead_lettered(&self, messages: Vec<Decoded<JobMessage>>) {
         for m in messages {
-            // Not a job message: there is no job to mark (it is in the dead-letter queue).
-            let Ok(body) = m.json::<JobMessage>() else {
-                continue;
-            };
+            let body = &m.body;
             let why = format!(
                 "no delivery finished: the worker stopped (crash, hang or lost lease) on each of \
                  its {} deliveries; the message is in the dead-letter queue {}",

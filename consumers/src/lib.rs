@@ -18,7 +18,9 @@ pub mod probe;
 mod runtime;
 pub mod scheduler;
 pub mod settlement;
+pub mod typed;
 pub mod usage_writer;
 
 pub use cognomega_core::queue::{ConsumerMetrics, QueueCounters, BATCH_BUCKETS_MS};
 pub use runtime::{RunReport, RunningRuntime, Runtime, RuntimeOptions};
+pub use typed::{Decoded, Typed, TypedHandler, Unreadable};

@@ -30,7 +30,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use cognomega_core::queue::catalog::named;
-use cognomega_core::queue::{BatchHandler, HandlerError, MessageBatch, QueueName, QueueSettings};
+use cognomega_core::queue::{HandlerError, MessageBatch, QueueName, QueueSettings};
+
+use crate::typed::{Decoded, TypedHandler, Unreadable};
 use cognomega_r2_lifecycle::codec::{self, Compression, Encoded};
 use cognomega_r2_lifecycle::policy::{Policy, Tier, RECOMPRESSIBLE_PREFIX};
 use cognomega_r2_lifecycle::sweep::{steps, Count, ObjectState, Steps, SweepReport};
@@ -633,21 +635,20 @@ impl SweepConsumer {
 }
 
 #[async_trait::async_trait]
-impl BatchHandler for SweepConsumer {
-    async fn handle(&self, batch: &mut MessageBatch) -> Result<(), HandlerError> {
-        let messages: Vec<_> = batch
-            .messages()
-            .iter()
-            .map(|m| (m.id, m.json::<SweepMessage>()))
-            .collect();
-        for (id, body) in messages {
-            let message = match body {
-                Ok(m) => m,
-                Err(e) => {
-                    batch.fail(id, format!("not a sweep message: {e}"));
-                    continue;
-                }
-            };
+impl TypedHandler for SweepConsumer {
+    type Message = SweepMessage;
+    const WHAT: &'static str = "sweep";
+    const UNREADABLE: Unreadable = Unreadable::DeadLetter;
+
+    async fn handle(
+        &self,
+        batch: &mut MessageBatch,
+        messages: Vec<Decoded<SweepMessage>>,
+    ) -> Result<(), HandlerError> {
+        for Decoded {
+            id, body: message, ..
+        } in messages
+        {
             let outcome = self
                 .sweeper
                 .run(

@@ -3,7 +3,9 @@
 //! run left, sealing twice seals nothing new.
 
 use cognomega_core::queue::catalog::named;
-use cognomega_core::queue::{BatchHandler, HandlerError, MessageBatch, QueueName, QueueSettings};
+use cognomega_core::queue::{HandlerError, MessageBatch, QueueName, QueueSettings};
+
+use crate::typed::{Decoded, TypedHandler, Unreadable};
 use cognomega_stores::Database;
 use serde::{Deserialize, Serialize};
 
@@ -54,21 +56,18 @@ impl Maintenance {
 }
 
 #[async_trait::async_trait]
-impl BatchHandler for Maintenance {
-    async fn handle(&self, batch: &mut MessageBatch) -> Result<(), HandlerError> {
-        let mut tasks = Vec::new();
-        let mut garbage = Vec::new();
-        for msg in batch.messages() {
-            match msg.json::<Task>() {
-                Ok(t) => tasks.push(t),
-                Err(e) => garbage.push((msg.id, format!("not a maintenance task: {e}"))),
-            }
-        }
-        for (id, why) in garbage {
-            batch.fail(id, why);
-        }
+impl TypedHandler for Maintenance {
+    type Message = Task;
+    const WHAT: &'static str = "maintenance";
+    const UNREADABLE: Unreadable = Unreadable::DeadLetter;
+
+    async fn handle(
+        &self,
+        _batch: &mut MessageBatch,
+        tasks: Vec<Decoded<Task>>,
+    ) -> Result<(), HandlerError> {
         for task in tasks {
-            match task {
+            match task.body {
                 Task::Prune => {
                     let report = self
                         .db

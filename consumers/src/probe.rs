@@ -8,7 +8,9 @@
 use std::time::Duration;
 
 use cognomega_core::queue::catalog::named;
-use cognomega_core::queue::{BatchHandler, HandlerError, MessageBatch, QueueName, QueueSettings};
+use cognomega_core::queue::{HandlerError, MessageBatch, QueueName, QueueSettings};
+
+use crate::typed::{Decoded, TypedHandler, Unreadable};
 use cognomega_stores::Database;
 use serde::{Deserialize, Serialize};
 
@@ -60,19 +62,17 @@ impl ProbeHandler {
 }
 
 #[async_trait::async_trait]
-impl BatchHandler for ProbeHandler {
-    async fn handle(&self, batch: &mut MessageBatch) -> Result<(), HandlerError> {
-        let mut probes = Vec::with_capacity(batch.messages().len());
-        let mut garbage = Vec::new();
-        for msg in batch.messages() {
-            match msg.json::<Probe>() {
-                Ok(p) => probes.push(p),
-                Err(e) => garbage.push((msg.id, format!("not a probe message: {e}"))),
-            }
-        }
-        for (id, reason) in garbage {
-            batch.fail(id, reason);
-        }
+impl TypedHandler for ProbeHandler {
+    type Message = Probe;
+    const WHAT: &'static str = "probe";
+    const UNREADABLE: Unreadable = Unreadable::DeadLetter;
+
+    async fn handle(
+        &self,
+        _batch: &mut MessageBatch,
+        probes: Vec<Decoded<Probe>>,
+    ) -> Result<(), HandlerError> {
+        let probes: Vec<Probe> = probes.into_iter().map(|p| p.body).collect();
         let work = probes
             .iter()
             .map(|p| p.work_ms)

@@ -101,6 +101,17 @@ impl Runtime {
         Ok(self)
     }
 
+    /// Registers the consumer of `queue` for its message type: the runtime decodes each message
+    /// once ([`crate::typed`]).
+    pub fn consume<H: crate::TypedHandler + 'static>(
+        &mut self,
+        queue: QueueName,
+        settings: QueueSettings,
+        handler: H,
+    ) -> Result<&mut Self, SettingsError> {
+        self.register(queue, settings, Arc::new(crate::Typed(handler)))
+    }
+
     /// The counters this runtime updates.
     #[must_use]
     pub fn metrics(&self) -> Arc<ConsumerMetrics> {

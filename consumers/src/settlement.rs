@@ -2,9 +2,11 @@
 //! derived balance updated in the same transaction, then the in-process cache invalidated.
 
 use cognomega_core::billing::SettlementMessage;
-use cognomega_core::queue::{BatchHandler, HandlerError, MessageBatch, MessageId};
+use cognomega_core::queue::{HandlerError, MessageBatch};
 use cognomega_stores::kv::BalanceCache;
 use cognomega_stores::{billing, Database};
+
+use crate::typed::{Decoded, TypedHandler, Unreadable};
 
 pub use cognomega_core::queue::catalog::settlement::{queue, settings, QUEUE};
 
@@ -29,19 +31,17 @@ impl SettlementWriter {
 }
 
 #[async_trait::async_trait]
-impl BatchHandler for SettlementWriter {
-    async fn handle(&self, batch: &mut MessageBatch) -> Result<(), HandlerError> {
-        let mut entries = Vec::with_capacity(batch.messages().len());
-        let mut garbage: Vec<(MessageId, String)> = Vec::new();
-        for msg in batch.messages() {
-            match msg.json::<SettlementMessage>() {
-                Ok(e) => entries.push(e),
-                Err(e) => garbage.push((msg.id, format!("not a settlement message: {e}"))),
-            }
-        }
-        for (id, why) in garbage {
-            batch.fail(id, why);
-        }
+impl TypedHandler for SettlementWriter {
+    type Message = SettlementMessage;
+    const WHAT: &'static str = "settlement";
+    const UNREADABLE: Unreadable = Unreadable::DeadLetter;
+
+    async fn handle(
+        &self,
+        _batch: &mut MessageBatch,
+        messages: Vec<Decoded<SettlementMessage>>,
+    ) -> Result<(), HandlerError> {
+        let entries: Vec<SettlementMessage> = messages.into_iter().map(|m| m.body).collect();
         let mut tx = self
             .db
             .begin_in_consumer()

@@ -2,7 +2,9 @@
 //! one transaction. A redelivered message finds its events' keys and changes nothing.
 
 use cognomega_core::billing::{PriceTable, UsageBatchMessage};
-use cognomega_core::queue::{BatchHandler, HandlerError, MessageBatch, MessageId};
+use cognomega_core::queue::{HandlerError, MessageBatch};
+
+use crate::typed::{Decoded, TypedHandler, Unreadable};
 use cognomega_stores::{billing, Database};
 
 pub use cognomega_core::queue::catalog::usage::{queue, settings, QUEUE};
@@ -23,31 +25,32 @@ impl UsageWriter {
 }
 
 #[async_trait::async_trait]
-impl BatchHandler for UsageWriter {
-    async fn handle(&self, batch: &mut MessageBatch) -> Result<(), HandlerError> {
-        let mut parsed: Vec<(UsageBatchMessage, Option<String>)> = Vec::new();
-        let mut garbage: Vec<(MessageId, String)> = Vec::new();
-        for msg in batch.messages() {
-            match msg.json::<UsageBatchMessage>() {
-                Ok(body) => parsed.push((body, msg.request_id.clone())),
-                Err(e) => garbage.push((msg.id, format!("not a usage message: {e}"))),
-            }
-        }
-        for (id, why) in garbage {
-            batch.fail(id, why);
-        }
+impl TypedHandler for UsageWriter {
+    type Message = UsageBatchMessage;
+    const WHAT: &'static str = "usage";
+    const UNREADABLE: Unreadable = Unreadable::DeadLetter;
+
+    async fn handle(
+        &self,
+        _batch: &mut MessageBatch,
+        parsed: Vec<Decoded<UsageBatchMessage>>,
+    ) -> Result<(), HandlerError> {
         let items: Vec<billing::UsageInsert<'_>> = parsed
             .iter()
-            .map(|(body, request_id)| billing::UsageInsert {
-                tenant_id: &body.tenant_id,
-                events: body
-                    .events
-                    .iter()
-                    .map(|e| (e.clone(), self.prices.charge(e.kind, e.quantity)))
-                    .collect(),
-                received_at_ms: body.received_at_ms,
-                request_id: request_id.as_deref(),
-            })
+            .map(
+                |Decoded {
+                     body, request_id, ..
+                 }| billing::UsageInsert {
+                    tenant_id: &body.tenant_id,
+                    events: body
+                        .events
+                        .iter()
+                        .map(|e| (e.clone(), self.prices.charge(e.kind, e.quantity)))
+                        .collect(),
+                    received_at_ms: body.received_at_ms,
+                    request_id: request_id.as_deref(),
+                },
+            )
             .collect();
         let mut tx = self
             .db

@@ -142,7 +142,7 @@ async fn start(
     );
     let mut settings = jobs::settings(name);
     settings.retry_delay = Duration::from_millis(50);
-    rt.register(jobs::queue(name), settings, Arc::new(runner))?;
+    rt.consume(jobs::queue(name), settings, runner)?;
     Ok(rt.start().await?)
 }
 
