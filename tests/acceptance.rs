@@ -694,6 +694,13 @@ async fn job_progress_and_cancel(t: Target) -> anyhow::Result<()> {
         .await?
         .expect(StatusCode::ACCEPTED)?;
     assert_eq!(cancel["cancel_requested"], true, "{cancel}");
+    let job = send(t.get(&format!("/jobs/{id}")).bearer_auth(&g.token))
+        .await?
+        .expect(StatusCode::OK)?;
+    assert!(
+        job["status"] == "cancelled" || job["cancel_requested"] == true,
+        "a running job says a cancel was asked for: {job}"
+    );
     // A copy of its message: delivered while the job is still running, or after it ended.
     send(
         t.admin(Method::POST, "/admin/queues/jobs.image_thumbnail/messages")

@@ -292,7 +292,7 @@ fn decode_base64(raw: &str) -> Result<Vec<u8>, ApiError> {
 
 const JOB_COLUMNS: &str = "id, type, status, progress::float8, stage, attempts, error, credits_charged,
     (extract(epoch FROM created_at) * 1000)::bigint, (extract(epoch FROM started_at) * 1000)::bigint,
-    (extract(epoch FROM finished_at) * 1000)::bigint";
+    (extract(epoch FROM finished_at) * 1000)::bigint, cancel_requested";
 
 const STATUSES: &[&str] = &[
     "queued",
@@ -350,6 +350,10 @@ async fn job_json(
     });
     if let Some(error) = job.get::<_, Option<String>>(6) {
         v["error"] = serde_json::Value::String(error);
+    }
+    // A cancel asked for while it runs, as natively: it stops at its next stage boundary.
+    if job.get::<_, bool>(11) && v["status"] == "running" {
+        v["cancel_requested"] = serde_json::Value::Bool(true);
     }
     Ok(v)
 }
