@@ -485,6 +485,96 @@ pub fn cost_cap_exceeded_message(
     )
 }
 
+/// A cost-guard charge that did not fit under its cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverCap {
+    /// Already counted in the window.
+    pub used: u64,
+    /// The cap.
+    pub cap: u64,
+    /// When the window ends (unix seconds).
+    pub window_end: i64,
+}
+
+/// Cost-counter statements both hosts run (`$n`, the same text on SQLite and PostgreSQL).
+pub mod sql {
+    /// Adds `$4` to tenant `$1`'s counter of metric `$2` in the window starting at `$3` unless
+    /// that would pass the cap `$5`; returns the new count, no row when refused. INSERT … SELECT
+    /// … WHERE refuses a first charge already over the cap; the conflict arm's WHERE refuses a
+    /// later one. (SQLite needs the WHERE on the SELECT anyway, to tell its ON CONFLICT from a
+    /// join's ON.)
+    pub const CHARGE: &str = "INSERT INTO cost_counters (tenant_id, metric, window_start, used)
+     SELECT $1, $2, $3, $4 WHERE $4 <= $5
+     ON CONFLICT (tenant_id, metric, window_start)
+     DO UPDATE SET used = cost_counters.used + excluded.used
+     WHERE cost_counters.used + excluded.used <= $5
+     RETURNING used";
+
+    /// Tenant `$1`'s count of metric `$2` in the window starting at `$3`.
+    pub const USED: &str =
+        "SELECT used FROM cost_counters WHERE tenant_id = $1 AND metric = $2 AND window_start = $3";
+
+    /// Gives `$4` back to tenant `$1`'s counter of metric `$2` in the window starting at `$3`
+    /// (never below zero): a charge whose work was not enqueued after all.
+    pub const GIVE_BACK: &str =
+        "UPDATE cost_counters SET used = CASE WHEN used > $4 THEN used - $4 ELSE 0 END
+     WHERE tenant_id = $1 AND metric = $2 AND window_start = $3";
+}
+
+/// Adds `quantity` to the tenant's counter of `metric` in the window holding `now_secs`,
+/// unless that would pass `cap`: then nothing changes and the caller learns how much is used.
+/// Runs on the caller's executor (its transaction, so the count commits or rolls back with the
+/// work it pays for). `Ok(Ok(count))` when counted.
+pub async fn charge<E: crate::sql::Executor + ?Sized>(
+    db: &mut E,
+    tenant: &str,
+    metric: CostMetric,
+    quantity: u64,
+    cap: u64,
+    now_secs: i64,
+) -> Result<Result<u64, OverCap>, crate::sql::SqlError> {
+    let (start, end) = metric.window(now_secs);
+    let q = i64::try_from(quantity).unwrap_or(i64::MAX);
+    let c = i64::try_from(cap).unwrap_or(i64::MAX);
+    let args = [
+        tenant.into(),
+        metric.as_str().into(),
+        start.into(),
+        q.into(),
+        c.into(),
+    ];
+    if let Some(row) = db.query_opt(sql::CHARGE, &args).await? {
+        return Ok(Ok(u64::try_from(row.int(0)?).unwrap_or(0)));
+    }
+    let args = [tenant.into(), metric.as_str().into(), start.into()];
+    let used = db.query_opt(sql::USED, &args).await?;
+    let used = used.map(|r| r.int(0)).transpose()?;
+    Ok(Err(OverCap {
+        used: used.map_or(0, |u| u64::try_from(u).unwrap_or(0)),
+        cap,
+        window_end: end,
+    }))
+}
+
+/// Takes `quantity` back off the tenant's counter of `metric` in the window holding
+/// `now_secs` (never below zero).
+pub async fn give_back<E: crate::sql::Executor + ?Sized>(
+    db: &mut E,
+    tenant: &str,
+    metric: CostMetric,
+    quantity: u64,
+    window_start: i64,
+) -> Result<(), crate::sql::SqlError> {
+    let q = i64::try_from(quantity).unwrap_or(i64::MAX);
+    let args = [
+        tenant.into(),
+        metric.as_str().into(),
+        window_start.into(),
+        q.into(),
+    ];
+    db.execute(sql::GIVE_BACK, &args).await.map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

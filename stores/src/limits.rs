@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use cognomega_core::limits::{CostMetric, Decision, LimitError, Rate, RateLimiter};
-use cognomega_core::sql::Executor as _;
 use sqlx::PgPool;
 
 use crate::{Database, StoreError, Tx};
@@ -193,35 +192,12 @@ impl RateLimiter for PgLimiter {
     }
 }
 
-/// A cost-guard charge that did not fit under its cap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OverCap {
-    /// Already counted in the window.
-    pub used: u64,
-    /// The cap.
-    pub cap: u64,
-    /// When the window ends (unix seconds).
-    pub window_end: i64,
-}
-
-/// Adds `$4` to tenant `$1`'s counter of metric `$2` in the window starting at `$3` unless that
-/// would pass the cap `$5`; returns the new count, no row when refused. INSERT … SELECT … WHERE
-/// refuses a first charge already over the cap; the conflict arm's WHERE refuses a later one.
-/// (SQLite needs the WHERE on the SELECT anyway, to tell its ON CONFLICT from a join's ON.)
-const CHARGE: &str = "INSERT INTO cost_counters (tenant_id, metric, window_start, used)
-     SELECT $1, $2, $3, $4 WHERE $4 <= $5
-     ON CONFLICT (tenant_id, metric, window_start)
-     DO UPDATE SET used = cost_counters.used + excluded.used
-     WHERE cost_counters.used + excluded.used <= $5
-     RETURNING used";
-
-/// Tenant `$1`'s count of metric `$2` in the window starting at `$3`.
-const USED: &str =
-    "SELECT used FROM cost_counters WHERE tenant_id = $1 AND metric = $2 AND window_start = $3";
+pub use cognomega_core::limits::OverCap;
 
 /// Adds `quantity` to the tenant's counter of `metric` in the window holding `now_secs`,
 /// unless that would pass `cap`: then nothing changes and the caller learns how much is used.
-/// Runs inside the caller's transaction, so the count commits (or rolls back) with the enqueue.
+/// Runs inside the caller's transaction, so the count commits (or rolls back) with the enqueue
+/// (`cognomega_core::limits::charge`, which the edge runs too).
 pub async fn charge(
     tx: &mut Tx,
     tenant: &str,
@@ -230,39 +206,7 @@ pub async fn charge(
     cap: u64,
     now_secs: i64,
 ) -> Result<Result<u64, OverCap>, StoreError> {
-    let (start, end) = metric.window(now_secs);
-    let q = i64::try_from(quantity).unwrap_or(i64::MAX);
-    let c = i64::try_from(cap).unwrap_or(i64::MAX);
-    let args = [
-        tenant.into(),
-        metric.as_str().into(),
-        start.into(),
-        q.into(),
-        c.into(),
-    ];
-    if let Some(row) = tx.query_opt(CHARGE, &args).await? {
-        return Ok(Ok(u64::try_from(row.int(0)?).unwrap_or(0)));
-    }
-    let used = used_in(tx, tenant, metric, start).await?;
-    Ok(Err(OverCap {
-        used,
-        cap,
-        window_end: end,
-    }))
-}
-
-async fn used_in(
-    tx: &mut Tx,
-    tenant: &str,
-    metric: CostMetric,
-    start: i64,
-) -> Result<u64, StoreError> {
-    let used = tx
-        .query_opt(USED, &[tenant.into(), metric.as_str().into(), start.into()])
-        .await?
-        .map(|r| r.int(0))
-        .transpose()?;
-    Ok(used.map_or(0, |u| u64::try_from(u).unwrap_or(0)))
+    Ok(cognomega_core::limits::charge(tx, tenant, metric, quantity, cap, now_secs).await?)
 }
 
 /// Counter windows older than this are deleted by [`prune_counters`]: two days keeps

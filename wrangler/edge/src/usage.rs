@@ -11,6 +11,7 @@
 use cognomega_core::auth::Tier;
 use cognomega_core::billing::{parse_usage_request, UsageBatchMessage, UsageEvent, UsageKind};
 use cognomega_core::limits::{cost_cap_exceeded_message, CostGuards, CostGuardsFile, CostMetric};
+use cognomega_core::sql::SqlError;
 use worker::{Env, Method, Request};
 
 use crate::http::{self, ApiError, ApiResult, Caller};
@@ -249,19 +250,10 @@ impl CostCharge {
     }
 
     /// Takes the charge back off the counter on `db`.
-    pub async fn undo(&self, db: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
-        db.execute(
-            "UPDATE cost_counters SET used = GREATEST(used - $4::bigint, 0)
-             WHERE tenant_id = $1::text AND metric = $2::text AND window_start = $3::bigint",
-            &[
-                &self.tenant,
-                &self.metric.as_str(),
-                &self.window_start,
-                &self.quantity,
-            ],
-        )
-        .await
-        .map(drop)
+    pub async fn undo(&self, db: &tokio_postgres::Client) -> Result<(), SqlError> {
+        let q = u64::try_from(self.quantity).unwrap_or(0);
+        let (tenant, metric, start) = (&self.tenant, self.metric, self.window_start);
+        cognomega_core::limits::give_back(&mut crate::sql::Pg(db), tenant, metric, q, start).await
     }
 }
 
@@ -290,11 +282,8 @@ pub async fn charge_cost(
 }
 
 /// Charges `quantity` of `metric` against `cap` on the caller's connection (so it can share
-/// the caller's transaction): the charge, or 429 `cost_cap_exceeded` (nothing counted).
-///
-/// The statement is the native PostgreSQL one (`cognomega_stores::limits::charge`), with the
-/// parameters' types spelled out for tokio-postgres: `INSERT … SELECT … WHERE` refuses a first
-/// charge already over the cap, the conflict arm's `WHERE` a later one; no row back is refused.
+/// the caller's transaction): the charge, or 429 `cost_cap_exceeded` (nothing counted). The
+/// statements are the native host's (`cognomega_core::limits::charge`).
 pub async fn charge_cost_on(
     db: &tokio_postgres::Client,
     tenant: &str,
@@ -303,37 +292,23 @@ pub async fn charge_cost_on(
     cap: u64,
 ) -> Result<CostCharge, ApiError> {
     let now = worker::Date::now().as_millis() as i64 / 1000;
-    let (start, end) = metric.window(now);
-    let q = i64::try_from(quantity).unwrap_or(i64::MAX);
-    let c = i64::try_from(cap).unwrap_or(i64::MAX);
-    let charged = db
-        .query_opt(
-            "INSERT INTO cost_counters (tenant_id, metric, window_start, used)
-             SELECT $1::text, $2::text, $3::bigint, $4::bigint WHERE $4::bigint <= $5::bigint
-             ON CONFLICT (tenant_id, metric, window_start)
-             DO UPDATE SET used = cost_counters.used + excluded.used
-             WHERE cost_counters.used + excluded.used <= $5::bigint
-             RETURNING used",
-            &[&tenant, &metric.as_str(), &start, &q, &c],
-        )
-        .await?;
-    if charged.is_some() {
-        return Ok(CostCharge {
+    let charged =
+        cognomega_core::limits::charge(&mut crate::sql::Pg(db), tenant, metric, quantity, cap, now)
+            .await
+            .map_err(ApiError::internal)?;
+    match charged {
+        Ok(_) => Ok(CostCharge {
             tenant: tenant.to_owned(),
             metric,
-            window_start: start,
-            quantity: q,
-        });
+            window_start: metric.window(now).0,
+            quantity: i64::try_from(quantity).unwrap_or(i64::MAX),
+        }),
+        Err(over) => {
+            let (message, retry) =
+                cost_cap_exceeded_message(metric, quantity, over.used, cap, over.window_end, now);
+            let mut refused = ApiError::new(429, "cost_cap_exceeded", message);
+            refused.retry_after = Some(retry);
+            Err(refused)
+        }
     }
-    let used = db
-        .query_opt(
-            "SELECT used FROM cost_counters WHERE tenant_id = $1::text AND metric = $2::text AND window_start = $3::bigint",
-            &[&tenant, &metric.as_str(), &start],
-        )
-        .await?
-        .map_or(0, |r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0));
-    let (message, retry) = cost_cap_exceeded_message(metric, quantity, used, cap, end, now);
-    let mut refused = ApiError::new(429, "cost_cap_exceeded", message);
-    refused.retry_after = Some(retry);
-    Err(refused)
 }
