@@ -69,15 +69,16 @@ pub async fn acquire_lease(
             &[holder.into(), expires.into(), now.0.into()],
         )
         .await?;
-    Ok(row
-        .map(|r| -> Result<_, SqlError> {
-            Ok(Leader {
-                holder: r.text(0)?,
-                term: r.int(1)?,
-                expires_at: UnixMillis(r.int(2)?),
-            })
-        })
-        .transpose()?)
+    Ok(row.as_ref().map(leader_from).transpose()?)
+}
+
+/// A lease row: `holder, term, expires_at`.
+fn leader_from(r: &cognomega_core::sql::Row) -> Result<Leader, SqlError> {
+    Ok(Leader {
+        holder: r.text(0)?,
+        term: r.int(1)?,
+        expires_at: UnixMillis(r.int(2)?),
+    })
 }
 
 /// Expires the lease if `$1` holds it.
@@ -96,15 +97,7 @@ const LEADER: &str = "SELECT holder, term, expires_at FROM schedule_leader WHERE
 pub async fn leader(db: &Database) -> Result<Option<Leader>, StoreError> {
     let row =
         cognomega_core::sql::Executor::query_opt(&mut crate::sql::Reader(db), LEADER, &[]).await?;
-    Ok(row
-        .map(|r| -> Result<_, SqlError> {
-            Ok(Leader {
-                holder: r.text(0)?,
-                term: r.int(1)?,
-                expires_at: UnixMillis(r.int(2)?),
-            })
-        })
-        .transpose()?)
+    Ok(row.as_ref().map(leader_from).transpose()?)
 }
 
 /// The latest enqueued tick of every schedule that has one: `schedule, tick_at, enqueued_at,

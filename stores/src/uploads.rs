@@ -156,17 +156,8 @@ pub async fn used_bytes(db: &Database, tenant: &str) -> Result<i64, StoreError> 
     Ok(row.map(|r| r.int(0)).transpose()?.unwrap_or(0))
 }
 
-/// Records upload `$1`'s scan `$2` with the signature `$3` and error `$4`; `$5` moves its
-/// object key (quarantine) when not null (SQLite: `$6` now).
-const SET_SCAN: Stamped = Stamped(Dialects {
-    sqlite: "UPDATE uploads SET scan = $2, signature = $3, scan_error = $4, object_key = COALESCE($5, object_key), scanned_at = $6
-             WHERE key = $1",
-    postgres: "UPDATE uploads SET scan = $2, signature = $3, scan_error = $4, object_key = COALESCE($5, object_key), scanned_at = now()
-               WHERE key = $1",
-});
-
 /// Records a scan outcome: `clean`, `infected` (with signature and the quarantine key), or
-/// `scan_failed` (with the error).
+/// `scan_failed` (with the error) — the statement the scan workflow runs on both hosts.
 pub async fn set_scan(
     db: &Database,
     key: &str,
@@ -175,18 +166,15 @@ pub async fn set_scan(
     error: Option<&str>,
     object_key: Option<&str>,
 ) -> Result<(), StoreError> {
-    let mut db = db.clone();
-    let (sql, args) = SET_SCAN.bind(
-        db.dialect(),
-        vec![
-            key.into(),
-            scan.into(),
-            signature.into(),
-            error.into(),
-            object_key.into(),
-        ],
+    cognomega_core::files::scan::set_scan(
+        &mut db.clone(),
+        key,
+        scan,
+        signature,
+        error,
+        object_key,
         now_ms().0,
-    );
-    db.execute(sql, &args).await?;
+    )
+    .await?;
     Ok(())
 }
