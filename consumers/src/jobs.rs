@@ -12,10 +12,10 @@ use cognomega_core::queue::{HandlerError, MessageBatch};
 use cognomega_core::sql::{Executor, SqlError, Transaction};
 use cognomega_pipelines::{Artifact, JobError, JobType};
 use cognomega_r2_lifecycle::codec::CodecPolicy;
-use cognomega_stores::objects::{ObjectKey, Objects, PutMeta};
+use cognomega_stores::objects::Objects;
 use cognomega_stores::Database;
 use cognomega_workflows::jobs::{Delivery, Outcome};
-use cognomega_workflows::ports::{Fetched, JobHost, NewObject, ObjectStore, PipelineRun};
+use cognomega_workflows::ports::{JobHost, ObjectStore, PipelineRun};
 use tracing::Instrument as _;
 
 use crate::typed::{Decoded, TypedHandler, Unreadable};
@@ -99,35 +99,11 @@ impl JobRunner {
 }
 
 #[async_trait::async_trait]
-impl ObjectStore for JobRunner {
-    async fn get(&self, key: &str) -> Result<Fetched, String> {
-        let key = match ObjectKey::parse(key) {
-            Ok(key) => key,
-            Err(e) => return Ok(Fetched::BadKey(e.to_string())),
-        };
-        match self.objects.get_bytes(&key).await {
-            Ok((_, bytes)) => Ok(Fetched::Found(bytes.to_vec())),
-            Err(e) if e.is_not_found() => Ok(Fetched::Missing),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-
-    async fn put(&self, object: NewObject<'_>) -> Result<(), String> {
-        let key = ObjectKey::parse(object.key).map_err(|e| e.to_string())?;
-        let meta = (object.meta.iter())
-            .fold(PutMeta::content_type(object.content_type), |m, (k, v)| {
-                m.with(*k, v.clone())
-            });
-        self.objects
-            .put(&key, object.bytes.into(), &meta)
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
-    }
-}
-
-#[async_trait::async_trait]
 impl JobHost for JobRunner {
+    fn objects(&self) -> &dyn ObjectStore {
+        &self.objects
+    }
+
     fn db(&self) -> Box<dyn Executor + '_> {
         Box::new(self.db.clone())
     }

@@ -40,6 +40,65 @@ impl ErrorEnvelope {
     }
 }
 
+/// A refusal a workflow answers with, rendered by each host into the envelope above: the HTTP
+/// status, the stable code, the sentence, and `Retry-After` when the client should come back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// HTTP status.
+    pub status: u16,
+    /// `snake_case` code.
+    pub code: &'static str,
+    /// What happened and what to do next.
+    pub message: String,
+    /// `Retry-After` in seconds.
+    pub retry_after: Option<u64>,
+}
+
+impl Refusal {
+    /// Any refusal.
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 500: something broke here (the message is logged and sent).
+    pub fn internal(message: impl std::fmt::Display) -> Self {
+        Self::new(500, "internal", message.to_string())
+    }
+
+    /// 503: a dependency is down; retry.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(503, "unavailable", message)
+    }
+
+    /// 402: the balance cannot pay for billable work.
+    #[must_use]
+    pub fn insufficient_credits(balance: i64) -> Self {
+        Self::new(
+            402,
+            "insufficient_credits",
+            format!("the balance is {balance} credits; add credits (POST /credits/adjust) before submitting billable work"),
+        )
+    }
+
+    /// The same refusal, telling the client when to come back.
+    #[must_use]
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status, self.code, self.message)
+    }
+}
+
 /// The CORS policy every shape applies: which request headers a browser may send, which
 /// response headers it may read, and how long it may cache a preflight.
 pub mod cors {

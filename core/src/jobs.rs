@@ -29,13 +29,18 @@ pub const EDGE_LEASE_MS: i64 = 15 * 60_000;
 /// claiming delivery: queued, or running under an expired lease or this delivery's own.
 pub const CLAIMABLE: &str = "(status = 'queued' OR (status = 'running' AND (lease_until IS NULL OR lease_until < $2 OR lease_owner = $3)))";
 
-/// PostgreSQL: a new queued job — `$1` id, `$2` tenant, `$3` type, `$4` idempotency key, `$5`
-/// params, `$6` input key, `$7` request id. No row back when the tenant already used the key (a
-/// concurrent submit won). SQLite has no sequences: its variant numbers `seq` itself.
-pub const PG_INSERT: &str =
-    "INSERT INTO jobs (id, tenant_id, type, status, idempotency_key, params, input_key, request_id)
+/// A new queued job — `$1` id, `$2` tenant, `$3` type, `$4` idempotency key, `$5` params,
+/// `$6` input key, `$7` request id (SQLite: `$8` now) — returning its `id`; no row back when
+/// the tenant already used the key (a concurrent submit won). SQLite has no sequences: the
+/// single writer makes `MAX(seq) + 1` safe.
+pub const INSERT: Dialects = Dialects {
+    sqlite: "INSERT INTO jobs (id, seq, tenant_id, type, status, idempotency_key, params, input_key, request_id, created_at)
+             VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), $2, $3, 'queued', $4, $5, $6, $7, $8)
+             ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING id",
+    postgres: "INSERT INTO jobs (id, tenant_id, type, status, idempotency_key, params, input_key, request_id)
      VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7)
-     ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING id";
+     ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING id",
+};
 
 /// The job tenant `$1` created with idempotency key `$2`: its `id`.
 pub const BY_KEY: &str = "SELECT id FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2";

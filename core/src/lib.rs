@@ -16,6 +16,7 @@ pub mod files;
 pub mod jobs;
 pub mod limits;
 pub mod metrics;
+pub mod objects;
 pub mod outbox;
 pub mod queue;
 pub mod schedule;

@@ -496,6 +496,17 @@ pub struct OverCap {
     pub window_end: i64,
 }
 
+impl OverCap {
+    /// 429 `cost_cap_exceeded` for a charge of `quantity` of `metric` at `now` (unix seconds):
+    /// names the cap and window; `Retry-After` is the seconds to the window's end.
+    #[must_use]
+    pub fn refusal(&self, metric: CostMetric, quantity: u64, now: i64) -> crate::api::Refusal {
+        let (message, retry) =
+            cost_cap_exceeded_message(metric, quantity, self.used, self.cap, self.window_end, now);
+        crate::api::Refusal::new(429, "cost_cap_exceeded", message).retry_after(retry)
+    }
+}
+
 /// Cost-counter statements both hosts run (`$n`, the same text on SQLite and PostgreSQL).
 pub mod sql {
     /// Adds `$4` to tenant `$1`'s counter of metric `$2` in the window starting at `$3` unless

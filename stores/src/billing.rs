@@ -97,7 +97,7 @@ pub async fn create_tenant(
 }
 
 /// Whether the tenant `$1` is flagged; no row when it does not exist.
-const TENANT_STATUS: &str = "SELECT flagged_at IS NOT NULL FROM tenants WHERE id = $1";
+use cognomega_core::billing::sql::TENANT_STATUS;
 
 /// Whether a tenant exists, and if so whether it is flagged (out of credits).
 pub async fn tenant_status(db: &Database, tenant_id: &str) -> Result<Option<bool>, StoreError> {

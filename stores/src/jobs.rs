@@ -106,15 +106,7 @@ fn job_from(row: &Row) -> Result<Job, SqlError> {
     })
 }
 
-/// A new queued job — `$1` id, `$2` tenant, `$3` type, `$4` idempotency key, `$5` params, `$6`
-/// input key, `$7` request id (SQLite: `$8` now) — returning its `id`; no row when the tenant
-/// already used the key. SQLite has no sequences: the single writer makes `MAX(seq) + 1` safe.
-const INSERT: Stamped = Stamped(Dialects {
-    sqlite: "INSERT INTO jobs (id, seq, tenant_id, type, status, idempotency_key, params, input_key, request_id, created_at)
-             VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), $2, $3, 'queued', $4, $5, $6, $7, $8)
-             ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING id",
-    postgres: cognomega_core::jobs::PG_INSERT,
-});
+const INSERT: Stamped = Stamped(cognomega_core::jobs::INSERT);
 
 /// Inserts a job; with an idempotency key already used by the tenant, returns the existing
 /// job's id and `false`.

@@ -593,3 +593,39 @@ async fn abort(writer: WriteMultipart, error: ObjectError) -> ObjectError {
     }
     error
 }
+
+/// The object-storage port of the shared workflows.
+#[async_trait::async_trait]
+impl cognomega_core::objects::ObjectStore for Objects {
+    async fn get(&self, key: &str) -> Result<cognomega_core::objects::Fetched, String> {
+        let key = match ObjectKey::parse(key) {
+            Ok(key) => key,
+            Err(e) => return Ok(cognomega_core::objects::Fetched::BadKey(e.to_string())),
+        };
+        match Objects::get_bytes(self, &key).await {
+            Ok((_, bytes)) => Ok(cognomega_core::objects::Fetched::Found(bytes.to_vec())),
+            Err(e) if e.is_not_found() => Ok(cognomega_core::objects::Fetched::Missing),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn put(&self, object: cognomega_core::objects::NewObject<'_>) -> Result<(), String> {
+        let key = ObjectKey::parse(object.key).map_err(|e| e.to_string())?;
+        let meta = (object.meta.iter())
+            .fold(PutMeta::content_type(object.content_type), |m, (k, v)| {
+                m.with(*k, v.clone())
+            });
+        Objects::put(self, &key, object.bytes.into(), &meta)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), String> {
+        let key = ObjectKey::parse(key).map_err(|e| e.to_string())?;
+        match Objects::delete(self, &key).await {
+            Err(e) if !e.is_not_found() => Err(e.to_string()),
+            _ => Ok(()),
+        }
+    }
+}

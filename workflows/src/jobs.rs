@@ -112,7 +112,7 @@ pub async fn run<H: JobHost + ?Sized>(
             return finish(host, delivery, "failed", &why).await;
         }
     };
-    let input = match host.get(&job.input_key).await {
+    let input = match host.objects().get(&job.input_key).await {
         Ok(Fetched::Found(bytes)) => bytes,
         Ok(Fetched::Missing) => {
             let why = "the job's input is gone from object storage";
@@ -159,7 +159,7 @@ pub async fn run<H: JobHost + ?Sized>(
             content_type: &artifact.content_type,
             meta: &meta,
         };
-        if let Err(e) = host.put(object).await {
+        if let Err(e) = host.objects().put(object).await {
             return transient(host, delivery, format!("storing {key}: {e}")).await;
         }
         rows.push(ArtifactRow {

@@ -2,44 +2,9 @@
 
 use std::sync::Arc;
 
-use cognomega_core::queue::MaybeSendSync;
+pub use cognomega_core::objects::{Fetched, NewObject, ObjectStore};
 use cognomega_core::sql::{Executor, SqlError, Transaction};
 use cognomega_pipelines::{Artifact, JobError, JobType, Progress};
-
-/// What reading an object found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Fetched {
-    /// The object's bytes (decompressed when stored compressed).
-    Found(Vec<u8>),
-    /// No object under that key.
-    Missing,
-    /// The key is not one this store accepts (a row written by a bug or by hand).
-    BadKey(String),
-}
-
-/// An object to write: its bytes, content type and metadata.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewObject<'a> {
-    /// Where.
-    pub key: &'a str,
-    /// What.
-    pub bytes: Vec<u8>,
-    /// Its content type (what downloads answer with).
-    pub content_type: &'a str,
-    /// Custom metadata (a sha256, the compression, the tier).
-    pub meta: &'a [(&'static str, String)],
-}
-
-/// Object storage: the local folder or S3/R2 natively, the R2 binding on the edge.
-#[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
-#[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
-pub trait ObjectStore: MaybeSendSync {
-    /// Reads the object at `key`; `Err` when the store could not answer (retry).
-    async fn get(&self, key: &str) -> Result<Fetched, String>;
-
-    /// Writes `object`; `Err` to retry.
-    async fn put(&self, object: NewObject<'_>) -> Result<(), String>;
-}
 
 /// The run a delivery holds a job with (the attempt fence of [`cognomega_core::jobs`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,10 +53,13 @@ impl<D: Executor + Clone> Progress for FencedProgress<D> {
     }
 }
 
-/// What a job workflow needs from its host (object storage among it).
+/// What a job workflow needs from its host.
 #[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
-pub trait JobHost: ObjectStore {
+pub trait JobHost: cognomega_core::queue::MaybeSendSync {
+    /// Inputs and artifacts.
+    fn objects(&self) -> &dyn ObjectStore;
+
     /// Single statements, each committed on its own.
     fn db(&self) -> Box<dyn Executor + '_>;
 

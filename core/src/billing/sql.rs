@@ -75,3 +75,6 @@ pub const PG_ADJUSTMENT: &str = "SELECT id, tenant_id, delta, reason, status,
             (extract(epoch from created_at) * 1000)::bigint,
             (extract(epoch from applied_at) * 1000)::bigint
      FROM credit_adjustments WHERE id = $1";
+
+/// Whether tenant `$1` is flagged (out of credits); no row when it does not exist.
+pub const TENANT_STATUS: &str = "SELECT flagged_at IS NOT NULL FROM tenants WHERE id = $1";

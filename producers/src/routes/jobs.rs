@@ -7,23 +7,19 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{SecondsFormat, TimeZone, Utc};
 use cognomega_core::limits::CostMetric;
-use cognomega_core::queue::catalog::jobs::JobMessage;
-use cognomega_core::queue::OutgoingMessage;
+use cognomega_core::objects::ObjectStore;
+use cognomega_core::sql::{Executor, SqlError, Transaction};
 use cognomega_r2_lifecycle::codec::{decode, Compression};
-use cognomega_stores::billing;
-use cognomega_stores::jobs::{self, ArtifactRow, CancelOutcome, Job, NewJob};
-use cognomega_stores::objects::{ObjectKey, PutMeta};
+use cognomega_stores::jobs::{self, ArtifactRow, CancelOutcome, Job};
+use cognomega_stores::objects::ObjectKey;
+use cognomega_workflows::submit::{self as wf, Submit, SubmitHost, SubmitSettings};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::openapi::{schemas as s, *};
 use crate::auth::Authenticated;
-use crate::limits;
 use crate::query::Query;
 use crate::{current_request_id, ApiError, AppState};
-
-/// Largest decoded input image.
-use cognomega_pipelines::input::{InputError, MAX_INPUT_BYTES};
 
 fn rfc3339(ms: Option<i64>) -> Value {
     ms.and_then(|ms| Utc.timestamp_millis_opt(ms).single())
@@ -114,7 +110,7 @@ struct Input {
     image_base64: Option<String>,
 }
 
-fn submitted(status: StatusCode, id: &str) -> Response {
+fn submitted_response(status: StatusCode, id: &str) -> Response {
     let location = format!("/jobs/{id}");
     let mut resp = (
         status,
@@ -125,17 +121,6 @@ fn submitted(status: StatusCode, id: &str) -> Response {
         resp.headers_mut().insert(header::LOCATION, v);
     }
     resp
-}
-
-fn decode_base64(raw: &str) -> Result<Vec<u8>, ApiError> {
-    cognomega_pipelines::input::decode_base64_input(raw).map_err(|e| match e {
-        InputError::TooLarge => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "input_too_large",
-            e.to_string(),
-        ),
-        InputError::NotBase64(_) => ApiError::bad_request("invalid_input", e.to_string()),
-    })
 }
 
 /// Submits a job: validated now, run by its queue's consumer.
@@ -180,188 +165,82 @@ pub(crate) async fn submit(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let key = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .map(str::trim)
-                .filter(|k| (1..=128).contains(&k.len()))
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid_idempotency_key",
-                        "Idempotency-Key must be 1..=128 visible characters",
-                    )
-                })?
-                .to_owned(),
-        ),
-    };
+    // The key is judged before the body, as on every route that takes one.
+    wf::parse_key(headers.get("idempotency-key").map(HeaderValue::as_bytes))?;
     let req: SubmitRequest = crate::body::json(&body)?;
-    let Some(job_type) = state.job_types.get(&req.job_type) else {
-        return Err(ApiError::bad_request(
-            "unknown_job_type",
-            format!(
-                "unknown job type {:?}; known: {}",
-                req.job_type,
-                state.job_types.names().join(", ")
-            ),
-        ));
-    };
-    let params = job_type
-        .validate_params(req.params.as_ref().unwrap_or(&json!({})))
-        .map_err(|e| ApiError::bad_request("invalid_params", e))?;
-    // A repeated Idempotency-Key returns the job it created, without re-reading the input.
-    if let Some(k) = &key {
-        if let Some(id) = jobs::find_by_key(&state.db, &claims.tenant, k)
-            .await
-            .map_err(ApiError::internal)?
-        {
-            return Ok(submitted(StatusCode::OK, &id));
-        }
-    }
-    let input = match (req.input.image_base64, req.input.upload_key) {
-        (Some(b64), None) => decode_base64(&b64)?,
-        (None, Some(key)) => upload_input(&state, &claims.tenant, &key).await?,
-        _ => {
-            return Err(ApiError::bad_request(
-                "invalid_input",
-                "input must have exactly one of upload_key or image_base64",
-            ))
-        }
-    };
-    cognomega_pipelines::input::check_input(job_type.as_ref(), &input)
-        .map_err(|e| ApiError::bad_request("invalid_input", e))?;
-    require_credits(&state, &claims.tenant).await?;
-
-    let id = uuid::Uuid::now_v7().to_string();
-    let input_key =
-        ObjectKey::parse(&format!("inputs/{}/{id}", claims.tenant)).map_err(ApiError::internal)?;
-    state
-        .objects
-        .put(
-            &input_key,
-            input.into(),
-            &PutMeta::content_type("application/octet-stream"),
-        )
-        .await
-        .map_err(|e| {
-            ApiError::unavailable(format!("cannot store the input right now ({e}); retry"))
-        })?;
-    let params_text = params.to_string();
     let request_id = current_request_id();
-    let new = NewJob {
-        id: &id,
-        tenant_id: &claims.tenant,
-        job_type: job_type.name(),
-        idempotency_key: key.as_deref(),
-        params: &params_text,
-        input_key: input_key.as_str(),
-        request_id: Some(&request_id),
+    let input = match (&req.input.image_base64, &req.input.upload_key) {
+        (Some(b64), None) => wf::Input::Base64(b64),
+        (None, Some(key)) => wf::Input::Upload(key),
+        _ => wf::Input::Ambiguous,
     };
-    // The job row and its queue message commit together.
-    let mut tx = state.db.begin().await.map_err(ApiError::internal)?;
-    let (job_id, created) = jobs::insert(&mut tx, &new)
-        .await
-        .map_err(ApiError::internal)?;
-    if created {
-        // Counted with the job row and its message: a refused or failed submit counts nothing.
-        if let Err(over) = limits::charge_cost(
-            &state,
-            &mut tx,
-            claims.tier,
-            &claims.tenant,
-            CostMetric::JobRunsPerHour,
-            1,
-        )
-        .await
-        {
-            drop(tx);
-            let _ = state.objects.delete(&input_key).await;
-            return Err(over);
-        }
-        let msg = OutgoingMessage::json(&JobMessage {
-            job_id: job_id.clone(),
-        })
-        .map_err(ApiError::internal)?
-        .request_id(request_id);
-        tx.send(
-            &cognomega_core::queue::catalog::jobs::queue(job_type.name()),
-            msg,
-        )
-        .await
-        .map_err(ApiError::internal)?;
-    }
-    tx.commit().await.map_err(ApiError::internal)?;
-    if !created {
-        // A concurrent submit with the same key won: our input copy is not needed.
-        let _ = state.objects.delete(&input_key).await;
-        return Ok(submitted(StatusCode::OK, &job_id));
-    }
-    Ok(submitted(StatusCode::ACCEPTED, &job_id))
-}
-
-/// The bytes of a tenant's clean (or unscanned, where scanning is off) upload.
-async fn upload_input(state: &AppState, tenant: &str, key: &str) -> Result<Vec<u8>, ApiError> {
-    let Some(upload) = cognomega_stores::uploads::get(&state.db, key, Some(tenant))
-        .await
-        .map_err(ApiError::internal)?
-    else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "upload_not_found",
-            format!("no upload {key} for this tenant; upload it with POST /upload/direct first"),
-        ));
+    let settings = SubmitSettings {
+        registry: &state.job_types,
+        floor: state.config.billing.guest_floor,
+        runs_per_hour: state
+            .config
+            .cost_guards
+            .for_tier(claims.tier)
+            .cap(CostMetric::JobRunsPerHour),
     };
-    if !matches!(upload.scan.as_str(), "clean" | "skipped") {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "upload_not_clean",
-            format!(
-                "the upload's scan is {}; only clean uploads can be job inputs",
-                upload.scan
-            ),
-        ));
-    }
-    if upload.size > i64::try_from(MAX_INPUT_BYTES).unwrap_or(i64::MAX) {
-        return Err(ApiError::bad_request(
-            "invalid_input",
-            format!("job inputs are at most {} MiB", MAX_INPUT_BYTES >> 20),
-        ));
-    }
-    let object = ObjectKey::parse(&upload.object_key).map_err(ApiError::internal)?;
-    let (_, bytes) = state
-        .objects
-        .get_bytes(&object)
-        .await
-        .map_err(ApiError::internal)?;
-    Ok(bytes.to_vec())
-}
-
-/// 402 when the tenant cannot pay for new billable work.
-pub(crate) async fn require_credits(state: &AppState, tenant: &str) -> Result<(), ApiError> {
-    let flagged = billing::tenant_status(&state.db, tenant)
-        .await
-        .map_err(ApiError::internal)?
-        .unwrap_or(false);
-    let balance = state
-        .balances
-        .get(tenant)
-        .await
-        .map_err(ApiError::internal)?
-        .balance;
-    if flagged || balance <= state.config.billing.guest_floor {
-        return Err(insufficient_credits(balance));
-    }
-    Ok(())
-}
-
-/// 402: the tenant is flagged or its balance is at the floor.
-pub(crate) fn insufficient_credits(balance: i64) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYMENT_REQUIRED,
-        "insufficient_credits",
-        format!("the balance is {balance} credits; add credits (POST /credits/adjust) before submitting billable work"),
+    let submitted = wf::submit(
+        &state,
+        settings,
+        Submit {
+            tenant: &claims.tenant,
+            key: headers.get("idempotency-key").map(HeaderValue::as_bytes),
+            job_type: &req.job_type,
+            params: req.params.as_ref(),
+            input,
+            request_id: &request_id,
+        },
     )
+    .await?;
+    let status = StatusCode::from_u16(submitted.status()).unwrap_or(StatusCode::ACCEPTED);
+    Ok(submitted_response(status, submitted.id()))
+}
+
+/// 402 when the tenant cannot pay for new billable work (flagged, or at the floor).
+pub(crate) async fn require_credits(state: &AppState, tenant: &str) -> Result<(), ApiError> {
+    Ok(wf::require_credits(state, tenant, state.config.billing.guest_floor).await?)
+}
+
+/// The native host of the submit workflow: the database (its reads on the reader pool), the
+/// queue driver inside the job row's transaction, object storage and the balance cache.
+#[async_trait::async_trait]
+impl SubmitHost for AppState {
+    fn objects(&self) -> &dyn ObjectStore {
+        &self.objects
+    }
+
+    fn db(&self) -> Box<dyn Executor + '_> {
+        Box::new(cognomega_stores::sql::Reader(&self.db))
+    }
+
+    async fn begin(&self) -> Result<Box<dyn Transaction + '_>, SqlError> {
+        let tx = self
+            .db
+            .begin()
+            .await
+            .map_err(|e| SqlError::new(e.to_string()))?;
+        Ok(Box::new(tx))
+    }
+
+    async fn balance(&self, tenant: &str) -> Result<i64, String> {
+        self.balances
+            .get(tenant)
+            .await
+            .map(|b| b.balance)
+            .map_err(|e| e.to_string())
+    }
+
+    fn now_ms(&self) -> i64 {
+        Utc::now().timestamp_millis()
+    }
+
+    fn fresh_id(&self) -> String {
+        uuid::Uuid::now_v7().to_string()
+    }
 }
 
 /// A job of this tenant, with its artifacts.

@@ -62,6 +62,20 @@ impl ApiError {
     }
 }
 
+impl From<cognomega_core::api::Refusal> for ApiError {
+    fn from(r: cognomega_core::api::Refusal) -> Self {
+        if r.status == 500 {
+            return Self::internal(r.message);
+        }
+        Self {
+            status: r.status,
+            code: r.code,
+            message: r.message,
+            retry_after: r.retry_after,
+        }
+    }
+}
+
 impl From<worker::Error> for ApiError {
     fn from(e: worker::Error) -> Self {
         Self::internal(e)

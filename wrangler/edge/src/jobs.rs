@@ -7,11 +7,11 @@
 use cognomega_core::billing::UsageKind;
 use cognomega_core::limits::CostMetric;
 use cognomega_core::sql::{Executor, SqlError, Transaction};
-use cognomega_pipelines::input::{InputError, MAX_INPUT_BYTES};
 use cognomega_pipelines::{Artifact, JobError};
 use cognomega_r2_lifecycle::codec::{self, CodecPolicy, Compression};
 use cognomega_workflows::jobs::{Delivery, Outcome};
-use cognomega_workflows::ports::{Fetched, JobHost, NewObject, ObjectStore, PipelineRun};
+use cognomega_workflows::ports::{JobHost, ObjectStore, PipelineRun};
+use cognomega_workflows::submit::{Input, Submit, SubmitHost, SubmitSettings};
 use serde::Deserialize;
 use worker::{Env, MessageExt, Method, Request, Response};
 
@@ -23,9 +23,6 @@ use crate::sql::{Pg, PgTx};
 pub use cognomega_core::queue::catalog::jobs::JobMessage;
 
 const JOBS_BODY_LIMIT: usize = 28 * 1024 * 1024;
-
-/// A new job row; no row back when a concurrent submit with the same Idempotency-Key won.
-const INSERT_JOB: &str = cognomega_core::jobs::PG_INSERT;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,19 +64,8 @@ pub async fn route(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
 
 async fn submit(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     let claims = caller.claims()?;
-    let key = match req.headers().get("idempotency-key")? {
-        None => None,
-        Some(v) => Some(
-            Some(v.trim().to_owned())
-                .filter(|k| (1..=128).contains(&k.len()))
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid_idempotency_key",
-                        "Idempotency-Key must be 1..=128 visible characters",
-                    )
-                })?,
-        ),
-    };
+    let key = req.headers().get("idempotency-key")?;
+    cognomega_workflows::submit::parse_key(key.as_deref().map(str::as_bytes))?;
     let body = req.bytes().await?;
     if body.len() > JOBS_BODY_LIMIT {
         return Err(ApiError::new(
@@ -90,204 +76,100 @@ async fn submit(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     }
     let request: SubmitRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid JSON body: {e}")))?;
-    let registry = cognomega_pipelines::registry();
-    let Some(job_type) = registry.get(&request.job_type) else {
-        return Err(ApiError::bad_request(
-            "unknown_job_type",
-            format!(
-                "unknown job type {:?}; known: {}",
-                request.job_type,
-                registry.names().join(", ")
-            ),
-        ));
+    let input = match (&request.input.image_base64, &request.input.upload_key) {
+        (Some(b64), None) => Input::Base64(b64),
+        (None, Some(k)) => Input::Upload(k),
+        _ => Input::Ambiguous,
     };
-    if crate::consumers::by_native(&format!("jobs.{}", job_type.name())).is_none() {
-        return Err(ApiError::bad_request(
-            "unknown_job_type",
-            format!(
-                "job type {} has no queue on this deployment",
-                job_type.name()
-            ),
-        ));
-    }
-    let params = job_type
-        .validate_params(request.params.as_ref().unwrap_or(&serde_json::json!({})))
-        .map_err(|e| ApiError::bad_request("invalid_params", e))?;
+    // Only the job types with a queue on this deployment.
+    let registry = cognomega_pipelines::Registry::new(
+        (cognomega_pipelines::registry().iter())
+            .filter(|t| crate::consumers::by_native(&format!("jobs.{}", t.name())).is_some())
+            .cloned()
+            .collect(),
+    );
+    let billing = crate::config::billing(env).map_err(ApiError::internal)?;
+    let settings = SubmitSettings {
+        registry: &registry,
+        floor: billing.guest_floor,
+        runs_per_hour: crate::usage::cost_cap(env, claims.tier, CostMetric::JobRunsPerHour),
+    };
     let db = crate::db::connect(env).await?;
-    if let Some(k) = &key {
-        if let Some(row) = db
-            .query_opt(cognomega_core::jobs::BY_KEY, &[&claims.tenant, k])
-            .await?
-        {
-            return submitted(200, &row.get::<_, String>(0));
-        }
-    }
-    let input = match (request.input.image_base64, request.input.upload_key) {
-        (Some(b64), None) => decode_base64(&b64)?,
-        (None, Some(k)) => upload_input(env, &db, &claims.tenant, &k).await?,
-        _ => {
-            return Err(ApiError::bad_request(
-                "invalid_input",
-                "input must have exactly one of upload_key or image_base64",
-            ))
-        }
+    let host = EdgeSubmit {
+        env,
+        db: &db,
+        objects: crate::r2::Objects::of(env)?,
+        batch: std::cell::RefCell::new(None),
     };
-    cognomega_pipelines::input::check_input(job_type.as_ref(), &input)
-        .map_err(|e| ApiError::bad_request("invalid_input", e))?;
-    crate::billing::require_credits(env, &claims.tenant).await?;
-
-    let id = uuid::Uuid::now_v7().to_string();
-    let input_key = format!("inputs/{}/{id}", claims.tenant);
-    let bucket = env.bucket("OBJECTS")?;
-    crate::r2::put(&bucket, &input_key, input, "application/octet-stream", None)
-        .await
-        .map_err(|e| {
-            ApiError::unavailable(format!("cannot store the input right now ({e}); retry"))
-        })?;
-    let params_text = params.to_string();
-    let type_name = job_type.name();
-    let row: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
-        &id,
-        &claims.tenant,
-        &type_name,
-        &key,
-        &params_text,
-        &input_key,
-        &caller.request_id,
-    ];
-    // The row, its run's charge against the tier's hourly cap and its message (staged in the
-    // outbox) commit together: a refused charge or a failure leaves none of them, and the
-    // message is relayed after the commit (this request's drain, else the relay cron).
-    let queue = format!("jobs.{type_name}");
-    let cap = crate::usage::cost_cap(env, claims.tier, CostMetric::JobRunsPerHour);
-    let created = match insert_staged(
-        &db,
-        &row,
-        &claims.tenant,
-        cap,
-        &queue,
-        &id,
-        &caller.request_id,
+    let submitted = cognomega_workflows::submit::submit(
+        &host,
+        settings,
+        Submit {
+            tenant: &claims.tenant,
+            key: key.as_deref().map(str::as_bytes),
+            job_type: &request.job_type,
+            params: request.params.as_ref(),
+            input,
+            request_id: &caller.request_id,
+        },
     )
-    .await
-    {
-        Ok(created) => created,
-        Err(e) => {
-            let _ = bucket.delete(&input_key).await;
-            return Err(e);
-        }
-    };
-    if !created {
-        // A concurrent submit with the same key won: our input copy is not needed.
-        let _ = bucket.delete(&input_key).await;
-        let row = db
-            .query_one(cognomega_core::jobs::BY_KEY, &[&claims.tenant, &key])
-            .await?;
-        return submitted(200, &row.get::<_, String>(0));
-    }
-    submitted(202, &id)
-}
-
-/// Inserts the job row, charges its run to the tenant's `job_runs_per_hour` counter (when the
-/// tier has a cap) and stages its message, in one transaction; whether the row is new. A
-/// refused charge (429 `cost_cap_exceeded`) or a failure rolls all back; a row that already
-/// existed (a concurrent submit with the same Idempotency-Key won) charges and sends nothing.
-async fn insert_staged(
-    db: &tokio_postgres::Client,
-    row: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    tenant: &str,
-    cap: Option<u64>,
-    queue: &str,
-    id: &str,
-    request_id: &str,
-) -> Result<bool, ApiError> {
-    db.batch_execute("BEGIN").await?;
-    let written = async {
-        if db.query_opt(INSERT_JOB, row).await?.is_none() {
-            return Ok(false);
-        }
-        if let Some(cap) = cap {
-            crate::usage::charge_cost_on(db, tenant, CostMetric::JobRunsPerHour, 1, cap).await?;
-        }
-        let message = JobMessage {
-            job_id: id.to_owned(),
-        };
-        crate::outbox::stage(db, &crate::outbox::batch_id(), queue, &message, request_id)
-            .await
-            .map_err(ApiError::internal)?;
-        Ok::<_, ApiError>(true)
-    }
-    .await;
-    match written {
-        Ok(created) => {
-            db.batch_execute("COMMIT").await?;
-            Ok(created)
-        }
-        Err(e) => {
-            let _ = db.batch_execute("ROLLBACK").await;
-            Err(e)
+    .await?;
+    // The message goes out now; a failed send is the relay cron's.
+    let batch = host.batch.borrow_mut().take();
+    if let Some(batch) = batch {
+        if let Err(e) = crate::outbox::relay_on(&db, env, Some(&batch)).await {
+            worker::console_warn!(
+                "job {}: relay: {e}; the relay cron sends it",
+                submitted.id()
+            );
         }
     }
-}
-
-/// The bytes of a tenant's clean (or unscanned, where scanning is off) upload, as natively.
-async fn upload_input(
-    env: &Env,
-    db: &tokio_postgres::Client,
-    tenant: &str,
-    key: &str,
-) -> Result<Vec<u8>, ApiError> {
-    let Some(upload) = db
-        .query_opt(
-            "SELECT scan, size, object_key FROM uploads WHERE key = $1 AND tenant_id = $2",
-            &[&key, &tenant],
-        )
-        .await?
-    else {
-        return Err(ApiError::not_found(
-            "upload_not_found",
-            format!("no upload {key} for this tenant; upload it with POST /upload/direct first"),
-        ));
-    };
-    let (scan, size, object_key): (String, i64, String) =
-        (upload.get(0), upload.get(1), upload.get(2));
-    if !matches!(scan.as_str(), "clean" | "skipped") {
-        return Err(ApiError::new(
-            409,
-            "upload_not_clean",
-            format!("the upload's scan is {scan}; only clean uploads can be job inputs"),
-        ));
-    }
-    if size > i64::try_from(MAX_INPUT_BYTES).unwrap_or(i64::MAX) {
-        return Err(ApiError::bad_request(
-            "invalid_input",
-            format!("job inputs are at most {} MiB", MAX_INPUT_BYTES >> 20),
-        ));
-    }
-    crate::r2::get_bytes(&env.bucket("OBJECTS")?, &object_key)
-        .await?
-        .ok_or_else(|| {
-            ApiError::internal(format!(
-                "upload {key}: its object {object_key} is gone from R2"
-            ))
-        })
-}
-
-fn submitted(status: u16, id: &str) -> ApiResult {
-    let location = format!("/jobs/{id}");
-    let mut resp = http::json(
-        status,
-        &serde_json::json!({"id": id, "status": "queued", "status_url": location}),
-    )?;
-    resp.headers_mut().set("location", &location)?;
+    let mut resp = http::json(submitted.status(), &submitted.body())?;
+    resp.headers_mut()
+        .set("location", &format!("/jobs/{}", submitted.id()))?;
     Ok(resp)
 }
 
-fn decode_base64(raw: &str) -> Result<Vec<u8>, ApiError> {
-    cognomega_pipelines::input::decode_base64_input(raw).map_err(|e| match e {
-        InputError::TooLarge => ApiError::new(413, "input_too_large", e.to_string()),
-        InputError::NotBase64(_) => ApiError::bad_request("invalid_input", e.to_string()),
-    })
+/// The edge as the submit workflow's host: the request's connection (transactions stage their
+/// messages in the outbox), R2, the balance in KV.
+struct EdgeSubmit<'a> {
+    env: &'a Env,
+    db: &'a tokio_postgres::Client,
+    objects: crate::r2::Objects,
+    /// The outbox batch of the job's transaction.
+    batch: std::cell::RefCell<Option<String>>,
+}
+
+#[async_trait::async_trait(?Send)]
+impl SubmitHost for EdgeSubmit<'_> {
+    fn objects(&self) -> &dyn ObjectStore {
+        &self.objects
+    }
+
+    fn db(&self) -> Box<dyn Executor + '_> {
+        Box::new(Pg(self.db))
+    }
+
+    async fn begin(&self) -> Result<Box<dyn Transaction + '_>, SqlError> {
+        let tx = PgTx::begin(self.db).await?;
+        *self.batch.borrow_mut() = Some(tx.batch.clone());
+        Ok(Box::new(tx))
+    }
+
+    async fn balance(&self, tenant: &str) -> Result<i64, String> {
+        crate::billing::balance(self.env, tenant)
+            .await
+            .map(|b| b.balance)
+            .map_err(|e| e.message)
+    }
+
+    fn now_ms(&self) -> i64 {
+        now_ms()
+    }
+
+    fn fresh_id(&self) -> String {
+        uuid::Uuid::now_v7().to_string()
+    }
 }
 
 const JOB_COLUMNS: &str = "id, type, status, progress::float8, stage, attempts, error, credits_charged,
@@ -558,7 +440,7 @@ async fn artifact(req: &Request, env: &Env, caller: &Caller, id: &str, name: &st
 /// the pipeline runs inside the invocation, its progress written stage by stage.
 struct EdgeJobs<'a> {
     db: &'a tokio_postgres::Client,
-    bucket: worker::Bucket,
+    objects: crate::r2::Objects,
     /// The outbox batch of the last transaction (the success's usage event).
     batch: std::cell::RefCell<Option<String>>,
 }
@@ -568,27 +450,11 @@ fn now_ms() -> i64 {
 }
 
 #[async_trait::async_trait(?Send)]
-impl ObjectStore for EdgeJobs<'_> {
-    async fn get(&self, key: &str) -> Result<Fetched, String> {
-        let bytes = crate::r2::get_bytes(&self.bucket, key).await;
-        Ok(bytes
-            .map_err(|e| e.to_string())?
-            .map_or(Fetched::Missing, Fetched::Found))
-    }
-
-    async fn put(&self, object: NewObject<'_>) -> Result<(), String> {
-        let meta = (object.meta.iter())
-            .map(|(k, v)| ((*k).to_owned(), v.clone()))
-            .collect();
-        let (key, ct) = (object.key, object.content_type);
-        crate::r2::put(&self.bucket, key, object.bytes, ct, Some(meta))
-            .await
-            .map_err(|e| e.to_string())
-    }
-}
-
-#[async_trait::async_trait(?Send)]
 impl JobHost for EdgeJobs<'_> {
+    fn objects(&self) -> &dyn ObjectStore {
+        &self.objects
+    }
+
     fn db(&self) -> Box<dyn Executor + '_> {
         Box::new(Pg(self.db))
     }
@@ -623,7 +489,7 @@ pub async fn run_batch(
     let resolve = |name: &str| registry.get(name);
     let host = EdgeJobs {
         db,
-        bucket: env.bucket("OBJECTS").map_err(|e| e.to_string())?,
+        objects: crate::r2::Objects::of(env).map_err(|e| e.to_string())?,
         batch: std::cell::RefCell::new(None),
     };
     for (msg, job, _request_id) in crate::consumers::decode_all::<JobMessage>(queue, messages) {

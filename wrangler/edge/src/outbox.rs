@@ -76,6 +76,17 @@ pub async fn stage<T: Serialize>(
     request_id: &str,
 ) -> Result<(), String> {
     let text = serde_json::to_string(body).map_err(|e| e.to_string())?;
+    stage_text(db, batch, queue, text, request_id).await
+}
+
+/// Stages the JSON text `text` for the catalog queue `queue`, in the transaction open on `db`.
+pub async fn stage_text(
+    db: &tokio_postgres::Client,
+    batch: &str,
+    queue: &str,
+    text: String,
+    request_id: &str,
+) -> Result<(), String> {
     let request_id = (!request_id.is_empty()).then_some(request_id);
     outbox::stage(
         &mut crate::sql::Pg(db),
@@ -92,9 +103,18 @@ pub async fn stage<T: Serialize>(
 /// Sends every unsent message (only `batch`'s, when given) on a connection of its own.
 pub async fn relay(env: &Env, batch: Option<&str>) -> Result<Relayed, String> {
     let db = crate::db::connect(env).await.map_err(|e| e.to_string())?;
+    relay_on(&db, env, batch).await
+}
+
+/// Sends every unsent message (only `batch`'s, when given) on `db` (no open transaction).
+pub async fn relay_on(
+    db: &tokio_postgres::Client,
+    env: &Env,
+    batch: Option<&str>,
+) -> Result<Relayed, String> {
     let claim = uuid::Uuid::new_v4().to_string();
     outbox::relay(
-        &mut crate::sql::Pg(&db),
+        &mut crate::sql::Pg(db),
         &Queues { env },
         batch,
         &claim,

@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 
-use worker::{Bucket, Data, HttpMetadata};
+use cognomega_core::objects::{Fetched, NewObject, ObjectStore};
+use worker::{Bucket, Data, Env, HttpMetadata};
 
 /// Puts `value` under `key` with `content_type` and optional custom metadata.
 pub async fn put(
@@ -32,4 +33,38 @@ pub async fn get_bytes(bucket: &Bucket, key: &str) -> worker::Result<Option<Vec<
         .body()
         .ok_or_else(|| worker::Error::RustError(format!("R2 object {key} has no body")))?;
     Ok(Some(body.bytes().await?))
+}
+
+/// The `OBJECTS` bucket as the shared workflows' object store.
+pub struct Objects(pub Bucket);
+
+impl Objects {
+    /// The Worker's `OBJECTS` binding.
+    pub fn of(env: &Env) -> worker::Result<Self> {
+        env.bucket("OBJECTS").map(Self)
+    }
+}
+
+#[async_trait::async_trait(?Send)]
+impl ObjectStore for Objects {
+    async fn get(&self, key: &str) -> Result<Fetched, String> {
+        let bytes = get_bytes(&self.0, key).await;
+        Ok(bytes
+            .map_err(|e| e.to_string())?
+            .map_or(Fetched::Missing, Fetched::Found))
+    }
+
+    async fn put(&self, object: NewObject<'_>) -> Result<(), String> {
+        let meta = (object.meta.iter())
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        let (key, ct) = (object.key, object.content_type);
+        put(&self.0, key, object.bytes, ct, Some(meta))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), String> {
+        self.0.delete(key).await.map_err(|e| e.to_string())
+    }
 }
