@@ -87,15 +87,7 @@ fn from_row(r: &Row) -> Result<Upload, SqlError> {
     })
 }
 
-/// A new upload — `$1` key (also its object key), `$2` tenant, `$3` filename, `$4` content
-/// type, `$5` size, `$6` sha256, `$7` scan, `$8` request id (SQLite: `$9` now). SQLite has no
-/// sequences: the single writer makes `MAX(seq) + 1` safe.
-const INSERT: Stamped = Stamped(Dialects {
-    sqlite: "INSERT INTO uploads (key, seq, tenant_id, filename, content_type, size, sha256, scan, object_key, request_id, created_at)
-             VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM uploads), $2, $3, $4, $5, $6, $7, $1, $8, $9)",
-    postgres: "INSERT INTO uploads (key, tenant_id, filename, content_type, size, sha256, scan, object_key, request_id)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $1, $8)",
-});
+const INSERT: Stamped = Stamped(cognomega_core::files::sql::INSERT);
 
 /// Inserts an upload.
 pub async fn insert(tx: &mut Tx, u: &NewUpload<'_>) -> Result<(), StoreError> {
@@ -113,7 +105,7 @@ pub async fn insert(tx: &mut Tx, u: &NewUpload<'_>) -> Result<(), StoreError> {
         ],
         now_ms().0,
     );
-    tx.execute(sql, &args).await?;
+    tx.query_opt(sql, &args).await?;
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 //! ports and call the same functions, so a rule lives in one place and is tested natively on
 //! SQLite and PostgreSQL.
 
+pub mod accept;
 pub mod ask;
 pub mod jobs;
 pub mod ports;

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 pub use cognomega_core::objects::{Fetched, NewObject, ObjectStore};
+use cognomega_core::queue::MaybeSendSync;
 use cognomega_core::sql::{Executor, SqlError, Transaction};
 use cognomega_pipelines::{Artifact, JobError, JobType, Progress};
 
@@ -56,7 +57,7 @@ impl<D: Executor + Clone> Progress for FencedProgress<D> {
 /// What a job workflow needs from its host.
 #[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
-pub trait JobHost: cognomega_core::queue::MaybeSendSync {
+pub trait JobHost: MaybeSendSync {
     /// Inputs and artifacts.
     fn objects(&self) -> &dyn ObjectStore;
 
@@ -101,4 +102,27 @@ impl PipelineRun {
         };
         self.job.run(&self.input, &self.params, &progress).await
     }
+}
+
+/// What a write workflow (submit a job, accept an upload) needs from its host.
+#[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
+pub trait WriteHost: MaybeSendSync {
+    /// Job inputs, uploads.
+    fn objects(&self) -> &dyn ObjectStore;
+
+    /// Single statements (reads that may lag a little: look-ups before a write).
+    fn db(&self) -> Box<dyn Executor + '_>;
+
+    /// A transaction whose statements and messages commit together.
+    async fn begin(&self) -> Result<Box<dyn Transaction + '_>, SqlError>;
+
+    /// The tenant's cached balance (the ledger's settled balance when nothing is cached).
+    async fn balance(&self, tenant: &str) -> Result<i64, String>;
+
+    /// Now, epoch milliseconds.
+    fn now_ms(&self) -> i64;
+
+    /// A fresh id (UUIDv7).
+    fn fresh_id(&self) -> String;
 }

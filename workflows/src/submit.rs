@@ -7,35 +7,13 @@
 
 use cognomega_core::api::Refusal;
 use cognomega_core::limits::{self, CostMetric};
-use cognomega_core::objects::{Fetched, NewObject, ObjectStore};
+use cognomega_core::objects::{Fetched, NewObject};
 use cognomega_core::queue::catalog::jobs::JobMessage;
-use cognomega_core::queue::MaybeSendSync;
-use cognomega_core::sql::{Dialect, Executor, Outbound, SqlError, Transaction, Value};
+use cognomega_core::sql::{Dialect, Executor, Outbound, SqlError, Value};
+
+pub use crate::ports::WriteHost;
 use cognomega_pipelines::input::{InputError, MAX_INPUT_BYTES};
 use cognomega_pipelines::Registry;
-
-/// What a submit needs from its host.
-#[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
-#[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
-pub trait SubmitHost: MaybeSendSync {
-    /// Inputs.
-    fn objects(&self) -> &dyn ObjectStore;
-
-    /// Single statements (reads may lag a little: the key and upload look-ups).
-    fn db(&self) -> Box<dyn Executor + '_>;
-
-    /// A transaction whose statements and messages commit together.
-    async fn begin(&self) -> Result<Box<dyn Transaction + '_>, SqlError>;
-
-    /// The tenant's cached balance (the ledger's settled balance when nothing is cached).
-    async fn balance(&self, tenant: &str) -> Result<i64, String>;
-
-    /// Now, epoch milliseconds.
-    fn now_ms(&self) -> i64;
-
-    /// A fresh job id (UUIDv7).
-    fn fresh_id(&self) -> String;
-}
 
 /// Where the job's input comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,7 +123,7 @@ pub fn parse_key(raw: Option<&[u8]>) -> Result<Option<String>, Refusal> {
 }
 
 /// Submits a job.
-pub async fn submit<H: SubmitHost + ?Sized>(
+pub async fn submit<H: WriteHost + ?Sized>(
     host: &H,
     settings: SubmitSettings<'_>,
     req: Submit<'_>,
@@ -237,7 +215,7 @@ async fn by_key(db: &mut dyn Executor, tenant: &str, key: &str) -> Result<Option
 
 /// The row, its run's charge and its message, in one transaction.
 #[allow(clippy::too_many_arguments)]
-async fn insert<H: SubmitHost + ?Sized>(
+async fn insert<H: WriteHost + ?Sized>(
     host: &H,
     req: &Submit<'_>,
     id: &str,
@@ -311,7 +289,7 @@ fn decode_base64(raw: &str) -> Result<Vec<u8>, Refusal> {
 }
 
 /// The bytes of a tenant's clean (or unscanned, where scanning is off) upload.
-async fn upload_input<H: SubmitHost + ?Sized>(
+async fn upload_input<H: WriteHost + ?Sized>(
     host: &H,
     tenant: &str,
     key: &str,
@@ -360,7 +338,7 @@ async fn upload_input<H: SubmitHost + ?Sized>(
 }
 
 /// 402 when the tenant cannot pay for new billable work: flagged, or its balance at the floor.
-pub async fn require_credits<H: SubmitHost + ?Sized>(
+pub async fn require_credits<H: WriteHost + ?Sized>(
     host: &H,
     tenant: &str,
     floor: i64,

@@ -12,7 +12,7 @@ use cognomega_core::sql::{Executor, SqlError, Transaction};
 use cognomega_r2_lifecycle::codec::{decode, Compression};
 use cognomega_stores::jobs::{self, ArtifactRow, CancelOutcome, Job};
 use cognomega_stores::objects::ObjectKey;
-use cognomega_workflows::submit::{self as wf, Submit, SubmitHost, SubmitSettings};
+use cognomega_workflows::submit::{self as wf, Submit, SubmitSettings, WriteHost};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -200,15 +200,10 @@ pub(crate) async fn submit(
     Ok(submitted_response(status, submitted.id()))
 }
 
-/// 402 when the tenant cannot pay for new billable work (flagged, or at the floor).
-pub(crate) async fn require_credits(state: &AppState, tenant: &str) -> Result<(), ApiError> {
-    Ok(wf::require_credits(state, tenant, state.config.billing.guest_floor).await?)
-}
-
 /// The native host of the submit workflow: the database (its reads on the reader pool), the
 /// queue driver inside the job row's transaction, object storage and the balance cache.
 #[async_trait::async_trait]
-impl SubmitHost for AppState {
+impl WriteHost for AppState {
     fn objects(&self) -> &dyn ObjectStore {
         &self.objects
     }

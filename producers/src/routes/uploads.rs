@@ -5,7 +5,6 @@
 //! whatever the size, the size limit is enforced on the stream itself (so a chunked body with no
 //! Content-Length is caught), and a refused upload leaves nothing in storage.
 
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::{Body, Bytes};
@@ -14,13 +13,13 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{SecondsFormat, TimeZone, Utc};
-use cognomega_core::billing::{UsageBatchMessage, UsageEvent, UsageKey, UsageKind};
+use cognomega_core::api::Refusal;
 use cognomega_core::files::{
-    essence, matches_magic, sanitize_filename, sign_download, verify_download, SNIFF_BYTES,
+    essence, sanitize_filename, sign_download, verify_download, SNIFF_BYTES,
 };
-use cognomega_core::queue::OutgoingMessage;
 use cognomega_stores::objects::{ObjectKey, PutMeta};
-use cognomega_stores::uploads::{self, NewUpload, Upload};
+use cognomega_stores::uploads::{self, Upload};
+use cognomega_workflows::accept::{self, Accepted, Room};
 use futures::stream::{self, BoxStream, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -30,26 +29,6 @@ use super::openapi::{schemas as s, *};
 use crate::auth::Authenticated;
 use crate::query::Query;
 use crate::{current_request_id, ApiError, AppState};
-
-const NOT_TRIPPED: u8 = 0;
-const TRIPPED_SIZE: u8 = 1;
-const TRIPPED_QUOTA: u8 = 2;
-
-fn too_large(max: u64) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "upload_too_large",
-        format!("uploads are at most {max} bytes"),
-    )
-}
-
-fn quota_exceeded(remaining: u64) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "quota_exceeded",
-        format!("the tenant's upload quota has {remaining} bytes left; delete files or ask for a larger quota"),
-    )
-}
 
 fn rfc3339(ms: i64) -> String {
     Utc.timestamp_millis_opt(ms)
@@ -138,7 +117,6 @@ pub(crate) async fn direct(
             "uploads need virus scanning, and no scanner is configured (--clamd)",
         ));
     }
-    crate::routes::jobs::require_credits(&state, &claims.tenant).await?;
     let headers = request.headers().clone();
     let declared_len = headers
         .get(header::CONTENT_LENGTH)
@@ -148,30 +126,22 @@ pub(crate) async fn direct(
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
         .unwrap_or_default();
-    let max_bytes = cfg.max_bytes_for(&tier);
-    let used = u64::try_from(
-        uploads::used_bytes(&state.db, &claims.tenant)
-            .await
-            .map_err(ApiError::internal)?,
-    )
-    .unwrap_or(0);
-    let remaining = cfg.quota_bytes.saturating_sub(used);
-    // A declared length over a limit is refused before reading a byte. (For multipart the
-    // length includes the form's framing, so only the size limit is checked this early.)
     let content_type_header = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
     let is_multipart = essence(&content_type_header) == "multipart/form-data";
-    if let Some(len) = declared_len {
-        if len > max_bytes + if is_multipart { 64 * 1024 } else { 0 } {
-            return Err(too_large(max_bytes));
-        }
-        if !is_multipart && len > remaining {
-            return Err(quota_exceeded(remaining));
-        }
-    }
+    let room = accept::admit(
+        &state,
+        &claims.tenant,
+        state.config.billing.guest_floor,
+        cfg.max_bytes_for(&tier),
+        cfg.quota_bytes,
+        declared_len,
+        is_multipart,
+    )
+    .await?;
 
     if is_multipart {
         let mut form = Multipart::from_request(request, &state)
@@ -222,18 +192,7 @@ pub(crate) async fn direct(
             rx.recv().await.map(|item| (item, rx))
         })
         .boxed();
-        let (stored, ()) = tokio::join!(
-            store(
-                &state,
-                &claims.tenant,
-                &ct,
-                name,
-                body,
-                remaining,
-                max_bytes
-            ),
-            pump
-        );
+        let (stored, ()) = tokio::join!(store(&state, &claims.tenant, &ct, name, body, room), pump);
         return stored;
     }
     let name = q.filename.or_else(|| {
@@ -253,8 +212,7 @@ pub(crate) async fn direct(
         &content_type_header,
         name,
         body,
-        remaining,
-        max_bytes,
+        room,
     )
     .await
 }
@@ -266,22 +224,14 @@ async fn store(
     declared_type: &str,
     raw_name: Option<String>,
     body: ByteStream,
-    remaining: u64,
-    max_bytes: u64,
+    room: Room,
 ) -> Result<Response, ApiError> {
     let cfg = &state.config.uploads;
     // Fused: the sniffing loop may see the end of the body before the upload re-polls it.
     let mut body = body.fuse();
-    let declared = essence(declared_type);
-    if declared.is_empty() || !cfg.allowed_types.contains(&declared) {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            format!(
-                "content type {declared:?} is not accepted; allowed: {}",
-                cfg.allowed_types.join(", ")
-            ),
-        ));
+    // A type that is not allowed is refused before a byte is read.
+    if !cfg.allowed_types.contains(&essence(declared_type)) {
+        accept::check_head(&cfg.allowed_types, declared_type, &[])?;
     }
     let filename = sanitize_filename(raw_name.as_deref().unwrap_or("file"));
 
@@ -299,19 +249,9 @@ async fn store(
             None => break,
         }
     }
-    if head.is_empty() {
-        return Err(ApiError::bad_request("empty_body", "the upload is empty"));
-    }
-    if !matches_magic(&declared, &head[..head.len().min(SNIFF_BYTES)]) {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "content_type_mismatch",
-            format!("the bytes are not {declared}; declare the file's real type"),
-        ));
-    }
+    let declared = accept::check_head(&cfg.allowed_types, declared_type, &head)?;
 
-    let limit_size = max_bytes;
-    let tripped = Arc::new(AtomicU8::new(NOT_TRIPPED));
+    let tripped: Arc<Mutex<Option<Refusal>>> = Arc::new(Mutex::new(None));
     let progress = Arc::new(Mutex::new((0u64, Sha256::new())));
     let counted = {
         let (tripped, progress) = (tripped.clone(), progress.clone());
@@ -323,16 +263,18 @@ async fn store(
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 p.0 += chunk.len() as u64;
-                let why = if p.0 > limit_size {
-                    TRIPPED_SIZE
-                } else if p.0 > remaining {
-                    TRIPPED_QUOTA
-                } else {
-                    p.1.update(&chunk);
-                    return Ok(chunk);
-                };
-                tripped.store(why, Ordering::SeqCst);
-                Err(std::io::Error::other("upload limit exceeded"))
+                match room.check(p.0) {
+                    Ok(()) => {
+                        p.1.update(&chunk);
+                        Ok(chunk)
+                    }
+                    Err(over) => {
+                        *tripped
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(over);
+                        Err(std::io::Error::other("upload limit exceeded"))
+                    }
+                }
             })
     };
     let key_text = format!("uploads/{tenant}/{}", uuid::Uuid::new_v4());
@@ -344,10 +286,13 @@ async fn store(
     if let Err(e) = stored {
         // Nothing half-written: put_stream aborts its upload; make sure no object remains.
         let _ = state.objects.delete(&key).await;
-        return Err(match tripped.load(Ordering::SeqCst) {
-            TRIPPED_SIZE => too_large(max_bytes),
-            TRIPPED_QUOTA => quota_exceeded(remaining),
-            _ => ApiError::bad_request(
+        let over = tripped
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        return Err(match over {
+            Some(over) => over.into(),
+            None => ApiError::bad_request(
                 "body_read_failed",
                 format!("the upload did not complete: {e}"),
             ),
@@ -366,75 +311,19 @@ async fn store(
                 .collect::<String>(),
         )
     };
-    let scan = if cfg.scanning { "pending" } else { "skipped" };
     let request_id = current_request_id();
-    let committed = async {
-        let mut tx = state.db.begin().await.map_err(ApiError::internal)?;
-        let new = NewUpload {
-            key: &key_text,
-            tenant_id: tenant,
-            filename: &filename,
-            content_type: &declared,
-            size: i64::try_from(size).unwrap_or(i64::MAX),
-            sha256: &sha256,
-            scan,
-            request_id: Some(&request_id),
-        };
-        uploads::insert(&mut tx, &new)
-            .await
-            .map_err(ApiError::internal)?;
-        if cfg.scanning {
-            let msg =
-                OutgoingMessage::json(&cognomega_core::queue::catalog::av_scan::ScanMessage {
-                    key: key_text.clone(),
-                })
-                .map_err(ApiError::internal)?
-                .request_id(request_id.clone());
-            tx.send(&cognomega_core::queue::catalog::av_scan::queue(), msg)
-                .await
-                .map_err(ApiError::internal)?;
-        }
-        let usage = UsageBatchMessage {
-            tenant_id: tenant.to_owned(),
-            events: vec![UsageEvent {
-                idempotency_key: UsageKey::parse(&format!("upload-{key_text}"))
-                    .map_err(ApiError::internal)?,
-                kind: UsageKind::StorageBytes,
-                quantity: size,
-                occurred_at: None,
-                meta: None,
-            }],
-            received_at_ms: Utc::now().timestamp_millis(),
-        };
-        let msg = OutgoingMessage::json(&usage)
-            .map_err(ApiError::internal)?
-            .request_id(request_id.clone());
-        tx.send(&cognomega_core::queue::catalog::usage::queue(), msg)
-            .await
-            .map_err(ApiError::internal)?;
-        tx.commit().await.map_err(ApiError::internal)
-    }
-    .await;
-    if let Err(e) = committed {
-        let _ = state.objects.delete(&key).await;
-        return Err(e);
-    }
-    // The row's own time, as `GET /uploads/{key}` shows it.
-    let created_at_ms = uploads::get(&state.db, &key_text, Some(tenant))
-        .await
-        .ok()
-        .flatten()
-        .map_or_else(|| Utc::now().timestamp_millis(), |u| u.created_at_ms);
-    let body = json!({
-        "key": key_text,
-        "filename": filename,
-        "size": size,
-        "sha256": sha256,
-        "content_type": declared,
-        "scan": scan,
-        "created_at": rfc3339(created_at_ms),
-        "url": signed_url(state, &key_text),
-    });
+    let accepted = Accepted {
+        key: &key_text,
+        tenant,
+        filename: &filename,
+        content_type: &declared,
+        size,
+        sha256: &sha256,
+        scanning: cfg.scanning,
+        request_id: &request_id,
+    };
+    let created_at_ms = accept::record(state, &accepted).await?;
+    let body = accepted.body(&rfc3339(created_at_ms), &signed_url(state, &key_text));
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 

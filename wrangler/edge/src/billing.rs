@@ -77,28 +77,6 @@ pub fn rfc3339(ms: Option<i64>) -> serde_json::Value {
         .unwrap_or(serde_json::Value::Null)
 }
 
-/// 402 when the tenant has nothing left to spend (as the native server refuses).
-pub async fn require_credits(env: &Env, tenant: &str) -> Result<(), ApiError> {
-    let balance = balance(env, tenant).await?.balance;
-    if balance
-        <= crate::config::billing(env)
-            .map_err(ApiError::internal)?
-            .guest_floor
-    {
-        return Err(insufficient_credits(balance));
-    }
-    Ok(())
-}
-
-/// 402 `insufficient_credits`, as natively.
-pub fn insufficient_credits(balance: i64) -> ApiError {
-    ApiError::new(
-        402,
-        "insufficient_credits",
-        format!("the balance is {balance} credits; add credits (POST /credits/adjust) before submitting billable work"),
-    )
-}
-
 pub async fn route(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     match (req.method(), req.path().as_str()) {
         (Method::Get | Method::Head, "/credits") => {

@@ -6,12 +6,12 @@
 //! Worker holds in memory.
 
 use cognomega_core::auth::Tier;
-use cognomega_core::billing::{UsageBatchMessage, UsageEvent, UsageKey, UsageKind};
 use cognomega_core::files::{
-    essence, matches_magic, sanitize_filename, sign_download, verify_download,
-    DEFAULT_UPLOAD_TYPES as ALLOWED_TYPES, SNIFF_BYTES,
+    essence, sanitize_filename, sign_download, verify_download,
+    DEFAULT_UPLOAD_TYPES as ALLOWED_TYPES,
 };
 use cognomega_core::sql::Executor;
+use cognomega_workflows::accept::{self, Accepted};
 use cognomega_workflows::uploads::{ScanHost, ScanOutcome, Scanned};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,6 +19,7 @@ use wasm_bindgen::JsCast;
 use worker::{Env, MessageExt, Method, Request, Response, Socket};
 
 use crate::consumers::EdgeQueue;
+use crate::host::Writes;
 use crate::http::{self, ApiError, ApiResult, Caller};
 
 /// A Worker holds the whole body in its 128 MB of memory, so the edge accepts smaller uploads
@@ -173,22 +174,6 @@ fn parse_tier_limits(raw: &str) -> Vec<(Tier, u64)> {
     limits
 }
 
-fn too_large(max: u64) -> ApiError {
-    ApiError::new(
-        413,
-        "upload_too_large",
-        format!("uploads are at most {max} bytes"),
-    )
-}
-
-fn quota_exceeded(remaining: u64) -> ApiError {
-    ApiError::new(
-        413,
-        "quota_exceeded",
-        format!("the tenant's upload quota has {remaining} bytes left; delete files or ask for a larger quota"),
-    )
-}
-
 fn invalid_multipart(e: impl std::fmt::Display) -> ApiError {
     ApiError::bad_request("invalid_multipart", format!("multipart body: {e}"))
 }
@@ -212,34 +197,24 @@ fn first_file(form: worker::FormData) -> Result<Option<worker::File>, ApiError> 
 
 async fn direct(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     let claims = caller.claims()?;
-    crate::billing::require_credits(env, &claims.tenant).await?;
     let cfg = UploadConfig::from_env(env);
-    let max_bytes = cfg.max_bytes_for(claims.tier);
     let db = crate::db::connect(env).await?;
-    let used: i64 = db
-        .query_one(cognomega_core::files::sql::USED_BYTES, &[&claims.tenant])
-        .await?
-        .get(0);
-    let remaining = cfg
-        .quota_bytes
-        .saturating_sub(u64::try_from(used).unwrap_or(0));
+    let host = Writes::new(env, &db)?;
     let content_type = req.headers().get("content-type")?.unwrap_or_default();
     let is_multipart = essence(&content_type) == "multipart/form-data";
-    // A declared length over a limit is refused before reading a byte. (For multipart the
-    // length includes the form's framing, so only the size limit is checked this early.)
-    if let Some(len) = req
-        .headers()
-        .get("content-length")?
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        if len > max_bytes + if is_multipart { 64 * 1024 } else { 0 } {
-            return Err(too_large(max_bytes));
-        }
-        if !is_multipart && len > remaining {
-            return Err(quota_exceeded(remaining));
-        }
-    }
-    if is_multipart {
+    let declared_len = (req.headers().get("content-length")?).and_then(|v| v.parse::<u64>().ok());
+    let billing = crate::config::billing(env).map_err(ApiError::internal)?;
+    let room = accept::admit(
+        &host,
+        &claims.tenant,
+        billing.guest_floor,
+        cfg.max_bytes_for(claims.tier),
+        cfg.quota_bytes,
+        declared_len,
+        is_multipart,
+    )
+    .await?;
+    let (declared, raw_name, bytes) = if is_multipart {
         let form = req.form_data().await.map_err(invalid_multipart)?;
         let Some(file) = first_file(form)? else {
             return Err(ApiError::bad_request(
@@ -251,178 +226,50 @@ async fn direct(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
             .filter(|t| !t.is_empty())
             .unwrap_or_else(|| "application/octet-stream".to_owned());
         let name = file.name();
-        let bytes = file.bytes().await.map_err(invalid_multipart)?;
-        return store(
-            env,
-            &db,
-            caller,
-            &cfg,
-            Stored {
-                declared: &declared,
-                raw_name: Some(name),
-                bytes,
-                remaining,
-                max_bytes,
-            },
+        (
+            declared,
+            Some(name),
+            file.bytes().await.map_err(invalid_multipart)?,
         )
-        .await;
-    }
-    let url = req.url()?;
-    let name = url
-        .query_pairs()
-        .find(|(k, _)| k == "filename")
-        .map(|(_, v)| v.into_owned())
-        .or(req.headers().get("x-filename")?);
-    let bytes = req.bytes().await?;
-    store(
-        env,
-        &db,
-        caller,
-        &cfg,
-        Stored {
-            declared: &content_type,
-            raw_name: name,
-            bytes,
-            remaining,
-            max_bytes,
-        },
-    )
-    .await
-}
-
-/// One upload's file, read whole, with the limits that apply to it.
-struct Stored<'a> {
-    /// The file's declared content type (the body's, or the file part's).
-    declared: &'a str,
-    /// Its name, before sanitizing.
-    raw_name: Option<String>,
-    bytes: Vec<u8>,
-    /// What is left of the tenant's quota.
-    remaining: u64,
-    /// The tier's limit (at most [`EDGE_MAX_BYTES`]).
-    max_bytes: u64,
-}
-
-/// Validates, stores and records one upload, raw or multipart (the native `store`).
-async fn store(
-    env: &Env,
-    db: &tokio_postgres::Client,
-    caller: &Caller,
-    cfg: &UploadConfig,
-    upload: Stored<'_>,
-) -> ApiResult {
-    let claims = caller.claims()?;
-    let Stored {
-        declared,
-        raw_name,
-        bytes,
-        remaining,
-        max_bytes,
-    } = upload;
-    let declared = essence(declared);
-    if declared.is_empty() || !cfg.allowed_types.contains(&declared) {
-        return Err(ApiError::new(
-            415,
-            "unsupported_media_type",
-            format!(
-                "content type {declared:?} is not accepted; allowed: {}",
-                cfg.allowed_types.join(", ")
-            ),
-        ));
-    }
+    } else {
+        let url = req.url()?;
+        let name = url
+            .query_pairs()
+            .find(|(k, _)| k == "filename")
+            .map(|(_, v)| v.into_owned())
+            .or(req.headers().get("x-filename")?);
+        (content_type, name, req.bytes().await?)
+    };
+    let declared = accept::check_head(&cfg.allowed_types, &declared, &bytes)?;
     let filename = sanitize_filename(raw_name.as_deref().unwrap_or("file"));
-    if bytes.is_empty() {
-        return Err(ApiError::bad_request("empty_body", "the upload is empty"));
-    }
-    if !matches_magic(&declared, &bytes[..bytes.len().min(SNIFF_BYTES)]) {
-        return Err(ApiError::new(
-            415,
-            "content_type_mismatch",
-            format!("the bytes are not {declared}; declare the file's real type"),
-        ));
-    }
     let size = bytes.len() as u64;
-    if size > max_bytes {
-        return Err(too_large(max_bytes));
-    }
-    if size > remaining {
-        return Err(quota_exceeded(remaining));
-    }
+    room.check(size)?;
     let secret = link_secret(env)?;
     let sha256: String = Sha256::digest(&bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
     let key = format!("uploads/{}/{}", claims.tenant, uuid::Uuid::new_v4());
-    let bucket = env.bucket("OBJECTS")?;
-    crate::r2::put(&bucket, &key, bytes, &declared, None)
+    crate::r2::put(&env.bucket("OBJECTS")?, &key, bytes, &declared, None)
         .await
         .map_err(|e| {
             ApiError::unavailable(format!("cannot store the upload right now ({e}); retry"))
         })?;
-    let scanning = crate::config::clamd(env).is_some();
-    let scan = if scanning { "pending" } else { "skipped" };
-    let size_i64 = i64::try_from(size).unwrap_or(i64::MAX);
-    // The scan and the storage charge are staged in the outbox in the row's transaction and
-    // relayed after the commit (this request's drain, else the relay cron): an upload is never
-    // left `pending` without its scan on the way, nor stored without its charge.
-    let usage = UsageBatchMessage {
-        tenant_id: claims.tenant.clone(),
-        events: vec![UsageEvent {
-            idempotency_key: UsageKey::parse(&format!("upload-{key}"))
-                .map_err(ApiError::internal)?,
-            kind: UsageKind::StorageBytes,
-            quantity: size,
-            occurred_at: None,
-            meta: None,
-        }],
-        received_at_ms: worker::Date::now().as_millis() as i64,
+    let accepted = Accepted {
+        key: &key,
+        tenant: &claims.tenant,
+        filename: &filename,
+        content_type: &declared,
+        size,
+        sha256: &sha256,
+        scanning: crate::config::clamd(env).is_some(),
+        request_id: &caller.request_id,
     };
-    let batch = crate::outbox::batch_id();
-    db.batch_execute("BEGIN").await?;
-    let written = async {
-        let row = db
-            .query_one(
-                "INSERT INTO uploads (key, tenant_id, filename, content_type, size, sha256, scan, object_key, request_id)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $1, $8)
-                 RETURNING (extract(epoch FROM created_at) * 1000)::bigint",
-                &[&key, &claims.tenant, &filename, &declared, &size_i64, &sha256, &scan, &caller.request_id],
-            )
-            .await?;
-        if scanning {
-            let scan = ScanMessage { key: key.clone() };
-            crate::outbox::stage(db, &batch, "av-scan", &scan, &caller.request_id)
-                .await
-                .map_err(ApiError::internal)?;
-        }
-        crate::outbox::stage(db, &batch, "usage", &usage, &caller.request_id)
-            .await
-            .map_err(ApiError::internal)?;
-        db.batch_execute("COMMIT").await?;
-        Ok::<Option<i64>, ApiError>(row.get(0))
-    }
-    .await;
-    let created_at_ms = match written {
-        Ok(at) => at,
-        Err(e) => {
-            let _ = db.batch_execute("ROLLBACK").await;
-            let _ = bucket.delete(&key).await;
-            return Err(e);
-        }
-    };
-    http::json(
-        201,
-        &serde_json::json!({
-            "key": key,
-            "filename": filename,
-            "size": size,
-            "sha256": sha256,
-            "content_type": declared,
-            "scan": scan,
-            "created_at": crate::billing::rfc3339(created_at_ms),
-            "url": signed_url(&secret, &key),
-        }),
-    )
+    let created_at_ms = accept::record(&host, &accepted).await?;
+    host.relay(&format!("upload {key}")).await;
+    let created_at = crate::billing::rfc3339(Some(created_at_ms));
+    let created_at = created_at.as_str().unwrap_or_default();
+    http::json(201, &accepted.body(created_at, &signed_url(&secret, &key)))
 }
 
 async fn get(env: &Env, caller: &Caller, key: &str) -> ApiResult {

@@ -11,11 +11,12 @@ use cognomega_pipelines::{Artifact, JobError};
 use cognomega_r2_lifecycle::codec::{self, CodecPolicy, Compression};
 use cognomega_workflows::jobs::{Delivery, Outcome};
 use cognomega_workflows::ports::{JobHost, ObjectStore, PipelineRun};
-use cognomega_workflows::submit::{Input, Submit, SubmitHost, SubmitSettings};
+use cognomega_workflows::submit::{Input, Submit, SubmitSettings};
 use serde::Deserialize;
 use worker::{Env, MessageExt, Method, Request, Response};
 
 use crate::consumers::EdgeQueue;
+use crate::host::Writes;
 use crate::http::{self, ApiError, ApiResult, Caller};
 use crate::sql::{Pg, PgTx};
 
@@ -95,12 +96,7 @@ async fn submit(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
         runs_per_hour: crate::usage::cost_cap(env, claims.tier, CostMetric::JobRunsPerHour),
     };
     let db = crate::db::connect(env).await?;
-    let host = EdgeSubmit {
-        env,
-        db: &db,
-        objects: crate::r2::Objects::of(env)?,
-        batch: std::cell::RefCell::new(None),
-    };
+    let host = Writes::new(env, &db)?;
     let submitted = cognomega_workflows::submit::submit(
         &host,
         settings,
@@ -114,62 +110,11 @@ async fn submit(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
         },
     )
     .await?;
-    // The message goes out now; a failed send is the relay cron's.
-    let batch = host.batch.borrow_mut().take();
-    if let Some(batch) = batch {
-        if let Err(e) = crate::outbox::relay_on(&db, env, Some(&batch)).await {
-            worker::console_warn!(
-                "job {}: relay: {e}; the relay cron sends it",
-                submitted.id()
-            );
-        }
-    }
+    host.relay(&format!("job {}", submitted.id())).await;
     let mut resp = http::json(submitted.status(), &submitted.body())?;
     resp.headers_mut()
         .set("location", &format!("/jobs/{}", submitted.id()))?;
     Ok(resp)
-}
-
-/// The edge as the submit workflow's host: the request's connection (transactions stage their
-/// messages in the outbox), R2, the balance in KV.
-struct EdgeSubmit<'a> {
-    env: &'a Env,
-    db: &'a tokio_postgres::Client,
-    objects: crate::r2::Objects,
-    /// The outbox batch of the job's transaction.
-    batch: std::cell::RefCell<Option<String>>,
-}
-
-#[async_trait::async_trait(?Send)]
-impl SubmitHost for EdgeSubmit<'_> {
-    fn objects(&self) -> &dyn ObjectStore {
-        &self.objects
-    }
-
-    fn db(&self) -> Box<dyn Executor + '_> {
-        Box::new(Pg(self.db))
-    }
-
-    async fn begin(&self) -> Result<Box<dyn Transaction + '_>, SqlError> {
-        let tx = PgTx::begin(self.db).await?;
-        *self.batch.borrow_mut() = Some(tx.batch.clone());
-        Ok(Box::new(tx))
-    }
-
-    async fn balance(&self, tenant: &str) -> Result<i64, String> {
-        crate::billing::balance(self.env, tenant)
-            .await
-            .map(|b| b.balance)
-            .map_err(|e| e.message)
-    }
-
-    fn now_ms(&self) -> i64 {
-        now_ms()
-    }
-
-    fn fresh_id(&self) -> String {
-        uuid::Uuid::now_v7().to_string()
-    }
 }
 
 const JOB_COLUMNS: &str = "id, type, status, progress::float8, stage, attempts, error, credits_charged,

@@ -12,8 +12,9 @@
 //!
 //! The rules (token format, usage validation, prices, rate-limit buckets, the job pipeline,
 //! signed links, the error envelope, the model providers' protocols and routing) come from
-//! `cognomega-core`, `cognomega-pipelines` and `cognomega-providers`, the same code the native
-//! server runs; this crate binds them to Queues, KV, R2, Hyperdrive
+//! `cognomega-core`, `cognomega-pipelines` and `cognomega-providers`, and the workflows (ask,
+//! submit and run a job, accept and scan an upload) from `cognomega-workflows`: the same code
+//! the native server runs. This crate binds them to Queues, KV, R2, Hyperdrive
 //! (PostgreSQL, the same schema as `migrations/postgres`), Durable Objects, Cron Triggers,
 //! `fetch` and the Workers AI binding.
 
@@ -28,6 +29,7 @@ mod db;
 mod etl;
 mod files;
 mod gateway;
+mod host;
 mod http;
 mod jobs;
 mod limiter;
