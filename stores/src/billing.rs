@@ -10,7 +10,6 @@ use std::fmt::Write as _;
 
 use cognomega_core::billing::{sql, SettlementMessage, UsageEvent, UsageKind};
 use cognomega_core::sql::{Dialects, Executor as _, SqlError, Value};
-use serde::Serialize;
 use sqlx::{QueryBuilder, Row};
 
 use crate::queue::now_ms;
@@ -28,35 +27,7 @@ pub struct NewUsage {
     pub credits: i64,
 }
 
-/// Totals of one usage kind in a window.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct KindTotal {
-    /// Units.
-    pub quantity: i64,
-    /// Credits charged.
-    pub credits: i64,
-    /// Events.
-    pub events: i64,
-}
-
-/// An admin credit adjustment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Adjustment {
-    /// Id.
-    pub adjustment_id: String,
-    /// Tenant.
-    pub tenant_id: String,
-    /// Signed credits.
-    pub delta: i64,
-    /// Why.
-    pub reason: String,
-    /// `queued` or `applied`.
-    pub status: String,
-    /// Epoch ms.
-    pub created_at_ms: i64,
-    /// Epoch ms, once applied.
-    pub applied_at_ms: Option<i64>,
-}
+pub use cognomega_core::billing::sql::{Adjustment, KindTotal};
 
 /// A tenant — `$1` id, `$2` tier, `$3` email (SQLite: `$4` now; PostgreSQL defaults
 /// `created_at`).
@@ -689,24 +660,6 @@ pub async fn ledger_balance(db: &Database, tenant_id: &str) -> Result<i64, Store
     Ok(row.int(0)?)
 }
 
-/// Tenant `$1`'s usage per kind with `$2 <= occurred_at < $3` (epoch ms): `kind`, the summed
-/// quantity and the summed credits each as its high and low 32 bits (`>> 32`,
-/// `& 4294967295`), and the events. SQLite's SUM fails on integer overflow, so it sums the
-/// halves (both far from overflowing), joined in i128 by [`usage_totals`]; PostgreSQL sums
-/// bigints as numeric (no overflow) and bounds the cast back, then splits the sums the same way.
-const USAGE_TOTALS: Dialects = Dialects {
-    sqlite: "SELECT kind, SUM(quantity >> 32), SUM(quantity & 4294967295),
-                    SUM(credits >> 32), SUM(credits & 4294967295), COUNT(*)
-             FROM usage_events
-             WHERE tenant_id = $1 AND occurred_at >= $2 AND occurred_at < $3 GROUP BY kind",
-    postgres: "SELECT kind, q >> 32, q & 4294967295, c >> 32, c & 4294967295, n FROM (
-                   SELECT kind, LEAST(SUM(quantity), 9223372036854775807)::bigint AS q,
-                          LEAST(SUM(credits), 9223372036854775807)::bigint AS c, COUNT(*) AS n
-                   FROM usage_events
-                   WHERE tenant_id = $1 AND occurred_at >= to_timestamp($2::float8 / 1000.0)
-                     AND occurred_at < to_timestamp($3::float8 / 1000.0) GROUP BY kind) t",
-};
-
 /// Usage per kind with `from_ms <= occurred_at < to_ms`.
 pub async fn usage_totals(
     db: &Database,
@@ -714,34 +667,8 @@ pub async fn usage_totals(
     from_ms: i64,
     to_ms: i64,
 ) -> Result<BTreeMap<UsageKind, KindTotal>, StoreError> {
-    // Totals saturate at i64::MAX: a quantity or a charge may each be up to i64::MAX, so the
-    // sum of a few can pass it, and an overflow must not fail the read.
-    let join = |high: i64, low: i64| {
-        let sum = (i128::from(high) << 32) + i128::from(low);
-        i64::try_from(sum).unwrap_or(if sum < 0 { i64::MIN } else { i64::MAX })
-    };
     let mut read = crate::sql::Reader(db);
-    let rows = read
-        .query(
-            USAGE_TOTALS.pick(read.dialect()),
-            &[tenant_id.into(), from_ms.into(), to_ms.into()],
-        )
-        .await?;
-    let mut totals = BTreeMap::new();
-    for r in &rows {
-        let Some(kind) = UsageKind::parse(&r.text(0)?) else {
-            continue;
-        };
-        totals.insert(
-            kind,
-            KindTotal {
-                quantity: join(r.int(1)?, r.int(2)?),
-                credits: join(r.int(3)?, r.int(4)?),
-                events: r.int(5)?,
-            },
-        );
-    }
-    Ok(totals)
+    Ok(sql::usage_totals(&mut read, tenant_id, from_ms, to_ms).await?)
 }
 
 /// Recomputes every balance from the ledger, writing only those that differ (SQLite: at `$1`).
@@ -769,14 +696,6 @@ pub async fn rebuild_balances(db: &Database) -> Result<(u64, u64), StoreError> {
     Ok((u64::try_from(tenants).unwrap_or(0), changed))
 }
 
-/// A queued credit adjustment — `$1` id, `$2` idempotency key, `$3` tenant, `$4` delta, `$5`
-/// reason (SQLite: `$6` now) — returning its `id`; no row when the key was used.
-const INSERT_ADJUSTMENT: Stamped = Stamped(Dialects {
-    sqlite: "INSERT INTO credit_adjustments (id, idempotency_key, tenant_id, delta, reason, status, created_at)
-             VALUES ($1, $2, $3, $4, $5, 'queued', $6) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
-    postgres: sql::PG_INSERT_ADJUSTMENT,
-});
-
 /// Records an adjustment under an idempotency key; a repeated key returns the first one
 /// (`created == false`).
 pub async fn create_adjustment(
@@ -787,51 +706,17 @@ pub async fn create_adjustment(
     reason: &str,
 ) -> Result<(String, bool), StoreError> {
     let id = uuid::Uuid::now_v7().to_string();
-    let (insert, args) = INSERT_ADJUSTMENT.bind(
-        tx.dialect(),
-        vec![
-            id.into(),
-            idempotency_key.into(),
-            tenant_id.into(),
-            delta.into(),
-            reason.into(),
-        ],
-        now_ms().0,
-    );
-    if let Some(row) = tx.query_opt(insert, &args).await? {
-        return Ok((row.text(0)?, true));
-    }
-    let existing = tx
-        .query_opt(sql::ADJUSTMENT_BY_KEY, &[idempotency_key.into()])
-        .await?
-        .ok_or_else(|| StoreError::Sqlx(sqlx::Error::RowNotFound))?
-        .text(0)?;
-    Ok((existing, false))
+    let new = sql::NewAdjustment {
+        id: &id,
+        idempotency_key,
+        tenant_id,
+        delta,
+        reason,
+    };
+    Ok(sql::create_adjustment(tx, &new, now_ms().0).await?)
 }
-
-/// Adjustment `$1`: `id, tenant_id, delta, reason, status, created_at, applied_at` (epoch ms).
-const ADJUSTMENT: Dialects = Dialects {
-    sqlite: "SELECT id, tenant_id, delta, reason, status, created_at, applied_at FROM credit_adjustments WHERE id = $1",
-    postgres: sql::PG_ADJUSTMENT,
-};
 
 /// One adjustment by id.
 pub async fn get_adjustment(db: &Database, id: &str) -> Result<Option<Adjustment>, StoreError> {
-    let mut read = crate::sql::Reader(db);
-    let row = read
-        .query_opt(ADJUSTMENT.pick(read.dialect()), &[id.into()])
-        .await?;
-    Ok(row
-        .map(|r| -> Result<_, SqlError> {
-            Ok(Adjustment {
-                adjustment_id: r.text(0)?,
-                tenant_id: r.text(1)?,
-                delta: r.int(2)?,
-                reason: r.text(3)?,
-                status: r.text(4)?,
-                created_at_ms: r.int(5)?,
-                applied_at_ms: r.opt_int(6)?,
-            })
-        })
-        .transpose()?)
+    Ok(sql::get_adjustment(&mut crate::sql::Reader(db), id).await?)
 }

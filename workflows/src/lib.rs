@@ -9,6 +9,7 @@
 
 pub mod accept;
 pub mod ask;
+pub mod billing;
 pub mod jobs;
 pub mod ports;
 pub mod submit;

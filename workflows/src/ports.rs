@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 pub use cognomega_core::objects::{Fetched, NewObject, ObjectStore};
 use cognomega_core::queue::MaybeSendSync;
-use cognomega_core::sql::{Executor, SqlError, Transaction};
+use cognomega_core::sql::{Executor, Outbound, SqlError, Transaction};
 use cognomega_pipelines::{Artifact, JobError, JobType, Progress};
 
 /// The run a delivery holds a job with (the attempt fence of [`cognomega_core::jobs`]).
@@ -116,6 +116,14 @@ pub trait WriteHost: MaybeSendSync {
 
     /// A transaction whose statements and messages commit together.
     async fn begin(&self) -> Result<Box<dyn Transaction + '_>, SqlError>;
+
+    /// Sends messages outside any transaction (all to one queue), all or nothing; `Err` to retry.
+    async fn send(&self, messages: Vec<Outbound<'_>>) -> Result<(), String>;
+
+    /// The largest message body the host's queues carry, if they bound it.
+    fn message_budget(&self) -> Option<usize> {
+        None
+    }
 
     /// The tenant's cached balance (the ledger's settled balance when nothing is cached).
     async fn balance(&self, tenant: &str) -> Result<i64, String>;

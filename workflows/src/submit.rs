@@ -15,6 +15,9 @@ pub use crate::ports::WriteHost;
 use cognomega_pipelines::input::{InputError, MAX_INPUT_BYTES};
 use cognomega_pipelines::Registry;
 
+/// The largest `POST /jobs` body: a 20 MiB image in base64, and headroom.
+pub const BODY_LIMIT: usize = 28 * 1024 * 1024;
+
 /// Where the job's input comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Input<'a> {

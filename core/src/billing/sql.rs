@@ -78,3 +78,168 @@ pub const PG_ADJUSTMENT: &str = "SELECT id, tenant_id, delta, reason, status,
 
 /// Whether tenant `$1` is flagged (out of credits); no row when it does not exist.
 pub const TENANT_STATUS: &str = "SELECT flagged_at IS NOT NULL FROM tenants WHERE id = $1";
+
+use std::collections::BTreeMap;
+
+use crate::billing::UsageKind;
+use crate::sql::{Dialect, Dialects, Executor, SqlError};
+
+/// A queued credit adjustment — `$1` id, `$2` idempotency key, `$3` tenant, `$4` delta, `$5`
+/// reason (SQLite: `$6` now) — returning its `id`; no row when the key was used.
+pub const INSERT_ADJUSTMENT: Dialects = Dialects {
+    sqlite: "INSERT INTO credit_adjustments (id, idempotency_key, tenant_id, delta, reason, status, created_at)
+             VALUES ($1, $2, $3, $4, $5, 'queued', $6) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+    postgres: PG_INSERT_ADJUSTMENT,
+};
+
+/// Adjustment `$1`: `id, tenant_id, delta, reason, status, created_at, applied_at` (epoch ms).
+pub const ADJUSTMENT: Dialects = Dialects {
+    sqlite: "SELECT id, tenant_id, delta, reason, status, created_at, applied_at FROM credit_adjustments WHERE id = $1",
+    postgres: PG_ADJUSTMENT,
+};
+
+/// Tenant `$1`'s usage per kind with `$2 <= occurred_at < $3` (epoch ms): `kind`, the summed
+/// quantity and the summed credits each as its high and low 32 bits (`>> 32`,
+/// `& 4294967295`), and the events. SQLite's SUM fails on integer overflow, so it sums the
+/// halves (both far from overflowing), joined in i128 by [`usage_totals`]; PostgreSQL sums
+/// bigints as numeric (no overflow) and bounds the cast back, then splits the sums the same way.
+pub const USAGE_TOTALS: Dialects = Dialects {
+    sqlite: "SELECT kind, SUM(quantity >> 32), SUM(quantity & 4294967295),
+                    SUM(credits >> 32), SUM(credits & 4294967295), COUNT(*)
+             FROM usage_events
+             WHERE tenant_id = $1 AND occurred_at >= $2 AND occurred_at < $3 GROUP BY kind",
+    postgres: "SELECT kind, q >> 32, q & 4294967295, c >> 32, c & 4294967295, n FROM (
+                   SELECT kind, LEAST(SUM(quantity), 9223372036854775807)::bigint AS q,
+                          LEAST(SUM(credits), 9223372036854775807)::bigint AS c, COUNT(*) AS n
+                   FROM usage_events
+                   WHERE tenant_id = $1 AND occurred_at >= to_timestamp($2::float8 / 1000.0)
+                     AND occurred_at < to_timestamp($3::float8 / 1000.0) GROUP BY kind) t",
+};
+
+/// Totals of one usage kind in a window.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KindTotal {
+    /// Units.
+    pub quantity: i64,
+    /// Credits charged.
+    pub credits: i64,
+    /// Events.
+    pub events: i64,
+}
+
+/// Usage per kind with `from_ms <= occurred_at < to_ms`. Totals saturate at `i64::MAX`: a
+/// quantity or a charge may each be up to `i64::MAX`, so the sum of a few can pass it, and an
+/// overflow must not fail the read.
+pub async fn usage_totals<E: Executor + ?Sized>(
+    db: &mut E,
+    tenant: &str,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<BTreeMap<UsageKind, KindTotal>, SqlError> {
+    let join = |high: i64, low: i64| {
+        let sum = (i128::from(high) << 32) + i128::from(low);
+        i64::try_from(sum).unwrap_or(if sum < 0 { i64::MIN } else { i64::MAX })
+    };
+    let statement = USAGE_TOTALS.pick(db.dialect());
+    let rows = db
+        .query(statement, &[tenant.into(), from_ms.into(), to_ms.into()])
+        .await?;
+    let mut totals = BTreeMap::new();
+    for r in &rows {
+        let Some(kind) = UsageKind::parse(&r.text(0)?) else {
+            continue;
+        };
+        totals.insert(
+            kind,
+            KindTotal {
+                quantity: join(r.int(1)?, r.int(2)?),
+                credits: join(r.int(3)?, r.int(4)?),
+                events: r.int(5)?,
+            },
+        );
+    }
+    Ok(totals)
+}
+
+/// An admin credit adjustment.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Adjustment {
+    /// Id.
+    pub adjustment_id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// Signed credits.
+    pub delta: i64,
+    /// Why.
+    pub reason: String,
+    /// `queued` or `applied`.
+    pub status: String,
+    /// Epoch ms.
+    pub created_at_ms: i64,
+    /// Epoch ms, once applied.
+    pub applied_at_ms: Option<i64>,
+}
+
+/// A new adjustment.
+#[derive(Debug, Clone, Copy)]
+pub struct NewAdjustment<'a> {
+    /// Its id.
+    pub id: &'a str,
+    /// The key retries repeat.
+    pub idempotency_key: &'a str,
+    /// Whose balance.
+    pub tenant_id: &'a str,
+    /// Signed credits.
+    pub delta: i64,
+    /// Why.
+    pub reason: &'a str,
+}
+
+/// Records an adjustment under its idempotency key at `now_ms`; a repeated key returns the
+/// first one's id (`created == false`).
+pub async fn create_adjustment<E: Executor + ?Sized>(
+    db: &mut E,
+    new: &NewAdjustment<'_>,
+    now_ms: i64,
+) -> Result<(String, bool), SqlError> {
+    let dialect = db.dialect();
+    let mut args = vec![
+        new.id.into(),
+        new.idempotency_key.into(),
+        new.tenant_id.into(),
+        new.delta.into(),
+        new.reason.into(),
+    ];
+    if dialect == Dialect::Sqlite {
+        args.push(now_ms.into());
+    }
+    if let Some(row) = db.query_opt(INSERT_ADJUSTMENT.pick(dialect), &args).await? {
+        return Ok((row.text(0)?, true));
+    }
+    let existing = db
+        .query_opt(ADJUSTMENT_BY_KEY, &[new.idempotency_key.into()])
+        .await?
+        .ok_or_else(|| SqlError::new("the adjustment under this key is gone"))?;
+    Ok((existing.text(0)?, false))
+}
+
+/// One adjustment by id.
+pub async fn get_adjustment<E: Executor + ?Sized>(
+    db: &mut E,
+    id: &str,
+) -> Result<Option<Adjustment>, SqlError> {
+    let statement = ADJUSTMENT.pick(db.dialect());
+    let row = db.query_opt(statement, &[id.into()]).await?;
+    row.map(|r| {
+        Ok(Adjustment {
+            adjustment_id: r.text(0)?,
+            tenant_id: r.text(1)?,
+            delta: r.int(2)?,
+            reason: r.text(3)?,
+            status: r.text(4)?,
+            created_at_ms: r.int(5)?,
+            applied_at_ms: r.opt_int(6)?,
+        })
+    })
+    .transpose()
+}

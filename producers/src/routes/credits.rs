@@ -7,10 +7,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{SecondsFormat, TimeZone, Utc};
-use cognomega_core::billing::{SettlementKind, SettlementMessage};
-use cognomega_core::queue::OutgoingMessage;
-use cognomega_stores::billing::{self, Adjustment};
-use serde::Deserialize;
+use cognomega_workflows::billing::{self, AdjustRequest};
 use serde_json::{json, Value};
 
 use super::openapi::{schemas as s, *};
@@ -60,32 +57,6 @@ pub(crate) async fn get(
     Ok(resp)
 }
 
-/// `POST /credits/adjust`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-struct AdjustRequest {
-    /// An existing tenant.
-    tenant_id: String,
-    /// Credits to add (positive) or take (negative); never 0, at most 10^12 either way.
-    #[schema(minimum = -1_000_000_000_000_i64, maximum = 1_000_000_000_000_i64)]
-    delta: i64,
-    /// Why, 1..=500 characters (trimmed).
-    #[schema(min_length = 1, max_length = 500)]
-    reason: String,
-}
-
-fn adjustment_json(a: &Adjustment) -> Value {
-    json!({
-        "adjustment_id": a.adjustment_id,
-        "tenant_id": a.tenant_id,
-        "delta": a.delta,
-        "reason": a.reason,
-        "status": a.status,
-        "created_at": rfc3339(a.created_at_ms),
-        "applied_at": a.applied_at_ms.map(rfc3339),
-    })
-}
-
 /// Adjusts a tenant's credits through the ledger, once per `Idempotency-Key`.
 #[utoipa::path(
     post,
@@ -113,79 +84,11 @@ pub(crate) async fn adjust(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|k| (1..=128).contains(&k.len()))
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "missing_idempotency_key",
-                "send an Idempotency-Key header (1..=128 characters): retries with the same key apply once",
-            )
-        })?
-        .to_owned();
+    let key = billing::adjust_key(headers.get("idempotency-key").map(HeaderValue::as_bytes))?;
     let req: AdjustRequest = crate::body::json(&body)?;
-    cognomega_core::billing::check_adjustment_delta(req.delta)
-        .map_err(|m| ApiError::bad_request("invalid_delta", m))?;
-    let reason = req.reason.trim();
-    if reason.is_empty() || reason.chars().count() > 500 {
-        return Err(ApiError::bad_request(
-            "invalid_reason",
-            "reason must be 1..=500 characters",
-        ));
-    }
-    if billing::tenant_status(&state.db, &req.tenant_id)
-        .await
-        .map_err(ApiError::internal)?
-        .is_none()
-    {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "tenant_not_found",
-            format!("no tenant {}", req.tenant_id),
-        ));
-    }
-    let mut tx = state.db.begin().await.map_err(ApiError::internal)?;
-    let (id, created) =
-        billing::create_adjustment(&mut tx, &key, &req.tenant_id, req.delta, reason)
-            .await
-            .map_err(ApiError::internal)?;
-    if created {
-        let msg = SettlementMessage {
-            id: format!("adjust-{id}"),
-            tenant_id: req.tenant_id.clone(),
-            delta: req.delta,
-            kind: SettlementKind::Adjustment,
-            reference: Some(id.clone()),
-        };
-        let out = OutgoingMessage::json(&msg)
-            .map_err(ApiError::internal)?
-            .request_id(current_request_id());
-        tx.send(&cognomega_core::queue::catalog::settlement::queue(), out)
-            .await
-            .map_err(ApiError::internal)?;
-    }
-    tx.commit().await.map_err(ApiError::internal)?;
-    let existing = billing::get_adjustment(&state.db, &id)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::internal("adjustment vanished after commit"))?;
-    if !created
-        && (existing.tenant_id != req.tenant_id
-            || existing.delta != req.delta
-            || existing.reason != reason)
-    {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "idempotency_key_reused",
-            "this Idempotency-Key was used for a different adjustment; use a new key",
-        ));
-    }
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "adjustment_id": id, "status": existing.status })),
-    ))
+    let request_id = current_request_id();
+    let adjusted = billing::adjust(&state, key, &req, &request_id).await?;
+    Ok((StatusCode::ACCEPTED, Json(adjusted)))
 }
 
 /// An adjustment and its status.
@@ -208,15 +111,5 @@ pub(crate) async fn adjustment(
     _admin: Admin,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    match billing::get_adjustment(&state.db, &id)
-        .await
-        .map_err(ApiError::internal)?
-    {
-        Some(a) => Ok(Json(adjustment_json(&a))),
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "adjustment_not_found",
-            format!("no adjustment {id}"),
-        )),
-    }
+    Ok(Json(billing::adjustment(&state, &id).await?))
 }

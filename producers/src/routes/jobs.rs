@@ -8,7 +8,8 @@ use axum::Json;
 use chrono::{SecondsFormat, TimeZone, Utc};
 use cognomega_core::limits::CostMetric;
 use cognomega_core::objects::ObjectStore;
-use cognomega_core::sql::{Executor, SqlError, Transaction};
+use cognomega_core::queue::{OutgoingMessage, QueueName};
+use cognomega_core::sql::{Executor, Outbound, SqlError, Transaction};
 use cognomega_r2_lifecycle::codec::{decode, Compression};
 use cognomega_stores::jobs::{self, ArtifactRow, CancelOutcome, Job};
 use cognomega_stores::objects::ObjectKey;
@@ -219,6 +220,28 @@ impl WriteHost for AppState {
             .await
             .map_err(|e| SqlError::new(e.to_string()))?;
         Ok(Box::new(tx))
+    }
+
+    async fn send(&self, messages: Vec<Outbound<'_>>) -> Result<(), String> {
+        let Some(first) = messages.first() else {
+            return Ok(());
+        };
+        let queue = QueueName::parse(first.queue).map_err(|e| e.to_string())?;
+        let out = messages
+            .into_iter()
+            .map(|m| {
+                let out = OutgoingMessage::new(m.body.into_bytes());
+                match m.request_id {
+                    Some(id) => out.request_id(id),
+                    None => out,
+                }
+            })
+            .collect();
+        self.queues
+            .send_batch(&queue, out)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 
     async fn balance(&self, tenant: &str) -> Result<i64, String> {

@@ -21,11 +21,11 @@ use axum::Router;
 use crate::AppState;
 
 /// Largest `POST /usage` body: 1,000 events with 4 KiB of meta each, and headroom.
-const USAGE_BODY_LIMIT: usize = 8 * 1024 * 1024;
+const USAGE_BODY_LIMIT: usize = cognomega_workflows::billing::USAGE_BODY_LIMIT;
 /// Largest `POST /jobs` body: a 20 MiB image in base64, and headroom.
-const JOBS_BODY_LIMIT: usize = 28 * 1024 * 1024;
+const JOBS_BODY_LIMIT: usize = cognomega_workflows::submit::BODY_LIMIT;
 /// Largest `POST /api/si/ask` body: the longest prompt, JSON-escaped, and headroom.
-const ASK_BODY_LIMIT: usize = 1024 * 1024;
+const ASK_BODY_LIMIT: usize = cognomega_workflows::ask::BODY_LIMIT;
 /// Largest body of the small JSON routes.
 const SMALL_BODY_LIMIT: usize = 64 * 1024;
 

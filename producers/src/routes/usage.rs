@@ -1,22 +1,16 @@
 //! `POST /usage` (validate everything, then produce to `usage`) and `GET /usage` (totals).
 
-use std::collections::BTreeMap;
-
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use chrono::{DateTime, Duration as ChronoDuration, SecondsFormat, Utc};
-use cognomega_core::billing::{parse_usage_request, UsageBatchMessage, UsageKind};
 use cognomega_core::limits::CostMetric;
-use cognomega_core::queue::OutgoingMessage;
-use cognomega_stores::billing;
+use cognomega_workflows::billing;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::openapi::{schemas as s, *};
 use crate::auth::Authenticated;
-use crate::limits;
 use crate::query::Query;
 use crate::{current_request_id, ApiError, AppState};
 
@@ -43,56 +37,12 @@ pub(crate) async fn post(
     Authenticated(claims): Authenticated,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let events = parse_usage_request(&body)
-        .map_err(|e| ApiError::bad_request("invalid_usage", e.to_string()))?;
-    let accepted = events.len();
-    let tokens: u64 = events
-        .iter()
-        .filter(|e| matches!(e.kind, UsageKind::TokensIn | UsageKind::TokensOut))
-        .map(|e| e.quantity)
-        .fold(0, u64::saturating_add);
-    let (tier, tenant) = (claims.tier, claims.tenant.clone());
-    let msg = UsageBatchMessage {
-        tenant_id: claims.tenant,
-        events,
-        received_at_ms: Utc::now().timestamp_millis(),
-    };
-    let out = OutgoingMessage::json(&msg)
-        .map_err(ApiError::internal)?
-        .request_id(current_request_id());
-    let queue = cognomega_core::queue::catalog::usage::queue();
-    let unavailable = |e: &dyn std::fmt::Display| {
-        ApiError::unavailable(format!(
-            "cannot enqueue usage right now ({e}); retry with the same idempotency keys"
-        ))
-    };
-    if tokens > 0 && limits::is_capped(&state, tier, CostMetric::TokensPerDay) {
-        // The tokens are counted in the transaction that enqueues them: a refused or failed
-        // enqueue counts nothing.
-        let mut tx = state.db.begin().await.map_err(|e| unavailable(&e))?;
-        limits::charge_cost(
-            &state,
-            &mut tx,
-            tier,
-            &tenant,
-            CostMetric::TokensPerDay,
-            tokens,
-        )
-        .await?;
-        tx.send(&queue, out).await.map_err(|e| unavailable(&e))?;
-        tx.commit().await.map_err(|e| unavailable(&e))?;
-    } else {
-        // Uncapped: a plain send, which shares its commit with concurrent ones.
-        state
-            .queues
-            .send(&queue, out)
-            .await
-            .map_err(|e| unavailable(&e))?;
-    }
+    let cap = (state.config.cost_guards.for_tier(claims.tier)).cap(CostMetric::TokensPerDay);
+    let request_id = current_request_id();
+    let accepted = billing::accept_usage(&state, &claims.tenant, cap, &body, &request_id).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": accepted }))))
 }
 
-/// The window of `GET /usage`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct Window {
@@ -102,24 +52,6 @@ pub(crate) struct Window {
     /// End, exclusive (RFC 3339; default now).
     #[param(format = DateTime)]
     to: Option<String>,
-}
-
-fn parse_time(
-    name: &str,
-    raw: Option<&str>,
-    default: DateTime<Utc>,
-) -> Result<DateTime<Utc>, ApiError> {
-    match raw {
-        None => Ok(default),
-        Some(s) => DateTime::parse_from_rfc3339(s)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(|e| {
-                ApiError::bad_request(
-                    "invalid_window",
-                    format!("{name} must be RFC 3339, e.g. 2026-01-31T00:00:00Z: {e}"),
-                )
-            }),
-    }
 }
 
 /// The tenant's usage totals per kind in a window.
@@ -143,37 +75,8 @@ pub(crate) async fn get(
     Authenticated(claims): Authenticated,
     Query(window): Query<Window>,
 ) -> Result<Json<Value>, ApiError> {
-    let now = Utc::now();
-    let to = parse_time("to", window.to.as_deref(), now)?;
-    let from = parse_time(
-        "from",
-        window.from.as_deref(),
-        to - ChronoDuration::days(30),
-    )?;
-    if from > to {
-        return Err(ApiError::bad_request(
-            "invalid_window",
-            "from must not be after to",
-        ));
-    }
-    let totals = billing::usage_totals(
-        &state.db,
-        &claims.tenant,
-        from.timestamp_millis(),
-        to.timestamp_millis(),
-    )
-    .await
-    .map_err(ApiError::internal)?;
-    // Each total saturates at i64::MAX, so their sum must too.
-    let charged = totals
-        .values()
-        .fold(0i64, |sum, t| sum.saturating_add(t.credits));
-    let totals: BTreeMap<&str, _> = totals.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    Ok(Json(json!({
-        "tenant_id": claims.tenant,
-        "from": from.to_rfc3339_opts(SecondsFormat::Millis, true),
-        "to": to.to_rfc3339_opts(SecondsFormat::Millis, true),
-        "totals": totals,
-        "credits_charged": charged,
-    })))
+    let (from, to) = (window.from.as_deref(), window.to.as_deref());
+    Ok(Json(
+        billing::usage_totals(&state, &claims.tenant, from, to).await?,
+    ))
 }

@@ -2,9 +2,11 @@
 //! PostgreSQL on a miss and written through by the settlement consumer), and the admin
 //! adjustments, which are settlement messages like every other change of a balance.
 
+use cognomega_workflows::billing::{self as workflows, AdjustRequest};
 use serde::{Deserialize, Serialize};
 use worker::{Env, Method, Request};
 
+use crate::host::Writes;
 use crate::http::{self, ApiError, ApiResult, Caller};
 
 /// A balance in KV. Short-lived: the settlement consumer writes it through after every batch,
@@ -143,131 +145,22 @@ async fn rebuild(env: &Env) -> ApiResult {
     )
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AdjustRequest {
-    tenant_id: String,
-    delta: i64,
-    reason: String,
-}
-
-/// `POST /credits/adjust`: recorded once per `Idempotency-Key`, then settled through the queue
-/// like every credit change (the native contract: 202 `{"adjustment_id","status"}`).
+/// `POST /credits/adjust` and `GET /credits/adjustments/{id}`: the native workflows.
 async fn adjust(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
-    let key = req
-        .headers()
-        .get("idempotency-key")?
-        .map(|k| k.trim().to_owned())
-        .filter(|k| (1..=128).contains(&k.len()))
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "missing_idempotency_key",
-                "send an Idempotency-Key header (1..=128 characters): retries with the same key apply once",
-            )
-        })?;
+    let raw_key = req.headers().get("idempotency-key")?;
+    let key = workflows::adjust_key(raw_key.as_deref().map(str::as_bytes))?;
     let body = req.bytes().await?;
     let r: AdjustRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid JSON body: {e}")))?;
-    cognomega_core::billing::check_adjustment_delta(r.delta)
-        .map_err(|m| ApiError::bad_request("invalid_delta", m))?;
-    let reason = r.reason.trim();
-    if reason.is_empty() || reason.chars().count() > 500 {
-        return Err(ApiError::bad_request(
-            "invalid_reason",
-            "reason must be 1..=500 characters",
-        ));
-    }
     let db = crate::db::connect(env).await?;
-    if db
-        .query_opt("SELECT 1 FROM tenants WHERE id = $1", &[&r.tenant_id])
-        .await?
-        .is_none()
-    {
-        return Err(ApiError::not_found(
-            "tenant_not_found",
-            format!("no tenant {}", r.tenant_id),
-        ));
-    }
-    // The adjustment and its settlement message (staged in the outbox) commit together; the
-    // message is relayed after the commit and its ledger id makes it land once.
-    let fresh = uuid::Uuid::now_v7().to_string();
-    db.batch_execute("BEGIN").await?;
-    let written = async {
-        let inserted = db
-            .query_opt(
-                cognomega_core::billing::sql::PG_INSERT_ADJUSTMENT,
-                &[&fresh, &key, &r.tenant_id, &r.delta, &reason],
-            )
-            .await?;
-        if inserted.is_some() {
-            let msg = cognomega_core::billing::SettlementMessage {
-                id: format!("adjust-{fresh}"),
-                tenant_id: r.tenant_id.clone(),
-                delta: r.delta,
-                kind: cognomega_core::billing::SettlementKind::Adjustment,
-                reference: Some(fresh.clone()),
-            };
-            crate::outbox::stage(
-                &db,
-                &crate::outbox::batch_id(),
-                "settlement",
-                &msg,
-                &caller.request_id,
-            )
-            .await
-            .map_err(ApiError::internal)?;
-        }
-        db.batch_execute("COMMIT").await?;
-        Ok::<_, ApiError>(())
-    }
-    .await;
-    if let Err(e) = written {
-        let _ = db.batch_execute("ROLLBACK").await;
-        return Err(e);
-    }
-    let row = db
-        .query_one(
-            "SELECT id, tenant_id, delta, reason, status FROM credit_adjustments WHERE idempotency_key = $1",
-            &[&key],
-        )
-        .await?;
-    let (id, tenant_id, delta, stored_reason, status): (String, String, i64, String, String) =
-        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
-    if tenant_id != r.tenant_id || delta != r.delta || stored_reason != reason {
-        return Err(ApiError::new(
-            409,
-            "idempotency_key_reused",
-            "this Idempotency-Key was used for a different adjustment; use a new key",
-        ));
-    }
-    http::json(
-        202,
-        &serde_json::json!({ "adjustment_id": id, "status": status }),
-    )
+    let host = Writes::new(env, &db)?;
+    let adjusted = workflows::adjust(&host, key, &r, &caller.request_id).await?;
+    host.relay("adjustment").await;
+    http::json(202, &adjusted)
 }
 
-/// `GET /credits/adjustments/{id}`: the adjustment and whether it has been applied.
 async fn adjustment(env: &Env, id: &str) -> ApiResult {
     let db = crate::db::connect(env).await?;
-    let Some(r) = db
-        .query_opt(cognomega_core::billing::sql::PG_ADJUSTMENT, &[&id])
-        .await?
-    else {
-        return Err(ApiError::not_found(
-            "adjustment_not_found",
-            format!("no adjustment {id}"),
-        ));
-    };
-    http::json(
-        200,
-        &serde_json::json!({
-            "adjustment_id": r.get::<_, String>(0),
-            "tenant_id": r.get::<_, String>(1),
-            "delta": r.get::<_, i64>(2),
-            "reason": r.get::<_, String>(3),
-            "status": r.get::<_, String>(4),
-            "created_at": rfc3339(r.get::<_, Option<i64>>(5)),
-            "applied_at": rfc3339(r.get::<_, Option<i64>>(6)),
-        }),
-    )
+    let host = Writes::new(env, &db)?;
+    http::json(200, &workflows::adjustment(&host, id).await?)
 }

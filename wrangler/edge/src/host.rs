@@ -3,7 +3,7 @@
 //! in the outbox), R2, the balance in KV.
 
 use cognomega_core::objects::ObjectStore;
-use cognomega_core::sql::{Executor, SqlError, Transaction};
+use cognomega_core::sql::{Executor, Outbound, SqlError, Transaction};
 use cognomega_workflows::ports::WriteHost;
 use worker::Env;
 
@@ -54,6 +54,15 @@ impl WriteHost for Writes<'_> {
         let tx = PgTx::begin(self.db).await?;
         *self.batch.borrow_mut() = Some(tx.batch.clone());
         Ok(Box::new(tx))
+    }
+
+    async fn send(&self, messages: Vec<Outbound<'_>>) -> Result<(), String> {
+        crate::outbox::send_now(self.env, &messages).await
+    }
+
+    /// Cloudflare Queues carry at most 128 KB per message.
+    fn message_budget(&self) -> Option<usize> {
+        Some(96 * 1024)
     }
 
     async fn balance(&self, tenant: &str) -> Result<i64, String> {

@@ -23,7 +23,7 @@ use crate::sql::{Pg, PgTx};
 /// The message on `jobs.<type>`.
 pub use cognomega_core::queue::catalog::jobs::JobMessage;
 
-const JOBS_BODY_LIMIT: usize = 28 * 1024 * 1024;
+use cognomega_workflows::submit::BODY_LIMIT as JOBS_BODY_LIMIT;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -5,7 +5,6 @@
 //! ([`RELAY_CRON`]), which sends whatever is still unsent.
 
 use cognomega_core::outbox::{self, Outgoing, Relayed, Sender};
-use serde::Serialize;
 use worker::{
     Context, Env, Headers, MessageBuilder, Method, QueueContentType, Request, RequestInit,
 };
@@ -67,18 +66,6 @@ fn now_ms() -> i64 {
     worker::Date::now().as_millis() as i64
 }
 
-/// Stages `body` for the catalog queue `queue`, in the transaction open on `db`.
-pub async fn stage<T: Serialize>(
-    db: &tokio_postgres::Client,
-    batch: &str,
-    queue: &str,
-    body: &T,
-    request_id: &str,
-) -> Result<(), String> {
-    let text = serde_json::to_string(body).map_err(|e| e.to_string())?;
-    stage_text(db, batch, queue, text, request_id).await
-}
-
 /// Stages the JSON text `text` for the catalog queue `queue`, in the transaction open on `db`.
 pub async fn stage_text(
     db: &tokio_postgres::Client,
@@ -98,6 +85,24 @@ pub async fn stage_text(
     )
     .await
     .map_err(|e| format!("outbox: {e}"))
+}
+
+/// Sends messages at once, outside any transaction (all to one catalog queue).
+pub async fn send_now(
+    env: &Env,
+    messages: &[cognomega_core::sql::Outbound<'_>],
+) -> Result<(), String> {
+    let Some(first) = messages.first() else {
+        return Ok(());
+    };
+    let outgoing: Vec<Outgoing> = messages
+        .iter()
+        .map(|m| Outgoing {
+            body: m.body.clone(),
+            request_id: m.request_id.map(str::to_owned),
+        })
+        .collect();
+    Queues { env }.send(first.queue, &outgoing).await
 }
 
 /// Sends every unsent message (only `batch`'s, when given) on a connection of its own.
