@@ -388,3 +388,171 @@ mod tests {
         assert!(START.postgres.contains(CLAIMABLE));
     }
 }
+
+/// A job row. Times are epoch milliseconds.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Job {
+    /// UUIDv7.
+    pub id: String,
+    /// Owner.
+    pub tenant_id: String,
+    /// Job type name.
+    pub job_type: String,
+    /// queued | running | succeeded | failed | cancelled | dead
+    pub status: String,
+    /// Normalized params (JSON text).
+    pub params: String,
+    /// Object key of the input.
+    pub input_key: String,
+    /// 0..=1.
+    pub progress: f64,
+    /// Current or last stage.
+    pub stage: Option<String>,
+    /// Runs started.
+    pub attempts: i64,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Credits charged on success.
+    pub credits_charged: i64,
+    /// A running job should stop at its next stage boundary.
+    pub cancel_requested: bool,
+    /// The submitting request.
+    pub request_id: Option<String>,
+    /// Submitted.
+    pub created_at_ms: i64,
+    /// First run started.
+    pub started_at_ms: Option<i64>,
+    /// Reached a final status.
+    pub finished_at_ms: Option<i64>,
+}
+
+/// The columns of a [`Job`], in [`job_from`]'s order (SQLite: times in epoch ms, booleans 0/1).
+macro_rules! sqlite_job_columns {
+    () => {
+        "id, tenant_id, type, status, params, input_key, progress, stage, attempts, error, \
+         credits_charged, cancel_requested <> 0 AS cancel_requested, request_id, created_at, \
+         started_at, finished_at"
+    };
+}
+
+/// The columns of a [`Job`], in [`job_from`]'s order (PostgreSQL: times read as epoch ms).
+macro_rules! pg_job_columns {
+    () => {
+        "id, tenant_id, type, status, params, input_key, progress::float8 AS progress, stage, \
+         attempts::bigint AS attempts, error, credits_charged, cancel_requested, request_id, \
+         (extract(epoch from created_at) * 1000)::bigint AS created_at, \
+         (extract(epoch from started_at) * 1000)::bigint AS started_at, \
+         (extract(epoch from finished_at) * 1000)::bigint AS finished_at"
+    };
+}
+
+fn job_from(row: &crate::sql::Row) -> Result<Job, SqlError> {
+    Ok(Job {
+        id: row.text(0)?,
+        tenant_id: row.text(1)?,
+        job_type: row.text(2)?,
+        status: row.text(3)?,
+        params: row.text(4)?,
+        input_key: row.text(5)?,
+        progress: row.real(6)?,
+        stage: row.opt_text(7)?,
+        attempts: row.int(8)?,
+        error: row.opt_text(9)?,
+        credits_charged: row.int(10)?,
+        cancel_requested: row.bool(11)?,
+        request_id: row.opt_text(12)?,
+        created_at_ms: row.int(13)?,
+        started_at_ms: row.opt_int(14)?,
+        finished_at_ms: row.opt_int(15)?,
+    })
+}
+
+/// Job `$1`, of tenant `$2` unless null.
+pub const GET: Dialects = Dialects {
+    sqlite: concat!(
+        "SELECT ",
+        sqlite_job_columns!(),
+        " FROM jobs WHERE id = $1 AND ($2 IS NULL OR tenant_id = $2)"
+    ),
+    postgres: concat!(
+        "SELECT ",
+        pg_job_columns!(),
+        " FROM jobs WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)"
+    ),
+};
+
+/// Tenant `$1`'s jobs, newest first: with status `$2` and type `$3` unless null, ids below
+/// `$4` unless null, at most `$5`.
+pub const LIST: Dialects = Dialects {
+    sqlite: concat!(
+        "SELECT ",
+        sqlite_job_columns!(),
+        " FROM jobs WHERE tenant_id = $1 AND ($2 IS NULL OR status = $2)
+          AND ($3 IS NULL OR type = $3) AND ($4 IS NULL OR id < $4) ORDER BY id DESC LIMIT $5"
+    ),
+    postgres: concat!(
+        "SELECT ",
+        pg_job_columns!(),
+        " FROM jobs WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2)
+          AND ($3::text IS NULL OR type = $3) AND ($4::text IS NULL OR id < $4) ORDER BY id DESC LIMIT $5"
+    ),
+};
+
+/// The artifacts of job `$1`, by name.
+pub const ARTIFACTS: &str =
+    "SELECT name, content_type, size, stored_size, compression, sha256, tier, object_key
+     FROM job_artifacts WHERE job_id = $1 ORDER BY name";
+
+/// A job by id; with `tenant`, only if it belongs to that tenant.
+pub async fn get<E: Executor + ?Sized>(
+    db: &mut E,
+    id: &str,
+    tenant: Option<&str>,
+) -> Result<Option<Job>, SqlError> {
+    let statement = GET.pick(db.dialect());
+    let row = db.query_opt(statement, &[id.into(), tenant.into()]).await?;
+    row.as_ref().map(job_from).transpose()
+}
+
+/// A tenant's jobs, newest first, after `cursor` (an id from the previous page).
+pub async fn list<E: Executor + ?Sized>(
+    db: &mut E,
+    tenant: &str,
+    status: Option<&str>,
+    job_type: Option<&str>,
+    limit: u32,
+    cursor: Option<&str>,
+) -> Result<Vec<Job>, SqlError> {
+    let args = [
+        tenant.into(),
+        status.into(),
+        job_type.into(),
+        cursor.into(),
+        i64::from(limit).into(),
+    ];
+    let statement = LIST.pick(db.dialect());
+    let rows = db.query(statement, &args).await?;
+    rows.iter().map(job_from).collect()
+}
+
+/// The artifacts of a job, by name.
+pub async fn artifacts<E: Executor + ?Sized>(
+    db: &mut E,
+    job_id: &str,
+) -> Result<Vec<ArtifactRow>, SqlError> {
+    let rows = db.query(ARTIFACTS, &[job_id.into()]).await?;
+    rows.iter()
+        .map(|r| {
+            Ok(ArtifactRow {
+                name: r.text(0)?,
+                content_type: r.text(1)?,
+                size: r.int(2)?,
+                stored_size: r.int(3)?,
+                compression: r.text(4)?,
+                sha256: r.text(5)?,
+                tier: r.text(6)?,
+                object_key: r.text(7)?,
+            })
+        })
+        .collect()
+}

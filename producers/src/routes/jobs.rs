@@ -5,14 +5,15 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::{SecondsFormat, TimeZone, Utc};
+use chrono::Utc;
 use cognomega_core::limits::CostMetric;
 use cognomega_core::objects::ObjectStore;
 use cognomega_core::queue::{OutgoingMessage, QueueName};
 use cognomega_core::sql::{Executor, Outbound, SqlError, Transaction};
-use cognomega_r2_lifecycle::codec::{decode, Compression};
-use cognomega_stores::jobs::{self, ArtifactRow, CancelOutcome, Job};
+use cognomega_r2_lifecycle::codec::decode;
 use cognomega_stores::objects::ObjectKey;
+use cognomega_stores::sql::Reader;
+use cognomega_workflows::jobs_api::{self, Download};
 use cognomega_workflows::submit::{self as wf, Submit, SubmitSettings, WriteHost};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -21,71 +22,6 @@ use super::openapi::{schemas as s, *};
 use crate::auth::Authenticated;
 use crate::query::Query;
 use crate::{current_request_id, ApiError, AppState};
-
-fn rfc3339(ms: Option<i64>) -> Value {
-    ms.and_then(|ms| Utc.timestamp_millis_opt(ms).single())
-        .map_or(Value::Null, |t| {
-            Value::String(t.to_rfc3339_opts(SecondsFormat::Millis, true))
-        })
-}
-
-fn not_found(id: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "job_not_found",
-        format!("no job {id}"),
-    )
-}
-
-fn artifact_expired() -> ApiError {
-    ApiError::new(
-        StatusCode::GONE,
-        "artifact_expired",
-        "the artifact's storage has expired",
-    )
-}
-
-fn job_json(job: &Job, artifacts: &[ArtifactRow]) -> Value {
-    let artifacts: Vec<Value> = artifacts
-        .iter()
-        .map(|a| {
-            // An artifact the lifecycle policy deleted keeps its row (and says `expired`), but
-            // has nothing to download.
-            let url =
-                (a.tier != "expired").then(|| format!("/jobs/{}/artifacts/{}", job.id, a.name));
-            json!({
-                "name": a.name,
-                "content_type": a.content_type,
-                "size": a.size,
-                "stored_size": a.stored_size,
-                "compression": a.compression,
-                "sha256": a.sha256,
-                "tier": a.tier,
-                "url": url,
-            })
-        })
-        .collect();
-    let mut v = json!({
-        "id": job.id,
-        "type": job.job_type,
-        "status": job.status,
-        "progress": job.progress,
-        "stage": job.stage,
-        "attempts": job.attempts,
-        "created_at": rfc3339(Some(job.created_at_ms)),
-        "started_at": rfc3339(job.started_at_ms),
-        "finished_at": rfc3339(job.finished_at_ms),
-        "credits_charged": job.credits_charged,
-        "artifacts": artifacts,
-    });
-    if let Some(error) = &job.error {
-        v["error"] = Value::String(error.clone());
-    }
-    if job.cancel_requested && job.status == "running" {
-        v["cancel_requested"] = Value::Bool(true);
-    }
-    v
-}
 
 /// `POST /jobs`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -282,14 +218,8 @@ pub(crate) async fn get(
     Authenticated(claims): Authenticated,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let job = jobs::get(&state.db, &id, Some(&claims.tenant))
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| not_found(&id))?;
-    let artifacts = jobs::artifacts(&state.db, &job.id)
-        .await
-        .map_err(ApiError::internal)?;
-    Ok(Json(job_json(&job, &artifacts)))
+    let mut db = Reader(&state.db);
+    Ok(Json(jobs_api::get(&mut db, &claims.tenant, &id).await?))
 }
 
 /// The filters and page of `GET /jobs`.
@@ -308,15 +238,6 @@ pub(crate) struct ListQuery {
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
-
-const STATUSES: [&str; 6] = [
-    "queued",
-    "running",
-    "succeeded",
-    "failed",
-    "cancelled",
-    "dead",
-];
 
 /// The tenant's jobs, newest first.
 #[utoipa::path(
@@ -339,51 +260,14 @@ pub(crate) async fn list(
     Authenticated(claims): Authenticated,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    if let Some(s) = q.status.as_deref() {
-        if !STATUSES.contains(&s) {
-            return Err(ApiError::bad_request(
-                "invalid_status",
-                format!("status must be one of {}", STATUSES.join(", ")),
-            ));
-        }
-    }
-    let limit = match q.limit.as_deref() {
-        None => 20,
-        Some(raw) => raw
-            .parse::<u32>()
-            .ok()
-            .filter(|l| (1..=100).contains(l))
-            .ok_or_else(|| {
-                ApiError::bad_request("invalid_limit", "limit must be an integer 1..=100")
-            })?,
+    let query = jobs_api::ListQuery {
+        status: q.status.as_deref(),
+        job_type: q.job_type.as_deref(),
+        limit: q.limit.as_deref(),
+        cursor: q.cursor.as_deref(),
     };
-    let page = jobs::list(
-        &state.db,
-        &claims.tenant,
-        q.status.as_deref(),
-        q.job_type.as_deref(),
-        limit + 1,
-        q.cursor.as_deref(),
-    )
-    .await
-    .map_err(ApiError::internal)?;
-    let more = page.len() > limit as usize;
-    let page = &page[..page.len().min(limit as usize)];
-    let mut items = Vec::with_capacity(page.len());
-    for job in page {
-        let artifacts = jobs::artifacts(&state.db, &job.id)
-            .await
-            .map_err(ApiError::internal)?;
-        items.push(job_json(job, &artifacts));
-    }
-    let next = if more {
-        page.last().map(|j| Value::String(j.id.clone()))
-    } else {
-        None
-    };
-    Ok(Json(
-        json!({ "jobs": items, "next_cursor": next.unwrap_or(Value::Null) }),
-    ))
+    let mut db = Reader(&state.db);
+    Ok(Json(jobs_api::list(&mut db, &claims.tenant, query).await?))
 }
 
 /// Cancels a job: a queued one at once, a running one at its next stage boundary.
@@ -410,27 +294,9 @@ pub(crate) async fn cancel(
     Authenticated(claims): Authenticated,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    match jobs::cancel(&state.db, &claims.tenant, &id)
-        .await
-        .map_err(ApiError::internal)?
-    {
-        CancelOutcome::Cancelled => Ok((
-            StatusCode::OK,
-            Json(json!({"id": id, "status": "cancelled"})),
-        )
-            .into_response()),
-        CancelOutcome::Requested => Ok((
-            StatusCode::ACCEPTED,
-            Json(json!({"id": id, "status": "running", "cancel_requested": true})),
-        )
-            .into_response()),
-        CancelOutcome::Finished(status) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "job_finished",
-            format!("the job already finished ({status}); nothing to cancel"),
-        )),
-        CancelOutcome::NotFound => Err(not_found(&id)),
-    }
+    let (status, body) = jobs_api::cancel(&state, &claims.tenant, &id).await?;
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    Ok((status, Json(body)).into_response())
 }
 
 /// An artifact's bytes: decompressed, or as stored when the client accepts its encoding.
@@ -468,79 +334,66 @@ pub(crate) async fn artifact(
     Path((id, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let job = jobs::get(&state.db, &id, Some(&claims.tenant))
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| not_found(&id))?;
-    let artifacts = jobs::artifacts(&state.db, &job.id)
-        .await
-        .map_err(ApiError::internal)?;
-    let Some(a) = artifacts.into_iter().find(|a| a.name == name) else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "artifact_not_found",
-            format!("job {id} has no artifact {name}"),
-        ));
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
     };
-    let etag = format!("\"{}\"", a.sha256);
-    if headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
-    {
-        let mut resp = StatusCode::NOT_MODIFIED.into_response();
-        resp.headers_mut().insert(
-            header::ETAG,
-            HeaderValue::from_str(&etag).map_err(ApiError::internal)?,
-        );
-        return Ok(resp);
-    }
-    if a.tier == "expired" {
-        return Err(artifact_expired());
-    }
-    let key = ObjectKey::parse(&a.object_key).map_err(ApiError::internal)?;
+    let (if_none_match, accept_encoding) = (
+        header(header::IF_NONE_MATCH),
+        header(header::ACCEPT_ENCODING),
+    );
+    let mut db = Reader(&state.db);
+    let download = jobs_api::download(
+        &mut db,
+        &claims.tenant,
+        &id,
+        &name,
+        if_none_match,
+        accept_encoding,
+    )
+    .await?;
+    let (artifact, etag, send) = match download {
+        Download::NotModified { etag } => {
+            let mut resp = StatusCode::NOT_MODIFIED.into_response();
+            let etag = HeaderValue::from_str(&etag).map_err(ApiError::internal)?;
+            resp.headers_mut().insert(header::ETAG, etag);
+            return Ok(resp);
+        }
+        Download::Serve {
+            artifact,
+            etag,
+            send,
+        } => (artifact, etag, send),
+    };
+    let key = ObjectKey::parse(&artifact.object_key).map_err(ApiError::internal)?;
     let object = match state.objects.get(&key).await {
         Ok(o) => o,
-        Err(e) if e.is_not_found() => return Err(artifact_expired()),
+        Err(e) if e.is_not_found() => return Err(jobs_api::expired().into()),
         Err(e) => return Err(ApiError::internal(e)),
     };
-    let compression = match a.compression.as_str() {
-        "zstd" => Compression::Zstd,
-        "gzip" => Compression::Gzip,
-        _ => Compression::None,
-    };
-    let accepts = |enc: &str| {
-        headers
-            .get(header::ACCEPT_ENCODING)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.split(',').any(|e| {
-                    e.split(';')
-                        .next()
-                        .is_some_and(|e| e.trim().eq_ignore_ascii_case(enc))
-                })
-            })
-    };
-    let mut resp = if compression == Compression::None {
-        Response::new(Body::from_stream(object.stream))
-    } else if accepts(compression.as_str()) {
-        // The stored bytes are already what the client asked for.
-        let mut r = Response::new(Body::from_stream(object.stream));
-        r.headers_mut().insert(
-            header::CONTENT_ENCODING,
-            HeaderValue::from_static(compression.as_str()),
-        );
-        r
-    } else {
-        let stored = object.bytes().await.map_err(ApiError::internal)?;
-        let max = u64::try_from(a.size).unwrap_or(0);
-        let plain = decode(&stored, compression, max).map_err(ApiError::internal)?;
-        Response::new(Body::from(plain))
+    let mut resp = match send {
+        jobs_api::Send::Plain => Response::new(Body::from_stream(object.stream)),
+        jobs_api::Send::Encoded(compression) => {
+            // The stored bytes are already what the client asked for.
+            let mut r = Response::new(Body::from_stream(object.stream));
+            r.headers_mut().insert(
+                header::CONTENT_ENCODING,
+                HeaderValue::from_static(compression.as_str()),
+            );
+            r
+        }
+        jobs_api::Send::Decoded(compression) => {
+            let stored = object.bytes().await.map_err(ApiError::internal)?;
+            let max = u64::try_from(artifact.size).unwrap_or(0);
+            let plain = decode(&stored, compression, max).map_err(ApiError::internal)?;
+            Response::new(Body::from(plain))
+        }
     };
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_str(&a.content_type).map_err(ApiError::internal)?,
+        HeaderValue::from_str(&artifact.content_type).map_err(ApiError::internal)?,
     );
     h.insert(
         header::ETAG,

@@ -153,7 +153,7 @@ async fn adjust(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     let r: AdjustRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid JSON body: {e}")))?;
     let db = crate::db::connect(env).await?;
-    let host = Writes::new(env, &db)?;
+    let host = Writes::new(env, &db);
     let adjusted = workflows::adjust(&host, key, &r, &caller.request_id).await?;
     host.relay("adjustment").await;
     http::json(202, &adjusted)
@@ -161,6 +161,6 @@ async fn adjust(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
 
 async fn adjustment(env: &Env, id: &str) -> ApiResult {
     let db = crate::db::connect(env).await?;
-    let host = Writes::new(env, &db)?;
+    let host = Writes::new(env, &db);
     http::json(200, &workflows::adjustment(&host, id).await?)
 }

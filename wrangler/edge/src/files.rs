@@ -199,7 +199,7 @@ async fn direct(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     let claims = caller.claims()?;
     let cfg = UploadConfig::from_env(env);
     let db = crate::db::connect(env).await?;
-    let host = Writes::new(env, &db)?;
+    let host = Writes::new(env, &db);
     let content_type = req.headers().get("content-type")?.unwrap_or_default();
     let is_multipart = essence(&content_type) == "multipart/form-data";
     let declared_len = (req.headers().get("content-length")?).and_then(|v| v.parse::<u64>().ok());

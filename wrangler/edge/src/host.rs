@@ -19,13 +19,13 @@ pub struct Writes<'a> {
 }
 
 impl<'a> Writes<'a> {
-    pub fn new(env: &'a Env, db: &'a tokio_postgres::Client) -> worker::Result<Self> {
-        Ok(Self {
+    pub fn new(env: &'a Env, db: &'a tokio_postgres::Client) -> Self {
+        Self {
             env,
             db,
-            objects: crate::r2::Objects::of(env)?,
+            objects: crate::r2::Objects::of(env),
             batch: std::cell::RefCell::new(None),
-        })
+        }
     }
 
     /// Sends what the write's transaction staged, right after its commit (the drain); a failed

@@ -8,8 +8,9 @@ use cognomega_core::billing::UsageKind;
 use cognomega_core::limits::CostMetric;
 use cognomega_core::sql::{Executor, SqlError, Transaction};
 use cognomega_pipelines::{Artifact, JobError};
-use cognomega_r2_lifecycle::codec::{self, CodecPolicy, Compression};
+use cognomega_r2_lifecycle::codec::{self, CodecPolicy};
 use cognomega_workflows::jobs::{Delivery, Outcome};
+use cognomega_workflows::jobs_api::{self, Download, Send};
 use cognomega_workflows::ports::{JobHost, ObjectStore, PipelineRun};
 use cognomega_workflows::submit::{Input, Submit, SubmitSettings};
 use serde::Deserialize;
@@ -39,10 +40,6 @@ struct SubmitRequest {
 struct SubmitInput {
     image_base64: Option<String>,
     upload_key: Option<String>,
-}
-
-fn not_found(id: &str) -> ApiError {
-    ApiError::not_found("job_not_found", format!("no job {id}"))
 }
 
 pub async fn route(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
@@ -96,7 +93,7 @@ async fn submit(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
         runs_per_hour: crate::usage::cost_cap(env, claims.tier, CostMetric::JobRunsPerHour),
     };
     let db = crate::db::connect(env).await?;
-    let host = Writes::new(env, &db)?;
+    let host = Writes::new(env, &db);
     let submitted = cognomega_workflows::submit::submit(
         &host,
         settings,
@@ -117,87 +114,10 @@ async fn submit(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     Ok(resp)
 }
 
-const JOB_COLUMNS: &str = "id, type, status, progress::float8, stage, attempts, error, credits_charged,
-    (extract(epoch FROM created_at) * 1000)::bigint, (extract(epoch FROM started_at) * 1000)::bigint,
-    (extract(epoch FROM finished_at) * 1000)::bigint, cancel_requested";
-
-const STATUSES: &[&str] = &[
-    "queued",
-    "running",
-    "succeeded",
-    "failed",
-    "cancelled",
-    "dead",
-];
-
-/// A job row and its artifacts as the API shows them (the native `job_json`).
-async fn job_json(
-    db: &tokio_postgres::Client,
-    job: &tokio_postgres::Row,
-) -> Result<serde_json::Value, ApiError> {
-    let id: String = job.get(0);
-    let artifacts = db
-        .query(
-            "SELECT name, content_type, size, stored_size, compression, sha256, tier
-             FROM job_artifacts WHERE job_id = $1 ORDER BY name",
-            &[&id],
-        )
-        .await?;
-    let artifacts: Vec<serde_json::Value> = artifacts
-        .iter()
-        .map(|a| {
-            let name: String = a.get(0);
-            let tier: String = a.get(6);
-            let url = (tier != "expired").then(|| format!("/jobs/{id}/artifacts/{name}"));
-            serde_json::json!({
-                "name": name,
-                "content_type": a.get::<_, String>(1),
-                "size": a.get::<_, i64>(2),
-                "stored_size": a.get::<_, i64>(3),
-                "compression": a.get::<_, String>(4),
-                "sha256": a.get::<_, String>(5),
-                "tier": tier,
-                "url": url,
-            })
-        })
-        .collect();
-    let ms = |i: usize| crate::billing::rfc3339(job.get::<_, Option<i64>>(i));
-    let mut v = serde_json::json!({
-        "id": id,
-        "type": job.get::<_, String>(1),
-        "status": job.get::<_, String>(2),
-        "progress": job.get::<_, f64>(3),
-        "stage": job.get::<_, Option<String>>(4),
-        "attempts": job.get::<_, i32>(5),
-        "created_at": ms(8),
-        "started_at": ms(9),
-        "finished_at": ms(10),
-        "credits_charged": job.get::<_, i64>(7),
-        "artifacts": artifacts,
-    });
-    if let Some(error) = job.get::<_, Option<String>>(6) {
-        v["error"] = serde_json::Value::String(error);
-    }
-    // A cancel asked for while it runs, as natively: it stops at its next stage boundary.
-    if job.get::<_, bool>(11) && v["status"] == "running" {
-        v["cancel_requested"] = serde_json::Value::Bool(true);
-    }
-    Ok(v)
-}
-
 async fn get(env: &Env, caller: &Caller, id: &str) -> ApiResult {
     let claims = caller.claims()?;
     let db = crate::db::connect(env).await?;
-    let Some(job) = db
-        .query_opt(
-            &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND tenant_id = $2"),
-            &[&id, &claims.tenant],
-        )
-        .await?
-    else {
-        return Err(not_found(id));
-    };
-    http::json(200, &job_json(&db, &job).await?)
+    http::json(200, &jobs_api::get(&mut Pg(&db), &claims.tenant, id).await?)
 }
 
 /// `GET /jobs?status=&type=&limit=&cursor=`: newest first, `next_cursor` for the next page.
@@ -220,162 +140,72 @@ async fn list(req: &Request, env: &Env, caller: &Caller) -> ApiResult {
         };
         *slot = Some(v.into_owned());
     }
-    if let Some(s) = status.as_deref() {
-        if !STATUSES.contains(&s) {
-            return Err(ApiError::bad_request(
-                "invalid_status",
-                format!("status must be one of {}", STATUSES.join(", ")),
-            ));
-        }
-    }
-    let limit: i64 = match limit.as_deref() {
-        None => 20,
-        Some(raw) => raw
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=100).contains(l))
-            .ok_or_else(|| {
-                ApiError::bad_request("invalid_limit", "limit must be an integer 1..=100")
-            })?,
+    let query = jobs_api::ListQuery {
+        status: status.as_deref(),
+        job_type: job_type.as_deref(),
+        limit: limit.as_deref(),
+        cursor: cursor.as_deref(),
     };
     let db = crate::db::connect(env).await?;
-    let rows = db
-        .query(
-            &format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2)
-                 AND ($3::text IS NULL OR type = $3) AND ($4::text IS NULL OR id < $4) ORDER BY id DESC LIMIT $5"
-            ),
-            &[&claims.tenant, &status, &job_type, &cursor, &(limit + 1)],
-        )
-        .await?;
-    let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
-    let page = &rows[..rows.len().min(usize::try_from(limit).unwrap_or(usize::MAX))];
-    let mut items = Vec::with_capacity(page.len());
-    for job in page {
-        items.push(job_json(&db, job).await?);
-    }
-    let next = if more {
-        page.last().map(|j| serde_json::Value::String(j.get(0)))
-    } else {
-        None
-    };
     http::json(
         200,
-        &serde_json::json!({ "jobs": items, "next_cursor": next.unwrap_or(serde_json::Value::Null) }),
+        &jobs_api::list(&mut Pg(&db), &claims.tenant, query).await?,
     )
 }
 
 /// `POST /jobs/{id}/cancel`: a queued job at once, a running one at its next stage boundary.
 async fn cancel(env: &Env, caller: &Caller, id: &str) -> ApiResult {
-    use cognomega_core::jobs::CancelOutcome;
     let claims = caller.claims()?;
     let db = crate::db::connect(env).await?;
-    let mut tx = Box::new(PgTx::begin(&db).await.map_err(ApiError::internal)?);
-    let outcome = cognomega_core::jobs::cancel(&mut *tx, &claims.tenant, id, now_ms())
-        .await
-        .map_err(ApiError::internal)?;
-    tx.commit().await.map_err(ApiError::internal)?;
-    match outcome {
-        CancelOutcome::NotFound => Err(not_found(id)),
-        CancelOutcome::Cancelled => {
-            http::json(200, &serde_json::json!({"id": id, "status": "cancelled"}))
-        }
-        CancelOutcome::Requested => http::json(
-            202,
-            &serde_json::json!({"id": id, "status": "running", "cancel_requested": true}),
-        ),
-        CancelOutcome::Finished(other) => Err(ApiError::new(
-            409,
-            "job_finished",
-            format!("the job already finished ({other}); nothing to cancel"),
-        )),
-    }
+    let (status, body) = jobs_api::cancel(&Writes::new(env, &db), &claims.tenant, id).await?;
+    http::json(status, &body)
 }
 
 async fn artifact(req: &Request, env: &Env, caller: &Caller, id: &str, name: &str) -> ApiResult {
     let claims = caller.claims()?;
+    let if_none_match = req.headers().get("if-none-match")?;
+    let accept_encoding = req.headers().get("accept-encoding")?;
     let db = crate::db::connect(env).await?;
-    if db
-        .query_opt(
-            "SELECT 1 FROM jobs WHERE id = $1 AND tenant_id = $2",
-            &[&id, &claims.tenant],
-        )
-        .await?
-        .is_none()
-    {
-        return Err(not_found(id));
-    }
-    let Some(a) = db
-        .query_opt(
-            "SELECT content_type, compression, sha256, tier, object_key FROM job_artifacts
-             WHERE job_id = $1 AND name = $2",
-            &[&id, &name],
-        )
-        .await?
+    let download = jobs_api::download(
+        &mut Pg(&db),
+        &claims.tenant,
+        id,
+        name,
+        if_none_match.as_deref(),
+        accept_encoding.as_deref(),
+    )
+    .await?;
+    let (artifact, etag, send) = match download {
+        Download::NotModified { etag } => {
+            let resp = Response::empty()?.with_status(304);
+            resp.headers().set("etag", &etag)?;
+            return Ok(resp);
+        }
+        Download::Serve {
+            artifact,
+            etag,
+            send,
+        } => (artifact, etag, send),
+    };
+    let Some(stored) = crate::r2::get_bytes(&env.bucket("OBJECTS")?, &artifact.object_key).await?
     else {
-        return Err(ApiError::not_found(
-            "artifact_not_found",
-            format!("job {id} has no artifact {name}"),
-        ));
+        return Err(jobs_api::expired().into());
     };
-    let (content_type, compression, sha256, tier, object_key): (
-        String,
-        String,
-        String,
-        String,
-        String,
-    ) = (a.get(0), a.get(1), a.get(2), a.get(3), a.get(4));
-    let etag = format!("\"{sha256}\"");
-    let if_none_match = req.headers().get("if-none-match")?.unwrap_or_default();
-    if if_none_match
-        .split(',')
-        .any(|t| t.trim() == etag || t.trim() == "*")
-    {
-        let resp = Response::empty()?.with_status(304);
-        resp.headers().set("etag", &etag)?;
-        return Ok(resp);
-    }
-    let expired = || {
-        ApiError::new(
-            410,
-            "artifact_expired",
-            "the artifact's storage has expired",
-        )
+    let resp = match send {
+        Send::Plain => Response::from_bytes(stored)?,
+        Send::Encoded(compression) => {
+            let r = Response::from_bytes(stored)?;
+            r.headers().set("content-encoding", compression.as_str())?;
+            r
+        }
+        Send::Decoded(compression) => {
+            let max = u64::try_from(artifact.size).unwrap_or(0);
+            let plain = codec::decode(&stored, compression, max)
+                .map_err(|e| ApiError::internal(format!("artifact decode: {e}")))?;
+            Response::from_bytes(plain)?
+        }
     };
-    if tier == "expired" {
-        return Err(expired());
-    }
-    let Some(object) = env.bucket("OBJECTS")?.get(&object_key).execute().await? else {
-        return Err(expired());
-    };
-    let stored = object
-        .body()
-        .ok_or_else(|| ApiError::internal("an R2 object without a body"))?
-        .bytes()
-        .await?;
-    let compression: Compression = compression.parse().unwrap_or(Compression::None);
-    let accepts = req
-        .headers()
-        .get("accept-encoding")?
-        .unwrap_or_default()
-        .split(',')
-        .any(|e| {
-            e.split(';')
-                .next()
-                .is_some_and(|e| e.trim().eq_ignore_ascii_case(compression.as_str()))
-        });
-    let resp = if compression == Compression::None {
-        Response::from_bytes(stored)?
-    } else if accepts {
-        let r = Response::from_bytes(stored)?;
-        r.headers().set("content-encoding", compression.as_str())?;
-        r
-    } else {
-        let plain = codec::decode(&stored, compression, 512 * 1024 * 1024)
-            .map_err(|e| ApiError::internal(format!("artifact decode: {e}")))?;
-        Response::from_bytes(plain)?
-    };
-    resp.headers().set("content-type", &content_type)?;
+    resp.headers().set("content-type", &artifact.content_type)?;
     resp.headers().set("etag", &etag)?;
     resp.headers().set("vary", "accept-encoding")?;
     Ok(resp)
@@ -434,7 +264,7 @@ pub async fn run_batch(
     let resolve = |name: &str| registry.get(name);
     let host = EdgeJobs {
         db,
-        objects: crate::r2::Objects::of(env).map_err(|e| e.to_string())?,
+        objects: crate::r2::Objects::of(env),
         batch: std::cell::RefCell::new(None),
     };
     for (msg, job, _request_id) in crate::consumers::decode_all::<JobMessage>(queue, messages) {

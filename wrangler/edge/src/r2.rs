@@ -35,20 +35,25 @@ pub async fn get_bytes(bucket: &Bucket, key: &str) -> worker::Result<Option<Vec<
     Ok(Some(body.bytes().await?))
 }
 
-/// The `OBJECTS` bucket as the shared workflows' object store.
-pub struct Objects(pub Bucket);
+/// The `OBJECTS` bucket as the shared workflows' object store (bound when first used: a
+/// Worker without the binding fails only where it touches objects).
+pub struct Objects(Env);
 
 impl Objects {
     /// The Worker's `OBJECTS` binding.
-    pub fn of(env: &Env) -> worker::Result<Self> {
-        env.bucket("OBJECTS").map(Self)
+    pub fn of(env: &Env) -> Self {
+        Self(env.clone())
+    }
+
+    fn bucket(&self) -> Result<Bucket, String> {
+        self.0.bucket("OBJECTS").map_err(|e| e.to_string())
     }
 }
 
 #[async_trait::async_trait(?Send)]
 impl ObjectStore for Objects {
     async fn get(&self, key: &str) -> Result<Fetched, String> {
-        let bytes = get_bytes(&self.0, key).await;
+        let bytes = get_bytes(&self.bucket()?, key).await;
         Ok(bytes
             .map_err(|e| e.to_string())?
             .map_or(Fetched::Missing, Fetched::Found))
@@ -59,12 +64,12 @@ impl ObjectStore for Objects {
             .map(|(k, v)| ((*k).to_owned(), v.clone()))
             .collect();
         let (key, ct) = (object.key, object.content_type);
-        put(&self.0, key, object.bytes, ct, Some(meta))
+        put(&self.bucket()?, key, object.bytes, ct, Some(meta))
             .await
             .map_err(|e| e.to_string())
     }
 
     async fn delete(&self, key: &str) -> Result<(), String> {
-        self.0.delete(key).await.map_err(|e| e.to_string())
+        self.bucket()?.delete(key).await.map_err(|e| e.to_string())
     }
 }

@@ -27,7 +27,7 @@ async fn post(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     let claims = caller.claims()?;
     let body = req.bytes().await?;
     let db = crate::db::connect(env).await?;
-    let host = Writes::new(env, &db)?;
+    let host = Writes::new(env, &db);
     let cap = cost_cap(env, claims.tier, CostMetric::TokensPerDay);
     let request_id = &caller.request_id;
     let accepted = billing::accept_usage(&host, &claims.tenant, cap, &body, request_id).await?;
@@ -60,7 +60,7 @@ async fn totals(req: &Request, env: &Env, caller: &Caller) -> ApiResult {
         }
     }
     let db = crate::db::connect(env).await?;
-    let host = Writes::new(env, &db)?;
+    let host = Writes::new(env, &db);
     let totals =
         billing::usage_totals(&host, &claims.tenant, from.as_deref(), to.as_deref()).await?;
     http::json(200, &totals)
