@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use cognomega_core::billing::{SettlementKind, SettlementMessage};
 use cognomega_stores::audit::Problem;
-use cognomega_stores::{billing, ledger_chain, Database};
+use cognomega_stores::{ledger_chain, Database};
 use cognomega_testkit::{Backend, Guest, TestApp, TestDb, ADMIN_KEY};
 use serde_json::{json, Value};
 use tokio::process::Command;
@@ -310,7 +310,7 @@ fn settlement(i: usize, tenant: &str) -> SettlementMessage {
 async fn append(db: &Database, from: usize, to: usize) -> anyhow::Result<()> {
     let entries: Vec<SettlementMessage> = (from..to).map(|i| settlement(i, "t")).collect();
     let mut tx = db.begin().await?;
-    billing::append_ledger(&mut tx, &entries).await?;
+    cognomega_workflows::settle::settle(&mut tx, &entries, i64::MIN, 0).await?;
     tx.commit().await?;
     Ok(())
 }

@@ -4,7 +4,8 @@
 use cognomega_core::billing::SettlementMessage;
 use cognomega_core::queue::{HandlerError, MessageBatch};
 use cognomega_stores::kv::BalanceCache;
-use cognomega_stores::{billing, Database};
+use cognomega_stores::Database;
+use cognomega_workflows::settle::settle;
 
 use crate::typed::{Decoded, TypedHandler, Unreadable};
 
@@ -47,21 +48,15 @@ impl TypedHandler for SettlementWriter {
             .begin_in_consumer()
             .await
             .map_err(HandlerError::retryable)?;
-        let applied = billing::append_and_sum(&mut tx, &entries)
-            .await
-            .map_err(HandlerError::retryable)?;
-        let balances = billing::apply_balance_deltas(&mut tx, &applied.deltas, self.guest_floor)
-            .await
-            .map_err(HandlerError::retryable)?;
-        let adjustments: Vec<&str> = applied.adjustments.iter().map(String::as_str).collect();
-        billing::mark_adjustments_applied(&mut tx, &adjustments)
+        let now = crate::jobs::now_ms();
+        let settled = settle(&mut tx, &entries, self.guest_floor, now)
             .await
             .map_err(HandlerError::retryable)?;
         tx.commit().await.map_err(HandlerError::retryable)?;
         if let Some(cache) = &self.cache {
             // Invalidate rather than write: concurrent batches commit in one order and could
             // reach this line in another.
-            for tenant in balances.keys() {
+            for tenant in settled.balances.keys() {
                 cache.invalidate(tenant);
             }
         }

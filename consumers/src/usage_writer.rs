@@ -5,7 +5,8 @@ use cognomega_core::billing::{PriceTable, UsageBatchMessage};
 use cognomega_core::queue::{HandlerError, MessageBatch};
 
 use crate::typed::{Decoded, TypedHandler, Unreadable};
-use cognomega_stores::{billing, Database};
+use cognomega_stores::Database;
+use cognomega_workflows::settle::{record_usage, UsageItem};
 
 pub use cognomega_core::queue::catalog::usage::{queue, settings, QUEUE};
 
@@ -35,18 +36,14 @@ impl TypedHandler for UsageWriter {
         _batch: &mut MessageBatch,
         parsed: Vec<Decoded<UsageBatchMessage>>,
     ) -> Result<(), HandlerError> {
-        let items: Vec<billing::UsageInsert<'_>> = parsed
+        let items: Vec<UsageItem<'_>> = parsed
             .iter()
             .map(
                 |Decoded {
                      body, request_id, ..
-                 }| billing::UsageInsert {
-                    tenant_id: &body.tenant_id,
-                    events: body
-                        .events
-                        .iter()
-                        .map(|e| (e.clone(), self.prices.charge(e.kind, e.quantity)))
-                        .collect(),
+                 }| UsageItem {
+                    tenant: &body.tenant_id,
+                    events: &body.events,
                     received_at_ms: body.received_at_ms,
                     request_id: request_id.as_deref(),
                 },
@@ -57,7 +54,7 @@ impl TypedHandler for UsageWriter {
             .begin_in_consumer()
             .await
             .map_err(HandlerError::retryable)?;
-        billing::record_usage(&mut tx, &items, &crate::settlement::queue())
+        record_usage(&mut tx, &items, &self.prices)
             .await
             .map_err(HandlerError::retryable)?;
         tx.commit().await.map_err(HandlerError::retryable)?;

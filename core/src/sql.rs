@@ -271,6 +271,15 @@ pub trait Transaction: Executor {
     /// Sends `message` when the transaction commits.
     async fn send(&mut self, message: Outbound<'_>) -> Result<(), SqlError>;
 
+    /// Sends `messages` (all to one queue) when the transaction commits; a host whose queue
+    /// writes many at once overrides it.
+    async fn send_all(&mut self, messages: Vec<Outbound<'_>>) -> Result<(), SqlError> {
+        for message in messages {
+            self.send(message).await?;
+        }
+        Ok(())
+    }
+
     /// Commits the statements and the messages together.
     async fn commit(self: Box<Self>) -> Result<(), SqlError>;
 

@@ -230,6 +230,27 @@ impl Transaction for Tx {
             .map_err(|e| SqlError::new(e.to_string()))
     }
 
+    /// One multi-row write of the queue.
+    async fn send_all(&mut self, messages: Vec<Outbound<'_>>) -> Result<(), SqlError> {
+        let Some(first) = messages.first() else {
+            return Ok(());
+        };
+        let queue = QueueName::parse(first.queue).map_err(|e| SqlError::new(e.to_string()))?;
+        let out = messages
+            .into_iter()
+            .map(|m| {
+                let mut message = OutgoingMessage::new(m.body);
+                message.options.content_type = Some("application/json".to_owned());
+                message.options.request_id = m.request_id.map(str::to_owned);
+                message
+            })
+            .collect();
+        Tx::send_batch(self, &queue, out)
+            .await
+            .map(drop)
+            .map_err(|e| SqlError::new(e.to_string()))
+    }
+
     async fn commit(self: Box<Self>) -> Result<(), SqlError> {
         Tx::commit(*self)
             .await

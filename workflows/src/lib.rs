@@ -13,5 +13,6 @@ pub mod billing;
 pub mod jobs;
 pub mod jobs_api;
 pub mod ports;
+pub mod settle;
 pub mod submit;
 pub mod uploads;

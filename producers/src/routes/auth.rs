@@ -4,6 +4,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use chrono::Utc;
 use cognomega_core::auth::{valid_email, Tier};
 use cognomega_core::billing::SettlementMessage;
 use cognomega_core::limits::{Decision, RouteClass};
@@ -120,7 +121,11 @@ async fn issue_guest(
     .map_err(ApiError::internal)?;
     if grant != 0 {
         let msg = SettlementMessage::grant(&tenant_id, grant);
-        billing::settle_in(&mut tx, &[msg], state.config.billing.guest_floor)
+        let (floor, now) = (
+            state.config.billing.guest_floor,
+            Utc::now().timestamp_millis(),
+        );
+        cognomega_workflows::settle::settle(&mut tx, &[msg], floor, now)
             .await
             .map_err(ApiError::internal)?;
     }

@@ -13,6 +13,7 @@ use cognomega_core::auth::{
 use cognomega_core::billing::SettlementMessage;
 use cognomega_core::limits::RouteClass;
 use cognomega_core::time::UnixMillis;
+use cognomega_workflows::settle::{settle, Settled};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use worker::{Env, Method, Request, Response};
@@ -284,19 +285,24 @@ async fn guest(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
             cognomega_core::billing::sql::PG_INSERT_TENANT,
             &[&tenant_id, &"guest", &request.email],
         )
-        .await?;
+        .await
+        .map_err(|e| e.to_string())?;
         db.execute(
             cognomega_core::billing::sql::PG_INSERT_USER,
             &[&user_id, &tenant_id, &request.email],
         )
-        .await?;
+        .await
+        .map_err(|e| e.to_string())?;
         if grant == 0 {
-            return Ok(Vec::new());
+            return Ok(Settled::default());
         }
-        crate::consumers::settle_in(&db, &[&grant_entry], floor).await
+        let now = worker::Date::now().as_millis() as i64;
+        settle(&mut crate::sql::Pg(&db), &[grant_entry], floor, now)
+            .await
+            .map_err(|e| e.to_string())
     }
     .await;
-    let balances = match created {
+    let settled = match created {
         Ok(b) => b,
         Err(e) => {
             let _ = db.batch_execute("ROLLBACK").await;
@@ -304,7 +310,7 @@ async fn guest(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
         }
     };
     db.batch_execute("COMMIT").await?;
-    crate::consumers::cache_balances(env, balances).await;
+    crate::consumers::cache_balances(env, &settled).await;
     let ttl = Duration::from_secs(crate::config::token_ttl_secs(env));
     let builder = ClaimsBuilder::new(
         crate::config::issuer(env),

@@ -1,21 +1,20 @@
-//! The queue side of the edge: producing (`send_json`, `send_all`) and the consumers.
+//! The queue side of the edge: the queue table, producing (`send_json`) and the consumers.
 //!
 //! Every message travels in a small envelope, `{"request_id", "body"}` (the body as JSON text,
 //! or the bytes an operator injected), so the request id reaches the consumer's logs as it does
 //! natively.
 //! Consumers follow the native idempotent-consumer contract: the effect and its key commit
 //! together (a unique key on the effect row), and a message is acked only after its effect
-//! committed. Cloudflare Queues cannot join a PostgreSQL transaction, so where a consumer both
-//! writes and produces it produces *first* with a deterministic id and writes after: a crash in
-//! between redelivers the message, which re-sends the same ids, and the next consumer dedups.
+//! committed. Cloudflare Queues cannot join a PostgreSQL transaction, so what a consumer
+//! produces is staged in the outbox in its transaction and relayed after the commit.
 
-use std::collections::BTreeMap;
-
-use cognomega_core::billing::{
-    PriceTable, SettlementKind, SettlementMessage, UsageBatchMessage, UsageEvent,
-};
+use cognomega_core::billing::{PriceTable, SettlementMessage, UsageBatchMessage};
 use cognomega_core::queue::catalog;
+use cognomega_core::sql::Transaction as _;
+use cognomega_workflows::settle::{record_usage, settle, Settled, UsageItem};
 use serde::{Deserialize, Serialize};
+
+use crate::sql::PgTx;
 use worker::{
     Env, MessageBatch, MessageBuilder, MessageExt, QueueContentType, QueueRetryOptionsBuilder,
 };
@@ -112,30 +111,6 @@ pub async fn send_json<T: Serialize>(
         builder = builder.delay_seconds(delay_secs);
     }
     env.queue(binding)?.send(builder.build()).await
-}
-
-/// Sends many messages, in `send_batch` calls of at most 100 messages (the Queues limit).
-pub async fn send_all<T: Serialize>(
-    env: &Env,
-    binding: &str,
-    bodies: &[T],
-    request_id: &str,
-) -> worker::Result<()> {
-    let queue = env.queue(binding)?;
-    for chunk in bodies.chunks(100) {
-        let messages = chunk
-            .iter()
-            .map(|b| {
-                envelope(b, request_id).map(|e| {
-                    MessageBuilder::new(e)
-                        .content_type(QueueContentType::Json)
-                        .build()
-                })
-            })
-            .collect::<worker::Result<Vec<_>>>()?;
-        queue.send_batch(messages).await?;
-    }
-    Ok(())
 }
 
 /// Injects raw bytes as a message (the operator's `POST /admin/queues/{queue}/messages`).
@@ -245,19 +220,9 @@ pub fn decode_all<'a, T: serde::de::DeserializeOwned>(
     out
 }
 
-#[derive(Serialize)]
-struct UsageRow {
-    idempotency_key: String,
-    kind: &'static str,
-    quantity: i64,
-    credits: i64,
-    occurred_at_ms: i64,
-    meta: Option<String>,
-    request_id: Option<String>,
-}
-
-/// usage-writer: records each event once (`UNIQUE (tenant_id, idempotency_key)`), then sends
-/// one settlement per event with the id `usage-<seq>`; redeliveries re-send the same ids.
+/// usage-writer: the shared workflow (`cognomega_workflows::settle::record_usage`) in one
+/// transaction whose settlement messages are staged in the outbox and relayed after the
+/// commit; a redelivery finds its events' keys and stages nothing.
 async fn usage_writer(
     db: &tokio_postgres::Client,
     env: &Env,
@@ -269,190 +234,46 @@ async fn usage_writer(
     if batches.is_empty() {
         return Ok(());
     }
-    let mut settlements = Vec::new();
-    for (_, b, request_id) in &batches {
-        let rows: Vec<UsageRow> = b
-            .events
-            .iter()
-            .map(|e: &UsageEvent| UsageRow {
-                idempotency_key: e.idempotency_key.as_str().to_owned(),
-                kind: e.kind.as_str(),
-                quantity: i64::try_from(e.quantity).unwrap_or(i64::MAX),
-                credits: prices.charge(e.kind, e.quantity),
-                occurred_at_ms: e
-                    .occurred_at
-                    .map_or(b.received_at_ms, |t| t.timestamp_millis()),
-                meta: e
-                    .meta
-                    .as_ref()
-                    .map(|m| serde_json::Value::Object(m.clone()).to_string()),
-                request_id: request_id.clone(),
-            })
-            .collect();
-        let json = serde_json::to_string(&rows).map_err(|e| e.to_string())?;
-        // The events and the tenant's per-day token counter (`usage_day_tokens`, read by the
-        // native `/api/si/ask` budget) in one statement: only newly inserted events count, so
-        // a duplicate key adds nothing, as natively.
-        db.execute(
-            "WITH ins AS (
-                 INSERT INTO usage_events (tenant_id, idempotency_key, kind, quantity, credits, occurred_at, received_at, meta, request_id)
-                 SELECT $1, x.idempotency_key, x.kind, x.quantity, x.credits,
-                        to_timestamp(x.occurred_at_ms / 1000.0), to_timestamp($3::bigint / 1000.0), x.meta, x.request_id
-                 FROM jsonb_to_recordset($2::text::jsonb) AS x(idempotency_key text, kind text, quantity bigint,
-                      credits bigint, occurred_at_ms bigint, meta text, request_id text)
-                 ORDER BY x.idempotency_key
-                 ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
-                 RETURNING kind, quantity, occurred_at)
-             INSERT INTO usage_day_tokens (tenant_id, day_start, tokens)
-             SELECT $1, (floor(extract(epoch FROM occurred_at) / 86400) * 86400)::bigint AS day,
-                    LEAST(SUM(quantity), 9223372036854775807)::bigint
-             FROM ins WHERE kind IN ('tokens_in', 'tokens_out') AND quantity > 0
-             GROUP BY day ORDER BY day
-             ON CONFLICT (tenant_id, day_start) DO UPDATE SET tokens =
-                 CASE WHEN usage_day_tokens.tokens > 9223372036854775807 - excluded.tokens
-                 THEN 9223372036854775807 ELSE usage_day_tokens.tokens + excluded.tokens END",
-            &[&b.tenant_id, &json, &b.received_at_ms],
-        )
-        .await
-        .map_err(|e| format!("usage insert: {e}"))?;
-        let keys: Vec<&str> = rows.iter().map(|r| r.idempotency_key.as_str()).collect();
-        let stored = db
-            .query(
-                "SELECT seq, idempotency_key, credits FROM usage_events
-                 WHERE tenant_id = $1 AND idempotency_key = ANY($2)",
-                &[&b.tenant_id, &keys],
-            )
-            .await
-            .map_err(|e| format!("usage read-back: {e}"))?;
-        for r in stored {
-            let credits: i64 = r.get(2);
-            if credits == 0 {
-                continue;
-            }
-            settlements.push(SettlementMessage {
-                id: format!("usage-{}", r.get::<_, i64>(0)),
-                tenant_id: b.tenant_id.clone(),
-                delta: -credits,
-                kind: SettlementKind::Usage,
-                reference: Some(r.get(1)),
-            });
-        }
+    let items: Vec<UsageItem> = batches
+        .iter()
+        .map(|(_, b, request_id)| UsageItem {
+            tenant: &b.tenant_id,
+            events: &b.events,
+            received_at_ms: b.received_at_ms,
+            request_id: request_id.as_deref(),
+        })
+        .collect();
+    let mut tx = Box::new(PgTx::begin(db).await.map_err(|e| e.to_string())?);
+    let batch = tx.batch.clone();
+    if let Err(e) = record_usage(&mut *tx, &items, &prices).await {
+        let _ = tx.rollback().await;
+        return Err(format!("usage: {e}"));
     }
-    send_all(env, "SETTLEMENT", &settlements, "")
+    tx.commit()
         .await
-        .map_err(|e| format!("settlement send: {e}"))?;
+        .map_err(|e| format!("usage commit: {e}"))?;
     for (m, _, _) in &batches {
         m.ack();
+    }
+    if let Err(e) = crate::outbox::relay_on(db, env, Some(&batch)).await {
+        worker::console_warn!("usage: settlement relay: {e}; the relay cron sends them");
     }
     Ok(())
 }
 
-#[derive(Serialize)]
-struct LedgerRow<'a> {
-    id: &'a str,
-    tenant_id: &'a str,
-    delta: i64,
-    kind: &'static str,
-    reference: Option<&'a str>,
-}
-
-/// Settles entries inside the caller's transaction: appends each once (`ledger_entries.id` is
-/// unique), adds the new entries' deltas to the balances and (un)flags guests below the floor,
-/// marks applied adjustments. Returns the changed balances `(tenant, balance, as_of_ms)` for
-/// the caller to write through to KV after its commit. The settlement consumer settles its
-/// batches this way, and `POST /auth/guest` a new guest's starting grant, in the transaction
-/// that creates the tenant.
-pub async fn settle_in(
-    db: &tokio_postgres::Client,
-    entries: &[&SettlementMessage],
-    floor: i64,
-) -> Result<Vec<(String, i64, i64)>, tokio_postgres::Error> {
-    let rows: Vec<LedgerRow> = entries
-        .iter()
-        .map(|s| LedgerRow {
-            id: &s.id,
-            tenant_id: &s.tenant_id,
-            delta: s.delta,
-            kind: s.kind.as_str(),
-            reference: s.reference.as_deref(),
-        })
-        .collect();
-    let json = serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into());
-    let inserted = db
-        .query(
-            "INSERT INTO ledger_entries (id, tenant_id, delta, kind, ref)
-             SELECT x.id, x.tenant_id, x.delta, x.kind, x.reference
-             FROM jsonb_to_recordset($1::text::jsonb) AS x(id text, tenant_id text, delta bigint, kind text, reference text)
-             ORDER BY x.id
-             ON CONFLICT (id) DO NOTHING RETURNING tenant_id, delta, kind, ref",
-            &[&json],
-        )
-        .await?;
-    let mut deltas: BTreeMap<String, i64> = BTreeMap::new();
-    let mut adjustments: Vec<String> = Vec::new();
-    for r in &inserted {
-        let tenant: String = r.get(0);
-        let delta: i64 = r.get(1);
-        let e = deltas.entry(tenant).or_insert(0);
-        *e = e.saturating_add(delta);
-        if r.get::<_, String>(2) == SettlementKind::Adjustment.as_str() {
-            if let Some(id) = r.get::<_, Option<String>>(3) {
-                adjustments.push(id);
-            }
-        }
-    }
-    let deltas_json = serde_json::to_string(&deltas).unwrap_or_else(|_| "{}".into());
-    let balances = if deltas.is_empty() {
-        Vec::new()
-    } else {
-        let rows = db
-            .query(
-                cognomega_core::billing::sql::PG_ADD_BALANCES,
-                &[&deltas_json],
-            )
-            .await?;
-        db.execute(
-            cognomega_core::billing::sql::PG_FLAG_GUESTS,
-            &[&deltas_json, &floor],
-        )
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                (
-                    r.get::<_, String>(0),
-                    r.get::<_, i64>(1),
-                    r.get::<_, i64>(2),
-                )
-            })
-            .collect()
-    };
-    if !adjustments.is_empty() {
-        db.execute(
-            "UPDATE credit_adjustments SET status = 'applied', applied_at = now() WHERE id = ANY($1)",
-            &[&adjustments],
-        )
-        .await?;
-    }
-    Ok(balances)
-}
-
 /// Writes settled balances through to KV (after their commit).
-pub async fn cache_balances(env: &Env, balances: Vec<(String, i64, i64)>) {
-    for (tenant, balance, as_of) in balances {
-        crate::billing::put(
-            env,
-            &tenant,
-            &crate::billing::CachedBalance {
-                balance,
-                as_of_ms: Some(as_of),
-            },
-        )
-        .await;
+pub async fn cache_balances(env: &Env, settled: &Settled) {
+    for (tenant, (balance, as_of)) in &settled.balances {
+        let cached = crate::billing::CachedBalance {
+            balance: *balance,
+            as_of_ms: Some(*as_of),
+        };
+        crate::billing::put(env, tenant, &cached).await;
     }
 }
 
-/// settlement: settles the batch in one transaction (`settle_in`), then writes the new
-/// balances through to KV.
+/// settlement: the shared workflow (`cognomega_workflows::settle::settle`) in one
+/// transaction, then the new balances written through to KV.
 async fn settlement(
     db: &tokio_postgres::Client,
     env: &Env,
@@ -463,23 +284,24 @@ async fn settlement(
     if decoded.is_empty() {
         return Ok(());
     }
-    let entries: Vec<&SettlementMessage> = decoded.iter().map(|(_, s, _)| s).collect();
+    let entries: Vec<SettlementMessage> = decoded.iter().map(|(_, s, _)| s.clone()).collect();
     let floor = crate::config::billing(env)?.guest_floor;
-    db.batch_execute("BEGIN").await.map_err(|e| e.to_string())?;
-    let balances = match settle_in(db, &entries, floor).await {
-        Ok(b) => b,
+    let now = worker::Date::now().as_millis() as i64;
+    let mut tx = Box::new(PgTx::begin(db).await.map_err(|e| e.to_string())?);
+    let settled = match settle(&mut *tx, &entries, floor, now).await {
+        Ok(s) => s,
         Err(e) => {
-            let _ = db.batch_execute("ROLLBACK").await;
+            let _ = tx.rollback().await;
             return Err(format!("settlement: {e}"));
         }
     };
-    db.batch_execute("COMMIT")
+    tx.commit()
         .await
         .map_err(|e| format!("settlement commit: {e}"))?;
     for (m, _, _) in &decoded {
         m.ack();
     }
-    cache_balances(env, balances).await;
+    cache_balances(env, &settled).await;
     Ok(())
 }
 
