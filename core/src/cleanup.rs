@@ -216,6 +216,159 @@ pub fn orphaned<K: AsRef<str> + Ord>(
     orphaned
 }
 
+/// What a cleanup may touch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CleanupOptions {
+    /// Only count.
+    pub dry_run: bool,
+    /// Guest token lifetime: a guest tenant older than this (plus `grace`) holds no live token.
+    pub token_ttl: Duration,
+    /// Objects and rows younger than this are never touched (writes in flight).
+    pub grace: Duration,
+}
+
+/// What a cleanup needs from its host: the database, the queue's prune (the native driver's
+/// own, or on the edge the dead letters its dlq Worker records), object listing and deletes,
+/// and what the host caches per tenant.
+#[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
+pub trait CleanupHost: crate::queue::MaybeSendSync {
+    /// Statements, each committed on its own.
+    fn db(&self) -> Box<dyn crate::sql::Executor + '_>;
+
+    /// A transaction.
+    async fn begin(&self) -> Result<Box<dyn crate::sql::Transaction + '_>, crate::sql::SqlError>;
+
+    /// Prunes queue messages and idempotency keys past retention, or (`dry_run`) counts them.
+    async fn prune(&self, dry_run: bool) -> Result<PruneReport, String>;
+
+    /// Every object under `prefix/` whose key the host's store accepts: `(key, last written
+    /// epoch ms)`.
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, i64)>, String>;
+
+    /// Deletes an object.
+    async fn delete(&self, key: &str) -> Result<(), String>;
+
+    /// Drops what the host caches for removed tenants (best effort).
+    async fn forget(&self, _tenants: &[String]) {}
+
+    /// Now, epoch milliseconds.
+    fn now_ms(&self) -> i64;
+}
+
+fn sql_error(e: crate::sql::SqlError) -> String {
+    e.to_string()
+}
+
+/// Runs a cleanup (see `cognomega_stores::cleanup` for what goes): the queue prune, expired
+/// guest tenants, then object garbage — the row-owned prefixes listed *before* the rows are
+/// read (an object written after the listing belongs to a row younger than the grace), objects
+/// older than the grace no row owns deleted, rows older than the grace whose object was not
+/// listed marked `expired`. Every step is idempotent: a run cut short is finished by the next.
+pub async fn run<H: CleanupHost + ?Sized>(
+    host: &H,
+    opts: CleanupOptions,
+) -> Result<CleanupReport, String> {
+    let now = host.now_ms();
+    let grace_ms = duration_ms(opts.grace);
+    if !opts.dry_run {
+        // Ask keys past their 24 hours go with the expired queue keys.
+        let cutoff = now.saturating_sub(crate::ai::replay::KEY_TTL_MS);
+        (host
+            .db()
+            .execute(crate::ai::replay::PRUNE, &[cutoff.into()])
+            .await)
+            .map_err(sql_error)?;
+    }
+    let messages = host.prune(opts.dry_run).await?;
+    let cutoff = now
+        .saturating_sub(duration_ms(opts.token_ttl))
+        .saturating_sub(grace_ms);
+    let statement = sql::EXPIRED.pick(host.db().dialect());
+    let guests = (host.db().query(statement, &[cutoff.into()]).await)
+        .map_err(sql_error)?
+        .iter()
+        .map(|r| r.text(0))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(sql_error)?;
+    if !opts.dry_run && !guests.is_empty() {
+        let ids = serde_json::to_string(&guests).map_err(|e| e.to_string())?;
+        let mut tx = host.begin().await.map_err(sql_error)?;
+        for delete in sql::DELETE_TENANTS {
+            let statement = delete.pick(tx.dialect());
+            tx.execute(statement, &[ids.as_str().into()])
+                .await
+                .map_err(sql_error)?;
+        }
+        tx.commit().await.map_err(sql_error)?;
+        host.forget(&guests).await;
+    }
+    let (orphaned, missing) = object_garbage(host, now - grace_ms).await?;
+    if !opts.dry_run {
+        for key in &orphaned {
+            host.delete(key).await?;
+        }
+        if !missing.is_empty() {
+            let mut tx = host.begin().await.map_err(sql_error)?;
+            for row in &missing {
+                match row {
+                    MissingRow::Upload { key, object_key } => {
+                        let args = [key.into(), object_key.into(), now.into()];
+                        tx.execute(sql::EXPIRE_UPLOAD, &args).await
+                    }
+                    MissingRow::Artifact {
+                        job_id,
+                        name,
+                        object_key,
+                    } => {
+                        let args = [job_id.into(), name.into(), object_key.into(), now.into()];
+                        tx.execute(sql::EXPIRE_ARTIFACT, &args).await
+                    }
+                }
+                .map_err(sql_error)?;
+            }
+            tx.commit().await.map_err(sql_error)?;
+        }
+    }
+    Ok(CleanupReport {
+        dry_run: opts.dry_run,
+        messages,
+        guest_tenants: guests.len() as u64,
+        orphaned_objects: orphaned.len() as u64,
+        rows_missing_objects: missing.len() as u64,
+        removed_tenants: if opts.dry_run { Vec::new() } else { guests },
+    })
+}
+
+/// Lists the row-owned prefixes, then reads the rows: objects older than `before_ms` that no
+/// row owns, and rows (older than `before_ms`) whose object was not listed.
+async fn object_garbage<H: CleanupHost + ?Sized>(
+    host: &H,
+    before_ms: i64,
+) -> Result<(Vec<String>, Vec<MissingRow>), String> {
+    let mut listed = Vec::new();
+    for prefix in ROW_OWNED_PREFIXES {
+        listed.extend(host.list(prefix).await?);
+    }
+    let present: HashSet<String> = listed.iter().map(|(k, _)| k.clone()).collect();
+    let mut db = host.db();
+    let dialect = db.dialect();
+    let object_rows = |rows: Vec<crate::sql::Row>| {
+        rows.iter()
+            .map(|r| Ok((r.text(0)?, r.text(1)?, r.text(2)?, r.text(3)?, r.int(4)?)))
+            .collect::<Result<Vec<ObjectRow>, crate::sql::SqlError>>()
+    };
+    let uploads = db.query(sql::UPLOADS.pick(dialect), &[]).await;
+    let uploads = uploads.and_then(object_rows).map_err(sql_error)?;
+    let artifacts = db.query(sql::ARTIFACTS.pick(dialect), &[]).await;
+    let artifacts = artifacts.and_then(object_rows).map_err(sql_error)?;
+    let inputs = (db.query(sql::JOB_INPUT_KEYS, &[]).await)
+        .and_then(|rows| rows.iter().map(|r| r.text(0)).collect())
+        .map_err(sql_error)?;
+    let (missing, owned) = rows_and_keys(uploads, artifacts, inputs, &present, before_ms);
+    Ok((orphaned(listed, &owned, before_ms), missing))
+}
+
 /// The tenant-row deletes, users first (they reference the tenant); `$ids` is the dialect's
 /// list of tenant ids, or nothing for the bare prefixes.
 macro_rules! tenant_deletes {
@@ -248,6 +401,8 @@ macro_rules! guest_conditions {
 /// dialect-neutral pieces are shared with the SQLite statements, which stay in the native store
 /// (but for `SQLITE_EXPIRED_GUESTS`, built from the same conditions here).
 pub mod sql {
+    use crate::sql::Dialects;
+
     /// Every declared queue: `(queue, settings JSON)`.
     pub const QUEUE_SETTINGS: &str = "SELECT queue, settings FROM queue_settings";
 
@@ -320,6 +475,48 @@ pub mod sql {
 
     /// Every job's input object key.
     pub const JOB_INPUT_KEYS: &str = "SELECT input_key FROM jobs";
+
+    /// `(cutoff_ms)` ⇒ the ids of guest tenants created before the cutoff with nothing left.
+    pub const EXPIRED: Dialects = Dialects {
+        sqlite: SQLITE_EXPIRED_GUESTS,
+        postgres: EXPIRED_GUESTS,
+    };
+
+    /// `(tenant ids, a JSON array)`: [`TENANT_DELETES`], to run in order in one transaction.
+    pub const DELETE_TENANTS: [Dialects; 4] = {
+        let sqlite = tenant_deletes!("(SELECT value FROM json_each($1))");
+        let postgres = tenant_deletes!("(SELECT jsonb_array_elements_text($1::text::jsonb))");
+        [
+            Dialects {
+                sqlite: sqlite[0],
+                postgres: postgres[0],
+            },
+            Dialects {
+                sqlite: sqlite[1],
+                postgres: postgres[1],
+            },
+            Dialects {
+                sqlite: sqlite[2],
+                postgres: postgres[2],
+            },
+            Dialects {
+                sqlite: sqlite[3],
+                postgres: postgres[3],
+            },
+        ]
+    };
+
+    /// Every upload: `(key, object_key, tier, scan, created_ms)`.
+    pub const UPLOADS: Dialects = Dialects {
+        sqlite: "SELECT key, object_key, tier, scan, created_at FROM uploads",
+        postgres: UPLOAD_ROWS,
+    };
+
+    /// Every job artifact: `(job_id, name, object_key, tier, created_ms)`.
+    pub const ARTIFACTS: Dialects = Dialects {
+        sqlite: "SELECT job_id, name, object_key, tier, created_at FROM job_artifacts",
+        postgres: ARTIFACT_ROWS,
+    };
 
     /// `(key, object_key, now_ms bigint)`: marks an upload expired while it still points at
     /// that object.

@@ -22,31 +22,18 @@
 //! The report, the retentions, the ownership rule and the PostgreSQL statements are
 //! `cognomega_core::cleanup`'s, shared with the edge's cleanup (`wrangler/edge`).
 
-use std::collections::HashSet;
-use std::time::Duration;
-
-use cognomega_core::cleanup::{self as shared, sql, MissingRow, ObjectRow, Retentions};
+use cognomega_core::cleanup::{self as shared, sql, CleanupHost, Retentions};
 use cognomega_core::queue::PruneReport;
-use cognomega_core::sql::{Dialects, Executor as _, Row, SqlError};
-use cognomega_core::time::duration_ms;
+use cognomega_core::sql::{Executor, SqlError, Transaction};
 use futures::TryStreamExt;
 
 use crate::objects::{ObjectError, ObjectKey, Objects};
 use crate::queue::now_ms;
-use crate::{Database, StoreError, Tx};
+use crate::{Database, StoreError};
 
-pub use cognomega_core::cleanup::{CleanupReport, DEFAULT_GRACE, ROW_OWNED_PREFIXES};
-
-/// What a cleanup may touch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CleanupOptions {
-    /// Only count.
-    pub dry_run: bool,
-    /// Guest token lifetime: a guest tenant older than this (plus `grace`) holds no live token.
-    pub token_ttl: Duration,
-    /// Objects and rows younger than this are never touched (writes in flight).
-    pub grace: Duration,
-}
+pub use cognomega_core::cleanup::{
+    CleanupOptions, CleanupReport, DEFAULT_GRACE, ROW_OWNED_PREFIXES,
+};
 
 /// Errors of a cleanup.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +47,9 @@ pub enum CleanupError {
     /// The object store.
     #[error(transparent)]
     Objects(#[from] ObjectError),
+    /// A step of the run.
+    #[error("cleanup: {0}")]
+    Run(String),
 }
 
 impl From<sqlx::Error> for CleanupError {
@@ -74,43 +64,67 @@ impl From<SqlError> for CleanupError {
     }
 }
 
-/// Runs a cleanup (see the module docs).
+/// Runs a cleanup (see the module docs): the shared run (`cognomega_core::cleanup::run`) on
+/// this database, its queue driver and `objects`.
 pub async fn run(
     db: &Database,
     objects: &Objects,
     opts: CleanupOptions,
 ) -> Result<CleanupReport, CleanupError> {
-    let now = now_ms().0;
-    let grace_ms = duration_ms(opts.grace);
-    let messages = if opts.dry_run {
-        prunable(db).await?
-    } else {
-        // Ask keys past their 24 hours go with the expired queue keys.
-        crate::ask_replays::prune(db, now).await?;
-        db.queue().prune().await?
-    };
-    let guest_cutoff = now
-        .saturating_sub(duration_ms(opts.token_ttl))
-        .saturating_sub(grace_ms);
-    let guests = expired_guests(db, guest_cutoff).await?;
-    if !opts.dry_run && !guests.is_empty() {
-        delete_tenants(db, &guests).await?;
+    let host = Native { db, objects };
+    shared::run(&host, opts).await.map_err(CleanupError::Run)
+}
+
+/// The native host of a cleanup.
+struct Native<'a> {
+    db: &'a Database,
+    objects: &'a Objects,
+}
+
+#[async_trait::async_trait]
+impl CleanupHost for Native<'_> {
+    fn db(&self) -> Box<dyn Executor + '_> {
+        Box::new(self.db.clone())
     }
-    let (orphaned, missing) = object_garbage(db, objects, now - grace_ms).await?;
-    if !opts.dry_run {
-        for key in &orphaned {
-            objects.delete(key).await?;
+
+    async fn begin(&self) -> Result<Box<dyn Transaction + '_>, SqlError> {
+        let tx = self
+            .db
+            .begin()
+            .await
+            .map_err(|e| SqlError::new(e.to_string()))?;
+        Ok(Box::new(tx))
+    }
+
+    async fn prune(&self, dry_run: bool) -> Result<PruneReport, String> {
+        if dry_run {
+            prunable(self.db).await.map_err(|e| e.to_string())
+        } else {
+            self.db.queue().prune().await.map_err(|e| e.to_string())
         }
-        mark_expired(db, &missing, now).await?;
     }
-    Ok(CleanupReport {
-        dry_run: opts.dry_run,
-        messages,
-        guest_tenants: guests.len() as u64,
-        orphaned_objects: orphaned.len() as u64,
-        rows_missing_objects: missing.len() as u64,
-        removed_tenants: if opts.dry_run { Vec::new() } else { guests },
-    })
+
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, i64)>, String> {
+        let prefix = ObjectKey::parse(prefix).map_err(|e| e.to_string())?;
+        let mut page = self.objects.list(Some(&prefix));
+        let mut listed = Vec::new();
+        while let Some(meta) = page.try_next().await.map_err(|e| e.to_string())? {
+            listed.push((
+                meta.key.as_str().to_owned(),
+                meta.last_modified.timestamp_millis(),
+            ));
+        }
+        Ok(listed)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), String> {
+        let key = ObjectKey::parse(key).map_err(|e| e.to_string())?;
+        self.objects.delete(&key).await.map_err(|e| e.to_string())
+    }
+
+    fn now_ms(&self) -> i64 {
+        now_ms().0
+    }
 }
 
 /// What the queue driver's `prune` would delete now: its conditions, counted. Settings are
@@ -165,142 +179,4 @@ pub async fn prunable(db: &Database) -> Result<PruneReport, CleanupError> {
         }
     };
     Ok(shared::prune_report(acked, dead, dedup))
-}
-
-/// `(cutoff_ms)` ⇒ the ids of guest tenants created before the cutoff with nothing left.
-const EXPIRED_GUESTS: Dialects = Dialects {
-    sqlite: sql::SQLITE_EXPIRED_GUESTS,
-    postgres: sql::EXPIRED_GUESTS,
-};
-
-/// Guest tenants created before `cutoff_ms` with nothing left (see the module docs), by id.
-async fn expired_guests(db: &Database, cutoff_ms: i64) -> Result<Vec<String>, CleanupError> {
-    let mut read = crate::sql::Reader(db);
-    let rows = read
-        .query(EXPIRED_GUESTS.pick(read.dialect()), &[cutoff_ms.into()])
-        .await?;
-    Ok(rows.iter().map(|r| r.text(0)).collect::<Result<_, _>>()?)
-}
-
-/// Deletes the mutable rows of `tenants` in one transaction. Usage events and ledger entries
-/// are append-only (the audit trail) and stay.
-async fn delete_tenants(db: &Database, tenants: &[String]) -> Result<(), CleanupError> {
-    // Users first: they reference the tenant.
-    const TABLES: [&str; 4] = sql::TENANT_DELETES;
-    let mut tx = db.begin().await?;
-    match &mut tx {
-        Tx::Sqlite { tx, .. } => {
-            let ids = serde_json::to_string(tenants).unwrap_or_else(|_| "[]".into());
-            for delete in TABLES {
-                sqlx::query(&format!("{delete} (SELECT value FROM json_each(?1))"))
-                    .bind(&ids)
-                    .execute(&mut **tx)
-                    .await?;
-            }
-        }
-        Tx::Postgres { tx, .. } => {
-            for delete in sql::DELETE_TENANT_ROWS {
-                sqlx::query(delete).bind(tenants).execute(&mut **tx).await?;
-            }
-        }
-    }
-    tx.commit().await?;
-    Ok(())
-}
-
-type Owned = (Vec<MissingRow>, HashSet<String>);
-
-/// Every upload: `(key, object_key, tier, scan, created_ms)`.
-const UPLOAD_ROWS: Dialects = Dialects {
-    sqlite: "SELECT key, object_key, tier, scan, created_at FROM uploads",
-    postgres: sql::UPLOAD_ROWS,
-};
-
-/// Every job artifact: `(job_id, name, object_key, tier, created_ms)`.
-const ARTIFACT_ROWS: Dialects = Dialects {
-    sqlite: "SELECT job_id, name, object_key, tier, created_at FROM job_artifacts",
-    postgres: sql::ARTIFACT_ROWS,
-};
-
-/// Every object key a row refers to, and the rows (older than `before_ms`, not yet expired)
-/// whose object is not in `present`.
-async fn rows_and_keys(
-    db: &Database,
-    present: &HashSet<String>,
-    before_ms: i64,
-) -> Result<Owned, CleanupError> {
-    let mut read = crate::sql::Reader(db);
-    let dialect = read.dialect();
-    let object_row = |r: &Row| -> Result<ObjectRow, SqlError> {
-        Ok((r.text(0)?, r.text(1)?, r.text(2)?, r.text(3)?, r.int(4)?))
-    };
-    let uploads = read
-        .query(UPLOAD_ROWS.pick(dialect), &[])
-        .await?
-        .iter()
-        .map(object_row)
-        .collect::<Result<_, _>>()?;
-    let artifacts = read
-        .query(ARTIFACT_ROWS.pick(dialect), &[])
-        .await?
-        .iter()
-        .map(object_row)
-        .collect::<Result<_, _>>()?;
-    let inputs = read
-        .query(sql::JOB_INPUT_KEYS, &[])
-        .await?
-        .iter()
-        .map(|r| r.text(0))
-        .collect::<Result<_, _>>()?;
-    Ok(shared::rows_and_keys(
-        uploads, artifacts, inputs, present, before_ms,
-    ))
-}
-
-/// Lists the row-owned prefixes, then reads the rows: objects older than `before_ms` that no
-/// row owns, and rows (older than `before_ms`) whose object was not listed. Listing first means
-/// an object written after the listing belongs to a row younger than the grace, which is left
-/// alone.
-async fn object_garbage(
-    db: &Database,
-    objects: &Objects,
-    before_ms: i64,
-) -> Result<(Vec<ObjectKey>, Vec<MissingRow>), CleanupError> {
-    let mut listed = Vec::new();
-    for prefix in ROW_OWNED_PREFIXES {
-        let prefix = ObjectKey::parse(prefix).map_err(ObjectError::from)?;
-        let mut page = objects.list(Some(&prefix));
-        while let Some(meta) = page.try_next().await? {
-            listed.push((meta.key, meta.last_modified.timestamp_millis()));
-        }
-    }
-    let present: HashSet<String> = listed.iter().map(|(k, _)| k.as_str().to_owned()).collect();
-    let (missing, owned) = rows_and_keys(db, &present, before_ms).await?;
-    Ok((shared::orphaned(listed, &owned, before_ms), missing))
-}
-
-/// Marks rows whose object is gone as `expired`, only while they still point at that object.
-async fn mark_expired(db: &Database, rows: &[MissingRow], now: i64) -> Result<(), CleanupError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let mut tx = db.begin().await?;
-    for row in rows {
-        match row {
-            MissingRow::Upload { key, object_key } => {
-                let args = [key.into(), object_key.into(), now.into()];
-                tx.execute(sql::EXPIRE_UPLOAD, &args).await?;
-            }
-            MissingRow::Artifact {
-                job_id,
-                name,
-                object_key,
-            } => {
-                let args = [job_id.into(), name.into(), object_key.into(), now.into()];
-                tx.execute(sql::EXPIRE_ARTIFACT, &args).await?;
-            }
-        }
-    }
-    tx.commit().await?;
-    Ok(())
 }

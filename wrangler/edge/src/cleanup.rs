@@ -1,9 +1,6 @@
-//! `POST /admin/cleanup?dry_run=&grace_secs=` on the edge: the native cleanup
-//! (`cognomega_stores::cleanup`) on PostgreSQL through Hyperdrive and the R2 bucket `OBJECTS`,
-//! with the native query rules, 400s and report (`cognomega_core::cleanup::CleanupReport`).
-//! The statements, the queue retentions and the rule deciding which objects are orphaned and
-//! which rows lost their object are `cognomega_core::cleanup`'s, the ones the native
-//! PostgreSQL store runs; the steps run in the native order:
+//! `POST /admin/cleanup?dry_run=&grace_secs=` on the edge: the cleanup the native host runs
+//! (`cognomega_core::cleanup::run`: its query rules, 400s, statements and report) on PostgreSQL
+//! through Hyperdrive and the R2 bucket `OBJECTS`; the steps:
 //!
 //! 1. the queue prune (or, dry, its count): the edge's `queue_messages` holds only the dead
 //!    letters the dlq Worker records (the live queues are Cloudflare Queues), but the same
@@ -20,29 +17,20 @@
 //! removed guest's KV entry) is finished by running it again; `cognomega cleanup` does the same
 //! work from the command line against the same database and R2's S3 API.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use cognomega_core::cleanup::{
-    self as shared, sql, CleanupReport, MissingRow, ObjectRow, Retentions, ROW_OWNED_PREFIXES,
+    self as shared, sql, CleanupHost, CleanupOptions, CleanupReport, Retentions,
 };
 use cognomega_core::queue::PruneReport;
-use cognomega_core::time::duration_ms;
+use cognomega_core::sql::{Executor, SqlError, Transaction};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 use worker::{Bucket, Env, Request};
 
 use crate::http::{self, ApiError, ApiResult};
-
-/// What a cleanup may touch (as `cognomega_stores::cleanup::CleanupOptions`).
-#[derive(Debug, Clone, Copy)]
-struct Options {
-    /// Only count.
-    dry_run: bool,
-    /// Guest token lifetime, ms.
-    token_ttl_ms: i64,
-    /// Objects and rows younger than this are never touched, ms.
-    grace_ms: i64,
-}
+use crate::sql::{Pg, PgTx};
 
 /// `POST /admin/cleanup` (the caller is already checked as admin).
 pub async fn cleanup(req: &Request, env: &Env) -> ApiResult {
@@ -69,161 +57,102 @@ pub async fn cleanup(req: &Request, env: &Env) -> ApiResult {
 }
 
 /// The query, by the native rules and messages (`cognomega_core::cleanup::query_options`).
-fn options(env: &Env, query: &HashMap<String, String>) -> Result<Options, ApiError> {
+fn options(env: &Env, query: &HashMap<String, String>) -> Result<CleanupOptions, ApiError> {
     let (dry_run, grace) =
         shared::query_options(query.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .map_err(|(code, message)| ApiError::bad_request(code, message))?;
-    Ok(Options {
+    Ok(CleanupOptions {
         dry_run,
-        token_ttl_ms: duration_ms(Duration::from_secs(crate::config::token_ttl_secs(env))),
-        grace_ms: duration_ms(grace),
+        token_ttl: Duration::from_secs(crate::config::token_ttl_secs(env)),
+        grace,
     })
 }
 
-fn now_ms() -> i64 {
-    i64::try_from(worker::Date::now().as_millis()).unwrap_or(i64::MAX)
-}
-
-/// The cleanup (see the module docs).
-async fn run(env: &Env, opts: Options) -> Result<CleanupReport, ApiError> {
-    let now = now_ms();
+/// The cleanup (see the module docs): the shared run on this deployment.
+async fn run(env: &Env, opts: CleanupOptions) -> Result<CleanupReport, ApiError> {
     let db = crate::db::connect(env).await?;
-    let messages = if opts.dry_run {
-        prunable(&db).await?
-    } else {
-        // Ask keys past their 24 hours go with the expired queue keys (as natively in
-        // `cognomega prune`).
-        db.execute(
-            cognomega_core::ai::replay::PRUNE,
-            &[&now.saturating_sub(cognomega_core::ai::replay::KEY_TTL_MS)],
-        )
-        .await?;
-        prune(&db).await?
+    let host = Edge {
+        env,
+        db: &db,
+        bucket: env.bucket("OBJECTS")?,
     };
-    let guest_cutoff = now
-        .saturating_sub(opts.token_ttl_ms)
-        .saturating_sub(opts.grace_ms);
-    let guests: Vec<String> = db
-        .query(sql::EXPIRED_GUESTS, &[&guest_cutoff])
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    if !opts.dry_run && !guests.is_empty() {
-        delete_tenants(&db, &guests).await?;
-        forget_balances(env, &guests).await?;
-    }
-    let bucket = env.bucket("OBJECTS")?;
-    let (orphaned, missing) = object_garbage(&db, &bucket, now - opts.grace_ms).await?;
-    if !opts.dry_run {
-        for key in &orphaned {
-            bucket.delete(key.as_str()).await?;
-        }
-        mark_expired(&db, &missing, now).await?;
-    }
-    Ok(CleanupReport {
-        dry_run: opts.dry_run,
-        messages,
-        guest_tenants: guests.len() as u64,
-        orphaned_objects: orphaned.len() as u64,
-        rows_missing_objects: missing.len() as u64,
-        removed_tenants: if opts.dry_run { Vec::new() } else { guests },
-    })
+    shared::run(&host, opts).await.map_err(ApiError::internal)
 }
 
-async fn retentions(db: &Client) -> Result<Retentions, ApiError> {
-    let declared = db
-        .query(sql::QUEUE_SETTINGS, &[])
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect::<Vec<(String, String)>>();
-    Ok(Retentions::from_declared(declared))
+/// The edge as a cleanup's host: PostgreSQL through Hyperdrive, R2, the KV balances.
+struct Edge<'a> {
+    env: &'a Env,
+    db: &'a Client,
+    bucket: Bucket,
 }
 
-/// What the prune would delete now: its conditions, counted.
-async fn prunable(db: &Client) -> Result<PruneReport, ApiError> {
-    let r = retentions(db).await?;
-    let row = db
-        .query_one(
-            sql::PRUNABLE,
-            &[&r.queues, &r.retain_acked_ms, &r.dead_retention_ms],
-        )
-        .await?;
-    Ok(shared::prune_report(row.get(0), row.get(1), row.get(2)))
-}
-
-/// The native PostgreSQL driver's prune: acked and dead messages past their queue's
-/// retention, expired idempotency keys.
-async fn prune(db: &Client) -> Result<PruneReport, ApiError> {
-    let r = retentions(db).await?;
-    let mut report = PruneReport::default();
-    if !r.queues.is_empty() {
-        report.acked = db
-            .execute(sql::PRUNE_ACKED, &[&r.queues, &r.retain_acked_ms])
-            .await?;
-        report.dead = db
-            .execute(sql::PRUNE_DEAD, &[&r.queues, &r.dead_retention_ms])
-            .await?;
+#[async_trait::async_trait(?Send)]
+impl CleanupHost for Edge<'_> {
+    fn db(&self) -> Box<dyn Executor + '_> {
+        Box::new(Pg(self.db))
     }
-    report.dedup_keys = db.execute(sql::PRUNE_DEDUP, &[]).await?;
-    Ok(report)
-}
 
-/// Runs `statements` (each bound to `params`) in one transaction.
-async fn in_transaction(
-    db: &Client,
-    statements: impl IntoIterator<
-        Item = (
-            &'static str,
-            Vec<&(dyn tokio_postgres::types::ToSql + Sync)>,
-        ),
-    >,
-) -> Result<(), ApiError> {
-    db.batch_execute("BEGIN").await?;
-    let done = async {
-        for (statement, params) in statements {
-            db.execute(statement, &params).await?;
-        }
-        Ok::<_, tokio_postgres::Error>(())
+    async fn begin(&self) -> Result<Box<dyn Transaction + '_>, SqlError> {
+        Ok(Box::new(PgTx::begin(self.db).await?))
     }
-    .await;
-    match done {
-        Ok(()) => {
-            db.batch_execute("COMMIT").await?;
-            Ok(())
-        }
-        Err(e) => {
-            let _ = db.batch_execute("ROLLBACK").await;
-            Err(e.into())
-        }
-    }
-}
 
-/// Deletes the mutable rows of `tenants` in one transaction. Usage events and ledger entries
-/// are append-only (the audit trail) and stay.
-async fn delete_tenants(db: &Client, tenants: &[String]) -> Result<(), ApiError> {
-    let ids: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&tenants];
-    in_transaction(
-        db,
-        sql::DELETE_TENANT_ROWS
+    /// The native PostgreSQL driver's prune (or its count): acked and dead messages past their
+    /// queue's retention, expired idempotency keys.
+    async fn prune(&self, dry_run: bool) -> Result<PruneReport, String> {
+        let db = self.db;
+        let declared = (db.query(sql::QUEUE_SETTINGS, &[]).await)
+            .map_err(|e| e.to_string())?
             .iter()
-            .map(|statement| (*statement, ids.clone())),
-    )
-    .await
-}
+            .map(|r| (r.get(0), r.get(1)))
+            .collect::<Vec<(String, String)>>();
+        let r = Retentions::from_declared(declared);
+        let pruned = async {
+            if dry_run {
+                let args: [&(dyn ToSql + Sync); 3] =
+                    [&r.queues, &r.retain_acked_ms, &r.dead_retention_ms];
+                let row = db.query_one(sql::PRUNABLE, &args).await?;
+                return Ok(shared::prune_report(row.get(0), row.get(1), row.get(2)));
+            }
+            let mut report = PruneReport::default();
+            if !r.queues.is_empty() {
+                let acked: [&(dyn ToSql + Sync); 2] = [&r.queues, &r.retain_acked_ms];
+                report.acked = db.execute(sql::PRUNE_ACKED, &acked).await?;
+                let dead: [&(dyn ToSql + Sync); 2] = [&r.queues, &r.dead_retention_ms];
+                report.dead = db.execute(sql::PRUNE_DEAD, &dead).await?;
+            }
+            report.dedup_keys = db.execute(sql::PRUNE_DEDUP, &[]).await?;
+            Ok::<_, tokio_postgres::Error>(report)
+        };
+        pruned.await.map_err(|e| e.to_string())
+    }
 
-/// Removed guests' cached balances (KV), as the native route drops them from its cache.
-async fn forget_balances(env: &Env, tenants: &[String]) -> Result<(), ApiError> {
-    let kv = env.kv("KV")?;
-    for tenant in tenants {
-        let key = crate::billing::balance_key(tenant);
-        if let Err(e) = kv.delete(&key).await {
-            // The rows are gone already: a stale entry only lasts until its TTL.
-            worker::console_warn!("cleanup: KV delete {key}: {e}");
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, i64)>, String> {
+        list_prefix(&self.bucket, prefix)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), String> {
+        self.bucket.delete(key).await.map_err(|e| e.to_string())
+    }
+
+    /// Removed guests' cached balances (KV), as the native route drops them from its cache.
+    async fn forget(&self, tenants: &[String]) {
+        let Ok(kv) = self.env.kv("KV") else {
+            return;
+        };
+        for tenant in tenants {
+            let key = crate::billing::balance_key(tenant);
+            if let Err(e) = kv.delete(&key).await {
+                // The rows are gone already: a stale entry only lasts until its TTL.
+                worker::console_warn!("cleanup: KV delete {key}: {e}");
+            }
         }
     }
-    Ok(())
+
+    fn now_ms(&self) -> i64 {
+        i64::try_from(worker::Date::now().as_millis()).unwrap_or(i64::MAX)
+    }
 }
 
 /// True for a key the native store would list: `cognomega_stores::objects::ObjectKey`'s rules
@@ -241,102 +170,31 @@ fn listable(key: &str) -> bool {
         })
 }
 
-/// Every object under the row-owned prefixes: `(key, uploaded epoch ms)`.
-async fn list_owned_prefixes(bucket: &Bucket) -> Result<Vec<(String, i64)>, ApiError> {
+/// Every object under `prefix/`: `(key, uploaded epoch ms)`.
+async fn list_prefix(bucket: &Bucket, prefix: &str) -> worker::Result<Vec<(String, i64)>> {
     let mut listed = Vec::new();
-    for prefix in ROW_OWNED_PREFIXES {
-        // Segment-wise, as natively: `uploads` lists `uploads/…`, not `uploads2/…`.
-        let prefix = format!("{prefix}/");
-        let mut cursor: Option<String> = None;
-        loop {
-            let mut list = bucket.list().prefix(prefix.clone());
-            if let Some(c) = cursor.take() {
-                list = list.cursor(c);
+    // Segment-wise, as natively: `uploads` lists `uploads/…`, not `uploads2/…`.
+    let prefix = format!("{prefix}/");
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut list = bucket.list().prefix(prefix.clone());
+        if let Some(c) = cursor.take() {
+            list = list.cursor(c);
+        }
+        let page = list.execute().await?;
+        for object in page.objects() {
+            let key = object.key();
+            if !listable(&key) {
+                worker::console_warn!("cleanup: skipping {key:?}: not a valid object key");
+                continue;
             }
-            let page = list.execute().await?;
-            for object in page.objects() {
-                let key = object.key();
-                if !listable(&key) {
-                    worker::console_warn!("cleanup: skipping {key:?}: not a valid object key");
-                    continue;
-                }
-                let uploaded = i64::try_from(object.uploaded().as_millis()).unwrap_or(i64::MAX);
-                listed.push((key, uploaded));
-            }
-            match page.cursor() {
-                Some(next) if page.truncated() => cursor = Some(next),
-                _ => break,
-            }
+            let uploaded = i64::try_from(object.uploaded().as_millis()).unwrap_or(i64::MAX);
+            listed.push((key, uploaded));
+        }
+        match page.cursor() {
+            Some(next) if page.truncated() => cursor = Some(next),
+            _ => break,
         }
     }
     Ok(listed)
-}
-
-/// Lists the row-owned prefixes, then reads the rows: objects older than `before_ms` that no
-/// row owns, and rows (older than `before_ms`) whose object was not listed.
-async fn object_garbage(
-    db: &Client,
-    bucket: &Bucket,
-    before_ms: i64,
-) -> Result<(Vec<String>, Vec<MissingRow>), ApiError> {
-    let listed = list_owned_prefixes(bucket).await?;
-    let present: HashSet<String> = listed.iter().map(|(k, _)| k.clone()).collect();
-    let row = |r: &tokio_postgres::Row| -> ObjectRow {
-        (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))
-    };
-    let uploads: Vec<ObjectRow> = db
-        .query(sql::UPLOAD_ROWS, &[])
-        .await?
-        .iter()
-        .map(row)
-        .collect();
-    let artifacts: Vec<ObjectRow> = db
-        .query(sql::ARTIFACT_ROWS, &[])
-        .await?
-        .iter()
-        .map(row)
-        .collect();
-    let inputs: Vec<String> = db
-        .query(sql::JOB_INPUT_KEYS, &[])
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let (missing, owned) = shared::rows_and_keys(uploads, artifacts, inputs, &present, before_ms);
-    Ok((shared::orphaned(listed, &owned, before_ms), missing))
-}
-
-/// Marks rows whose object is gone as `expired`, only while they still point at that object,
-/// in one transaction.
-async fn mark_expired(db: &Client, rows: &[MissingRow], now: i64) -> Result<(), ApiError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    in_transaction(
-        db,
-        rows.iter().map(|row| match row {
-            MissingRow::Upload { key, object_key } => (
-                sql::EXPIRE_UPLOAD,
-                vec![
-                    key as &(dyn tokio_postgres::types::ToSql + Sync),
-                    object_key,
-                    &now,
-                ],
-            ),
-            MissingRow::Artifact {
-                job_id,
-                name,
-                object_key,
-            } => (
-                sql::EXPIRE_ARTIFACT,
-                vec![
-                    job_id as &(dyn tokio_postgres::types::ToSql + Sync),
-                    name,
-                    object_key,
-                    &now,
-                ],
-            ),
-        }),
-    )
-    .await
 }
