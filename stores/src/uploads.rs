@@ -1,38 +1,12 @@
 //! SQL of direct uploads.
 
-use cognomega_core::sql::{Dialects, Executor as _, Row, SqlError};
-use serde::Serialize;
+use cognomega_core::sql::Executor as _;
 
 use crate::queue::now_ms;
 use crate::stamped::Stamped;
 use crate::{Database, StoreError, Tx};
 
-/// An upload row. Times are epoch milliseconds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Upload {
-    /// `uploads/{tenant}/{uuid}`.
-    pub key: String,
-    /// Owner.
-    pub tenant_id: String,
-    /// Sanitized filename.
-    pub filename: String,
-    /// Sniffed-and-declared content type.
-    pub content_type: String,
-    /// Bytes.
-    pub size: i64,
-    /// Hex sha256.
-    pub sha256: String,
-    /// pending | clean | infected | scan_failed | skipped
-    pub scan: String,
-    /// The signature name when infected.
-    pub signature: Option<String>,
-    /// Why the scan failed.
-    pub scan_error: Option<String>,
-    /// Where the bytes are now.
-    pub object_key: String,
-    /// Created.
-    pub created_at_ms: i64,
-}
+pub use cognomega_core::files::sql::Upload;
 
 /// A new upload row.
 #[derive(Debug, Clone)]
@@ -53,38 +27,6 @@ pub struct NewUpload<'a> {
     pub scan: &'a str,
     /// Submitting request.
     pub request_id: Option<&'a str>,
-}
-
-/// The columns of an [`Upload`], in [`from_row`]'s order (SQLite: times in epoch ms).
-macro_rules! sqlite_columns {
-    () => {
-        "key, tenant_id, filename, content_type, size, sha256, scan, signature, scan_error, \
-         object_key, created_at"
-    };
-}
-
-/// The columns of an [`Upload`], in [`from_row`]'s order (PostgreSQL: times read as epoch ms).
-macro_rules! pg_columns {
-    () => {
-        "key, tenant_id, filename, content_type, size, sha256, scan, signature, scan_error, \
-         object_key, (extract(epoch from created_at) * 1000)::bigint"
-    };
-}
-
-fn from_row(r: &Row) -> Result<Upload, SqlError> {
-    Ok(Upload {
-        key: r.text(0)?,
-        tenant_id: r.text(1)?,
-        filename: r.text(2)?,
-        content_type: r.text(3)?,
-        size: r.int(4)?,
-        sha256: r.text(5)?,
-        scan: r.text(6)?,
-        signature: r.opt_text(7)?,
-        scan_error: r.opt_text(8)?,
-        object_key: r.text(9)?,
-        created_at_ms: r.int(10)?,
-    })
 }
 
 const INSERT: Stamped = Stamped(cognomega_core::files::sql::INSERT);
@@ -109,20 +51,6 @@ pub async fn insert(tx: &mut Tx, u: &NewUpload<'_>) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Upload `$1`, of tenant `$2` unless null.
-const GET: Dialects = Dialects {
-    sqlite: concat!(
-        "SELECT ",
-        sqlite_columns!(),
-        " FROM uploads WHERE key = $1 AND ($2 IS NULL OR tenant_id = $2)"
-    ),
-    postgres: concat!(
-        "SELECT ",
-        pg_columns!(),
-        " FROM uploads WHERE key = $1 AND ($2::text IS NULL OR tenant_id = $2)"
-    ),
-};
-
 /// An upload by key; with `tenant`, only the tenant's own.
 pub async fn get(
     db: &Database,
@@ -130,10 +58,7 @@ pub async fn get(
     tenant: Option<&str>,
 ) -> Result<Option<Upload>, StoreError> {
     let mut read = crate::sql::Reader(db);
-    let row = read
-        .query_opt(GET.pick(read.dialect()), &[key.into(), tenant.into()])
-        .await?;
-    Ok(row.as_ref().map(from_row).transpose()?)
+    Ok(cognomega_core::files::sql::get(&mut read, key, tenant).await?)
 }
 
 /// Bytes a tenant has stored in uploads (quarantined ones included: they still take space until

@@ -1,3 +1,4 @@
+//! `GET /uploads/{key}`, `GET /files/{key}` (the link check and what may be served) and
 //! `POST /upload/direct`, written once around the host's byte handling (natively the body is
 //! streamed into storage; on the edge it is read whole): [`admit`] before a byte is read (the
 //! credit check, the tier's size limit, the tenant's quota against a declared length),
@@ -9,9 +10,10 @@
 
 use cognomega_core::api::Refusal;
 use cognomega_core::billing::{UsageBatchMessage, UsageEvent, UsageKey, UsageKind};
-use cognomega_core::files::{essence, matches_magic, SNIFF_BYTES};
+use cognomega_core::files::sql::Upload;
+use cognomega_core::files::{essence, matches_magic, servable, verify_download, SNIFF_BYTES};
 use cognomega_core::queue::catalog;
-use cognomega_core::sql::{Dialect, Outbound, Value};
+use cognomega_core::sql::{Dialect, Executor, Outbound, Value};
 
 use crate::ports::WriteHost;
 
@@ -244,4 +246,75 @@ async fn write<H: WriteHost + ?Sized>(host: &H, u: &Accepted<'_>) -> Result<i64,
     .map_err(Refusal::internal)?;
     tx.commit().await.map_err(Refusal::internal)?;
     Ok(created_at)
+}
+
+/// 404 `upload_not_found`.
+#[must_use]
+pub fn not_found(key: &str) -> Refusal {
+    Refusal::new(404, "upload_not_found", format!("no upload {key}"))
+}
+
+/// 410 `file_expired`: the lifecycle policy deleted the file's bytes.
+#[must_use]
+pub fn file_expired() -> Refusal {
+    Refusal::new(410, "file_expired", "the file's storage has expired")
+}
+
+/// An upload as the API shows it, with its signed download `url`.
+#[must_use]
+pub fn upload_json(u: &Upload, url: &str) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "key": u.key,
+        "filename": u.filename,
+        "size": u.size,
+        "sha256": u.sha256,
+        "content_type": u.content_type,
+        "scan": u.scan,
+        "created_at": crate::billing::rfc3339(u.created_at_ms),
+        "url": url,
+    });
+    if let Some(sig) = &u.signature {
+        v["signature"] = serde_json::Value::String(sig.clone());
+    }
+    v
+}
+
+/// `GET /uploads/{key}`: an upload of the tenant's.
+pub async fn get(db: &mut dyn Executor, tenant: &str, key: &str) -> Result<Upload, Refusal> {
+    cognomega_core::files::sql::get(db, key, Some(tenant))
+        .await
+        .map_err(Refusal::internal)?
+        .ok_or_else(|| not_found(key))
+}
+
+/// `GET /files/{key}`: the link's `exp` and `sig` (403 `link_invalid` / `link_expired`).
+pub fn check_link(
+    secret: &[u8],
+    key: &str,
+    exp: Option<&str>,
+    sig: Option<&str>,
+    now_secs: i64,
+) -> Result<(), Refusal> {
+    let exp = exp.and_then(|e| e.parse::<i64>().ok());
+    let (Some(exp), Some(sig)) = (exp, sig) else {
+        return Err(Refusal::new(
+            403,
+            "link_invalid",
+            "a download link needs exp and sig; get one from GET /uploads/{key}",
+        ));
+    };
+    verify_download(secret, key, exp, sig, now_secs)
+        .map_err(|e| Refusal::new(403, e.code(), e.to_string()))
+}
+
+/// The upload behind a checked link, when it may be served (clean, or unscanned where no
+/// scanner is configured).
+pub async fn servable_upload(db: &mut dyn Executor, key: &str) -> Result<Upload, Refusal> {
+    let upload = cognomega_core::files::sql::get(db, key, None)
+        .await
+        .map_err(Refusal::internal)?
+        .ok_or_else(|| not_found(key))?;
+    servable(&upload.scan, upload.signature.as_deref())
+        .map_err(|n| Refusal::new(n.status, n.code, n.message))?;
+    Ok(upload)
 }

@@ -85,6 +85,33 @@ fn truncate(name: String) -> String {
     cut
 }
 
+/// `Content-Disposition: attachment` for `filename`: an ASCII fallback (quotes, backslashes
+/// and control characters as `_`) and the exact name percent-encoded (RFC 6266 `filename*`).
+#[must_use]
+pub fn content_disposition(filename: &str) -> String {
+    let ascii: String = filename
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let encoded: String = filename
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::sanitize_filename as s;

@@ -8,5 +8,5 @@ mod signed_url;
 pub mod sql;
 
 pub use content::{essence, matches_magic, servable, NotServed, DEFAULT_UPLOAD_TYPES, SNIFF_BYTES};
-pub use filename::sanitize_filename;
-pub use signed_url::{sign_download, verify_download, SignedUrlError};
+pub use filename::{content_disposition, sanitize_filename};
+pub use signed_url::{sign_download, signed_url, verify_download, SignedUrlError};

@@ -48,6 +48,16 @@ pub fn sign_download(secret: &[u8], key: &str, exp: i64) -> String {
         .collect()
 }
 
+/// The signed download link of `key`, valid for `ttl_secs` from `now` (Unix seconds).
+#[must_use]
+pub fn signed_url(secret: &[u8], key: &str, now: i64, ttl_secs: i64) -> String {
+    let exp = now.saturating_add(ttl_secs);
+    format!(
+        "/files/{key}?exp={exp}&sig={}",
+        sign_download(secret, key, exp)
+    )
+}
+
 /// Checks a download link in constant time; `now` is Unix seconds.
 pub fn verify_download(
     secret: &[u8],

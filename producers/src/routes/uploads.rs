@@ -14,15 +14,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{SecondsFormat, TimeZone, Utc};
 use cognomega_core::api::Refusal;
-use cognomega_core::files::{
-    essence, sanitize_filename, sign_download, verify_download, SNIFF_BYTES,
-};
+use cognomega_core::files::{content_disposition, essence, sanitize_filename, SNIFF_BYTES};
 use cognomega_stores::objects::{ObjectKey, PutMeta};
-use cognomega_stores::uploads::{self, Upload};
+use cognomega_stores::sql::Reader;
 use cognomega_workflows::accept::{self, Accepted, Room};
 use futures::stream::{self, BoxStream, StreamExt};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::openapi::{schemas as s, *};
@@ -38,29 +36,8 @@ fn rfc3339(ms: i64) -> String {
 }
 
 fn signed_url(state: &AppState, key: &str) -> String {
-    let exp = Utc::now().timestamp()
-        + i64::try_from(state.config.uploads.link_ttl.as_secs()).unwrap_or(900);
-    format!(
-        "/files/{key}?exp={exp}&sig={}",
-        sign_download(&state.url_secret, key, exp)
-    )
-}
-
-fn upload_json(state: &AppState, u: &Upload) -> Value {
-    let mut v = json!({
-        "key": u.key,
-        "filename": u.filename,
-        "size": u.size,
-        "sha256": u.sha256,
-        "content_type": u.content_type,
-        "scan": u.scan,
-        "created_at": rfc3339(u.created_at_ms),
-        "url": signed_url(state, &u.key),
-    });
-    if let Some(sig) = &u.signature {
-        v["signature"] = Value::String(sig.clone());
-    }
-    v
+    let ttl = i64::try_from(state.config.uploads.link_ttl.as_secs()).unwrap_or(900);
+    cognomega_core::files::signed_url(&state.url_secret, key, Utc::now().timestamp(), ttl)
 }
 
 /// The file's name for a raw upload.
@@ -327,14 +304,6 @@ async fn store(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-fn upload_not_found(key: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "upload_not_found",
-        format!("no upload {key}"),
-    )
-}
-
 /// An upload's metadata and scan status.
 #[utoipa::path(
     get,
@@ -356,11 +325,11 @@ pub(crate) async fn get(
     Authenticated(claims): Authenticated,
     Path(key): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let upload = uploads::get(&state.db, &key, Some(&claims.tenant))
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| upload_not_found(&key))?;
-    Ok(Json(upload_json(&state, &upload)))
+    let upload = accept::get(&mut Reader(&state.db), &claims.tenant, &key).await?;
+    Ok(Json(accept::upload_json(
+        &upload,
+        &signed_url(&state, &key),
+    )))
 }
 
 /// The signature of a download link.
@@ -400,39 +369,16 @@ pub(crate) async fn file(
     Query(q): Query<LinkQuery>,
     _headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let forbidden =
-        |code: &'static str, msg: String| ApiError::new(StatusCode::FORBIDDEN, code, msg);
-    let exp = q.exp.as_deref().and_then(|e| e.parse::<i64>().ok());
-    let (Some(exp), Some(sig)) = (exp, q.sig.as_deref()) else {
-        return Err(forbidden(
-            "link_invalid",
-            "a download link needs exp and sig; get one from GET /uploads/{key}".into(),
-        ));
-    };
-    verify_download(&state.url_secret, &key, exp, sig, Utc::now().timestamp())
-        .map_err(|e| forbidden(e.code(), e.to_string()))?;
+    let (exp, sig) = (q.exp.as_deref(), q.sig.as_deref());
+    accept::check_link(&state.url_secret, &key, exp, sig, Utc::now().timestamp())?;
     if key.starts_with("exports/") {
         return super::exports::file(&state, &key).await;
     }
-    let upload = uploads::get(&state.db, &key, None)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| upload_not_found(&key))?;
-    cognomega_core::files::servable(&upload.scan, upload.signature.as_deref()).map_err(|n| {
-        ApiError::new(
-            StatusCode::from_u16(n.status).unwrap_or(StatusCode::CONFLICT),
-            n.code,
-            n.message,
-        )
-    })?;
+    let upload = accept::servable_upload(&mut Reader(&state.db), &key).await?;
     let object_key = ObjectKey::parse(&upload.object_key).map_err(ApiError::internal)?;
     let object = state.objects.get(&object_key).await.map_err(|e| {
         if e.is_not_found() {
-            ApiError::new(
-                StatusCode::GONE,
-                "file_expired",
-                "the file's storage has expired",
-            )
+            accept::file_expired().into()
         } else {
             ApiError::internal(e)
         }
@@ -447,41 +393,14 @@ pub(crate) async fn file(
         header::CONTENT_LENGTH,
         HeaderValue::from(u64::try_from(upload.size).unwrap_or(0)),
     );
+    let disposition = content_disposition(&upload.filename);
     h.insert(
         header::CONTENT_DISPOSITION,
-        content_disposition(&upload.filename),
+        HeaderValue::from_str(&disposition).unwrap_or(HeaderValue::from_static("attachment")),
     );
     h.insert(
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );
     Ok(resp)
-}
-
-/// `attachment; filename="ascii"; filename*=UTF-8''percent-encoded` (RFC 6266).
-fn content_disposition(filename: &str) -> HeaderValue {
-    let ascii: String = filename
-        .chars()
-        .map(|c| {
-            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let encoded: String = filename
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect();
-    HeaderValue::from_str(&format!(
-        "attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}"
-    ))
-    .unwrap_or_else(|_| HeaderValue::from_static("attachment"))
 }

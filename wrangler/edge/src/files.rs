@@ -7,8 +7,7 @@
 
 use cognomega_core::auth::Tier;
 use cognomega_core::files::{
-    essence, sanitize_filename, sign_download, verify_download,
-    DEFAULT_UPLOAD_TYPES as ALLOWED_TYPES,
+    content_disposition, essence, sanitize_filename, DEFAULT_UPLOAD_TYPES as ALLOWED_TYPES,
 };
 use cognomega_core::sql::Executor;
 use cognomega_workflows::accept::{self, Accepted};
@@ -21,6 +20,7 @@ use worker::{Env, MessageExt, Method, Request, Response, Socket};
 use crate::consumers::EdgeQueue;
 use crate::host::Writes;
 use crate::http::{self, ApiError, ApiResult, Caller};
+use crate::sql::Pg;
 
 /// A Worker holds the whole body in its 128 MB of memory, so the edge accepts smaller uploads
 /// than the native server's streamed 100 MiB: a tier's limit is capped at this.
@@ -30,21 +30,14 @@ const LINK_TTL_SECS: i64 = 15 * 60;
 /// The message on `av-scan`.
 pub use cognomega_core::queue::catalog::av_scan::ScanMessage;
 
-fn upload_not_found(key: &str) -> ApiError {
-    ApiError::not_found("upload_not_found", format!("no upload {key}"))
-}
-
 fn link_secret(env: &Env) -> Result<String, ApiError> {
     crate::config::link_secret(env)
         .ok_or_else(|| ApiError::unavailable("COGNOMEGA_LINK_SECRET is not set on this deployment"))
 }
 
 fn signed_url(secret: &str, key: &str) -> String {
-    let exp = worker::Date::now().as_millis() as i64 / 1000 + LINK_TTL_SECS;
-    format!(
-        "/files/{key}?exp={exp}&sig={}",
-        sign_download(secret.as_bytes(), key, exp)
-    )
+    let now = worker::Date::now().as_millis() as i64 / 1000;
+    cognomega_core::files::signed_url(secret.as_bytes(), key, now, LINK_TTL_SECS)
 }
 
 pub async fn route(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
@@ -275,94 +268,38 @@ async fn direct(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
 async fn get(env: &Env, caller: &Caller, key: &str) -> ApiResult {
     let claims = caller.claims()?;
     let db = crate::db::connect(env).await?;
-    let Some(u) = db
-        .query_opt(
-            "SELECT key, filename, size, sha256, content_type, scan, signature,
-                    (extract(epoch FROM created_at) * 1000)::bigint
-             FROM uploads WHERE key = $1 AND tenant_id = $2",
-            &[&key, &claims.tenant],
-        )
-        .await?
-    else {
-        return Err(upload_not_found(key));
-    };
+    let upload = accept::get(&mut Pg(&db), &claims.tenant, key).await?;
     let secret = link_secret(env)?;
-    let mut v = serde_json::json!({
-        "key": u.get::<_, String>(0),
-        "filename": u.get::<_, String>(1),
-        "size": u.get::<_, i64>(2),
-        "sha256": u.get::<_, String>(3),
-        "content_type": u.get::<_, String>(4),
-        "scan": u.get::<_, String>(5),
-        "created_at": crate::billing::rfc3339(u.get::<_, Option<i64>>(7)),
-        "url": signed_url(&secret, key),
-    });
-    if let Some(sig) = u.get::<_, Option<String>>(6) {
-        v["signature"] = serde_json::Value::String(sig);
-    }
-    http::json(200, &v)
+    http::json(
+        200,
+        &accept::upload_json(&upload, &signed_url(&secret, key)),
+    )
 }
 
 async fn file(req: &Request, env: &Env, key: &str) -> ApiResult {
-    let forbidden = |code: &'static str, msg: String| ApiError::new(403, code, msg);
     let url = req.url()?;
-    let mut exp = None;
-    let mut sig = None;
-    for (k, v) in url.query_pairs() {
-        match k.as_ref() {
-            "exp" => exp = v.parse::<i64>().ok(),
-            "sig" => sig = Some(v.into_owned()),
-            _ => {}
-        }
-    }
-    let (Some(exp), Some(sig)) = (exp, sig) else {
-        return Err(forbidden(
-            "link_invalid",
-            "a download link needs exp and sig; get one from GET /uploads/{key}".into(),
-        ));
+    let query = |name: &str| {
+        url.query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
     };
     let secret = link_secret(env)?;
     let now = worker::Date::now().as_millis() as i64 / 1000;
-    verify_download(secret.as_bytes(), key, exp, &sig, now)
-        .map_err(|e| forbidden(e.code(), e.to_string()))?;
+    let (exp, sig) = (query("exp"), query("sig"));
+    accept::check_link(secret.as_bytes(), key, exp.as_deref(), sig.as_deref(), now)?;
     if key.starts_with("exports/") {
         return crate::etl::file(env, key).await;
     }
     let db = crate::db::connect(env).await?;
-    let Some(u) = db
-        .query_opt(
-            "SELECT filename, content_type, scan, signature, object_key FROM uploads WHERE key = $1",
-            &[&key],
-        )
-        .await?
+    let upload = accept::servable_upload(&mut Pg(&db), key).await?;
+    let Some(bytes) = crate::r2::get_bytes(&env.bucket("OBJECTS")?, &upload.object_key).await?
     else {
-        return Err(upload_not_found(key));
-    };
-    let (filename, content_type, scan, signature, object_key): (
-        String,
-        String,
-        String,
-        Option<String>,
-        String,
-    ) = (u.get(0), u.get(1), u.get(2), u.get(3), u.get(4));
-    cognomega_core::files::servable(&scan, signature.as_deref())
-        .map_err(|n| ApiError::new(n.status, n.code, n.message))?;
-    let Some(bytes) = crate::r2::get_bytes(&env.bucket("OBJECTS")?, &object_key).await? else {
-        return Err(ApiError::new(
-            410,
-            "file_expired",
-            "the file's storage has expired",
-        ));
+        return Err(accept::file_expired().into());
     };
     let resp = Response::from_bytes(bytes)?;
-    resp.headers().set("content-type", &content_type)?;
-    resp.headers().set(
-        "content-disposition",
-        &format!(
-            "attachment; filename=\"{}\"",
-            filename.replace(['"', '\\'], "_")
-        ),
-    )?;
+    resp.headers().set("content-type", &upload.content_type)?;
+    let disposition = content_disposition(&upload.filename);
+    resp.headers().set("content-disposition", &disposition)?;
     resp.headers().set("x-content-type-options", "nosniff")?;
     Ok(resp)
 }
