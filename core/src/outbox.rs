@@ -92,6 +92,30 @@ pub async fn stage<E: Executor + ?Sized>(
     .map(drop)
 }
 
+/// Stages one message for `queue` per row of `select` (columns `body`, `request_id`; its
+/// parameters `args`) in the caller's transaction, as part of the write `batch`, in one
+/// `INSERT … SELECT`. Returns how many were staged.
+pub async fn stage_rows<E: Executor + ?Sized>(
+    db: &mut E,
+    batch: &str,
+    queue: &str,
+    select: &str,
+    args: &[Value],
+    now_ms: i64,
+) -> Result<u64, SqlError> {
+    let n = args.len();
+    let insert = format!(
+        "INSERT INTO outbox (batch, queue, body, request_id, created_at)
+         SELECT ${b}, ${q}, s.body, s.request_id, ${t} FROM ({select}) AS s",
+        b = n + 1,
+        q = n + 2,
+        t = n + 3
+    );
+    let mut all = args.to_vec();
+    all.extend([batch.into(), queue.into(), now_ms.into()]);
+    db.execute(&insert, &all).await
+}
+
 /// What one relay did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Relayed {

@@ -280,6 +280,35 @@ pub trait Transaction: Executor {
         Ok(())
     }
 
+    /// Sends one message to `queue` per row of `select`, when the transaction commits: its
+    /// columns `body` (the message as JSON text) and `request_id` (text or NULL), its
+    /// parameters `args`. A set-based send: the rows never travel to the process where the
+    /// host's queue lives in the same database (natively the queue drivers, on the edge the
+    /// outbox). Returns how many were sent.
+    async fn send_rows(
+        &mut self,
+        queue: &str,
+        select: &str,
+        args: &[Value],
+    ) -> Result<u64, SqlError> {
+        let rows = self.query(select, args).await?;
+        let mut messages = Vec::with_capacity(rows.len());
+        for r in &rows {
+            messages.push((r.text(0)?, r.opt_text(1)?));
+        }
+        let sent = messages.len() as u64;
+        let outbound = messages
+            .iter()
+            .map(|(body, request_id)| Outbound {
+                queue,
+                body: body.clone(),
+                request_id: request_id.as_deref(),
+            })
+            .collect();
+        self.send_all(outbound).await?;
+        Ok(sent)
+    }
+
     /// Commits the statements and the messages together.
     async fn commit(self: Box<Self>) -> Result<(), SqlError>;
 

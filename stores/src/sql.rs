@@ -103,7 +103,7 @@ fn postgres_row(r: &PgRow) -> Result<Row, SqlError> {
     Ok(Row(out))
 }
 
-async fn sqlite_execute<'c, E>(on: E, sql: &str, args: &[Value]) -> Result<u64, SqlError>
+pub(crate) async fn sqlite_execute<'c, E>(on: E, sql: &str, args: &[Value]) -> Result<u64, SqlError>
 where
     E: sqlx::Executor<'c, Database = Sqlite>,
 {
@@ -122,7 +122,11 @@ where
     rows.iter().map(sqlite_row).collect()
 }
 
-async fn postgres_execute<'c, E>(on: E, sql: &str, args: &[Value]) -> Result<u64, SqlError>
+pub(crate) async fn postgres_execute<'c, E>(
+    on: E,
+    sql: &str,
+    args: &[Value],
+) -> Result<u64, SqlError>
 where
     E: sqlx::Executor<'c, Database = Postgres>,
 {
@@ -227,6 +231,19 @@ impl Transaction for Tx {
         Tx::send(self, &queue, message)
             .await
             .map(drop)
+            .map_err(|e| SqlError::new(e.to_string()))
+    }
+
+    /// One `INSERT … SELECT` into the queue.
+    async fn send_rows(
+        &mut self,
+        queue: &str,
+        select: &str,
+        args: &[Value],
+    ) -> Result<u64, SqlError> {
+        let queue = QueueName::parse(queue).map_err(|e| SqlError::new(e.to_string()))?;
+        Tx::send_rows(self, &queue, select, args)
+            .await
             .map_err(|e| SqlError::new(e.to_string()))
     }
 

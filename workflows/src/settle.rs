@@ -3,61 +3,136 @@
 //! to the ledger ([`settle`]) — which is also how a new guest's starting grant lands, in the
 //! transaction that creates the tenant.
 //!
-//! Each batch travels to the database as one JSON parameter (SQLite's `json_each`,
-//! PostgreSQL's `jsonb_to_recordset`): one statement per batch whatever its size, the only
-//! difference between the dialects' texts. The settlement messages of recorded events go out
-//! through the transaction's queue send (natively the database-backed queue in the same
-//! transaction, on the edge the outbox), so an event and the message that settles it commit
-//! together.
+//! Usage events go in as multi-row inserts; what follows from the new rows (their settlement
+//! messages, the day's token counters) is computed in the database from the rows past a
+//! watermark, set-based: the settlement messages are sent by one `INSERT … SELECT` through the
+//! transaction's queue (`Transaction::send_rows`: natively the database-backed queue in the
+//! same transaction, on the edge the outbox), so an event and the message that settles it
+//! commit together and no row travels to the process. Ledger batches go in as one JSON
+//! parameter (SQLite's `json_each`, PostgreSQL's `jsonb_to_recordset`). Where the dialects
+//! differ, both texts are side by side.
 
 use std::collections::BTreeMap;
 
 use cognomega_core::billing::sql::{
     PG_ADD_BALANCES, PG_FLAG_GUESTS, SQLITE_ADD_BALANCES, SQLITE_FLAG_GUESTS,
 };
-use cognomega_core::billing::{
-    PriceTable, SettlementKind, SettlementMessage, UsageEvent, UsageKind,
-};
+use cognomega_core::billing::{PriceTable, SettlementKind, SettlementMessage, UsageEvent};
 use cognomega_core::queue::catalog;
-use cognomega_core::sql::{Dialect, Dialects, Executor, Outbound, SqlError, Transaction};
+use cognomega_core::sql::{Dialect, Dialects, Executor, SqlError, Transaction, Value};
 use serde::Serialize;
 
-/// Usage events of tenant `$1` from the JSON array `$2` (`k` key, `kind`, `q` quantity, `c`
-/// credits, `at` occurred at in epoch ms, `meta` JSON text), received at `$3` (epoch ms) by
-/// request `$4`; keys the tenant already used are skipped. Returns the new rows: `seq`, key,
-/// credits, kind, quantity, occurred at (epoch ms). PostgreSQL inserts in key order, so
-/// concurrent batches take the key index's locks in one order.
-pub const INSERT_USAGE: Dialects = Dialects {
-    sqlite: "INSERT INTO usage_events (tenant_id, idempotency_key, kind, quantity, credits, occurred_at, received_at, meta, request_id)
-             SELECT $1, json_extract(value, '$.k'), json_extract(value, '$.kind'), json_extract(value, '$.q'),
-                    json_extract(value, '$.c'), json_extract(value, '$.at'), $3, json_extract(value, '$.meta'), $4
-             FROM json_each($2) WHERE true
-             ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
-             RETURNING seq, idempotency_key, credits, kind, quantity, occurred_at",
-    postgres: "INSERT INTO usage_events (tenant_id, idempotency_key, kind, quantity, credits, occurred_at, received_at, meta, request_id)
-               SELECT $1, x.k, x.kind, x.q, x.c, to_timestamp(x.at / 1000.0), to_timestamp($3::float8 / 1000.0), x.meta, $4
-               FROM jsonb_to_recordset($2::text::jsonb) AS x(k text, kind text, q bigint, c bigint, at bigint, meta text)
-               ORDER BY x.k
-               ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
-               RETURNING seq, idempotency_key, credits, kind, quantity, (extract(epoch FROM occurred_at) * 1000)::bigint",
+/// The highest `usage_events.seq` so far: the rows a recording inserts are those past it
+/// (with [`NEW`]'s condition).
+pub const WATERMARK: &str = "SELECT CAST(COALESCE(MAX(seq), 0) AS BIGINT) FROM usage_events";
+
+/// The rows this transaction inserted past the watermark `$1`. SQLite's writer is exclusive,
+/// so they are every row past it; on PostgreSQL a concurrent writer's committed rows can be
+/// past it too, so the rows must also be this transaction's own (`xmin`).
+macro_rules! new_rows {
+    (sqlite) => {
+        "seq > $1"
+    };
+    (postgres) => {
+        "seq > $1 AND xmin::text::bigint = txid_current() % 4294967296"
+    };
+}
+
+/// How many events the recording inserted.
+pub const NEW: Dialects = Dialects {
+    sqlite: concat!(
+        "SELECT COUNT(*) FROM usage_events WHERE ",
+        new_rows!(sqlite)
+    ),
+    postgres: concat!(
+        "SELECT COUNT(*) FROM usage_events WHERE ",
+        new_rows!(postgres)
+    ),
 };
 
-/// Adds the JSON array `$1` (`t` tenant, `d` day start in unix seconds, `n` tokens) to
-/// `usage_day_tokens` (saturating at `i64::MAX`): the counter `POST /api/si/ask`'s budget reads.
-pub const ADD_DAY_TOKENS: Dialects = Dialects {
-    sqlite: "INSERT INTO usage_day_tokens (tenant_id, day_start, tokens)
-             SELECT json_extract(value, '$.t'), json_extract(value, '$.d'), json_extract(value, '$.n')
-             FROM json_each($1) WHERE true
-             ON CONFLICT (tenant_id, day_start) DO UPDATE SET tokens =
-                 CASE WHEN usage_day_tokens.tokens > 9223372036854775807 - excluded.tokens
-                 THEN 9223372036854775807 ELSE usage_day_tokens.tokens + excluded.tokens END",
-    postgres: "INSERT INTO usage_day_tokens (tenant_id, day_start, tokens)
-               SELECT x.t, x.d, x.n FROM jsonb_to_recordset($1::text::jsonb) AS x(t text, d bigint, n bigint)
-               ORDER BY x.t, x.d
-               ON CONFLICT (tenant_id, day_start) DO UPDATE SET tokens =
-                   CASE WHEN usage_day_tokens.tokens > 9223372036854775807 - excluded.tokens
-                   THEN 9223372036854775807 ELSE usage_day_tokens.tokens + excluded.tokens END",
+/// The settlement message of each new event that costs something (`{"id":"usage-{seq}", …,
+/// "kind":"usage"}`) and its request id, in insertion order.
+pub const NEW_SETTLEMENTS: Dialects = Dialects {
+    sqlite: concat!(
+        "SELECT json_object('id', 'usage-' || seq, 'tenant_id', tenant_id, 'delta', -credits,
+                'kind', 'usage', 'reference', idempotency_key) AS body, request_id
+         FROM usage_events WHERE ",
+        new_rows!(sqlite),
+        " AND credits <> 0 ORDER BY seq"
+    ),
+    postgres: concat!(
+        "SELECT json_build_object('id', 'usage-' || seq, 'tenant_id', tenant_id, 'delta', -credits,
+                'kind', 'usage', 'reference', idempotency_key)::text AS body, request_id
+         FROM usage_events WHERE ",
+        new_rows!(postgres),
+        " AND credits <> 0 ORDER BY seq"
+    ),
 };
+
+/// Adds the new `tokens_in`/`tokens_out` quantities to their tenant's UTC day in
+/// `usage_day_tokens` (the counter `POST /api/si/ask`'s budget reads), saturating at
+/// `i64::MAX`. SQLite's SUM fails on overflow, so it sums each quantity's halves (far from
+/// overflowing) and joins them, clamped.
+pub const NEW_DAY_TOKENS: Dialects = Dialects {
+    sqlite: concat!(
+        "INSERT INTO usage_day_tokens (tenant_id, day_start, tokens)
+         SELECT tenant_id, day,
+                CASE WHEN high * 4294967296.0 + low >= 9223372036854775807.0
+                THEN 9223372036854775807 ELSE high * 4294967296 + low END
+         FROM (SELECT tenant_id,
+                      (occurred_at - ((occurred_at % 86400000) + 86400000) % 86400000) / 1000 AS day,
+                      SUM(quantity >> 32) AS high, SUM(quantity & 4294967295) AS low
+               FROM usage_events WHERE ",
+        new_rows!(sqlite),
+        " AND kind IN ('tokens_in', 'tokens_out') AND quantity > 0
+               GROUP BY 1, 2) WHERE true
+         ON CONFLICT (tenant_id, day_start) DO UPDATE SET tokens =
+             CASE WHEN usage_day_tokens.tokens > 9223372036854775807 - excluded.tokens
+             THEN 9223372036854775807 ELSE usage_day_tokens.tokens + excluded.tokens END"
+    ),
+    postgres: concat!(
+        "INSERT INTO usage_day_tokens (tenant_id, day_start, tokens)
+         SELECT tenant_id, (floor(extract(epoch FROM occurred_at) / 86400) * 86400)::bigint,
+                LEAST(SUM(quantity), 9223372036854775807)::bigint
+         FROM usage_events WHERE ",
+        new_rows!(postgres),
+        " AND kind IN ('tokens_in', 'tokens_out') AND quantity > 0
+         GROUP BY 1, 2 ORDER BY 1, 2
+         ON CONFLICT (tenant_id, day_start) DO UPDATE SET tokens =
+             CASE WHEN usage_day_tokens.tokens > 9223372036854775807 - excluded.tokens
+             THEN 9223372036854775807 ELSE usage_day_tokens.tokens + excluded.tokens END"
+    ),
+};
+
+/// The head of a multi-row usage insert; each row's values follow ([`usage_values`]), then
+/// `ON CONFLICT (tenant_id, idempotency_key) DO NOTHING` (keys the tenant already used).
+const INSERT_USAGE: &str = "INSERT INTO usage_events
+     (tenant_id, idempotency_key, kind, quantity, credits, occurred_at, received_at, meta, request_id) VALUES ";
+
+/// One row's values from parameter `$n + 1` on: times are epoch ms, which PostgreSQL stores
+/// as `timestamptz`.
+fn usage_values(dialect: Dialect, n: usize) -> String {
+    let p = |i: usize| format!("${}", n + i);
+    let time = |i: usize| match dialect {
+        Dialect::Sqlite => p(i),
+        Dialect::Postgres => format!("to_timestamp({}::float8 / 1000.0)", p(i)),
+    };
+    format!(
+        "({}, {}, {}, {}, {}, {}, {}, {}, {})",
+        p(1),
+        p(2),
+        p(3),
+        p(4),
+        p(5),
+        time(6),
+        time(7),
+        p(8),
+        p(9)
+    )
+}
+
+/// Rows per usage insert (9 parameters each: far below either backend's bound).
+const INSERT_ROWS: usize = 500;
 
 /// Ledger entries from the JSON array `$1` (`id`, `tenant_id`, `delta`, `kind`, `reference`;
 /// SQLite: created at `$2`), each id once; returns the entries appended now: tenant, delta,
@@ -98,9 +173,6 @@ pub const MARK_APPLIED: Dialects = Dialects {
                WHERE id IN (SELECT jsonb_array_elements_text($1::text::jsonb))",
 };
 
-/// Milliseconds in a UTC day (unix time has no leap seconds).
-const DAY_MS: i64 = 86_400_000;
-
 fn encode<T: Serialize + ?Sized>(value: &T) -> Result<String, SqlError> {
     serde_json::to_string(value).map_err(|e| SqlError::new(e.to_string()))
 }
@@ -132,108 +204,69 @@ pub struct UsageItem<'a> {
     pub request_id: Option<&'a str>,
 }
 
-#[derive(Serialize)]
-struct UsageRow<'a> {
-    k: &'a str,
-    kind: &'static str,
-    q: i64,
-    c: i64,
-    at: i64,
-    meta: Option<String>,
-}
-
-#[derive(Serialize)]
-struct DayRow<'a> {
-    t: &'a str,
-    d: i64,
-    n: i64,
-}
-
 /// Records usage inside `tx`: each event priced by `prices`, keys the tenant already used
 /// skipped; one `settlement` message (`{"id":"usage-{seq}", …, "kind":"usage"}`) per new event
-/// that costs something; the new `tokens_in`/`tokens_out` quantities added to the tenant's UTC
-/// day. Returns how many events were new.
+/// that costs something, sent set-based through the transaction's queue; the new
+/// `tokens_in`/`tokens_out` quantities added to the tenant's UTC day. Returns how many events
+/// were new.
 pub async fn record_usage<T: Transaction + ?Sized>(
     tx: &mut T,
     items: &[UsageItem<'_>],
     prices: &PriceTable,
 ) -> Result<u64, SqlError> {
-    let mut new_events = 0;
-    let mut settlements = Vec::new();
-    let mut days: BTreeMap<(&str, i64), i64> = BTreeMap::new();
+    let dialect = tx.dialect();
+    let before = tx
+        .query_opt(WATERMARK, &[])
+        .await?
+        .map(|r| r.int(0))
+        .transpose()?
+        .unwrap_or(0);
     for item in items {
-        let rows: Vec<UsageRow> = item
-            .events
-            .iter()
-            .map(|e| UsageRow {
-                k: e.idempotency_key.as_str(),
-                kind: e.kind.as_str(),
-                q: i64::try_from(e.quantity).unwrap_or(i64::MAX),
-                c: prices.charge(e.kind, e.quantity),
-                at: e
+        for chunk in item.events.chunks(INSERT_ROWS) {
+            let mut statement = String::from(INSERT_USAGE);
+            let mut args: Vec<Value> = Vec::with_capacity(chunk.len() * 9);
+            for (i, e) in chunk.iter().enumerate() {
+                if i > 0 {
+                    statement.push_str(", ");
+                }
+                statement.push_str(&usage_values(dialect, args.len()));
+                let occurred = e
                     .occurred_at
-                    .map_or(item.received_at_ms, |t| t.timestamp_millis()),
-                meta: e
+                    .map_or(item.received_at_ms, |t| t.timestamp_millis());
+                let meta = e
                     .meta
                     .as_ref()
-                    .map(|m| serde_json::Value::Object(m.clone()).to_string()),
-            })
-            .collect();
-        let statement = INSERT_USAGE.pick(tx.dialect());
-        let args = [
-            item.tenant.into(),
-            encode(&rows)?.into(),
-            item.received_at_ms.into(),
-            item.request_id.into(),
-        ];
-        let mut inserted = tx.query(statement, &args).await?;
-        // Settlement ids follow insertion order.
-        inserted.sort_by_key(|r| r.int(0).unwrap_or(i64::MAX));
-        for r in &inserted {
-            new_events += 1;
-            let (seq, credits) = (r.int(0)?, r.int(2)?);
-            if credits != 0 {
-                let msg = SettlementMessage {
-                    id: format!("usage-{seq}"),
-                    tenant_id: item.tenant.to_owned(),
-                    delta: -credits,
-                    kind: SettlementKind::Usage,
-                    reference: Some(r.text(1)?),
-                };
-                settlements.push((encode(&msg)?, item.request_id));
+                    .map(|m| serde_json::Value::Object(m.clone()).to_string());
+                args.extend([
+                    item.tenant.into(),
+                    e.idempotency_key.as_str().into(),
+                    e.kind.as_str().into(),
+                    i64::try_from(e.quantity).unwrap_or(i64::MAX).into(),
+                    prices.charge(e.kind, e.quantity).into(),
+                    occurred.into(),
+                    item.received_at_ms.into(),
+                    meta.into(),
+                    item.request_id.into(),
+                ]);
             }
-            let tokens = matches!(
-                UsageKind::parse(&r.text(3)?),
-                Some(UsageKind::TokensIn | UsageKind::TokensOut)
-            );
-            let quantity = r.int(4)?;
-            if tokens && quantity > 0 {
-                let day = r.int(5)?.div_euclid(DAY_MS) * (DAY_MS / 1000);
-                let total = days.entry((item.tenant, day)).or_insert(0);
-                *total = total.saturating_add(quantity);
-            }
+            statement.push_str(" ON CONFLICT (tenant_id, idempotency_key) DO NOTHING");
+            tx.execute(&statement, &args).await?;
         }
     }
-    if !settlements.is_empty() {
-        let messages = settlements
-            .into_iter()
-            .map(|(body, request_id)| Outbound {
-                queue: catalog::settlement::QUEUE,
-                body,
-                request_id,
-            })
-            .collect();
-        tx.send_all(messages).await?;
-    }
-    if !days.is_empty() {
-        let rows: Vec<DayRow> = days
-            .into_iter()
-            .map(|((t, d), n)| DayRow { t, d, n })
-            .collect();
-        tx.execute(ADD_DAY_TOKENS.pick(tx.dialect()), &[encode(&rows)?.into()])
+    let new = tx
+        .query_opt(NEW.pick(dialect), &[before.into()])
+        .await?
+        .map(|r| r.int(0))
+        .transpose()?
+        .unwrap_or(0);
+    if new > 0 {
+        let settlements = NEW_SETTLEMENTS.pick(dialect);
+        tx.send_rows(catalog::settlement::QUEUE, settlements, &[before.into()])
+            .await?;
+        tx.execute(NEW_DAY_TOKENS.pick(dialect), &[before.into()])
             .await?;
     }
-    Ok(new_events)
+    Ok(u64::try_from(new).unwrap_or(0))
 }
 
 /// What a settled batch changed.

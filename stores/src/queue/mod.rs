@@ -140,6 +140,50 @@ pub enum Tx {
 }
 
 impl Tx {
+    /// Sends one message to `queue` per row of `select` (columns `body`: JSON text,
+    /// `request_id`: text or NULL; parameters `$1..` = `args`) inside this transaction, in one
+    /// `INSERT … SELECT`: the rows never leave the database. Returns how many were sent.
+    pub async fn send_rows(
+        &mut self,
+        queue: &QueueName,
+        select: &str,
+        args: &[cognomega_core::sql::Value],
+    ) -> Result<u64, QueueError> {
+        let q = args.len() + 1;
+        let mut all = args.to_vec();
+        all.push(queue.as_str().into());
+        let sent = match self {
+            Self::Sqlite { tx, .. } => {
+                all.push(now_ms().0.into());
+                let insert = format!(
+                    "INSERT INTO queue_messages (queue, body, content_type, request_id, enqueued_at, visible_at)
+                     SELECT ${q}, CAST(s.body AS BLOB), 'application/json', s.request_id, ${t}, ${t}
+                     FROM ({select}) AS s",
+                    t = q + 1
+                );
+                crate::sql::sqlite_execute(&mut **tx, &insert, &all).await
+            }
+            Self::Postgres { tx, .. } => {
+                let insert = format!(
+                    "INSERT INTO queue_messages (queue, body, content_type, request_id, visible_at)
+                     SELECT ${q}, convert_to(s.body, 'UTF8'), 'application/json', s.request_id, now()
+                     FROM ({select}) AS s"
+                );
+                crate::sql::postgres_execute(&mut **tx, &insert, &all).await
+            }
+        }
+        .map_err(|e| QueueError::Backend(e.to_string()))?;
+        if sent > 0 {
+            let wake = match self {
+                Self::Sqlite { wake, .. } | Self::Postgres { wake, .. } => wake,
+            };
+            if !wake.contains(queue) {
+                wake.push(queue.clone());
+            }
+        }
+        Ok(sent)
+    }
+
     /// Sends messages inside this transaction.
     pub async fn send_batch(
         &mut self,
