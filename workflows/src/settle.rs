@@ -9,14 +9,12 @@
 //! transaction's queue (`Transaction::send_rows`: natively the database-backed queue in the
 //! same transaction, on the edge the outbox), so an event and the message that settles it
 //! commit together and no row travels to the process. Ledger batches go in as one JSON
-//! parameter (SQLite's `json_each`, PostgreSQL's `jsonb_to_recordset`). Where the dialects
-//! differ, both texts are side by side.
+//! parameter (SQLite's `json_each`, PostgreSQL's `jsonb_to_recordset`), and the balances, guest
+//! flags and applied adjustments follow from the entries past the ledger's watermark the same
+//! way. Where the dialects differ, both texts are side by side.
 
 use std::collections::BTreeMap;
 
-use cognomega_core::billing::sql::{
-    PG_ADD_BALANCES, PG_FLAG_GUESTS, SQLITE_ADD_BALANCES, SQLITE_FLAG_GUESTS,
-};
 use cognomega_core::billing::{PriceTable, SettlementKind, SettlementMessage, UsageEvent};
 use cognomega_core::queue::catalog;
 use cognomega_core::sql::{Dialect, Dialects, Executor, SqlError, Transaction, Value};
@@ -138,43 +136,96 @@ fn usage_values(dialect: Dialect, n: usize) -> String {
 /// Rows per usage insert (9 parameters each: far below either backend's bound).
 const INSERT_ROWS: usize = 500;
 
+/// The highest `ledger_entries.seq` so far: the entries a settlement appends are those past it
+/// (with [`new_rows`]'s condition).
+pub const LEDGER_WATERMARK: &str =
+    "SELECT CAST(COALESCE(MAX(seq), 0) AS BIGINT) FROM ledger_entries";
+
 /// Ledger entries from the JSON array `$1` (`id`, `tenant_id`, `delta`, `kind`, `reference`;
-/// SQLite: created at `$2`), each id once; returns the entries appended now: tenant, delta,
-/// kind, reference. Appended in id order.
+/// SQLite: created at `$2`), each id once, appended in id order.
 pub const APPEND_LEDGER: Dialects = Dialects {
     sqlite: "INSERT INTO ledger_entries (id, tenant_id, delta, kind, ref, created_at)
              SELECT json_extract(value, '$.id'), json_extract(value, '$.tenant_id'), json_extract(value, '$.delta'),
                     json_extract(value, '$.kind'), json_extract(value, '$.reference'), $2
              FROM json_each($1) WHERE true ORDER BY 1
-             ON CONFLICT (id) DO NOTHING
-             RETURNING tenant_id, delta, kind, ref",
+             ON CONFLICT (id) DO NOTHING",
     postgres: "INSERT INTO ledger_entries (id, tenant_id, delta, kind, ref)
                SELECT x.id, x.tenant_id, x.delta, x.kind, x.reference
                FROM jsonb_to_recordset($1::text::jsonb) AS x(id text, tenant_id text, delta bigint, kind text, reference text)
                ORDER BY x.id
-               ON CONFLICT (id) DO NOTHING RETURNING tenant_id, delta, kind, ref",
+               ON CONFLICT (id) DO NOTHING",
 };
 
-/// Adds the deltas `$1` (JSON object, tenant → delta) to the balances (SQLite: at `$2`);
-/// returns `tenant_id, balance, updated_at` (epoch ms).
+/// How many entries the settlement appended past the watermark `$1`. (SQLite: `NOT INDEXED`
+/// keeps the planner on the rowid range instead of walking the `(tenant, seq)` index.)
+pub const NEW_ENTRIES: Dialects = Dialects {
+    sqlite: concat!(
+        "SELECT COUNT(*) FROM ledger_entries NOT INDEXED WHERE ",
+        new_rows!(sqlite)
+    ),
+    postgres: concat!(
+        "SELECT COUNT(*) FROM ledger_entries WHERE ",
+        new_rows!(postgres)
+    ),
+};
+
+/// Adds the new entries' deltas (past `$1`) to their tenants' balances (SQLite: at `$2`), in
+/// tenant order (concurrent batches lock balances in one order and cannot deadlock); returns
+/// `tenant_id, balance, updated_at` (epoch ms).
 pub const ADD_BALANCES: Dialects = Dialects {
-    sqlite: SQLITE_ADD_BALANCES,
-    postgres: PG_ADD_BALANCES,
+    sqlite: concat!(
+        "INSERT INTO balances (tenant_id, balance, updated_at)
+         SELECT tenant_id, SUM(delta), $2 FROM ledger_entries NOT INDEXED WHERE ",
+        new_rows!(sqlite),
+        " GROUP BY tenant_id ORDER BY tenant_id
+         ON CONFLICT (tenant_id) DO UPDATE SET balance = balance + excluded.balance, updated_at = excluded.updated_at
+         RETURNING tenant_id, balance, updated_at"
+    ),
+    postgres: concat!(
+        "INSERT INTO balances (tenant_id, balance)
+         SELECT tenant_id, SUM(delta)::bigint FROM ledger_entries WHERE ",
+        new_rows!(postgres),
+        " GROUP BY tenant_id ORDER BY tenant_id
+         ON CONFLICT (tenant_id) DO UPDATE SET balance = balances.balance + EXCLUDED.balance, updated_at = now()
+         RETURNING tenant_id, balance, (extract(epoch FROM updated_at) * 1000)::bigint"
+    ),
 };
 
-/// Flags the guests of `$1` whose balance is below `$2` (SQLite: at `$3`), and unflags the
-/// others.
+/// Flags the guests among the new entries' tenants (past `$1`) whose balance is below `$2`
+/// (SQLite: since `$3`, keeping the time they were first flagged), and unflags the others.
 pub const FLAG_GUESTS: Dialects = Dialects {
-    sqlite: SQLITE_FLAG_GUESTS,
-    postgres: PG_FLAG_GUESTS,
+    sqlite: concat!(
+        "UPDATE tenants SET flagged_at = CASE
+             WHEN tier = 'guest' AND (SELECT balance FROM balances b WHERE b.tenant_id = tenants.id) < $2
+             THEN COALESCE(flagged_at, $3) END
+         WHERE id IN (SELECT tenant_id FROM ledger_entries NOT INDEXED WHERE ",
+        new_rows!(sqlite),
+        ")"
+    ),
+    postgres: concat!(
+        "UPDATE tenants t SET flagged_at = CASE
+             WHEN t.tier = 'guest' AND b.balance < $2 THEN COALESCE(t.flagged_at, now()) END
+         FROM balances b
+         WHERE b.tenant_id = t.id AND t.id IN (SELECT tenant_id FROM ledger_entries WHERE ",
+        new_rows!(postgres),
+        ")"
+    ),
 };
 
-/// Marks the adjustments of the JSON array `$1` applied (SQLite: at `$2`).
+/// Marks the adjustments the new entries (past `$1`) apply as applied (SQLite: at `$2`).
 pub const MARK_APPLIED: Dialects = Dialects {
-    sqlite: "UPDATE credit_adjustments SET status = 'applied', applied_at = $2
-             WHERE id IN (SELECT value FROM json_each($1))",
-    postgres: "UPDATE credit_adjustments SET status = 'applied', applied_at = now()
-               WHERE id IN (SELECT jsonb_array_elements_text($1::text::jsonb))",
+    sqlite: concat!(
+        "UPDATE credit_adjustments SET status = 'applied', applied_at = $2
+         WHERE id IN (SELECT ref FROM ledger_entries NOT INDEXED WHERE ",
+        new_rows!(sqlite),
+        " AND kind = 'adjustment' AND ref IS NOT NULL)"
+    ),
+    postgres: concat!(
+        "UPDATE credit_adjustments SET status = 'applied', applied_at = now()
+         WHERE id IN (SELECT ref FROM ledger_entries WHERE ",
+        new_rows!(postgres),
+        " AND kind = 'adjustment' AND ref IS NOT NULL)"
+    ),
 };
 
 fn encode<T: Serialize + ?Sized>(value: &T) -> Result<String, SqlError> {
@@ -293,9 +344,10 @@ struct LedgerRow<'a> {
 
 /// Settles `entries` inside the caller's transaction: appends each to the ledger once
 /// (`ledger_entries.id` is unique), adds what was appended to the balances, (un)flags guests
-/// below `floor`, and marks applied adjustments. The settlement consumer settles its batches
-/// this way, and a new guest's starting grant is settled in the transaction that creates the
-/// tenant, so its first billable request already sees it.
+/// below `floor`, and marks applied adjustments, each step one statement over the entries
+/// appended now. The settlement consumer settles its batches this way, and a new guest's
+/// starting grant is settled in the transaction that creates the tenant, so its first
+/// billable request already sees it.
 pub async fn settle<E: Executor + ?Sized>(
     tx: &mut E,
     entries: &[SettlementMessage],
@@ -306,6 +358,12 @@ pub async fn settle<E: Executor + ?Sized>(
     if entries.is_empty() {
         return Ok(out);
     }
+    let before = tx
+        .query_opt(LEDGER_WATERMARK, &[])
+        .await?
+        .map(|r| r.int(0))
+        .transpose()?
+        .unwrap_or(0);
     let rows: Vec<LedgerRow> = entries
         .iter()
         .map(|s| LedgerRow {
@@ -316,33 +374,29 @@ pub async fn settle<E: Executor + ?Sized>(
             reference: s.reference.as_deref(),
         })
         .collect();
-    let appended = stamped(&mut *tx, APPEND_LEDGER, vec![encode(&rows)?.into()], now_ms).await?;
-    let mut deltas: BTreeMap<String, i64> = BTreeMap::new();
-    let mut adjustments: Vec<String> = Vec::new();
-    for r in &appended {
-        out.entries += 1;
-        let delta = deltas.entry(r.text(0)?).or_insert(0);
-        *delta = delta.saturating_add(r.int(1)?);
-        if r.text(2)? == SettlementKind::Adjustment.as_str() {
-            if let Some(id) = r.opt_text(3)? {
-                adjustments.push(id);
-            }
-        }
+    stamped(&mut *tx, APPEND_LEDGER, vec![encode(&rows)?.into()], now_ms).await?;
+    let dialect = tx.dialect();
+    out.entries = tx
+        .query_opt(NEW_ENTRIES.pick(dialect), &[before.into()])
+        .await?
+        .map(|r| r.int(0))
+        .transpose()?
+        .map_or(0, |n| u64::try_from(n).unwrap_or(0));
+    if out.entries == 0 {
+        return Ok(out);
     }
-    if !deltas.is_empty() {
-        // Two statements for the whole batch, whatever the number of tenants; rows go in key
-        // order, so concurrent batches lock balances in one order and cannot deadlock.
-        let json = encode(&deltas)?;
-        let balances = stamped(&mut *tx, ADD_BALANCES, vec![json.as_str().into()], now_ms).await?;
-        for r in &balances {
-            out.balances.insert(r.text(0)?, (r.int(1)?, r.int(2)?));
-        }
-        let args = vec![json.as_str().into(), floor.into()];
-        stamped(&mut *tx, FLAG_GUESTS, args, now_ms).await?;
+    for r in stamped(&mut *tx, ADD_BALANCES, vec![before.into()], now_ms).await? {
+        out.balances.insert(r.text(0)?, (r.int(1)?, r.int(2)?));
     }
-    if !adjustments.is_empty() {
-        let args = vec![encode(&adjustments)?.into()];
-        stamped(&mut *tx, MARK_APPLIED, args, now_ms).await?;
+    stamped(
+        &mut *tx,
+        FLAG_GUESTS,
+        vec![before.into(), floor.into()],
+        now_ms,
+    )
+    .await?;
+    if entries.iter().any(|e| e.kind == SettlementKind::Adjustment) {
+        stamped(&mut *tx, MARK_APPLIED, vec![before.into()], now_ms).await?;
     }
     Ok(out)
 }
