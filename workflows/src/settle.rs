@@ -8,17 +8,15 @@
 //! watermark, set-based: the settlement messages are sent by one `INSERT … SELECT` through the
 //! transaction's queue (`Transaction::send_rows`: natively the database-backed queue in the
 //! same transaction, on the edge the outbox), so an event and the message that settles it
-//! commit together and no row travels to the process. Ledger batches go in as one JSON
-//! parameter (SQLite's `json_each`, PostgreSQL's `jsonb_to_recordset`), and the balances, guest
-//! flags and applied adjustments follow from the entries past the ledger's watermark the same
-//! way. Where the dialects differ, both texts are side by side.
+//! commit together and no row travels to the process. Ledger entries go in the same way, and
+//! the balances, guest flags and applied adjustments follow from the entries past the ledger's
+//! watermark. Where the dialects differ, both texts are side by side.
 
 use std::collections::BTreeMap;
 
 use cognomega_core::billing::{PriceTable, SettlementKind, SettlementMessage, UsageEvent};
 use cognomega_core::queue::catalog;
 use cognomega_core::sql::{Dialect, Dialects, Executor, SqlError, Transaction, Value};
-use serde::Serialize;
 
 /// The highest `usage_events.seq` so far: the rows a recording inserts are those past it
 /// (with [`NEW`]'s condition).
@@ -141,33 +139,26 @@ const INSERT_ROWS: usize = 500;
 pub const LEDGER_WATERMARK: &str =
     "SELECT CAST(COALESCE(MAX(seq), 0) AS BIGINT) FROM ledger_entries";
 
-/// Ledger entries from the JSON array `$1` (`id`, `tenant_id`, `delta`, `kind`, `reference`;
-/// SQLite: created at `$2`), each id once, appended in id order.
-pub const APPEND_LEDGER: Dialects = Dialects {
-    sqlite: "INSERT INTO ledger_entries (id, tenant_id, delta, kind, ref, created_at)
-             SELECT json_extract(value, '$.id'), json_extract(value, '$.tenant_id'), json_extract(value, '$.delta'),
-                    json_extract(value, '$.kind'), json_extract(value, '$.reference'), $2
-             FROM json_each($1) WHERE true ORDER BY 1
-             ON CONFLICT (id) DO NOTHING",
-    postgres: "INSERT INTO ledger_entries (id, tenant_id, delta, kind, ref)
-               SELECT x.id, x.tenant_id, x.delta, x.kind, x.reference
-               FROM jsonb_to_recordset($1::text::jsonb) AS x(id text, tenant_id text, delta bigint, kind text, reference text)
-               ORDER BY x.id
-               ON CONFLICT (id) DO NOTHING",
-};
+/// The head of a multi-row ledger append; each entry's values follow ([`ledger_values`]),
+/// then `ON CONFLICT (id) DO NOTHING` (each id once).
+const APPEND_LEDGER: &str =
+    "INSERT INTO ledger_entries (id, tenant_id, delta, kind, ref, created_at) VALUES ";
 
-/// How many entries the settlement appended past the watermark `$1`. (SQLite: `NOT INDEXED`
-/// keeps the planner on the rowid range instead of walking the `(tenant, seq)` index.)
-pub const NEW_ENTRIES: Dialects = Dialects {
-    sqlite: concat!(
-        "SELECT COUNT(*) FROM ledger_entries NOT INDEXED WHERE ",
-        new_rows!(sqlite)
-    ),
-    postgres: concat!(
-        "SELECT COUNT(*) FROM ledger_entries WHERE ",
-        new_rows!(postgres)
-    ),
-};
+/// One entry's values from parameter `n + 1` on (`created_at`: SQLite's epoch ms, PostgreSQL's
+/// `now()`); SQLite's placeholders anonymous, as [`usage_values`]'.
+fn ledger_values(dialect: Dialect, n: usize) -> String {
+    match dialect {
+        Dialect::Sqlite => "(?, ?, ?, ?, ?, ?)".to_owned(),
+        Dialect::Postgres => format!(
+            "(${}, ${}, ${}, ${}, ${}, now())",
+            n + 1,
+            n + 2,
+            n + 3,
+            n + 4,
+            n + 5
+        ),
+    }
+}
 
 /// Adds the new entries' deltas (past `$1`) to their tenants' balances (SQLite: at `$2`), in
 /// tenant order (concurrent batches lock balances in one order and cannot deadlock); returns
@@ -227,10 +218,6 @@ pub const MARK_APPLIED: Dialects = Dialects {
         " AND kind = 'adjustment' AND ref IS NOT NULL)"
     ),
 };
-
-fn encode<T: Serialize + ?Sized>(value: &T) -> Result<String, SqlError> {
-    serde_json::to_string(value).map_err(|e| SqlError::new(e.to_string()))
-}
 
 /// Runs `statement`, with `now_ms` appended for SQLite (which has no `now()` of its own here).
 async fn stamped<E: Executor + ?Sized>(
@@ -333,15 +320,6 @@ pub struct Settled {
     pub balances: BTreeMap<String, (i64, i64)>,
 }
 
-#[derive(Serialize)]
-struct LedgerRow<'a> {
-    id: &'a str,
-    tenant_id: &'a str,
-    delta: i64,
-    kind: &'static str,
-    reference: Option<&'a str>,
-}
-
 /// Settles `entries` inside the caller's transaction: appends each to the ledger once
 /// (`ledger_entries.id` is unique), adds what was appended to the balances, (un)flags guests
 /// below `floor`, and marks applied adjustments, each step one statement over the entries
@@ -364,24 +342,34 @@ pub async fn settle<E: Executor + ?Sized>(
         .map(|r| r.int(0))
         .transpose()?
         .unwrap_or(0);
-    let rows: Vec<LedgerRow> = entries
-        .iter()
-        .map(|s| LedgerRow {
-            id: &s.id,
-            tenant_id: &s.tenant_id,
-            delta: s.delta,
-            kind: s.kind.as_str(),
-            reference: s.reference.as_deref(),
-        })
-        .collect();
-    stamped(&mut *tx, APPEND_LEDGER, vec![encode(&rows)?.into()], now_ms).await?;
     let dialect = tx.dialect();
-    out.entries = tx
-        .query_opt(NEW_ENTRIES.pick(dialect), &[before.into()])
-        .await?
-        .map(|r| r.int(0))
-        .transpose()?
-        .map_or(0, |n| u64::try_from(n).unwrap_or(0));
+    // In id order (concurrent batches take the id index's locks in one order); each id once (a
+    // batch may repeat a message).
+    let mut sorted: Vec<&SettlementMessage> = entries.iter().collect();
+    sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    sorted.dedup_by(|a, b| a.id == b.id);
+    for chunk in sorted.chunks(INSERT_ROWS) {
+        let mut statement = String::from(APPEND_LEDGER);
+        let mut args: Vec<Value> = Vec::with_capacity(chunk.len() * 6);
+        for (i, e) in chunk.iter().enumerate() {
+            if i > 0 {
+                statement.push_str(", ");
+            }
+            statement.push_str(&ledger_values(dialect, args.len()));
+            args.extend([
+                e.id.as_str().into(),
+                e.tenant_id.as_str().into(),
+                e.delta.into(),
+                e.kind.as_str().into(),
+                e.reference.as_deref().into(),
+            ]);
+            if dialect == Dialect::Sqlite {
+                args.push(now_ms.into());
+            }
+        }
+        statement.push_str(" ON CONFLICT (id) DO NOTHING");
+        out.entries += tx.execute(&statement, &args).await?;
+    }
     if out.entries == 0 {
         return Ok(out);
     }
