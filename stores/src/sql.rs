@@ -225,10 +225,7 @@ impl Executor for Tx {
 impl Transaction for Tx {
     async fn send(&mut self, out: Outbound<'_>) -> Result<(), SqlError> {
         let queue = QueueName::parse(out.queue).map_err(|e| SqlError::new(e.to_string()))?;
-        let mut message = OutgoingMessage::new(out.body);
-        message.options.content_type = Some("application/json".to_owned());
-        message.options.request_id = out.request_id.map(str::to_owned);
-        Tx::send(self, &queue, message)
+        Tx::send(self, &queue, OutgoingMessage::outbound(out))
             .await
             .map(drop)
             .map_err(|e| SqlError::new(e.to_string()))
@@ -255,12 +252,7 @@ impl Transaction for Tx {
         let queue = QueueName::parse(first.queue).map_err(|e| SqlError::new(e.to_string()))?;
         let out = messages
             .into_iter()
-            .map(|m| {
-                let mut message = OutgoingMessage::new(m.body);
-                message.options.content_type = Some("application/json".to_owned());
-                message.options.request_id = m.request_id.map(str::to_owned);
-                message
-            })
+            .map(OutgoingMessage::outbound)
             .collect();
         Tx::send_batch(self, &queue, out)
             .await

@@ -1,37 +1,7 @@
-//! The settlement statements both hosts run: the per-tenant balance update and the guest flag
-//! of a settled batch. Each takes the batch's deltas as one JSON object (tenant → delta, as
-//! text), so a batch is two statements whatever its number of tenants, and touches the
-//! balances in key order (concurrent batches lock them in one order and cannot deadlock).
-//! SQLite and PostgreSQL spell JSON and time differently, so each has its variant, side by side.
-
-/// PostgreSQL (natively through sqlx, on the edge through tokio-postgres): adds the deltas `$1`
-/// to the balances; returns `tenant_id, balance, updated_at` (epoch ms, for the edge's KV
-/// write-through).
-pub const PG_ADD_BALANCES: &str = "INSERT INTO balances (tenant_id, balance)
-     SELECT key, value::bigint FROM jsonb_each_text($1::text::jsonb) ORDER BY key
-     ON CONFLICT (tenant_id) DO UPDATE SET balance = balances.balance + EXCLUDED.balance, updated_at = now()
-     RETURNING tenant_id, balance, (extract(epoch FROM updated_at) * 1000)::bigint";
-
-/// PostgreSQL: flags the guests of `$1` whose balance is below the floor `$2` (keeping the time
-/// they were first flagged), and unflags the others.
-pub const PG_FLAG_GUESTS: &str = "UPDATE tenants t SET flagged_at = CASE
-         WHEN t.tier = 'guest' AND b.balance < $2 THEN COALESCE(t.flagged_at, now()) END
-     FROM balances b
-     WHERE b.tenant_id = t.id AND t.id IN (SELECT jsonb_object_keys($1::text::jsonb))";
-
-/// SQLite: adds the deltas `$1` to the balances at `$2` (epoch ms); returns `tenant_id,
-/// balance, updated_at`.
-pub const SQLITE_ADD_BALANCES: &str = "INSERT INTO balances (tenant_id, balance, updated_at)
-     SELECT key, value, $2 FROM json_each($1) WHERE true ORDER BY key
-     ON CONFLICT (tenant_id) DO UPDATE SET balance = balance + excluded.balance, updated_at = excluded.updated_at
-     RETURNING tenant_id, balance, updated_at";
-
-/// SQLite: flags the guests of `$1` whose balance is below `$2` at `$3` (epoch ms), and
-/// unflags the others.
-pub const SQLITE_FLAG_GUESTS: &str = "UPDATE tenants SET flagged_at = CASE
-         WHEN tier = 'guest' AND (SELECT balance FROM balances b WHERE b.tenant_id = tenants.id) < $2
-         THEN COALESCE(flagged_at, $3) END
-     WHERE id IN (SELECT key FROM json_each($1))";
+//! Billing statements both hosts run: tenants, the ask standing, balances from the ledger,
+//! adjustments and usage totals (the usage-writer's and settlement's are
+//! `cognomega_workflows::settle`'s). Where SQLite and PostgreSQL spell time differently, each
+//! has its variant, side by side.
 
 /// PostgreSQL: a tenant — `$1` id, `$2` tier, `$3` email. (SQLite's variant also sets
 /// `created_at`, which PostgreSQL defaults.)

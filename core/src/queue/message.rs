@@ -46,6 +46,15 @@ impl OutgoingMessage {
         Ok(msg)
     }
 
+    /// A workflow's message (its JSON text and request id) as the queue drivers send it.
+    #[must_use]
+    pub fn outbound(message: crate::sql::Outbound<'_>) -> Self {
+        let mut msg = Self::new(message.body.into_bytes());
+        msg.options.content_type = Some("application/json".to_owned());
+        msg.options.request_id = message.request_id.map(str::to_owned);
+        msg
+    }
+
     /// Sets the delay.
     #[must_use]
     pub fn delay(mut self, delay: Duration) -> Self {

@@ -161,11 +161,8 @@ impl AskHost for AppState {
     }
 
     async fn send(&self, message: Outbound<'_>) -> Result<(), String> {
-        let mut out = OutgoingMessage::new(message.body.into_bytes());
-        if let Some(id) = message.request_id {
-            out = out.request_id(id);
-        }
         let queue = QueueName::parse(message.queue).map_err(|e| e.to_string())?;
+        let out = OutgoingMessage::outbound(message);
         self.queues
             .send(&queue, out)
             .await

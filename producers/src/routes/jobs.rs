@@ -165,13 +165,7 @@ impl WriteHost for AppState {
         let queue = QueueName::parse(first.queue).map_err(|e| e.to_string())?;
         let out = messages
             .into_iter()
-            .map(|m| {
-                let out = OutgoingMessage::new(m.body.into_bytes());
-                match m.request_id {
-                    Some(id) => out.request_id(id),
-                    None => out,
-                }
-            })
+            .map(OutgoingMessage::outbound)
             .collect();
         self.queues
             .send_batch(&queue, out)
