@@ -280,18 +280,13 @@ pub trait Transaction: Executor {
         Ok(())
     }
 
-    /// Sends one message to `queue` per row of `select`, when the transaction commits: its
+    /// Sends one message to `queue` per row of the query `sql`, when the transaction commits: its
     /// columns `body` (the message as JSON text) and `request_id` (text or NULL), its
     /// parameters `args`. A set-based send: the rows never travel to the process where the
     /// host's queue lives in the same database (natively the queue drivers, on the edge the
     /// outbox). Returns how many were sent.
-    async fn send_rows(
-        &mut self,
-        queue: &str,
-        select: &str,
-        args: &[Value],
-    ) -> Result<u64, SqlError> {
-        let rows = self.query(select, args).await?;
+    async fn send_rows(&mut self, queue: &str, sql: &str, args: &[Value]) -> Result<u64, SqlError> {
+        let rows = self.query(sql, args).await?;
         let mut messages = Vec::with_capacity(rows.len());
         for r in &rows {
             messages.push((r.text(0)?, r.opt_text(1)?));

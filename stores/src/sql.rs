@@ -232,14 +232,9 @@ impl Transaction for Tx {
     }
 
     /// One `INSERT … SELECT` into the queue.
-    async fn send_rows(
-        &mut self,
-        queue: &str,
-        select: &str,
-        args: &[Value],
-    ) -> Result<u64, SqlError> {
+    async fn send_rows(&mut self, queue: &str, sql: &str, args: &[Value]) -> Result<u64, SqlError> {
         let queue = QueueName::parse(queue).map_err(|e| SqlError::new(e.to_string()))?;
-        Tx::send_rows(self, &queue, select, args)
+        Tx::send_rows(self, &queue, sql, args)
             .await
             .map_err(|e| SqlError::new(e.to_string()))
     }

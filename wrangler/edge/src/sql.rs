@@ -141,15 +141,10 @@ impl Transaction for PgTx<'_> {
         cognomega_core::outbox::stage(&mut self.db, &batch, out.queue, out.body, rid, now).await
     }
 
-    async fn send_rows(
-        &mut self,
-        queue: &str,
-        select: &str,
-        args: &[Value],
-    ) -> Result<u64, SqlError> {
+    async fn send_rows(&mut self, queue: &str, sql: &str, args: &[Value]) -> Result<u64, SqlError> {
         let now = worker::Date::now().as_millis() as i64;
         let batch = self.batch.clone();
-        cognomega_core::outbox::stage_rows(&mut self.db, &batch, queue, select, args, now).await
+        cognomega_core::outbox::stage_rows(&mut self.db, &batch, queue, sql, args, now).await
     }
 
     async fn commit(self: Box<Self>) -> Result<(), SqlError> {
