@@ -17,19 +17,6 @@ use crate::{Database, StoreError, Tx};
 
 pub use cognomega_core::billing::sql::{Adjustment, KindTotal};
 
-/// A tenant — `$1` id, `$2` tier, `$3` email (SQLite: `$4` now; PostgreSQL defaults
-/// `created_at`).
-const INSERT_TENANT: Stamped = Stamped(Dialects {
-    sqlite: "INSERT INTO tenants (id, tier, email, created_at) VALUES ($1, $2, $3, $4)",
-    postgres: sql::PG_INSERT_TENANT,
-});
-
-/// A tenant's user — `$1` id, `$2` tenant, `$3` email (SQLite: `$4` now).
-const INSERT_USER: Stamped = Stamped(Dialects {
-    sqlite: "INSERT INTO users (id, tenant_id, email, created_at) VALUES ($1, $2, $3, $4)",
-    postgres: sql::PG_INSERT_USER,
-});
-
 /// Creates a tenant and its first user.
 pub async fn create_tenant(
     tx: &mut Tx,
@@ -39,20 +26,7 @@ pub async fn create_tenant(
     email: Option<&str>,
 ) -> Result<(), StoreError> {
     let now = now_ms().0;
-    let dialect = tx.dialect();
-    let (tenant, args) = INSERT_TENANT.bind(
-        dialect,
-        vec![tenant_id.into(), tier.into(), email.into()],
-        now,
-    );
-    tx.execute(tenant, &args).await?;
-    let (user, args) = INSERT_USER.bind(
-        dialect,
-        vec![user_id.into(), tenant_id.into(), email.into()],
-        now,
-    );
-    tx.execute(user, &args).await?;
-    Ok(())
+    Ok(sql::create_tenant(tx, tenant_id, user_id, tier, email, now).await?)
 }
 
 /// Whether the tenant `$1` is flagged; no row when it does not exist.

@@ -388,3 +388,24 @@ pub async fn settle<E: Executor + ?Sized>(
     }
     Ok(out)
 }
+
+/// Creates a guest tenant, its user and its starting `grant`, settled (ledger entry and
+/// balance), inside the caller's transaction: the guest's first billable request, however
+/// soon, sees the grant. Returns what the grant settled.
+pub async fn create_guest<E: Executor + ?Sized>(
+    tx: &mut E,
+    tenant_id: &str,
+    user_id: &str,
+    email: Option<&str>,
+    grant: i64,
+    floor: i64,
+    now_ms: i64,
+) -> Result<Settled, SqlError> {
+    cognomega_core::billing::sql::create_tenant(tx, tenant_id, user_id, "guest", email, now_ms)
+        .await?;
+    if grant == 0 {
+        return Ok(Settled::default());
+    }
+    let entry = SettlementMessage::grant(tenant_id, grant);
+    settle(tx, &[entry], floor, now_ms).await
+}

@@ -213,3 +213,39 @@ pub async fn get_adjustment<E: Executor + ?Sized>(
     })
     .transpose()
 }
+
+/// A tenant — `$1` id, `$2` tier, `$3` email (SQLite: `$4` now; PostgreSQL defaults
+/// `created_at`).
+pub const INSERT_TENANT: Dialects = Dialects {
+    sqlite: "INSERT INTO tenants (id, tier, email, created_at) VALUES ($1, $2, $3, $4)",
+    postgres: PG_INSERT_TENANT,
+};
+
+/// A tenant's user — `$1` id, `$2` tenant, `$3` email (SQLite: `$4` now).
+pub const INSERT_USER: Dialects = Dialects {
+    sqlite: "INSERT INTO users (id, tenant_id, email, created_at) VALUES ($1, $2, $3, $4)",
+    postgres: PG_INSERT_USER,
+};
+
+/// Creates a tenant and its first user at `now_ms`.
+pub async fn create_tenant<E: Executor + ?Sized>(
+    db: &mut E,
+    tenant_id: &str,
+    user_id: &str,
+    tier: &str,
+    email: Option<&str>,
+    now_ms: i64,
+) -> Result<(), SqlError> {
+    let dialect = db.dialect();
+    let stamp = |mut args: Vec<crate::sql::Value>| {
+        if dialect == Dialect::Sqlite {
+            args.push(now_ms.into());
+        }
+        args
+    };
+    let tenant = stamp(vec![tenant_id.into(), tier.into(), email.into()]);
+    db.execute(INSERT_TENANT.pick(dialect), &tenant).await?;
+    let user = stamp(vec![user_id.into(), tenant_id.into(), email.into()]);
+    db.execute(INSERT_USER.pick(dialect), &user).await?;
+    Ok(())
+}

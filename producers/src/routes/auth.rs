@@ -6,9 +6,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
 use cognomega_core::auth::{valid_email, Tier};
-use cognomega_core::billing::SettlementMessage;
 use cognomega_core::limits::{Decision, RouteClass};
-use cognomega_stores::billing;
+use cognomega_workflows::settle::create_guest;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -110,25 +109,14 @@ async fn issue_guest(
     // The tenant and its starting grant (its ledger entry and balance) commit together: the
     // guest's first billable request, however soon, sees the grant.
     let mut tx = state.db.begin().await.map_err(ApiError::internal)?;
-    billing::create_tenant(
-        &mut tx,
-        &tenant_id,
-        &user_id,
-        "guest",
-        request.email.as_deref(),
-    )
-    .await
-    .map_err(ApiError::internal)?;
-    if grant != 0 {
-        let msg = SettlementMessage::grant(&tenant_id, grant);
-        let (floor, now) = (
-            state.config.billing.guest_floor,
-            Utc::now().timestamp_millis(),
-        );
-        cognomega_workflows::settle::settle(&mut tx, &[msg], floor, now)
-            .await
-            .map_err(ApiError::internal)?;
-    }
+    let (floor, now) = (
+        state.config.billing.guest_floor,
+        Utc::now().timestamp_millis(),
+    );
+    let email = request.email.as_deref();
+    create_guest(&mut tx, &tenant_id, &user_id, email, grant, floor, now)
+        .await
+        .map_err(ApiError::internal)?;
     tx.commit().await.map_err(ApiError::internal)?;
     let (token, claims) = state.auth.issue(&user_id, &tenant_id, Tier::Guest)?;
     Ok((

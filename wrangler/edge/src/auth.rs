@@ -10,15 +10,15 @@ use std::time::Duration;
 use cognomega_core::auth::{
     Claims, ClaimsBuilder, Jwks, KeyId, KeyRing, SigningKey, Tier, Validation,
 };
-use cognomega_core::billing::SettlementMessage;
 use cognomega_core::limits::RouteClass;
 use cognomega_core::time::UnixMillis;
-use cognomega_workflows::settle::{settle, Settled};
+use cognomega_workflows::settle::create_guest;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use worker::{Env, Method, Request, Response};
 
 use crate::http::{self, ApiError, ApiResult, Caller};
+use crate::sql::Pg;
 
 /// How long an isolate trusts its copy of the key ring before reading it again.
 const RING_TTL_MS: f64 = 60_000.0;
@@ -277,30 +277,17 @@ async fn guest(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     let db = crate::db::connect(env).await?;
     // The tenant and its starting grant (its ledger entry and balance) commit together: the
     // guest's first billable request, however soon, sees the grant.
-    let grant_entry = SettlementMessage::grant(&tenant_id, grant);
-    let floor = billing.guest_floor;
+    let (floor, now) = (billing.guest_floor, worker::Date::now().as_millis() as i64);
     db.batch_execute("BEGIN").await?;
-    let created = async {
-        db.execute(
-            cognomega_core::billing::sql::PG_INSERT_TENANT,
-            &[&tenant_id, &"guest", &request.email],
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        db.execute(
-            cognomega_core::billing::sql::PG_INSERT_USER,
-            &[&user_id, &tenant_id, &request.email],
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        if grant == 0 {
-            return Ok(Settled::default());
-        }
-        let now = worker::Date::now().as_millis() as i64;
-        settle(&mut crate::sql::Pg(&db), &[grant_entry], floor, now)
-            .await
-            .map_err(|e| e.to_string())
-    }
+    let created = create_guest(
+        &mut Pg(&db),
+        &tenant_id,
+        &user_id,
+        request.email.as_deref(),
+        grant,
+        floor,
+        now,
+    )
     .await;
     let settled = match created {
         Ok(b) => b,
