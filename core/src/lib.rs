@@ -14,6 +14,7 @@ pub mod cleanup;
 pub mod etl;
 pub mod files;
 pub mod jobs;
+pub mod kv;
 pub mod limits;
 pub mod metrics;
 pub mod objects;

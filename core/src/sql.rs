@@ -24,6 +24,8 @@ pub enum Value {
     Real(f64),
     /// A boolean (SQLite stores it as 0/1 and reads back as [`Value::Int`]).
     Bool(bool),
+    /// Bytes (`BLOB` / `BYTEA`).
+    Bytes(Vec<u8>),
     /// A null integer argument.
     NullInt,
     /// A null text argument (and any null column read back).
@@ -59,6 +61,12 @@ impl From<String> for Value {
 impl From<&String> for Value {
     fn from(v: &String) -> Self {
         Self::Text(v.clone())
+    }
+}
+
+impl From<&[u8]> for Value {
+    fn from(v: &[u8]) -> Self {
+        Self::Bytes(v.to_vec())
     }
 }
 
@@ -128,6 +136,17 @@ impl Row {
             v if v.is_null() => Ok(None),
             other => Err(SqlError::decode(format!(
                 "column {i} is {other:?}, not text"
+            ))),
+        }
+    }
+
+    /// Column `i` as bytes or null.
+    pub fn opt_bytes(&self, i: usize) -> Result<Option<Vec<u8>>, SqlError> {
+        match self.at(i)? {
+            Value::Bytes(v) => Ok(Some(v.clone())),
+            v if v.is_null() => Ok(None),
+            other => Err(SqlError::decode(format!(
+                "column {i} is {other:?}, not bytes"
             ))),
         }
     }

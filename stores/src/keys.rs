@@ -3,10 +3,11 @@
 
 use cognomega_core::auth::{KeyId, KeyRing, SigningKey};
 
+use crate::queue::now_ms;
 use crate::{kv, Database, StoreError};
 
-const NAMESPACE: &str = "KEYS";
-const RING: &str = "ring";
+const NAMESPACE: &str = cognomega_core::kv::KEY_RING.0;
+const RING: &str = cognomega_core::kv::KEY_RING.1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeysError {
@@ -22,38 +23,31 @@ fn encode(ring: &KeyRing) -> Result<Vec<u8>, KeysError> {
     ring.to_stored().map_err(|e| KeysError::Key(e.to_string()))
 }
 
-fn decode(bytes: &[u8]) -> Result<KeyRing, KeysError> {
-    KeyRing::from_stored(bytes).map_err(|e| KeysError::Key(e.to_string()))
-}
-
 fn new_key() -> Result<SigningKey, KeysError> {
     let kid = format!("k-{}", uuid::Uuid::now_v7().simple());
     let kid = KeyId::parse(&kid).map_err(|e| KeysError::Key(e.to_string()))?;
     SigningKey::generate(kid).map_err(|e| KeysError::Key(e.to_string()))
 }
 
-/// The stored ring, if any.
+/// The stored key ring, if any.
 pub async fn load(db: &Database) -> Result<Option<KeyRing>, KeysError> {
-    kv::get(db, NAMESPACE, RING)
-        .await?
-        .map(|b| decode(&b))
-        .transpose()
+    let mut read = crate::sql::Reader(db);
+    cognomega_core::kv::load_ring(&mut read, now_ms().0)
+        .await
+        .map_err(KeysError::Key)
 }
 
-/// The stored ring, generating and storing one on first start. When several processes start
-/// at once, the first to store wins and the others use its keys.
+/// The key ring, generating and storing the first key if there is none; concurrent starters
+/// agree on one ring (the first insert wins).
 pub async fn load_or_create(db: &Database) -> Result<KeyRing, KeysError> {
-    if let Some(ring) = load(db).await? {
-        return Ok(ring);
-    }
-    let ring = KeyRing::new(new_key()?);
-    if kv::insert_if_absent(db, NAMESPACE, RING, &encode(&ring)?).await? {
+    let new = || new_key().map_err(|e| e.to_string());
+    let (ring, created) = cognomega_core::kv::load_or_create_ring(&mut db.clone(), now_ms().0, new)
+        .await
+        .map_err(KeysError::Key)?;
+    if created {
         tracing::info!(kid = %ring.current().kid(), "generated the first JWT signing key");
-        return Ok(ring);
     }
-    load(db)
-        .await?
-        .ok_or_else(|| KeysError::Key("key ring vanished while starting".into()))
+    Ok(ring)
 }
 
 /// Adds a new current key; the old one stays in the JWKS as previous so live tokens keep

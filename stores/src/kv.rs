@@ -11,27 +11,8 @@ use crate::{Database, StoreError};
 
 /// Reads a value (expired values read as absent).
 pub async fn get(db: &Database, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-    Ok(match db {
-        Database::Sqlite(s) => {
-            sqlx::query_scalar(
-                "SELECT value FROM kv WHERE namespace = ?1 AND key = ?2 AND (expires_at IS NULL OR expires_at > ?3)",
-            )
-            .bind(namespace)
-            .bind(key)
-            .bind(now_ms().0)
-            .fetch_optional(&s.read)
-            .await?
-        }
-        Database::Postgres(pg) => {
-            sqlx::query_scalar(
-                "SELECT value FROM kv WHERE namespace = $1 AND key = $2 AND (expires_at IS NULL OR expires_at > now())",
-            )
-            .bind(namespace)
-            .bind(key)
-            .fetch_optional(&pg.pool)
-            .await?
-        }
-    })
+    let mut read = crate::sql::Reader(db);
+    Ok(cognomega_core::kv::get(&mut read, namespace, key, now_ms().0).await?)
 }
 
 /// Writes a value, replacing any previous one.
@@ -41,31 +22,7 @@ pub async fn put(
     key: &str,
     value: &[u8],
 ) -> Result<(), StoreError> {
-    match db {
-        Database::Sqlite(s) => {
-            sqlx::query(
-                "INSERT INTO kv (namespace, key, value) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, expires_at = NULL",
-            )
-            .bind(namespace)
-            .bind(key)
-            .bind(value)
-            .execute(&s.write)
-            .await?;
-        }
-        Database::Postgres(pg) => {
-            sqlx::query(
-                "INSERT INTO kv (namespace, key, value) VALUES ($1, $2, $3)
-                 ON CONFLICT (namespace, key) DO UPDATE SET value = EXCLUDED.value, expires_at = NULL",
-            )
-            .bind(namespace)
-            .bind(key)
-            .bind(value)
-            .execute(&pg.pool)
-            .await?;
-        }
-    }
-    Ok(())
+    Ok(cognomega_core::kv::put(&mut db.clone(), namespace, key, value).await?)
 }
 
 /// Writes a value only if the key is absent; returns whether it was written. Lets several
@@ -76,27 +33,7 @@ pub async fn insert_if_absent(
     key: &str,
     value: &[u8],
 ) -> Result<bool, StoreError> {
-    let n = match db {
-        Database::Sqlite(s) => sqlx::query(
-            "INSERT INTO kv (namespace, key, value) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-        )
-        .bind(namespace)
-        .bind(key)
-        .bind(value)
-        .execute(&s.write)
-        .await?
-        .rows_affected(),
-        Database::Postgres(pg) => sqlx::query(
-            "INSERT INTO kv (namespace, key, value) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-        )
-        .bind(namespace)
-        .bind(key)
-        .bind(value)
-        .execute(&pg.pool)
-        .await?
-        .rows_affected(),
-    };
-    Ok(n == 1)
+    Ok(cognomega_core::kv::insert_if_absent(&mut db.clone(), namespace, key, value).await?)
 }
 
 /// A cached balance.

@@ -33,6 +33,7 @@ macro_rules! bind_all {
                 Value::Text(v) => q.bind(v.as_str()),
                 Value::Real(v) => q.bind(*v),
                 Value::Bool(v) => q.bind(*v),
+                Value::Bytes(v) => q.bind(v.as_slice()),
                 Value::NullInt => q.bind(None::<i64>),
                 Value::NullText => q.bind(None::<&str>),
             };
@@ -63,6 +64,7 @@ fn sqlite_row(r: &SqliteRow) -> Result<Row, SqlError> {
             "INTEGER" | "BOOLEAN" | "INT8" => Value::Int(r.try_get::<i64, _>(i).map_err(error)?),
             "REAL" => Value::Real(r.try_get::<f64, _>(i).map_err(error)?),
             "TEXT" => Value::Text(r.try_get::<String, _>(i).map_err(error)?),
+            "BLOB" => Value::Bytes(r.try_get::<Vec<u8>, _>(i).map_err(error)?),
             other => {
                 return Err(SqlError::decode(format!(
                     "column {i} holds {other}, which shared statements do not use"
@@ -93,6 +95,7 @@ fn postgres_row(r: &PgRow) -> Result<Row, SqlError> {
             "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" => {
                 Value::Text(r.try_get::<String, _>(i).map_err(error)?)
             }
+            "BYTEA" => Value::Bytes(r.try_get::<Vec<u8>, _>(i).map_err(error)?),
             other => {
                 return Err(SqlError::decode(format!(
                     "column {i} is {other}, which shared statements do not use"

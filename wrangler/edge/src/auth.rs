@@ -36,19 +36,6 @@ fn now_ms() -> f64 {
     worker::Date::now().as_millis() as f64
 }
 
-async fn read_ring(db: &tokio_postgres::Client) -> Result<Option<KeyRing>, ApiError> {
-    let row = db
-        .query_opt(
-            "SELECT value FROM kv WHERE namespace = 'KEYS' AND key = 'ring'
-               AND (expires_at IS NULL OR expires_at > now())",
-            &[],
-        )
-        .await?;
-    row.map(|r| KeyRing::from_stored(&r.get::<_, Vec<u8>>(0)))
-        .transpose()
-        .map_err(|e| ApiError::internal(format!("signing keys: {e}")))
-}
-
 /// The key ring: this isolate's copy, else PostgreSQL; created there on first use, exactly
 /// once across every process and isolate (`ON CONFLICT DO NOTHING`, then read back).
 async fn ring(env: &Env) -> Result<std::rc::Rc<KeyRing>, ApiError> {
@@ -61,24 +48,15 @@ async fn ring(env: &Env) -> Result<std::rc::Rc<KeyRing>, ApiError> {
         return Ok(r);
     }
     let db = crate::db::connect(env).await?;
-    let ring = match read_ring(&db).await? {
-        Some(r) => r,
-        None => {
-            let kid = KeyId::parse(&format!("k-{}", uuid::Uuid::now_v7().simple()))
-                .map_err(ApiError::internal)?;
-            let fresh = KeyRing::new(SigningKey::generate(kid).map_err(ApiError::internal)?);
-            let bytes = fresh.to_stored().map_err(ApiError::internal)?;
-            db.execute(
-                "INSERT INTO kv (namespace, key, value) VALUES ('KEYS', 'ring', $1)
-                 ON CONFLICT (namespace, key) DO NOTHING",
-                &[&bytes],
-            )
-            .await?;
-            read_ring(&db)
-                .await?
-                .ok_or_else(|| ApiError::internal("the signing key ring vanished"))?
-        }
+    let new_key = || {
+        let kid = KeyId::parse(&format!("k-{}", uuid::Uuid::now_v7().simple()))
+            .map_err(|e| e.to_string())?;
+        SigningKey::generate(kid).map_err(|e| e.to_string())
     };
+    let now = worker::Date::now().as_millis() as i64;
+    let (ring, _) = cognomega_core::kv::load_or_create_ring(&mut Pg(&db), now, new_key)
+        .await
+        .map_err(ApiError::internal)?;
     let ring = std::rc::Rc::new(ring);
     RING.with(|c| *c.borrow_mut() = Some((now_ms(), ring.clone())));
     Ok(ring)

@@ -27,6 +27,7 @@ fn typed(args: &[Value]) -> Vec<(&(dyn ToSql + Sync), Type)> {
                 Value::Text(v) => (v, Type::TEXT),
                 Value::Real(v) => (v, Type::FLOAT8),
                 Value::Bool(v) => (v, Type::BOOL),
+                Value::Bytes(v) => (v, Type::BYTEA),
                 Value::NullInt => (&None::<i64>, Type::INT8),
                 Value::NullText => (&None::<String>, Type::TEXT),
             }
@@ -56,6 +57,9 @@ fn row(r: &tokio_postgres::Row) -> Result<Row, SqlError> {
         } else if [Type::TEXT, Type::VARCHAR, Type::BPCHAR, Type::NAME].contains(ty) {
             r.try_get::<_, Option<String>>(i)
                 .map(|v| v.map(Value::Text))
+        } else if *ty == Type::BYTEA {
+            r.try_get::<_, Option<Vec<u8>>>(i)
+                .map(|v| v.map(Value::Bytes))
         } else {
             return Err(SqlError::decode(format!(
                 "column {i} is {ty}, which shared statements do not use"
