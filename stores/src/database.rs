@@ -46,8 +46,14 @@ const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// Opens a SQLite write transaction that commits without an fsync; see
 /// [`Database::begin_in_consumer`]. Use it through [`SqliteDb::begin_relaxed`], which has the
-/// write pool reset `synchronous = FULL` when the connection comes back.
-pub(crate) const RELAXED_BEGIN: &str = "PRAGMA synchronous = NORMAL; BEGIN";
+/// write pool reset `synchronous = FULL` when the connection comes back. `IMMEDIATE`, as every
+/// transaction on the writer: it takes the write lock at once (waiting out another process's
+/// write within the busy timeout), so a transaction that reads before it writes cannot fail
+/// to upgrade because another process wrote in between.
+pub(crate) const RELAXED_BEGIN: &str = "PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE";
+
+/// Opens a SQLite write transaction (see [`RELAXED_BEGIN`] on `IMMEDIATE`).
+const BEGIN: &str = "BEGIN IMMEDIATE";
 
 /// Opens a PostgreSQL transaction whose commit does not wait for the WAL flush
 /// (`synchronous_commit = off` for this transaction only, so it holds behind a connection
@@ -338,7 +344,10 @@ impl Database {
     /// Begins a transaction in which business writes and queue sends commit together.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
         Ok(match self {
-            Self::Sqlite(db) => db.tx(db.write.begin().await?),
+            Self::Sqlite(db) => {
+                let conn = db.write.acquire().await?;
+                db.tx(sqlx::Transaction::begin(conn, Some(BEGIN.into())).await?)
+            }
             Self::Postgres(db) => db.tx(db.pool.begin().await?),
         })
     }
