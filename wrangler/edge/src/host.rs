@@ -1,15 +1,18 @@
 //! The edge as the host of the shared write workflows (`cognomega_workflows::submit`,
-//! `cognomega_workflows::accept`): the request's connection (a transaction stages its messages
-//! in the outbox), R2, the balance in KV.
+//! `cognomega_workflows::accept`, `cognomega_workflows::billing`) and of the job workflow
+//! (`cognomega_workflows::jobs`): the invocation's connection (a transaction stages its
+//! messages in the outbox), R2, the balance in KV; a job's pipeline runs inside the invocation,
+//! its progress written stage by stage.
 
 use cognomega_core::objects::ObjectStore;
 use cognomega_core::sql::{Executor, Outbound, SqlError, Transaction};
-use cognomega_workflows::ports::WriteHost;
+use cognomega_pipelines::{Artifact, JobError};
+use cognomega_workflows::ports::{JobHost, PipelineRun, WriteHost};
 use worker::Env;
 
 use crate::sql::{Pg, PgTx};
 
-/// One write request's host.
+/// One write request's (or one job delivery's) host.
 pub struct Writes<'a> {
     env: &'a Env,
     db: &'a tokio_postgres::Client,
@@ -78,5 +81,29 @@ impl WriteHost for Writes<'_> {
 
     fn fresh_id(&self) -> String {
         uuid::Uuid::now_v7().to_string()
+    }
+}
+
+#[async_trait::async_trait(?Send)]
+impl JobHost for Writes<'_> {
+    fn objects(&self) -> &dyn ObjectStore {
+        WriteHost::objects(self)
+    }
+
+    fn db(&self) -> Box<dyn Executor + '_> {
+        WriteHost::db(self)
+    }
+
+    async fn begin(&self) -> Result<Box<dyn Transaction + '_>, SqlError> {
+        WriteHost::begin(self).await
+    }
+
+    fn now_ms(&self) -> i64 {
+        WriteHost::now_ms(self)
+    }
+
+    async fn run(&self, run: PipelineRun) -> Result<Vec<Artifact>, JobError> {
+        run.execute(Pg(self.db), || worker::Date::now().as_millis() as i64)
+            .await
     }
 }

@@ -6,12 +6,9 @@
 
 use cognomega_core::billing::UsageKind;
 use cognomega_core::limits::CostMetric;
-use cognomega_core::sql::{Executor, SqlError, Transaction};
-use cognomega_pipelines::{Artifact, JobError};
 use cognomega_r2_lifecycle::codec::{self, CodecPolicy};
 use cognomega_workflows::jobs::{Delivery, Outcome};
 use cognomega_workflows::jobs_api::{self, Download, Send};
-use cognomega_workflows::ports::{JobHost, ObjectStore, PipelineRun};
 use cognomega_workflows::submit::{Input, Submit, SubmitSettings};
 use serde::Deserialize;
 use worker::{Env, MessageExt, Method, Request, Response};
@@ -19,7 +16,7 @@ use worker::{Env, MessageExt, Method, Request, Response};
 use crate::consumers::EdgeQueue;
 use crate::host::Writes;
 use crate::http::{self, ApiError, ApiResult, Caller};
-use crate::sql::{Pg, PgTx};
+use crate::sql::Pg;
 
 /// The message on `jobs.<type>`.
 pub use cognomega_core::queue::catalog::jobs::JobMessage;
@@ -211,44 +208,6 @@ async fn artifact(req: &Request, env: &Env, caller: &Caller, id: &str, name: &st
     Ok(resp)
 }
 
-/// The edge as the job workflow's host: the request's connection, R2 and the worker's clock;
-/// the pipeline runs inside the invocation, its progress written stage by stage.
-struct EdgeJobs<'a> {
-    db: &'a tokio_postgres::Client,
-    objects: crate::r2::Objects,
-    /// The outbox batch of the last transaction (the success's usage event).
-    batch: std::cell::RefCell<Option<String>>,
-}
-
-fn now_ms() -> i64 {
-    worker::Date::now().as_millis() as i64
-}
-
-#[async_trait::async_trait(?Send)]
-impl JobHost for EdgeJobs<'_> {
-    fn objects(&self) -> &dyn ObjectStore {
-        &self.objects
-    }
-
-    fn db(&self) -> Box<dyn Executor + '_> {
-        Box::new(Pg(self.db))
-    }
-
-    async fn begin(&self) -> Result<Box<dyn Transaction + '_>, SqlError> {
-        let tx = PgTx::begin(self.db).await?;
-        *self.batch.borrow_mut() = Some(tx.batch.clone());
-        Ok(Box::new(tx))
-    }
-
-    fn now_ms(&self) -> i64 {
-        now_ms()
-    }
-
-    async fn run(&self, run: PipelineRun) -> Result<Vec<Artifact>, JobError> {
-        run.execute(Pg(self.db), now_ms).await
-    }
-}
-
 /// The `jobs.<type>` consumers (max_batch_size 1): each delivery runs the job workflow
 /// (`cognomega_workflows::jobs`), the same code the native workers run.
 pub async fn run_batch(
@@ -262,11 +221,7 @@ pub async fn run_batch(
         .charge(UsageKind::Job, 1);
     let registry = cognomega_pipelines::registry();
     let resolve = |name: &str| registry.get(name);
-    let host = EdgeJobs {
-        db,
-        objects: crate::r2::Objects::of(env),
-        batch: std::cell::RefCell::new(None),
-    };
+    let host = Writes::new(env, db);
     for (msg, job, _request_id) in crate::consumers::decode_all::<JobMessage>(queue, messages) {
         // The attempt fence: this delivery owns the job under its message id (stable across
         // Cloudflare's redeliveries of the same message).
@@ -286,10 +241,7 @@ pub async fn run_batch(
                 worker::console_log!("job {id} succeeded ({artifacts} artifacts)");
                 msg.ack();
                 // Its usage event goes out now; a failed send is the relay cron's.
-                let batch = host.batch.borrow_mut().take();
-                if let Err(e) = crate::outbox::relay(env, batch.as_deref()).await {
-                    worker::console_warn!("job {id}: usage relay: {e}; the relay cron sends it");
-                }
+                host.relay(&format!("job {id}: usage")).await;
             }
             Ok(Outcome::Retry { reason, dead }) => {
                 worker::console_warn!("job {id}: {reason}; retrying (dead: {dead})");
