@@ -88,12 +88,7 @@ impl CleanupHost for Native<'_> {
     }
 
     async fn begin(&self) -> Result<Box<dyn Transaction + '_>, SqlError> {
-        let tx = self
-            .db
-            .begin()
-            .await
-            .map_err(|e| SqlError::new(e.to_string()))?;
-        Ok(Box::new(tx))
+        self.db.transaction().await
     }
 
     async fn prune(&self, dry_run: bool) -> Result<PruneReport, String> {

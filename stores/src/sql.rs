@@ -148,6 +148,17 @@ where
     rows.iter().map(postgres_row).collect()
 }
 
+impl Database {
+    /// A transaction on the writer, as the workflows' [`Transaction`] port.
+    pub async fn transaction(&self) -> Result<Box<dyn Transaction>, SqlError> {
+        let tx = self
+            .begin()
+            .await
+            .map_err(|e| SqlError::new(e.to_string()))?;
+        Ok(Box::new(tx))
+    }
+}
+
 /// Writes, and reads that must see the last commit: SQLite's writer, PostgreSQL's pool.
 #[async_trait::async_trait]
 impl Executor for Database {

@@ -150,12 +150,7 @@ impl WriteHost for AppState {
     }
 
     async fn begin(&self) -> Result<Box<dyn Transaction + '_>, SqlError> {
-        let tx = self
-            .db
-            .begin()
-            .await
-            .map_err(|e| SqlError::new(e.to_string()))?;
-        Ok(Box::new(tx))
+        self.db.transaction().await
     }
 
     async fn send(&self, messages: Vec<Outbound<'_>>) -> Result<(), String> {
