@@ -307,29 +307,10 @@ fn settlement(i: usize, tenant: &str) -> SettlementMessage {
     }
 }
 
-/// Appends entries `from..to` as a writer beside the sealers does: each transaction's first
-/// statement a write (SQLite upgrades a transaction that read first only if no other
-/// connection wrote since, which the sealers here do).
 async fn append(db: &Database, from: usize, to: usize) -> anyhow::Result<()> {
-    use cognomega_core::sql::{Dialects, Executor as _};
-    const INSERT: Dialects = Dialects {
-        sqlite: "INSERT INTO ledger_entries (id, tenant_id, delta, kind, ref, created_at)
-                 SELECT json_extract(value, '$.id'), 't', 1, 'grant', NULL, 0 FROM json_each($1)",
-        postgres: "INSERT INTO ledger_entries (id, tenant_id, delta, kind, ref)
-                   SELECT value, 't', 1, 'grant', NULL FROM jsonb_array_elements_text($1::text::jsonb)",
-    };
     let entries: Vec<SettlementMessage> = (from..to).map(|i| settlement(i, "t")).collect();
-    let ids: Vec<serde_json::Value> = entries
-        .iter()
-        .map(|e| match db.backend() {
-            "sqlite" => serde_json::json!({ "id": e.id }),
-            _ => serde_json::Value::String(e.id.clone()),
-        })
-        .collect();
     let mut tx = db.begin().await?;
-    let statement = INSERT.pick(tx.dialect());
-    tx.execute(statement, &[serde_json::to_string(&ids)?.into()])
-        .await?;
+    cognomega_workflows::settle::settle(&mut tx, &entries, i64::MIN, 0).await?;
     tx.commit().await?;
     Ok(())
 }
