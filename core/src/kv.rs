@@ -4,7 +4,7 @@
 //! signing key ring kept in it.
 
 use crate::auth::{KeyRing, SigningKey};
-use crate::sql::{Dialect, Dialects, Executor, SqlError};
+use crate::sql::{Dialects, Executor, SqlError};
 
 /// The value under `$1`/`$2` unless expired (SQLite: at `$3`, epoch ms).
 pub const GET: Dialects = Dialects {
@@ -27,12 +27,8 @@ pub async fn get<E: Executor + ?Sized>(
     key: &str,
     now_ms: i64,
 ) -> Result<Option<Vec<u8>>, SqlError> {
-    let dialect = db.dialect();
-    let mut args = vec![namespace.into(), key.into()];
-    if dialect == Dialect::Sqlite {
-        args.push(now_ms.into());
-    }
-    let row = db.query_opt(GET.pick(dialect), &args).await?;
+    let (sql, args) = GET.stamped(db.dialect(), vec![namespace.into(), key.into()], now_ms);
+    let row = db.query_opt(sql, &args).await?;
     Ok(row.map(|r| r.opt_bytes(0)).transpose()?.flatten())
 }
 

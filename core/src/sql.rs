@@ -249,6 +249,22 @@ impl Dialects {
             Dialect::Postgres => self.postgres,
         }
     }
+
+    /// The text for `dialect` and its arguments, for a statement that records the time: its
+    /// SQLite text takes it (epoch ms) as one more, last, parameter where the PostgreSQL text
+    /// reads the server's clock (`now()`, a column default), since SQLite has no clock type.
+    #[must_use]
+    pub fn stamped(
+        &self,
+        dialect: Dialect,
+        mut args: Vec<Value>,
+        now_ms: i64,
+    ) -> (&'static str, Vec<Value>) {
+        if dialect == Dialect::Sqlite {
+            args.push(Value::Int(now_ms));
+        }
+        (self.pick(dialect), args)
+    }
 }
 
 /// Runs statements: a pool, a connection or an open transaction of either host.
@@ -333,6 +349,22 @@ pub trait Transaction: Executor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_sqlite_gets_the_time() {
+        let s = Dialects {
+            sqlite: "s",
+            postgres: "p",
+        };
+        assert_eq!(
+            s.stamped(Dialect::Sqlite, vec![Value::Int(1)], 9),
+            ("s", vec![Value::Int(1), Value::Int(9)])
+        );
+        assert_eq!(
+            s.stamped(Dialect::Postgres, vec![Value::Int(1)], 9),
+            ("p", vec![Value::Int(1)])
+        );
+    }
 
     #[test]
     fn rows_read_what_each_backend_returns() {

@@ -12,7 +12,6 @@ use cognomega_core::billing::{sql, UsageKind};
 use cognomega_core::sql::{Dialects, Executor as _};
 
 use crate::queue::now_ms;
-use crate::stamped::Stamped;
 use crate::{Database, StoreError, Tx};
 
 pub use cognomega_core::billing::sql::{Adjustment, KindTotal};
@@ -150,18 +149,18 @@ pub async fn usage_totals(
 }
 
 /// Recomputes every balance from the ledger, writing only those that differ (SQLite: at `$1`).
-const REBUILD_BALANCES: Stamped = Stamped(Dialects {
+const REBUILD_BALANCES: Dialects = Dialects {
     sqlite: "INSERT INTO balances (tenant_id, balance, updated_at)
              SELECT tenant_id, SUM(delta), $1 FROM ledger_entries GROUP BY tenant_id
              ON CONFLICT (tenant_id) DO UPDATE SET balance = excluded.balance, updated_at = excluded.updated_at
              WHERE balances.balance <> excluded.balance",
     postgres: sql::PG_REBUILD_BALANCES,
-});
+};
 
 /// Recomputes every derived balance from the ledger. Returns (tenants, balances changed).
 pub async fn rebuild_balances(db: &Database) -> Result<(u64, u64), StoreError> {
     let mut tx = db.begin().await?;
-    let (rebuild, args) = REBUILD_BALANCES.bind(tx.dialect(), Vec::new(), now_ms().0);
+    let (rebuild, args) = REBUILD_BALANCES.stamped(tx.dialect(), Vec::new(), now_ms().0);
     // PostgreSQL's statement also returns the corrected rows: one per row changed.
     let changed = tx.execute(rebuild, &args).await?;
     let tenants = tx

@@ -3,7 +3,6 @@
 use cognomega_core::sql::Executor as _;
 
 use crate::queue::now_ms;
-use crate::stamped::Stamped;
 use crate::{Database, StoreError, Tx};
 
 pub use cognomega_core::jobs::Job;
@@ -28,12 +27,12 @@ pub struct NewJob<'a> {
     pub request_id: Option<&'a str>,
 }
 
-const INSERT: Stamped = Stamped(cognomega_core::jobs::INSERT);
+use cognomega_core::jobs::INSERT;
 
 /// Inserts a job; with an idempotency key already used by the tenant, returns the existing
 /// job's id and `false`.
 pub async fn insert(tx: &mut Tx, job: &NewJob<'_>) -> Result<(String, bool), StoreError> {
-    let (sql, args) = INSERT.bind(
+    let (sql, args) = INSERT.stamped(
         tx.dialect(),
         vec![
             job.id.into(),

@@ -25,7 +25,6 @@ pub mod objects;
 pub mod queue;
 pub mod schedules;
 pub mod sql;
-mod stamped;
 pub mod uploads;
 
 pub use database::{Database, DatabaseUrl, StoreError};

@@ -3,7 +3,6 @@
 use cognomega_core::sql::Executor as _;
 
 use crate::queue::now_ms;
-use crate::stamped::Stamped;
 use crate::{Database, StoreError, Tx};
 
 pub use cognomega_core::files::sql::Upload;
@@ -29,11 +28,11 @@ pub struct NewUpload<'a> {
     pub request_id: Option<&'a str>,
 }
 
-const INSERT: Stamped = Stamped(cognomega_core::files::sql::INSERT);
+use cognomega_core::files::sql::INSERT;
 
 /// Inserts an upload.
 pub async fn insert(tx: &mut Tx, u: &NewUpload<'_>) -> Result<(), StoreError> {
-    let (sql, args) = INSERT.bind(
+    let (sql, args) = INSERT.stamped(
         tx.dialect(),
         vec![
             u.key.into(),

@@ -13,7 +13,7 @@ use cognomega_core::billing::{UsageBatchMessage, UsageEvent, UsageKey, UsageKind
 use cognomega_core::files::sql::Upload;
 use cognomega_core::files::{essence, matches_magic, servable, verify_download, SNIFF_BYTES};
 use cognomega_core::queue::catalog;
-use cognomega_core::sql::{Dialect, Executor, Outbound, Value};
+use cognomega_core::sql::{Executor, Outbound, Value};
 
 use crate::ports::WriteHost;
 
@@ -202,8 +202,7 @@ async fn write<H: WriteHost + ?Sized>(host: &H, u: &Accepted<'_>) -> Result<i64,
         received_at_ms: now,
     };
     let mut tx = host.begin().await.map_err(Refusal::internal)?;
-    let dialect = tx.dialect();
-    let mut args: Vec<Value> = vec![
+    let args: Vec<Value> = vec![
         u.key.into(),
         u.tenant.into(),
         u.filename.into(),
@@ -213,13 +212,8 @@ async fn write<H: WriteHost + ?Sized>(host: &H, u: &Accepted<'_>) -> Result<i64,
         u.scan().into(),
         u.request_id.into(),
     ];
-    if dialect == Dialect::Sqlite {
-        args.push(now.into());
-    }
-    let row = tx
-        .query_opt(cognomega_core::files::sql::INSERT.pick(dialect), &args)
-        .await
-        .map_err(Refusal::internal)?;
+    let (sql, args) = cognomega_core::files::sql::INSERT.stamped(tx.dialect(), args, now);
+    let row = tx.query_opt(sql, &args).await.map_err(Refusal::internal)?;
     let created_at = row
         .map(|r| r.int(0))
         .transpose()

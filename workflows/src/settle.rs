@@ -223,14 +223,11 @@ pub const MARK_APPLIED: Dialects = Dialects {
 async fn stamped<E: Executor + ?Sized>(
     db: &mut E,
     statement: Dialects,
-    mut args: Vec<cognomega_core::sql::Value>,
+    args: Vec<cognomega_core::sql::Value>,
     now_ms: i64,
 ) -> Result<Vec<cognomega_core::sql::Row>, SqlError> {
-    let dialect = db.dialect();
-    if dialect == Dialect::Sqlite {
-        args.push(now_ms.into());
-    }
-    db.query(statement.pick(dialect), &args).await
+    let (sql, args) = statement.stamped(db.dialect(), args, now_ms);
+    db.query(sql, &args).await
 }
 
 /// One accepted `usage` message.

@@ -9,7 +9,7 @@ use cognomega_core::api::Refusal;
 use cognomega_core::limits::{self, CostMetric};
 use cognomega_core::objects::{Fetched, NewObject};
 use cognomega_core::queue::catalog::jobs::JobMessage;
-use cognomega_core::sql::{Dialect, Executor, Outbound, SqlError, Value};
+use cognomega_core::sql::{Executor, Outbound, SqlError, Value};
 
 pub use crate::ports::WriteHost;
 use cognomega_pipelines::input::{InputError, MAX_INPUT_BYTES};
@@ -229,8 +229,7 @@ async fn insert<H: WriteHost + ?Sized>(
     cap: Option<u64>,
 ) -> Result<Submitted, Refusal> {
     let mut tx = host.begin().await.map_err(internal)?;
-    let dialect = tx.dialect();
-    let mut args: Vec<Value> = vec![
+    let args: Vec<Value> = vec![
         id.into(),
         req.tenant.into(),
         job_type.into(),
@@ -239,13 +238,8 @@ async fn insert<H: WriteHost + ?Sized>(
         input_key.into(),
         req.request_id.into(),
     ];
-    if dialect == Dialect::Sqlite {
-        args.push(host.now_ms().into());
-    }
-    let inserted = tx
-        .query_opt(cognomega_core::jobs::INSERT.pick(dialect), &args)
-        .await
-        .map_err(internal)?;
+    let (sql, args) = cognomega_core::jobs::INSERT.stamped(tx.dialect(), args, host.now_ms());
+    let inserted = tx.query_opt(sql, &args).await.map_err(internal)?;
     if inserted.is_none() {
         // A concurrent submit with the same key won.
         let existing = match key {

@@ -52,7 +52,7 @@ pub const TENANT_STATUS: &str = "SELECT flagged_at IS NOT NULL FROM tenants WHER
 use std::collections::BTreeMap;
 
 use crate::billing::UsageKind;
-use crate::sql::{Dialect, Dialects, Executor, SqlError};
+use crate::sql::{Dialects, Executor, SqlError};
 
 /// A queued credit adjustment — `$1` id, `$2` idempotency key, `$3` tenant, `$4` delta, `$5`
 /// reason (SQLite: `$6` now) — returning its `id`; no row when the key was used.
@@ -172,18 +172,15 @@ pub async fn create_adjustment<E: Executor + ?Sized>(
     new: &NewAdjustment<'_>,
     now_ms: i64,
 ) -> Result<(String, bool), SqlError> {
-    let dialect = db.dialect();
-    let mut args = vec![
+    let args = vec![
         new.id.into(),
         new.idempotency_key.into(),
         new.tenant_id.into(),
         new.delta.into(),
         new.reason.into(),
     ];
-    if dialect == Dialect::Sqlite {
-        args.push(now_ms.into());
-    }
-    if let Some(row) = db.query_opt(INSERT_ADJUSTMENT.pick(dialect), &args).await? {
+    let (sql, args) = INSERT_ADJUSTMENT.stamped(db.dialect(), args, now_ms);
+    if let Some(row) = db.query_opt(sql, &args).await? {
         return Ok((row.text(0)?, true));
     }
     let existing = db
@@ -237,15 +234,11 @@ pub async fn create_tenant<E: Executor + ?Sized>(
     now_ms: i64,
 ) -> Result<(), SqlError> {
     let dialect = db.dialect();
-    let stamp = |mut args: Vec<crate::sql::Value>| {
-        if dialect == Dialect::Sqlite {
-            args.push(now_ms.into());
-        }
-        args
-    };
-    let tenant = stamp(vec![tenant_id.into(), tier.into(), email.into()]);
-    db.execute(INSERT_TENANT.pick(dialect), &tenant).await?;
-    let user = stamp(vec![user_id.into(), tenant_id.into(), email.into()]);
-    db.execute(INSERT_USER.pick(dialect), &user).await?;
+    let tenant = vec![tenant_id.into(), tier.into(), email.into()];
+    let (sql, args) = INSERT_TENANT.stamped(dialect, tenant, now_ms);
+    db.execute(sql, &args).await?;
+    let user = vec![user_id.into(), tenant_id.into(), email.into()];
+    let (sql, args) = INSERT_USER.stamped(dialect, user, now_ms);
+    db.execute(sql, &args).await?;
     Ok(())
 }
