@@ -193,11 +193,19 @@ printf '%s\n' "$config" >"$state/clamd.conf"
 : >"$log_file"
 
 log "starting $("$clamd" --version) on 127.0.0.1:$port and $socket ($state)"
-# With Foreground no, clamd loads the database, forks, writes the pid file and returns.
-if ! "$clamd" --config-file="$state/clamd.conf" >>"$log_file" 2>&1 </dev/null; then
-  die "clamd failed to start; the end of $log_file:
+# With Foreground no, clamd loads the database, forks, writes the pid file and returns. A
+# restart on the port a stopped clamd just closed can find it not yet bindable (clamd then
+# exits right after loading): a start that fails is tried again, up to 5 times, 1 s apart.
+tries=0
+until "$clamd" --config-file="$state/clamd.conf" >>"$log_file" 2>&1 </dev/null; do
+  tries=$((tries + 1))
+  if [ "$tries" -ge 5 ]; then
+    die "clamd failed to start (5 tries); the end of $log_file:
 $(tail -n 30 "$log_file")"
-fi
+  fi
+  log "clamd exited while starting (try $tries of 5); starting it again in 1 s"
+  sleep 1
+done
 
 deadline=$((SECONDS + start_timeout))
 until answers_ping; do
