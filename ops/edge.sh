@@ -226,7 +226,7 @@ dev_vars() {
 COGNOMEGA_ADMIN_KEY=$admin_key
 COGNOMEGA_LINK_SECRET=$admin_key-links
 COGNOMEGA_CLAMD=$clamd
-COGNOMEGA_RATE_LIMITS_TOML=${COGNOMEGA_RATE_LIMITS_TOML:-}
+COGNOMEGA_CONFIG_TOML=${COGNOMEGA_CONFIG_TOML:-}
 COGNOMEGA_RATE_LIMITS=${COGNOMEGA_RATE_LIMITS:-on}
 COGNOMEGA_TEST_FAULTS=${COGNOMEGA_TEST_FAULTS:-}
 ${provider_vars}
@@ -339,7 +339,7 @@ case "$cmd" in
     scanner
     providers
     # The acceptance suite's rate-limit scenario needs a small bucket, as the native run has.
-    export COGNOMEGA_RATE_LIMITS_TOML='rate_limits = { guest = { usage = { rate = 1.0, burst = 20 } } }'
+    export COGNOMEGA_CONFIG_TOML='rate_limits = { guest = { usage = { rate = 1.0, burst = 20 } } }'
     # The fault scenario: the drain after a request whose id starts `fault-drain-` fails, so
     # only a later relay delivers its messages (never set outside the test stack).
     export COGNOMEGA_TEST_FAULTS=drain

@@ -87,44 +87,13 @@ pub struct ServeConfig {
 }
 
 /// The optional config file (TOML): `--config FILE`, else `DATA_DIR/cognomega.toml` when it
-/// exists. Everything in it has a default.
-///
-/// ```toml
-/// [schedules.etl-export]          # override a built-in schedule
-/// cron = "0 0 * * * *"
-///
-/// [schedules.nightly-probe]       # or add one: cron + queue (+ body)
-/// cron = "0 0 2 * * *"
-/// queue = "probe"
-/// body = { key = "nightly" }
-///
-/// [rate_limits]                   # token buckets per tier and route class
-/// enabled = true
-/// [rate_limits.guest.jobs]
-/// rate = 1.0                      # tokens per second
-/// burst = 20
-///
-/// [cost_guards.guest]             # caps per fixed UTC window; an absent key is no cap
-/// tokens_per_day = 1000000
-/// job_runs_per_hour = 100
-/// ```
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+/// exists. Its model, with every table and default, is `cognomega_core::settings::ConfigFile`
+/// (the edge reads the same file from `COGNOMEGA_CONFIG_TOML`).
+#[derive(Debug, Clone, Default)]
 pub struct FileConfig {
-    /// Overrides of the built-in schedules, and extra schedules.
-    #[serde(default)]
-    pub schedules: std::collections::BTreeMap<String, cognomega_core::schedule::ScheduleOverride>,
-    /// `POST /api/si/ask`: provider order, timeout, model aliases, per-tier cost levers.
-    #[serde(default)]
-    pub ai: AiFileConfig,
-    /// `[rate_limits]`: `enabled`, and `[rate_limits.<tier>.<class>]` with `rate` and `burst`.
-    #[serde(default)]
-    pub rate_limits: cognomega_core::limits::RateLimitsFile,
-    /// `[cost_guards.<tier>]` with `tokens_per_day` and `job_runs_per_hour`.
-    #[serde(default)]
-    pub cost_guards: cognomega_core::limits::CostGuardsFile,
+    /// What the file says.
+    pub file: cognomega_core::settings::ConfigFile,
     /// The file this came from (none: the defaults).
-    #[serde(skip)]
     pub path: Option<PathBuf>,
 }
 
@@ -144,10 +113,12 @@ impl FileConfig {
                 path.display()
             )
         })?;
-        let mut config: Self = toml::from_str(&text)
-            .with_context(|| format!("invalid config file {}", path.display()))?;
-        config.path = Some(path);
-        Ok(config)
+        let file = cognomega_core::settings::ConfigFile::parse(&text)
+            .map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", path.display()))?;
+        Ok(Self {
+            file,
+            path: Some(path),
+        })
     }
 
     /// The default rate limits with this file's entries, and its on/off switch unless
@@ -156,18 +127,15 @@ impl FileConfig {
         &self,
         switch: Option<bool>,
     ) -> anyhow::Result<cognomega_core::limits::RateLimits> {
-        let mut limits = cognomega_core::limits::RateLimits::from_file(&self.rate_limits)
-            .with_context(|| self.invalid("rate limit"))?;
-        if let Some(on) = switch {
-            limits.enabled = on;
-        }
-        Ok(limits)
+        self.file
+            .rate_limits(switch)
+            .with_context(|| self.invalid("rate limit"))
     }
 
     /// The default cost guards with this file's tiers replacing theirs.
     #[must_use]
     pub fn cost_guards(&self) -> cognomega_core::limits::CostGuards {
-        cognomega_core::limits::CostGuards::from_file(&self.cost_guards)
+        self.file.cost_guards()
     }
 
     fn invalid(&self, what: &str) -> String {
@@ -179,41 +147,9 @@ impl FileConfig {
 
     /// The built-in schedules with this file's overrides, checked.
     pub fn schedules(&self) -> anyhow::Result<Vec<cognomega_core::schedule::Schedule>> {
-        cognomega_core::schedule::resolve(&self.schedules).with_context(|| match &self.path {
-            Some(p) => format!("invalid schedule in the config file {}", p.display()),
-            None => "invalid built-in schedule".to_owned(),
-        })
+        cognomega_core::schedule::resolve(&self.file.schedules)
+            .with_context(|| self.invalid("schedule"))
     }
-}
-
-/// The `[ai]` table (keys never live here: they come from the environment).
-///
-/// ```toml
-/// [ai]
-/// order = ["groq", "openai"]      # default cfai, groq, openai (COGNOMEGA_PROVIDER_ORDER wins)
-/// timeout_s = 20
-/// [ai.models.small]               # an alias: the model each provider runs for it
-/// cfai = "@cf/meta/llama-3.1-8b-instruct"
-/// groq = "llama-3.1-8b-instant"
-/// [ai.policy.guest]               # per-tier levers (guest, member, pro)
-/// max_tokens = 512
-/// daily_tokens = 50000
-/// denied_intents = ["image_generation"]
-/// denied_models = ["gpt-4o"]
-/// ```
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AiFileConfig {
-    /// Provider order.
-    pub order: Option<Vec<String>>,
-    /// Per-call timeout in seconds.
-    pub timeout_s: Option<u64>,
-    /// Model aliases.
-    #[serde(default)]
-    pub models: cognomega_core::ai::ModelMap,
-    /// Per-tier cost levers (a tier left out keeps its defaults).
-    #[serde(default)]
-    pub policy: cognomega_core::ai::AskPolicy,
 }
 
 /// The lifecycle policy: the defaults, with `file` (`--lifecycle-policy` /

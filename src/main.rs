@@ -166,3 +166,27 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// The edge reads its settings by the names of `cognomega_core::settings::VARS`: each one
+    /// must be a setting of `serve` and of `worker` under the same name.
+    #[test]
+    fn the_shared_settings_are_the_native_names() {
+        let cli = super::Cli::command();
+        for sub in ["serve", "worker"] {
+            let cmd = cli.find_subcommand(sub);
+            let names: Vec<String> = cmd
+                .into_iter()
+                .flat_map(|c| c.get_arguments())
+                .filter_map(|a| a.get_env())
+                .map(|e| e.to_string_lossy().into_owned())
+                .collect();
+            for var in cognomega_core::settings::VARS {
+                assert!(names.iter().any(|n| n == var), "{sub} does not read {var}");
+            }
+        }
+    }
+}

@@ -3,29 +3,30 @@
 //! rewrites each dataset's `_manifest.json`. The [`Exporter`] is also what `cognomega export`
 //! runs in-process.
 //!
-//! A run: finish the parts an earlier run planned but did not complete (a crash, a failed
-//! upload), plan the new range (see `cognomega_stores::exports`), then for each part stream its
-//! rows from the database into the file writers on a blocking thread (one Arrow batch at a
-//! time), put the files, record them and mark the part complete in one transaction, and finally
-//! rewrite the manifest from the recorded files. The files of a part are deterministic, so a
-//! repeated write puts the same bytes under the same keys, and a message delivered twice costs
-//! one empty run.
+//! The run is the shared workflow (`cognomega_workflows::export`, which the edge runs too);
+//! this host streams a part's rows from the database into the file writers on a blocking
+//! thread (one Arrow batch at a time) and writes two parts at once on PostgreSQL. The files of a
+//! part are deterministic, so a repeated write puts the same bytes under the same keys, and a
+//! message delivered twice costs one empty run.
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use cognomega_core::etl::{Dataset, ExportFormat, Manifest, DEFAULT_MAX_ROWS_PER_PART};
+use cognomega_core::etl::{Dataset, ExportFormat, DEFAULT_MAX_ROWS_PER_PART};
+use cognomega_core::objects::ObjectStore;
 use cognomega_core::queue::{HandlerError, MessageBatch};
+use cognomega_core::sql::{Executor, SqlError, Transaction};
 
 use crate::typed::{Decoded, TypedHandler, Unreadable};
-use cognomega_pipelines::export::{ExportWriteError, FinishedFile, PartFiles};
-use cognomega_stores::exports::{self, DayBatch, ExportStoreError, Part, Plan, WrittenFile};
-use cognomega_stores::objects::{InvalidObjectKey, ObjectError, ObjectKey, Objects, PutMeta};
+use cognomega_pipelines::export::{FinishedFile, PartFiles};
+use cognomega_stores::exports::{self, DayBatch};
+use cognomega_stores::objects::Objects;
 use cognomega_stores::Database;
-use futures::StreamExt;
+use cognomega_workflows::export::ExportHost;
 use tokio::sync::mpsc;
 
 pub use cognomega_core::etl::EtlMessage;
+pub use cognomega_core::etl::Part;
+pub use cognomega_workflows::export::{ExportError, ExportReport};
 
 pub use cognomega_core::queue::catalog::etl::{queue, settings, QUEUE};
 
@@ -86,57 +87,6 @@ impl std::fmt::Debug for ExportOptions {
     }
 }
 
-/// What a run did for one dataset and format.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct ExportReport {
-    /// The dataset.
-    pub dataset: Option<Dataset>,
-    /// The format.
-    pub format: ExportFormat,
-    /// Parts completed by this run (earlier runs' planned parts included).
-    pub parts: u64,
-    /// Files written.
-    pub files: u64,
-    /// Rows written.
-    pub rows: u64,
-    /// Bytes written.
-    pub bytes: u64,
-    /// The watermark after the run.
-    pub watermark: Option<i64>,
-    /// Another run planned the new range first (this run only finished older parts).
-    pub raced: bool,
-}
-
-/// An export failed; nothing incomplete reached a manifest.
-#[derive(Debug, thiserror::Error)]
-pub enum ExportError {
-    /// The database.
-    #[error(transparent)]
-    Store(#[from] ExportStoreError),
-    /// Object storage.
-    #[error(transparent)]
-    Objects(#[from] ObjectError),
-    /// An object key (a bug: keys are built from validated names).
-    #[error(transparent)]
-    Key(#[from] InvalidObjectKey),
-    /// The file writer.
-    #[error(transparent)]
-    Write(#[from] ExportWriteError),
-    /// The writer thread panicked or was cancelled.
-    #[error("the export writer thread failed: {0}")]
-    Writer(String),
-    /// The failure-injection hook stopped the run.
-    #[error("export of {dataset} part {from}..={to} interrupted after writing its files")]
-    Interrupted {
-        /// The dataset.
-        dataset: Dataset,
-        /// First seq.
-        from: i64,
-        /// Last seq.
-        to: i64,
-    },
-}
-
 /// Runs exports against one database and object store.
 #[derive(Debug, Clone)]
 pub struct Exporter {
@@ -172,131 +122,39 @@ impl Exporter {
         since: Option<i64>,
         progress: &dyn ExportProgress,
     ) -> Result<ExportReport, ExportError> {
-        let mut report = ExportReport {
-            dataset: Some(dataset),
-            format,
-            ..ExportReport::default()
+        let run = Run {
+            exporter: self,
+            progress,
         };
-        if since.is_some() {
-            // Refuse before finishing anything, so the error leaves everything as it was.
-            if let Some(watermark) = exports::watermark(&self.db, dataset, format).await? {
-                return Err(ExportStoreError::AlreadyStarted {
-                    dataset,
-                    format,
-                    watermark,
-                }
-                .into());
-            }
-        }
-        let unfinished = exports::planned_parts(&self.db, dataset, format).await?;
-        self.write_parts(unfinished, progress, &mut report).await?;
         let max_rows = self.options.max_rows_per_part;
-        match exports::plan(&self.db, dataset, format, since, max_rows).await? {
-            Plan::Planned(parts) => self.write_parts(parts, progress, &mut report).await?,
-            Plan::Raced => report.raced = true,
-        }
-        self.write_manifest(dataset).await?;
-        report.watermark = exports::watermark(&self.db, dataset, format).await?;
-        Ok(report)
+        cognomega_workflows::export::export(&run, dataset, format, since, max_rows).await
+    }
+}
+
+/// One run of an [`Exporter`], reporting to its progress: the export workflow's host.
+struct Run<'a> {
+    exporter: &'a Exporter,
+    progress: &'a dyn ExportProgress,
+}
+
+#[async_trait::async_trait]
+impl ExportHost for Run<'_> {
+    fn objects(&self) -> &dyn ObjectStore {
+        &self.exporter.objects
     }
 
-    /// Writes `parts`, [`PARTS_IN_FLIGHT`] (on SQLite [`SQLITE_PARTS_IN_FLIGHT`]) at a time:
-    /// parts are independent (each is completed on its own).
-    async fn write_parts(
-        &self,
-        parts: Vec<Part>,
-        progress: &dyn ExportProgress,
-        report: &mut ExportReport,
-    ) -> Result<(), ExportError> {
-        let mut running = futures::stream::iter(parts)
-            .map(|part| async move {
-                let mut one = ExportReport::default();
-                self.write_part(&part, progress, &mut one)
-                    .await
-                    .map(|()| one)
-            })
-            .buffer_unordered(match self.db {
-                Database::Sqlite(_) => SQLITE_PARTS_IN_FLIGHT,
-                Database::Postgres(_) => PARTS_IN_FLIGHT,
-            });
-        // A failed part does not cancel the others: they complete (or fail) on their own, and
-        // the failed one stays planned for the next run.
-        let mut first_error = None;
-        while let Some(one) = running.next().await {
-            match one {
-                Ok(one) => {
-                    report.parts += one.parts;
-                    report.files += one.files;
-                    report.rows += one.rows;
-                    report.bytes += one.bytes;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "export part failed; the next run finishes it");
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+    fn db(&self) -> Box<dyn Executor + '_> {
+        Box::new(self.exporter.db.clone())
     }
 
-    async fn write_part(
-        &self,
-        part: &Part,
-        progress: &dyn ExportProgress,
-        report: &mut ExportReport,
-    ) -> Result<(), ExportError> {
-        progress.part(part);
-        let files = self.encode(part, progress).await?;
-        let mut written = Vec::with_capacity(files.len());
-        for file in files {
-            let key = ObjectKey::parse(&part.dataset.part_key(
-                &file.dt,
-                part.from,
-                part.to,
-                part.format,
-            ))?;
-            let bytes = i64::try_from(file.bytes.len()).unwrap_or(i64::MAX);
-            let meta = PutMeta::content_type(part.format.content_type())
-                .with("sha256", file.sha256.clone());
-            self.objects
-                .put(&key, Bytes::from(file.bytes), &meta)
-                .await?;
-            report.files += 1;
-            report.rows += file.rows;
-            report.bytes += u64::try_from(bytes).unwrap_or(0);
-            written.push(WrittenFile {
-                key: key.as_str().to_owned(),
-                dt: file.dt,
-                rows: i64::try_from(file.rows).unwrap_or(i64::MAX),
-                bytes,
-                sha256: file.sha256,
-            });
-        }
-        if let Some(hook) = &self.options.after_write {
-            if !hook(part) {
-                return Err(ExportError::Interrupted {
-                    dataset: part.dataset,
-                    from: part.from,
-                    to: part.to,
-                });
-            }
-        }
-        exports::complete(&self.db, part, &written).await?;
-        report.parts += 1;
-        tracing::info!(
-            dataset = %part.dataset, format = %part.format, from = part.from, to = part.to,
-            files = written.len(), "export part complete"
-        );
-        Ok(())
+    async fn begin(&self) -> Result<Box<dyn Transaction + '_>, SqlError> {
+        self.exporter.db.transaction().await
     }
 
-    /// Streams the part's rows into its files: the scan on this task, the encoding on a blocking
-    /// thread, a few batches in flight between them.
-    async fn encode(
-        &self,
-        part: &Part,
-        progress: &dyn ExportProgress,
-    ) -> Result<Vec<FinishedFile>, ExportError> {
+    /// Streams the part's rows into its files: the scan on this task, the encoding on a
+    /// blocking thread, a few batches in flight between them.
+    async fn encode(&self, part: &Part) -> Result<Vec<FinishedFile>, ExportError> {
+        self.progress.part(part);
         let (tx, mut rx) = mpsc::channel::<DayBatch>(4);
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<u64>();
         let mut files = PartFiles::new(part.format, exports::arrow_schema(part.dataset));
@@ -308,54 +166,40 @@ impl Exporter {
             files.finish()
         });
         let scanned = {
-            let scan = exports::scan(&self.db, part, self.options.batch_rows, &tx);
+            let batch_rows = self.exporter.options.batch_rows;
+            let scan = exports::scan(&self.exporter.db, part, batch_rows, &tx);
             tokio::pin!(scan);
             loop {
                 tokio::select! {
                     result = &mut scan => break result,
-                    Some(n) = done_rx.recv() => progress.rows(n),
+                    Some(n) = done_rx.recv() => self.progress.rows(n),
                 }
             }
         };
         drop(tx);
-        let files = writer.await.map_err(|e| ExportError::Writer(e.to_string()));
+        let files = writer.await;
         while let Ok(n) = done_rx.try_recv() {
-            progress.rows(n);
+            self.progress.rows(n);
         }
         // A scan error explains a writer that stopped early; report it first.
-        scanned?;
-        Ok(files??)
+        scanned.map_err(|e| ExportError::Encode(e.to_string()))?;
+        let files = files.map_err(|e| ExportError::Encode(format!("the writer thread: {e}")))?;
+        files.map_err(|e| ExportError::Encode(e.to_string()))
     }
 
-    /// Rewrites `_manifest.json` from the recorded files until what it wrote is still what the
-    /// database holds: a run that completes a part after this run read the files rewrites the
-    /// manifest itself after its own write, so the last manifest written lists every file.
-    async fn write_manifest(&self, dataset: Dataset) -> Result<(), ExportError> {
-        let key = ObjectKey::parse(&dataset.manifest_key())?;
-        let mut parts = exports::files(&self.db, dataset).await?;
-        for _ in 0..10 {
-            let manifest = Manifest {
-                dataset,
-                parts: parts.clone(),
-            };
-            let body = manifest
-                .to_json()
-                .map_err(|e| ExportError::Writer(e.to_string()))?;
-            self.objects
-                .put(
-                    &key,
-                    Bytes::from(body),
-                    &PutMeta::content_type("application/json"),
-                )
-                .await?;
-            let now = exports::files(&self.db, dataset).await?;
-            if now == parts {
-                return Ok(());
-            }
-            parts = now;
+    fn parts_in_flight(&self) -> usize {
+        match self.exporter.db {
+            Database::Sqlite(_) => SQLITE_PARTS_IN_FLIGHT,
+            Database::Postgres(_) => PARTS_IN_FLIGHT,
         }
-        tracing::warn!(%dataset, "manifest kept changing under concurrent exports; the next run rewrites it");
-        Ok(())
+    }
+
+    fn after_write(&self, part: &Part) -> bool {
+        self.exporter
+            .options
+            .after_write
+            .as_ref()
+            .is_none_or(|hook| hook(part))
     }
 }
 

@@ -21,6 +21,7 @@ pub mod objects;
 pub mod outbox;
 pub mod queue;
 pub mod schedule;
+pub mod settings;
 pub mod sql;
 pub mod time;
 #[cfg(feature = "tls")]

@@ -77,51 +77,7 @@ pub struct ApiConfig {
     pub cost_guards: CostGuards,
 }
 
-/// Limits and policy of `POST /upload/direct`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UploadConfig {
-    /// Largest upload in bytes (default 100 MiB), unless the tenant's tier has its own.
-    pub max_bytes: u64,
-    /// Largest upload per tier (`guest`, `member`, `pro`), overriding `max_bytes`.
-    pub max_bytes_by_tier: std::collections::BTreeMap<String, u64>,
-    /// Bytes a tenant may keep in uploads (default 1 GiB).
-    pub quota_bytes: u64,
-    /// Content types accepted (checked against the bytes' magic).
-    pub allowed_types: Vec<String>,
-    /// Lifetime of signed download links.
-    pub link_ttl: Duration,
-    /// A scanner (clamd) is configured: uploads start `pending`; otherwise `skipped`.
-    pub scanning: bool,
-    /// Refuse uploads when no scanner is configured.
-    pub require_scan: bool,
-}
-
-impl UploadConfig {
-    /// The upload limit of a tier.
-    #[must_use]
-    pub fn max_bytes_for(&self, tier: &str) -> u64 {
-        self.max_bytes_by_tier
-            .get(tier)
-            .copied()
-            .unwrap_or(self.max_bytes)
-    }
-}
-
-impl Default for UploadConfig {
-    fn default() -> Self {
-        Self {
-            max_bytes: 100 << 20,
-            max_bytes_by_tier: std::collections::BTreeMap::new(),
-            quota_bytes: 1 << 30,
-            allowed_types: cognomega_core::files::DEFAULT_UPLOAD_TYPES
-                .map(str::to_owned)
-                .to_vec(),
-            link_ttl: Duration::from_secs(15 * 60),
-            scanning: false,
-            require_scan: false,
-        }
-    }
-}
+pub use cognomega_core::settings::UploadConfig;
 
 impl ApiConfig {
     /// Defaults with the given admin key.

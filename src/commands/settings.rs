@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use cognomega_core::billing::BillingConfig;
 use cognomega_producers::{ApiConfig, CorsOrigins, UploadConfig};
 
@@ -152,25 +152,8 @@ impl ApiArgs {
     }
 
     fn tier_limits(&self) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
-        let mut limits = std::collections::BTreeMap::new();
-        for spec in self
-            .tier_max_upload_bytes
-            .iter()
-            .filter(|s| !s.trim().is_empty())
-        {
-            let (tier, bytes) = spec.split_once('=').with_context(|| {
-                format!("--tier-max-upload-bytes {spec:?}: use TIER=BYTES, e.g. guest=10485760")
-            })?;
-            let tier = tier.trim().to_ascii_lowercase();
-            if !matches!(tier.as_str(), "guest" | "member" | "pro") {
-                bail!("--tier-max-upload-bytes {spec:?}: unknown tier; one of guest, member, pro");
-            }
-            let bytes = bytes.trim().parse().with_context(|| {
-                format!("--tier-max-upload-bytes {spec:?}: BYTES must be an integer")
-            })?;
-            limits.insert(tier, bytes);
-        }
-        Ok(limits)
+        cognomega_core::settings::tier_limits(self.tier_max_upload_bytes.iter().map(String::as_str))
+            .map_err(|e| anyhow::anyhow!("--tier-max-upload-bytes {e}"))
     }
 
     /// Model providers from the environment, layered over the config file's `[ai]` table.
@@ -181,20 +164,20 @@ impl ApiArgs {
         cognomega_providers::ProvidersConfig,
         cognomega_core::ai::AskPolicy,
     )> {
-        let file = ctx.file_config()?.ai;
-        let file_order = file.order.as_ref().map(|o| o.join(","));
-        let order = self.provider_order.as_deref().or(file_order.as_deref());
-        let mut providers =
-            cognomega_providers::ProvidersConfig::from_vars(|k| std::env::var(k).ok(), order)
-                .map_err(|e| anyhow::anyhow!("model providers: {e}"))?;
-        if let Some(secs) = self.provider_timeout.or(file.timeout_s) {
-            if secs == 0 {
-                bail!("--provider-timeout must be at least 1 second");
-            }
-            providers.timeout = Duration::from_secs(secs);
+        let file = ctx.file_config()?.file;
+        let order = file.provider_order(self.provider_order.as_deref());
+        let mut providers = cognomega_providers::ProvidersConfig::from_vars(
+            |k| std::env::var(k).ok(),
+            order.as_deref(),
+        )
+        .map_err(|e| anyhow::anyhow!("model providers: {e}"))?;
+        if let Some(timeout) = (file.provider_timeout(self.provider_timeout))
+            .map_err(|e| anyhow::anyhow!("--provider-timeout: {e}"))?
+        {
+            providers.timeout = timeout;
         }
-        providers.models = file.models;
-        Ok((providers, file.policy))
+        providers.models = file.ai.models;
+        Ok((providers, file.ai.policy))
     }
 
     pub fn api_config(&self, ctx: &Ctx) -> anyhow::Result<ApiConfig> {
@@ -231,12 +214,9 @@ impl ApiArgs {
                 max_bytes: self.max_upload_bytes,
                 max_bytes_by_tier: self.tier_limits()?,
                 quota_bytes: self.upload_quota_bytes,
-                allowed_types: self
-                    .upload_types
-                    .iter()
-                    .map(|t| t.trim().to_ascii_lowercase())
-                    .filter(|t| !t.is_empty())
-                    .collect(),
+                allowed_types: cognomega_core::settings::upload_types(
+                    self.upload_types.iter().map(String::as_str),
+                ),
                 link_ttl: Duration::from_secs(self.link_ttl.max(1)),
                 scanning: self.clamd.is_some(),
                 require_scan: self.require_scan,

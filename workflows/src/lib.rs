@@ -10,6 +10,7 @@
 pub mod accept;
 pub mod ask;
 pub mod billing;
+pub mod export;
 pub mod jobs;
 pub mod jobs_api;
 pub mod ports;

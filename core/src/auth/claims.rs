@@ -19,6 +19,18 @@ pub enum Tier {
     Pro,
 }
 
+impl Tier {
+    /// Its name in tokens and settings: `guest`, `member`, `pro`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Guest => "guest",
+            Self::Member => "member",
+            Self::Pro => "pro",
+        }
+    }
+}
+
 /// The payload of our JWTs. Times are JWT `NumericDate`s (unix seconds).
 ///
 /// Fields are public because a `Claims` value is plain data: it is trustworthy only when it

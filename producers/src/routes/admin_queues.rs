@@ -366,15 +366,7 @@ pub(crate) async fn env_snapshot(
             crate::CorsOrigins::Any => json!("*"),
             crate::CorsOrigins::List(list) => json!(list),
         },
-        "uploads": {
-            "max_bytes": uploads.max_bytes,
-            "max_bytes_by_tier": uploads.max_bytes_by_tier,
-            "quota_bytes": uploads.quota_bytes,
-            "allowed_types": uploads.allowed_types,
-            "link_ttl_s": uploads.link_ttl.as_secs(),
-            "scanning": uploads.scanning,
-            "require_scan": uploads.require_scan,
-        },
+        "uploads": uploads.snapshot(),
         "timeouts": {
             "header_read_s": config.timeouts.header_read.as_secs_f64(),
             "body_idle_s": config.timeouts.body_idle.as_secs_f64(),

@@ -12,8 +12,9 @@ use cognomega_core::etl::{export_request, Dataset, ListedDataset, ListedPart};
 use cognomega_core::files::sign_download;
 use cognomega_core::queue::catalog::etl;
 use cognomega_core::queue::OutgoingMessage;
-use cognomega_stores::exports;
 use cognomega_stores::objects::ObjectKey;
+use cognomega_stores::sql::Reader;
+use cognomega_workflows::export;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -40,7 +41,7 @@ pub(crate) async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let mut datasets = Vec::with_capacity(Dataset::ALL.len());
     for dataset in Dataset::ALL {
-        let files = exports::files(&state.db, dataset)
+        let files = export::files(&mut Reader(&state.db), dataset)
             .await
             .map_err(ApiError::internal)?;
         let mut parts = Vec::with_capacity(files.len());
@@ -138,7 +139,7 @@ pub(crate) async fn file(state: &AppState, key: &str) -> Result<Response, ApiErr
             "no complete export file under that key; see GET /exports",
         )
     };
-    let record = exports::file(&state.db, key)
+    let record = export::file(&mut Reader(&state.db), key)
         .await
         .map_err(ApiError::internal)?
         .ok_or_else(not_found)?;

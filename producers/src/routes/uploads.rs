@@ -89,20 +89,12 @@ pub(crate) async fn direct(
     request: Request,
 ) -> Result<Response, ApiError> {
     let cfg = &state.config.uploads;
-    if cfg.require_scan && !cfg.scanning {
-        return Err(ApiError::unavailable(
-            "uploads need virus scanning, and no scanner is configured (--clamd)",
-        ));
-    }
+    cfg.check_scanning()?;
     let headers = request.headers().clone();
     let declared_len = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let tier = serde_json::to_value(claims.tier)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
     let content_type_header = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -113,7 +105,7 @@ pub(crate) async fn direct(
         &state,
         &claims.tenant,
         state.config.billing.guest_floor,
-        cfg.max_bytes_for(&tier),
+        cfg.max_bytes_for(claims.tier.as_str()),
         cfg.quota_bytes,
         declared_len,
         is_multipart,

@@ -339,7 +339,7 @@ fn env_snapshot(env: &Env) -> ApiResult {
                 "buckets": "durable-object",
                 "limits": limits.table(),
             },
-            "cost_guards": crate::usage::cost_guards(env),
+            "cost_guards": crate::config::cost_guards(env).map_err(ApiError::internal)?,
             "job_types": cognomega_pipelines::registry().names(),
             "queues": queues,
         }),

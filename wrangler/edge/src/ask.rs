@@ -44,6 +44,8 @@ struct Providers {
     /// cfai goes through the AI binding instead of REST.
     bound: bool,
     router: Router,
+    /// The tiers' levers (the config file's `[ai.policy]`).
+    policy: AskPolicy,
 }
 
 thread_local! {
@@ -55,18 +57,22 @@ fn providers(env: &Env) -> Result<Rc<Providers>, ApiError> {
         return Ok(p);
     }
     let bound = env.ai(AI_BINDING).is_ok();
-    let order = crate::config::var(env, "COGNOMEGA_PROVIDER_ORDER");
+    let file = crate::config::file(env).map_err(ApiError::internal)?;
+    let order = file.provider_order(crate::config::var(env, "COGNOMEGA_PROVIDER_ORDER").as_deref());
     let mut config = ProvidersConfig::from_vars_bound(
         |name| crate::config::var(env, name),
         order.as_deref(),
         if bound { &[ProviderId::Cfai] } else { &[] },
     )
     .map_err(|e| ApiError::internal(format!("model providers: {e}")))?;
-    if let Some(secs) =
-        crate::config::var(env, "COGNOMEGA_PROVIDER_TIMEOUT").and_then(|v| v.parse::<u64>().ok())
-    {
-        config.timeout = Duration::from_secs(secs.max(1));
+    let timeout = crate::config::var(env, "COGNOMEGA_PROVIDER_TIMEOUT")
+        .map(|v| v.trim().parse::<u64>())
+        .transpose()
+        .map_err(|e| ApiError::internal(format!("COGNOMEGA_PROVIDER_TIMEOUT: {e}")))?;
+    if let Some(timeout) = file.provider_timeout(timeout).map_err(ApiError::internal)? {
+        config.timeout = timeout;
     }
+    config.models = file.ai.models;
     let router = Router::new(
         config.providers.iter().map(|p| p.id).collect(),
         config.models.clone(),
@@ -77,6 +83,7 @@ fn providers(env: &Env) -> Result<Rc<Providers>, ApiError> {
         config,
         bound,
         router,
+        policy: file.ai.policy,
     });
     PROVIDERS.with(|slot| *slot.borrow_mut() = Some(p.clone()));
     Ok(p)
@@ -97,7 +104,7 @@ pub fn snapshot(env: &Env) -> serde_json::Value {
             })).collect::<Vec<_>>(),
             "timeout_s": p.config.timeout.as_secs_f64(),
             "models": p.config.models,
-            "policy": AskPolicy::default(),
+            "policy": p.policy,
         }),
         Err(e) => serde_json::json!({ "error": e.message }),
     }
@@ -112,9 +119,9 @@ async fn ask(req: &mut Request, env: &Env, ctx: &Context, caller: &Caller) -> Ap
     let key = req.headers().get("idempotency-key")?;
     let body = req.bytes().await?;
     let billing = crate::config::billing(env).map_err(ApiError::internal)?;
-    let policy = AskPolicy::default();
+    let providers = providers(env)?;
     let settings = AskSettings {
-        policy: &policy,
+        policy: &providers.policy,
         prices: &billing.prices,
         floor: billing.guest_floor,
     };
@@ -127,7 +134,7 @@ async fn ask(req: &mut Request, env: &Env, ctx: &Context, caller: &Caller) -> Ap
     };
     let host = EdgeAsk {
         env: env.clone(),
-        providers: providers(env)?,
+        providers: providers.clone(),
         db: Rc::new(crate::db::connect(env).await?),
         request_id: caller.request_id.clone(),
     };

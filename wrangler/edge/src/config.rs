@@ -4,7 +4,8 @@
 //! secrets configures both shapes.
 
 use cognomega_core::billing::BillingConfig;
-use cognomega_core::limits::{RateLimits, RateLimitsFile};
+use cognomega_core::limits::{CostGuards, RateLimits};
+use cognomega_core::settings::{self, ConfigFile, UploadConfig};
 use worker::Env;
 
 /// Which part of the platform this Worker is (`COGNOMEGA_ROLE`).
@@ -55,29 +56,35 @@ pub fn link_secret(env: &Env) -> Option<String> {
     var(env, "COGNOMEGA_LINK_SECRET").or_else(|| admin_key(env))
 }
 
-/// Rate limits: the native defaults, with the `[rate_limits]` table of the native config file
-/// layered over them from `COGNOMEGA_RATE_LIMITS_TOML` (the same format, parsed by the same
-/// code), and `COGNOMEGA_RATE_LIMITS=off` to turn them off.
+/// The native config file (`cognomega.toml`: `[rate_limits]`, `[cost_guards]`, `[ai]`, the
+/// model `cognomega_core::settings::ConfigFile`), its text in `COGNOMEGA_CONFIG_TOML`. A file
+/// that does not parse stops the paths that read it (500 naming it) rather than run on
+/// defaults nobody chose.
+pub fn file(env: &Env) -> Result<ConfigFile, String> {
+    var(env, "COGNOMEGA_CONFIG_TOML").map_or(Ok(ConfigFile::default()), |text| {
+        ConfigFile::parse(&text).map_err(|e| format!("COGNOMEGA_CONFIG_TOML: {e}"))
+    })
+}
+
+/// Rate limits: the file's over the defaults, `COGNOMEGA_RATE_LIMITS=on|off` winning.
 pub fn rate_limits(env: &Env) -> Result<RateLimits, String> {
-    let mut limits = match var(env, "COGNOMEGA_RATE_LIMITS_TOML") {
-        Some(raw) => {
-            #[derive(serde::Deserialize)]
-            struct File {
-                #[serde(default)]
-                rate_limits: RateLimitsFile,
-            }
-            let file: File =
-                toml::from_str(&raw).map_err(|e| format!("COGNOMEGA_RATE_LIMITS_TOML: {e}"))?;
-            RateLimits::from_file(&file.rate_limits).map_err(|e| e.to_string())?
-        }
-        None => RateLimits::default(),
-    };
-    match var(env, "COGNOMEGA_RATE_LIMITS").as_deref() {
-        Some("off") => limits.enabled = false,
-        Some("on") => limits.enabled = true,
-        _ => {}
-    }
-    Ok(limits)
+    let switch = var(env, "COGNOMEGA_RATE_LIMITS")
+        .map(|v| settings::switch(&v))
+        .transpose()
+        .map_err(|e| format!("COGNOMEGA_RATE_LIMITS: {e}"))?;
+    file(env)?
+        .rate_limits(switch)
+        .map_err(|e| format!("COGNOMEGA_CONFIG_TOML: {e}"))
+}
+
+/// The cost caps: the file's `[cost_guards]` over the defaults.
+pub fn cost_guards(env: &Env) -> Result<CostGuards, String> {
+    Ok(file(env)?.cost_guards())
+}
+
+/// Upload limits and link lifetime, by the native names.
+pub fn uploads(env: &Env) -> Result<UploadConfig, String> {
+    UploadConfig::from_vars(|name| var(env, name))
 }
 
 /// Browser origins CORS allows (`COGNOMEGA_CORS_ORIGINS`, comma-separated; default `*`, any).

@@ -1,14 +1,11 @@
 //! The files service (`POST /upload/direct`, raw or `multipart/form-data`; `GET /uploads/{key}`;
 //! `GET /files/{key}` signed) and the `av-scan` consumer, which hosts the scan workflow the
-//! native scanner runs, sending each upload to clamd over a Workers TCP socket (INSTREAM). Upload limits are
-//! the native server's (`COGNOMEGA_MAX_UPLOAD_BYTES`, `COGNOMEGA_TIER_MAX_UPLOAD_BYTES`,
-//! `COGNOMEGA_UPLOAD_QUOTA_BYTES`, `COGNOMEGA_UPLOAD_TYPES`), a tier's limit capped at what a
-//! Worker holds in memory.
+//! native scanner runs, sending each upload to clamd over a Workers TCP socket (INSTREAM). Upload
+//! settings are the native server's, read by the same code (`cognomega_core::settings`), each
+//! limit capped at what a Worker holds in memory.
 
-use cognomega_core::auth::Tier;
-use cognomega_core::files::{
-    content_disposition, essence, sanitize_filename, DEFAULT_UPLOAD_TYPES as ALLOWED_TYPES,
-};
+use cognomega_core::files::{content_disposition, essence, sanitize_filename};
+use cognomega_core::settings::UploadConfig;
 use cognomega_core::sql::Executor;
 use cognomega_workflows::accept::{self, Accepted};
 use cognomega_workflows::uploads::{ScanHost, ScanOutcome, Scanned};
@@ -24,8 +21,7 @@ use crate::sql::Pg;
 
 /// A Worker holds the whole body in its 128 MB of memory, so the edge accepts smaller uploads
 /// than the native server's streamed 100 MiB: a tier's limit is capped at this.
-const EDGE_MAX_BYTES: usize = 32 << 20;
-const LINK_TTL_SECS: i64 = 15 * 60;
+const EDGE_MAX_BYTES: u64 = 32 << 20;
 
 /// The message on `av-scan`.
 pub use cognomega_core::queue::catalog::av_scan::ScanMessage;
@@ -35,9 +31,15 @@ fn link_secret(env: &Env) -> Result<String, ApiError> {
         .ok_or_else(|| ApiError::unavailable("COGNOMEGA_LINK_SECRET is not set on this deployment"))
 }
 
-fn signed_url(secret: &str, key: &str) -> String {
+fn signed_url(env: &Env, secret: &str, key: &str) -> Result<String, ApiError> {
     let now = worker::Date::now().as_millis() as i64 / 1000;
-    cognomega_core::files::signed_url(secret.as_bytes(), key, now, LINK_TTL_SECS)
+    let ttl = settings(env)?.link_ttl.as_secs() as i64;
+    Ok(cognomega_core::files::signed_url(
+        secret.as_bytes(),
+        key,
+        now,
+        ttl,
+    ))
 }
 
 pub async fn route(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
@@ -62,109 +64,21 @@ pub async fn route(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
 
 /// The `uploads` part of `GET /admin/env-snapshot` (the native fields).
 pub fn snapshot(env: &Env) -> serde_json::Value {
-    let cfg = UploadConfig::from_env(env);
-    let by_tier: serde_json::Map<String, serde_json::Value> = cfg
-        .max_bytes_by_tier
-        .iter()
-        .map(|(tier, bytes)| {
-            (
-                serde_json::to_value(tier)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
-                serde_json::Value::from(*bytes),
-            )
-        })
-        .collect();
-    let scanning = crate::config::clamd(env).is_some();
-    serde_json::json!({
-        "max_bytes": cfg.max_bytes.min(EDGE_MAX_BYTES as u64),
-        "max_bytes_by_tier": by_tier,
-        "quota_bytes": cfg.quota_bytes,
-        "allowed_types": cfg.allowed_types,
-        "link_ttl_s": LINK_TTL_SECS,
-        "scanning": scanning,
-        "require_scan": false,
-    })
+    settings(env).map_or_else(
+        |e| serde_json::json!({ "error": e.message }),
+        |c| c.snapshot(),
+    )
 }
 
-/// The limits and policy of `POST /upload/direct`, read from the native server's variables.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct UploadConfig {
-    /// `COGNOMEGA_MAX_UPLOAD_BYTES` (default 100 MiB).
-    max_bytes: u64,
-    /// `COGNOMEGA_TIER_MAX_UPLOAD_BYTES`: `TIER=BYTES`, comma-separated (guest, member, pro).
-    max_bytes_by_tier: Vec<(Tier, u64)>,
-    /// `COGNOMEGA_UPLOAD_QUOTA_BYTES` (default 1 GiB): bytes a tenant may keep in uploads.
-    quota_bytes: u64,
-    /// `COGNOMEGA_UPLOAD_TYPES`, comma-separated (default: the native list).
-    allowed_types: Vec<String>,
-}
-
-impl UploadConfig {
-    fn from_env(env: &Env) -> Self {
-        let number = |name: &str, default: u64| match crate::config::var(env, name) {
-            None => default,
-            Some(raw) => raw.trim().parse().unwrap_or_else(|_| {
-                worker::console_error!("{name}={raw:?} is not a number of bytes; using {default}");
-                default
-            }),
-        };
-        let max_bytes_by_tier = crate::config::var(env, "COGNOMEGA_TIER_MAX_UPLOAD_BYTES")
-            .map(|raw| parse_tier_limits(&raw))
-            .unwrap_or_default();
-        let allowed_types = crate::config::var(env, "COGNOMEGA_UPLOAD_TYPES")
-            .map(|raw| {
-                raw.split(',')
-                    .map(|t| t.trim().to_ascii_lowercase())
-                    .filter(|t| !t.is_empty())
-                    .collect()
-            })
-            .unwrap_or_else(|| ALLOWED_TYPES.map(str::to_owned).to_vec());
-        Self {
-            max_bytes: number("COGNOMEGA_MAX_UPLOAD_BYTES", 100 << 20),
-            max_bytes_by_tier,
-            quota_bytes: number("COGNOMEGA_UPLOAD_QUOTA_BYTES", 1 << 30),
-            allowed_types,
-        }
+/// The upload settings by the native names (`cognomega_core::settings::UploadConfig`), every
+/// limit capped at what a Worker holds in memory.
+fn settings(env: &Env) -> Result<UploadConfig, ApiError> {
+    let mut cfg = crate::config::uploads(env).map_err(ApiError::internal)?;
+    cfg.max_bytes = cfg.max_bytes.min(EDGE_MAX_BYTES);
+    for bytes in cfg.max_bytes_by_tier.values_mut() {
+        *bytes = (*bytes).min(EDGE_MAX_BYTES);
     }
-
-    /// The largest upload of a tier on the edge: its own limit (or the default), but never more
-    /// than a Worker holds in memory.
-    fn max_bytes_for(&self, tier: Tier) -> u64 {
-        self.max_bytes_by_tier
-            .iter()
-            .find(|(t, _)| *t == tier)
-            .map_or(self.max_bytes, |(_, bytes)| *bytes)
-            .min(EDGE_MAX_BYTES as u64)
-    }
-}
-
-/// `guest=10485760,pro=…` as the native `--tier-max-upload-bytes`; a bad entry is logged and
-/// skipped (the native server refuses to start with one).
-fn parse_tier_limits(raw: &str) -> Vec<(Tier, u64)> {
-    let mut limits = Vec::new();
-    for spec in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let parsed = spec.split_once('=').and_then(|(tier, bytes)| {
-            let tier = match tier.trim().to_ascii_lowercase().as_str() {
-                "guest" => Tier::Guest,
-                "member" => Tier::Member,
-                "pro" => Tier::Pro,
-                _ => return None,
-            };
-            Some((tier, bytes.trim().parse::<u64>().ok()?))
-        });
-        match parsed {
-            Some((tier, bytes)) => {
-                limits.retain(|(t, _)| *t != tier);
-                limits.push((tier, bytes));
-            }
-            None => worker::console_error!(
-                "COGNOMEGA_TIER_MAX_UPLOAD_BYTES: {spec:?} is not TIER=BYTES with a tier of guest, member, pro; ignored"
-            ),
-        }
-    }
-    limits
+    Ok(cfg)
 }
 
 fn invalid_multipart(e: impl std::fmt::Display) -> ApiError {
@@ -190,7 +104,8 @@ fn first_file(form: worker::FormData) -> Result<Option<worker::File>, ApiError> 
 
 async fn direct(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     let claims = caller.claims()?;
-    let cfg = UploadConfig::from_env(env);
+    let cfg = settings(env)?;
+    cfg.check_scanning()?;
     let db = crate::db::connect(env).await?;
     let host = Writes::new(env, &db);
     let content_type = req.headers().get("content-type")?.unwrap_or_default();
@@ -201,7 +116,7 @@ async fn direct(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
         &host,
         &claims.tenant,
         billing.guest_floor,
-        cfg.max_bytes_for(claims.tier),
+        cfg.max_bytes_for(claims.tier.as_str()),
         cfg.quota_bytes,
         declared_len,
         is_multipart,
@@ -262,7 +177,10 @@ async fn direct(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     host.relay(&format!("upload {key}")).await;
     let created_at = crate::billing::rfc3339(Some(created_at_ms));
     let created_at = created_at.as_str().unwrap_or_default();
-    http::json(201, &accepted.body(created_at, &signed_url(&secret, &key)))
+    http::json(
+        201,
+        &accepted.body(created_at, &signed_url(env, &secret, &key)?),
+    )
 }
 
 async fn get(env: &Env, caller: &Caller, key: &str) -> ApiResult {
@@ -272,7 +190,7 @@ async fn get(env: &Env, caller: &Caller, key: &str) -> ApiResult {
     let secret = link_secret(env)?;
     http::json(
         200,
-        &accept::upload_json(&upload, &signed_url(&secret, key)),
+        &accept::upload_json(&upload, &signed_url(env, &secret, key)?),
     )
 }
 

@@ -88,6 +88,12 @@ impl From<tokio_postgres::Error> for ApiError {
     }
 }
 
+impl From<cognomega_core::sql::SqlError> for ApiError {
+    fn from(e: cognomega_core::sql::SqlError) -> Self {
+        Self::internal(format!("database: {e}"))
+    }
+}
+
 pub type ApiResult<T = Response> = Result<T, ApiError>;
 
 /// The envelope as a response. Never fails: a response that cannot be built is a bare 500.

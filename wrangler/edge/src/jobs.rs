@@ -87,7 +87,7 @@ async fn submit(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     let settings = SubmitSettings {
         registry: &registry,
         floor: billing.guest_floor,
-        runs_per_hour: crate::usage::cost_cap(env, claims.tier, CostMetric::JobRunsPerHour),
+        runs_per_hour: crate::usage::cost_cap(env, claims.tier, CostMetric::JobRunsPerHour)?,
     };
     let db = crate::db::connect(env).await?;
     let host = Writes::new(env, &db);

@@ -1,12 +1,9 @@
 //! The usage service: `POST /usage` and `GET /usage`, the workflows the native server runs
 //! (`cognomega_workflows::billing`; Cloudflare Queues carry at most 128 KB per message, so a
 //! large batch travels as several messages, each event keeping its idempotency key).
-//!
-//! It also holds the edge's cost guards (`COGNOMEGA_COST_GUARDS_TOML`, the native
-//! `[cost_guards]` table, parsed by the same code).
 
 use cognomega_core::auth::Tier;
-use cognomega_core::limits::{CostGuards, CostGuardsFile, CostMetric};
+use cognomega_core::limits::CostMetric;
 use worker::{Env, Method, Request};
 
 use cognomega_workflows::billing;
@@ -28,7 +25,7 @@ async fn post(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     let body = req.bytes().await?;
     let db = crate::db::connect(env).await?;
     let host = Writes::new(env, &db);
-    let cap = cost_cap(env, claims.tier, CostMetric::TokensPerDay);
+    let cap = cost_cap(env, claims.tier, CostMetric::TokensPerDay)?;
     let request_id = &caller.request_id;
     let accepted = billing::accept_usage(&host, &claims.tenant, cap, &body, request_id).await?;
     host.relay("usage").await;
@@ -66,32 +63,8 @@ async fn totals(req: &Request, env: &Env, caller: &Caller) -> ApiResult {
     http::json(200, &totals)
 }
 
-// ---------------------------------------------------------------------------------------------
-// Cost guards (`POST /usage` tokens, `POST /jobs` runs), as the native `producers::limits`
-// ---------------------------------------------------------------------------------------------
-
-/// The cost caps: the native defaults, with the `[cost_guards]` table of the native config
-/// file from `COGNOMEGA_COST_GUARDS_TOML` (the same format, parsed by the same code). A value
-/// that does not parse is logged and the defaults apply.
-pub fn cost_guards(env: &Env) -> CostGuards {
-    let Some(raw) = crate::config::var(env, "COGNOMEGA_COST_GUARDS_TOML") else {
-        return CostGuards::default();
-    };
-    #[derive(serde::Deserialize)]
-    struct File {
-        #[serde(default)]
-        cost_guards: CostGuardsFile,
-    }
-    match toml::from_str::<File>(&raw) {
-        Ok(file) => CostGuards::from_file(&file.cost_guards),
-        Err(e) => {
-            worker::console_error!("COGNOMEGA_COST_GUARDS_TOML: {e}; using the default caps");
-            CostGuards::default()
-        }
-    }
-}
-
 /// The cap of `metric` for `tier`, if it has one.
-pub fn cost_cap(env: &Env, tier: Tier, metric: CostMetric) -> Option<u64> {
-    cost_guards(env).for_tier(tier).cap(metric)
+pub fn cost_cap(env: &Env, tier: Tier, metric: CostMetric) -> Result<Option<u64>, ApiError> {
+    let guards = crate::config::cost_guards(env).map_err(ApiError::internal)?;
+    Ok(guards.for_tier(tier).cap(metric))
 }
