@@ -15,6 +15,7 @@ use cognomega_pipelines::synth::Sketch;
 use cognomega_r2_lifecycle::policy::{Policy, Tier, DAY_MS};
 use cognomega_r2_lifecycle::sweep::SweepReport;
 use cognomega_stores::objects::{ObjectKey, Objects, PutMeta};
+use cognomega_stores::sql::Reader;
 use cognomega_testkit::{wait_for, Backend, Guest, TestApp};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -409,7 +410,7 @@ async fn the_lifecycle_queue_runs_a_sweep(backend: Backend, store: Store) -> any
         )
         .await?;
     let totals = wait_for(Duration::from_secs(30), || async {
-        let t = cognomega_stores::lifecycle::totals(&db).await?;
+        let t = cognomega_workflows::metrics::lifecycle(&mut Reader(&db)).await?;
         Ok(t.last_finished_ms.is_some().then_some(t))
     })
     .await?;

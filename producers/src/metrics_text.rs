@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use cognomega_core::metrics::{header, histogram, LifecycleTotals};
-pub use cognomega_core::metrics::{render_business, render_exports, render_queues};
+pub use cognomega_core::metrics::render_queues;
+use cognomega_core::metrics::{header, histogram};
 use cognomega_core::queue::QueueName;
 use cognomega_core::queue::{QueueCounters, BATCH_BUCKETS_MS};
 
@@ -60,11 +60,4 @@ pub fn render_consumers(counters: &BTreeMap<QueueName, QueueCounters>) -> String
         );
     }
     out
-}
-
-/// Lifecycle figures: the tiers' census from the last finished sweep's report, and the sums.
-#[must_use]
-pub fn render_lifecycle(totals: &LifecycleTotals) -> String {
-    let census = cognomega_r2_lifecycle::sweep::census_of(totals.last_report.as_deref());
-    cognomega_core::metrics::render_lifecycle(totals, &census)
 }

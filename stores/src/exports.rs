@@ -1,9 +1,8 @@
 //! The analytics exports' native side: the row scans that feed the file writers as Arrow
-//! batches (sqlx on PostgreSQL, rusqlite on a blocking thread for SQLite) and the totals of
-//! `/metrics`. The export itself (plan, write, complete, manifest) is the shared workflow
+//! batches (sqlx on PostgreSQL, rusqlite on a blocking thread for SQLite). The export itself (plan, write, complete, manifest) is the shared workflow
 //! `cognomega_workflows::export`.
 
-use cognomega_core::sql::{Executor as _, SqlError};
+use cognomega_core::sql::SqlError;
 use cognomega_pipelines::export::rows::{self, BatchError, Cells, Days, Dialect};
 use futures::TryStreamExt;
 use sqlx::Row as _;
@@ -39,27 +38,6 @@ pub enum ExportStoreError {
 
 pub use cognomega_core::etl::Part;
 pub use cognomega_pipelines::export::rows::{arrow_schema, DayBatch};
-
-pub use cognomega_core::metrics::ExportTotals;
-
-/// Files, rows and bytes exported so far, per dataset and format.
-pub async fn totals(db: &Database) -> Result<Vec<ExportTotals>, ExportStoreError> {
-    let rows = crate::sql::Reader(db)
-        .query(cognomega_core::metrics::EXPORT_TOTALS_SQL, &[])
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            Ok(ExportTotals {
-                dataset: r.text(0)?,
-                format: r.text(1)?,
-                files: r.int(2)?,
-                rows: r.int(3)?,
-                bytes: r.int(4)?,
-            })
-        })
-        .collect::<Result<_, SqlError>>()?)
-}
 
 /// Page cache of the SQLite scan's own connection: the scan reads the table once, in `seq`
 /// order, so pages are never read twice and a large cache would only hold memory.

@@ -19,7 +19,6 @@ pub mod kv;
 pub mod ledger_chain;
 pub mod lifecycle;
 pub mod limits;
-pub mod metrics;
 mod migrations;
 pub mod objects;
 pub mod queue;

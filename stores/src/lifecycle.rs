@@ -445,27 +445,6 @@ pub async fn census(db: &Database) -> Result<Vec<(String, i64, i64)>, StoreError
         .collect::<Result<_, SqlError>>()?)
 }
 
-/// What `/metrics` shows about lifecycle.
-pub async fn totals(db: &Database) -> Result<LifecycleTotals, StoreError> {
-    use cognomega_core::metrics::{LIFECYCLE_LAST_SQL as LAST, LIFECYCLE_SUMS_SQL as SUMS};
-    let mut read = crate::sql::Reader(db);
-    let last = read.query_opt(LAST, &[]).await?;
-    let sums = read
-        .query_opt(SUMS, &[])
-        .await?
-        .ok_or(StoreError::Sqlx(sqlx::Error::RowNotFound))?;
-    let (last_report, last_finished_ms) = match last {
-        Some(r) => (Some(r.text(0)?), Some(r.int(1)?)),
-        None => (None, None),
-    };
-    Ok(LifecycleTotals {
-        last_report,
-        last_finished_ms,
-        bytes_saved: sums.int(0)?,
-        objects_expired: sums.int(1)?,
-    })
-}
-
 /// Rows a sweep may look at (artifacts and uploads not yet expired).
 const LIVE_ROWS: &str = "SELECT (SELECT COUNT(*) FROM job_artifacts WHERE tier <> 'expired')
                 + (SELECT COUNT(*) FROM uploads WHERE tier <> 'expired')";

@@ -13,6 +13,7 @@ pub mod billing;
 pub mod export;
 pub mod jobs;
 pub mod jobs_api;
+pub mod metrics;
 pub mod ports;
 pub mod settle;
 pub mod submit;

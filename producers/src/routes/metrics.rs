@@ -6,9 +6,9 @@ use axum::response::{IntoResponse, Response};
 use http::header::CONTENT_TYPE;
 
 use super::openapi::*;
-use crate::metrics_text::{
-    render_business, render_consumers, render_exports, render_lifecycle, render_queues,
-};
+use cognomega_stores::sql::Reader;
+
+use crate::metrics_text::{render_consumers, render_queues};
 use crate::{ApiError, AppState};
 
 /// Prometheus text exposition.
@@ -29,18 +29,10 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, A
     if let Some(m) = &state.consumer_metrics {
         text.push_str(&render_consumers(&m.snapshot()));
     }
-    let lifecycle = cognomega_stores::lifecycle::totals(&state.db)
+    let stored = cognomega_workflows::metrics::render(&mut Reader(&state.db))
         .await
         .map_err(ApiError::internal)?;
-    text.push_str(&render_lifecycle(&lifecycle));
-    let totals = cognomega_stores::exports::totals(&state.db)
-        .await
-        .map_err(ApiError::internal)?;
-    text.push_str(&render_exports(&totals));
-    let business = cognomega_stores::metrics::business_totals(&state.db)
-        .await
-        .map_err(ApiError::internal)?;
-    text.push_str(&render_business(&business));
+    text.push_str(&stored);
     text.push_str(&state.http_metrics.render());
     text.push_str(&state.ai.metrics().render());
     Ok((

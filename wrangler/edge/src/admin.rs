@@ -126,48 +126,11 @@ async fn dead_letter_depths(db: &tokio_postgres::Client) -> Result<Vec<(String, 
 /// A Worker cannot see Cloudflare Queues' backlog: that, and requests and CPU per Worker, are
 /// in the Cloudflare dashboard (Queues and Workers analytics).
 async fn metrics(env: &Env) -> ApiResult {
-    use cognomega_core::metrics as m;
     let db = crate::db::connect(env).await?;
-    let ledger = db.query_one(m::LEDGER_TOTALS_SQL, &[]).await?;
-    let scans: Vec<(String, i64)> = db
-        .query(m::UPLOAD_SCANS_SQL, &[])
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    let exports: Vec<m::ExportTotals> = db
-        .query(m::EXPORT_TOTALS_SQL, &[])
-        .await?
-        .iter()
-        .map(|r| m::ExportTotals {
-            dataset: r.get(0),
-            format: r.get(1),
-            files: r.get(2),
-            rows: r.get(3),
-            bytes: r.get(4),
-        })
-        .collect();
-    let last = db.query_opt(m::LIFECYCLE_LAST_SQL, &[]).await?;
-    let sums = db.query_one(m::LIFECYCLE_SUMS_SQL, &[]).await?;
-    let lifecycle = m::LifecycleTotals {
-        last_report: last.as_ref().map(|r| r.get(0)),
-        last_finished_ms: last.as_ref().map(|r| r.get(1)),
-        bytes_saved: sums.get(0),
-        objects_expired: sums.get(1),
-    };
-    let mut text = m::render_dlq_depths(&dead_letter_depths(&db).await?);
-    text.push_str(&m::render_lifecycle(
-        &lifecycle,
-        &cognomega_r2_lifecycle::sweep::census_of(lifecycle.last_report.as_deref()),
-    ));
-    text.push_str(&m::render_exports(&exports));
-    text.push_str(&m::render_business(&m::BusinessTotals::from_rows(
-        ledger.get(0),
-        ledger.get(1),
-        &scans,
-    )));
+    let mut text = cognomega_core::metrics::render_dlq_depths(&dead_letter_depths(&db).await?);
+    text.push_str(&cognomega_workflows::metrics::render(&mut crate::sql::Pg(&db)).await?);
     let mut resp = worker::Response::ok(text)?;
-    resp.headers_mut().set("content-type", m::CONTENT_TYPE)?;
+    (resp.headers_mut()).set("content-type", cognomega_core::metrics::CONTENT_TYPE)?;
     Ok(resp)
 }
 
