@@ -11,6 +11,7 @@
 //! Delivery is at-least-once; exactly-once *effects* come from idempotent consumers that record
 //! the message's key in the same transaction as their effect.
 
+pub mod admin;
 mod backoff;
 mod batch;
 pub mod catalog;

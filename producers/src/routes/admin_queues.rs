@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use cognomega_core::queue::{IdempotencyKey, MessageId, OutgoingMessage, QueueName};
+use cognomega_core::queue::{admin, IdempotencyKey, MessageId, OutgoingMessage, QueueName};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -15,13 +15,7 @@ use crate::query::Query;
 use crate::{current_request_id, ApiError, AppState};
 
 fn queue_name(raw: &str) -> Result<QueueName, ApiError> {
-    QueueName::parse(raw).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_queue",
-            format!("{e}; GET /admin/queues lists the queues"),
-        )
-    })
+    Ok(admin::queue_name(raw)?)
 }
 
 /// The dead-letter queue of `queue`: its declared one, or `queue` itself when it is a
@@ -111,19 +105,7 @@ pub(crate) async fn dead_letters(
     Query(query): Query<DlqQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let queue = queue_name(&queue)?;
-    let limit = match query.limit.as_deref() {
-        None => 100,
-        Some(raw) => match raw.parse::<usize>() {
-            Ok(n @ 1..=1000) => n,
-            _ => {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_limit",
-                    format!("limit must be an integer 1..=1000, got {raw:?}"),
-                ))
-            }
-        },
-    };
+    let limit = admin::dlq_limit(query.limit.as_deref())?;
     let dlq = dlq_of(&state, &queue).await?;
     let messages = state
         .queues
@@ -137,9 +119,12 @@ pub(crate) async fn dead_letters(
     })))
 }
 
-/// `POST /admin/queues/{queue}/dlq/replay`; no body replays every dead message.
+/// `POST /admin/queues/{queue}/dlq/replay`; no body replays every dead message. The body is
+/// read by `cognomega_core::queue::admin::replay_ids` (the edge reads it with the same
+/// function); this type only documents it.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[allow(dead_code)]
 pub(crate) struct ReplayBody {
     /// The dead messages to replay (not empty).
     #[schema(min_items = 1)]
@@ -171,26 +156,9 @@ pub(crate) async fn replay(
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let queue = queue_name(&queue)?;
-    let body: ReplayBody = if body.iter().all(u8::is_ascii_whitespace) {
-        ReplayBody::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_body",
-                format!("expected {{\"ids\": [message ids]}} or no body (all): {e}"),
-            )
-        })?
-    };
-    if body.ids.as_ref().is_some_and(Vec::is_empty) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
-            "ids is empty; leave it out to replay every dead message",
-        ));
-    }
+    let ids = admin::replay_ids(&body)?;
     let dlq = dlq_of(&state, &queue).await?;
-    let ids: Option<Vec<MessageId>> = body.ids.map(|ids| ids.into_iter().map(MessageId).collect());
+    let ids: Option<Vec<MessageId>> = ids.map(|ids| ids.into_iter().map(MessageId).collect());
     let replayed = state
         .queues
         .replay(&dlq, ids.as_deref())
@@ -245,12 +213,7 @@ pub(crate) async fn send_message(
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let queue = queue_name(&queue)?;
-    if body.is_empty() {
-        return Err(ApiError::bad_request(
-            "empty_message",
-            "the body is the message: send 1 byte ..= 64 KiB",
-        ));
-    }
+    admin::check_injected(&body)?;
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => Some(

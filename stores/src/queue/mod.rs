@@ -264,15 +264,15 @@ pub(crate) type DeadRow = (
 /// A dead-letter row as the contract shows it (the body as a short lossy UTF-8 preview).
 pub(crate) fn dead_message(row: DeadRow) -> cognomega_core::queue::DeadMessage {
     let (id, original, attempts, error, enqueued_at, dead_at, body) = row;
-    cognomega_core::queue::DeadMessage {
-        id: cognomega_core::queue::MessageId(id),
-        original_queue: original.and_then(|q| QueueName::parse(&q).ok()),
-        attempts: u32::try_from(attempts).unwrap_or(0),
+    cognomega_core::queue::admin::dead_message(
+        id,
+        original.as_deref(),
+        attempts,
         error,
-        enqueued_at: UnixMillis(enqueued_at),
-        dead_at: dead_at.map(UnixMillis),
-        body_preview: String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned(),
-    }
+        enqueued_at,
+        dead_at,
+        &body,
+    )
 }
 
 /// The dead-letter queue `queue` was declared with, if any.

@@ -1077,19 +1077,13 @@ impl QueueDriver for PgQueue {
         dlq: &QueueName,
         limit: usize,
     ) -> Result<Vec<DeadMessage>, QueueError> {
-        // Only the preview's bytes travel.
-        let rows: Vec<DeadRow> = sqlx::query_as(
-            "SELECT id, original_queue, COALESCE(failed_attempts, attempts)::bigint AS attempts, last_error,
-                    (extract(epoch FROM enqueued_at) * 1000)::bigint AS enqueued_at,
-                    (extract(epoch FROM dead_at) * 1000)::bigint AS dead_at,
-                    substring(body FROM 1 FOR 512) AS body
-             FROM queue_messages WHERE queue = $1 AND state < 2 ORDER BY id LIMIT $2",
-        )
-        .bind(dlq.as_str())
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(map_err)?;
+        let rows: Vec<DeadRow> =
+            sqlx::query_as(cognomega_core::queue::admin::DEAD_LETTERS_POSTGRES)
+                .bind(dlq.as_str())
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map_err)?;
         Ok(rows.into_iter().map(dead_message).collect())
     }
 

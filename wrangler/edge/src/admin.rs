@@ -4,9 +4,12 @@
 //! `POST /admin/queues/{queue}/messages`), `GET /admin/env-snapshot`, `POST /admin/cleanup` (in
 //! `cleanup.rs`), and the exports (`GET /exports`, `POST /admin/exports`, in `etl.rs`).
 
+use cognomega_core::queue::admin;
+use cognomega_core::sql::{Executor as _, SqlError};
 use worker::{Env, Method, Request};
 
 use crate::http::{self, ApiError, ApiResult, Caller};
+use crate::sql::Pg;
 
 pub async fn route(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     let path = req.path();
@@ -171,29 +174,8 @@ async fn queues(env: &Env) -> ApiResult {
 /// between the send and the delete replays a message twice, which the idempotent consumers
 /// absorb; it never loses one.
 async fn replay(req: &mut Request, env: &Env, caller: &Caller, raw: &str) -> ApiResult {
-    #[derive(serde::Deserialize, Default)]
-    #[serde(deny_unknown_fields)]
-    struct Body {
-        ids: Option<Vec<i64>>,
-    }
     let queue = queue_of(raw.trim_end_matches(".dlq"))?;
-    let bytes = req.bytes().await?;
-    let body: Body = if bytes.iter().all(u8::is_ascii_whitespace) {
-        Body::default()
-    } else {
-        serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::bad_request(
-                "invalid_body",
-                format!("expected {{\"ids\": [message ids]}} or no body (all): {e}"),
-            )
-        })?
-    };
-    if body.ids.as_ref().is_some_and(Vec::is_empty) {
-        return Err(ApiError::bad_request(
-            "invalid_body",
-            "ids is empty; leave it out to replay every dead message",
-        ));
-    }
+    let ids = admin::replay_ids(&req.bytes().await?)?;
     let dlq = format!("{}.dlq", queue.native);
     let db = crate::db::connect(env).await?;
     let rows = db
@@ -202,7 +184,7 @@ async fn replay(req: &mut Request, env: &Env, caller: &Caller, raw: &str) -> Api
              WHERE queue = $1 AND original_queue IS NOT NULL AND state < 2
                AND ($2::bigint[] IS NULL OR id = ANY($2::bigint[]))
              ORDER BY id",
-            &[&dlq, &body.ids],
+            &[&dlq, &ids],
         )
         .await?;
     let mut replayed: Vec<i64> = Vec::with_capacity(rows.len());
@@ -310,9 +292,7 @@ fn env_snapshot(env: &Env) -> ApiResult {
 }
 
 fn queue_of(raw: &str) -> Result<&'static crate::consumers::EdgeQueue, ApiError> {
-    let name = cognomega_core::queue::QueueName::parse(raw).map_err(|e| {
-        ApiError::bad_request("invalid_queue", format!("invalid queue name {raw:?}: {e}"))
-    })?;
+    let name = admin::queue_name(raw)?;
     crate::consumers::by_native(name.as_str()).ok_or_else(|| {
         ApiError::not_found(
             "unknown_queue",
@@ -323,44 +303,31 @@ fn queue_of(raw: &str) -> Result<&'static crate::consumers::EdgeQueue, ApiError>
 
 async fn dead_letters(env: &Env, raw: &str, limit: Option<&str>) -> ApiResult {
     let queue = queue_of(raw)?;
-    let limit: i64 = match limit {
-        None => 100,
-        Some(raw) => match raw.parse::<i64>() {
-            Ok(n @ 1..=1000) => n,
-            _ => {
-                return Err(ApiError::bad_request(
-                    "invalid_limit",
-                    format!("limit must be an integer 1..=1000, got {raw:?}"),
-                ))
-            }
-        },
-    };
+    let limit = i64::try_from(admin::dlq_limit(limit)?).unwrap_or(100);
     let dlq = format!("{}.dlq", queue.native);
     let db = crate::db::connect(env).await?;
-    let rows = db
-        .query(
-            "SELECT id, original_queue, COALESCE(failed_attempts, attempts)::bigint, last_error,
-                    (extract(epoch FROM enqueued_at) * 1000)::bigint,
-                    (extract(epoch FROM dead_at) * 1000)::bigint,
-                    substring(body FROM 1 FOR 512)
-             FROM queue_messages WHERE queue = $1 AND state < 2 ORDER BY id LIMIT $2",
-            &[&dlq, &limit],
-        )
-        .await?;
-    let messages: Vec<serde_json::Value> = rows
-        .iter()
+    let rows = (Pg(&db).query(
+        admin::DEAD_LETTERS_POSTGRES,
+        &[dlq.as_str().into(), limit.into()],
+    ))
+    .await?;
+    let messages = (rows.iter())
         .map(|r| {
-            serde_json::json!({
-                "id": r.get::<_, i64>(0),
-                "original_queue": r.get::<_, Option<String>>(1),
-                "attempts": r.get::<_, i64>(2),
-                "error": r.get::<_, Option<String>>(3),
-                "enqueued_at": r.get::<_, i64>(4),
-                "dead_at": r.get::<_, Option<i64>>(5),
-                "body_preview": String::from_utf8_lossy(&r.get::<_, Vec<u8>>(6)),
-            })
+            let original = r.opt_text(1)?;
+            let body = r.opt_bytes(6)?.unwrap_or_default();
+            let (attempts, error, at, dead_at) =
+                (r.int(2)?, r.opt_text(3)?, r.int(4)?, r.opt_int(5)?);
+            Ok(admin::dead_message(
+                r.int(0)?,
+                original.as_deref(),
+                attempts,
+                error,
+                at,
+                dead_at,
+                &body,
+            ))
         })
-        .collect();
+        .collect::<Result<Vec<_>, SqlError>>()?;
     http::json(
         200,
         &serde_json::json!({
@@ -374,19 +341,7 @@ async fn dead_letters(env: &Env, raw: &str, limit: Option<&str>) -> ApiResult {
 async fn inject(req: &mut Request, env: &Env, caller: &Caller, raw: &str) -> ApiResult {
     let queue = queue_of(raw)?;
     let body = req.bytes().await?;
-    if body.is_empty() {
-        return Err(ApiError::bad_request(
-            "empty_message",
-            "the message body is empty",
-        ));
-    }
-    if body.len() > 64 * 1024 {
-        return Err(ApiError::new(
-            413,
-            "body_too_large",
-            "the body is larger than 65536 bytes",
-        ));
-    }
+    admin::check_injected(&body)?;
     crate::consumers::send_raw(
         env,
         &queue.binding,
