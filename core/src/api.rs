@@ -93,6 +93,19 @@ impl Refusal {
     }
 }
 
+/// Parses a JSON body, naming the problem precisely: `invalid_json` when it is not JSON,
+/// `invalid_body` when it is JSON of the wrong shape.
+pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
+    serde_json::from_slice(body).map_err(|e| {
+        let code = if e.is_syntax() || e.is_eof() {
+            "invalid_json"
+        } else {
+            "invalid_body"
+        };
+        Refusal::new(400, code, format!("request body: {e}"))
+    })
+}
+
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} {}: {}", self.status, self.code, self.message)

@@ -4,14 +4,8 @@ use serde::de::DeserializeOwned;
 
 use crate::ApiError;
 
-/// Parses a JSON body, naming the problem precisely.
+/// Parses a JSON body, naming the problem precisely (`cognomega_core::api::json_body`, which
+/// the edge runs too).
 pub fn json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        let code = if e.is_syntax() || e.is_eof() {
-            "invalid_json"
-        } else {
-            "invalid_body"
-        };
-        ApiError::bad_request(code, format!("request body: {e}"))
-    })
+    Ok(cognomega_core::api::json_body(body)?)
 }

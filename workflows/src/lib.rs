@@ -11,6 +11,7 @@ pub mod accept;
 pub mod ask;
 pub mod billing;
 pub mod export;
+pub mod guest;
 pub mod jobs;
 pub mod jobs_api;
 pub mod metrics;

@@ -4,10 +4,9 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::Utc;
-use cognomega_core::auth::{valid_email, Tier};
+use cognomega_core::auth::Tier;
 use cognomega_core::limits::{Decision, RouteClass};
-use cognomega_workflows::settle::create_guest;
+use cognomega_workflows::guest;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -15,9 +14,11 @@ use super::openapi::{schemas as s, *};
 use crate::limits::{self, ClientIp};
 use crate::{ApiError, AppState};
 
-/// `POST /auth/guest`; the body is optional.
+/// `POST /auth/guest`; the body is optional. It is read by `cognomega_workflows::guest::request`
+/// (on both hosts); this type only documents it.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[allow(dead_code)]
 struct GuestRequest {
     /// Must look like name@example.com (at most 254 characters).
     #[schema(max_length = 254)]
@@ -62,6 +63,12 @@ impl From<ApiError> for Refused {
     }
 }
 
+impl From<cognomega_core::api::Refusal> for Refused {
+    fn from(r: cognomega_core::api::Refusal) -> Self {
+        Self::Error(r.into())
+    }
+}
+
 impl IntoResponse for Refused {
     fn into_response(self) -> Response {
         match self {
@@ -76,59 +83,17 @@ async fn issue_guest(
     client: ClientIp,
     body: &Bytes,
 ) -> Result<(Option<Decision>, Json<Value>), Refused> {
-    let request: GuestRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        GuestRequest { email: None }
-    } else {
-        crate::body::json(body)?
-    };
-    if let Some(email) = request.email.as_deref() {
-        if !valid_email(email) {
-            return Err(ApiError::bad_request(
-                "invalid_email",
-                "email must look like name@example.com (≤ 254 characters)",
-            )
-            .into());
-        }
-    }
-    // Per email (lower-cased: one mailbox, one bucket), else per client address.
-    let key = match request.email.as_deref() {
-        Some(email) => format!("guest:email:{}", email.to_lowercase()),
-        None => format!(
-            "guest:ip:{}",
-            client
-                .0
-                .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
-        ),
-    };
+    let email = guest::request(body)?;
+    let client = client.0.map(|ip| ip.to_string());
+    let key = guest::bucket(email.as_deref(), client.as_deref());
     let decision = limits::check(state, Tier::Guest, RouteClass::Guest, &key)
         .await
         .map_err(Refused::Limited)?;
-    let tenant_id = uuid::Uuid::now_v7().to_string();
-    let user_id = uuid::Uuid::now_v7().to_string();
-    let grant = state.config.billing.guest_grant;
-    // The tenant and its starting grant (its ledger entry and balance) commit together: the
-    // guest's first billable request, however soon, sees the grant.
-    let mut tx = state.db.begin().await.map_err(ApiError::internal)?;
-    let (floor, now) = (
-        state.config.billing.guest_floor,
-        Utc::now().timestamp_millis(),
-    );
-    let email = request.email.as_deref();
-    create_guest(&mut tx, &tenant_id, &user_id, email, grant, floor, now)
-        .await
-        .map_err(ApiError::internal)?;
-    tx.commit().await.map_err(ApiError::internal)?;
-    let (token, claims) = state.auth.issue(&user_id, &tenant_id, Tier::Guest)?;
-    Ok((
-        decision,
-        Json(json!({
-            "token": token,
-            "token_type": "Bearer",
-            "expires_in": state.auth.ttl_secs(&claims),
-            "tenant_id": tenant_id,
-            "user_id": user_id,
-        })),
-    ))
+    let new = guest::create(state, email.as_deref(), &state.config.billing).await?;
+    let (token, claims) = state
+        .auth
+        .issue(&new.user_id, &new.tenant_id, Tier::Guest)?;
+    Ok((decision, Json(guest::answer(&token, &claims))))
 }
 
 /// The public signing keys, current and previous.

@@ -12,11 +12,12 @@ use cognomega_core::auth::{
 };
 use cognomega_core::limits::RouteClass;
 use cognomega_core::time::UnixMillis;
-use cognomega_workflows::settle::create_guest;
+use cognomega_workflows::guest;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use worker::{Env, Method, Request, Response};
 
+use crate::host::Writes;
 use crate::http::{self, ApiError, ApiResult, Caller};
 use crate::sql::Pg;
 
@@ -201,12 +202,6 @@ pub async fn route(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GuestRequest {
-    email: Option<String>,
-}
-
 async fn guest(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     let body = req.bytes().await?;
     if body.len() > 64 * 1024 {
@@ -216,66 +211,20 @@ async fn guest(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
             "the body is larger than 65536 bytes",
         ));
     }
-    let request: GuestRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        GuestRequest { email: None }
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid JSON body: {e}")))?
-    };
-    if let Some(email) = request.email.as_deref() {
-        if !cognomega_core::auth::valid_email(email) {
-            return Err(ApiError::bad_request(
-                "invalid_email",
-                "email must look like name@example.com (≤ 254 characters)",
-            ));
-        }
-    }
-    let key = match request.email.as_deref() {
-        Some(email) => format!("guest:email:{}", email.to_lowercase()),
-        None => format!(
-            "guest:ip:{}",
-            req.headers()
-                .get(http::CLIENT_IP)?
-                .unwrap_or_else(|| "unknown".into())
-        ),
-    };
+    let email = guest::request(&body)?;
+    let client = req.headers().get(http::CLIENT_IP)?;
+    let key = guest::bucket(email.as_deref(), client.as_deref());
     let decision = crate::limiter::check(env, Tier::Guest, RouteClass::Guest, &key).await;
-    if let Some(d) = &decision {
-        if !d.allowed {
-            let mut resp = crate::limiter::refused(RouteClass::Guest, d).render(&caller.request_id);
-            crate::limiter::stamp(&mut resp, d);
-            return Ok(resp);
-        }
+    if let Some(d) = decision.as_ref().filter(|d| !d.allowed) {
+        let mut resp = crate::limiter::refused(RouteClass::Guest, d).render(&caller.request_id);
+        crate::limiter::stamp(&mut resp, d);
+        return Ok(resp);
     }
-    let tenant_id = uuid::Uuid::now_v7().to_string();
-    let user_id = uuid::Uuid::now_v7().to_string();
     let billing = crate::config::billing(env).map_err(ApiError::internal)?;
-    let grant = billing.guest_grant;
     let ring = ring(env).await?;
     let db = crate::db::connect(env).await?;
-    // The tenant and its starting grant (its ledger entry and balance) commit together: the
-    // guest's first billable request, however soon, sees the grant.
-    let (floor, now) = (billing.guest_floor, worker::Date::now().as_millis() as i64);
-    db.batch_execute("BEGIN").await?;
-    let created = create_guest(
-        &mut Pg(&db),
-        &tenant_id,
-        &user_id,
-        request.email.as_deref(),
-        grant,
-        floor,
-        now,
-    )
-    .await;
-    let settled = match created {
-        Ok(b) => b,
-        Err(e) => {
-            let _ = db.batch_execute("ROLLBACK").await;
-            return Err(ApiError::internal(format!("creating the guest: {e}")));
-        }
-    };
-    db.batch_execute("COMMIT").await?;
-    crate::consumers::cache_balances(env, &settled).await;
+    let new = guest::create(&Writes::new(env, &db), email.as_deref(), &billing).await?;
+    crate::consumers::cache_balances(env, &new.settled).await;
     let ttl = Duration::from_secs(crate::config::token_ttl_secs(env));
     let builder = ClaimsBuilder::new(
         crate::config::issuer(env),
@@ -283,24 +232,10 @@ async fn guest(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
         ttl,
     );
     let now = UnixMillis(worker::Date::now().as_millis() as i64);
-    let claims = builder.build(
-        &user_id,
-        &tenant_id,
-        Tier::Guest,
-        uuid::Uuid::new_v4().to_string(),
-        now,
-    );
+    let jti = uuid::Uuid::new_v4().to_string();
+    let claims = builder.build(&new.user_id, &new.tenant_id, Tier::Guest, jti, now);
     let token = ring.issue(&claims).map_err(ApiError::internal)?;
-    let mut resp: Response = http::json(
-        200,
-        &serde_json::json!({
-            "token": token,
-            "token_type": "Bearer",
-            "expires_in": claims.exp - claims.iat,
-            "tenant_id": tenant_id,
-            "user_id": user_id,
-        }),
-    )?;
+    let mut resp: Response = http::json(200, &guest::answer(&token, &claims))?;
     if let Some(d) = &decision {
         crate::limiter::stamp(&mut resp, d);
     }
