@@ -28,6 +28,16 @@ pub fn rfc3339(ms: i64) -> String {
         .to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// `GET /credits`' answer (the host adds the `X-Credits-Balance` header).
+#[must_use]
+pub fn credits(tenant: &str, balance: i64, as_of_ms: i64) -> serde_json::Value {
+    serde_json::json!({
+        "tenant_id": tenant,
+        "balance": balance,
+        "as_of": rfc3339(as_of_ms),
+    })
+}
+
 fn unavailable(e: &dyn std::fmt::Display) -> Refusal {
     Refusal::unavailable(format!(
         "cannot enqueue usage right now ({e}); retry with the same idempotency keys"

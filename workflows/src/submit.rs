@@ -18,6 +18,63 @@ use cognomega_pipelines::Registry;
 /// The largest `POST /jobs` body: a 20 MiB image in base64, and headroom.
 pub const BODY_LIMIT: usize = 28 * 1024 * 1024;
 
+/// `POST /jobs`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    /// A job type: `sketch_to_app`, `image_thumbnail`.
+    #[serde(rename = "type")]
+    pub job_type: String,
+    /// The job's input.
+    pub input: InputBody,
+    /// The type's parameters, e.g. `{"sizes":[64,256],"format":"webp"}`.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub params: Option<serde_json::Value>,
+}
+
+/// The job's input: exactly one of `upload_key` and `image_base64`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Input))]
+#[serde(deny_unknown_fields)]
+pub struct InputBody {
+    /// A clean upload of this tenant.
+    pub upload_key: Option<String>,
+    /// The image in base64 (or a `data:` URL), at most 20 MiB decoded.
+    pub image_base64: Option<String>,
+}
+
+impl SubmitRequest {
+    /// Reads a `POST /jobs` body.
+    pub fn parse(body: &[u8]) -> Result<Self, Refusal> {
+        cognomega_core::api::json_body(body)
+    }
+
+    /// The submit this body asks for, by `tenant` with the `Idempotency-Key` header `key`.
+    #[must_use]
+    pub fn submit<'a>(
+        &'a self,
+        tenant: &'a str,
+        key: Option<&'a [u8]>,
+        request_id: &'a str,
+    ) -> Submit<'a> {
+        let input = match (&self.input.image_base64, &self.input.upload_key) {
+            (Some(b64), None) => Input::Base64(b64),
+            (None, Some(key)) => Input::Upload(key),
+            _ => Input::Ambiguous,
+        };
+        Submit {
+            tenant,
+            key,
+            job_type: &self.job_type,
+            params: self.params.as_ref(),
+            input,
+            request_id,
+        }
+    }
+}
+
 /// Where the job's input comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Input<'a> {

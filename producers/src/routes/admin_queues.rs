@@ -119,9 +119,9 @@ pub(crate) async fn dead_letters(
     })))
 }
 
-/// `POST /admin/queues/{queue}/dlq/replay`; no body replays every dead message. The body is
-/// read by `cognomega_core::queue::admin::replay_ids` (the edge reads it with the same
-/// function); this type only documents it.
+// The body is read by `cognomega_core::queue::admin::replay_ids` (the edge reads it with the
+// same function); this type only documents it.
+/// `POST /admin/queues/{queue}/dlq/replay`; no body replays every dead message.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]

@@ -14,8 +14,9 @@ use super::openapi::{schemas as s, *};
 use crate::limits::{self, ClientIp};
 use crate::{ApiError, AppState};
 
-/// `POST /auth/guest`; the body is optional. It is read by `cognomega_workflows::guest::request`
-/// (on both hosts); this type only documents it.
+// The body is read by `cognomega_workflows::guest::request` (on both hosts); this type only
+// documents it.
+/// `POST /auth/guest`; the body is optional.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]

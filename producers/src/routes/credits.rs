@@ -6,20 +6,12 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::{SecondsFormat, TimeZone, Utc};
 use cognomega_workflows::billing::{self, AdjustRequest};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::openapi::{schemas as s, *};
 use crate::auth::{Admin, Authenticated};
 use crate::{current_request_id, ApiError, AppState};
-
-fn rfc3339(ms: i64) -> String {
-    Utc.timestamp_millis_opt(ms)
-        .single()
-        .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::Millis, true)
-}
 
 /// The tenant's balance, from the balance cache.
 #[utoipa::path(
@@ -45,11 +37,11 @@ pub(crate) async fn get(
         .get(&claims.tenant)
         .await
         .map_err(ApiError::internal)?;
-    let mut resp = Json(json!({
-        "tenant_id": claims.tenant,
-        "balance": cached.balance,
-        "as_of": rfc3339(cached.as_of_ms),
-    }))
+    let mut resp = Json(billing::credits(
+        &claims.tenant,
+        cached.balance,
+        cached.as_of_ms,
+    ))
     .into_response();
     if let Ok(v) = HeaderValue::from_str(&cached.balance.to_string()) {
         resp.headers_mut().insert("x-credits-balance", v);

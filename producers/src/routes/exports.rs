@@ -77,9 +77,9 @@ async fn download_url(state: &AppState, key: &str) -> Result<String, ApiError> {
     ))
 }
 
-/// `POST /admin/exports`; no body exports every dataset as Parquet. The body is read by
-/// `cognomega_core::etl::export_request` (the edge reads it with the same function); this type
-/// only documents it.
+// The body is read by `cognomega_core::etl::export_request` (the edge reads it with the same
+// function); this type only documents it.
+/// `POST /admin/exports`; no body exports every dataset as Parquet.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]

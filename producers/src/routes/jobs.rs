@@ -14,7 +14,7 @@ use cognomega_r2_lifecycle::codec::decode;
 use cognomega_stores::objects::ObjectKey;
 use cognomega_stores::sql::Reader;
 use cognomega_workflows::jobs_api::{self, Download};
-use cognomega_workflows::submit::{self as wf, Submit, SubmitSettings, WriteHost};
+use cognomega_workflows::submit::{self as wf, SubmitRequest, SubmitSettings, WriteHost};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -22,30 +22,6 @@ use super::openapi::{schemas as s, *};
 use crate::auth::Authenticated;
 use crate::query::Query;
 use crate::{current_request_id, ApiError, AppState};
-
-/// `POST /jobs`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-struct SubmitRequest {
-    /// A job type: `sketch_to_app`, `image_thumbnail`.
-    #[serde(rename = "type")]
-    job_type: String,
-    input: Input,
-    /// The type's parameters, e.g. `{"sizes":[64,256],"format":"webp"}`.
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    params: Option<Value>,
-}
-
-/// The job's input: exactly one of `upload_key` and `image_base64`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-struct Input {
-    /// A clean upload of this tenant.
-    upload_key: Option<String>,
-    /// The image in base64 (or a `data:` URL), at most 20 MiB decoded.
-    image_base64: Option<String>,
-}
 
 fn submitted_response(status: StatusCode, id: &str) -> Response {
     let location = format!("/jobs/{id}");
@@ -104,13 +80,8 @@ pub(crate) async fn submit(
 ) -> Result<Response, ApiError> {
     // The key is judged before the body, as on every route that takes one.
     wf::parse_key(headers.get("idempotency-key").map(HeaderValue::as_bytes))?;
-    let req: SubmitRequest = crate::body::json(&body)?;
+    let req = SubmitRequest::parse(&body)?;
     let request_id = current_request_id();
-    let input = match (&req.input.image_base64, &req.input.upload_key) {
-        (Some(b64), None) => wf::Input::Base64(b64),
-        (None, Some(key)) => wf::Input::Upload(key),
-        _ => wf::Input::Ambiguous,
-    };
     let settings = SubmitSettings {
         registry: &state.job_types,
         floor: state.config.billing.guest_floor,
@@ -120,17 +91,11 @@ pub(crate) async fn submit(
             .for_tier(claims.tier)
             .cap(CostMetric::JobRunsPerHour),
     };
+    let key = headers.get("idempotency-key").map(HeaderValue::as_bytes);
     let submitted = wf::submit(
         &state,
         settings,
-        Submit {
-            tenant: &claims.tenant,
-            key: headers.get("idempotency-key").map(HeaderValue::as_bytes),
-            job_type: &req.job_type,
-            params: req.params.as_ref(),
-            input,
-            request_id: &request_id,
-        },
+        req.submit(&claims.tenant, key, &request_id),
     )
     .await?;
     let status = StatusCode::from_u16(submitted.status()).unwrap_or(StatusCode::ACCEPTED);

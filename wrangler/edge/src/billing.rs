@@ -73,25 +73,14 @@ pub async fn put(env: &Env, tenant: &str, cached: &CachedBalance) {
     }
 }
 
-pub fn rfc3339(ms: Option<i64>) -> serde_json::Value {
-    ms.and_then(chrono::DateTime::from_timestamp_millis)
-        .map(|t| serde_json::Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
-        .unwrap_or(serde_json::Value::Null)
-}
-
 pub async fn route(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     match (req.method(), req.path().as_str()) {
         (Method::Get | Method::Head, "/credits") => {
             let claims = caller.claims()?;
             let cached = balance(env, &claims.tenant).await?;
-            let mut resp = http::json(
-                200,
-                &serde_json::json!({
-                    "tenant_id": claims.tenant,
-                    "balance": cached.balance,
-                    "as_of": rfc3339(cached.as_of_ms),
-                }),
-            )?;
+            let as_of = (cached.as_of_ms).unwrap_or_else(|| worker::Date::now().as_millis() as i64);
+            let body = workflows::credits(&claims.tenant, cached.balance, as_of);
+            let mut resp = http::json(200, &body)?;
             resp.headers_mut()
                 .set("x-credits-balance", &cached.balance.to_string())?;
             Ok(resp)
@@ -150,8 +139,7 @@ async fn adjust(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     let raw_key = req.headers().get("idempotency-key")?;
     let key = workflows::adjust_key(raw_key.as_deref().map(str::as_bytes))?;
     let body = req.bytes().await?;
-    let r: AdjustRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid JSON body: {e}")))?;
+    let r: AdjustRequest = cognomega_core::api::json_body(&body)?;
     let db = crate::db::connect(env).await?;
     let host = Writes::new(env, &db);
     let adjusted = workflows::adjust(&host, key, &r, &caller.request_id).await?;

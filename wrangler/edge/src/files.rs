@@ -170,16 +170,15 @@ async fn direct(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
         content_type: &declared,
         size,
         sha256: &sha256,
-        scanning: crate::config::clamd(env).is_some(),
+        scanning: cfg.scanning,
         request_id: &caller.request_id,
     };
     let created_at_ms = accept::record(&host, &accepted).await?;
     host.relay(&format!("upload {key}")).await;
-    let created_at = crate::billing::rfc3339(Some(created_at_ms));
-    let created_at = created_at.as_str().unwrap_or_default();
+    let created_at = cognomega_workflows::billing::rfc3339(created_at_ms);
     http::json(
         201,
-        &accepted.body(created_at, &signed_url(env, &secret, &key)?),
+        &accepted.body(&created_at, &signed_url(env, &secret, &key)?),
     )
 }
 

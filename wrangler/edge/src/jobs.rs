@@ -9,8 +9,7 @@ use cognomega_core::limits::CostMetric;
 use cognomega_r2_lifecycle::codec::{self, CodecPolicy};
 use cognomega_workflows::jobs::{Delivery, Outcome};
 use cognomega_workflows::jobs_api::{self, Download, Send};
-use cognomega_workflows::submit::{Input, Submit, SubmitSettings};
-use serde::Deserialize;
+use cognomega_workflows::submit::{SubmitRequest, SubmitSettings};
 use worker::{Env, MessageExt, Method, Request, Response};
 
 use crate::consumers::EdgeQueue;
@@ -22,22 +21,6 @@ use crate::sql::Pg;
 pub use cognomega_core::queue::catalog::jobs::JobMessage;
 
 use cognomega_workflows::submit::BODY_LIMIT as JOBS_BODY_LIMIT;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SubmitRequest {
-    #[serde(rename = "type")]
-    job_type: String,
-    input: SubmitInput,
-    params: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SubmitInput {
-    image_base64: Option<String>,
-    upload_key: Option<String>,
-}
 
 pub async fn route(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     let path = req.path();
@@ -69,13 +52,7 @@ async fn submit(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
             format!("the body is larger than {JOBS_BODY_LIMIT} bytes"),
         ));
     }
-    let request: SubmitRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid JSON body: {e}")))?;
-    let input = match (&request.input.image_base64, &request.input.upload_key) {
-        (Some(b64), None) => Input::Base64(b64),
-        (None, Some(k)) => Input::Upload(k),
-        _ => Input::Ambiguous,
-    };
+    let request = SubmitRequest::parse(&body)?;
     // Only the job types with a queue on this deployment.
     let registry = cognomega_pipelines::Registry::new(
         (cognomega_pipelines::registry().iter())
@@ -91,19 +68,9 @@ async fn submit(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     };
     let db = crate::db::connect(env).await?;
     let host = Writes::new(env, &db);
-    let submitted = cognomega_workflows::submit::submit(
-        &host,
-        settings,
-        Submit {
-            tenant: &claims.tenant,
-            key: key.as_deref().map(str::as_bytes),
-            job_type: &request.job_type,
-            params: request.params.as_ref(),
-            input,
-            request_id: &caller.request_id,
-        },
-    )
-    .await?;
+    let key = key.as_deref().map(str::as_bytes);
+    let submit = request.submit(&claims.tenant, key, &caller.request_id);
+    let submitted = cognomega_workflows::submit::submit(&host, settings, submit).await?;
     host.relay(&format!("job {}", submitted.id())).await;
     let mut resp = http::json(submitted.status(), &submitted.body())?;
     resp.headers_mut()
