@@ -120,7 +120,7 @@ impl Rate {
 }
 
 /// What a bucket said about one request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Decision {
     /// The request may pass.
     pub allowed: bool,
@@ -132,6 +132,22 @@ pub struct Decision {
     pub reset_secs: u64,
     /// `Retry-After` of a refused request: seconds until one token is back (≥ 1).
     pub retry_after_secs: u64,
+}
+
+impl Decision {
+    /// The 429 of a refused request of `class`.
+    #[must_use]
+    pub fn refusal(&self, class: RouteClass) -> crate::api::Refusal {
+        crate::api::Refusal::new(
+            429,
+            "rate_limited",
+            format!(
+                "too many {class} requests: the limit is a burst of {} refilling over time; retry after {} s",
+                self.limit, self.retry_after_secs
+            ),
+        )
+        .retry_after(self.retry_after_secs)
+    }
 }
 
 /// The rate-limit store failed; the gateway lets the request through and logs it.

@@ -159,16 +159,7 @@ pub fn with_headers(mut resp: Response, decision: impl Into<Option<Decision>>) -
 }
 
 fn rate_limited(class: RouteClass, d: Decision) -> Response {
-    let resp = ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "rate_limited",
-        format!(
-            "too many {class} requests: the limit is a burst of {} refilling over time; retry after {} s",
-            d.limit, d.retry_after_secs
-        ),
-    )
-    .retry_after(d.retry_after_secs)
-    .into_response();
+    let resp = ApiError::from(d.refusal(class)).into_response();
     with_headers(resp, d)
 }
 

@@ -52,14 +52,7 @@ impl DurableObject for RateLimiter {
         let (left, allowed) = shape.take(self.tokens.get(), elapsed);
         self.tokens.set(left);
         self.last_ms.set(now);
-        let d = shape.decision(left, allowed);
-        Response::from_json(&serde_json::json!({
-            "allowed": d.allowed,
-            "limit": d.limit,
-            "remaining": d.remaining,
-            "reset_secs": d.reset_secs,
-            "retry_after_secs": d.retry_after_secs,
-        }))
+        Response::from_json(&shape.decision(left, allowed))
     }
 }
 
@@ -100,15 +93,7 @@ async fn take(env: &Env, name: &str, shape: Rate) -> worker::Result<Decision> {
             resp.status_code()
         )));
     }
-    let v: serde_json::Value = resp.json().await?;
-    let num = |k: &str| v[k].as_u64().unwrap_or(0);
-    Ok(Decision {
-        allowed: v["allowed"].as_bool().unwrap_or(true),
-        limit: u32::try_from(num("limit")).unwrap_or(u32::MAX),
-        remaining: u32::try_from(num("remaining")).unwrap_or(0),
-        reset_secs: num("reset_secs"),
-        retry_after_secs: num("retry_after_secs").max(1),
-    })
+    resp.json::<Decision>().await
 }
 
 /// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` on an answer.
@@ -121,14 +106,5 @@ pub fn stamp(resp: &mut Response, d: &Decision) {
 
 /// The 429 answer, worded as the native gateway words it.
 pub fn refused(class: RouteClass, d: &Decision) -> ApiError {
-    let mut e = ApiError::new(
-        429,
-        "rate_limited",
-        format!(
-            "too many {class} requests: the limit is a burst of {} refilling over time; retry after {} s",
-            d.limit, d.retry_after_secs
-        ),
-    );
-    e.retry_after = Some(d.retry_after_secs);
-    e
+    d.refusal(class).into()
 }
