@@ -242,6 +242,23 @@ pub async fn ask<H: AskHost>(
     settings: AskSettings<'_>,
     req: AskRequest<'_>,
 ) -> Result<Reply, Refusal> {
+    let admitted = admit(&settings, &req)?;
+    run(host, settings, req, admitted).await
+}
+
+/// An ask that passed the checks needing neither the database nor a provider: its
+/// `Idempotency-Key`, its size, its body and its tier's levers.
+#[derive(Debug)]
+pub struct Admitted {
+    key: Option<String>,
+    parsed: cognomega_core::ai::AskRequest,
+    max_tokens: u32,
+    daily_tokens: Option<u64>,
+}
+
+/// The checks of [`ask`] that need no I/O: a host whose database connection is costly (the
+/// edge) runs them before it connects, then [`run`]s what they admitted.
+pub fn admit(settings: &AskSettings<'_>, req: &AskRequest<'_>) -> Result<Admitted, Refusal> {
     let key = replay::parse_key(req.key).map_err(|m| refusal(400, "invalid_idempotency_key", m))?;
     if req.body.len() > BODY_LIMIT {
         return Err(refusal(
@@ -259,6 +276,27 @@ pub async fn ask<H: AskHost>(
     let Verdict::Allow { max_tokens } = verdict else {
         return Err(Refusal::internal("a refused verdict has a refusal"));
     };
+    Ok(Admitted {
+        key,
+        parsed,
+        max_tokens,
+        daily_tokens: tier.daily_tokens,
+    })
+}
+
+/// Runs an admitted ask (see [`ask`]).
+pub async fn run<H: AskHost>(
+    host: &H,
+    settings: AskSettings<'_>,
+    req: AskRequest<'_>,
+    admitted: Admitted,
+) -> Result<Reply, Refusal> {
+    let Admitted {
+        key,
+        parsed,
+        max_tokens,
+        daily_tokens,
+    } = admitted;
     if !host.any_provider() {
         let (status, code, message) = cognomega_providers::no_provider();
         return Err(refusal(status, code, message));
@@ -287,7 +325,7 @@ pub async fn ask<H: AskHost>(
         parsed.model.as_deref(),
         parsed.stream,
         max_tokens,
-        tier.daily_tokens,
+        daily_tokens,
         settings.floor,
     )
     .await;

@@ -132,13 +132,15 @@ async fn ask(req: &mut Request, env: &Env, ctx: &Context, caller: &Caller) -> Ap
         body: &body,
         request_id: &caller.request_id,
     };
+    // Refused before a database connection is opened when the request alone decides it.
+    let admitted = cognomega_workflows::ask::admit(&settings, &request)?;
     let host = EdgeAsk {
         env: env.clone(),
         providers: providers.clone(),
         db: Rc::new(crate::db::connect(env).await?),
         request_id: caller.request_id.clone(),
     };
-    let reply = cognomega_workflows::ask::ask(&host, settings, request)
+    let reply = cognomega_workflows::ask::run(&host, settings, request, admitted)
         .await
         .map_err(ApiError::from)?;
     match reply {
