@@ -133,6 +133,67 @@ impl ConfigFile {
     }
 }
 
+/// What both hosts report alike in `GET /admin/env-snapshot` (an allow-list: no secret is an
+/// input here).
+#[derive(Debug, Clone, Copy)]
+pub struct Snapshot<'a> {
+    /// Token issuer.
+    pub issuer: &'a str,
+    /// Token audience.
+    pub audience: &'a str,
+    /// Guest token lifetime, seconds.
+    pub token_ttl_s: u64,
+    /// Prices, grant, floor.
+    pub billing: &'a crate::billing::BillingConfig,
+    /// CORS origins (`*` among them: any).
+    pub cors: &'a [String],
+    /// Upload settings.
+    pub uploads: &'a UploadConfig,
+    /// Rate limits.
+    pub rate_limits: &'a RateLimits,
+    /// Where the buckets live (`sqlite`, `postgres`, `durable-object`).
+    pub buckets: &'a str,
+    /// Cost caps.
+    pub cost_guards: &'a CostGuards,
+}
+
+impl Snapshot<'_> {
+    /// The sections `auth`, `billing`, `cors`, `uploads`, `rate_limits` and `cost_guards`.
+    #[must_use]
+    pub fn sections(&self) -> serde_json::Map<String, serde_json::Value> {
+        let cors = if self.cors.iter().any(|o| o == "*") {
+            serde_json::json!("*")
+        } else {
+            serde_json::json!(self.cors)
+        };
+        let value = serde_json::json!({
+            "auth": {
+                "issuer": self.issuer,
+                "audience": self.audience,
+                "token_ttl_s": self.token_ttl_s,
+                "admin_key": "[redacted]",
+            },
+            "billing": {
+                "prices": self.billing.prices,
+                "guest_grant": self.billing.guest_grant,
+                "guest_floor": self.billing.guest_floor,
+            },
+            "cors": cors,
+            "uploads": self.uploads.snapshot(),
+            "rate_limits": {
+                "enabled": self.rate_limits.enabled,
+                "buckets": self.buckets,
+                "limits": self.rate_limits.table(),
+            },
+            "cost_guards": self.cost_guards,
+        });
+        match value {
+            serde_json::Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        }
+    }
+}
+
 /// `on`/`off` (`COGNOMEGA_RATE_LIMITS`); anything else is an error.
 pub fn switch(raw: &str) -> Result<bool, String> {
     match raw.trim().to_ascii_lowercase().as_str() {

@@ -300,8 +300,23 @@ pub(crate) async fn env_snapshot(
     {
         queues.insert(name, settings);
     }
-    let uploads = &config.uploads;
-    Ok(Json(json!({
+    let cors = match &config.cors {
+        crate::CorsOrigins::Any => vec!["*".to_owned()],
+        crate::CorsOrigins::List(list) => list.clone(),
+    };
+    let shared = cognomega_core::settings::Snapshot {
+        issuer: &config.issuer,
+        audience: &config.audience,
+        token_ttl_s: config.token_ttl.as_secs(),
+        billing: &config.billing,
+        cors: &cors,
+        uploads: &config.uploads,
+        rate_limits: &config.rate_limits,
+        buckets: state.limiter.location(),
+        cost_guards: &config.cost_guards,
+    };
+    let mut snapshot = shared.sections();
+    let own = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "build": {
             "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
@@ -314,22 +329,6 @@ pub(crate) async fn env_snapshot(
             "objects": format!("{:?}", state.objects),
             "consumers_in_process": state.consumer_metrics.is_some(),
         },
-        "auth": {
-            "issuer": config.issuer,
-            "audience": config.audience,
-            "token_ttl_s": config.token_ttl.as_secs(),
-            "admin_key": "[redacted]",
-        },
-        "billing": {
-            "prices": config.billing.prices,
-            "guest_grant": config.billing.guest_grant,
-            "guest_floor": config.billing.guest_floor,
-        },
-        "cors": match &config.cors {
-            crate::CorsOrigins::Any => json!("*"),
-            crate::CorsOrigins::List(list) => json!(list),
-        },
-        "uploads": uploads.snapshot(),
         "timeouts": {
             "header_read_s": config.timeouts.header_read.as_secs_f64(),
             "body_idle_s": config.timeouts.body_idle.as_secs_f64(),
@@ -344,13 +343,11 @@ pub(crate) async fn env_snapshot(
             "models": config.providers.models,
             "policy": config.ask,
         },
-        "rate_limits": {
-            "enabled": config.rate_limits.enabled,
-            "buckets": state.limiter.location(),
-            "limits": config.rate_limits.table(),
-        },
-        "cost_guards": config.cost_guards,
         "job_types": state.job_types.iter().map(|t| t.name().to_owned()).collect::<Vec<_>>(),
         "queues": queues,
-    })))
+    });
+    if let Value::Object(own) = own {
+        snapshot.extend(own);
+    }
+    Ok(Json(Value::Object(snapshot)))
 }

@@ -246,49 +246,41 @@ fn env_snapshot(env: &Env) -> ApiResult {
         );
     }
     let cors = crate::config::cors_origins(env);
-    http::json(
-        200,
-        &serde_json::json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "build": {
-                "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
-                "target_arch": std::env::consts::ARCH,
-                "target_os": "cloudflare-workers",
-            },
-            "uptime_s": null,
-            "backends": {
-                "database": "postgres (Hyperdrive)",
-                "objects": "r2",
-                "consumers_in_process": false,
-            },
-            "auth": {
-                "issuer": crate::config::issuer(env),
-                "audience": crate::config::audience(env),
-                "token_ttl_s": crate::config::token_ttl_secs(env),
-                "admin_key": "[redacted]",
-            },
-            "billing": {
-                "prices": billing.prices,
-                "guest_grant": billing.guest_grant,
-                "guest_floor": billing.guest_floor,
-            },
-            "cors": if cors.iter().any(|o| o == "*") {
-                serde_json::json!("*")
-            } else {
-                serde_json::json!(cors)
-            },
-            "uploads": crate::files::snapshot(env),
-            "ai": crate::ask::snapshot(env),
-            "rate_limits": {
-                "enabled": limits.enabled,
-                "buckets": "durable-object",
-                "limits": limits.table(),
-            },
-            "cost_guards": crate::config::cost_guards(env).map_err(ApiError::internal)?,
-            "job_types": cognomega_pipelines::registry().names(),
-            "queues": queues,
-        }),
-    )
+    let uploads = crate::files::settings(env)?;
+    let guards = crate::config::cost_guards(env).map_err(ApiError::internal)?;
+    let shared = cognomega_core::settings::Snapshot {
+        issuer: &crate::config::issuer(env),
+        audience: &crate::config::audience(env),
+        token_ttl_s: crate::config::token_ttl_secs(env),
+        billing: &billing,
+        cors: &cors,
+        uploads: &uploads,
+        rate_limits: &limits,
+        buckets: "durable-object",
+        cost_guards: &guards,
+    };
+    let mut snapshot = shared.sections();
+    let own = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "build": {
+            "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
+            "target_arch": std::env::consts::ARCH,
+            "target_os": "cloudflare-workers",
+        },
+        "uptime_s": null,
+        "backends": {
+            "database": "postgres (Hyperdrive)",
+            "objects": "r2",
+            "consumers_in_process": false,
+        },
+        "ai": crate::ask::snapshot(env),
+        "job_types": cognomega_pipelines::registry().names(),
+        "queues": queues,
+    });
+    if let serde_json::Value::Object(own) = own {
+        snapshot.extend(own);
+    }
+    http::json(200, &snapshot)
 }
 
 fn queue_of(raw: &str) -> Result<&'static crate::consumers::EdgeQueue, ApiError> {

@@ -62,17 +62,9 @@ pub async fn route(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     }
 }
 
-/// The `uploads` part of `GET /admin/env-snapshot` (the native fields).
-pub fn snapshot(env: &Env) -> serde_json::Value {
-    settings(env).map_or_else(
-        |e| serde_json::json!({ "error": e.message }),
-        |c| c.snapshot(),
-    )
-}
-
 /// The upload settings by the native names (`cognomega_core::settings::UploadConfig`), every
 /// limit capped at what a Worker holds in memory.
-fn settings(env: &Env) -> Result<UploadConfig, ApiError> {
+pub fn settings(env: &Env) -> Result<UploadConfig, ApiError> {
     let mut cfg = crate::config::uploads(env).map_err(ApiError::internal)?;
     cfg.max_bytes = cfg.max_bytes.min(EDGE_MAX_BYTES);
     for bytes in cfg.max_bytes_by_tier.values_mut() {
