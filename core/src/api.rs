@@ -112,6 +112,8 @@ impl std::fmt::Display for Refusal {
     }
 }
 
+impl std::error::Error for Refusal {}
+
 /// The CORS policy every shape applies: which request headers a browser may send, which
 /// response headers it may read, and how long it may cache a preflight.
 pub mod cors {

@@ -104,9 +104,7 @@ async fn a_new_guest_holds_its_grant_at_once(backend: Backend) -> anyhow::Result
         guest_floor: 0,
         ..BillingConfig::default()
     };
-    let new = guest::create(&host, Some("ada@example.com"), &billing)
-        .await
-        .map_err(|r| anyhow::anyhow!("{r}"))?;
+    let new = guest::create(&host, Some("ada@example.com"), &billing).await?;
     assert_eq!(
         (new.tenant_id.as_str(), new.user_id.as_str()),
         ("id-0", "id-1")
@@ -123,7 +121,7 @@ async fn a_new_guest_holds_its_grant_at_once(backend: Backend) -> anyhow::Result
         guest_floor: 10,
         ..BillingConfig::default()
     };
-    let poor = (guest::create(&host, None, &stingy).await).map_err(|r| anyhow::anyhow!("{r}"))?;
+    let poor = guest::create(&host, None, &stingy).await?;
     assert_eq!(ledger_balance(db, &poor.tenant_id).await?, 0);
     assert!(poor.settled.balances.is_empty());
 
