@@ -143,8 +143,10 @@ impl ExportHost for Run<'_> {
         &self.exporter.objects
     }
 
+    /// The workflow only reads through this (its writes are transactions): on SQLite the
+    /// reader pool, beside the writer.
     fn db(&self) -> Box<dyn Executor + '_> {
-        Box::new(self.exporter.db.clone())
+        Box::new(cognomega_stores::sql::Reader(&self.exporter.db))
     }
 
     async fn begin(&self) -> Result<Box<dyn Transaction + '_>, SqlError> {

@@ -45,7 +45,8 @@ pub trait ExportHost: MaybeSendSync {
     /// Where the files and manifests go.
     fn objects(&self) -> &dyn ObjectStore;
 
-    /// Single statements, each committed on its own.
+    /// Reads, each on its own (the workflow writes only in [`ExportHost::begin`]'s
+    /// transactions; a stale read of the watermark only loses the compare-and-swap).
     fn db(&self) -> Box<dyn Executor + '_>;
 
     /// A transaction.
