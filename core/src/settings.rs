@@ -203,9 +203,6 @@ pub fn switch(raw: &str) -> Result<bool, String> {
     }
 }
 
-/// The content types uploads accept by default.
-pub const DEFAULT_UPLOAD_TYPES: [&str; 8] = crate::files::DEFAULT_UPLOAD_TYPES;
-
 /// Limits and policy of `POST /upload/direct`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadConfig {
@@ -292,7 +289,7 @@ impl Default for UploadConfig {
             max_bytes: 100 << 20,
             max_bytes_by_tier: BTreeMap::new(),
             quota_bytes: 1 << 30,
-            allowed_types: upload_types(DEFAULT_UPLOAD_TYPES),
+            allowed_types: upload_types(crate::files::DEFAULT_UPLOAD_TYPES),
             link_ttl: Duration::from_secs(15 * 60),
             scanning: false,
             require_scan: false,

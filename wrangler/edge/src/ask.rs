@@ -72,7 +72,7 @@ fn providers(env: &Env) -> Result<Rc<Providers>, ApiError> {
     if let Some(timeout) = file.provider_timeout(timeout).map_err(ApiError::internal)? {
         config.timeout = timeout;
     }
-    config.models = file.ai.models;
+    config.models = file.ai.models.clone();
     let router = Router::new(
         config.providers.iter().map(|p| p.id).collect(),
         config.models.clone(),
@@ -83,7 +83,7 @@ fn providers(env: &Env) -> Result<Rc<Providers>, ApiError> {
         config,
         bound,
         router,
-        policy: file.ai.policy,
+        policy: file.ai.policy.clone(),
     });
     PROVIDERS.with(|slot| *slot.borrow_mut() = Some(p.clone()));
     Ok(p)

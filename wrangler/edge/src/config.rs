@@ -3,6 +3,9 @@
 //! The names mirror the native server's environment (`COGNOMEGA_ADMIN_KEY`, …) so one set of
 //! secrets configures both shapes.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use cognomega_core::billing::BillingConfig;
 use cognomega_core::limits::{CostGuards, RateLimits};
 use cognomega_core::settings::{self, ConfigFile, UploadConfig};
@@ -60,10 +63,29 @@ pub fn link_secret(env: &Env) -> Option<String> {
 /// model `cognomega_core::settings::ConfigFile`), its text in `COGNOMEGA_CONFIG_TOML`. A file
 /// that does not parse stops the paths that read it (500 naming it) rather than run on
 /// defaults nobody chose.
-pub fn file(env: &Env) -> Result<ConfigFile, String> {
-    var(env, "COGNOMEGA_CONFIG_TOML").map_or(Ok(ConfigFile::default()), |text| {
-        ConfigFile::parse(&text).map_err(|e| format!("COGNOMEGA_CONFIG_TOML: {e}"))
-    })
+///
+/// Parsed once per isolate (a Worker's variables do not change while it runs): the gateway
+/// reads the rate limits on every request.
+pub fn file(env: &Env) -> Result<Rc<ConfigFile>, String> {
+    thread_local! {
+        static PARSED: RefCell<Option<(String, Rc<ConfigFile>)>> = const { RefCell::new(None) };
+    }
+    let text = var(env, "COGNOMEGA_CONFIG_TOML").unwrap_or_default();
+    if let Some(hit) = PARSED.with(|p| {
+        p.borrow()
+            .as_ref()
+            .filter(|(t, _)| *t == text)
+            .map(|(_, f)| f.clone())
+    }) {
+        return Ok(hit);
+    }
+    let parsed = Rc::new(if text.is_empty() {
+        ConfigFile::default()
+    } else {
+        ConfigFile::parse(&text).map_err(|e| format!("COGNOMEGA_CONFIG_TOML: {e}"))?
+    });
+    PARSED.with(|p| *p.borrow_mut() = Some((text, parsed.clone())));
+    Ok(parsed)
 }
 
 /// Rate limits: the file's over the defaults, `COGNOMEGA_RATE_LIMITS=on|off` winning.

@@ -31,15 +31,10 @@ fn link_secret(env: &Env) -> Result<String, ApiError> {
         .ok_or_else(|| ApiError::unavailable("COGNOMEGA_LINK_SECRET is not set on this deployment"))
 }
 
-fn signed_url(env: &Env, secret: &str, key: &str) -> Result<String, ApiError> {
+fn signed_url(cfg: &UploadConfig, secret: &str, key: &str) -> String {
     let now = worker::Date::now().as_millis() as i64 / 1000;
-    let ttl = settings(env)?.link_ttl.as_secs() as i64;
-    Ok(cognomega_core::files::signed_url(
-        secret.as_bytes(),
-        key,
-        now,
-        ttl,
-    ))
+    let ttl = cfg.link_ttl.as_secs() as i64;
+    cognomega_core::files::signed_url(secret.as_bytes(), key, now, ttl)
 }
 
 pub async fn route(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
@@ -170,7 +165,7 @@ async fn direct(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     let created_at = cognomega_workflows::billing::rfc3339(created_at_ms);
     http::json(
         201,
-        &accepted.body(&created_at, &signed_url(env, &secret, &key)?),
+        &accepted.body(&created_at, &signed_url(&cfg, &secret, &key)),
     )
 }
 
@@ -178,10 +173,10 @@ async fn get(env: &Env, caller: &Caller, key: &str) -> ApiResult {
     let claims = caller.claims()?;
     let db = crate::db::connect(env).await?;
     let upload = accept::get(&mut Pg(&db), &claims.tenant, key).await?;
-    let secret = link_secret(env)?;
+    let (secret, cfg) = (link_secret(env)?, settings(env)?);
     http::json(
         200,
-        &accept::upload_json(&upload, &signed_url(env, &secret, key)?),
+        &accept::upload_json(&upload, &signed_url(&cfg, &secret, key)),
     )
 }
 
