@@ -2,26 +2,19 @@
 //! batches (sqlx on PostgreSQL, rusqlite on a blocking thread for SQLite). The export itself (plan, write, complete, manifest) is the shared workflow
 //! `cognomega_workflows::export`.
 
-use cognomega_core::sql::SqlError;
 use cognomega_pipelines::export::rows::{self, BatchError, Cells, Days, Dialect};
 use futures::TryStreamExt;
 use sqlx::Row as _;
 use tokio::sync::mpsc;
 
-use crate::{Database, StoreError};
+use crate::Database;
 
-/// Failures of the export SQL.
+/// Failures of the export row scan.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportStoreError {
     /// The database failed.
     #[error(transparent)]
     Sqlx(#[from] sqlx::Error),
-    /// A statement run through the SQL executor port failed.
-    #[error(transparent)]
-    Sql(#[from] SqlError),
-    /// A transaction could not begin or commit.
-    #[error(transparent)]
-    Store(#[from] StoreError),
     /// A row did not fit its column (a NULL in a NOT NULL column, say).
     #[error(transparent)]
     Arrow(#[from] BatchError),
