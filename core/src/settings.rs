@@ -60,6 +60,15 @@ pub const VARS: &[&str] = &[
 /// [ai.policy.guest]               # per-tier levers (guest, member, pro)
 /// max_tokens = 512
 /// daily_tokens = 50000
+///
+/// [voice]
+/// order = ["local"]               # COGNOMEGA_VOICE_PROVIDER_ORDER wins
+/// [voice.policy.guest]            # per-tier caps (guest, member, pro); all five keys
+/// max_tts_chars = 1000
+/// max_stt_seconds = 60
+/// max_session_seconds = 300
+/// max_sessions = 2
+/// session_idle_secs = 30
 /// ```
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,6 +86,20 @@ pub struct ConfigFile {
     /// `[cost_guards.<tier>]` with `tokens_per_day` and `job_runs_per_hour`.
     #[serde(default)]
     pub cost_guards: CostGuardsFile,
+    /// `[voice]`: provider order and `[voice.policy.<tier>]` caps.
+    #[serde(default)]
+    pub voice: VoiceFileConfig,
+}
+
+/// The `[voice]` table.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoiceFileConfig {
+    /// Provider order (`COGNOMEGA_VOICE_PROVIDER_ORDER` wins).
+    pub order: Option<Vec<String>>,
+    /// Per-tier caps (a tier left out keeps its defaults).
+    #[serde(default)]
+    pub policy: crate::voice::VoicePolicy,
 }
 
 /// The `[ai]` table (keys never live here: they come from the environment).
@@ -122,6 +145,13 @@ impl ConfigFile {
     pub fn provider_order(&self, env: Option<&str>) -> Option<String> {
         env.map(str::to_owned)
             .or_else(|| self.ai.order.as_ref().map(|o| o.join(",")))
+    }
+
+    /// The voice provider order: `COGNOMEGA_VOICE_PROVIDER_ORDER` (`env`), else the file's.
+    #[must_use]
+    pub fn voice_order(&self, env: Option<&str>) -> Option<String> {
+        env.map(str::to_owned)
+            .or_else(|| self.voice.order.as_ref().map(|o| o.join(",")))
     }
 
     /// The provider timeout: `COGNOMEGA_PROVIDER_TIMEOUT` (`env`, seconds), else the file's.

@@ -39,7 +39,9 @@ pub fn classify(method: &Method, path: &str) -> Option<RouteClass> {
     match (method.as_str(), path) {
         ("POST", "/auth/guest") => Some(RouteClass::Guest),
         // Both produce billable usage; an ask is also held back by its tier's token budget.
-        ("POST", "/usage" | "/api/si/ask") => Some(RouteClass::Usage),
+        ("POST", "/usage" | "/api/si/ask" | "/voice/tts" | "/voice/stt") => {
+            Some(RouteClass::Usage)
+        }
         ("POST", "/jobs" | "/jobs/{id}/cancel") => Some(RouteClass::Jobs),
         ("POST", "/upload/direct") => Some(RouteClass::Upload),
         (
@@ -49,7 +51,8 @@ pub fn classify(method: &Method, path: &str) -> Option<RouteClass> {
             | "/jobs"
             | "/jobs/{id}"
             | "/jobs/{id}/artifacts/{name}"
-            | "/uploads/{*key}",
+            | "/uploads/{*key}"
+            | "/voice/voices",
         ) => Some(RouteClass::Read),
         _ => None,
     }

@@ -75,6 +75,10 @@ pub struct ApiConfig {
     pub rate_limits: RateLimits,
     /// Caps on billable quantity per tier and fixed UTC window.
     pub cost_guards: CostGuards,
+    /// Voice providers in order, and their settings.
+    pub voice_providers: cognomega_providers::voice::VoiceConfig,
+    /// Per-tier voice caps.
+    pub voice: cognomega_core::voice::VoicePolicy,
 }
 
 pub use cognomega_core::settings::UploadConfig;
@@ -96,6 +100,8 @@ impl ApiConfig {
             ask: cognomega_core::ai::AskPolicy::default(),
             rate_limits: RateLimits::default(),
             cost_guards: CostGuards::default(),
+            voice_providers: cognomega_providers::voice::VoiceConfig::default(),
+            voice: cognomega_core::voice::VoicePolicy::default(),
         }
     }
 }
@@ -129,6 +135,8 @@ pub struct AppState {
     pub ai: Arc<cognomega_providers::Orchestrator>,
     /// Rate-limit buckets: in-process over SQLite, shared in the database over PostgreSQL.
     pub limiter: Arc<dyn RateLimiter>,
+    /// Voice providers, tried in order with fallback.
+    pub voice: Arc<cognomega_providers::voice::Voices>,
 }
 
 impl AppState {
@@ -157,6 +165,13 @@ impl AppState {
             }
         };
         let limiter = cognomega_stores::limits::limiter(&db);
+        let voice = match cognomega_providers::voice::Voices::from_config(&config.voice_providers) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "voice providers disabled");
+                cognomega_providers::voice::Voices::default()
+            }
+        };
         Ok(Self {
             db,
             queues,
@@ -171,6 +186,7 @@ impl AppState {
             url_secret,
             ai: Arc::new(ai),
             limiter,
+            voice: Arc::new(voice),
         })
     }
 }

@@ -301,3 +301,268 @@ async fn cfai(
     }
     Json(json!({"result": result, "success": true, "errors": [], "messages": []})).into_response()
 }
+
+/// A call the fake Cartesia received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CartesiaCall {
+    /// The path called.
+    pub path: String,
+    /// The `Cartesia-Version` header.
+    pub version: Option<String>,
+    /// The `Authorization` header.
+    pub authorization: Option<String>,
+    /// The JSON body (`/tts/bytes`), or the form's text fields (`/stt`) as an object.
+    pub body: Value,
+}
+
+#[derive(Debug, Default)]
+struct CartesiaInner {
+    key: String,
+    fail_with: Mutex<Option<u16>>,
+    calls: Mutex<Vec<CartesiaCall>>,
+}
+
+/// A stand-in for Cartesia on loopback: `POST /tts/bytes` (WAV or MP3 of 50 ms per character
+/// of the transcript, at the requested sample rate), `GET /voices`, `POST /stt` (multipart,
+/// a fixed transcript with word timestamps). It checks what Cartesia checks (the version
+/// header, the bearer key, the body's fields and values) and answers errors in Cartesia's
+/// shape (`{"error": …}`), and can be switched to fail every call with a status.
+#[derive(Debug, Clone)]
+pub struct FakeCartesia {
+    addr: SocketAddr,
+    inner: Arc<CartesiaInner>,
+}
+
+/// The transcript the fake Cartesia hears in any audio.
+pub const CARTESIA_TRANSCRIPT: &str = "hello from the fake transcriber";
+
+impl FakeCartesia {
+    /// Starts one accepting `key`.
+    pub async fn start(key: &str) -> std::io::Result<Self> {
+        let inner = Arc::new(CartesiaInner {
+            key: key.to_owned(),
+            ..CartesiaInner::default()
+        });
+        let app = Router::new()
+            .route("/tts/bytes", post(cartesia_tts))
+            .route("/voices", axum::routing::get(cartesia_voices))
+            .route("/stt", post(cartesia_stt))
+            .with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { addr, inner })
+    }
+
+    /// `http://127.0.0.1:PORT` (a `CARTESIA_BASE_URL`).
+    #[must_use]
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Fails every call with `status` (`None`: answers again).
+    pub fn fail_with(&self, status: Option<u16>) {
+        *self
+            .inner
+            .fail_with
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = status;
+    }
+
+    /// The calls received so far.
+    #[must_use]
+    pub fn calls(&self) -> Vec<CartesiaCall> {
+        self.inner
+            .calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+fn cartesia_error(status: u16, message: &str) -> Response {
+    let status = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+/// Records the call; an error answer when the fake is failing or the call lacks the version
+/// header or the key.
+fn cartesia_gate(inner: &CartesiaInner, path: &str, headers: &http::HeaderMap, body: Value) -> Option<Response> {
+    let version = headers
+        .get("cartesia-version")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let authorization = auth(headers);
+    inner
+        .calls
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(CartesiaCall {
+            path: path.to_owned(),
+            version: version.clone(),
+            authorization: authorization.clone(),
+            body,
+        });
+    if let Some(status) = *inner
+        .fail_with
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    {
+        let message = if status == 429 { "rate limit exceeded" } else { "internal error" };
+        return Some(cartesia_error(status, message));
+    }
+    if version.is_none() {
+        return Some(cartesia_error(400, "missing Cartesia-Version header"));
+    }
+    if authorization.as_deref() != Some(&format!("Bearer {}", inner.key)) {
+        return Some(cartesia_error(401, "invalid API key"));
+    }
+    None
+}
+
+async fn cartesia_tts(
+    State(inner): State<Arc<CartesiaInner>>,
+    headers: http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if let Some(refused) = cartesia_gate(&inner, "/tts/bytes", &headers, parsed.clone()) {
+        return refused;
+    }
+    let transcript = parsed["transcript"].as_str().unwrap_or_default();
+    if parsed["model_id"].as_str().is_none() || transcript.is_empty() {
+        return cartesia_error(400, "model_id and transcript are required");
+    }
+    if parsed["voice"]["mode"] != "id" || parsed["voice"]["id"].as_str().is_none() {
+        return cartesia_error(400, "voice must be {\"mode\":\"id\",\"id\":…}");
+    }
+    let format = &parsed["output_format"];
+    let rate = format["sample_rate"].as_u64().unwrap_or(0);
+    if ![8000, 16000, 22050, 24000, 44100, 48000].contains(&rate) {
+        return cartesia_error(400, "output_format.sample_rate must be one of 8000, 16000, 22050, 24000, 44100, 48000");
+    }
+    let container = format["container"].as_str().unwrap_or_default();
+    let rate = u32::try_from(rate).unwrap_or(44_100);
+    let frames = (transcript.chars().count() as u64 * u64::from(rate)) / 20;
+    let wav = match fake_wav(rate, frames) {
+        Ok(w) => w,
+        Err(e) => return cartesia_error(500, &e),
+    };
+    match container {
+        "wav" if format["encoding"] == "pcm_s16le" => ([(http::header::CONTENT_TYPE, "audio/wav")], wav).into_response(),
+        "mp3" => match to_mp3(wav).await {
+            Ok(mp3) => ([(http::header::CONTENT_TYPE, "audio/mpeg")], mp3).into_response(),
+            Err(e) => cartesia_error(500, &e),
+        },
+        _ => cartesia_error(400, "output_format: container wav (encoding pcm_s16le) or mp3"),
+    }
+}
+
+/// A tone of `frames` 16-bit mono samples.
+fn fake_wav(rate: u32, frames: u64) -> Result<Vec<u8>, String> {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut out = std::io::Cursor::new(Vec::new());
+    let mut w = hound::WavWriter::new(&mut out, spec).map_err(|e| e.to_string())?;
+    for i in 0..frames {
+        let t = i as f64 / f64::from(rate);
+        let sample = (t * 440.0 * std::f64::consts::TAU).sin() * 8_000.0;
+        w.write_sample(sample as i16).map_err(|e| e.to_string())?;
+    }
+    w.finalize().map_err(|e| e.to_string())?;
+    Ok(out.into_inner())
+}
+
+/// MP3 from WAV, by sox.
+async fn to_mp3(wav: Vec<u8>) -> Result<Vec<u8>, String> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child = tokio::process::Command::new("sox")
+        .args(["-t", "wav", "-", "-t", "mp3", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("sox: {e}"))?;
+    let mut stdin = child.stdin.take().ok_or("sox: no stdin")?;
+    let writer = tokio::spawn(async move {
+        let _ = stdin.write_all(&wav).await;
+    });
+    let out = child.wait_with_output().await.map_err(|e| e.to_string())?;
+    let _ = writer.await;
+    Ok(out.stdout)
+}
+
+async fn cartesia_voices(State(inner): State<Arc<CartesiaInner>>, headers: http::HeaderMap) -> Response {
+    if let Some(refused) = cartesia_gate(&inner, "/voices", &headers, Value::Null) {
+        return refused;
+    }
+    Json(json!({
+        "data": [
+            {"id": "fake-voice-1", "name": "Fake One", "language": "en"},
+            {"id": "fake-voice-2", "name": "Fake Two", "language": "de"},
+        ],
+        "has_more": false,
+    }))
+    .into_response()
+}
+
+async fn cartesia_stt(
+    State(inner): State<Arc<CartesiaInner>>,
+    headers: http::HeaderMap,
+    mut form: axum::extract::Multipart,
+) -> Response {
+    let mut fields = serde_json::Map::new();
+    let mut file: Option<Vec<u8>> = None;
+    loop {
+        match form.next_field().await {
+            Ok(Some(field)) => {
+                let name = field.name().unwrap_or_default().to_owned();
+                match field.bytes().await {
+                    Ok(bytes) if name == "file" => file = Some(bytes.to_vec()),
+                    Ok(bytes) => {
+                        fields.insert(name, Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+                    }
+                    Err(_) => return cartesia_error(400, "a broken multipart body"),
+                }
+            }
+            Ok(None) => break,
+            Err(_) => return cartesia_error(400, "a broken multipart body"),
+        }
+    }
+    let fields = Value::Object(fields);
+    if let Some(refused) = cartesia_gate(&inner, "/stt", &headers, fields.clone()) {
+        return refused;
+    }
+    if fields["model"] != "ink-whisper" {
+        return cartesia_error(400, "model must be ink-whisper");
+    }
+    let Some(file) = file.filter(|f| !f.is_empty()) else {
+        return cartesia_error(400, "file is required");
+    };
+    let duration = cognomega_core::voice::wav_info(&file).map_or(1.0, |i| i.seconds);
+    let words: Vec<Value> = CARTESIA_TRANSCRIPT
+        .split(' ')
+        .enumerate()
+        .map(|(i, w)| {
+            let start = duration * i as f64 / 5.0;
+            json!({"word": w, "start": start, "end": start + duration / 6.0})
+        })
+        .collect();
+    Json(json!({
+        "type": "transcript",
+        "text": CARTESIA_TRANSCRIPT,
+        "request_id": "fake",
+        "is_final": true,
+        "language": fields["language"].as_str().unwrap_or("en"),
+        "duration": duration,
+        "words": words,
+    }))
+    .into_response()
+}

@@ -13,6 +13,8 @@
 
 pub mod answer;
 #[cfg(feature = "http")]
+pub mod cartesia;
+#[cfg(feature = "http")]
 pub mod cfai;
 mod config;
 #[cfg(feature = "fake")]
@@ -28,6 +30,8 @@ pub mod sse;
 #[cfg(feature = "http")]
 mod stream;
 pub mod tokens;
+#[cfg(feature = "http")]
+pub mod voice;
 
 use cognomega_core::ai::Message;
 #[cfg(feature = "http")]

@@ -37,6 +37,7 @@ mod server;
 mod sweep;
 mod upload;
 mod usage;
+mod voice;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -78,6 +79,9 @@ enum What {
     /// POST /api/si/ask against a loopback fake provider: the latency the orchestrator adds
     /// (p50/p99, straight to the provider vs through the API) and asks per second.
     Ask(ask::AskArgs),
+    /// The voice service's local engines: synthesis and transcription real-time factors, the
+    /// round trip's word error rate, and what POST /voice/tts adds to the engine.
+    Voice(voice::VoiceArgs),
     /// Usage events exported to Parquet: rows/s, files and bytes, peak RSS.
     Export(export::ExportArgs),
     /// A large streamed upload (MB/s, server peak RSS), many small ones, and the av-scan drain.
@@ -144,6 +148,7 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<()> {
         What::Sweep(args) => sweep::run(&ctx, args).await,
         What::Export(args) => export::run(&ctx, args).await,
         What::Ask(args) => ask::run(&ctx, args).await,
+        What::Voice(args) => voice::run(&ctx, args).await,
         What::Audit(args) => audit::run(&ctx, args).await,
         What::Edge(args) => edge::run(&ctx, args).await,
     }

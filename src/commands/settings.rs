@@ -111,6 +111,12 @@ pub struct ApiArgs {
     /// next one is tried.
     #[arg(long, env = "COGNOMEGA_PROVIDER_TIMEOUT")]
     provider_timeout: Option<u64>,
+    /// Order in which voice providers are tried for /voice/*, comma-separated (cartesia,
+    /// local; default cartesia,local). Cartesia is enabled when CARTESIA_API_KEY is set
+    /// (CARTESIA_BASE_URL, CARTESIA_VERSION); local (espeak-ng, sox, PocketSphinx) needs no
+    /// account.
+    #[arg(long, env = "COGNOMEGA_VOICE_PROVIDER_ORDER")]
+    voice_provider_order: Option<String>,
     /// Rate limits on or off (default: `[rate_limits] enabled` of the config file, else on).
     #[arg(long, env = "COGNOMEGA_RATE_LIMITS", value_enum)]
     rate_limits: Option<Switch>,
@@ -203,6 +209,13 @@ impl ApiArgs {
         let (providers, ask) = self.providers(ctx)?;
         let file = ctx.file_config()?;
         let rate_limits = file.rate_limits(self.rate_limits.map(|s| s == Switch::On))?;
+        let voice_providers = cognomega_providers::voice::VoiceConfig::from_vars(
+            file.file.voice_order(self.voice_provider_order.as_deref()),
+            |k| std::env::var(k).ok(),
+        );
+        if let Err(e) = cognomega_providers::voice::Voices::from_config(&voice_providers) {
+            bail!("--voice-provider-order: {e}");
+        }
         Ok(ApiConfig {
             issuer: self.jwt_issuer.clone(),
             audience: self.jwt_audience.clone(),
@@ -229,6 +242,8 @@ impl ApiArgs {
             ask,
             rate_limits,
             cost_guards: file.cost_guards(),
+            voice: file.file.voice.policy,
+            voice_providers,
         })
     }
 }

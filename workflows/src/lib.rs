@@ -19,3 +19,4 @@ pub mod ports;
 pub mod settle;
 pub mod submit;
 pub mod uploads;
+pub mod voice;

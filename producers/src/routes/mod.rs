@@ -13,6 +13,7 @@ mod metrics;
 mod openapi;
 pub mod uploads;
 mod usage;
+mod voice;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
@@ -77,5 +78,19 @@ pub fn router() -> Router<AppState> {
         .layer(DefaultBodyLimit::disable())
         .route("/uploads/{*key}", get(uploads::get))
         .route("/files/{*key}", get(uploads::file));
-    small.merge(ask).merge(usage).merge(jobs).merge(uploads)
+    let voice = Router::new()
+        .route("/voice/tts", post(voice::tts))
+        .route("/voice/voices", get(voice::voices))
+        .layer(DefaultBodyLimit::max(cognomega_core::voice::TTS_BODY_LIMIT))
+        .merge(
+            Router::new()
+                .route("/voice/stt", post(voice::stt))
+                .layer(DefaultBodyLimit::max(cognomega_core::voice::STT_BODY_LIMIT)),
+        );
+    small
+        .merge(ask)
+        .merge(usage)
+        .merge(jobs)
+        .merge(uploads)
+        .merge(voice)
 }

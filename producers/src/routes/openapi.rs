@@ -37,6 +37,9 @@ pub const ADMIN_KEY: &str = "admin_key";
         super::usage::post,
         super::usage::get,
         super::ask::ask,
+        super::voice::tts,
+        super::voice::stt,
+        super::voice::voices,
         super::credits::get,
         super::credits::adjust,
         super::credits::adjustment,
@@ -82,6 +85,7 @@ pub const ADMIN_KEY: &str = "admin_key";
         (name = "billing", description = "Usage events, balances and credit adjustments"),
         (name = "jobs", description = "Job submission, status and artifacts"),
         (name = "uploads", description = "Direct uploads and signed downloads"),
+        (name = "voice", description = "Text to speech and speech to text, metered as audio seconds"),
         (name = "admin", description = "Operator routes (X-Admin-Key)"),
         (name = "ops", description = "Health, metrics and this document"),
     ),
@@ -874,6 +878,71 @@ pub(crate) mod schemas {
         created_at: String,
         /// A signed, expiring download link.
         url: String,
+    }
+
+    /// `POST /voice/tts`.
+    #[derive(ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub(crate) struct TtsRequest {
+        /// What to say (at most the tier's `max_tts_chars` characters).
+        #[schema(min_length = 1, pattern = "\\S")]
+        text: String,
+        /// A voice id from `GET /voice/voices` (the provider's default when absent).
+        #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:/+-]+$")]
+        voice: Option<String>,
+        /// `wav` (default), `ogg` or `mp3`.
+        #[schema(pattern = "^(wav|ogg|mp3)$")]
+        format: Option<String>,
+        /// Hz (the provider's own when absent).
+        #[schema(minimum = 8000, maximum = 48000)]
+        sample_rate: Option<u32>,
+        /// Only this provider, no fallback.
+        #[schema(min_length = 1)]
+        provider: Option<String>,
+    }
+
+    /// A stretch of a transcript.
+    #[derive(ToSchema)]
+    pub(crate) struct SttSegment {
+        /// Seconds from the start.
+        start: f64,
+        end: f64,
+        text: String,
+    }
+
+    /// A transcript.
+    #[derive(ToSchema)]
+    pub(crate) struct SttAnswer {
+        text: String,
+        segments: Vec<SttSegment>,
+        /// BCP 47.
+        language: String,
+        /// The audio's length (billed rounded up to whole seconds).
+        audio_seconds: f64,
+        provider: String,
+    }
+
+    /// A voice.
+    #[derive(ToSchema)]
+    pub(crate) struct Voice {
+        /// The id to send as `voice`.
+        id: String,
+        name: String,
+        /// BCP 47.
+        language: String,
+    }
+
+    /// One provider's voices.
+    #[derive(ToSchema)]
+    pub(crate) struct ProviderVoices {
+        provider: String,
+        voices: Vec<Voice>,
+    }
+
+    /// `GET /voice/voices`.
+    #[derive(ToSchema)]
+    pub(crate) struct VoiceList {
+        providers: Vec<ProviderVoices>,
     }
 
     /// A multipart upload: one file part.

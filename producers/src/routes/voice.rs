@@ -1,0 +1,225 @@
+//! The voice service (`cognomega_workflows::voice`): `POST /voice/tts`, `POST /voice/stt`,
+//! `GET /voice/voices`. Every synthesis and transcription is metered as `audio_seconds`
+//! through the usage queue, billed once.
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::Utc;
+use cognomega_core::api::Refusal;
+use cognomega_core::queue::{OutgoingMessage, QueueName};
+use cognomega_core::sql::{Executor, Outbound};
+use cognomega_core::voice::{Answered, AudioFormat, Heard, Speech, Spoken};
+use cognomega_workflows::voice::{self, Caller, VoiceHost, VoiceSettings};
+use http::{header, HeaderName, HeaderValue};
+use serde::Deserialize;
+
+use super::openapi::{schemas as s, *};
+use crate::auth::Authenticated;
+use crate::{current_request_id, ApiError, AppState};
+
+fn settings(state: &AppState) -> VoiceSettings<'_> {
+    VoiceSettings {
+        policy: &state.config.voice,
+        prices: &state.config.billing.prices,
+        floor: state.config.billing.guest_floor,
+    }
+}
+
+fn with_headers(mut response: Response, headers: &[(&'static str, String)]) -> Response {
+    let map = response.headers_mut();
+    for (name, value) in headers {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            map.insert(HeaderName::from_static(name), v);
+        }
+    }
+    response
+}
+
+#[utoipa::path(
+    post,
+    path = "/voice/tts",
+    operation_id = "voice_tts",
+    tag = "voice",
+    security(("bearer" = [])),
+    request_body(content = s::TtsRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The audio, in the requested format", content(
+                (s::Binary = "audio/wav"),
+                (s::Binary = "audio/ogg"),
+                (s::Binary = "audio/mpeg"),
+            ),
+            headers(
+                ("X-Provider" = String, description = "The provider that spoke"),
+                ("X-Voice" = String, description = "The voice that spoke"),
+                ("X-Audio-Seconds" = String, description = "The audio's length in seconds (billed rounded up)"),
+                ("X-Credits-Used" = i64, description = "Credits charged"),
+                ("X-Credits-Balance" = i64, description = "Cached balance minus this charge"),
+                ("X-Provider-Fallback" = String, description = "The providers that failed before this one, comma-separated (only after a fallback)"),
+            )),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 402, response = PaymentRequired),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+        (status = 502, response = BadGateway),
+        (status = 503, response = Unavailable),
+    ),
+)]
+pub(crate) async fn tts(
+    State(state): State<AppState>,
+    Authenticated(claims): Authenticated,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request_id = current_request_id();
+    let caller = Caller {
+        tenant: &claims.tenant,
+        tier: claims.tier,
+        request_id: &request_id,
+    };
+    let reply = voice::tts(&state, settings(&state), caller, &body).await?;
+    let response = ([(header::CONTENT_TYPE, reply.content_type)], reply.audio).into_response();
+    Ok(with_headers(response, &reply.headers))
+}
+
+/// `POST /voice/stt`'s query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct SttQuery {
+    /// The spoken language (BCP 47, e.g. `en` or `en-US`); the provider's default when absent.
+    #[param(min_length = 1, max_length = 35, pattern = "^[A-Za-z0-9-]+$")]
+    language: Option<String>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/voice/stt",
+    operation_id = "voice_stt",
+    tag = "voice",
+    security(("bearer" = [])),
+    params(SttQuery),
+    request_body(description = "The audio: wav, ogg (Vorbis/Opus), mp3 or webm/opus, by its \
+        bytes (the Content-Type is not trusted)", content(
+        (s::Binary = "audio/wav"),
+        (s::Binary = "audio/ogg"),
+        (s::Binary = "audio/mpeg"),
+        (s::Binary = "audio/webm"),
+        (s::Binary = "application/octet-stream"),
+    )),
+    responses(
+        (status = 200, description = "The transcript", body = s::SttAnswer,
+            headers(
+                ("X-Provider" = String, description = "The provider that transcribed"),
+                ("X-Audio-Seconds" = String, description = "The audio's length in seconds (billed rounded up)"),
+                ("X-Credits-Used" = i64, description = "Credits charged"),
+                ("X-Credits-Balance" = i64, description = "Cached balance minus this charge"),
+                ("X-Provider-Fallback" = String, description = "The providers that failed before this one (only after a fallback)"),
+            )),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 402, response = PaymentRequired),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+        (status = 502, response = BadGateway),
+        (status = 503, response = Unavailable),
+    ),
+)]
+pub(crate) async fn stt(
+    State(state): State<AppState>,
+    Authenticated(claims): Authenticated,
+    Query(q): Query<SttQuery>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request_id = current_request_id();
+    let caller = Caller {
+        tenant: &claims.tenant,
+        tier: claims.tier,
+        request_id: &request_id,
+    };
+    let reply = voice::stt(&state, settings(&state), caller, &body, q.language.as_deref()).await?;
+    Ok(with_headers(Json(reply.body).into_response(), &reply.headers))
+}
+
+#[utoipa::path(
+    get,
+    path = "/voice/voices",
+    operation_id = "voice_voices",
+    tag = "voice",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The voices of each configured provider, in provider order",
+            body = s::VoiceList),
+        (status = 401, response = Unauthorized),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+    ),
+)]
+pub(crate) async fn voices(
+    State(state): State<AppState>,
+    Authenticated(_claims): Authenticated,
+) -> Result<Response, ApiError> {
+    let providers: Vec<_> = state
+        .voice
+        .voices()
+        .await
+        .into_iter()
+        .map(|(provider, voices)| serde_json::json!({"provider": provider, "voices": voices}))
+        .collect();
+    Ok(Json(serde_json::json!({ "providers": providers })).into_response())
+}
+
+/// The native host of the voice service: the database, the queue driver, the balance cache,
+/// and the voice providers of the server.
+#[async_trait::async_trait]
+impl VoiceHost for AppState {
+    fn reader(&self) -> Box<dyn Executor + '_> {
+        Box::new(cognomega_stores::sql::Reader(&self.db))
+    }
+
+    async fn balance(&self, tenant: &str) -> Result<i64, String> {
+        self.balances
+            .get(tenant)
+            .await
+            .map(|b| b.balance)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn send(&self, message: Outbound<'_>) -> Result<(), String> {
+        let queue = QueueName::parse(message.queue).map_err(|e| e.to_string())?;
+        self.queues
+            .send(&queue, OutgoingMessage::outbound(message))
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn measure(&self, audio: &[u8], format: AudioFormat) -> Result<f64, Refusal> {
+        cognomega_providers::voice::measure(audio, format).await
+    }
+
+    async fn synthesize(&self, speech: &Speech) -> Result<Answered<Spoken>, Refusal> {
+        self.voice.synthesize(speech).await
+    }
+
+    async fn transcribe(
+        &self,
+        audio: &[u8],
+        format: AudioFormat,
+        language: Option<&str>,
+    ) -> Result<Answered<Heard>, Refusal> {
+        self.voice.transcribe(audio, format, language).await
+    }
+
+    fn now_ms(&self) -> i64 {
+        Utc::now().timestamp_millis()
+    }
+
+    fn fresh_id(&self) -> String {
+        uuid::Uuid::now_v7().to_string()
+    }
+}

@@ -1,0 +1,281 @@
+//! Cartesia (`CARTESIA_API_KEY`, `CARTESIA_BASE_URL`, `CARTESIA_VERSION`): speech over
+//! `POST /tts/bytes`, the voice list over `GET /voices`, transcription over `POST /stt`
+//! (multipart, `ink-whisper`, word timestamps). Every call carries the `Cartesia-Version`
+//! header and the key as a bearer token. 429, 5xx, a timeout or a refused key move on to the
+//! next provider; another 4xx is the request's own fault and is answered as is.
+
+use std::time::Duration;
+
+use cognomega_core::api::Refusal;
+use cognomega_core::voice::{AudioFormat, Heard, Segment, Speech, Spoken, VoiceFailure, VoiceInfo};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::voice::{measure, VoiceProvider};
+
+/// The API version sent when `CARTESIA_VERSION` is not set.
+pub const DEFAULT_VERSION: &str = "2025-04-16";
+/// The base URL when `CARTESIA_BASE_URL` is not set.
+pub const DEFAULT_BASE_URL: &str = "https://api.cartesia.ai";
+/// The speech model.
+pub const TTS_MODEL: &str = "sonic-2";
+/// The transcription model.
+pub const STT_MODEL: &str = "ink-whisper";
+/// The voice of a synthesis that names none (a stock English voice).
+pub const DEFAULT_VOICE: &str = "694f9389-aac1-45b6-b726-9d9369183238";
+/// The sample rate when the request names none.
+const DEFAULT_RATE: u32 = 44_100;
+
+/// Cartesia's settings.
+#[derive(Debug, Clone)]
+pub struct CartesiaSettings {
+    /// The API key.
+    pub api_key: String,
+    /// The base URL, without a trailing slash.
+    pub base_url: String,
+    /// The `Cartesia-Version` header.
+    pub version: String,
+    /// Per-call timeout.
+    pub timeout: Duration,
+}
+
+impl CartesiaSettings {
+    /// From the environment: `None` without `CARTESIA_API_KEY`.
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Option<Self> {
+        let api_key = get("CARTESIA_API_KEY").filter(|k| !k.is_empty())?;
+        Some(Self {
+            api_key,
+            base_url: get("CARTESIA_BASE_URL")
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| DEFAULT_BASE_URL.into())
+                .trim_end_matches('/')
+                .to_owned(),
+            version: get("CARTESIA_VERSION")
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| DEFAULT_VERSION.into()),
+            timeout: Duration::from_secs(30),
+        })
+    }
+}
+
+/// The Cartesia client.
+#[derive(Debug)]
+pub struct Cartesia {
+    settings: CartesiaSettings,
+    client: reqwest::Client,
+}
+
+impl Cartesia {
+    /// A client with these settings.
+    pub fn new(settings: CartesiaSettings) -> Result<Self, String> {
+        cognomega_core::tls::install();
+        let client = reqwest::Client::builder()
+            .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
+            .timeout(settings.timeout)
+            .build()
+            .map_err(|e| format!("cannot build the Cartesia HTTP client: {e}"))?;
+        Ok(Self { settings, client })
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.settings.base_url))
+            .header("cartesia-version", &self.settings.version)
+            .bearer_auth(&self.settings.api_key)
+    }
+
+    /// Sends, and sorts a failed answer into fallback or refusal.
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, VoiceFailure> {
+        let resp = req.send().await.map_err(|e| {
+            VoiceFailure::Unavailable(if e.is_timeout() {
+                format!("timed out after {:?}", self.settings.timeout)
+            } else {
+                format!("unreachable: {e}")
+            })
+        })?;
+        let status = resp.status().as_u16();
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let body = resp.text().await.unwrap_or_default();
+        let detail = serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|v| {
+                v["message"]
+                    .as_str()
+                    .or_else(|| v["error"].as_str())
+                    .or_else(|| v["error"]["message"].as_str())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| body.chars().take(200).collect());
+        Err(match status {
+            401 | 403 => VoiceFailure::Unavailable(format!("refused our key ({status}): {detail}")),
+            408 | 429 | 500..=599 => VoiceFailure::Unavailable(format!("answered {status}: {detail}")),
+            _ => VoiceFailure::Rejected(Refusal::new(
+                400,
+                "provider_rejected",
+                format!("cartesia refused the request ({status}): {detail}"),
+            )),
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct WireVoice {
+    id: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    language: String,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum VoiceList {
+    Page { data: Vec<WireVoice> },
+    List(Vec<WireVoice>),
+}
+
+#[derive(Deserialize)]
+struct WireWord {
+    word: String,
+    start: f64,
+    end: f64,
+}
+
+#[derive(Deserialize)]
+struct WireTranscript {
+    text: String,
+    #[serde(default)]
+    language: Option<String>,
+    #[serde(default)]
+    words: Vec<WireWord>,
+}
+
+/// Words into segments: a pause of more than 0.5 s starts a new one.
+fn segments(words: &[WireWord], text: &str) -> Vec<Segment> {
+    let mut out: Vec<Segment> = Vec::new();
+    for w in words {
+        match out.last_mut() {
+            Some(s) if w.start - s.end <= 0.5 => {
+                s.text.push(' ');
+                s.text.push_str(w.word.trim());
+                s.end = w.end;
+            }
+            _ => out.push(Segment {
+                start: w.start,
+                end: w.end,
+                text: w.word.trim().to_owned(),
+            }),
+        }
+    }
+    if out.is_empty() && !text.trim().is_empty() {
+        out.push(Segment {
+            start: 0.0,
+            end: 0.0,
+            text: text.trim().to_owned(),
+        });
+    }
+    out
+}
+
+#[async_trait::async_trait]
+impl VoiceProvider for Cartesia {
+    fn name(&self) -> &'static str {
+        "cartesia"
+    }
+
+    async fn voices(&self) -> Result<Vec<VoiceInfo>, VoiceFailure> {
+        let resp = self.send(self.request(reqwest::Method::GET, "/voices")).await?;
+        let list: VoiceList = resp
+            .json()
+            .await
+            .map_err(|e| VoiceFailure::Unavailable(format!("a voice list we cannot read: {e}")))?;
+        let list = match list {
+            VoiceList::Page { data } | VoiceList::List(data) => data,
+        };
+        Ok(list
+            .into_iter()
+            .map(|v| VoiceInfo {
+                id: v.id,
+                name: v.name,
+                language: v.language,
+            })
+            .collect())
+    }
+
+    async fn synthesize(&self, speech: &Speech) -> Result<Spoken, VoiceFailure> {
+        let rate = speech.sample_rate.unwrap_or(DEFAULT_RATE);
+        let output_format = match speech.format {
+            AudioFormat::Wav => json!({"container": "wav", "encoding": "pcm_s16le", "sample_rate": rate}),
+            AudioFormat::Mp3 => json!({"container": "mp3", "sample_rate": rate, "bit_rate": 128_000}),
+            other => {
+                return Err(VoiceFailure::Unavailable(format!(
+                    "cartesia does not answer in {}",
+                    other.as_str()
+                )))
+            }
+        };
+        let voice = speech.voice.as_deref().unwrap_or(DEFAULT_VOICE);
+        let body = json!({
+            "model_id": TTS_MODEL,
+            "transcript": speech.text,
+            "voice": {"mode": "id", "id": voice},
+            "output_format": output_format,
+        });
+        let resp = self
+            .send(self.request(reqwest::Method::POST, "/tts/bytes").json(&body))
+            .await?;
+        let audio = resp
+            .bytes()
+            .await
+            .map_err(|e| VoiceFailure::Unavailable(format!("the audio broke off: {e}")))?
+            .to_vec();
+        // The length is measured here, never taken from the provider's word.
+        let seconds = measure(&audio, speech.format)
+            .await
+            .map_err(|e| VoiceFailure::Unavailable(format!("audio we cannot read: {}", e.message)))?;
+        Ok(Spoken {
+            audio,
+            format: speech.format,
+            seconds,
+            voice: voice.to_owned(),
+        })
+    }
+
+    async fn transcribe(
+        &self,
+        audio: &[u8],
+        format: AudioFormat,
+        language: Option<&str>,
+    ) -> Result<Heard, VoiceFailure> {
+        let file = reqwest::multipart::Part::bytes(audio.to_vec())
+            .file_name(format!("audio.{}", format.as_str()))
+            .mime_str(format.content_type())
+            .map_err(|e| VoiceFailure::Unavailable(e.to_string()))?;
+        let mut form = reqwest::multipart::Form::new()
+            .part("file", file)
+            .text("model", STT_MODEL)
+            .text("timestamp_granularities[]", "word");
+        if let Some(lang) = language {
+            // ISO 639-1: the tag's language.
+            let primary = lang.split('-').next().unwrap_or(lang).to_ascii_lowercase();
+            form = form.text("language", primary);
+        }
+        let resp = self
+            .send(self.request(reqwest::Method::POST, "/stt").multipart(form))
+            .await?;
+        let t: WireTranscript = resp
+            .json()
+            .await
+            .map_err(|e| VoiceFailure::Unavailable(format!("a transcript we cannot read: {e}")))?;
+        Ok(Heard {
+            segments: segments(&t.words, &t.text),
+            text: t.text.trim().to_owned(),
+            language: t
+                .language
+                .or_else(|| language.map(str::to_owned))
+                .unwrap_or_else(|| "en".into()),
+        })
+    }
+}

@@ -1,0 +1,574 @@
+//! Voice providers behind one port, tried in order with fallback (`COGNOMEGA_VOICE_PROVIDER_ORDER`).
+//!
+//! `local`, the embedded default, needs no account: espeak-ng speaks, sox converts and
+//! measures, PocketSphinx (its US English model) transcribes, each run as a subprocess on
+//! files in a private temporary directory that is removed with the request (also when the
+//! client hangs up: the child is killed on drop).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cognomega_core::api::Refusal;
+use cognomega_core::voice::{
+    wav_info, Answered, AudioFormat, Heard, Segment, Speech, Spoken, VoiceFailure, VoiceInfo,
+};
+use tokio::io::AsyncWriteExt as _;
+use tokio::process::Command;
+
+/// One voice provider.
+#[async_trait::async_trait]
+pub trait VoiceProvider: Send + Sync + std::fmt::Debug {
+    /// Its name in settings, requests and headers.
+    fn name(&self) -> &'static str;
+    /// The voices it offers.
+    async fn voices(&self) -> Result<Vec<VoiceInfo>, VoiceFailure>;
+    /// Speaks.
+    async fn synthesize(&self, speech: &Speech) -> Result<Spoken, VoiceFailure>;
+    /// Transcribes `audio` (already measured and within the caller's caps).
+    async fn transcribe(
+        &self,
+        audio: &[u8],
+        format: AudioFormat,
+        language: Option<&str>,
+    ) -> Result<Heard, VoiceFailure>;
+}
+
+/// The providers in order.
+#[derive(Debug, Clone, Default)]
+pub struct Voices {
+    providers: Vec<Arc<dyn VoiceProvider>>,
+}
+
+/// The provider names an order may list.
+pub const PROVIDER_NAMES: [&str; 2] = ["cartesia", "local"];
+/// The order when none is set: Cartesia when its key is set, then the local engines.
+pub const DEFAULT_ORDER: &str = "cartesia,local";
+
+/// Which voice providers run, in which order.
+#[derive(Debug, Clone, Default)]
+pub struct VoiceConfig {
+    /// Comma-separated names (`COGNOMEGA_VOICE_PROVIDER_ORDER`; default [`DEFAULT_ORDER`]).
+    pub order: Option<String>,
+    /// Cartesia's settings, when its key is set.
+    pub cartesia: Option<crate::cartesia::CartesiaSettings>,
+}
+
+impl VoiceConfig {
+    /// The order given, and the providers' settings from the environment.
+    pub fn from_vars(order: Option<String>, get: impl Fn(&str) -> Option<String>) -> Self {
+        Self {
+            order,
+            cartesia: crate::cartesia::CartesiaSettings::from_vars(get),
+        }
+    }
+}
+
+impl Voices {
+    /// The providers of `config`'s order; a provider without its key is left out.
+    pub fn from_config(config: &VoiceConfig) -> Result<Self, String> {
+        let order = config.order.as_deref().unwrap_or(DEFAULT_ORDER);
+        let mut providers: Vec<Arc<dyn VoiceProvider>> = Vec::new();
+        let mut seen = Vec::new();
+        for name in order.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if seen.contains(&name) {
+                return Err(format!("voice provider {name:?} is listed twice"));
+            }
+            seen.push(name);
+            match name {
+                "local" => providers.push(Arc::new(Local::default())),
+                "cartesia" => {
+                    if let Some(s) = &config.cartesia {
+                        providers.push(Arc::new(crate::cartesia::Cartesia::new(s.clone())?));
+                    }
+                }
+                other => {
+                    return Err(format!(
+                        "unknown voice provider {other:?}; one of {}",
+                        PROVIDER_NAMES.join(", ")
+                    ))
+                }
+            }
+        }
+        Ok(Self { providers })
+    }
+
+    /// These providers, in this order.
+    #[must_use]
+    pub fn new(providers: Vec<Arc<dyn VoiceProvider>>) -> Self {
+        Self { providers }
+    }
+
+    /// Whether any provider is configured.
+    #[must_use]
+    pub fn any(&self) -> bool {
+        !self.providers.is_empty()
+    }
+
+    /// The providers' names, in order.
+    #[must_use]
+    pub fn names(&self) -> Vec<&'static str> {
+        self.providers.iter().map(|p| p.name()).collect()
+    }
+
+    fn candidates(&self, only: Option<&str>) -> Result<Vec<&Arc<dyn VoiceProvider>>, Refusal> {
+        match only {
+            None => Ok(self.providers.iter().collect()),
+            Some(name) => {
+                let found: Vec<_> = self.providers.iter().filter(|p| p.name() == name).collect();
+                if found.is_empty() {
+                    Err(Refusal::new(
+                        400,
+                        "unknown_provider",
+                        format!(
+                            "provider {name:?} is not configured here; configured: {}",
+                            self.names().join(", ")
+                        ),
+                    ))
+                } else {
+                    Ok(found)
+                }
+            }
+        }
+    }
+
+    async fn route<'a, T, F, Fut>(&'a self, only: Option<&str>, call: F) -> Result<Answered<T>, Refusal>
+    where
+        F: Fn(&'a Arc<dyn VoiceProvider>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, VoiceFailure>>,
+    {
+        let candidates = self.candidates(only)?;
+        if candidates.is_empty() {
+            return Err(Refusal::new(
+                503,
+                "no_voice_provider",
+                "no voice provider is configured; set COGNOMEGA_VOICE_PROVIDER_ORDER",
+            ));
+        }
+        let mut skipped = Vec::new();
+        let mut unsupported: Option<Refusal> = None;
+        for p in candidates {
+            match call(p).await {
+                Ok(value) => {
+                    return Ok(Answered {
+                        provider: p.name().to_owned(),
+                        skipped,
+                        value,
+                    })
+                }
+                Err(VoiceFailure::Rejected(r)) => return Err(r),
+                Err(VoiceFailure::Unsupported(r)) => {
+                    skipped.push((p.name().to_owned(), r.message.clone()));
+                    unsupported.get_or_insert(r);
+                }
+                Err(VoiceFailure::Unavailable(why)) => {
+                    tracing::warn!(provider = p.name(), error = %why, "voice provider failed; trying the next");
+                    skipped.push((p.name().to_owned(), why));
+                }
+            }
+        }
+        if let Some(r) = unsupported {
+            return Err(r);
+        }
+        let why = skipped
+            .iter()
+            .map(|(p, e)| format!("{p}: {e}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err(Refusal::new(
+            502,
+            "voice_provider_failed",
+            format!("every voice provider failed ({why}); retry later"),
+        ))
+    }
+
+    /// Speaks with the first provider that can.
+    pub async fn synthesize(&self, speech: &Speech) -> Result<Answered<Spoken>, Refusal> {
+        self.route(speech.provider.as_deref(), |p| p.synthesize(speech))
+            .await
+    }
+
+    /// Transcribes with the first provider that can.
+    pub async fn transcribe(
+        &self,
+        audio: &[u8],
+        format: AudioFormat,
+        language: Option<&str>,
+    ) -> Result<Answered<Heard>, Refusal> {
+        self.route(None, |p| p.transcribe(audio, format, language))
+            .await
+    }
+
+    /// Every provider's voices (a provider that cannot list them is left out, with a warning).
+    pub async fn voices(&self) -> Vec<(&'static str, Vec<VoiceInfo>)> {
+        let mut out = Vec::new();
+        for p in &self.providers {
+            match p.voices().await {
+                Ok(v) => out.push((p.name(), v)),
+                Err(e) => tracing::warn!(provider = p.name(), error = %e, "voices unavailable"),
+            }
+        }
+        out
+    }
+}
+
+/// How long one engine run may take.
+const RUN_LIMIT: Duration = Duration::from_secs(120);
+/// The voice of a synthesis that names none.
+pub const DEFAULT_LOCAL_VOICE: &str = "en-us";
+
+/// The local engines: espeak-ng, sox, PocketSphinx.
+#[derive(Debug, Default)]
+pub struct Local {
+    voices: tokio::sync::OnceCell<Vec<VoiceInfo>>,
+}
+
+fn missing(program: &str, e: &std::io::Error) -> VoiceFailure {
+    VoiceFailure::Unavailable(if e.kind() == std::io::ErrorKind::NotFound {
+        format!(
+            "{program} is not installed (apt-get install espeak-ng sox libsox-fmt-mp3 pocketsphinx pocketsphinx-en-us)"
+        )
+    } else {
+        format!("{program} could not start: {e}")
+    })
+}
+
+/// Runs `program` with `args`, feeding `stdin`; its standard output, or why it failed.
+async fn run(program: &str, args: &[&std::ffi::OsStr], stdin: Option<&[u8]>) -> Result<Vec<u8>, VoiceFailure> {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(if stdin.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|e| missing(program, &e))?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input)
+            .await
+            .map_err(|e| VoiceFailure::Unavailable(format!("{program}: {e}")))?;
+        drop(pipe);
+    }
+    let out = tokio::time::timeout(RUN_LIMIT, child.wait_with_output())
+        .await
+        .map_err(|_| VoiceFailure::Unavailable(format!("{program} took longer than {RUN_LIMIT:?}")))?
+        .map_err(|e| VoiceFailure::Unavailable(format!("{program}: {e}")))?;
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        Err(VoiceFailure::Unavailable(format!(
+            "{program} failed ({}): {}",
+            out.status,
+            err.trim().chars().take(300).collect::<String>()
+        )))
+    }
+}
+
+fn scratch() -> Result<tempfile::TempDir, VoiceFailure> {
+    tempfile::Builder::new()
+        .prefix("cognomega-voice-")
+        .tempdir()
+        .map_err(|e| VoiceFailure::Unavailable(format!("no temporary directory: {e}")))
+}
+
+fn os(p: &Path) -> &std::ffi::OsStr {
+    p.as_os_str()
+}
+
+/// Parses `espeak-ng --voices`: `Pty Language Age/Gender VoiceName File Other`.
+fn parse_espeak_voices(text: &str) -> Vec<VoiceInfo> {
+    let mut out: Vec<VoiceInfo> = text
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            (cols.len() >= 5).then(|| VoiceInfo {
+                id: cols[1].to_owned(),
+                name: cols[3].replace('_', " "),
+                language: cols[1].to_owned(),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out.dedup_by(|a, b| a.id == b.id);
+    out
+}
+
+/// Parses PocketSphinx's `-time yes` output: per utterance, its hypothesis line, then one line
+/// per word (`word start end confidence`, with `<s>`, `</s>`, `<sil>` and `[NOISE]` markers).
+fn parse_sphinx(text: &str) -> Vec<Segment> {
+    let mut segments: Vec<Segment> = Vec::new();
+    let mut current: Option<Segment> = None;
+    for line in text.lines() {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let timed = cols.len() == 4
+            && cols[1].parse::<f64>().is_ok()
+            && cols[2].parse::<f64>().is_ok()
+            && cols[3].parse::<f64>().is_ok();
+        if !timed {
+            if let Some(s) = current.take().filter(|s| !s.text.is_empty()) {
+                segments.push(s);
+            }
+            continue;
+        }
+        let word = cols[0];
+        let (start, end) = (
+            cols[1].parse::<f64>().unwrap_or(0.0),
+            cols[2].parse::<f64>().unwrap_or(0.0),
+        );
+        if word.starts_with('<') || word.starts_with('[') {
+            continue;
+        }
+        // Alternate pronunciations are marked `word(2)`.
+        let word = word.split('(').next().unwrap_or(word);
+        let seg = current.get_or_insert_with(|| Segment {
+            start,
+            end,
+            text: String::new(),
+        });
+        if !seg.text.is_empty() {
+            seg.text.push(' ');
+        }
+        seg.text.push_str(word);
+        seg.end = end;
+    }
+    if let Some(s) = current.filter(|s| !s.text.is_empty()) {
+        segments.push(s);
+    }
+    segments
+}
+
+/// The length of `audio` in seconds: WAV by its header, the others by `soxi`.
+pub async fn measure(audio: &[u8], format: AudioFormat) -> Result<f64, Refusal> {
+    let invalid = |m: String| Refusal::new(400, "invalid_audio", m);
+    match format {
+        AudioFormat::Wav => wav_info(audio).map(|i| i.seconds).map_err(invalid),
+        AudioFormat::Webm => Err(Refusal::new(
+            415,
+            "unsupported_format",
+            "webm audio needs a voice provider that reads it; send wav, ogg or mp3",
+        )),
+        AudioFormat::Ogg | AudioFormat::Mp3 => {
+            let dir = scratch().map_err(|e| Refusal::unavailable(e.to_string()))?;
+            let path = dir.path().join(format!("in.{}", format.as_str()));
+            tokio::fs::write(&path, audio)
+                .await
+                .map_err(|e| Refusal::unavailable(format!("could not stage the audio: {e}")))?;
+            // `-D` prints the duration; a file sox cannot decode fails here, before any
+            // provider is called.
+            let out = run("soxi", &[std::ffi::OsStr::new("-D"), os(&path)], None)
+                .await
+                .map_err(|e| match e {
+                    VoiceFailure::Unavailable(m) if m.contains("not installed") => {
+                        Refusal::unavailable(m)
+                    }
+                    other => invalid(format!("the audio could not be decoded: {other}")),
+                })?;
+            let secs: f64 = String::from_utf8_lossy(&out)
+                .trim()
+                .parse()
+                .map_err(|_| invalid("the audio's length could not be read".into()))?;
+            // A header-only or truncated stream: decode it to be sure it holds audio.
+            let decoded = run(
+                "sox",
+                &[os(&path), "-t".as_ref(), "raw".as_ref(), "-r".as_ref(), "8000".as_ref(), "-c".as_ref(), "1".as_ref(), "-b".as_ref(), "8".as_ref(), "-".as_ref()],
+                None,
+            )
+            .await
+            .map_err(|e| invalid(format!("the audio could not be decoded: {e}")))?;
+            if decoded.is_empty() {
+                return Err(invalid("the audio holds no samples".into()));
+            }
+            Ok(secs.max(decoded.len() as f64 / 8000.0))
+        }
+    }
+}
+
+impl Local {
+    async fn voice_list(&self) -> Result<&Vec<VoiceInfo>, VoiceFailure> {
+        self.voices
+            .get_or_try_init(|| async {
+                let out = run("espeak-ng", &["--voices".as_ref()], None).await?;
+                Ok(parse_espeak_voices(&String::from_utf8_lossy(&out)))
+            })
+            .await
+    }
+
+    async fn convert(src: &Path, dst: &PathBuf, format: AudioFormat, rate: Option<u32>) -> Result<(), VoiceFailure> {
+        let rate = rate.map(|r| r.to_string());
+        let mut args: Vec<&std::ffi::OsStr> = vec![os(src), "-t".as_ref(), format.as_str().as_ref()];
+        if let Some(r) = &rate {
+            args.extend(["-r".as_ref(), r.as_ref()]);
+        }
+        args.push(os(dst));
+        run("sox", &args, None).await.map(drop)
+    }
+}
+
+#[async_trait::async_trait]
+impl VoiceProvider for Local {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    async fn voices(&self) -> Result<Vec<VoiceInfo>, VoiceFailure> {
+        self.voice_list().await.cloned()
+    }
+
+    async fn synthesize(&self, speech: &Speech) -> Result<Spoken, VoiceFailure> {
+        let voice = speech.voice.as_deref().unwrap_or(DEFAULT_LOCAL_VOICE);
+        if !self.voice_list().await?.iter().any(|v| v.id == voice) {
+            return Err(VoiceFailure::Rejected(Refusal::new(
+                400,
+                "unknown_voice",
+                format!("the local provider has no voice {voice:?}; see GET /voice/voices"),
+            )));
+        }
+        let dir = scratch()?;
+        let wav = dir.path().join("speech.wav");
+        // The text goes in on standard input: never parsed as a flag.
+        run(
+            "espeak-ng",
+            &["-v".as_ref(), voice.as_ref(), "-w".as_ref(), os(&wav), "--stdin".as_ref()],
+            Some(speech.text.as_bytes()),
+        )
+        .await?;
+        let spoken = tokio::fs::read(&wav)
+            .await
+            .map_err(|e| VoiceFailure::Unavailable(format!("espeak-ng wrote nothing: {e}")))?;
+        let info = wav_info(&spoken).map_err(VoiceFailure::Unavailable)?;
+        let audio = if speech.format == AudioFormat::Wav && speech.sample_rate.is_none() {
+            spoken
+        } else {
+            let out = dir.path().join(format!("out.{}", speech.format.as_str()));
+            Self::convert(&wav, &out, speech.format, speech.sample_rate).await?;
+            tokio::fs::read(&out)
+                .await
+                .map_err(|e| VoiceFailure::Unavailable(format!("sox wrote nothing: {e}")))?
+        };
+        Ok(Spoken {
+            audio,
+            format: speech.format,
+            seconds: info.seconds,
+            voice: voice.to_owned(),
+        })
+    }
+
+    async fn transcribe(
+        &self,
+        audio: &[u8],
+        format: AudioFormat,
+        language: Option<&str>,
+    ) -> Result<Heard, VoiceFailure> {
+        if let Some(lang) = language {
+            let l = lang.to_ascii_lowercase();
+            if l != "en" && !l.starts_with("en-") {
+                return Err(VoiceFailure::Unsupported(Refusal::new(
+                    400,
+                    "unsupported_language",
+                    format!("no configured voice provider transcribes {lang:?}; the local one knows English"),
+                )));
+            }
+        }
+        if format == AudioFormat::Webm {
+            return Err(VoiceFailure::Unavailable(
+                "the local transcriber does not read webm".into(),
+            ));
+        }
+        let dir = scratch()?;
+        let input = dir.path().join(format!("in.{}", format.as_str()));
+        tokio::fs::write(&input, audio)
+            .await
+            .map_err(|e| VoiceFailure::Unavailable(format!("could not stage the audio: {e}")))?;
+        // PocketSphinx's model wants 16 kHz, mono, 16-bit.
+        let pcm = dir.path().join("in16.wav");
+        run(
+            "sox",
+            &[
+                os(&input),
+                "-r".as_ref(),
+                "16000".as_ref(),
+                "-c".as_ref(),
+                "1".as_ref(),
+                "-b".as_ref(),
+                "16".as_ref(),
+                "-e".as_ref(),
+                "signed-integer".as_ref(),
+                os(&pcm),
+            ],
+            None,
+        )
+        .await?;
+        let out = run(
+            "pocketsphinx_continuous",
+            &[
+                "-infile".as_ref(),
+                os(&pcm),
+                "-time".as_ref(),
+                "yes".as_ref(),
+                "-logfn".as_ref(),
+                "/dev/null".as_ref(),
+            ],
+            None,
+        )
+        .await?;
+        let segments = parse_sphinx(&String::from_utf8_lossy(&out));
+        let text = segments
+            .iter()
+            .map(|s| s.text.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
+        Ok(Heard {
+            text,
+            segments,
+            language: "en-US".into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sphinx_output() {
+        let out = "we got you\n<s> 0.000 0.190 0.999500\nwe 0.200 0.360 0.58\ngot 0.370 0.680 0.01\n\
+                   to(2) 0.990 1.050 0.05\n<sil> 2.630 2.880 0.99\n</s> 4.400 4.580 1.0\n\
+                   one two\none 5.0 5.3 0.9\n[NOISE] 5.3 5.4 0.9\ntwo 5.4 5.9 0.9\n";
+        let s = parse_sphinx(out);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].text, "we got to");
+        assert!((s[0].start - 0.2).abs() < 1e-9 && (s[0].end - 1.05).abs() < 1e-9);
+        assert_eq!(s[1].text, "one two");
+    }
+
+    #[test]
+    fn espeak_voices() {
+        let out = "Pty Language       Age/Gender VoiceName          File                 Other Languages\n \
+                   2  en-gb           --/M      English_(Great_Britain) gmw/en               (en 2)\n \
+                   2  en-us           --/M      English_(America)  gmw/en-US            (en 3)\n";
+        let v = parse_espeak_voices(out);
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[1].id, "en-us");
+        assert_eq!(v[1].name, "English (America)");
+    }
+
+    #[test]
+    fn orders() {
+        let config = |order: Option<&str>, key: Option<&str>| VoiceConfig::from_vars(
+            order.map(str::to_owned),
+            |k| (k == "CARTESIA_API_KEY").then(|| key.map(str::to_owned)).flatten(),
+        );
+        let names = |c: VoiceConfig| Voices::from_config(&c).map(|v| v.names());
+        assert_eq!(names(config(None, None)), Ok(vec!["local"]));
+        assert_eq!(names(config(None, Some("k"))), Ok(vec!["cartesia", "local"]));
+        assert_eq!(names(config(Some("local,cartesia"), Some("k"))), Ok(vec!["local", "cartesia"]));
+        assert!(names(config(Some("local,nope"), None)).is_err());
+        assert!(names(config(Some("local,local"), None)).is_err());
+        assert_eq!(names(config(Some(""), None)), Ok(vec![]));
+    }
+}

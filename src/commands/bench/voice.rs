@@ -1,0 +1,182 @@
+//! `cognomega bench voice`: the local engines (espeak-ng, sox, PocketSphinx) in-process — the
+//! real-time factor of synthesis and of transcription (audio seconds per wall second) and the
+//! word error rate of the round trip (speech, then its transcription) — and the latency of
+//! `POST /voice/tts` through a `cognomega serve` child next to the engine's own time, so the
+//! difference is what the platform adds (auth, the caps, the standing check, the usage
+//! enqueue).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use bytes::Bytes;
+use cognomega_core::voice::{
+    word_error_rate, AudioFormat, Speech, VoiceFailure, ROUND_TRIP_SENTENCES,
+};
+use cognomega_providers::voice::{Local, VoiceProvider as _};
+use http::{Method, StatusCode};
+use serde::Serialize;
+
+use super::client;
+use super::server::Server;
+use super::{percentile, progress, Backend, Ctx};
+
+#[derive(Debug, clap::Args)]
+pub(super) struct VoiceArgs {
+    /// Store of the server this benchmark starts.
+    #[arg(long, value_enum, default_value_t = Backend::Sqlite)]
+    backend: Backend,
+    /// Rounds over the sentence set (engine phase) and sequential requests (API phase).
+    #[arg(long, default_value_t = 5)]
+    rounds: u32,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    backend: String,
+    sentences: usize,
+    rounds: u32,
+    tts_audio_s: f64,
+    tts_wall_s: f64,
+    tts_realtime_factor: f64,
+    stt_audio_s: f64,
+    stt_wall_s: f64,
+    stt_realtime_factor: f64,
+    word_error_rate: f64,
+    engine_tts_p50_ms: f64,
+    api_tts_p50_ms: f64,
+    api_tts_p99_ms: f64,
+    added_p50_ms: f64,
+}
+
+const GRANT: i64 = 1_000_000_000;
+
+fn engine(e: VoiceFailure) -> anyhow::Error {
+    anyhow::anyhow!("the local voice engine failed: {e}; is espeak-ng, sox and pocketsphinx installed?")
+}
+
+pub(super) async fn run(ctx: &Ctx, args: VoiceArgs) -> anyhow::Result<()> {
+    if args.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+    let local = Local::default();
+    let speech = |text: &str| Speech {
+        text: text.to_owned(),
+        voice: None,
+        format: AudioFormat::Wav,
+        sample_rate: None,
+        provider: None,
+    };
+    let n = ROUND_TRIP_SENTENCES.len() as u64 * u64::from(args.rounds);
+    let bar = progress(!args.json, n * 2, "engines");
+    let (mut tts_audio, mut tts_wall, mut stt_audio, mut stt_wall, mut errors) =
+        (0.0, 0.0, 0.0, 0.0, 0.0);
+    let mut engine_ms = Vec::new();
+    for _ in 0..args.rounds {
+        for sentence in ROUND_TRIP_SENTENCES {
+            let started = Instant::now();
+            let spoken = local.synthesize(&speech(sentence)).await.map_err(engine)?;
+            let took = started.elapsed().as_secs_f64();
+            engine_ms.push(took * 1000.0);
+            tts_wall += took;
+            tts_audio += spoken.seconds;
+            bar.inc(1);
+            let started = Instant::now();
+            let heard = local
+                .transcribe(&spoken.audio, AudioFormat::Wav, Some("en"))
+                .await
+                .map_err(engine)?;
+            stt_wall += started.elapsed().as_secs_f64();
+            stt_audio += spoken.seconds;
+            errors += word_error_rate(sentence, &heard.text);
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    engine_ms.sort_by(f64::total_cmp);
+
+    let extra = [
+        "--guest-grant".to_owned(),
+        GRANT.to_string(),
+        "--rate-limits".to_owned(),
+        "off".to_owned(),
+    ];
+    let server = Server::start_with(ctx, args.backend, None, &extra).await?;
+    let api = api_latency(&server, args.rounds).await;
+    let stopped = server.stop().await;
+    let (backend, mut api_ms) = api?;
+    stopped?;
+    api_ms.sort_by(f64::total_cmp);
+    #[allow(clippy::cast_precision_loss)]
+    let report = Report {
+        backend,
+        sentences: ROUND_TRIP_SENTENCES.len(),
+        rounds: args.rounds,
+        tts_audio_s: tts_audio,
+        tts_wall_s: tts_wall,
+        tts_realtime_factor: tts_audio / tts_wall,
+        stt_audio_s: stt_audio,
+        stt_wall_s: stt_wall,
+        stt_realtime_factor: stt_audio / stt_wall,
+        word_error_rate: errors / n as f64,
+        engine_tts_p50_ms: percentile(&engine_ms, 0.5),
+        api_tts_p50_ms: percentile(&api_ms, 0.5),
+        api_tts_p99_ms: percentile(&api_ms, 0.99),
+        added_p50_ms: percentile(&api_ms, 0.5) - percentile(&engine_ms, 0.5),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "voice, local engines ({} sentences x {} rounds)\n  \
+             synthesis      {:.1} s of audio in {:.2} s: real-time factor {:.1}x\n  \
+             transcription  {:.1} s of audio in {:.2} s: real-time factor {:.2}x\n  \
+             round trip     word error rate {:.1} %\n  \
+             POST /voice/tts ({})  p50 {:.1} ms  p99 {:.1} ms; the engine alone p50 {:.1} ms; added p50 {:.1} ms",
+            report.sentences,
+            report.rounds,
+            report.tts_audio_s,
+            report.tts_wall_s,
+            report.tts_realtime_factor,
+            report.stt_audio_s,
+            report.stt_wall_s,
+            report.stt_realtime_factor,
+            report.word_error_rate * 100.0,
+            report.backend,
+            report.api_tts_p50_ms,
+            report.api_tts_p99_ms,
+            report.engine_tts_p50_ms,
+            report.added_p50_ms,
+        );
+    }
+    Ok(())
+}
+
+async fn api_latency(server: &Server, rounds: u32) -> anyhow::Result<(String, Vec<f64>)> {
+    let mut api = server.target.connect().await?;
+    let backend = client::health(&mut api).await?;
+    let guest = client::create_guest(&mut api).await?;
+    client::wait_for_balances(&mut api, std::slice::from_ref(&guest), GRANT, Duration::from_secs(30))
+        .await
+        .context("the guest's grant did not settle")?;
+    let mut ms = Vec::new();
+    for round in 0..=rounds {
+        for sentence in ROUND_TRIP_SENTENCES {
+            let body = Bytes::from(serde_json::json!({ "text": sentence }).to_string());
+            let started = Instant::now();
+            let reply = api
+                .send(Method::POST, "/voice/tts", Some(&guest.auth), Some(body))
+                .await?;
+            if reply.status != StatusCode::OK {
+                bail!("POST /voice/tts answered {}: {}", reply.status, reply.snippet());
+            }
+            // The first round warms the engine's files and the connection.
+            if round > 0 {
+                ms.push(started.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+    }
+    Ok((backend, ms))
+}
