@@ -32,7 +32,12 @@ async fn tts(app: &TestApp, guest: &Guest, body: Value) -> anyhow::Result<reqwes
         .await?)
 }
 
-async fn stt(app: &TestApp, guest: &Guest, audio: Vec<u8>, query: &str) -> anyhow::Result<reqwest::Response> {
+async fn stt(
+    app: &TestApp,
+    guest: &Guest,
+    audio: Vec<u8>,
+    query: &str,
+) -> anyhow::Result<reqwest::Response> {
     Ok(app
         .client
         .post(app.url(&format!("/voice/stt{query}")))
@@ -62,7 +67,10 @@ async fn audio_usage(app: &TestApp, guest: &Guest) -> anyhow::Result<(i64, i64)>
         .json()
         .await?;
     let t = &body["totals"]["audio_seconds"];
-    Ok((t["events"].as_i64().unwrap_or(0), t["quantity"].as_i64().unwrap_or(0)))
+    Ok((
+        t["events"].as_i64().unwrap_or(0),
+        t["quantity"].as_i64().unwrap_or(0),
+    ))
 }
 
 /// The length of an audio file as sox reads it (an independent decoder).
@@ -70,8 +78,15 @@ fn sox_seconds(audio: &[u8], ext: &str) -> anyhow::Result<f64> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join(format!("a.{ext}"));
     std::fs::write(&path, audio)?;
-    let out = std::process::Command::new("soxi").arg("-D").arg(&path).output()?;
-    anyhow::ensure!(out.status.success(), "soxi: {}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new("soxi")
+        .arg("-D")
+        .arg(&path)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "soxi: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
 }
 
@@ -84,7 +99,11 @@ fn silence(seconds: f64) -> anyhow::Result<Vec<u8>> {
         .arg(&path)
         .args(["trim", "0", &seconds.to_string()])
         .output()?;
-    anyhow::ensure!(out.status.success(), "sox: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "sox: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(std::fs::read(&path)?)
 }
 
@@ -138,12 +157,22 @@ async fn speaks_measured_and_billed_once(backend: Backend) -> anyhow::Result<()>
         billed += claimed.ceil() as i64;
         charged += used;
     }
-    let resp = tts(&app, &guest, json!({"text": "Sampled.", "sample_rate": 8000})).await?;
+    let resp = tts(
+        &app,
+        &guest,
+        json!({"text": "Sampled.", "sample_rate": 8000}),
+    )
+    .await?;
     assert_eq!(resp.status(), StatusCode::OK);
     billed += header(&resp, "x-audio-seconds").parse::<f64>()?.ceil() as i64;
     charged += header(&resp, "x-credits-used").parse::<i64>()?;
     let audio = resp.bytes().await?.to_vec();
-    assert_eq!(cognomega_core::voice::wav_info(&audio).map_err(anyhow::Error::msg)?.sample_rate, 8000);
+    assert_eq!(
+        cognomega_core::voice::wav_info(&audio)
+            .map_err(anyhow::Error::msg)?
+            .sample_rate,
+        8000
+    );
 
     app.wait_idle(Duration::from_secs(60)).await?;
     assert_eq!(audio_usage(&app, &guest).await?, (4, billed));
@@ -176,17 +205,29 @@ async fn transcribes_what_was_spoken(backend: Backend) -> anyhow::Result<()> {
         let segments = body["segments"].as_array().cloned().unwrap_or_default();
         let mut last = 0.0;
         for s in &segments {
-            let (start, end) = (s["start"].as_f64().unwrap_or(-1.0), s["end"].as_f64().unwrap_or(-1.0));
-            assert!(start >= last && end >= start && end <= seconds + 0.1, "{segments:?}");
+            let (start, end) = (
+                s["start"].as_f64().unwrap_or(-1.0),
+                s["end"].as_f64().unwrap_or(-1.0),
+            );
+            assert!(
+                start >= last && end >= start && end <= seconds + 0.1,
+                "{segments:?}"
+            );
             last = end;
         }
-        errors += cognomega_core::voice::word_error_rate(sentence, body["text"].as_str().unwrap_or_default());
+        errors += cognomega_core::voice::word_error_rate(
+            sentence,
+            body["text"].as_str().unwrap_or_default(),
+        );
     }
     let mean = errors / SENTENCES.len() as f64;
     eprintln!("local round trip: word error rate {:.1} %", mean * 100.0);
     // Measured 2026-12-07 on this platform's CI machine kind: see the README. The bound has
     // margin; it catches a broken pipeline (wrong sample rate, garbage in), not drift.
-    assert!(mean < cognomega_core::voice::ROUND_TRIP_WER_BOUND, "word error rate {mean}");
+    assert!(
+        mean < cognomega_core::voice::ROUND_TRIP_WER_BOUND,
+        "word error rate {mean}"
+    );
 
     // A language the local transcriber lacks: no provider can answer.
     let resp = stt(&app, &guest, silence(1.0)?, "?language=fr").await?;
@@ -204,15 +245,33 @@ async fn refusals_bill_nothing(backend: Backend) -> anyhow::Result<()> {
     let guest = app.guest().await?;
     app.wait_idle(Duration::from_secs(60)).await?;
     let before = app.balance(&guest).await?;
-    let cap = cognomega_core::voice::VoicePolicy::default().guest.max_tts_chars;
+    let cap = cognomega_core::voice::VoicePolicy::default()
+        .guest
+        .max_tts_chars;
     let cases = [
         (json!({}), 400, "invalid_body"),
         (json!({"text": "  "}), 400, "empty_text"),
         (json!({"text": "x".repeat(cap + 1)}), 413, "text_too_long"),
-        (json!({"text": "hi", "format": "flac"}), 415, "unsupported_format"),
-        (json!({"text": "hi", "sample_rate": 200000}), 400, "invalid_sample_rate"),
-        (json!({"text": "hi", "voice": "no-such-voice"}), 400, "unknown_voice"),
-        (json!({"text": "hi", "provider": "cartesia"}), 400, "unknown_provider"),
+        (
+            json!({"text": "hi", "format": "flac"}),
+            415,
+            "unsupported_format",
+        ),
+        (
+            json!({"text": "hi", "sample_rate": 200000}),
+            400,
+            "invalid_sample_rate",
+        ),
+        (
+            json!({"text": "hi", "voice": "no-such-voice"}),
+            400,
+            "unknown_voice",
+        ),
+        (
+            json!({"text": "hi", "provider": "cartesia"}),
+            400,
+            "unknown_provider",
+        ),
     ];
     for (body, status, code) in cases {
         let resp = tts(&app, &guest, body.clone()).await?;
@@ -222,10 +281,21 @@ async fn refusals_bill_nothing(backend: Backend) -> anyhow::Result<()> {
     }
     let wav = silence(2.0)?;
     let truncated = wav[..wav.len() / 2].to_vec();
-    let over = silence(f64::from(cognomega_core::voice::VoicePolicy::default().guest.max_stt_seconds) + 1.0)?;
+    let over = silence(
+        f64::from(
+            cognomega_core::voice::VoicePolicy::default()
+                .guest
+                .max_stt_seconds,
+        ) + 1.0,
+    )?;
     let cases: [(Vec<u8>, &str, u16, &str); 6] = [
         (Vec::new(), "", 400, "empty_audio"),
-        (b"%PDF-1.7 not audio".to_vec(), "", 415, "unsupported_format"),
+        (
+            b"%PDF-1.7 not audio".to_vec(),
+            "",
+            415,
+            "unsupported_format",
+        ),
         (truncated, "", 400, "invalid_audio"),
         (b"OggS\0\x02garbage".to_vec(), "", 400, "invalid_audio"),
         (over, "", 413, "audio_too_long"),
@@ -237,7 +307,12 @@ async fn refusals_bill_nothing(backend: Backend) -> anyhow::Result<()> {
         let err: Value = resp.json().await?;
         assert_eq!(err["error"]["code"], code);
     }
-    let resp = app.client.post(app.url("/voice/tts")).json(&json!({"text": "hi"})).send().await?;
+    let resp = app
+        .client
+        .post(app.url("/voice/tts"))
+        .json(&json!({"text": "hi"}))
+        .send()
+        .await?;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     app.wait_idle(Duration::from_secs(60)).await?;
     assert_eq!(audio_usage(&app, &guest).await?, (0, 0));
@@ -265,19 +340,25 @@ async fn cartesia_protocol_and_fallback(backend: Backend) -> anyhow::Result<()> 
     let fake = FakeCartesia::start("ck-test").await?;
     let base = fake.base();
     let app = TestApp::spawn_custom(backend, true, None, move |api| {
-        api.voice_providers = cognomega_providers::voice::VoiceConfig::from_vars(None, |k| match k {
-            "CARTESIA_API_KEY" => Some("ck-test".into()),
-            "CARTESIA_BASE_URL" => Some(base.clone()),
-            "CARTESIA_VERSION" => Some("2025-04-16".into()),
-            _ => None,
-        });
+        api.voice_providers =
+            cognomega_providers::voice::VoiceConfig::from_vars(None, |k| match k {
+                "CARTESIA_API_KEY" => Some("ck-test".into()),
+                "CARTESIA_BASE_URL" => Some(base.clone()),
+                "CARTESIA_VERSION" => Some("2025-04-16".into()),
+                _ => None,
+            });
     })
     .await?;
     let guest = app.guest().await?;
     app.wait_idle(Duration::from_secs(60)).await?;
 
     // Cartesia first: its protocol, as Cartesia reads it.
-    let resp = tts(&app, &guest, json!({"text": "twenty chars of text", "sample_rate": 16000})).await?;
+    let resp = tts(
+        &app,
+        &guest,
+        json!({"text": "twenty chars of text", "sample_rate": 16000}),
+    )
+    .await?;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(header(&resp, "x-provider"), "cartesia");
     assert_eq!(header(&resp, "x-provider-fallback"), "");
@@ -286,13 +367,19 @@ async fn cartesia_protocol_and_fallback(backend: Backend) -> anyhow::Result<()> 
     assert!((seconds - 1.0).abs() < 0.01, "{seconds}");
     let audio = resp.bytes().await?.to_vec();
     assert!((sox_seconds(&audio, "wav")? - seconds).abs() < 0.01);
-    let call = fake.calls().pop().ok_or_else(|| anyhow::anyhow!("no call"))?;
+    let call = fake
+        .calls()
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("no call"))?;
     assert_eq!(call.path, "/tts/bytes");
     assert_eq!(call.version.as_deref(), Some("2025-04-16"));
     assert_eq!(call.authorization.as_deref(), Some("Bearer ck-test"));
     assert_eq!(call.body["transcript"], "twenty chars of text");
     assert_eq!(call.body["voice"]["mode"], "id");
-    assert_eq!(call.body["output_format"], json!({"container": "wav", "encoding": "pcm_s16le", "sample_rate": 16000}));
+    assert_eq!(
+        call.body["output_format"],
+        json!({"container": "wav", "encoding": "pcm_s16le", "sample_rate": 16000})
+    );
 
     let resp = tts(&app, &guest, json!({"text": "mp3 please", "format": "mp3"})).await?;
     assert_eq!(resp.status(), StatusCode::OK);
@@ -304,7 +391,14 @@ async fn cartesia_protocol_and_fallback(backend: Backend) -> anyhow::Result<()> 
     assert_eq!(header(&resp, "x-provider-fallback"), "cartesia");
 
     // Its voices, then the local ones.
-    let voices: Value = app.client.get(app.url("/voice/voices")).bearer_auth(&guest.token).send().await?.json().await?;
+    let voices: Value = app
+        .client
+        .get(app.url("/voice/voices"))
+        .bearer_auth(&guest.token)
+        .send()
+        .await?
+        .json()
+        .await?;
     assert_eq!(voices["providers"][0]["provider"], "cartesia");
     assert_eq!(voices["providers"][0]["voices"][0]["id"], "fake-voice-1");
     assert_eq!(voices["providers"][1]["provider"], "local");
@@ -316,7 +410,10 @@ async fn cartesia_protocol_and_fallback(backend: Backend) -> anyhow::Result<()> 
     assert_eq!(body["provider"], "cartesia");
     assert_eq!(body["text"], CARTESIA_TRANSCRIPT);
     assert!(!body["segments"].as_array().is_none_or(Vec::is_empty));
-    let call = fake.calls().pop().ok_or_else(|| anyhow::anyhow!("no call"))?;
+    let call = fake
+        .calls()
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("no call"))?;
     assert_eq!(call.path, "/stt");
     assert_eq!(call.body["model"], "ink-whisper");
     assert_eq!(call.body["language"], "en");
@@ -331,7 +428,12 @@ async fn cartesia_protocol_and_fallback(backend: Backend) -> anyhow::Result<()> 
         assert_eq!(header(&resp, "x-provider-fallback"), "cartesia");
     }
     // Naming Cartesia means no fallback: its failure is the answer.
-    let resp = tts(&app, &guest, json!({"text": "only cartesia", "provider": "cartesia"})).await?;
+    let resp = tts(
+        &app,
+        &guest,
+        json!({"text": "only cartesia", "provider": "cartesia"}),
+    )
+    .await?;
     assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
     fake.fail_with(None);
     // A request Cartesia refuses (a voice it lacks is still a 4xx of its own) is not retried

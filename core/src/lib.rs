@@ -24,6 +24,6 @@ pub mod schedule;
 pub mod settings;
 pub mod sql;
 pub mod time;
-pub mod voice;
 #[cfg(feature = "tls")]
 pub mod tls;
+pub mod voice;

@@ -39,9 +39,7 @@ pub fn classify(method: &Method, path: &str) -> Option<RouteClass> {
     match (method.as_str(), path) {
         ("POST", "/auth/guest") => Some(RouteClass::Guest),
         // Both produce billable usage; an ask is also held back by its tier's token budget.
-        ("POST", "/usage" | "/api/si/ask" | "/voice/tts" | "/voice/stt") => {
-            Some(RouteClass::Usage)
-        }
+        ("POST", "/usage" | "/api/si/ask" | "/voice/tts" | "/voice/stt") => Some(RouteClass::Usage),
         ("POST", "/jobs" | "/jobs/{id}/cancel") => Some(RouteClass::Jobs),
         ("POST", "/upload/direct") => Some(RouteClass::Upload),
         (

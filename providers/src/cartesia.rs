@@ -110,7 +110,9 @@ impl Cartesia {
             .unwrap_or_else(|| body.chars().take(200).collect());
         Err(match status {
             401 | 403 => VoiceFailure::Unavailable(format!("refused our key ({status}): {detail}")),
-            408 | 429 | 500..=599 => VoiceFailure::Unavailable(format!("answered {status}: {detail}")),
+            408 | 429 | 500..=599 => {
+                VoiceFailure::Unavailable(format!("answered {status}: {detail}"))
+            }
             _ => VoiceFailure::Rejected(Refusal::new(
                 400,
                 "provider_rejected",
@@ -186,7 +188,9 @@ impl VoiceProvider for Cartesia {
     }
 
     async fn voices(&self) -> Result<Vec<VoiceInfo>, VoiceFailure> {
-        let resp = self.send(self.request(reqwest::Method::GET, "/voices")).await?;
+        let resp = self
+            .send(self.request(reqwest::Method::GET, "/voices"))
+            .await?;
         let list: VoiceList = resp
             .json()
             .await
@@ -207,8 +211,12 @@ impl VoiceProvider for Cartesia {
     async fn synthesize(&self, speech: &Speech) -> Result<Spoken, VoiceFailure> {
         let rate = speech.sample_rate.unwrap_or(DEFAULT_RATE);
         let output_format = match speech.format {
-            AudioFormat::Wav => json!({"container": "wav", "encoding": "pcm_s16le", "sample_rate": rate}),
-            AudioFormat::Mp3 => json!({"container": "mp3", "sample_rate": rate, "bit_rate": 128_000}),
+            AudioFormat::Wav => {
+                json!({"container": "wav", "encoding": "pcm_s16le", "sample_rate": rate})
+            }
+            AudioFormat::Mp3 => {
+                json!({"container": "mp3", "sample_rate": rate, "bit_rate": 128_000})
+            }
             other => {
                 return Err(VoiceFailure::Unavailable(format!(
                     "cartesia does not answer in {}",
@@ -224,7 +232,10 @@ impl VoiceProvider for Cartesia {
             "output_format": output_format,
         });
         let resp = self
-            .send(self.request(reqwest::Method::POST, "/tts/bytes").json(&body))
+            .send(
+                self.request(reqwest::Method::POST, "/tts/bytes")
+                    .json(&body),
+            )
             .await?;
         let audio = resp
             .bytes()
@@ -232,9 +243,9 @@ impl VoiceProvider for Cartesia {
             .map_err(|e| VoiceFailure::Unavailable(format!("the audio broke off: {e}")))?
             .to_vec();
         // The length is measured here, never taken from the provider's word.
-        let seconds = measure(&audio, speech.format)
-            .await
-            .map_err(|e| VoiceFailure::Unavailable(format!("audio we cannot read: {}", e.message)))?;
+        let seconds = measure(&audio, speech.format).await.map_err(|e| {
+            VoiceFailure::Unavailable(format!("audio we cannot read: {}", e.message))
+        })?;
         Ok(Spoken {
             audio,
             format: speech.format,

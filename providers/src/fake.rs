@@ -383,13 +383,19 @@ impl FakeCartesia {
 }
 
 fn cartesia_error(status: u16, message: &str) -> Response {
-    let status = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    let status =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     (status, Json(json!({ "error": message }))).into_response()
 }
 
 /// Records the call; an error answer when the fake is failing or the call lacks the version
 /// header or the key.
-fn cartesia_gate(inner: &CartesiaInner, path: &str, headers: &http::HeaderMap, body: Value) -> Option<Response> {
+fn cartesia_gate(
+    inner: &CartesiaInner,
+    path: &str,
+    headers: &http::HeaderMap,
+    body: Value,
+) -> Option<Response> {
     let version = headers
         .get("cartesia-version")
         .and_then(|v| v.to_str().ok())
@@ -410,7 +416,11 @@ fn cartesia_gate(inner: &CartesiaInner, path: &str, headers: &http::HeaderMap, b
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
     {
-        let message = if status == 429 { "rate limit exceeded" } else { "internal error" };
+        let message = if status == 429 {
+            "rate limit exceeded"
+        } else {
+            "internal error"
+        };
         return Some(cartesia_error(status, message));
     }
     if version.is_none() {
@@ -441,7 +451,10 @@ async fn cartesia_tts(
     let format = &parsed["output_format"];
     let rate = format["sample_rate"].as_u64().unwrap_or(0);
     if ![8000, 16000, 22050, 24000, 44100, 48000].contains(&rate) {
-        return cartesia_error(400, "output_format.sample_rate must be one of 8000, 16000, 22050, 24000, 44100, 48000");
+        return cartesia_error(
+            400,
+            "output_format.sample_rate must be one of 8000, 16000, 22050, 24000, 44100, 48000",
+        );
     }
     let container = format["container"].as_str().unwrap_or_default();
     let rate = u32::try_from(rate).unwrap_or(44_100);
@@ -451,12 +464,17 @@ async fn cartesia_tts(
         Err(e) => return cartesia_error(500, &e),
     };
     match container {
-        "wav" if format["encoding"] == "pcm_s16le" => ([(http::header::CONTENT_TYPE, "audio/wav")], wav).into_response(),
+        "wav" if format["encoding"] == "pcm_s16le" => {
+            ([(http::header::CONTENT_TYPE, "audio/wav")], wav).into_response()
+        }
         "mp3" => match to_mp3(wav).await {
             Ok(mp3) => ([(http::header::CONTENT_TYPE, "audio/mpeg")], mp3).into_response(),
             Err(e) => cartesia_error(500, &e),
         },
-        _ => cartesia_error(400, "output_format: container wav (encoding pcm_s16le) or mp3"),
+        _ => cartesia_error(
+            400,
+            "output_format: container wav (encoding pcm_s16le) or mp3",
+        ),
     }
 }
 
@@ -499,7 +517,10 @@ async fn to_mp3(wav: Vec<u8>) -> Result<Vec<u8>, String> {
     Ok(out.stdout)
 }
 
-async fn cartesia_voices(State(inner): State<Arc<CartesiaInner>>, headers: http::HeaderMap) -> Response {
+async fn cartesia_voices(
+    State(inner): State<Arc<CartesiaInner>>,
+    headers: http::HeaderMap,
+) -> Response {
     if let Some(refused) = cartesia_gate(&inner, "/voices", &headers, Value::Null) {
         return refused;
     }
@@ -527,7 +548,10 @@ async fn cartesia_stt(
                 match field.bytes().await {
                     Ok(bytes) if name == "file" => file = Some(bytes.to_vec()),
                     Ok(bytes) => {
-                        fields.insert(name, Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+                        fields.insert(
+                            name,
+                            Value::String(String::from_utf8_lossy(&bytes).into_owned()),
+                        );
                     }
                     Err(_) => return cartesia_error(400, "a broken multipart body"),
                 }

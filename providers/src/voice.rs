@@ -5,7 +5,7 @@
 //! files in a private temporary directory that is removed with the request (also when the
 //! client hangs up: the child is killed on drop).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -132,7 +132,11 @@ impl Voices {
         }
     }
 
-    async fn route<'a, T, F, Fut>(&'a self, only: Option<&str>, call: F) -> Result<Answered<T>, Refusal>
+    async fn route<'a, T, F, Fut>(
+        &'a self,
+        only: Option<&str>,
+        call: F,
+    ) -> Result<Answered<T>, Refusal>
     where
         F: Fn(&'a Arc<dyn VoiceProvider>) -> Fut,
         Fut: std::future::Future<Output = Result<T, VoiceFailure>>,
@@ -214,6 +218,8 @@ impl Voices {
 
 /// How long one engine run may take.
 const RUN_LIMIT: Duration = Duration::from_secs(120);
+/// Seconds of silence put around audio before it is transcribed (and taken off the times).
+const PAD_SECS: &str = "0.5";
 /// The voice of a synthesis that names none.
 pub const DEFAULT_LOCAL_VOICE: &str = "en-us";
 
@@ -234,7 +240,11 @@ fn missing(program: &str, e: &std::io::Error) -> VoiceFailure {
 }
 
 /// Runs `program` with `args`, feeding `stdin`; its standard output, or why it failed.
-async fn run(program: &str, args: &[&std::ffi::OsStr], stdin: Option<&[u8]>) -> Result<Vec<u8>, VoiceFailure> {
+async fn run(
+    program: &str,
+    args: &[&std::ffi::OsStr],
+    stdin: Option<&[u8]>,
+) -> Result<Vec<u8>, VoiceFailure> {
     let mut cmd = Command::new(program);
     cmd.args(args)
         .stdin(if stdin.is_some() {
@@ -254,7 +264,9 @@ async fn run(program: &str, args: &[&std::ffi::OsStr], stdin: Option<&[u8]>) -> 
     }
     let out = tokio::time::timeout(RUN_LIMIT, child.wait_with_output())
         .await
-        .map_err(|_| VoiceFailure::Unavailable(format!("{program} took longer than {RUN_LIMIT:?}")))?
+        .map_err(|_| {
+            VoiceFailure::Unavailable(format!("{program} took longer than {RUN_LIMIT:?}"))
+        })?
         .map_err(|e| VoiceFailure::Unavailable(format!("{program}: {e}")))?;
     if out.status.success() {
         Ok(out.stdout)
@@ -277,6 +289,10 @@ fn scratch() -> Result<tempfile::TempDir, VoiceFailure> {
 
 fn os(p: &Path) -> &std::ffi::OsStr {
     p.as_os_str()
+}
+
+fn arg(s: &str) -> &std::ffi::OsStr {
+    std::ffi::OsStr::new(s)
 }
 
 /// Parses `espeak-ng --voices`: `Pty Language Age/Gender VoiceName File Other`.
@@ -375,7 +391,18 @@ pub async fn measure(audio: &[u8], format: AudioFormat) -> Result<f64, Refusal> 
             // A header-only or truncated stream: decode it to be sure it holds audio.
             let decoded = run(
                 "sox",
-                &[os(&path), "-t".as_ref(), "raw".as_ref(), "-r".as_ref(), "8000".as_ref(), "-c".as_ref(), "1".as_ref(), "-b".as_ref(), "8".as_ref(), "-".as_ref()],
+                &[
+                    os(&path),
+                    arg("-t"),
+                    arg("raw"),
+                    arg("-r"),
+                    arg("8000"),
+                    arg("-c"),
+                    arg("1"),
+                    arg("-b"),
+                    arg("8"),
+                    arg("-"),
+                ],
                 None,
             )
             .await
@@ -392,17 +419,22 @@ impl Local {
     async fn voice_list(&self) -> Result<&Vec<VoiceInfo>, VoiceFailure> {
         self.voices
             .get_or_try_init(|| async {
-                let out = run("espeak-ng", &["--voices".as_ref()], None).await?;
+                let out = run("espeak-ng", &[arg("--voices")], None).await?;
                 Ok(parse_espeak_voices(&String::from_utf8_lossy(&out)))
             })
             .await
     }
 
-    async fn convert(src: &Path, dst: &PathBuf, format: AudioFormat, rate: Option<u32>) -> Result<(), VoiceFailure> {
+    async fn convert(
+        src: &Path,
+        dst: &Path,
+        format: AudioFormat,
+        rate: Option<u32>,
+    ) -> Result<(), VoiceFailure> {
         let rate = rate.map(|r| r.to_string());
-        let mut args: Vec<&std::ffi::OsStr> = vec![os(src), "-t".as_ref(), format.as_str().as_ref()];
+        let mut args: Vec<&std::ffi::OsStr> = vec![os(src), arg("-t"), arg(format.as_str())];
         if let Some(r) = &rate {
-            args.extend(["-r".as_ref(), r.as_ref()]);
+            args.extend([arg("-r"), arg(r)]);
         }
         args.push(os(dst));
         run("sox", &args, None).await.map(drop)
@@ -433,7 +465,7 @@ impl VoiceProvider for Local {
         // The text goes in on standard input: never parsed as a flag.
         run(
             "espeak-ng",
-            &["-v".as_ref(), voice.as_ref(), "-w".as_ref(), os(&wav), "--stdin".as_ref()],
+            &[arg("-v"), arg(voice), arg("-w"), os(&wav), arg("--stdin")],
             Some(speech.text.as_bytes()),
         )
         .await?;
@@ -490,15 +522,19 @@ impl VoiceProvider for Local {
             "sox",
             &[
                 os(&input),
-                "-r".as_ref(),
-                "16000".as_ref(),
-                "-c".as_ref(),
-                "1".as_ref(),
-                "-b".as_ref(),
-                "16".as_ref(),
-                "-e".as_ref(),
-                "signed-integer".as_ref(),
+                arg("-r"),
+                arg("16000"),
+                arg("-c"),
+                arg("1"),
+                arg("-b"),
+                arg("16"),
+                arg("-e"),
+                arg("signed-integer"),
                 os(&pcm),
+                // Silence around the speech: the decoder misses words at a hard edge.
+                arg("pad"),
+                arg(PAD_SECS),
+                arg(PAD_SECS),
             ],
             None,
         )
@@ -506,17 +542,25 @@ impl VoiceProvider for Local {
         let out = run(
             "pocketsphinx_continuous",
             &[
-                "-infile".as_ref(),
+                arg("-infile"),
                 os(&pcm),
-                "-time".as_ref(),
-                "yes".as_ref(),
-                "-logfn".as_ref(),
-                "/dev/null".as_ref(),
+                arg("-time"),
+                arg("yes"),
+                arg("-logfn"),
+                arg("/dev/null"),
+                // Its noise estimate eats the start of clean (synthetic or studio) speech.
+                arg("-remove_noise"),
+                arg("no"),
             ],
             None,
         )
         .await?;
-        let segments = parse_sphinx(&String::from_utf8_lossy(&out));
+        let pad: f64 = PAD_SECS.parse().unwrap_or(0.0);
+        let mut segments = parse_sphinx(&String::from_utf8_lossy(&out));
+        for s in &mut segments {
+            s.start = (s.start - pad).max(0.0);
+            s.end = (s.end - pad).max(s.start);
+        }
         let text = segments
             .iter()
             .map(|s| s.text.as_str())
@@ -536,7 +580,8 @@ mod tests {
 
     #[test]
     fn sphinx_output() {
-        let out = "we got you\n<s> 0.000 0.190 0.999500\nwe 0.200 0.360 0.58\ngot 0.370 0.680 0.01\n\
+        let out =
+            "we got you\n<s> 0.000 0.190 0.999500\nwe 0.200 0.360 0.58\ngot 0.370 0.680 0.01\n\
                    to(2) 0.990 1.050 0.05\n<sil> 2.630 2.880 0.99\n</s> 4.400 4.580 1.0\n\
                    one two\none 5.0 5.3 0.9\n[NOISE] 5.3 5.4 0.9\ntwo 5.4 5.9 0.9\n";
         let s = parse_sphinx(out);
@@ -559,14 +604,23 @@ mod tests {
 
     #[test]
     fn orders() {
-        let config = |order: Option<&str>, key: Option<&str>| VoiceConfig::from_vars(
-            order.map(str::to_owned),
-            |k| (k == "CARTESIA_API_KEY").then(|| key.map(str::to_owned)).flatten(),
-        );
+        let config = |order: Option<&str>, key: Option<&str>| {
+            VoiceConfig::from_vars(order.map(str::to_owned), |k| {
+                (k == "CARTESIA_API_KEY")
+                    .then(|| key.map(str::to_owned))
+                    .flatten()
+            })
+        };
         let names = |c: VoiceConfig| Voices::from_config(&c).map(|v| v.names());
         assert_eq!(names(config(None, None)), Ok(vec!["local"]));
-        assert_eq!(names(config(None, Some("k"))), Ok(vec!["cartesia", "local"]));
-        assert_eq!(names(config(Some("local,cartesia"), Some("k"))), Ok(vec!["local", "cartesia"]));
+        assert_eq!(
+            names(config(None, Some("k"))),
+            Ok(vec!["cartesia", "local"])
+        );
+        assert_eq!(
+            names(config(Some("local,cartesia"), Some("k"))),
+            Ok(vec!["local", "cartesia"])
+        );
         assert!(names(config(Some("local,nope"), None)).is_err());
         assert!(names(config(Some("local,local"), None)).is_err());
         assert_eq!(names(config(Some(""), None)), Ok(vec![]));

@@ -177,7 +177,11 @@ pub async fn stt<H: VoiceHost>(
         ));
     }
     if seconds <= 0.0 {
-        return Err(Refusal::new(400, "empty_audio", "the audio holds no samples"));
+        return Err(Refusal::new(
+            400,
+            "empty_audio",
+            "the audio holds no samples",
+        ));
     }
     let balance = standing(host, caller.tenant, settings.floor).await?;
     let heard = host.transcribe(audio, format, language).await?;
@@ -261,9 +265,7 @@ async fn bill<H: VoiceHost>(
             request_id: Some(caller.request_id),
         })
         .await
-        .map_err(|e| {
-            Refusal::unavailable(format!("the audio could not be billed ({e}); retry"))
-        })?;
+        .map_err(|e| Refusal::unavailable(format!("the audio could not be billed ({e}); retry")))?;
     }
     Ok(charge.credits)
 }

@@ -141,8 +141,18 @@ pub(crate) async fn stt(
         tier: claims.tier,
         request_id: &request_id,
     };
-    let reply = voice::stt(&state, settings(&state), caller, &body, q.language.as_deref()).await?;
-    Ok(with_headers(Json(reply.body).into_response(), &reply.headers))
+    let reply = voice::stt(
+        &state,
+        settings(&state),
+        caller,
+        &body,
+        q.language.as_deref(),
+    )
+    .await?;
+    Ok(with_headers(
+        Json(reply.body).into_response(),
+        &reply.headers,
+    ))
 }
 
 #[utoipa::path(

@@ -54,7 +54,9 @@ struct Report {
 const GRANT: i64 = 1_000_000_000;
 
 fn engine(e: VoiceFailure) -> anyhow::Error {
-    anyhow::anyhow!("the local voice engine failed: {e}; is espeak-ng, sox and pocketsphinx installed?")
+    anyhow::anyhow!(
+        "the local voice engine failed: {e}; is espeak-ng, sox and pocketsphinx installed?"
+    )
 }
 
 pub(super) async fn run(ctx: &Ctx, args: VoiceArgs) -> anyhow::Result<()> {
@@ -158,9 +160,14 @@ async fn api_latency(server: &Server, rounds: u32) -> anyhow::Result<(String, Ve
     let mut api = server.target.connect().await?;
     let backend = client::health(&mut api).await?;
     let guest = client::create_guest(&mut api).await?;
-    client::wait_for_balances(&mut api, std::slice::from_ref(&guest), GRANT, Duration::from_secs(30))
-        .await
-        .context("the guest's grant did not settle")?;
+    client::wait_for_balances(
+        &mut api,
+        std::slice::from_ref(&guest),
+        GRANT,
+        Duration::from_secs(30),
+    )
+    .await
+    .context("the guest's grant did not settle")?;
     let mut ms = Vec::new();
     for round in 0..=rounds {
         for sentence in ROUND_TRIP_SENTENCES {
@@ -170,7 +177,11 @@ async fn api_latency(server: &Server, rounds: u32) -> anyhow::Result<(String, Ve
                 .send(Method::POST, "/voice/tts", Some(&guest.auth), Some(body))
                 .await?;
             if reply.status != StatusCode::OK {
-                bail!("POST /voice/tts answered {}: {}", reply.status, reply.snippet());
+                bail!(
+                    "POST /voice/tts answered {}: {}",
+                    reply.status,
+                    reply.snippet()
+                );
             }
             // The first round warms the engine's files and the connection.
             if round > 0 {
