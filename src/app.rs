@@ -97,6 +97,26 @@ impl Platform {
                 }
             }
         });
+        // Voice sessions whose process died (no heartbeat): settled here, once.
+        let sweep_state = state.clone();
+        let sweep_stop = shutdown.clone();
+        tokio::spawn(async move {
+            let every =
+                (sweep_state.config.voice_session_stale / 3).max(Duration::from_millis(100));
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(every) => {}
+                    () = sweep_stop.cancelled() => break,
+                }
+                match cognomega_producers::routes::settle_stale_voice_sessions(&sweep_state).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(sessions = n, "settled voice sessions whose process stopped")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "voice session sweep failed; retrying"),
+                }
+            }
+        });
         let app = cognomega_producers::router(state.clone());
         let server = tokio::spawn(crate::http_server::serve(
             listener,

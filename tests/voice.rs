@@ -15,7 +15,12 @@ both_backends!(
     transcribes_what_was_spoken,
     refusals_bill_nothing,
     an_empty_balance_is_refused_before_speaking,
-    cartesia_protocol_and_fallback
+    cartesia_protocol_and_fallback,
+    session_streams_in_order_and_settles_once,
+    session_refusals_and_caps,
+    session_disconnect_settles_once,
+    session_pauses_for_a_slow_client,
+    session_settles_after_a_sigkill
 );
 
 async fn spawn(backend: Backend) -> anyhow::Result<TestApp> {
@@ -445,4 +450,403 @@ async fn cartesia_protocol_and_fallback(backend: Backend) -> anyhow::Result<()> 
     assert_eq!(err["error"]["code"], "provider_rejected");
     assert_eq!(fake.calls().len(), before + 1);
     app.stop().await
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use futures::{SinkExt as _, StreamExt as _};
+use tokio_tungstenite::tungstenite::Message;
+
+async fn connect(base: &str, token: &str, query: &str) -> anyhow::Result<Result<Ws, u16>> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let url = format!("{}/voice/sessions{query}", base.replacen("http", "ws", 1));
+    let mut req = url.into_client_request()?;
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => Ok(Ok(ws)),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Ok(Err(resp.status().as_u16())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The next JSON frame (binary frames before it are returned too).
+async fn until_json(ws: &mut Ws) -> anyhow::Result<(Vec<Vec<u8>>, Value)> {
+    let mut audio = Vec::new();
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the session ended"))??;
+        match msg {
+            Message::Binary(b) => audio.push(b.to_vec()),
+            Message::Text(t) => return Ok((audio, serde_json::from_str(&t)?)),
+            Message::Close(frame) => anyhow::bail!("closed: {frame:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Reads until the server closes: its close code and reason.
+async fn close_of(ws: &mut Ws) -> anyhow::Result<(u16, String)> {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next()).await?;
+        match msg {
+            Some(Ok(Message::Close(Some(f)))) => return Ok((f.code.into(), f.reason.to_string())),
+            Some(Ok(Message::Close(None))) | None => anyhow::bail!("closed without a code"),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => anyhow::bail!("socket error: {e}"),
+        }
+    }
+}
+
+async fn session_streams_in_order_and_settles_once(backend: Backend) -> anyhow::Result<()> {
+    use cognomega_core::voice::session::{BYTES_PER_SECOND, FRAME_BYTES};
+    let app = spawn(backend).await?;
+    let guest = app.guest().await?;
+    app.wait_idle(Duration::from_secs(60)).await?;
+    let before = app.balance(&guest).await?;
+    let mut ws = connect(&app.base_url, &guest.token, "?voice=en-us")
+        .await?
+        .map_err(|s| anyhow::anyhow!("{s}"))?;
+    let (_, ready) = until_json(&mut ws).await?;
+    assert_eq!(ready["type"], "ready");
+    assert_eq!(ready["format"], "pcm_s16le");
+    assert_eq!(ready["sample_rate"], 16_000);
+
+    ws.send(Message::text(
+        json!({"type": "text", "text": "First sentence. Second one! And a third."}).to_string(),
+    ))
+    .await?;
+    let (frames, spoken) = until_json(&mut ws).await?;
+    assert_eq!(spoken["type"], "spoken");
+    assert!(frames.len() > 10);
+    // Every frame is 100 ms but the last of each sentence; their bytes are the seconds spoken.
+    assert!(frames
+        .iter()
+        .all(|f| f.len() <= FRAME_BYTES && f.len() % 2 == 0));
+    let bytes: usize = frames.iter().map(Vec::len).sum();
+    let seconds = spoken["seconds"].as_f64().unwrap_or(0.0);
+    assert!(
+        (bytes as f64 / BYTES_PER_SECOND as f64 - seconds).abs() < 0.01,
+        "{bytes} bytes, {seconds} s"
+    );
+    // In order: the speech of the first sentence starts the stream (what the engine makes of it alone).
+    let first = tts(
+        &app,
+        &guest,
+        json!({"text": "First sentence.", "sample_rate": 16000}),
+    )
+    .await?
+    .bytes()
+    .await?
+    .to_vec();
+    let first_pcm = cognomega_core::voice::session::pcm_of_wav(&first)
+        .map_err(anyhow::Error::msg)?
+        .to_vec();
+    let streamed: Vec<u8> = frames.concat();
+    assert!(streamed.len() > first_pcm.len());
+    assert!(
+        streamed[..first_pcm.len()] == first_pcm[..],
+        "the stream does not start with the first sentence"
+    );
+
+    // Audio in, a transcript out.
+    for chunk in first_pcm.chunks(4000) {
+        ws.send(Message::binary(chunk.to_vec())).await?;
+    }
+    ws.send(Message::text(r#"{"type":"flush"}"#)).await?;
+    let (_, transcript) = until_json(&mut ws).await?;
+    assert_eq!(transcript["type"], "transcript", "{transcript}");
+    let heard = first_pcm.len() as f64 / BYTES_PER_SECOND as f64;
+    assert!((transcript["seconds"].as_f64().unwrap_or(0.0) - heard).abs() < 0.01);
+
+    ws.send(Message::text(r#"{"type":"close"}"#)).await?;
+    let (_, closed) = until_json(&mut ws).await?;
+    assert_eq!(closed["type"], "closed");
+    let billed = (seconds + heard).ceil() as i64;
+    assert_eq!(closed["audio_seconds"], billed);
+    assert_eq!(close_of(&mut ws).await?.0, 1000);
+
+    app.wait_idle(Duration::from_secs(60)).await?;
+    // The local TTS call above was billed on its own.
+    let (events, quantity) = audio_usage(&app, &guest).await?;
+    assert_eq!(events, 2);
+    let tts_seconds = quantity - billed;
+    assert!(tts_seconds >= 1);
+    let charged = closed["credits"].as_i64().unwrap_or(0);
+    assert!(app.balance(&guest).await? <= before - charged);
+    app.stop().await
+}
+
+async fn session_refusals_and_caps(backend: Backend) -> anyhow::Result<()> {
+    use cognomega_core::voice::session::{CLOSE_CAP, CLOSE_IDLE, CLOSE_INVALID};
+    let app = TestApp::spawn_custom(backend, true, None, |api| {
+        api.voice.guest.max_sessions = 2;
+        api.voice.guest.max_session_seconds = 2;
+        api.voice.guest.session_idle_secs = 1;
+        api.voice.guest.max_tts_chars = 200;
+    })
+    .await?;
+    let guest = app.guest().await?;
+    app.wait_idle(Duration::from_secs(60)).await?;
+
+    // Not a WebSocket: 426 in the envelope.
+    let resp = app
+        .client
+        .get(app.url("/voice/sessions"))
+        .bearer_auth(&guest.token)
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 426);
+    let err: Value = resp.json().await?;
+    assert_eq!(err["error"]["code"], "websocket_required");
+    // No token: 401 before the upgrade.
+    let resp = app.client.get(app.url("/voice/sessions")).send().await?;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+
+    // Not the protocol.
+    for bad in [
+        "hello",
+        r#"{"type":"dance"}"#,
+        r#"{"type":"text","text":"  "}"#,
+    ] {
+        let mut ws = connect(&app.base_url, &guest.token, "")
+            .await?
+            .map_err(|s| anyhow::anyhow!("{s}"))?;
+        until_json(&mut ws).await?;
+        ws.send(Message::text(bad)).await?;
+        let (code, reason) = close_of(&mut ws).await?;
+        assert_eq!(code, CLOSE_INVALID, "{bad}");
+        assert!(reason.starts_with("invalid_message"), "{reason}");
+    }
+    // A text over the tier's characters.
+    let mut ws = connect(&app.base_url, &guest.token, "")
+        .await?
+        .map_err(|s| anyhow::anyhow!("{s}"))?;
+    until_json(&mut ws).await?;
+    ws.send(Message::text(
+        json!({"type": "text", "text": "x".repeat(201)}).to_string(),
+    ))
+    .await?;
+    let (code, reason) = close_of(&mut ws).await?;
+    assert_eq!(
+        (code, reason.starts_with("text_too_long")),
+        (CLOSE_CAP, true),
+        "{reason}"
+    );
+
+    // The audio cap: two seconds, then closed; billed for exactly what was sent.
+    let mut ws = connect(&app.base_url, &guest.token, "")
+        .await?
+        .map_err(|s| anyhow::anyhow!("{s}"))?;
+    until_json(&mut ws).await?;
+    let long = "This sentence is long enough to take a while to say. ".repeat(3);
+    ws.send(Message::text(
+        json!({"type": "text", "text": long}).to_string(),
+    ))
+    .await?;
+    let mut bytes = 0;
+    let (code, reason) = loop {
+        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await? {
+            Some(Ok(Message::Binary(b))) => bytes += b.len(),
+            Some(Ok(Message::Close(Some(f)))) => break (u16::from(f.code), f.reason.to_string()),
+            Some(Ok(_)) => {}
+            other => anyhow::bail!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(code, CLOSE_CAP, "{reason}");
+    assert!(reason.starts_with("session_audio_cap"), "{reason}");
+    assert_eq!(bytes, 2 * cognomega_core::voice::session::BYTES_PER_SECOND);
+
+    // Idle: closed after the tier's timeout.
+    let mut ws = connect(&app.base_url, &guest.token, "")
+        .await?
+        .map_err(|s| anyhow::anyhow!("{s}"))?;
+    until_json(&mut ws).await?;
+    let (code, reason) = close_of(&mut ws).await?;
+    assert_eq!(code, CLOSE_IDLE, "{reason}");
+
+    // Two at once, and a third is refused before the upgrade.
+    let mut a = connect(&app.base_url, &guest.token, "")
+        .await?
+        .map_err(|s| anyhow::anyhow!("{s}"))?;
+    let mut b = connect(&app.base_url, &guest.token, "")
+        .await?
+        .map_err(|s| anyhow::anyhow!("{s}"))?;
+    until_json(&mut a).await?;
+    until_json(&mut b).await?;
+    assert_eq!(
+        connect(&app.base_url, &guest.token, "").await?.err(),
+        Some(429)
+    );
+    drop((a, b));
+    app.wait_idle(Duration::from_secs(60)).await?;
+    // Only the capped session spoke: two seconds, once.
+    assert_eq!(audio_usage(&app, &guest).await?, (1, 2));
+    app.stop().await
+}
+
+async fn session_disconnect_settles_once(backend: Backend) -> anyhow::Result<()> {
+    let app = spawn(backend).await?;
+    let guest = app.guest().await?;
+    app.wait_idle(Duration::from_secs(60)).await?;
+    let mut ws = connect(&app.base_url, &guest.token, "")
+        .await?
+        .map_err(|s| anyhow::anyhow!("{s}"))?;
+    until_json(&mut ws).await?;
+    ws.send(Message::text(
+        json!({"type": "text", "text": "Hang up on me. ".repeat(20)}).to_string(),
+    ))
+    .await?;
+    // A few frames, then the client vanishes without a close.
+    for _ in 0..3 {
+        ws.next().await;
+    }
+    drop(ws);
+    cognomega_testkit::wait_for(Duration::from_secs(30), || async {
+        Ok((audio_usage(&app, &guest).await?.0 == 1).then_some(()))
+    })
+    .await?;
+    app.wait_idle(Duration::from_secs(60)).await?;
+    let (events, quantity) = audio_usage(&app, &guest).await?;
+    assert_eq!(events, 1);
+    // What was produced before the hang-up was noticed: at least the first sentence.
+    assert!(quantity >= 1);
+    app.stop().await
+}
+
+/// The session's recorded audio (ms) and whether it is closed.
+async fn session_row(app: &TestApp) -> anyhow::Result<(i64, bool)> {
+    use cognomega_core::sql::Executor as _;
+    let mut db = app.tdb.db().clone();
+    let row = db
+        .query_opt(
+            "SELECT audio_ms, closed_at IS NOT NULL FROM voice_sessions",
+            &[],
+        )
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no session"))?;
+    Ok((row.int(0)?, row.bool(1)?))
+}
+
+async fn session_pauses_for_a_slow_client(backend: Backend) -> anyhow::Result<()> {
+    let app = TestApp::spawn_custom(backend, true, None, |api| {
+        api.voice.guest.max_tts_chars = 20_000;
+        api.voice.guest.max_session_seconds = 3_600;
+    })
+    .await?;
+    let guest = app.guest().await?;
+    app.wait_idle(Duration::from_secs(60)).await?;
+    let mut ws = connect(&app.base_url, &guest.token, "")
+        .await?
+        .map_err(|s| anyhow::anyhow!("{s}"))?;
+    until_json(&mut ws).await?;
+    // Three hundred sentences, about fifteen minutes of speech (some 30 MB of PCM); the client
+    // reads nothing for a while.
+    let text = "The slow client reads nothing at all for now. ".repeat(300);
+    ws.send(Message::text(
+        json!({"type": "text", "text": text}).to_string(),
+    ))
+    .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (paused_at, _) = session_row(&app).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (still, _) = session_row(&app).await?;
+    // Stopped: the socket's buffers are full and the session waits for the reader, having
+    // produced a fraction of the text (what the buffers hold, the kernel's included).
+    assert_eq!(
+        paused_at, still,
+        "the server kept producing for a client that does not read"
+    );
+    assert!(
+        paused_at < 300_000,
+        "{paused_at} ms produced ahead of the reader"
+    );
+    // Reading resumes it.
+    for _ in 0..2_000 {
+        ws.next().await;
+    }
+    cognomega_testkit::wait_for(Duration::from_secs(30), || async {
+        Ok((session_row(&app).await?.0 > paused_at).then_some(()))
+    })
+    .await?;
+    // Hanging up bills exactly what was recorded, once.
+    drop(ws);
+    cognomega_testkit::wait_for(Duration::from_secs(30), || async {
+        Ok(session_row(&app).await?.1.then_some(()))
+    })
+    .await?;
+    app.wait_idle(Duration::from_secs(60)).await?;
+    let (recorded, _) = session_row(&app).await?;
+    assert_eq!(
+        audio_usage(&app, &guest).await?,
+        (1, (recorded + 999) / 1000)
+    );
+    app.stop().await
+}
+
+async fn session_settles_after_a_sigkill(backend: Backend) -> anyhow::Result<()> {
+    const BIN: &str = env!("CARGO_BIN_EXE_cognomega");
+    cognomega_core::tls::install();
+    let tdb = cognomega_testkit::TestDb::new(backend).await?;
+    let config = tdb.data_dir().join("voice.toml");
+    std::fs::write(&config, "[voice]\nsession_stale_secs = 2\n")?;
+    let serve = || {
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.args(["--log", "warn", "--data-dir"])
+            .arg(tdb.data_dir())
+            .args(["--database-url", tdb.url().expose(), "--config"])
+            .arg(&config)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-key",
+                "voice-admin",
+            ]);
+        cmd
+    };
+    let (mut child, url) = cognomega_testkit::spawn_serve(serve()).await?;
+    let client = reqwest::Client::new();
+    let guest: Value = client
+        .post(format!("{url}/auth/guest"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let token = guest["token"].as_str().unwrap_or_default().to_owned();
+    let mut ws = connect(&url, &token, "")
+        .await?
+        .map_err(|s| anyhow::anyhow!("{s}"))?;
+    until_json(&mut ws).await?;
+    ws.send(Message::text(
+        json!({"type": "text", "text": "Killed mid sentence. ".repeat(10)}).to_string(),
+    ))
+    .await?;
+    for _ in 0..5 {
+        ws.next().await;
+    }
+    child.kill().await?;
+    drop(ws);
+    // A new process finds the session's heart stopped and settles it, once.
+    let (_child, url) = cognomega_testkit::spawn_serve(serve()).await?;
+    let usage = || async {
+        let body: Value = client
+            .get(format!("{url}/usage"))
+            .bearer_auth(&token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok::<_, anyhow::Error>(body["totals"]["audio_seconds"].clone())
+    };
+    cognomega_testkit::wait_for(Duration::from_secs(60), || async {
+        Ok((usage().await?["events"] == 1).then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let totals = usage().await?;
+    assert_eq!(totals["events"], 1);
+    assert!(totals["quantity"].as_i64().unwrap_or(0) >= 1);
+    Ok(())
 }

@@ -63,6 +63,7 @@ pub const VARS: &[&str] = &[
 ///
 /// [voice]
 /// order = ["local"]               # COGNOMEGA_VOICE_PROVIDER_ORDER wins
+/// session_stale_secs = 60         # a dead process's sessions are settled after this
 /// [voice.policy.guest]            # per-tier caps (guest, member, pro); all five keys
 /// max_tts_chars = 1000
 /// max_stt_seconds = 60
@@ -100,6 +101,9 @@ pub struct VoiceFileConfig {
     /// Per-tier caps (a tier left out keeps its defaults).
     #[serde(default)]
     pub policy: crate::voice::VoicePolicy,
+    /// A realtime session whose process stopped beating its heart for this long is settled by
+    /// another (default 60).
+    pub session_stale_secs: Option<u64>,
 }
 
 /// The `[ai]` table (keys never live here: they come from the environment).

@@ -485,6 +485,167 @@ pub fn voice_charge(
     })
 }
 
+/// Realtime sessions (`GET /voice/sessions`): the protocol and the statements both hosts run.
+///
+/// The client sends JSON text frames — `{"type":"text","text"}` (speak it),
+/// `{"type":"flush"}` (transcribe the audio sent so far), `{"type":"close"}` — and binary frames
+/// of audio to transcribe (PCM, 16-bit little-endian, mono, [`SAMPLE_RATE`] Hz). The server
+/// answers `{"type":"ready",…}` once, then binary frames of speech (the same PCM format, 100 ms
+/// each), `{"type":"spoken","seconds","audio_seconds"}` after each text,
+/// `{"type":"transcript","text","segments","seconds"}` after each flush, `{"type":"error",
+/// "code","message"}` when a provider failed (the session goes on), and
+/// `{"type":"closed","audio_seconds","credits"}` before it closes. A message that is not the
+/// protocol, a cap reached or a session left idle closes the socket with one of the codes
+/// below and a reason naming it.
+pub mod session {
+    use serde::Deserialize;
+
+    /// The PCM sample rate both ways.
+    pub const SAMPLE_RATE: u32 = 16_000;
+    /// Bytes of PCM per second.
+    pub const BYTES_PER_SECOND: usize = SAMPLE_RATE as usize * 2;
+    /// Bytes of one speech frame the server sends (100 ms).
+    pub const FRAME_BYTES: usize = BYTES_PER_SECOND / 10;
+    /// The largest client message (text or audio).
+    pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+    /// Closed normally (the client's `close`).
+    pub const CLOSE_NORMAL: u16 = 1000;
+    /// A message that is not the protocol.
+    pub const CLOSE_INVALID: u16 = 4400;
+    /// The balance reached the floor.
+    pub const CLOSE_NO_CREDITS: u16 = 4402;
+    /// No message for the tier's idle timeout.
+    pub const CLOSE_IDLE: u16 = 4408;
+    /// The tier's seconds per session, or characters per text, reached.
+    pub const CLOSE_CAP: u16 = 4413;
+    /// The session was settled elsewhere (its heartbeat was lost).
+    pub const CLOSE_LOST: u16 = 4500;
+
+    /// Opens a session: `id, tenant_id, now`.
+    pub const OPEN: &str = "INSERT INTO voice_sessions (id, tenant_id, opened_at, heartbeat_at) VALUES ($1, $2, $3, $3)";
+    /// The tenant's live sessions (open, heartbeat after `$2`).
+    pub const COUNT_OPEN: &str = "SELECT COUNT(*) FROM voice_sessions WHERE tenant_id = $1 AND closed_at IS NULL AND heartbeat_at >= $2";
+    /// Adds `$2` ms of audio and beats the heart at `$3`; no row when the session was settled.
+    pub const RECORD: &str = "UPDATE voice_sessions SET audio_ms = audio_ms + $2, heartbeat_at = $3 WHERE id = $1 AND closed_at IS NULL";
+    /// Closes a session once: its tenant and audio, or no row when it was closed already.
+    pub const CLOSE: &str = "UPDATE voice_sessions SET closed_at = $2 WHERE id = $1 AND closed_at IS NULL RETURNING tenant_id, audio_ms";
+    /// Open sessions whose heart stopped before `$1`.
+    pub const STALE: &str = "SELECT id FROM voice_sessions WHERE closed_at IS NULL AND heartbeat_at < $1 ORDER BY heartbeat_at LIMIT 100";
+
+    /// A client's text frame.
+    #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+    #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+    pub enum ClientMessage {
+        /// Speak this.
+        Text {
+            /// What to say.
+            text: String,
+        },
+        /// Transcribe the audio sent since the last flush.
+        Flush,
+        /// Settle and close.
+        Close,
+    }
+
+    /// Parses a text frame; the reason when it is not the protocol.
+    pub fn parse(frame: &str) -> Result<ClientMessage, String> {
+        serde_json::from_str(frame).map_err(|e| {
+            format!("not a session message ({e}); send {{\"type\":\"text\",\"text\":…}}, {{\"type\":\"flush\"}} or {{\"type\":\"close\"}}")
+        })
+    }
+
+    /// Splits text into sentences, so the first is spoken (and sent) while the rest wait.
+    #[must_use]
+    pub fn sentences(text: &str) -> Vec<&str> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        for (i, c) in text.char_indices() {
+            if matches!(c, '.' | '!' | '?' | ';' | '\n') {
+                let end = i + c.len_utf8();
+                let s = text[start..end].trim();
+                if s.chars().any(char::is_alphanumeric) {
+                    out.push(s);
+                }
+                start = end;
+            }
+        }
+        let rest = text[start..].trim();
+        if rest.chars().any(char::is_alphanumeric) {
+            out.push(rest);
+        }
+        out
+    }
+
+    /// The PCM samples of a WAV file (its `data` chunk), or why not.
+    pub fn pcm_of_wav(wav: &[u8]) -> Result<&[u8], String> {
+        let info = super::wav_info(wav)?;
+        if info.sample_rate != SAMPLE_RATE || info.channels != 1 {
+            return Err(format!(
+                "the audio is {} Hz with {} channels, not {SAMPLE_RATE} Hz mono",
+                info.sample_rate, info.channels
+            ));
+        }
+        let start = wav
+            .windows(4)
+            .position(|w| w == b"data")
+            .map(|p| p + 8)
+            .ok_or("no data chunk")?;
+        let len = (info.seconds * BYTES_PER_SECOND as f64).round() as usize;
+        Ok(&wav[start..(start + len).min(wav.len())])
+    }
+
+    /// A WAV file of 16-bit mono PCM at [`SAMPLE_RATE`] (what the client streamed).
+    #[must_use]
+    pub fn wav_of_pcm(pcm: &[u8]) -> Vec<u8> {
+        let data = &pcm[..pcm.len() & !1];
+        let mut out = Vec::with_capacity(44 + data.len());
+        let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(b"RIFF");
+        out.extend_from_slice(&(36 + len).to_le_bytes());
+        out.extend_from_slice(b"WAVEfmt ");
+        out.extend_from_slice(&16u32.to_le_bytes());
+        out.extend_from_slice(&1u16.to_le_bytes());
+        out.extend_from_slice(&1u16.to_le_bytes());
+        out.extend_from_slice(&SAMPLE_RATE.to_le_bytes());
+        out.extend_from_slice(&(SAMPLE_RATE * 2).to_le_bytes());
+        out.extend_from_slice(&2u16.to_le_bytes());
+        out.extend_from_slice(&16u16.to_le_bytes());
+        out.extend_from_slice(b"data");
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(data);
+        out
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn messages_and_sentences() {
+            assert_eq!(
+                parse(r#"{"type":"text","text":"hi"}"#),
+                Ok(ClientMessage::Text { text: "hi".into() })
+            );
+            assert_eq!(parse(r#"{"type":"flush"}"#), Ok(ClientMessage::Flush));
+            assert!(parse(r#"{"type":"dance"}"#).is_err());
+            assert!(parse(r#"{"type":"text"}"#).is_err());
+            assert!(parse("hello").is_err());
+            assert_eq!(sentences("One. Two! three"), ["One.", "Two!", "three"]);
+            assert_eq!(sentences(" ... "), Vec::<&str>::new());
+        }
+
+        #[test]
+        fn pcm_round_trip() {
+            let pcm: Vec<u8> = (0..32_000u32).map(|i| (i % 251) as u8).collect();
+            let wav = wav_of_pcm(&pcm);
+            let info = super::super::wav_info(&wav).expect("wav");
+            assert!((info.seconds - 1.0).abs() < 1e-9);
+            assert_eq!(pcm_of_wav(&wav).expect("pcm"), &pcm[..]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

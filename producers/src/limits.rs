@@ -50,7 +50,8 @@ pub fn classify(method: &Method, path: &str) -> Option<RouteClass> {
             | "/jobs/{id}"
             | "/jobs/{id}/artifacts/{name}"
             | "/uploads/{*key}"
-            | "/voice/voices",
+            | "/voice/voices"
+            | "/voice/sessions",
         ) => Some(RouteClass::Read),
         _ => None,
     }

@@ -79,6 +79,8 @@ pub struct ApiConfig {
     pub voice_providers: cognomega_providers::voice::VoiceConfig,
     /// Per-tier voice caps.
     pub voice: cognomega_core::voice::VoicePolicy,
+    /// A voice session whose heart stopped for this long is settled by the sweep.
+    pub voice_session_stale: Duration,
 }
 
 pub use cognomega_core::settings::UploadConfig;
@@ -102,6 +104,7 @@ impl ApiConfig {
             cost_guards: CostGuards::default(),
             voice_providers: cognomega_providers::voice::VoiceConfig::default(),
             voice: cognomega_core::voice::VoicePolicy::default(),
+            voice_session_stale: Duration::from_secs(60),
         }
     }
 }

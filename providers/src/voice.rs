@@ -432,7 +432,9 @@ impl Local {
         rate: Option<u32>,
     ) -> Result<(), VoiceFailure> {
         let rate = rate.map(|r| r.to_string());
-        let mut args: Vec<&std::ffi::OsStr> = vec![os(src), arg("-t"), arg(format.as_str())];
+        // No dither: the same speech converts to the same bytes.
+        let mut args: Vec<&std::ffi::OsStr> =
+            vec![arg("-D"), os(src), arg("-t"), arg(format.as_str())];
         if let Some(r) = &rate {
             args.extend([arg("-r"), arg(r)]);
         }
@@ -521,6 +523,7 @@ impl VoiceProvider for Local {
         run(
             "sox",
             &[
+                arg("-D"),
                 os(&input),
                 arg("-r"),
                 arg("16000"),

@@ -243,6 +243,9 @@ impl ApiArgs {
             rate_limits,
             cost_guards: file.cost_guards(),
             voice: file.file.voice.policy,
+            voice_session_stale: Duration::from_secs(
+                file.file.voice.session_stale_secs.unwrap_or(60).max(1),
+            ),
             voice_providers,
         })
     }

@@ -42,6 +42,7 @@ migrations!(
     "0012_ask_replays.sql",
     "0013_outbox.sql",
     "0014_job_lease.sql",
+    "0015_voice_sessions.sql",
 );
 
 /// Embedded files as a migration source, read as sqlx reads a folder: `<VERSION>_<DESCRIPTION>.sql`,

@@ -12,7 +12,7 @@ use cognomega_core::api::Refusal;
 use cognomega_core::auth::Tier;
 use cognomega_core::billing::PriceTable;
 use cognomega_core::queue::MaybeSendSync;
-use cognomega_core::sql::{Executor, Outbound};
+use cognomega_core::sql::{Executor, Outbound, SqlError, Transaction};
 use cognomega_core::voice::{
     parse_tts, voice_charge, Answered, AudioFormat, Heard, Speech, Spoken, VoicePolicy,
     STT_BODY_LIMIT,
@@ -24,6 +24,12 @@ use cognomega_core::voice::{
 pub trait VoiceHost: MaybeSendSync {
     /// Reads that may lag a little (the standing check).
     fn reader(&self) -> Box<dyn Executor + '_>;
+
+    /// Single statements, each committed on its own (a session's row).
+    fn db(&self) -> Box<dyn Executor + '_>;
+
+    /// A transaction whose statements and messages commit together (a session's settlement).
+    async fn begin(&self) -> Result<Box<dyn Transaction + '_>, SqlError>;
 
     /// The tenant's cached balance (the ledger's settled balance when nothing is cached).
     async fn balance(&self, tenant: &str) -> Result<i64, String>;
@@ -45,6 +51,9 @@ pub trait VoiceHost: MaybeSendSync {
         language: Option<&str>,
     ) -> Result<Answered<Heard>, Refusal>;
 
+    /// Logs what the client is not told.
+    fn warn(&self, message: &str);
+
     /// Now, epoch milliseconds.
     fn now_ms(&self) -> i64;
 
@@ -61,6 +70,8 @@ pub struct VoiceSettings<'a> {
     pub prices: &'a PriceTable,
     /// The balance at or below which billable work is refused.
     pub floor: i64,
+    /// A session whose heart has not beaten for this long is settled by the sweep.
+    pub session_stale_ms: i64,
 }
 
 /// The caller.
@@ -268,4 +279,450 @@ async fn bill<H: VoiceHost>(
         .map_err(|e| Refusal::unavailable(format!("the audio could not be billed ({e}); retry")))?;
     }
     Ok(charge.credits)
+}
+
+/// How a session's socket is read and written: natively an axum WebSocket, on the edge a
+/// Durable Object's.
+#[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
+pub trait SessionSocket: cognomega_core::sql::MaybeSend {
+    /// The next message, [`Recv::Idle`] when none came within `wait`.
+    async fn recv(&mut self, wait: std::time::Duration) -> Recv;
+    /// Sends a text frame; `false` when the client is gone. Waits while the client is slow.
+    async fn send_text(&mut self, text: String) -> bool;
+    /// Sends a binary frame; `false` when the client is gone. Waits while the client is slow.
+    async fn send_binary(&mut self, bytes: Vec<u8>) -> bool;
+    /// Closes with a code and a reason.
+    async fn close(&mut self, code: u16, reason: &str);
+}
+
+/// What [`SessionSocket::recv`] got.
+#[derive(Debug)]
+pub enum Recv {
+    /// A text frame.
+    Text(String),
+    /// A binary frame.
+    Binary(Vec<u8>),
+    /// Nothing within the wait.
+    Idle,
+    /// The client closed or the connection broke.
+    Closed,
+    /// A frame over the size limit.
+    TooLarge,
+}
+
+/// An admitted session, before its socket opens.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    /// Its id (the billing id of its usage: `voice:session:{id}:audio_seconds`).
+    pub id: String,
+    /// The caller's tenant.
+    pub tenant: String,
+    /// The caller's tier's caps.
+    pub caps: cognomega_core::voice::VoiceCaps,
+    /// The voice asked for.
+    pub voice: Option<String>,
+    /// The request id.
+    pub request_id: String,
+}
+
+/// Admits a session before the upgrade: 402 at the floor, 429 `too_many_sessions` when the
+/// tenant holds its tier's sessions already; then records it.
+pub async fn open_session<H: VoiceHost>(
+    host: &H,
+    settings: VoiceSettings<'_>,
+    caller: Caller<'_>,
+    voice: Option<String>,
+) -> Result<Opened, Refusal> {
+    use cognomega_core::voice::session;
+    if let Some(v) = &voice {
+        let ok = !v.is_empty()
+            && v.len() <= 128
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_+./:".contains(&b));
+        if !ok {
+            return Err(Refusal::new(
+                400,
+                "invalid_voice",
+                "`voice` must be a voice id from GET /voice/voices",
+            ));
+        }
+    }
+    let caps = *settings.policy.tier(caller.tier);
+    standing(host, caller.tenant, settings.floor).await?;
+    let now = host.now_ms();
+    let live = host
+        .db()
+        .query_opt(
+            session::COUNT_OPEN,
+            &[
+                caller.tenant.into(),
+                (now - settings.session_stale_ms).into(),
+            ],
+        )
+        .await
+        .map_err(Refusal::internal)?
+        .map(|r| r.int(0))
+        .transpose()
+        .map_err(Refusal::internal)?
+        .unwrap_or(0);
+    if live >= i64::from(caps.max_sessions) {
+        return Err(Refusal::new(
+            429,
+            "too_many_sessions",
+            format!("this tenant has {live} voice sessions open; this tier allows {} at once: close one first", caps.max_sessions),
+        )
+        .retry_after(5));
+    }
+    let id = host.fresh_id();
+    host.db()
+        .execute(
+            session::OPEN,
+            &[id.as_str().into(), caller.tenant.into(), now.into()],
+        )
+        .await
+        .map_err(Refusal::internal)?;
+    Ok(Opened {
+        id,
+        tenant: caller.tenant.to_owned(),
+        caps,
+        voice,
+        request_id: caller.request_id.to_owned(),
+    })
+}
+
+/// A session's settlement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    /// Seconds billed.
+    pub seconds: u64,
+    /// Credits charged.
+    pub credits: i64,
+}
+
+/// Closes session `id` and bills its audio, once: the close and the usage message commit in
+/// one transaction, and only the first close finds the row open. `None` when it was settled
+/// already.
+pub async fn settle_session<H: VoiceHost>(
+    host: &H,
+    prices: &PriceTable,
+    id: &str,
+) -> Result<Option<Settled>, String> {
+    use cognomega_core::voice::session;
+    let mut tx = host.begin().await.map_err(|e| e.to_string())?;
+    let now = host.now_ms();
+    let row = tx
+        .query_opt(session::CLOSE, &[id.into(), now.into()])
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(row) = row else {
+        tx.rollback().await.map_err(|e| e.to_string())?;
+        return Ok(None);
+    };
+    let tenant = row.text(0).map_err(|e| e.to_string())?;
+    let audio_ms = row.int(1).map_err(|e| e.to_string())?;
+    let at = chrono::DateTime::from_timestamp_millis(now).unwrap_or_default();
+    let charge = voice_charge(
+        &tenant,
+        &format!("session:{id}"),
+        audio_ms as f64 / 1000.0,
+        prices,
+        at,
+    )?;
+    if let Some(msg) = &charge.message {
+        let body = serde_json::to_string(msg).map_err(|e| e.to_string())?;
+        tx.send(Outbound {
+            queue: cognomega_core::queue::catalog::usage::QUEUE,
+            body,
+            request_id: None,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    }
+    tx.commit().await.map_err(|e| e.to_string())?;
+    Ok(Some(Settled {
+        seconds: charge.seconds,
+        credits: charge.credits,
+    }))
+}
+
+/// Settles every session whose heart stopped (its process died): returns how many.
+pub async fn settle_stale<H: VoiceHost>(
+    host: &H,
+    settings: VoiceSettings<'_>,
+) -> Result<usize, String> {
+    let cutoff = host.now_ms() - settings.session_stale_ms;
+    let rows = host
+        .db()
+        .query(cognomega_core::voice::session::STALE, &[cutoff.into()])
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut settled = 0;
+    for r in rows {
+        let id = r.text(0).map_err(|e| e.to_string())?;
+        if settle_session(host, settings.prices, &id).await?.is_some() {
+            settled += 1;
+        }
+    }
+    Ok(settled)
+}
+
+/// How a session ended.
+enum End {
+    /// Close with this code and reason (after settling).
+    Close(u16, String),
+    /// The client is gone: settle only.
+    Gone,
+}
+
+/// Runs an admitted session to its end and settles it (also when the client vanished).
+pub async fn run_session<H: VoiceHost, S: SessionSocket>(
+    host: &H,
+    settings: VoiceSettings<'_>,
+    opened: Opened,
+    socket: &mut S,
+) {
+    let end = converse(host, &settings, &opened, socket).await;
+    let settled = match settle_session(host, settings.prices, &opened.id).await {
+        Ok(s) => s,
+        Err(e) => {
+            // The row stays open; the sweep settles it once its heart is found stopped.
+            host.warn(&format!(
+                "voice session {}: could not settle ({e}); the sweep will",
+                opened.id
+            ));
+            None
+        }
+    };
+    if let End::Close(code, reason) = end {
+        if let Some(s) = settled {
+            let closed = serde_json::json!({"type": "closed", "audio_seconds": s.seconds, "credits": s.credits});
+            let _ = socket.send_text(closed.to_string()).await;
+        }
+        socket.close(code, &reason).await;
+    }
+}
+
+/// The session's conversation, until it ends.
+async fn converse<H: VoiceHost, S: SessionSocket>(
+    host: &H,
+    settings: &VoiceSettings<'_>,
+    opened: &Opened,
+    socket: &mut S,
+) -> End {
+    use cognomega_core::voice::session::{self as proto, ClientMessage};
+    let caps = opened.caps;
+    let cap_ms = i64::from(caps.max_session_seconds) * 1000;
+    let idle_ms = i64::from(caps.session_idle_secs) * 1000;
+    // The heart beats at least three times per stale period.
+    let beat_ms = (settings.session_stale_ms / 3).max(100);
+    let ready = serde_json::json!({
+        "type": "ready",
+        "session_id": opened.id,
+        "format": "pcm_s16le",
+        "sample_rate": proto::SAMPLE_RATE,
+        "max_seconds": caps.max_session_seconds,
+        "idle_timeout_s": caps.session_idle_secs,
+    });
+    if !socket.send_text(ready.to_string()).await {
+        return End::Gone;
+    }
+    let mut used_ms: i64 = 0;
+    let mut heard: Vec<u8> = Vec::new();
+    let mut last_activity = host.now_ms();
+    loop {
+        let left = idle_ms - (host.now_ms() - last_activity);
+        if left <= 0 {
+            return End::Close(
+                proto::CLOSE_IDLE,
+                format!("idle_timeout: no message for {} s", caps.session_idle_secs),
+            );
+        }
+        let wait =
+            std::time::Duration::from_millis(u64::try_from(left.min(beat_ms)).unwrap_or(100));
+        let message = socket.recv(wait).await;
+        let text = match message {
+            Recv::Closed => return End::Gone,
+            Recv::TooLarge => {
+                return End::Close(
+                    proto::CLOSE_INVALID,
+                    format!(
+                        "invalid_message: a frame is larger than {} bytes",
+                        proto::MAX_MESSAGE_BYTES
+                    ),
+                )
+            }
+            Recv::Idle => {
+                if !record(host, &opened.id, 0).await {
+                    return End::Close(proto::CLOSE_LOST, "session_lost: settled elsewhere".into());
+                }
+                continue;
+            }
+            Recv::Binary(bytes) => {
+                last_activity = host.now_ms();
+                let pending_ms =
+                    ((heard.len() + bytes.len()) * 1000 / proto::BYTES_PER_SECOND) as i64;
+                if used_ms + pending_ms > cap_ms {
+                    return End::Close(
+                        proto::CLOSE_CAP,
+                        format!(
+                            "session_audio_cap: this tier allows {} s of audio per session",
+                            caps.max_session_seconds
+                        ),
+                    );
+                }
+                heard.extend_from_slice(&bytes);
+                continue;
+            }
+            Recv::Text(t) => t,
+        };
+        last_activity = host.now_ms();
+        let message = match proto::parse(&text) {
+            Ok(m) => m,
+            Err(reason) => {
+                return End::Close(proto::CLOSE_INVALID, format!("invalid_message: {reason}"))
+            }
+        };
+        match message {
+            ClientMessage::Close => {
+                return End::Close(proto::CLOSE_NORMAL, "closed by the client".into())
+            }
+            ClientMessage::Text { text } => {
+                let chars = text.chars().count();
+                if text.trim().is_empty() {
+                    return End::Close(proto::CLOSE_INVALID, "invalid_message: empty text".into());
+                }
+                if chars > caps.max_tts_chars {
+                    return End::Close(
+                        proto::CLOSE_CAP,
+                        format!(
+                            "text_too_long: {chars} characters; this tier allows {} per text",
+                            caps.max_tts_chars
+                        ),
+                    );
+                }
+                if let Err(e) = standing(host, &opened.tenant, settings.floor).await {
+                    return End::Close(
+                        proto::CLOSE_NO_CREDITS,
+                        format!("{}: {}", e.code, e.message),
+                    );
+                }
+                let mut spoken_ms = 0;
+                for sentence in proto::sentences(&text) {
+                    if used_ms >= cap_ms {
+                        return End::Close(
+                            proto::CLOSE_CAP,
+                            format!(
+                                "session_audio_cap: this tier allows {} s of audio per session",
+                                caps.max_session_seconds
+                            ),
+                        );
+                    }
+                    let speech = Speech {
+                        text: sentence.to_owned(),
+                        voice: opened.voice.clone(),
+                        format: AudioFormat::Wav,
+                        sample_rate: Some(proto::SAMPLE_RATE),
+                        provider: None,
+                    };
+                    let spoken = match host.synthesize(&speech).await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let error = serde_json::json!({"type": "error", "code": e.code, "message": e.message});
+                            if !socket.send_text(error.to_string()).await {
+                                return End::Gone;
+                            }
+                            if e.status < 500 {
+                                // The request's own fault (an unknown voice): it will not get better.
+                                return End::Close(
+                                    proto::CLOSE_INVALID,
+                                    format!("{}: {}", e.code, e.message),
+                                );
+                            }
+                            break;
+                        }
+                    };
+                    let pcm = match proto::pcm_of_wav(&spoken.value.audio) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            host.warn(&format!("voice session {}: {e}", opened.id));
+                            break;
+                        }
+                    };
+                    // Only what the cap allows is sent (and billed).
+                    let allowed =
+                        usize::try_from((cap_ms - used_ms) * proto::BYTES_PER_SECOND as i64 / 1000)
+                            .unwrap_or(0);
+                    let pcm = &pcm[..pcm.len().min(allowed) & !1];
+                    let ms = (pcm.len() * 1000 / proto::BYTES_PER_SECOND) as i64;
+                    // Recorded before it is sent: audio that left is never unbilled.
+                    if !record(host, &opened.id, ms).await {
+                        return End::Close(
+                            proto::CLOSE_LOST,
+                            "session_lost: settled elsewhere".into(),
+                        );
+                    }
+                    used_ms += ms;
+                    spoken_ms += ms;
+                    for frame in pcm.chunks(proto::FRAME_BYTES) {
+                        if !socket.send_binary(frame.to_vec()).await {
+                            return End::Gone;
+                        }
+                    }
+                }
+                let done = serde_json::json!({"type": "spoken", "seconds": spoken_ms as f64 / 1000.0, "audio_seconds": used_ms as f64 / 1000.0});
+                if !socket.send_text(done.to_string()).await {
+                    return End::Gone;
+                }
+            }
+            ClientMessage::Flush => {
+                let audio = std::mem::take(&mut heard);
+                let ms = (audio.len() * 1000 / proto::BYTES_PER_SECOND) as i64;
+                let reply = if ms == 0 {
+                    serde_json::json!({"type": "transcript", "text": "", "segments": [], "seconds": 0.0})
+                } else {
+                    let wav = proto::wav_of_pcm(&audio);
+                    match host.transcribe(&wav, AudioFormat::Wav, None).await {
+                        Ok(h) => {
+                            if !record(host, &opened.id, ms).await {
+                                return End::Close(
+                                    proto::CLOSE_LOST,
+                                    "session_lost: settled elsewhere".into(),
+                                );
+                            }
+                            used_ms += ms;
+                            serde_json::json!({"type": "transcript", "text": h.value.text, "segments": h.value.segments, "seconds": ms as f64 / 1000.0})
+                        }
+                        Err(e) => {
+                            serde_json::json!({"type": "error", "code": e.code, "message": e.message})
+                        }
+                    }
+                };
+                if !socket.send_text(reply.to_string()).await {
+                    return End::Gone;
+                }
+            }
+        }
+    }
+}
+
+/// Adds `ms` of audio to the session and beats its heart; `false` when it was settled.
+async fn record<H: VoiceHost>(host: &H, id: &str, ms: i64) -> bool {
+    match host
+        .db()
+        .execute(
+            cognomega_core::voice::session::RECORD,
+            &[id.into(), ms.into(), host.now_ms().into()],
+        )
+        .await
+    {
+        Ok(n) => n > 0,
+        Err(e) => {
+            host.warn(&format!(
+                "voice session {id}: could not record its audio: {e}"
+            ));
+            // Not recorded: stop rather than hand out audio nobody will bill.
+            false
+        }
+    }
 }

@@ -15,6 +15,8 @@ pub mod uploads;
 mod usage;
 mod voice;
 
+pub use voice::settle_stale_sessions as settle_stale_voice_sessions;
+
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
@@ -81,6 +83,7 @@ pub fn router() -> Router<AppState> {
     let voice = Router::new()
         .route("/voice/tts", post(voice::tts))
         .route("/voice/voices", get(voice::voices))
+        .route("/voice/sessions", get(voice::session))
         .layer(DefaultBodyLimit::max(cognomega_core::voice::TTS_BODY_LIMIT))
         .merge(
             Router::new()

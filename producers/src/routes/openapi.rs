@@ -40,6 +40,7 @@ pub const ADMIN_KEY: &str = "admin_key";
         super::voice::tts,
         super::voice::stt,
         super::voice::voices,
+        super::voice::session,
         super::credits::get,
         super::credits::adjust,
         super::credits::adjustment,

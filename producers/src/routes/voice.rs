@@ -9,7 +9,7 @@ use axum::Json;
 use chrono::Utc;
 use cognomega_core::api::Refusal;
 use cognomega_core::queue::{OutgoingMessage, QueueName};
-use cognomega_core::sql::{Executor, Outbound};
+use cognomega_core::sql::{Executor, Outbound, SqlError, Transaction};
 use cognomega_core::voice::{Answered, AudioFormat, Heard, Speech, Spoken};
 use cognomega_workflows::voice::{self, Caller, VoiceHost, VoiceSettings};
 use http::{header, HeaderName, HeaderValue};
@@ -19,11 +19,18 @@ use super::openapi::{schemas as s, *};
 use crate::auth::Authenticated;
 use crate::{current_request_id, ApiError, AppState};
 
+/// Settles the voice sessions whose process stopped beating their heart; how many.
+pub async fn settle_stale_sessions(state: &AppState) -> Result<usize, String> {
+    voice::settle_stale(state, settings(state)).await
+}
+
 fn settings(state: &AppState) -> VoiceSettings<'_> {
     VoiceSettings {
         policy: &state.config.voice,
         prices: &state.config.billing.prices,
         floor: state.config.billing.guest_floor,
+        session_stale_ms: i64::try_from(state.config.voice_session_stale.as_millis())
+            .unwrap_or(60_000),
     }
 }
 
@@ -183,12 +190,153 @@ pub(crate) async fn voices(
     Ok(Json(serde_json::json!({ "providers": providers })).into_response())
 }
 
+/// `GET /voice/sessions`' query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct SessionQuery {
+    /// The voice that speaks (a voice id from `GET /voice/voices`; the provider's default when
+    /// absent).
+    #[param(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:/+-]+$")]
+    voice: Option<String>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/voice/sessions",
+    operation_id = "voice_session",
+    tag = "voice",
+    security(("bearer" = [])),
+    params(SessionQuery),
+    responses(
+        (status = 101, description = "A realtime session over WebSocket. The client sends JSON \
+            text frames `{\"type\":\"text\",\"text\"}`, `{\"type\":\"flush\"}`, \
+            `{\"type\":\"close\"}` and binary frames of PCM (s16le, mono, 16 kHz) to \
+            transcribe; the server sends `{\"type\":\"ready\"}`, binary speech frames (the same \
+            PCM, 100 ms each), `spoken`, `transcript`, `error` and `closed` JSON frames. A \
+            message that is not the protocol closes with 4400, the audio cap with 4413, idle \
+            with 4408, the floor with 4402; the reason names it. Billed once as \
+            `audio_seconds` when it ends, also after a disconnect or a crash"),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 402, response = PaymentRequired),
+        (status = 426, description = "Not a WebSocket upgrade", body = ErrorEnvelope),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+    ),
+)]
+pub(crate) async fn session(
+    State(state): State<AppState>,
+    Authenticated(claims): Authenticated,
+    Query(q): Query<SessionQuery>,
+    upgrade: Result<
+        axum::extract::ws::WebSocketUpgrade,
+        axum::extract::ws::rejection::WebSocketUpgradeRejection,
+    >,
+) -> Result<Response, ApiError> {
+    let upgrade = upgrade.map_err(|e| {
+        ApiError::new(
+            http::StatusCode::UPGRADE_REQUIRED,
+            "websocket_required",
+            format!("open this route as a WebSocket ({e})"),
+        )
+    })?;
+    let request_id = current_request_id();
+    let caller = Caller {
+        tenant: &claims.tenant,
+        tier: claims.tier,
+        request_id: &request_id,
+    };
+    let opened = voice::open_session(&state, settings(&state), caller, q.voice).await?;
+    let max = cognomega_core::voice::session::MAX_MESSAGE_BYTES;
+    Ok(upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        // Bounded buffers: a slow client pauses the session instead of growing them.
+        .write_buffer_size(64 * 1024)
+        .max_write_buffer_size(256 * 1024)
+        .on_upgrade(move |ws| async move {
+            let mut socket = Socket { ws };
+            voice::run_session(&state, settings(&state), opened, &mut socket).await;
+        }))
+}
+
+/// An axum WebSocket as a session's socket.
+struct Socket {
+    ws: axum::extract::ws::WebSocket,
+}
+
+#[async_trait::async_trait]
+impl voice::SessionSocket for Socket {
+    async fn recv(&mut self, wait: std::time::Duration) -> voice::Recv {
+        use axum::extract::ws::Message;
+        loop {
+            let next = match tokio::time::timeout(wait, self.ws.recv()).await {
+                Err(_) => return voice::Recv::Idle,
+                Ok(next) => next,
+            };
+            return match next {
+                None => voice::Recv::Closed,
+                Some(Err(e)) => {
+                    let text = e.to_string();
+                    if text.contains("too long") || text.contains("too big") {
+                        voice::Recv::TooLarge
+                    } else {
+                        voice::Recv::Closed
+                    }
+                }
+                Some(Ok(Message::Text(t))) => voice::Recv::Text(t.to_string()),
+                Some(Ok(Message::Binary(b))) => voice::Recv::Binary(b.to_vec()),
+                Some(Ok(Message::Close(_))) => voice::Recv::Closed,
+                // Pings are answered by the library.
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            };
+        }
+    }
+
+    async fn send_text(&mut self, text: String) -> bool {
+        self.ws
+            .send(axum::extract::ws::Message::Text(text.into()))
+            .await
+            .is_ok()
+    }
+
+    async fn send_binary(&mut self, bytes: Vec<u8>) -> bool {
+        self.ws
+            .send(axum::extract::ws::Message::Binary(bytes.into()))
+            .await
+            .is_ok()
+    }
+
+    async fn close(&mut self, code: u16, reason: &str) {
+        let frame = axum::extract::ws::CloseFrame {
+            code,
+            reason: reason.chars().take(120).collect::<String>().into(),
+        };
+        let _ = self
+            .ws
+            .send(axum::extract::ws::Message::Close(Some(frame)))
+            .await;
+    }
+}
+
 /// The native host of the voice service: the database, the queue driver, the balance cache,
 /// and the voice providers of the server.
 #[async_trait::async_trait]
 impl VoiceHost for AppState {
     fn reader(&self) -> Box<dyn Executor + '_> {
         Box::new(cognomega_stores::sql::Reader(&self.db))
+    }
+
+    fn db(&self) -> Box<dyn Executor + '_> {
+        Box::new(self.db.clone())
+    }
+
+    async fn begin(&self) -> Result<Box<dyn Transaction + '_>, SqlError> {
+        self.db.transaction().await
+    }
+
+    fn warn(&self, message: &str) {
+        tracing::warn!(request_id = %current_request_id(), "{message}");
     }
 
     async fn balance(&self, tenant: &str) -> Result<i64, String> {
