@@ -189,6 +189,37 @@ async fn sqlite_bench_gateway_prints_json() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[tokio::test]
+async fn sqlite_bench_voice_prints_json() -> anyhow::Result<()> {
+    let report = bench_json(&[
+        "voice",
+        "--backend",
+        "sqlite",
+        "--rounds",
+        "1",
+        "--sessions",
+        "5",
+    ])
+    .await?;
+    assert_positive(
+        &report,
+        &[
+            "tts_realtime_factor",
+            "stt_realtime_factor",
+            "engine_tts_p50_ms",
+            "api_tts_p50_ms",
+            "session_first_chunk_p50_ms",
+            "server_peak_rss_with_sessions_mib",
+        ],
+    );
+    assert_eq!(report["sessions_held"], 5);
+    assert!(
+        report["word_error_rate"].as_f64().is_some_and(|w| w >= 0.0),
+        "{report}"
+    );
+    Ok(())
+}
+
 async fn bench_databases() -> anyhow::Result<Vec<String>> {
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&pg_admin_url()).await?;
     Ok(sqlx::query_scalar(

@@ -28,6 +28,9 @@ pub(super) struct VoiceArgs {
     /// Rounds over the sentence set (engine phase) and sequential requests (API phase).
     #[arg(long, default_value_t = 5)]
     rounds: u32,
+    /// Realtime sessions held open at once (the memory phase).
+    #[arg(long, default_value_t = 200)]
+    sessions: u32,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -49,6 +52,18 @@ struct Report {
     api_tts_p50_ms: f64,
     api_tts_p99_ms: f64,
     added_p50_ms: f64,
+    session_first_chunk_p50_ms: f64,
+    session_first_chunk_p99_ms: f64,
+    sessions_held: u32,
+    server_peak_rss_before_sessions_mib: Option<f64>,
+    server_peak_rss_with_sessions_mib: Option<f64>,
+}
+
+/// Sessions measured, from the client's side.
+struct SessionFigures {
+    first_chunk_ms: Vec<f64>,
+    rss_before: Option<f64>,
+    rss_with: Option<f64>,
 }
 
 const GRANT: i64 = 1_000_000_000;
@@ -99,18 +114,40 @@ pub(super) async fn run(ctx: &Ctx, args: VoiceArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     engine_ms.sort_by(f64::total_cmp);
 
+    // Sessions enough for the memory phase, and long enough to hold idle.
+    let config = std::env::temp_dir().join(format!(
+        "cognomega-bench-voice-{}.toml",
+        uuid::Uuid::new_v4()
+    ));
+    std::fs::write(
+        &config,
+        format!(
+            "[voice.policy.guest]\nmax_tts_chars = 1000\nmax_stt_seconds = 60\n\
+             max_session_seconds = 3600\nmax_sessions = {}\nsession_idle_secs = 600\n",
+            args.sessions + 10
+        ),
+    )?;
     let extra = [
         "--guest-grant".to_owned(),
         GRANT.to_string(),
         "--rate-limits".to_owned(),
         "off".to_owned(),
+        "--config".to_owned(),
+        config.display().to_string(),
     ];
     let server = Server::start_with(ctx, args.backend, None, &extra).await?;
-    let api = api_latency(&server, args.rounds).await;
+    let measured = async {
+        let api = api_latency(&server, args.rounds).await?;
+        let sessions = sessions(&server, &args).await?;
+        Ok::<_, anyhow::Error>((api, sessions))
+    }
+    .await;
     let stopped = server.stop().await;
-    let (backend, mut api_ms) = api?;
+    let _ = std::fs::remove_file(&config);
+    let ((backend, mut api_ms), mut s) = measured?;
     stopped?;
     api_ms.sort_by(f64::total_cmp);
+    s.first_chunk_ms.sort_by(f64::total_cmp);
     #[allow(clippy::cast_precision_loss)]
     let report = Report {
         backend,
@@ -127,6 +164,11 @@ pub(super) async fn run(ctx: &Ctx, args: VoiceArgs) -> anyhow::Result<()> {
         api_tts_p50_ms: percentile(&api_ms, 0.5),
         api_tts_p99_ms: percentile(&api_ms, 0.99),
         added_p50_ms: percentile(&api_ms, 0.5) - percentile(&engine_ms, 0.5),
+        session_first_chunk_p50_ms: percentile(&s.first_chunk_ms, 0.5),
+        session_first_chunk_p99_ms: percentile(&s.first_chunk_ms, 0.99),
+        sessions_held: args.sessions,
+        server_peak_rss_before_sessions_mib: s.rss_before,
+        server_peak_rss_with_sessions_mib: s.rss_with,
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -136,7 +178,9 @@ pub(super) async fn run(ctx: &Ctx, args: VoiceArgs) -> anyhow::Result<()> {
              synthesis      {:.1} s of audio in {:.2} s: real-time factor {:.1}x\n  \
              transcription  {:.1} s of audio in {:.2} s: real-time factor {:.2}x\n  \
              round trip     word error rate {:.1} %\n  \
-             POST /voice/tts ({})  p50 {:.1} ms  p99 {:.1} ms; the engine alone p50 {:.1} ms; added p50 {:.1} ms",
+             POST /voice/tts ({})  p50 {:.1} ms  p99 {:.1} ms; the engine alone p50 {:.1} ms; added p50 {:.1} ms\n  \
+             session: first audio chunk p50 {:.1} ms  p99 {:.1} ms (target <= 150 ms)\n  \
+             {} idle sessions held: server peak RSS {} MiB before, {} MiB with them (target <= 512 MiB)",
             report.sentences,
             report.rounds,
             report.tts_audio_s,
@@ -151,6 +195,11 @@ pub(super) async fn run(ctx: &Ctx, args: VoiceArgs) -> anyhow::Result<()> {
             report.api_tts_p99_ms,
             report.engine_tts_p50_ms,
             report.added_p50_ms,
+            report.session_first_chunk_p50_ms,
+            report.session_first_chunk_p99_ms,
+            report.sessions_held,
+            report.server_peak_rss_before_sessions_mib.map_or("?".into(), |m| format!("{m:.0}")),
+            report.server_peak_rss_with_sessions_mib.map_or("?".into(), |m| format!("{m:.0}")),
         );
     }
     Ok(())
@@ -190,4 +239,86 @@ async fn api_latency(server: &Server, rounds: u32) -> anyhow::Result<(String, Ve
         }
     }
     Ok((backend, ms))
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn open(base: &str, auth: &http::HeaderValue) -> anyhow::Result<Ws> {
+    use futures::StreamExt as _;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let url = format!(
+        "{}/voice/sessions",
+        base.trim_end_matches('/').replacen("http", "ws", 1)
+    );
+    let mut req = url.into_client_request()?;
+    req.headers_mut().insert("authorization", auth.clone());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .context("GET /voice/sessions did not upgrade")?;
+    // The `ready` frame.
+    ws.next()
+        .await
+        .context("the session closed before it was ready")??;
+    Ok(ws)
+}
+
+/// First-chunk latency on one session, then `--sessions` idle sessions held at once.
+async fn sessions(server: &Server, args: &VoiceArgs) -> anyhow::Result<SessionFigures> {
+    use futures::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    let mut api = server.target.connect().await?;
+    let guest = client::create_guest(&mut api).await?;
+    client::wait_for_balances(
+        &mut api,
+        std::slice::from_ref(&guest),
+        GRANT,
+        Duration::from_secs(30),
+    )
+    .await
+    .context("the guest's grant did not settle")?;
+    let base = &server.target.base_url;
+    let mut ws = open(base, &guest.auth).await?;
+    let mut first_chunk_ms = Vec::new();
+    for round in 0..=args.rounds {
+        for sentence in ROUND_TRIP_SENTENCES {
+            let text = serde_json::json!({"type": "text", "text": sentence}).to_string();
+            let started = Instant::now();
+            ws.send(Message::text(text)).await?;
+            let mut first = None;
+            loop {
+                match ws.next().await.context("the session ended")?? {
+                    Message::Binary(_) if first.is_none() => first = Some(started.elapsed()),
+                    Message::Text(t) if t.contains("\"spoken\"") => break,
+                    Message::Text(t) if t.contains("\"error\"") => bail!("the session failed: {t}"),
+                    Message::Close(f) => bail!("the session closed: {f:?}"),
+                    _ => {}
+                }
+            }
+            if round > 0 {
+                first_chunk_ms
+                    .push(first.context("no audio for a sentence")?.as_secs_f64() * 1000.0);
+            }
+        }
+    }
+    ws.close(None).await?;
+    let rss_before = server.peak_rss_mib();
+    let bar = progress(!args.json, u64::from(args.sessions), "sessions");
+    let mut held = Vec::with_capacity(args.sessions as usize);
+    for _ in 0..args.sessions {
+        held.push(open(base, &guest.auth).await?);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    // Idle for a while: heartbeats run, nothing is spoken.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rss_with = server.peak_rss_mib();
+    for mut ws in held {
+        let _ = ws.close(None).await;
+    }
+    Ok(SessionFigures {
+        first_chunk_ms,
+        rss_before,
+        rss_with,
+    })
 }
