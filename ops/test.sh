@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone on a fresh machine. Sets up what the tests need
-# (services, the wasm32 target, s3s-fs, clamd, the voice engines, DuckDB, schemathesis, the edge build tools),
+# (services, the wasm32 target, s3s-fs, clamd, the voice engines, DuckDB, schemathesis, the edge
+# build tools),
 # then: formatting, one build of every workspace target that is also the lint pass (clippy
 # with warnings as errors), every test against SQLite and PostgreSQL, a schemathesis fuzz of
 # the live server, the edge crate's lints for wasm32, and the HTTP acceptance suite against the

@@ -142,6 +142,13 @@ fn cors(
 async fn route(req: Request, env: &Env, request_id: &str) -> http::ApiResult {
     let method = req.method();
     let path = req.path();
+    if path.starts_with("/voice/") {
+        return Err(ApiError::new(
+            501,
+            "not_implemented",
+            "the voice service runs on the native host; this edge deployment does not serve it yet",
+        ));
+    }
     let Some(spec) = spec(&method, &path) else {
         let known = spec(&Method::Get, &path).is_some() || spec(&Method::Post, &path).is_some();
         return Err(http::no_route(known));
