@@ -16,6 +16,7 @@ both_backends!(
     refusals_bill_nothing,
     an_empty_balance_is_refused_before_speaking,
     cartesia_protocol_and_fallback,
+    workers_ai_protocol_and_fallback,
     session_streams_in_order_and_settles_once,
     session_refusals_and_caps,
     session_disconnect_settles_once,
@@ -432,6 +433,16 @@ async fn cartesia_protocol_and_fallback(backend: Backend) -> anyhow::Result<()> 
         assert_eq!(header(&resp, "x-provider"), "local");
         assert_eq!(header(&resp, "x-provider-fallback"), "cartesia");
     }
+    // The fallbacks are counted: the ogg one and these three.
+    let metrics = app.client.get(app.url("/metrics")).send().await?.text().await?;
+    assert!(
+        metrics.contains(r#"cognomega_voice_fallbacks_total{provider="cartesia",op="tts"} 4"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"cognomega_voice_requests_total{provider="local",op="tts",outcome="answered"} 4"#));
+    assert!(metrics.contains(r#"cognomega_voice_requests_total{provider="cartesia",op="stt",outcome="answered"} 1"#));
+    assert!(metrics.contains("cognomega_voice_audio_seconds_total{provider=\"cartesia\",op=\"tts\"}"));
+    assert!(metrics.contains("cognomega_voice_sessions_open 0"));
     // Naming Cartesia means no fallback: its failure is the answer.
     let resp = tts(
         &app,
@@ -512,6 +523,8 @@ async fn session_streams_in_order_and_settles_once(backend: Backend) -> anyhow::
     assert_eq!(ready["type"], "ready");
     assert_eq!(ready["format"], "pcm_s16le");
     assert_eq!(ready["sample_rate"], 16_000);
+    let metrics = app.client.get(app.url("/metrics")).send().await?.text().await?;
+    assert!(metrics.contains("cognomega_voice_sessions_open 1"), "{metrics}");
 
     ws.send(Message::text(
         json!({"type": "text", "text": "First sentence. Second one! And a third."}).to_string(),
@@ -575,6 +588,16 @@ async fn session_streams_in_order_and_settles_once(backend: Backend) -> anyhow::
     assert!(tts_seconds >= 1);
     let charged = closed["credits"].as_i64().unwrap_or(0);
     assert!(app.balance(&guest).await? <= before - charged);
+
+    // Retention: a closed session's row goes after two days; an open one stays.
+    let mut open = connect(&app.base_url, &guest.token, "").await?.map_err(|s| anyhow::anyhow!("{s}"))?;
+    until_json(&mut open).await?;
+    let now = chrono::Utc::now().timestamp_millis();
+    assert_eq!(cognomega_stores::voice_sessions::prune(app.tdb.db(), now).await?, 0);
+    assert_eq!(cognomega_stores::voice_sessions::prune(app.tdb.db(), now + 3 * 86_400_000).await?, 1);
+    let (_, closed) = session_row(&app).await?;
+    assert!(!closed, "the open session was pruned");
+    drop(open);
     app.stop().await
 }
 
@@ -849,4 +872,49 @@ async fn session_settles_after_a_sigkill(backend: Backend) -> anyhow::Result<()>
     assert_eq!(totals["events"], 1);
     assert!(totals["quantity"].as_i64().unwrap_or(0) >= 1);
     Ok(())
+}
+
+async fn workers_ai_protocol_and_fallback(backend: Backend) -> anyhow::Result<()> {
+    use cognomega_providers::fake::{Behaviour, FakeProvider, WHISPER_TRANSCRIPT};
+    let fake = FakeProvider::start().await?;
+    let base = fake.cfai_base();
+    let app = TestApp::spawn_custom(backend, true, None, move |api| {
+        api.voice_providers = cognomega_providers::voice::VoiceConfig::from_vars(None, |k| match k {
+            "CF_API_TOKEN" => Some("cf-token".into()),
+            "CF_ACCOUNT_ID" => Some("acct-1".into()),
+            "CF_AI_BASE_URL" => Some(base.clone()),
+            _ => None,
+        });
+    })
+    .await?;
+    let guest = app.guest().await?;
+    app.wait_idle(Duration::from_secs(60)).await?;
+
+    // MeloTTS answers MP3: asked for WAV, the platform converts it and measures the result.
+    let resp = tts(&app, &guest, json!({"text": "twenty chars of text"})).await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(header(&resp, "x-provider"), "cfai");
+    assert_eq!(header(&resp, "x-voice"), "en");
+    assert_eq!(header(&resp, "content-type"), "audio/wav");
+    let seconds: f64 = header(&resp, "x-audio-seconds").parse()?;
+    let audio = resp.bytes().await?.to_vec();
+    assert!((sox_seconds(&audio, "wav")? - seconds).abs() < 0.01);
+    // 50 ms per character, give or take the MP3 frames.
+    assert!((seconds - 1.0).abs() < 0.1, "{seconds}");
+    let call = fake.calls().pop().ok_or_else(|| anyhow::anyhow!("no call"))?;
+    assert_eq!(call.model, "@cf/myshell-ai/melotts");
+    assert_eq!(call.authorization.as_deref(), Some("Bearer cf-token"));
+
+    let resp = stt(&app, &guest, silence(1.5)?, "?language=en").await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await?;
+    assert_eq!((body["provider"].as_str(), body["text"].as_str()), (Some("cfai"), Some(WHISPER_TRANSCRIPT)));
+    assert_eq!(fake.calls().pop().map(|c| c.model), Some("@cf/openai/whisper".to_owned()));
+
+    // Down: the local engines answer, visibly.
+    fake.set(Behaviour::Status(503));
+    let resp = tts(&app, &guest, json!({"text": "fall back"})).await?;
+    assert_eq!(header(&resp, "x-provider"), "local");
+    assert_eq!(header(&resp, "x-provider-fallback"), "cfai");
+    app.stop().await
 }

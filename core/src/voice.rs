@@ -319,10 +319,10 @@ pub enum VoiceFailure {
     /// Down, overloaded (429, 5xx, timeout) or unable to do this (a format it lacks): the next
     /// provider is tried.
     Unavailable(String),
-    /// The provider cannot do this (a language it lacks): the next provider is tried, and when
-    /// none can, the first such refusal is the answer.
+    /// The provider cannot do this (a voice or a language it lacks): the next provider is
+    /// tried, and when none can, the first such refusal is the answer.
     Unsupported(Refusal),
-    /// The request itself is wrong for the provider (an unknown voice): answered as is, no
+    /// The request itself is wrong for the provider (a 4xx of its own): answered as is, no
     /// fallback.
     Rejected(Refusal),
 }
@@ -530,6 +530,10 @@ pub mod session {
     pub const RECORD: &str = "UPDATE voice_sessions SET audio_ms = audio_ms + $2, heartbeat_at = $3 WHERE id = $1 AND closed_at IS NULL";
     /// Closes a session once: its tenant and audio, or no row when it was closed already.
     pub const CLOSE: &str = "UPDATE voice_sessions SET closed_at = $2 WHERE id = $1 AND closed_at IS NULL RETURNING tenant_id, audio_ms";
+    /// Retention: closed sessions (billed) closed before `$1`; open ones are never deleted.
+    pub const PRUNE: &str = "DELETE FROM voice_sessions WHERE closed_at IS NOT NULL AND closed_at < $1";
+    /// How long a closed session's row is kept.
+    pub const RETENTION_MS: i64 = 2 * 86_400_000;
     /// Open sessions whose heart stopped before `$1`.
     pub const STALE: &str = "SELECT id FROM voice_sessions WHERE closed_at IS NULL AND heartbeat_at < $1 ORDER BY heartbeat_at LIMIT 100";
 

@@ -41,7 +41,7 @@ pub struct CartesiaSettings {
 
 impl CartesiaSettings {
     /// From the environment: `None` without `CARTESIA_API_KEY`.
-    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Option<Self> {
+    pub fn from_vars(get: &impl Fn(&str) -> Option<String>) -> Option<Self> {
         let api_key = get("CARTESIA_API_KEY").filter(|k| !k.is_empty())?;
         Some(Self {
             api_key,

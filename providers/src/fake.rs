@@ -267,20 +267,66 @@ async fn openai(
     Json(answer).into_response()
 }
 
+/// The transcript the fake Workers AI's Whisper hears in any audio.
+pub const WHISPER_TRANSCRIPT: &str = "hello from the fake whisper";
+
 async fn cfai(
     State(inner): State<Arc<Inner>>,
     Path((_account, model)): Path<(String, String)>,
     headers: http::HeaderMap,
-    Json(body): Json<Value>,
+    raw: axum::body::Bytes,
 ) -> Response {
+    let failure = |status: u16| {
+        let code = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        (code, Json(json!({"success": false, "errors": [{"code": 7000, "message": format!("fake failure {status}")}], "messages": [], "result": null}))).into_response()
+    };
+    // Whisper takes the audio as the raw body; every other model takes JSON.
+    if model == "@cf/openai/whisper" {
+        let behaviour = record(&inner, "cfai", model, &json!({"audio_bytes": raw.len()}), auth(&headers));
+        if let Err(status) = settle(behaviour).await {
+            return failure(status);
+        }
+        if raw.is_empty() {
+            return (http::StatusCode::BAD_REQUEST, Json(json!({"success": false, "errors": [{"code": 5006, "message": "no audio"}], "messages": [], "result": null}))).into_response();
+        }
+        let words: Vec<Value> = WHISPER_TRANSCRIPT
+            .split(' ')
+            .enumerate()
+            .map(|(i, w)| json!({"word": w, "start": i as f64 * 0.3, "end": i as f64 * 0.3 + 0.25}))
+            .collect();
+        return Json(json!({"result": {"text": WHISPER_TRANSCRIPT, "word_count": words.len(), "words": words, "vtt": ""}, "success": true, "errors": [], "messages": []})).into_response();
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&raw) else {
+        return (http::StatusCode::BAD_REQUEST, Json(json!({"success": false, "errors": [{"code": 5006, "message": "the body is not JSON"}], "messages": [], "result": null}))).into_response();
+    };
+    if model == "@cf/myshell-ai/melotts" {
+        let behaviour = record(&inner, "cfai", model, &body, auth(&headers));
+        if let Err(status) = settle(behaviour).await {
+            return failure(status);
+        }
+        let prompt = body["prompt"].as_str().unwrap_or_default();
+        if prompt.is_empty() {
+            return (http::StatusCode::BAD_REQUEST, Json(json!({"success": false, "errors": [{"code": 5006, "message": "prompt is required"}], "messages": [], "result": null}))).into_response();
+        }
+        // 50 ms per character at 24 kHz, as MP3.
+        let frames = prompt.chars().count() as u64 * 24_000 / 20;
+        let mp3 = match fake_wav(24_000, frames) {
+            Ok(wav) => to_mp3(wav).await,
+            Err(e) => Err(e),
+        };
+        return match mp3 {
+            Ok(mp3) => {
+                use base64::Engine as _;
+                let audio = base64::engine::general_purpose::STANDARD.encode(mp3);
+                Json(json!({"result": {"audio": audio}, "success": true, "errors": [], "messages": []})).into_response()
+            }
+            Err(_) => failure(500),
+        };
+    }
     let behaviour = record(&inner, "cfai", model, &body, auth(&headers));
     let (text, usage, delay) = match settle(behaviour).await {
         Ok(a) => a,
-        Err(status) => {
-            let code = http::StatusCode::from_u16(status)
-                .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-            return (code, Json(json!({"success": false, "errors": [{"code": 7000, "message": format!("fake failure {status}")}], "messages": [], "result": null}))).into_response();
-        }
+        Err(status) => return failure(status),
     };
     let tokens_in = reported_tokens_in(&body);
     let tokens_out = words(&text).len() as u64;

@@ -16,6 +16,8 @@ pub mod answer;
 pub mod cartesia;
 #[cfg(feature = "http")]
 pub mod cfai;
+#[cfg(feature = "http")]
+pub mod cfai_voice;
 mod config;
 #[cfg(feature = "fake")]
 pub mod fake;

@@ -38,12 +38,105 @@ pub trait VoiceProvider: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Clone, Default)]
 pub struct Voices {
     providers: Vec<Arc<dyn VoiceProvider>>,
+    metrics: Arc<VoiceMetrics>,
+}
+
+/// Per provider and operation (`tts`, `stt`, `session`): calls answered and failed, fallbacks
+/// (a failure after which the next provider was tried), audio seconds billed; and the sessions
+/// open in this process. Rendered as Prometheus text for `GET /metrics`.
+#[derive(Debug, Default)]
+pub struct VoiceMetrics {
+    series: std::sync::Mutex<std::collections::BTreeMap<(String, &'static str), VoiceSeries>>,
+    sessions_open: std::sync::atomic::AtomicI64,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct VoiceSeries {
+    answered: u64,
+    failed: u64,
+    fallbacks: u64,
+    audio_ms: u64,
+}
+
+impl VoiceMetrics {
+    fn with(&self, provider: &str, op: &'static str, f: impl FnOnce(&mut VoiceSeries)) {
+        let mut series = self
+            .series
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(series.entry((provider.to_owned(), op)).or_default());
+    }
+
+    /// Audio billed for an answer of `provider`.
+    pub fn billed(&self, provider: &str, op: &'static str, seconds: f64) {
+        let ms = (seconds.max(0.0) * 1000.0).round() as u64;
+        self.with(provider, op, |s| s.audio_ms += ms);
+    }
+
+    /// A session opened (`+1`) or ended (`-1`).
+    pub fn session(&self, delta: i64) {
+        self.sessions_open
+            .fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Prometheus text exposition.
+    #[must_use]
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let series = self
+            .series
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP cognomega_voice_requests_total Voice provider calls, by outcome.\n# TYPE cognomega_voice_requests_total counter"
+        );
+        for ((p, op), s) in &series {
+            for (outcome, n) in [("answered", s.answered), ("failed", s.failed)] {
+                let _ = writeln!(
+                    out,
+                    "cognomega_voice_requests_total{{provider=\"{p}\",op=\"{op}\",outcome=\"{outcome}\"}} {n}"
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP cognomega_voice_fallbacks_total Voice provider failures after which the next provider was tried.\n# TYPE cognomega_voice_fallbacks_total counter"
+        );
+        for ((p, op), s) in &series {
+            let _ = writeln!(
+                out,
+                "cognomega_voice_fallbacks_total{{provider=\"{p}\",op=\"{op}\"}} {}",
+                s.fallbacks
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP cognomega_voice_audio_seconds_total Audio seconds billed, by the provider that answered.\n# TYPE cognomega_voice_audio_seconds_total counter"
+        );
+        for ((p, op), s) in &series {
+            let _ = writeln!(
+                out,
+                "cognomega_voice_audio_seconds_total{{provider=\"{p}\",op=\"{op}\"}} {}",
+                s.audio_ms as f64 / 1000.0
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP cognomega_voice_sessions_open Realtime voice sessions open in this process.\n# TYPE cognomega_voice_sessions_open gauge\ncognomega_voice_sessions_open {}",
+            self.sessions_open.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        out
+    }
 }
 
 /// The provider names an order may list.
-pub const PROVIDER_NAMES: [&str; 2] = ["cartesia", "local"];
-/// The order when none is set: Cartesia when its key is set, then the local engines.
-pub const DEFAULT_ORDER: &str = "cartesia,local";
+pub const PROVIDER_NAMES: [&str; 3] = ["cartesia", "cfai", "local"];
+/// The order when none is set: Cartesia, then Workers AI, each when its key is set, then the
+/// local engines.
+pub const DEFAULT_ORDER: &str = "cartesia,cfai,local";
 
 /// Which voice providers run, in which order.
 #[derive(Debug, Clone, Default)]
@@ -52,6 +145,8 @@ pub struct VoiceConfig {
     pub order: Option<String>,
     /// Cartesia's settings, when its key is set.
     pub cartesia: Option<crate::cartesia::CartesiaSettings>,
+    /// Workers AI's settings, when its account and token are set.
+    pub cfai: Option<crate::cfai_voice::CfaiVoiceSettings>,
 }
 
 impl VoiceConfig {
@@ -59,7 +154,8 @@ impl VoiceConfig {
     pub fn from_vars(order: Option<String>, get: impl Fn(&str) -> Option<String>) -> Self {
         Self {
             order,
-            cartesia: crate::cartesia::CartesiaSettings::from_vars(get),
+            cartesia: crate::cartesia::CartesiaSettings::from_vars(&get),
+            cfai: crate::cfai_voice::CfaiVoiceSettings::from_vars(&get),
         }
     }
 }
@@ -82,6 +178,11 @@ impl Voices {
                         providers.push(Arc::new(crate::cartesia::Cartesia::new(s.clone())?));
                     }
                 }
+                "cfai" => {
+                    if let Some(s) = &config.cfai {
+                        providers.push(Arc::new(crate::cfai_voice::CfaiVoice::new(s.clone())?));
+                    }
+                }
                 other => {
                     return Err(format!(
                         "unknown voice provider {other:?}; one of {}",
@@ -90,13 +191,22 @@ impl Voices {
                 }
             }
         }
-        Ok(Self { providers })
+        Ok(Self::new(providers))
     }
 
     /// These providers, in this order.
     #[must_use]
     pub fn new(providers: Vec<Arc<dyn VoiceProvider>>) -> Self {
-        Self { providers }
+        Self {
+            providers,
+            metrics: Arc::default(),
+        }
+    }
+
+    /// The counters.
+    #[must_use]
+    pub fn metrics(&self) -> &Arc<VoiceMetrics> {
+        &self.metrics
     }
 
     /// Whether any provider is configured.
@@ -134,6 +244,7 @@ impl Voices {
 
     async fn route<'a, T, F, Fut>(
         &'a self,
+        op: &'static str,
         only: Option<&str>,
         call: F,
     ) -> Result<Answered<T>, Refusal>
@@ -151,8 +262,25 @@ impl Voices {
         }
         let mut skipped = Vec::new();
         let mut unsupported: Option<Refusal> = None;
-        for p in candidates {
-            match call(p).await {
+        let last = candidates.len() - 1;
+        for (i, p) in candidates.into_iter().enumerate() {
+            let result = call(p).await;
+            let failed_over = i < last
+                && matches!(
+                    result,
+                    Err(VoiceFailure::Unavailable(_) | VoiceFailure::Unsupported(_))
+                );
+            self.metrics.with(p.name(), op, |s| {
+                if result.is_ok() {
+                    s.answered += 1;
+                } else {
+                    s.failed += 1;
+                }
+                if failed_over {
+                    s.fallbacks += 1;
+                }
+            });
+            match result {
                 Ok(value) => {
                     return Ok(Answered {
                         provider: p.name().to_owned(),
@@ -188,7 +316,7 @@ impl Voices {
 
     /// Speaks with the first provider that can.
     pub async fn synthesize(&self, speech: &Speech) -> Result<Answered<Spoken>, Refusal> {
-        self.route(speech.provider.as_deref(), |p| p.synthesize(speech))
+        self.route("tts", speech.provider.as_deref(), |p| p.synthesize(speech))
             .await
     }
 
@@ -199,7 +327,7 @@ impl Voices {
         format: AudioFormat,
         language: Option<&str>,
     ) -> Result<Answered<Heard>, Refusal> {
-        self.route(None, |p| p.transcribe(audio, format, language))
+        self.route("stt", None, |p| p.transcribe(audio, format, language))
             .await
     }
 
@@ -415,6 +543,25 @@ pub async fn measure(audio: &[u8], format: AudioFormat) -> Result<f64, Refusal> 
     }
 }
 
+/// Converts audio from one format to another (and sample rate), by sox.
+pub async fn transcode(
+    audio: &[u8],
+    from: AudioFormat,
+    to: AudioFormat,
+    rate: Option<u32>,
+) -> Result<Vec<u8>, VoiceFailure> {
+    let dir = scratch()?;
+    let src = dir.path().join(format!("in.{}", from.as_str()));
+    let dst = dir.path().join(format!("out.{}", to.as_str()));
+    tokio::fs::write(&src, audio)
+        .await
+        .map_err(|e| VoiceFailure::Unavailable(format!("could not stage the audio: {e}")))?;
+    Local::convert(&src, &dst, to, rate).await?;
+    tokio::fs::read(&dst)
+        .await
+        .map_err(|e| VoiceFailure::Unavailable(format!("sox wrote nothing: {e}")))
+}
+
 impl Local {
     async fn voice_list(&self) -> Result<&Vec<VoiceInfo>, VoiceFailure> {
         self.voices
@@ -455,8 +602,9 @@ impl VoiceProvider for Local {
 
     async fn synthesize(&self, speech: &Speech) -> Result<Spoken, VoiceFailure> {
         let voice = speech.voice.as_deref().unwrap_or(DEFAULT_LOCAL_VOICE);
+        // Another provider's voice: that provider may speak it.
         if !self.voice_list().await?.iter().any(|v| v.id == voice) {
-            return Err(VoiceFailure::Rejected(Refusal::new(
+            return Err(VoiceFailure::Unsupported(Refusal::new(
                 400,
                 "unknown_voice",
                 format!("the local provider has no voice {voice:?}; see GET /voice/voices"),
@@ -627,5 +775,10 @@ mod tests {
         assert!(names(config(Some("local,nope"), None)).is_err());
         assert!(names(config(Some("local,local"), None)).is_err());
         assert_eq!(names(config(Some(""), None)), Ok(vec![]));
+        let both = VoiceConfig::from_vars(None, |k| match k {
+            "CARTESIA_API_KEY" | "CF_API_TOKEN" | "CF_ACCOUNT_ID" => Some("x".into()),
+            _ => None,
+        });
+        assert_eq!(names(both), Ok(vec!["cartesia", "cfai", "local"]));
     }
 }

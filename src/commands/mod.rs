@@ -80,9 +80,10 @@ pub async fn prune(ctx: Ctx) -> anyhow::Result<()> {
     let now = chrono::Utc::now();
     let counters = cognomega_stores::limits::prune_counters(&db, now.timestamp()).await?;
     let ask_keys = cognomega_stores::ask_replays::prune(&db, now.timestamp_millis()).await?;
+    let sessions = cognomega_stores::voice_sessions::prune(&db, now.timestamp_millis()).await?;
     println!(
-        "pruned {} acked messages, {} dead messages, {} expired idempotency keys, {} spent counter windows, {} expired ask keys",
-        report.acked, report.dead, report.dedup_keys, counters, ask_keys
+        "pruned {} acked messages, {} dead messages, {} expired idempotency keys, {} spent counter windows, {} expired ask keys, {} closed voice sessions",
+        report.acked, report.dead, report.dedup_keys, counters, ask_keys, sessions
     );
     db.close().await;
     Ok(())

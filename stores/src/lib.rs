@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ask_replays;
+pub mod voice_sessions;
 pub mod audit;
 pub mod billing;
 pub mod clamd;

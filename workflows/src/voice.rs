@@ -54,6 +54,10 @@ pub trait VoiceHost: MaybeSendSync {
     /// Logs what the client is not told.
     fn warn(&self, message: &str);
 
+    /// Records audio billed for an answer of `provider` (`op`: `tts`, `stt`, `session`) in the
+    /// host's metrics.
+    fn billed(&self, _provider: &str, _op: &'static str, _seconds: f64) {}
+
     /// Now, epoch milliseconds.
     fn now_ms(&self) -> i64;
 
@@ -108,6 +112,7 @@ pub async fn tts<H: VoiceHost>(
     let balance = standing(host, caller.tenant, settings.floor).await?;
     let spoken = host.synthesize(&speech).await?;
     let charge = bill(host, &settings, &caller, spoken.value.seconds).await?;
+    host.billed(&spoken.provider, "tts", spoken.value.seconds);
     let mut headers = vec![
         ("x-provider", spoken.provider.clone()),
         ("x-voice", spoken.value.voice.clone()),
@@ -197,6 +202,7 @@ pub async fn stt<H: VoiceHost>(
     let balance = standing(host, caller.tenant, settings.floor).await?;
     let heard = host.transcribe(audio, format, language).await?;
     let charge = bill(host, &settings, &caller, seconds).await?;
+    host.billed(&heard.provider, "stt", seconds);
     let body = serde_json::json!({
         "text": heard.value.text,
         "segments": heard.value.segments,
@@ -664,6 +670,7 @@ async fn converse<H: VoiceHost, S: SessionSocket>(
                     }
                     used_ms += ms;
                     spoken_ms += ms;
+                    host.billed(&spoken.provider, "session", ms as f64 / 1000.0);
                     for frame in pcm.chunks(proto::FRAME_BYTES) {
                         if !socket.send_binary(frame.to_vec()).await {
                             return End::Gone;
@@ -691,6 +698,7 @@ async fn converse<H: VoiceHost, S: SessionSocket>(
                                 );
                             }
                             used_ms += ms;
+                            host.billed(&h.provider, "session", ms as f64 / 1000.0);
                             serde_json::json!({"type": "transcript", "text": h.value.text, "segments": h.value.segments, "seconds": ms as f64 / 1000.0})
                         }
                         Err(e) => {

@@ -35,6 +35,7 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, A
     text.push_str(&stored);
     text.push_str(&state.http_metrics.render());
     text.push_str(&state.ai.metrics().render());
+    text.push_str(&state.voice.metrics().render());
     Ok((
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         text,

@@ -256,7 +256,9 @@ pub(crate) async fn session(
         .max_write_buffer_size(256 * 1024)
         .on_upgrade(move |ws| async move {
             let mut socket = Socket { ws };
+            state.voice.metrics().session(1);
             voice::run_session(&state, settings(&state), opened, &mut socket).await;
+            state.voice.metrics().session(-1);
         }))
 }
 
@@ -337,6 +339,10 @@ impl VoiceHost for AppState {
 
     fn warn(&self, message: &str) {
         tracing::warn!(request_id = %current_request_id(), "{message}");
+    }
+
+    fn billed(&self, provider: &str, op: &'static str, seconds: f64) {
+        self.voice.metrics().billed(provider, op, seconds);
     }
 
     async fn balance(&self, tenant: &str) -> Result<i64, String> {
