@@ -434,14 +434,26 @@ async fn cartesia_protocol_and_fallback(backend: Backend) -> anyhow::Result<()> 
         assert_eq!(header(&resp, "x-provider-fallback"), "cartesia");
     }
     // The fallbacks are counted: the ogg one and these three.
-    let metrics = app.client.get(app.url("/metrics")).send().await?.text().await?;
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
     assert!(
         metrics.contains(r#"cognomega_voice_fallbacks_total{provider="cartesia",op="tts"} 4"#),
         "{metrics}"
     );
-    assert!(metrics.contains(r#"cognomega_voice_requests_total{provider="local",op="tts",outcome="answered"} 4"#));
-    assert!(metrics.contains(r#"cognomega_voice_requests_total{provider="cartesia",op="stt",outcome="answered"} 1"#));
-    assert!(metrics.contains("cognomega_voice_audio_seconds_total{provider=\"cartesia\",op=\"tts\"}"));
+    assert!(metrics.contains(
+        r#"cognomega_voice_requests_total{provider="local",op="tts",outcome="answered"} 4"#
+    ));
+    assert!(metrics.contains(
+        r#"cognomega_voice_requests_total{provider="cartesia",op="stt",outcome="answered"} 1"#
+    ));
+    assert!(
+        metrics.contains("cognomega_voice_audio_seconds_total{provider=\"cartesia\",op=\"tts\"}")
+    );
     assert!(metrics.contains("cognomega_voice_sessions_open 0"));
     // Naming Cartesia means no fallback: its failure is the answer.
     let resp = tts(
@@ -523,8 +535,17 @@ async fn session_streams_in_order_and_settles_once(backend: Backend) -> anyhow::
     assert_eq!(ready["type"], "ready");
     assert_eq!(ready["format"], "pcm_s16le");
     assert_eq!(ready["sample_rate"], 16_000);
-    let metrics = app.client.get(app.url("/metrics")).send().await?.text().await?;
-    assert!(metrics.contains("cognomega_voice_sessions_open 1"), "{metrics}");
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("cognomega_voice_sessions_open 1"),
+        "{metrics}"
+    );
 
     ws.send(Message::text(
         json!({"type": "text", "text": "First sentence. Second one! And a third."}).to_string(),
@@ -590,11 +611,19 @@ async fn session_streams_in_order_and_settles_once(backend: Backend) -> anyhow::
     assert!(app.balance(&guest).await? <= before - charged);
 
     // Retention: a closed session's row goes after two days; an open one stays.
-    let mut open = connect(&app.base_url, &guest.token, "").await?.map_err(|s| anyhow::anyhow!("{s}"))?;
+    let mut open = connect(&app.base_url, &guest.token, "")
+        .await?
+        .map_err(|s| anyhow::anyhow!("{s}"))?;
     until_json(&mut open).await?;
     let now = chrono::Utc::now().timestamp_millis();
-    assert_eq!(cognomega_stores::voice_sessions::prune(app.tdb.db(), now).await?, 0);
-    assert_eq!(cognomega_stores::voice_sessions::prune(app.tdb.db(), now + 3 * 86_400_000).await?, 1);
+    assert_eq!(
+        cognomega_stores::voice_sessions::prune(app.tdb.db(), now).await?,
+        0
+    );
+    assert_eq!(
+        cognomega_stores::voice_sessions::prune(app.tdb.db(), now + 3 * 86_400_000).await?,
+        1
+    );
     let (_, closed) = session_row(&app).await?;
     assert!(!closed, "the open session was pruned");
     drop(open);
@@ -879,12 +908,13 @@ async fn workers_ai_protocol_and_fallback(backend: Backend) -> anyhow::Result<()
     let fake = FakeProvider::start().await?;
     let base = fake.cfai_base();
     let app = TestApp::spawn_custom(backend, true, None, move |api| {
-        api.voice_providers = cognomega_providers::voice::VoiceConfig::from_vars(None, |k| match k {
-            "CF_API_TOKEN" => Some("cf-token".into()),
-            "CF_ACCOUNT_ID" => Some("acct-1".into()),
-            "CF_AI_BASE_URL" => Some(base.clone()),
-            _ => None,
-        });
+        api.voice_providers =
+            cognomega_providers::voice::VoiceConfig::from_vars(None, |k| match k {
+                "CF_API_TOKEN" => Some("cf-token".into()),
+                "CF_ACCOUNT_ID" => Some("acct-1".into()),
+                "CF_AI_BASE_URL" => Some(base.clone()),
+                _ => None,
+            });
     })
     .await?;
     let guest = app.guest().await?;
@@ -901,15 +931,24 @@ async fn workers_ai_protocol_and_fallback(backend: Backend) -> anyhow::Result<()
     assert!((sox_seconds(&audio, "wav")? - seconds).abs() < 0.01);
     // 50 ms per character, give or take the MP3 frames.
     assert!((seconds - 1.0).abs() < 0.1, "{seconds}");
-    let call = fake.calls().pop().ok_or_else(|| anyhow::anyhow!("no call"))?;
+    let call = fake
+        .calls()
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("no call"))?;
     assert_eq!(call.model, "@cf/myshell-ai/melotts");
     assert_eq!(call.authorization.as_deref(), Some("Bearer cf-token"));
 
     let resp = stt(&app, &guest, silence(1.5)?, "?language=en").await?;
     assert_eq!(resp.status(), StatusCode::OK);
     let body: Value = resp.json().await?;
-    assert_eq!((body["provider"].as_str(), body["text"].as_str()), (Some("cfai"), Some(WHISPER_TRANSCRIPT)));
-    assert_eq!(fake.calls().pop().map(|c| c.model), Some("@cf/openai/whisper".to_owned()));
+    assert_eq!(
+        (body["provider"].as_str(), body["text"].as_str()),
+        (Some("cfai"), Some(WHISPER_TRANSCRIPT))
+    );
+    assert_eq!(
+        fake.calls().pop().map(|c| c.model),
+        Some("@cf/openai/whisper".to_owned())
+    );
 
     // Down: the local engines answer, visibly.
     fake.set(Behaviour::Status(503));

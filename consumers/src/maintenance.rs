@@ -85,12 +85,10 @@ impl TypedHandler for Maintenance {
                         cognomega_stores::ask_replays::prune(&self.db, now.saturating_mul(1000))
                             .await
                             .map_err(HandlerError::retryable)?;
-                    let voice_sessions = cognomega_stores::voice_sessions::prune(
-                        &self.db,
-                        now.saturating_mul(1000),
-                    )
-                    .await
-                    .map_err(HandlerError::retryable)?;
+                    let voice_sessions =
+                        cognomega_stores::voice_sessions::prune(&self.db, now.saturating_mul(1000))
+                            .await
+                            .map_err(HandlerError::retryable)?;
                     tracing::info!(
                         acked = report.acked,
                         dead = report.dead,

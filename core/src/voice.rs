@@ -531,7 +531,8 @@ pub mod session {
     /// Closes a session once: its tenant and audio, or no row when it was closed already.
     pub const CLOSE: &str = "UPDATE voice_sessions SET closed_at = $2 WHERE id = $1 AND closed_at IS NULL RETURNING tenant_id, audio_ms";
     /// Retention: closed sessions (billed) closed before `$1`; open ones are never deleted.
-    pub const PRUNE: &str = "DELETE FROM voice_sessions WHERE closed_at IS NOT NULL AND closed_at < $1";
+    pub const PRUNE: &str =
+        "DELETE FROM voice_sessions WHERE closed_at IS NOT NULL AND closed_at < $1";
     /// How long a closed session's row is kept.
     pub const RETENTION_MS: i64 = 2 * 86_400_000;
     /// Open sessions whose heart stopped before `$1`.

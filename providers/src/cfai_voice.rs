@@ -93,7 +93,11 @@ impl CfaiVoice {
         Ok(Self { settings, client })
     }
 
-    async fn run(&self, model: &str, req: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder) -> Result<Value, VoiceFailure> {
+    async fn run(
+        &self,
+        model: &str,
+        req: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<Value, VoiceFailure> {
         let url = format!(
             "{}/accounts/{}/ai/run/{model}",
             self.settings.base_url, self.settings.account_id
@@ -116,8 +120,12 @@ impl CfaiVoice {
                 .and_then(|v| v["errors"][0]["message"].as_str().map(str::to_owned))
                 .unwrap_or_else(|| body.chars().take(200).collect());
             return Err(match status {
-                401 | 403 => VoiceFailure::Unavailable(format!("refused our token ({status}): {detail}")),
-                408 | 429 | 500..=599 => VoiceFailure::Unavailable(format!("answered {status}: {detail}")),
+                401 | 403 => {
+                    VoiceFailure::Unavailable(format!("refused our token ({status}): {detail}"))
+                }
+                408 | 429 | 500..=599 => {
+                    VoiceFailure::Unavailable(format!("answered {status}: {detail}"))
+                }
                 _ => VoiceFailure::Rejected(Refusal::new(
                     400,
                     "provider_rejected",
@@ -159,7 +167,9 @@ impl VoiceProvider for CfaiVoice {
             )));
         }
         let result = self
-            .run(TTS_MODEL, |r| r.json(&json!({"prompt": speech.text, "lang": lang})))
+            .run(TTS_MODEL, |r| {
+                r.json(&json!({"prompt": speech.text, "lang": lang}))
+            })
             .await?;
         let mp3 = result["audio"]
             .as_str()
@@ -172,9 +182,9 @@ impl VoiceProvider for CfaiVoice {
         } else {
             transcode(&mp3, AudioFormat::Mp3, speech.format, speech.sample_rate).await?
         };
-        let seconds = measure(&audio, speech.format)
-            .await
-            .map_err(|e| VoiceFailure::Unavailable(format!("audio we cannot read: {}", e.message)))?;
+        let seconds = measure(&audio, speech.format).await.map_err(|e| {
+            VoiceFailure::Unavailable(format!("audio we cannot read: {}", e.message))
+        })?;
         Ok(Spoken {
             audio,
             format: speech.format,
@@ -195,7 +205,11 @@ impl VoiceProvider for CfaiVoice {
                     .body(audio.to_vec())
             })
             .await?;
-        let text = result["text"].as_str().unwrap_or_default().trim().to_owned();
+        let text = result["text"]
+            .as_str()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
         let words: Vec<WireWord> =
             serde_json::from_value(result["words"].clone()).unwrap_or_default();
         let mut segments: Vec<Segment> = Vec::new();

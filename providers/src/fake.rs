@@ -277,12 +277,19 @@ async fn cfai(
     raw: axum::body::Bytes,
 ) -> Response {
     let failure = |status: u16| {
-        let code = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        let code =
+            http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
         (code, Json(json!({"success": false, "errors": [{"code": 7000, "message": format!("fake failure {status}")}], "messages": [], "result": null}))).into_response()
     };
     // Whisper takes the audio as the raw body; every other model takes JSON.
     if model == "@cf/openai/whisper" {
-        let behaviour = record(&inner, "cfai", model, &json!({"audio_bytes": raw.len()}), auth(&headers));
+        let behaviour = record(
+            &inner,
+            "cfai",
+            model,
+            &json!({"audio_bytes": raw.len()}),
+            auth(&headers),
+        );
         if let Err(status) = settle(behaviour).await {
             return failure(status);
         }

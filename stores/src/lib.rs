@@ -7,7 +7,6 @@
 #![forbid(unsafe_code)]
 
 pub mod ask_replays;
-pub mod voice_sessions;
 pub mod audit;
 pub mod billing;
 pub mod clamd;
@@ -26,6 +25,7 @@ pub mod queue;
 pub mod schedules;
 pub mod sql;
 pub mod uploads;
+pub mod voice_sessions;
 
 pub use database::{Database, DatabaseUrl, StoreError};
 pub use queue::{PgQueue, SqliteQueue, Tx};
