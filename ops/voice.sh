@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The voice service's local engines, from Debian's packages: espeak-ng (speech), sox with its
-# mp3 and base formats (conversion and measurement), PocketSphinx with its US English model
-# (transcription). `cognomega serve` uses them with no configuration.
+# mp3 and base formats (conversion of speech), ffmpeg (decoding what clients send: ogg, mp3,
+# webm, Vorbis or Opus), PocketSphinx with its US English model (transcription). `cognomega serve` uses them with no configuration.
 #
 #   ops/voice.sh --install    install what is missing (as root, or with sudo)
 #   ops/voice.sh --check      exit 1 naming what is missing
 set -euo pipefail
 
-packages=(espeak-ng sox libsox-fmt-mp3 libsox-fmt-base pocketsphinx pocketsphinx-en-us)
-programs=(espeak-ng sox soxi pocketsphinx_continuous)
+packages=(espeak-ng sox libsox-fmt-mp3 libsox-fmt-base ffmpeg pocketsphinx pocketsphinx-en-us)
+programs=(espeak-ng sox soxi ffmpeg pocketsphinx_continuous)
 
 die() { echo "ops/voice.sh: $*" >&2; exit 1; }
 

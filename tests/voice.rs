@@ -15,11 +15,13 @@ both_backends!(
     transcribes_what_was_spoken,
     refusals_bill_nothing,
     an_empty_balance_is_refused_before_speaking,
+    compressed_audio_is_transcribed,
     cartesia_protocol_and_fallback,
     workers_ai_protocol_and_fallback,
     session_streams_in_order_and_settles_once,
     session_refusals_and_caps,
     session_disconnect_settles_once,
+    session_close_interrupts_speech,
     session_pauses_for_a_slow_client,
     session_settles_after_a_sigkill
 );
@@ -637,6 +639,7 @@ async fn session_refusals_and_caps(backend: Backend) -> anyhow::Result<()> {
         api.voice.guest.max_session_seconds = 2;
         api.voice.guest.session_idle_secs = 1;
         api.voice.guest.max_tts_chars = 200;
+        api.voice.guest.max_stt_seconds = 1;
     })
     .await?;
     let guest = app.guest().await?;
@@ -709,6 +712,18 @@ async fn session_refusals_and_caps(backend: Backend) -> anyhow::Result<()> {
     assert_eq!(code, CLOSE_CAP, "{reason}");
     assert!(reason.starts_with("session_audio_cap"), "{reason}");
     assert_eq!(bytes, 2 * cognomega_core::voice::session::BYTES_PER_SECOND);
+
+    // Audio waiting for a flush is held to one transcription's cap (here 1 s).
+    let mut ws = connect(&app.base_url, &guest.token, "")
+        .await?
+        .map_err(|s| anyhow::anyhow!("{s}"))?;
+    until_json(&mut ws).await?;
+    for _ in 0..3 {
+        ws.send(Message::binary(vec![0u8; 16_000])).await?;
+    }
+    let (code, reason) = close_of(&mut ws).await?;
+    assert_eq!(code, CLOSE_CAP, "{reason}");
+    assert!(reason.starts_with("audio_too_long"), "{reason}");
 
     // Idle: closed after the tier's timeout.
     let mut ws = connect(&app.base_url, &guest.token, "")
@@ -785,6 +800,9 @@ async fn session_pauses_for_a_slow_client(backend: Backend) -> anyhow::Result<()
     let app = TestApp::spawn_custom(backend, true, None, |api| {
         api.voice.guest.max_tts_chars = 20_000;
         api.voice.guest.max_session_seconds = 3_600;
+        // The sweep takes a session whose heart stopped for a second for dead: a paused one
+        // must keep beating.
+        api.voice_session_stale = Duration::from_secs(1);
     })
     .await?;
     let guest = app.guest().await?;
@@ -968,5 +986,103 @@ async fn workers_ai_protocol_and_fallback(backend: Backend) -> anyhow::Result<()
     let resp = tts(&app, &guest, json!({"text": "fall back"})).await?;
     assert_eq!(header(&resp, "x-provider"), "local");
     assert_eq!(header(&resp, "x-provider-fallback"), "cfai");
+    app.stop().await
+}
+
+async fn session_close_interrupts_speech(backend: Backend) -> anyhow::Result<()> {
+    let app = spawn(backend).await?;
+    let guest = app.guest().await?;
+    app.wait_idle(Duration::from_secs(60)).await?;
+    let mut ws = connect(&app.base_url, &guest.token, "")
+        .await?
+        .map_err(|s| anyhow::anyhow!("{s}"))?;
+    until_json(&mut ws).await?;
+    // Twenty sentences (about a minute of speech), then a close after the first frames.
+    let text = "This will be cut short by the client. ".repeat(20);
+    ws.send(Message::text(
+        json!({"type": "text", "text": text}).to_string(),
+    ))
+    .await?;
+    for _ in 0..5 {
+        ws.next().await;
+    }
+    ws.send(Message::text(r#"{"type":"close"}"#)).await?;
+    let (frames, closed) = until_json(&mut ws).await?;
+    // No `spoken`: the text was cut, and the session closed normally, billed for what it made.
+    assert_eq!(closed["type"], "closed", "{closed}");
+    let heard = (5 + frames.len()) as f64 / 10.0;
+    assert!(heard < 30.0, "{heard} s arrived after the close was sent");
+    assert_eq!(close_of(&mut ws).await?.0, 1000);
+    app.wait_idle(Duration::from_secs(60)).await?;
+    let (recorded, closed_row) = session_row(&app).await?;
+    assert!(closed_row);
+    assert_eq!(
+        audio_usage(&app, &guest).await?,
+        (1, (recorded + 999) / 1000)
+    );
+    assert_eq!(closed["audio_seconds"], (recorded + 999) / 1000);
+    app.stop().await
+}
+
+/// `audio` re-encoded by ffmpeg (`args` name the codec and container).
+fn ffmpeg(audio: &[u8], ext: &str, args: &[&str]) -> anyhow::Result<Vec<u8>> {
+    let dir = tempfile::tempdir()?;
+    let (src, dst) = (
+        dir.path().join("in.wav"),
+        dir.path().join(format!("out.{ext}")),
+    );
+    std::fs::write(&src, audio)?;
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-nostdin", "-i"])
+        .arg(&src)
+        .args(args)
+        .arg(&dst)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "ffmpeg: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(std::fs::read(&dst)?)
+}
+
+async fn compressed_audio_is_transcribed(backend: Backend) -> anyhow::Result<()> {
+    let app = spawn(backend).await?;
+    let guest = app.guest().await?;
+    app.wait_idle(Duration::from_secs(60)).await?;
+    let wav = tts(&app, &guest, json!({"text": "one two three four five"}))
+        .await?
+        .bytes()
+        .await?
+        .to_vec();
+    let seconds = cognomega_core::voice::wav_info(&wav)
+        .map_err(anyhow::Error::msg)?
+        .seconds;
+    // What browsers record (webm and ogg with Opus), and the older codecs.
+    for (name, ext, args) in [
+        ("webm/opus", "webm", &["-c:a", "libopus"][..]),
+        ("ogg/opus", "ogg", &["-c:a", "libopus"][..]),
+        ("ogg/vorbis", "ogg", &["-c:a", "libvorbis"][..]),
+        ("mp3", "mp3", &["-c:a", "libmp3lame"][..]),
+    ] {
+        let audio = ffmpeg(&wav, ext, args)?;
+        let resp = stt(&app, &guest, audio, "").await?;
+        assert_eq!(resp.status(), StatusCode::OK, "{name}");
+        let body: Value = resp.json().await?;
+        let measured = body["audio_seconds"].as_f64().unwrap_or(0.0);
+        // Codecs pad a frame or two at the edges.
+        assert!(
+            (measured - seconds).abs() < 0.1,
+            "{name}: {measured} s vs {seconds} s"
+        );
+        assert!(
+            !body["text"].as_str().unwrap_or_default().is_empty(),
+            "{name}: {body}"
+        );
+    }
+    // A webm whose stream is cut: refused before any provider, billing nothing more.
+    let webm = ffmpeg(&wav, "webm", &["-c:a", "libopus"])?;
+    let resp = stt(&app, &guest, webm[..60].to_vec(), "").await?;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     app.stop().await
 }

@@ -506,6 +506,8 @@ pub mod session {
     pub const BYTES_PER_SECOND: usize = SAMPLE_RATE as usize * 2;
     /// Bytes of one speech frame the server sends (100 ms).
     pub const FRAME_BYTES: usize = BYTES_PER_SECOND / 10;
+    /// The most audio a session holds for one flush (the tier's `max_stt_seconds` if lower).
+    pub const MAX_FLUSH_SECONDS: u32 = 600;
     /// The largest client message (text or audio).
     pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 

@@ -1,7 +1,8 @@
 //! Voice providers behind one port, tried in order with fallback (`COGNOMEGA_VOICE_PROVIDER_ORDER`).
 //!
-//! `local`, the embedded default, needs no account: espeak-ng speaks, sox converts and
-//! measures, PocketSphinx (its US English model) transcribes, each run as a subprocess on
+//! `local`, the embedded default, needs no account: espeak-ng speaks, sox converts speech,
+//! ffmpeg decodes and measures what clients send, PocketSphinx (its US English model)
+//! transcribes, each run as a subprocess on
 //! files in a private temporary directory that is removed with the request (also when the
 //! client hangs up: the child is killed on drop).
 
@@ -360,7 +361,7 @@ pub struct Local {
 fn missing(program: &str, e: &std::io::Error) -> VoiceFailure {
     VoiceFailure::Unavailable(if e.kind() == std::io::ErrorKind::NotFound {
         format!(
-            "{program} is not installed (apt-get install espeak-ng sox libsox-fmt-mp3 pocketsphinx pocketsphinx-en-us)"
+            "{program} is not installed (ops/voice.sh --install: espeak-ng, sox, ffmpeg, pocketsphinx)"
         )
     } else {
         format!("{program} could not start: {e}")
@@ -486,61 +487,58 @@ fn parse_sphinx(text: &str) -> Vec<Segment> {
     segments
 }
 
-/// The length of `audio` in seconds: WAV by its header, the others by `soxi`.
+/// The length of `audio` in seconds: WAV by its header, the others decoded whole by ffmpeg (so
+/// a header announcing more than the stream holds, or a stream that does not decode, is
+/// refused here, before any provider is called).
 pub async fn measure(audio: &[u8], format: AudioFormat) -> Result<f64, Refusal> {
     let invalid = |m: String| Refusal::new(400, "invalid_audio", m);
-    match format {
-        AudioFormat::Wav => wav_info(audio).map(|i| i.seconds).map_err(invalid),
-        AudioFormat::Webm => Err(Refusal::new(
-            415,
-            "unsupported_format",
-            "webm audio needs a voice provider that reads it; send wav, ogg or mp3",
-        )),
-        AudioFormat::Ogg | AudioFormat::Mp3 => {
-            let dir = scratch().map_err(|e| Refusal::unavailable(e.to_string()))?;
-            let path = dir.path().join(format!("in.{}", format.as_str()));
-            tokio::fs::write(&path, audio)
-                .await
-                .map_err(|e| Refusal::unavailable(format!("could not stage the audio: {e}")))?;
-            // `-D` prints the duration; a file sox cannot decode fails here, before any
-            // provider is called.
-            let out = run("soxi", &[std::ffi::OsStr::new("-D"), os(&path)], None)
-                .await
-                .map_err(|e| match e {
-                    VoiceFailure::Unavailable(m) if m.contains("not installed") => {
-                        Refusal::unavailable(m)
-                    }
-                    other => invalid(format!("the audio could not be decoded: {other}")),
-                })?;
-            let secs: f64 = String::from_utf8_lossy(&out)
-                .trim()
-                .parse()
-                .map_err(|_| invalid("the audio's length could not be read".into()))?;
-            // A header-only or truncated stream: decode it to be sure it holds audio.
-            let decoded = run(
-                "sox",
-                &[
-                    os(&path),
-                    arg("-t"),
-                    arg("raw"),
-                    arg("-r"),
-                    arg("8000"),
-                    arg("-c"),
-                    arg("1"),
-                    arg("-b"),
-                    arg("8"),
-                    arg("-"),
-                ],
-                None,
-            )
-            .await
-            .map_err(|e| invalid(format!("the audio could not be decoded: {e}")))?;
-            if decoded.is_empty() {
-                return Err(invalid("the audio holds no samples".into()));
-            }
-            Ok(secs.max(decoded.len() as f64 / 8000.0))
-        }
+    if format == AudioFormat::Wav {
+        return wav_info(audio).map(|i| i.seconds).map_err(invalid);
     }
+    // 8 kHz, 8-bit: one byte per sample, enough to count them.
+    let decoded = decode(audio, format, "u8", "8000")
+        .await
+        .map_err(|e| match e {
+            VoiceFailure::Unavailable(m) if m.contains("not installed") => Refusal::unavailable(m),
+            other => invalid(format!("the audio could not be decoded: {other}")),
+        })?;
+    if decoded.is_empty() {
+        return Err(invalid("the audio holds no samples".into()));
+    }
+    Ok(decoded.len() as f64 / 8000.0)
+}
+
+/// Decodes `audio` to mono PCM (`sample_format`: ffmpeg's `s16le` or `u8`) at `rate` Hz.
+async fn decode(
+    audio: &[u8],
+    format: AudioFormat,
+    sample_format: &str,
+    rate: &str,
+) -> Result<Vec<u8>, VoiceFailure> {
+    let dir = scratch()?;
+    let path = dir.path().join(format!("in.{}", format.as_str()));
+    tokio::fs::write(&path, audio)
+        .await
+        .map_err(|e| VoiceFailure::Unavailable(format!("could not stage the audio: {e}")))?;
+    run(
+        "ffmpeg",
+        &[
+            arg("-v"),
+            arg("error"),
+            arg("-nostdin"),
+            arg("-i"),
+            os(&path),
+            arg("-f"),
+            arg(sample_format),
+            arg("-ac"),
+            arg("1"),
+            arg("-ar"),
+            arg(rate),
+            arg("-"),
+        ],
+        None,
+    )
+    .await
 }
 
 /// Converts audio from one format to another (and sample rate), by sox.
@@ -656,14 +654,16 @@ impl VoiceProvider for Local {
                 )));
             }
         }
-        if format == AudioFormat::Webm {
-            return Err(VoiceFailure::Unavailable(
-                "the local transcriber does not read webm".into(),
-            ));
-        }
         let dir = scratch()?;
-        let input = dir.path().join(format!("in.{}", format.as_str()));
-        tokio::fs::write(&input, audio)
+        let input = dir.path().join("in.wav");
+        // Compressed audio (ogg, mp3, webm; Vorbis or Opus) is decoded by ffmpeg first.
+        let wav = if format == AudioFormat::Wav {
+            std::borrow::Cow::Borrowed(audio)
+        } else {
+            let pcm = decode(audio, format, "s16le", "16000").await?;
+            std::borrow::Cow::Owned(cognomega_core::voice::session::wav_of_pcm(&pcm))
+        };
+        tokio::fs::write(&input, &*wav)
             .await
             .map_err(|e| VoiceFailure::Unavailable(format!("could not stage the audio: {e}")))?;
         // PocketSphinx's model wants 16 kHz, mono, 16-bit.

@@ -58,6 +58,9 @@ pub trait VoiceHost: MaybeSendSync {
     /// host's metrics.
     fn billed(&self, _provider: &str, _op: &'static str, _seconds: f64) {}
 
+    /// Waits `wait` (a session's heartbeat while the client is slow to read).
+    async fn sleep(&self, wait: std::time::Duration);
+
     /// Now, epoch milliseconds.
     fn now_ms(&self) -> i64;
 
@@ -294,6 +297,8 @@ async fn bill<H: VoiceHost>(
 pub trait SessionSocket: cognomega_core::sql::MaybeSend {
     /// The next message, [`Recv::Idle`] when none came within `wait`.
     async fn recv(&mut self, wait: std::time::Duration) -> Recv;
+    /// A message that has already arrived, without waiting; `None` when none has.
+    fn try_recv(&mut self) -> Option<Recv>;
     /// Sends a text frame; `false` when the client is gone. Waits while the client is slow.
     async fn send_text(&mut self, text: String) -> bool;
     /// Sends a binary frame; `false` when the client is gone. Waits while the client is slow.
@@ -536,6 +541,8 @@ async fn converse<H: VoiceHost, S: SessionSocket>(
     let mut used_ms: i64 = 0;
     let mut heard: Vec<u8> = Vec::new();
     let mut last_activity = host.now_ms();
+    // Messages read while speaking (a `close` there ends the text at once), handled in order.
+    let mut queued: std::collections::VecDeque<Recv> = std::collections::VecDeque::new();
     loop {
         let left = idle_ms - (host.now_ms() - last_activity);
         if left <= 0 {
@@ -546,7 +553,10 @@ async fn converse<H: VoiceHost, S: SessionSocket>(
         }
         let wait =
             std::time::Duration::from_millis(u64::try_from(left.min(beat_ms)).unwrap_or(100));
-        let message = socket.recv(wait).await;
+        let message = match queued.pop_front() {
+            Some(m) => m,
+            None => socket.recv(wait).await,
+        };
         let text = match message {
             Recv::Closed => return End::Gone,
             Recv::TooLarge => {
@@ -574,6 +584,17 @@ async fn converse<H: VoiceHost, S: SessionSocket>(
                         format!(
                             "session_audio_cap: this tier allows {} s of audio per session",
                             caps.max_session_seconds
+                        ),
+                    );
+                }
+                // What waits for a flush is held in memory: at most one transcription's worth.
+                let flush_ms = i64::from(caps.max_stt_seconds.min(proto::MAX_FLUSH_SECONDS)) * 1000;
+                if pending_ms > flush_ms {
+                    return End::Close(
+                        proto::CLOSE_CAP,
+                        format!(
+                            "audio_too_long: flush at most {} s of audio at a time",
+                            flush_ms / 1000
                         ),
                     );
                 }
@@ -672,8 +693,26 @@ async fn converse<H: VoiceHost, S: SessionSocket>(
                     spoken_ms += ms;
                     host.billed(&spoken.provider, "session", ms as f64 / 1000.0);
                     for frame in pcm.chunks(proto::FRAME_BYTES) {
-                        if !socket.send_binary(frame.to_vec()).await {
-                            return End::Gone;
+                        match peek(socket, &mut queued) {
+                            Peeked::Nothing => {}
+                            Peeked::Close => {
+                                return End::Close(
+                                    proto::CLOSE_NORMAL,
+                                    "closed by the client".into(),
+                                )
+                            }
+                            Peeked::Gone => return End::Gone,
+                        }
+                        match send_beating(host, &opened.id, socket, frame.to_vec(), beat_ms).await
+                        {
+                            Sent::Taken => {}
+                            Sent::Gone => return End::Gone,
+                            Sent::Lost => {
+                                return End::Close(
+                                    proto::CLOSE_LOST,
+                                    "session_lost: settled elsewhere".into(),
+                                )
+                            }
                         }
                     }
                 }
@@ -708,6 +747,73 @@ async fn converse<H: VoiceHost, S: SessionSocket>(
                 };
                 if !socket.send_text(reply.to_string()).await {
                     return End::Gone;
+                }
+            }
+        }
+    }
+}
+
+/// The most messages read ahead while speaking; beyond, the client waits (TCP backpressure).
+const READ_AHEAD: usize = 16;
+
+/// What reading ahead found.
+enum Peeked {
+    Nothing,
+    Close,
+    Gone,
+}
+
+/// Reads what the client already sent, without waiting: a `close` (or a hang-up) is answered
+/// at once; anything else waits its turn in `queued` (at most [`READ_AHEAD`] messages).
+fn peek<S: SessionSocket>(socket: &mut S, queued: &mut std::collections::VecDeque<Recv>) -> Peeked {
+    while queued.len() < READ_AHEAD {
+        match socket.try_recv() {
+            None => break,
+            Some(Recv::Closed) => return Peeked::Gone,
+            Some(Recv::Text(t))
+                if cognomega_core::voice::session::parse(&t)
+                    == Ok(cognomega_core::voice::session::ClientMessage::Close) =>
+            {
+                return Peeked::Close;
+            }
+            Some(m) => queued.push_back(m),
+        }
+    }
+    Peeked::Nothing
+}
+
+/// How a frame's send ended.
+enum Sent {
+    /// Taken by the client.
+    Taken,
+    /// The client is gone.
+    Gone,
+    /// The session was settled elsewhere while the client was not reading.
+    Lost,
+}
+
+/// Sends a frame, beating the session's heart while a slow client keeps it waiting (so the
+/// sweep does not take a paused session for a dead one).
+async fn send_beating<H: VoiceHost, S: SessionSocket>(
+    host: &H,
+    id: &str,
+    socket: &mut S,
+    frame: Vec<u8>,
+    beat_ms: i64,
+) -> Sent {
+    use futures::future::Either;
+    let beat = std::time::Duration::from_millis(u64::try_from(beat_ms).unwrap_or(1_000));
+    let send = socket.send_binary(frame);
+    futures::pin_mut!(send);
+    loop {
+        let tick = host.sleep(beat);
+        futures::pin_mut!(tick);
+        match futures::future::select(send.as_mut(), tick).await {
+            Either::Left((true, _)) => return Sent::Taken,
+            Either::Left((false, _)) => return Sent::Gone,
+            Either::Right(((), _)) => {
+                if !record(host, id, 0).await {
+                    return Sent::Lost;
                 }
             }
         }

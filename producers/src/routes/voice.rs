@@ -295,6 +295,29 @@ impl voice::SessionSocket for Socket {
         }
     }
 
+    fn try_recv(&mut self) -> Option<voice::Recv> {
+        use futures::FutureExt as _;
+        // `recv` is cancel-safe (a stream's next item): polled once, dropped when pending.
+        loop {
+            let next = self.ws.recv().now_or_never()?;
+            return Some(match next {
+                None => voice::Recv::Closed,
+                Some(Err(e)) => {
+                    let text = e.to_string();
+                    if text.contains("too long") || text.contains("too big") {
+                        voice::Recv::TooLarge
+                    } else {
+                        voice::Recv::Closed
+                    }
+                }
+                Some(Ok(axum::extract::ws::Message::Text(t))) => voice::Recv::Text(t.to_string()),
+                Some(Ok(axum::extract::ws::Message::Binary(b))) => voice::Recv::Binary(b.to_vec()),
+                Some(Ok(axum::extract::ws::Message::Close(_))) => voice::Recv::Closed,
+                Some(Ok(_)) => continue,
+            });
+        }
+    }
+
     async fn send_text(&mut self, text: String) -> bool {
         self.ws
             .send(axum::extract::ws::Message::Text(text.into()))
@@ -339,6 +362,10 @@ impl VoiceHost for AppState {
 
     fn warn(&self, message: &str) {
         tracing::warn!(request_id = %current_request_id(), "{message}");
+    }
+
+    async fn sleep(&self, wait: std::time::Duration) {
+        tokio::time::sleep(wait).await;
     }
 
     fn billed(&self, provider: &str, op: &'static str, seconds: f64) {
