@@ -645,6 +645,41 @@ async fn session_refusals_and_caps(backend: Backend) -> anyhow::Result<()> {
     let guest = app.guest().await?;
     app.wait_idle(Duration::from_secs(60)).await?;
 
+    // A browser cannot set Authorization on a WebSocket: the token rides as a subprotocol.
+    {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        let url = format!("{}/voice/sessions", app.base_url.replacen("http", "ws", 1));
+        let mut req = url.into_client_request()?;
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            format!("cognomega, bearer.{}", guest.token).parse()?,
+        );
+        let (mut ws, resp) = tokio_tungstenite::connect_async(req).await?;
+        assert_eq!(
+            resp.headers()
+                .get("sec-websocket-protocol")
+                .map(|v| v.as_bytes()),
+            Some(&b"cognomega"[..])
+        );
+        assert_eq!(until_json(&mut ws).await?.1["type"], "ready");
+        ws.close(None).await?;
+        let mut req = format!("{}/voice/sessions", app.base_url.replacen("http", "ws", 1))
+            .into_client_request()?;
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            "cognomega, bearer.not-a-token".parse()?,
+        );
+        match tokio_tungstenite::connect_async(req).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status().as_u16(), 401)
+            }
+            other => anyhow::bail!(
+                "a bad subprotocol token was let in: {:?}",
+                other.map(|_| ())
+            ),
+        }
+    }
+
     // Not a WebSocket: 426 in the envelope.
     let resp = app
         .client

@@ -182,8 +182,10 @@ fn now() -> UnixMillis {
 /// The token of an `Authorization: Bearer <token>` header, if it has one.
 #[must_use]
 pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return websocket_token(headers);
+    };
+    value
         .to_str()
         .ok()
         .and_then(|v| {
@@ -193,6 +195,22 @@ pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
         .map(str::trim)
         .filter(|t| !t.is_empty())
 }
+
+/// The token a browser's WebSocket carries where it cannot set `Authorization`: a subprotocol
+/// `bearer.<token>` beside [`WEBSOCKET_PROTOCOL`] (`new WebSocket(url, ["cognomega",
+/// "bearer." + token])`).
+fn websocket_token(headers: &http::HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix("bearer."))
+        .filter(|t| !t.is_empty())
+}
+
+/// The subprotocol a WebSocket route answers with when the client offers it.
+pub const WEBSOCKET_PROTOCOL: &str = "cognomega";
 
 /// A request authenticated with a valid bearer token.
 #[derive(Debug, Clone)]
@@ -218,7 +236,9 @@ impl FromRequestParts<AppState> for Authenticated {
             tracing::Span::current().record("tenant", done.0.tenant.as_str());
             return Ok(done);
         }
-        if !parts.headers.contains_key(header::AUTHORIZATION) {
+        if !parts.headers.contains_key(header::AUTHORIZATION)
+            && websocket_token(&parts.headers).is_none()
+        {
             return Err(unauthorized(
                 "missing_token",
                 "send Authorization: Bearer <token>; get one from POST /auth/guest",

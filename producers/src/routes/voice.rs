@@ -215,7 +215,9 @@ pub(crate) struct SessionQuery {
             PCM, 100 ms each), `spoken`, `transcript`, `error` and `closed` JSON frames. A \
             message that is not the protocol closes with 4400, the audio cap with 4413, idle \
             with 4408, the floor with 4402; the reason names it. Billed once as \
-            `audio_seconds` when it ends, also after a disconnect or a crash"),
+            `audio_seconds` when it ends, also after a disconnect or a crash. A browser, which \
+            cannot set Authorization on a WebSocket, offers the subprotocols `cognomega` and \
+            `bearer.<token>`; the answer selects `cognomega`"),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 402, response = PaymentRequired),
@@ -249,6 +251,7 @@ pub(crate) async fn session(
     let opened = voice::open_session(&state, settings(&state), caller, q.voice).await?;
     let max = cognomega_core::voice::session::MAX_MESSAGE_BYTES;
     Ok(upgrade
+        .protocols([crate::auth::WEBSOCKET_PROTOCOL])
         .max_message_size(max)
         .max_frame_size(max)
         // Bounded buffers: a slow client pauses the session instead of growing them.
