@@ -121,6 +121,28 @@ async fn speaks_measured_and_billed_once(backend: Backend) -> anyhow::Result<()>
     app.wait_idle(Duration::from_secs(60)).await?;
     let before = app.balance(&guest).await?;
 
+    // A browser may read the voice headers.
+    let resp = app
+        .client
+        .post(app.url("/voice/tts"))
+        .bearer_auth(&guest.token)
+        .header("origin", "https://app.example")
+        .json(&json!({"text": "Browser."}))
+        .send()
+        .await?;
+    let exposed = header(&resp, "access-control-expose-headers").to_ascii_lowercase();
+    for name in [
+        "x-audio-seconds",
+        "x-voice",
+        "x-provider",
+        "x-provider-fallback",
+        "x-credits-used",
+    ] {
+        assert!(exposed.contains(name), "{name} not exposed: {exposed}");
+    }
+    let mut billed = header(&resp, "x-audio-seconds").parse::<f64>()?.ceil() as i64;
+    let mut charged = header(&resp, "x-credits-used").parse::<i64>()?;
+
     let voices: Value = app
         .client
         .get(app.url("/voice/voices"))
@@ -135,8 +157,6 @@ async fn speaks_measured_and_billed_once(backend: Backend) -> anyhow::Result<()>
         .as_array()
         .is_some_and(|v| v.iter().any(|v| v["id"] == "en-us")));
 
-    let mut billed = 0;
-    let mut charged = 0;
     for (format, ext, ctype) in [
         ("wav", "wav", "audio/wav"),
         ("ogg", "ogg", "audio/ogg"),
@@ -183,7 +203,7 @@ async fn speaks_measured_and_billed_once(backend: Backend) -> anyhow::Result<()>
     );
 
     app.wait_idle(Duration::from_secs(60)).await?;
-    assert_eq!(audio_usage(&app, &guest).await?, (4, billed));
+    assert_eq!(audio_usage(&app, &guest).await?, (5, billed));
     assert_eq!(app.balance(&guest).await?, before - charged);
     app.stop().await
 }

@@ -120,11 +120,14 @@ pub mod cors {
     /// Headers a browser client may read: billing figures, the request id, the rate-limit
     /// figures a client paces itself by, the stage timings of an ask, and the mark of a
     /// replayed answer.
-    pub const EXPOSED_HEADERS: [&str; 13] = [
+    pub const EXPOSED_HEADERS: [&str; 16] = [
         "x-request-id",
         "x-credits-used",
         "x-credits-balance",
         "x-provider",
+        "x-provider-fallback",
+        "x-voice",
+        "x-audio-seconds",
         "x-model",
         "x-tokens-in",
         "x-tokens-out",
