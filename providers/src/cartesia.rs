@@ -6,12 +6,11 @@
 
 use std::time::Duration;
 
-use cognomega_core::api::Refusal;
 use cognomega_core::voice::{AudioFormat, Heard, Segment, Speech, Spoken, VoiceFailure, VoiceInfo};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::voice::{measure, VoiceProvider};
+use crate::voice::{http_failure, measure, segments_of_words, VoiceProvider};
 
 /// The API version sent when `CARTESIA_VERSION` is not set.
 pub const DEFAULT_VERSION: &str = "2025-04-16";
@@ -108,17 +107,7 @@ impl Cartesia {
                     .map(str::to_owned)
             })
             .unwrap_or_else(|| body.chars().take(200).collect());
-        Err(match status {
-            401 | 403 => VoiceFailure::Unavailable(format!("refused our key ({status}): {detail}")),
-            408 | 429 | 500..=599 => {
-                VoiceFailure::Unavailable(format!("answered {status}: {detail}"))
-            }
-            _ => VoiceFailure::Rejected(Refusal::new(
-                400,
-                "provider_rejected",
-                format!("cartesia refused the request ({status}): {detail}"),
-            )),
-        })
+        Err(http_failure("cartesia", status, &detail))
     }
 }
 
@@ -154,23 +143,9 @@ struct WireTranscript {
     words: Vec<WireWord>,
 }
 
-/// Words into segments: a pause of more than 0.5 s starts a new one.
+/// Words into segments; a transcript without word timings is one segment.
 fn segments(words: &[WireWord], text: &str) -> Vec<Segment> {
-    let mut out: Vec<Segment> = Vec::new();
-    for w in words {
-        match out.last_mut() {
-            Some(s) if w.start - s.end <= 0.5 => {
-                s.text.push(' ');
-                s.text.push_str(w.word.trim());
-                s.end = w.end;
-            }
-            _ => out.push(Segment {
-                start: w.start,
-                end: w.end,
-                text: w.word.trim().to_owned(),
-            }),
-        }
-    }
+    let mut out = segments_of_words(words.iter().map(|w| (w.word.as_str(), w.start, w.end)));
     if out.is_empty() && !text.trim().is_empty() {
         out.push(Segment {
             start: 0.0,

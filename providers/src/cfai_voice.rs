@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use cognomega_core::api::Refusal;
-use cognomega_core::voice::{AudioFormat, Heard, Segment, Speech, Spoken, VoiceFailure, VoiceInfo};
+use cognomega_core::voice::{AudioFormat, Heard, Speech, Spoken, VoiceFailure, VoiceInfo};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::voice::{measure, transcode, VoiceProvider};
+use crate::voice::{http_failure, measure, segments_of_words, transcode, VoiceProvider};
 
 /// The speech model.
 pub const TTS_MODEL: &str = "@cf/myshell-ai/melotts";
@@ -119,19 +119,7 @@ impl CfaiVoice {
                 .ok()
                 .and_then(|v| v["errors"][0]["message"].as_str().map(str::to_owned))
                 .unwrap_or_else(|| body.chars().take(200).collect());
-            return Err(match status {
-                401 | 403 => {
-                    VoiceFailure::Unavailable(format!("refused our token ({status}): {detail}"))
-                }
-                408 | 429 | 500..=599 => {
-                    VoiceFailure::Unavailable(format!("answered {status}: {detail}"))
-                }
-                _ => VoiceFailure::Rejected(Refusal::new(
-                    400,
-                    "provider_rejected",
-                    format!("Workers AI refused the request ({status}): {detail}"),
-                )),
-            });
+            return Err(http_failure("Workers AI", status, &detail));
         }
         serde_json::from_str::<Envelope>(&body)
             .map(|e| e.result)
@@ -212,21 +200,7 @@ impl VoiceProvider for CfaiVoice {
             .to_owned();
         let words: Vec<WireWord> =
             serde_json::from_value(result["words"].clone()).unwrap_or_default();
-        let mut segments: Vec<Segment> = Vec::new();
-        for w in words {
-            match segments.last_mut() {
-                Some(s) if w.start - s.end <= 0.5 => {
-                    s.text.push(' ');
-                    s.text.push_str(w.word.trim());
-                    s.end = w.end;
-                }
-                _ => segments.push(Segment {
-                    start: w.start,
-                    end: w.end,
-                    text: w.word.trim().to_owned(),
-                }),
-            }
-        }
+        let segments = segments_of_words(words.iter().map(|w| (w.word.as_str(), w.start, w.end)));
         Ok(Heard {
             text,
             segments,

@@ -72,6 +72,16 @@ pub struct FakeProvider {
     inner: Arc<Inner>,
 }
 
+/// Serves `app` on a free loopback port, in the background; its address.
+async fn serve(app: Router) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(addr)
+}
+
 /// Prompt tokens the fake reports: one per 4 bytes of content, at least 1.
 #[must_use]
 pub fn reported_tokens_in(body: &Value) -> u64 {
@@ -95,12 +105,10 @@ impl FakeProvider {
             .route("/v1/chat/completions", post(openai))
             .route("/client/v4/accounts/{account}/ai/run/{*model}", post(cfai))
             .with_state(inner.clone());
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
-        let addr = listener.local_addr()?;
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(Self { addr, inner })
+        Ok(Self {
+            addr: serve(app).await?,
+            inner,
+        })
     }
 
     /// `http://127.0.0.1:PORT/v1` (an OpenAI/Groq base URL).
@@ -401,12 +409,10 @@ impl FakeCartesia {
             .route("/voices", axum::routing::get(cartesia_voices))
             .route("/stt", post(cartesia_stt))
             .with_state(inner.clone());
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
-        let addr = listener.local_addr()?;
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(Self { addr, inner })
+        Ok(Self {
+            addr: serve(app).await?,
+            inner,
+        })
     }
 
     /// `http://127.0.0.1:PORT` (a `CARTESIA_BASE_URL`).
