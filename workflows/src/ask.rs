@@ -585,32 +585,14 @@ pub async fn standing<H: AskHost>(
     floor: i64,
 ) -> Result<i64, Refusal> {
     let now_secs = host.now_ms().div_euclid(1000);
-    let day_start = now_secs - now_secs.rem_euclid(86_400);
-    let row = host
-        .reader()
-        .query_opt(
-            cognomega_core::billing::sql::ASK_STANDING,
-            &[tenant.into(), day_start.into()],
-        )
-        .await
-        .map_err(Refusal::internal)?;
-    let (flagged, stored, tokens) = match row {
-        Some(r) => (
-            r.bool(0).map_err(Refusal::internal)?,
-            r.opt_int(1).map_err(Refusal::internal)?,
-            r.opt_int(2).map_err(Refusal::internal)?,
-        ),
-        None => (false, None, None),
-    };
-    // No `balances` row yet: the cache, which falls back to the ledger's settled balance.
-    let balance = match stored {
-        Some(b) => b,
-        None => host.balance(tenant).await.map_err(Refusal::internal)?,
-    };
-    if flagged || balance <= floor {
-        return Err(Refusal::insufficient_credits(balance));
-    }
-    let used = tokens.map_or(0, |t| u64::try_from(t).unwrap_or(0));
+    let (balance, used) = crate::billing::funded(
+        &mut *host.reader(),
+        tenant,
+        now_secs,
+        floor,
+        host.balance(tenant),
+    )
+    .await?;
     if let Err(over) = check_budget(used, budget, now_secs) {
         let e = refusal(429, "token_budget_exceeded", over.message);
         return Err(match u64::try_from(over.retry_after_secs) {

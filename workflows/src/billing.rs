@@ -333,3 +333,37 @@ pub async fn adjustment<H: WriteHost + ?Sized>(
         )),
     }
 }
+
+/// A tenant's standing before billable work, on one read of its flag, stored balance and
+/// tokens recorded today (UTC): 402 when it is flagged or its balance is at or below `floor`.
+/// `balance` is asked only when the tenant has no `balances` row yet (the cache, which falls
+/// back to the ledger's settled balance). Returns the balance and today's tokens.
+pub async fn funded(
+    reader: &mut dyn cognomega_core::sql::Executor,
+    tenant: &str,
+    now_secs: i64,
+    floor: i64,
+    balance: impl std::future::Future<Output = Result<i64, String>>,
+) -> Result<(i64, u64), Refusal> {
+    let day_start = now_secs - now_secs.rem_euclid(86_400);
+    let row = reader
+        .query_opt(sql::ASK_STANDING, &[tenant.into(), day_start.into()])
+        .await
+        .map_err(Refusal::internal)?;
+    let (flagged, stored, tokens) = match row {
+        Some(r) => (
+            r.bool(0).map_err(Refusal::internal)?,
+            r.opt_int(1).map_err(Refusal::internal)?,
+            r.opt_int(2).map_err(Refusal::internal)?,
+        ),
+        None => (false, None, None),
+    };
+    let balance = match stored {
+        Some(b) => b,
+        None => balance.await.map_err(Refusal::internal)?,
+    };
+    if flagged || balance <= floor {
+        return Err(Refusal::insufficient_credits(balance));
+    }
+    Ok((balance, tokens.map_or(0, |t| u64::try_from(t).unwrap_or(0))))
+}

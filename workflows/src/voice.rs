@@ -240,29 +240,14 @@ fn fallback_header<T>(answered: &Answered<T>) -> Option<String> {
 /// 402 when the tenant is flagged or its balance is at the floor; else the balance.
 async fn standing<H: VoiceHost>(host: &H, tenant: &str, floor: i64) -> Result<i64, Refusal> {
     let now_secs = host.now_ms().div_euclid(1000);
-    let day_start = now_secs - now_secs.rem_euclid(86_400);
-    let row = host
-        .reader()
-        .query_opt(
-            cognomega_core::billing::sql::ASK_STANDING,
-            &[tenant.into(), day_start.into()],
-        )
-        .await
-        .map_err(Refusal::internal)?;
-    let (flagged, stored) = match row {
-        Some(r) => (
-            r.bool(0).map_err(Refusal::internal)?,
-            r.opt_int(1).map_err(Refusal::internal)?,
-        ),
-        None => (false, None),
-    };
-    let balance = match stored {
-        Some(b) => b,
-        None => host.balance(tenant).await.map_err(Refusal::internal)?,
-    };
-    if flagged || balance <= floor {
-        return Err(Refusal::insufficient_credits(balance));
-    }
+    let (balance, _) = crate::billing::funded(
+        &mut *host.reader(),
+        tenant,
+        now_secs,
+        floor,
+        host.balance(tenant),
+    )
+    .await?;
     Ok(balance)
 }
 
@@ -347,17 +332,7 @@ pub async fn open_session<H: VoiceHost>(
 ) -> Result<Opened, Refusal> {
     use cognomega_core::voice::session;
     if let Some(v) = &voice {
-        let ok = !v.is_empty()
-            && v.len() <= 128
-            && v.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_+./:".contains(&b));
-        if !ok {
-            return Err(Refusal::new(
-                400,
-                "invalid_voice",
-                "`voice` must be a voice id from GET /voice/voices",
-            ));
-        }
+        cognomega_core::voice::check_voice_id(v)?;
     }
     let caps = *settings.policy.tier(caller.tier);
     standing(host, caller.tenant, settings.floor).await?;
