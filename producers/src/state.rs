@@ -193,3 +193,33 @@ impl AppState {
         })
     }
 }
+
+impl AppState {
+    /// The tenant's cached balance (the ledger's settled balance when nothing is cached): the
+    /// balance port of the workflows this server hosts.
+    pub async fn cached_balance(&self, tenant: &str) -> Result<i64, String> {
+        self.balances
+            .get(tenant)
+            .await
+            .map(|b| b.balance)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Sends one workflow message through the queue driver: the queue-send port of the
+    /// workflows this server hosts.
+    pub async fn send_outbound(
+        &self,
+        message: cognomega_core::sql::Outbound<'_>,
+    ) -> Result<(), String> {
+        let queue =
+            cognomega_core::queue::QueueName::parse(message.queue).map_err(|e| e.to_string())?;
+        self.queues
+            .send(
+                &queue,
+                cognomega_core::queue::OutgoingMessage::outbound(message),
+            )
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}

@@ -15,7 +15,6 @@ use axum::Json;
 use chrono::Utc;
 use cognomega_core::ai::{Message, ProviderId};
 use cognomega_core::api::Refusal;
-use cognomega_core::queue::{OutgoingMessage, QueueName};
 use cognomega_core::sql::{Executor, Outbound};
 use cognomega_providers::{AskFailure, Completion, Usage};
 use cognomega_workflows::ask::{self, AskHost, AskRequest, AskSettings, Chunks, Reply, Routed};
@@ -153,21 +152,11 @@ impl AskHost for AppState {
     }
 
     async fn balance(&self, tenant: &str) -> Result<i64, String> {
-        self.balances
-            .get(tenant)
-            .await
-            .map(|b| b.balance)
-            .map_err(|e| e.to_string())
+        self.cached_balance(tenant).await
     }
 
     async fn send(&self, message: Outbound<'_>) -> Result<(), String> {
-        let queue = QueueName::parse(message.queue).map_err(|e| e.to_string())?;
-        let out = OutgoingMessage::outbound(message);
-        self.queues
-            .send(&queue, out)
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
+        self.send_outbound(message).await
     }
 
     fn any_provider(&self) -> bool {

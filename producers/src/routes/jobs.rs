@@ -135,11 +135,7 @@ impl WriteHost for AppState {
     }
 
     async fn balance(&self, tenant: &str) -> Result<i64, String> {
-        self.balances
-            .get(tenant)
-            .await
-            .map(|b| b.balance)
-            .map_err(|e| e.to_string())
+        self.cached_balance(tenant).await
     }
 
     fn now_ms(&self) -> i64 {

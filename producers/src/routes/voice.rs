@@ -8,7 +8,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
 use cognomega_core::api::Refusal;
-use cognomega_core::queue::{OutgoingMessage, QueueName};
 use cognomega_core::sql::{Executor, Outbound, SqlError, Transaction};
 use cognomega_core::voice::{Answered, AudioFormat, Heard, Speech, Spoken};
 use cognomega_workflows::voice::{self, Caller, VoiceHost, VoiceSettings};
@@ -265,6 +264,26 @@ pub(crate) async fn session(
         }))
 }
 
+/// What the socket delivered, as the session reads it; `None` for a ping or pong (the library
+/// answers those).
+fn incoming(next: Option<Result<axum::extract::ws::Message, axum::Error>>) -> Option<voice::Recv> {
+    use axum::extract::ws::Message;
+    Some(match next {
+        None | Some(Ok(Message::Close(_))) => voice::Recv::Closed,
+        Some(Err(e)) => {
+            let text = e.to_string();
+            if text.contains("too long") || text.contains("too big") {
+                voice::Recv::TooLarge
+            } else {
+                voice::Recv::Closed
+            }
+        }
+        Some(Ok(Message::Text(t))) => voice::Recv::Text(t.to_string()),
+        Some(Ok(Message::Binary(b))) => voice::Recv::Binary(b.to_vec()),
+        Some(Ok(Message::Ping(_) | Message::Pong(_))) => return None,
+    })
+}
+
 /// An axum WebSocket as a session's socket.
 struct Socket {
     ws: axum::extract::ws::WebSocket,
@@ -273,28 +292,13 @@ struct Socket {
 #[async_trait::async_trait]
 impl voice::SessionSocket for Socket {
     async fn recv(&mut self, wait: std::time::Duration) -> voice::Recv {
-        use axum::extract::ws::Message;
         loop {
-            let next = match tokio::time::timeout(wait, self.ws.recv()).await {
-                Err(_) => return voice::Recv::Idle,
-                Ok(next) => next,
+            let Ok(next) = tokio::time::timeout(wait, self.ws.recv()).await else {
+                return voice::Recv::Idle;
             };
-            return match next {
-                None => voice::Recv::Closed,
-                Some(Err(e)) => {
-                    let text = e.to_string();
-                    if text.contains("too long") || text.contains("too big") {
-                        voice::Recv::TooLarge
-                    } else {
-                        voice::Recv::Closed
-                    }
-                }
-                Some(Ok(Message::Text(t))) => voice::Recv::Text(t.to_string()),
-                Some(Ok(Message::Binary(b))) => voice::Recv::Binary(b.to_vec()),
-                Some(Ok(Message::Close(_))) => voice::Recv::Closed,
-                // Pings are answered by the library.
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            };
+            if let Some(recv) = incoming(next) {
+                return recv;
+            }
         }
     }
 
@@ -302,22 +306,9 @@ impl voice::SessionSocket for Socket {
         use futures::FutureExt as _;
         // `recv` is cancel-safe (a stream's next item): polled once, dropped when pending.
         loop {
-            let next = self.ws.recv().now_or_never()?;
-            return Some(match next {
-                None => voice::Recv::Closed,
-                Some(Err(e)) => {
-                    let text = e.to_string();
-                    if text.contains("too long") || text.contains("too big") {
-                        voice::Recv::TooLarge
-                    } else {
-                        voice::Recv::Closed
-                    }
-                }
-                Some(Ok(axum::extract::ws::Message::Text(t))) => voice::Recv::Text(t.to_string()),
-                Some(Ok(axum::extract::ws::Message::Binary(b))) => voice::Recv::Binary(b.to_vec()),
-                Some(Ok(axum::extract::ws::Message::Close(_))) => voice::Recv::Closed,
-                Some(Ok(_)) => continue,
-            });
+            if let Some(recv) = incoming(self.ws.recv().now_or_never()?) {
+                return Some(recv);
+            }
         }
     }
 
@@ -376,20 +367,11 @@ impl VoiceHost for AppState {
     }
 
     async fn balance(&self, tenant: &str) -> Result<i64, String> {
-        self.balances
-            .get(tenant)
-            .await
-            .map(|b| b.balance)
-            .map_err(|e| e.to_string())
+        self.cached_balance(tenant).await
     }
 
     async fn send(&self, message: Outbound<'_>) -> Result<(), String> {
-        let queue = QueueName::parse(message.queue).map_err(|e| e.to_string())?;
-        self.queues
-            .send(&queue, OutgoingMessage::outbound(message))
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
+        self.send_outbound(message).await
     }
 
     async fn measure(&self, audio: &[u8], format: AudioFormat) -> Result<f64, Refusal> {
