@@ -81,37 +81,37 @@ async fn audio_usage(app: &TestApp, guest: &Guest) -> anyhow::Result<(i64, i64)>
     ))
 }
 
+/// Runs a command-line tool; its standard output, or its standard error as the failure.
+fn tool(cmd: &mut std::process::Command) -> anyhow::Result<Vec<u8>> {
+    let out = cmd.output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{:?}: {}",
+        cmd.get_program(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out.stdout)
+}
+
 /// The length of an audio file as sox reads it (an independent decoder).
 fn sox_seconds(audio: &[u8], ext: &str) -> anyhow::Result<f64> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join(format!("a.{ext}"));
     std::fs::write(&path, audio)?;
-    let out = std::process::Command::new("soxi")
-        .arg("-D")
-        .arg(&path)
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "soxi: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+    let out = tool(std::process::Command::new("soxi").arg("-D").arg(&path))?;
+    Ok(String::from_utf8_lossy(&out).trim().parse()?)
 }
 
 /// A WAV of silence made by sox.
 fn silence(seconds: f64) -> anyhow::Result<Vec<u8>> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("s.wav");
-    let out = std::process::Command::new("sox")
-        .args(["-n", "-r", "16000", "-c", "1", "-b", "16"])
-        .arg(&path)
-        .args(["trim", "0", &seconds.to_string()])
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "sox: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    tool(
+        std::process::Command::new("sox")
+            .args(["-n", "-r", "16000", "-c", "1", "-b", "16"])
+            .arg(&path)
+            .args(["trim", "0", &seconds.to_string()]),
+    )?;
     Ok(std::fs::read(&path)?)
 }
 
@@ -515,6 +515,15 @@ async fn connect(base: &str, token: &str, query: &str) -> anyhow::Result<Result<
     }
 }
 
+/// A session opened with the bearer header, past its `ready` frame.
+async fn open_ready(base: &str, token: &str) -> anyhow::Result<Ws> {
+    let mut ws = connect(base, token, "")
+        .await?
+        .map_err(|s| anyhow::anyhow!("the session was refused: {s}"))?;
+    until_json(&mut ws).await?;
+    Ok(ws)
+}
+
 /// The next JSON frame (binary frames before it are returned too).
 async fn until_json(ws: &mut Ws) -> anyhow::Result<(Vec<Vec<u8>>, Value)> {
     let mut audio = Vec::new();
@@ -633,10 +642,7 @@ async fn session_streams_in_order_and_settles_once(backend: Backend) -> anyhow::
     assert!(app.balance(&guest).await? <= before - charged);
 
     // Retention: a closed session's row goes after two days; an open one stays.
-    let mut open = connect(&app.base_url, &guest.token, "")
-        .await?
-        .map_err(|s| anyhow::anyhow!("{s}"))?;
-    until_json(&mut open).await?;
+    let open = open_ready(&app.base_url, &guest.token).await?;
     let now = chrono::Utc::now().timestamp_millis();
     assert_eq!(
         cognomega_stores::voice_sessions::prune(app.tdb.db(), now).await?,
@@ -720,20 +726,14 @@ async fn session_refusals_and_caps(backend: Backend) -> anyhow::Result<()> {
         r#"{"type":"dance"}"#,
         r#"{"type":"text","text":"  "}"#,
     ] {
-        let mut ws = connect(&app.base_url, &guest.token, "")
-            .await?
-            .map_err(|s| anyhow::anyhow!("{s}"))?;
-        until_json(&mut ws).await?;
+        let mut ws = open_ready(&app.base_url, &guest.token).await?;
         ws.send(Message::text(bad)).await?;
         let (code, reason) = close_of(&mut ws).await?;
         assert_eq!(code, CLOSE_INVALID, "{bad}");
         assert!(reason.starts_with("invalid_message"), "{reason}");
     }
     // A text over the tier's characters.
-    let mut ws = connect(&app.base_url, &guest.token, "")
-        .await?
-        .map_err(|s| anyhow::anyhow!("{s}"))?;
-    until_json(&mut ws).await?;
+    let mut ws = open_ready(&app.base_url, &guest.token).await?;
     ws.send(Message::text(
         json!({"type": "text", "text": "x".repeat(201)}).to_string(),
     ))
@@ -746,10 +746,7 @@ async fn session_refusals_and_caps(backend: Backend) -> anyhow::Result<()> {
     );
 
     // The audio cap: two seconds, then closed; billed for exactly what was sent.
-    let mut ws = connect(&app.base_url, &guest.token, "")
-        .await?
-        .map_err(|s| anyhow::anyhow!("{s}"))?;
-    until_json(&mut ws).await?;
+    let mut ws = open_ready(&app.base_url, &guest.token).await?;
     let long = "This sentence is long enough to take a while to say. ".repeat(3);
     ws.send(Message::text(
         json!({"type": "text", "text": long}).to_string(),
@@ -769,10 +766,7 @@ async fn session_refusals_and_caps(backend: Backend) -> anyhow::Result<()> {
     assert_eq!(bytes, 2 * cognomega_core::voice::session::BYTES_PER_SECOND);
 
     // Audio waiting for a flush is held to one transcription's cap (here 1 s).
-    let mut ws = connect(&app.base_url, &guest.token, "")
-        .await?
-        .map_err(|s| anyhow::anyhow!("{s}"))?;
-    until_json(&mut ws).await?;
+    let mut ws = open_ready(&app.base_url, &guest.token).await?;
     for _ in 0..3 {
         ws.send(Message::binary(vec![0u8; 16_000])).await?;
     }
@@ -781,10 +775,7 @@ async fn session_refusals_and_caps(backend: Backend) -> anyhow::Result<()> {
     assert!(reason.starts_with("audio_too_long"), "{reason}");
 
     // Idle: closed after the tier's timeout.
-    let mut ws = connect(&app.base_url, &guest.token, "")
-        .await?
-        .map_err(|s| anyhow::anyhow!("{s}"))?;
-    until_json(&mut ws).await?;
+    let mut ws = open_ready(&app.base_url, &guest.token).await?;
     let (code, reason) = close_of(&mut ws).await?;
     assert_eq!(code, CLOSE_IDLE, "{reason}");
 
@@ -812,10 +803,7 @@ async fn session_disconnect_settles_once(backend: Backend) -> anyhow::Result<()>
     let app = spawn(backend).await?;
     let guest = app.guest().await?;
     app.wait_idle(Duration::from_secs(60)).await?;
-    let mut ws = connect(&app.base_url, &guest.token, "")
-        .await?
-        .map_err(|s| anyhow::anyhow!("{s}"))?;
-    until_json(&mut ws).await?;
+    let mut ws = open_ready(&app.base_url, &guest.token).await?;
     ws.send(Message::text(
         json!({"type": "text", "text": "Hang up on me. ".repeat(20)}).to_string(),
     ))
@@ -862,10 +850,7 @@ async fn session_pauses_for_a_slow_client(backend: Backend) -> anyhow::Result<()
     .await?;
     let guest = app.guest().await?;
     app.wait_idle(Duration::from_secs(60)).await?;
-    let mut ws = connect(&app.base_url, &guest.token, "")
-        .await?
-        .map_err(|s| anyhow::anyhow!("{s}"))?;
-    until_json(&mut ws).await?;
+    let mut ws = open_ready(&app.base_url, &guest.token).await?;
     // Three hundred sentences, about fifteen minutes of speech (some 30 MB of PCM); the client
     // reads nothing for a while.
     let text = "The slow client reads nothing at all for now. ".repeat(300);
@@ -953,10 +938,7 @@ async fn session_settles_after_a_sigkill(backend: Backend) -> anyhow::Result<()>
         .json()
         .await?;
     let token = guest["token"].as_str().unwrap_or_default().to_owned();
-    let mut ws = connect(&url, &token, "")
-        .await?
-        .map_err(|s| anyhow::anyhow!("{s}"))?;
-    until_json(&mut ws).await?;
+    let mut ws = open_ready(&url, &token).await?;
     ws.send(Message::text(
         json!({"type": "text", "text": "Killed mid sentence. ".repeat(10)}).to_string(),
     ))
@@ -1048,10 +1030,7 @@ async fn session_close_interrupts_speech(backend: Backend) -> anyhow::Result<()>
     let app = spawn(backend).await?;
     let guest = app.guest().await?;
     app.wait_idle(Duration::from_secs(60)).await?;
-    let mut ws = connect(&app.base_url, &guest.token, "")
-        .await?
-        .map_err(|s| anyhow::anyhow!("{s}"))?;
-    until_json(&mut ws).await?;
+    let mut ws = open_ready(&app.base_url, &guest.token).await?;
     // Twenty sentences (about a minute of speech), then a close after the first frames.
     let text = "This will be cut short by the client. ".repeat(20);
     ws.send(Message::text(
@@ -1087,17 +1066,13 @@ fn ffmpeg(audio: &[u8], ext: &str, args: &[&str]) -> anyhow::Result<Vec<u8>> {
         dir.path().join(format!("out.{ext}")),
     );
     std::fs::write(&src, audio)?;
-    let out = std::process::Command::new("ffmpeg")
-        .args(["-v", "error", "-nostdin", "-i"])
-        .arg(&src)
-        .args(args)
-        .arg(&dst)
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "ffmpeg: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    tool(
+        std::process::Command::new("ffmpeg")
+            .args(["-v", "error", "-nostdin", "-i"])
+            .arg(&src)
+            .args(args)
+            .arg(&dst),
+    )?;
     Ok(std::fs::read(&dst)?)
 }
 
