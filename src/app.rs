@@ -7,7 +7,6 @@ use anyhow::Context as _;
 use cognomega_consumers::scheduler::{Scheduler, SchedulerOptions};
 use cognomega_consumers::{RunningRuntime, RuntimeOptions};
 use cognomega_producers::AppState;
-use std::sync::Arc;
 
 use cognomega_stores::kv::BalanceCache;
 use cognomega_stores::objects::Objects;
@@ -43,19 +42,18 @@ impl Platform {
             BalanceCache::new(db.clone(), Duration::from_secs(1), Duration::from_secs(30));
         let objects =
             Objects::open(&config.storage.objects_url).context("cannot open the object store")?;
-        let job_types = Arc::new(cognomega_pipelines::registry::registry());
         let mut state = AppState::new(
             db.clone(),
             config.api.clone(),
             balances.clone(),
             objects.clone(),
-            job_types,
         )
         .await
         .context("cannot load the JWT signing keys")?;
         let consumers = if config.consumers {
             let rt = wiring::runtime(
                 &db,
+                &state.job_types,
                 options,
                 &config.api.billing,
                 Some(balances),

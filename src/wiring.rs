@@ -11,7 +11,7 @@ use cognomega_consumers::settlement::SettlementWriter;
 use cognomega_consumers::usage_writer::UsageWriter;
 use cognomega_consumers::{maintenance, probe, settlement, usage_writer, Runtime, RuntimeOptions};
 use cognomega_core::billing::BillingConfig;
-use cognomega_core::billing::UsageKind;
+use cognomega_pipelines::Registry;
 use cognomega_r2_lifecycle::codec::CodecPolicy;
 use cognomega_r2_lifecycle::policy::Policy;
 use cognomega_stores::clamd::Clamd;
@@ -21,9 +21,12 @@ use cognomega_stores::Database;
 
 /// A runtime with every queue's consumer registered. `cache` is the balance cache of an
 /// in-process API, invalidated as settlements land; `lifecycle` is the policy the `lifecycle`
-/// queue's sweeps enforce.
+/// queue's sweeps enforce; `job_types` the job types run here
+/// ([`cognomega_producers::job_types`]).
+#[allow(clippy::too_many_arguments)]
 pub fn runtime(
     db: &Database,
+    job_types: &Registry,
     options: RuntimeOptions,
     billing: &BillingConfig,
     cache: Option<BalanceCache>,
@@ -52,14 +55,14 @@ pub fn runtime(
         settlement::settings(),
         SettlementWriter::new(db.clone(), billing.guest_floor, cache),
     )?;
-    let credits_per_job = billing.prices.charge(UsageKind::Job, 1);
-    for job_type in cognomega_pipelines::registry::registry().iter() {
+    let prices = Arc::new(billing.prices.clone());
+    for job_type in job_types.iter() {
         let runner = JobRunner::new(
             db.clone(),
             objects.clone(),
             job_type.clone(),
             CodecPolicy::default(),
-            credits_per_job,
+            prices.clone(),
         );
         rt.consume(
             jobs::queue(job_type.name()),

@@ -23,7 +23,8 @@ both_backends!(
     session_disconnect_settles_once,
     session_close_interrupts_speech,
     session_pauses_for_a_slow_client,
-    session_settles_after_a_sigkill
+    session_settles_after_a_sigkill,
+    long_texts_render_as_jobs
 );
 
 async fn spawn(backend: Backend) -> anyhow::Result<TestApp> {
@@ -358,6 +359,25 @@ async fn an_empty_balance_is_refused_before_speaking(backend: Backend) -> anyhow
     assert_eq!(err["error"]["code"], "insufficient_credits");
     let resp = stt(&app, &guest, silence(1.0)?, "").await?;
     assert_eq!(resp.status(), StatusCode::PAYMENT_REQUIRED);
+    // A render is refused before it is queued.
+    let resp = app
+        .client
+        .post(app.url("/voice/tts"))
+        .bearer_auth(&guest.token)
+        .header("prefer", "respond-async")
+        .json(&json!({"text": "hello"}))
+        .send()
+        .await?;
+    assert_eq!(resp.status(), StatusCode::PAYMENT_REQUIRED);
+    let jobs: Value = app
+        .client
+        .get(app.url("/jobs"))
+        .bearer_auth(&guest.token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(jobs["jobs"], json!([]));
     app.wait_idle(Duration::from_secs(60)).await?;
     assert_eq!(audio_usage(&app, &guest).await?, (0, 0));
     app.stop().await
@@ -1114,5 +1134,202 @@ async fn compressed_audio_is_transcribed(backend: Backend) -> anyhow::Result<()>
     let webm = ffmpeg(&wav, "webm", &["-c:a", "libopus"])?;
     let resp = stt(&app, &guest, webm[..60].to_vec(), "").await?;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    app.stop().await
+}
+
+/// The job `id` once it reached a final status.
+async fn finished_job(app: &TestApp, guest: &Guest, id: &str) -> anyhow::Result<Value> {
+    cognomega_testkit::wait_for(Duration::from_secs(120), || async {
+        let job: Value = app
+            .client
+            .get(app.url(&format!("/jobs/{id}")))
+            .bearer_auth(&guest.token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let done = matches!(
+            job["status"].as_str(),
+            Some("succeeded" | "failed" | "cancelled" | "dead")
+        );
+        Ok(done.then_some(job))
+    })
+    .await
+}
+
+async fn render(
+    app: &TestApp,
+    guest: &Guest,
+    body: &Value,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<reqwest::Response> {
+    let mut req = app
+        .client
+        .post(app.url("/voice/tts"))
+        .bearer_auth(&guest.token)
+        .json(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    Ok(req.send().await?)
+}
+
+async fn long_texts_render_as_jobs(backend: Backend) -> anyhow::Result<()> {
+    let app = TestApp::spawn_custom(backend, true, None, |api| {
+        api.voice_tts_inline_chars = 60;
+    })
+    .await?;
+    let guest = app.guest().await?;
+    app.wait_idle(Duration::from_secs(60)).await?;
+    let before = app.balance(&guest).await?;
+
+    // About 900 characters: over the inline bound, under the guest's cap, three chunks.
+    let mut text = String::new();
+    'fill: loop {
+        for s in SENTENCES {
+            if text.len() + s.len() + 2 > 900 {
+                break 'fill;
+            }
+            text.push_str(s);
+            text.push_str(". ");
+        }
+    }
+    let body = json!({"text": text, "format": "ogg", "voice": "en-us"});
+    let resp = render(&app, &guest, &body, &[("idempotency-key", "render-1")]).await?;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let location = header(&resp, "location");
+    let queued: Value = resp.json().await?;
+    let id = queued["id"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(location, format!("/jobs/{id}"));
+    assert_eq!(queued["status"], "queued");
+    // The same key: the same job, nothing queued twice.
+    let again = render(&app, &guest, &body, &[("idempotency-key", "render-1")]).await?;
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(again.json::<Value>().await?["id"], id.as_str());
+
+    let job = finished_job(&app, &guest, &id).await?;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["type"], "tts_render");
+    assert_eq!(job["progress"], 1.0);
+    let names: Vec<&str> = job["artifacts"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|a| a["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names.len(), 2, "{job}");
+    assert!(names.contains(&"speech.ogg") && names.contains(&"render.json"));
+    let fetch = |name: &'static str| {
+        let (app, guest, id) = (&app, &guest, &id);
+        async move {
+            let resp = app
+                .client
+                .get(app.url(&format!("/jobs/{id}/artifacts/{name}")))
+                .bearer_auth(&guest.token)
+                .send()
+                .await?;
+            anyhow::ensure!(resp.status() == StatusCode::OK, "{name}: {}", resp.status());
+            Ok::<_, anyhow::Error>((header(&resp, "content-type"), resp.bytes().await?.to_vec()))
+        }
+    };
+    let (ctype, report) = fetch("render.json").await?;
+    assert!(ctype.starts_with("application/json"), "{ctype}");
+    let report: Value = serde_json::from_slice(&report)?;
+    assert_eq!(report["chunks"], 3, "{report}");
+    assert_eq!(report["voice"], "en-us");
+    assert_eq!(report["providers"], json!(["local"]));
+    assert_eq!(report["characters"], text.trim().chars().count());
+    let seconds = report["audio_seconds"].as_f64().unwrap_or(0.0);
+    let (ctype, audio) = fetch("speech.ogg").await?;
+    assert_eq!(ctype, "audio/ogg");
+    let measured = sox_seconds(&audio, "ogg")?;
+    assert!(
+        seconds > 30.0 && (seconds - measured).abs() <= measured * 0.05,
+        "render.json {seconds} s vs sox {measured} s"
+    );
+
+    // Billed once, as the audio's seconds, and shown on the job.
+    app.wait_idle(Duration::from_secs(60)).await?;
+    let billed = seconds.ceil() as i64;
+    assert_eq!(audio_usage(&app, &guest).await?, (1, billed));
+    let charged = job["credits_charged"].as_i64().unwrap_or(-1);
+    assert!(charged > 0);
+    assert_eq!(app.balance(&guest).await?, before - charged);
+
+    // A short text with Prefer: respond-async is a job too; a cancel that lands before it
+    // succeeds bills nothing.
+    let resp = render(
+        &app,
+        &guest,
+        &json!({"text": "Later, please."}),
+        &[("prefer", "wait=5, respond-async")],
+    )
+    .await?;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let short = resp.json::<Value>().await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let cancel = app
+        .client
+        .post(app.url(&format!("/jobs/{short}/cancel")))
+        .bearer_auth(&guest.token)
+        .send()
+        .await?
+        .status();
+    let short_job = finished_job(&app, &guest, &short).await?;
+    let expect = if cancel == StatusCode::CONFLICT {
+        "succeeded"
+    } else {
+        "cancelled"
+    };
+    assert_eq!(short_job["status"], expect, "cancel answered {cancel}");
+    app.wait_idle(Duration::from_secs(60)).await?;
+    let (events, _) = audio_usage(&app, &guest).await?;
+    assert_eq!(events, if expect == "succeeded" { 2 } else { 1 });
+
+    // Refused before anything is queued: over the tier's cap, a provider not configured,
+    // and the job type through POST /jobs (which would skip the caps).
+    let resp = render(&app, &guest, &json!({"text": "a ".repeat(600)}), &[]).await?;
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        resp.json::<Value>().await?["error"]["code"],
+        "text_too_long"
+    );
+    let resp = render(
+        &app,
+        &guest,
+        &json!({"text": text, "provider": "cartesia"}),
+        &[],
+    )
+    .await?;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let err: Value = resp.json().await?;
+    assert_eq!(err["error"]["code"], "invalid_params");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not configured")),
+        "{err}"
+    );
+    let resp = app
+        .client
+        .post(app.url("/jobs"))
+        .bearer_auth(&guest.token)
+        .json(&json!({"type": "tts_render", "input": {"image_base64": "aGVsbG8="}}))
+        .send()
+        .await?;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let err: Value = resp.json().await?;
+    assert_eq!(err["error"]["code"], "job_type_not_submittable", "{err}");
+    let resp = render(&app, &guest, &body, &[("idempotency-key", " ")]).await?;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let jobs: Value = app
+        .client
+        .get(app.url("/jobs?type=tts_render"))
+        .bearer_auth(&guest.token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(2), "{jobs}");
     app.stop().await
 }

@@ -19,6 +19,7 @@ use cognomega_workflows::ports::{JobHost, ObjectStore, PipelineRun};
 use tracing::Instrument as _;
 
 use crate::typed::{Decoded, TypedHandler, Unreadable};
+use cognomega_core::billing::PriceTable;
 
 pub use cognomega_core::queue::catalog::jobs::{dead_letter_queue, queue, settings, JobMessage};
 
@@ -29,19 +30,19 @@ pub struct JobRunner {
     objects: Objects,
     job_type: Arc<dyn JobType>,
     codec: CodecPolicy,
-    credits_per_job: i64,
+    prices: Arc<PriceTable>,
     max_deliveries: u32,
 }
 
 impl JobRunner {
-    /// A runner; `credits_per_job` is what the `job` usage event will cost (shown on the job).
+    /// A runner; `prices` price the usage event a success produces (shown on the job).
     #[must_use]
     pub fn new(
         db: Database,
         objects: Objects,
         job_type: Arc<dyn JobType>,
         codec: CodecPolicy,
-        credits_per_job: i64,
+        prices: Arc<PriceTable>,
     ) -> Self {
         let max_deliveries = settings(job_type.name()).max_deliveries();
         Self {
@@ -49,7 +50,7 @@ impl JobRunner {
             objects,
             job_type,
             codec,
-            credits_per_job,
+            prices,
             max_deliveries,
         }
     }
@@ -88,7 +89,7 @@ impl JobRunner {
             attempts: Some(attempts),
             max_deliveries: self.max_deliveries,
             lease_ms: NATIVE_LEASE_MS,
-            credits: self.credits_per_job,
+            prices: &self.prices,
             codec: self.codec,
         };
         let mine = |name: &str| (name == self.job_type.name()).then(|| self.job_type.clone());

@@ -45,9 +45,6 @@ impl JobType for TestJob {
     fn validate_input(&self, _input: &[u8]) -> Result<(), String> {
         Ok(())
     }
-    fn price(&self, _params: &Value) -> i64 {
-        10
-    }
     async fn run(
         &self,
         input: &[u8],
@@ -138,7 +135,7 @@ async fn start(
         f.objects.clone(),
         job,
         CodecPolicy::default(),
-        10,
+        Arc::new(cognomega_core::billing::PriceTable::default()),
     );
     let mut settings = jobs::settings(name);
     settings.retry_delay = Duration::from_millis(50);

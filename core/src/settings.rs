@@ -64,6 +64,7 @@ pub const VARS: &[&str] = &[
 /// [voice]
 /// order = ["local"]               # COGNOMEGA_VOICE_PROVIDER_ORDER wins
 /// session_stale_secs = 60         # a dead process's sessions are settled after this
+/// tts_inline_chars = 500          # longer POST /voice/tts texts become tts_render jobs (202)
 /// [voice.policy.guest]            # per-tier caps (guest, member, pro); all five keys
 /// max_tts_chars = 1000
 /// max_stt_seconds = 60
@@ -104,6 +105,9 @@ pub struct VoiceFileConfig {
     /// A realtime session whose process stopped beating its heart for this long is settled by
     /// another (default 60).
     pub session_stale_secs: Option<u64>,
+    /// `POST /voice/tts` texts longer than this are rendered by a `tts_render` job (default
+    /// [`crate::voice::TTS_INLINE_CHARS`]; `COGNOMEGA_VOICE_TTS_INLINE_CHARS` wins).
+    pub tts_inline_chars: Option<usize>,
 }
 
 /// The `[ai]` table (keys never live here: they come from the environment).

@@ -13,6 +13,9 @@ use crate::billing::{PriceTable, UsageBatchMessage, UsageEvent, UsageKey, UsageK
 pub const TTS_BODY_LIMIT: usize = 256 * 1024;
 /// The largest `POST /voice/stt` body (the tier's seconds cap applies after).
 pub const STT_BODY_LIMIT: usize = 25 * 1024 * 1024;
+/// `POST /voice/tts` texts longer than this many characters are rendered by a `tts_render`
+/// job instead of inline (about half a minute of speech); `[voice] tts_inline_chars`.
+pub const TTS_INLINE_CHARS: usize = 500;
 /// The sample rates a synthesis may ask for.
 pub const SAMPLE_RATES: std::ops::RangeInclusive<u32> = 8_000..=48_000;
 
@@ -593,12 +596,17 @@ pub mod session {
         out
     }
 
-    /// The PCM samples of a WAV file (its `data` chunk), or why not.
+    /// The PCM samples of a WAV file at [`SAMPLE_RATE`] (its `data` chunk), or why not.
     pub fn pcm_of_wav(wav: &[u8]) -> Result<&[u8], String> {
+        pcm_of_wav_at(wav, SAMPLE_RATE)
+    }
+
+    /// The samples of a 16-bit mono WAV file at `rate` Hz (its `data` chunk), or why not.
+    pub fn pcm_of_wav_at(wav: &[u8], rate: u32) -> Result<&[u8], String> {
         let info = super::wav_info(wav)?;
-        if info.sample_rate != SAMPLE_RATE || info.channels != 1 {
+        if info.sample_rate != rate || info.channels != 1 {
             return Err(format!(
-                "the audio is {} Hz with {} channels, not {SAMPLE_RATE} Hz mono",
+                "the audio is {} Hz with {} channels, not {rate} Hz mono",
                 info.sample_rate, info.channels
             ));
         }
@@ -607,13 +615,19 @@ pub mod session {
             .position(|w| w == b"data")
             .map(|p| p + 8)
             .ok_or("no data chunk")?;
-        let len = (info.seconds * BYTES_PER_SECOND as f64).round() as usize;
+        let len = (info.seconds * f64::from(rate) * 2.0).round() as usize;
         Ok(&wav[start..(start + len).min(wav.len())])
     }
 
     /// A WAV file of 16-bit mono PCM at [`SAMPLE_RATE`] (what the client streamed).
     #[must_use]
     pub fn wav_of_pcm(pcm: &[u8]) -> Vec<u8> {
+        wav_of_pcm_at(pcm, SAMPLE_RATE)
+    }
+
+    /// A WAV file of 16-bit mono PCM at `rate` Hz.
+    #[must_use]
+    pub fn wav_of_pcm_at(pcm: &[u8], rate: u32) -> Vec<u8> {
         let data = &pcm[..pcm.len() & !1];
         let mut out = Vec::with_capacity(44 + data.len());
         let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
@@ -623,8 +637,8 @@ pub mod session {
         out.extend_from_slice(&16u32.to_le_bytes());
         out.extend_from_slice(&1u16.to_le_bytes());
         out.extend_from_slice(&1u16.to_le_bytes());
-        out.extend_from_slice(&SAMPLE_RATE.to_le_bytes());
-        out.extend_from_slice(&(SAMPLE_RATE * 2).to_le_bytes());
+        out.extend_from_slice(&rate.to_le_bytes());
+        out.extend_from_slice(&rate.saturating_mul(2).to_le_bytes());
         out.extend_from_slice(&2u16.to_le_bytes());
         out.extend_from_slice(&16u16.to_le_bytes());
         out.extend_from_slice(b"data");
@@ -658,6 +672,11 @@ pub mod session {
             let info = super::super::wav_info(&wav).expect("wav");
             assert!((info.seconds - 1.0).abs() < 1e-9);
             assert_eq!(pcm_of_wav(&wav).expect("pcm"), &pcm[..]);
+            let wav = wav_of_pcm_at(&pcm, 22_050);
+            let info = super::super::wav_info(&wav).expect("wav");
+            assert_eq!(info.sample_rate, 22_050);
+            assert_eq!(pcm_of_wav_at(&wav, 22_050).expect("pcm"), &pcm[..]);
+            assert!(pcm_of_wav(&wav).is_err());
         }
     }
 }

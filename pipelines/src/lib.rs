@@ -38,6 +38,23 @@ pub struct Artifact {
     pub bytes: Vec<u8>,
 }
 
+/// The usage a successful run is billed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metered {
+    /// The kind of the usage event.
+    pub kind: cognomega_core::billing::UsageKind,
+    /// Its quantity.
+    pub quantity: u64,
+}
+
+impl Metered {
+    /// One `job`.
+    pub const ONE_JOB: Self = Self {
+        kind: cognomega_core::billing::UsageKind::Job,
+        quantity: 1,
+    };
+}
+
 /// Why a job run stopped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JobError {
@@ -77,8 +94,18 @@ pub trait JobType: Send + Sync + std::fmt::Debug {
     /// undecodable input is refused with 400 before anything is enqueued.
     fn validate_input(&self, input: &[u8]) -> Result<(), String>;
 
-    /// Credits charged when the job succeeds.
-    fn price(&self, params: &Value) -> i64;
+    /// What a successful run is billed, as one usage event of the `usage` queue (keyed by the
+    /// job, so billed once): by default one `job`; a type whose cost grows with its output
+    /// says so here (`tts_render`: the audio's seconds).
+    fn usage(&self, _params: &Value, _artifacts: &[Artifact]) -> Metered {
+        Metered::ONE_JOB
+    }
+
+    /// Whether `POST /jobs` submits this type; `false` for a type another route creates (with
+    /// that route's own checks), e.g. `tts_render` by `POST /voice/tts`.
+    fn via_jobs_api(&self) -> bool {
+        true
+    }
 
     /// Runs the job. Deterministic: same input and params ⇒ byte-identical artifacts. The work
     /// between two stages is CPU-bound: a native host runs the future on a blocking thread.

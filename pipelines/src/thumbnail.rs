@@ -27,9 +27,6 @@ pub const ACCEPTED_FORMATS: [ImageFormat; 4] = [
 pub const SIZE_RANGE: std::ops::RangeInclusive<u32> = 16..=2048;
 /// Most sizes in one job.
 pub const MAX_SIZES: usize = 8;
-/// Credits per thumbnail produced.
-pub const PRICE_PER_SIZE: i64 = 1;
-
 /// Output encoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ThumbnailFormat {
@@ -170,12 +167,6 @@ impl JobType for ImageThumbnail {
 
     fn validate_input(&self, input: &[u8]) -> Result<(), String> {
         decode::probe(input, &ACCEPTED_FORMATS).map(|_| ())
-    }
-
-    fn price(&self, params: &Value) -> i64 {
-        // Unparseable params never get this far (submit validates them); charge for one.
-        let sizes = ThumbnailParams::parse(params).map_or(1, |p| p.sizes.len());
-        PRICE_PER_SIZE * sizes as i64
     }
 
     async fn run(

@@ -388,7 +388,10 @@ fn params_are_validated_and_normalized() {
     // `run` refuses what validation would have refused.
     let run = block_on(SketchToApp.run(&login_form(), &json!({"theme": "neon"}), &NoProgress));
     assert!(matches!(run, Err(JobError::InvalidInput(m)) if m.contains("theme")));
-    assert_eq!(SketchToApp.price(&normalized), 10);
+    assert_eq!(
+        SketchToApp.usage(&normalized, &[]),
+        cognomega_pipelines::Metered::ONE_JOB
+    );
     assert_eq!(SketchToApp.name(), "sketch_to_app");
 }
 
@@ -397,7 +400,7 @@ fn the_registry_finds_both_job_types() {
     let r = registry();
     assert_eq!(r.names(), ["image_thumbnail", "sketch_to_app"]);
     let sketch = r.get("sketch_to_app").expect("registered");
-    assert_eq!(sketch.price(&json!({})), 10);
+    assert!(sketch.via_jobs_api());
     assert!(r.get("image_thumbnail").is_some());
 }
 

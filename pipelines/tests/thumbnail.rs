@@ -234,9 +234,10 @@ fn params_price_and_name() {
         err.contains("`format` must be \"webp\" or \"png\""),
         "{err}"
     );
+    // One `job` however many sizes (the price table prices a `job`).
     assert_eq!(
-        ImageThumbnail.price(&json!({"sizes": [16, 64, 256], "format": "png"})),
-        3
+        ImageThumbnail.usage(&json!({"sizes": [16, 64, 256], "format": "png"}), &[]),
+        cognomega_pipelines::Metered::ONE_JOB
     );
     assert_eq!(ImageThumbnail.name(), "image_thumbnail");
 }

@@ -17,6 +17,7 @@ mod state;
 
 pub use error::ApiError;
 pub use request_id::current_request_id;
+pub use routes::voice::job_types;
 pub use state::{ApiConfig, AppState, CorsOrigins, Secret, UploadConfig};
 
 /// Builds the whole router with the cross-cutting layers (request metrics, request id,

@@ -81,6 +81,9 @@ pub struct ApiConfig {
     pub voice: cognomega_core::voice::VoicePolicy,
     /// A voice session whose heart stopped for this long is settled by the sweep.
     pub voice_session_stale: Duration,
+    /// `POST /voice/tts` texts longer than this many characters are rendered by a
+    /// `tts_render` job (202).
+    pub voice_tts_inline_chars: usize,
 }
 
 pub use cognomega_core::settings::UploadConfig;
@@ -105,6 +108,7 @@ impl ApiConfig {
             voice_providers: cognomega_providers::voice::VoiceConfig::default(),
             voice: cognomega_core::voice::VoicePolicy::default(),
             voice_session_stale: Duration::from_secs(60),
+            voice_tts_inline_chars: cognomega_core::voice::TTS_INLINE_CHARS,
         }
     }
 }
@@ -143,13 +147,13 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State over a database: loads (or creates) the signing keys.
+    /// State over a database: loads (or creates) the signing keys. The job types are the
+    /// pipelines' and `tts_render` ([`crate::job_types`]).
     pub async fn new(
         db: Database,
         config: ApiConfig,
         balances: BalanceCache,
         objects: Objects,
-        job_types: Arc<Registry>,
     ) -> Result<Self, cognomega_stores::keys::KeysError> {
         let auth = AuthService::load(
             db.clone(),
@@ -175,6 +179,7 @@ impl AppState {
                 cognomega_providers::voice::Voices::default()
             }
         };
+        let job_types = Arc::new(crate::routes::voice::job_types(&voice));
         Ok(Self {
             db,
             queues,

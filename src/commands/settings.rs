@@ -112,11 +112,15 @@ pub struct ApiArgs {
     #[arg(long, env = "COGNOMEGA_PROVIDER_TIMEOUT")]
     provider_timeout: Option<u64>,
     /// Order in which voice providers are tried for /voice/*, comma-separated (cartesia,
-    /// local; default cartesia,local). Cartesia is enabled when CARTESIA_API_KEY is set
-    /// (CARTESIA_BASE_URL, CARTESIA_VERSION); local (espeak-ng, sox, PocketSphinx) needs no
-    /// account.
+    /// cfai, local; default cartesia,cfai,local). Cartesia is enabled when CARTESIA_API_KEY is
+    /// set (CARTESIA_BASE_URL, CARTESIA_VERSION), Workers AI when CF_ACCOUNT_ID and
+    /// CF_API_TOKEN are; local (espeak-ng, sox, PocketSphinx) needs no account.
     #[arg(long, env = "COGNOMEGA_VOICE_PROVIDER_ORDER")]
     voice_provider_order: Option<String>,
+    /// POST /voice/tts texts longer than this many characters are rendered by a tts_render
+    /// job and answered 202 (default: `[voice] tts_inline_chars` of the config file, else 500).
+    #[arg(long, env = "COGNOMEGA_VOICE_TTS_INLINE_CHARS")]
+    voice_tts_inline_chars: Option<usize>,
     /// Rate limits on or off (default: `[rate_limits] enabled` of the config file, else on).
     #[arg(long, env = "COGNOMEGA_RATE_LIMITS", value_enum)]
     rate_limits: Option<Switch>,
@@ -186,6 +190,23 @@ impl ApiArgs {
         Ok((providers, file.ai.policy))
     }
 
+    /// The voice providers: the order (flag, then the config file's `[voice]`), and each
+    /// provider's settings from the environment; an unknown or repeated name is an error.
+    pub fn voice_providers(
+        &self,
+        ctx: &Ctx,
+    ) -> anyhow::Result<cognomega_providers::voice::VoiceConfig> {
+        let file = ctx.file_config()?;
+        let config = cognomega_providers::voice::VoiceConfig::from_vars(
+            file.file.voice_order(self.voice_provider_order.as_deref()),
+            |k| std::env::var(k).ok(),
+        );
+        if let Err(e) = cognomega_providers::voice::Voices::from_config(&config) {
+            bail!("--voice-provider-order: {e}");
+        }
+        Ok(config)
+    }
+
     pub fn api_config(&self, ctx: &Ctx) -> anyhow::Result<ApiConfig> {
         if self.token_ttl == 0 {
             bail!("--token-ttl must be at least 1 second");
@@ -209,13 +230,7 @@ impl ApiArgs {
         let (providers, ask) = self.providers(ctx)?;
         let file = ctx.file_config()?;
         let rate_limits = file.rate_limits(self.rate_limits.map(|s| s == Switch::On))?;
-        let voice_providers = cognomega_providers::voice::VoiceConfig::from_vars(
-            file.file.voice_order(self.voice_provider_order.as_deref()),
-            |k| std::env::var(k).ok(),
-        );
-        if let Err(e) = cognomega_providers::voice::Voices::from_config(&voice_providers) {
-            bail!("--voice-provider-order: {e}");
-        }
+        let voice_providers = self.voice_providers(ctx)?;
         Ok(ApiConfig {
             issuer: self.jwt_issuer.clone(),
             audience: self.jwt_audience.clone(),
@@ -246,6 +261,10 @@ impl ApiArgs {
             voice_session_stale: Duration::from_secs(
                 file.file.voice.session_stale_secs.unwrap_or(60).max(1),
             ),
+            voice_tts_inline_chars: self
+                .voice_tts_inline_chars
+                .or(file.file.voice.tts_inline_chars)
+                .unwrap_or(cognomega_core::voice::TTS_INLINE_CHARS),
             voice_providers,
         })
     }

@@ -39,8 +39,11 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<()> {
     };
     let objects = cognomega_stores::objects::Objects::open(&ctx.storage()?.objects_url)?;
     let clamd = args.api.clamd()?;
+    let voices = cognomega_providers::voice::Voices::from_config(&args.api.voice_providers(&ctx)?)
+        .map_err(|e| anyhow::anyhow!("voice providers: {e}"))?;
     let rt = cognomega::wiring::runtime(
         &db,
+        &cognomega_producers::job_types(&voices),
         options,
         &args.api.billing()?,
         None,

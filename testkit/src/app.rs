@@ -184,6 +184,7 @@ impl TestApp {
         let billing = cognomega_core::billing::BillingConfig::default();
         let mut rt = cognomega::wiring::runtime(
             self.tdb.db(),
+            &self.platform().state().job_types,
             options,
             &billing,
             Some(self.platform().state().balances.clone()),

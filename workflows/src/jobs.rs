@@ -6,11 +6,11 @@
 
 use std::sync::Arc;
 
-use cognomega_core::billing::{UsageBatchMessage, UsageEvent, UsageKey, UsageKind};
+use cognomega_core::billing::{PriceTable, UsageBatchMessage, UsageEvent, UsageKey};
 use cognomega_core::jobs::{self, ArtifactRow, Verdict};
 use cognomega_core::queue::catalog;
 use cognomega_core::sql::{Outbound, SqlError};
-use cognomega_pipelines::{JobError, JobType};
+use cognomega_pipelines::{JobError, JobType, Metered};
 use cognomega_r2_lifecycle::codec::{encode, CodecPolicy};
 
 use crate::ports::{Fence, Fetched, JobHost, NewObject, PipelineRun};
@@ -29,8 +29,8 @@ pub struct Delivery<'a> {
     pub max_deliveries: u32,
     /// How long the claim holds the job without progress (the host's lease).
     pub lease_ms: i64,
-    /// What the `job` usage event costs, shown on the job.
-    pub credits: i64,
+    /// The prices: what the run's usage event costs is shown on the job.
+    pub prices: &'a PriceTable,
     /// How artifacts are compressed.
     pub codec: CodecPolicy,
 }
@@ -132,7 +132,7 @@ pub async fn run<H: JobHost + ?Sized>(
     let run = PipelineRun {
         job: kind.clone(),
         input,
-        params,
+        params: params.clone(),
         fence,
     };
     let artifacts = match host.run(run).await {
@@ -143,6 +143,8 @@ pub async fn run<H: JobHost + ?Sized>(
         }
         Err(JobError::Transient(why)) => return transient(host, delivery, why).await,
     };
+    let metered = kind.usage(&params, &artifacts);
+    let credits = delivery.prices.charge(metered.kind, metered.quantity);
     let mut rows = Vec::with_capacity(artifacts.len());
     for artifact in artifacts {
         let encoded = encode(&artifact.bytes, &artifact.content_type, &delivery.codec);
@@ -173,20 +175,12 @@ pub async fn run<H: JobHost + ?Sized>(
             object_key: key,
         });
     }
-    let usage = usage_message(&job.tenant_id, id, kind.name(), host.now_ms())?;
+    let usage = usage_message(&job.tenant_id, id, kind.name(), metered, host.now_ms())?;
     // The verdict, the artifact rows and the usage event commit together, while this delivery
     // still owns the job. A cancel that came in while the job ran: `cancelled`, not billed, its
     // artifacts listed.
     let mut tx = host.begin().await?;
-    let verdict = jobs::succeed(
-        &mut *tx,
-        id,
-        Some(owner),
-        &rows,
-        delivery.credits,
-        host.now_ms(),
-    )
-    .await?;
+    let verdict = jobs::succeed(&mut *tx, id, Some(owner), &rows, credits, host.now_ms()).await?;
     match verdict {
         Verdict::Lost => {
             tx.rollback().await?;
@@ -215,11 +209,13 @@ pub async fn run<H: JobHost + ?Sized>(
     }
 }
 
-/// The `job` usage event of a succeeded job, as the usage queue's message (JSON text).
+/// The usage event of a succeeded job (keyed `job-{id}`: billed once), as the usage queue's
+/// message (JSON text).
 pub fn usage_message(
     tenant_id: &str,
     job_id: &str,
     job_type: &str,
+    metered: Metered,
     now_ms: i64,
 ) -> Result<String, SqlError> {
     let key = UsageKey::parse(&format!("job-{job_id}"))
@@ -228,8 +224,8 @@ pub fn usage_message(
         tenant_id: tenant_id.to_owned(),
         events: vec![UsageEvent {
             idempotency_key: key,
-            kind: UsageKind::Job,
-            quantity: 1,
+            kind: metered.kind,
+            quantity: metered.quantity,
             occurred_at: None,
             meta: Some(serde_json::Map::from_iter([(
                 "job_type".to_owned(),

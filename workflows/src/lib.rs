@@ -18,5 +18,6 @@ pub mod metrics;
 pub mod ports;
 pub mod settle;
 pub mod submit;
+pub mod tts_render;
 pub mod uploads;
 pub mod voice;

@@ -82,6 +82,8 @@ pub enum Input<'a> {
     Base64(&'a str),
     /// A clean upload of the tenant's, by key.
     Upload(&'a str),
+    /// Bytes a route hands over itself (the text of a `tts_render`).
+    Raw(&'a [u8]),
     /// Neither or both: refused.
     Ambiguous,
 }
@@ -189,6 +191,14 @@ pub async fn submit<H: WriteHost + ?Sized>(
     req: Submit<'_>,
 ) -> Result<Submitted, Refusal> {
     let key = parse_key(req.key)?;
+    let submittable = || {
+        let names = settings.registry.iter();
+        let names: Vec<_> = names
+            .filter(|t| t.via_jobs_api())
+            .map(|t| t.name())
+            .collect();
+        names.join(", ")
+    };
     let Some(job_type) = settings.registry.get(req.job_type) else {
         return Err(Refusal::new(
             400,
@@ -196,10 +206,26 @@ pub async fn submit<H: WriteHost + ?Sized>(
             format!(
                 "unknown job type {:?}; known: {}",
                 req.job_type,
-                settings.registry.names().join(", ")
+                submittable()
             ),
         ));
     };
+    if !job_type.via_jobs_api() && !matches!(req.input, Input::Raw(_)) {
+        let via = if job_type.name() == crate::tts_render::NAME {
+            "POST /voice/tts (texts over its inline bound, or with Prefer: respond-async)"
+        } else {
+            "its own route"
+        };
+        return Err(Refusal::new(
+            400,
+            "job_type_not_submittable",
+            format!(
+                "{} jobs are created by {via}; POST /jobs takes {}",
+                job_type.name(),
+                submittable()
+            ),
+        ));
+    }
     let params = job_type
         .validate_params(req.params.unwrap_or(&serde_json::json!({})))
         .map_err(|e| Refusal::new(400, "invalid_params", e))?;
@@ -212,6 +238,7 @@ pub async fn submit<H: WriteHost + ?Sized>(
     let input = match req.input {
         Input::Base64(b64) => decode_base64(b64)?,
         Input::Upload(key) => upload_input(host, req.tenant, key).await?,
+        Input::Raw(bytes) => bytes.to_vec(),
         Input::Ambiguous => {
             return Err(Refusal::new(
                 400,

@@ -13,6 +13,8 @@ use cognomega_core::auth::Tier;
 use cognomega_core::billing::PriceTable;
 use cognomega_core::queue::MaybeSendSync;
 use cognomega_core::sql::{Executor, Outbound, SqlError, Transaction};
+
+use crate::submit::{Input, Submit, SubmitSettings, Submitted, WriteHost};
 use cognomega_core::voice::{
     parse_tts, voice_charge, Answered, AudioFormat, Heard, Speech, Spoken, VoicePolicy,
     STT_BODY_LIMIT,
@@ -79,6 +81,8 @@ pub struct VoiceSettings<'a> {
     pub floor: i64,
     /// A session whose heart has not beaten for this long is settled by the sweep.
     pub session_stale_ms: i64,
+    /// Texts longer than this many characters are rendered by a `tts_render` job (202).
+    pub inline_chars: usize,
 }
 
 /// The caller.
@@ -104,16 +108,67 @@ pub struct TtsReply {
     pub headers: Vec<(&'static str, String)>,
 }
 
-/// `POST /voice/tts`.
-pub async fn tts<H: VoiceHost>(
+/// What `POST /voice/tts` answers.
+#[derive(Debug)]
+pub enum TtsAnswer {
+    /// Spoken inline (200).
+    Audio(TtsReply),
+    /// A `tts_render` job: queued now (202), or the one an earlier request with this
+    /// `Idempotency-Key` created (200).
+    Job(Submitted),
+}
+
+/// One `POST /voice/tts`.
+#[derive(Debug, Clone, Copy)]
+pub struct TtsRequest<'a> {
+    /// The JSON body.
+    pub body: &'a [u8],
+    /// `Prefer: respond-async`: a job whatever the text's length.
+    pub respond_async: bool,
+    /// The `Idempotency-Key` header (a job's; an inline synthesis is not replayed).
+    pub idempotency_key: Option<&'a [u8]>,
+}
+
+/// `POST /voice/tts`: the body and the tier's caps first; a text over the inline bound (or
+/// any with `Prefer: respond-async`) becomes a `tts_render` job through the submit workflow
+/// (its credit check, `Idempotency-Key`, hourly runs cap), anything else is spoken now.
+pub async fn tts<H: VoiceHost + WriteHost>(
+    host: &H,
+    settings: VoiceSettings<'_>,
+    jobs: SubmitSettings<'_>,
+    caller: Caller<'_>,
+    req: TtsRequest<'_>,
+) -> Result<TtsAnswer, Refusal> {
+    crate::submit::parse_key(req.idempotency_key)?;
+    let speech = parse_tts(req.body, settings.policy.tier(caller.tier))?;
+    if req.respond_async || speech.text.chars().count() > settings.inline_chars {
+        let params = crate::tts_render::params_of(&speech);
+        let submit = Submit {
+            tenant: caller.tenant,
+            key: req.idempotency_key,
+            job_type: crate::tts_render::NAME,
+            params: Some(&params),
+            input: Input::Raw(speech.text.as_bytes()),
+            request_id: caller.request_id,
+        };
+        return crate::submit::submit(host, jobs, submit)
+            .await
+            .map(TtsAnswer::Job);
+    }
+    speak(host, settings, caller, &speech)
+        .await
+        .map(TtsAnswer::Audio)
+}
+
+/// Speaks `speech` now and bills it.
+async fn speak<H: VoiceHost>(
     host: &H,
     settings: VoiceSettings<'_>,
     caller: Caller<'_>,
-    body: &[u8],
+    speech: &Speech,
 ) -> Result<TtsReply, Refusal> {
-    let speech = parse_tts(body, settings.policy.tier(caller.tier))?;
     let balance = standing(host, caller.tenant, settings.floor).await?;
-    let spoken = host.synthesize(&speech).await?;
+    let spoken = host.synthesize(speech).await?;
     let charge = bill(host, &settings, &caller, spoken.value.seconds).await?;
     host.billed(&spoken.provider, "tts", spoken.value.seconds);
     let mut headers = vec![

@@ -31,9 +31,6 @@ use crate::{decode, Artifact, JobError, JobType, Progress};
 /// The formats a sketch may come in.
 pub const ACCEPTED_FORMATS: [ImageFormat; 2] = [ImageFormat::Png, ImageFormat::Jpeg];
 
-/// Credits per job: one flat "job", whatever the sketch.
-pub const PRICE: i64 = 10;
-
 /// A UI element the detector recognises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -93,10 +90,6 @@ impl JobType for SketchToApp {
 
     fn validate_input(&self, input: &[u8]) -> Result<(), String> {
         decode::probe(input, &ACCEPTED_FORMATS).map(|_| ())
-    }
-
-    fn price(&self, _params: &Value) -> i64 {
-        PRICE
     }
 
     async fn run(

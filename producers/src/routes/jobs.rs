@@ -23,7 +23,8 @@ use crate::auth::Authenticated;
 use crate::query::Query;
 use crate::{current_request_id, ApiError, AppState};
 
-fn submitted_response(status: StatusCode, id: &str) -> Response {
+/// The answer to a submit: the job's id, status and status URL, and `Location`.
+pub(crate) fn submitted_response(status: StatusCode, id: &str) -> Response {
     let location = format!("/jobs/{id}");
     let mut resp = (
         status,
@@ -82,15 +83,7 @@ pub(crate) async fn submit(
     wf::parse_key(headers.get("idempotency-key").map(HeaderValue::as_bytes))?;
     let req = SubmitRequest::parse(&body)?;
     let request_id = current_request_id();
-    let settings = SubmitSettings {
-        registry: &state.job_types,
-        floor: state.config.billing.guest_floor,
-        runs_per_hour: state
-            .config
-            .cost_guards
-            .for_tier(claims.tier)
-            .cap(CostMetric::JobRunsPerHour),
-    };
+    let settings = submit_settings(&state, claims.tier);
     let key = headers.get("idempotency-key").map(HeaderValue::as_bytes);
     let submitted = wf::submit(
         &state,
@@ -100,6 +93,22 @@ pub(crate) async fn submit(
     .await?;
     let status = StatusCode::from_u16(submitted.status()).unwrap_or(StatusCode::ACCEPTED);
     Ok(submitted_response(status, submitted.id()))
+}
+
+/// What a submit by a caller of `tier` is held to.
+pub(crate) fn submit_settings(
+    state: &AppState,
+    tier: cognomega_core::auth::Tier,
+) -> SubmitSettings<'_> {
+    SubmitSettings {
+        registry: &state.job_types,
+        floor: state.config.billing.guest_floor,
+        runs_per_hour: state
+            .config
+            .cost_guards
+            .for_tier(tier)
+            .cap(CostMetric::JobRunsPerHour),
+    }
 }
 
 /// The native host of the submit workflow: the database (its reads on the reader pool), the

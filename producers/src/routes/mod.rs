@@ -13,7 +13,7 @@ mod metrics;
 mod openapi;
 pub mod uploads;
 mod usage;
-mod voice;
+pub mod voice;
 
 pub use voice::settle_stale_sessions as settle_stale_voice_sessions;
 

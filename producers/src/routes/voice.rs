@@ -10,9 +10,13 @@ use chrono::Utc;
 use cognomega_core::api::Refusal;
 use cognomega_core::sql::{Executor, Outbound, SqlError, Transaction};
 use cognomega_core::voice::{Answered, AudioFormat, Heard, Speech, Spoken};
+use cognomega_pipelines::Registry;
+use cognomega_providers::voice::Voices;
+use cognomega_workflows::tts_render::{Speaker, TtsRender};
 use cognomega_workflows::voice::{self, Caller, VoiceHost, VoiceSettings};
 use http::{header, HeaderName, HeaderValue};
 use serde::Deserialize;
+use std::sync::Arc;
 
 use super::openapi::{schemas as s, *};
 use crate::auth::Authenticated;
@@ -30,6 +34,39 @@ fn settings(state: &AppState) -> VoiceSettings<'_> {
         floor: state.config.billing.guest_floor,
         session_stale_ms: i64::try_from(state.config.voice_session_stale.as_millis())
             .unwrap_or(60_000),
+        inline_chars: state.config.voice_tts_inline_chars,
+    }
+}
+
+/// The job types this host runs: the pipelines' own, and `tts_render` (the long texts of
+/// `POST /voice/tts`) spoken by `voices`.
+#[must_use]
+pub fn job_types(voices: &Voices) -> Registry {
+    let mut types: Vec<_> = cognomega_pipelines::registry().iter().cloned().collect();
+    types.push(Arc::new(TtsRender::new(Arc::new(NativeSpeaker(
+        voices.clone(),
+    )))));
+    Registry::new(types)
+}
+
+/// The voice providers as a `tts_render` job's speaker; sox encodes the joined audio.
+#[derive(Debug)]
+struct NativeSpeaker(Voices);
+
+#[async_trait::async_trait(?Send)]
+impl Speaker for NativeSpeaker {
+    fn providers(&self) -> Vec<&'static str> {
+        self.0.names()
+    }
+
+    async fn synthesize(&self, speech: &Speech) -> Result<Answered<Spoken>, Refusal> {
+        self.0.synthesize(speech).await
+    }
+
+    async fn encode(&self, wav: &[u8], to: AudioFormat) -> Result<Vec<u8>, String> {
+        cognomega_providers::voice::transcode(wav, AudioFormat::Wav, to, None)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -49,8 +86,25 @@ fn with_headers(mut response: Response, headers: &[(&'static str, String)]) -> R
     operation_id = "voice_tts",
     tag = "voice",
     security(("bearer" = [])),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 128,
+            description = "For a text rendered by a job: a repeated key returns the job it \
+            created (200)"),
+        ("Prefer" = Option<String>, Header, description = "`respond-async`: render by a \
+            `tts_render` job whatever the text's length"),
+    ),
     request_body(content = s::TtsRequest, content_type = "application/json"),
     responses(
+        (status = 202, description = "A text over the inline bound (or with Prefer: \
+            respond-async) is rendered by a `tts_render` job: poll it, follow its progress, \
+            cancel it; its artifacts are `speech.{wav,ogg,mp3}` and `render.json`, billed as \
+            `audio_seconds` when it succeeds", body = s::JobSubmitted,
+            headers(("Location" = String, description = "The job's status URL")),
+            links(
+                ("GetJob" = (operation_id = "get_job", parameters(("id" = "$response.body#/id")))),
+                ("CancelJob" = (operation_id = "cancel_job",
+                    parameters(("id" = "$response.body#/id")))),
+            )),
         (status = 200, description = "The audio, in the requested format", content(
                 (s::Binary = "audio/wav"),
                 (s::Binary = "audio/ogg"),
@@ -78,6 +132,7 @@ fn with_headers(mut response: Response, headers: &[(&'static str, String)]) -> R
 pub(crate) async fn tts(
     State(state): State<AppState>,
     Authenticated(claims): Authenticated,
+    headers: http::HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let request_id = current_request_id();
@@ -86,9 +141,36 @@ pub(crate) async fn tts(
         tier: claims.tier,
         request_id: &request_id,
     };
-    let reply = voice::tts(&state, settings(&state), caller, &body).await?;
-    let response = ([(header::CONTENT_TYPE, reply.content_type)], reply.audio).into_response();
-    Ok(with_headers(response, &reply.headers))
+    let req = voice::TtsRequest {
+        body: &body,
+        respond_async: respond_async(&headers),
+        idempotency_key: headers.get("idempotency-key").map(HeaderValue::as_bytes),
+    };
+    let jobs = super::jobs::submit_settings(&state, claims.tier);
+    match voice::tts(&state, settings(&state), jobs, caller, req).await? {
+        voice::TtsAnswer::Audio(reply) => {
+            let response =
+                ([(header::CONTENT_TYPE, reply.content_type)], reply.audio).into_response();
+            Ok(with_headers(response, &reply.headers))
+        }
+        voice::TtsAnswer::Job(submitted) => Ok(super::jobs::submitted_response(
+            http::StatusCode::from_u16(submitted.status()).unwrap_or(http::StatusCode::ACCEPTED),
+            submitted.id(),
+        )),
+    }
+}
+
+/// `Prefer: respond-async` (RFC 7240), among any other preferences.
+fn respond_async(headers: &http::HeaderMap) -> bool {
+    headers.get_all("prefer").iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',').any(|p| {
+                p.split(';')
+                    .next()
+                    .is_some_and(|p| p.trim().eq_ignore_ascii_case("respond-async"))
+            })
+        })
+    })
 }
 
 /// `POST /voice/stt`'s query.

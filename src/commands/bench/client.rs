@@ -121,7 +121,7 @@ impl Conn {
     pub(super) async fn send(
         &mut self,
         method: Method,
-        path: &'static str,
+        path: &str,
         auth: Option<&HeaderValue>,
         body: Option<Bytes>,
     ) -> anyhow::Result<Reply> {
@@ -163,7 +163,7 @@ impl Conn {
     /// `GET path`.
     pub(super) async fn get(
         &mut self,
-        path: &'static str,
+        path: &str,
         auth: Option<&HeaderValue>,
     ) -> anyhow::Result<Reply> {
         self.send(Method::GET, path, auth, None).await

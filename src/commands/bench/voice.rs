@@ -54,6 +54,10 @@ struct Report {
     added_p50_ms: f64,
     session_first_chunk_p50_ms: f64,
     session_first_chunk_p99_ms: f64,
+    render_chars: usize,
+    render_audio_s: f64,
+    render_p50_ms: f64,
+    render_realtime_factor: f64,
     sessions_held: u32,
     server_peak_rss_before_sessions_mib: Option<f64>,
     server_peak_rss_with_sessions_mib: Option<f64>,
@@ -134,17 +138,20 @@ pub(super) async fn run(ctx: &Ctx, args: VoiceArgs) -> anyhow::Result<()> {
         "off".to_owned(),
         "--config".to_owned(),
         config.display().to_string(),
+        "--voice-tts-inline-chars".to_owned(),
+        RENDER_INLINE_CHARS.to_string(),
     ];
     let server = Server::start_with(ctx, args.backend, None, &extra).await?;
     let measured = async {
         let api = api_latency(&server, args.rounds).await?;
+        let renders = renders(&server, args.rounds).await?;
         let sessions = sessions(&server, &args).await?;
-        Ok::<_, anyhow::Error>((api, sessions))
+        Ok::<_, anyhow::Error>((api, renders, sessions))
     }
     .await;
     let stopped = server.stop().await;
     let _ = std::fs::remove_file(&config);
-    let ((backend, mut api_ms), mut s) = measured?;
+    let ((backend, mut api_ms), r, mut s) = measured?;
     stopped?;
     api_ms.sort_by(f64::total_cmp);
     s.first_chunk_ms.sort_by(f64::total_cmp);
@@ -166,6 +173,10 @@ pub(super) async fn run(ctx: &Ctx, args: VoiceArgs) -> anyhow::Result<()> {
         added_p50_ms: percentile(&api_ms, 0.5) - percentile(&engine_ms, 0.5),
         session_first_chunk_p50_ms: percentile(&s.first_chunk_ms, 0.5),
         session_first_chunk_p99_ms: percentile(&s.first_chunk_ms, 0.99),
+        render_chars: r.chars,
+        render_audio_s: r.audio_s,
+        render_p50_ms: percentile(&r.ms, 0.5),
+        render_realtime_factor: r.audio_s / (percentile(&r.ms, 0.5) / 1000.0),
         sessions_held: args.sessions,
         server_peak_rss_before_sessions_mib: s.rss_before,
         server_peak_rss_with_sessions_mib: s.rss_with,
@@ -180,6 +191,7 @@ pub(super) async fn run(ctx: &Ctx, args: VoiceArgs) -> anyhow::Result<()> {
              round trip     word error rate {:.1} %\n  \
              POST /voice/tts ({})  p50 {:.1} ms  p99 {:.1} ms; the engine alone p50 {:.1} ms; added p50 {:.1} ms\n  \
              session: first audio chunk p50 {:.1} ms  p99 {:.1} ms (target <= 150 ms)\n  \
+             tts_render job ({} characters, {:.1} s of audio): submit to succeeded p50 {:.0} ms, real-time factor {:.1}x\n  \
              {} idle sessions held: server peak RSS {} MiB before, {} MiB with them (target <= 512 MiB)",
             report.sentences,
             report.rounds,
@@ -197,12 +209,108 @@ pub(super) async fn run(ctx: &Ctx, args: VoiceArgs) -> anyhow::Result<()> {
             report.added_p50_ms,
             report.session_first_chunk_p50_ms,
             report.session_first_chunk_p99_ms,
+            report.render_chars,
+            report.render_audio_s,
+            report.render_p50_ms,
+            report.render_realtime_factor,
             report.sessions_held,
             report.server_peak_rss_before_sessions_mib.map_or("?".into(), |m| format!("{m:.0}")),
             report.server_peak_rss_with_sessions_mib.map_or("?".into(), |m| format!("{m:.0}")),
         );
     }
     Ok(())
+}
+
+/// The bench server's inline bound: the render's text is a job, the sentences are not.
+const RENDER_INLINE_CHARS: usize = 200;
+
+/// `tts_render` jobs measured from the client: submit to `succeeded`.
+struct RenderFigures {
+    chars: usize,
+    audio_s: f64,
+    ms: Vec<f64>,
+}
+
+/// About 900 characters of the round trip's sentences: three synthesis chunks.
+fn render_text() -> String {
+    let mut text = String::new();
+    'fill: loop {
+        for s in ROUND_TRIP_SENTENCES {
+            if text.len() + s.len() + 2 > 900 {
+                break 'fill;
+            }
+            text.push_str(s);
+            text.push_str(". ");
+        }
+    }
+    text.trim().to_owned()
+}
+
+async fn renders(server: &Server, rounds: u32) -> anyhow::Result<RenderFigures> {
+    let mut api = server.target.connect().await?;
+    let guest = client::create_guest(&mut api).await?;
+    let text = render_text();
+    let body = Bytes::from(serde_json::json!({ "text": text, "format": "mp3" }).to_string());
+    let mut ms = Vec::new();
+    let mut audio_s = 0.0;
+    for round in 0..=rounds {
+        let started = Instant::now();
+        let reply = api
+            .send(
+                Method::POST,
+                "/voice/tts",
+                Some(&guest.auth),
+                Some(body.clone()),
+            )
+            .await?;
+        if reply.status != StatusCode::ACCEPTED {
+            bail!(
+                "POST /voice/tts (a render) answered {}: {}",
+                reply.status,
+                reply.snippet()
+            );
+        }
+        let id = serde_json::from_slice::<serde_json::Value>(&reply.body)?["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let path = format!("/jobs/{id}");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let job = api
+                .send(Method::GET, &path, Some(&guest.auth), None)
+                .await?;
+            let job: serde_json::Value = serde_json::from_slice(&job.body)?;
+            match job["status"].as_str() {
+                Some("succeeded") => break,
+                Some("queued" | "running") if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                _ => bail!("the tts_render job {id} ended {job}"),
+            }
+        }
+        // The first round warms the consumer and the engine's files.
+        if round > 0 {
+            ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        let report = api
+            .send(
+                Method::GET,
+                &format!("{path}/artifacts/render.json"),
+                Some(&guest.auth),
+                None,
+            )
+            .await?;
+        audio_s = serde_json::from_slice::<serde_json::Value>(&report.body)?["audio_seconds"]
+            .as_f64()
+            .unwrap_or(0.0);
+    }
+    ms.sort_by(f64::total_cmp);
+    Ok(RenderFigures {
+        chars: text.chars().count(),
+        audio_s,
+        ms,
+    })
 }
 
 async fn api_latency(server: &Server, rounds: u32) -> anyhow::Result<(String, Vec<f64>)> {

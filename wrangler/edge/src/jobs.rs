@@ -4,7 +4,6 @@
 //! stage by stage, cancel at the next stage boundary; artifacts stored in R2 under the native
 //! key layout (`inputs/…`, `artifacts/<tenant>/<job>/<name>`).
 
-use cognomega_core::billing::UsageKind;
 use cognomega_core::limits::CostMetric;
 use cognomega_r2_lifecycle::codec::{self, CodecPolicy};
 use cognomega_workflows::jobs::{Delivery, Outcome};
@@ -183,9 +182,7 @@ pub async fn run_batch(
     queue: &EdgeQueue,
     messages: &[worker::Message<serde_json::Value>],
 ) -> Result<(), String> {
-    let credits = crate::config::billing(env)?
-        .prices
-        .charge(UsageKind::Job, 1);
+    let prices = crate::config::billing(env)?.prices;
     let registry = cognomega_pipelines::registry();
     let resolve = |name: &str| registry.get(name);
     let host = Writes::new(env, db);
@@ -199,7 +196,7 @@ pub async fn run_batch(
             attempts: None,
             max_deliveries: queue.max_retries + 1,
             lease_ms: cognomega_core::jobs::EDGE_LEASE_MS,
-            credits,
+            prices: &prices,
             codec: CodecPolicy::default(),
         };
         let id = &job.job_id;
