@@ -224,7 +224,7 @@ async fn guest(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     let ring = ring(env).await?;
     let db = crate::db::connect(env).await?;
     let new = guest::create(&Writes::new(env, &db), email.as_deref(), &billing).await?;
-    crate::consumers::cache_balances(env, &new.settled).await;
+    crate::consumers::cache_balances(env, &db, &new.settled).await;
     let ttl = Duration::from_secs(crate::config::token_ttl_secs(env));
     let builder = ClaimsBuilder::new(
         crate::config::issuer(env),

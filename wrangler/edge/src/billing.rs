@@ -3,6 +3,8 @@
 //! adjustments, which are settlement messages like every other change of a balance.
 
 use cognomega_workflows::billing::{self as workflows, AdjustRequest};
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use worker::{Env, Method, Request};
 
@@ -23,7 +25,7 @@ pub fn balance_key(tenant: &str) -> String {
     format!("balance:{tenant}")
 }
 
-/// The tenant's balance: KV hit, else PostgreSQL (then cached).
+/// The tenant's balance: KV hit, else PostgreSQL (then cached, verified).
 pub async fn balance(env: &Env, tenant: &str) -> Result<CachedBalance, ApiError> {
     let kv = env.kv("KV")?;
     let key = balance_key(tenant);
@@ -36,13 +38,8 @@ pub async fn balance(env: &Env, tenant: &str) -> Result<CachedBalance, ApiError>
         return Ok(hit);
     }
     let db = crate::db::connect(env).await?;
-    let row = db
-        .query_opt(
-            "SELECT balance, (extract(epoch FROM updated_at) * 1000)::bigint FROM balances WHERE tenant_id = $1",
-            &[&tenant],
-        )
-        .await?;
-    let Some(row) = row else {
+    let tenants = [tenant.to_owned()];
+    let Some(cached) = stored(&db, &tenants).await?.remove(tenant) else {
         // Nothing settled yet (a new guest's grant is on its way): not cached, so the first
         // settlement shows at once.
         return Ok(CachedBalance {
@@ -50,16 +47,72 @@ pub async fn balance(env: &Env, tenant: &str) -> Result<CachedBalance, ApiError>
             as_of_ms: Some(worker::Date::now().as_millis() as i64),
         });
     };
-    let cached = CachedBalance {
-        balance: row.get(0),
-        as_of_ms: Some(row.get(1)),
-    };
-    put(env, tenant, &cached).await;
+    cache_verified(env, &db, vec![(tenant.to_owned(), cached.clone())]).await;
     Ok(cached)
 }
 
+/// The stored balances of `tenants` (those that have one).
+async fn stored(
+    db: &tokio_postgres::Client,
+    tenants: &[String],
+) -> Result<BTreeMap<String, CachedBalance>, tokio_postgres::Error> {
+    let rows = db
+        .query(
+            "SELECT tenant_id, balance, (extract(epoch FROM updated_at) * 1000)::bigint
+             FROM balances WHERE tenant_id = ANY($1)",
+            &[&tenants],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let cached = CachedBalance {
+                balance: r.get(1),
+                as_of_ms: Some(r.get(2)),
+            };
+            (r.get(0), cached)
+        })
+        .collect())
+}
+
+/// Writes balances through to KV, then reads them back from PostgreSQL and writes again each
+/// that changed meanwhile (up to three rounds). KV has no compare-and-set, so a writer's put
+/// can land after a newer one: a cache fill that read the balance just before a settlement
+/// committed, or two settlement batches whose puts crossed. Each writer checks after its own
+/// put, so no stale balance outlives the writers in flight (it would otherwise be served for
+/// the whole TTL).
+pub async fn cache_verified(
+    env: &Env,
+    db: &tokio_postgres::Client,
+    mut pending: Vec<(String, CachedBalance)>,
+) {
+    for _ in 0..3 {
+        if pending.is_empty() {
+            return;
+        }
+        for (tenant, cached) in &pending {
+            put(env, tenant, cached).await;
+        }
+        let tenants: Vec<String> = pending.iter().map(|(t, _)| t.clone()).collect();
+        let mut now = match stored(db, &tenants).await {
+            Ok(now) => now,
+            Err(e) => {
+                worker::console_warn!("balance cache check: {e}; cached balances expire in {BALANCE_TTL_SECS} s");
+                return;
+            }
+        };
+        pending = pending
+            .into_iter()
+            .filter_map(|(tenant, put)| {
+                let current = now.remove(&tenant)?;
+                (current.balance != put.balance).then_some((tenant, current))
+            })
+            .collect();
+    }
+}
+
 /// Writes a balance through to KV; a failure only costs a cache miss later.
-pub async fn put(env: &Env, tenant: &str, cached: &CachedBalance) {
+async fn put(env: &Env, tenant: &str, cached: &CachedBalance) {
     let write = async {
         env.kv("KV")?
             .put(&balance_key(tenant), cached)?
@@ -114,14 +167,14 @@ async fn rebuild(env: &Env) -> ApiResult {
         .query_one(cognomega_core::billing::sql::LEDGER_TENANTS, &[])
         .await?
         .get(0);
-    for row in &corrected {
-        let tenant: String = row.get(0);
+    let fixed = corrected.iter().map(|row| {
         let cached = CachedBalance {
             balance: row.get(1),
             as_of_ms: row.get(2),
         };
-        put(env, &tenant, &cached).await;
-    }
+        (row.get(0), cached)
+    });
+    cache_verified(env, &db, fixed.collect()).await;
     if !corrected.is_empty() {
         worker::console_warn!(
             "rebuild corrected {} cached balances that had drifted from the ledger",

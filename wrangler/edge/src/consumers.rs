@@ -261,15 +261,17 @@ async fn usage_writer(
     Ok(())
 }
 
-/// Writes settled balances through to KV (after their commit).
-pub async fn cache_balances(env: &Env, settled: &Settled) {
-    for (tenant, (balance, as_of)) in &settled.balances {
+/// Writes settled balances through to KV (after their commit), verified
+/// ([`crate::billing::cache_verified`]).
+pub async fn cache_balances(env: &Env, db: &tokio_postgres::Client, settled: &Settled) {
+    let balances = settled.balances.iter().map(|(tenant, (balance, as_of))| {
         let cached = crate::billing::CachedBalance {
             balance: *balance,
             as_of_ms: Some(*as_of),
         };
-        crate::billing::put(env, tenant, &cached).await;
-    }
+        (tenant.clone(), cached)
+    });
+    crate::billing::cache_verified(env, db, balances.collect()).await;
 }
 
 /// settlement: the shared workflow (`cognomega_workflows::settle::settle`) in one
@@ -301,7 +303,7 @@ async fn settlement(
     for (m, _, _) in &decoded {
         m.ack();
     }
-    cache_balances(env, &settled).await;
+    cache_balances(env, db, &settled).await;
     Ok(())
 }
 
