@@ -1753,6 +1753,122 @@ where
     Ok(())
 }
 
+/// n. The voice service: the voices listed, a synthesis in wav and in mp3 whose
+/// `X-Audio-Seconds` is the length of the audio sent, a transcription of it, bad input refused
+/// precisely, and every answered request settled once as `audio_seconds`.
+async fn voice_speaks_hears_and_bills_once(t: Target) -> anyhow::Result<()> {
+    use cognomega_core::voice::AudioFormat;
+    let g = guest(&t).await?;
+    let grant = wait_grant(&t, &g).await?;
+    let voices = send(t.get("/voice/voices").bearer_auth(&g.token))
+        .await?
+        .expect(StatusCode::OK)?;
+    let listed = voices["providers"].as_array().cloned().unwrap_or_default();
+    assert!(
+        listed
+            .iter()
+            .any(|p| p["voices"].as_array().is_some_and(|v| !v.is_empty())),
+        "{voices}"
+    );
+
+    let mut billed = 0;
+    let mut spoken = Vec::new();
+    for (format, ctype) in [("wav", "audio/wav"), ("mp3", "audio/mpeg")] {
+        let answer = send(
+            t.post("/voice/tts")
+                .bearer_auth(&g.token)
+                .json(&json!({"text": "Hello from the acceptance suite.", "format": format})),
+        )
+        .await?;
+        anyhow::ensure!(answer.status == StatusCode::OK, "{format}: {answer:?}");
+        assert_eq!(answer.header("content-type"), Some(ctype));
+        assert!(answer.header("x-provider").is_some_and(|p| !p.is_empty()));
+        let claimed: f64 = answer.header("x-audio-seconds").unwrap_or("").parse()?;
+        let kind = AudioFormat::sniff(&answer.body)
+            .ok_or_else(|| anyhow::anyhow!("{format}: not audio"))?;
+        let measured =
+            cognomega_core::audio::duration(&answer.body, kind).map_err(anyhow::Error::msg)?;
+        assert!(
+            (claimed - measured).abs() <= measured * 0.05 + 0.03,
+            "{format}: X-Audio-Seconds {claimed} vs the audio's {measured}"
+        );
+        billed += claimed.ceil() as i64;
+        spoken.push(answer.body.to_vec());
+    }
+
+    let wav = spoken[0].clone();
+    let heard = send(
+        t.post("/voice/stt?language=en")
+            .bearer_auth(&g.token)
+            .header("content-type", "audio/wav")
+            .body(wav.clone()),
+    )
+    .await?
+    .expect(StatusCode::OK)?;
+    for field in ["text", "segments", "language", "audio_seconds", "provider"] {
+        assert!(!heard[field].is_null(), "{field}: {heard}");
+    }
+    let seconds = heard["audio_seconds"].as_f64().unwrap_or(0.0);
+    let wav_seconds = cognomega_core::voice::wav_info(&wav)
+        .map_err(anyhow::Error::msg)?
+        .seconds;
+    assert!((seconds - wav_seconds).abs() < 0.01, "{heard}");
+    billed += seconds.ceil() as i64;
+
+    // Refused precisely, before any provider is asked, and never billed.
+    let code = send(
+        t.post("/voice/tts")
+            .bearer_auth(&g.token)
+            .json(&json!({"text": "   "})),
+    )
+    .await?
+    .expect_error(StatusCode::BAD_REQUEST)?;
+    assert_eq!(code, "empty_text");
+    let code = send(
+        t.post("/voice/stt")
+            .bearer_auth(&g.token)
+            .body("this is not audio"),
+    )
+    .await?
+    .expect_error(StatusCode::UNSUPPORTED_MEDIA_TYPE)?;
+    assert_eq!(code, "unsupported_format");
+    let code = send(
+        t.post("/voice/stt")
+            .bearer_auth(&g.token)
+            .body(wav[..wav.len() / 2].to_vec()),
+    )
+    .await?
+    .expect_error(StatusCode::BAD_REQUEST)?;
+    assert_eq!(code, "invalid_audio");
+    let code = send(t.post("/voice/tts").json(&json!({"text": "hi"})))
+        .await?
+        .expect_error(StatusCode::UNAUTHORIZED)?;
+    assert!(!code.is_empty());
+
+    // Three answers, each settled once as its rounded-up seconds.
+    poll(
+        "the voice usage settled",
+        Duration::from_secs(60),
+        || async {
+            let usage = send(t.get("/usage").bearer_auth(&g.token))
+                .await?
+                .expect(StatusCode::OK)?;
+            let audio = &usage["totals"]["audio_seconds"];
+            Ok(
+                if audio["events"] == 3
+                    && audio["quantity"] == billed
+                    && balance(&t, &g).await? < grant
+                {
+                    Ok(())
+                } else {
+                    Err(usage.to_string())
+                },
+            )
+        },
+    )
+    .await
+}
+
 macro_rules! scenarios {
     ($($name:ident),* $(,)?) => {
         mod scenarios {
@@ -1781,4 +1897,5 @@ scenarios!(
     every_job_type_runs,
     failed_sends_are_delivered_later_once,
     job_progress_and_cancel,
+    voice_speaks_hears_and_bills_once,
 );

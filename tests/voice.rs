@@ -1333,3 +1333,60 @@ async fn long_texts_render_as_jobs(backend: Backend) -> anyhow::Result<()> {
     assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(2), "{jobs}");
     app.stop().await
 }
+
+/// What the edge measures and decodes in process (`cognomega_core::audio`), judged against
+/// sox and ffmpeg on the same files: each format's length within 5 %, and MP3 decoded to a WAV
+/// of the same length.
+#[test]
+fn in_process_audio_agrees_with_sox_and_ffmpeg() -> anyhow::Result<()> {
+    use cognomega_core::audio;
+    use cognomega_core::voice::AudioFormat;
+    let dir = tempfile::tempdir()?;
+    let src = dir.path().join("tone.wav");
+    tool(
+        std::process::Command::new("sox")
+            .args(["-n", "-r", "24000", "-c", "1", "-b", "16"])
+            .arg(&src)
+            .args(["synth", "2.5", "sine", "440"]),
+    )?;
+    let wav = std::fs::read(&src)?;
+    assert!(
+        (audio::duration(&wav, AudioFormat::Wav).map_err(anyhow::Error::msg)? - 2.5).abs() < 1e-9
+    );
+    for (ext, args) in [
+        ("ogg", &["-c:a", "libvorbis"][..]),
+        ("opus.ogg", &["-c:a", "libopus", "-f", "ogg"][..]),
+        ("mp3", &["-c:a", "libmp3lame"][..]),
+        ("webm", &["-c:a", "libopus"][..]),
+    ] {
+        let encoded = ffmpeg(&wav, ext, args)?;
+        let format =
+            AudioFormat::sniff(&encoded).ok_or_else(|| anyhow::anyhow!("{ext}: not sniffed"))?;
+        let seconds =
+            audio::duration(&encoded, format).map_err(|e| anyhow::anyhow!("{ext}: {e}"))?;
+        assert!(
+            (seconds - 2.5).abs() <= 2.5 * 0.05,
+            "{ext}: {seconds} s, made from 2.5 s"
+        );
+        if ext == "ogg" || ext == "mp3" {
+            let sox = sox_seconds(&encoded, ext)?;
+            assert!(
+                (seconds - sox).abs() <= sox * 0.05,
+                "{ext}: {seconds} s vs sox {sox} s"
+            );
+        }
+    }
+    let mp3 = ffmpeg(&wav, "mp3", &["-c:a", "libmp3lame"])?;
+    let decoded = audio::mp3_to_wav(&mp3).map_err(anyhow::Error::msg)?;
+    let info = cognomega_core::voice::wav_info(&decoded).map_err(anyhow::Error::msg)?;
+    assert_eq!((info.sample_rate, info.channels), (24_000, 1));
+    assert!(
+        (info.seconds - 2.5).abs() <= 0.1,
+        "decoded {} s",
+        info.seconds
+    );
+    // Damaged input is refused, never measured as something.
+    assert!(audio::duration(&mp3[..40], AudioFormat::Mp3).is_err());
+    assert!(audio::duration(b"OggS and nothing", AudioFormat::Ogg).is_err());
+    Ok(())
+}

@@ -8,6 +8,7 @@
 
 pub mod ai;
 pub mod api;
+pub mod audio;
 pub mod auth;
 pub mod billing;
 pub mod cleanup;

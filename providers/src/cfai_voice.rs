@@ -8,27 +8,14 @@
 
 use std::time::Duration;
 
-use base64::Engine as _;
-use cognomega_core::api::Refusal;
 use cognomega_core::voice::{AudioFormat, Heard, Speech, Spoken, VoiceFailure, VoiceInfo};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::voice::{http_failure, measure, segments_of_words, transcode, VoiceProvider};
+use crate::voice::{http_failure, measure, transcode, VoiceProvider};
+use crate::voice_protocol::cfai;
 
-/// The speech model.
-pub const TTS_MODEL: &str = "@cf/myshell-ai/melotts";
-/// The transcription model.
-pub const STT_MODEL: &str = "@cf/openai/whisper";
-/// The languages MeloTTS speaks (its `lang`), each its one voice.
-const LANGUAGES: [(&str, &str); 6] = [
-    ("en", "English"),
-    ("es", "Spanish"),
-    ("fr", "French"),
-    ("zh", "Chinese"),
-    ("jp", "Japanese"),
-    ("kr", "Korean"),
-];
+pub use crate::voice_protocol::cfai::{STT_MODEL, TTS_MODEL};
 
 /// Workers AI's settings.
 #[derive(Debug, Clone)]
@@ -72,13 +59,6 @@ pub struct CfaiVoice {
 struct Envelope {
     #[serde(default)]
     result: Value,
-}
-
-#[derive(Deserialize)]
-struct WireWord {
-    word: String,
-    start: f64,
-    end: f64,
 }
 
 impl CfaiVoice {
@@ -134,36 +114,13 @@ impl VoiceProvider for CfaiVoice {
     }
 
     async fn voices(&self) -> Result<Vec<VoiceInfo>, VoiceFailure> {
-        Ok(LANGUAGES
-            .iter()
-            .map(|(lang, name)| VoiceInfo {
-                id: (*lang).to_owned(),
-                name: format!("MeloTTS {name}"),
-                language: (*lang).to_owned(),
-            })
-            .collect())
+        Ok(cfai::voices())
     }
 
     async fn synthesize(&self, speech: &Speech) -> Result<Spoken, VoiceFailure> {
-        let lang = speech.voice.as_deref().unwrap_or("en");
-        // Another provider's voice: that provider may speak it.
-        if !LANGUAGES.iter().any(|(l, _)| *l == lang) {
-            return Err(VoiceFailure::Unsupported(Refusal::new(
-                400,
-                "unknown_voice",
-                format!("Workers AI has no voice {lang:?}; see GET /voice/voices"),
-            )));
-        }
-        let result = self
-            .run(TTS_MODEL, |r| {
-                r.json(&json!({"prompt": speech.text, "lang": lang}))
-            })
-            .await?;
-        let mp3 = result["audio"]
-            .as_str()
-            .and_then(|a| base64::engine::general_purpose::STANDARD.decode(a).ok())
-            .filter(|a| !a.is_empty())
-            .ok_or_else(|| VoiceFailure::Unavailable("an answer without audio".into()))?;
+        let (lang, input) = cfai::tts_input(speech)?;
+        let result = self.run(TTS_MODEL, |r| r.json(&input)).await?;
+        let mp3 = cfai::tts_audio(&result)?;
         // MeloTTS answers MP3; the other formats (and rates) are converted here.
         let audio = if speech.format == AudioFormat::Mp3 && speech.sample_rate.is_none() {
             mp3
@@ -193,18 +150,6 @@ impl VoiceProvider for CfaiVoice {
                     .body(audio.to_vec())
             })
             .await?;
-        let text = result["text"]
-            .as_str()
-            .unwrap_or_default()
-            .trim()
-            .to_owned();
-        let words: Vec<WireWord> =
-            serde_json::from_value(result["words"].clone()).unwrap_or_default();
-        let segments = segments_of_words(words.iter().map(|w| (w.word.as_str(), w.start, w.end)));
-        Ok(Heard {
-            text,
-            segments,
-            language: language.unwrap_or("en").to_owned(),
-        })
+        Ok(cfai::heard(&result, language))
     }
 }

@@ -34,6 +34,7 @@ mod stream;
 pub mod tokens;
 #[cfg(feature = "http")]
 pub mod voice;
+pub mod voice_protocol;
 
 use cognomega_core::ai::Message;
 #[cfg(feature = "http")]

@@ -345,44 +345,7 @@ impl Voices {
     }
 }
 
-/// A provider's failed HTTP answer as a failure: 401/403 (our credentials refused), 408, 429
-/// and 5xx move on to the next provider; any other status is the request's own fault
-/// (400 `provider_rejected`, no fallback).
-pub(crate) fn http_failure(provider: &str, status: u16, detail: &str) -> VoiceFailure {
-    match status {
-        401 | 403 => {
-            VoiceFailure::Unavailable(format!("refused our credentials ({status}): {detail}"))
-        }
-        408 | 429 | 500..=599 => VoiceFailure::Unavailable(format!("answered {status}: {detail}")),
-        _ => VoiceFailure::Rejected(Refusal::new(
-            400,
-            "provider_rejected",
-            format!("{provider} refused the request ({status}): {detail}"),
-        )),
-    }
-}
-
-/// A transcript's timed words as segments: a pause of more than 0.5 s starts a new one.
-pub(crate) fn segments_of_words<'a>(
-    words: impl IntoIterator<Item = (&'a str, f64, f64)>,
-) -> Vec<Segment> {
-    let mut out: Vec<Segment> = Vec::new();
-    for (word, start, end) in words {
-        match out.last_mut() {
-            Some(s) if start - s.end <= 0.5 => {
-                s.text.push(' ');
-                s.text.push_str(word.trim());
-                s.end = end;
-            }
-            _ => out.push(Segment {
-                start,
-                end,
-                text: word.trim().to_owned(),
-            }),
-        }
-    }
-    out
-}
+pub(crate) use crate::voice_protocol::{http_failure, segments_of_words};
 
 /// How long one engine run may take.
 const RUN_LIMIT: Duration = Duration::from_secs(120);

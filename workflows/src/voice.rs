@@ -141,7 +141,9 @@ pub async fn tts<H: VoiceHost + WriteHost>(
 ) -> Result<TtsAnswer, Refusal> {
     crate::submit::parse_key(req.idempotency_key)?;
     let speech = parse_tts(req.body, settings.policy.tier(caller.tier))?;
-    if req.respond_async || speech.text.chars().count() > settings.inline_chars {
+    // A host without the `tts_render` job type speaks every text inline.
+    let renders = jobs.registry.get(crate::tts_render::NAME).is_some();
+    if renders && (req.respond_async || speech.text.chars().count() > settings.inline_chars) {
         let params = crate::tts_render::params_of(&speech);
         let submit = Submit {
             tenant: caller.tenant,

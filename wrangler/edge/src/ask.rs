@@ -89,6 +89,11 @@ fn providers(env: &Env) -> Result<Rc<Providers>, ApiError> {
     Ok(p)
 }
 
+/// How long a provider gets to answer (`COGNOMEGA_PROVIDER_TIMEOUT`, `[ai] timeout_s`).
+pub(crate) fn timeout(env: &Env) -> Result<Duration, ApiError> {
+    providers(env).map(|p| p.config.timeout)
+}
+
 /// The `ai` part of `GET /admin/env-snapshot`, keys redacted (as natively).
 pub fn snapshot(env: &Env) -> serde_json::Value {
     match providers(env) {
@@ -320,7 +325,7 @@ fn settings(p: &Providers, id: ProviderId) -> Result<&ProviderSettings, Failure>
 }
 
 /// `f`, or [`Failure::Timeout`] after `limit`.
-async fn within<T>(limit: Duration, f: impl std::future::Future<Output = T>) -> Result<T, Failure> {
+pub(crate) async fn within<T>(limit: Duration, f: impl std::future::Future<Output = T>) -> Result<T, Failure> {
     let delay = worker::Delay::from(limit);
     futures::pin_mut!(f);
     futures::pin_mut!(delay);

@@ -66,6 +66,9 @@ fn spec(method: &Method, path: &str) -> Option<RouteSpec> {
         "/upload/direct" => r("FILES", Gate::Bearer, Some(RouteClass::Upload)),
         // Billed like usage (natively the same class).
         "/api/si/ask" if post => r("ASK", Gate::Bearer, Some(RouteClass::Usage)),
+        // The voice service runs in the `ai` Worker (its AI binding and provider settings).
+        "/voice/tts" | "/voice/stt" => r("ASK", Gate::Bearer, Some(RouteClass::Usage)),
+        "/voice/voices" => r("ASK", Gate::Bearer, Some(RouteClass::Read)),
         p if p.starts_with("/uploads/") => r("FILES", Gate::Bearer, Some(RouteClass::Read)),
         // Signed links: the signature is the gate.
         p if p.starts_with("/files/") => r("FILES", Gate::Open, None),
@@ -142,11 +145,11 @@ fn cors(
 async fn route(req: Request, env: &Env, request_id: &str) -> http::ApiResult {
     let method = req.method();
     let path = req.path();
-    if path.starts_with("/voice/") {
+    if path == "/voice/sessions" {
         return Err(ApiError::new(
             501,
             "not_implemented",
-            "the voice service runs on the native host; this edge deployment does not serve it yet",
+            "realtime voice sessions run on the native host; this edge deployment serves POST /voice/tts, POST /voice/stt and GET /voice/voices",
         ));
     }
     let Some(spec) = spec(&method, &path) else {

@@ -31,6 +31,16 @@ impl<'a> Writes<'a> {
         }
     }
 
+    /// The invocation's connection.
+    pub fn client(&self) -> &'a tokio_postgres::Client {
+        self.db
+    }
+
+    /// The Worker's environment.
+    pub fn env(&self) -> &'a Env {
+        self.env
+    }
+
     /// Sends what the write's transaction staged, right after its commit (the drain); a failed
     /// send is the relay cron's.
     pub async fn relay(&self, what: &str) {

@@ -219,6 +219,9 @@ pub async fn service(
         "jobs" => crate::jobs::route(&mut req, env, &caller).await,
         "files" => crate::files::route(&mut req, env, &caller).await,
         "admin" => crate::admin::route(&mut req, env, &caller).await,
+        "ai" if req.path().starts_with("/voice/") => {
+            crate::voice::route(&mut req, env, &caller).await
+        }
         "ai" => crate::ask::route(&mut req, env, ctx, &caller).await,
         _ => Err(ApiError::not_found("not_found", "no such route")),
     };

@@ -5,7 +5,7 @@
 //!
 //! - `gateway`: the public HTTP API. Request ids, bearer verification, rate limits (a Durable
 //!   Object per tenant), then a Service Binding call to the internal service owning the route.
-//! - `auth`, `billing`, `usage`, `jobs`, `files`, `admin`, `ai` (`POST /api/si/ask`): the
+//! - `auth`, `billing`, `usage`, `jobs`, `files`, `admin`, `ai` (`POST /api/si/ask`, `/voice/*`): the
 //!   internal services, reachable only through those bindings.
 //! - `usage-writer`, `settlement`, `jobs-sketch-to-app`, `av-scan`, `etl`, `dlq`: queue
 //!   consumers.
@@ -37,6 +37,7 @@ mod outbox;
 mod r2;
 mod sql;
 mod usage;
+mod voice;
 
 use worker::{
     event, Context, Env, MessageBatch, Request, Response, ScheduleContext, ScheduledEvent,

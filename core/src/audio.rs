@@ -1,0 +1,141 @@
+//! Audio read in process, with no engine to run: the length of a body (wav, ogg with Vorbis or
+//! Opus, mp3, webm) from its container's packets, and MP3 decoded into a 16-bit mono WAV file.
+//! The host without subprocesses (the Cloudflare edge) measures and converts with these;
+//! symphonia demuxes and decodes.
+
+use std::io::Cursor;
+
+use symphonia::core::audio::SampleBuffer;
+use symphonia::core::codecs::DecoderOptions;
+use symphonia::core::errors::Error;
+use symphonia::core::formats::{FormatOptions, FormatReader};
+use symphonia::core::io::MediaSourceStream;
+use symphonia::core::meta::MetadataOptions;
+use symphonia::core::probe::Hint;
+
+use crate::voice::AudioFormat;
+
+/// The most audio decoded in one call (an hour of 48 kHz mono), so a hostile file cannot
+/// exhaust memory.
+const MAX_FRAMES: u64 = 48_000 * 3_600;
+
+fn open(bytes: &[u8], format: AudioFormat) -> Result<Box<dyn FormatReader>, String> {
+    let source = MediaSourceStream::new(Box::new(Cursor::new(bytes.to_vec())), Default::default());
+    let mut hint = Hint::new();
+    hint.with_extension(match format {
+        AudioFormat::Webm => "webm",
+        other => other.as_str(),
+    });
+    let probed = symphonia::default::get_probe()
+        .format(
+            &hint,
+            source,
+            &FormatOptions::default(),
+            &MetadataOptions::default(),
+        )
+        .map_err(|e| format!("not readable {} audio: {e}", format.as_str()))?;
+    Ok(probed.format)
+}
+
+fn ended(e: &Error) -> bool {
+    matches!(e, Error::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof)
+}
+
+/// The length of `bytes` in seconds, from the packets of its first audio track (their
+/// timestamps and durations: nothing is decoded). `Err` names what is wrong.
+pub fn duration(bytes: &[u8], format: AudioFormat) -> Result<f64, String> {
+    if format == AudioFormat::Wav {
+        return crate::voice::wav_info(bytes).map(|i| i.seconds);
+    }
+    let mut reader = open(bytes, format)?;
+    let track = reader
+        .default_track()
+        .ok_or_else(|| "the file holds no audio track".to_owned())?;
+    let (id, params) = (track.id, track.codec_params.clone());
+    let (mut end, mut packets) = (0u64, 0u64);
+    loop {
+        match reader.next_packet() {
+            Ok(p) if p.track_id() == id => {
+                packets += 1;
+                end = end.max(p.ts().saturating_add(p.dur()));
+            }
+            Ok(_) => {}
+            Err(e) if ended(&e) => break,
+            Err(e) => return Err(format!("the audio is damaged: {e}")),
+        }
+    }
+    if packets == 0 {
+        return Err("the file holds no audio packets".to_owned());
+    }
+    // Opus and Vorbis count the encoder's priming samples in the first packets' timestamps.
+    let end = end.saturating_sub(u64::from(params.delay.unwrap_or(0)));
+    if let Some(tb) = params.time_base {
+        let t = tb.calc_time(end);
+        return Ok(t.seconds as f64 + t.frac);
+    }
+    match params.sample_rate {
+        Some(rate) if rate > 0 => Ok(end as f64 / f64::from(rate)),
+        _ => Err("the audio track has no time base".to_owned()),
+    }
+}
+
+/// MP3 decoded into a 16-bit mono WAV file at its own sample rate (channels averaged).
+pub fn mp3_to_wav(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let mut reader = open(bytes, AudioFormat::Mp3)?;
+    let track = reader
+        .default_track()
+        .ok_or_else(|| "the file holds no audio track".to_owned())?;
+    let id = track.id;
+    let mut decoder = symphonia::default::get_codecs()
+        .make(&track.codec_params, &DecoderOptions::default())
+        .map_err(|e| format!("cannot decode the audio: {e}"))?;
+    let mut rate = track.codec_params.sample_rate.unwrap_or(0);
+    let mut pcm: Vec<u8> = Vec::new();
+    let mut frames: u64 = 0;
+    loop {
+        let packet = match reader.next_packet() {
+            Ok(p) if p.track_id() == id => p,
+            Ok(_) => continue,
+            Err(e) if ended(&e) => break,
+            Err(e) => return Err(format!("the audio is damaged: {e}")),
+        };
+        let decoded = match decoder.decode(&packet) {
+            Ok(d) => d,
+            // A damaged frame is skipped, as players do.
+            Err(Error::DecodeError(_)) => continue,
+            Err(e) => return Err(format!("cannot decode the audio: {e}")),
+        };
+        let spec = *decoded.spec();
+        rate = spec.rate;
+        let channels = spec.channels.count().max(1);
+        let mut samples = SampleBuffer::<i16>::new(decoded.capacity() as u64, spec);
+        samples.copy_interleaved_ref(decoded);
+        for frame in samples.samples().chunks(channels) {
+            let sum: i32 = frame.iter().map(|s| i32::from(*s)).sum();
+            let mono = (sum / channels as i32) as i16;
+            pcm.extend_from_slice(&mono.to_le_bytes());
+        }
+        frames += (samples.len() / channels) as u64;
+        if frames > MAX_FRAMES {
+            return Err("the audio is longer than an hour".to_owned());
+        }
+    }
+    if rate == 0 || pcm.is_empty() {
+        return Err("the audio holds no samples".to_owned());
+    }
+    Ok(crate::voice::session::wav_of_pcm_at(&pcm, rate))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_is_refused_and_wav_is_measured() {
+        assert!(duration(b"OggS not really", AudioFormat::Ogg).is_err());
+        assert!(duration(&[0xFF, 0xFB, 0, 0, 1, 2, 3], AudioFormat::Mp3).is_err());
+        assert!(mp3_to_wav(b"ID3 nothing").is_err());
+        let wav = crate::voice::session::wav_of_pcm(&vec![0u8; 32_000]);
+        assert_eq!(duration(&wav, AudioFormat::Wav), Ok(1.0));
+    }
+}
