@@ -89,6 +89,13 @@ fn providers(env: &Env) -> Result<Rc<Providers>, ApiError> {
     Ok(p)
 }
 
+/// Workers AI's REST settings of this deployment (the ones asks use), when it has them.
+pub(crate) fn cfai_settings(env: &Env) -> Result<Option<ProviderSettings>, ApiError> {
+    let p = providers(env)?;
+    let cfai = p.config.providers.iter().find(|s| s.id == ProviderId::Cfai);
+    Ok(cfai.cloned())
+}
+
 /// How long a provider gets to answer (`COGNOMEGA_PROVIDER_TIMEOUT`, `[ai] timeout_s`).
 pub(crate) fn timeout(env: &Env) -> Result<Duration, ApiError> {
     providers(env).map(|p| p.config.timeout)

@@ -17,6 +17,7 @@ use cognomega_core::sql::{Executor, Outbound, SqlError, Transaction};
 use cognomega_core::voice::{
     wav_info, Answered, AudioFormat, Heard, Speech, Spoken, VoiceFailure, VoicePolicy,
 };
+use cognomega_providers::protocol::Protocol;
 use cognomega_providers::voice_protocol::cfai;
 use cognomega_workflows::submit::SubmitSettings;
 use cognomega_workflows::voice::{self, Caller as VoiceCaller, VoiceHost, VoiceSettings};
@@ -154,7 +155,7 @@ async fn run(
     env: &Env,
     model: &str,
     binding_input: impl Serialize,
-    rest_body: (Vec<u8>, &str),
+    body: (Vec<u8>, &str),
 ) -> Result<serde_json::Value, VoiceFailure> {
     let limit = crate::ask::timeout(env).map_err(|e| unavailable(e.message))?;
     if let Ok(ai) = env.ai("AI") {
@@ -163,29 +164,21 @@ async fn run(
             .map_err(|_| VoiceFailure::Unavailable(format!("no answer within {limit:?}")))?
             .map_err(unavailable);
     }
-    let account = crate::config::var(env, "CF_ACCOUNT_ID").unwrap_or_default();
-    let token = crate::config::var(env, "CF_API_TOKEN").unwrap_or_default();
-    if account.is_empty() || token.is_empty() {
+    let Some(rest) = crate::ask::cfai_settings(env).map_err(|e| unavailable(e.message))? else {
         return Err(VoiceFailure::Unavailable(
             "Workers AI is not configured (no AI binding, no CF_ACCOUNT_ID + CF_API_TOKEN)".into(),
         ));
-    }
-    let base = crate::config::var(env, "CF_AI_BASE_URL")
-        .filter(|b| !b.is_empty())
-        .unwrap_or_else(|| "https://api.cloudflare.com/client/v4".into());
-    let url = format!(
-        "{}/accounts/{account}/ai/run/{model}",
-        base.trim_end_matches('/')
-    );
+    };
+    let url = Protocol::WorkersAi.url(&rest, model);
     let headers = Headers::new();
     headers
-        .set("authorization", &format!("Bearer {token}"))
+        .set("authorization", &format!("Bearer {}", rest.api_key))
         .map_err(unavailable)?;
-    headers.set("content-type", rest_body.1).map_err(unavailable)?;
+    headers.set("content-type", body.1).map_err(unavailable)?;
     let mut init = RequestInit::new();
     init.with_method(Method::Post)
         .with_headers(headers)
-        .with_body(Some(worker::js_sys::Uint8Array::from(&rest_body.0[..]).into()));
+        .with_body(Some(worker::js_sys::Uint8Array::from(&body.0[..]).into()));
     let request = Request::new_with_init(&url, &init).map_err(unavailable)?;
     let mut resp = crate::ask::within(limit, Fetch::Request(request).send())
         .await
