@@ -332,7 +332,10 @@ fn settings(p: &Providers, id: ProviderId) -> Result<&ProviderSettings, Failure>
 }
 
 /// `f`, or [`Failure::Timeout`] after `limit`.
-pub(crate) async fn within<T>(limit: Duration, f: impl std::future::Future<Output = T>) -> Result<T, Failure> {
+pub(crate) async fn within<T>(
+    limit: Duration,
+    f: impl std::future::Future<Output = T>,
+) -> Result<T, Failure> {
     let delay = worker::Delay::from(limit);
     futures::pin_mut!(f);
     futures::pin_mut!(delay);

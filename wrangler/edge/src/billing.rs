@@ -97,7 +97,9 @@ pub async fn cache_verified(
         let mut now = match stored(db, &tenants).await {
             Ok(now) => now,
             Err(e) => {
-                worker::console_warn!("balance cache check: {e}; cached balances expire in {BALANCE_TTL_SECS} s");
+                worker::console_warn!(
+                    "balance cache check: {e}; cached balances expire in {BALANCE_TTL_SECS} s"
+                );
                 return;
             }
         };

@@ -77,8 +77,11 @@ async fn tts(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     let claims = caller.claims()?;
     let key = req.headers().get("idempotency-key")?;
     let respond_async = req.headers().get("prefer")?.is_some_and(|p| {
-        p.split(',')
-            .any(|p| p.split(';').next().is_some_and(|p| p.trim() == "respond-async"))
+        p.split(',').any(|p| {
+            p.split(';')
+                .next()
+                .is_some_and(|p| p.trim() == "respond-async")
+        })
     });
     let body = req.bytes().await?;
     let file = crate::config::file(env).map_err(ApiError::internal)?;
@@ -300,7 +303,9 @@ impl VoiceHost for Writes<'_> {
             Refusal::new(
                 400,
                 "invalid_audio",
-                format!("the audio cannot be decoded ({e}); send whole wav, ogg, mp3 or webm audio"),
+                format!(
+                    "the audio cannot be decoded ({e}); send whole wav, ogg, mp3 or webm audio"
+                ),
             )
         })
     }
