@@ -1,12 +1,12 @@
 //! Audio read in process, with no engine to run: the length of a body (wav, ogg with Vorbis or
-//! Opus, mp3, webm) from its container's packets, and MP3 decoded into a 16-bit mono WAV file.
+//! Opus, mp3, webm) from its packets, and MP3 decoded into a 16-bit mono WAV file.
 //! The host without subprocesses (the Cloudflare edge) measures and converts with these;
 //! symphonia demuxes and decodes.
 
 use std::io::Cursor;
 
 use symphonia::core::audio::SampleBuffer;
-use symphonia::core::codecs::DecoderOptions;
+use symphonia::core::codecs::{DecoderOptions, CODEC_TYPE_OPUS};
 use symphonia::core::errors::Error;
 use symphonia::core::formats::{FormatOptions, FormatReader};
 use symphonia::core::io::MediaSourceStream;
@@ -41,8 +41,10 @@ fn ended(e: &Error) -> bool {
     matches!(e, Error::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof)
 }
 
-/// The length of `bytes` in seconds, from the packets of its first audio track (their
-/// timestamps and durations: nothing is decoded). `Err` names what is wrong.
+/// The length of `bytes` in seconds: the sum of its first audio track's packet durations, each
+/// read from the codec's own bitstream (an MPEG frame header, a Vorbis block size, an Opus TOC
+/// byte), never from the container's timestamps, so a file cannot claim to be shorter than
+/// what a decoder (and a provider) will hear. Nothing is decoded. `Err` names what is wrong.
 pub fn duration(bytes: &[u8], format: AudioFormat) -> Result<f64, String> {
     if format == AudioFormat::Wav {
         return crate::voice::wav_info(bytes).map(|i| i.seconds);
@@ -52,12 +54,14 @@ pub fn duration(bytes: &[u8], format: AudioFormat) -> Result<f64, String> {
         .default_track()
         .ok_or_else(|| "the file holds no audio track".to_owned())?;
     let (id, params) = (track.id, track.codec_params.clone());
-    let (mut end, mut packets) = (0u64, 0u64);
+    let opus = params.codec == CODEC_TYPE_OPUS;
+    let (mut frames, mut packets) = (0u64, 0u64);
     loop {
         match reader.next_packet() {
             Ok(p) if p.track_id() == id => {
                 packets += 1;
-                end = end.max(p.ts().saturating_add(p.dur()));
+                let n = if opus { opus_samples(p.buf()) } else { p.dur() };
+                frames = frames.saturating_add(n);
             }
             Ok(_) => {}
             Err(e) if ended(&e) => break,
@@ -67,16 +71,42 @@ pub fn duration(bytes: &[u8], format: AudioFormat) -> Result<f64, String> {
     if packets == 0 {
         return Err("the file holds no audio packets".to_owned());
     }
-    // Opus and Vorbis count the encoder's priming samples in the first packets' timestamps.
-    let end = end.saturating_sub(u64::from(params.delay.unwrap_or(0)));
+    // The encoder's priming samples, which a decoder drops.
+    let frames = frames.saturating_sub(u64::from(params.delay.unwrap_or(0)));
+    if opus {
+        return Ok(frames as f64 / 48_000.0);
+    }
     if let Some(tb) = params.time_base {
-        let t = tb.calc_time(end);
+        let t = tb.calc_time(frames);
         return Ok(t.seconds as f64 + t.frac);
     }
     match params.sample_rate {
-        Some(rate) if rate > 0 => Ok(end as f64 / f64::from(rate)),
+        Some(rate) if rate > 0 => Ok(frames as f64 / f64::from(rate)),
         _ => Err("the audio track has no time base".to_owned()),
     }
+}
+
+/// The samples (at 48 kHz) an Opus packet decodes to, from its TOC byte and frame count
+/// (RFC 6716, section 3.1 and 3.2.5).
+fn opus_samples(packet: &[u8]) -> u64 {
+    let Some(&toc) = packet.first() else {
+        return 0;
+    };
+    let config = usize::from(toc >> 3);
+    let frame: u64 = match config {
+        // SILK-only: 10, 20, 40, 60 ms.
+        0..=11 => [480, 960, 1920, 2880][config % 4],
+        // Hybrid: 10, 20 ms.
+        12..=15 => [480, 960][config % 2],
+        // CELT-only: 2.5, 5, 10, 20 ms.
+        _ => [120, 240, 480, 960][config % 4],
+    };
+    let count = match toc & 0b11 {
+        0 => 1,
+        1 | 2 => 2,
+        _ => packet.get(1).map_or(0, |b| u64::from(b & 0x3F)),
+    };
+    frame * count
 }
 
 /// MP3 decoded into a 16-bit mono WAV file at its own sample rate (channels averaged).
@@ -129,6 +159,16 @@ pub fn mp3_to_wav(bytes: &[u8]) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn opus_packets_count_their_own_samples() {
+        // Config 31 (CELT, 20 ms), one frame; config 3 (SILK, 60 ms), two frames; config 16
+        // (CELT, 2.5 ms), code 3 with 5 frames.
+        assert_eq!(opus_samples(&[31 << 3]), 960);
+        assert_eq!(opus_samples(&[(3 << 3) | 1]), 5_760);
+        assert_eq!(opus_samples(&[(16 << 3) | 3, 5]), 600);
+        assert_eq!(opus_samples(&[]), 0);
+    }
 
     #[test]
     fn garbage_is_refused_and_wav_is_measured() {
