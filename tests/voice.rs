@@ -1390,3 +1390,76 @@ fn in_process_audio_agrees_with_sox_and_ffmpeg() -> anyhow::Result<()> {
     assert!(audio::duration(b"OggS and nothing", AudioFormat::Ogg).is_err());
     Ok(())
 }
+
+/// The Ogg CRC-32 (polynomial 0x04C11DB7, not reflected, initial value 0, no final xor).
+fn ogg_crc(data: &[u8]) -> u32 {
+    let mut crc: u32 = 0;
+    for &b in data {
+        crc ^= u32::from(b) << 24;
+        for _ in 0..8 {
+            crc = if crc & 0x8000_0000 != 0 {
+                (crc << 1) ^ 0x04C1_1DB7
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// Every page of an Ogg stream with its granule position divided by `by` (and its checksum
+/// made valid again): a file whose container claims a tenth of its length.
+fn forge_ogg_granules(ogg: &[u8], by: u64) -> anyhow::Result<Vec<u8>> {
+    let mut out = ogg.to_vec();
+    let mut at = 0;
+    while at + 27 <= out.len() {
+        anyhow::ensure!(&out[at..at + 4] == b"OggS", "no page at {at}");
+        let segments = usize::from(out[at + 26]);
+        let table = at + 27;
+        let body: usize = out[table..table + segments]
+            .iter()
+            .map(|&l| usize::from(l))
+            .sum();
+        let end = table + segments + body;
+        let granule = u64::from_le_bytes(out[at + 6..at + 14].try_into()?);
+        if granule != u64::MAX {
+            out[at + 6..at + 14].copy_from_slice(&(granule / by).to_le_bytes());
+        }
+        out[at + 22..at + 26].copy_from_slice(&[0; 4]);
+        let crc = ogg_crc(&out[at..end]);
+        out[at + 22..at + 26].copy_from_slice(&crc.to_le_bytes());
+        at = end;
+    }
+    Ok(out)
+}
+
+/// A file whose container claims to be short is measured (and billed) by what it holds: the
+/// edge's in-process measurement reads packet durations from the codec's bitstream.
+#[test]
+fn forged_container_timestamps_do_not_shorten_the_bill() -> anyhow::Result<()> {
+    use cognomega_core::audio;
+    use cognomega_core::voice::AudioFormat;
+    let dir = tempfile::tempdir()?;
+    let src = dir.path().join("tone.wav");
+    tool(
+        std::process::Command::new("sox")
+            .args(["-n", "-r", "48000", "-c", "1", "-b", "16"])
+            .arg(&src)
+            .args(["synth", "4", "sine", "300"]),
+    )?;
+    let wav = std::fs::read(&src)?;
+    for (ext, args) in [
+        ("opus.ogg", &["-c:a", "libopus", "-f", "ogg"][..]),
+        ("ogg", &["-c:a", "libvorbis"][..]),
+    ] {
+        let honest = ffmpeg(&wav, ext, args)?;
+        let forged = forge_ogg_granules(&honest, 10)?;
+        assert_ne!(honest, forged);
+        let seconds = audio::duration(&forged, AudioFormat::Ogg).map_err(anyhow::Error::msg)?;
+        assert!(
+            (seconds - 4.0).abs() <= 0.2,
+            "{ext}: a file of 4 s whose pages claim 0.4 s measured {seconds} s"
+        );
+    }
+    Ok(())
+}

@@ -46,8 +46,12 @@ fn ended(e: &Error) -> bool {
 /// byte), never from the container's timestamps, so a file cannot claim to be shorter than
 /// what a decoder (and a provider) will hear. Nothing is decoded. `Err` names what is wrong.
 pub fn duration(bytes: &[u8], format: AudioFormat) -> Result<f64, String> {
-    if format == AudioFormat::Wav {
-        return crate::voice::wav_info(bytes).map(|i| i.seconds);
+    match format {
+        AudioFormat::Wav => return crate::voice::wav_info(bytes).map(|i| i.seconds),
+        // The Ogg demuxer trusts the pages' granule positions (it drops packets a forged one
+        // places before the start): the packets are taken from the pages here instead.
+        AudioFormat::Ogg => return ogg_duration(bytes),
+        _ => {}
     }
     let mut reader = open(bytes, format)?;
     let track = reader
@@ -84,6 +88,83 @@ pub fn duration(bytes: &[u8], format: AudioFormat) -> Result<f64, String> {
         Some(rate) if rate > 0 => Ok(frames as f64 / f64::from(rate)),
         _ => Err("the audio track has no time base".to_owned()),
     }
+}
+
+/// The packets of an Ogg file's first logical stream, joined across pages by their lacing
+/// values (RFC 3533); granule positions are not read.
+fn ogg_packets(bytes: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    let truncated = || "the audio is truncated (an Ogg page ends early)".to_owned();
+    let mut packets = Vec::new();
+    let mut current: Vec<u8> = Vec::new();
+    let (mut at, mut serial) = (0usize, None);
+    while at < bytes.len() {
+        let header = bytes.get(at..at + 27).ok_or_else(truncated)?;
+        if &header[..4] != b"OggS" {
+            return Err(format!("not an Ogg page at byte {at}"));
+        }
+        let page_serial = &header[14..18];
+        let segments = usize::from(header[26]);
+        let table = bytes
+            .get(at + 27..at + 27 + segments)
+            .ok_or_else(truncated)?;
+        let mut body = at + 27 + segments;
+        let mine = *serial.get_or_insert(page_serial) == page_serial;
+        for &lacing in table {
+            let len = usize::from(lacing);
+            let data = bytes.get(body..body + len).ok_or_else(truncated)?;
+            body += len;
+            if mine {
+                current.extend_from_slice(data);
+                if lacing < 255 {
+                    packets.push(std::mem::take(&mut current));
+                }
+            }
+        }
+        at = body;
+    }
+    Ok(packets)
+}
+
+/// The length of an Ogg file (Opus or Vorbis) from its packets: Opus from each packet's TOC,
+/// Vorbis by decoding them and counting the samples.
+fn ogg_duration(bytes: &[u8]) -> Result<f64, String> {
+    let packets = ogg_packets(bytes)?;
+    let head = packets.first().ok_or("the file holds no packets")?;
+    if head.starts_with(b"OpusHead") && head.len() >= 12 {
+        let pre_skip = u64::from(u16::from_le_bytes([head[10], head[11]]));
+        let audio = packets.get(2..).unwrap_or_default();
+        if audio.is_empty() {
+            return Err("the file holds no audio packets".to_owned());
+        }
+        let samples: u64 = audio.iter().map(|p| opus_samples(p)).sum();
+        return Ok(samples.saturating_sub(pre_skip) as f64 / 48_000.0);
+    }
+    if !head.starts_with(b"\x01vorbis") {
+        return Err("an Ogg file of neither Opus nor Vorbis".to_owned());
+    }
+    // The headers (and the decoder's setup) come from the demuxer; the audio from the pages.
+    let reader = open(bytes, AudioFormat::Ogg)?;
+    let track = reader
+        .default_track()
+        .ok_or_else(|| "the file holds no audio track".to_owned())?;
+    let rate = track.codec_params.sample_rate.unwrap_or(0);
+    let mut decoder = symphonia::default::get_codecs()
+        .make(&track.codec_params, &DecoderOptions::default())
+        .map_err(|e| format!("cannot decode the audio: {e}"))?;
+    let audio = packets.get(3..).unwrap_or_default();
+    if audio.is_empty() || rate == 0 {
+        return Err("the file holds no audio packets".to_owned());
+    }
+    let mut frames: u64 = 0;
+    for p in audio {
+        let packet = symphonia::core::formats::Packet::new_from_slice(track.id, 0, 0, p);
+        match decoder.decode(&packet) {
+            Ok(decoded) => frames += decoded.frames() as u64,
+            Err(Error::DecodeError(e)) => return Err(format!("the audio is damaged: {e}")),
+            Err(e) => return Err(format!("cannot decode the audio: {e}")),
+        }
+    }
+    Ok(frames as f64 / f64::from(rate))
 }
 
 /// The samples (at 48 kHz) an Opus packet decodes to, from its TOC byte and frame count
