@@ -1844,6 +1844,10 @@ async fn voice_speaks_hears_and_bills_once(t: Target) -> anyhow::Result<()> {
         .await?
         .expect_error(StatusCode::UNAUTHORIZED)?;
     assert!(!code.is_empty());
+    let code = send(t.get("/voice/tts").bearer_auth(&g.token))
+        .await?
+        .expect_error(StatusCode::METHOD_NOT_ALLOWED)?;
+    assert_eq!(code, "method_not_allowed");
 
     // Three answers, each settled once as its rounded-up seconds.
     poll(

@@ -67,8 +67,8 @@ fn spec(method: &Method, path: &str) -> Option<RouteSpec> {
         // Billed like usage (natively the same class).
         "/api/si/ask" if post => r("ASK", Gate::Bearer, Some(RouteClass::Usage)),
         // The voice service runs in the `ai` Worker (its AI binding and provider settings).
-        "/voice/tts" | "/voice/stt" => r("ASK", Gate::Bearer, Some(RouteClass::Usage)),
-        "/voice/voices" => r("ASK", Gate::Bearer, Some(RouteClass::Read)),
+        "/voice/tts" | "/voice/stt" if post => r("ASK", Gate::Bearer, Some(RouteClass::Usage)),
+        "/voice/voices" if get => r("ASK", Gate::Bearer, Some(RouteClass::Read)),
         p if p.starts_with("/uploads/") => r("FILES", Gate::Bearer, Some(RouteClass::Read)),
         // Signed links: the signature is the gate.
         p if p.starts_with("/files/") => r("FILES", Gate::Open, None),
