@@ -103,17 +103,24 @@ fn sox_seconds(audio: &[u8], ext: &str) -> anyhow::Result<f64> {
     Ok(String::from_utf8_lossy(&out).trim().parse()?)
 }
 
-/// A WAV of silence made by sox.
-fn silence(seconds: f64) -> anyhow::Result<Vec<u8>> {
+/// A 16-bit mono WAV made by sox from nothing: `format` (e.g. the rate) and then `effects`.
+fn sox_made(format: &[&str], effects: &[&str]) -> anyhow::Result<Vec<u8>> {
     let dir = tempfile::tempdir()?;
-    let path = dir.path().join("s.wav");
+    let path = dir.path().join("made.wav");
     tool(
         std::process::Command::new("sox")
-            .args(["-n", "-r", "16000", "-c", "1", "-b", "16"])
+            .arg("-n")
+            .args(format)
+            .args(["-c", "1", "-b", "16"])
             .arg(&path)
-            .args(["trim", "0", &seconds.to_string()]),
+            .args(effects),
     )?;
     Ok(std::fs::read(&path)?)
+}
+
+/// A WAV of silence made by sox.
+fn silence(seconds: f64) -> anyhow::Result<Vec<u8>> {
+    sox_made(&["-r", "16000"], &["trim", "0", &seconds.to_string()])
 }
 
 async fn speaks_measured_and_billed_once(backend: Backend) -> anyhow::Result<()> {
@@ -1184,16 +1191,7 @@ async fn long_texts_render_as_jobs(backend: Backend) -> anyhow::Result<()> {
     let before = app.balance(&guest).await?;
 
     // About 900 characters: over the inline bound, under the guest's cap, three chunks.
-    let mut text = String::new();
-    'fill: loop {
-        for s in SENTENCES {
-            if text.len() + s.len() + 2 > 900 {
-                break 'fill;
-            }
-            text.push_str(s);
-            text.push_str(". ");
-        }
-    }
+    let text = cognomega_core::voice::round_trip_text(900);
     let body = json!({"text": text, "format": "ogg", "voice": "en-us"});
     let resp = render(&app, &guest, &body, &[("idempotency-key", "render-1")]).await?;
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
@@ -1341,15 +1339,7 @@ async fn long_texts_render_as_jobs(backend: Backend) -> anyhow::Result<()> {
 fn in_process_audio_agrees_with_sox_and_ffmpeg() -> anyhow::Result<()> {
     use cognomega_core::audio;
     use cognomega_core::voice::AudioFormat;
-    let dir = tempfile::tempdir()?;
-    let src = dir.path().join("tone.wav");
-    tool(
-        std::process::Command::new("sox")
-            .args(["-n", "-r", "24000", "-c", "1", "-b", "16"])
-            .arg(&src)
-            .args(["synth", "2.5", "sine", "440"]),
-    )?;
-    let wav = std::fs::read(&src)?;
+    let wav = sox_made(&["-r", "24000"], &["synth", "2.5", "sine", "440"])?;
     assert!(
         (audio::duration(&wav, AudioFormat::Wav).map_err(anyhow::Error::msg)? - 2.5).abs() < 1e-9
     );
@@ -1377,6 +1367,7 @@ fn in_process_audio_agrees_with_sox_and_ffmpeg() -> anyhow::Result<()> {
         }
     }
     let mp3 = ffmpeg(&wav, "mp3", &["-c:a", "libmp3lame"])?;
+    assert_eq!(audio::sample_rate(&mp3, AudioFormat::Mp3), Ok(24_000));
     let decoded = audio::mp3_to_wav(&mp3).map_err(anyhow::Error::msg)?;
     let info = cognomega_core::voice::wav_info(&decoded).map_err(anyhow::Error::msg)?;
     assert_eq!((info.sample_rate, info.channels), (24_000, 1));
@@ -1439,15 +1430,7 @@ fn forge_ogg_granules(ogg: &[u8], by: u64) -> anyhow::Result<Vec<u8>> {
 fn forged_container_timestamps_do_not_shorten_the_bill() -> anyhow::Result<()> {
     use cognomega_core::audio;
     use cognomega_core::voice::AudioFormat;
-    let dir = tempfile::tempdir()?;
-    let src = dir.path().join("tone.wav");
-    tool(
-        std::process::Command::new("sox")
-            .args(["-n", "-r", "48000", "-c", "1", "-b", "16"])
-            .arg(&src)
-            .args(["synth", "4", "sine", "300"]),
-    )?;
-    let wav = std::fs::read(&src)?;
+    let wav = sox_made(&["-r", "48000"], &["synth", "4", "sine", "300"])?;
     for (ext, args) in [
         ("opus.ogg", &["-c:a", "libopus", "-f", "ogg"][..]),
         ("ogg", &["-c:a", "libvorbis"][..]),

@@ -190,6 +190,15 @@ fn opus_samples(packet: &[u8]) -> u64 {
     frame * count
 }
 
+/// The sample rate its first audio track declares (read from the headers: nothing decoded).
+pub fn sample_rate(bytes: &[u8], format: AudioFormat) -> Result<u32, String> {
+    let reader = open(bytes, format)?;
+    reader
+        .default_track()
+        .and_then(|t| t.codec_params.sample_rate)
+        .ok_or_else(|| "the audio declares no sample rate".to_owned())
+}
+
 /// MP3 decoded into a 16-bit mono WAV file at its own sample rate (channels averaged).
 pub fn mp3_to_wav(bytes: &[u8]) -> Result<Vec<u8>, String> {
     let mut reader = open(bytes, AudioFormat::Mp3)?;

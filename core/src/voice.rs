@@ -357,6 +357,21 @@ pub const ROUND_TRIP_SENTENCES: &[&str] = &[
 /// gives the figure).
 pub const ROUND_TRIP_WER_BOUND: f64 = 1.3;
 
+/// The round trip's sentences repeated, each ended by a period, up to `max_chars` characters:
+/// a long text (a `tts_render`) for the tests and `bench voice`.
+#[must_use]
+pub fn round_trip_text(max_chars: usize) -> String {
+    let mut text = String::new();
+    for s in ROUND_TRIP_SENTENCES.iter().cycle() {
+        if text.len() + s.len() + 2 > max_chars {
+            break;
+        }
+        text.push_str(s);
+        text.push_str(". ");
+    }
+    text.trim_end().to_owned()
+}
+
 /// The word error rate of `heard` against `reference`: the word-level edit distance
 /// (substitutions, insertions, deletions) over the reference's word count, case and
 /// punctuation ignored.

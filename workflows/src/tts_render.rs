@@ -118,8 +118,7 @@ impl TtsRender {
     }
 
     fn parse(&self, params: &Value) -> Result<(RenderParams, AudioFormat), String> {
-        let p: RenderParams = serde_json::from_value(params.clone())
-            .map_err(|e| format!("tts_render params: {e}"))?;
+        let p = RenderParams::deserialize(params).map_err(|e| format!("tts_render params: {e}"))?;
         let format = AudioFormat::parse_output(&p.format).map_err(|r| r.message)?;
         if !SAMPLE_RATES.contains(&p.sample_rate) {
             return Err(format!(

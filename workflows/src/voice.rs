@@ -118,6 +118,17 @@ pub enum TtsAnswer {
     Job(Submitted),
 }
 
+/// Whether a `Prefer` header value (RFC 7240) asks for `respond-async`, among any other
+/// preferences.
+#[must_use]
+pub fn prefers_async(prefer: &str) -> bool {
+    prefer.split(',').any(|p| {
+        p.split(';')
+            .next()
+            .is_some_and(|p| p.trim().eq_ignore_ascii_case("respond-async"))
+    })
+}
+
 /// One `POST /voice/tts`.
 #[derive(Debug, Clone, Copy)]
 pub struct TtsRequest<'a> {

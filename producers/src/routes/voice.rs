@@ -162,15 +162,7 @@ pub(crate) async fn tts(
 
 /// `Prefer: respond-async` (RFC 7240), among any other preferences.
 fn respond_async(headers: &http::HeaderMap) -> bool {
-    headers.get_all("prefer").iter().any(|v| {
-        v.to_str().is_ok_and(|v| {
-            v.split(',').any(|p| {
-                p.split(';')
-                    .next()
-                    .is_some_and(|p| p.trim().eq_ignore_ascii_case("respond-async"))
-            })
-        })
-    })
+    (headers.get_all("prefer").iter()).any(|v| v.to_str().is_ok_and(voice::prefers_async))
 }
 
 /// `POST /voice/stt`'s query.

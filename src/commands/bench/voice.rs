@@ -231,25 +231,11 @@ struct RenderFigures {
     ms: Vec<f64>,
 }
 
-/// About 900 characters of the round trip's sentences: three synthesis chunks.
-fn render_text() -> String {
-    let mut text = String::new();
-    'fill: loop {
-        for s in ROUND_TRIP_SENTENCES {
-            if text.len() + s.len() + 2 > 900 {
-                break 'fill;
-            }
-            text.push_str(s);
-            text.push_str(". ");
-        }
-    }
-    text.trim().to_owned()
-}
-
 async fn renders(server: &Server, rounds: u32) -> anyhow::Result<RenderFigures> {
     let mut api = server.target.connect().await?;
     let guest = client::create_guest(&mut api).await?;
-    let text = render_text();
+    // About 900 characters: three synthesis chunks.
+    let text = cognomega_core::voice::round_trip_text(900);
     let body = Bytes::from(serde_json::json!({ "text": text, "format": "mp3" }).to_string());
     let mut ms = Vec::new();
     let mut audio_s = 0.0;

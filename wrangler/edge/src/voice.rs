@@ -76,13 +76,7 @@ fn with_headers(mut resp: Response, headers: &[(&'static str, String)]) -> ApiRe
 async fn tts(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     let claims = caller.claims()?;
     let key = req.headers().get("idempotency-key")?;
-    let respond_async = req.headers().get("prefer")?.is_some_and(|p| {
-        p.split(',').any(|p| {
-            p.split(';')
-                .next()
-                .is_some_and(|p| p.trim() == "respond-async")
-        })
-    });
+    let respond_async = (req.headers().get("prefer")?).is_some_and(|p| voice::prefers_async(&p));
     let body = req.bytes().await?;
     let file = crate::config::file(env).map_err(ApiError::internal)?;
     let billing = crate::config::billing(env).map_err(ApiError::internal)?;
@@ -240,12 +234,10 @@ async fn speak(env: &Env, speech: &Speech) -> Result<Spoken, VoiceFailure> {
     let unreadable = |e: String| VoiceFailure::Unavailable(format!("audio we cannot read: {e}"));
     let (audio, seconds, rate) = if speech.format == AudioFormat::Mp3 {
         let seconds = audio::duration(&mp3, AudioFormat::Mp3).map_err(unreadable)?;
-        // Decoded only to compare the rate asked for.
+        // Read only to compare with the rate asked for.
         let rate = speech
             .sample_rate
-            .and_then(|_| audio::mp3_to_wav(&mp3).ok())
-            .and_then(|w| wav_info(&w).ok())
-            .map(|i| i.sample_rate);
+            .and_then(|_| audio::sample_rate(&mp3, AudioFormat::Mp3).ok());
         (mp3, seconds, rate)
     } else {
         let wav = audio::mp3_to_wav(&mp3).map_err(unreadable)?;
