@@ -1873,6 +1873,154 @@ async fn voice_speaks_hears_and_bills_once(t: Target) -> anyhow::Result<()> {
     .await
 }
 
+/// The next JSON frame of a voice session, and the binary frames before it.
+async fn session_json(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> anyhow::Result<(Vec<Vec<u8>>, Value)> {
+    use futures::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut audio = Vec::new();
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(60), ws.next())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the session ended"))??;
+        match msg {
+            Message::Binary(b) => audio.push(b.to_vec()),
+            Message::Text(t) => return Ok((audio, serde_json::from_str(&t)?)),
+            Message::Close(frame) => anyhow::bail!("closed: {frame:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// o. A realtime voice session (`GET /voice/sessions`, a WebSocket): admitted with the token as
+/// a subprotocol (a bad one refused 401, a plain GET 426), speech streamed as 16 kHz PCM frames
+/// of at most 100 ms whose length is what `spoken` says, what the client sends back transcribed
+/// on `flush`, a frame that is not the protocol closed with 4400 and a text over the tier's cap
+/// with 4413, and the session's audio settled once after the client hangs up without a word.
+async fn voice_session_streams_and_settles_once(t: Target) -> anyhow::Result<()> {
+    use cognomega_core::voice::session::{BYTES_PER_SECOND, FRAME_BYTES, SAMPLE_RATE};
+    use futures::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+    let g = guest(&t).await?;
+    let grant = wait_grant(&t, &g).await?;
+    let code = send(t.get("/voice/sessions").bearer_auth(&g.token))
+        .await?
+        .expect_error(StatusCode::UPGRADE_REQUIRED)?;
+    assert_eq!(code, "websocket_required");
+
+    let url = format!("{}/voice/sessions", t.base.replacen("http", "ws", 1));
+    let request = |protocols: &str| -> anyhow::Result<_> {
+        let mut req = url.as_str().into_client_request()?;
+        req.headers_mut()
+            .insert("sec-websocket-protocol", protocols.parse()?);
+        Ok(req)
+    };
+    match tokio_tungstenite::connect_async(request("cognomega, bearer.not-a-token")?).await {
+        Err(WsError::Http(resp)) => assert_eq!(resp.status().as_u16(), 401),
+        other => anyhow::bail!("a bad token was let in: {:?}", other.map(|_| ())),
+    }
+    let offer = format!("cognomega, bearer.{}", g.token);
+    let (mut ws, resp) = tokio_tungstenite::connect_async(request(&offer)?).await?;
+    assert_eq!(
+        resp.headers()
+            .get("sec-websocket-protocol")
+            .map(|v| v.as_bytes()),
+        Some(&b"cognomega"[..])
+    );
+    let (_, ready) = session_json(&mut ws).await?;
+    assert_eq!(ready["type"], "ready", "{ready}");
+    assert_eq!(ready["format"], "pcm_s16le");
+    assert_eq!(ready["sample_rate"], SAMPLE_RATE);
+    assert!(ready["session_id"].as_str().is_some_and(|s| !s.is_empty()));
+
+    let text = json!({"type": "text", "text": "Hello from the session. It speaks in order."});
+    ws.send(Message::Text(text.to_string().into())).await?;
+    let (frames, spoken) = session_json(&mut ws).await?;
+    assert_eq!(spoken["type"], "spoken", "{spoken}");
+    assert!(!frames.is_empty());
+    for f in &frames {
+        assert!(
+            f.len() <= FRAME_BYTES && f.len() % 2 == 0,
+            "a frame of {} bytes",
+            f.len()
+        );
+    }
+    let pcm = frames.concat();
+    let seconds = pcm.len() as f64 / BYTES_PER_SECOND as f64;
+    assert!(seconds > 0.5, "{seconds} s of speech");
+    let said = spoken["seconds"].as_f64().unwrap_or(0.0);
+    assert!(
+        (said - seconds).abs() < 0.01,
+        "spoken {said} s, received {seconds} s"
+    );
+
+    for chunk in pcm.chunks(BYTES_PER_SECOND) {
+        ws.send(Message::Binary(chunk.to_vec().into())).await?;
+    }
+    ws.send(Message::Text(json!({"type": "flush"}).to_string().into()))
+        .await?;
+    let (_, heard) = session_json(&mut ws).await?;
+    assert_eq!(heard["type"], "transcript", "{heard}");
+    let heard_seconds = heard["seconds"].as_f64().unwrap_or(0.0);
+    assert!((heard_seconds - seconds).abs() < 0.01, "{heard}");
+    let total_ms = (spoken["audio_seconds"].as_f64().unwrap_or(0.0) * 1000.0).round()
+        + (heard_seconds * 1000.0).round();
+    let billed = (total_ms / 1000.0).ceil() as i64;
+    // Hung up without a close frame: the session settles all the same.
+    drop(ws);
+
+    // Not the protocol: 4400; over the tier's characters per text (a guest's 1,000): 4413.
+    // The reason names it, and nothing is billed for either.
+    let too_long = json!({"type": "text", "text": "a".repeat(1_001)}).to_string();
+    for (frame, code, reason) in [
+        ("hello".to_owned(), 4400, "invalid_message"),
+        (too_long, 4413, "text_too_long"),
+    ] {
+        let (mut other, _) = tokio_tungstenite::connect_async(request(&offer)?).await?;
+        session_json(&mut other).await?;
+        other.send(Message::Text(frame.into())).await?;
+        let closed = loop {
+            let msg = tokio::time::timeout(Duration::from_secs(60), other.next()).await?;
+            match msg {
+                Some(Ok(Message::Close(Some(f)))) => {
+                    break (u16::from(f.code), f.reason.to_string())
+                }
+                Some(Ok(Message::Close(None))) | None => anyhow::bail!("closed without a code"),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => anyhow::bail!("socket error: {e}"),
+            }
+        };
+        assert_eq!(closed.0, code, "{closed:?}");
+        assert!(closed.1.starts_with(reason), "{closed:?}");
+    }
+
+    poll(
+        "the session's audio settled once",
+        Duration::from_secs(90),
+        || async {
+            let usage = send(t.get("/usage").bearer_auth(&g.token))
+                .await?
+                .expect(StatusCode::OK)?;
+            let audio = &usage["totals"]["audio_seconds"];
+            Ok(
+                if audio["events"] == 1
+                    && audio["quantity"] == billed
+                    && balance(&t, &g).await? < grant
+                {
+                    Ok(())
+                } else {
+                    Err(usage.to_string())
+                },
+            )
+        },
+    )
+    .await
+}
+
 macro_rules! scenarios {
     ($($name:ident),* $(,)?) => {
         mod scenarios {
@@ -1902,4 +2050,5 @@ scenarios!(
     failed_sends_are_delivered_later_once,
     job_progress_and_cancel,
     voice_speaks_hears_and_bills_once,
+    voice_session_streams_and_settles_once,
 );

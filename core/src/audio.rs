@@ -1,7 +1,7 @@
 //! Audio read in process, with no engine to run: the length of a body (wav, ogg with Vorbis or
-//! Opus, mp3, webm) from its packets, and MP3 decoded into a 16-bit mono WAV file.
-//! The host without subprocesses (the Cloudflare edge) measures and converts with these;
-//! symphonia demuxes and decodes.
+//! Opus, mp3, webm) from its packets, MP3 decoded into a 16-bit mono WAV file, and 16-bit mono
+//! PCM resampled to another rate. The host without subprocesses (the Cloudflare edge) measures
+//! and converts with these; symphonia demuxes and decodes, rubato resamples.
 
 use std::io::Cursor;
 
@@ -246,6 +246,56 @@ pub fn mp3_to_wav(bytes: &[u8]) -> Result<Vec<u8>, String> {
     Ok(crate::voice::session::wav_of_pcm_at(&pcm, rate))
 }
 
+/// A 16-bit mono WAV file at `rate` Hz: `wav` itself when it is at that rate already, else its
+/// samples resampled ([`resample`]).
+pub fn wav_at(wav: Vec<u8>, rate: u32) -> Result<Vec<u8>, String> {
+    use crate::voice::session::{pcm_of_wav_at, wav_of_pcm_at};
+    let info = crate::voice::wav_info(&wav)?;
+    if info.sample_rate == rate {
+        return Ok(wav);
+    }
+    let pcm = pcm_of_wav_at(&wav, info.sample_rate)?;
+    Ok(wav_of_pcm_at(&resample(pcm, info.sample_rate, rate)?, rate))
+}
+
+/// 16-bit little-endian mono PCM at `from` Hz, resampled to `to` Hz (band-limited: an FFT
+/// resampler with an anti-aliasing filter, so speech brought down to 16 kHz keeps no alias of
+/// what was above 8 kHz). The result holds `len × to / from` samples, rounded up.
+pub fn resample(pcm: &[u8], from: u32, to: u32) -> Result<Vec<u8>, String> {
+    use rubato::audioadapter_buffers::direct::InterleavedSlice;
+    use rubato::Resampler as _;
+    if from == 0 || to == 0 {
+        return Err(format!("cannot resample from {from} Hz to {to} Hz"));
+    }
+    let samples: Vec<f32> = pcm
+        .chunks_exact(2)
+        .map(|s| f32::from(i16::from_le_bytes([s[0], s[1]])) / 32_768.0)
+        .collect();
+    if from == to || samples.is_empty() {
+        return Ok(pcm[..samples.len() * 2].to_vec());
+    }
+    let mut resampler = rubato::Fft::<f32>::new(
+        from as usize,
+        to as usize,
+        1024,
+        1,
+        rubato::FixedSync::Input,
+    )
+    .map_err(|e| format!("cannot resample from {from} Hz to {to} Hz: {e}"))?;
+    let input = InterleavedSlice::new(&samples, 1, samples.len())
+        .map_err(|e| format!("cannot resample: {e}"))?;
+    let output = resampler
+        .process_all(&input, samples.len(), None)
+        .map_err(|e| format!("cannot resample: {e}"))?;
+    let resampled = output.take_data();
+    let mut out = Vec::with_capacity(resampled.len() * 2);
+    for s in resampled {
+        let s = (s * 32_768.0).round().clamp(-32_768.0, 32_767.0) as i16;
+        out.extend_from_slice(&s.to_le_bytes());
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,5 +317,60 @@ mod tests {
         assert!(mp3_to_wav(b"ID3 nothing").is_err());
         let wav = crate::voice::session::wav_of_pcm(&vec![0u8; 32_000]);
         assert_eq!(duration(&wav, AudioFormat::Wav), Ok(1.0));
+    }
+
+    /// A tone at `hz` for `seconds`, as 16-bit PCM at `rate`.
+    fn tone(hz: f64, rate: u32, seconds: f64) -> Vec<u8> {
+        let n = (f64::from(rate) * seconds) as usize;
+        (0..n)
+            .flat_map(|i| {
+                let t = i as f64 / f64::from(rate);
+                let s = (8_000.0 * (2.0 * std::f64::consts::PI * hz * t).sin()) as i16;
+                s.to_le_bytes()
+            })
+            .collect()
+    }
+
+    /// The mean power of `pcm`'s samples against a sine at `hz` (a single DFT bin).
+    fn power_at(pcm: &[u8], rate: u32, hz: f64) -> f64 {
+        let (mut re, mut im) = (0.0, 0.0);
+        let samples: Vec<f64> = pcm
+            .chunks_exact(2)
+            .map(|s| f64::from(i16::from_le_bytes([s[0], s[1]])))
+            .collect();
+        for (i, s) in samples.iter().enumerate() {
+            let phase = 2.0 * std::f64::consts::PI * hz * i as f64 / f64::from(rate);
+            re += s * phase.cos();
+            im += s * phase.sin();
+        }
+        (re * re + im * im).sqrt() / samples.len() as f64
+    }
+
+    #[test]
+    fn resampling_keeps_length_and_pitch_and_drops_what_cannot_be_held() {
+        // 440 Hz at 24 kHz (what Workers AI's MeloTTS speaks) to a session's 16 kHz.
+        let pcm = tone(440.0, 24_000, 1.0);
+        let out = resample(&pcm, 24_000, 16_000).expect("resampled");
+        assert_eq!(out.len(), 32_000, "one second at 16 kHz");
+        let kept = power_at(&out, 16_000, 440.0);
+        assert!(kept > 3_000.0, "the tone is still there: {kept}");
+        assert!(power_at(&out, 16_000, 1_000.0) < kept / 50.0);
+        // 10 kHz is above 16 kHz's Nyquist frequency: filtered out, not folded to 6 kHz.
+        let high = resample(&tone(10_000.0, 24_000, 1.0), 24_000, 16_000).expect("resampled");
+        assert!(power_at(&high, 16_000, 6_000.0) < 40.0, "aliased");
+        // Up, unchanged, empty, refused.
+        assert_eq!(resample(&pcm, 24_000, 48_000).expect("up").len(), 96_000);
+        assert_eq!(resample(&pcm, 24_000, 24_000).expect("same"), pcm);
+        assert_eq!(
+            resample(&[], 24_000, 16_000).expect("empty"),
+            Vec::<u8>::new()
+        );
+        assert!(resample(&pcm, 0, 16_000).is_err());
+        let wav = crate::voice::session::wav_of_pcm_at(&pcm, 24_000);
+        let at16 = wav_at(wav.clone(), 16_000).expect("wav");
+        let info = crate::voice::wav_info(&at16).expect("info");
+        assert_eq!((info.sample_rate, info.channels), (16_000, 1));
+        assert!((info.seconds - 1.0).abs() < 1e-9);
+        assert_eq!(wav_at(wav.clone(), 24_000).expect("same"), wav);
     }
 }

@@ -179,38 +179,21 @@ fn now() -> UnixMillis {
     UnixMillis(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// The token of an `Authorization: Bearer <token>` header, if it has one.
+/// The bearer token of a request (`cognomega_core::auth::bearer_token`: the `Authorization`
+/// header, or a browser WebSocket's `bearer.<token>` subprotocol), if it has one.
 #[must_use]
 pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return websocket_token(headers);
-    };
-    value
-        .to_str()
-        .ok()
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-}
-
-/// The token a browser's WebSocket carries where it cannot set `Authorization`: a subprotocol
-/// `bearer.<token>` beside [`WEBSOCKET_PROTOCOL`] (`new WebSocket(url, ["cognomega",
-/// "bearer." + token])`).
-fn websocket_token(headers: &http::HeaderMap) -> Option<&str> {
-    headers
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or_default());
+    let protocols = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .find_map(|p| p.trim().strip_prefix("bearer."))
-        .filter(|t| !t.is_empty())
+        .filter_map(|v| v.to_str().ok());
+    cognomega_core::auth::bearer_token(authorization, protocols)
 }
 
-/// The subprotocol a WebSocket route answers with when the client offers it.
-pub const WEBSOCKET_PROTOCOL: &str = "cognomega";
+pub use cognomega_core::auth::WEBSOCKET_PROTOCOL;
 
 /// A request authenticated with a valid bearer token.
 #[derive(Debug, Clone)]
@@ -236,19 +219,18 @@ impl FromRequestParts<AppState> for Authenticated {
             tracing::Span::current().record("tenant", done.0.tenant.as_str());
             return Ok(done);
         }
-        if !parts.headers.contains_key(header::AUTHORIZATION)
-            && websocket_token(&parts.headers).is_none()
-        {
-            return Err(unauthorized(
-                "missing_token",
-                "send Authorization: Bearer <token>; get one from POST /auth/guest",
-            ));
-        }
         let token = bearer_token(&parts.headers).ok_or_else(|| {
-            unauthorized(
-                "missing_token",
-                "the Authorization header must be: Bearer <token>",
-            )
+            if parts.headers.contains_key(header::AUTHORIZATION) {
+                unauthorized(
+                    "missing_token",
+                    "the Authorization header must be: Bearer <token>",
+                )
+            } else {
+                unauthorized(
+                    "missing_token",
+                    "send Authorization: Bearer <token>; get one from POST /auth/guest",
+                )
+            }
         })?;
         match state.auth.verify(token).await {
             Ok(claims) => {

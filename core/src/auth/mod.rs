@@ -32,3 +32,29 @@ pub use keys::{Jwk, Jwks, KeyId, SigningKey, GENERATED_KEY_BITS, MAX_KEY_BITS, M
 pub use ring::KeyRing;
 /// A buffer that is wiped on drop; [`SigningKey::to_pkcs8_pem`] returns the PEM in one.
 pub use zeroize::Zeroizing;
+
+/// The subprotocol a WebSocket route answers with when the client offers it.
+pub const WEBSOCKET_PROTOCOL: &str = "cognomega";
+
+/// The bearer token of a request: its `Authorization: Bearer <token>` header when it has one
+/// (and nothing else then), else, for a WebSocket a browser opened (which cannot set
+/// `Authorization`), a subprotocol `bearer.<token>` offered beside [`WEBSOCKET_PROTOCOL`]
+/// (`new WebSocket(url, ["cognomega", "bearer." + token])`). `websocket_protocols` are the
+/// `Sec-WebSocket-Protocol` header values (each a comma-separated list).
+pub fn bearer_token<'a>(
+    authorization: Option<&'a str>,
+    websocket_protocols: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    let Some(value) = authorization else {
+        return websocket_protocols
+            .into_iter()
+            .flat_map(|v| v.split(','))
+            .find_map(|p| p.trim().strip_prefix("bearer."))
+            .filter(|t| !t.is_empty());
+    };
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}

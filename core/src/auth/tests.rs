@@ -626,3 +626,22 @@ fn key_ids_are_parsed() {
     assert!(KeyId::parse(&"k".repeat(65)).is_err());
     assert!(serde_json::from_str::<KeyId>("\"a/b\"").is_err());
 }
+
+#[test]
+fn bearer_from_the_header_or_a_browser_websocket_subprotocol() {
+    use super::bearer_token;
+    assert_eq!(bearer_token(Some("Bearer abc"), []), Some("abc"));
+    assert_eq!(bearer_token(Some("bearer  abc "), []), Some("abc"));
+    assert_eq!(bearer_token(Some("Basic abc"), []), None);
+    assert_eq!(bearer_token(Some("Bearer "), []), None);
+    // A header, even a bad one, is the only place looked at.
+    assert_eq!(
+        bearer_token(Some("Basic abc"), ["cognomega, bearer.xyz"]),
+        None
+    );
+    assert_eq!(bearer_token(None, ["cognomega, bearer.xyz"]), Some("xyz"));
+    assert_eq!(bearer_token(None, ["cognomega", "bearer.xyz"]), Some("xyz"));
+    assert_eq!(bearer_token(None, ["cognomega, bearer."]), None);
+    assert_eq!(bearer_token(None, ["cognomega"]), None);
+    assert_eq!(bearer_token(None, []), None);
+}

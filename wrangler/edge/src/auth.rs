@@ -141,22 +141,21 @@ fn unauthorized(code: &'static str, message: impl Into<String>) -> ApiError {
 /// The bearer token's claims, verified (signature, `kid`, issuer, audience, expiry). A `kid`
 /// this isolate does not know yet (a rotation) re-reads the keys once.
 pub async fn authenticate(req: &Request, env: &Env) -> Result<Claims, ApiError> {
-    let header = req.headers().get("authorization")?.ok_or_else(|| {
-        unauthorized(
-            "missing_token",
-            "send Authorization: Bearer <token>; get one from POST /auth/guest",
-        )
-    })?;
-    let token = header
-        .strip_prefix("Bearer ")
-        .or_else(|| header.strip_prefix("bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+    let header = req.headers().get("authorization")?;
+    let protocols = req.headers().get("sec-websocket-protocol")?;
+    let token = cognomega_core::auth::bearer_token(header.as_deref(), protocols.as_deref())
         .ok_or_else(|| {
-            unauthorized(
-                "missing_token",
-                "the Authorization header must be: Bearer <token>",
-            )
+            if header.is_some() {
+                unauthorized(
+                    "missing_token",
+                    "the Authorization header must be: Bearer <token>",
+                )
+            } else {
+                unauthorized(
+                    "missing_token",
+                    "send Authorization: Bearer <token>; get one from POST /auth/guest",
+                )
+            }
         })?;
     let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
     let now = UnixMillis(worker::Date::now().as_millis() as i64);

@@ -68,7 +68,9 @@ fn spec(method: &Method, path: &str) -> Option<RouteSpec> {
         "/api/si/ask" if post => r("ASK", Gate::Bearer, Some(RouteClass::Usage)),
         // The voice service runs in the `ai` Worker (its AI binding and provider settings).
         "/voice/tts" | "/voice/stt" if post => r("ASK", Gate::Bearer, Some(RouteClass::Usage)),
-        "/voice/voices" if get => r("ASK", Gate::Bearer, Some(RouteClass::Read)),
+        "/voice/voices" | "/voice/sessions" if get => {
+            r("ASK", Gate::Bearer, Some(RouteClass::Read))
+        }
         p if p.starts_with("/uploads/") => r("FILES", Gate::Bearer, Some(RouteClass::Read)),
         // Signed links: the signature is the gate.
         p if p.starts_with("/files/") => r("FILES", Gate::Open, None),
@@ -145,13 +147,6 @@ fn cors(
 async fn route(req: Request, env: &Env, request_id: &str) -> http::ApiResult {
     let method = req.method();
     let path = req.path();
-    if path == "/voice/sessions" {
-        return Err(ApiError::new(
-            501,
-            "not_implemented",
-            "realtime voice sessions run on the native host; this edge deployment serves POST /voice/tts, POST /voice/stt and GET /voice/voices",
-        ));
-    }
     let Some(spec) = spec(&method, &path) else {
         let known = spec(&Method::Get, &path).is_some() || spec(&Method::Post, &path).is_some();
         return Err(http::no_route(known));
@@ -228,6 +223,22 @@ async fn route(req: Request, env: &Env, request_id: &str) -> http::ApiResult {
     let url = req.url()?;
     let forwarded = Request::new_with_init(url.as_str(), &init)?;
     let resp = env.service(spec.binding)?.fetch_request(forwarded).await?;
+    if resp.status_code() == 101 {
+        // A WebSocket (a voice session): handed on as it is, with the gateway's headers.
+        let headers = resp.headers().clone();
+        let Some(socket) = resp.websocket() else {
+            return Err(ApiError::internal("101 without a WebSocket"));
+        };
+        let mut resp = Response::builder()
+            .with_status(101)
+            .with_headers(headers)
+            .with_websocket(socket)
+            .empty();
+        if let Some(d) = &decision {
+            crate::limiter::stamp(&mut resp, d);
+        }
+        return Ok(resp);
+    }
     // A response from another Worker has immutable headers: answer with a copy, so the
     // gateway's own headers (request id, cache policy, rate limits) can be set.
     let mut resp = Response::builder()

@@ -5,8 +5,9 @@
 //!
 //! - `gateway`: the public HTTP API. Request ids, bearer verification, rate limits (a Durable
 //!   Object per tenant), then a Service Binding call to the internal service owning the route.
-//! - `auth`, `billing`, `usage`, `jobs`, `files`, `admin`, `ai` (`POST /api/si/ask`, `/voice/*`): the
-//!   internal services, reachable only through those bindings.
+//! - `auth`, `billing`, `usage`, `jobs`, `files`, `admin`, `ai` (`POST /api/si/ask`, `/voice/*`;
+//!   a Durable Object per realtime voice session): the internal services, reachable only
+//!   through those bindings.
 //! - `usage-writer`, `settlement`, `jobs-sketch-to-app`, `av-scan`, `etl`, `dlq`: queue
 //!   consumers.
 //!
@@ -44,6 +45,7 @@ use worker::{
 };
 
 pub use limiter::RateLimiter;
+pub use voice::VoiceSession;
 
 /// The HTTP entry point of every Worker.
 #[event(fetch)]

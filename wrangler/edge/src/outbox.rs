@@ -129,17 +129,24 @@ pub async fn relay_on(
     .map_err(|e| format!("outbox relay: {e}"))
 }
 
-/// The cron relay: sends what is unsent, then prunes rows sent more than a day ago.
+/// The cron relay: settles the voice sessions whose heart stopped, sends what is unsent, then
+/// prunes rows sent more than a day ago.
 pub async fn relay_all(env: &Env) -> Result<String, String> {
-    let done = relay(env, None).await?;
     let db = crate::db::connect(env).await.map_err(|e| e.to_string())?;
+    // Voice sessions whose Object died settle first: their usage is staged here, then sent.
+    let sessions = match crate::voice::settle_stale(env, &db).await {
+        Ok(n) => n.to_string(),
+        // Never in the way of the relay: the next tick tries again.
+        Err(e) => format!("none ({e})"),
+    };
+    let done = relay(env, None).await?;
     let mut pg = crate::sql::Pg(&db);
     let pruned = outbox::prune(&mut pg, now_ms())
         .await
         .map_err(|e| e.to_string())?;
     let (pending, _) = outbox::pending(&mut pg).await.map_err(|e| e.to_string())?;
     Ok(format!(
-        "relayed {} (failed {}), {pending} unsent, pruned {pruned}",
+        "relayed {} (failed {}), {pending} unsent, pruned {pruned}, {sessions} stale voice sessions settled",
         done.sent, done.failed
     ))
 }

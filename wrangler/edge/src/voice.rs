@@ -4,9 +4,10 @@
 //! Workers AI's MeloTTS and heard by its Whisper — over the AI binding, or over REST when the
 //! Worker has none, as asks are. There are no engines to run here: audio is measured from its
 //! container and MP3 decoded in process (`cognomega_core::audio`), so the edge answers wav and
-//! mp3 (ogg ⇒ 415) at the model's own sample rate, and long texts are spoken inline (the
-//! `tts_render` job type runs natively). Realtime sessions are the native host's (the gateway
-//! answers 501).
+//! mp3 (ogg ⇒ 415) — wav resampled in process to the rate asked for, mp3 at the model's own —
+//! and long texts are spoken inline (the `tts_render` job type runs natively). Realtime
+//! sessions (`GET /voice/sessions`) run the native host's session workflow in a Durable Object
+//! per session ([`VoiceSession`]).
 
 use std::time::Duration;
 
@@ -20,32 +21,47 @@ use cognomega_core::voice::{
 use cognomega_providers::protocol::Protocol;
 use cognomega_providers::voice_protocol::cfai;
 use cognomega_workflows::submit::SubmitSettings;
+use cognomega_workflows::voice::Recv;
 use cognomega_workflows::voice::{self, Caller as VoiceCaller, VoiceHost, VoiceSettings};
+use futures::{FutureExt as _, StreamExt as _};
 use serde::Serialize;
-use worker::{Env, Fetch, Headers, Method, Request, RequestInit, Response};
+use worker::{
+    durable_object, DurableObject, Env, EventStream, Fetch, Headers, Method, Request, RequestInit,
+    Response, State, WebSocket, WebSocketPair, WebsocketEvent,
+};
 
 use crate::host::Writes;
 use crate::http::{self, ApiError, ApiResult, Caller};
-use crate::sql::{Pg, PgTx};
+use crate::sql::Pg;
 
 /// The one provider here.
 const PROVIDER: &str = "cfai";
+
+/// A session whose heart has not beaten for this long is settled by the sweep (the outbox
+/// relay cron, every minute).
+const SESSION_STALE_MS: i64 = 60_000;
+
+/// How far speech may run ahead of playback (see [`Socket`]).
+const LEAD_MS: f64 = 2_000.0;
 
 pub async fn route(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     match (req.method(), req.path().as_str()) {
         (Method::Post, "/voice/tts") => tts(req, env, caller).await,
         (Method::Post, "/voice/stt") => stt(req, env, caller).await,
+        (Method::Get, "/voice/sessions") => session(req, env, caller).await,
         (Method::Get | Method::Head, "/voice/voices") => {
             caller.claims()?;
             let providers = [serde_json::json!({"provider": PROVIDER, "voices": cfai::voices()})];
             http::json(200, &serde_json::json!({ "providers": providers }))
         }
-        (_, "/voice/tts" | "/voice/stt" | "/voice/voices") => Err(http::no_route(true)),
+        (_, "/voice/tts" | "/voice/stt" | "/voice/voices" | "/voice/sessions") => {
+            Err(http::no_route(true))
+        }
         _ => Err(http::no_route(false)),
     }
 }
 
-fn settings<'a>(
+pub(crate) fn settings<'a>(
     policy: &'a VoicePolicy,
     billing: &'a cognomega_core::billing::BillingConfig,
 ) -> VoiceSettings<'a> {
@@ -53,7 +69,7 @@ fn settings<'a>(
         policy,
         prices: &billing.prices,
         floor: billing.guest_floor,
-        session_stale_ms: 60_000,
+        session_stale_ms: SESSION_STALE_MS,
         inline_chars: usize::MAX,
     }
 }
@@ -232,29 +248,30 @@ async fn speak(env: &Env, speech: &Speech) -> Result<Spoken, VoiceFailure> {
     let result = run(env, cfai::TTS_MODEL, binding, rest).await?;
     let mp3 = cfai::tts_audio(&result)?;
     let unreadable = |e: String| VoiceFailure::Unavailable(format!("audio we cannot read: {e}"));
-    let (audio, seconds, rate) = if speech.format == AudioFormat::Mp3 {
+    let (audio, seconds) = if speech.format == AudioFormat::Mp3 {
         let seconds = audio::duration(&mp3, AudioFormat::Mp3).map_err(unreadable)?;
-        // Read only to compare with the rate asked for.
-        let rate = speech
-            .sample_rate
-            .and_then(|_| audio::sample_rate(&mp3, AudioFormat::Mp3).ok());
-        (mp3, seconds, rate)
-    } else {
-        let wav = audio::mp3_to_wav(&mp3).map_err(unreadable)?;
-        let info = wav_info(&wav).map_err(unreadable)?;
-        (wav, info.seconds, Some(info.sample_rate))
-    };
-    if let (Some(asked), Some(rate)) = (speech.sample_rate, rate) {
-        if asked != rate {
-            return Err(VoiceFailure::Rejected(Refusal::new(
-                400,
-                "unsupported_sample_rate",
-                format!(
-                    "this deployment speaks at {rate} Hz; leave sample_rate out or ask for {rate}"
-                ),
-            )));
+        // MP3 is not encoded here: it goes out at the model's own rate.
+        if let Some(asked) = speech.sample_rate {
+            let rate = audio::sample_rate(&mp3, AudioFormat::Mp3).map_err(unreadable)?;
+            if asked != rate {
+                return Err(VoiceFailure::Rejected(Refusal::new(
+                    400,
+                    "unsupported_sample_rate",
+                    format!(
+                        "this deployment speaks MP3 at {rate} Hz; leave sample_rate out, ask for {rate}, or ask for wav (any rate)"
+                    ),
+                )));
+            }
         }
-    }
+        (mp3, seconds)
+    } else {
+        let mut wav = audio::mp3_to_wav(&mp3).map_err(unreadable)?;
+        if let Some(rate) = speech.sample_rate {
+            wav = audio::wav_at(wav, rate).map_err(unreadable)?;
+        }
+        let seconds = wav_info(&wav).map_err(unreadable)?.seconds;
+        (wav, seconds)
+    };
     Ok(Spoken {
         audio,
         format: speech.format,
@@ -276,7 +293,8 @@ impl VoiceHost for Writes<'_> {
     }
 
     async fn begin(&self) -> Result<Box<dyn Transaction + '_>, SqlError> {
-        Ok(Box::new(PgTx::begin(self.client()).await?))
+        // Its batch is remembered: `relay` sends what it staged (a session's usage).
+        cognomega_workflows::ports::WriteHost::begin(self).await
     }
 
     async fn balance(&self, tenant: &str) -> Result<i64, String> {
@@ -346,5 +364,195 @@ impl VoiceHost for Writes<'_> {
 
     fn fresh_id(&self) -> String {
         uuid::Uuid::now_v7().to_string()
+    }
+}
+
+/// `GET /voice/sessions` in the `ai` Worker: the upgrade goes to a Durable Object of its own
+/// (one per session), which admits the session, accepts the socket and runs it.
+async fn session(req: &Request, env: &Env, caller: &Caller) -> ApiResult {
+    caller.claims()?;
+    let upgrade = req.headers().get("upgrade")?.unwrap_or_default();
+    if !upgrade.eq_ignore_ascii_case("websocket") {
+        return Err(ApiError::new(
+            426,
+            "websocket_required",
+            "open this route as a WebSocket (Upgrade: websocket)",
+        ));
+    }
+    let stub = env
+        .durable_object("VOICE_SESSIONS")?
+        .unique_id()?
+        .get_stub()?;
+    Ok(stub.fetch_with_request(req.clone()?).await?)
+}
+
+/// One realtime session: the native host's workflow (`voice::open_session`, then
+/// `voice::run_session`: the protocol, the caps, the heartbeat, the settlement once) over this
+/// Object's WebSocket. Its own Object, so a session's memory and clock are its own.
+#[durable_object]
+pub struct VoiceSession {
+    env: Env,
+}
+
+impl DurableObject for VoiceSession {
+    fn new(_state: State, env: Env) -> Self {
+        Self { env }
+    }
+
+    async fn fetch(&self, req: Request) -> worker::Result<Response> {
+        let caller = Caller::from_request(&req);
+        Ok(match crate::db::scoped(self.open(&req, &caller)).await {
+            Ok(resp) => resp,
+            Err(e) => e.render(&caller.request_id),
+        })
+    }
+}
+
+impl VoiceSession {
+    /// Admits the session (402, 429 `too_many_sessions`: the same checks as natively), then
+    /// answers 101 and runs it on this Object until it ends.
+    async fn open(&self, req: &Request, caller: &Caller) -> ApiResult {
+        let claims = caller.claims()?;
+        let voice = req
+            .url()?
+            .query_pairs()
+            .find(|(k, _)| k == "voice")
+            .map(|(_, v)| v.into_owned());
+        let file = crate::config::file(&self.env).map_err(ApiError::internal)?;
+        let billing = crate::config::billing(&self.env).map_err(ApiError::internal)?;
+        let db = crate::db::connect(&self.env).await?;
+        let opened = voice::open_session(
+            &Writes::new(&self.env, &db),
+            settings(&file.voice.policy, &billing),
+            voice_caller(claims, caller),
+            voice,
+        )
+        .await?;
+        let WebSocketPair { client, server } = WebSocketPair::new()?;
+        // Binary frames as ArrayBuffers (the standard's default, a Blob, cannot be read
+        // without waiting).
+        let raw: &worker::web_sys::WebSocket = server.as_ref();
+        worker::js_sys::Reflect::set(raw, &"binaryType".into(), &"arraybuffer".into())
+            .map_err(|e| ApiError::internal(format!("binaryType: {e:?}")))?;
+        server.accept()?;
+        let env = self.env.clone();
+        // The session outlives this request: an Object keeps its socket, its connection and
+        // this task for as long as the socket is open.
+        wasm_bindgen_futures::spawn_local(crate::db::scoped(async move {
+            let host = Writes::new(&env, &db);
+            match server.events() {
+                Ok(events) => {
+                    let mut socket = Socket {
+                        ws: &server,
+                        events,
+                        due_ms: 0.0,
+                    };
+                    voice::run_session(
+                        &host,
+                        settings(&file.voice.policy, &billing),
+                        opened,
+                        &mut socket,
+                    )
+                    .await;
+                }
+                Err(e) => {
+                    // Its row stays open without a heartbeat: the sweep settles it.
+                    worker::console_error!("voice session {}: {e}", opened.id);
+                    let _ = server.close(Some(1011), Some("internal error"));
+                }
+            }
+            // The settlement's usage message, staged in the outbox with it: sent now, or by
+            // the relay cron.
+            host.relay("voice session").await;
+        }));
+        let mut resp = Response::from_websocket(client)?;
+        let offered = req
+            .headers()
+            .get("sec-websocket-protocol")?
+            .unwrap_or_default();
+        let protocol = cognomega_core::auth::WEBSOCKET_PROTOCOL;
+        if offered.split(',').any(|p| p.trim() == protocol) {
+            resp.headers_mut().set("sec-websocket-protocol", protocol)?;
+        }
+        Ok(resp)
+    }
+}
+
+/// Settles the sessions whose heart stopped (an Object evicted or reset mid-session); how many.
+pub async fn settle_stale(env: &Env, db: &tokio_postgres::Client) -> Result<usize, String> {
+    let file = crate::config::file(env)?;
+    let billing = crate::config::billing(env)?;
+    voice::settle_stale(
+        &Writes::new(env, db),
+        settings(&file.voice.policy, &billing),
+    )
+    .await
+}
+
+/// A session's WebSocket. Workers' WebSocket has no send backpressure (no `bufferedAmount`:
+/// a frame sent is queued in the runtime however slowly the client reads), so speech is paced
+/// instead: it runs at most [`LEAD_MS`] ahead of real-time playback, and what a client that
+/// stops reading can make this Object hold grows at most at the speech's own rate (32 KB/s),
+/// within the tier's audio cap per session.
+struct Socket<'a> {
+    ws: &'a WebSocket,
+    events: EventStream<'a>,
+    /// When the client has played everything sent so far, at real time (epoch ms).
+    due_ms: f64,
+}
+
+fn received(event: Option<worker::Result<WebsocketEvent>>) -> Recv {
+    use cognomega_core::voice::session::MAX_MESSAGE_BYTES;
+    match event {
+        Some(Ok(WebsocketEvent::Message(m))) => match m.text() {
+            Some(t) if t.len() > MAX_MESSAGE_BYTES => Recv::TooLarge,
+            Some(t) => Recv::Text(t),
+            None => match m.bytes() {
+                Some(b) if b.len() > MAX_MESSAGE_BYTES => Recv::TooLarge,
+                Some(b) => Recv::Binary(b),
+                None => Recv::Closed,
+            },
+        },
+        Some(Ok(WebsocketEvent::Close(_)) | Err(_)) | None => Recv::Closed,
+    }
+}
+
+#[async_trait::async_trait(?Send)]
+impl voice::SessionSocket for Socket<'_> {
+    async fn recv(&mut self, wait: Duration) -> Recv {
+        use futures::future::Either;
+        let next = self.events.next();
+        let idle = worker::Delay::from(wait);
+        futures::pin_mut!(idle);
+        match futures::future::select(next, idle).await {
+            Either::Left((event, _)) => received(event),
+            Either::Right(_) => Recv::Idle,
+        }
+    }
+
+    fn try_recv(&mut self) -> Option<Recv> {
+        // A channel's next item: nothing is lost when it is not ready.
+        self.events.next().now_or_never().map(received)
+    }
+
+    async fn send_text(&mut self, text: String) -> bool {
+        self.ws.send_with_str(text).is_ok()
+    }
+
+    async fn send_binary(&mut self, bytes: Vec<u8>) -> bool {
+        use cognomega_core::voice::session::BYTES_PER_SECOND;
+        let now = worker::Date::now().as_millis() as f64;
+        let ahead = self.due_ms - now - LEAD_MS;
+        if ahead > 0.0 {
+            worker::Delay::from(Duration::from_millis(ahead as u64)).await;
+        }
+        let now = worker::Date::now().as_millis() as f64;
+        self.due_ms = self.due_ms.max(now) + bytes.len() as f64 * 1000.0 / BYTES_PER_SECOND as f64;
+        self.ws.send_with_bytes(bytes).is_ok()
+    }
+
+    async fn close(&mut self, code: u16, reason: &str) {
+        let reason: String = reason.chars().take(120).collect();
+        let _ = self.ws.close(Some(code), Some(reason));
     }
 }
