@@ -343,12 +343,20 @@ case "$cmd" in
     # The fault scenario: the drain after a request whose id starts `fault-drain-` fails, so
     # only a later relay delivers its messages (never set outside the test stack).
     export COGNOMEGA_TEST_FAULTS=drain
+    # Every request and every Worker's log line goes to the log (printed on a failure).
+    export WRANGLER_LOG="${WRANGLER_LOG:-info}"
     background
     say "HTTP acceptance suite against the edge stack"
     if ! COGNOMEGA_ACCEPTANCE_URL="http://127.0.0.1:$port" COGNOMEGA_ACCEPTANCE_ADMIN_KEY="$admin_key" \
       cargo nextest run --locked --test acceptance --no-fail-fast "$@"; then
       say "the Workers' errors (from $edge_state/wrangler.log):"
       grep -E "ERROR|✘|Uncaught|panicked|edge-guard" "$edge_state/wrangler.log" | tail -60 >&2 || true
+      # The whole log outlives the stack's state folder, and its end is printed: what the
+      # Workers logged around a failure (requests, consumer deliveries, crons).
+      kept="${COGNOMEGA_TEST_LOGS:-/tmp}/cognomega-edge-wrangler.$$.log"
+      mkdir -p "$(dirname "$kept")" && cp "$edge_state/wrangler.log" "$kept" \
+        && say "the whole wrangler log is kept in $kept; its last 150 lines:"
+      tail -150 "$edge_state/wrangler.log" >&2 || true
       exit 1
     fi
     resets=$(grep -c "edge-guard" "$edge_state/wrangler.log" || true)
