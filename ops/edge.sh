@@ -58,7 +58,7 @@ else
 fi
 
 # Every Worker config, gateway first (the one wrangler dev serves on the port).
-configs=(gateway auth billing usage jobs files admin ai usage-writer settlement jobs-image-thumbnail jobs-sketch-to-app av-scan etl dlq)
+configs=(gateway auth billing usage jobs files admin ai usage-writer settlement jobs-image-thumbnail jobs-sketch-to-app jobs-tts-render av-scan etl dlq)
 
 apt_tools() {
   # zstd (the artifact codec) is C: clang compiles it for wasm32.

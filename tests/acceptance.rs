@@ -2031,6 +2031,77 @@ async fn voice_session_streams_and_settles_once(t: Target) -> anyhow::Result<()>
     .await
 }
 
+/// p. A text sent with `Prefer: respond-async` renders as a `tts_render` job (202, the ordinary
+/// jobs API): it succeeds with `speech.wav` at the rate asked and `render.json` whose
+/// `audio_seconds` is that audio's length, its progress reaches 1, and it is billed once as
+/// those seconds (`credits_charged`, the usage's `audio_seconds`).
+async fn tts_renders_as_a_job(t: Target) -> anyhow::Result<()> {
+    let g = guest(&t).await?;
+    let grant = wait_grant(&t, &g).await?;
+    let text = "A text rendered by a job. It is spoken in chunks. Then it is billed once.";
+    let answer = send(
+        t.post("/voice/tts")
+            .bearer_auth(&g.token)
+            .header("prefer", "respond-async")
+            .json(&json!({"text": text, "format": "wav", "sample_rate": 16_000})),
+    )
+    .await?;
+    let queued = answer.expect(StatusCode::ACCEPTED)?;
+    assert_eq!(queued["status"], "queued", "{queued}");
+    let id = str_field(&queued, "id")?.to_owned();
+    assert!(
+        answer.header("location").is_some_and(|l| l.ends_with(&id)),
+        "Location: {:?}",
+        answer.header("location")
+    );
+    let done = final_job(&t, &g, &id).await?;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["progress"].as_f64(), Some(1.0), "{done}");
+    let get = |name: &str| {
+        t.get(&format!("/jobs/{id}/artifacts/{name}"))
+            .bearer_auth(&g.token)
+    };
+    let wav = send(get("speech.wav")).await?;
+    assert_eq!(wav.status, StatusCode::OK, "{}", wav.what);
+    let info = cognomega_core::voice::wav_info(&wav.body).map_err(anyhow::Error::msg)?;
+    assert_eq!((info.sample_rate, info.channels), (16_000, 1));
+    let report = send(get("render.json")).await?.expect(StatusCode::OK)?;
+    let seconds = report["audio_seconds"].as_f64().unwrap_or(0.0);
+    assert!(
+        (seconds - info.seconds).abs() < 0.01,
+        "{report} vs {} s",
+        info.seconds
+    );
+    assert_eq!(report["format"], "wav", "{report}");
+    assert_eq!(report["sample_rate"], 16_000, "{report}");
+    let billed = seconds.ceil() as i64;
+    poll(
+        "the render's audio settled once",
+        Duration::from_secs(60),
+        || async {
+            let usage = send(t.get("/usage").bearer_auth(&g.token))
+                .await?
+                .expect(StatusCode::OK)?;
+            let audio = &usage["totals"]["audio_seconds"];
+            Ok(
+                if audio["events"] == 1
+                    && audio["quantity"] == billed
+                    && balance(&t, &g).await? < grant
+                {
+                    Ok(())
+                } else {
+                    Err(usage.to_string())
+                },
+            )
+        },
+    )
+    .await?;
+    let charged = done["credits_charged"].as_i64().unwrap_or(0);
+    let settled = settled_balance(&t, &g, grant).await?;
+    assert_eq!(grant - settled, charged, "billed once, as the job says");
+    Ok(())
+}
+
 macro_rules! scenarios {
     ($($name:ident),* $(,)?) => {
         mod scenarios {
@@ -2061,4 +2132,5 @@ scenarios!(
     job_progress_and_cancel,
     voice_speaks_hears_and_bills_once,
     voice_session_streams_and_settles_once,
+    tts_renders_as_a_job,
 );

@@ -8,9 +8,11 @@ use std::path::Path;
 use cognomega_core::queue::catalog::{self, cloudflare};
 use cognomega_core::queue::QueueSettings;
 
-/// The job types of this build.
+/// The job types the edge runs: the pipelines' own and `tts_render` (as natively).
 fn job_types() -> Vec<&'static str> {
-    cognomega_pipelines::registry().names()
+    let mut names = cognomega_pipelines::registry().names();
+    names.push(cognomega_workflows::tts_render::NAME);
+    names
 }
 
 /// The Worker consuming a catalog queue: `usage-writer`, `settlement`, `av-scan`,

@@ -83,6 +83,9 @@ pub struct VoiceSettings<'a> {
     pub session_stale_ms: i64,
     /// Texts longer than this many characters are rendered by a `tts_render` job (202).
     pub inline_chars: usize,
+    /// The formats a `tts_render` job can produce here; a text asked in another is spoken
+    /// inline whatever its length (and `Prefer: respond-async`, a preference, is not applied).
+    pub render_formats: &'a [AudioFormat],
 }
 
 /// The caller.
@@ -153,7 +156,8 @@ pub async fn tts<H: VoiceHost + WriteHost>(
     crate::submit::parse_key(req.idempotency_key)?;
     let speech = parse_tts(req.body, settings.policy.tier(caller.tier))?;
     // A host without the `tts_render` job type speaks every text inline.
-    let renders = jobs.registry.get(crate::tts_render::NAME).is_some();
+    let renders = jobs.registry.get(crate::tts_render::NAME).is_some()
+        && settings.render_formats.contains(&speech.format);
     if renders && (req.respond_async || speech.text.chars().count() > settings.inline_chars) {
         let params = crate::tts_render::params_of(&speech);
         let submit = Submit {

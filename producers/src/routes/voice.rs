@@ -35,6 +35,8 @@ fn settings(state: &AppState) -> VoiceSettings<'_> {
         session_stale_ms: i64::try_from(state.config.voice_session_stale.as_millis())
             .unwrap_or(60_000),
         inline_chars: state.config.voice_tts_inline_chars,
+        // sox encodes the joined audio in any output format.
+        render_formats: &cognomega_core::voice::AudioFormat::OUTPUTS,
     }
 }
 

@@ -274,7 +274,7 @@ fn env_snapshot(env: &Env) -> ApiResult {
             "consumers_in_process": false,
         },
         "ai": crate::ask::snapshot(env),
-        "job_types": cognomega_pipelines::registry().names(),
+        "job_types": crate::voice::job_type_names(),
         "queues": queues,
     });
     if let serde_json::Value::Object(own) = own {

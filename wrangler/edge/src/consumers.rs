@@ -36,9 +36,7 @@ pub struct EdgeQueue {
 pub fn queues() -> &'static [EdgeQueue] {
     static QUEUES: std::sync::OnceLock<Vec<EdgeQueue>> = std::sync::OnceLock::new();
     QUEUES.get_or_init(|| {
-        let registry = cognomega_pipelines::registry();
-        let types = registry.names();
-        catalog::all(&types)
+        catalog::all(&crate::voice::job_type_names())
             .into_iter()
             .map(|(name, settings)| EdgeQueue {
                 binding: catalog::cloudflare::binding(name.as_str()),

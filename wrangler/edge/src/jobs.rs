@@ -54,7 +54,7 @@ async fn submit(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     let request = SubmitRequest::parse(&body)?;
     // Only the job types with a queue on this deployment.
     let registry = cognomega_pipelines::Registry::new(
-        (cognomega_pipelines::registry().iter())
+        (crate::voice::job_types(env).iter())
             .filter(|t| crate::consumers::by_native(&format!("jobs.{}", t.name())).is_some())
             .cloned()
             .collect(),
@@ -71,6 +71,11 @@ async fn submit(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     let submit = request.submit(&claims.tenant, key, &caller.request_id);
     let submitted = cognomega_workflows::submit::submit(&host, settings, submit).await?;
     host.relay(&format!("job {}", submitted.id())).await;
+    answer(&submitted)
+}
+
+/// A submit's answer: 202 (or 200 for an `Idempotency-Key` replay), the job, and `Location`.
+pub fn answer(submitted: &cognomega_workflows::submit::Submitted) -> ApiResult {
     let mut resp = http::json(submitted.status(), &submitted.body())?;
     resp.headers_mut()
         .set("location", &format!("/jobs/{}", submitted.id()))?;
@@ -183,7 +188,7 @@ pub async fn run_batch(
     messages: &[worker::Message<serde_json::Value>],
 ) -> Result<(), String> {
     let prices = crate::config::billing(env)?.prices;
-    let registry = cognomega_pipelines::registry();
+    let registry = crate::voice::job_types(env);
     let resolve = |name: &str| registry.get(name);
     let host = Writes::new(env, db);
     for (msg, job, _request_id) in crate::consumers::decode_all::<JobMessage>(queue, messages) {

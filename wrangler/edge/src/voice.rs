@@ -4,9 +4,10 @@
 //! Workers AI's MeloTTS and heard by its Whisper — over the AI binding, or over REST when the
 //! Worker has none, as asks are. There are no engines to run here: audio is measured from its
 //! container and MP3 decoded in process (`cognomega_core::audio`), so the edge answers wav and
-//! mp3 (ogg ⇒ 415) — wav resampled in process to the rate asked for, mp3 at the model's own —
-//! and long texts are spoken inline (the `tts_render` job type runs natively). Realtime
-//! sessions (`GET /voice/sessions`) run the native host's session workflow in a Durable Object
+//! mp3 (ogg ⇒ 415) — wav resampled in process to the rate asked for, mp3 at the model's own.
+//! A long text in wav renders as a `tts_render` job ([`job_types`]: the `jobs-tts-render`
+//! Worker speaks it chunk by chunk); one in mp3 is spoken inline (nothing here encodes mp3).
+//! Realtime sessions (`GET /voice/sessions`) run the native host's session workflow in a Durable Object
 //! per session ([`VoiceSession`]).
 
 use std::time::Duration;
@@ -14,17 +15,20 @@ use std::time::Duration;
 use cognomega_core::api::Refusal;
 use cognomega_core::audio;
 use cognomega_core::auth::Claims;
+use cognomega_core::limits::CostMetric;
+use cognomega_core::settings::VoiceFileConfig;
 use cognomega_core::sql::{Executor, Outbound, SqlError, Transaction};
-use cognomega_core::voice::{
-    wav_info, Answered, AudioFormat, Heard, Speech, Spoken, VoiceFailure, VoicePolicy,
-};
+use cognomega_core::voice::{wav_info, Answered, AudioFormat, Heard, Speech, Spoken, VoiceFailure};
+use cognomega_pipelines::{JobType, Registry};
 use cognomega_providers::protocol::Protocol;
 use cognomega_providers::voice_protocol::cfai;
 use cognomega_workflows::submit::SubmitSettings;
+use cognomega_workflows::tts_render::{self, TtsRender};
 use cognomega_workflows::voice::Recv;
 use cognomega_workflows::voice::{self, Caller as VoiceCaller, VoiceHost, VoiceSettings};
 use futures::{FutureExt as _, StreamExt as _};
 use serde::Serialize;
+use std::sync::Arc;
 use worker::{
     durable_object, DurableObject, Env, EventStream, Fetch, Headers, Method, Request, RequestInit,
     Response, State, WebSocket, WebSocketPair, WebsocketEvent,
@@ -61,16 +65,73 @@ pub async fn route(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     }
 }
 
+/// The voice settings: the `[voice]` table of `COGNOMEGA_CONFIG_TOML` (caps, stale period,
+/// inline bound; `COGNOMEGA_VOICE_TTS_INLINE_CHARS` wins), as natively.
 pub(crate) fn settings<'a>(
-    policy: &'a VoicePolicy,
+    env: &Env,
+    voice: &'a VoiceFileConfig,
     billing: &'a cognomega_core::billing::BillingConfig,
 ) -> VoiceSettings<'a> {
+    let inline_chars = crate::config::var(env, "COGNOMEGA_VOICE_TTS_INLINE_CHARS")
+        .and_then(|v| v.parse().ok())
+        .or(voice.tts_inline_chars)
+        .unwrap_or(cognomega_core::voice::TTS_INLINE_CHARS);
     VoiceSettings {
-        policy,
+        policy: &voice.policy,
         prices: &billing.prices,
         floor: billing.guest_floor,
-        session_stale_ms: SESSION_STALE_MS,
-        inline_chars: usize::MAX,
+        session_stale_ms: voice.session_stale_secs.map_or(SESSION_STALE_MS, |s| {
+            i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX)
+        }),
+        inline_chars,
+        // Nothing here encodes ogg or mp3: a long text in those is spoken inline.
+        render_formats: &[AudioFormat::Wav],
+    }
+}
+
+/// The job types this deployment runs: the pipelines' own, and `tts_render` (the long texts
+/// of `POST /voice/tts`) spoken by Workers AI, as [`synthesize`] speaks.
+pub fn job_types(env: &Env) -> Registry {
+    let mut types: Vec<Arc<dyn JobType>> =
+        cognomega_pipelines::registry().iter().cloned().collect();
+    types.push(Arc::new(TtsRender::new(Arc::new(Speaker {
+        env: env.clone(),
+    }))));
+    Registry::new(types)
+}
+
+/// The names of [`job_types`] (each has its queue).
+pub fn job_type_names() -> Vec<&'static str> {
+    let mut names = cognomega_pipelines::registry().names();
+    names.push(tts_render::NAME);
+    names.sort_unstable();
+    names
+}
+
+/// A `tts_render` job's speaker: Workers AI, wav only (a render's audio is joined as PCM and
+/// nothing here encodes ogg or mp3, so the route renders only wav: see [`settings`]).
+struct Speaker {
+    env: Env,
+}
+
+impl std::fmt::Debug for Speaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Speaker(cfai)")
+    }
+}
+
+#[async_trait::async_trait(?Send)]
+impl tts_render::Speaker for Speaker {
+    fn providers(&self) -> Vec<&'static str> {
+        vec![PROVIDER]
+    }
+
+    async fn synthesize(&self, speech: &Speech) -> Result<Answered<Spoken>, Refusal> {
+        synthesize(&self.env, speech).await
+    }
+
+    async fn encode(&self, _wav: &[u8], to: AudioFormat) -> Result<Vec<u8>, String> {
+        Err(format!("this deployment renders wav, not {}", to.as_str()))
     }
 }
 
@@ -96,12 +157,11 @@ async fn tts(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     let body = req.bytes().await?;
     let file = crate::config::file(env).map_err(ApiError::internal)?;
     let billing = crate::config::billing(env).map_err(ApiError::internal)?;
-    // Only the pipelines' types: a render is spoken inline here.
-    let registry = cognomega_pipelines::registry();
+    let registry = job_types(env);
     let jobs = SubmitSettings {
         registry: &registry,
         floor: billing.guest_floor,
-        runs_per_hour: None,
+        runs_per_hour: crate::usage::cost_cap(env, claims.tier, CostMetric::JobRunsPerHour)?,
     };
     let db = crate::db::connect(env).await?;
     let host = Writes::new(env, &db);
@@ -110,7 +170,7 @@ async fn tts(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
         respond_async,
         idempotency_key: key.as_deref().map(str::as_bytes),
     };
-    let settings = settings(&file.voice.policy, &billing);
+    let settings = settings(env, &file.voice, &billing);
     match voice::tts(&host, settings, jobs, voice_caller(claims, caller), request).await? {
         voice::TtsAnswer::Audio(reply) => {
             let resp = Response::from_bytes(reply.audio)?;
@@ -118,7 +178,11 @@ async fn tts(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
             resp.headers_mut().set("content-type", reply.content_type)?;
             with_headers(resp, &reply.headers)
         }
-        voice::TtsAnswer::Job(submitted) => http::json(submitted.status(), &submitted.body()),
+        voice::TtsAnswer::Job(submitted) => {
+            // The job's message, staged with its row: sent now, or by the relay cron.
+            host.relay("tts_render").await;
+            crate::jobs::answer(&submitted)
+        }
     }
 }
 
@@ -134,7 +198,7 @@ async fn stt(req: &mut Request, env: &Env, caller: &Caller) -> ApiResult {
     let billing = crate::config::billing(env).map_err(ApiError::internal)?;
     let db = crate::db::connect(env).await?;
     let host = Writes::new(env, &db);
-    let settings = settings(&file.voice.policy, &billing);
+    let settings = settings(env, &file.voice, &billing);
     let reply = voice::stt(
         &host,
         settings,
@@ -280,6 +344,18 @@ async fn speak(env: &Env, speech: &Speech) -> Result<Spoken, VoiceFailure> {
     })
 }
 
+/// Speaks with the one provider here (a request naming another is refused).
+async fn synthesize(env: &Env, speech: &Speech) -> Result<Answered<Spoken>, Refusal> {
+    if let Some(p) = speech.provider.as_deref().filter(|p| *p != PROVIDER) {
+        return Err(Refusal::new(
+            400,
+            "unknown_provider",
+            format!("provider {p:?} is not configured here; configured: {PROVIDER}"),
+        ));
+    }
+    speak(env, speech).await.map(answered).map_err(refused)
+}
+
 /// The edge as the voice workflow's host: the write host's connection, outbox and balance,
 /// Workers AI, and audio read in process.
 #[async_trait::async_trait(?Send)]
@@ -321,17 +397,7 @@ impl VoiceHost for Writes<'_> {
     }
 
     async fn synthesize(&self, speech: &Speech) -> Result<Answered<Spoken>, Refusal> {
-        if let Some(p) = speech.provider.as_deref().filter(|p| *p != PROVIDER) {
-            return Err(Refusal::new(
-                400,
-                "unknown_provider",
-                format!("provider {p:?} is not configured here; configured: {PROVIDER}"),
-            ));
-        }
-        speak(self.env(), speech)
-            .await
-            .map(answered)
-            .map_err(refused)
+        synthesize(self.env(), speech).await
     }
 
     async fn transcribe(
@@ -423,7 +489,7 @@ impl VoiceSession {
         let db = crate::db::connect(&self.env).await?;
         let opened = voice::open_session(
             &Writes::new(&self.env, &db),
-            settings(&file.voice.policy, &billing),
+            settings(&self.env, &file.voice, &billing),
             voice_caller(claims, caller),
             voice,
         )
@@ -449,7 +515,7 @@ impl VoiceSession {
                     };
                     voice::run_session(
                         &host,
-                        settings(&file.voice.policy, &billing),
+                        settings(&env, &file.voice, &billing),
                         opened,
                         &mut socket,
                     )
@@ -482,11 +548,7 @@ impl VoiceSession {
 pub async fn settle_stale(env: &Env, db: &tokio_postgres::Client) -> Result<usize, String> {
     let file = crate::config::file(env)?;
     let billing = crate::config::billing(env)?;
-    voice::settle_stale(
-        &Writes::new(env, db),
-        settings(&file.voice.policy, &billing),
-    )
-    .await
+    voice::settle_stale(&Writes::new(env, db), settings(env, &file.voice, &billing)).await
 }
 
 /// A session's WebSocket. Workers' WebSocket has no send backpressure (no `bufferedAmount`:
