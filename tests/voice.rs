@@ -17,6 +17,7 @@ both_backends!(
     an_empty_balance_is_refused_before_speaking,
     compressed_audio_is_transcribed,
     cartesia_protocol_and_fallback,
+    cartesia_streams_session_speech,
     workers_ai_protocol_and_fallback,
     session_streams_in_order_and_settles_once,
     session_refusals_and_caps,
@@ -682,6 +683,82 @@ async fn session_streams_in_order_and_settles_once(backend: Backend) -> anyhow::
     let (_, closed) = session_row(&app).await?;
     assert!(!closed, "the open session was pruned");
     drop(open);
+    app.stop().await
+}
+
+/// A session's speech streams from Cartesia's WebSocket: one context per sentence, raw
+/// `pcm_s16le` at 16 kHz, the version header and the key as Cartesia reads them, chunks sent on
+/// to the client as they come; Cartesia failing before its first chunk falls over to the local
+/// engine and the session goes on; it bills once.
+async fn cartesia_streams_session_speech(backend: Backend) -> anyhow::Result<()> {
+    use cognomega_core::voice::session::FRAME_BYTES;
+    use cognomega_providers::fake::FakeCartesia;
+    let fake = FakeCartesia::start("ck-test").await?;
+    let base = fake.base();
+    let app = TestApp::spawn_custom(backend, true, None, move |api| {
+        api.voice_providers =
+            cognomega_providers::voice::VoiceConfig::from_vars(None, |k| match k {
+                "CARTESIA_API_KEY" => Some("ck-test".into()),
+                "CARTESIA_BASE_URL" => Some(base.clone()),
+                "CARTESIA_VERSION" => Some("2025-04-16".into()),
+                _ => None,
+            });
+    })
+    .await?;
+    let guest = app.guest().await?;
+    app.wait_idle(Duration::from_secs(60)).await?;
+    let mut ws = open_ready(&app.base_url, &guest.token).await?;
+    ws.send(Message::text(
+        json!({"type": "text", "text": "Twenty chars of text. And ten more."}).to_string(),
+    ))
+    .await?;
+    let (frames, spoken) = until_json(&mut ws).await?;
+    assert_eq!(spoken["type"], "spoken", "{spoken}");
+    assert!(frames
+        .iter()
+        .all(|f| f.len() <= FRAME_BYTES && f.len() % 2 == 0));
+    // The fake speaks 50 ms per character: 21 + 13 characters at 16 kHz.
+    let bytes: usize = frames.iter().map(Vec::len).sum();
+    assert_eq!(bytes, (21 + 13) * 800 * 2);
+    let calls: Vec<_> = fake
+        .calls()
+        .into_iter()
+        .filter(|c| c.path == "/tts/websocket" && !c.body.is_null())
+        .collect();
+    assert_eq!(calls.len(), 2, "one context per sentence: {calls:?}");
+    for (call, text) in calls.iter().zip(["Twenty chars of text.", "And ten more."]) {
+        assert_eq!(call.version.as_deref(), Some("2025-04-16"));
+        assert_eq!(call.authorization.as_deref(), Some("Bearer ck-test"));
+        assert_eq!(call.body["transcript"], text);
+        assert_eq!(call.body["voice"]["mode"], "id");
+        assert_eq!(call.body["continue"], false);
+        assert_eq!(
+            call.body["output_format"],
+            json!({"container": "raw", "encoding": "pcm_s16le", "sample_rate": 16000})
+        );
+        assert!(call.body["context_id"]
+            .as_str()
+            .is_some_and(|c| !c.is_empty()));
+    }
+    assert_ne!(calls[0].body["context_id"], calls[1].body["context_id"]);
+
+    // Cartesia down before its first chunk: the local engine speaks.
+    fake.fail_with(Some(503));
+    ws.send(Message::text(
+        json!({"type": "text", "text": "Spoken locally."}).to_string(),
+    ))
+    .await?;
+    let (frames, spoken) = until_json(&mut ws).await?;
+    assert_eq!(spoken["type"], "spoken", "{spoken}");
+    assert!(!frames.is_empty());
+    ws.send(Message::text(r#"{"type":"close"}"#)).await?;
+    let (_, closed) = until_json(&mut ws).await?;
+    assert_eq!(closed["type"], "closed", "{closed}");
+    assert_eq!(close_of(&mut ws).await?.0, 1000);
+    let billed = closed["audio_seconds"].as_i64().unwrap_or(0);
+    assert!(billed >= 2, "{closed}");
+    app.wait_idle(Duration::from_secs(60)).await?;
+    assert_eq!(audio_usage(&app, &guest).await?, (1, billed));
     app.stop().await
 }
 

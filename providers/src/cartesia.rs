@@ -1,7 +1,8 @@
 //! Cartesia (`CARTESIA_API_KEY`, `CARTESIA_BASE_URL`, `CARTESIA_VERSION`): speech over
-//! `POST /tts/bytes`, the voice list over `GET /voices`, transcription over `POST /stt`
-//! (multipart, `ink-whisper`, word timestamps). Every call carries the `Cartesia-Version`
-//! header and the key as a bearer token. 429, 5xx, a timeout or a refused key move on to the
+//! `POST /tts/bytes`, a realtime session's speech streamed over `GET /tts/websocket` (one
+//! context per text: raw `pcm_s16le` chunks as Cartesia produces them), the voice list over
+//! `GET /voices`, transcription over `POST /stt` (multipart, `ink-whisper`, word timestamps).
+//! Every call carries the `Cartesia-Version` header and the key as a bearer token. 429, 5xx, a timeout or a refused key move on to the
 //! next provider; another 4xx is the request's own fault and is answered as is.
 
 use std::time::Duration;
@@ -10,7 +11,7 @@ use cognomega_core::voice::{AudioFormat, Heard, Segment, Speech, Spoken, VoiceFa
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::voice::{http_failure, measure, segments_of_words, VoiceProvider};
+use crate::voice::{http_failure, measure, segments_of_words, PcmStream, VoiceProvider};
 
 /// The API version sent when `CARTESIA_VERSION` is not set.
 pub const DEFAULT_VERSION: &str = "2025-04-16";
@@ -24,6 +25,8 @@ pub const STT_MODEL: &str = "ink-whisper";
 pub const DEFAULT_VOICE: &str = "694f9389-aac1-45b6-b726-9d9369183238";
 /// The sample rate when the request names none.
 const DEFAULT_RATE: u32 = 44_100;
+/// Numbers the WebSocket contexts of this process.
+static CONTEXTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Cartesia's settings.
 #[derive(Debug, Clone)]
@@ -108,6 +111,71 @@ impl Cartesia {
             })
             .unwrap_or_else(|| body.chars().take(200).collect());
         Err(http_failure("cartesia", status, &detail))
+    }
+}
+
+/// A message of `/tts/websocket`: `chunk` (base64 audio), `done`, `error`, or another
+/// (timestamps, flushes) that a session does not use.
+#[derive(Deserialize)]
+struct WireMessage {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    data: Option<String>,
+    #[serde(default)]
+    done: bool,
+    #[serde(default)]
+    status_code: Option<u16>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// What the socket said next: audio, the end of the generation (`None`), or why it failed.
+async fn next_audio(ws: &mut Socket, limit: Duration) -> Result<Option<Vec<u8>>, VoiceFailure> {
+    use base64::Engine as _;
+    use futures::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let next = tokio::time::timeout(limit, ws.next())
+            .await
+            .map_err(|_| VoiceFailure::Unavailable(format!("no audio within {limit:?}")))?;
+        let text = match next {
+            None | Some(Ok(Message::Close(_))) => {
+                return Err(VoiceFailure::Unavailable(
+                    "the socket closed before the speech was done".into(),
+                ))
+            }
+            Some(Err(e)) => {
+                return Err(VoiceFailure::Unavailable(format!("the socket broke: {e}")))
+            }
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(_)) => continue,
+        };
+        let msg: WireMessage = serde_json::from_str(&text)
+            .map_err(|e| VoiceFailure::Unavailable(format!("a message we cannot read ({e})")))?;
+        match msg.kind.as_str() {
+            "chunk" => {
+                let audio = base64::engine::general_purpose::STANDARD
+                    .decode(msg.data.unwrap_or_default())
+                    .map_err(|e| VoiceFailure::Unavailable(format!("audio we cannot read: {e}")))?;
+                return Ok(Some(audio));
+            }
+            "error" => {
+                let detail = msg.error.or(msg.message).unwrap_or_default();
+                return Err(http_failure(
+                    "cartesia",
+                    msg.status_code.unwrap_or(500),
+                    &detail,
+                ));
+            }
+            _ if msg.done => return Ok(None),
+            _ => {}
+        }
     }
 }
 
@@ -227,6 +295,84 @@ impl VoiceProvider for Cartesia {
             seconds,
             voice: voice.to_owned(),
         })
+    }
+
+    async fn stream(&self, speech: &Speech, rate: u32) -> Result<PcmStream, VoiceFailure> {
+        use futures::SinkExt as _;
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+        let limit = self.settings.timeout;
+        let base = &self.settings.base_url;
+        let url = if let Some(rest) = base.strip_prefix("https://") {
+            format!("wss://{rest}/tts/websocket")
+        } else {
+            format!("ws://{}/tts/websocket", base.trim_start_matches("http://"))
+        };
+        let unusable = |e: &dyn std::fmt::Display| VoiceFailure::Unavailable(format!("{e}"));
+        let mut req = url.into_client_request().map_err(|e| unusable(&e))?;
+        let headers = req.headers_mut();
+        headers.insert(
+            "cartesia-version",
+            self.settings.version.parse().map_err(|e| unusable(&e))?,
+        );
+        headers.insert(
+            "authorization",
+            format!("Bearer {}", self.settings.api_key)
+                .parse()
+                .map_err(|e| unusable(&e))?,
+        );
+        let (mut ws, _) = tokio::time::timeout(limit, tokio_tungstenite::connect_async(req))
+            .await
+            .map_err(|_| VoiceFailure::Unavailable(format!("timed out after {limit:?}")))?
+            .map_err(|e| match e {
+                WsError::Http(resp) => {
+                    let body = resp
+                        .body()
+                        .as_deref()
+                        .map(|b| String::from_utf8_lossy(b).into_owned())
+                        .unwrap_or_default();
+                    let detail = serde_json::from_str::<Value>(&body)
+                        .ok()
+                        .and_then(|v| v["error"].as_str().map(str::to_owned))
+                        .unwrap_or(body);
+                    http_failure("cartesia", resp.status().as_u16(), &detail)
+                }
+                other => VoiceFailure::Unavailable(format!("unreachable: {other}")),
+            })?;
+        let voice = speech.voice.as_deref().unwrap_or(DEFAULT_VOICE);
+        let request = json!({
+            "model_id": TTS_MODEL,
+            "transcript": speech.text,
+            "voice": {"mode": "id", "id": voice},
+            "output_format": {"container": "raw", "encoding": "pcm_s16le", "sample_rate": rate},
+            "context_id": format!("cognomega-{}", CONTEXTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
+            "continue": false,
+        });
+        ws.send(Message::Text(request.to_string().into()))
+            .await
+            .map_err(|e| VoiceFailure::Unavailable(format!("the socket broke: {e}")))?;
+        // The first chunk (or the refusal) before answering: one that cannot start falls over.
+        let Some(first) = next_audio(&mut ws, limit).await? else {
+            return Ok(Box::pin(futures::stream::empty()));
+        };
+        let state = (Some(ws), Some(first));
+        Ok(Box::pin(futures::stream::unfold(
+            state,
+            move |(ws, first)| async move {
+                if let Some(audio) = first {
+                    return Some((Ok(audio), (ws, None)));
+                }
+                let mut ws = ws?;
+                match next_audio(&mut ws, limit).await {
+                    Ok(Some(audio)) => Some((Ok(audio), (Some(ws), None))),
+                    Ok(None) => {
+                        let _ = ws.close(None).await;
+                        None
+                    }
+                    Err(e) => Some((Err(format!("cartesia: {e}")), (None, None))),
+                }
+            },
+        )))
     }
 
     async fn transcribe(

@@ -384,7 +384,8 @@ struct CartesiaInner {
 }
 
 /// A stand-in for Cartesia on loopback: `POST /tts/bytes` (WAV or MP3 of 50 ms per character
-/// of the transcript, at the requested sample rate), `GET /voices`, `POST /stt` (multipart,
+/// of the transcript, at the requested sample rate), `GET /tts/websocket` (the same audio as
+/// raw `pcm_s16le` in `chunk` messages of 100 ms, then `done`, per context), `GET /voices`, `POST /stt` (multipart,
 /// a fixed transcript with word timestamps). It checks what Cartesia checks (the version
 /// header, the bearer key, the body's fields and values) and answers errors in Cartesia's
 /// shape (`{"error": …}`), and can be switched to fail every call with a status.
@@ -406,6 +407,7 @@ impl FakeCartesia {
         });
         let app = Router::new()
             .route("/tts/bytes", post(cartesia_tts))
+            .route("/tts/websocket", axum::routing::get(cartesia_websocket))
             .route("/voices", axum::routing::get(cartesia_voices))
             .route("/stt", post(cartesia_stt))
             .with_state(inner.clone());
@@ -535,6 +537,90 @@ async fn cartesia_tts(
             "output_format: container wav (encoding pcm_s16le) or mp3",
         ),
     }
+}
+
+/// `/tts/websocket`: the handshake checked and recorded as a call, then each generation
+/// request (recorded as a call with its body) answered in chunks.
+async fn cartesia_websocket(
+    State(inner): State<Arc<CartesiaInner>>,
+    headers: http::HeaderMap,
+    upgrade: axum::extract::ws::WebSocketUpgrade,
+) -> Response {
+    if let Some(refused) = cartesia_gate(&inner, "/tts/websocket", &headers, Value::Null) {
+        return refused;
+    }
+    let version = headers
+        .get("cartesia-version")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let authorization = auth(&headers);
+    upgrade.on_upgrade(move |mut socket| async move {
+        use axum::extract::ws::Message;
+        while let Some(Ok(msg)) = socket.recv().await {
+            let Message::Text(text) = msg else { continue };
+            let req: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            inner
+                .calls
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(CartesiaCall {
+                    path: "/tts/websocket".into(),
+                    version: version.clone(),
+                    authorization: authorization.clone(),
+                    body: req.clone(),
+                });
+            for out in cartesia_generation(&req) {
+                if socket
+                    .send(Message::Text(out.to_string().into()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    })
+}
+
+/// The messages answering one `/tts/websocket` generation request.
+fn cartesia_generation(req: &Value) -> Vec<Value> {
+    use base64::Engine as _;
+    let context = req["context_id"].clone();
+    let error = |message: &str| {
+        vec![
+            json!({"type": "error", "done": true, "status_code": 400, "error": message, "context_id": context}),
+        ]
+    };
+    let transcript = req["transcript"].as_str().unwrap_or_default();
+    if req["model_id"].as_str().is_none() || transcript.is_empty() || !context.is_string() {
+        return error("model_id, transcript and context_id are required");
+    }
+    if req["voice"]["mode"] != "id" || req["voice"]["id"].as_str().is_none() {
+        return error("voice must be {\"mode\":\"id\",\"id\":…}");
+    }
+    let format = &req["output_format"];
+    let rate = format["sample_rate"].as_u64().unwrap_or(0);
+    if format["container"] != "raw"
+        || format["encoding"] != "pcm_s16le"
+        || ![8000, 16000, 22050, 24000, 44100, 48000].contains(&rate)
+    {
+        return error("output_format: container raw, encoding pcm_s16le, a supported sample_rate");
+    }
+    let rate = u32::try_from(rate).unwrap_or(16_000);
+    let frames = (transcript.chars().count() as u64 * u64::from(rate)) / 20;
+    let Ok(wav) = fake_wav(rate, frames) else {
+        return error("internal error");
+    };
+    let pcm = &wav[44.min(wav.len())..];
+    let mut out: Vec<Value> = pcm
+        .chunks(rate as usize / 5)
+        .map(|c| {
+            json!({"type": "chunk", "data": base64::engine::general_purpose::STANDARD.encode(c),
+                   "done": false, "status_code": 206, "step_time": 1, "context_id": context})
+        })
+        .collect();
+    out.push(json!({"type": "done", "done": true, "status_code": 206, "context_id": context}));
+    out
 }
 
 /// A tone of `frames` 16-bit mono samples.

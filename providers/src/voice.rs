@@ -17,6 +17,10 @@ use cognomega_core::voice::{
 use tokio::io::AsyncWriteExt as _;
 use tokio::process::Command;
 
+/// Speech as it is produced: 16-bit little-endian mono PCM, chunk by chunk (a failure after the
+/// first chunk ends the stream with it).
+pub type PcmStream = futures::stream::BoxStream<'static, Result<Vec<u8>, String>>;
+
 /// One voice provider.
 #[async_trait::async_trait]
 pub trait VoiceProvider: Send + Sync + std::fmt::Debug {
@@ -26,6 +30,22 @@ pub trait VoiceProvider: Send + Sync + std::fmt::Debug {
     async fn voices(&self) -> Result<Vec<VoiceInfo>, VoiceFailure>;
     /// Speaks.
     async fn synthesize(&self, speech: &Speech) -> Result<Spoken, VoiceFailure>;
+    /// Speaks `speech` (its text and voice) as 16-bit mono PCM at `rate`, chunk by chunk as it
+    /// is produced; answers once the first chunk is there, so a provider that cannot start
+    /// falls over to the next. The default speaks the whole text as WAV and hands its samples
+    /// over as one chunk.
+    async fn stream(&self, speech: &Speech, rate: u32) -> Result<PcmStream, VoiceFailure> {
+        let whole = Speech {
+            format: AudioFormat::Wav,
+            sample_rate: Some(rate),
+            ..speech.clone()
+        };
+        let spoken = self.synthesize(&whole).await?;
+        let pcm = cognomega_core::voice::session::pcm_of_wav_at(&spoken.audio, rate)
+            .map_err(|e| VoiceFailure::Unavailable(format!("audio we cannot read: {e}")))?
+            .to_vec();
+        Ok(Box::pin(futures::stream::once(async move { Ok(pcm) })))
+    }
     /// Transcribes `audio` (already measured and within the caller's caps).
     async fn transcribe(
         &self,
@@ -319,6 +339,15 @@ impl Voices {
     pub async fn synthesize(&self, speech: &Speech) -> Result<Answered<Spoken>, Refusal> {
         self.route("tts", speech.provider.as_deref(), |p| p.synthesize(speech))
             .await
+    }
+
+    /// Speaks as a stream of 16-bit mono PCM at `rate` with the first provider that starts
+    /// (a realtime session's speech; Cartesia streams over its WebSocket).
+    pub async fn stream(&self, speech: &Speech, rate: u32) -> Result<Answered<PcmStream>, Refusal> {
+        self.route("session", speech.provider.as_deref(), |p| {
+            p.stream(speech, rate)
+        })
+        .await
     }
 
     /// Transcribes with the first provider that can.

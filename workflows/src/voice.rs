@@ -13,6 +13,7 @@ use cognomega_core::auth::Tier;
 use cognomega_core::billing::PriceTable;
 use cognomega_core::queue::MaybeSendSync;
 use cognomega_core::sql::{Executor, Outbound, SqlError, Transaction};
+use futures::StreamExt as _;
 
 use crate::submit::{Input, Submit, SubmitSettings, Submitted, WriteHost};
 use cognomega_core::voice::{
@@ -45,6 +46,33 @@ pub trait VoiceHost: MaybeSendSync {
     /// Speaks, with the providers in order (or only the one `speech` names).
     async fn synthesize(&self, speech: &Speech) -> Result<Answered<Spoken>, Refusal>;
 
+    /// Speaks `speech` as 16-bit mono PCM at `rate`, chunk by chunk as the provider produces it
+    /// (a session's speech, sent on as it comes). The default speaks it whole
+    /// ([`Self::synthesize`], as WAV at `rate`) and hands its samples over as one chunk.
+    async fn speak_pcm(&self, speech: &Speech, rate: u32) -> Result<Answered<PcmChunks>, Refusal> {
+        let whole = Speech {
+            format: AudioFormat::Wav,
+            sample_rate: Some(rate),
+            ..speech.clone()
+        };
+        let spoken = self.synthesize(&whole).await?;
+        let pcm = cognomega_core::voice::session::pcm_of_wav_at(&spoken.value.audio, rate)
+            .map_err(|e| {
+                Refusal::new(
+                    502,
+                    "voice_provider_failed",
+                    format!("{} answered audio we cannot read: {e}", spoken.provider),
+                )
+            })?
+            .to_vec();
+        let chunks: PcmChunks = Box::pin(futures::stream::once(async move { Ok(pcm) }));
+        Ok(Answered {
+            provider: spoken.provider,
+            skipped: spoken.skipped,
+            value: chunks,
+        })
+    }
+
     /// Transcribes, with the providers in order.
     async fn transcribe(
         &self,
@@ -69,6 +97,14 @@ pub trait VoiceHost: MaybeSendSync {
     /// A fresh id (UUIDv7): the request's billing id.
     fn fresh_id(&self) -> String;
 }
+
+/// Speech as it is produced: 16-bit little-endian mono PCM, chunk by chunk; a failure after
+/// the first chunk ends the stream with it.
+#[cfg(not(target_arch = "wasm32"))]
+pub type PcmChunks = futures::stream::BoxStream<'static, Result<Vec<u8>, String>>;
+/// Speech as it is produced (the edge's futures are not `Send`).
+#[cfg(target_arch = "wasm32")]
+pub type PcmChunks = futures::stream::LocalBoxStream<'static, Result<Vec<u8>, String>>;
 
 /// The settings the voice service reads: the same names on both hosts.
 #[derive(Debug, Clone, Copy)]
@@ -699,7 +735,7 @@ async fn converse<H: VoiceHost, S: SessionSocket>(
                         sample_rate: Some(proto::SAMPLE_RATE),
                         provider: None,
                     };
-                    let spoken = match host.synthesize(&speech).await {
+                    let spoken = match host.speak_pcm(&speech, proto::SAMPLE_RATE).await {
                         Ok(s) => s,
                         Err(e) => {
                             let error = serde_json::json!({"type": "error", "code": e.code, "message": e.message});
@@ -716,51 +752,89 @@ async fn converse<H: VoiceHost, S: SessionSocket>(
                             break;
                         }
                     };
-                    let pcm = match proto::pcm_of_wav(&spoken.value.audio) {
-                        Ok(p) => p,
-                        Err(e) => {
-                            host.warn(&format!("voice session {}: {e}", opened.id));
-                            break;
-                        }
-                    };
-                    // Only what the cap allows is sent (and billed).
-                    let allowed =
-                        usize::try_from((cap_ms - used_ms) * proto::BYTES_PER_SECOND as i64 / 1000)
-                            .unwrap_or(0);
-                    let pcm = &pcm[..pcm.len().min(allowed) & !1];
-                    let ms = (pcm.len() * 1000 / proto::BYTES_PER_SECOND) as i64;
-                    // Recorded before it is sent: audio that left is never unbilled.
-                    if !record(host, &opened.id, ms).await {
-                        return End::Close(
-                            proto::CLOSE_LOST,
-                            "session_lost: settled elsewhere".into(),
-                        );
-                    }
-                    used_ms += ms;
-                    spoken_ms += ms;
-                    host.billed(&spoken.provider, "session", ms as f64 / 1000.0);
-                    for frame in pcm.chunks(proto::FRAME_BYTES) {
-                        match peek(socket, &mut queued) {
-                            Peeked::Nothing => {}
-                            Peeked::Close => {
-                                return End::Close(
-                                    proto::CLOSE_NORMAL,
-                                    "closed by the client".into(),
-                                )
+                    let provider = spoken.provider;
+                    let mut chunks = spoken.value;
+                    // Speech goes on in whole frames as it comes; the rest when it ends.
+                    let mut pending: Vec<u8> = Vec::new();
+                    let (mut ended, mut failed) = (false, false);
+                    while !ended {
+                        match chunks.next().await {
+                            Some(Ok(chunk)) => pending.extend_from_slice(&chunk),
+                            Some(Err(e)) => {
+                                host.warn(&format!("voice session {}: {e}", opened.id));
+                                let error = serde_json::json!({"type": "error", "code": "voice_provider_failed", "message": e});
+                                if !socket.send_text(error.to_string()).await {
+                                    return End::Gone;
+                                }
+                                (ended, failed) = (true, true);
                             }
-                            Peeked::Gone => return End::Gone,
+                            None => ended = true,
                         }
-                        match send_beating(host, &opened.id, socket, frame.to_vec(), beat_ms).await
-                        {
-                            Sent::Taken => {}
-                            Sent::Gone => return End::Gone,
-                            Sent::Lost => {
+                        let ready = if ended {
+                            pending.len() & !1
+                        } else {
+                            pending.len() / proto::FRAME_BYTES * proto::FRAME_BYTES
+                        };
+                        if ready == 0 {
+                            continue;
+                        }
+                        let out: Vec<u8> = pending.drain(..ready).collect();
+                        // Only what the cap allows is sent (and billed).
+                        let allowed = usize::try_from(
+                            (cap_ms - used_ms) * proto::BYTES_PER_SECOND as i64 / 1000,
+                        )
+                        .unwrap_or(0);
+                        let pcm = &out[..out.len().min(allowed) & !1];
+                        if !pcm.is_empty() {
+                            let ms = (pcm.len() * 1000 / proto::BYTES_PER_SECOND) as i64;
+                            // Recorded before it is sent: audio that left is never unbilled.
+                            if !record(host, &opened.id, ms).await {
                                 return End::Close(
                                     proto::CLOSE_LOST,
                                     "session_lost: settled elsewhere".into(),
+                                );
+                            }
+                            used_ms += ms;
+                            spoken_ms += ms;
+                            host.billed(&provider, "session", ms as f64 / 1000.0);
+                            for frame in pcm.chunks(proto::FRAME_BYTES) {
+                                match peek(socket, &mut queued) {
+                                    Peeked::Nothing => {}
+                                    Peeked::Close => {
+                                        return End::Close(
+                                            proto::CLOSE_NORMAL,
+                                            "closed by the client".into(),
+                                        )
+                                    }
+                                    Peeked::Gone => return End::Gone,
+                                }
+                                match send_beating(
+                                    host,
+                                    &opened.id,
+                                    socket,
+                                    frame.to_vec(),
+                                    beat_ms,
                                 )
+                                .await
+                                {
+                                    Sent::Taken => {}
+                                    Sent::Gone => return End::Gone,
+                                    Sent::Lost => {
+                                        return End::Close(
+                                            proto::CLOSE_LOST,
+                                            "session_lost: settled elsewhere".into(),
+                                        )
+                                    }
+                                }
                             }
                         }
+                        if pcm.len() < out.len() {
+                            // The cap: the next sentence closes the session.
+                            break;
+                        }
+                    }
+                    if failed {
+                        break;
                     }
                 }
                 let done = serde_json::json!({"type": "spoken", "seconds": spoken_ms as f64 / 1000.0, "audio_seconds": used_ms as f64 / 1000.0});

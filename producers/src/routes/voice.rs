@@ -458,6 +458,14 @@ impl VoiceHost for AppState {
         self.voice.synthesize(speech).await
     }
 
+    async fn speak_pcm(
+        &self,
+        speech: &Speech,
+        rate: u32,
+    ) -> Result<Answered<voice::PcmChunks>, Refusal> {
+        self.voice.stream(speech, rate).await
+    }
+
     async fn transcribe(
         &self,
         audio: &[u8],
