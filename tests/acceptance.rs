@@ -1907,7 +1907,8 @@ async fn session_json(
 
 /// o. A realtime voice session (`GET /voice/sessions`, a WebSocket): admitted with the token as
 /// a subprotocol (a bad one refused 401, a plain GET 426), speech streamed as 16 kHz PCM frames
-/// of at most 100 ms whose length is what `spoken` says, what the client sends back transcribed
+/// of at most 100 ms whose length is what `spoken` says, in order and whole to a client that
+/// stops reading for two seconds, what the client sends back transcribed
 /// on `flush`, a frame that is not the protocol closed with 4400 and a text over the tier's cap
 /// with 4413, and the session's audio settled once after the client hangs up without a word.
 async fn voice_session_streams_and_settles_once(t: Target) -> anyhow::Result<()> {
@@ -1947,8 +1948,10 @@ async fn voice_session_streams_and_settles_once(t: Target) -> anyhow::Result<()>
     assert_eq!(ready["sample_rate"], SAMPLE_RATE);
     assert!(ready["session_id"].as_str().is_some_and(|s| !s.is_empty()));
 
+    // A reader that stops for two seconds (the server pauses or paces, and loses nothing).
     let text = json!({"type": "text", "text": "Hello from the session. It speaks in order."});
     ws.send(Message::Text(text.to_string().into())).await?;
+    sleep(Duration::from_secs(2)).await;
     let (frames, spoken) = session_json(&mut ws).await?;
     assert_eq!(spoken["type"], "spoken", "{spoken}");
     assert!(!frames.is_empty());
@@ -1967,6 +1970,7 @@ async fn voice_session_streams_and_settles_once(t: Target) -> anyhow::Result<()>
         (said - seconds).abs() < 0.01,
         "spoken {said} s, received {seconds} s"
     );
+    let first_sentence = pcm.clone();
 
     for chunk in pcm.chunks(BYTES_PER_SECOND) {
         ws.send(Message::Binary(chunk.to_vec().into())).await?;
@@ -2028,7 +2032,24 @@ async fn voice_session_streams_and_settles_once(t: Target) -> anyhow::Result<()>
             )
         },
     )
-    .await
+    .await?;
+
+    // In order: the stream starts with the first sentence's speech, sample for sample what a
+    // synthesis of that sentence alone at 16 kHz answers.
+    let alone = send(t.post("/voice/tts").bearer_auth(&g.token).json(
+        &json!({"text": "Hello from the session.", "format": "wav", "sample_rate": SAMPLE_RATE}),
+    ))
+    .await?;
+    assert_eq!(alone.status, StatusCode::OK, "{}", alone.what);
+    let alone = cognomega_core::voice::session::pcm_of_wav(&alone.body)
+        .map_err(anyhow::Error::msg)?
+        .to_vec();
+    assert!(first_sentence.len() > alone.len());
+    assert!(
+        first_sentence[..alone.len()] == alone[..],
+        "the stream does not start with the first sentence"
+    );
+    Ok(())
 }
 
 /// p. A text sent with `Prefer: respond-async` renders as a `tts_render` job (202, the ordinary
