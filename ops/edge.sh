@@ -347,7 +347,9 @@ case "$cmd" in
     export WRANGLER_LOG="${WRANGLER_LOG:-info}"
     background
     say "HTTP acceptance suite against the edge stack"
+    # The suite's host-death scenario writes a stale voice session row into the edge database.
     if ! COGNOMEGA_ACCEPTANCE_URL="http://127.0.0.1:$port" COGNOMEGA_ACCEPTANCE_ADMIN_KEY="$admin_key" \
+      COGNOMEGA_ACCEPTANCE_DATABASE_URL="postgres://$pguser@$pghost:$pgport/$db" \
       cargo nextest run --locked --test acceptance --no-fail-fast "$@"; then
       say "the Workers' errors (from $edge_state/wrangler.log):"
       grep -E "ERROR|✘|Uncaught|panicked|edge-guard" "$edge_state/wrangler.log" | tail -60 >&2 || true

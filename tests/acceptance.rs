@@ -3,7 +3,9 @@
 //!
 //! Target selection:
 //! - `COGNOMEGA_ACCEPTANCE_URL` set: every scenario runs once against that base URL, with the
-//!   admin key from `COGNOMEGA_ACCEPTANCE_ADMIN_KEY` (required then).
+//!   admin key from `COGNOMEGA_ACCEPTANCE_ADMIN_KEY` (required then) and its database from
+//!   `COGNOMEGA_ACCEPTANCE_DATABASE_URL` (required by the one scenario that plays a host dying
+//!   mid-session by writing a stale session row).
 //! - otherwise: every scenario runs against the real `cognomega serve` binary, started here on
 //!   a free loopback port with a temporary data directory, an admin key, a clamd (started by
 //!   `ops/clamd.sh`), a loopback fake model provider (OpenAI and Workers AI protocols) and a
@@ -40,6 +42,9 @@ use tokio::time::{sleep, Instant};
 const URL_ENV: &str = "COGNOMEGA_ACCEPTANCE_URL";
 /// Its admin key (`X-Admin-Key`); required when [`URL_ENV`] is set.
 const ADMIN_KEY_ENV: &str = "COGNOMEGA_ACCEPTANCE_ADMIN_KEY";
+/// Its database, for the scenario that plays a host dying mid-session (a session row whose
+/// heart stopped); required by that scenario when [`URL_ENV`] is set.
+const DATABASE_ENV: &str = "COGNOMEGA_ACCEPTANCE_DATABASE_URL";
 
 /// The admin key of the native server started here.
 const NATIVE_ADMIN_KEY: &str = "acceptance-admin-key-0123456789";
@@ -63,6 +68,8 @@ struct Target {
     client: reqwest::Client,
     /// What it is, for failure messages.
     name: String,
+    /// Its database (the native server's own; for a deployment, [`DATABASE_ENV`]).
+    database: Option<cognomega_stores::DatabaseUrl>,
 }
 
 impl Target {
@@ -82,6 +89,7 @@ impl Target {
             admin_key: admin_key.to_owned(),
             client,
             name,
+            database: None,
         })
     }
 
@@ -1669,7 +1677,8 @@ impl Native {
         .stdout(Stdio::null())
         .kill_on_drop(true);
         let (child, url) = cognomega_testkit::spawn_serve(cmd).await?;
-        let target = Target::new(&url, NATIVE_ADMIN_KEY, format!("native {backend}"))?;
+        let mut target = Target::new(&url, NATIVE_ADMIN_KEY, format!("native {backend}"))?;
+        target.database = Some(tdb.url().clone());
         Ok(Self {
             child,
             target,
@@ -1746,7 +1755,10 @@ where
         let key = std::env::var(ADMIN_KEY_ENV).map_err(|_| {
             anyhow::anyhow!("{URL_ENV} is set, so {ADMIN_KEY_ENV} must be too (its admin key)")
         })?;
-        let target = Target::new(&base, &key, base.clone())?;
+        let mut target = Target::new(&base, &key, base.clone())?;
+        if let Ok(url) = std::env::var(DATABASE_ENV) {
+            target.database = Some(cognomega_stores::DatabaseUrl::parse(&url)?);
+        }
         return scenario(target).await;
     }
     let on = |backend: Backend| {
@@ -2123,6 +2135,78 @@ async fn tts_renders_as_a_job(t: Target) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// q. A voice session whose host died (its row open, its heart stopped: natively a killed
+/// process, on the edge an evicted Durable Object) is settled by the sweep — natively the
+/// server's own, on the edge the relay cron (`POST /admin/outbox/relay` runs it) — once, as the
+/// audio it had recorded, however often the sweep runs.
+async fn stale_voice_session_settles_once(t: Target) -> anyhow::Result<()> {
+    use cognomega_core::sql::Executor as _;
+    let url = t.database.clone().ok_or_else(|| {
+        anyhow::anyhow!("this scenario plays a host dying mid-session: set {DATABASE_ENV}")
+    })?;
+    let g = guest(&t).await?;
+    let grant = wait_grant(&t, &g).await?;
+    let mut db = cognomega_stores::Database::connect(&url).await?;
+    let id = uuid::Uuid::now_v7().to_string();
+    let ten_minutes_ago = chrono::Utc::now().timestamp_millis() - 600_000;
+    db.execute(
+        cognomega_core::voice::session::OPEN,
+        &[
+            id.as_str().into(),
+            g.tenant_id.as_str().into(),
+            ten_minutes_ago.into(),
+        ],
+    )
+    .await?;
+    db.execute(
+        "UPDATE voice_sessions SET audio_ms = $2 WHERE id = $1",
+        &[id.as_str().into(), 2_500i64.into()],
+    )
+    .await?;
+    let sweep = || async {
+        // The edge's sweep runs with the relay; the native server sweeps on its own (404 here).
+        send(t.admin(Method::POST, "/admin/outbox/relay"))
+            .await
+            .map(|_| ())
+    };
+    poll(
+        "the stale session settled",
+        Duration::from_secs(90),
+        || async {
+            sweep().await?;
+            let usage = send(t.get("/usage").bearer_auth(&g.token))
+                .await?
+                .expect(StatusCode::OK)?;
+            let audio = &usage["totals"]["audio_seconds"];
+            Ok(if audio["events"] == 1 && audio["quantity"] == 3 {
+                Ok(())
+            } else {
+                Err(usage.to_string())
+            })
+        },
+    )
+    .await?;
+    let closed = db
+        .query_opt(
+            "SELECT COUNT(*) FROM voice_sessions WHERE id = $1 AND closed_at IS NOT NULL",
+            &[id.as_str().into()],
+        )
+        .await?
+        .map(|r| r.int(0))
+        .transpose()?;
+    assert_eq!(closed, Some(1), "the session row is closed");
+    // Swept again: nothing more to bill.
+    sweep().await?;
+    sleep(Duration::from_secs(3)).await;
+    let usage = send(t.get("/usage").bearer_auth(&g.token))
+        .await?
+        .expect(StatusCode::OK)?;
+    assert_eq!(usage["totals"]["audio_seconds"]["events"], 1, "{usage}");
+    let settled = settled_balance(&t, &g, grant).await?;
+    assert!(settled < grant, "the session's credits were charged");
+    Ok(())
+}
+
 macro_rules! scenarios {
     ($($name:ident),* $(,)?) => {
         mod scenarios {
@@ -2154,4 +2238,5 @@ scenarios!(
     voice_speaks_hears_and_bills_once,
     voice_session_streams_and_settles_once,
     tts_renders_as_a_job,
+    stale_voice_session_settles_once,
 );

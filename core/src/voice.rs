@@ -582,6 +582,21 @@ pub mod session {
         Close,
     }
 
+    /// A close frame's reason: at most 123 bytes (RFC 6455 leaves that much beside the code),
+    /// cut at a character boundary.
+    #[must_use]
+    pub fn close_reason(reason: &str) -> &str {
+        const MAX: usize = 123;
+        if reason.len() <= MAX {
+            return reason;
+        }
+        let mut end = MAX;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        &reason[..end]
+    }
+
     /// Parses a text frame; the reason when it is not the protocol.
     pub fn parse(frame: &str) -> Result<ClientMessage, String> {
         serde_json::from_str(frame).map_err(|e| {
@@ -678,6 +693,11 @@ pub mod session {
             assert!(parse("hello").is_err());
             assert_eq!(sentences("One. Two! three"), ["One.", "Two!", "three"]);
             assert_eq!(sentences(" ... "), Vec::<&str>::new());
+            assert_eq!(close_reason("short"), "short");
+            let long = format!("text_too_long:{}", "é".repeat(100));
+            let cut = close_reason(&long);
+            assert!(cut.len() <= 123 && long.starts_with(cut), "{cut}");
+            assert_eq!(cut.len(), 122, "cut before a two-byte character");
         }
 
         #[test]

@@ -220,17 +220,11 @@ impl FromRequestParts<AppState> for Authenticated {
             return Ok(done);
         }
         let token = bearer_token(&parts.headers).ok_or_else(|| {
-            if parts.headers.contains_key(header::AUTHORIZATION) {
-                unauthorized(
-                    "missing_token",
-                    "the Authorization header must be: Bearer <token>",
-                )
-            } else {
-                unauthorized(
-                    "missing_token",
-                    "send Authorization: Bearer <token>; get one from POST /auth/guest",
-                )
-            }
+            let present = parts.headers.contains_key(header::AUTHORIZATION);
+            unauthorized(
+                "missing_token",
+                cognomega_core::auth::missing_token(present),
+            )
         })?;
         match state.auth.verify(token).await {
             Ok(claims) => {

@@ -36,6 +36,17 @@ pub use zeroize::Zeroizing;
 /// The subprotocol a WebSocket route answers with when the client offers it.
 pub const WEBSOCKET_PROTOCOL: &str = "cognomega";
 
+/// What a 401 `missing_token` says: how to send the token, or (when an `Authorization` header
+/// came but is not a bearer token) what it must look like.
+#[must_use]
+pub const fn missing_token(authorization_present: bool) -> &'static str {
+    if authorization_present {
+        "the Authorization header must be: Bearer <token>"
+    } else {
+        "send Authorization: Bearer <token>; get one from POST /auth/guest"
+    }
+}
+
 /// The bearer token of a request: its `Authorization: Bearer <token>` header when it has one
 /// (and nothing else then), else, for a WebSocket a browser opened (which cannot set
 /// `Authorization`), a subprotocol `bearer.<token>` offered beside [`WEBSOCKET_PROTOCOL`]

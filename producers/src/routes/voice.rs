@@ -405,7 +405,7 @@ impl voice::SessionSocket for Socket {
     async fn close(&mut self, code: u16, reason: &str) {
         let frame = axum::extract::ws::CloseFrame {
             code,
-            reason: reason.chars().take(120).collect::<String>().into(),
+            reason: cognomega_core::voice::session::close_reason(reason).into(),
         };
         let _ = self
             .ws

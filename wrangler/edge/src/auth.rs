@@ -145,17 +145,10 @@ pub async fn authenticate(req: &Request, env: &Env) -> Result<Claims, ApiError> 
     let protocols = req.headers().get("sec-websocket-protocol")?;
     let token = cognomega_core::auth::bearer_token(header.as_deref(), protocols.as_deref())
         .ok_or_else(|| {
-            if header.is_some() {
-                unauthorized(
-                    "missing_token",
-                    "the Authorization header must be: Bearer <token>",
-                )
-            } else {
-                unauthorized(
-                    "missing_token",
-                    "send Authorization: Bearer <token>; get one from POST /auth/guest",
-                )
-            }
+            unauthorized(
+                "missing_token",
+                cognomega_core::auth::missing_token(header.is_some()),
+            )
         })?;
     let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
     let now = UnixMillis(worker::Date::now().as_millis() as i64);

@@ -179,7 +179,7 @@ impl Caller {
             ApiError::new(
                 401,
                 "missing_token",
-                "send Authorization: Bearer <token>; get one from POST /auth/guest",
+                cognomega_core::auth::missing_token(false),
             )
         })
     }

@@ -614,7 +614,7 @@ impl voice::SessionSocket for Socket<'_> {
     }
 
     async fn close(&mut self, code: u16, reason: &str) {
-        let reason: String = reason.chars().take(120).collect();
+        let reason = cognomega_core::voice::session::close_reason(reason);
         let _ = self.ws.close(Some(code), Some(reason));
     }
 }
