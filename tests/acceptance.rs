@@ -2207,6 +2207,75 @@ async fn stale_voice_session_settles_once(t: Target) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// r. A client that floods a speaking session with audio is bounded, never buffered without
+/// limit: natively TCP backpressure pauses it and the audio it sent is over what one flush may
+/// hold (4413 `audio_too_long`); on the edge, which has no transport backpressure, the session
+/// holds at most 16 MiB unread (4413 `too_much_unread`). Either way the speech it got is billed
+/// once.
+async fn voice_session_flood_is_bounded(t: Target) -> anyhow::Result<()> {
+    use futures::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    use tokio_tungstenite::tungstenite::Message;
+    let g = guest(&t).await?;
+    wait_grant(&t, &g).await?;
+    let mut req = format!("{}/voice/sessions", t.base.replacen("http", "ws", 1))
+        .as_str()
+        .into_client_request()?;
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {}", g.token).parse()?);
+    let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+    let (mut sink, mut stream) = ws.split();
+    let text = "This sentence is spoken while the client floods the session. ".repeat(12);
+    sink.send(Message::Text(
+        json!({"type": "text", "text": text}).to_string().into(),
+    ))
+    .await?;
+    // 48 frames of 512 KiB (24 MiB), sent as fast as the server takes them.
+    let flood = tokio::spawn(async move {
+        for _ in 0..48 {
+            if sink
+                .send(Message::Binary(vec![0u8; 512 * 1024].into()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        sink
+    });
+    let closed = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(120), stream.next()).await?;
+        match msg {
+            Some(Ok(Message::Close(Some(f)))) => break (u16::from(f.code), f.reason.to_string()),
+            Some(Ok(Message::Close(None))) | None => anyhow::bail!("closed without a code"),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => anyhow::bail!("socket error: {e}"),
+        }
+    };
+    flood.abort();
+    assert_eq!(closed.0, 4413, "{closed:?}");
+    assert!(
+        closed.1.starts_with("audio_too_long") || closed.1.starts_with("too_much_unread"),
+        "{closed:?}"
+    );
+    poll(
+        "the flooded session settled once",
+        Duration::from_secs(90),
+        || async {
+            let usage = send(t.get("/usage").bearer_auth(&g.token))
+                .await?
+                .expect(StatusCode::OK)?;
+            let audio = &usage["totals"]["audio_seconds"];
+            Ok(if audio["events"] == 1 {
+                Ok(())
+            } else {
+                Err(usage.to_string())
+            })
+        },
+    )
+    .await
+}
+
 macro_rules! scenarios {
     ($($name:ident),* $(,)?) => {
         mod scenarios {
@@ -2239,4 +2308,5 @@ scenarios!(
     voice_session_streams_and_settles_once,
     tts_renders_as_a_job,
     stale_voice_session_settles_once,
+    voice_session_flood_is_bounded,
 );

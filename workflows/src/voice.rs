@@ -413,6 +413,9 @@ pub enum Recv {
     Closed,
     /// A frame over the size limit.
     TooLarge,
+    /// More unread messages than the host holds (a host without transport backpressure: the
+    /// client kept sending while the session spoke).
+    Flooded,
 }
 
 /// An admitted session, before its socket opens.
@@ -642,6 +645,7 @@ async fn converse<H: VoiceHost, S: SessionSocket>(
         };
         let text = match message {
             Recv::Closed => return End::Gone,
+            Recv::Flooded => return flooded(),
             Recv::TooLarge => {
                 return End::Close(
                     proto::CLOSE_INVALID,
@@ -807,6 +811,7 @@ async fn converse<H: VoiceHost, S: SessionSocket>(
                                         )
                                     }
                                     Peeked::Gone => return End::Gone,
+                                    Peeked::Flooded => return flooded(),
                                 }
                                 match send_beating(
                                     host,
@@ -874,6 +879,14 @@ async fn converse<H: VoiceHost, S: SessionSocket>(
     }
 }
 
+/// The close for [`Recv::Flooded`].
+fn flooded() -> End {
+    End::Close(
+        cognomega_core::voice::session::CLOSE_CAP,
+        "too_much_unread: the client sent more than the session holds while it spoke; wait for `spoken` before sending more".into(),
+    )
+}
+
 /// The most messages read ahead while speaking; beyond, the client waits (TCP backpressure).
 const READ_AHEAD: usize = 16;
 
@@ -882,6 +895,7 @@ enum Peeked {
     Nothing,
     Close,
     Gone,
+    Flooded,
 }
 
 /// Reads what the client already sent, without waiting: a `close` (or a hang-up) is answered
@@ -891,6 +905,7 @@ fn peek<S: SessionSocket>(socket: &mut S, queued: &mut std::collections::VecDequ
         match socket.try_recv() {
             None => break,
             Some(Recv::Closed) => return Peeked::Gone,
+            Some(Recv::Flooded) => return Peeked::Flooded,
             Some(Recv::Text(t))
                 if cognomega_core::voice::session::parse(&t)
                     == Ok(cognomega_core::voice::session::ClientMessage::Close) =>

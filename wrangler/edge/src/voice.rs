@@ -508,11 +508,7 @@ impl VoiceSession {
             let host = Writes::new(&env, &db);
             match server.events() {
                 Ok(events) => {
-                    let mut socket = Socket {
-                        ws: &server,
-                        events,
-                        due_ms: 0.0,
-                    };
+                    let mut socket = Socket::new(&server, events);
                     voice::run_session(
                         &host,
                         settings(&env, &file.voice, &billing),
@@ -556,11 +552,81 @@ pub async fn settle_stale(env: &Env, db: &tokio_postgres::Client) -> Result<usiz
 /// instead: it runs at most [`LEAD_MS`] ahead of real-time playback, and what a client that
 /// stops reading can make this Object hold grows at most at the speech's own rate (32 KB/s),
 /// within the tier's audio cap per session.
+///
+/// Nor is there backpressure the other way: the runtime delivers a client's messages however
+/// fast they come. So what the session has not read yet is taken off the runtime's queue
+/// into an inbox of at most [`INBOX_BYTES`] (drained before every frame sent, so the queue
+/// stays short while the session speaks); a client that sends more is closed with 4413
+/// `too_much_unread`.
 struct Socket<'a> {
     ws: &'a WebSocket,
     events: EventStream<'a>,
     /// When the client has played everything sent so far, at real time (epoch ms).
     due_ms: f64,
+    /// Messages taken off the runtime's queue, not read by the session yet.
+    inbox: std::collections::VecDeque<Recv>,
+    /// Their bytes.
+    inbox_bytes: usize,
+    /// The inbox overflowed, or the client is gone: nothing more is taken.
+    done: bool,
+}
+
+/// The most bytes of a client's unread messages a session's Object holds.
+const INBOX_BYTES: usize = 16 * 1024 * 1024;
+
+impl<'a> Socket<'a> {
+    fn new(ws: &'a WebSocket, events: EventStream<'a>) -> Self {
+        Self {
+            ws,
+            events,
+            due_ms: 0.0,
+            inbox: std::collections::VecDeque::new(),
+            inbox_bytes: 0,
+            done: false,
+        }
+    }
+
+    /// Moves every message the runtime has delivered into the inbox.
+    fn drain(&mut self) {
+        while !self.done {
+            let Some(event) = self.events.next().now_or_never() else {
+                break;
+            };
+            let recv = received(event);
+            self.inbox_bytes += size(&recv);
+            if self.inbox_bytes > INBOX_BYTES {
+                self.inbox.clear();
+                self.inbox.push_back(Recv::Flooded);
+                self.done = true;
+                break;
+            }
+            self.done = matches!(recv, Recv::Closed);
+            self.inbox.push_back(recv);
+        }
+    }
+
+    /// The inbox's next message.
+    fn take(&mut self) -> Option<Recv> {
+        let recv = self.inbox.pop_front()?;
+        self.inbox_bytes -= size(&recv).min(self.inbox_bytes);
+        if matches!(recv, Recv::Flooded | Recv::Closed) {
+            // Said again to whoever asks next.
+            self.inbox.push_front(match recv {
+                Recv::Flooded => Recv::Flooded,
+                _ => Recv::Closed,
+            });
+        }
+        Some(recv)
+    }
+}
+
+/// A message's bytes (what the inbox counts).
+fn size(recv: &Recv) -> usize {
+    match recv {
+        Recv::Text(t) => t.len(),
+        Recv::Binary(b) => b.len(),
+        _ => 0,
+    }
 }
 
 fn received(event: Option<worker::Result<WebsocketEvent>>) -> Recv {
@@ -583,6 +649,13 @@ fn received(event: Option<worker::Result<WebsocketEvent>>) -> Recv {
 impl voice::SessionSocket for Socket<'_> {
     async fn recv(&mut self, wait: Duration) -> Recv {
         use futures::future::Either;
+        self.drain();
+        if let Some(recv) = self.take() {
+            return recv;
+        }
+        if self.done {
+            return Recv::Closed;
+        }
         let next = self.events.next();
         let idle = worker::Delay::from(wait);
         futures::pin_mut!(idle);
@@ -593,8 +666,8 @@ impl voice::SessionSocket for Socket<'_> {
     }
 
     fn try_recv(&mut self) -> Option<Recv> {
-        // A channel's next item: nothing is lost when it is not ready.
-        self.events.next().now_or_never().map(received)
+        self.drain();
+        self.take()
     }
 
     async fn send_text(&mut self, text: String) -> bool {
@@ -603,10 +676,12 @@ impl voice::SessionSocket for Socket<'_> {
 
     async fn send_binary(&mut self, bytes: Vec<u8>) -> bool {
         use cognomega_core::voice::session::BYTES_PER_SECOND;
+        self.drain();
         let now = worker::Date::now().as_millis() as f64;
         let ahead = self.due_ms - now - LEAD_MS;
         if ahead > 0.0 {
             worker::Delay::from(Duration::from_millis(ahead as u64)).await;
+            self.drain();
         }
         let now = worker::Date::now().as_millis() as f64;
         self.due_ms = self.due_ms.max(now) + bytes.len() as f64 * 1000.0 / BYTES_PER_SECOND as f64;
