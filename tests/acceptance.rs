@@ -30,6 +30,7 @@ use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use cognomega_pipelines::synth::Sketch;
 use cognomega_providers::fake::FakeProvider;
+use cognomega_testkit::ws::{close_frame, next_json};
 use cognomega_testkit::{Backend, TestDb};
 use reqwest::header::HeaderMap;
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -1872,49 +1873,36 @@ async fn voice_speaks_hears_and_bills_once(t: Target) -> anyhow::Result<()> {
     assert_eq!(code, "method_not_allowed");
 
     // Three answers, each settled once as its rounded-up seconds.
+    audio_settled(&t, &g, 3, Some((billed, grant))).await
+}
+
+/// Polls the guest's `audio_seconds` usage until it counts `events` events and, when given
+/// `(quantity, grant)`, that many seconds with the balance below the grant.
+async fn audio_settled(
+    t: &Target,
+    g: &Guest,
+    events: i64,
+    billed: Option<(i64, i64)>,
+) -> anyhow::Result<()> {
     poll(
-        "the voice usage settled",
-        Duration::from_secs(60),
+        "the audio usage settled",
+        Duration::from_secs(90),
         || async {
             let usage = send(t.get("/usage").bearer_auth(&g.token))
                 .await?
                 .expect(StatusCode::OK)?;
             let audio = &usage["totals"]["audio_seconds"];
-            Ok(
-                if audio["events"] == 3
-                    && audio["quantity"] == billed
-                    && balance(&t, &g).await? < grant
-                {
-                    Ok(())
-                } else {
-                    Err(usage.to_string())
-                },
-            )
+            let done = audio["events"] == events
+                && match billed {
+                    None => true,
+                    Some((quantity, grant)) => {
+                        audio["quantity"] == quantity && balance(t, g).await? < grant
+                    }
+                };
+            Ok(if done { Ok(()) } else { Err(usage.to_string()) })
         },
     )
     .await
-}
-
-/// The next JSON frame of a voice session, and the binary frames before it.
-async fn session_json(
-    ws: &mut tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-) -> anyhow::Result<(Vec<Vec<u8>>, Value)> {
-    use futures::StreamExt as _;
-    use tokio_tungstenite::tungstenite::Message;
-    let mut audio = Vec::new();
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(60), ws.next())
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("the session ended"))??;
-        match msg {
-            Message::Binary(b) => audio.push(b.to_vec()),
-            Message::Text(t) => return Ok((audio, serde_json::from_str(&t)?)),
-            Message::Close(frame) => anyhow::bail!("closed: {frame:?}"),
-            _ => {}
-        }
-    }
 }
 
 /// o. A realtime voice session (`GET /voice/sessions`, a WebSocket): admitted with the token as
@@ -1925,7 +1913,7 @@ async fn session_json(
 /// with 4413, and the session's audio settled once after the client hangs up without a word.
 async fn voice_session_streams_and_settles_once(t: Target) -> anyhow::Result<()> {
     use cognomega_core::voice::session::{BYTES_PER_SECOND, FRAME_BYTES, SAMPLE_RATE};
-    use futures::{SinkExt as _, StreamExt as _};
+    use futures::SinkExt as _;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
     use tokio_tungstenite::tungstenite::{Error as WsError, Message};
     let g = guest(&t).await?;
@@ -1954,7 +1942,7 @@ async fn voice_session_streams_and_settles_once(t: Target) -> anyhow::Result<()>
             .map(|v| v.as_bytes()),
         Some(&b"cognomega"[..])
     );
-    let (_, ready) = session_json(&mut ws).await?;
+    let (_, ready) = next_json(&mut ws).await?;
     assert_eq!(ready["type"], "ready", "{ready}");
     assert_eq!(ready["format"], "pcm_s16le");
     assert_eq!(ready["sample_rate"], SAMPLE_RATE);
@@ -1964,7 +1952,7 @@ async fn voice_session_streams_and_settles_once(t: Target) -> anyhow::Result<()>
     let text = json!({"type": "text", "text": "Hello from the session. It speaks in order."});
     ws.send(Message::Text(text.to_string().into())).await?;
     sleep(Duration::from_secs(2)).await;
-    let (frames, spoken) = session_json(&mut ws).await?;
+    let (frames, spoken) = next_json(&mut ws).await?;
     assert_eq!(spoken["type"], "spoken", "{spoken}");
     assert!(!frames.is_empty());
     for f in &frames {
@@ -1989,7 +1977,7 @@ async fn voice_session_streams_and_settles_once(t: Target) -> anyhow::Result<()>
     }
     ws.send(Message::Text(json!({"type": "flush"}).to_string().into()))
         .await?;
-    let (_, heard) = session_json(&mut ws).await?;
+    let (_, heard) = next_json(&mut ws).await?;
     assert_eq!(heard["type"], "transcript", "{heard}");
     let heard_seconds = heard["seconds"].as_f64().unwrap_or(0.0);
     assert!((heard_seconds - seconds).abs() < 0.01, "{heard}");
@@ -2007,44 +1995,14 @@ async fn voice_session_streams_and_settles_once(t: Target) -> anyhow::Result<()>
         (too_long, 4413, "text_too_long"),
     ] {
         let (mut other, _) = tokio_tungstenite::connect_async(request(&offer)?).await?;
-        session_json(&mut other).await?;
+        next_json(&mut other).await?;
         other.send(Message::Text(frame.into())).await?;
-        let closed = loop {
-            let msg = tokio::time::timeout(Duration::from_secs(60), other.next()).await?;
-            match msg {
-                Some(Ok(Message::Close(Some(f)))) => {
-                    break (u16::from(f.code), f.reason.to_string())
-                }
-                Some(Ok(Message::Close(None))) | None => anyhow::bail!("closed without a code"),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => anyhow::bail!("socket error: {e}"),
-            }
-        };
+        let closed = close_frame(&mut other).await?;
         assert_eq!(closed.0, code, "{closed:?}");
         assert!(closed.1.starts_with(reason), "{closed:?}");
     }
 
-    poll(
-        "the session's audio settled once",
-        Duration::from_secs(90),
-        || async {
-            let usage = send(t.get("/usage").bearer_auth(&g.token))
-                .await?
-                .expect(StatusCode::OK)?;
-            let audio = &usage["totals"]["audio_seconds"];
-            Ok(
-                if audio["events"] == 1
-                    && audio["quantity"] == billed
-                    && balance(&t, &g).await? < grant
-                {
-                    Ok(())
-                } else {
-                    Err(usage.to_string())
-                },
-            )
-        },
-    )
-    .await?;
+    audio_settled(&t, &g, 1, Some((billed, grant))).await?;
 
     // In order: the stream starts with the first sentence's speech, sample for sample what a
     // synthesis of that sentence alone at 16 kHz answers.
@@ -2108,27 +2066,7 @@ async fn tts_renders_as_a_job(t: Target) -> anyhow::Result<()> {
     assert_eq!(report["format"], "wav", "{report}");
     assert_eq!(report["sample_rate"], 16_000, "{report}");
     let billed = seconds.ceil() as i64;
-    poll(
-        "the render's audio settled once",
-        Duration::from_secs(60),
-        || async {
-            let usage = send(t.get("/usage").bearer_auth(&g.token))
-                .await?
-                .expect(StatusCode::OK)?;
-            let audio = &usage["totals"]["audio_seconds"];
-            Ok(
-                if audio["events"] == 1
-                    && audio["quantity"] == billed
-                    && balance(&t, &g).await? < grant
-                {
-                    Ok(())
-                } else {
-                    Err(usage.to_string())
-                },
-            )
-        },
-    )
-    .await?;
+    audio_settled(&t, &g, 1, Some((billed, grant))).await?;
     let charged = done["credits_charged"].as_i64().unwrap_or(0);
     let settled = settled_balance(&t, &g, grant).await?;
     assert_eq!(grant - settled, charged, "billed once, as the job says");
@@ -2243,37 +2181,14 @@ async fn voice_session_flood_is_bounded(t: Target) -> anyhow::Result<()> {
         }
         sink
     });
-    let closed = loop {
-        let msg = tokio::time::timeout(Duration::from_secs(120), stream.next()).await?;
-        match msg {
-            Some(Ok(Message::Close(Some(f)))) => break (u16::from(f.code), f.reason.to_string()),
-            Some(Ok(Message::Close(None))) | None => anyhow::bail!("closed without a code"),
-            Some(Ok(_)) => {}
-            Some(Err(e)) => anyhow::bail!("socket error: {e}"),
-        }
-    };
+    let closed = close_frame(&mut stream).await?;
     flood.abort();
     assert_eq!(closed.0, 4413, "{closed:?}");
     assert!(
         closed.1.starts_with("audio_too_long") || closed.1.starts_with("too_much_unread"),
         "{closed:?}"
     );
-    poll(
-        "the flooded session settled once",
-        Duration::from_secs(90),
-        || async {
-            let usage = send(t.get("/usage").bearer_auth(&g.token))
-                .await?
-                .expect(StatusCode::OK)?;
-            let audio = &usage["totals"]["audio_seconds"];
-            Ok(if audio["events"] == 1 {
-                Ok(())
-            } else {
-                Err(usage.to_string())
-            })
-        },
-    )
-    .await
+    audio_settled(&t, &g, 1, None).await
 }
 
 macro_rules! scenarios {

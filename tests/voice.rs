@@ -391,9 +391,11 @@ async fn an_empty_balance_is_refused_before_speaking(backend: Backend) -> anyhow
     app.stop().await
 }
 
-async fn cartesia_protocol_and_fallback(backend: Backend) -> anyhow::Result<()> {
-    use cognomega_providers::fake::{FakeCartesia, CARTESIA_TRANSCRIPT};
-    let fake = FakeCartesia::start("ck-test").await?;
+/// A fake Cartesia accepting `ck-test`, and a server with it first in its provider order.
+async fn spawn_with_cartesia(
+    backend: Backend,
+) -> anyhow::Result<(cognomega_providers::fake::FakeCartesia, TestApp)> {
+    let fake = cognomega_providers::fake::FakeCartesia::start("ck-test").await?;
     let base = fake.base();
     let app = TestApp::spawn_custom(backend, true, None, move |api| {
         api.voice_providers =
@@ -405,6 +407,12 @@ async fn cartesia_protocol_and_fallback(backend: Backend) -> anyhow::Result<()> 
             });
     })
     .await?;
+    Ok((fake, app))
+}
+
+async fn cartesia_protocol_and_fallback(backend: Backend) -> anyhow::Result<()> {
+    use cognomega_providers::fake::CARTESIA_TRANSCRIPT;
+    let (fake, app) = spawn_with_cartesia(backend).await?;
     let guest = app.guest().await?;
     app.wait_idle(Duration::from_secs(60)).await?;
 
@@ -525,8 +533,7 @@ async fn cartesia_protocol_and_fallback(backend: Backend) -> anyhow::Result<()> 
     app.stop().await
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use cognomega_testkit::ws::{close_frame, next_json, Ws};
 use futures::{SinkExt as _, StreamExt as _};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -548,37 +555,8 @@ async fn open_ready(base: &str, token: &str) -> anyhow::Result<Ws> {
     let mut ws = connect(base, token, "")
         .await?
         .map_err(|s| anyhow::anyhow!("the session was refused: {s}"))?;
-    until_json(&mut ws).await?;
+    next_json(&mut ws).await?;
     Ok(ws)
-}
-
-/// The next JSON frame (binary frames before it are returned too).
-async fn until_json(ws: &mut Ws) -> anyhow::Result<(Vec<Vec<u8>>, Value)> {
-    let mut audio = Vec::new();
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("the session ended"))??;
-        match msg {
-            Message::Binary(b) => audio.push(b.to_vec()),
-            Message::Text(t) => return Ok((audio, serde_json::from_str(&t)?)),
-            Message::Close(frame) => anyhow::bail!("closed: {frame:?}"),
-            _ => {}
-        }
-    }
-}
-
-/// Reads until the server closes: its close code and reason.
-async fn close_of(ws: &mut Ws) -> anyhow::Result<(u16, String)> {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next()).await?;
-        match msg {
-            Some(Ok(Message::Close(Some(f)))) => return Ok((f.code.into(), f.reason.to_string())),
-            Some(Ok(Message::Close(None))) | None => anyhow::bail!("closed without a code"),
-            Some(Ok(_)) => {}
-            Some(Err(e)) => anyhow::bail!("socket error: {e}"),
-        }
-    }
 }
 
 async fn session_streams_in_order_and_settles_once(backend: Backend) -> anyhow::Result<()> {
@@ -590,7 +568,7 @@ async fn session_streams_in_order_and_settles_once(backend: Backend) -> anyhow::
     let mut ws = connect(&app.base_url, &guest.token, "?voice=en-us")
         .await?
         .map_err(|s| anyhow::anyhow!("{s}"))?;
-    let (_, ready) = until_json(&mut ws).await?;
+    let (_, ready) = next_json(&mut ws).await?;
     assert_eq!(ready["type"], "ready");
     assert_eq!(ready["format"], "pcm_s16le");
     assert_eq!(ready["sample_rate"], 16_000);
@@ -610,7 +588,7 @@ async fn session_streams_in_order_and_settles_once(backend: Backend) -> anyhow::
         json!({"type": "text", "text": "First sentence. Second one! And a third."}).to_string(),
     ))
     .await?;
-    let (frames, spoken) = until_json(&mut ws).await?;
+    let (frames, spoken) = next_json(&mut ws).await?;
     assert_eq!(spoken["type"], "spoken");
     assert!(frames.len() > 10);
     // Every frame is 100 ms but the last of each sentence; their bytes are the seconds spoken.
@@ -648,17 +626,17 @@ async fn session_streams_in_order_and_settles_once(backend: Backend) -> anyhow::
         ws.send(Message::binary(chunk.to_vec())).await?;
     }
     ws.send(Message::text(r#"{"type":"flush"}"#)).await?;
-    let (_, transcript) = until_json(&mut ws).await?;
+    let (_, transcript) = next_json(&mut ws).await?;
     assert_eq!(transcript["type"], "transcript", "{transcript}");
     let heard = first_pcm.len() as f64 / BYTES_PER_SECOND as f64;
     assert!((transcript["seconds"].as_f64().unwrap_or(0.0) - heard).abs() < 0.01);
 
     ws.send(Message::text(r#"{"type":"close"}"#)).await?;
-    let (_, closed) = until_json(&mut ws).await?;
+    let (_, closed) = next_json(&mut ws).await?;
     assert_eq!(closed["type"], "closed");
     let billed = (seconds + heard).ceil() as i64;
     assert_eq!(closed["audio_seconds"], billed);
-    assert_eq!(close_of(&mut ws).await?.0, 1000);
+    assert_eq!(close_frame(&mut ws).await?.0, 1000);
 
     app.wait_idle(Duration::from_secs(60)).await?;
     // The local TTS call above was billed on its own.
@@ -692,19 +670,7 @@ async fn session_streams_in_order_and_settles_once(backend: Backend) -> anyhow::
 /// engine and the session goes on; it bills once.
 async fn cartesia_streams_session_speech(backend: Backend) -> anyhow::Result<()> {
     use cognomega_core::voice::session::FRAME_BYTES;
-    use cognomega_providers::fake::FakeCartesia;
-    let fake = FakeCartesia::start("ck-test").await?;
-    let base = fake.base();
-    let app = TestApp::spawn_custom(backend, true, None, move |api| {
-        api.voice_providers =
-            cognomega_providers::voice::VoiceConfig::from_vars(None, |k| match k {
-                "CARTESIA_API_KEY" => Some("ck-test".into()),
-                "CARTESIA_BASE_URL" => Some(base.clone()),
-                "CARTESIA_VERSION" => Some("2025-04-16".into()),
-                _ => None,
-            });
-    })
-    .await?;
+    let (fake, app) = spawn_with_cartesia(backend).await?;
     let guest = app.guest().await?;
     app.wait_idle(Duration::from_secs(60)).await?;
     let mut ws = open_ready(&app.base_url, &guest.token).await?;
@@ -712,7 +678,7 @@ async fn cartesia_streams_session_speech(backend: Backend) -> anyhow::Result<()>
         json!({"type": "text", "text": "Twenty chars of text. And ten more."}).to_string(),
     ))
     .await?;
-    let (frames, spoken) = until_json(&mut ws).await?;
+    let (frames, spoken) = next_json(&mut ws).await?;
     assert_eq!(spoken["type"], "spoken", "{spoken}");
     assert!(frames
         .iter()
@@ -748,13 +714,13 @@ async fn cartesia_streams_session_speech(backend: Backend) -> anyhow::Result<()>
         json!({"type": "text", "text": "Spoken locally."}).to_string(),
     ))
     .await?;
-    let (frames, spoken) = until_json(&mut ws).await?;
+    let (frames, spoken) = next_json(&mut ws).await?;
     assert_eq!(spoken["type"], "spoken", "{spoken}");
     assert!(!frames.is_empty());
     ws.send(Message::text(r#"{"type":"close"}"#)).await?;
-    let (_, closed) = until_json(&mut ws).await?;
+    let (_, closed) = next_json(&mut ws).await?;
     assert_eq!(closed["type"], "closed", "{closed}");
-    assert_eq!(close_of(&mut ws).await?.0, 1000);
+    assert_eq!(close_frame(&mut ws).await?.0, 1000);
     let billed = closed["audio_seconds"].as_i64().unwrap_or(0);
     assert!(billed >= 2, "{closed}");
     app.wait_idle(Duration::from_secs(60)).await?;
@@ -791,7 +757,7 @@ async fn session_refusals_and_caps(backend: Backend) -> anyhow::Result<()> {
                 .map(|v| v.as_bytes()),
             Some(&b"cognomega"[..])
         );
-        assert_eq!(until_json(&mut ws).await?.1["type"], "ready");
+        assert_eq!(next_json(&mut ws).await?.1["type"], "ready");
         ws.close(None).await?;
         let mut req = format!("{}/voice/sessions", app.base_url.replacen("http", "ws", 1))
             .into_client_request()?;
@@ -832,7 +798,7 @@ async fn session_refusals_and_caps(backend: Backend) -> anyhow::Result<()> {
     ] {
         let mut ws = open_ready(&app.base_url, &guest.token).await?;
         ws.send(Message::text(bad)).await?;
-        let (code, reason) = close_of(&mut ws).await?;
+        let (code, reason) = close_frame(&mut ws).await?;
         assert_eq!(code, CLOSE_INVALID, "{bad}");
         assert!(reason.starts_with("invalid_message"), "{reason}");
     }
@@ -842,7 +808,7 @@ async fn session_refusals_and_caps(backend: Backend) -> anyhow::Result<()> {
         json!({"type": "text", "text": "x".repeat(201)}).to_string(),
     ))
     .await?;
-    let (code, reason) = close_of(&mut ws).await?;
+    let (code, reason) = close_frame(&mut ws).await?;
     assert_eq!(
         (code, reason.starts_with("text_too_long")),
         (CLOSE_CAP, true),
@@ -874,13 +840,13 @@ async fn session_refusals_and_caps(backend: Backend) -> anyhow::Result<()> {
     for _ in 0..3 {
         ws.send(Message::binary(vec![0u8; 16_000])).await?;
     }
-    let (code, reason) = close_of(&mut ws).await?;
+    let (code, reason) = close_frame(&mut ws).await?;
     assert_eq!(code, CLOSE_CAP, "{reason}");
     assert!(reason.starts_with("audio_too_long"), "{reason}");
 
     // Idle: closed after the tier's timeout.
     let mut ws = open_ready(&app.base_url, &guest.token).await?;
-    let (code, reason) = close_of(&mut ws).await?;
+    let (code, reason) = close_frame(&mut ws).await?;
     assert_eq!(code, CLOSE_IDLE, "{reason}");
 
     // Two at once, and a third is refused before the upgrade.
@@ -890,8 +856,8 @@ async fn session_refusals_and_caps(backend: Backend) -> anyhow::Result<()> {
     let mut b = connect(&app.base_url, &guest.token, "")
         .await?
         .map_err(|s| anyhow::anyhow!("{s}"))?;
-    until_json(&mut a).await?;
-    until_json(&mut b).await?;
+    next_json(&mut a).await?;
+    next_json(&mut b).await?;
     assert_eq!(
         connect(&app.base_url, &guest.token, "").await?.err(),
         Some(429)
@@ -1145,12 +1111,12 @@ async fn session_close_interrupts_speech(backend: Backend) -> anyhow::Result<()>
         ws.next().await;
     }
     ws.send(Message::text(r#"{"type":"close"}"#)).await?;
-    let (frames, closed) = until_json(&mut ws).await?;
+    let (frames, closed) = next_json(&mut ws).await?;
     // No `spoken`: the text was cut, and the session closed normally, billed for what it made.
     assert_eq!(closed["type"], "closed", "{closed}");
     let heard = (5 + frames.len()) as f64 / 10.0;
     assert!(heard < 30.0, "{heard} s arrived after the close was sent");
-    assert_eq!(close_of(&mut ws).await?.0, 1000);
+    assert_eq!(close_frame(&mut ws).await?.0, 1000);
     app.wait_idle(Duration::from_secs(60)).await?;
     let (recorded, closed_row) = session_row(&app).await?;
     assert!(closed_row);

@@ -13,6 +13,7 @@ mod logging;
 mod process;
 mod s3;
 mod wait;
+pub mod ws;
 
 use cognomega_core::queue::{QueueName, QueueSettings};
 

@@ -139,7 +139,7 @@ pub async fn relay_all(env: &Env) -> Result<String, String> {
         // Never in the way of the relay: the next tick tries again.
         Err(e) => format!("none ({e})"),
     };
-    let done = relay(env, None).await?;
+    let done = relay_on(&db, env, None).await?;
     let mut pg = crate::sql::Pg(&db);
     let pruned = outbox::prune(&mut pg, now_ms())
         .await

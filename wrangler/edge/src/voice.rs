@@ -596,6 +596,7 @@ impl<'a> Socket<'a> {
             self.inbox_bytes += size(&recv);
             if self.inbox_bytes > INBOX_BYTES {
                 self.inbox.clear();
+                self.inbox_bytes = 0;
                 self.inbox.push_back(Recv::Flooded);
                 self.done = true;
                 break;
@@ -605,17 +606,15 @@ impl<'a> Socket<'a> {
         }
     }
 
-    /// The inbox's next message.
+    /// The inbox's next message; an overflow or a hang-up stays, said to whoever asks next.
     fn take(&mut self) -> Option<Recv> {
-        let recv = self.inbox.pop_front()?;
-        self.inbox_bytes -= size(&recv).min(self.inbox_bytes);
-        if matches!(recv, Recv::Flooded | Recv::Closed) {
-            // Said again to whoever asks next.
-            self.inbox.push_front(match recv {
-                Recv::Flooded => Recv::Flooded,
-                _ => Recv::Closed,
-            });
+        match self.inbox.front()? {
+            Recv::Flooded => return Some(Recv::Flooded),
+            Recv::Closed => return Some(Recv::Closed),
+            _ => {}
         }
+        let recv = self.inbox.pop_front()?;
+        self.inbox_bytes -= size(&recv);
         Some(recv)
     }
 }
@@ -652,9 +651,6 @@ impl voice::SessionSocket for Socket<'_> {
         self.drain();
         if let Some(recv) = self.take() {
             return recv;
-        }
-        if self.done {
-            return Recv::Closed;
         }
         let next = self.events.next();
         let idle = worker::Delay::from(wait);
